@@ -1,0 +1,12 @@
+using System.CommandLine;
+
+namespace DistAlign.Cli;
+
+/// <summary>Every subcommand of <c>distalign</c>; each lives in its own file.</summary>
+internal static class Commands
+{
+    public static IEnumerable<Command> All()
+    {
+        yield break;
+    }
+}
