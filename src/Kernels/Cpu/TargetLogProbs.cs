@@ -1,4 +1,4 @@
-using System.Numerics.Tensors;
+using System.Runtime.Intrinsics;
 
 namespace DistAlign.Kernels.Cpu;
 
@@ -18,7 +18,7 @@ public static class TargetLogProbs
     /// <summary>Target id marking a position that contributes nothing (log-prob 0, gradient 0).</summary>
     public const int Ignored = -1;
 
-    /// <summary>Vocabulary entries per chunk of the online pass: the chunk stays in L1 between its two reads.</summary>
+    /// <summary>Vocabulary entries per chunk of the online pass: the chunk stays in L1 between its two reads (max, then Σexp).</summary>
     private const int Chunk = 1024;
 
     /// <summary>Writes logProbs[n] and the saved logSumExp[n] for every row of logits [N, V].</summary>
@@ -35,35 +35,53 @@ public static class TargetLogProbs
             int* xt = pt;
             CpuParallel.For(n, 1, (start, end) =>
             {
-                Span<float> shifted = stackalloc float[Chunk];
                 for (int i = start; i < end; i++)
                 {
                     float* row = xl + (long)i * vocab;
-                    float runningMax = float.NegativeInfinity;
-                    double runningSum = 0.0;
-                    for (int v0 = 0; v0 < vocab; v0 += Chunk)
-                    {
-                        int len = Math.Min(Chunk, vocab - v0);
-                        var chunk = new ReadOnlySpan<float>(row + v0, len);
-                        float chunkMax = TensorPrimitives.Max(chunk);
-                        if (chunkMax > runningMax)
-                        {
-                            // Rescale what was summed under the old max (exp(−∞) = 0 on the first chunk).
-                            runningSum *= Math.Exp((double)runningMax - chunkMax);
-                            runningMax = chunkMax;
-                        }
-                        var s = shifted[..len];
-                        TensorPrimitives.Subtract(chunk, runningMax, s);
-                        TensorPrimitives.Exp(s, s);
-                        runningSum += TensorPrimitives.Sum(s);
-                    }
-                    float lse = (float)(runningMax + Math.Log(runningSum));
+                    float lse = LogSumExp(row, vocab);
                     xs[i] = lse;
                     int t = xt[i];
                     xp[i] = t == Ignored ? 0f : row[t] - lse;
                 }
             });
         }
+    }
+
+    /// <summary>
+    /// log Σ exp(row) in one pass over memory: per chunk of <see cref="Chunk"/> entries, the chunk's max
+    /// (fast hardware max), then — while the chunk is still in L1 — Σ exp(x − running max), the running
+    /// sum rescaled by exp(old max − new max) whenever the max grows. Partial vectors are padded with −∞
+    /// (neutral for max, exp(−∞) = 0 for the sum).
+    /// </summary>
+    private static unsafe float LogSumExp(float* row, int vocab)
+    {
+        // One token: lse is the logit itself, exactly (Vector512.Exp(0) is 1 + 1 ulp, not 1).
+        if (vocab == 1) return row[0];
+        float runningMax = float.NegativeInfinity;
+        double runningSum = 0.0;
+        for (int v0 = 0; v0 < vocab; v0 += Chunk)
+        {
+            int len = Math.Min(Chunk, vocab - v0);
+            float* chunk = row + v0;
+            int full = len & ~15;
+            var max = Vector512.Create(float.NegativeInfinity);
+            for (int j = 0; j < full; j += 16) max = Vector512.MaxNative(max, Vector512.Load(chunk + j));
+            if (full < len) max = Vector512.MaxNative(max, VectorTail.Load(chunk + full, len - full, float.NegativeInfinity));
+            float chunkMax = max[0];
+            for (int k = 1; k < 16; k++) chunkMax = MathF.Max(chunkMax, max[k]);
+            if (chunkMax > runningMax)
+            {
+                // Rescale what was summed under the old max (exp(−∞) = 0 on the first chunk).
+                runningSum *= Math.Exp((double)runningMax - chunkMax);
+                runningMax = chunkMax;
+            }
+            var shift = Vector512.Create(runningMax);
+            var sum = Vector512<float>.Zero;
+            for (int j = 0; j < full; j += 16) sum += Vector512.Exp(Vector512.Load(chunk + j) - shift);
+            if (full < len) sum += Vector512.Exp(VectorTail.Load(chunk + full, len - full, float.NegativeInfinity) - shift);
+            runningSum += Vector512.Sum(sum);
+        }
+        return (float)(runningMax + Math.Log(runningSum));
     }
 
     /// <summary>
@@ -88,14 +106,18 @@ public static class TargetLogProbs
                     var row = new Span<float>(xl + (long)i * vocab, vocab);
                     int t = xt[i];
                     float g = xd[i];
-                    if (t == Ignored || g == 0f)
+                    if (t == Ignored || g == 0f || vocab == 1)   // V = 1: p = 1, so the gradient is exactly 0
                     {
                         row.Clear();
                         continue;
                     }
-                    TensorPrimitives.Subtract(row, xs[i], row);   // logit − lse ≤ 0: exp cannot overflow
-                    TensorPrimitives.Exp(row, row);               // softmax probabilities
-                    TensorPrimitives.Multiply(row, -g, row);
+                    // −g·softmax in one fused pass: logit − lse ≤ 0, so exp cannot overflow.
+                    float* p = xl + (long)i * vocab;
+                    var lse = Vector512.Create(xs[i]);
+                    var minusG = Vector512.Create(-g);
+                    int j = 0;
+                    for (; j <= vocab - 16; j += 16) (Vector512.Exp(Vector512.Load(p + j) - lse) * minusG).Store(p + j);
+                    if (j < vocab) VectorTail.Store(Vector512.Exp(VectorTail.Load(p + j, vocab - j, 0f) - lse) * minusG, p + j, vocab - j);
                     row[t] += g;
                 }
             });
