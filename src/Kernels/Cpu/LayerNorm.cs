@@ -1,4 +1,5 @@
-using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
 
 namespace DistAlign.Kernels.Cpu;
 
@@ -8,20 +9,21 @@ namespace DistAlign.Kernels.Cpu;
 /// Forward saves μ [N] and r [N] ("rstd") for the backward.
 /// Backward, with ĝ = dout·w:
 ///   dx += r·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)),   dw += Σ_n dout·x̂,   db += Σ_n dout   (all accumulate).
+/// Each row is handled by Vector512 loops over its channels (a row of C = 768 is 3 KB and stays in L1
+/// between the passes over it); partial vectors at a row's end are padded (<see cref="VectorTail"/>).
 /// </summary>
 public static class LayerNorm
 {
     /// <summary>ε added to the variance (GPT-2's value).</summary>
     public const float Epsilon = 1e-5f;
 
-    /// <summary>Channels per stack chunk in the backward, so the chunk's passes stay in L1.</summary>
-    private const int Chunk = 256;
     /// <summary>Channels per unit of parallel work in the parameter-gradient pass (one cache line).</summary>
     private const int ChannelBlock = 16;
 
     /// <summary>
     /// out = (x − μ)·r·w + b per row; writes mean[n] = μ and rstd[n] = r.
     /// Shapes: input, output [N, C]; weight, bias [C]; mean, rstd [N] with N = input.Length / C.
+    /// Three passes over each (L1-resident) row: Σx, Σ(x − μ)² (two-pass variance: no cancellation), then out.
     /// </summary>
     public static unsafe void Forward(ReadOnlySpan<float> input, ReadOnlySpan<float> weight, ReadOnlySpan<float> bias,
                                       Span<float> output, Span<float> mean, Span<float> rstd)
@@ -37,18 +39,34 @@ public static class LayerNorm
             float* xx = px, xw = pw, xb = pb, xo = po, xm = pm, xr = pr;
             CpuParallel.For(n, Math.Max(1, 8192 / c), (start, end) =>
             {
-                var w = new ReadOnlySpan<float>(xw, c);
-                var b = new ReadOnlySpan<float>(xb, c);
+                int full = c & ~15, tail = c - full;
                 for (int i = start; i < end; i++)
                 {
-                    var x = new ReadOnlySpan<float>(xx + (long)i * c, c);
-                    var o = new Span<float>(xo + (long)i * c, c);
-                    float mu = TensorPrimitives.Sum(x) / c;
-                    TensorPrimitives.Subtract(x, mu, o);                 // x − μ (two-pass variance: no cancellation)
-                    float variance = TensorPrimitives.Dot(o, o) / c;
-                    float r = 1f / MathF.Sqrt(variance + Epsilon);
-                    TensorPrimitives.Multiply(o, r, o);                  // x̂
-                    TensorPrimitives.FusedMultiplyAdd(o, w, b, o);       // x̂·w + b
+                    float* x = xx + (long)i * c;
+                    float* o = xo + (long)i * c;
+                    var acc = Vector512<float>.Zero;
+                    for (int j = 0; j < full; j += 16) acc += Vector512.Load(x + j);
+                    if (tail > 0) acc += VectorTail.Load(x + full, tail, 0f);
+                    float mu = Vector512.Sum(acc) / c;
+                    var vmu = Vector512.Create(mu);
+                    acc = Vector512<float>.Zero;
+                    for (int j = 0; j < full; j += 16)
+                    {
+                        var d = Vector512.Load(x + j) - vmu;
+                        acc = Vector512.FusedMultiplyAdd(d, d, acc);
+                    }
+                    if (tail > 0)
+                    {
+                        var d = VectorTail.Load(x + full, tail, mu) - vmu;   // padding with μ adds 0
+                        acc = Vector512.FusedMultiplyAdd(d, d, acc);
+                    }
+                    float r = 1f / MathF.Sqrt(Vector512.Sum(acc) / c + Epsilon);
+                    var vr = Vector512.Create(r);
+                    for (int j = 0; j < full; j += 16)
+                        Normalize(Vector512.Load(x + j), vmu, vr, Vector512.Load(xw + j), Vector512.Load(xb + j)).Store(o + j);
+                    if (tail > 0)
+                        VectorTail.Store(Normalize(VectorTail.Load(x + full, tail, 0f), vmu, vr,
+                                                   VectorTail.Load(xw + full, tail, 0f), VectorTail.Load(xb + full, tail, 0f)), o + full, tail);
                     xm[i] = mu;
                     xr[i] = r;
                 }
@@ -59,7 +77,8 @@ public static class LayerNorm
     /// <summary>
     /// Accumulates dInput, dWeight and dBias from dOutput, using the forward's input, mean and rstd.
     /// dInput is parallel over rows; dWeight/dBias are parallel over channel blocks with the row loop in
-    /// fixed order, so all three are bit-identical for any thread count.
+    /// fixed order (no per-thread partial sums), so all three are bit-identical for any thread count.
+    /// The second pass re-reads dOutput and input (2·N·C floats of extra traffic) to buy that determinism.
     /// </summary>
     public static unsafe void Backward(ReadOnlySpan<float> dOutput, ReadOnlySpan<float> input, ReadOnlySpan<float> weight,
                                        ReadOnlySpan<float> mean, ReadOnlySpan<float> rstd,
@@ -78,38 +97,39 @@ public static class LayerNorm
         {
             float* xd = pd, xx = px, xw = pw, xm = pm, xr = pr, xdx = pdx, xdw = pdw, xdb = pdb;
 
-            // dInput, one row at a time, in chunks of `Chunk` channels (no scratch beyond the stack).
+            // dInput, one row at a time: pass 1 gets mean(ĝ) and mean(ĝx̂), pass 2 writes dx.
             CpuParallel.For(n, Math.Max(1, 8192 / c), (start, end) =>
             {
-                Span<float> buffers = stackalloc float[2 * Chunk];
+                int full = c & ~15, tail = c - full;
                 for (int i = start; i < end; i++)
                 {
                     long row = (long)i * c;
-                    float mu = xm[i], r = xr[i];
-                    float sumG = 0f, sumGX = 0f;
-                    for (int c0 = 0; c0 < c; c0 += Chunk)
+                    float* d = xd + row, x = xx + row, dx = xdx + row;
+                    var mu = Vector512.Create(xm[i]);
+                    var r = Vector512.Create(xr[i]);
+                    var sumG = Vector512<float>.Zero;
+                    var sumGX = Vector512<float>.Zero;
+                    for (int j = 0; j < full; j += 16)
                     {
-                        int len = Math.Min(Chunk, c - c0);
-                        var g = buffers[..len];
-                        var xhat = buffers.Slice(Chunk, len);
-                        TensorPrimitives.Multiply(new ReadOnlySpan<float>(xd + row + c0, len), new ReadOnlySpan<float>(xw + c0, len), g);
-                        NormalizedChunk(new ReadOnlySpan<float>(xx + row + c0, len), mu, r, xhat);
-                        sumG += TensorPrimitives.Sum(g);
-                        sumGX += TensorPrimitives.Dot(g, xhat);
+                        var g = Vector512.Load(d + j) * Vector512.Load(xw + j);
+                        sumG += g;
+                        sumGX = Vector512.FusedMultiplyAdd(g, (Vector512.Load(x + j) - mu) * r, sumGX);
                     }
-                    float meanG = sumG / c, meanGX = sumGX / c;
-                    for (int c0 = 0; c0 < c; c0 += Chunk)
+                    if (tail > 0)
                     {
-                        int len = Math.Min(Chunk, c - c0);
-                        var g = buffers[..len];
-                        var xhat = buffers.Slice(Chunk, len);
-                        TensorPrimitives.Multiply(new ReadOnlySpan<float>(xd + row + c0, len), new ReadOnlySpan<float>(xw + c0, len), g);
-                        NormalizedChunk(new ReadOnlySpan<float>(xx + row + c0, len), mu, r, xhat);
-                        TensorPrimitives.Subtract(g, meanG, g);
-                        TensorPrimitives.FusedMultiplyAdd(xhat, -meanGX, g, g);   // ĝ − mean(ĝ) − x̂·mean(ĝx̂)
-                        var dx = new Span<float>(xdx + row + c0, len);
-                        TensorPrimitives.FusedMultiplyAdd(g, r, dx, dx);
+                        var g = VectorTail.Load(d + full, tail, 0f) * VectorTail.Load(xw + full, tail, 0f);   // padded ĝ = 0
+                        sumG += g;
+                        sumGX = Vector512.FusedMultiplyAdd(g, (VectorTail.Load(x + full, tail, 0f) - mu) * r, sumGX);
                     }
+                    var meanG = Vector512.Create(Vector512.Sum(sumG) / c);
+                    var minusMeanGX = Vector512.Create(-Vector512.Sum(sumGX) / c);
+                    for (int j = 0; j < full; j += 16)
+                        InputGradient(Vector512.Load(d + j), Vector512.Load(xw + j), Vector512.Load(x + j), Vector512.Load(dx + j),
+                                      mu, r, meanG, minusMeanGX).Store(dx + j);
+                    if (tail > 0)
+                        VectorTail.Store(InputGradient(VectorTail.Load(d + full, tail, 0f), VectorTail.Load(xw + full, tail, 0f),
+                                                       VectorTail.Load(x + full, tail, 0f), VectorTail.Load(dx + full, tail, 0f),
+                                                       mu, r, meanG, minusMeanGX), dx + full, tail);
                 }
             });
 
@@ -117,33 +137,42 @@ public static class LayerNorm
             int blocks = (c + ChannelBlock - 1) / ChannelBlock;
             CpuParallel.For(blocks, Math.Max(1, 4096 / n), (b0, b1) =>
             {
-                Span<float> xhat = stackalloc float[Chunk];
                 int cStart = b0 * ChannelBlock, cEnd = Math.Min(c, b1 * ChannelBlock);
                 for (int i = 0; i < n; i++)
                 {
                     long row = (long)i * c;
-                    for (int c0 = cStart; c0 < cEnd; c0 += Chunk)
+                    var mu = Vector512.Create(xm[i]);
+                    var r = Vector512.Create(xr[i]);
+                    int j = cStart;
+                    for (; j <= cEnd - 16; j += 16)
                     {
-                        int len = Math.Min(Chunk, cEnd - c0);
-                        var d = new ReadOnlySpan<float>(xd + row + c0, len);
-                        var h = xhat[..len];
-                        NormalizedChunk(new ReadOnlySpan<float>(xx + row + c0, len), xm[i], xr[i], h);
-                        var dw = new Span<float>(xdw + c0, len);
-                        var db = new Span<float>(xdb + c0, len);
-                        TensorPrimitives.FusedMultiplyAdd(d, h, dw, dw);
-                        TensorPrimitives.Add(db, d, db);
+                        var d = Vector512.Load(xd + row + j);
+                        Vector512.FusedMultiplyAdd(d, (Vector512.Load(xx + row + j) - mu) * r, Vector512.Load(xdw + j)).Store(xdw + j);
+                        (Vector512.Load(xdb + j) + d).Store(xdb + j);
+                    }
+                    if (j < cEnd)
+                    {
+                        int count = cEnd - j;
+                        var d = VectorTail.Load(xd + row + j, count, 0f);
+                        VectorTail.Store(Vector512.FusedMultiplyAdd(d, (VectorTail.Load(xx + row + j, count, 0f) - mu) * r,
+                                                                    VectorTail.Load(xdw + j, count, 0f)), xdw + j, count);
+                        VectorTail.Store(VectorTail.Load(xdb + j, count, 0f) + d, xdb + j, count);
                     }
                 }
             });
         }
     }
 
-    /// <summary>x̂ = (x − μ)·r for one chunk of a row (same operations as the forward, so x̂ matches).</summary>
-    private static void NormalizedChunk(ReadOnlySpan<float> x, float mu, float r, Span<float> xhat)
-    {
-        TensorPrimitives.Subtract(x, mu, xhat);
-        TensorPrimitives.Multiply(xhat, r, xhat);
-    }
+    /// <summary>(x − μ)·r·w + b.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> Normalize(Vector512<float> x, Vector512<float> mu, Vector512<float> r, Vector512<float> w, Vector512<float> b) =>
+        Vector512.FusedMultiplyAdd((x - mu) * r, w, b);
+
+    /// <summary>dx + r·(ĝ − mean(ĝ) − x̂·mean(ĝx̂)).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> InputGradient(Vector512<float> d, Vector512<float> w, Vector512<float> x, Vector512<float> dx,
+                                                  Vector512<float> mu, Vector512<float> r, Vector512<float> meanG, Vector512<float> minusMeanGX) =>
+        Vector512.FusedMultiplyAdd(Vector512.FusedMultiplyAdd((x - mu) * r, minusMeanGX, d * w - meanG), r, dx);
 
     private static int Rows(int length, int channels)
     {
