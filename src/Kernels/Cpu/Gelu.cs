@@ -66,7 +66,7 @@ public static class Gelu
     private static Vector512<float> Value(Vector512<float> x)
     {
         var twoU = x * Vector512.FusedMultiplyAdd(x * x, Vector512.Create(TwoSqrtTwoOverPi * Cubic), Vector512.Create(TwoSqrtTwoOverPi));
-        return x / (Vector512<float>.One + Vector512.Exp(-twoU));   // x·σ(2u); exp → ∞ gives x/∞ = 0
+        return x / (Vector512<float>.One + VectorExp.Exp(-twoU));   // x·σ(2u); exp → ∞ gives x/∞ = 0
     }
 
     /// <summary>gelu'(x) = σ + x·σ(1 − σ)·2u', with x clamped to ±20 first so x² stays finite (exact in fp32).</summary>
@@ -77,7 +77,7 @@ public static class Gelu
         var square = x * x;
         var twoU = x * Vector512.FusedMultiplyAdd(square, Vector512.Create(TwoSqrtTwoOverPi * Cubic), Vector512.Create(TwoSqrtTwoOverPi));
         var twoUPrime = Vector512.FusedMultiplyAdd(square, Vector512.Create(3f * TwoSqrtTwoOverPi * Cubic), Vector512.Create(TwoSqrtTwoOverPi));
-        var sigma = Vector512<float>.One / (Vector512<float>.One + Vector512.Exp(-twoU));
+        var sigma = Vector512<float>.One / (Vector512<float>.One + VectorExp.Exp(-twoU));
         return Vector512.FusedMultiplyAdd(x * sigma * (Vector512<float>.One - sigma), twoUPrime, sigma);
     }
 }

@@ -55,7 +55,7 @@ public static class TargetLogProbs
     /// </summary>
     private static unsafe float LogSumExp(float* row, int vocab)
     {
-        // One token: lse is the logit itself, exactly (Vector512.Exp(0) is 1 + 1 ulp, not 1).
+        // One token: lse is the logit itself; return it exactly rather than through log(exp(0)).
         if (vocab == 1) return row[0];
         float runningMax = float.NegativeInfinity;
         double runningSum = 0.0;
@@ -77,8 +77,8 @@ public static class TargetLogProbs
             }
             var shift = Vector512.Create(runningMax);
             var sum = Vector512<float>.Zero;
-            for (int j = 0; j < full; j += 16) sum += Vector512.Exp(Vector512.Load(chunk + j) - shift);
-            if (full < len) sum += Vector512.Exp(VectorTail.Load(chunk + full, len - full, float.NegativeInfinity) - shift);
+            for (int j = 0; j < full; j += 16) sum += VectorExp.Exp(Vector512.Load(chunk + j) - shift);
+            if (full < len) sum += VectorExp.Exp(VectorTail.Load(chunk + full, len - full, float.NegativeInfinity) - shift);
             runningSum += Vector512.Sum(sum);
         }
         return (float)(runningMax + Math.Log(runningSum));
@@ -116,8 +116,8 @@ public static class TargetLogProbs
                     var lse = Vector512.Create(xs[i]);
                     var minusG = Vector512.Create(-g);
                     int j = 0;
-                    for (; j <= vocab - 16; j += 16) (Vector512.Exp(Vector512.Load(p + j) - lse) * minusG).Store(p + j);
-                    if (j < vocab) VectorTail.Store(Vector512.Exp(VectorTail.Load(p + j, vocab - j, 0f) - lse) * minusG, p + j, vocab - j);
+                    for (; j <= vocab - 16; j += 16) (VectorExp.Exp(Vector512.Load(p + j) - lse) * minusG).Store(p + j);
+                    if (j < vocab) VectorTail.Store(VectorExp.Exp(VectorTail.Load(p + j, vocab - j, 0f) - lse) * minusG, p + j, vocab - j);
                     row[t] += g;
                 }
             });
