@@ -10,7 +10,8 @@ namespace DistAlign.Kernels.Cpu;
 /// Backward, with ĝ = dout·w:
 ///   dx += r·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)),   dw += Σ_n dout·x̂,   db += Σ_n dout   (all accumulate).
 /// Each row is handled by Vector512 loops over its channels (a row of C = 768 is 3 KB and stays in L1
-/// between the passes over it); partial vectors at a row's end are padded (<see cref="VectorTail"/>).
+/// between the passes over it), with scalar loops for the last C mod 16 channels: every op here is
+/// +, −, ×, or FMA, which round identically in vector and scalar form.
 /// </summary>
 public static class LayerNorm
 {
@@ -37,40 +38,40 @@ public static class LayerNorm
         fixed (float* px = input, pw = weight, pb = bias, po = output, pm = mean, pr = rstd)
         {
             float* xx = px, xw = pw, xb = pb, xo = po, xm = pm, xr = pr;
-            CpuParallel.For(n, Math.Max(1, 8192 / c), (start, end) =>
+            CpuParallel.For(n, Math.Max(1, 8192 / c), (start, end) => ForwardRows(xx, xw, xb, xo, xm, xr, c, start, end));
+        }
+    }
+
+    /// <summary>Rows [start, end) of the forward. A plain static method, not a lambda body: locals the JIT
+    /// can keep in registers (captured variables live in a closure object that every store might alias).</summary>
+    private static unsafe void ForwardRows(float* xx, float* xw, float* xb, float* xo, float* xm, float* xr, int c, int start, int end)
+    {
+        int full = c & ~15;
+        for (int i = start; i < end; i++)
+        {
+            float* x = xx + (long)i * c;
+            float* o = xo + (long)i * c;
+            var acc = Vector512<float>.Zero;
+            for (int j = 0; j < full; j += 16) acc += Vector512.Load(x + j);
+            float sum = Vector512.Sum(acc);
+            for (int j = full; j < c; j++) sum += x[j];
+            float mu = sum / c;
+            var vmu = Vector512.Create(mu);
+            acc = Vector512<float>.Zero;
+            for (int j = 0; j < full; j += 16)
             {
-                int full = c & ~15, tail = c - full;
-                for (int i = start; i < end; i++)
-                {
-                    float* x = xx + (long)i * c;
-                    float* o = xo + (long)i * c;
-                    var acc = Vector512<float>.Zero;
-                    for (int j = 0; j < full; j += 16) acc += Vector512.Load(x + j);
-                    if (tail > 0) acc += VectorTail.Load(x + full, tail, 0f);
-                    float mu = Vector512.Sum(acc) / c;
-                    var vmu = Vector512.Create(mu);
-                    acc = Vector512<float>.Zero;
-                    for (int j = 0; j < full; j += 16)
-                    {
-                        var d = Vector512.Load(x + j) - vmu;
-                        acc = Vector512.FusedMultiplyAdd(d, d, acc);
-                    }
-                    if (tail > 0)
-                    {
-                        var d = VectorTail.Load(x + full, tail, mu) - vmu;   // padding with μ adds 0
-                        acc = Vector512.FusedMultiplyAdd(d, d, acc);
-                    }
-                    float r = 1f / MathF.Sqrt(Vector512.Sum(acc) / c + Epsilon);
-                    var vr = Vector512.Create(r);
-                    for (int j = 0; j < full; j += 16)
-                        Normalize(Vector512.Load(x + j), vmu, vr, Vector512.Load(xw + j), Vector512.Load(xb + j)).Store(o + j);
-                    if (tail > 0)
-                        VectorTail.Store(Normalize(VectorTail.Load(x + full, tail, 0f), vmu, vr,
-                                                   VectorTail.Load(xw + full, tail, 0f), VectorTail.Load(xb + full, tail, 0f)), o + full, tail);
-                    xm[i] = mu;
-                    xr[i] = r;
-                }
-            });
+                var d = Vector512.Load(x + j) - vmu;
+                acc = Vector512.FusedMultiplyAdd(d, d, acc);
+            }
+            float squares = Vector512.Sum(acc);
+            for (int j = full; j < c; j++) squares = MathF.FusedMultiplyAdd(x[j] - mu, x[j] - mu, squares);
+            float r = 1f / MathF.Sqrt(squares / c + Epsilon);
+            var vr = Vector512.Create(r);
+            for (int j = 0; j < full; j += 16)
+                Vector512.FusedMultiplyAdd((Vector512.Load(x + j) - vmu) * vr, Vector512.Load(xw + j), Vector512.Load(xb + j)).Store(o + j);
+            for (int j = full; j < c; j++) o[j] = MathF.FusedMultiplyAdd((x[j] - mu) * r, xw[j], xb[j]);
+            xm[i] = mu;
+            xr[i] = r;
         }
     }
 
@@ -100,7 +101,7 @@ public static class LayerNorm
             // dInput, one row at a time: pass 1 gets mean(ĝ) and mean(ĝx̂), pass 2 writes dx.
             CpuParallel.For(n, Math.Max(1, 8192 / c), (start, end) =>
             {
-                int full = c & ~15, tail = c - full;
+                int full = c & ~15;
                 for (int i = start; i < end; i++)
                 {
                     long row = (long)i * c;
@@ -115,21 +116,21 @@ public static class LayerNorm
                         sumG += g;
                         sumGX = Vector512.FusedMultiplyAdd(g, (Vector512.Load(x + j) - mu) * r, sumGX);
                     }
-                    if (tail > 0)
+                    float totalG = Vector512.Sum(sumG), totalGX = Vector512.Sum(sumGX);
+                    for (int j = full; j < c; j++)
                     {
-                        var g = VectorTail.Load(d + full, tail, 0f) * VectorTail.Load(xw + full, tail, 0f);   // padded ĝ = 0
-                        sumG += g;
-                        sumGX = Vector512.FusedMultiplyAdd(g, (VectorTail.Load(x + full, tail, 0f) - mu) * r, sumGX);
+                        float g = d[j] * xw[j];
+                        totalG += g;
+                        totalGX = MathF.FusedMultiplyAdd(g, (x[j] - xm[i]) * xr[i], totalGX);
                     }
-                    var meanG = Vector512.Create(Vector512.Sum(sumG) / c);
-                    var minusMeanGX = Vector512.Create(-Vector512.Sum(sumGX) / c);
-                    for (int j = 0; j < full; j += 16)
-                        InputGradient(Vector512.Load(d + j), Vector512.Load(xw + j), Vector512.Load(x + j), Vector512.Load(dx + j),
-                                      mu, r, meanG, minusMeanGX).Store(dx + j);
-                    if (tail > 0)
-                        VectorTail.Store(InputGradient(VectorTail.Load(d + full, tail, 0f), VectorTail.Load(xw + full, tail, 0f),
-                                                       VectorTail.Load(x + full, tail, 0f), VectorTail.Load(dx + full, tail, 0f),
-                                                       mu, r, meanG, minusMeanGX), dx + full, tail);
+                    var meanG = Vector512.Create(totalG / c);
+                    var minusMeanGX = Vector512.Create(-totalGX / c);
+                    for (int j = 0; j < full; j += 16)   // dx += r·(ĝ − mean(ĝ) − x̂·mean(ĝx̂))
+                        Vector512.FusedMultiplyAdd(
+                            Vector512.FusedMultiplyAdd((Vector512.Load(x + j) - mu) * r, minusMeanGX, Vector512.Load(d + j) * Vector512.Load(xw + j) - meanG),
+                            r, Vector512.Load(dx + j)).Store(dx + j);
+                    for (int j = full; j < c; j++)
+                        dx[j] = MathF.FusedMultiplyAdd(MathF.FusedMultiplyAdd((x[j] - xm[i]) * xr[i], minusMeanGX[0], d[j] * xw[j] - meanG[0]), xr[i], dx[j]);
                 }
             });
 
@@ -150,29 +151,16 @@ public static class LayerNorm
                         Vector512.FusedMultiplyAdd(d, (Vector512.Load(xx + row + j) - mu) * r, Vector512.Load(xdw + j)).Store(xdw + j);
                         (Vector512.Load(xdb + j) + d).Store(xdb + j);
                     }
-                    if (j < cEnd)
+                    for (; j < cEnd; j++)   // scalar FMA rounds exactly like the vector one: same bits wherever the split falls
                     {
-                        int count = cEnd - j;
-                        var d = VectorTail.Load(xd + row + j, count, 0f);
-                        VectorTail.Store(Vector512.FusedMultiplyAdd(d, (VectorTail.Load(xx + row + j, count, 0f) - mu) * r,
-                                                                    VectorTail.Load(xdw + j, count, 0f)), xdw + j, count);
-                        VectorTail.Store(VectorTail.Load(xdb + j, count, 0f) + d, xdb + j, count);
+                        float d = xd[row + j];
+                        xdw[j] = MathF.FusedMultiplyAdd(d, (xx[row + j] - xm[i]) * xr[i], xdw[j]);
+                        xdb[j] += d;
                     }
                 }
             });
         }
     }
-
-    /// <summary>(x − μ)·r·w + b.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> Normalize(Vector512<float> x, Vector512<float> mu, Vector512<float> r, Vector512<float> w, Vector512<float> b) =>
-        Vector512.FusedMultiplyAdd((x - mu) * r, w, b);
-
-    /// <summary>dx + r·(ĝ − mean(ĝ) − x̂·mean(ĝx̂)).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> InputGradient(Vector512<float> d, Vector512<float> w, Vector512<float> x, Vector512<float> dx,
-                                                  Vector512<float> mu, Vector512<float> r, Vector512<float> meanG, Vector512<float> minusMeanGX) =>
-        Vector512.FusedMultiplyAdd(Vector512.FusedMultiplyAdd((x - mu) * r, minusMeanGX, d * w - meanG), r, dx);
 
     private static int Rows(int length, int channels)
     {
