@@ -11,8 +11,8 @@ namespace DistAlign.Kernels.Cpu;
 /// Backward: gelu'(x) = σ(2u) + x·σ(2u)·(1 − σ(2u))·2u'(x),  2u'(x) = 2√(2/π)·(1 + 3·0.044715·x²);
 /// dinp += dout·gelu'(x) (accumulates).
 /// One fused Vector512 pass each way (a TensorPrimitives chain needs ~6 passes over a chunk and runs
-/// ~2× slower here); range tails go through the same vector code (<see cref="VectorTail"/>), so
-/// results are bit-identical for any thread count.
+/// ~2× slower here); range tails go through the same vector code (see ForwardRange), so results are
+/// bit-identical for any thread count.
 /// </summary>
 public static class Gelu
 {
@@ -29,12 +29,7 @@ public static class Gelu
         fixed (float* pi = input, po = output)
         {
             float* xi = pi, xo = po;
-            CpuParallel.For(input.Length, MinPerRange, (start, end) =>
-            {
-                int i = start;
-                for (; i <= end - 16; i += 16) Value(Vector512.Load(xi + i)).Store(xo + i);
-                if (i < end) VectorTail.Store(Value(VectorTail.Load(xi + i, end - i, 0f)), xo + i, end - i);
-            });
+            CpuParallel.For(input.Length, MinPerRange, (start, end) => ForwardRange(xi, xo, start, end));
         }
     }
 
@@ -46,20 +41,47 @@ public static class Gelu
         fixed (float* pd = dOutput, pi = input, pg = dInput)
         {
             float* xd = pd, xi = pi, xg = pg;
-            CpuParallel.For(input.Length, MinPerRange, (start, end) =>
-            {
-                int i = start;
-                for (; i <= end - 16; i += 16)
-                    Vector512.FusedMultiplyAdd(Vector512.Load(xd + i), Derivative(Vector512.Load(xi + i)), Vector512.Load(xg + i)).Store(xg + i);
-                if (i < end)
-                {
-                    int n = end - i;
-                    var d = Vector512.FusedMultiplyAdd(VectorTail.Load(xd + i, n, 0f), Derivative(VectorTail.Load(xi + i, n, 0f)), VectorTail.Load(xg + i, n, 0f));
-                    VectorTail.Store(d, xg + i, n);
-                }
-            });
+            CpuParallel.For(input.Length, MinPerRange, (start, end) => BackwardRange(xd, xi, xg, start, end));
         }
     }
+
+    // Range tails: the last 16 elements of a range are computed as one (overlapping) vector BEFORE the
+    // main loop, from the original inputs, and stored after it: elements in the overlap get the same bits
+    // twice, and in-place use (output = input, or dx +=) stays correct. Ranges shorter than 16 take a
+    // padded-vector path. Either way every element goes through the vector code.
+
+    private static unsafe void ForwardRange(float* x, float* o, int start, int end)
+    {
+        if (end - start < 16)
+        {
+            ShortForward(x + start, o + start, end - start);
+            return;
+        }
+        var last = Value(Vector512.Load(x + end - 16));
+        for (int i = start; i <= end - 16; i += 16) Value(Vector512.Load(x + i)).Store(o + i);
+        last.Store(o + end - 16);
+    }
+
+    private static unsafe void BackwardRange(float* d, float* x, float* g, int start, int end)
+    {
+        if (end - start < 16)
+        {
+            ShortBackward(d + start, x + start, g + start, end - start);
+            return;
+        }
+        var last = Vector512.FusedMultiplyAdd(Vector512.Load(d + end - 16), Derivative(Vector512.Load(x + end - 16)), Vector512.Load(g + end - 16));
+        for (int i = start; i <= end - 16; i += 16)
+            Vector512.FusedMultiplyAdd(Vector512.Load(d + i), Derivative(Vector512.Load(x + i)), Vector512.Load(g + i)).Store(g + i);
+        last.Store(g + end - 16);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static unsafe void ShortForward(float* x, float* o, int count) =>
+        VectorTail.Store(Value(VectorTail.Load(x, count, 0f)), o, count);
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static unsafe void ShortBackward(float* d, float* x, float* g, int count) =>
+        VectorTail.Store(Vector512.FusedMultiplyAdd(VectorTail.Load(d, count, 0f), Derivative(VectorTail.Load(x, count, 0f)), VectorTail.Load(g, count, 0f)), g, count);
 
     /// <summary>x·σ(2u), 2u = x·(2√(2/π) + 2√(2/π)·0.044715·x²).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

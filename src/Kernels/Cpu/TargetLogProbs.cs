@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 
 namespace DistAlign.Kernels.Cpu;
@@ -57,16 +58,19 @@ public static class TargetLogProbs
     {
         // One token: lse is the logit itself; return it exactly rather than through log(exp(0)).
         if (vocab == 1) return row[0];
+        if (vocab < 16) return ShortLogSumExp(row, vocab);
         float runningMax = float.NegativeInfinity;
         double runningSum = 0.0;
         for (int v0 = 0; v0 < vocab; v0 += Chunk)
         {
             int len = Math.Min(Chunk, vocab - v0);
             float* chunk = row + v0;
-            int full = len & ~15;
+            int full = len & ~15, rest = len - full;
+            // A partial last vector is loaded as the 16 entries ending at the chunk's end (still inside
+            // the row, since V ≥ 16): harmless for the max, masked to its new lanes for the sum.
             var max = Vector512.Create(float.NegativeInfinity);
             for (int j = 0; j < full; j += 16) max = Vector512.MaxNative(max, Vector512.Load(chunk + j));
-            if (full < len) max = Vector512.MaxNative(max, VectorTail.Load(chunk + full, len - full, float.NegativeInfinity));
+            if (rest > 0) max = Vector512.MaxNative(max, Vector512.Load(chunk + len - 16));
             float chunkMax = max[0];
             for (int k = 1; k < 16; k++) chunkMax = MathF.Max(chunkMax, max[k]);
             if (chunkMax > runningMax)
@@ -78,11 +82,39 @@ public static class TargetLogProbs
             var shift = Vector512.Create(runningMax);
             var sum = Vector512<float>.Zero;
             for (int j = 0; j < full; j += 16) sum += VectorExp.Exp(Vector512.Load(chunk + j) - shift);
-            if (full < len) sum += VectorExp.Exp(VectorTail.Load(chunk + full, len - full, float.NegativeInfinity) - shift);
+            if (rest > 0)
+            {
+                var isNew = Vector512.GreaterThanOrEqual(Vector512<int>.Indices, Vector512.Create(16 - rest)).AsSingle();
+                sum += Vector512.ConditionalSelect(isNew, VectorExp.Exp(Vector512.Load(chunk + len - 16) - shift), Vector512<float>.Zero);
+            }
             runningSum += Vector512.Sum(sum);
         }
         return (float)(runningMax + Math.Log(runningSum));
     }
+
+    /// <summary>V in [2, 16): one padded vector (−∞ padding: neutral for max, exp(−∞) = 0).</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static unsafe float ShortLogSumExp(float* row, int vocab)
+    {
+        var v = VectorTail.Load(row, vocab, float.NegativeInfinity);
+        float max = row[0];
+        for (int k = 1; k < vocab; k++) max = MathF.Max(max, row[k]);
+        return (float)(max + Math.Log(Vector512.Sum(VectorExp.Exp(v - Vector512.Create(max)))));
+    }
+
+    /// <summary>−g·exp(x − lse) over a row of length V ≥ 16, in place (last vector precomputed, see Gelu).</summary>
+    private static unsafe void SoftmaxGradientRow(float* p, int vocab, float lse, float g)
+    {
+        var shift = Vector512.Create(lse);
+        var minusG = Vector512.Create(-g);
+        var last = VectorExp.Exp(Vector512.Load(p + vocab - 16) - shift) * minusG;
+        for (int j = 0; j <= vocab - 16; j += 16) (VectorExp.Exp(Vector512.Load(p + j) - shift) * minusG).Store(p + j);
+        last.Store(p + vocab - 16);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static unsafe void ShortSoftmaxGradientRow(float* p, int vocab, float lse, float g) =>
+        VectorTail.Store(VectorExp.Exp(VectorTail.Load(p, vocab, 0f) - Vector512.Create(lse)) * Vector512.Create(-g), p, vocab);
 
     /// <summary>
     /// Overwrites <paramref name="logitsToGradient"/> (the forward's logits) with d(logits), given
@@ -113,11 +145,8 @@ public static class TargetLogProbs
                     }
                     // −g·softmax in one fused pass: logit − lse ≤ 0, so exp cannot overflow.
                     float* p = xl + (long)i * vocab;
-                    var lse = Vector512.Create(xs[i]);
-                    var minusG = Vector512.Create(-g);
-                    int j = 0;
-                    for (; j <= vocab - 16; j += 16) (VectorExp.Exp(Vector512.Load(p + j) - lse) * minusG).Store(p + j);
-                    if (j < vocab) VectorTail.Store(VectorExp.Exp(VectorTail.Load(p + j, vocab - j, 0f) - lse) * minusG, p + j, vocab - j);
+                    if (vocab >= 16) SoftmaxGradientRow(p, vocab, xs[i], g);
+                    else ShortSoftmaxGradientRow(p, vocab, xs[i], g);
                     row[t] += g;
                 }
             });
