@@ -11,6 +11,8 @@ namespace DistAlign.Kernels.Cpu;
 ///   logprob[n] = logit[n, target[n]] − lse[n]   (0 when target[n] = −1, an ignored position)
 /// Backward: dlogit[n, v] = dlogprob[n]·(1[v = target[n]] − exp(logit[n, v] − lse[n])), written IN PLACE
 /// over the logits buffer (so no second N×V buffer exists); rows with target −1 become zero.
+/// exp is <see cref="VectorExp"/> (fp32, ≤ 2 ulp); rows are whole units of parallel work, so results are
+/// bit-identical for any thread count.
 /// Unlike the other ops, this backward overwrites rather than accumulates: the logits buffer becomes
 /// d(logits) and is consumed by the LM-head GEMM backward.
 /// </summary>
