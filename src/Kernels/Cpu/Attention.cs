@@ -121,7 +121,8 @@ public static class Attention
 
     /// <summary>
     /// Accumulates d(qkv) from d(out), using the forward's qkv, att and out (out must be exactly what the
-    /// forward wrote: it supplies Σ_r a·da = dout·out).
+    /// forward wrote: it supplies Σ_r a·da = dout·out). Segment ids are not needed again: the saved att is
+    /// exactly 0 wherever attention was not allowed, and those entries are skipped.
     /// </summary>
     /// <param name="dOutput">[B, T, C].</param>
     /// <param name="qkv">[B, T, 3C], the forward's input.</param>
