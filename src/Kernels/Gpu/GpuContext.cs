@@ -1,0 +1,35 @@
+using ILGPU;
+using ILGPU.Runtime;
+using ILGPU.Runtime.CPU;
+
+namespace DistAlign.Kernels.Gpu;
+
+/// <summary>
+/// Owns an ILGPU <see cref="Context"/> and one accelerator. Tests use ILGPU's CPU accelerator (which
+/// simulates GPU threads, one OS thread each: correct but slow, small shapes only); the CUDA backend uses a
+/// CUDA accelerator. The CPU accelerator is never the CPU fast path (that is <c>Kernels.Cpu</c>).
+/// </summary>
+public sealed class GpuContext : IDisposable
+{
+    public Context Context { get; }
+    public Accelerator Accelerator { get; }
+
+    private GpuContext(Context context, Accelerator accelerator)
+    {
+        Context = context;
+        Accelerator = accelerator;
+    }
+
+    /// <summary>ILGPU's CPU accelerator (GPU semantics simulated on CPU threads), for tests.</summary>
+    public static GpuContext CreateCpuSimulator()
+    {
+        var context = Context.Create(builder => builder.CPU().EnableAlgorithms().Math(MathMode.Default));
+        return new GpuContext(context, context.CreateCPUAccelerator(0));
+    }
+
+    public void Dispose()
+    {
+        Accelerator.Dispose();
+        Context.Dispose();
+    }
+}

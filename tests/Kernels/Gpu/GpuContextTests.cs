@@ -1,0 +1,21 @@
+using DistAlign.Kernels.Gpu;
+using ILGPU;
+using ILGPU.Runtime;
+
+namespace DistAlign.Tests.Kernels.Gpu;
+
+public class GpuContextTests
+{
+    private static void AddOne(Index1D i, ArrayView<float> data) => data[i] += 1f;
+
+    [Test]
+    public void TheCpuSimulatorRunsAKernel()
+    {
+        using var gpu = GpuContext.CreateCpuSimulator();
+        var kernel = gpu.Accelerator.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>>(AddOne);
+        using var buffer = gpu.Accelerator.Allocate1D(new float[] { 1, 2, 3 });
+        kernel((int)buffer.Length, buffer.View);
+        gpu.Accelerator.Synchronize();
+        Assert.That(buffer.GetAsArray1D(), Is.EqualTo(new float[] { 2, 3, 4 }));
+    }
+}
