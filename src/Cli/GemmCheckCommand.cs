@@ -93,12 +93,14 @@ internal static class GemmCheckCommand
                 t = Time(() => OpenBlas.Sgemm(false, false, m, n, k, 1f, a, k, b, n, 0f, c, n));
                 if (r >= 0) theirs.Add(t);
             }
-            double gOurs = flops / Median(ours) / 1e9;
+            double gOurs = flops / Median([.. ours]) / 1e9;
             string line = $"NN {m}×{n}×{k}: ours {gOurs,7:F1} GFLOP/s";
             if (blas)
             {
-                double gBlas = flops / Median(theirs) / 1e9;
-                line += $" | OpenBLAS {gBlas,7:F1} GFLOP/s | ratio {gOurs / gBlas:F2}";
+                double gBlas = flops / Median([.. theirs]) / 1e9;
+                // Ratio of each round's pair (run back to back), then the median: drift hits both alike.
+                var ratios = theirs.Select((t, i) => t / ours[i]).ToList();
+                line += $" | OpenBLAS {gBlas,7:F1} GFLOP/s | ratio {Median(ratios):F2}";
             }
             Console.WriteLine(line + $" (median of {repeats})");
         }

@@ -1,6 +1,7 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace DistAlign.Kernels.Cpu;
 
@@ -38,7 +39,9 @@ public enum Transpose
 /// </para>
 /// <para>
 /// Threads: the problem is split with <see cref="CpuParallel.For"/> into contiguous ranges of whole
-/// MR-row panels (or NR-column panels when n is much larger than m); every thread packs what it needs
+/// MR-row panels (or NR-column panels when n is much larger than m). With a row split, each B block is
+/// packed by all threads together (one parallel step) into one shared buffer, then every thread packs its
+/// own A blocks and runs its rows against it. With a column split each thread packs everything it needs
 /// into its own buffers. Each C element is always summed over k in the same order (K blocks in order,
 /// k ascending inside a block, one FMA chain per element), so results are bit-identical for any thread
 /// count.
@@ -59,12 +62,14 @@ public static unsafe class Gemm
     private const int Mr256 = 6;
     private const int Nr256 = 16;
 
-    /// <summary>Largest K block (packed depth). The actual KC splits k into equal blocks no larger than this.</summary>
+    /// <summary>Largest K block (packed depth); k is split into equal blocks no deeper than this. An A
+    /// micro-panel (MR×KC floats = 18 KB) then stays in the 32 KB L1 while B micro-panels stream past it.</summary>
     internal const int Kc = 384;
-    /// <summary>Rows of op(A) per packed A block; a multiple of both MRs (12 and 6).</summary>
+    /// <summary>Rows of op(A) per packed A block; a multiple of both MRs (12 and 6). MC×KC floats = 288 KB.</summary>
     internal const int Mc = 192;
-    /// <summary>Columns of op(B) per packed B block; a multiple of both NRs (32 and 16).</summary>
-    internal const int Nc = 768;
+    /// <summary>Largest column block of op(B) (a multiple of both NRs, 32 and 16); n is split into equal blocks
+    /// no wider than this. KC×NC floats = 1.5 MB: the packed B block stays in the 2 MB L2.</summary>
+    internal const int Nc = 1024;
 
     /// <summary>Below this many multiply-adds per thread a GEMM stays on one thread.</summary>
     private const long MinFmasPerThread = 1L << 18;
@@ -173,14 +178,18 @@ public static unsafe class Gemm
         int threads = CpuParallel.Threads;
 
         // Split along m unless m is too short to give every thread several panels and n is longer.
-        // Splitting m makes each thread pack all of B (k·n), splitting n makes each pack all of A (m·k).
+        // Along m, the threads pack each B block together and all read it; along n, every thread packs
+        // all of A (m·k) for its own columns, which only pays off when m is small.
         bool splitRows = mPanels >= 4 * threads || mPanels >= nPanels;
         if (splitRows)
         {
             long fmasPerPanel = (long)mr * p.N * p.K;
             int minPanels = (int)Math.Clamp(MinFmasPerThread / fmasPerPanel, 1, int.MaxValue);
-            CpuParallel.For(mPanels, minPanels, (start, end) =>
-                RunBlock(p, start * mr, Math.Min(end * mr, p.M), 0, p.N, mr, nr));
+            if (Math.Min(CpuParallel.Threads, Math.Max(1, mPanels / minPanels)) > 1)
+                RunRowsSharingB(p, mr, nr, mPanels, minPanels);
+            else
+                CpuParallel.For(mPanels, minPanels, (start, end) =>
+                    RunBlock(p, start * mr, Math.Min(end * mr, p.M), 0, p.N, mr, nr));
         }
         else
         {
@@ -188,6 +197,45 @@ public static unsafe class Gemm
             int minPanels = (int)Math.Clamp(MinFmasPerThread / fmasPerPanel, 1, int.MaxValue);
             CpuParallel.For(nPanels, minPanels, (start, end) =>
                 RunBlock(p, 0, p.M, start * nr, Math.Min(end * nr, p.N), mr, nr));
+        }
+    }
+
+    /// <summary>
+    /// Rows split between threads, each B block packed once by all threads together into the calling
+    /// thread's buffer and then read by every thread (instead of each thread packing all of B).
+    /// </summary>
+    private static void RunRowsSharingB(Problem p, int mr, int nr, int mPanels, int minPanels)
+    {
+        float* sharedB = PackingBuffers.ForCurrentThread().B;
+        int kBlocks = (p.K + Kc - 1) / Kc;
+        int kcStep = (p.K + kBlocks - 1) / kBlocks;
+        int ncBlocks = (p.N + Nc - 1) / Nc;
+        int ncStep = ((p.N + ncBlocks - 1) / ncBlocks + nr - 1) / nr * nr;
+
+        for (int jc = 0; jc < p.N; jc += ncStep)
+        {
+            int nc = Math.Min(ncStep, p.N - jc);
+            int bPanels = (nc + nr - 1) / nr;
+            for (int pc = 0; pc < p.K; pc += kcStep)
+            {
+                int kc = Math.Min(kcStep, p.K - pc);
+                bool firstK = pc == 0;
+                int jcBlock = jc, pcBlock = pc;
+                CpuParallel.For(bPanels, 4, (start, end) =>
+                    PackB(p, pcBlock, kc, jcBlock + start * nr, Math.Min(end * nr, nc) - start * nr,
+                        sharedB + (nint)start * nr * kc, nr));
+                CpuParallel.For(mPanels, minPanels, (start, end) =>
+                {
+                    PackingBuffers own = PackingBuffers.ForCurrentThread();
+                    int rowEnd = Math.Min(end * mr, p.M);
+                    for (int ic = start * mr; ic < rowEnd; ic += Mc)
+                    {
+                        int mc = Math.Min(Mc, rowEnd - ic);
+                        PackA(p, ic, mc, pcBlock, kc, own.A, mr);
+                        MacroKernel(p, ic, mc, jcBlock, nc, kc, firstK, own.A, sharedB, own.Tile, mr, nr);
+                    }
+                });
+            }
         }
     }
 
@@ -199,9 +247,13 @@ public static unsafe class Gemm
         int kBlocks = (p.K + Kc - 1) / Kc;
         int kcStep = (p.K + kBlocks - 1) / kBlocks;
 
-        for (int jc = colStart; jc < colEnd; jc += Nc)
+        // Equal column blocks no wider than Nc (whole NR panels), so no thin last block is packed and run alone.
+        int ncBlocks = (colEnd - colStart + Nc - 1) / Nc;
+        int ncStep = ((colEnd - colStart + ncBlocks - 1) / ncBlocks + nr - 1) / nr * nr;
+
+        for (int jc = colStart; jc < colEnd; jc += ncStep)
         {
-            int nc = Math.Min(Nc, colEnd - jc);
+            int nc = Math.Min(ncStep, colEnd - jc);
             for (int pc = 0; pc < p.K; pc += kcStep)
             {
                 int kc = Math.Min(kcStep, p.K - pc);
@@ -211,7 +263,7 @@ public static unsafe class Gemm
                 {
                     int mc = Math.Min(Mc, rowEnd - ic);
                     PackA(p, ic, mc, pc, kc, buffers.A, mr);
-                    MacroKernel(p, ic, mc, jc, nc, kc, firstK, buffers, mr, nr);
+                    MacroKernel(p, ic, mc, jc, nc, kc, firstK, buffers.A, buffers.B, buffers.Tile, mr, nr);
                 }
             }
         }
@@ -219,19 +271,18 @@ public static unsafe class Gemm
 
     /// <summary>All MR×NR tiles of one packed A block times one packed B block.</summary>
     private static void MacroKernel(in Problem p, int ic, int mc, int jc, int nc, int kc, bool firstK,
-        PackingBuffers buffers, int mr, int nr)
+        float* aPacked, float* bPacked, float* tile, int mr, int nr)
     {
         // The first K block applies β and the bias; later blocks add onto what is already in C.
         float beta = firstK ? p.Beta : 1f;
         bool wide = nr == Nr512;
-        float* tile = buffers.Tile;
         for (int ir = 0; ir < mc; ir += mr)
         {
-            float* aPanel = buffers.A + (nint)ir * kc;
+            float* aPanel = aPacked + (nint)ir * kc;
             int rows = Math.Min(mr, mc - ir);
             for (int jr = 0; jr < nc; jr += nr)
             {
-                float* bPanel = buffers.B + (nint)jr * kc;
+                float* bPanel = bPacked + (nint)jr * kc;
                 int cols = Math.Min(nr, nc - jr);
                 float* cTile = p.C + (nint)(ic + ir) * p.Ldc + jc + jr;
                 float* bias = firstK && p.Bias != null ? p.Bias + jc + jr : null;
@@ -324,12 +375,18 @@ public static unsafe class Gemm
             }
             else
             {
-                // op(B)[q, j] = B[j*ldb + q]: read each stored row contiguously, scatter with stride NR.
-                for (int j = 0; j < cols; j++)
+                // op(B)[q, j] = B[j*ldb + q]: read 16 contiguous k of each stored row, scatter with stride
+                // NR. Going 16 k at a time keeps the 16 panel rows being written in L1 (a whole panel,
+                // kc×NR floats, does not fit).
+                for (int q0 = 0; q0 < kc; q0 += 16)
                 {
-                    float* src = p.B + (nint)(jc + jr + j) * p.Ldb + pc;
-                    float* d = panel + j;
-                    for (int q = 0; q < kc; q++) d[(nint)q * nr] = src[q];
+                    int qEnd = Math.Min(q0 + 16, kc);
+                    for (int j = 0; j < cols; j++)
+                    {
+                        float* src = p.B + (nint)(jc + jr + j) * p.Ldb + pc;
+                        float* d = panel + j;
+                        for (int q = q0; q < qEnd; q++) d[(nint)q * nr] = src[q];
+                    }
                 }
             }
             if (cols < nr)
@@ -357,6 +414,13 @@ public static unsafe class Gemm
         Vector512<float> r3l = default, r3h = default, r4l = default, r4h = default, r5l = default, r5h = default;
         Vector512<float> r6l = default, r6h = default, r7l = default, r7h = default, r8l = default, r8h = default;
         Vector512<float> r9l = default, r9h = default, r10l = default, r10h = default, r11l = default, r11h = default;
+
+        // Start fetching the C tile (12 rows × 2 cache lines) now, so the store at the end does not wait.
+        for (int r = 0; r < Mr512; r++)
+        {
+            Sse.Prefetch0(c + r * ldc);
+            Sse.Prefetch0(c + r * ldc + 16);
+        }
 
         for (int q = 0; q < kc; q++)
         {
