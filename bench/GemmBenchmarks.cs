@@ -5,6 +5,7 @@ using BenchmarkDotNet.Filters;
 using BenchmarkDotNet.Jobs;
 using BenchmarkDotNet.Reports;
 using BenchmarkDotNet.Running;
+using BenchmarkDotNet.Toolchains.InProcess.Emit;
 using DistAlign.Engine.Native;
 using DistAlign.Kernels.Cpu;
 
@@ -78,16 +79,23 @@ public class GemmBenchmarks
 /// <summary>Short job (3 warm-ups, 10 measured iterations), GFLOP/s columns, OpenBLAS dropped when not installed.</summary>
 public sealed class GemmBenchmarkConfig : ManualConfig
 {
+    private static int announced;
+
     public GemmBenchmarkConfig()
     {
-        AddJob(Job.Default.WithLaunchCount(1).WithWarmupCount(3).WithIterationCount(10).WithId("Short"));
+        // In-process: the bench project's file name (Bench.csproj) differs from its assembly name
+        // (DistAlign.Bench), which BenchmarkDotNet's out-of-process toolchain cannot map back to a project.
+        AddJob(Job.Default.WithLaunchCount(1).WithWarmupCount(3).WithIterationCount(10)
+            .WithToolchain(InProcessEmitToolchain.Instance).WithId("Short"));
         AddColumn(StatisticColumn.Median, new GflopsColumn(), new SpeedVsOpenBlasColumn());
+        bool firstConfig = Interlocked.Exchange(ref announced, 1) == 0;
         if (!OpenBlas.IsAvailable)
         {
-            Console.WriteLine($"// OpenBLAS benchmarks skipped: {OpenBlas.UnavailableReason}");
+            if (firstConfig) Console.WriteLine($"// OpenBLAS benchmarks skipped: {OpenBlas.UnavailableReason}");
             AddFilter(new SimpleFilter(bc => bc.Descriptor.WorkloadMethod.Name != nameof(GemmBenchmarks.OpenBlasSgemm)));
             return;
         }
+        if (!firstConfig) return;
         Console.WriteLine($"// OpenBLAS: core {OpenBlas.CoreName}; {OpenBlas.Config}");
         if (OpenBlas.CoreTypeEnvironment is null)
             Console.WriteLine("// WARNING: OPENBLAS_CORETYPE is not set. On AVX-512 CPUs that OpenBLAS 0.3.21 does not know " +
