@@ -327,74 +327,125 @@ public static unsafe class Gemm
 
     private static void PackA(in Problem p, int ic, int mc, int pc, int kc, float* dst, int mr)
     {
+        nint lda = p.Lda;
+        if (p.TransA)
+        {
+            // op(A)[i, q] = A[q*lda + i]: walk stored rows in order (each read once, contiguously) and
+            // drop MR values of row q into every panel.
+            for (int q = 0; q < kc; q++)
+            {
+                float* src = p.A + (pc + q) * lda + ic;
+                for (int ir = 0; ir < mc; ir += mr)
+                    CopyPadded(dst + (nint)ir * kc + (nint)q * mr, src + ir, Math.Min(mr, mc - ir), mr);
+            }
+            return;
+        }
+
+        // op(A)[i, q] = A[i*lda + q]: a transpose. Full 12-row panels go 4 rows × 4 k at a time through
+        // SSE 4×4 transposes; anything else (edges, the 6-row fallback panels) element by element.
         for (int ir = 0; ir < mc; ir += mr)
         {
             int rows = Math.Min(mr, mc - ir);
             float* panel = dst + (nint)ir * kc;
-            if (!p.TransA)
+            float* src = p.A + (ic + ir) * lda + pc;
+            int q = 0;
+            if (rows == Mr512 && mr == Mr512 && Sse.IsSupported)
             {
-                // op(A)[i, q] = A[i*lda + q]: read each row contiguously, scatter with stride MR.
-                for (int i = 0; i < rows; i++)
+                for (; q + 4 <= kc; q += 4)
                 {
-                    float* src = p.A + (nint)(ic + ir + i) * p.Lda + pc;
-                    float* d = panel + i;
-                    for (int q = 0; q < kc; q++) d[(nint)q * mr] = src[q];
+                    for (int g = 0; g < Mr512; g += 4)
+                    {
+                        float* s0 = src + g * lda + q;
+                        Transpose4x4(
+                            Sse.LoadVector128(s0), Sse.LoadVector128(s0 + lda),
+                            Sse.LoadVector128(s0 + 2 * lda), Sse.LoadVector128(s0 + 3 * lda),
+                            panel + (nint)q * Mr512 + g, Mr512);
+                    }
                 }
             }
-            else
+            for (; q < kc; q++)
             {
-                // op(A)[i, q] = A[q*lda + i]: MR contiguous values per k.
-                for (int q = 0; q < kc; q++)
-                {
-                    float* src = p.A + (nint)(pc + q) * p.Lda + ic + ir;
-                    Unsafe.CopyBlockUnaligned(panel + (nint)q * mr, src, (uint)(rows * sizeof(float)));
-                }
-            }
-            if (rows < mr)
-            {
-                for (int q = 0; q < kc; q++)
-                    for (int i = rows; i < mr; i++) panel[(nint)q * mr + i] = 0f;
+                float* d = panel + (nint)q * mr;
+                for (int i = 0; i < rows; i++) d[i] = src[i * lda + q];
+                for (int i = rows; i < mr; i++) d[i] = 0f;
             }
         }
     }
 
     private static void PackB(in Problem p, int pc, int kc, int jc, int nc, float* dst, int nr)
     {
+        nint ldb = p.Ldb;
+        if (!p.TransB)
+        {
+            // op(B)[q, j] = B[q*ldb + j]: walk stored rows in order (each read once, contiguously) and
+            // drop NR values of row q into every panel.
+            for (int q = 0; q < kc; q++)
+            {
+                float* src = p.B + (pc + q) * ldb + jc;
+                for (int jr = 0; jr < nc; jr += nr)
+                    CopyPadded(dst + (nint)jr * kc + (nint)q * nr, src + jr, Math.Min(nr, nc - jr), nr);
+            }
+            return;
+        }
+
+        // op(B)[q, j] = B[j*ldb + q]: a transpose, 4 stored rows × 4 k per SSE 4×4 transpose. Per panel,
+        // 4 k at a time: the NR source rows touched (NR cache lines) and the 4 panel rows written stay in L1.
         for (int jr = 0; jr < nc; jr += nr)
         {
             int cols = Math.Min(nr, nc - jr);
             float* panel = dst + (nint)jr * kc;
-            if (!p.TransB)
+            float* src = p.B + (jc + jr) * ldb + pc;
+            int q = 0;
+            if (cols == nr && Sse.IsSupported)
             {
-                // op(B)[q, j] = B[q*ldb + j]: NR contiguous values per k.
-                for (int q = 0; q < kc; q++)
+                for (; q + 4 <= kc; q += 4)
                 {
-                    float* src = p.B + (nint)(pc + q) * p.Ldb + jc + jr;
-                    Unsafe.CopyBlockUnaligned(panel + (nint)q * nr, src, (uint)(cols * sizeof(float)));
-                }
-            }
-            else
-            {
-                // op(B)[q, j] = B[j*ldb + q]: read 16 contiguous k of each stored row, scatter with stride
-                // NR. Going 16 k at a time keeps the 16 panel rows being written in L1 (a whole panel,
-                // kc×NR floats, does not fit).
-                for (int q0 = 0; q0 < kc; q0 += 16)
-                {
-                    int qEnd = Math.Min(q0 + 16, kc);
-                    for (int j = 0; j < cols; j++)
+                    for (int j = 0; j < nr; j += 4)
                     {
-                        float* src = p.B + (nint)(jc + jr + j) * p.Ldb + pc;
-                        float* d = panel + j;
-                        for (int q = q0; q < qEnd; q++) d[(nint)q * nr] = src[q];
+                        float* s0 = src + j * ldb + q;
+                        Transpose4x4(
+                            Sse.LoadVector128(s0), Sse.LoadVector128(s0 + ldb),
+                            Sse.LoadVector128(s0 + 2 * ldb), Sse.LoadVector128(s0 + 3 * ldb),
+                            panel + (nint)q * nr + j, nr);
                     }
                 }
             }
-            if (cols < nr)
+            for (; q < kc; q++)
             {
-                for (int q = 0; q < kc; q++)
-                    for (int j = cols; j < nr; j++) panel[(nint)q * nr + j] = 0f;
+                float* d = panel + (nint)q * nr;
+                for (int j = 0; j < cols; j++) d[j] = src[j * ldb + q];
+                for (int j = cols; j < nr; j++) d[j] = 0f;
             }
         }
+    }
+
+    /// <summary>
+    /// Writes the transpose of the 4×4 block whose rows are r0..r3: column t of the block goes to
+    /// dst + t·stride (4 floats).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Transpose4x4(Vector128<float> r0, Vector128<float> r1, Vector128<float> r2, Vector128<float> r3,
+        float* dst, nint stride)
+    {
+        Vector128<float> t0 = Sse.UnpackLow(r0, r1);   // r0[0] r1[0] r0[1] r1[1]
+        Vector128<float> t1 = Sse.UnpackLow(r2, r3);   // r2[0] r3[0] r2[1] r3[1]
+        Vector128<float> t2 = Sse.UnpackHigh(r0, r1);  // r0[2] r1[2] r0[3] r1[3]
+        Vector128<float> t3 = Sse.UnpackHigh(r2, r3);  // r2[2] r3[2] r2[3] r3[3]
+        Sse.Store(dst, Sse.MoveLowToHigh(t0, t1));              // column 0
+        Sse.Store(dst + stride, Sse.MoveHighToLow(t1, t0));     // column 1
+        Sse.Store(dst + 2 * stride, Sse.MoveLowToHigh(t2, t3)); // column 2
+        Sse.Store(dst + 3 * stride, Sse.MoveHighToLow(t3, t2)); // column 3
+    }
+
+    /// <summary>Copies <paramref name="count"/> floats and zero-fills up to <paramref name="width"/> (a multiple of 4).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void CopyPadded(float* dst, float* src, int count, int width)
+    {
+        int j = 0;
+        for (; j + 8 <= count; j += 8) Vector256.Store(Vector256.Load(src + j), dst + j);
+        for (; j + 4 <= count; j += 4) Vector128.Store(Vector128.Load(src + j), dst + j);
+        for (; j < count; j++) dst[j] = src[j];
+        for (; j < width; j++) dst[j] = 0f;
     }
 
     // ---------------------------------------------------------------------------------------------
