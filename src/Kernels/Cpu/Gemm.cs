@@ -23,10 +23,10 @@ public enum Transpose
 /// Blocking (GotoBLAS/BLIS scheme, written for a row-major C whose vectors run along n):
 /// </para>
 /// <code>
-/// for jc in n step NC            B block  op(B)[pc:pc+KC, jc:jc+NC] packed → ~1.2 MB, lives in L2
+/// for jc in n step NC            B block  op(B)[pc:pc+KC, jc:jc+NC] packed → ≤ 1.5 MB, lives in L2
 ///   for pc in k step KC          (K blocks are visited in order: fixed reduction order per element)
 ///     pack B block into NR-wide micro-panels  [KC][NR]
-///     for ic in m step MC        A block  op(A)[ic:ic+MC, pc:pc+KC] packed → ~0.3 MB
+///     for ic in m step MC        A block  op(A)[ic:ic+MC, pc:pc+KC] packed → ≤ 0.3 MB
 ///       pack A block into MR-tall micro-panels [KC][MR]
 ///       for ir in MC step MR     one A micro-panel (MR×KC ≈ 18 KB) stays in L1 ...
 ///         for jr in NC step NR   ... while the B micro-panels stream from L2
