@@ -1,0 +1,178 @@
+using DistAlign.Engine.Devices;
+using DistAlign.Engine.Memory;
+
+namespace DistAlign.Tests.Engine;
+
+public class MemoryPlanTests
+{
+    private static MemoryPlan SmallPlan()
+    {
+        var builder = new MemoryPlanBuilder();
+        builder.Arena("parameters")
+            .Add<float>("wte.weight", 10)        // 40 bytes -> next offset 64
+            .Add<float>("h.0.ln_1.weight", 16)   // 64 bytes at 64 -> ends 128
+            .Add<ushort>("h.0.ln_1.bias", 3);    // 6 bytes at 128 -> arena 192
+        builder.Arena("gradients").Add<float>("wte.weight", 10);
+        builder.Arena("activations").Add<float>("residual", 1000);
+        return builder.Build();
+    }
+
+    [Test]
+    public void OffsetsAreAlignedAndSizesAddUp()
+    {
+        var plan = SmallPlan();
+        var parameters = plan["parameters"];
+        Assert.That(parameters.Tensors.Select(t => t.ByteOffset), Is.EqualTo(new long[] { 0, 64, 128 }));
+        Assert.That(parameters.SizeInBytes, Is.EqualTo(192));
+        Assert.That(plan["gradients"].SizeInBytes, Is.EqualTo(64));
+        Assert.That(plan["activations"].SizeInBytes, Is.EqualTo(4032)); // 4000 rounded up to 64
+        Assert.That(plan.TotalBytes, Is.EqualTo(192 + 64 + 4032));
+        Assert.That(plan.Arenas.Select(a => a.Name), Is.EqualTo(new[] { "parameters", "gradients", "activations" }));
+        Assert.That(plan.LargestArena!.Name, Is.EqualTo("activations"));
+        foreach (var arena in plan.Arenas)
+            foreach (var t in arena.Tensors)
+                Assert.That(t.ByteOffset % MemoryPlan.Alignment, Is.EqualTo(0), t.Name);
+    }
+
+    [Test]
+    public void ArenaBuilderIsReturnedForTheSameNameAndRejectsDuplicateTensors()
+    {
+        var builder = new MemoryPlanBuilder();
+        builder.Arena("a").Add<float>("x", 1);
+        builder.Arena("a").Add<float>("y", 1);
+        var ex = Assert.Throws<ArgumentException>(() => builder.Arena("a").Add<float>("x", 2));
+        Assert.That(ex!.Message, Does.Contain("'x'").And.Contain("'a'"));
+        Assert.That(builder.Build()["a"].Tensors, Has.Count.EqualTo(2));
+        Assert.Throws<ArgumentOutOfRangeException>(() => builder.Arena("a").Add<float>("z", -1));
+        Assert.Throws<ArgumentOutOfRangeException>(() => builder.Arena("a").Add("z", 1, 0));
+    }
+
+    [Test]
+    public void SizeArithmeticIsOverflowChecked()
+    {
+        var builder = new MemoryPlanBuilder();
+        builder.Arena("huge").Add<double>("t", long.MaxValue / 4);
+        var ex = Assert.Throws<OverflowException>(() => builder.Build());
+        Assert.That(ex!.Message, Does.Contain("'huge'").And.Contain("'t'"));
+
+        var twoArenas = new MemoryPlanBuilder();
+        twoArenas.Arena("a").Add<byte>("t", long.MaxValue / 2 + 1);
+        twoArenas.Arena("b").Add<byte>("t", long.MaxValue / 2 + 1);
+        Assert.Throws<OverflowException>(() => twoArenas.Build());
+    }
+
+    [Test]
+    public void EnsureFitsPassesWithinBudget()
+    {
+        var plan = SmallPlan();
+        Assert.DoesNotThrow(() => plan.EnsureFits(plan.TotalBytes));
+    }
+
+    [Test]
+    public void EnsureFitsReportsNeededBudgetAndLargestArena()
+    {
+        var plan = SmallPlan();
+        var ex = Assert.Throws<MemoryBudgetExceededException>(() => plan.EnsureFits(1000));
+        Assert.That(ex!.NeededBytes, Is.EqualTo(plan.TotalBytes));
+        Assert.That(ex.BudgetBytes, Is.EqualTo(1000));
+        Assert.That(ex.LargestArena, Is.EqualTo("activations"));
+        Assert.That(ex.LargestArenaBytes, Is.EqualTo(4032));
+        Assert.That(ex.Message, Does.Contain("4,288").And.Contain("1,000").And.Contain("'activations'"));
+    }
+
+    [Test]
+    public void BudgetIsCheckedBeforeAnythingIsAllocated()
+    {
+        // A plan far larger than any machine: if allocation were attempted first, it would fail differently.
+        var builder = new MemoryPlanBuilder();
+        builder.Arena("activations").Add<float>("x", 1L << 60);
+        var plan = builder.Build();
+        using var device = new CpuDevice();
+        Assert.Throws<MemoryBudgetExceededException>(() => MemoryArenas.Allocate(device, plan, budgetBytes: 1L << 30));
+    }
+
+    [Test]
+    public void DescribeListsEveryArenaAndTheTotal()
+    {
+        string table = SmallPlan().Describe();
+        TestContext.Out.WriteLine(table);
+        var lines = table.Split('\n');
+        Assert.That(lines, Has.Length.EqualTo(2 + 3 + 1));
+        Assert.That(lines[2], Does.StartWith("parameters").And.Contain("192"));
+        Assert.That(lines[4], Does.StartWith("activations").And.Contain("4,032").And.Contain("3.9 KiB"));
+        Assert.That(lines[5], Does.StartWith("total").And.Contain("4,288"));
+    }
+
+    [Test]
+    public void UnknownArenaNameListsPlannedArenas()
+    {
+        var ex = Assert.Throws<KeyNotFoundException>(() => _ = SmallPlan()["adam_m"]);
+        Assert.That(ex!.Message, Does.Contain("'adam_m'").And.Contain("'parameters'"));
+    }
+}
+
+public class ArenaTests
+{
+    [Test]
+    public void TensorViewsSitAtPlannedOffsetsAndDoNotOverlap()
+    {
+        var builder = new MemoryPlanBuilder();
+        builder.Arena("parameters").Add<float>("a", 3).Add<float>("b", 5).Add<int>("c", 2);
+        var plan = builder.Build();
+        using var device = new CpuDevice();
+        using var memory = MemoryArenas.Allocate(device, plan, budgetBytes: 1 << 20);
+        var arena = memory["parameters"];
+        Assert.That(arena.SizeInBytes, Is.EqualTo(plan["parameters"].SizeInBytes));
+
+        arena.Span<float>("a").Fill(1f);
+        arena.Span<float>("b").Fill(2f);
+        arena.Span<int>("c").Fill(3);
+        Assert.That(arena.Span<float>("a").ToArray(), Is.All.EqualTo(1f));
+        Assert.That(arena.Span<float>("b").ToArray(), Is.All.EqualTo(2f));
+        Assert.That(arena.Tensor<float>("b").ByteOffset, Is.EqualTo(64));
+        Assert.That(arena["c"].Length, Is.EqualTo(8));
+        Assert.That(arena["c"].ByteOffset, Is.EqualTo(128));
+
+        var whole = new byte[arena.SizeInBytes];
+        arena.Bytes.CopyTo(whole);
+        Assert.That(BitConverter.ToSingle(whole, 64), Is.EqualTo(2f));
+        Assert.That(BitConverter.ToInt32(whole, 128), Is.EqualTo(3));
+        Assert.That(BitConverter.ToSingle(whole, 12), Is.EqualTo(0f), "padding after 'a' stays untouched");
+    }
+
+    [Test]
+    public void UnknownTensorNameNamesTensorAndArena()
+    {
+        var builder = new MemoryPlanBuilder();
+        builder.Arena("parameters").Add<float>("h.0.ln_1.weight", 4);
+        using var device = new CpuDevice();
+        using var memory = MemoryArenas.Allocate(device, builder.Build());
+        var ex = Assert.Throws<KeyNotFoundException>(() => _ = memory["parameters"]["h.0.ln_2.weight"]);
+        Assert.That(ex!.Message, Does.Contain("'h.0.ln_2.weight'").And.Contain("'parameters'").And.Contain("'h.0.ln_1.weight'"));
+        Assert.Throws<KeyNotFoundException>(() => _ = memory["gradients"]);
+    }
+
+    [Test]
+    public void WrongElementTypeIsRejected()
+    {
+        var builder = new MemoryPlanBuilder();
+        builder.Arena("p").Add<float>("w", 4);
+        using var device = new CpuDevice();
+        using var arena = Arena.Allocate(device, builder.Build()["p"]);
+        var ex = Assert.Throws<ArgumentException>(() => arena.Tensor<double>("w"));
+        Assert.That(ex!.Message, Does.Contain("'w'").And.Contain("4-byte"));
+    }
+
+    [Test]
+    public void ViewsAreUnusableAfterTheArenaIsDisposed()
+    {
+        var builder = new MemoryPlanBuilder();
+        builder.Arena("p").Add<float>("w", 4);
+        using var device = new CpuDevice();
+        var memory = MemoryArenas.Allocate(device, builder.Build());
+        var view = memory["p"].Tensor<float>("w");
+        memory.Dispose();
+        memory.Dispose();
+        Assert.Throws<ObjectDisposedException>(() => view.AsSpan());
+    }
+}
