@@ -1,0 +1,515 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+
+namespace DistAlign.Kernels.Cpu;
+
+/// <summary>Whether a GEMM operand is used as stored (<see cref="No"/>) or transposed (<see cref="Yes"/>).</summary>
+public enum Transpose
+{
+    /// <summary>op(X) = X.</summary>
+    No,
+    /// <summary>op(X) = Xᵀ.</summary>
+    Yes,
+}
+
+/// <summary>
+/// Single-precision general matrix multiply on the CPU, row-major:
+/// <c>C[m×n] = α·op(A)[m×k]·op(B)[k×n] + β·C (+ bias[n] broadcast over rows)</c>.
+/// </summary>
+/// <remarks>
+/// <para>
+/// Blocking (GotoBLAS/BLIS scheme, written for a row-major C whose vectors run along n):
+/// </para>
+/// <code>
+/// for jc in n step NC            B block  op(B)[pc:pc+KC, jc:jc+NC] packed → ~1.2 MB, lives in L2
+///   for pc in k step KC          (K blocks are visited in order: fixed reduction order per element)
+///     pack B block into NR-wide micro-panels  [KC][NR]
+///     for ic in m step MC        A block  op(A)[ic:ic+MC, pc:pc+KC] packed → ~0.3 MB
+///       pack A block into MR-tall micro-panels [KC][MR]
+///       for ir in MC step MR     one A micro-panel (MR×KC ≈ 18 KB) stays in L1 ...
+///         for jr in NC step NR   ... while the B micro-panels stream from L2
+///           micro-kernel: C[ir:ir+MR, jr:jr+NR] (+)= A panel · B panel
+/// </code>
+/// <para>
+/// Packing absorbs the four transpose cases, so one micro-kernel serves NN, NT, TN and TT. Panels are
+/// zero-padded to whole MR×NR tiles; partial tiles at the right/bottom edge are computed into a small
+/// scratch tile and only their valid part is written to C.
+/// </para>
+/// <para>
+/// Threads: the problem is split with <see cref="CpuParallel.For"/> into contiguous ranges of whole
+/// MR-row panels (or NR-column panels when n is much larger than m); every thread packs what it needs
+/// into its own buffers. Each C element is always summed over k in the same order (K blocks in order,
+/// k ascending inside a block, one FMA chain per element), so results are bit-identical for any thread
+/// count.
+/// </para>
+/// <para>
+/// Packing buffers are 64-byte aligned native blocks allocated once per thread and reused; the hot path
+/// allocates nothing.
+/// </para>
+/// </remarks>
+public static unsafe class Gemm
+{
+    // Vector512 micro-kernel: 12 rows × 32 columns (2 zmm per row) = 24 zmm accumulators,
+    // plus 2 zmm for the B row and 1 for the broadcast A element (of 32 zmm registers).
+    private const int Mr512 = 12;
+    private const int Nr512 = 32;
+
+    // Vector256 fallback: 6 rows × 16 columns (2 ymm per row) = 12 ymm accumulators, fits 16 ymm registers.
+    private const int Mr256 = 6;
+    private const int Nr256 = 16;
+
+    /// <summary>Largest K block (packed depth). The actual KC splits k into equal blocks no larger than this.</summary>
+    internal const int Kc = 384;
+    /// <summary>Rows of op(A) per packed A block; a multiple of both MRs (12 and 6).</summary>
+    internal const int Mc = 192;
+    /// <summary>Columns of op(B) per packed B block; a multiple of both NRs (32 and 16).</summary>
+    internal const int Nc = 768;
+
+    /// <summary>Below this many multiply-adds per thread a GEMM stays on one thread.</summary>
+    private const long MinFmasPerThread = 1L << 18;
+
+    /// <summary>Tests set this to exercise the Vector256 path on AVX-512 machines.</summary>
+    internal static bool ForceVector256 { get; set; }
+
+    /// <summary>True when the Vector512 micro-kernel is used (AVX-512 hardware and not forced off).</summary>
+    public static bool UsesVector512 => Vector512.IsHardwareAccelerated && !ForceVector256;
+
+    /// <summary>
+    /// <c>C = α·op(A)·op(B) + β·C</c>, plus <paramref name="bias"/> added to every row when it is not empty.
+    /// All matrices are row-major; op(A) is m×k, op(B) is k×n, C is m×n.
+    /// </summary>
+    /// <param name="transA">Whether A is stored as m×k (<see cref="Transpose.No"/>) or k×m (<see cref="Transpose.Yes"/>).</param>
+    /// <param name="transB">Whether B is stored as k×n (<see cref="Transpose.No"/>) or n×k (<see cref="Transpose.Yes"/>).</param>
+    /// <param name="m">Rows of C and of op(A).</param>
+    /// <param name="n">Columns of C and of op(B).</param>
+    /// <param name="k">Columns of op(A), rows of op(B): the reduction length.</param>
+    /// <param name="alpha">Scale of the product.</param>
+    /// <param name="a">A as stored, row-major with leading dimension <paramref name="lda"/>.</param>
+    /// <param name="lda">Distance between rows of A as stored (≥ its row length).</param>
+    /// <param name="b">B as stored, row-major with leading dimension <paramref name="ldb"/>.</param>
+    /// <param name="ldb">Distance between rows of B as stored (≥ its row length).</param>
+    /// <param name="beta">Scale of the old C. When 0, C is not read (it may hold NaN); 1 accumulates.</param>
+    /// <param name="c">C, row-major with leading dimension <paramref name="ldc"/>.</param>
+    /// <param name="ldc">Distance between rows of C (≥ n).</param>
+    /// <param name="bias">Empty, or n values added to every row of C.</param>
+    /// <exception cref="ArgumentException">A dimension is negative, a leading dimension is shorter than its
+    /// row, a span is too short for its matrix, or the bias has the wrong length.</exception>
+    public static void Multiply(
+        Transpose transA, Transpose transB, int m, int n, int k, float alpha,
+        ReadOnlySpan<float> a, int lda, ReadOnlySpan<float> b, int ldb,
+        float beta, Span<float> c, int ldc, ReadOnlySpan<float> bias = default)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(m);
+        ArgumentOutOfRangeException.ThrowIfNegative(n);
+        ArgumentOutOfRangeException.ThrowIfNegative(k);
+        bool aT = transA == Transpose.Yes, bT = transB == Transpose.Yes;
+        ValidateMatrix(a.Length, nameof(a), nameof(lda), lda, aT ? k : m, aT ? m : k, aT ? "k×m (transA = Yes)" : "m×k (transA = No)");
+        ValidateMatrix(b.Length, nameof(b), nameof(ldb), ldb, bT ? n : k, bT ? k : n, bT ? "n×k (transB = Yes)" : "k×n (transB = No)");
+        ValidateMatrix(c.Length, nameof(c), nameof(ldc), ldc, m, n, "m×n");
+        if (!bias.IsEmpty && bias.Length != n)
+            throw new ArgumentException($"bias must be empty or hold n = {n} values; it has {bias.Length}.", nameof(bias));
+
+        if (m == 0 || n == 0) return;
+
+        fixed (float* pa = a, pb = b, pc = c, pBias = bias)
+        {
+            var problem = new Problem
+            {
+                TransA = aT, TransB = bT, M = m, N = n, K = k, Alpha = alpha, Beta = beta,
+                A = pa, Lda = lda, B = pb, Ldb = ldb, C = pc, Ldc = ldc, Bias = bias.IsEmpty ? null : pBias,
+            };
+            if (k == 0 || alpha == 0f)
+            {
+                ScaleAndAddBias(problem);
+                return;
+            }
+            Run(problem);
+        }
+    }
+
+    private static void ValidateMatrix(int length, string spanName, string ldName, int ld, int rows, int cols, string shape)
+    {
+        if (ld < Math.Max(1, cols))
+            throw new ArgumentException(
+                $"{ldName} = {ld} is shorter than a row of {spanName} (stored {shape}: {rows} rows of {cols}).", ldName);
+        if (rows == 0 || cols == 0) return;
+        long needed = (long)(rows - 1) * ld + cols;
+        if (length < needed)
+            throw new ArgumentException(
+                $"{spanName} has {length} elements but the matrix (stored {shape}: {rows} rows of {cols}, " +
+                $"{ldName} = {ld}) needs at least {needed}.", spanName);
+    }
+
+    /// <summary>Everything one GEMM call needs, as raw pointers (the spans are pinned for the call).</summary>
+    private struct Problem
+    {
+        public bool TransA, TransB;
+        public int M, N, K;
+        public float Alpha, Beta;
+        public float* A, B, C, Bias;
+        public int Lda, Ldb, Ldc;
+    }
+
+    /// <summary>k = 0 or α = 0: C = β·C + bias, without touching A or B (and without reading C when β = 0).</summary>
+    private static void ScaleAndAddBias(in Problem p)
+    {
+        for (int i = 0; i < p.M; i++)
+        {
+            float* row = p.C + (nint)i * p.Ldc;
+            for (int j = 0; j < p.N; j++)
+            {
+                float v = p.Beta == 0f ? 0f : p.Beta * row[j];
+                row[j] = p.Bias == null ? v : v + p.Bias[j];
+            }
+        }
+    }
+
+    private static void Run(Problem p)
+    {
+        bool wide = UsesVector512;
+        int mr = wide ? Mr512 : Mr256, nr = wide ? Nr512 : Nr256;
+        int mPanels = (p.M + mr - 1) / mr, nPanels = (p.N + nr - 1) / nr;
+        int threads = CpuParallel.Threads;
+
+        // Split along m unless m is too short to give every thread several panels and n is longer.
+        // Splitting m makes each thread pack all of B (k·n), splitting n makes each pack all of A (m·k).
+        bool splitRows = mPanels >= 4 * threads || mPanels >= nPanels;
+        if (splitRows)
+        {
+            long fmasPerPanel = (long)mr * p.N * p.K;
+            int minPanels = (int)Math.Clamp(MinFmasPerThread / fmasPerPanel, 1, int.MaxValue);
+            CpuParallel.For(mPanels, minPanels, (start, end) =>
+                RunBlock(p, start * mr, Math.Min(end * mr, p.M), 0, p.N, mr, nr));
+        }
+        else
+        {
+            long fmasPerPanel = (long)nr * p.M * p.K;
+            int minPanels = (int)Math.Clamp(MinFmasPerThread / fmasPerPanel, 1, int.MaxValue);
+            CpuParallel.For(nPanels, minPanels, (start, end) =>
+                RunBlock(p, 0, p.M, start * nr, Math.Min(end * nr, p.N), mr, nr));
+        }
+    }
+
+    /// <summary>C[rowStart:rowEnd, colStart:colEnd] on the calling thread, with its own packing buffers.</summary>
+    private static void RunBlock(in Problem p, int rowStart, int rowEnd, int colStart, int colEnd, int mr, int nr)
+    {
+        PackingBuffers buffers = PackingBuffers.ForCurrentThread();
+        // Equal K blocks no deeper than Kc; the split depends on k only, never on threads.
+        int kBlocks = (p.K + Kc - 1) / Kc;
+        int kcStep = (p.K + kBlocks - 1) / kBlocks;
+
+        for (int jc = colStart; jc < colEnd; jc += Nc)
+        {
+            int nc = Math.Min(Nc, colEnd - jc);
+            for (int pc = 0; pc < p.K; pc += kcStep)
+            {
+                int kc = Math.Min(kcStep, p.K - pc);
+                bool firstK = pc == 0;
+                PackB(p, pc, kc, jc, nc, buffers.B, nr);
+                for (int ic = rowStart; ic < rowEnd; ic += Mc)
+                {
+                    int mc = Math.Min(Mc, rowEnd - ic);
+                    PackA(p, ic, mc, pc, kc, buffers.A, mr);
+                    MacroKernel(p, ic, mc, jc, nc, kc, firstK, buffers, mr, nr);
+                }
+            }
+        }
+    }
+
+    /// <summary>All MR×NR tiles of one packed A block times one packed B block.</summary>
+    private static void MacroKernel(in Problem p, int ic, int mc, int jc, int nc, int kc, bool firstK,
+        PackingBuffers buffers, int mr, int nr)
+    {
+        // The first K block applies β and the bias; later blocks add onto what is already in C.
+        float beta = firstK ? p.Beta : 1f;
+        bool wide = nr == Nr512;
+        float* tile = buffers.Tile;
+        for (int ir = 0; ir < mc; ir += mr)
+        {
+            float* aPanel = buffers.A + (nint)ir * kc;
+            int rows = Math.Min(mr, mc - ir);
+            for (int jr = 0; jr < nc; jr += nr)
+            {
+                float* bPanel = buffers.B + (nint)jr * kc;
+                int cols = Math.Min(nr, nc - jr);
+                float* cTile = p.C + (nint)(ic + ir) * p.Ldc + jc + jr;
+                float* bias = firstK && p.Bias != null ? p.Bias + jc + jr : null;
+                if (rows == mr && cols == nr)
+                {
+                    if (wide) Kernel12x32(kc, aPanel, bPanel, cTile, p.Ldc, p.Alpha, beta, bias);
+                    else Kernel6x16(kc, aPanel, bPanel, cTile, p.Ldc, p.Alpha, beta, bias);
+                }
+                else
+                {
+                    // Edge tile: full product into scratch, then write only the valid rows × cols.
+                    if (wide) Kernel12x32(kc, aPanel, bPanel, tile, nr, 1f, 0f, null);
+                    else Kernel6x16(kc, aPanel, bPanel, tile, nr, 1f, 0f, null);
+                    StorePartialTile(tile, nr, rows, cols, cTile, p.Ldc, p.Alpha, beta, bias);
+                }
+            }
+        }
+    }
+
+    /// <summary>Scalar twin of the kernels' store: c = α·acc + β·c (+ bias), same FMA, so edges round alike.</summary>
+    private static void StorePartialTile(float* tile, int tileStride, int rows, int cols, float* c, nint ldc,
+        float alpha, float beta, float* bias)
+    {
+        for (int i = 0; i < rows; i++)
+        {
+            float* t = tile + (nint)i * tileStride;
+            float* cr = c + i * ldc;
+            for (int j = 0; j < cols; j++)
+            {
+                float v = beta == 0f ? t[j] * alpha : MathF.FusedMultiplyAdd(t[j], alpha, cr[j] * beta);
+                if (bias != null) v += bias[j];
+                cr[j] = v;
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // Packing. A micro-panel holds MR rows of op(A) for kc values of k, stored k-major: [kc][MR].
+    // A B micro-panel holds NR columns of op(B) for kc values of k, stored k-major: [kc][NR].
+    // Rows/columns beyond the matrix edge are zero, so the kernels always run whole tiles.
+    // ---------------------------------------------------------------------------------------------
+
+    private static void PackA(in Problem p, int ic, int mc, int pc, int kc, float* dst, int mr)
+    {
+        for (int ir = 0; ir < mc; ir += mr)
+        {
+            int rows = Math.Min(mr, mc - ir);
+            float* panel = dst + (nint)ir * kc;
+            if (!p.TransA)
+            {
+                // op(A)[i, q] = A[i*lda + q]: read each row contiguously, scatter with stride MR.
+                for (int i = 0; i < rows; i++)
+                {
+                    float* src = p.A + (nint)(ic + ir + i) * p.Lda + pc;
+                    float* d = panel + i;
+                    for (int q = 0; q < kc; q++) d[(nint)q * mr] = src[q];
+                }
+            }
+            else
+            {
+                // op(A)[i, q] = A[q*lda + i]: MR contiguous values per k.
+                for (int q = 0; q < kc; q++)
+                {
+                    float* src = p.A + (nint)(pc + q) * p.Lda + ic + ir;
+                    Unsafe.CopyBlockUnaligned(panel + (nint)q * mr, src, (uint)(rows * sizeof(float)));
+                }
+            }
+            if (rows < mr)
+            {
+                for (int q = 0; q < kc; q++)
+                    for (int i = rows; i < mr; i++) panel[(nint)q * mr + i] = 0f;
+            }
+        }
+    }
+
+    private static void PackB(in Problem p, int pc, int kc, int jc, int nc, float* dst, int nr)
+    {
+        for (int jr = 0; jr < nc; jr += nr)
+        {
+            int cols = Math.Min(nr, nc - jr);
+            float* panel = dst + (nint)jr * kc;
+            if (!p.TransB)
+            {
+                // op(B)[q, j] = B[q*ldb + j]: NR contiguous values per k.
+                for (int q = 0; q < kc; q++)
+                {
+                    float* src = p.B + (nint)(pc + q) * p.Ldb + jc + jr;
+                    Unsafe.CopyBlockUnaligned(panel + (nint)q * nr, src, (uint)(cols * sizeof(float)));
+                }
+            }
+            else
+            {
+                // op(B)[q, j] = B[j*ldb + q]: read each stored row contiguously, scatter with stride NR.
+                for (int j = 0; j < cols; j++)
+                {
+                    float* src = p.B + (nint)(jc + jr + j) * p.Ldb + pc;
+                    float* d = panel + j;
+                    for (int q = 0; q < kc; q++) d[(nint)q * nr] = src[q];
+                }
+            }
+            if (cols < nr)
+            {
+                for (int q = 0; q < kc; q++)
+                    for (int j = cols; j < nr; j++) panel[(nint)q * nr + j] = 0f;
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // Micro-kernels. For each k: load one NR-wide row of the B panel into registers, broadcast each of
+    // the MR A values of that k, and FMA into the MR×NR accumulator tile held entirely in registers.
+    // Then C tile = α·acc + β·C (+ bias); β = 0 never reads C.
+    // ---------------------------------------------------------------------------------------------
+
+    /// <summary>
+    /// 12×32 tile on Vector512. Registers: acc rows r0..r11 × halves (lo = columns 0–15, hi = 16–31)
+    /// = 24 zmm; b0/b1 = the B row (2 zmm); x = the broadcast A element (1 zmm).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Kernel12x32(int kc, float* a, float* b, float* c, nint ldc, float alpha, float beta, float* bias)
+    {
+        Vector512<float> r0l = default, r0h = default, r1l = default, r1h = default, r2l = default, r2h = default;
+        Vector512<float> r3l = default, r3h = default, r4l = default, r4h = default, r5l = default, r5h = default;
+        Vector512<float> r6l = default, r6h = default, r7l = default, r7h = default, r8l = default, r8h = default;
+        Vector512<float> r9l = default, r9h = default, r10l = default, r10h = default, r11l = default, r11h = default;
+
+        for (int q = 0; q < kc; q++)
+        {
+            Vector512<float> b0 = Vector512.Load(b);
+            Vector512<float> b1 = Vector512.Load(b + 16);
+            Vector512<float> x;
+            x = Vector512.Create(a[0]); r0l = Vector512.FusedMultiplyAdd(x, b0, r0l); r0h = Vector512.FusedMultiplyAdd(x, b1, r0h);
+            x = Vector512.Create(a[1]); r1l = Vector512.FusedMultiplyAdd(x, b0, r1l); r1h = Vector512.FusedMultiplyAdd(x, b1, r1h);
+            x = Vector512.Create(a[2]); r2l = Vector512.FusedMultiplyAdd(x, b0, r2l); r2h = Vector512.FusedMultiplyAdd(x, b1, r2h);
+            x = Vector512.Create(a[3]); r3l = Vector512.FusedMultiplyAdd(x, b0, r3l); r3h = Vector512.FusedMultiplyAdd(x, b1, r3h);
+            x = Vector512.Create(a[4]); r4l = Vector512.FusedMultiplyAdd(x, b0, r4l); r4h = Vector512.FusedMultiplyAdd(x, b1, r4h);
+            x = Vector512.Create(a[5]); r5l = Vector512.FusedMultiplyAdd(x, b0, r5l); r5h = Vector512.FusedMultiplyAdd(x, b1, r5h);
+            x = Vector512.Create(a[6]); r6l = Vector512.FusedMultiplyAdd(x, b0, r6l); r6h = Vector512.FusedMultiplyAdd(x, b1, r6h);
+            x = Vector512.Create(a[7]); r7l = Vector512.FusedMultiplyAdd(x, b0, r7l); r7h = Vector512.FusedMultiplyAdd(x, b1, r7h);
+            x = Vector512.Create(a[8]); r8l = Vector512.FusedMultiplyAdd(x, b0, r8l); r8h = Vector512.FusedMultiplyAdd(x, b1, r8h);
+            x = Vector512.Create(a[9]); r9l = Vector512.FusedMultiplyAdd(x, b0, r9l); r9h = Vector512.FusedMultiplyAdd(x, b1, r9h);
+            x = Vector512.Create(a[10]); r10l = Vector512.FusedMultiplyAdd(x, b0, r10l); r10h = Vector512.FusedMultiplyAdd(x, b1, r10h);
+            x = Vector512.Create(a[11]); r11l = Vector512.FusedMultiplyAdd(x, b0, r11l); r11h = Vector512.FusedMultiplyAdd(x, b1, r11h);
+            a += Mr512;
+            b += Nr512;
+        }
+
+        StoreRow512(c, r0l, r0h, alpha, beta, bias); c += ldc;
+        StoreRow512(c, r1l, r1h, alpha, beta, bias); c += ldc;
+        StoreRow512(c, r2l, r2h, alpha, beta, bias); c += ldc;
+        StoreRow512(c, r3l, r3h, alpha, beta, bias); c += ldc;
+        StoreRow512(c, r4l, r4h, alpha, beta, bias); c += ldc;
+        StoreRow512(c, r5l, r5h, alpha, beta, bias); c += ldc;
+        StoreRow512(c, r6l, r6h, alpha, beta, bias); c += ldc;
+        StoreRow512(c, r7l, r7h, alpha, beta, bias); c += ldc;
+        StoreRow512(c, r8l, r8h, alpha, beta, bias); c += ldc;
+        StoreRow512(c, r9l, r9h, alpha, beta, bias); c += ldc;
+        StoreRow512(c, r10l, r10h, alpha, beta, bias); c += ldc;
+        StoreRow512(c, r11l, r11h, alpha, beta, bias);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreRow512(float* c, Vector512<float> lo, Vector512<float> hi, float alpha, float beta, float* bias)
+    {
+        Vector512<float> va = Vector512.Create(alpha);
+        if (beta == 0f)
+        {
+            lo *= va;
+            hi *= va;
+        }
+        else
+        {
+            Vector512<float> vb = Vector512.Create(beta);
+            lo = Vector512.FusedMultiplyAdd(lo, va, Vector512.Load(c) * vb);
+            hi = Vector512.FusedMultiplyAdd(hi, va, Vector512.Load(c + 16) * vb);
+        }
+        if (bias != null)
+        {
+            lo += Vector512.Load(bias);
+            hi += Vector512.Load(bias + 16);
+        }
+        lo.Store(c);
+        hi.Store(c + 16);
+    }
+
+    /// <summary>
+    /// 6×16 tile on Vector256 (fallback without AVX-512). Registers: acc rows r0..r5 × halves = 12 ymm;
+    /// b0/b1 = the B row; x = the broadcast A element.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Kernel6x16(int kc, float* a, float* b, float* c, nint ldc, float alpha, float beta, float* bias)
+    {
+        Vector256<float> r0l = default, r0h = default, r1l = default, r1h = default, r2l = default, r2h = default;
+        Vector256<float> r3l = default, r3h = default, r4l = default, r4h = default, r5l = default, r5h = default;
+
+        for (int q = 0; q < kc; q++)
+        {
+            Vector256<float> b0 = Vector256.Load(b);
+            Vector256<float> b1 = Vector256.Load(b + 8);
+            Vector256<float> x;
+            x = Vector256.Create(a[0]); r0l = MultiplyAdd(x, b0, r0l); r0h = MultiplyAdd(x, b1, r0h);
+            x = Vector256.Create(a[1]); r1l = MultiplyAdd(x, b0, r1l); r1h = MultiplyAdd(x, b1, r1h);
+            x = Vector256.Create(a[2]); r2l = MultiplyAdd(x, b0, r2l); r2h = MultiplyAdd(x, b1, r2h);
+            x = Vector256.Create(a[3]); r3l = MultiplyAdd(x, b0, r3l); r3h = MultiplyAdd(x, b1, r3h);
+            x = Vector256.Create(a[4]); r4l = MultiplyAdd(x, b0, r4l); r4h = MultiplyAdd(x, b1, r4h);
+            x = Vector256.Create(a[5]); r5l = MultiplyAdd(x, b0, r5l); r5h = MultiplyAdd(x, b1, r5h);
+            a += Mr256;
+            b += Nr256;
+        }
+
+        StoreRow256(c, r0l, r0h, alpha, beta, bias); c += ldc;
+        StoreRow256(c, r1l, r1h, alpha, beta, bias); c += ldc;
+        StoreRow256(c, r2l, r2h, alpha, beta, bias); c += ldc;
+        StoreRow256(c, r3l, r3h, alpha, beta, bias); c += ldc;
+        StoreRow256(c, r4l, r4h, alpha, beta, bias); c += ldc;
+        StoreRow256(c, r5l, r5h, alpha, beta, bias);
+    }
+
+    /// <summary>Fused multiply-add where the hardware has FMA, multiply then add otherwise (never emulated).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> MultiplyAdd(Vector256<float> x, Vector256<float> y, Vector256<float> z) =>
+        Vector256.MultiplyAddEstimate(x, y, z);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreRow256(float* c, Vector256<float> lo, Vector256<float> hi, float alpha, float beta, float* bias)
+    {
+        Vector256<float> va = Vector256.Create(alpha);
+        if (beta == 0f)
+        {
+            lo *= va;
+            hi *= va;
+        }
+        else
+        {
+            Vector256<float> vb = Vector256.Create(beta);
+            lo = MultiplyAdd(lo, va, Vector256.Load(c) * vb);
+            hi = MultiplyAdd(hi, va, Vector256.Load(c + 8) * vb);
+        }
+        if (bias != null)
+        {
+            lo += Vector256.Load(bias);
+            hi += Vector256.Load(bias + 8);
+        }
+        lo.Store(c);
+        hi.Store(c + 8);
+    }
+
+    /// <summary>
+    /// One thread's packing buffers: 64-byte aligned native memory, allocated on the thread's first GEMM
+    /// and reused by every later call on that thread; freed when the thread (and so this object) dies.
+    /// </summary>
+    private sealed class PackingBuffers
+    {
+        [ThreadStatic] private static PackingBuffers? current;
+
+        /// <summary>Packed A block: up to Mc × Kc floats.</summary>
+        public readonly float* A;
+        /// <summary>Packed B block: up to Nc × Kc floats.</summary>
+        public readonly float* B;
+        /// <summary>Scratch for one edge tile (largest MR × NR).</summary>
+        public readonly float* Tile;
+
+        private PackingBuffers()
+        {
+            A = Allocate((nuint)Mc * Kc);
+            B = Allocate((nuint)Nc * Kc);
+            Tile = Allocate((nuint)Mr512 * Nr512);
+        }
+
+        public static PackingBuffers ForCurrentThread() => current ??= new PackingBuffers();
+
+        private static float* Allocate(nuint floats) => (float*)NativeMemory.AlignedAlloc(floats * sizeof(float), 64);
+
+        ~PackingBuffers()
+        {
+            NativeMemory.AlignedFree(A);
+            NativeMemory.AlignedFree(B);
+            NativeMemory.AlignedFree(Tile);
+        }
+    }
+}
