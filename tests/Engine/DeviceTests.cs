@@ -126,7 +126,7 @@ public class DeviceTests
         long bytes = long.MaxValue / 2;
         var ex = Assert.Throws<DeviceOutOfMemoryException>(() => device.Allocate<byte>(bytes));
         Assert.That(ex!.RequestedBytes, Is.EqualTo(bytes));
-        Assert.That(ex.Message, Does.Contain(bytes.ToString("N0")).And.Contain("cpu"));
+        Assert.That(ex.Message, Does.Contain(bytes.ToString("N0", System.Globalization.CultureInfo.InvariantCulture)).And.Contain("cpu"));
     }
 
     [Test]

@@ -5,9 +5,10 @@ public sealed class DeviceOutOfMemoryException : OutOfMemoryException
 {
     /// <summary>Creates the exception for a failed request of <paramref name="requestedBytes"/> on <paramref name="deviceName"/>.</summary>
     public DeviceOutOfMemoryException(string deviceName, long requestedBytes, Exception? innerException = null)
-        : base($"Device '{deviceName}' could not allocate {requestedBytes:N0} bytes ({requestedBytes / (1024.0 * 1024.0):F1} MiB). " +
-               "Reduce the batch size, sequence length or model size, or plan memory with MemoryPlan.EnsureFits to see what needs the space.",
-               innerException)
+        : base(string.Format(System.Globalization.CultureInfo.InvariantCulture,
+            "Device '{0}' could not allocate {1:N0} bytes ({2:F1} MiB). Reduce the batch size, sequence length or model size, " +
+            "or plan memory with MemoryPlan.EnsureFits to see what needs the space.",
+            deviceName, requestedBytes, requestedBytes / (1024.0 * 1024.0)), innerException)
     {
         DeviceName = deviceName;
         RequestedBytes = requestedBytes;

@@ -8,10 +8,12 @@ public sealed class MemoryBudgetExceededException : Exception
 {
     /// <summary>Creates the exception; the message is built from the figures.</summary>
     public MemoryBudgetExceededException(long neededBytes, long budgetBytes, string largestArena, long largestArenaBytes)
-        : base($"The memory plan needs {neededBytes:N0} bytes ({MemoryPlan.FormatBytes(neededBytes)}) but the budget is " +
-               $"{budgetBytes:N0} bytes ({MemoryPlan.FormatBytes(budgetBytes)}), {neededBytes - budgetBytes:N0} bytes short. " +
-               $"The largest arena is '{largestArena}' with {largestArenaBytes:N0} bytes ({MemoryPlan.FormatBytes(largestArenaBytes)}); " +
-               "reduce what drives it (batch size, sequence length, model width) or raise the budget.")
+        : base(string.Format(System.Globalization.CultureInfo.InvariantCulture,
+            "The memory plan needs {0:N0} bytes ({1}) but the budget is {2:N0} bytes ({3}), {4:N0} bytes short. " +
+            "The largest arena is '{5}' with {6:N0} bytes ({7}); " +
+            "reduce what drives it (batch size, sequence length, model width) or raise the budget.",
+            neededBytes, MemoryPlan.FormatBytes(neededBytes), budgetBytes, MemoryPlan.FormatBytes(budgetBytes),
+            neededBytes - budgetBytes, largestArena, largestArenaBytes, MemoryPlan.FormatBytes(largestArenaBytes)))
     {
         NeededBytes = neededBytes;
         BudgetBytes = budgetBytes;
