@@ -191,14 +191,14 @@ public sealed class Gpt : IDisposable
             var residual3 = acts.Span<float>(a + "residual3");
 
             LayerNorm.Forward(residual, P(p, o.Ln1Weight, c), P(p, o.Ln1Bias, c), ln1, acts.Span<float>(a + "ln1_mean"), acts.Span<float>(a + "ln1_rstd"));
-            Linear.Forward(ln1, P(p, o.AttnWeight, c * 3 * c), P(p, o.AttnBias, 3 * c), qkv, n, c, 3 * c);
+            Linear.Forward(qkv, ln1, P(p, o.AttnWeight, c * 3 * c), P(p, o.AttnBias, 3 * c), n, c, 3 * c);
             Attention.Forward(qkv, batch.Segments, b, t, nh, att, atty);
-            Linear.Forward(atty, P(p, o.AttnProjWeight, c * c), P(p, o.AttnProjBias, c), projection, n, c, c);
+            Linear.Forward(projection, atty, P(p, o.AttnProjWeight, c * c), P(p, o.AttnProjBias, c), n, c, c);
             Residual.Forward(residual, projection, residual2);
             LayerNorm.Forward(residual2, P(p, o.Ln2Weight, c), P(p, o.Ln2Bias, c), ln2, acts.Span<float>(a + "ln2_mean"), acts.Span<float>(a + "ln2_rstd"));
-            Linear.Forward(ln2, P(p, o.FcWeight, c * 4 * c), P(p, o.FcBias, 4 * c), fch, n, c, 4 * c);
+            Linear.Forward(fch, ln2, P(p, o.FcWeight, c * 4 * c), P(p, o.FcBias, 4 * c), n, c, 4 * c);
             Gelu.Forward(fch, fchGelu);
-            Linear.Forward(fchGelu, P(p, o.FcProjWeight, 4 * c * c), P(p, o.FcProjBias, c), projection, n, 4 * c, c);
+            Linear.Forward(projection, fchGelu, P(p, o.FcProjWeight, 4 * c * c), P(p, o.FcProjBias, c), n, 4 * c, c);
             Residual.Forward(residual2, projection, residual3);
             residual = residual3;
         }
@@ -234,7 +234,7 @@ public sealed class Gpt : IDisposable
             if (!computeGradient) continue;
             TargetLogProbs.Backward(chunkLogits, targets, v, lse.Slice(start, rows), dLogProbs.Slice(start, rows));
             Gemm.Multiply(Transpose.No, Transpose.No, rows, c, v, 1f, chunkLogits, v, wte, c, 1f, dLnf.Slice(start * c, rows * c), c);
-            Gemm.Multiply(Transpose.Yes, Transpose.No, v, c, rows, 1f, chunkLogits, v, h, c, 1f, P(Gradients, Layout.Wte, v * c), c);
+            Gemm.Multiply(Transpose.Yes, Transpose.No, v, c, rows, 1f, chunkLogits, v, h, c, 1f, G(Gradients, Layout.Wte, v * c), c);
         }
     }
 
@@ -274,25 +274,21 @@ public sealed class Gpt : IDisposable
 
             // MLP: residual3 = residual2 + fc_proj(gelu(fc(ln_2(residual2))))
             dFchGelu.Clear();
-            Linear.Backward(dResidual, acts.Span<float>(a + "fch_gelu"), P(p, o.FcProjWeight, 4 * c * c),
-                dFchGelu, G(g, o.FcProjWeight, 4 * c * c), G(g, o.FcProjBias, c), n, 4 * c, c);
+            Linear.Backward(dFchGelu, G(g, o.FcProjWeight, 4 * c * c), G(g, o.FcProjBias, c), dResidual, acts.Span<float>(a + "fch_gelu"), P(p, o.FcProjWeight, 4 * c * c), n, 4 * c, c);
             dFch.Clear();
             Gelu.Backward(dFchGelu, acts.Span<float>(a + "fch"), dFch);
             dLn.Clear();
-            Linear.Backward(dFch, acts.Span<float>(a + "ln2"), P(p, o.FcWeight, c * 4 * c),
-                dLn, G(g, o.FcWeight, c * 4 * c), G(g, o.FcBias, 4 * c), n, c, 4 * c);
+            Linear.Backward(dLn, G(g, o.FcWeight, c * 4 * c), G(g, o.FcBias, 4 * c), dFch, acts.Span<float>(a + "ln2"), P(p, o.FcWeight, c * 4 * c), n, c, 4 * c);
             LayerNorm.Backward(dLn, acts.Span<float>(a + "residual2"), P(p, o.Ln2Weight, c), acts.Span<float>(a + "ln2_mean"), acts.Span<float>(a + "ln2_rstd"),
                 dResidual, G(g, o.Ln2Weight, c), G(g, o.Ln2Bias, c));
 
             // attention: residual2 = residual + attn_proj(attention(qkv(ln_1(residual))))
             dAtty.Clear();
-            Linear.Backward(dResidual, acts.Span<float>(a + "atty"), P(p, o.AttnProjWeight, c * c),
-                dAtty, G(g, o.AttnProjWeight, c * c), G(g, o.AttnProjBias, c), n, c, c);
+            Linear.Backward(dAtty, G(g, o.AttnProjWeight, c * c), G(g, o.AttnProjBias, c), dResidual, acts.Span<float>(a + "atty"), P(p, o.AttnProjWeight, c * c), n, c, c);
             dQkv.Clear();
             Attention.Backward(dAtty, acts.Span<float>(a + "qkv"), acts.Span<float>(a + "att"), acts.Span<float>(a + "atty"), b, t, nh, dQkv);
             dLn.Clear();
-            Linear.Backward(dQkv, acts.Span<float>(a + "ln1"), P(p, o.AttnWeight, c * 3 * c),
-                dLn, G(g, o.AttnWeight, c * 3 * c), G(g, o.AttnBias, 3 * c), n, c, 3 * c);
+            Linear.Backward(dLn, G(g, o.AttnWeight, c * 3 * c), G(g, o.AttnBias, 3 * c), dQkv, acts.Span<float>(a + "ln1"), P(p, o.AttnWeight, c * 3 * c), n, c, 3 * c);
             LayerNorm.Backward(dLn, residual, P(p, o.Ln1Weight, c), acts.Span<float>(a + "ln1_mean"), acts.Span<float>(a + "ln1_rstd"),
                 dResidual, G(g, o.Ln1Weight, c), G(g, o.Ln1Bias, c));
         }

@@ -38,8 +38,9 @@ public static class GptCheckpoint
             [TokenizerKey] = tokenizerSpec,
         };
         var p = model.Parameters;
-        var tensors = model.Layout.Tensors.Select(t =>
-            SafeTensor.FromFloats(t.Name, p.Slice((int)t.Offset, (int)t.Length), t.Shape.Select(d => (long)d).ToArray())).ToList();
+        var tensors = new List<SafeTensor>(model.Layout.Tensors.Count);
+        foreach (var t in model.Layout.Tensors)
+            tensors.Add(SafeTensor.FromFloats(t.Name, p.Slice((int)t.Offset, (int)t.Length), [.. t.Shape.Select(d => (long)d)]));
         SafeTensorsWriter.Write(path, tensors, metadata);
     }
 
