@@ -10,5 +10,6 @@ internal static class Commands
         yield return GemmCheckCommand.Create();
         yield return PretrainCommand.Create();
         yield return SampleCommand.Create();
+        yield return BenchCommand.Create();
     }
 }

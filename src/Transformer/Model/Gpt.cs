@@ -26,6 +26,9 @@ public sealed class Gpt : IDisposable
     private readonly long? memoryBudgetBytes;
 
     public GptConfig Config { get; }
+
+    /// <summary>When set, every op call charges its wall time to it (the step benchmark's breakdown).</summary>
+    public OpProfile? Profile { get; set; }
     public ParameterLayout Layout { get; }
 
     /// <summary>All parameters, flat, in <see cref="Layout"/> order.</summary>
@@ -141,6 +144,7 @@ public sealed class Gpt : IDisposable
     public void Backward(GptBatch batch, ReadOnlySpan<float> dLogProbs)
     {
         var acts = Activations(batch.Rows, batch.Length);
+        Profile?.Restart();
         LmHeadBackward(batch, acts, dLogProbs);
         TransformerBackward(batch, acts);
     }
@@ -152,6 +156,7 @@ public sealed class Gpt : IDisposable
         if (logProbs.Length != n) throw new ArgumentException($"logProbs must have one entry per position ({n}), got {logProbs.Length}");
         if (backward && dLogProbs.Length != n) throw new ArgumentException($"dLogProbs must have one entry per position ({n}), got {dLogProbs.Length}");
         var acts = Activations(batch.Rows, batch.Length);
+        Profile?.Restart();
         TransformerForward(batch, acts);
         if (backward)
         {
@@ -173,6 +178,7 @@ public sealed class Gpt : IDisposable
         ReadOnlySpan<float> p = Parameters;
         var encoded = acts.Span<float>("encoded");
         Embedding.Forward(batch.Tokens, batch.Positions, P(p, Layout.Wte, Config.VocabSize * c), P(p, Layout.Wpe, Config.MaxSequenceLength * c), c, encoded);
+        Profile?.Lap("embedding fwd");
 
         ReadOnlySpan<float> residual = encoded;
         var projection = acts.Span<float>("projection");
@@ -191,19 +197,30 @@ public sealed class Gpt : IDisposable
             var residual3 = acts.Span<float>(a + "residual3");
 
             LayerNorm.Forward(residual, P(p, o.Ln1Weight, c), P(p, o.Ln1Bias, c), ln1, acts.Span<float>(a + "ln1_mean"), acts.Span<float>(a + "ln1_rstd"));
+            Profile?.Lap("layernorm fwd");
             Linear.Forward(qkv, ln1, P(p, o.AttnWeight, c * 3 * c), P(p, o.AttnBias, 3 * c), n, c, 3 * c);
+            Profile?.Lap("matmul fwd");
             Attention.Forward(qkv, batch.Segments, b, t, nh, att, atty);
+            Profile?.Lap("attention fwd");
             Linear.Forward(projection, atty, P(p, o.AttnProjWeight, c * c), P(p, o.AttnProjBias, c), n, c, c);
+            Profile?.Lap("matmul fwd");
             Residual.Forward(residual, projection, residual2);
+            Profile?.Lap("residual fwd");
             LayerNorm.Forward(residual2, P(p, o.Ln2Weight, c), P(p, o.Ln2Bias, c), ln2, acts.Span<float>(a + "ln2_mean"), acts.Span<float>(a + "ln2_rstd"));
+            Profile?.Lap("layernorm fwd");
             Linear.Forward(fch, ln2, P(p, o.FcWeight, c * 4 * c), P(p, o.FcBias, 4 * c), n, c, 4 * c);
+            Profile?.Lap("matmul fwd");
             Gelu.Forward(fch, fchGelu);
+            Profile?.Lap("gelu fwd");
             Linear.Forward(projection, fchGelu, P(p, o.FcProjWeight, 4 * c * c), P(p, o.FcProjBias, c), n, 4 * c, c);
+            Profile?.Lap("matmul fwd");
             Residual.Forward(residual2, projection, residual3);
+            Profile?.Lap("residual fwd");
             residual = residual3;
         }
         LayerNorm.Forward(residual, P(p, Layout.LnFWeight, c), P(p, Layout.LnFBias, c),
             acts.Span<float>("lnf"), acts.Span<float>("lnf_mean"), acts.Span<float>("lnf_rstd"));
+        Profile?.Lap("layernorm fwd");
     }
 
     /// <summary>
@@ -230,11 +247,16 @@ public sealed class Gpt : IDisposable
             var chunkLogits = logits[..(rows * v)];
             var targets = batch.Targets.AsSpan(start, rows);
             Gemm.Multiply(Transpose.No, Transpose.Yes, rows, v, c, 1f, h, c, wte, c, 0f, chunkLogits, v);
+            Profile?.Lap("lm head fwd");
             TargetLogProbs.Forward(chunkLogits, targets, v, logProbs.Slice(start, rows), lse.Slice(start, rows));
+            Profile?.Lap("logprobs fwd");
             if (!computeGradient) continue;
             TargetLogProbs.Backward(chunkLogits, targets, v, lse.Slice(start, rows), dLogProbs.Slice(start, rows));
+            Profile?.Lap("logprobs bwd");
             Gemm.Multiply(Transpose.No, Transpose.No, rows, c, v, 1f, chunkLogits, v, wte, c, 1f, dLnf.Slice(start * c, rows * c), c);
+            Profile?.Lap("lm head bwd");
             Gemm.Multiply(Transpose.Yes, Transpose.No, v, c, rows, 1f, chunkLogits, v, h, c, 1f, G(Gradients, Layout.Wte, v * c), c);
+            Profile?.Lap("lm head bwd");
         }
     }
 
@@ -265,6 +287,7 @@ public sealed class Gpt : IDisposable
         dResidual.Clear();
         LayerNorm.Backward(dLn, lastResidual, P(p, Layout.LnFWeight, c), acts.Span<float>("lnf_mean"), acts.Span<float>("lnf_rstd"),
             dResidual, G(g, Layout.LnFWeight, c), G(g, Layout.LnFBias, c));
+        Profile?.Lap("layernorm bwd");
 
         for (int l = Config.Layers - 1; l >= 0; l--)
         {
@@ -275,26 +298,35 @@ public sealed class Gpt : IDisposable
             // MLP: residual3 = residual2 + fc_proj(gelu(fc(ln_2(residual2))))
             dFchGelu.Clear();
             Linear.Backward(dFchGelu, G(g, o.FcProjWeight, 4 * c * c), G(g, o.FcProjBias, c), dResidual, acts.Span<float>(a + "fch_gelu"), P(p, o.FcProjWeight, 4 * c * c), n, 4 * c, c);
+            Profile?.Lap("matmul bwd");
             dFch.Clear();
             Gelu.Backward(dFchGelu, acts.Span<float>(a + "fch"), dFch);
+            Profile?.Lap("gelu bwd");
             dLn.Clear();
             Linear.Backward(dLn, G(g, o.FcWeight, c * 4 * c), G(g, o.FcBias, 4 * c), dFch, acts.Span<float>(a + "ln2"), P(p, o.FcWeight, c * 4 * c), n, c, 4 * c);
+            Profile?.Lap("matmul bwd");
             LayerNorm.Backward(dLn, acts.Span<float>(a + "residual2"), P(p, o.Ln2Weight, c), acts.Span<float>(a + "ln2_mean"), acts.Span<float>(a + "ln2_rstd"),
                 dResidual, G(g, o.Ln2Weight, c), G(g, o.Ln2Bias, c));
+            Profile?.Lap("layernorm bwd");
 
             // attention: residual2 = residual + attn_proj(attention(qkv(ln_1(residual))))
             dAtty.Clear();
             Linear.Backward(dAtty, G(g, o.AttnProjWeight, c * c), G(g, o.AttnProjBias, c), dResidual, acts.Span<float>(a + "atty"), P(p, o.AttnProjWeight, c * c), n, c, c);
+            Profile?.Lap("matmul bwd");
             dQkv.Clear();
             Attention.Backward(dAtty, acts.Span<float>(a + "qkv"), acts.Span<float>(a + "att"), acts.Span<float>(a + "atty"), b, t, nh, dQkv);
+            Profile?.Lap("attention bwd");
             dLn.Clear();
             Linear.Backward(dLn, G(g, o.AttnWeight, c * 3 * c), G(g, o.AttnBias, 3 * c), dQkv, acts.Span<float>(a + "ln1"), P(p, o.AttnWeight, c * 3 * c), n, c, 3 * c);
+            Profile?.Lap("matmul bwd");
             LayerNorm.Backward(dLn, residual, P(p, o.Ln1Weight, c), acts.Span<float>(a + "ln1_mean"), acts.Span<float>(a + "ln1_rstd"),
                 dResidual, G(g, o.Ln1Weight, c), G(g, o.Ln1Bias, c));
+            Profile?.Lap("layernorm bwd");
         }
 
         Embedding.Backward(dResidual, batch.Tokens, batch.Positions, c,
             G(g, Layout.Wte, Config.VocabSize * c), G(g, Layout.Wpe, Config.MaxSequenceLength * c));
+        Profile?.Lap("embedding bwd");
     }
 
     private static ReadOnlySpan<float> P(ReadOnlySpan<float> all, long offset, int length) => all.Slice((int)offset, length);
