@@ -43,6 +43,7 @@ public class AttentionTests
     [TestCase(2, 17, 65, 1, false)]
     [TestCase(1, 16, 128, 2, false)] // hs = 64
     [TestCase(2, 17, 12, 3, true)]
+    [TestCase(2, 33, 128, 2, true)] // hs = 64 fast path with segments
     [TestCase(1, 33, 77, 1, true)]
     public void ForwardAndAccumulatingBackwardMatchReference(int b, int t, int c, int nh, bool segmented)
     {
@@ -108,10 +109,11 @@ public class AttentionTests
         AssertAllFinite(dqkv, "dqkv");
     }
 
-    [Test]
-    public void ResultsDoNotDependOnThreadCount()
+    [TestCase(12)]
+    [TestCase(192)]   // hs = 64 fast path
+    public void ResultsDoNotDependOnThreadCount(int c)
     {
-        const int b = 2, t = 31, c = 12, nh = 3;
+        const int b = 2, t = 31, nh = 3;
         var qkv = RandomFloats(b * t * 3 * c, 1);
         var seg = Segments(b, t, 3);
         var dout = RandomFloats(b * t * c, 2);

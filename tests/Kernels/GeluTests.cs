@@ -35,6 +35,18 @@ public class GeluTests
         AssertClose(dx, expected, 1e-5, 1e-5, "dx (accumulated)");
     }
 
+    [TestCase(13)]
+    [TestCase(77)]
+    [TestCase(50_001)]
+    public void ForwardMayRunInPlace(int n)
+    {
+        var x = RandomFloats(n, 1, 3.0);
+        var expected = new float[n];
+        Gelu.Forward(x, expected);
+        Gelu.Forward(x, x);
+        AssertBitIdentical(expected, x, "in place");
+    }
+
     [Test]
     public void LargeMagnitudesStayFinite()
     {

@@ -1,4 +1,5 @@
-using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
 
 namespace DistAlign.Kernels.Cpu;
 
@@ -10,6 +11,8 @@ namespace DistAlign.Kernels.Cpu;
 ///   logprob[n] = logit[n, target[n]] − lse[n]   (0 when target[n] = −1, an ignored position)
 /// Backward: dlogit[n, v] = dlogprob[n]·(1[v = target[n]] − exp(logit[n, v] − lse[n])), written IN PLACE
 /// over the logits buffer (so no second N×V buffer exists); rows with target −1 become zero.
+/// exp is <see cref="VectorExp"/> (fp32, ≤ 2 ulp); rows are whole units of parallel work, so results are
+/// bit-identical for any thread count.
 /// Unlike the other ops, this backward overwrites rather than accumulates: the logits buffer becomes
 /// d(logits) and is consumed by the LM-head GEMM backward.
 /// </summary>
@@ -18,7 +21,7 @@ public static class TargetLogProbs
     /// <summary>Target id marking a position that contributes nothing (log-prob 0, gradient 0).</summary>
     public const int Ignored = -1;
 
-    /// <summary>Vocabulary entries per chunk of the online pass: the chunk stays in L1 between its two reads.</summary>
+    /// <summary>Vocabulary entries per chunk of the online pass: the chunk stays in L1 between its two reads (max, then Σexp).</summary>
     private const int Chunk = 1024;
 
     /// <summary>Writes logProbs[n] and the saved logSumExp[n] for every row of logits [N, V].</summary>
@@ -35,29 +38,10 @@ public static class TargetLogProbs
             int* xt = pt;
             CpuParallel.For(n, 1, (start, end) =>
             {
-                Span<float> shifted = stackalloc float[Chunk];
                 for (int i = start; i < end; i++)
                 {
                     float* row = xl + (long)i * vocab;
-                    float runningMax = float.NegativeInfinity;
-                    double runningSum = 0.0;
-                    for (int v0 = 0; v0 < vocab; v0 += Chunk)
-                    {
-                        int len = Math.Min(Chunk, vocab - v0);
-                        var chunk = new ReadOnlySpan<float>(row + v0, len);
-                        float chunkMax = TensorPrimitives.Max(chunk);
-                        if (chunkMax > runningMax)
-                        {
-                            // Rescale what was summed under the old max (exp(−∞) = 0 on the first chunk).
-                            runningSum *= Math.Exp((double)runningMax - chunkMax);
-                            runningMax = chunkMax;
-                        }
-                        var s = shifted[..len];
-                        TensorPrimitives.Subtract(chunk, runningMax, s);
-                        TensorPrimitives.Exp(s, s);
-                        runningSum += TensorPrimitives.Sum(s);
-                    }
-                    float lse = (float)(runningMax + Math.Log(runningSum));
+                    float lse = LogSumExp(row, vocab);
                     xs[i] = lse;
                     int t = xt[i];
                     xp[i] = t == Ignored ? 0f : row[t] - lse;
@@ -65,6 +49,74 @@ public static class TargetLogProbs
             });
         }
     }
+
+    /// <summary>
+    /// log Σ exp(row) in one pass over memory: per chunk of <see cref="Chunk"/> entries, the chunk's max
+    /// (fast hardware max), then — while the chunk is still in L1 — Σ exp(x − running max), the running
+    /// sum rescaled by exp(old max − new max) whenever the max grows. Partial vectors are padded with −∞
+    /// (neutral for max, exp(−∞) = 0 for the sum).
+    /// </summary>
+    private static unsafe float LogSumExp(float* row, int vocab)
+    {
+        // One token: lse is the logit itself; return it exactly rather than through log(exp(0)).
+        if (vocab == 1) return row[0];
+        if (vocab < 16) return ShortLogSumExp(row, vocab);
+        float runningMax = float.NegativeInfinity;
+        double runningSum = 0.0;
+        for (int v0 = 0; v0 < vocab; v0 += Chunk)
+        {
+            int len = Math.Min(Chunk, vocab - v0);
+            float* chunk = row + v0;
+            int full = len & ~15, rest = len - full;
+            // A partial last vector is loaded as the 16 entries ending at the chunk's end (still inside
+            // the row, since V ≥ 16): harmless for the max, masked to its new lanes for the sum.
+            var max = Vector512.Create(float.NegativeInfinity);
+            for (int j = 0; j < full; j += 16) max = Vector512.MaxNative(max, Vector512.Load(chunk + j));
+            if (rest > 0) max = Vector512.MaxNative(max, Vector512.Load(chunk + len - 16));
+            float chunkMax = max[0];
+            for (int k = 1; k < 16; k++) chunkMax = MathF.Max(chunkMax, max[k]);
+            if (chunkMax > runningMax)
+            {
+                // Rescale what was summed under the old max (exp(−∞) = 0 on the first chunk).
+                runningSum *= Math.Exp((double)runningMax - chunkMax);
+                runningMax = chunkMax;
+            }
+            var shift = Vector512.Create(runningMax);
+            var sum = Vector512<float>.Zero;
+            for (int j = 0; j < full; j += 16) sum += VectorExp.Exp(Vector512.Load(chunk + j) - shift);
+            if (rest > 0)
+            {
+                var isNew = Vector512.GreaterThanOrEqual(Vector512<int>.Indices, Vector512.Create(16 - rest)).AsSingle();
+                sum += Vector512.ConditionalSelect(isNew, VectorExp.Exp(Vector512.Load(chunk + len - 16) - shift), Vector512<float>.Zero);
+            }
+            runningSum += Vector512.Sum(sum);
+        }
+        return (float)(runningMax + Math.Log(runningSum));
+    }
+
+    /// <summary>V in [2, 16): one padded vector (−∞ padding: neutral for max, exp(−∞) = 0).</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static unsafe float ShortLogSumExp(float* row, int vocab)
+    {
+        var v = VectorTail.Load(row, vocab, float.NegativeInfinity);
+        float max = row[0];
+        for (int k = 1; k < vocab; k++) max = MathF.Max(max, row[k]);
+        return (float)(max + Math.Log(Vector512.Sum(VectorExp.Exp(v - Vector512.Create(max)))));
+    }
+
+    /// <summary>−g·exp(x − lse) over a row of length V ≥ 16, in place (last vector precomputed, see Gelu).</summary>
+    private static unsafe void SoftmaxGradientRow(float* p, int vocab, float lse, float g)
+    {
+        var shift = Vector512.Create(lse);
+        var minusG = Vector512.Create(-g);
+        var last = VectorExp.Exp(Vector512.Load(p + vocab - 16) - shift) * minusG;
+        for (int j = 0; j <= vocab - 16; j += 16) (VectorExp.Exp(Vector512.Load(p + j) - shift) * minusG).Store(p + j);
+        last.Store(p + vocab - 16);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static unsafe void ShortSoftmaxGradientRow(float* p, int vocab, float lse, float g) =>
+        VectorTail.Store(VectorExp.Exp(VectorTail.Load(p, vocab, 0f) - Vector512.Create(lse)) * Vector512.Create(-g), p, vocab);
 
     /// <summary>
     /// Overwrites <paramref name="logitsToGradient"/> (the forward's logits) with d(logits), given
@@ -88,14 +140,15 @@ public static class TargetLogProbs
                     var row = new Span<float>(xl + (long)i * vocab, vocab);
                     int t = xt[i];
                     float g = xd[i];
-                    if (t == Ignored || g == 0f)
+                    if (t == Ignored || g == 0f || vocab == 1)   // V = 1: p = 1, so the gradient is exactly 0
                     {
                         row.Clear();
                         continue;
                     }
-                    TensorPrimitives.Subtract(row, xs[i], row);   // logit − lse ≤ 0: exp cannot overflow
-                    TensorPrimitives.Exp(row, row);               // softmax probabilities
-                    TensorPrimitives.Multiply(row, -g, row);
+                    // −g·softmax in one fused pass: logit − lse ≤ 0, so exp cannot overflow.
+                    float* p = xl + (long)i * vocab;
+                    if (vocab >= 16) SoftmaxGradientRow(p, vocab, xs[i], g);
+                    else ShortSoftmaxGradientRow(p, vocab, xs[i], g);
                     row[t] += g;
                 }
             });

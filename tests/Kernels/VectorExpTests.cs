@@ -1,0 +1,52 @@
+using System.Runtime.Intrinsics;
+using DistAlign.Kernels.Cpu;
+
+namespace DistAlign.Tests.Kernels;
+
+public class VectorExpTests
+{
+    private static float[] Exp(float[] x)
+    {
+        var r = new float[x.Length];
+        for (int i = 0; i < x.Length; i += 16)
+        {
+            var lanes = new float[16];
+            Array.Copy(x, i, lanes, 0, Math.Min(16, x.Length - i));
+            var e = VectorExp.Exp(Vector512.Create(lanes));
+            for (int j = 0; j < 16 && i + j < x.Length; j++) r[i + j] = e[j];
+        }
+        return r;
+    }
+
+    [Test]
+    public void RelativeErrorIsAtMostTwoUlpOverTheNormalRange()
+    {
+        var x = Enumerable.Range(0, 200_000).Select(i => -86.5f + 175.2f * i / 200_000f).ToArray();
+        var e = Exp(x);
+        double worst = 0;
+        for (int i = 0; i < x.Length; i++)
+        {
+            double exact = Math.Exp(x[i]);
+            double ulp = (double)MathF.BitIncrement((float)exact) - (float)exact;   // fp32 ulp at the exact value
+            worst = Math.Max(worst, Math.Abs(e[i] - exact) / ulp);
+        }
+        Assert.That(worst, Is.LessThanOrEqualTo(2.0), $"worst error {worst:F2} ulp");
+    }
+
+    [Test]
+    public void EdgeValues()
+    {
+        float[] x = [0f, float.NegativeInfinity, -1e4f, -87f, 89f, float.PositiveInfinity, float.NaN, -0f, 1f, 88.7f];
+        var e = Exp(x);
+        Assert.That(e[0], Is.EqualTo(1f), "exp(0) is exactly 1");
+        Assert.That(e[1], Is.EqualTo(0f));
+        Assert.That(e[2], Is.EqualTo(0f));
+        Assert.That(e[3], Is.EqualTo(0f), "no denormals");
+        Assert.That(e[4], Is.EqualTo(float.PositiveInfinity));
+        Assert.That(e[5], Is.EqualTo(float.PositiveInfinity));
+        Assert.That(e[6], Is.NaN);
+        Assert.That(e[7], Is.EqualTo(1f));
+        Assert.That(e[8], Is.EqualTo(MathF.E).Within(2).Ulps);
+        Assert.That(e[9], Is.EqualTo(MathF.Exp(88.7f)).Within(2).Ulps, "finite up to the top of the fp32 range");
+    }
+}
