@@ -125,31 +125,69 @@ public sealed class Gpt : IDisposable
 
     /// <summary>
     /// Forward pass: fills <paramref name="logProbs"/>[i] = ln π(target_i | tokens of its segment up to i)
-    /// for every position with a target, 0 where the target is −1. Keeps the activations the backward needs.
+    /// for every position with a target, 0 where the target is −1, and, when <paramref name="entropy"/> is
+    /// non-empty, the entropy of π(· | prefix) at those positions. Keeps the activations the backward needs.
     /// </summary>
-    public void Forward(GptBatch batch, Span<float> logProbs) => Run(batch, logProbs, dLogProbs: default, backward: false);
+    public void Forward(GptBatch batch, Span<float> logProbs, Span<float> entropy = default)
+    {
+        var acts = Prepare(batch, logProbs, default, backward: false);
+        if (!entropy.IsEmpty && entropy.Length != batch.TokenCount)
+            throw new ArgumentException($"entropy must be empty or have one entry per position ({batch.TokenCount}), got {entropy.Length}");
+        TransformerForward(batch, acts);
+        entropyOfLastForward = !entropy.IsEmpty;
+        SequenceLogProbs.Forward(acts.Span<float>("lnf"), Wte, batch.Targets, Config.Channels, Config.VocabSize, acts.Span<float>("logits_chunk"),
+            acts.Span<float>("logprobs"), acts.Span<float>("logsumexp"), entropyOfLastForward ? acts.Span<float>("entropy") : default);
+        Profile?.Lap("lm head fwd");
+        acts.Span<float>("logprobs").CopyTo(logProbs);
+        if (entropyOfLastForward) acts.Span<float>("entropy").CopyTo(entropy);
+    }
 
     /// <summary>
     /// Forward and backward in one pass for a gradient that is known before the forward (pretraining and
     /// SFT: d(loss)/d(log-prob_i) = −1/targets for every target). Accumulates into <see cref="Gradients"/>.
     /// Each chunk of logits is computed once and turned into its gradient in place.
     /// </summary>
-    public void ForwardBackward(GptBatch batch, ReadOnlySpan<float> dLogProbs, Span<float> logProbs) =>
-        Run(batch, logProbs, dLogProbs, backward: true);
+    public void ForwardBackward(GptBatch batch, ReadOnlySpan<float> dLogProbs, Span<float> logProbs)
+    {
+        var acts = Prepare(batch, logProbs, dLogProbs, backward: true);
+        TransformerForward(batch, acts);
+        entropyOfLastForward = false;
+        var dLnf = acts.Span<float>("d_ln");
+        dLnf.Clear();
+        SequenceLogProbs.ForwardBackward(acts.Span<float>("lnf"), Wte, batch.Targets, Config.Channels, Config.VocabSize, dLogProbs, default,
+            acts.Span<float>("logits_chunk"), acts.Span<float>("logprobs"), acts.Span<float>("logsumexp"), default, dLnf, WteGradient);
+        Profile?.Lap("lm head fwd+bwd");
+        TransformerBackward(batch, acts);
+        acts.Span<float>("logprobs").CopyTo(logProbs);
+    }
 
     /// <summary>
-    /// Backward for a gradient that depends on the forward's log-probs (the preference objectives): call
-    /// after <see cref="Forward"/> on the same batch; recomputes the LM head's logits chunk by chunk.
+    /// Backward for a gradient that depends on the forward's outputs (the preference objectives): call after
+    /// <see cref="Forward"/> on the same batch; recomputes the LM head's logits chunk by chunk. A non-empty
+    /// <paramref name="dEntropy"/> needs the entropies from that forward.
     /// </summary>
-    public void Backward(GptBatch batch, ReadOnlySpan<float> dLogProbs)
+    public void Backward(GptBatch batch, ReadOnlySpan<float> dLogProbs, ReadOnlySpan<float> dEntropy = default)
     {
+        if (dLogProbs.Length != batch.TokenCount)
+            throw new ArgumentException($"dLogProbs must have one entry per position ({batch.TokenCount}), got {dLogProbs.Length}");
+        if (!dEntropy.IsEmpty && !entropyOfLastForward)
+            throw new InvalidOperationException("an entropy gradient needs a Forward that computed entropies on this batch");
         var acts = Activations(batch.Rows, batch.Length);
         Profile?.Restart();
-        LmHeadBackward(batch, acts, dLogProbs);
+        var dLnf = acts.Span<float>("d_ln");
+        dLnf.Clear();
+        SequenceLogProbs.Backward(acts.Span<float>("lnf"), Wte, batch.Targets, Config.Channels, Config.VocabSize, acts.Span<float>("logsumexp"),
+            entropyOfLastForward ? acts.Span<float>("entropy") : default, dLogProbs, dEntropy, acts.Span<float>("logits_chunk"), dLnf, WteGradient);
+        Profile?.Lap("lm head bwd");
         TransformerBackward(batch, acts);
     }
 
-    private void Run(GptBatch batch, Span<float> logProbs, ReadOnlySpan<float> dLogProbs, bool backward)
+    private bool entropyOfLastForward;
+
+    private ReadOnlySpan<float> Wte => P(Parameters, Layout.Wte, Config.VocabSize * Config.Channels);
+    private Span<float> WteGradient => G(Gradients, Layout.Wte, Config.VocabSize * Config.Channels);
+
+    private Arena Prepare(GptBatch batch, Span<float> logProbs, ReadOnlySpan<float> dLogProbs, bool backward)
     {
         batch.Validate(Config);
         int n = batch.TokenCount;
@@ -157,14 +195,7 @@ public sealed class Gpt : IDisposable
         if (backward && dLogProbs.Length != n) throw new ArgumentException($"dLogProbs must have one entry per position ({n}), got {dLogProbs.Length}");
         var acts = Activations(batch.Rows, batch.Length);
         Profile?.Restart();
-        TransformerForward(batch, acts);
-        if (backward)
-        {
-            LmHead(batch, acts, dLogProbs, computeGradient: true);
-            TransformerBackward(batch, acts);
-        }
-        else LmHead(batch, acts, default, computeGradient: false);
-        acts.Span<float>("logprobs").CopyTo(logProbs);
+        return acts;
     }
 
     // ---------------------------------------------------------------------------------------------
@@ -221,50 +252,6 @@ public sealed class Gpt : IDisposable
         LayerNorm.Forward(residual, P(p, Layout.LnFWeight, c), P(p, Layout.LnFBias, c),
             acts.Span<float>("lnf"), acts.Span<float>("lnf_mean"), acts.Span<float>("lnf_rstd"));
         Profile?.Lap("layernorm fwd");
-    }
-
-    /// <summary>
-    /// The tied LM head, one chunk of rows at a time: logits = h·wteᵀ, then per-token log-probs by an
-    /// online (max, sum-exp) pass. With <paramref name="computeGradient"/>, the chunk's logits are turned
-    /// into d(logits) in place and fed straight into dh = dlogits·wte and dwte += dlogitsᵀ·h, so the
-    /// N×V logits never exist at once.
-    /// </summary>
-    private void LmHead(GptBatch batch, Arena acts, ReadOnlySpan<float> dLogProbs, bool computeGradient)
-    {
-        int n = batch.TokenCount, c = Config.Channels, v = Config.VocabSize;
-        int chunk = GptActivations.LogitChunkRows(Config, n);
-        ReadOnlySpan<float> wte = P(Parameters, Layout.Wte, v * c);
-        var lnf = acts.Span<float>("lnf");
-        var logits = acts.Span<float>("logits_chunk");
-        var lse = acts.Span<float>("logsumexp");
-        var logProbs = acts.Span<float>("logprobs");
-        var dLnf = acts.Span<float>("d_ln");
-        if (computeGradient) dLnf.Clear();
-        for (int start = 0; start < n; start += chunk)
-        {
-            int rows = Math.Min(chunk, n - start);
-            var h = lnf.Slice(start * c, rows * c);
-            var chunkLogits = logits[..(rows * v)];
-            var targets = batch.Targets.AsSpan(start, rows);
-            Gemm.Multiply(Transpose.No, Transpose.Yes, rows, v, c, 1f, h, c, wte, c, 0f, chunkLogits, v);
-            Profile?.Lap("lm head fwd");
-            TargetLogProbs.Forward(chunkLogits, targets, v, logProbs.Slice(start, rows), lse.Slice(start, rows));
-            Profile?.Lap("logprobs fwd");
-            if (!computeGradient) continue;
-            TargetLogProbs.Backward(chunkLogits, targets, v, lse.Slice(start, rows), dLogProbs.Slice(start, rows));
-            Profile?.Lap("logprobs bwd");
-            Gemm.Multiply(Transpose.No, Transpose.No, rows, c, v, 1f, chunkLogits, v, wte, c, 1f, dLnf.Slice(start * c, rows * c), c);
-            Profile?.Lap("lm head bwd");
-            Gemm.Multiply(Transpose.Yes, Transpose.No, v, c, rows, 1f, chunkLogits, v, h, c, 1f, G(Gradients, Layout.Wte, v * c), c);
-            Profile?.Lap("lm head bwd");
-        }
-    }
-
-    private void LmHeadBackward(GptBatch batch, Arena acts, ReadOnlySpan<float> dLogProbs)
-    {
-        if (dLogProbs.Length != batch.TokenCount)
-            throw new ArgumentException($"dLogProbs must have one entry per position ({batch.TokenCount}), got {dLogProbs.Length}");
-        LmHead(batch, acts, dLogProbs, computeGradient: true);
     }
 
     // ---------------------------------------------------------------------------------------------

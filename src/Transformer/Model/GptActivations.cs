@@ -1,4 +1,5 @@
 using DistAlign.Engine.Memory;
+using DistAlign.Kernels.Cpu;
 
 namespace DistAlign.Transformer.Model;
 
@@ -12,14 +13,11 @@ namespace DistAlign.Transformer.Model;
 /// attention output before its projection), residual2, ln2 (+ mean, rstd), fch, fch_gelu, residual3.
 /// Shared scratch: the projection outputs, the gradient of the residual stream, and the gradients of
 /// one layer's intermediate tensors (the backward visits one layer at a time). The LM head works on
-/// <see cref="LogitChunkRows"/> rows of logits at a time, so the N×V logits never exist at once.
+/// one chunk of rows of logits at a time (<see cref="SequenceLogProbs"/>), so the N×V logits never exist at once.
 /// </remarks>
 public static class GptActivations
 {
     public const string Arena = "activations";
-
-    /// <summary>Rows of logits the LM head materialises at once (a chunk of tokens × V).</summary>
-    public static int LogitChunkRows(GptConfig config, int tokens) => Math.Max(1, Math.Min(tokens, 256));
 
     public static void Plan(ArenaPlanBuilder arena, GptConfig config, int rows, int length)
     {
@@ -36,13 +34,13 @@ public static class GptActivations
                  .Add<float>(p + "residual3", n * c);
         }
         arena.Add<float>("lnf", n * c).Add<float>("lnf_mean", n).Add<float>("lnf_rstd", n);
-        arena.Add<float>("logits_chunk", (long)LogitChunkRows(config, (int)n) * config.VocabSize);
-        arena.Add<float>("logsumexp", n).Add<float>("logprobs", n);
+        arena.Add<float>("logits_chunk", SequenceLogProbs.ScratchLength((int)n, config.VocabSize));
+        arena.Add<float>("logsumexp", n).Add<float>("logprobs", n).Add<float>("entropy", n);
 
         // Scratch shared by all layers.
         arena.Add<float>("projection", n * c);
         arena.Add<float>("d_residual", n * c).Add<float>("d_ln", n * c).Add<float>("d_atty", n * c)
-             .Add<float>("d_qkv", n * 3 * c).Add<float>("d_att", rows * nh * t * t)
+             .Add<float>("d_qkv", n * 3 * c)
              .Add<float>("d_fch", n * 4 * c).Add<float>("d_fch_gelu", n * 4 * c);
     }
 }
