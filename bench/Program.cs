@@ -5,7 +5,13 @@ namespace DistAlign.Bench;
 public static class Program
 {
     /// <summary>
-    /// BenchmarkDotNet entry point: <c>dotnet run -c Release --project bench -- --filter '*'</c>.
+    /// BenchmarkDotNet suites: <c>dotnet run -c Release --project bench -- --filter '*'</c>;
+    /// the fused-vs-unfused LM-head harness: <c>dotnet run -c Release --project bench -- lmhead</c>.
     /// </summary>
-    public static void Main(string[] args) => BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
+    public static int Main(string[] args)
+    {
+        if (args.Length > 0 && args[0] == "lmhead") return LmHeadHarness.Run(args[1..]);
+        BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
+        return 0;
+    }
 }

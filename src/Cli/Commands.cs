@@ -8,5 +8,8 @@ internal static class Commands
     public static IEnumerable<Command> All()
     {
         yield return GemmCheckCommand.Create();
+        yield return PretrainCommand.Create();
+        yield return SampleCommand.Create();
+        yield return BenchCommand.Create();
     }
 }

@@ -1,13 +1,54 @@
 using System.CommandLine;
+using DistAlign.Engine.Memory;
+using DistAlign.Engine.SafeTensors;
+using DistAlign.Transformer.Model;
+using DistAlign.Transformer.Training;
 
 namespace DistAlign.Cli;
 
 public static class Program
 {
+    /// <summary>Exit code for bad flags, missing inputs and other user errors.</summary>
+    public const int UsageError = 2;
+    /// <summary>Exit code for a run that failed (bad data, non-finite values, I/O).</summary>
+    public const int RunFailed = 1;
+
     public static int Main(string[] args)
     {
-        var root = new RootCommand("DistAlign: train small transformer LMs and align them to pairwise preferences.");
+        var verbose = new Option<bool>("--verbose") { Description = "Print stack traces with errors.", Recursive = true };
+        var root = new RootCommand("DistAlign: train small transformer LMs and align them to pairwise preferences.") { verbose };
         foreach (var command in Commands.All()) root.Subcommands.Add(command);
-        return root.Parse(args).Invoke();
+
+        var parse = root.Parse(args);
+        if (parse.Errors.Count > 0)
+        {
+            foreach (var error in parse.Errors) Console.Error.WriteLine($"distalign: {error.Message}");
+            Console.Error.WriteLine("Run 'distalign --help' (or 'distalign COMMAND --help') for the options.");
+            return UsageError;
+        }
+        try
+        {
+            return parse.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
+        }
+        catch (Exception e)
+        {
+            int code = e switch
+            {
+                CliUsageException or ArgumentException or FileNotFoundException or DirectoryNotFoundException
+                    or CheckpointMismatchException or SafeTensorsFormatException or MemoryBudgetExceededException => UsageError,
+                _ => RunFailed,
+            };
+            string kind = e switch
+            {
+                NonFiniteValueException => "training stopped",
+                IOException or UnauthorizedAccessException => "I/O error",
+                _ => "error",
+            };
+            Console.Error.WriteLine($"distalign: {kind}: {e.Message}");
+            if (parse.GetValue(verbose)) Console.Error.WriteLine(e);
+            else if (code == RunFailed && e is not (NonFiniteValueException or IOException or UnauthorizedAccessException))
+                Console.Error.WriteLine("(run with --verbose for the stack trace)");
+            return code;
+        }
     }
 }

@@ -1,0 +1,49 @@
+using System.CommandLine;
+using DistAlign.Kernels.Cpu;
+using DistAlign.Transformer.Training;
+using Spectre.Console;
+
+namespace DistAlign.Cli;
+
+/// <summary><c>distalign bench step</c>: the whole-training-step harness (W1, W2).</summary>
+internal static class BenchCommand
+{
+    public static Command Create()
+    {
+        var workloads = new Option<string[]>("--workload") { Description = "w1 (GPT-2 124M, 4×64) and/or w2 (4L/4H/256C/V4096, 8×128); repeatable.", DefaultValueFactory = _ => ["w2"], AllowMultipleArgumentsPerToken = true };
+        var warmup = new Option<int>("--warmup") { DefaultValueFactory = _ => 3, Description = "Untimed steps first." };
+        var steps = new Option<int>("--steps") { DefaultValueFactory = _ => 10, Description = "Timed steps (the median is reported)." };
+        var threads = new Option<int>("--threads") { DefaultValueFactory = _ => Environment.ProcessorCount, Description = "CPU threads." };
+        var step = new Command("step", "Time full training steps (forward + backward + AdamW) with a per-op breakdown.") { workloads, warmup, steps, threads };
+        step.SetAction(parse =>
+        {
+            CpuParallel.Threads = CliErrors.Positive(parse.GetValue(threads), "--threads");
+            foreach (var name in parse.GetValue(workloads)!)
+            {
+                var workload = name.ToLowerInvariant() switch
+                {
+                    "w1" => StepWorkload.W1,
+                    "w2" => StepWorkload.W2,
+                    _ => throw new CliUsageException($"--workload '{name}': expected w1 or w2"),
+                };
+                var m = StepBenchmark.Run(workload, CliErrors.NonNegative(parse.GetValue(warmup), "--warmup"), CliErrors.Positive(parse.GetValue(steps), "--steps"));
+                Print(m);
+            }
+            return 0;
+        });
+        return new Command("bench", "Benchmarks.") { step };
+    }
+
+    private static void Print(StepMeasurement m)
+    {
+        var w = m.Workload;
+        Console.WriteLine($"{w.Name}: {w.Config} batch {w.Rows}×{w.Length}, {m.Threads} threads, {w.Config.ParameterCount:N0} parameters, {w.FlopsPerStep / 1e9:F1} GFLOP/step");
+        Console.WriteLine($"  step: median {m.MedianMilliseconds:F1} ms (min {m.MinMilliseconds:F1}, max {m.MaxMilliseconds:F1}, n = {m.StepMilliseconds.Length})" +
+                          $" | {m.TokensPerSecond:N0} tokens/s | {m.GflopsPerSecond:F1} GFLOP/s | peak RSS {m.PeakResidentBytes / 1048576.0:F0} MiB (planned {m.PlannedBytes / 1048576.0:F0} MiB)");
+        var table = new Table().AddColumn("op").AddColumn(new TableColumn("ms/step").RightAligned()).AddColumn(new TableColumn("share").RightAligned());
+        double total = m.OpMillisecondsPerStep.Sum(x => x.Milliseconds);
+        foreach (var (op, ms) in m.OpMillisecondsPerStep)
+            table.AddRow(op, ms.ToString("F1"), (ms / total).ToString("P1"));
+        AnsiConsole.Write(table);
+    }
+}

@@ -1,0 +1,134 @@
+using System.CommandLine;
+using System.Text.Json;
+using DistAlign.Kernels.Cpu;
+using DistAlign.Transformer.Data;
+using DistAlign.Transformer.Model;
+using DistAlign.Transformer.Tokenization;
+using DistAlign.Transformer.Training;
+using Spectre.Console;
+
+namespace DistAlign.Cli;
+
+/// <summary>
+/// <c>distalign pretrain</c>: trains a GPT from scratch on the shipped corpus (or a text file) with
+/// next-token prediction, writing atomic checkpoints it can resume from bit-identically.
+/// </summary>
+internal static class PretrainCommand
+{
+    public static Command Create()
+    {
+        var output = new Option<DirectoryInfo>("--out") { Description = "Checkpoint folder (created; holds step-N/ folders, 'latest' and model.safetensors).", Required = true };
+        var text = new Option<FileInfo?>("--text") { Description = "UTF-8 text to train on (default: the shipped Moby-Dick corpus)." };
+        var tokenizer = new Option<string>("--tokenizer") { Description = "gpt2 (50,257 tokens) or gpt2-k<K> (first K merges).", DefaultValueFactory = _ => "gpt2-k2000" };
+        var layers = new Option<int>("--layers") { DefaultValueFactory = _ => 4, Description = "Transformer blocks." };
+        var heads = new Option<int>("--heads") { DefaultValueFactory = _ => 4, Description = "Attention heads." };
+        var channels = new Option<int>("--channels") { DefaultValueFactory = _ => 128, Description = "Model width." };
+        var context = new Option<int>("--context") { DefaultValueFactory = _ => 128, Description = "Context length (position embeddings)." };
+        var steps = new Option<int>("--steps") { DefaultValueFactory = _ => 500, Description = "Optimizer steps." };
+        var batch = new Option<int>("--batch") { DefaultValueFactory = _ => 8, Description = "Rows per micro-batch." };
+        var seq = new Option<int>("--seq") { DefaultValueFactory = _ => 64, Description = "Tokens per row." };
+        var accumulation = new Option<int>("--grad-accum") { DefaultValueFactory = _ => 1, Description = "Micro-batches per optimizer step." };
+        var lr = new Option<float>("--lr") { DefaultValueFactory = _ => 3e-3f, Description = "Peak learning rate." };
+        var warmup = new Option<int>("--warmup") { DefaultValueFactory = _ => 50, Description = "Linear warmup steps (then cosine decay to 10%)." };
+        var weightDecay = new Option<float>("--weight-decay") { DefaultValueFactory = _ => 0.1f, Description = "AdamW decoupled weight decay (matrices only)." };
+        var clip = new Option<float>("--clip") { DefaultValueFactory = _ => 1f, Description = "Global gradient-norm clip (0 = off)." };
+        var evalEvery = new Option<int>("--eval-every") { DefaultValueFactory = _ => 100, Description = "Validation loss every N steps." };
+        var checkpointEvery = new Option<int>("--checkpoint-every") { DefaultValueFactory = _ => 100, Description = "Training checkpoint every N steps (and at the end)." };
+        var seed = new Option<ulong>("--seed") { DefaultValueFactory = _ => 1UL, Description = "Seed for initialisation and data order." };
+        var threads = new Option<int>("--threads") { DefaultValueFactory = _ => Environment.ProcessorCount, Description = "CPU threads (results are bit-identical for a given count)." };
+        var resume = new Option<bool>("--resume") { Description = "Continue from the latest checkpoint in --out." };
+
+        var command = new Command("pretrain", "Pretrain a GPT on the shipped corpus (or --text) with next-token prediction.")
+        {
+            output, text, tokenizer, layers, heads, channels, context, steps, batch, seq, accumulation, lr, warmup,
+            weightDecay, clip, evalEvery, checkpointEvery, seed, threads, resume,
+        };
+        command.SetAction(parse =>
+        {
+            CpuParallel.Threads = CliErrors.Positive(parse.GetValue(threads), "--threads");
+            var tok = Gpt2Tokenizer.FromSpec(parse.GetValue(tokenizer)!);
+            var config = new GptConfig(parse.GetValue(layers), parse.GetValue(heads), parse.GetValue(channels), tok.VocabSize, parse.GetValue(context)).Validate();
+            var options = new LanguageModelTrainingOptions
+            {
+                Steps = parse.GetValue(steps), Rows = parse.GetValue(batch), Length = parse.GetValue(seq),
+                GradientAccumulation = parse.GetValue(accumulation), LearningRate = parse.GetValue(lr),
+                WarmupSteps = parse.GetValue(warmup), GradientClip = parse.GetValue(clip),
+                AdamW = new AdamWSettings(WeightDecay: parse.GetValue(weightDecay)),
+                EvaluateEvery = parse.GetValue(evalEvery), Seed = parse.GetValue(seed),
+            }.Validate();
+            if (options.Length > config.MaxSequenceLength)
+                throw new CliUsageException($"--seq {options.Length} exceeds --context {config.MaxSequenceLength}");
+            var textFile = parse.GetValue(text);
+            return Run(parse.GetValue(output)!.FullName, textFile, tok, config, options,
+                CliErrors.Positive(parse.GetValue(checkpointEvery), "--checkpoint-every"), parse.GetValue(resume));
+        });
+        return command;
+    }
+
+    private static int Run(string outDir, FileInfo? textFile, Gpt2Tokenizer tok, GptConfig config,
+                           LanguageModelTrainingOptions options, int checkpointEvery, bool resume)
+    {
+        TextSplit split;
+        if (textFile is null) split = ShippedData.SplitMobyDick();
+        else
+        {
+            if (!textFile.Exists) throw new CliUsageException($"--text {textFile.FullName}: no such file");
+            split = TextSplit.AtParagraph(File.ReadAllText(textFile.FullName), ShippedData.DefaultTrainFraction);
+        }
+        var train = tok.Encode(split.Train);
+        var validation = tok.Encode(split.HeldOut);
+        AnsiConsole.MarkupLine($"[bold]pretrain[/] {config} · tokenizer {tok.Spec} · train {train.Length:N0} tokens, validation {validation.Length:N0}");
+
+        var plan = Gpt.PlanTraining(config, options.Rows, options.Length);
+        AnsiConsole.MarkupLine($"memory plan: {plan.TotalBytes / (1024.0 * 1024.0):F1} MiB ({config.ParameterCount:N0} parameters)");
+        using var model = new Gpt(config);
+        var trainer = new LanguageModelTrainer(model, train, validation, options);
+        string optionsJson = JsonSerializer.Serialize(new { config, options, tokenizer = tok.Spec });
+
+        string? latest = resume ? GptCheckpoint.LatestTraining(outDir) : null;
+        if (resume && latest is null) AnsiConsole.MarkupLine($"[yellow]no checkpoint in {Markup.Escape(outDir)}: starting from scratch[/]");
+        if (latest is not null)
+        {
+            var (state, savedOptions) = GptCheckpoint.LoadTraining(latest, model);
+            if (savedOptions != optionsJson)
+                throw new CliUsageException($"{latest} was written with different settings; resume with the same flags:\n  saved: {savedOptions}\n  now:   {optionsJson}");
+            trainer.Restore(state);
+            AnsiConsole.MarkupLine($"resumed from {Markup.Escape(latest)} at step {state.Step}");
+        }
+        else
+        {
+            if (GptCheckpoint.LatestTraining(outDir) is { } existing)
+                throw new CliUsageException($"{outDir} already holds a run ({existing}); pass --resume to continue it or choose another --out");
+            model.InitializeGpt2(options.Seed);
+        }
+
+        float? lastValidation = null;
+        float lastLoss = float.NaN;
+        AnsiConsole.Progress()
+            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
+            .Start(ctx =>
+            {
+                var task = ctx.AddTask("training", maxValue: options.Steps);
+                task.Value = trainer.Step;
+                while (trainer.Step < options.Steps)
+                {
+                    var report = trainer.TrainStep();
+                    lastLoss = report.Loss;
+                    lastValidation = report.ValidationLoss ?? lastValidation;
+                    double tokensPerSecond = report.Tokens / (report.Milliseconds / 1000.0);
+                    task.Description = $"step {report.Step}/{options.Steps} loss {report.Loss:F3}" +
+                                       (lastValidation is float v ? $" val {v:F3}" : "") +
+                                       $" | {tokensPerSecond:N0} tok/s";
+                    task.Value = report.Step;
+                    if (report.ValidationLoss is float vl) Console.WriteLine($"step {report.Step}: train loss {report.Loss:F4}, validation loss {vl:F4}, {tokensPerSecond:N0} tok/s");
+                    if (report.Step % checkpointEvery == 0 || report.Step == options.Steps)
+                        GptCheckpoint.SaveTraining(outDir, model, tok.Spec, trainer.State, optionsJson);
+                }
+            });
+        string modelPath = Path.Combine(outDir, GptCheckpoint.ModelFileName);
+        GptCheckpoint.SaveModel(modelPath, model, tok.Spec);
+        Console.WriteLine($"done: {trainer.Step} steps, last train loss {lastLoss:F4}" +
+                          (lastValidation is float fv ? $", validation loss {fv:F4}" : "") + $"; model written to {modelPath}");
+        return 0;
+    }
+}

@@ -1,0 +1,57 @@
+using System.CommandLine;
+using DistAlign.Kernels.Cpu;
+using DistAlign.Transformer.Model;
+using DistAlign.Transformer.Tokenization;
+
+namespace DistAlign.Cli;
+
+/// <summary><c>distalign sample</c>: continues prompts with a trained model (KV-cache decoding).</summary>
+internal static class SampleCommand
+{
+    public static Command Create()
+    {
+        var model = new Option<FileInfo>("--model") { Description = "A model.safetensors written by pretrain (or a GPT-2 safetensors file).", Required = true };
+        var prompts = new Option<string[]>("--prompt") { Description = "Prompt text; repeatable. Default: one empty prompt (starts from <|endoftext|>).", AllowMultipleArgumentsPerToken = false };
+        var samples = new Option<int>("--samples") { DefaultValueFactory = _ => 1, Description = "Continuations per prompt." };
+        var maxTokens = new Option<int>("--max-tokens") { DefaultValueFactory = _ => 64, Description = "New tokens per continuation at most." };
+        var temperature = new Option<float>("--temperature") { DefaultValueFactory = _ => 1f, Description = "Softmax temperature (0 = greedy)." };
+        var topK = new Option<int>("--top-k") { DefaultValueFactory = _ => 0, Description = "Keep the k most likely tokens (0 = all)." };
+        var topP = new Option<float>("--top-p") { DefaultValueFactory = _ => 1f, Description = "Nucleus mass (1 = all)." };
+        var seed = new Option<ulong>("--seed") { DefaultValueFactory = _ => 1UL, Description = "Sampling seed." };
+        var tokenizer = new Option<string?>("--tokenizer") { Description = "Tokenizer spec when the model file does not name one (default gpt2)." };
+        var threads = new Option<int>("--threads") { DefaultValueFactory = _ => Environment.ProcessorCount, Description = "CPU threads." };
+        var command = new Command("sample", "Continue prompts with a trained model.")
+        {
+            model, prompts, samples, maxTokens, temperature, topK, topP, seed, tokenizer, threads,
+        };
+        command.SetAction(parse =>
+        {
+            CpuParallel.Threads = CliErrors.Positive(parse.GetValue(threads), "--threads");
+            var file = parse.GetValue(model)!;
+            if (!file.Exists) throw new CliUsageException($"--model {file.FullName}: no such file");
+            var loaded = GptCheckpoint.LoadModel(file.FullName);
+            using var gpt = loaded.Model;
+            var tok = Gpt2Tokenizer.FromSpec(loaded.TokenizerSpec ?? parse.GetValue(tokenizer) ?? Gpt2Tokenizer.FullSpec);
+            if (tok.VocabSize != gpt.Config.VocabSize)
+                throw new CliUsageException($"tokenizer {tok.Spec} has {tok.VocabSize} tokens but the model has {gpt.Config.VocabSize}");
+            var options = new SamplingOptions(CliErrors.NonNegative(parse.GetValue(maxTokens), "--max-tokens"), parse.GetValue(temperature),
+                parse.GetValue(topK), parse.GetValue(topP), tok.EndOfText);
+            var texts = parse.GetValue(prompts) is { Length: > 0 } p ? p : [""];
+            int n = CliErrors.Positive(parse.GetValue(samples), "--samples");
+            var encoded = new List<int[]>();
+            foreach (var text in texts)
+                for (int i = 0; i < n; i++)
+                    encoded.Add([tok.EndOfText, .. tok.Encode(text)]);
+            var results = Sampler.Generate(gpt, encoded, options, parse.GetValue(seed));
+            for (int i = 0; i < results.Length; i++)
+            {
+                var r = results[i];
+                var body = r.Ended ? r.Tokens[..^1] : r.Tokens;
+                Console.WriteLine($"--- sample {i + 1} (prompt {i / n + 1}, {r.Tokens.Length} tokens, ln p = {r.LogProbs.Sum():F2})");
+                Console.WriteLine(texts[i / n] + tok.Decode(body));
+            }
+            return 0;
+        });
+        return command;
+    }
+}

@@ -1,0 +1,327 @@
+using DistAlign.Engine.Devices;
+using DistAlign.Engine.Memory;
+using DistAlign.Kernels.Cpu;
+
+namespace DistAlign.Transformer.Model;
+
+/// <summary>
+/// A GPT-2 model on the CPU: parameters, gradients and AdamW moments each in one flat planned buffer
+/// (same <see cref="ParameterLayout"/> for all four), activations in one arena sized for B × T before the
+/// first step. The forward and backward are flat lists of kernel calls, the backward mirroring the
+/// forward, as in llm.c.
+/// </summary>
+/// <remarks>
+/// The model computes per-token log-probabilities of targets, never a loss: every objective (pretraining,
+/// SFT, the preference losses) turns log-probs into a loss and hands back d(loss)/d(log-prob).
+/// </remarks>
+public sealed class Gpt : IDisposable
+{
+    public const string ParametersArena = "parameters";
+    public const string GradientsArena = "gradients";
+    public const string MomentsArena = "adam_moments";
+
+    private readonly MemoryArenas weights;
+    private readonly Dictionary<(int Rows, int Length), MemoryArenas> activationsByShape = new();
+    private readonly Device device;
+    private readonly long? memoryBudgetBytes;
+
+    public GptConfig Config { get; }
+
+    /// <summary>When set, every op call charges its wall time to it (the step benchmark's breakdown).</summary>
+    public OpProfile? Profile { get; set; }
+    public ParameterLayout Layout { get; }
+
+    /// <summary>All parameters, flat, in <see cref="Layout"/> order.</summary>
+    public Span<float> Parameters => weights[ParametersArena].Span<float>("all");
+    /// <summary>Gradients of the parameters, same layout; backward passes accumulate into it.</summary>
+    public Span<float> Gradients => weights[GradientsArena].Span<float>("all");
+    /// <summary>AdamW first moments, same layout.</summary>
+    public Span<float> AdamM => weights[MomentsArena].Span<float>("m");
+    /// <summary>AdamW second moments, same layout.</summary>
+    public Span<float> AdamV => weights[MomentsArena].Span<float>("v");
+
+    /// <summary>Allocates a model (all parameters zero; see <see cref="InitializeGpt2"/>).</summary>
+    /// <param name="memoryBudgetBytes">when given, a model plus activations that need more is refused
+    /// before anything is allocated, with the bytes needed and the largest arena</param>
+    public Gpt(GptConfig config, long? memoryBudgetBytes = null, Device? device = null)
+    {
+        Config = config.Validate();
+        Layout = ParameterLayout.For(config);
+        this.device = device ?? new CpuDevice();
+        if (this.device.Kind != DeviceKind.Cpu)
+            throw new NotSupportedException($"the GPT runs on the CPU in this build; device '{this.device.Name}' is not supported yet");
+        this.memoryBudgetBytes = memoryBudgetBytes;
+        var plan = new MemoryPlanBuilder();
+        PlanWeights(plan, Layout);
+        var built = plan.Build();
+        if (memoryBudgetBytes is long budget) built.EnsureFits(budget);
+        weights = MemoryArenas.Allocate(this.device, built);
+    }
+
+    private static void PlanWeights(MemoryPlanBuilder plan, ParameterLayout layout)
+    {
+        plan.Arena(ParametersArena).Add<float>("all", layout.TotalElements);
+        plan.Arena(GradientsArena).Add<float>("all", layout.TotalElements);
+        plan.Arena(MomentsArena).Add<float>("m", layout.TotalElements).Add<float>("v", layout.TotalElements);
+    }
+
+    /// <summary>
+    /// The memory a model of this size needs to train on batches of <paramref name="rows"/> ×
+    /// <paramref name="length"/>: parameters, gradients, AdamW moments and activations.
+    /// </summary>
+    public static MemoryPlan PlanTraining(GptConfig config, int rows, int length)
+    {
+        var plan = new MemoryPlanBuilder();
+        PlanWeights(plan, ParameterLayout.For(config));
+        GptActivations.Plan(plan.Arena(GptActivations.Arena), config, rows, length);
+        return plan.Build();
+    }
+
+    /// <summary>
+    /// GPT-2's initialisation: weights N(0, 0.02²) from the Philox stream of <paramref name="seed"/>,
+    /// residual projections (attn.c_proj, mlp.c_proj) scaled by 1/√(2L), biases 0, LayerNorm weights 1.
+    /// Element i of tensor k always gets the same number whatever the thread count.
+    /// </summary>
+    public void InitializeGpt2(ulong seed)
+    {
+        var p = Parameters;
+        var philox = new Engine.Random.Philox(seed);
+        ulong stream = 0;
+        foreach (var t in Layout.Tensors)
+        {
+            var span = p.Slice((int)t.Offset, (int)t.Length);
+            stream++;
+            if (t.Name.EndsWith(".bias", StringComparison.Ordinal)) span.Clear();
+            else if (t.Name.Contains("ln_", StringComparison.Ordinal)) span.Fill(1f);
+            else
+            {
+                bool residualProjection = t.Name.EndsWith("c_proj.weight", StringComparison.Ordinal);
+                float std = residualProjection ? 0.02f / MathF.Sqrt(2f * Config.Layers) : 0.02f;
+                philox.FillNormal(span, stream, 0, 0f, std);
+            }
+        }
+    }
+
+    /// <summary>Zeroes the gradient buffer (the backward accumulates into it).</summary>
+    public void ZeroGradients() => Gradients.Clear();
+
+    private Arena Activations(int rows, int length)
+    {
+        if (!activationsByShape.TryGetValue((rows, length), out var arenas))
+        {
+            var plan = new MemoryPlanBuilder();
+            GptActivations.Plan(plan.Arena(GptActivations.Arena), Config, rows, length);
+            var built = plan.Build();
+            if (memoryBudgetBytes is long budget)
+            {
+                long weightBytes = weights.Plan.TotalBytes + activationsByShape.Values.Sum(a => a.Plan.TotalBytes);
+                built.EnsureFits(budget - weightBytes);
+            }
+            arenas = MemoryArenas.Allocate(device, built);
+            activationsByShape[(rows, length)] = arenas;
+        }
+        return arenas[GptActivations.Arena];
+    }
+
+    /// <summary>
+    /// Forward pass: fills <paramref name="logProbs"/>[i] = ln π(target_i | tokens of its segment up to i)
+    /// for every position with a target, 0 where the target is −1, and, when <paramref name="entropy"/> is
+    /// non-empty, the entropy of π(· | prefix) at those positions. Keeps the activations the backward needs.
+    /// </summary>
+    public void Forward(GptBatch batch, Span<float> logProbs, Span<float> entropy = default)
+    {
+        var acts = Prepare(batch, logProbs, default, backward: false);
+        if (!entropy.IsEmpty && entropy.Length != batch.TokenCount)
+            throw new ArgumentException($"entropy must be empty or have one entry per position ({batch.TokenCount}), got {entropy.Length}");
+        TransformerForward(batch, acts);
+        entropyOfLastForward = !entropy.IsEmpty;
+        SequenceLogProbs.Forward(acts.Span<float>("lnf"), Wte, batch.Targets, Config.Channels, Config.VocabSize, acts.Span<float>("logits_chunk"),
+            acts.Span<float>("logprobs"), acts.Span<float>("logsumexp"), entropyOfLastForward ? acts.Span<float>("entropy") : default);
+        Profile?.Lap("lm head fwd");
+        acts.Span<float>("logprobs").CopyTo(logProbs);
+        if (entropyOfLastForward) acts.Span<float>("entropy").CopyTo(entropy);
+    }
+
+    /// <summary>
+    /// Forward and backward in one pass for a gradient that is known before the forward (pretraining and
+    /// SFT: d(loss)/d(log-prob_i) = −1/targets for every target). Accumulates into <see cref="Gradients"/>.
+    /// Each chunk of logits is computed once and turned into its gradient in place.
+    /// </summary>
+    public void ForwardBackward(GptBatch batch, ReadOnlySpan<float> dLogProbs, Span<float> logProbs)
+    {
+        var acts = Prepare(batch, logProbs, dLogProbs, backward: true);
+        TransformerForward(batch, acts);
+        entropyOfLastForward = false;
+        var dLnf = acts.Span<float>("d_ln");
+        dLnf.Clear();
+        SequenceLogProbs.ForwardBackward(acts.Span<float>("lnf"), Wte, batch.Targets, Config.Channels, Config.VocabSize, dLogProbs, default,
+            acts.Span<float>("logits_chunk"), acts.Span<float>("logprobs"), acts.Span<float>("logsumexp"), default, dLnf, WteGradient);
+        Profile?.Lap("lm head fwd+bwd");
+        TransformerBackward(batch, acts);
+        acts.Span<float>("logprobs").CopyTo(logProbs);
+    }
+
+    /// <summary>
+    /// Backward for a gradient that depends on the forward's outputs (the preference objectives): call after
+    /// <see cref="Forward"/> on the same batch; recomputes the LM head's logits chunk by chunk. A non-empty
+    /// <paramref name="dEntropy"/> needs the entropies from that forward.
+    /// </summary>
+    public void Backward(GptBatch batch, ReadOnlySpan<float> dLogProbs, ReadOnlySpan<float> dEntropy = default)
+    {
+        if (dLogProbs.Length != batch.TokenCount)
+            throw new ArgumentException($"dLogProbs must have one entry per position ({batch.TokenCount}), got {dLogProbs.Length}");
+        if (!dEntropy.IsEmpty && !entropyOfLastForward)
+            throw new InvalidOperationException("an entropy gradient needs a Forward that computed entropies on this batch");
+        var acts = Activations(batch.Rows, batch.Length);
+        Profile?.Restart();
+        var dLnf = acts.Span<float>("d_ln");
+        dLnf.Clear();
+        SequenceLogProbs.Backward(acts.Span<float>("lnf"), Wte, batch.Targets, Config.Channels, Config.VocabSize, acts.Span<float>("logsumexp"),
+            entropyOfLastForward ? acts.Span<float>("entropy") : default, dLogProbs, dEntropy, acts.Span<float>("logits_chunk"), dLnf, WteGradient);
+        Profile?.Lap("lm head bwd");
+        TransformerBackward(batch, acts);
+    }
+
+    private bool entropyOfLastForward;
+
+    private ReadOnlySpan<float> Wte => P(Parameters, Layout.Wte, Config.VocabSize * Config.Channels);
+    private Span<float> WteGradient => G(Gradients, Layout.Wte, Config.VocabSize * Config.Channels);
+
+    private Arena Prepare(GptBatch batch, Span<float> logProbs, ReadOnlySpan<float> dLogProbs, bool backward)
+    {
+        batch.Validate(Config);
+        int n = batch.TokenCount;
+        if (logProbs.Length != n) throw new ArgumentException($"logProbs must have one entry per position ({n}), got {logProbs.Length}");
+        if (backward && dLogProbs.Length != n) throw new ArgumentException($"dLogProbs must have one entry per position ({n}), got {dLogProbs.Length}");
+        var acts = Activations(batch.Rows, batch.Length);
+        Profile?.Restart();
+        return acts;
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // forward: x = wte[tokens] + wpe[positions];
+    //   for each block: x = x + attn_proj(attention(ln_1(x)));  x = x + mlp_proj(gelu(mlp_fc(ln_2(x))))
+    //   h = ln_f(x); logits = h · wteᵀ (tied head)
+    // ---------------------------------------------------------------------------------------------
+    private void TransformerForward(GptBatch batch, Arena acts)
+    {
+        int b = batch.Rows, t = batch.Length, n = b * t, c = Config.Channels, nh = Config.Heads;
+        ReadOnlySpan<float> p = Parameters;
+        var encoded = acts.Span<float>("encoded");
+        Embedding.Forward(batch.Tokens, batch.Positions, P(p, Layout.Wte, Config.VocabSize * c), P(p, Layout.Wpe, Config.MaxSequenceLength * c), c, encoded);
+        Profile?.Lap("embedding fwd");
+
+        ReadOnlySpan<float> residual = encoded;
+        var projection = acts.Span<float>("projection");
+        for (int l = 0; l < Config.Layers; l++)
+        {
+            var o = Layout.Blocks[l];
+            string a = $"h.{l}.";
+            var ln1 = acts.Span<float>(a + "ln1");
+            var qkv = acts.Span<float>(a + "qkv");
+            var att = acts.Span<float>(a + "att");
+            var atty = acts.Span<float>(a + "atty");
+            var residual2 = acts.Span<float>(a + "residual2");
+            var ln2 = acts.Span<float>(a + "ln2");
+            var fch = acts.Span<float>(a + "fch");
+            var fchGelu = acts.Span<float>(a + "fch_gelu");
+            var residual3 = acts.Span<float>(a + "residual3");
+
+            LayerNorm.Forward(residual, P(p, o.Ln1Weight, c), P(p, o.Ln1Bias, c), ln1, acts.Span<float>(a + "ln1_mean"), acts.Span<float>(a + "ln1_rstd"));
+            Profile?.Lap("layernorm fwd");
+            Linear.Forward(qkv, ln1, P(p, o.AttnWeight, c * 3 * c), P(p, o.AttnBias, 3 * c), n, c, 3 * c);
+            Profile?.Lap("matmul fwd");
+            Attention.Forward(qkv, batch.Segments, b, t, nh, att, atty);
+            Profile?.Lap("attention fwd");
+            Linear.Forward(projection, atty, P(p, o.AttnProjWeight, c * c), P(p, o.AttnProjBias, c), n, c, c);
+            Profile?.Lap("matmul fwd");
+            Residual.Forward(residual, projection, residual2);
+            Profile?.Lap("residual fwd");
+            LayerNorm.Forward(residual2, P(p, o.Ln2Weight, c), P(p, o.Ln2Bias, c), ln2, acts.Span<float>(a + "ln2_mean"), acts.Span<float>(a + "ln2_rstd"));
+            Profile?.Lap("layernorm fwd");
+            Linear.Forward(fch, ln2, P(p, o.FcWeight, c * 4 * c), P(p, o.FcBias, 4 * c), n, c, 4 * c);
+            Profile?.Lap("matmul fwd");
+            Gelu.Forward(fch, fchGelu);
+            Profile?.Lap("gelu fwd");
+            Linear.Forward(projection, fchGelu, P(p, o.FcProjWeight, 4 * c * c), P(p, o.FcProjBias, c), n, 4 * c, c);
+            Profile?.Lap("matmul fwd");
+            Residual.Forward(residual2, projection, residual3);
+            Profile?.Lap("residual fwd");
+            residual = residual3;
+        }
+        LayerNorm.Forward(residual, P(p, Layout.LnFWeight, c), P(p, Layout.LnFBias, c),
+            acts.Span<float>("lnf"), acts.Span<float>("lnf_mean"), acts.Span<float>("lnf_rstd"));
+        Profile?.Lap("layernorm fwd");
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // backward: the forward's calls in reverse. d_residual carries d(loss)/d(residual stream); each
+    // LayerNorm backward adds into it, which is exactly the residual connection's backward.
+    // ---------------------------------------------------------------------------------------------
+    private void TransformerBackward(GptBatch batch, Arena acts)
+    {
+        int b = batch.Rows, t = batch.Length, n = b * t, c = Config.Channels, nh = Config.Heads;
+        ReadOnlySpan<float> p = Parameters;
+        Span<float> g = Gradients;
+        var dResidual = acts.Span<float>("d_residual");
+        var dLn = acts.Span<float>("d_ln");
+        var dAtty = acts.Span<float>("d_atty");
+        var dQkv = acts.Span<float>("d_qkv");
+        var dFch = acts.Span<float>("d_fch");
+        var dFchGelu = acts.Span<float>("d_fch_gelu");
+
+        ReadOnlySpan<float> lastResidual = Config.Layers > 0 ? acts.Span<float>($"h.{Config.Layers - 1}.residual3") : acts.Span<float>("encoded");
+        dResidual.Clear();
+        LayerNorm.Backward(dLn, lastResidual, P(p, Layout.LnFWeight, c), acts.Span<float>("lnf_mean"), acts.Span<float>("lnf_rstd"),
+            dResidual, G(g, Layout.LnFWeight, c), G(g, Layout.LnFBias, c));
+        Profile?.Lap("layernorm bwd");
+
+        for (int l = Config.Layers - 1; l >= 0; l--)
+        {
+            var o = Layout.Blocks[l];
+            string a = $"h.{l}.";
+            ReadOnlySpan<float> residual = l == 0 ? acts.Span<float>("encoded") : acts.Span<float>($"h.{l - 1}.residual3");
+
+            // MLP: residual3 = residual2 + fc_proj(gelu(fc(ln_2(residual2))))
+            dFchGelu.Clear();
+            Linear.Backward(dFchGelu, G(g, o.FcProjWeight, 4 * c * c), G(g, o.FcProjBias, c), dResidual, acts.Span<float>(a + "fch_gelu"), P(p, o.FcProjWeight, 4 * c * c), n, 4 * c, c);
+            Profile?.Lap("matmul bwd");
+            dFch.Clear();
+            Gelu.Backward(dFchGelu, acts.Span<float>(a + "fch"), dFch);
+            Profile?.Lap("gelu bwd");
+            dLn.Clear();
+            Linear.Backward(dLn, G(g, o.FcWeight, c * 4 * c), G(g, o.FcBias, 4 * c), dFch, acts.Span<float>(a + "ln2"), P(p, o.FcWeight, c * 4 * c), n, c, 4 * c);
+            Profile?.Lap("matmul bwd");
+            LayerNorm.Backward(dLn, acts.Span<float>(a + "residual2"), P(p, o.Ln2Weight, c), acts.Span<float>(a + "ln2_mean"), acts.Span<float>(a + "ln2_rstd"),
+                dResidual, G(g, o.Ln2Weight, c), G(g, o.Ln2Bias, c));
+            Profile?.Lap("layernorm bwd");
+
+            // attention: residual2 = residual + attn_proj(attention(qkv(ln_1(residual))))
+            dAtty.Clear();
+            Linear.Backward(dAtty, G(g, o.AttnProjWeight, c * c), G(g, o.AttnProjBias, c), dResidual, acts.Span<float>(a + "atty"), P(p, o.AttnProjWeight, c * c), n, c, c);
+            Profile?.Lap("matmul bwd");
+            dQkv.Clear();
+            Attention.Backward(dAtty, acts.Span<float>(a + "qkv"), acts.Span<float>(a + "att"), acts.Span<float>(a + "atty"), b, t, nh, dQkv);
+            Profile?.Lap("attention bwd");
+            dLn.Clear();
+            Linear.Backward(dLn, G(g, o.AttnWeight, c * 3 * c), G(g, o.AttnBias, 3 * c), dQkv, acts.Span<float>(a + "ln1"), P(p, o.AttnWeight, c * 3 * c), n, c, 3 * c);
+            Profile?.Lap("matmul bwd");
+            LayerNorm.Backward(dLn, residual, P(p, o.Ln1Weight, c), acts.Span<float>(a + "ln1_mean"), acts.Span<float>(a + "ln1_rstd"),
+                dResidual, G(g, o.Ln1Weight, c), G(g, o.Ln1Bias, c));
+            Profile?.Lap("layernorm bwd");
+        }
+
+        Embedding.Backward(dResidual, batch.Tokens, batch.Positions, c,
+            G(g, Layout.Wte, Config.VocabSize * c), G(g, Layout.Wpe, Config.MaxSequenceLength * c));
+        Profile?.Lap("embedding bwd");
+    }
+
+    private static ReadOnlySpan<float> P(ReadOnlySpan<float> all, long offset, int length) => all.Slice((int)offset, length);
+    private static Span<float> G(Span<float> all, long offset, int length) => all.Slice((int)offset, length);
+
+    public void Dispose()
+    {
+        foreach (var a in activationsByShape.Values) a.Dispose();
+        weights.Dispose();
+    }
+}

@@ -1,0 +1,200 @@
+using System.Globalization;
+using System.Text.Json;
+using DistAlign.Engine.SafeTensors;
+using DistAlign.Transformer.Training;
+
+namespace DistAlign.Transformer.Model;
+
+/// <summary>A checkpoint whose tensors or metadata do not fit the model they are loaded into.</summary>
+public sealed class CheckpointMismatchException(string message) : Exception(message);
+
+/// <summary>
+/// Model and training checkpoints.
+/// <list type="bullet">
+/// <item>A model file is safetensors with Hugging Face GPT-2 tensor names ([in, out] linear weights, LM
+/// head tied to wte) and the config and tokenizer in the metadata, so a GPT-2 safetensors file loads
+/// too (its config is inferred from the tensor shapes).</item>
+/// <item>A training checkpoint is a folder <c>step-NNNNNNNN/</c> holding the model file and
+/// <c>training-state.safetensors</c> (AdamW moments, step, data cursor, options), written under a
+/// temporary name and renamed into place; then the one-line file <c>latest</c> is replaced atomically.
+/// A crash at any point leaves <c>latest</c> naming a complete checkpoint.</item>
+/// </list>
+/// </summary>
+public static class GptCheckpoint
+{
+    public const string ModelFileName = "model.safetensors";
+    public const string StateFileName = "training-state.safetensors";
+    public const string LatestFileName = "latest";
+    public const string ConfigKey = "distalign.config";
+    public const string TokenizerKey = "distalign.tokenizer";
+
+    /// <summary>Writes the weights (atomically) with the config and tokenizer spec in the metadata.</summary>
+    public static void SaveModel(string path, Gpt model, string tokenizerSpec)
+    {
+        var metadata = new Dictionary<string, string>
+        {
+            ["format"] = "pt",
+            [ConfigKey] = JsonSerializer.Serialize(model.Config),
+            [TokenizerKey] = tokenizerSpec,
+        };
+        var p = model.Parameters;
+        var tensors = new List<SafeTensor>(model.Layout.Tensors.Count);
+        foreach (var t in model.Layout.Tensors)
+            tensors.Add(SafeTensor.FromFloats(t.Name, p.Slice((int)t.Offset, (int)t.Length), [.. t.Shape.Select(d => (long)d)]));
+        SafeTensorsWriter.Write(path, tensors, metadata);
+    }
+
+    /// <summary>A model loaded from a file, with the tokenizer spec it was trained with (null when the file has none).</summary>
+    public sealed record LoadedModel(Gpt Model, string? TokenizerSpec);
+
+    /// <summary>
+    /// Loads a model file written by <see cref="SaveModel"/> or a Hugging Face GPT-2 safetensors file.
+    /// Every tensor is checked against the config's shapes; a mismatch names the tensor and both shapes.
+    /// </summary>
+    /// <param name="heads">heads for a file without DistAlign metadata (the shapes do not tell); default C/64</param>
+    public static LoadedModel LoadModel(string path, int? heads = null, long? memoryBudgetBytes = null)
+    {
+        using var file = SafeTensorsFile.Open(path);
+        var config = ConfigOf(file, path, heads);
+        var model = new Gpt(config, memoryBudgetBytes);
+        try
+        {
+            LoadParameters(file, model, path);
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+        file.Metadata.TryGetValue(TokenizerKey, out var spec);
+        return new LoadedModel(model, spec);
+    }
+
+    private static GptConfig ConfigOf(SafeTensorsFile file, string path, int? heads)
+    {
+        if (file.Metadata.TryGetValue(ConfigKey, out var json))
+        {
+            try
+            {
+                return (JsonSerializer.Deserialize<GptConfig>(json) ?? throw new JsonException("null")).Validate();
+            }
+            catch (Exception e) when (e is JsonException or ArgumentException)
+            {
+                throw new CheckpointMismatchException($"{path}: metadata '{ConfigKey}' is not a valid model config: {e.Message}");
+            }
+        }
+        // A Hugging Face GPT-2 file: infer the config from the shapes.
+        var wte = Find(file, "wte.weight") ?? throw new CheckpointMismatchException($"{path}: no 'wte.weight' tensor and no '{ConfigKey}' metadata: not a GPT-2 checkpoint");
+        var wpe = Find(file, "wpe.weight") ?? throw new CheckpointMismatchException($"{path}: no 'wpe.weight' tensor");
+        if (wte.Shape.Count != 2 || wpe.Shape.Count != 2)
+            throw new CheckpointMismatchException($"{path}: wte.weight and wpe.weight must be 2-D, got [{string.Join(", ", wte.Shape)}] and [{string.Join(", ", wpe.Shape)}]");
+        int layers = 0;
+        while (Find(file, $"h.{layers}.ln_1.weight") is not null) layers++;
+        int channels = (int)wte.Shape[1];
+        return new GptConfig(layers, heads ?? Math.Max(1, channels / 64), channels, (int)wte.Shape[0], (int)wpe.Shape[0]).Validate();
+    }
+
+    /// <summary>Looks a tensor up by its HF name, with or without the <c>transformer.</c> prefix.</summary>
+    private static SafeTensorInfo? Find(SafeTensorsFile file, string name) =>
+        file.TryGetInfo(name, out var info) ? info : file.TryGetInfo("transformer." + name, out info) ? info : null;
+
+    /// <summary>Copies every parameter from the file into the model after checking its shape.</summary>
+    public static void LoadParameters(SafeTensorsFile file, Gpt model, string path)
+    {
+        var p = model.Parameters;
+        foreach (var t in model.Layout.Tensors)
+        {
+            var info = Find(file, t.Name) ?? throw new CheckpointMismatchException($"{path}: tensor '{t.Name}' is missing");
+            if (!info.Shape.SequenceEqual(t.Shape.Select(d => (long)d)))
+                throw new CheckpointMismatchException(
+                    $"{path}: tensor '{t.Name}' has shape [{string.Join(", ", info.Shape)}], the model needs [{string.Join(", ", t.Shape)}]");
+            file.ReadF32(info.Name, p.Slice((int)t.Offset, (int)t.Length));
+        }
+    }
+
+    /// <summary>
+    /// Writes a full training checkpoint for <paramref name="state"/> under <paramref name="directory"/> and
+    /// points <c>latest</c> at it. Older step folders beyond the newest <paramref name="keep"/> are removed.
+    /// </summary>
+    public static string SaveTraining(string directory, Gpt model, string tokenizerSpec, TrainerState state, string optionsJson, int keep = 2)
+    {
+        Directory.CreateDirectory(directory);
+        string name = $"step-{state.Step:D8}";
+        string final = Path.Combine(directory, name);
+        string temporary = Path.Combine(directory, $".{name}.tmp-{Environment.ProcessId}-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(temporary);
+        SaveModel(Path.Combine(temporary, ModelFileName), model, tokenizerSpec);
+        var metadata = new Dictionary<string, string>
+        {
+            ["step"] = state.Step.ToString(CultureInfo.InvariantCulture),
+            ["loader_epoch"] = state.LoaderEpoch.ToString(CultureInfo.InvariantCulture),
+            ["loader_index"] = state.LoaderIndex.ToString(CultureInfo.InvariantCulture),
+            ["options"] = optionsJson,
+        };
+        SafeTensorsWriter.Write(Path.Combine(temporary, StateFileName),
+            [SafeTensor.FromFloats("adam.m", model.AdamM), SafeTensor.FromFloats("adam.v", model.AdamV)], metadata);
+        if (Directory.Exists(final)) Directory.Delete(final, recursive: true);
+        Directory.Move(temporary, final);
+        WriteAtomically(Path.Combine(directory, LatestFileName), name + "\n");
+
+        var old = Directory.GetDirectories(directory, "step-*").Select(Path.GetFileName).OfType<string>()
+            .Where(n => n != name).OrderDescending(StringComparer.Ordinal).Skip(Math.Max(0, keep - 1));
+        foreach (var o in old) Directory.Delete(Path.Combine(directory, o), recursive: true);
+        foreach (var stale in Directory.GetDirectories(directory, ".step-*.tmp-*")) Directory.Delete(stale, recursive: true);
+        return final;
+    }
+
+    /// <summary>The newest complete training checkpoint in <paramref name="directory"/>, or null when there is none.</summary>
+    public static string? LatestTraining(string directory)
+    {
+        string latest = Path.Combine(directory, LatestFileName);
+        if (!File.Exists(latest)) return null;
+        string name = File.ReadAllText(latest).Trim();
+        string path = Path.Combine(directory, name);
+        if (!name.StartsWith("step-", StringComparison.Ordinal) || !Directory.Exists(path))
+            throw new CheckpointMismatchException($"{latest}: names '{name}', which is not a checkpoint folder in {directory}");
+        return path;
+    }
+
+    /// <summary>
+    /// Restores weights and AdamW moments from a training checkpoint folder into <paramref name="model"/>
+    /// and returns the trainer position and the options JSON it was written with.
+    /// </summary>
+    public static (TrainerState State, string OptionsJson) LoadTraining(string checkpoint, Gpt model)
+    {
+        string modelPath = Path.Combine(checkpoint, ModelFileName);
+        using (var file = SafeTensorsFile.Open(modelPath))
+        {
+            var config = ConfigOf(file, modelPath, null);
+            if (config != model.Config)
+                throw new CheckpointMismatchException($"{modelPath}: checkpoint is for {config}, the model is {model.Config}");
+            LoadParameters(file, model, modelPath);
+        }
+        string statePath = Path.Combine(checkpoint, StateFileName);
+        using var state = SafeTensorsFile.Open(statePath);
+        foreach (var (name, target) in new[] { ("adam.m", 0), ("adam.v", 1) })
+        {
+            var info = state.GetInfo(name);
+            if (info.ElementCount != model.Layout.TotalElements)
+                throw new CheckpointMismatchException($"{statePath}: '{name}' has {info.ElementCount} elements, the model has {model.Layout.TotalElements} parameters");
+            state.ReadF32(name, target == 0 ? model.AdamM : model.AdamV);
+        }
+        int Int(string key) =>
+            state.Metadata.TryGetValue(key, out var s) && int.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out int v)
+                ? v : throw new CheckpointMismatchException($"{statePath}: metadata '{key}' is missing or not a non-negative integer");
+        return (new TrainerState(Int("step"), Int("loader_epoch"), Int("loader_index")),
+                state.Metadata.TryGetValue("options", out var o) ? o : "{}");
+    }
+
+    private static void WriteAtomically(string path, string text)
+    {
+        string temporary = $"{path}.tmp-{Environment.ProcessId}-{Guid.NewGuid():N}";
+        using (var stream = new FileStream(temporary, FileMode.CreateNew, FileAccess.Write))
+        {
+            var bytes = System.Text.Encoding.UTF8.GetBytes(text);
+            stream.Write(bytes);
+            stream.Flush(flushToDisk: true);
+        }
+        File.Move(temporary, path, overwrite: true);
+    }
+}

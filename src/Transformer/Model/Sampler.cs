@@ -1,0 +1,158 @@
+using DistAlign.Engine.Random;
+
+namespace DistAlign.Transformer.Model;
+
+/// <summary>How to draw continuations.</summary>
+/// <param name="MaxNewTokens">tokens to generate per prompt at most</param>
+/// <param name="Temperature">logits are divided by it; 0 means greedy (arg-max)</param>
+/// <param name="TopK">keep only the k most likely tokens (0 = all)</param>
+/// <param name="TopP">keep the smallest set of most likely tokens whose mass reaches p (1 = all)</param>
+/// <param name="EndOfText">stop a row when it samples this id (−1: never stop early)</param>
+public sealed record SamplingOptions(int MaxNewTokens, float Temperature = 1f, int TopK = 0, float TopP = 1f, int EndOfText = -1)
+{
+    public SamplingOptions Validate()
+    {
+        if (MaxNewTokens < 0) throw new ArgumentException($"max new tokens must be ≥ 0 (got {MaxNewTokens})");
+        if (!(Temperature >= 0) || float.IsInfinity(Temperature)) throw new ArgumentException($"temperature must be a finite number ≥ 0 (got {Temperature})");
+        if (TopK < 0) throw new ArgumentException($"top-k must be ≥ 0 (got {TopK})");
+        if (!(TopP > 0 && TopP <= 1)) throw new ArgumentException($"top-p must be in (0, 1] (got {TopP})");
+        return this;
+    }
+}
+
+/// <summary>
+/// One sampled continuation: its tokens and, for each, ln π(token | prefix) under the model's own
+/// distribution (temperature 1, no truncation) — what the on-policy objectives need — and whether it
+/// ended with the end-of-text token.
+/// </summary>
+public sealed record Continuation(int[] Tokens, float[] LogProbs, bool Ended);
+
+/// <summary>
+/// Batched sampling with a KV cache. Rows advance in lockstep: while a row is still inside its prompt
+/// the prompt's next token is fed (and nothing is drawn); after that its samples are fed back. Row r draws
+/// its uniforms from the Philox stream (seed, r), so results do not depend on the thread count or on
+/// which other rows are in the batch.
+/// </summary>
+public static class Sampler
+{
+    public static Continuation[] Generate(Gpt model, IReadOnlyList<int[]> prompts, SamplingOptions options, ulong seed)
+    {
+        options.Validate();
+        int rows = prompts.Count;
+        if (rows == 0) return [];
+        int longestPrompt = 0;
+        for (int r = 0; r < rows; r++)
+        {
+            if (prompts[r].Length == 0) throw new ArgumentException($"prompt {r} is empty: it needs at least one token (e.g. <|endoftext|>)");
+            foreach (int id in prompts[r])
+                if ((uint)id >= (uint)model.Config.VocabSize)
+                    throw new ArgumentException($"prompt {r}: token id {id} is outside the vocabulary [0, {model.Config.VocabSize})");
+            longestPrompt = Math.Max(longestPrompt, prompts[r].Length);
+        }
+        int totalLength = Math.Min(model.Config.MaxSequenceLength, longestPrompt + options.MaxNewTokens);
+        if (longestPrompt > model.Config.MaxSequenceLength)
+            throw new ArgumentException($"a prompt of {longestPrompt} tokens does not fit the model's context of {model.Config.MaxSequenceLength}");
+
+        var decoder = new GptDecoder(model, rows, totalLength);
+        var rngs = new PhiloxStream[rows];
+        var generated = new List<int>[rows];
+        var logProbs = new List<float>[rows];
+        var done = new bool[rows];
+        var feed = new int[rows];
+        var scratch = new SamplingScratch(model.Config.VocabSize);
+        for (int r = 0; r < rows; r++)
+        {
+            rngs[r] = new PhiloxStream(seed, (ulong)r);
+            generated[r] = [];
+            logProbs[r] = [];
+            feed[r] = prompts[r][0];
+        }
+
+        int v = model.Config.VocabSize;
+        for (int t = 0; t < totalLength; t++)
+        {
+            decoder.Step(feed);
+            bool anyActive = false;
+            for (int r = 0; r < rows; r++)
+            {
+                if (t + 1 < prompts[r].Length) { feed[r] = prompts[r][t + 1]; anyActive = true; continue; }
+                if (done[r] || generated[r].Count >= options.MaxNewTokens) { done[r] = true; continue; }
+                var logits = decoder.Logits.AsSpan(r * v, v);
+                int token = Draw(logits, options, rngs[r], scratch);
+                generated[r].Add(token);
+                logProbs[r].Add(LogSoftmaxAt(logits, token));
+                feed[r] = token;
+                if (token == options.EndOfText || generated[r].Count >= options.MaxNewTokens) done[r] = true;
+                else anyActive = true;
+            }
+            if (!anyActive) break;
+        }
+        var result = new Continuation[rows];
+        for (int r = 0; r < rows; r++)
+        {
+            var tokens = generated[r].ToArray();
+            result[r] = new Continuation(tokens, logProbs[r].ToArray(), tokens.Length > 0 && tokens[^1] == options.EndOfText);
+        }
+        return result;
+    }
+
+    /// <summary>ln softmax(logits)[token], computed stably.</summary>
+    public static float LogSoftmaxAt(ReadOnlySpan<float> logits, int token)
+    {
+        float max = System.Numerics.Tensors.TensorPrimitives.Max(logits);
+        double sum = 0;
+        foreach (float l in logits) sum += Math.Exp(l - max);
+        return (float)(logits[token] - max - Math.Log(sum));
+    }
+
+    private sealed class SamplingScratch(int vocab)
+    {
+        public readonly float[] Probabilities = new float[vocab];
+        public readonly int[] Order = new int[vocab];
+        public readonly float[] Keys = new float[vocab];
+    }
+
+    private static int Draw(ReadOnlySpan<float> logits, SamplingOptions o, PhiloxStream rng, SamplingScratch s)
+    {
+        int v = logits.Length;
+        if (o.Temperature == 0) return System.Numerics.Tensors.TensorPrimitives.IndexOfMax(logits);
+        // p_i ∝ exp((l_i − max) / T)
+        float max = System.Numerics.Tensors.TensorPrimitives.Max(logits);
+        var p = s.Probabilities;
+        for (int i = 0; i < v; i++) p[i] = MathF.Exp((logits[i] - max) / o.Temperature);
+        float u = rng.NextFloat();
+        if (o.TopK == 0 && o.TopP >= 1f) return DrawFrom(p, Enumerable.Range(0, v), u);
+
+        // Most likely first (Array.Sort is deterministic for equal input, so ties resolve the same way every run).
+        for (int i = 0; i < v; i++) { s.Order[i] = i; s.Keys[i] = -p[i]; }
+        Array.Sort(s.Keys, s.Order);
+        int keep = o.TopK == 0 ? v : Math.Min(o.TopK, v);
+        if (o.TopP < 1f)
+        {
+            double total = 0;
+            for (int i = 0; i < keep; i++) total += p[s.Order[i]];
+            double mass = 0;
+            for (int i = 0; i < keep; i++)
+            {
+                mass += p[s.Order[i]];
+                if (mass >= o.TopP * total) { keep = i + 1; break; }
+            }
+        }
+        return DrawFrom(p, s.Order.Take(keep), u);
+    }
+
+    private static int DrawFrom(float[] weights, IEnumerable<int> candidates, float u)
+    {
+        double total = 0;
+        foreach (int i in candidates) total += weights[i];
+        double target = u * total, acc = 0;
+        int last = -1;
+        foreach (int i in candidates)
+        {
+            acc += weights[i];
+            last = i;
+            if (acc > target) return i;
+        }
+        return last;
+    }
+}

@@ -1,0 +1,153 @@
+using System.Diagnostics;
+using DistAlign.Kernels.Cpu;
+using DistAlign.Transformer.Model;
+
+namespace DistAlign.Transformer.Training;
+
+/// <summary>Settings of a pretraining / language-modelling run.</summary>
+public sealed record LanguageModelTrainingOptions
+{
+    public int Steps { get; init; } = 1000;
+    public int Rows { get; init; } = 8;
+    public int Length { get; init; } = 64;
+    public int GradientAccumulation { get; init; } = 1;
+    public float LearningRate { get; init; } = 1e-3f;
+    public int WarmupSteps { get; init; } = 50;
+    public float MinLearningRateFraction { get; init; } = 0.1f;
+    public AdamWSettings AdamW { get; init; } = new();
+    /// <summary>Clip the global gradient norm to this (0 = no clipping).</summary>
+    public float GradientClip { get; init; } = 1f;
+    /// <summary>Validation loss every this many steps (0 = never; always after the last step).</summary>
+    public int EvaluateEvery { get; init; } = 100;
+    public int EvaluationBatches { get; init; } = 8;
+    public ulong Seed { get; init; } = 1;
+
+    public LanguageModelTrainingOptions Validate()
+    {
+        if (Steps < 0) throw new ArgumentException($"steps must be ≥ 0 (got {Steps})");
+        if (Rows < 1 || Length < 1) throw new ArgumentException($"batch must be at least 1×1 (got {Rows}×{Length})");
+        if (GradientAccumulation < 1) throw new ArgumentException($"gradient accumulation must be ≥ 1 (got {GradientAccumulation})");
+        if (!(LearningRate > 0) || float.IsInfinity(LearningRate)) throw new ArgumentException($"learning rate must be a positive number (got {LearningRate})");
+        if (WarmupSteps < 0) throw new ArgumentException($"warmup steps must be ≥ 0 (got {WarmupSteps})");
+        if (GradientClip < 0) throw new ArgumentException($"gradient clip must be ≥ 0 (got {GradientClip})");
+        if (EvaluateEvery < 0 || EvaluationBatches < 1) throw new ArgumentException("evaluation interval must be ≥ 0 and evaluation batches ≥ 1");
+        return this;
+    }
+}
+
+/// <summary>What one optimizer step did.</summary>
+public readonly record struct StepReport(int Step, float Loss, float GradientNorm, float LearningRate, int Tokens, double Milliseconds, float? ValidationLoss);
+
+/// <summary>A loss or gradient that stopped being finite; training stops before the optimizer applies it.</summary>
+public sealed class NonFiniteValueException(int step, string where)
+    : Exception($"step {step}: {where} is not finite (NaN or Inf); training stopped before applying this step, the last checkpoint is intact")
+{
+    public int Step { get; } = step;
+    public string Where { get; } = where;
+}
+
+/// <summary>
+/// Pretraining (next-token prediction) over a token stream: gradient accumulation, warmup + cosine
+/// schedule, global-norm clipping, AdamW, periodic validation, NaN/Inf guard. Deterministic for a seed
+/// and thread count, and resumable bit-identically from <see cref="TrainerState"/>.
+/// </summary>
+public sealed class LanguageModelTrainer
+{
+    private readonly Gpt model;
+    private readonly int[] validation;
+    private readonly LanguageModelTrainingOptions options;
+    private readonly LearningRateSchedule schedule;
+    private readonly GptBatch batch;
+    private readonly float[] logProbs, dLogProbs;
+
+    /// <summary>Steps completed so far.</summary>
+    public int Step { get; private set; }
+    public TokenWindowLoader Loader { get; }
+    public LanguageModelTrainingOptions Options => options;
+
+    public LanguageModelTrainer(Gpt model, int[] trainTokens, int[] validationTokens, LanguageModelTrainingOptions options)
+    {
+        this.model = model;
+        this.options = options.Validate();
+        validation = validationTokens;
+        schedule = new LearningRateSchedule(options.LearningRate, options.WarmupSteps, options.Steps, options.MinLearningRateFraction);
+        batch = new GptBatch(options.Rows, options.Length);
+        logProbs = new float[batch.TokenCount];
+        dLogProbs = new float[batch.TokenCount];
+        Loader = new TokenWindowLoader(trainTokens, options.Rows, options.Length, options.Seed);
+    }
+
+    /// <summary>Where the run is: step and data cursor (what a checkpoint must save besides weights and moments).</summary>
+    public TrainerState State => new(Step, Loader.Epoch, Loader.Index);
+
+    /// <summary>Continues from a saved <see cref="State"/> (weights and moments restored separately).</summary>
+    public void Restore(TrainerState state)
+    {
+        Step = state.Step;
+        Loader.Seek(state.LoaderEpoch, state.LoaderIndex);
+    }
+
+    /// <summary>One optimizer step over <see cref="LanguageModelTrainingOptions.GradientAccumulation"/> micro-batches.</summary>
+    public StepReport TrainStep()
+    {
+        var watch = Stopwatch.StartNew();
+        model.ZeroGradients();
+        double lossSum = 0;
+        int tokens = 0;
+        for (int micro = 0; micro < options.GradientAccumulation; micro++)
+        {
+            batch.SetLanguageModelling(Loader.Next());
+            // loss = −(1/(A·N)) Σ log-probs over the A micro-batches  ⇒  d loss / d logprob = −1/(A·N)
+            float d = -1f / (options.GradientAccumulation * batch.TokenCount);
+            Array.Fill(dLogProbs, d);
+            model.ForwardBackward(batch, dLogProbs, logProbs);
+            foreach (float lp in logProbs) lossSum -= lp;
+            tokens += batch.TokenCount;
+        }
+        float loss = (float)(lossSum / tokens);
+        if (!float.IsFinite(loss)) throw new NonFiniteValueException(Step + 1, "the training loss");
+
+        float norm;
+        if (options.GradientClip > 0) norm = (float)GradientNorm.ClipByGlobalNorm(model.Gradients, options.GradientClip).Norm;
+        else norm = (float)GradientNorm.GlobalNorm(model.Gradients);
+        if (!float.IsFinite(norm)) throw new NonFiniteValueException(Step + 1, $"the gradient of '{FirstNonFiniteGradient()}'");
+
+        float lr = schedule.At(Step);
+        AdamWOptimizer.Step(model, Step + 1, lr, options.AdamW);
+        Step++;
+        float? validationLoss = null;
+        if (options.EvaluateEvery > 0 && (Step % options.EvaluateEvery == 0 || Step == options.Steps))
+            validationLoss = Evaluate();
+        return new StepReport(Step, loss, norm, lr, tokens, watch.Elapsed.TotalMilliseconds, validationLoss);
+    }
+
+    /// <summary>
+    /// Mean next-token loss over the first <see cref="LanguageModelTrainingOptions.EvaluationBatches"/>
+    /// windows of the validation stream (the same windows every time, so values are comparable).
+    /// </summary>
+    public float Evaluate()
+    {
+        var loader = new TokenWindowLoader(validation, options.Rows, options.Length, options.Seed, shuffle: false);
+        int batches = Math.Min(options.EvaluationBatches, loader.WindowCount);
+        double sum = 0;
+        for (int i = 0; i < batches; i++)
+        {
+            batch.SetLanguageModelling(loader.Next());
+            model.Forward(batch, logProbs);
+            foreach (float lp in logProbs) sum -= lp;
+        }
+        return (float)(sum / (batches * batch.TokenCount));
+    }
+
+    private string FirstNonFiniteGradient()
+    {
+        var g = model.Gradients;
+        foreach (var t in model.Layout.Tensors)
+            foreach (float x in g.Slice((int)t.Offset, (int)t.Length))
+                if (!float.IsFinite(x)) return t.Name;
+        return "(none found after clipping)";
+    }
+}
+
+/// <summary>The position of a run: completed steps and the data loader's (epoch, index).</summary>
+public readonly record struct TrainerState(int Step, int LoaderEpoch, int LoaderIndex);
