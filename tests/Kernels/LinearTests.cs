@@ -22,7 +22,7 @@ public class LinearTests
         var y = new float[rows * outDim];
         Array.Fill(y, float.NaN); // forward overwrites
 
-        Linear.Forward(y, x, w, b, rows, inDim, outDim);
+        Linear.Forward(x, w, b, y, rows, inDim, outDim);
 
         double[] expected = ReferenceGemm.LinearForward(ToDouble(x), ToDouble(w), ToDouble(b), rows, inDim, outDim);
         // |x|~1, |w|~0.1: sums of inDim terms of size ~0.1; fp32 error ≲ 1e-6·√inDim relative to that.
@@ -40,7 +40,7 @@ public class LinearTests
         var dx = new float[x.Length];
         var dw = new float[w.Length];
         var db = new float[b.Length];
-        Linear.Backward(dx, dw, db, g, x, w, rows, inDim, outDim);
+        Linear.Backward(g, x, w, dx, dw, db, rows, inDim, outDim);
 
         double[] xd = ToDouble(x), wd = ToDouble(w), bd = ToDouble(b), gd = ToDouble(g);
         double Loss()
@@ -65,11 +65,11 @@ public class LinearTests
         var dx = new float[x.Length];
         var dw = new float[w.Length];
         var db = new float[outDim];
-        Linear.Backward(dx, dw, db, g, x, w, rows, inDim, outDim);
+        Linear.Backward(g, x, w, dx, dw, db, rows, inDim, outDim);
 
         float[] dx2 = RandomFloats(x.Length, 24), dw2 = RandomFloats(w.Length, 25), db2 = RandomFloats(outDim, 26);
         float[] dx0 = (float[])dx2.Clone(), dw0 = (float[])dw2.Clone(), db0 = (float[])db2.Clone();
-        Linear.Backward(dx2, dw2, db2, g, x, w, rows, inDim, outDim);
+        Linear.Backward(g, x, w, dx2, dw2, db2, rows, inDim, outDim);
 
         AssertClose(dx2, Sum(dx0, dx), 1e-5, 1e-6, "dInput += ");
         AssertClose(dw2, Sum(dw0, dw), 1e-5, 1e-6, "dWeight += ");
@@ -89,7 +89,7 @@ public class LinearTests
             {
                 CpuParallel.Threads = threads;
                 var db = new float[outDim];
-                Linear.Backward(new float[x.Length], new float[w.Length], db, g, x, w, rows, inDim, outDim);
+                Linear.Backward(g, x, w, new float[x.Length], new float[w.Length], db, rows, inDim, outDim);
                 return db;
             }
             float[] one = Run(1);
@@ -108,9 +108,9 @@ public class LinearTests
     [Test]
     public void ShortSpansThrow()
     {
-        Assert.That(() => Linear.Forward(new float[5], new float[6], new float[6], [], 2, 3, 3),
+        Assert.That(() => Linear.Forward(new float[6], new float[6], [], new float[5], 2, 3, 3),
             Throws.ArgumentException.With.Property("ParamName").EqualTo("output"));
-        Assert.That(() => Linear.Backward(new float[6], new float[9], new float[2], new float[6], new float[6], new float[9], 2, 3, 3),
+        Assert.That(() => Linear.Backward(new float[6], new float[6], new float[9], new float[6], new float[9], new float[2], 2, 3, 3),
             Throws.ArgumentException.With.Property("ParamName").EqualTo("dBias"));
     }
 

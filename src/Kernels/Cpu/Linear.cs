@@ -22,15 +22,15 @@ public static class Linear
     private const int MinColumnsPerThread = 256;
 
     /// <summary><c>output = input · weight + bias</c>; <paramref name="bias"/> may be empty (no bias).</summary>
-    /// <param name="output">[rows, outDim], overwritten.</param>
     /// <param name="input">[rows, inDim].</param>
     /// <param name="weight">[inDim, outDim].</param>
     /// <param name="bias">[outDim] or empty.</param>
+    /// <param name="output">[rows, outDim], overwritten.</param>
     /// <param name="rows">Number of input vectors (batch × tokens).</param>
     /// <param name="inDim">Input features.</param>
     /// <param name="outDim">Output features.</param>
-    public static void Forward(Span<float> output, ReadOnlySpan<float> input, ReadOnlySpan<float> weight,
-        ReadOnlySpan<float> bias, int rows, int inDim, int outDim)
+    public static void Forward(ReadOnlySpan<float> input, ReadOnlySpan<float> weight, ReadOnlySpan<float> bias,
+        Span<float> output, int rows, int inDim, int outDim)
     {
         CheckShapes(rows, inDim, outDim);
         Check(output.Length, (long)rows * outDim, nameof(output), "rows × outDim");
@@ -46,18 +46,17 @@ public static class Linear
     /// Accumulates the gradients of the layer: <c>dInput += dOutput·weightᵀ</c>, <c>dWeight += inputᵀ·dOutput</c>,
     /// <c>dBias += column sums of dOutput</c> (skipped when <paramref name="dBias"/> is empty).
     /// </summary>
-    /// <param name="dInput">[rows, inDim], accumulated into.</param>
-    /// <param name="dWeight">[inDim, outDim], accumulated into.</param>
-    /// <param name="dBias">[outDim] accumulated into, or empty for a layer without bias.</param>
     /// <param name="dOutput">[rows, outDim]: ∂L/∂output.</param>
     /// <param name="input">[rows, inDim]: the forward's input.</param>
     /// <param name="weight">[inDim, outDim].</param>
+    /// <param name="dInput">[rows, inDim], accumulated into.</param>
+    /// <param name="dWeight">[inDim, outDim], accumulated into.</param>
+    /// <param name="dBias">[outDim] accumulated into, or empty for a layer without bias.</param>
     /// <param name="rows">Number of input vectors.</param>
     /// <param name="inDim">Input features.</param>
     /// <param name="outDim">Output features.</param>
-    public static void Backward(Span<float> dInput, Span<float> dWeight, Span<float> dBias,
-        ReadOnlySpan<float> dOutput, ReadOnlySpan<float> input, ReadOnlySpan<float> weight,
-        int rows, int inDim, int outDim)
+    public static void Backward(ReadOnlySpan<float> dOutput, ReadOnlySpan<float> input, ReadOnlySpan<float> weight,
+        Span<float> dInput, Span<float> dWeight, Span<float> dBias, int rows, int inDim, int outDim)
     {
         CheckShapes(rows, inDim, outDim);
         Check(dInput.Length, (long)rows * inDim, nameof(dInput), "rows × inDim");

@@ -229,21 +229,21 @@ public sealed class Gpt : IDisposable
 
             LayerNorm.Forward(residual, P(p, o.Ln1Weight, c), P(p, o.Ln1Bias, c), ln1, acts.Span<float>(a + "ln1_mean"), acts.Span<float>(a + "ln1_rstd"));
             Profile?.Lap("layernorm fwd");
-            Linear.Forward(qkv, ln1, P(p, o.AttnWeight, c * 3 * c), P(p, o.AttnBias, 3 * c), n, c, 3 * c);
+            Linear.Forward(ln1, P(p, o.AttnWeight, c * 3 * c), P(p, o.AttnBias, 3 * c), qkv, n, c, 3 * c);
             Profile?.Lap("matmul fwd");
             Attention.Forward(qkv, batch.Segments, b, t, nh, att, atty);
             Profile?.Lap("attention fwd");
-            Linear.Forward(projection, atty, P(p, o.AttnProjWeight, c * c), P(p, o.AttnProjBias, c), n, c, c);
+            Linear.Forward(atty, P(p, o.AttnProjWeight, c * c), P(p, o.AttnProjBias, c), projection, n, c, c);
             Profile?.Lap("matmul fwd");
             Residual.Forward(residual, projection, residual2);
             Profile?.Lap("residual fwd");
             LayerNorm.Forward(residual2, P(p, o.Ln2Weight, c), P(p, o.Ln2Bias, c), ln2, acts.Span<float>(a + "ln2_mean"), acts.Span<float>(a + "ln2_rstd"));
             Profile?.Lap("layernorm fwd");
-            Linear.Forward(fch, ln2, P(p, o.FcWeight, c * 4 * c), P(p, o.FcBias, 4 * c), n, c, 4 * c);
+            Linear.Forward(ln2, P(p, o.FcWeight, c * 4 * c), P(p, o.FcBias, 4 * c), fch, n, c, 4 * c);
             Profile?.Lap("matmul fwd");
             Gelu.Forward(fch, fchGelu);
             Profile?.Lap("gelu fwd");
-            Linear.Forward(projection, fchGelu, P(p, o.FcProjWeight, 4 * c * c), P(p, o.FcProjBias, c), n, 4 * c, c);
+            Linear.Forward(fchGelu, P(p, o.FcProjWeight, 4 * c * c), P(p, o.FcProjBias, c), projection, n, 4 * c, c);
             Profile?.Lap("matmul fwd");
             Residual.Forward(residual2, projection, residual3);
             Profile?.Lap("residual fwd");
@@ -284,13 +284,13 @@ public sealed class Gpt : IDisposable
 
             // MLP: residual3 = residual2 + fc_proj(gelu(fc(ln_2(residual2))))
             dFchGelu.Clear();
-            Linear.Backward(dFchGelu, G(g, o.FcProjWeight, 4 * c * c), G(g, o.FcProjBias, c), dResidual, acts.Span<float>(a + "fch_gelu"), P(p, o.FcProjWeight, 4 * c * c), n, 4 * c, c);
+            Linear.Backward(dResidual, acts.Span<float>(a + "fch_gelu"), P(p, o.FcProjWeight, 4 * c * c), dFchGelu, G(g, o.FcProjWeight, 4 * c * c), G(g, o.FcProjBias, c), n, 4 * c, c);
             Profile?.Lap("matmul bwd");
             dFch.Clear();
             Gelu.Backward(dFchGelu, acts.Span<float>(a + "fch"), dFch);
             Profile?.Lap("gelu bwd");
             dLn.Clear();
-            Linear.Backward(dLn, G(g, o.FcWeight, c * 4 * c), G(g, o.FcBias, 4 * c), dFch, acts.Span<float>(a + "ln2"), P(p, o.FcWeight, c * 4 * c), n, c, 4 * c);
+            Linear.Backward(dFch, acts.Span<float>(a + "ln2"), P(p, o.FcWeight, c * 4 * c), dLn, G(g, o.FcWeight, c * 4 * c), G(g, o.FcBias, 4 * c), n, c, 4 * c);
             Profile?.Lap("matmul bwd");
             LayerNorm.Backward(dLn, acts.Span<float>(a + "residual2"), P(p, o.Ln2Weight, c), acts.Span<float>(a + "ln2_mean"), acts.Span<float>(a + "ln2_rstd"),
                 dResidual, G(g, o.Ln2Weight, c), G(g, o.Ln2Bias, c));
@@ -298,13 +298,13 @@ public sealed class Gpt : IDisposable
 
             // attention: residual2 = residual + attn_proj(attention(qkv(ln_1(residual))))
             dAtty.Clear();
-            Linear.Backward(dAtty, G(g, o.AttnProjWeight, c * c), G(g, o.AttnProjBias, c), dResidual, acts.Span<float>(a + "atty"), P(p, o.AttnProjWeight, c * c), n, c, c);
+            Linear.Backward(dResidual, acts.Span<float>(a + "atty"), P(p, o.AttnProjWeight, c * c), dAtty, G(g, o.AttnProjWeight, c * c), G(g, o.AttnProjBias, c), n, c, c);
             Profile?.Lap("matmul bwd");
             dQkv.Clear();
             Attention.Backward(dAtty, acts.Span<float>(a + "qkv"), acts.Span<float>(a + "att"), acts.Span<float>(a + "atty"), b, t, nh, dQkv);
             Profile?.Lap("attention bwd");
             dLn.Clear();
-            Linear.Backward(dLn, G(g, o.AttnWeight, c * 3 * c), G(g, o.AttnBias, 3 * c), dQkv, acts.Span<float>(a + "ln1"), P(p, o.AttnWeight, c * 3 * c), n, c, 3 * c);
+            Linear.Backward(dQkv, acts.Span<float>(a + "ln1"), P(p, o.AttnWeight, c * 3 * c), dLn, G(g, o.AttnWeight, c * 3 * c), G(g, o.AttnBias, 3 * c), n, c, 3 * c);
             Profile?.Lap("matmul bwd");
             LayerNorm.Backward(dLn, residual, P(p, o.Ln1Weight, c), acts.Span<float>(a + "ln1_mean"), acts.Span<float>(a + "ln1_rstd"),
                 dResidual, G(g, o.Ln1Weight, c), G(g, o.Ln1Bias, c));

@@ -75,7 +75,7 @@ public sealed class GptDecoder
         {
             var o = layout.Blocks[l];
             LayerNorm.Forward(x, p.Slice((int)o.Ln1Weight, c), p.Slice((int)o.Ln1Bias, c), ln, mean, rstd);
-            Linear.Forward(qkv, ln, p.Slice((int)o.AttnWeight, c * 3 * c), p.Slice((int)o.AttnBias, 3 * c), r, c, 3 * c);
+            Linear.Forward(ln, p.Slice((int)o.AttnWeight, c * 3 * c), p.Slice((int)o.AttnBias, 3 * c), qkv, r, c, 3 * c);
             for (int row = 0; row < r; row++)
             {
                 int at = (row * MaxLength + t) * c;
@@ -83,12 +83,12 @@ public sealed class GptDecoder
                 qkv.AsSpan(row * 3 * c + 2 * c, c).CopyTo(valueCache[l].AsSpan(at, c));
             }
             CachedAttention.Forward(qkv, keyCache[l], valueCache[l], r, MaxLength, t, cfg.Heads, atty, attScratch);
-            Linear.Forward(projection, atty, p.Slice((int)o.AttnProjWeight, c * c), p.Slice((int)o.AttnProjBias, c), r, c, c);
+            Linear.Forward(atty, p.Slice((int)o.AttnProjWeight, c * c), p.Slice((int)o.AttnProjBias, c), projection, r, c, c);
             Residual.Forward(x, projection, residual);
             LayerNorm.Forward(residual, p.Slice((int)o.Ln2Weight, c), p.Slice((int)o.Ln2Bias, c), ln, mean, rstd);
-            Linear.Forward(fch, ln, p.Slice((int)o.FcWeight, c * 4 * c), p.Slice((int)o.FcBias, 4 * c), r, c, 4 * c);
+            Linear.Forward(ln, p.Slice((int)o.FcWeight, c * 4 * c), p.Slice((int)o.FcBias, 4 * c), fch, r, c, 4 * c);
             Gelu.Forward(fch, fchGelu);
-            Linear.Forward(projection, fchGelu, p.Slice((int)o.FcProjWeight, 4 * c * c), p.Slice((int)o.FcProjBias, c), r, 4 * c, c);
+            Linear.Forward(fchGelu, p.Slice((int)o.FcProjWeight, 4 * c * c), p.Slice((int)o.FcProjBias, c), projection, r, 4 * c, c);
             Residual.Forward(residual, projection, x);
         }
         LayerNorm.Forward(x, p.Slice((int)layout.LnFWeight, c), p.Slice((int)layout.LnFBias, c), ln, mean, rstd);
