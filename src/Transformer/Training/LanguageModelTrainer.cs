@@ -115,10 +115,11 @@ public sealed class LanguageModelTrainer
         float lr = schedule.At(Step);
         AdamWOptimizer.Step(model, Step + 1, lr, options.AdamW);
         Step++;
+        double milliseconds = watch.Elapsed.TotalMilliseconds; // the training step alone, without evaluation
         float? validationLoss = null;
         if (options.EvaluateEvery > 0 && (Step % options.EvaluateEvery == 0 || Step == options.Steps))
             validationLoss = Evaluate();
-        return new StepReport(Step, loss, norm, lr, tokens, watch.Elapsed.TotalMilliseconds, validationLoss);
+        return new StepReport(Step, loss, norm, lr, tokens, milliseconds, validationLoss);
     }
 
     /// <summary>
