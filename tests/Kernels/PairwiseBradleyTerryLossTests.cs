@@ -26,6 +26,31 @@ internal sealed class PairwiseLossCase
         for (int i = 0; i < ratio.Length; i++) RefLogps[i] = Logps[i] - ratio[i];
     }
 
+    /// <summary>A seeded random batch: log-probs ~ −20 ± 6, log-ratios ± 8, rewards ± 1, random (possibly repeated) pairs.</summary>
+    public static PairwiseLossCase Random(int seed, int sequences, int pairs)
+    {
+        var rng = new Random(seed);
+        var c = new PairwiseLossCase
+        {
+            Logps = new float[sequences], RefLogps = new float[sequences], TokenCounts = new int[sequences],
+            Rewards = new float[sequences], Chosen = new int[pairs], Rejected = new int[pairs], Labels = new float[pairs],
+        };
+        for (int j = 0; j < sequences; j++)
+        {
+            c.Logps[j] = (float)(-20 + 12 * (rng.NextDouble() - 0.5));
+            c.RefLogps[j] = c.Logps[j] - (float)(16 * (rng.NextDouble() - 0.5));
+            c.TokenCounts[j] = rng.Next(1, 40);
+            c.Rewards[j] = (float)(2 * (rng.NextDouble() - 0.5));
+        }
+        for (int i = 0; i < pairs; i++)
+        {
+            c.Chosen[i] = rng.Next(sequences);
+            c.Rejected[i] = rng.Next(sequences);
+            c.Labels[i] = (float)rng.NextDouble();
+        }
+        return c;
+    }
+
     public int Sequences => Logps.Length;
     public int Pairs => Chosen.Length;
 
@@ -107,6 +132,17 @@ public class PairwiseBradleyTerryLossTests
         AssertClose(losses, ReferencePairwiseLosses.PairLosses(s, c.Reference), 1e-6, 1e-6, "per-pair loss");
         Assert.That(metrics.Loss, Is.EqualTo(ReferencePairwiseLosses.MeanLoss(s, c.Reference)).Within(1e-9), "mean loss");
         Assert.That(metrics.Pairs, Is.EqualTo(c.Pairs));
+        AssertMetricsMatchReference(metrics, ReferencePairwiseLosses.Metrics(s, c.Reference), 1e-9);
+        AssertClose(gradient, KernelTest.Plus(before, c.FiniteDifferenceGradientOfMean(s)), 1e-6, 1e-5, "gradient (accumulated)");
+    }
+
+    [TestCaseSource(nameof(Variants))]
+    public void RandomBatchWithManySharedSequencesMatchesReference(PairwiseLossSettings s)
+    {
+        var c = PairwiseLossCase.Random(11, 40, 150);
+        var before = RandomFloats(c.Sequences, 8);
+        var (losses, metrics, gradient) = Run(s, c, before);
+        AssertClose(losses, ReferencePairwiseLosses.PairLosses(s, c.Reference), 1e-6, 1e-6, "per-pair loss");
         AssertMetricsMatchReference(metrics, ReferencePairwiseLosses.Metrics(s, c.Reference), 1e-9);
         AssertClose(gradient, KernelTest.Plus(before, c.FiniteDifferenceGradientOfMean(s)), 1e-6, 1e-5, "gradient (accumulated)");
     }
