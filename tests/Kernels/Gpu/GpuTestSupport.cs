@@ -33,6 +33,13 @@ internal static class GpuTest
 
     public static ArrayView<T> V<T>(MemoryBuffer1D<T, Stride1D.Dense> buffer, T[] host) where T : unmanaged => V(buffer, host.Length);
 
+    /// <summary>The rest of a view from <paramref name="offset"/> on.</summary>
+    public static ArrayView<T> From<T>(this ArrayView1D<T, Stride1D.Dense> view, long offset) where T : unmanaged
+    {
+        ArrayView<T> whole = view;
+        return whole.SubView(offset, whole.Length - offset);
+    }
+
     /// <summary>Synchronises and copies the first <paramref name="length"/> elements back.</summary>
     public static T[] Down<T>(MemoryBuffer1D<T, Stride1D.Dense> buffer, int length) where T : unmanaged
     {
