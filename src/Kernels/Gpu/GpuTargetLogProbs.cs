@@ -11,6 +11,8 @@ namespace DistAlign.Kernels.Gpu;
 /// ((m₁, s₁) ⊕ (m₂, s₂) = (m, s₁·e^(m₁−m) + s₂·e^(m₂−m))); lse = m + log s. Finite for any finite logits.
 /// Backward: one thread per logit, overwriting the logits IN PLACE with
 /// d = g·(1[v = target] − exp(x − lse)); rows with target −1 become 0 (as the CPU op: not accumulated).
+/// Targets are not range-checked on the device (the CPU op checks them; the data pipeline must too).
+/// Determinism: each row's merge tree depends only on V and the accelerator's group size.
 /// </summary>
 public sealed class GpuTargetLogProbs
 {
