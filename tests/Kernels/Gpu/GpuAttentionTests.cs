@@ -140,5 +140,20 @@ public class GpuAttentionTests
                 }
                 Assert.That(sum, Is.EqualTo(1.0).Within(1e-5), $"row h {h} t {tq}");
             }
+
+        // Bit-identical reruns of both softmax kernels (out of place this time).
+        var dprob = RandomFloats(scores.Length, 2);
+        float[] Run()
+        {
+            using var input = Up(scores);
+            using var probs = Up(new float[scores.Length]);
+            using var grad = Up(dprob);
+            Ops.Attention.SoftmaxForward(V(input, scores), V(ds, seg), b, t, nh, 0.5f, V(probs, scores.Length));
+            Ops.Attention.SoftmaxBackward(V(grad, dprob), V(probs, scores.Length), b, t, nh, 0.5f, V(input, scores));
+            return [.. Down(probs, scores.Length), .. Down(input, scores.Length)];
+        }
+        var first = Run();
+        AssertBitIdentical(a, first[..scores.Length], "in-place and out-of-place softmax agree");
+        AssertBitIdentical(first, Run(), "softmax rerun");
     }
 }
