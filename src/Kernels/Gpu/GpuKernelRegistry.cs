@@ -41,6 +41,9 @@ public static class GpuKernelRegistry
         Explicit(typeof(GpuTargetLogProbs), nameof(GpuTargetLogProbs.ForwardKernel)),
         Implicit(typeof(GpuTargetLogProbs), nameof(GpuTargetLogProbs.BackwardKernel)),
         Explicit(typeof(GpuTiledGemm), nameof(GpuTiledGemm.Kernel)),
+        Implicit(typeof(GpuPairwiseBradleyTerryLoss), nameof(GpuPairwiseBradleyTerryLoss.PairKernel)),
+        Implicit(typeof(GpuPairwiseBradleyTerryLoss), nameof(GpuPairwiseBradleyTerryLoss.ReduceKernel)),
+        Implicit(typeof(GpuPairwiseBradleyTerryLoss), nameof(GpuPairwiseBradleyTerryLoss.ScatterKernel)),
     ];
 
     private static GpuKernelInfo Implicit(Type type, string name) => new(Find(type, name), false);
