@@ -1,6 +1,7 @@
 using ILGPU;
 using ILGPU.Runtime;
 using ILGPU.Runtime.CPU;
+using ILGPU.Runtime.Cuda;
 
 namespace DistAlign.Kernels.Gpu;
 
@@ -25,6 +26,31 @@ public sealed class GpuContext : IDisposable
     {
         var context = Context.Create(builder => builder.CPU().EnableAlgorithms().Math(MathMode.Default));
         return new GpuContext(context, context.CreateCPUAccelerator(0));
+    }
+
+    /// <summary>
+    /// The first CUDA device as an ILGPU CUDA accelerator, or null when there is none (no driver, no
+    /// device). Never throws for a missing CUDA installation.
+    /// </summary>
+    public static GpuContext? TryCreateCuda()
+    {
+        Context? context = null;
+        try
+        {
+            context = Context.Create(builder => builder.Cuda().EnableAlgorithms().Math(MathMode.Default));
+            if (context.GetCudaDevices().Count == 0)
+            {
+                context.Dispose();
+                return null;
+            }
+            return new GpuContext(context, context.CreateCudaAccelerator(0));
+        }
+        catch (Exception e) when (e is DllNotFoundException or TypeInitializationException or EntryPointNotFoundException
+                                      or NotSupportedException or InvalidOperationException or CudaException)
+        {
+            context?.Dispose();
+            return null;
+        }
     }
 
     public void Dispose()

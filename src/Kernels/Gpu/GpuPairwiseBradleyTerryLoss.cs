@@ -208,6 +208,7 @@ public sealed class GpuPairwiseBradleyTerryLoss : IDisposable
     }
 
     /// <summary>One thread per pair: validate, evaluate in fp64, write loss, scaled gradient contributions and metric contributions.</summary>
+    [GpuKernel(false)]
     internal static void PairKernel(Index1D pair, PairViews v, PairwiseLossConstants k)
     {
         int i = pair;
@@ -260,6 +261,7 @@ public sealed class GpuPairwiseBradleyTerryLoss : IDisposable
     }
 
     /// <summary>One thread per metric slot: Σ over pairs, in pair order, in fp64 (the CPU kernel's order).</summary>
+    [GpuKernel(false)]
     internal static void ReduceKernel(Index1D slot, ArrayView<double> metricRows, int pairs, ArrayView<double> sums)
     {
         double sum = 0.0;
@@ -268,6 +270,7 @@ public sealed class GpuPairwiseBradleyTerryLoss : IDisposable
     }
 
     /// <summary>One thread per sequence: adds, in pair order and chosen before rejected, every contribution naming it.</summary>
+    [GpuKernel(false)]
     internal static void ScatterKernel(Index1D sequence, ArrayView<int> chosen, ArrayView<int> rejected,
                                        ArrayView<float> gradChosen, ArrayView<float> gradRejected, int pairs, ArrayView<float> gradient)
     {

@@ -18,4 +18,17 @@ public class GpuContextTests
         gpu.Accelerator.Synchronize();
         Assert.That(buffer.GetAsArray1D(), Is.EqualTo(new float[] { 2, 3, 4 }));
     }
+
+    [Test]
+    public void TryCreateCudaReturnsNullOrAWorkingAcceleratorWithoutThrowing()
+    {
+        using var gpu = GpuContext.TryCreateCuda();   // null on machines without a CUDA driver and device
+        if (gpu is null) return;
+        Assert.That(gpu.Accelerator.AcceleratorType, Is.EqualTo(AcceleratorType.Cuda));
+        var kernel = gpu.Accelerator.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>>(AddOne);
+        using var buffer = gpu.Accelerator.Allocate1D(new float[] { 1, 2, 3 });
+        kernel((int)buffer.Length, buffer.View);
+        gpu.Accelerator.Synchronize();
+        Assert.That(buffer.GetAsArray1D(), Is.EqualTo(new float[] { 2, 3, 4 }));
+    }
 }

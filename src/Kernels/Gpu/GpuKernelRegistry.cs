@@ -1,0 +1,87 @@
+using System.Reflection;
+using ILGPU.Runtime;
+
+namespace DistAlign.Kernels.Gpu;
+
+/// <summary>One GPU kernel entry point and how it is launched.</summary>
+/// <param name="Method">The static kernel method.</param>
+/// <param name="ExplicitlyGrouped">True for KernelConfig launches (Group/Grid indices, shared memory).</param>
+public sealed record GpuKernelInfo(MethodInfo Method, bool ExplicitlyGrouped)
+{
+    public string Name => $"{Method.DeclaringType!.Name}.{Method.Name}";
+}
+
+/// <summary>
+/// Every GPU kernel in this namespace, in one list: the PTX compile test walks it, and a reflection test
+/// checks that no kernel method is missing from it.
+/// </summary>
+public static class GpuKernelRegistry
+{
+    public static IReadOnlyList<GpuKernelInfo> All { get; } =
+    [
+        Implicit(typeof(GpuEmbedding), nameof(GpuEmbedding.ForwardKernel)),
+        Implicit(typeof(GpuEmbedding), nameof(GpuEmbedding.BackwardKernel)),
+        Explicit(typeof(GpuLayerNorm), nameof(GpuLayerNorm.ForwardKernel)),
+        Explicit(typeof(GpuLayerNorm), nameof(GpuLayerNorm.BackwardInputKernel)),
+        Implicit(typeof(GpuLayerNorm), nameof(GpuLayerNorm.BackwardParametersKernel)),
+        Implicit(typeof(GpuGelu), nameof(GpuGelu.ForwardKernel)),
+        Implicit(typeof(GpuGelu), nameof(GpuGelu.BackwardKernel)),
+        Implicit(typeof(GpuResidual), nameof(GpuResidual.ForwardKernel)),
+        Implicit(typeof(GpuResidual), nameof(GpuResidual.BackwardKernel)),
+        Explicit(typeof(GpuAttention), nameof(GpuAttention.SoftmaxForwardKernel)),
+        Explicit(typeof(GpuAttention), nameof(GpuAttention.SoftmaxBackwardKernel)),
+        Implicit(typeof(GpuAttention), nameof(GpuAttention.ForwardKernel)),
+        Implicit(typeof(GpuAttention), nameof(GpuAttention.BackwardQueryKernel)),
+        Implicit(typeof(GpuAttention), nameof(GpuAttention.BackwardKeyValueKernel)),
+        Implicit(typeof(GpuAdamW), nameof(GpuAdamW.StepKernel)),
+        Explicit(typeof(GpuGradientNorm), nameof(GpuGradientNorm.PartialsKernel)),
+        Explicit(typeof(GpuGradientNorm), nameof(GpuGradientNorm.SumKernel)),
+        Implicit(typeof(GpuGradientNorm), nameof(GpuGradientNorm.ClipScaleKernel)),
+        Implicit(typeof(GpuGradientNorm), nameof(GpuGradientNorm.ScaleKernel)),
+        Explicit(typeof(GpuTargetLogProbs), nameof(GpuTargetLogProbs.ForwardKernel)),
+        Implicit(typeof(GpuTargetLogProbs), nameof(GpuTargetLogProbs.BackwardKernel)),
+        Explicit(typeof(GpuTiledGemm), nameof(GpuTiledGemm.Kernel)),
+        Implicit(typeof(GpuPairwiseBradleyTerryLoss), nameof(GpuPairwiseBradleyTerryLoss.PairKernel)),
+        Implicit(typeof(GpuPairwiseBradleyTerryLoss), nameof(GpuPairwiseBradleyTerryLoss.ReduceKernel)),
+        Implicit(typeof(GpuPairwiseBradleyTerryLoss), nameof(GpuPairwiseBradleyTerryLoss.ScatterKernel)),
+    ];
+
+    private static GpuKernelInfo Implicit(Type type, string name) => new(Find(type, name), false);
+    private static GpuKernelInfo Explicit(Type type, string name) => new(Find(type, name), true);
+
+    private static MethodInfo Find(Type type, string name) =>
+        type.GetMethod(name, BindingFlags.Static | BindingFlags.Public | BindingFlags.NonPublic)
+        ?? throw new InvalidOperationException($"Kernel {type.Name}.{name} not found.");
+}
+
+/// <summary>
+/// All GPU ops for one accelerator, each with its kernels loaded (compiled) once at construction.
+/// Create one per accelerator and keep it; the ops launch on the accelerator's default stream.
+/// </summary>
+public sealed class GpuKernels
+{
+    public GpuKernels(Accelerator accelerator)
+    {
+        Accelerator = accelerator;
+        Embedding = new GpuEmbedding(accelerator);
+        LayerNorm = new GpuLayerNorm(accelerator);
+        Gelu = new GpuGelu(accelerator);
+        Residual = new GpuResidual(accelerator);
+        Attention = new GpuAttention(accelerator);
+        AdamW = new GpuAdamW(accelerator);
+        GradientNorm = new GpuGradientNorm(accelerator);
+        TargetLogProbs = new GpuTargetLogProbs(accelerator);
+        Gemm = new GpuTiledGemm(accelerator);
+    }
+
+    public Accelerator Accelerator { get; }
+    public GpuEmbedding Embedding { get; }
+    public GpuLayerNorm LayerNorm { get; }
+    public GpuGelu Gelu { get; }
+    public GpuResidual Residual { get; }
+    public GpuAttention Attention { get; }
+    public GpuAdamW AdamW { get; }
+    public GpuGradientNorm GradientNorm { get; }
+    public GpuTargetLogProbs TargetLogProbs { get; }
+    public IGemm Gemm { get; }
+}
