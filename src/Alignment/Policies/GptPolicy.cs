@@ -1,0 +1,145 @@
+using DistAlign.Kernels.Cpu;
+using DistAlign.Transformer.Model;
+using DistAlign.Transformer.Training;
+
+namespace DistAlign.Alignment.Policies;
+
+/// <summary>
+/// A <see cref="Gpt"/> as a policy. A batch of (prompt, response) sequences is packed into rows of the
+/// model's context length, several sequences per row back to back (each its own segment, positions
+/// restarting at 0, attention never crossing), in order, first fit: no padding inside a row, and only
+/// response tokens carry targets.
+/// </summary>
+public sealed class GptPolicy : IPolicy
+{
+    private readonly AdamWSettings optimizer;
+    private readonly bool ownsModel;
+    private GptBatch? batch;
+    private int[] tokenPosition = [];   // flat response token → position in the packed batch
+    private float[] positionLogProbs = [], positionEntropies = [], dPosition = [], dPositionEntropy = [];
+    private bool lastHadEntropies;
+
+    public Gpt Model { get; }
+
+    public GptPolicy(Gpt model, AdamWSettings optimizer, bool ownsModel = false)
+    {
+        Model = model;
+        this.optimizer = optimizer;
+        this.ownsModel = ownsModel;
+    }
+
+    /// <summary>
+    /// Packs sequences into rows of length T = the model's context. Sequence s needs |prompt| + |response| − 1
+    /// positions (the last response token is only a target). Rows are rounded up to a power of two so the
+    /// model sees few distinct batch shapes (each shape keeps its own activation arena).
+    /// </summary>
+    private GptBatch Pack(IReadOnlyList<PromptResponse> sequences)
+    {
+        int t = Model.Config.MaxSequenceLength;
+        var rowOf = new int[sequences.Count];
+        var offsetOf = new int[sequences.Count];
+        int row = 0, used = 0;
+        for (int s = 0; s < sequences.Count; s++)
+        {
+            var (prompt, response) = sequences[s];
+            if (prompt.Length == 0) throw new ArgumentException($"sequence {s}: the prompt needs at least one token (e.g. <|endoftext|>)");
+            if (response.Length == 0) throw new ArgumentException($"sequence {s}: the response is empty");
+            int need = prompt.Length + response.Length - 1;
+            if (need > t) throw new ArgumentException($"sequence {s}: prompt ({prompt.Length}) + response ({response.Length}) − 1 = {need} tokens exceed the context of {t}");
+            if (used + need > t) { row++; used = 0; }
+            rowOf[s] = row;
+            offsetOf[s] = used;
+            used += need;
+        }
+        int rows = (int)System.Numerics.BitOperations.RoundUpToPowerOf2((uint)Math.Max(1, row + 1));
+        if (batch is null || batch.Rows != rows) batch = new GptBatch(rows, t);
+        batch.Clear();
+        // Unused positions: each its own segment at position 0, so nothing real attends to them.
+        for (int i = 0; i < batch.TokenCount; i++) { batch.Segments[i] = -1 - i; batch.Positions[i] = 0; }
+        int total = PolicyScores.TokenCount(sequences);
+        if (tokenPosition.Length != total) tokenPosition = new int[total];
+        int flat = 0;
+        for (int s = 0; s < sequences.Count; s++)
+        {
+            var (prompt, response) = sequences[s];
+            int start = rowOf[s] * t + offsetOf[s];
+            int need = prompt.Length + response.Length - 1;
+            for (int i = 0; i < need; i++)
+            {
+                batch.Tokens[start + i] = i < prompt.Length ? prompt[i] : response[i - prompt.Length];
+                batch.Positions[start + i] = i;
+                batch.Segments[start + i] = s;
+            }
+            for (int i = 0; i < response.Length; i++)
+            {
+                int at = start + prompt.Length - 1 + i;
+                batch.Targets[at] = response[i];
+                tokenPosition[flat++] = at;
+            }
+        }
+        return batch;
+    }
+
+    public void Score(IReadOnlyList<PromptResponse> sequences, Span<float> tokenLogProbs, Span<float> tokenEntropies = default)
+    {
+        var b = Pack(sequences);
+        if (tokenLogProbs.Length != tokenPosition.Length)
+            throw new ArgumentException($"the batch has {tokenPosition.Length} response tokens; tokenLogProbs has {tokenLogProbs.Length}");
+        if (positionLogProbs.Length != b.TokenCount)
+        {
+            positionLogProbs = new float[b.TokenCount];
+            positionEntropies = new float[b.TokenCount];
+            dPosition = new float[b.TokenCount];
+            dPositionEntropy = new float[b.TokenCount];
+        }
+        lastHadEntropies = !tokenEntropies.IsEmpty;
+        Model.Forward(b, positionLogProbs, lastHadEntropies ? positionEntropies : default);
+        for (int i = 0; i < tokenPosition.Length; i++)
+        {
+            tokenLogProbs[i] = positionLogProbs[tokenPosition[i]];
+            if (lastHadEntropies) tokenEntropies[i] = positionEntropies[tokenPosition[i]];
+        }
+    }
+
+    public void Backward(ReadOnlySpan<float> dTokenLogProbs, ReadOnlySpan<float> dTokenEntropies = default)
+    {
+        if (batch is null) throw new InvalidOperationException("Backward needs a Score first");
+        if (dTokenLogProbs.Length != tokenPosition.Length) throw new ArgumentException($"dTokenLogProbs must have {tokenPosition.Length} entries");
+        Array.Clear(dPosition);
+        Array.Clear(dPositionEntropy);
+        for (int i = 0; i < tokenPosition.Length; i++)
+        {
+            dPosition[tokenPosition[i]] = dTokenLogProbs[i];
+            if (!dTokenEntropies.IsEmpty) dPositionEntropy[tokenPosition[i]] = dTokenEntropies[i];
+        }
+        Model.Backward(batch, dPosition, dTokenEntropies.IsEmpty ? default : dPositionEntropy);
+    }
+
+    public Continuation[] Sample(IReadOnlyList<int[]> prompts, SamplingOptions options, ulong seed) => Sampler.Generate(Model, prompts, options, seed);
+
+    public void ZeroGradients() => Model.ZeroGradients();
+
+    public double ClipGradients(float maxNorm) =>
+        maxNorm > 0 ? GradientNorm.ClipByGlobalNorm(Model.Gradients, maxNorm).Norm : GradientNorm.GlobalNorm(Model.Gradients);
+
+    public void OptimizerStep(int step, float learningRate) => AdamWOptimizer.Step(Model, step, learningRate, optimizer);
+
+    public IPolicy Snapshot()
+    {
+        var copy = new Gpt(Model.Config);
+        Model.Parameters.CopyTo(copy.Parameters);
+        return new GptPolicy(copy, optimizer, ownsModel: true);
+    }
+
+    public void CopyWeightsFrom(IPolicy other)
+    {
+        if (other is not GptPolicy g || g.Model.Config != Model.Config)
+            throw new ArgumentException($"can only copy from a GPT policy of the same config ({Model.Config})");
+        g.Model.Parameters.CopyTo(Model.Parameters);
+    }
+
+    public void Dispose()
+    {
+        if (ownsModel) Model.Dispose();
+    }
+}
