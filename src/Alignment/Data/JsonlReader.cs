@@ -211,7 +211,7 @@ internal static class JsonlReader
         foreach (JsonProperty property in root.EnumerateObject())
         {
             if (!seen.Add(property.Name))
-                throw at.Error(DatasetRule.DuplicateKey, $"key '{property.Name}' appears more than once");
+                throw at.Error(DatasetRule.DuplicateKey, $"key {Quote(property.Name)} appears more than once");
         }
     }
 
@@ -250,6 +250,16 @@ internal static class JsonlReader
         ArgumentOutOfRangeException.ThrowIfLessThan(maxLineBytes, 1);
     }
 
+    /// <summary>A key for a message: quoted, control characters escaped, at most 40 characters.</summary>
+    private static string Quote(string name)
+    {
+        const int Max = 40;
+        var text = new StringBuilder("'");
+        foreach (char c in name.Length > Max ? name[..Max] : name)
+            text.Append(char.IsControl(c) ? $"\\u{(int)c:x4}" : c.ToString());
+        return text.Append(name.Length > Max ? "…'" : "'").ToString();
+    }
+
     internal static string KindName(JsonValueKind kind) => kind switch
     {
         JsonValueKind.Object => "object",
@@ -263,7 +273,7 @@ internal static class JsonlReader
 
     private static string DescribeKeys(JsonElement root)
     {
-        var names = root.EnumerateObject().Select(p => $"'{p.Name}'").Take(6).ToList();
+        var names = root.EnumerateObject().Select(p => Quote(p.Name)).Take(6).ToList();
         if (names.Count == 0) return "the object is empty";
         int total = root.EnumerateObject().Count();
         return "keys present: " + string.Join(", ", names) + (total > names.Count ? $", … ({total} in all)" : "");
