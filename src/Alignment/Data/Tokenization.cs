@@ -2,7 +2,10 @@ using DistAlign.Transformer.Tokenization;
 
 namespace DistAlign.Alignment.Data;
 
-/// <summary>A preference pair as token ids. The arrays are owned by this object; treat them as read-only.</summary>
+/// <summary>
+/// A preference pair as token ids. The arrays are owned by this object; treat them as read-only. Record equality
+/// compares the array references, not the ids: compare contents with <c>SequenceEqual</c> or <see cref="DatasetHash"/>.
+/// </summary>
 /// <param name="PromptIds">Starts with <c>&lt;|endoftext|&gt;</c> (the start token), then the kept end of the prompt.</param>
 /// <param name="ChosenIds">The kept start of the chosen response, ending with <c>&lt;|endoftext|&gt;</c> if it was not cut.</param>
 /// <param name="RejectedIds">Likewise for the rejected response.</param>
