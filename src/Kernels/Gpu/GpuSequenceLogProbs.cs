@@ -100,7 +100,7 @@ public sealed class GpuSequenceLogProbs
                            ArrayView<float> scratch, ArrayView<float> dHidden, ArrayView<float> dLmHead, int chunkRows)
     {
         int n = Validate(hidden, lmHead, targets, channels, vocab, scratch, logSumExp.Length, entropy.Length, chunkRows);
-        ValidateBackward(n, channels, vocab, entropy.Length, dLogProbs, dEntropy, dHidden, dLmHead);
+        ValidateBackward(n, channels, vocab, entropy.Length, dLogProbs.Length, dEntropy.Length, dHidden.Length, dLmHead.Length);
         for (int start = 0; start < n; start += chunkRows)
         {
             int rows = Math.Min(chunkRows, n - start);
@@ -116,7 +116,7 @@ public sealed class GpuSequenceLogProbs
     {
         int n = Validate(hidden, lmHead, targets, channels, vocab, scratch, logSumExp.Length, entropy.Length, chunkRows);
         GpuLaunch.CheckLength(logProbs.Length, n, nameof(logProbs), "[N]");
-        ValidateBackward(n, channels, vocab, entropy.Length, dLogProbs, dEntropy, dHidden, dLmHead);
+        ValidateBackward(n, channels, vocab, entropy.Length, dLogProbs.Length, dEntropy.Length, dHidden.Length, dLmHead.Length);
         for (int start = 0; start < n; start += chunkRows)
         {
             int rows = Math.Min(chunkRows, n - start);
@@ -192,17 +192,18 @@ public sealed class GpuSequenceLogProbs
         return (int)n;
     }
 
-    private static void ValidateBackward(int n, int c, int v, long entropyLength, ArrayView<float> dLogProbs, ArrayView<float> dEntropy,
-                                         ArrayView<float> dHidden, ArrayView<float> dLmHead)
+    /// <summary>Checks the backward's lengths (lengths, not views: host code here takes no views but the ops).</summary>
+    private static void ValidateBackward(int n, int c, int v, long entropyLength, long dLogProbsLength, long dEntropyLength,
+                                         long dHiddenLength, long dLmHeadLength)
     {
-        GpuLaunch.CheckLength(dLogProbs.Length, n, nameof(dLogProbs), "[N]");
-        if (dEntropy.Length != 0)
+        GpuLaunch.CheckLength(dLogProbsLength, n, "dLogProbs", "[N]");
+        if (dEntropyLength != 0)
         {
-            if (entropyLength == 0) throw new ArgumentException("dEntropy needs the forward's entropies: pass a non-empty entropy view", nameof(dEntropy));
-            GpuLaunch.CheckLength(dEntropy.Length, n, nameof(dEntropy), "[N] or empty");
+            if (entropyLength == 0) throw new ArgumentException("dEntropy needs the forward's entropies: pass a non-empty entropy view", "dEntropy");
+            GpuLaunch.CheckLength(dEntropyLength, n, "dEntropy", "[N] or empty");
         }
-        GpuLaunch.CheckLength(dHidden.Length, (long)n * c, nameof(dHidden), "[N, C]");
-        GpuLaunch.CheckLength(dLmHead.Length, (long)v * c, nameof(dLmHead), "[V, C]");
+        GpuLaunch.CheckLength(dHiddenLength, (long)n * c, "dHidden", "[N, C]");
+        GpuLaunch.CheckLength(dLmHeadLength, (long)v * c, "dLmHead", "[V, C]");
     }
 
     private static void CheckIndexable(long length, string name)
