@@ -1,4 +1,5 @@
 using DistAlign.Kernels.Cpu;
+using DistAlign.Tests.Reference;
 using DistAlign.Tests.TestSupport;
 
 namespace DistAlign.Tests.Kernels;
@@ -9,35 +10,6 @@ namespace DistAlign.Tests.Kernels;
 /// </summary>
 public class SequenceLogProbsTests
 {
-    /// <summary>fp64: per row, logits = h·Eᵀ, log-softmax, log-prob of the target, entropy.</summary>
-    private static (double[] LogProbs, double[] Entropy) Reference(double[] h, double[] e, int[] targets, int c, int v)
-    {
-        int n = targets.Length;
-        var lp = new double[n];
-        var ent = new double[n];
-        var logits = new double[v];
-        for (int i = 0; i < n; i++)
-        {
-            if (targets[i] < 0) continue;
-            for (int k = 0; k < v; k++)
-            {
-                double s = 0;
-                for (int j = 0; j < c; j++) s += h[i * c + j] * e[k * c + j];
-                logits[k] = s;
-            }
-            double max = logits.Max(), z = 0;
-            for (int k = 0; k < v; k++) z += Math.Exp(logits[k] - max);
-            double lse = max + Math.Log(z);
-            lp[i] = logits[targets[i]] - lse;
-            for (int k = 0; k < v; k++)
-            {
-                double logP = logits[k] - lse;
-                ent[i] -= Math.Exp(logP) * logP;
-            }
-        }
-        return (lp, ent);
-    }
-
     [TestCase(1, 1, 1)]
     [TestCase(7, 5, 13)]
     [TestCase(19, 9, 37)]
@@ -49,7 +21,7 @@ public class SequenceLogProbsTests
         var entropy = new float[n];
         var scratch = new float[SequenceLogProbs.ScratchLength(n, v)];
         SequenceLogProbs.Forward(h, e, targets, c, v, scratch, logProbs, lse, entropy);
-        var (refLp, refEnt) = Reference(Numerics.ToDouble(h), Numerics.ToDouble(e), targets, c, v);
+        var (refLp, refEnt) = ReferenceSequenceLogProbs.Forward(Numerics.ToDouble(h), Numerics.ToDouble(e), targets, c, v);
         Numerics.AssertClose(logProbs, refLp, 1e-5, 1e-5, "log-probs");
         Numerics.AssertClose(entropy, refEnt, 1e-5, 1e-5, "entropy");
     }
@@ -81,7 +53,7 @@ public class SequenceLogProbsTests
         var ed = Numerics.ToDouble(e);
         double Loss()
         {
-            var (lp, ent) = Reference(hd, ed, targets, c, v);
+            var (lp, ent) = ReferenceSequenceLogProbs.Forward(hd, ed, targets, c, v);
             double l = 0;
             for (int i = 0; i < n; i++) l += a[i] * lp[i] + (withEntropy ? b[i] * ent[i] : 0);
             return l;

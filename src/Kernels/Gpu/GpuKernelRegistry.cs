@@ -41,6 +41,10 @@ public static class GpuKernelRegistry
         Explicit(typeof(GpuTargetLogProbs), nameof(GpuTargetLogProbs.ForwardKernel)),
         Implicit(typeof(GpuTargetLogProbs), nameof(GpuTargetLogProbs.BackwardKernel)),
         Explicit(typeof(GpuTiledGemm), nameof(GpuTiledGemm.Kernel)),
+        Explicit(typeof(GpuSequenceLogProbs), nameof(GpuSequenceLogProbs.EntropyKernel)),
+        Implicit(typeof(GpuSequenceLogProbs), nameof(GpuSequenceLogProbs.GradientKernel)),
+        Implicit(typeof(GpuSequenceLogProbs), nameof(GpuSequenceLogProbs.SumBySequenceKernel)),
+        Implicit(typeof(GpuSequenceLogProbs), nameof(GpuSequenceLogProbs.ScatterBySequenceKernel)),
         Implicit(typeof(GpuPairwiseBradleyTerryLoss), nameof(GpuPairwiseBradleyTerryLoss.PairKernel)),
         Implicit(typeof(GpuPairwiseBradleyTerryLoss), nameof(GpuPairwiseBradleyTerryLoss.ReduceKernel)),
         Implicit(typeof(GpuPairwiseBradleyTerryLoss), nameof(GpuPairwiseBradleyTerryLoss.ScatterKernel)),
@@ -72,6 +76,7 @@ public sealed class GpuKernels
         GradientNorm = new GpuGradientNorm(accelerator);
         TargetLogProbs = new GpuTargetLogProbs(accelerator);
         Gemm = new GpuTiledGemm(accelerator);
+        SequenceLogProbs = new GpuSequenceLogProbs(accelerator, Gemm, TargetLogProbs);
     }
 
     public Accelerator Accelerator { get; }
@@ -84,4 +89,6 @@ public sealed class GpuKernels
     public GpuGradientNorm GradientNorm { get; }
     public GpuTargetLogProbs TargetLogProbs { get; }
     public IGemm Gemm { get; }
+    /// <summary>The fused LM head (logits by <see cref="Gemm"/>, log-probs by <see cref="TargetLogProbs"/>).</summary>
+    public GpuSequenceLogProbs SequenceLogProbs { get; }
 }

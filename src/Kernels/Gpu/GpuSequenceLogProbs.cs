@@ -1,0 +1,321 @@
+using DistAlign.Kernels.Cpu;
+using ILGPU;
+using ILGPU.Algorithms;
+using ILGPU.Runtime;
+
+namespace DistAlign.Kernels.Gpu;
+
+/// <summary>
+/// The fused LM head on ILGPU views: the GPU form of <see cref="SequenceLogProbs"/>, same arguments (views
+/// instead of spans), same math, same chunking (<see cref="SequenceLogProbs.ChunkRows"/> rows per chunk, a
+/// scratch of <see cref="SequenceLogProbs.ScratchLength"/> floats), same += semantics for ∂h and ∂E.
+/// Per chunk of rows:
+/// <list type="bullet">
+/// <item>logits = h·Eᵀ into the scratch (<see cref="IGemm"/>, β = 0);</item>
+/// <item>log-probs and the saved log-sum-exp by <see cref="GpuTargetLogProbs.Forward"/>;</item>
+/// <item>optional entropies by <see cref="EntropyKernel"/>: one group per row, each thread sums
+/// −p·ln p = −exp(x − lse)·(x − lse) over its strided share, then a fixed shared-memory tree (no atomics);
+/// summing −p·ln p rather than lse − Σ p·x avoids cancelling two large numbers;</item>
+/// <item>backward: d(logits) in place — <see cref="GpuTargetLogProbs.Backward"/> without an entropy gradient,
+/// otherwise <see cref="GradientKernel"/> (one thread per logit):
+/// a·(1[v = t] − p) − b·p·(ln p + H), 0 on rows with target −1 — then ∂h += dlogits·E and
+/// ∂E += dlogitsᵀ·h (two GEMMs with β = 1).</item>
+/// </list>
+/// ForwardBackward runs the same kernels in the same order as Forward followed by Backward but
+/// with one logits GEMM per chunk, so the two paths agree bit for bit. Every reduction has a fixed order
+/// (the GEMM sums k ascending per element, row reductions are trees over a group size fixed per accelerator),
+/// so results are bit-identical run to run on one device. ∂E sums over chunks in chunk order (β = 1), so its
+/// rounding depends on the chunk size; log-probs, log-sum-exp, entropies and ∂h do not.
+/// Targets and sequence ids are not range-checked on the device (the data pipeline must; the CPU op checks).
+/// All work is queued on the accelerator's default stream; nothing synchronises.
+/// </summary>
+public sealed class GpuSequenceLogProbs
+{
+    private readonly Accelerator _accelerator;
+    private readonly IGemm _gemm;
+    private readonly GpuTargetLogProbs _targetLogProbs;
+    private readonly int _groupSize;
+    private readonly MemoryBuffer1D<float, Stride1D.Dense> _dummy;     // stands in for an absent or empty float view
+    private readonly MemoryBuffer1D<int, Stride1D.Dense> _dummyInt;    // stands in for an absent or empty int view
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, int, ArrayView<float>, ArrayView<float>> _entropy;
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, int, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>> _gradient;
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<int>> _sum;
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, int, int, int, ArrayView<float>> _scatter;
+
+    /// <summary>Loads the kernels on <paramref name="accelerator"/>; the GEMMs and target log-probs are the given ops (same accelerator).</summary>
+    public GpuSequenceLogProbs(Accelerator accelerator, IGemm gemm, GpuTargetLogProbs targetLogProbs)
+    {
+        _accelerator = accelerator;
+        _gemm = gemm;
+        _targetLogProbs = targetLogProbs;
+        _groupSize = GpuLaunch.ReductionGroupSize(accelerator);
+        _dummy = accelerator.Allocate1D<float>(1);
+        _dummyInt = accelerator.Allocate1D<int>(1);
+        _entropy = accelerator.LoadKernel<ArrayView<float>, ArrayView<int>, int, ArrayView<float>, ArrayView<float>>(EntropyKernel);
+        _gradient = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, int, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>>(GradientKernel);
+        _sum = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<int>>(SumBySequenceKernel);
+        _scatter = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, int, int, int, ArrayView<float>>(ScatterBySequenceKernel);
+    }
+
+    /// <summary>Per-token log-probs, saved log-sum-exp and (when <paramref name="entropy"/> is non-empty) entropies.</summary>
+    public void Forward(ArrayView<float> hidden, ArrayView<float> lmHead, ArrayView<int> targets, int channels, int vocab,
+                        ArrayView<float> scratch, ArrayView<float> logProbs, ArrayView<float> logSumExp, ArrayView<float> entropy) =>
+        Forward(hidden, lmHead, targets, channels, vocab, scratch, logProbs, logSumExp, entropy, SequenceLogProbs.ChunkRows(vocab));
+
+    /// <summary>
+    /// Accumulates ∂h and ∂E for ∂L/∂logprob (and ∂L/∂entropy when non-empty); recomputes each chunk's logits.
+    /// <paramref name="logSumExp"/> and <paramref name="entropy"/> are the forward's.
+    /// </summary>
+    public void Backward(ArrayView<float> hidden, ArrayView<float> lmHead, ArrayView<int> targets, int channels, int vocab,
+                         ArrayView<float> logSumExp, ArrayView<float> entropy, ArrayView<float> dLogProbs, ArrayView<float> dEntropy,
+                         ArrayView<float> scratch, ArrayView<float> dHidden, ArrayView<float> dLmHead) =>
+        Backward(hidden, lmHead, targets, channels, vocab, logSumExp, entropy, dLogProbs, dEntropy, scratch, dHidden, dLmHead,
+                 SequenceLogProbs.ChunkRows(vocab));
+
+    /// <summary>Forward and backward with one logits GEMM per chunk, for gradients known in advance.</summary>
+    public void ForwardBackward(ArrayView<float> hidden, ArrayView<float> lmHead, ArrayView<int> targets, int channels, int vocab,
+                                ArrayView<float> dLogProbs, ArrayView<float> dEntropy,
+                                ArrayView<float> scratch, ArrayView<float> logProbs, ArrayView<float> logSumExp, ArrayView<float> entropy,
+                                ArrayView<float> dHidden, ArrayView<float> dLmHead) =>
+        ForwardBackward(hidden, lmHead, targets, channels, vocab, dLogProbs, dEntropy, scratch, logProbs, logSumExp, entropy,
+                        dHidden, dLmHead, SequenceLogProbs.ChunkRows(vocab));
+
+    /// <summary>Forward, Backward and ForwardBackward with an explicit chunk size in rows (tests: several chunks
+    /// at shapes the CPU simulator can afford; the public ops use <see cref="SequenceLogProbs.ChunkRows"/>).</summary>
+    internal void Forward(ArrayView<float> hidden, ArrayView<float> lmHead, ArrayView<int> targets, int channels, int vocab,
+                          ArrayView<float> scratch, ArrayView<float> logProbs, ArrayView<float> logSumExp, ArrayView<float> entropy, int chunkRows)
+    {
+        int n = Validate(hidden, lmHead, targets, channels, vocab, scratch, logSumExp.Length, entropy.Length, chunkRows);
+        GpuLaunch.CheckLength(logProbs.Length, n, nameof(logProbs), "[N]");
+        for (int start = 0; start < n; start += chunkRows)
+        {
+            int rows = Math.Min(chunkRows, n - start);
+            var logits = Logits(hidden, lmHead, channels, vocab, scratch, start, rows);
+            ForwardChunk(logits, targets, vocab, start, rows, logProbs, logSumExp, entropy);
+        }
+    }
+
+    internal void Backward(ArrayView<float> hidden, ArrayView<float> lmHead, ArrayView<int> targets, int channels, int vocab,
+                           ArrayView<float> logSumExp, ArrayView<float> entropy, ArrayView<float> dLogProbs, ArrayView<float> dEntropy,
+                           ArrayView<float> scratch, ArrayView<float> dHidden, ArrayView<float> dLmHead, int chunkRows)
+    {
+        int n = Validate(hidden, lmHead, targets, channels, vocab, scratch, logSumExp.Length, entropy.Length, chunkRows);
+        ValidateBackward(n, channels, vocab, entropy.Length, dLogProbs.Length, dEntropy.Length, dHidden.Length, dLmHead.Length);
+        for (int start = 0; start < n; start += chunkRows)
+        {
+            int rows = Math.Min(chunkRows, n - start);
+            var logits = Logits(hidden, lmHead, channels, vocab, scratch, start, rows);
+            BackwardChunk(logits, hidden, lmHead, targets, channels, vocab, start, rows, logSumExp, entropy, dLogProbs, dEntropy, dHidden, dLmHead);
+        }
+    }
+
+    internal void ForwardBackward(ArrayView<float> hidden, ArrayView<float> lmHead, ArrayView<int> targets, int channels, int vocab,
+                                  ArrayView<float> dLogProbs, ArrayView<float> dEntropy,
+                                  ArrayView<float> scratch, ArrayView<float> logProbs, ArrayView<float> logSumExp, ArrayView<float> entropy,
+                                  ArrayView<float> dHidden, ArrayView<float> dLmHead, int chunkRows)
+    {
+        int n = Validate(hidden, lmHead, targets, channels, vocab, scratch, logSumExp.Length, entropy.Length, chunkRows);
+        GpuLaunch.CheckLength(logProbs.Length, n, nameof(logProbs), "[N]");
+        ValidateBackward(n, channels, vocab, entropy.Length, dLogProbs.Length, dEntropy.Length, dHidden.Length, dLmHead.Length);
+        for (int start = 0; start < n; start += chunkRows)
+        {
+            int rows = Math.Min(chunkRows, n - start);
+            var logits = Logits(hidden, lmHead, channels, vocab, scratch, start, rows);
+            ForwardChunk(logits, targets, vocab, start, rows, logProbs, logSumExp, entropy);
+            BackwardChunk(logits, hidden, lmHead, targets, channels, vocab, start, rows, logSumExp, entropy, dLogProbs, dEntropy, dHidden, dLmHead);
+        }
+    }
+
+    /// <summary>
+    /// Per-sequence sums of per-token values and token counts, as <see cref="SequenceLogProbs.SumBySequence"/>:
+    /// one thread per sequence walks the tokens in order and sums in fp64, so the result is deterministic (and
+    /// equal to the CPU op's). Tokens whose sequence id is ≥ S are ignored (not reported, unlike the CPU op).
+    /// O(S·N) work: S is the batch's sequence count.
+    /// </summary>
+    public void SumBySequence(ArrayView<float> values, ArrayView<int> sequence, ArrayView<int> targets, ArrayView<float> sums, ArrayView<int> counts)
+    {
+        GpuLaunch.CheckLength(sequence.Length, values.Length, nameof(sequence), "[N]");
+        GpuLaunch.CheckLength(targets.Length, values.Length, nameof(targets), "[N]");
+        GpuLaunch.CheckLength(counts.Length, sums.Length, nameof(counts), "[S]");
+        CheckIndexable(values.Length, nameof(values));
+        CheckIndexable(sums.Length, nameof(sums));
+        if (sums.Length == 0) return;
+        if (values.Length == 0)   // no tokens: zero sums and counts, without handing possibly unallocated views to the device
+            _sum(_accelerator.DefaultStream, (int)sums.Length, _dummy.View.SubView(0, 0), _dummyInt.View.SubView(0, 0), _dummyInt.View.SubView(0, 0), sums, counts);
+        else
+            _sum(_accelerator.DefaultStream, (int)sums.Length, values, sequence, targets, sums, counts);
+    }
+
+    /// <summary>
+    /// The backward of <see cref="SumBySequence"/>, as <see cref="SequenceLogProbs.ScatterBySequence"/>:
+    /// dValues[n] += dSums[sequence[n]] (+ dMeans[s]/counts[s] when <paramref name="dMeans"/> is non-empty) for
+    /// every counted token. One thread per token, each writing only its own entry (no atomics, deterministic).
+    /// S = the length of the non-empty one of dSums/dMeans (equal when both are given); tokens with a sequence
+    /// id ≥ S are left alone.
+    /// </summary>
+    public void ScatterBySequence(ArrayView<float> dSums, ArrayView<float> dMeans, ArrayView<int> counts,
+                                  ArrayView<int> sequence, ArrayView<int> targets, ArrayView<float> dValues)
+    {
+        GpuLaunch.CheckLength(sequence.Length, dValues.Length, nameof(sequence), "[N]");
+        GpuLaunch.CheckLength(targets.Length, dValues.Length, nameof(targets), "[N]");
+        CheckIndexable(dValues.Length, nameof(dValues));
+        long s = Math.Max(dSums.Length, dMeans.Length);
+        if (dSums.Length != 0) GpuLaunch.CheckLength(dSums.Length, s, nameof(dSums), "[S] or empty");
+        if (dMeans.Length != 0) GpuLaunch.CheckLength(counts.Length, s, nameof(counts), "[S] (needed by dMeans)");
+        CheckIndexable(s, nameof(dSums));
+        if (dValues.Length == 0 || s == 0) return;
+        _scatter(_accelerator.DefaultStream, (int)dValues.Length,
+                 dSums.Length == 0 ? _dummy.View : dSums, dMeans.Length == 0 ? _dummy.View : dMeans,
+                 dMeans.Length == 0 ? _dummyInt.View : counts, sequence, targets,
+                 (int)s, dSums.Length == 0 ? 0 : 1, dMeans.Length == 0 ? 0 : 1, dValues);
+    }
+
+    /// <summary>Checks the shared arguments (as the CPU op); returns N.</summary>
+    private static int Validate(ArrayView<float> hidden, ArrayView<float> lmHead, ArrayView<int> targets, int c, int v,
+                                ArrayView<float> scratch, long logSumExpLength, long entropyLength, int chunkRows)
+    {
+        GpuLaunch.CheckPositive(c, "channels");
+        GpuLaunch.CheckPositive(v, "vocab");
+        GpuLaunch.CheckPositive(chunkRows, nameof(chunkRows));
+        long n = targets.Length;
+        CheckIndexable(n, nameof(targets));
+        GpuLaunch.CheckLength(hidden.Length, n * c, nameof(hidden), "[N, C]");
+        GpuLaunch.CheckLength(lmHead.Length, (long)v * c, nameof(lmHead), "[V, C]");
+        GpuLaunch.CheckLength(logSumExpLength, n, "logSumExp", "[N]");
+        if (entropyLength != 0) GpuLaunch.CheckLength(entropyLength, n, "entropy", "[N] or empty");
+        long needed = Math.Min(Math.Max(n, 1), chunkRows) * (long)v;
+        if (n > 0 && scratch.Length < needed)
+            throw new ArgumentException($"scratch needs {needed} floats for N = {n}, V = {v}; got {scratch.Length}", nameof(scratch));
+        CheckIndexable(Math.Min(n, chunkRows) * (long)v, "scratch (one chunk of logits)");
+        CheckIndexable(n * c, nameof(hidden));
+        CheckIndexable((long)v * c, nameof(lmHead));
+        return (int)n;
+    }
+
+    /// <summary>Checks the backward's lengths (lengths, not views: host code here takes no views but the ops).</summary>
+    private static void ValidateBackward(int n, int c, int v, long entropyLength, long dLogProbsLength, long dEntropyLength,
+                                         long dHiddenLength, long dLmHeadLength)
+    {
+        GpuLaunch.CheckLength(dLogProbsLength, n, "dLogProbs", "[N]");
+        if (dEntropyLength != 0)
+        {
+            if (entropyLength == 0) throw new ArgumentException("dEntropy needs the forward's entropies: pass a non-empty entropy view", "dEntropy");
+            GpuLaunch.CheckLength(dEntropyLength, n, "dEntropy", "[N] or empty");
+        }
+        GpuLaunch.CheckLength(dHiddenLength, (long)n * c, "dHidden", "[N, C]");
+        GpuLaunch.CheckLength(dLmHeadLength, (long)v * c, "dLmHead", "[V, C]");
+    }
+
+    private static void CheckIndexable(long length, string name)
+    {
+        if (length > int.MaxValue) throw new ArgumentException($"{name} too large for 32-bit GPU indexing ({length} elements).", name);
+    }
+
+    /// <summary>logits[rows, V] = h[start … start+rows)·Eᵀ into the scratch.</summary>
+    private ArrayView<float> Logits(ArrayView<float> hidden, ArrayView<float> lmHead, int c, int v, ArrayView<float> scratch, int start, int rows)
+    {
+        var logits = scratch.SubView(0, (long)rows * v);
+        _gemm.Multiply(false, true, rows, v, c, 1f, hidden.SubView((long)start * c, (long)rows * c), c, lmHead, c, 0f, logits, v);
+        return logits;
+    }
+
+    private void ForwardChunk(ArrayView<float> logits, ArrayView<int> targets, int v, int start, int rows,
+                              ArrayView<float> logProbs, ArrayView<float> logSumExp, ArrayView<float> entropy)
+    {
+        var t = targets.SubView(start, rows);
+        var lse = logSumExp.SubView(start, rows);
+        _targetLogProbs.Forward(logits, t, v, logProbs.SubView(start, rows), lse);
+        if (entropy.Length != 0)
+            _entropy(_accelerator.DefaultStream, GpuLaunch.Rows(rows, _groupSize), logits, t, v, lse, entropy.SubView(start, rows));
+    }
+
+    /// <summary>Turns the chunk's logits into d(logits) in place and feeds them into the two GEMMs.</summary>
+    private void BackwardChunk(ArrayView<float> logits, ArrayView<float> hidden, ArrayView<float> lmHead, ArrayView<int> targets,
+                               int c, int v, int start, int rows, ArrayView<float> logSumExp, ArrayView<float> entropy,
+                               ArrayView<float> dLogProbs, ArrayView<float> dEntropy, ArrayView<float> dHidden, ArrayView<float> dLmHead)
+    {
+        var t = targets.SubView(start, rows);
+        var lse = logSumExp.SubView(start, rows);
+        var a = dLogProbs.SubView(start, rows);
+        if (dEntropy.Length == 0) _targetLogProbs.Backward(logits, t, v, lse, a);
+        else _gradient(_accelerator.DefaultStream, (int)logits.Length, logits, t, v, lse, entropy.SubView(start, rows), a, dEntropy.SubView(start, rows));
+        var h = hidden.SubView((long)start * c, (long)rows * c);
+        _gemm.Multiply(false, false, rows, c, v, 1f, logits, v, lmHead, c, 1f, dHidden.SubView((long)start * c, (long)rows * c), c);
+        _gemm.Multiply(true, false, v, c, rows, 1f, logits, v, h, c, 1f, dLmHead, c);
+    }
+
+    /// <summary>entropy_n = −Σ_v p·ln p with ln p = x − lse (0 for ignored rows). One group per row.</summary>
+    [GpuKernel(true)]
+    internal static void EntropyKernel(ArrayView<float> logits, ArrayView<int> targets, int vocab, ArrayView<float> logSumExp, ArrayView<float> entropy)
+    {
+        var scratch = SharedMemory.Allocate<float>(GpuLaunch.MaxGroupSize);
+        int row = Grid.IdxX, tid = Group.IdxX;
+        bool ignored = targets[row] == TargetLogProbs.Ignored;   // uniform over the group: every thread reaches the barriers
+        long offset = (long)row * vocab;
+        float lse = logSumExp[row];
+        float partial = 0f;
+        if (!ignored)
+        {
+            for (int v = tid; v < vocab; v += Group.DimX)
+            {
+                float logP = logits[offset + v] - lse;
+                partial -= XMath.Exp(logP) * logP;
+            }
+        }
+        float total = GpuLaunch.GroupSum(scratch, partial);
+        if (tid == 0) entropy[row] = ignored ? 0f : total;
+    }
+
+    /// <summary>In place, one thread per logit: x ← a·(1[v = target] − p) − b·p·(ln p + H); 0 on ignored rows.</summary>
+    [GpuKernel(false)]
+    internal static void GradientKernel(Index1D i, ArrayView<float> logits, ArrayView<int> targets, int vocab, ArrayView<float> logSumExp,
+                                        ArrayView<float> entropy, ArrayView<float> dLogProbs, ArrayView<float> dEntropy)
+    {
+        int row = i / vocab, v = i - row * vocab;
+        int target = targets[row];
+        if (target == TargetLogProbs.Ignored)
+        {
+            logits[i] = 0f;
+            return;
+        }
+        float a = dLogProbs[row], b = dEntropy[row];
+        float logP = logits[i] - logSumExp[row];
+        float p = XMath.Exp(logP);
+        float d = -a * p - b * p * (logP + entropy[row]);
+        logits[i] = v == target ? d + a : d;
+    }
+
+    /// <summary>One thread per sequence: fp64 sum of its counted tokens' values, in token order, and their count.</summary>
+    [GpuKernel(false)]
+    internal static void SumBySequenceKernel(Index1D s, ArrayView<float> values, ArrayView<int> sequence, ArrayView<int> targets,
+                                             ArrayView<float> sums, ArrayView<int> counts)
+    {
+        double total = 0;
+        int count = 0;
+        for (int i = 0; i < sequence.IntLength; i++)
+        {
+            if (sequence[i] != s || targets[i] == TargetLogProbs.Ignored) continue;
+            total += values[i];
+            count++;
+        }
+        sums[s] = (float)total;
+        counts[s] = count;
+    }
+
+    /// <summary>One thread per token: dValues[i] += dSums[s] (+ dMeans[s]/counts[s]) for counted tokens of sequence s &lt; S.</summary>
+    [GpuKernel(false)]
+    internal static void ScatterBySequenceKernel(Index1D i, ArrayView<float> dSums, ArrayView<float> dMeans, ArrayView<int> counts,
+                                                 ArrayView<int> sequence, ArrayView<int> targets, int sequences, int hasSums, int hasMeans,
+                                                 ArrayView<float> dValues)
+    {
+        int s = sequence[i];
+        if (s < 0 || s >= sequences || targets[i] == TargetLogProbs.Ignored) return;
+        float d = hasSums != 0 ? dSums[s] : 0f;
+        if (hasMeans != 0)
+        {
+            int count = counts[s];
+            if (count > 0) d += dMeans[s] / count;
+        }
+        dValues[i] += d;
+    }
+}
