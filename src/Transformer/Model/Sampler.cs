@@ -121,38 +121,39 @@ public static class Sampler
         var p = s.Probabilities;
         for (int i = 0; i < v; i++) p[i] = MathF.Exp((logits[i] - max) / o.Temperature);
         float u = rng.NextFloat();
-        if (o.TopK == 0 && o.TopP >= 1f) return DrawFrom(p, Enumerable.Range(0, v), u);
+        var order = s.Order;
+        for (int i = 0; i < v; i++) order[i] = i;
+        if (o.TopK == 0 && o.TopP >= 1f) return DrawFrom(p, order, u);
 
         // Most likely first (Array.Sort is deterministic for equal input, so ties resolve the same way every run).
-        for (int i = 0; i < v; i++) { s.Order[i] = i; s.Keys[i] = -p[i]; }
-        Array.Sort(s.Keys, s.Order);
+        for (int i = 0; i < v; i++) s.Keys[i] = -p[i];
+        Array.Sort(s.Keys, order);
         int keep = o.TopK == 0 ? v : Math.Min(o.TopK, v);
         if (o.TopP < 1f)
         {
             double total = 0;
-            for (int i = 0; i < keep; i++) total += p[s.Order[i]];
+            for (int i = 0; i < keep; i++) total += p[order[i]];
             double mass = 0;
             for (int i = 0; i < keep; i++)
             {
-                mass += p[s.Order[i]];
+                mass += p[order[i]];
                 if (mass >= o.TopP * total) { keep = i + 1; break; }
             }
         }
-        return DrawFrom(p, s.Order.Take(keep), u);
+        return DrawFrom(p, order.AsSpan(0, keep), u);
     }
 
-    private static int DrawFrom(float[] weights, IEnumerable<int> candidates, float u)
+    /// <summary>Inverse-CDF draw among <paramref name="candidates"/> with unnormalised weights.</summary>
+    private static int DrawFrom(float[] weights, ReadOnlySpan<int> candidates, float u)
     {
         double total = 0;
         foreach (int i in candidates) total += weights[i];
         double target = u * total, acc = 0;
-        int last = -1;
         foreach (int i in candidates)
         {
             acc += weights[i];
-            last = i;
             if (acc > target) return i;
         }
-        return last;
+        return candidates[^1];
     }
 }
