@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.Security.Cryptography;
 using System.Text;
+using DistAlign.Alignment.Objectives;
 
 namespace DistAlign.Alignment.Data;
 
@@ -27,6 +28,24 @@ public static class DatasetHash
             AddSequence(hash, e.PromptIds);
             AddSequence(hash, e.ChosenIds);
             AddSequence(hash, e.RejectedIds);
+        }
+        return Convert.ToHexStringLower(hash.GetHashAndReset());
+    }
+
+    /// <summary>
+    /// Hash of preference pairs held as token ids. It uses the same tag and encoding as the
+    /// <see cref="TokenizedPreference"/> overload, so the same ids give the same hash whichever form they are in.
+    /// </summary>
+    public static string Of(IReadOnlyList<PreferencePair> pairs)
+    {
+        ArgumentNullException.ThrowIfNull(pairs);
+        using var hash = Start("DistAlign.TokenizedPreference.v1", pairs.Count);
+        foreach (PreferencePair p in pairs)
+        {
+            ArgumentNullException.ThrowIfNull(p, nameof(pairs));
+            AddSequence(hash, p.Prompt);
+            AddSequence(hash, p.Chosen);
+            AddSequence(hash, p.Rejected);
         }
         return Convert.ToHexStringLower(hash.GetHashAndReset());
     }
