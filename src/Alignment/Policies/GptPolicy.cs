@@ -29,13 +29,37 @@ public sealed class GptPolicy : IPolicy
     }
 
     /// <summary>
-    /// Packs sequences into rows of length T = the model's context. Sequence s needs |prompt| + |response| − 1
-    /// positions (the last response token is only a target). Rows are rounded up to a power of two so the
-    /// model sees few distinct batch shapes (each shape keeps its own activation arena).
+    /// Packs sequences into rows of length T = the model's context (see <see cref="PackSequences"/>): only
+    /// response tokens carry targets, and the last response token is only a target.
     /// </summary>
     private GptBatch Pack(IReadOnlyList<PromptResponse> sequences)
     {
-        int t = Model.Config.MaxSequenceLength;
+        int total = PolicyScores.TokenCount(sequences);
+        if (tokenPosition.Length != total) tokenPosition = new int[total];
+        batch = PackSequences(sequences, Model.Config.MaxSequenceLength, batch, includeLastResponseToken: false, tokenPosition, default);
+        return batch;
+    }
+
+    /// <summary>
+    /// Packs (prompt, response) sequences into rows of length <paramref name="context"/>, several sequences per
+    /// row back to back (each its own segment, positions restarting at 0, attention never crossing), in order,
+    /// first fit: no padding inside a row. Rows are rounded up to a power of two so the model sees few distinct
+    /// batch shapes (each shape keeps its own activation arena); unused positions are each their own segment.
+    /// <list type="bullet">
+    /// <item><paramref name="includeLastResponseToken"/> = false (a policy): sequence s takes |prompt| + |response| − 1
+    /// positions, the last response token is only a target, and response tokens are the targets;
+    /// <paramref name="tokenPosition"/>[flat response token] = its position in the batch.</item>
+    /// <item>true (a reward model): sequence s takes |prompt| + |response| positions and no position has a target;
+    /// <paramref name="lastPosition"/>[s] = the position of its last response token.</item>
+    /// </list>
+    /// Either output span may be empty when not wanted. <paramref name="reuse"/> is returned refilled when its shape fits.
+    /// </summary>
+    internal static GptBatch PackSequences(IReadOnlyList<PromptResponse> sequences, int context, GptBatch? reuse,
+                                           bool includeLastResponseToken, Span<int> tokenPosition, Span<int> lastPosition)
+    {
+        int t = context;
+        int extra = includeLastResponseToken ? 0 : 1;
+        string lengthRule = includeLastResponseToken ? "prompt ({0}) + response ({1})" : "prompt ({0}) + response ({1}) − 1";
         var rowOf = new int[sequences.Count];
         var offsetOf = new int[sequences.Count];
         int row = 0, used = 0;
@@ -44,37 +68,39 @@ public sealed class GptPolicy : IPolicy
             var (prompt, response) = sequences[s];
             if (prompt.Length == 0) throw new ArgumentException($"sequence {s}: the prompt needs at least one token (e.g. <|endoftext|>)");
             if (response.Length == 0) throw new ArgumentException($"sequence {s}: the response is empty");
-            int need = prompt.Length + response.Length - 1;
-            if (need > t) throw new ArgumentException($"sequence {s}: prompt ({prompt.Length}) + response ({response.Length}) − 1 = {need} tokens exceed the context of {t}");
+            int need = prompt.Length + response.Length - extra;
+            if (need > t)
+                throw new ArgumentException($"sequence {s}: {string.Format(System.Globalization.CultureInfo.InvariantCulture, lengthRule, prompt.Length, response.Length)} = {need} tokens exceed the context of {t}");
             if (used + need > t) { row++; used = 0; }
             rowOf[s] = row;
             offsetOf[s] = used;
             used += need;
         }
         int rows = (int)System.Numerics.BitOperations.RoundUpToPowerOf2((uint)Math.Max(1, row + 1));
-        if (batch is null || batch.Rows != rows) batch = new GptBatch(rows, t);
+        var batch = reuse is not null && reuse.Rows == rows && reuse.Length == t ? reuse : new GptBatch(rows, t);
         batch.Clear();
         // Unused positions: each its own segment at position 0, so nothing real attends to them.
         for (int i = 0; i < batch.TokenCount; i++) { batch.Segments[i] = -1 - i; batch.Positions[i] = 0; }
-        int total = PolicyScores.TokenCount(sequences);
-        if (tokenPosition.Length != total) tokenPosition = new int[total];
         int flat = 0;
         for (int s = 0; s < sequences.Count; s++)
         {
             var (prompt, response) = sequences[s];
             int start = rowOf[s] * t + offsetOf[s];
-            int need = prompt.Length + response.Length - 1;
+            int need = prompt.Length + response.Length - extra;
             for (int i = 0; i < need; i++)
             {
                 batch.Tokens[start + i] = i < prompt.Length ? prompt[i] : response[i - prompt.Length];
                 batch.Positions[start + i] = i;
                 batch.Segments[start + i] = s;
             }
+            if (!lastPosition.IsEmpty) lastPosition[s] = start + need - 1;
+            if (includeLastResponseToken) continue;
             for (int i = 0; i < response.Length; i++)
             {
                 int at = start + prompt.Length - 1 + i;
                 batch.Targets[at] = response[i];
-                tokenPosition[flat++] = at;
+                if (!tokenPosition.IsEmpty) tokenPosition[flat] = at;
+                flat++;
             }
         }
         return batch;

@@ -184,6 +184,38 @@ public sealed class Gpt : IDisposable
 
     private bool entropyOfLastForward;
 
+    /// <summary>
+    /// The backbone alone, for heads other than the tied LM head (a reward model's scalar head):
+    /// runs the transformer forward and returns h = ln_f(x), the final hidden states [N, C] (N = B·T,
+    /// row-major, position i at [i·C, i·C + C)). Targets are ignored. The span points into the activation
+    /// arena: it is valid until the next forward of a batch of the same shape. Keeps what
+    /// <see cref="BackwardFeatures"/> needs; an LM-head <see cref="Backward"/> needs a <see cref="Forward"/> instead.
+    /// </summary>
+    public ReadOnlySpan<float> ForwardFeatures(GptBatch batch)
+    {
+        batch.Validate(Config);
+        var acts = Activations(batch.Rows, batch.Length);
+        Profile?.Restart();
+        TransformerForward(batch, acts);
+        entropyOfLastForward = false;
+        return acts.Span<float>("lnf");
+    }
+
+    /// <summary>
+    /// Backward of <see cref="ForwardFeatures"/>: given ∂L/∂h [N, C] for the batch of the last forward,
+    /// ACCUMULATES (+=) ∂L/∂θ into <see cref="Gradients"/> through the transformer backward. No LM head is
+    /// involved: wte gets gradient only through the embedding lookup.
+    /// </summary>
+    public void BackwardFeatures(GptBatch batch, ReadOnlySpan<float> dFeatures)
+    {
+        if (dFeatures.Length != batch.TokenCount * Config.Channels)
+            throw new ArgumentException($"dFeatures must be [N, C] = [{batch.TokenCount}, {Config.Channels}] ({batch.TokenCount * Config.Channels} floats), got {dFeatures.Length}");
+        var acts = Activations(batch.Rows, batch.Length);
+        Profile?.Restart();
+        dFeatures.CopyTo(acts.Span<float>("d_ln"));
+        TransformerBackward(batch, acts);
+    }
+
     private ReadOnlySpan<float> Wte => P(Parameters, Layout.Wte, Config.VocabSize * Config.Channels);
     private Span<float> WteGradient => G(Gradients, Layout.Wte, Config.VocabSize * Config.Channels);
 

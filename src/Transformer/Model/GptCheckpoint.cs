@@ -29,7 +29,10 @@ public static class GptCheckpoint
     public const string TokenizerKey = "distalign.tokenizer";
 
     /// <summary>Writes the weights (atomically) with the config and tokenizer spec in the metadata.</summary>
-    public static void SaveModel(string path, Gpt model, string tokenizerSpec)
+    /// <param name="extraTensors">tensors of a head other than the tied LM head (e.g. a reward model's
+    /// <c>score.weight</c>, <c>score.bias</c>), written into the same file; their names must not clash
+    /// with the GPT's. <see cref="LoadModel"/> ignores them.</param>
+    public static void SaveModel(string path, Gpt model, string tokenizerSpec, IEnumerable<SafeTensor>? extraTensors = null)
     {
         var metadata = new Dictionary<string, string>
         {
@@ -41,6 +44,7 @@ public static class GptCheckpoint
         var tensors = new List<SafeTensor>(model.Layout.Tensors.Count);
         foreach (var t in model.Layout.Tensors)
             tensors.Add(SafeTensor.FromFloats(t.Name, p.Slice((int)t.Offset, (int)t.Length), [.. t.Shape.Select(d => (long)d)]));
+        if (extraTensors is not null) tensors.AddRange(extraTensors);
         SafeTensorsWriter.Write(path, tensors, metadata);
     }
 

@@ -1,0 +1,266 @@
+using System.Numerics.Tensors;
+using DistAlign.Alignment.Objectives;
+using DistAlign.Alignment.Policies;
+using DistAlign.Engine.SafeTensors;
+using DistAlign.Kernels.Cpu;
+using DistAlign.Transformer.Model;
+using DistAlign.Transformer.Training;
+
+namespace DistAlign.Alignment.Reward;
+
+/// <summary>What one <see cref="RewardModel.TrainStep"/> measured (before its update).</summary>
+/// <param name="Pairwise">The Bradley–Terry loss and its metrics: <c>loss</c>, <c>accuracy</c>, <c>margin</c>, <c>mean_reward</c>.</param>
+/// <param name="GradientNorm">Global L2 norm of backbone and head gradients together, before clipping.</param>
+public sealed record RewardStepMetrics(PairwiseLossMetrics Pairwise, double GradientNorm)
+{
+    public double Loss => Pairwise.Loss;
+    /// <summary>Fraction of pairs with R⁺ &gt; R⁻.</summary>
+    public double Accuracy => Pairwise.Accuracy;
+    /// <summary>Mean R⁺ − R⁻ (without the margin m).</summary>
+    public double Margin => Pairwise.Margin;
+    /// <summary>Mean (R⁺ + R⁻)/2.</summary>
+    public double MeanReward => Pairwise.MeanReward;
+}
+
+/// <summary>
+/// A Bradley–Terry reward model (OBJECTIVES.md, "Reward model"): a <see cref="Gpt"/> backbone with a scalar
+/// head on the final hidden state of the LAST response token,
+/// <code>
+/// R(x, y) = w · h_last + b,   h_last = ln_f(x)[position of y's last token],   w ∈ R^C, b ∈ R
+/// backward: ∂L/∂w += Σ_s ∂L/∂R_s · h_last,s,   ∂L/∂b += Σ_s ∂L/∂R_s,   ∂L/∂h_last,s = ∂L/∂R_s · w
+/// </code>
+/// Sequences are packed like <see cref="GptPolicy"/>'s, except that every response token, the last included,
+/// is an input (|prompt| + |response| positions each). The head starts at zero, so every R starts at 0 and
+/// the first loss is ln 2. The head has its own gradients and AdamW moments; weight decay applies to w (a
+/// matrix, [1, C] in the checkpoint), not to b, like the backbone's rule.
+/// </summary>
+public sealed class RewardModel : IDisposable
+{
+    /// <summary>The head's tensor names in the checkpoint (the Hugging Face sequence-classification name).</summary>
+    public const string ScoreWeightName = "score.weight";
+    public const string ScoreBiasName = "score.bias";
+
+    private readonly AdamWSettings optimizer;
+    private readonly bool ownsBackbone;
+    private readonly int channels;
+    // head = [w_0 … w_{C−1}, b]; same layout for its gradient and moments.
+    private readonly float[] head, headGradient, headM, headV;
+    private GptBatch? batch;
+    private int[] lastPosition = [];
+    private float[] lastFeatures = [];   // h_last per sequence [S, C], copied out of the arena
+    private float[] dFeatures = [];      // ∂L/∂h [N, C] for the backbone backward
+    private int scoredSequences = -1;
+
+    public Gpt Backbone { get; }
+
+    /// <summary>A reward model on <paramref name="backbone"/> with a zero head.</summary>
+    public RewardModel(Gpt backbone, AdamWSettings optimizer, bool ownsBackbone = false)
+    {
+        Backbone = backbone;
+        this.optimizer = optimizer;
+        this.ownsBackbone = ownsBackbone;
+        channels = backbone.Config.Channels;
+        head = new float[channels + 1];
+        headGradient = new float[channels + 1];
+        headM = new float[channels + 1];
+        headV = new float[channels + 1];
+    }
+
+    /// <summary>w [C].</summary>
+    public Span<float> HeadWeight => head.AsSpan(0, channels);
+    /// <summary>b [1].</summary>
+    public Span<float> HeadBias => head.AsSpan(channels, 1);
+    /// <summary>∂L/∂w [C], accumulated by <see cref="Backward"/>.</summary>
+    public Span<float> HeadWeightGradient => headGradient.AsSpan(0, channels);
+    /// <summary>∂L/∂b [1], accumulated by <see cref="Backward"/>.</summary>
+    public Span<float> HeadBiasGradient => headGradient.AsSpan(channels, 1);
+
+    /// <summary>
+    /// Writes R(x, y) for every sequence into <paramref name="rewards"/> [S] and keeps what
+    /// <see cref="Backward"/> needs (it refers to this batch).
+    /// </summary>
+    public void Score(IReadOnlyList<PromptResponse> sequences, Span<float> rewards)
+    {
+        int s = sequences.Count;
+        if (rewards.Length != s) throw new ArgumentException($"rewards must have one entry per sequence ({s}), got {rewards.Length}");
+        if (lastPosition.Length != s)
+        {
+            lastPosition = new int[s];
+            lastFeatures = new float[s * channels];
+        }
+        batch = GptPolicy.PackSequences(sequences, Backbone.Config.MaxSequenceLength, batch, includeLastResponseToken: true, default, lastPosition);
+        var h = Backbone.ForwardFeatures(batch);
+        ReadOnlySpan<float> w = HeadWeight;
+        float b = head[channels];
+        for (int i = 0; i < s; i++)
+        {
+            var hLast = h.Slice(lastPosition[i] * channels, channels);
+            hLast.CopyTo(lastFeatures.AsSpan(i * channels, channels));
+            rewards[i] = TensorPrimitives.Dot(w, hLast) + b;
+        }
+        scoredSequences = s;
+    }
+
+    /// <summary>
+    /// ACCUMULATES into the head's and the backbone's gradients the gradient of a loss given ∂L/∂R per
+    /// sequence [S] of the last <see cref="Score"/>.
+    /// </summary>
+    public void Backward(ReadOnlySpan<float> dRewards)
+    {
+        if (batch is null || scoredSequences < 0) throw new InvalidOperationException("Backward needs a Score first");
+        if (dRewards.Length != scoredSequences)
+            throw new ArgumentException($"dRewards must have one entry per scored sequence ({scoredSequences}), got {dRewards.Length}");
+        int n = batch.TokenCount * channels;
+        if (dFeatures.Length != n) dFeatures = new float[n];
+        else Array.Clear(dFeatures);
+        ReadOnlySpan<float> w = HeadWeight;
+        var dW = HeadWeightGradient;
+        double dB = 0;
+        for (int i = 0; i < scoredSequences; i++)
+        {
+            float d = dRewards[i];
+            if (d == 0f) continue;
+            // ∂h_last = ∂R·w (a position is the last token of one sequence only, so = is +=).
+            TensorPrimitives.Multiply(w, d, dFeatures.AsSpan(lastPosition[i] * channels, channels));
+            TensorPrimitives.MultiplyAdd(lastFeatures.AsSpan(i * channels, channels), d, dW, dW);
+            dB += d;
+        }
+        headGradient[channels] += (float)dB;
+        Backbone.BackwardFeatures(batch, dFeatures);
+    }
+
+    /// <summary>Zeroes the backbone's and the head's gradients.</summary>
+    public void ZeroGradients()
+    {
+        Backbone.ZeroGradients();
+        Array.Clear(headGradient);
+    }
+
+    /// <summary>
+    /// Global L2 norm over backbone and head gradients together; when <paramref name="maxNorm"/> &gt; 0 and the
+    /// norm is finite, scales all of them by min(1, maxNorm/(norm + 1e-6)). Returns the norm before clipping.
+    /// </summary>
+    public double ClipGradients(float maxNorm)
+    {
+        double norm = Math.Sqrt(GradientNorm.SumOfSquares(Backbone.Gradients) + GradientNorm.SumOfSquares(headGradient));
+        if (maxNorm > 0 && double.IsFinite(norm))
+        {
+            float scale = (float)Math.Min(1.0, maxNorm / (norm + 1e-6));
+            if (scale != 1f)
+            {
+                var g = Backbone.Gradients;
+                TensorPrimitives.Multiply(g, scale, g);
+                TensorPrimitives.Multiply(headGradient, scale, headGradient);
+            }
+        }
+        return norm;
+    }
+
+    /// <summary>One AdamW step of backbone and head (1-based <paramref name="step"/>).</summary>
+    public void OptimizerStep(int step, float learningRate)
+    {
+        AdamWOptimizer.Step(Backbone, step, learningRate, optimizer);
+        var s = optimizer;
+        AdamW.Step(head.AsSpan(0, channels), headGradient.AsSpan(0, channels), headM.AsSpan(0, channels), headV.AsSpan(0, channels),
+            step, learningRate, s.Beta1, s.Beta2, s.Epsilon, s.WeightDecay);
+        AdamW.Step(head.AsSpan(channels, 1), headGradient.AsSpan(channels, 1), headM.AsSpan(channels, 1), headV.AsSpan(channels, 1),
+            step, learningRate, s.Beta1, s.Beta2, s.Epsilon, 0f);
+    }
+
+    /// <summary>
+    /// The Bradley–Terry loss of <paramref name="pairs"/> (chosen and rejected interleaved: sequence 2i is pair i's
+    /// a⁺, 2i+1 its a⁻, as in <see cref="OfflinePreferenceObjective.Sequences"/>), with <paramref name="settings"/>
+    /// of variant <see cref="PairwiseLossVariant.RewardModel"/>. With <paramref name="withGradient"/> the gradient of
+    /// the mean loss is ACCUMULATED into the gradients. <paramref name="rewards"/> gets R per sequence [2P] when non-empty.
+    /// </summary>
+    public PairwiseLossMetrics Loss(IReadOnlyList<PreferencePair> pairs, in PairwiseLossSettings settings, bool withGradient, Span<float> rewards = default)
+    {
+        if (settings.Variant != PairwiseLossVariant.RewardModel)
+            throw new ArgumentException($"a reward model trains with the {nameof(PairwiseLossVariant.RewardModel)} loss, not {settings.Variant}");
+        var sequences = OfflinePreferenceObjective.Sequences(pairs);
+        int s = sequences.Count, p = pairs.Count;
+        if (!rewards.IsEmpty && rewards.Length != s) throw new ArgumentException($"rewards must be empty or have {s} entries (2 per pair), got {rewards.Length}");
+        var r = new float[s];
+        Score(sequences, r);
+        if (!rewards.IsEmpty) r.CopyTo(rewards);
+        var chosen = new int[p];
+        var rejected = new int[p];
+        for (int i = 0; i < p; i++) { chosen[i] = 2 * i; rejected[i] = 2 * i + 1; }
+        var lossBatch = new PairwiseLossBatch { Rewards = r, Chosen = chosen, Rejected = rejected };
+        if (!withGradient) return PairwiseBradleyTerryLoss.Forward(settings, lossBatch, new float[p]);
+        var dRewards = new float[s];
+        var metrics = PairwiseBradleyTerryLoss.ForwardBackward(settings, lossBatch, new float[p], default, dRewards);
+        Backward(dRewards);
+        return metrics;
+    }
+
+    /// <summary>
+    /// One training step on a minibatch of pairs: zero gradients, loss and backward, clip to
+    /// <paramref name="maxGradientNorm"/> (0: no clipping), AdamW step. A non-finite loss or gradient norm
+    /// throws before the weights change.
+    /// </summary>
+    public RewardStepMetrics TrainStep(IReadOnlyList<PreferencePair> pairs, in PairwiseLossSettings settings, int step, float learningRate,
+                                       float maxGradientNorm = 1f)
+    {
+        ZeroGradients();
+        var metrics = Loss(pairs, settings, withGradient: true);
+        double norm = ClipGradients(maxGradientNorm);
+        if (!double.IsFinite(metrics.Loss) || !double.IsFinite(norm))
+            throw new InvalidOperationException($"reward-model step {step}: loss {metrics.Loss} / gradient norm {norm} is not finite; weights left unchanged");
+        OptimizerStep(step, learningRate);
+        return new RewardStepMetrics(metrics, norm);
+    }
+
+    /// <summary>
+    /// Writes one safetensors file (atomically): the backbone as <see cref="GptCheckpoint.SaveModel"/> writes it
+    /// (config and tokenizer in the metadata) plus <c>score.weight</c> [1, C] and <c>score.bias</c> [1].
+    /// </summary>
+    public void Save(string path, string tokenizerSpec) =>
+        GptCheckpoint.SaveModel(path, Backbone, tokenizerSpec,
+        [
+            SafeTensor.FromFloats(ScoreWeightName, HeadWeight, [1, channels]),
+            SafeTensor.FromFloats(ScoreBiasName, HeadBias, [1]),
+        ]);
+
+    /// <summary>A reward model loaded from a file, with the tokenizer spec it was saved with (null when none).</summary>
+    public sealed record Loaded(RewardModel Model, string? TokenizerSpec);
+
+    /// <summary>
+    /// Loads a file written by <see cref="Save"/>. Backbone tensors are checked as <see cref="GptCheckpoint.LoadModel"/>
+    /// checks them; a missing or misshapen head throws <see cref="CheckpointMismatchException"/> naming the tensor.
+    /// Gradients and AdamW moments start at zero.
+    /// </summary>
+    public static Loaded Load(string path, AdamWSettings optimizer, long? memoryBudgetBytes = null)
+    {
+        var (backbone, spec) = GptCheckpoint.LoadModel(path, memoryBudgetBytes: memoryBudgetBytes);
+        var model = new RewardModel(backbone, optimizer, ownsBackbone: true);
+        try
+        {
+            using var file = SafeTensorsFile.Open(path);
+            int c = backbone.Config.Channels;
+            ReadHead(file, path, ScoreWeightName, [1, c], model.HeadWeight);
+            ReadHead(file, path, ScoreBiasName, [1], model.HeadBias);
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+        return new Loaded(model, spec);
+    }
+
+    private static void ReadHead(SafeTensorsFile file, string path, string name, long[] shape, Span<float> destination)
+    {
+        if (!file.TryGetInfo(name, out var info))
+            throw new CheckpointMismatchException($"{path}: tensor '{name}' is missing: not a reward-model checkpoint (a plain GPT file has no score head)");
+        if (!info.Shape.SequenceEqual(shape))
+            throw new CheckpointMismatchException(
+                $"{path}: tensor '{name}' has shape [{string.Join(", ", info.Shape)}], the reward head needs [{string.Join(", ", shape)}]");
+        file.ReadF32(name, destination);
+    }
+
+    public void Dispose()
+    {
+        if (ownsBackbone) Backbone.Dispose();
+    }
+}
