@@ -206,3 +206,42 @@ public class OfflineObjectiveTests
 
     private static float[] GradientOf(TabularPolicy policy) => policy.GradientsForTests.ToArray();
 }
+
+/// <summary>The tabular reward model recovers R up to a per-context constant.</summary>
+public class TabularRewardModelTests
+{
+    [Test]
+    public void BradleyTerryFitRecoversTheRewardUpToAPerContextConstant()
+    {
+        const int contexts = 3, responses = 5;
+        var rng = new Random(4);
+        var r = new double[contexts, responses];
+        for (int x = 0; x < contexts; x++)
+            for (int y = 0; y < responses; y++) r[x, y] = rng.NextDouble() * 2 - 1;
+        // Every unordered pair 200 times, round(200·σ(R_a − R_b)) of them won by a.
+        var pairs = new List<DistAlign.Alignment.Objectives.PreferencePair>();
+        for (int x = 0; x < contexts; x++)
+            for (int a = 0; a < responses; a++)
+                for (int b = a + 1; b < responses; b++)
+                {
+                    int aWins = (int)Math.Round(200 / (1 + Math.Exp(-(r[x, a] - r[x, b]))));
+                    for (int i = 0; i < 200; i++)
+                        pairs.Add(i < aWins ? new([x], [a], [b]) : new([x], [b], [a]));
+                }
+        var model = new DistAlign.Alignment.Reward.TabularRewardModel(contexts, responses);
+        double loss = model.Fit(pairs, steps: 800, learningRate: 0.05f, l2: 1e-6);
+        double worst = 0;
+        for (int x = 0; x < contexts; x++)
+        {
+            // Compare centred rows: the pairs identify R only up to a constant per context.
+            double meanFit = 0, meanTrue = 0;
+            for (int y = 0; y < responses; y++) { meanFit += model[x, y]; meanTrue += r[x, y]; }
+            meanFit /= responses;
+            meanTrue /= responses;
+            for (int y = 0; y < responses; y++)
+                worst = Math.Max(worst, Math.Abs(model[x, y] - meanFit - (r[x, y] - meanTrue)));
+        }
+        TestContext.Out.WriteLine($"BT loss {loss:F4}; max |centred R̂ − centred R| = {worst:E2}");
+        Assert.That(worst, Is.LessThan(0.02));
+    }
+}
