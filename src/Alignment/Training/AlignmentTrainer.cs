@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Globalization;
 using System.Text;
 using System.Text.Json;
 using DistAlign.Alignment.Objectives;
@@ -527,6 +526,4 @@ public static class ReferenceLogProbs
         return values;
     }
 
-    /// <summary>Formats a number the way the metrics line does (invariant culture).</summary>
-    internal static string Invariant(double v) => v.ToString("G6", CultureInfo.InvariantCulture);
 }
