@@ -525,5 +525,4 @@ public static class ReferenceLogProbs
         log?.Invoke(hit ? "reference log-probs: cached (hit)" : "reference log-probs: computed");
         return values;
     }
-
 }
