@@ -133,7 +133,7 @@ public class AlignmentTrainerTests
         string[] expected = objective switch
         {
             "sft" => ["mean_token_logp"],
-            "pmle" => ["logits", "accuracy", "logps/chosen", "kl", "pairwise_loss"],
+            "pmle" => ["logits", "accuracy", "logps/chosen", "objective/kl", "pairwise_loss"],
             _ => ["rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"],
         };
         foreach (var key in expected) Assert.That(m1[0].ContainsKey(key), key);

@@ -349,7 +349,7 @@ public sealed class AlignmentTrainer
         if (options.Kl is { Beta: > 0 })
         {
             yield return ("pairwise_loss", m.Pairwise.Loss);
-            yield return ("kl", m.KlEstimate);
+            yield return ("objective/kl", m.KlEstimate);
         }
     }
 
