@@ -231,7 +231,7 @@ public sealed class AlignmentTrainer
             if (options.Objective == AlignmentObjective.Sft)
             {
                 var sequences = SftObjective.ChosenSequences(batch);
-                var m = sft.Accumulate(policy, sequences);
+                var m = sft.Accumulate(policy, sequences, 1.0 / a);
                 named = SftNamed(m);
                 tokens += m.Tokens;
             }
@@ -239,7 +239,7 @@ public sealed class AlignmentTrainer
             {
                 ulong sampleSeed = MixSeed(options.Seed, (ulong)Step, (ulong)micro);
                 var refs = options.UsesReferenceLogProbs ? GatherReference(indices) : default;
-                var m = preference!.Accumulate(policy, batch, refs, reference, sampleSeed);
+                var m = preference!.Accumulate(policy, batch, refs, reference, sampleSeed, 1.0 / a);
                 named = PreferenceNamed(m);
                 foreach (var p in batch) tokens += p.Prompt.Length * 2 + p.Chosen.Length + p.Rejected.Length;
             }
@@ -249,14 +249,10 @@ public sealed class AlignmentTrainer
         double loss = metrics[0].Value;
         if (!double.IsFinite(loss)) throw Stop(new NonFiniteValueException(Step + 1, "the training loss"));
 
+        // Each micro-batch added (1/A)·∇ of its mean loss, so the gradients are the mean over the A micro-batches.
         double norm = policy.ClipGradients(0);
         if (!double.IsFinite(norm)) throw Stop(new NonFiniteValueException(Step + 1, "the gradient norm"));
-        if (a > 1 && norm > 0)
-        {
-            policy.ClipGradients((float)(norm / a)); // Σ of A micro-batch means → their mean
-            norm = options.GradientClip > 0 ? policy.ClipGradients(options.GradientClip) : policy.ClipGradients(0);
-        }
-        else if (options.GradientClip > 0) policy.ClipGradients(options.GradientClip);
+        if (options.GradientClip > 0) policy.ClipGradients(options.GradientClip);
 
         float lr = schedule.At(Step);
         policy.OptimizerStep(Step + 1, lr);
