@@ -11,5 +11,7 @@ internal static class Commands
         yield return PretrainCommand.Create();
         yield return SampleCommand.Create();
         yield return BenchCommand.Create();
+        yield return AlignCommand.Create();
+        yield return RewardCommand.Create();
     }
 }

@@ -50,8 +50,9 @@ public sealed class OfflinePreferenceObjective
     /// <paramref name="referenceLogProbs"/> holds ln π0 per sequence in the interleaved order (2 per pair)
     /// when the variant uses a reference; <paramref name="reference"/> is π0 for the KL term.
     /// </summary>
+    /// <param name="gradientScale">multiplies the gradient added (1/A for gradient accumulation over A micro-batches)</param>
     public OfflineStepMetrics Accumulate(IPolicy policy, IReadOnlyList<PreferencePair> pairs, ReadOnlySpan<float> referenceLogProbs,
-                                         IPolicy? reference, ulong sampleSeed)
+                                         IPolicy? reference, ulong sampleSeed, double gradientScale = 1.0)
     {
         var sequences = Sequences(pairs);
         int s = sequences.Count, p = pairs.Count;
@@ -77,6 +78,8 @@ public sealed class OfflinePreferenceObjective
             Chosen = chosen,
             Rejected = rejected,
         }, new float[p], dLogps, default);
+        if (gradientScale != 1.0)
+            for (int i = 0; i < dLogps.Length; i++) dLogps[i] = (float)(dLogps[i] * gradientScale);
         var dTokens = new float[tokens];
         PolicyScores.ScatterPerSequence(sequences, dLogps, dTokens);
         policy.Backward(dTokens);
@@ -85,7 +88,7 @@ public sealed class OfflinePreferenceObjective
         if (kl is { Beta: > 0 })
         {
             if (reference is null) throw new ArgumentException("the KL regulariser needs the reference policy π0");
-            klEstimate = AccumulateKl(policy, reference, pairs, kl, sampleSeed);
+            klEstimate = AccumulateKl(policy, reference, pairs, kl, sampleSeed, gradientScale);
         }
         return new OfflineStepMetrics(metrics, klEstimate, metrics.Loss + (kl?.Beta ?? 0) * klEstimate);
     }
@@ -113,7 +116,7 @@ public sealed class OfflinePreferenceObjective
         return sequences;
     }
 
-    private static double AccumulateKl(IPolicy policy, IPolicy reference, IReadOnlyList<PreferencePair> pairs, KlRegularizer kl, ulong seed)
+    private static double AccumulateKl(IPolicy policy, IPolicy reference, IReadOnlyList<PreferencePair> pairs, KlRegularizer kl, ulong seed, double gradientScale)
     {
         // Distinct prompts of the minibatch, in first-seen order.
         var prompts = new List<int[]>();
@@ -155,7 +158,7 @@ public sealed class OfflinePreferenceObjective
             {
                 double f = pi[q * k + i] - pi0[q * k + i];
                 double baseline = (sum - f) / (k - 1);
-                dSeq[q * k + i] = (float)(kl.Beta * (f - baseline) / k / prompts.Count);
+                dSeq[q * k + i] = (float)(gradientScale * kl.Beta * (f - baseline) / k / prompts.Count);
             }
         }
         var dTokens = new float[tokens];

@@ -27,8 +27,9 @@ public sealed class SftObjective
     /// Scores <paramref name="batch"/>, adds ∇L of this minibatch's mean token loss to the policy's gradients
     /// (accumulates; call <see cref="IPolicy.ZeroGradients"/> first for a fresh step) and returns the metrics.
     /// </summary>
+    /// <param name="gradientScale">multiplies the gradient added (1/A for gradient accumulation over A micro-batches)</param>
     /// <exception cref="ArgumentException">The batch is empty or has no response tokens.</exception>
-    public SftMetrics Accumulate(IPolicy policy, IReadOnlyList<PromptResponse> batch)
+    public SftMetrics Accumulate(IPolicy policy, IReadOnlyList<PromptResponse> batch, double gradientScale = 1.0)
     {
         ArgumentNullException.ThrowIfNull(policy);
         ArgumentNullException.ThrowIfNull(batch);
@@ -43,7 +44,7 @@ public sealed class SftObjective
         double meanToken = sum / tokens;
 
         var dTokens = new float[tokens];
-        Array.Fill(dTokens, (float)(-1.0 / tokens));
+        Array.Fill(dTokens, (float)(-gradientScale / tokens));
         policy.Backward(dTokens);
 
         return new SftMetrics(-meanToken, tokens, batch.Count, meanToken, sum / batch.Count);

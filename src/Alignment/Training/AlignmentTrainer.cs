@@ -1,0 +1,524 @@
+using System.Diagnostics;
+using System.Text;
+using System.Text.Json;
+using DistAlign.Alignment.Objectives;
+using DistAlign.Alignment.Policies;
+using DistAlign.Engine.Random;
+using DistAlign.Kernels.Cpu;
+using DistAlign.Transformer.Model;
+using DistAlign.Transformer.Training;
+
+namespace DistAlign.Alignment.Training;
+
+/// <summary>Which offline objective an <see cref="AlignmentTrainer"/> optimises.</summary>
+public enum AlignmentObjective
+{
+    /// <summary>Supervised fine-tuning on the chosen responses (<see cref="SftObjective"/>).</summary>
+    Sft,
+    /// <summary>A pairwise preference loss (DPO family, IPO, PMLE ± KL) (<see cref="OfflinePreferenceObjective"/>).</summary>
+    Preference,
+}
+
+/// <summary>Settings of an offline alignment run. Everything here is part of the run's identity (resume checks it).</summary>
+public sealed record AlignmentTrainingOptions
+{
+    public AlignmentObjective Objective { get; init; } = AlignmentObjective.Preference;
+    /// <summary>The pairwise loss (ignored for SFT).</summary>
+    public PairwiseLossSettings Loss { get; init; } = new(PairwiseLossVariant.DpoSigmoid);
+    /// <summary>β·KL(π ‖ π0) from samples (PMLE); null or β = 0: off.</summary>
+    public KlRegularizer? Kl { get; init; }
+    public int Steps { get; init; } = 100;
+    /// <summary>Pairs per micro-batch.</summary>
+    public int BatchPairs { get; init; } = 8;
+    public int GradientAccumulation { get; init; } = 1;
+    public float LearningRate { get; init; } = 1e-4f;
+    public int WarmupSteps { get; init; } = 10;
+    public float MinLearningRateFraction { get; init; } = 0.1f;
+    /// <summary>Global gradient-norm clip (0 = off).</summary>
+    public float GradientClip { get; init; } = 1f;
+    /// <summary>Share of the pairs held out for evaluation (chosen by a seeded shuffle).</summary>
+    public double EvalFraction { get; init; } = 0.1;
+    /// <summary>Evaluate every this many steps (0 = never; otherwise also after the last step).</summary>
+    public int EvaluateEvery { get; init; } = 50;
+    public ulong Seed { get; init; } = 1;
+
+    public AlignmentTrainingOptions Validate()
+    {
+        if (Steps < 0) throw new ArgumentException($"steps must be ≥ 0 (got {Steps})");
+        if (BatchPairs < 1) throw new ArgumentException($"batch must be at least 1 pair (got {BatchPairs})");
+        if (GradientAccumulation < 1) throw new ArgumentException($"gradient accumulation must be ≥ 1 (got {GradientAccumulation})");
+        if (!(LearningRate > 0) || float.IsInfinity(LearningRate)) throw new ArgumentException($"learning rate must be a positive number (got {LearningRate})");
+        if (WarmupSteps < 0) throw new ArgumentException($"warmup steps must be ≥ 0 (got {WarmupSteps})");
+        if (!(GradientClip >= 0)) throw new ArgumentException($"gradient clip must be ≥ 0 (got {GradientClip})");
+        if (!(EvalFraction >= 0 && EvalFraction < 1)) throw new ArgumentException($"eval fraction must lie in [0, 1) (got {EvalFraction})");
+        if (EvaluateEvery < 0) throw new ArgumentException($"evaluation interval must be ≥ 0 (got {EvaluateEvery})");
+        if (Objective == AlignmentObjective.Preference)
+        {
+            try { Loss.Validate(); }
+            catch (ArgumentOutOfRangeException e) { throw new ArgumentException(e.Message, e); }
+            if (Loss.Variant is PairwiseLossVariant.RewardModel or PairwiseLossVariant.Rebel or PairwiseLossVariant.Distillation)
+                throw new ArgumentException($"{Loss.Variant} is not an offline preference objective of this trainer");
+            if (Kl is { Beta: > 0 } && Loss.Variant != PairwiseLossVariant.Pmle)
+                throw new ArgumentException("the sampled KL regulariser goes with PMLE (the DPO family's reference term is implicit)");
+        }
+        return this;
+    }
+
+    /// <summary>True when the loss reads cached reference log-probs ln π0.</summary>
+    public bool UsesReferenceLogProbs => Objective == AlignmentObjective.Preference && Loss.UsesReference;
+
+    /// <summary>True when the loss samples from π and scores under π0.</summary>
+    public bool UsesReferencePolicy => Objective == AlignmentObjective.Preference && Kl is { Beta: > 0 };
+}
+
+/// <summary>What one optimizer step (or one evaluation) measured: TRL-named metrics in a fixed order.</summary>
+/// <param name="Step">steps completed after this one (1-based)</param>
+/// <param name="Metrics">name → value, "loss" first, then the objective's metrics, then the run's
+/// (<c>lr</c>, <c>grad_norm</c>, <c>tokens_per_second</c>, <c>elapsed_seconds</c>) and, after an evaluation, <c>eval_*</c></param>
+public sealed record AlignmentStepReport(int Step, IReadOnlyList<KeyValuePair<string, double>> Metrics)
+{
+    public double this[string name] => Metrics.First(m => m.Key == name).Value;
+    public bool Has(string name) => Metrics.Any(m => m.Key == name);
+}
+
+/// <summary>
+/// The training loop of the offline alignment objectives on any <see cref="IPolicy"/>: SFT on the chosen responses,
+/// the DPO family and IPO (with reference log-probs given per pair), and PMLE with an optional sampled KL to π0.
+/// </summary>
+/// <remarks>
+/// <list type="bullet">
+/// <item><b>Data</b>: the pairs are split once into train and eval by a Philox shuffle of (seed, stream 0); the train
+/// pairs are visited in an order reshuffled per epoch by Philox (seed, epoch + 1), micro-batch after micro-batch
+/// (a micro-batch may straddle two epochs). The cursor (epoch, index) is all the data state there is.</item>
+/// <item><b>Step</b>: A micro-batches each add the gradient of their mean loss; the sum is rescaled to the mean
+/// (by clipping to ‖Σ‖/A, i.e. a factor (‖Σ‖/A)/(‖Σ‖+1e-6)), then clipped to <see cref="AlignmentTrainingOptions.GradientClip"/>,
+/// then AdamW with the warmup+cosine rate. A non-finite loss or gradient norm throws <see cref="NonFiniteValueException"/>
+/// before the optimizer runs. KL samples use the seed (seed, step, micro-batch): nothing random is carried between steps.</item>
+/// <item><b>Resume</b>: weights, AdamW moments, step and cursor restore the run bit-identically (same thread count).</item>
+/// </list>
+/// </remarks>
+public sealed class AlignmentTrainer
+{
+    /// <summary>Name of the metrics file in the output folder.</summary>
+    public const string MetricsFileName = "metrics.jsonl";
+
+    private readonly IPolicy policy;
+    private readonly IPolicy? reference;
+    private readonly IReadOnlyList<PreferencePair> pairs;
+    private readonly float[]? referenceLogProbs;
+    private readonly AlignmentTrainingOptions options;
+    private readonly LearningRateSchedule schedule;
+    private readonly OfflinePreferenceObjective? preference;
+    private readonly SftObjective sft = new();
+    private readonly int[] trainIndices, evalIndices;
+    private int[] order = [];
+    private readonly Stopwatch clock = new();
+    private double elapsedBefore;
+
+    /// <summary>Steps completed.</summary>
+    public int Step { get; private set; }
+    /// <summary>Data cursor: epoch over the train pairs.</summary>
+    public int Epoch { get; private set; }
+    /// <summary>Data cursor: next position in this epoch's order.</summary>
+    public int Index { get; private set; }
+    public AlignmentTrainingOptions Options => options;
+    public int TrainPairs => trainIndices.Length;
+    public int EvalPairs => evalIndices.Length;
+    /// <summary>The run's position (what a checkpoint saves besides weights and moments).</summary>
+    public TrainerState State => new(Step, Epoch, Index);
+
+    /// <param name="policy">π, trained in place</param>
+    /// <param name="reference">π0 for the KL term (needed when <see cref="AlignmentTrainingOptions.UsesReferencePolicy"/>)</param>
+    /// <param name="pairs">all pairs (train and eval are split here)</param>
+    /// <param name="referenceLogProbs">ln π0 per sequence of <paramref name="pairs"/>, interleaved (2i chosen, 2i+1 rejected),
+    /// as <see cref="ReferenceLogProbCache"/> returns them; needed by the DPO family and IPO</param>
+    public AlignmentTrainer(IPolicy policy, IPolicy? reference, IReadOnlyList<PreferencePair> pairs, float[]? referenceLogProbs,
+                            AlignmentTrainingOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(policy);
+        ArgumentNullException.ThrowIfNull(pairs);
+        this.options = options.Validate();
+        if (options.UsesReferenceLogProbs && (referenceLogProbs is null || referenceLogProbs.Length != 2 * pairs.Count))
+            throw new ArgumentException($"{options.Loss.Variant} needs reference log-probs for all {2 * pairs.Count} sequences, got {referenceLogProbs?.Length ?? 0}");
+        if (options.UsesReferencePolicy && reference is null) throw new ArgumentException("the KL regulariser needs the reference policy π0");
+        this.policy = policy;
+        this.reference = reference;
+        this.pairs = pairs;
+        this.referenceLogProbs = referenceLogProbs;
+        if (options.Objective == AlignmentObjective.Preference) preference = new OfflinePreferenceObjective(options.Loss, options.Kl);
+        schedule = new LearningRateSchedule(options.LearningRate, options.WarmupSteps, options.Steps, options.MinLearningRateFraction);
+
+        (trainIndices, evalIndices) = Split(pairs.Count, options.EvalFraction, options.Seed);
+        if (trainIndices.Length == 0) throw new ArgumentException($"no training pairs left ({pairs.Count} pairs, eval fraction {options.EvalFraction})");
+        Seek(0, 0);
+    }
+
+    /// <summary>The train/eval split: a Philox (seed, stream 0) permutation; the first ⌈f·N⌉ (at most N − 1) are held out, both sorted.</summary>
+    public static (int[] Train, int[] Eval) Split(int count, double evalFraction, ulong seed)
+    {
+        int evalCount = evalFraction > 0 ? Math.Min(Math.Max(0, count - 1), (int)Math.Ceiling(evalFraction * count)) : 0;
+        var permutation = Shuffle(count, new PhiloxStream(seed, 0));
+        var eval = permutation[..evalCount];
+        var train = permutation[evalCount..];
+        Array.Sort(eval);
+        Array.Sort(train);
+        return (train, eval);
+    }
+
+    private static int[] Shuffle(int count, PhiloxStream rng)
+    {
+        var o = new int[count];
+        for (int i = 0; i < count; i++) o[i] = i;
+        for (int i = count - 1; i > 0; i--)
+        {
+            int j = (int)(rng.NextUInt() % (uint)(i + 1));
+            (o[i], o[j]) = (o[j], o[i]);
+        }
+        return o;
+    }
+
+    /// <summary>Continues from a saved <see cref="State"/> (weights and moments are restored separately).</summary>
+    public void Restore(TrainerState state, double elapsedSeconds = 0)
+    {
+        if (state.Step < 0 || state.Step > options.Steps)
+            throw new CheckpointMismatchException($"checkpoint step {state.Step} is outside 0 … {options.Steps}");
+        if (state.LoaderIndex > trainIndices.Length)
+            throw new CheckpointMismatchException($"checkpoint data cursor {state.LoaderIndex} is beyond the {trainIndices.Length} training pairs");
+        Step = state.Step;
+        Seek(state.LoaderEpoch, state.LoaderIndex);
+        elapsedBefore = elapsedSeconds;
+    }
+
+    private void Seek(int epoch, int index)
+    {
+        Epoch = epoch;
+        Index = index;
+        var permutation = Shuffle(trainIndices.Length, new PhiloxStream(options.Seed, (ulong)epoch + 1));
+        order = new int[permutation.Length];
+        for (int i = 0; i < order.Length; i++) order[i] = trainIndices[permutation[i]];
+    }
+
+    private int[] NextMicroBatch()
+    {
+        var batch = new int[options.BatchPairs];
+        for (int i = 0; i < batch.Length; i++)
+        {
+            if (Index == order.Length) Seek(Epoch + 1, 0);
+            batch[i] = order[Index++];
+        }
+        return batch;
+    }
+
+    /// <summary>Total seconds of training so far (across resumes, as far as the caller passed them to <see cref="Restore"/>).</summary>
+    public double ElapsedSeconds => elapsedBefore + clock.Elapsed.TotalSeconds;
+
+    /// <summary>One optimizer step over <see cref="AlignmentTrainingOptions.GradientAccumulation"/> micro-batches, then an evaluation when due.</summary>
+    /// <exception cref="NonFiniteValueException">The loss or the gradient is not finite; the weights are unchanged.</exception>
+    public AlignmentStepReport TrainStep()
+    {
+        if (Step >= options.Steps) throw new InvalidOperationException($"the run is complete ({options.Steps} steps)");
+        clock.Start();
+        var watch = Stopwatch.StartNew();
+        int a = options.GradientAccumulation;
+        policy.ZeroGradients();
+        var sums = new List<KeyValuePair<string, double>>();
+        long tokens = 0;
+        for (int micro = 0; micro < a; micro++)
+        {
+            var indices = NextMicroBatch();
+            var batch = Gather(indices);
+            IEnumerable<(string, double)> named;
+            if (options.Objective == AlignmentObjective.Sft)
+            {
+                var sequences = SftObjective.ChosenSequences(batch);
+                var m = sft.Accumulate(policy, sequences, 1.0 / a);
+                named = SftNamed(m);
+                tokens += m.Tokens;
+            }
+            else
+            {
+                ulong sampleSeed = MixSeed(options.Seed, (ulong)Step, (ulong)micro);
+                var refs = options.UsesReferenceLogProbs ? GatherReference(indices) : default;
+                var m = preference!.Accumulate(policy, batch, refs, reference, sampleSeed, 1.0 / a);
+                named = PreferenceNamed(m);
+                foreach (var p in batch) tokens += p.Prompt.Length * 2 + p.Chosen.Length + p.Rejected.Length;
+            }
+            Add(sums, named);
+        }
+        var metrics = sums.Select(kv => new KeyValuePair<string, double>(kv.Key, kv.Value / a)).ToList();
+        double loss = metrics[0].Value;
+        if (!double.IsFinite(loss)) throw Stop(new NonFiniteValueException(Step + 1, "the training loss"));
+
+        // Each micro-batch added (1/A)·∇ of its mean loss, so the gradients are the mean over the A micro-batches.
+        double norm = policy.ClipGradients(0);
+        if (!double.IsFinite(norm)) throw Stop(new NonFiniteValueException(Step + 1, "the gradient norm"));
+        if (options.GradientClip > 0) policy.ClipGradients(options.GradientClip);
+
+        float lr = schedule.At(Step);
+        policy.OptimizerStep(Step + 1, lr);
+        Step++;
+        double seconds = watch.Elapsed.TotalSeconds;
+        clock.Stop();
+        metrics.Add(new("lr", lr));
+        metrics.Add(new("grad_norm", norm));
+        metrics.Add(new("tokens_per_second", seconds > 0 ? tokens / seconds : 0));
+        metrics.Add(new("elapsed_seconds", ElapsedSeconds));
+        metrics.Add(new("epoch", Epoch + (double)Index / order.Length));
+        if (evalIndices.Length > 0 && options.EvaluateEvery > 0 && (Step % options.EvaluateEvery == 0 || Step == options.Steps))
+            foreach (var kv in Evaluate()) metrics.Add(new("eval_" + kv.Key, kv.Value));
+        return new AlignmentStepReport(Step, metrics);
+    }
+
+    private Exception Stop(Exception e)
+    {
+        clock.Stop();
+        return e;
+    }
+
+    /// <summary>
+    /// Mean loss and metrics over the held-out pairs, forward only (no gradient, no sampling: the KL term is not
+    /// evaluated), in chunks of the micro-batch size; means are weighted by pairs (SFT: by response tokens).
+    /// </summary>
+    public IReadOnlyList<KeyValuePair<string, double>> Evaluate()
+    {
+        var sums = new List<KeyValuePair<string, double>>();
+        double weight = 0;
+        for (int start = 0; start < evalIndices.Length; start += options.BatchPairs)
+        {
+            var indices = evalIndices[start..Math.Min(evalIndices.Length, start + options.BatchPairs)];
+            var batch = Gather(indices);
+            double w;
+            IEnumerable<(string, double)> named;
+            if (options.Objective == AlignmentObjective.Sft)
+            {
+                var sequences = SftObjective.ChosenSequences(batch);
+                var lp = new float[PolicyScores.TokenCount(sequences)];
+                policy.Score(sequences, lp);
+                double sum = 0;
+                foreach (float x in lp) sum += x;
+                w = lp.Length;
+                named = [("loss", -sum / lp.Length), ("mean_token_logp", sum / lp.Length)];
+            }
+            else
+            {
+                var sequences = OfflinePreferenceObjective.Sequences(batch);
+                var tokenLogProbs = new float[PolicyScores.TokenCount(sequences)];
+                policy.Score(sequences, tokenLogProbs);
+                var logps = new float[sequences.Count];
+                var counts = new int[sequences.Count];
+                PolicyScores.SumPerSequence(sequences, tokenLogProbs, logps, counts);
+                var chosen = new int[batch.Count];
+                var rejected = new int[batch.Count];
+                for (int i = 0; i < batch.Count; i++) { chosen[i] = 2 * i; rejected[i] = 2 * i + 1; }
+                var refs = options.UsesReferenceLogProbs ? GatherReference(indices) : null;
+                var m = PairwiseBradleyTerryLoss.Forward(options.Loss, new PairwiseLossBatch
+                {
+                    Logps = logps,
+                    RefLogps = refs,
+                    TokenCounts = counts,
+                    Chosen = chosen,
+                    Rejected = rejected,
+                }, new float[batch.Count]);
+                w = batch.Count;
+                named = m.Named();
+            }
+            Add(sums, named.Select(kv => (kv.Item1, kv.Item2 * w)));
+            weight += w;
+        }
+        return sums.Select(kv => new KeyValuePair<string, double>(kv.Key, kv.Value / weight)).ToList();
+    }
+
+    private static IEnumerable<(string, double)> SftNamed(SftMetrics m) =>
+    [
+        ("loss", m.Loss),
+        ("mean_token_logp", m.MeanTokenLogProb),
+        ("logps/chosen", m.MeanSequenceLogProb),
+        ("num_tokens", m.Tokens),
+    ];
+
+    private IEnumerable<(string, double)> PreferenceNamed(OfflineStepMetrics m)
+    {
+        // "loss" is the full objective (pairwise + β·KL); the pairwise part alone is kept when they differ.
+        yield return ("loss", m.Loss);
+        foreach (var (name, value) in m.Pairwise.Named())
+            if (name != "loss") yield return (name, value);
+        if (options.Kl is { Beta: > 0 })
+        {
+            yield return ("pairwise_loss", m.Pairwise.Loss);
+            yield return ("objective/kl", m.KlEstimate);
+        }
+    }
+
+    private static void Add(List<KeyValuePair<string, double>> sums, IEnumerable<(string Name, double Value)> values)
+    {
+        foreach (var (name, value) in values)
+        {
+            int at = sums.FindIndex(kv => kv.Key == name);
+            if (at < 0) sums.Add(new(name, value));
+            else sums[at] = new(name, sums[at].Value + value);
+        }
+    }
+
+    private List<PreferencePair> Gather(int[] indices)
+    {
+        var list = new List<PreferencePair>(indices.Length);
+        foreach (int i in indices) list.Add(pairs[i]);
+        return list;
+    }
+
+    private float[] GatherReference(int[] indices)
+    {
+        var refs = new float[2 * indices.Length];
+        for (int i = 0; i < indices.Length; i++)
+        {
+            refs[2 * i] = referenceLogProbs![2 * indices[i]];
+            refs[2 * i + 1] = referenceLogProbs[2 * indices[i] + 1];
+        }
+        return refs;
+    }
+
+    private static ulong MixSeed(ulong seed, ulong step, ulong micro)
+    {
+        // SplitMix64 finaliser over the three words: distinct, well-spread seeds per (seed, step, micro-batch).
+        ulong z = seed ^ (step * 0x9E3779B97F4A7C15UL) ^ (micro * 0xD1B54A32D192ED03UL);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
+        return z ^ (z >> 31);
+    }
+
+    /// <summary>One metrics line as JSON: <c>{"step": N, name: value, …}</c> (non-finite values as null).</summary>
+    public static string ToJsonLine(AlignmentStepReport report)
+    {
+        using var stream = new MemoryStream();
+        using (var writer = new Utf8JsonWriter(stream))
+        {
+            writer.WriteStartObject();
+            writer.WriteNumber("step", report.Step);
+            foreach (var (name, value) in report.Metrics)
+            {
+                if (double.IsFinite(value)) writer.WriteNumber(name, value);
+                else writer.WriteNull(name);
+            }
+            writer.WriteEndObject();
+        }
+        return Encoding.UTF8.GetString(stream.ToArray());
+    }
+}
+
+/// <summary>
+/// Runs an <see cref="AlignmentTrainer"/> on a <see cref="GptPolicy"/> into an output folder: <c>metrics.jsonl</c>
+/// (one JSON line per step), training checkpoints (<see cref="GptCheckpoint.SaveTraining"/>: weights, AdamW moments,
+/// step and data cursor, options) every N steps and at the end, resumable bit-identically.
+/// </summary>
+public sealed class AlignmentRun
+{
+    private readonly AlignmentTrainer trainer;
+    private readonly GptPolicy policy;
+    private readonly string directory, tokenizerSpec, optionsJson;
+    private readonly int checkpointEvery;
+
+    /// <param name="optionsJson">the run's identity (options, model, data hash): a resume with other settings is refused</param>
+    public AlignmentRun(AlignmentTrainer trainer, GptPolicy policy, string directory, string tokenizerSpec, string optionsJson, int checkpointEvery)
+    {
+        if (checkpointEvery < 1) throw new ArgumentException($"checkpoint interval must be ≥ 1 (got {checkpointEvery})");
+        this.trainer = trainer;
+        this.policy = policy;
+        this.directory = Path.GetFullPath(directory);
+        this.tokenizerSpec = tokenizerSpec;
+        this.optionsJson = optionsJson;
+        this.checkpointEvery = checkpointEvery;
+    }
+
+    public AlignmentTrainer Trainer => trainer;
+    public string MetricsPath => Path.Combine(directory, AlignmentTrainer.MetricsFileName);
+
+    /// <summary>
+    /// Restores the latest checkpoint in the folder when <paramref name="resume"/> (returns its path, or null when there
+    /// is none); refuses to start over a folder that already holds a run without <paramref name="resume"/>.
+    /// metrics.jsonl is cut back to the checkpoint's step, so steps redone after a crash are not listed twice.
+    /// </summary>
+    public string? Start(bool resume)
+    {
+        string? latest = GptCheckpoint.LatestTraining(directory);
+        if (!resume)
+        {
+            if (latest is not null)
+                throw new ArgumentException($"{directory} already holds a run ({latest}); pass --resume to continue it or choose another output folder");
+            Directory.CreateDirectory(directory);
+            File.WriteAllText(MetricsPath, "");
+            return null;
+        }
+        if (latest is null)
+        {
+            Directory.CreateDirectory(directory);
+            File.WriteAllText(MetricsPath, "");
+            return null;
+        }
+        var (state, saved) = GptCheckpoint.LoadTraining(latest, policy.Model);
+        if (saved != optionsJson)
+            throw new CheckpointMismatchException($"{latest} was written with different settings; resume with the same flags and data:\n  saved: {saved}\n  now:   {optionsJson}");
+        double elapsed = 0;
+        var kept = new List<string>();
+        if (File.Exists(MetricsPath))
+            foreach (var line in File.ReadAllLines(MetricsPath))
+            {
+                if (line.Length == 0) continue;
+                using var doc = JsonDocument.Parse(line);
+                if (doc.RootElement.GetProperty("step").GetInt32() > state.Step) break;
+                kept.Add(line);
+                if (doc.RootElement.TryGetProperty("elapsed_seconds", out var e) && e.ValueKind == JsonValueKind.Number) elapsed = e.GetDouble();
+            }
+        File.WriteAllText(MetricsPath, kept.Count == 0 ? "" : string.Join('\n', kept) + "\n");
+        trainer.Restore(state, elapsed);
+        return latest;
+    }
+
+    /// <summary>One step: train, append its metrics line, checkpoint when due.</summary>
+    public AlignmentStepReport Step()
+    {
+        var report = trainer.TrainStep();
+        File.AppendAllText(MetricsPath, AlignmentTrainer.ToJsonLine(report) + "\n");
+        if (report.Step % checkpointEvery == 0 || report.Step == trainer.Options.Steps)
+            GptCheckpoint.SaveTraining(directory, policy.Model, tokenizerSpec, trainer.State, optionsJson);
+        return report;
+    }
+
+    /// <summary>Steps to the end, calling <paramref name="onStep"/> after each.</summary>
+    public void RunToEnd(Action<AlignmentStepReport>? onStep = null)
+    {
+        while (trainer.Step < trainer.Options.Steps)
+        {
+            var report = Step();
+            onStep?.Invoke(report);
+        }
+    }
+
+    /// <summary>Reads the metrics file back as one dictionary per line.</summary>
+    public static List<Dictionary<string, double?>> ReadMetrics(string path)
+    {
+        var rows = new List<Dictionary<string, double?>>();
+        foreach (var line in File.ReadAllLines(path))
+        {
+            if (line.Length == 0) continue;
+            using var doc = JsonDocument.Parse(line);
+            var row = new Dictionary<string, double?>();
+            foreach (var p in doc.RootElement.EnumerateObject())
+                row[p.Name] = p.Value.ValueKind == JsonValueKind.Number ? p.Value.GetDouble() : null;
+            rows.Add(row);
+        }
+        return rows;
+    }
+}
+
+/// <summary>Reference log-probs through the persisted cache, with the log line the CLI prints.</summary>
+public static class ReferenceLogProbs
+{
+    /// <summary>ln π0 for all pairs from <paramref name="cacheDirectory"/> (computed and stored on a miss); logs "cached (hit)" or "computed".</summary>
+    public static float[] Get(IPolicy reference, IReadOnlyList<PreferencePair> pairs, string cacheDirectory, Action<string>? log, out bool hit)
+    {
+        var cache = new ReferenceLogProbCache(cacheDirectory, log);
+        var values = cache.GetOrCompute(reference, pairs, out hit);
+        log?.Invoke(hit ? "reference log-probs: cached (hit)" : "reference log-probs: computed");
+        return values;
+    }
+}

@@ -1,0 +1,259 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json;
+using DistAlign.Alignment.Data;
+using DistAlign.Alignment.Objectives;
+using DistAlign.Alignment.Policies;
+using DistAlign.Alignment.Training;
+using DistAlign.Kernels.Cpu;
+using DistAlign.Transformer.Model;
+using DistAlign.Transformer.Tokenization;
+using DistAlign.Transformer.Training;
+using Spectre.Console;
+
+namespace DistAlign.Cli;
+
+/// <summary>
+/// <c>distalign align</c>: offline alignment of a GPT to a preference JSONL file with SFT, the DPO family / IPO, or PMLE
+/// (optionally with a sampled KL to π0), writing metrics.jsonl, resumable checkpoints and DIR/model.safetensors.
+/// </summary>
+internal static class AlignCommand
+{
+    public static Command Create()
+    {
+        var objective = new Option<string>("--objective") { Description = "sft, dpo or pmle.", Required = true };
+        var model = new Option<FileInfo>("--model") { Description = "π0: the model to start from (and the DPO reference).", Required = true };
+        var data = new Option<FileInfo>("--data") { Description = "Preference pairs, JSONL with prompt/chosen/rejected.", Required = true };
+        var output = new Option<DirectoryInfo>("--out") { Description = "Output folder (metrics.jsonl, step-N/ checkpoints, cache/, model.safetensors).", Required = true };
+        var variant = new Option<string>("--variant") { Description = "DPO loss: sigmoid, conservative, robust, hinge or ipo.", DefaultValueFactory = _ => "sigmoid" };
+        var beta = new Option<double>("--beta") { Description = "β of the DPO family / IPO.", DefaultValueFactory = _ => 0.1 };
+        var gamma = new Option<double>("--gamma") { Description = "γ of PMLE.", DefaultValueFactory = _ => 1.0 };
+        var epsilon = new Option<double>("--epsilon") { Description = "ε: label smoothing (conservative) or flip rate (robust).", DefaultValueFactory = _ => 0.0 };
+        var klBeta = new Option<double>("--kl-beta") { Description = "PMLE: weight of KL(π ‖ π0) from samples (0 = off).", DefaultValueFactory = _ => 0.0 };
+        var klSamples = new Option<int>("--kl-samples") { Description = "PMLE: samples per prompt for the KL estimate (≥ 2).", DefaultValueFactory = _ => 2 };
+        var klTokens = new Option<int>("--kl-max-tokens") { Description = "PMLE: most tokens per KL sample.", DefaultValueFactory = _ => 16 };
+        var options = CommonTrainingOptions.Create(defaultLr: 1e-4f);
+        var checkpointEvery = new Option<int>("--checkpoint-every") { Description = "Training checkpoint every N steps (and at the end).", DefaultValueFactory = _ => 50 };
+        var weightDecay = new Option<float>("--weight-decay") { Description = "AdamW decoupled weight decay.", DefaultValueFactory = _ => 0f };
+        var gradAccum = new Option<int>("--grad-accum") { Description = "Micro-batches per optimizer step.", DefaultValueFactory = _ => 1 };
+        var resume = new Option<bool>("--resume") { Description = "Continue from the latest checkpoint in --out." };
+
+        var command = new Command("align", "Align a GPT to preference pairs offline: SFT, DPO (sigmoid/conservative/robust/hinge/IPO) or PMLE (+KL).")
+        {
+            objective, model, data, output, variant, beta, gamma, epsilon, klBeta, klSamples, klTokens, gradAccum, weightDecay, checkpointEvery, resume,
+        };
+        options.AddTo(command);
+        command.SetAction(parse =>
+        {
+            var common = options.Read(parse);
+            var settings = new AlignSettings(
+                parse.GetValue(objective)!, parse.GetValue(variant)!, parse.GetValue(beta), parse.GetValue(gamma), parse.GetValue(epsilon),
+                parse.GetValue(klBeta), parse.GetValue(klSamples), parse.GetValue(klTokens),
+                CliErrors.Positive(parse.GetValue(gradAccum), "--grad-accum"), parse.GetValue(weightDecay),
+                CliErrors.Positive(parse.GetValue(checkpointEvery), "--checkpoint-every"), parse.GetValue(resume));
+            return Run(parse.GetValue(model)!, parse.GetValue(data)!, parse.GetValue(output)!.FullName, common, settings);
+        });
+        return command;
+    }
+
+    private sealed record AlignSettings(string Objective, string Variant, double Beta, double Gamma, double Epsilon, double KlBeta, int KlSamples,
+                                        int KlMaxTokens, int GradientAccumulation, float WeightDecay, int CheckpointEvery, bool Resume);
+
+    private static PairwiseLossVariant VariantOf(string name) => name.ToLowerInvariant() switch
+    {
+        "sigmoid" => PairwiseLossVariant.DpoSigmoid,
+        "conservative" => PairwiseLossVariant.DpoConservative,
+        "robust" => PairwiseLossVariant.DpoRobust,
+        "hinge" => PairwiseLossVariant.DpoHinge,
+        "ipo" => PairwiseLossVariant.Ipo,
+        _ => throw new CliUsageException($"--variant must be sigmoid, conservative, robust, hinge or ipo (got '{name}')"),
+    };
+
+    private static int Run(FileInfo modelFile, FileInfo dataFile, string outDir, CommonTrainingOptions.Values common, AlignSettings s)
+    {
+        var objective = s.Objective.ToLowerInvariant() switch
+        {
+            "sft" => AlignmentObjective.Sft,
+            "dpo" or "pmle" => AlignmentObjective.Preference,
+            _ => throw new CliUsageException($"--objective must be sft, dpo or pmle (got '{s.Objective}')"),
+        };
+        bool pmle = s.Objective.Equals("pmle", StringComparison.OrdinalIgnoreCase);
+        if (!pmle && s.KlBeta != 0) throw new CliUsageException("--kl-beta goes with --objective pmle");
+        var loss = pmle ? new PairwiseLossSettings(PairwiseLossVariant.Pmle, Gamma: s.Gamma)
+                        : new PairwiseLossSettings(VariantOf(s.Variant), Beta: s.Beta, Epsilon: s.Epsilon);
+
+        var (gpt, tok, pairs, dataHash) = CliData.LoadModelAndPairs(modelFile, dataFile, common);
+        using var policy = new GptPolicy(gpt, new AdamWSettings(WeightDecay: s.WeightDecay), ownsModel: true);
+        string modelHash = ModelHash.Of(gpt);
+        KlRegularizer? kl = pmle && s.KlBeta > 0
+            ? new KlRegularizer(s.KlBeta, s.KlSamples, CliErrors.Positive(s.KlMaxTokens, "--kl-max-tokens"), tok.EndOfText) : null;
+        if (kl is not null && s.KlSamples < 2) throw new CliUsageException($"--kl-samples must be at least 2 (got {s.KlSamples})");
+        var options = new AlignmentTrainingOptions
+        {
+            Objective = objective, Loss = loss, Kl = kl, Steps = common.Steps, BatchPairs = common.Batch,
+            GradientAccumulation = s.GradientAccumulation, LearningRate = common.LearningRate, WarmupSteps = common.Warmup,
+            GradientClip = common.Clip, EvalFraction = common.EvalFraction, EvaluateEvery = common.EvalEvery, Seed = common.Seed,
+        }.Validate();
+
+        using var reference = policy.Snapshot(); // π0, taken before any checkpoint is loaded
+        float[]? refs = null;
+        if (options.UsesReferenceLogProbs)
+            refs = ReferenceLogProbs.Get(reference, pairs, Path.Combine(outDir, "cache"), Console.WriteLine, out _);
+
+        var trainer = new AlignmentTrainer(policy, reference, pairs, refs, options);
+        string identity = JsonSerializer.Serialize(new
+        {
+            objective = s.Objective.ToLowerInvariant(), variant = options.Loss.Variant.ToString(), options.Loss.Beta, options.Loss.Gamma,
+            options.Loss.Epsilon, kl_beta = kl?.Beta ?? 0, kl_samples = kl?.SamplesPerPrompt ?? 0, kl_max_tokens = kl?.MaxNewTokens ?? 0,
+            options.Steps, options.BatchPairs, options.GradientAccumulation, options.LearningRate, options.WarmupSteps, options.GradientClip,
+            options.EvalFraction, options.EvaluateEvery, options.Seed, s.WeightDecay, common.MaxPromptTokens, common.MaxResponseTokens,
+            model_hash = modelHash, data_hash = dataHash,
+        });
+        var run = new AlignmentRun(trainer, policy, outDir, tok.Spec, identity, s.CheckpointEvery);
+        if (run.Start(s.Resume) is { } latest) Console.WriteLine($"resumed from {latest} at step {trainer.Step}");
+        else if (s.Resume) Console.WriteLine($"no checkpoint in {outDir}: starting from step 0");
+        Console.WriteLine($"align {s.Objective.ToLowerInvariant()}" + (objective == AlignmentObjective.Preference ? $" ({options.Loss.Variant})" : "") +
+                          $" · {gpt.Config} · {trainer.TrainPairs} train / {trainer.EvalPairs} eval pairs · {options.Steps} steps");
+
+        AlignmentStepReport? last = null;
+        var lastEval = new Dictionary<string, double>();
+        CliProgress.Run(options.Steps, trainer.Step, task => run.RunToEnd(report =>
+        {
+            last = report;
+            foreach (var (k, v) in report.Metrics) if (k.StartsWith("eval_", StringComparison.Ordinal)) lastEval[k] = v;
+            task.Description = CliProgress.Compact(report, objective == AlignmentObjective.Sft ? "mean_token_logp" : pmle ? "accuracy" : "rewards/accuracies");
+            task.Value = report.Step;
+        }));
+
+        string modelPath = Path.Combine(outDir, GptCheckpoint.ModelFileName);
+        GptCheckpoint.SaveModel(modelPath, gpt, tok.Spec);
+        CliProgress.Summary(last, lastEval, run.MetricsPath, modelPath);
+        return 0;
+    }
+}
+
+/// <summary>The flags align and reward share, with their defaults.</summary>
+internal sealed class CommonTrainingOptions
+{
+    public readonly Option<int> Steps = new("--steps") { Description = "Optimizer steps.", DefaultValueFactory = _ => 200 };
+    public readonly Option<int> Batch = new("--batch") { Description = "Pairs per micro-batch.", DefaultValueFactory = _ => 8 };
+    public readonly Option<float> Lr;
+    public readonly Option<int> Warmup = new("--warmup") { Description = "Linear warmup steps (then cosine decay to 10%).", DefaultValueFactory = _ => 10 };
+    public readonly Option<float> Clip = new("--clip") { Description = "Global gradient-norm clip (0 = off).", DefaultValueFactory = _ => 1f };
+    public readonly Option<double> EvalFraction = new("--eval-fraction") { Description = "Share of pairs held out for evaluation.", DefaultValueFactory = _ => 0.1 };
+    public readonly Option<int> EvalEvery = new("--eval-every") { Description = "Evaluate every N steps (0 = never).", DefaultValueFactory = _ => 50 };
+    public readonly Option<int> MaxPrompt = new("--max-prompt-tokens") { Description = "Most prompt tokens, start token included (0 = half the model's context).", DefaultValueFactory = _ => 0 };
+    public readonly Option<int> MaxResponse = new("--max-response-tokens") { Description = "Most tokens per response, end-of-text included (0 = the rest of the context).", DefaultValueFactory = _ => 0 };
+    public readonly Option<ulong> Seed = new("--seed") { Description = "Seed for the split, the data order and KL samples.", DefaultValueFactory = _ => 1UL };
+    public readonly Option<int> Threads = new("--threads") { Description = "CPU threads (results are bit-identical for a given count).", DefaultValueFactory = _ => Environment.ProcessorCount };
+
+    private CommonTrainingOptions(float defaultLr) =>
+        Lr = new Option<float>("--lr") { Description = "Peak learning rate.", DefaultValueFactory = _ => defaultLr };
+
+    public static CommonTrainingOptions Create(float defaultLr) => new(defaultLr);
+
+    public void AddTo(Command command)
+    {
+        foreach (Option o in new Option[] { Steps, Batch, Lr, Warmup, Clip, EvalFraction, EvalEvery, MaxPrompt, MaxResponse, Seed, Threads })
+            command.Options.Add(o);
+    }
+
+    public sealed record Values(int Steps, int Batch, float LearningRate, int Warmup, float Clip, double EvalFraction, int EvalEvery,
+                                int MaxPromptTokens, int MaxResponseTokens, ulong Seed);
+
+    public Values Read(ParseResult parse)
+    {
+        CpuParallel.Threads = CliErrors.Positive(parse.GetValue(Threads), "--threads");
+        double fraction = parse.GetValue(EvalFraction);
+        if (!(fraction >= 0 && fraction < 1)) throw new CliUsageException($"--eval-fraction must lie in [0, 1) (got {fraction})");
+        return new Values(CliErrors.NonNegative(parse.GetValue(Steps), "--steps"), CliErrors.Positive(parse.GetValue(Batch), "--batch"),
+            parse.GetValue(Lr), CliErrors.NonNegative(parse.GetValue(Warmup), "--warmup"), parse.GetValue(Clip), fraction,
+            CliErrors.NonNegative(parse.GetValue(EvalEvery), "--eval-every"), CliErrors.NonNegative(parse.GetValue(MaxPrompt), "--max-prompt-tokens"),
+            CliErrors.NonNegative(parse.GetValue(MaxResponse), "--max-response-tokens"), parse.GetValue(Seed));
+    }
+}
+
+/// <summary>Loading π0 and the preference file, with the CLI's error conventions.</summary>
+internal static class CliData
+{
+    public static (Gpt Model, Gpt2Tokenizer Tokenizer, List<PreferencePair> Pairs, string DataHash) LoadModelAndPairs(
+        FileInfo modelFile, FileInfo dataFile, CommonTrainingOptions.Values common)
+    {
+        if (!modelFile.Exists) throw new CliUsageException($"--model {modelFile.FullName}: no such file");
+        if (!dataFile.Exists) throw new CliUsageException($"--data {dataFile.FullName}: no such file");
+        List<PreferenceExample> examples;
+        try
+        {
+            examples = PreferenceJsonl.Load(dataFile.FullName);
+        }
+        catch (DatasetFormatException e)
+        {
+            throw new CliUsageException($"{e.Message} [{e.Rule}]");
+        }
+        var (gpt, spec) = GptCheckpoint.LoadModel(modelFile.FullName);
+        try
+        {
+            var tok = Gpt2Tokenizer.FromSpec(spec ?? Gpt2Tokenizer.FullSpec);
+            if (tok.VocabSize != gpt.Config.VocabSize)
+                throw new CheckpointMismatchException($"{modelFile.FullName}: the model has {gpt.Config.VocabSize} tokens, its tokenizer '{tok.Spec}' {tok.VocabSize}");
+            int context = gpt.Config.MaxSequenceLength;
+            int maxPrompt = common.MaxPromptTokens > 0 ? common.MaxPromptTokens : Math.Max(1, context / 2);
+            int maxResponse = common.MaxResponseTokens > 0 ? common.MaxResponseTokens : Math.Max(1, context + 1 - maxPrompt);
+            if (maxPrompt + maxResponse - 1 > context)
+                throw new CliUsageException($"--max-prompt-tokens {maxPrompt} + --max-response-tokens {maxResponse} − 1 exceeds the model's context of {context}");
+            TokenizedDataset<TokenizedPreference> tokenized;
+            try
+            {
+                tokenized = PreferenceTokenizer.Tokenize(examples, tok,
+                    new TruncationOptions { MaxPromptTokens = maxPrompt, MaxResponseTokens = maxResponse }, dataFile.FullName);
+            }
+            catch (DatasetFormatException e)
+            {
+                throw new CliUsageException($"{e.Message} [{e.Rule}]");
+            }
+            Console.WriteLine($"data: {dataFile.Name}: {tokenized.Report}");
+            if (tokenized.Examples.Count == 0) throw new CliUsageException($"--data {dataFile.FullName}: no usable pairs");
+            var pairs = tokenized.Examples.Select(e => new PreferencePair(e.PromptIds, e.ChosenIds, e.RejectedIds)).ToList();
+            return (gpt, tok, pairs, DatasetHash.Of(pairs));
+        }
+        catch
+        {
+            gpt.Dispose();
+            throw;
+        }
+    }
+}
+
+/// <summary>Progress bar, compact metrics line and the summary table.</summary>
+internal static class CliProgress
+{
+    public static void Run(int steps, int done, Action<ProgressTask> body) =>
+        AnsiConsole.Progress()
+            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
+            .Start(ctx =>
+            {
+                var task = ctx.AddTask("training", maxValue: Math.Max(1, steps));
+                task.Value = done;
+                body(task);
+            });
+
+    public static string Compact(AlignmentStepReport r, string extra) =>
+        FormattableString.Invariant($"step {r.Step} loss {r["loss"]:F4}") +
+        (r.Has(extra) ? FormattableString.Invariant($" {extra} {r[extra]:F3}") : "") +
+        (r.Has("eval_loss") ? FormattableString.Invariant($" eval {r["eval_loss"]:F4}") : "") +
+        FormattableString.Invariant($" |g| {r["grad_norm"]:F2} lr {r["lr"]:G3}");
+
+    public static void Summary(AlignmentStepReport? last, IReadOnlyDictionary<string, double> eval, string metricsPath, string modelPath)
+    {
+        var table = new Table().AddColumn("metric").AddColumn(new TableColumn("value").RightAligned());
+        if (last is not null)
+        {
+            table.AddRow("step", last.Step.ToString(CultureInfo.InvariantCulture));
+            foreach (var (k, v) in last.Metrics)
+                if (!k.StartsWith("eval_", StringComparison.Ordinal)) table.AddRow(Markup.Escape(k), v.ToString("G5", CultureInfo.InvariantCulture));
+        }
+        foreach (var (k, v) in eval) table.AddRow(Markup.Escape(k), v.ToString("G5", CultureInfo.InvariantCulture));
+        AnsiConsole.Write(table);
+        Console.WriteLine($"done: metrics in {metricsPath}; model written to {modelPath}");
+    }
+}

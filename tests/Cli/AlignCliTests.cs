@@ -1,0 +1,171 @@
+using DistAlign.Alignment.Reward;
+using DistAlign.Alignment.Training;
+using DistAlign.Cli;
+using DistAlign.Tests.Alignment;
+using DistAlign.Transformer.Model;
+using DistAlign.Transformer.Training;
+
+namespace DistAlign.Tests.Cli;
+
+/// <summary>The align and reward commands end to end, in process, on a tiny GPT and a JSONL file written here.</summary>
+[NonParallelizable]
+public class AlignCliTests
+{
+    private string directory = "", modelPath = "", dataPath = "";
+    private TextWriter? savedOut, savedError;
+    private StringWriter output = new(), error = new();
+
+    [SetUp]
+    public void SetUp()
+    {
+        directory = Directory.CreateTempSubdirectory("distalign-align-cli-").FullName;
+        modelPath = Path.Combine(directory, "pi0.safetensors");
+        dataPath = Path.Combine(directory, "prefs.jsonl");
+        TinyAlignmentSetup.WriteModel(modelPath);
+        TinyAlignmentSetup.WriteJsonl(dataPath, TinyAlignmentSetup.Examples());
+        savedOut = Console.Out;
+        savedError = Console.Error;
+        output = new StringWriter();
+        error = new StringWriter();
+        Console.SetOut(output);
+        Console.SetError(error);
+    }
+
+    [TearDown]
+    public void TearDown()
+    {
+        Console.SetOut(savedOut!);
+        Console.SetError(savedError!);
+        Directory.Delete(directory, recursive: true);
+    }
+
+    private static readonly string[] Small =
+        ["--steps", "4", "--batch", "3", "--lr", "3e-3", "--warmup", "1", "--eval-fraction", "0.25", "--eval-every", "2",
+         "--checkpoint-every", "2", "--max-prompt-tokens", "12", "--max-response-tokens", "8", "--threads", "2", "--seed", "5"];
+
+    private int Align(string outDir, string[] objective, string? data = null, params string[] extra) =>
+        Program.Main(["align", .. objective, "--model", modelPath, "--data", data ?? dataPath, "--out", outDir, .. Small, .. extra]);
+
+    private static IEnumerable<TestCaseData> Objectives()
+    {
+        yield return new TestCaseData((object)new[] { "--objective", "sft" }).SetName("Sft");
+        yield return new TestCaseData((object)new[] { "--objective", "dpo", "--variant", "sigmoid", "--beta", "0.5", "--grad-accum", "2" }).SetName("DpoSigmoid");
+        yield return new TestCaseData((object)new[] { "--objective", "dpo", "--variant", "ipo", "--beta", "0.5" }).SetName("DpoIpo");
+        yield return new TestCaseData((object)new[] { "--objective", "pmle", "--kl-beta", "0.1", "--kl-samples", "2", "--kl-max-tokens", "4" }).SetName("PmleWithKl");
+    }
+
+    [TestCaseSource(nameof(Objectives))]
+    public void RunsEndToEndAndResumesBitIdenticallyAfterACrash(string[] objective)
+    {
+        string straight = Path.Combine(directory, "straight"), crashed = Path.Combine(directory, "crashed");
+        Assert.That(Align(straight, objective), Is.EqualTo(0), error.ToString());
+        Assert.That(Align(crashed, objective), Is.EqualTo(0), error.ToString());
+        Assert.That(output.ToString(), Does.Contain("kept").And.Contain("done:"));
+        // Simulate a crash after step 2: 'latest' still names step 2, metrics.jsonl already has steps 3 and 4.
+        File.WriteAllText(Path.Combine(crashed, GptCheckpoint.LatestFileName), "step-00000002\n");
+        File.Delete(Path.Combine(crashed, GptCheckpoint.ModelFileName));
+        Assert.That(Align(crashed, objective, null, "--resume"), Is.EqualTo(0), error.ToString());
+        Assert.That(output.ToString(), Does.Contain("resumed from"));
+
+        var a = AlignmentRun.ReadMetrics(Path.Combine(straight, AlignmentTrainer.MetricsFileName));
+        var b = AlignmentRun.ReadMetrics(Path.Combine(crashed, AlignmentTrainer.MetricsFileName));
+        Assert.That(a.Select(r => r["step"]), Is.EqualTo(new double?[] { 1, 2, 3, 4 }));
+        Assert.That(TinyAlignmentSetup.DeterministicColumns(b), Is.EqualTo(TinyAlignmentSetup.DeterministicColumns(a)));
+        Assert.That(File.ReadAllBytes(Path.Combine(crashed, GptCheckpoint.ModelFileName)),
+                    Is.EqualTo(File.ReadAllBytes(Path.Combine(straight, GptCheckpoint.ModelFileName))));
+        using var loaded = GptCheckpoint.LoadModel(Path.Combine(straight, GptCheckpoint.ModelFileName)).Model;
+        Assert.That(loaded.Config, Is.EqualTo(TinyAlignmentSetup.Config));
+    }
+
+    [Test]
+    public void ReferenceCacheHitsOnTheSameModelAndDataAndMissesWhenTheDataChanges()
+    {
+        string run = Path.Combine(directory, "run");
+        string[] dpo = ["--objective", "dpo"];
+        Assert.That(Align(run, dpo), Is.EqualTo(0), error.ToString());
+        Assert.That(output.ToString(), Does.Contain("reference log-probs: computed").And.Not.Contain("cached (hit)"));
+        output.GetStringBuilder().Clear();
+        Assert.That(Align(run, dpo, null, "--resume"), Is.EqualTo(0), error.ToString());
+        Assert.That(output.ToString(), Does.Contain("reference log-probs: cached (hit)"));
+
+        string other = Path.Combine(directory, "other.jsonl");
+        TinyAlignmentSetup.WriteJsonl(other, TinyAlignmentSetup.Examples(salt: "?"));
+        output.GetStringBuilder().Clear();
+        Assert.That(Align(run, dpo, other, "--resume"), Is.EqualTo(Program.UsageError), "other data cannot resume this run");
+        Assert.That(output.ToString(), Does.Contain("reference log-probs: computed"));
+        Assert.That(error.ToString(), Does.Contain("different settings"));
+        Assert.That(Directory.GetFiles(Path.Combine(run, "cache")), Has.Length.EqualTo(2));
+    }
+
+    [Test]
+    public void MalformedJsonlIsOneLineWithItsLineNumberAndExitCode2()
+    {
+        File.WriteAllLines(dataPath, [
+            """{"prompt": "a", "chosen": "b", "rejected": "c"}""",
+            """{"prompt": "d", "chosen": "e", "rejected": "f"}""",
+            """{"prompt": "g", "chosen": 5, "rejected": "h"}""",
+        ]);
+        Assert.That(Align(Path.Combine(directory, "bad"), ["--objective", "sft"]), Is.EqualTo(Program.UsageError));
+        Assert.That(error.ToString(), Does.Contain("prefs.jsonl:3:"));
+        Assert.That(error.ToString().Trim().Split('\n'), Has.Length.EqualTo(1));
+        Assert.That(Directory.Exists(Path.Combine(directory, "bad")), Is.False, "nothing is written for bad input");
+    }
+
+    [Test]
+    public void MissingFilesAndBadFlagsGiveExitCode2()
+    {
+        Assert.That(Program.Main(["align", "--objective", "dpo", "--model", Path.Combine(directory, "nope"), "--data", dataPath, "--out", directory]),
+                    Is.EqualTo(Program.UsageError));
+        Assert.That(error.ToString(), Does.Contain("no such file"));
+        Assert.That(Align(Path.Combine(directory, "x"), ["--objective", "dpo", "--variant", "fancy"]), Is.EqualTo(Program.UsageError));
+        Assert.That(Align(Path.Combine(directory, "y"), ["--objective", "ppo"]), Is.EqualTo(Program.UsageError));
+        Assert.That(error.ToString(), Does.Contain("--objective must be"));
+    }
+
+    [Test]
+    public void ANonFiniteLossStopsTheRunAndKeepsTheLastCheckpoint()
+    {
+        string run = Path.Combine(directory, "nan");
+        int code = Program.Main(["align", "--objective", "sft", "--model", modelPath, "--data", dataPath, "--out", run,
+            "--steps", "20", "--batch", "2", "--lr", "1e30", "--warmup", "0", "--clip", "0", "--eval-fraction", "0",
+            "--checkpoint-every", "1", "--max-prompt-tokens", "12", "--max-response-tokens", "8", "--threads", "2"]);
+        Assert.That(code, Is.EqualTo(Program.RunFailed));
+        Assert.That(error.ToString(), Does.Contain("training stopped").And.Contain("not finite"));
+        string latest = GptCheckpoint.LatestTraining(run)!;
+        using var model = new Gpt(TinyAlignmentSetup.Config);
+        var (state, _) = GptCheckpoint.LoadTraining(latest, model);
+        Assert.That(state.Step, Is.GreaterThanOrEqualTo(1));
+        Assert.That(AlignmentRun.ReadMetrics(Path.Combine(run, AlignmentTrainer.MetricsFileName)), Has.Count.EqualTo(state.Step));
+    }
+
+    [Test]
+    public void HelpListsEveryOptionWithItsDefault()
+    {
+        Assert.That(Program.Main(["align", "--help"]), Is.EqualTo(0));
+        string help = output.ToString();
+        foreach (var flag in new[] { "--objective", "--variant", "--beta", "--gamma", "--epsilon", "--kl-beta", "--kl-samples", "--steps", "--batch",
+                                     "--grad-accum", "--lr", "--warmup", "--clip", "--eval-fraction", "--eval-every", "--checkpoint-every",
+                                     "--max-prompt-tokens", "--max-response-tokens", "--seed", "--threads", "--resume" })
+            Assert.That(help, Does.Contain(flag), flag);
+        Assert.That(help, Does.Contain("[default: sigmoid]").And.Contain("[default: 0.1]"));
+        Assert.That(Program.Main(["reward", "--help"]), Is.EqualTo(0));
+        Assert.That(output.ToString(), Does.Contain("--margin").And.Contain("--centring"));
+    }
+
+    [Test]
+    public void RewardTrainsAFewStepsAndWritesALoadableRewardModel()
+    {
+        string run = Path.Combine(directory, "rm");
+        int code = Program.Main(["reward", "--model", modelPath, "--data", dataPath, "--out", run, "--steps", "3", "--batch", "3",
+            "--lr", "1e-3", "--warmup", "1", "--eval-fraction", "0.25", "--eval-every", "3", "--margin", "0.1",
+            "--max-prompt-tokens", "12", "--max-response-tokens", "8", "--threads", "2"]);
+        Assert.That(code, Is.EqualTo(0), error.ToString());
+        var rows = AlignmentRun.ReadMetrics(Path.Combine(run, AlignmentTrainer.MetricsFileName));
+        Assert.That(rows, Has.Count.EqualTo(3));
+        Assert.That(rows[2].ContainsKey("eval_loss") && rows[0].ContainsKey("accuracy") && rows[0].ContainsKey("mean_reward"));
+        var loaded = RewardModel.Load(Path.Combine(run, "reward_model.safetensors"), new AdamWSettings());
+        using var rm = loaded.Model;
+        Assert.That(loaded.TokenizerSpec, Is.EqualTo(TinyAlignmentSetup.TokenizerSpec));
+        Assert.That(rm.HeadWeight.ToArray().Any(w => w != 0f), "the head trained away from its zero init");
+    }
+}
