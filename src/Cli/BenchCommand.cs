@@ -31,7 +31,19 @@ internal static class BenchCommand
             }
             return 0;
         });
-        return new Command("bench", "Benchmarks.") { step };
+        var dpoThreads = new Option<int>("--threads") { DefaultValueFactory = _ => Environment.ProcessorCount, Description = "CPU threads." };
+        var dpoSteps = new Option<int>("--steps") { DefaultValueFactory = _ => 10, Description = "Timed steps of each (the median is reported)." };
+        var dpo = new Command("dpo", "Time one DPO step (cached reference log-probs) against one SFT step on the same chosen + rejected tokens, W2-sized model.") { dpoThreads, dpoSteps };
+        dpo.SetAction(parse =>
+        {
+            CpuParallel.Threads = CliErrors.Positive(parse.GetValue(dpoThreads), "--threads");
+            var m = DistAlign.Alignment.Training.PreferenceStepBenchmark.Run(StepWorkload.W2.Config, pairs: 8, promptTokens: 16, responseTokens: 48,
+                warmup: 3, steps: CliErrors.Positive(parse.GetValue(dpoSteps), "--steps"));
+            Console.WriteLine($"{m.Config}, {m.Pairs} pairs, {m.Tokens} response tokens per step, {CpuParallel.Threads} threads");
+            Console.WriteLine($"DPO step median {m.DpoMedianMilliseconds:F1} ms (min {m.DpoMilliseconds.Min():F1}) | SFT step median {m.SftMedianMilliseconds:F1} ms (min {m.SftMilliseconds.Min():F1}) | DPO/SFT = {m.Ratio:F3}");
+            return 0;
+        });
+        return new Command("bench", "Benchmarks.") { step, dpo };
     }
 
     private static void Print(StepMeasurement m)
