@@ -114,16 +114,5 @@ internal static class RewardCommand
         return [.. names.Select(k => (k, sums[k] / eval.Count))];
     }
 
-    private static int[] Order(int count, ulong seed, int epoch)
-    {
-        var o = new int[count];
-        for (int i = 0; i < count; i++) o[i] = i;
-        var rng = new PhiloxStream(seed, (ulong)epoch + 1);
-        for (int i = count - 1; i > 0; i--)
-        {
-            int j = (int)(rng.NextUInt() % (uint)(i + 1));
-            (o[i], o[j]) = (o[j], o[i]);
-        }
-        return o;
-    }
+    private static int[] Order(int count, ulong seed, int epoch) => new PhiloxStream(seed, (ulong)epoch + 1).Permutation(count);
 }

@@ -157,24 +157,12 @@ public sealed class AlignmentTrainer
     public static (int[] Train, int[] Eval) Split(int count, double evalFraction, ulong seed)
     {
         int evalCount = evalFraction > 0 ? Math.Min(Math.Max(0, count - 1), (int)Math.Ceiling(evalFraction * count)) : 0;
-        var permutation = Shuffle(count, new PhiloxStream(seed, 0));
+        var permutation = new PhiloxStream(seed, 0).Permutation(count);
         var eval = permutation[..evalCount];
         var train = permutation[evalCount..];
         Array.Sort(eval);
         Array.Sort(train);
         return (train, eval);
-    }
-
-    private static int[] Shuffle(int count, PhiloxStream rng)
-    {
-        var o = new int[count];
-        for (int i = 0; i < count; i++) o[i] = i;
-        for (int i = count - 1; i > 0; i--)
-        {
-            int j = (int)(rng.NextUInt() % (uint)(i + 1));
-            (o[i], o[j]) = (o[j], o[i]);
-        }
-        return o;
     }
 
     /// <summary>Continues from a saved <see cref="State"/> (weights and moments are restored separately).</summary>
@@ -193,7 +181,7 @@ public sealed class AlignmentTrainer
     {
         Epoch = epoch;
         Index = index;
-        var permutation = Shuffle(trainIndices.Length, new PhiloxStream(options.Seed, (ulong)epoch + 1));
+        var permutation = new PhiloxStream(options.Seed, (ulong)epoch + 1).Permutation(trainIndices.Length);
         order = new int[permutation.Length];
         for (int i = 0; i < order.Length; i++) order[i] = trainIndices[permutation[i]];
     }

@@ -62,6 +62,23 @@ public sealed class PhiloxStream
     /// <summary>The next uniform float in [0, 1) (24-bit: <c>(w >> 8)·2^-24</c>); one word.</summary>
     public float NextFloat() => Philox.ToUniform(NextUInt());
 
+    /// <summary>
+    /// A uniformly shuffled permutation of 0 … count−1 (Fisher–Yates, drawing from this stream; the modulo
+    /// bias is below count/2³², negligible for data orders). A pure function of (seed, stream, position).
+    /// </summary>
+    public int[] Permutation(int count)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(count);
+        var order = new int[count];
+        for (int i = 0; i < count; i++) order[i] = i;
+        for (int i = count - 1; i > 0; i--)
+        {
+            int j = (int)(NextUInt() % (uint)(i + 1));
+            (order[i], order[j]) = (order[j], order[i]);
+        }
+        return order;
+    }
+
     /// <summary>The next standard normal (Box–Muller cosine branch); consumes two words.</summary>
     public float NextNormal()
     {

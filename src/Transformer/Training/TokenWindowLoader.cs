@@ -55,16 +55,13 @@ public sealed class TokenWindowLoader
 
     private int[] OrderOf(int epoch)
     {
-        var o = new int[WindowCount];
-        for (int i = 0; i < o.Length; i++) o[i] = i;
-        if (!shuffle) return o;
-        // Fisher–Yates with Philox(seed) stream = epoch: a pure function of (seed, epoch).
-        var rng = new PhiloxStream(seed, (ulong)epoch + 1);
-        for (int i = o.Length - 1; i > 0; i--)
+        if (!shuffle)
         {
-            int j = (int)(rng.NextUInt() % (uint)(i + 1));
-            (o[i], o[j]) = (o[j], o[i]);
+            var o = new int[WindowCount];
+            for (int i = 0; i < o.Length; i++) o[i] = i;
+            return o;
         }
-        return o;
+        // A pure function of (seed, epoch).
+        return new PhiloxStream(seed, (ulong)epoch + 1).Permutation(WindowCount);
     }
 }
