@@ -222,6 +222,49 @@ public sealed class RewardModel : IDisposable
             SafeTensor.FromFloats(ScoreBiasName, HeadBias, [1]),
         ]);
 
+    /// <summary>Names of the head's AdamW moments ([C + 1]: w then b) in a training checkpoint's state file.</summary>
+    public const string ScoreAdamMName = "score.adam.m";
+    public const string ScoreAdamVName = "score.adam.v";
+
+    /// <summary>
+    /// Writes a training checkpoint (<see cref="GptCheckpoint.SaveTraining"/>): the model file holds the backbone and the head as
+    /// <see cref="Save"/> writes them, the state file the backbone's and the head's AdamW moments. The head goes into the same
+    /// temporary step folder, so it appears atomically with the rest before <c>latest</c> moves.
+    /// </summary>
+    public string SaveTraining(string directory, string tokenizerSpec, TrainerState state, string optionsJson, int keep = 2) =>
+        GptCheckpoint.SaveTraining(directory, Backbone, tokenizerSpec, state, optionsJson, keep,
+        [
+            SafeTensor.FromFloats(ScoreWeightName, HeadWeight, [1, channels]),
+            SafeTensor.FromFloats(ScoreBiasName, HeadBias, [1]),
+        ],
+        [
+            SafeTensor.FromFloats(ScoreAdamMName, headM),
+            SafeTensor.FromFloats(ScoreAdamVName, headV),
+        ]);
+
+    /// <summary>
+    /// Restores backbone, head and all AdamW moments from a folder written by <see cref="SaveTraining"/>; returns the
+    /// trainer position and the options JSON. A missing or misshapen head tensor throws <see cref="CheckpointMismatchException"/>.
+    /// </summary>
+    public (TrainerState State, string OptionsJson) LoadTraining(string checkpoint)
+    {
+        var result = GptCheckpoint.LoadTraining(checkpoint, Backbone);
+        string modelPath = Path.Combine(checkpoint, GptCheckpoint.ModelFileName);
+        using (var file = SafeTensorsFile.Open(modelPath))
+        {
+            ReadHead(file, modelPath, ScoreWeightName, [1, channels], HeadWeight);
+            ReadHead(file, modelPath, ScoreBiasName, [1], HeadBias);
+        }
+        string statePath = Path.Combine(checkpoint, GptCheckpoint.StateFileName);
+        using (var file = SafeTensorsFile.Open(statePath))
+        {
+            ReadHead(file, statePath, ScoreAdamMName, [channels + 1], headM);
+            ReadHead(file, statePath, ScoreAdamVName, [channels + 1], headV);
+        }
+        Array.Clear(headGradient);
+        return result;
+    }
+
     /// <summary>A reward model loaded from a file, with the tokenizer spec it was saved with (null when none).</summary>
     public sealed record Loaded(RewardModel Model, string? TokenizerSpec);
 

@@ -120,14 +120,18 @@ public static class GptCheckpoint
     /// Writes a full training checkpoint for <paramref name="state"/> under <paramref name="directory"/> and
     /// points <c>latest</c> at it. Older step folders beyond the newest <paramref name="keep"/> are removed.
     /// </summary>
-    public static string SaveTraining(string directory, Gpt model, string tokenizerSpec, TrainerState state, string optionsJson, int keep = 2)
+    /// <param name="extraModelTensors">more tensors for the model file (e.g. a reward head), as <see cref="SaveModel"/> takes them</param>
+    /// <param name="extraStateTensors">more tensors for the state file (e.g. that head's AdamW moments); names must not be adam.m / adam.v.
+    /// Both are written into the temporary folder, so they become visible together with the rest.</param>
+    public static string SaveTraining(string directory, Gpt model, string tokenizerSpec, TrainerState state, string optionsJson, int keep = 2,
+                                      IEnumerable<SafeTensor>? extraModelTensors = null, IEnumerable<SafeTensor>? extraStateTensors = null)
     {
         Directory.CreateDirectory(directory);
         string name = $"step-{state.Step:D8}";
         string final = Path.Combine(directory, name);
         string temporary = Path.Combine(directory, $".{name}.tmp-{Environment.ProcessId}-{Guid.NewGuid():N}");
         Directory.CreateDirectory(temporary);
-        SaveModel(Path.Combine(temporary, ModelFileName), model, tokenizerSpec);
+        SaveModel(Path.Combine(temporary, ModelFileName), model, tokenizerSpec, extraModelTensors);
         var metadata = new Dictionary<string, string>
         {
             ["step"] = state.Step.ToString(CultureInfo.InvariantCulture),
@@ -135,8 +139,9 @@ public static class GptCheckpoint
             ["loader_index"] = state.LoaderIndex.ToString(CultureInfo.InvariantCulture),
             ["options"] = optionsJson,
         };
-        SafeTensorsWriter.Write(Path.Combine(temporary, StateFileName),
-            [SafeTensor.FromFloats("adam.m", model.AdamM), SafeTensor.FromFloats("adam.v", model.AdamV)], metadata);
+        var stateTensors = new List<SafeTensor> { SafeTensor.FromFloats("adam.m", model.AdamM), SafeTensor.FromFloats("adam.v", model.AdamV) };
+        if (extraStateTensors is not null) stateTensors.AddRange(extraStateTensors);
+        SafeTensorsWriter.Write(Path.Combine(temporary, StateFileName), stateTensors, metadata);
         if (Directory.Exists(final)) Directory.Delete(final, recursive: true);
         Directory.Move(temporary, final);
         WriteAtomically(Path.Combine(directory, LatestFileName), name + "\n");

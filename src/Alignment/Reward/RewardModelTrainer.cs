@@ -1,0 +1,285 @@
+using System.Diagnostics;
+using System.Text.Json;
+using DistAlign.Alignment.Objectives;
+using DistAlign.Alignment.Training;
+using DistAlign.Engine.Random;
+using DistAlign.Kernels.Cpu;
+using DistAlign.Transformer.Model;
+using DistAlign.Transformer.Training;
+
+namespace DistAlign.Alignment.Reward;
+
+/// <summary>Settings of a reward-model run. Everything here is part of the run's identity (resume checks it).</summary>
+public sealed record RewardTrainingOptions
+{
+    /// <summary>The Bradley–Terry loss (variant <see cref="PairwiseLossVariant.RewardModel"/>, margin, centring).</summary>
+    public PairwiseLossSettings Loss { get; init; } = new(PairwiseLossVariant.RewardModel);
+    public int Steps { get; init; } = 200;
+    /// <summary>Pairs per step.</summary>
+    public int BatchPairs { get; init; } = 8;
+    public float LearningRate { get; init; } = 1e-4f;
+    public int WarmupSteps { get; init; } = 10;
+    public float MinLearningRateFraction { get; init; } = 0.1f;
+    /// <summary>Global gradient-norm clip over backbone and head (0 = off).</summary>
+    public float GradientClip { get; init; } = 1f;
+    /// <summary>Share of the pairs held out for evaluation (same split as <see cref="AlignmentTrainer.Split"/>).</summary>
+    public double EvalFraction { get; init; } = 0.1;
+    /// <summary>Evaluate every this many steps (0 = never; otherwise also after the last step).</summary>
+    public int EvaluateEvery { get; init; } = 50;
+    public ulong Seed { get; init; } = 1;
+
+    public RewardTrainingOptions Validate()
+    {
+        if (Steps < 0) throw new ArgumentException($"steps must be ≥ 0 (got {Steps})");
+        if (BatchPairs < 1) throw new ArgumentException($"batch must be at least 1 pair (got {BatchPairs})");
+        if (!(LearningRate > 0) || float.IsInfinity(LearningRate)) throw new ArgumentException($"learning rate must be a positive number (got {LearningRate})");
+        if (WarmupSteps < 0) throw new ArgumentException($"warmup steps must be ≥ 0 (got {WarmupSteps})");
+        if (!(GradientClip >= 0)) throw new ArgumentException($"gradient clip must be ≥ 0 (got {GradientClip})");
+        if (!(EvalFraction >= 0 && EvalFraction < 1)) throw new ArgumentException($"eval fraction must lie in [0, 1) (got {EvalFraction})");
+        if (EvaluateEvery < 0) throw new ArgumentException($"evaluation interval must be ≥ 0 (got {EvaluateEvery})");
+        if (Loss.Variant != PairwiseLossVariant.RewardModel) throw new ArgumentException($"a reward model trains with the RewardModel loss, not {Loss.Variant}");
+        try { Loss.Validate(); }
+        catch (ArgumentOutOfRangeException e) { throw new ArgumentException(e.Message, e); }
+        return this;
+    }
+}
+
+/// <summary>
+/// The training loop of a Bradley–Terry <see cref="RewardModel"/> on preference pairs.
+/// </summary>
+/// <remarks>
+/// <list type="bullet">
+/// <item><b>Data</b>: split once into train and eval by <see cref="AlignmentTrainer.Split"/> (Philox seed, stream 0); the train
+/// pairs are visited in an order reshuffled per epoch by Philox (seed, epoch + 1); a batch may straddle two epochs.
+/// The cursor (epoch, index) is all the data state there is.</item>
+/// <item><b>Step</b>: zero gradients, loss and backward, global-norm clip, then AdamW at the warmup+cosine rate. A non-finite
+/// loss or gradient norm throws <see cref="NonFiniteValueException"/> before the update.</item>
+/// <item><b>Metrics</b>: the pairwise loss's (<c>loss</c>, <c>accuracy</c>, <c>margin</c>, <c>mean_reward</c>), then <c>lr</c>,
+/// <c>grad_norm</c>, <c>tokens_per_second</c>, <c>elapsed_seconds</c> and, when evaluated, <c>eval_*</c>.</item>
+/// <item><b>Resume</b>: weights, head, AdamW moments, step and cursor restore the run bit-identically (same thread count).</item>
+/// </list>
+/// </remarks>
+public sealed class RewardModelTrainer
+{
+    private readonly RewardModel model;
+    private readonly IReadOnlyList<PreferencePair> pairs;
+    private readonly RewardTrainingOptions options;
+    private readonly LearningRateSchedule schedule;
+    private readonly int[] trainIndices, evalIndices;
+    private int[] order = [];
+    private readonly Stopwatch clock = new();
+    private double elapsedBefore;
+
+    /// <summary>Steps completed.</summary>
+    public int Step { get; private set; }
+    /// <summary>Data cursor: epoch over the train pairs.</summary>
+    public int Epoch { get; private set; }
+    /// <summary>Data cursor: next position in this epoch's order.</summary>
+    public int Index { get; private set; }
+    public RewardTrainingOptions Options => options;
+    public RewardModel Model => model;
+    public int TrainPairs => trainIndices.Length;
+    public int EvalPairs => evalIndices.Length;
+    /// <summary>The run's position (what a checkpoint saves besides weights and moments).</summary>
+    public TrainerState State => new(Step, Epoch, Index);
+    /// <summary>Total seconds of training so far (across resumes, as far as the caller passed them to <see cref="Restore"/>).</summary>
+    public double ElapsedSeconds => elapsedBefore + clock.Elapsed.TotalSeconds;
+
+    /// <param name="model">trained in place</param>
+    /// <param name="pairs">all pairs (train and eval are split here)</param>
+    public RewardModelTrainer(RewardModel model, IReadOnlyList<PreferencePair> pairs, RewardTrainingOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(pairs);
+        this.options = options.Validate();
+        this.model = model;
+        this.pairs = pairs;
+        schedule = new LearningRateSchedule(options.LearningRate, options.WarmupSteps, options.Steps, options.MinLearningRateFraction);
+        (trainIndices, evalIndices) = AlignmentTrainer.Split(pairs.Count, options.EvalFraction, options.Seed);
+        if (trainIndices.Length == 0) throw new ArgumentException($"no training pairs left ({pairs.Count} pairs, eval fraction {options.EvalFraction})");
+        Seek(0, 0);
+    }
+
+    /// <summary>Continues from a saved <see cref="State"/> (weights, head and moments are restored separately).</summary>
+    public void Restore(TrainerState state, double elapsedSeconds = 0)
+    {
+        if (state.Step < 0 || state.Step > options.Steps)
+            throw new CheckpointMismatchException($"checkpoint step {state.Step} is outside 0 … {options.Steps}");
+        if (state.LoaderEpoch < 0 || state.LoaderIndex < 0 || state.LoaderIndex > trainIndices.Length)
+            throw new CheckpointMismatchException($"checkpoint data cursor ({state.LoaderEpoch}, {state.LoaderIndex}) does not fit the {trainIndices.Length} training pairs");
+        Step = state.Step;
+        Seek(state.LoaderEpoch, state.LoaderIndex);
+        elapsedBefore = elapsedSeconds;
+    }
+
+    private void Seek(int epoch, int index)
+    {
+        Epoch = epoch;
+        Index = index;
+        var permutation = new PhiloxStream(options.Seed, (ulong)epoch + 1).Permutation(trainIndices.Length);
+        order = new int[permutation.Length];
+        for (int i = 0; i < order.Length; i++) order[i] = trainIndices[permutation[i]];
+    }
+
+    private List<PreferencePair> NextBatch()
+    {
+        var batch = new List<PreferencePair>(options.BatchPairs);
+        for (int i = 0; i < options.BatchPairs; i++)
+        {
+            if (Index == order.Length) Seek(Epoch + 1, 0);
+            batch.Add(pairs[order[Index++]]);
+        }
+        return batch;
+    }
+
+    /// <summary>One optimizer step, then an evaluation when due.</summary>
+    /// <exception cref="NonFiniteValueException">The loss or the gradient is not finite; the weights are unchanged.</exception>
+    public AlignmentStepReport TrainStep()
+    {
+        if (Step >= options.Steps) throw new InvalidOperationException($"the run is complete ({options.Steps} steps)");
+        clock.Start();
+        var watch = Stopwatch.StartNew();
+        var batch = NextBatch();
+        model.ZeroGradients();
+        var pairwise = model.Loss(batch, options.Loss, withGradient: true);
+        double norm = model.ClipGradients(options.GradientClip);
+        if (!double.IsFinite(pairwise.Loss)) throw Stop(new NonFiniteValueException(Step + 1, "the reward-model loss"));
+        if (!double.IsFinite(norm)) throw Stop(new NonFiniteValueException(Step + 1, "the reward-model gradient norm"));
+        float lr = schedule.At(Step);
+        model.OptimizerStep(Step + 1, lr);
+        Step++;
+        double seconds = watch.Elapsed.TotalSeconds;
+        clock.Stop();
+        long tokens = 0;
+        foreach (var p in batch) tokens += 2L * p.Prompt.Length + p.Chosen.Length + p.Rejected.Length;
+        var metrics = pairwise.Named().Select(kv => new KeyValuePair<string, double>(kv.Name, kv.Value)).ToList();
+        metrics.Add(new("lr", lr));
+        metrics.Add(new("grad_norm", norm));
+        metrics.Add(new("tokens_per_second", seconds > 0 ? tokens / seconds : 0));
+        metrics.Add(new("elapsed_seconds", ElapsedSeconds));
+        if (evalIndices.Length > 0 && options.EvaluateEvery > 0 && (Step % options.EvaluateEvery == 0 || Step == options.Steps))
+            foreach (var kv in Evaluate()) metrics.Add(new("eval_" + kv.Key, kv.Value));
+        return new AlignmentStepReport(Step, metrics);
+    }
+
+    private Exception Stop(Exception e)
+    {
+        clock.Stop();
+        return e;
+    }
+
+    /// <summary>Mean loss and metrics over the held-out pairs (forward only), in chunks of the batch size, weighted by pairs.</summary>
+    public IReadOnlyList<KeyValuePair<string, double>> Evaluate()
+    {
+        var sums = new List<KeyValuePair<string, double>>();
+        for (int start = 0; start < evalIndices.Length; start += options.BatchPairs)
+        {
+            int end = Math.Min(evalIndices.Length, start + options.BatchPairs);
+            var chunk = new List<PreferencePair>(end - start);
+            for (int i = start; i < end; i++) chunk.Add(pairs[evalIndices[i]]);
+            foreach (var (name, value) in model.Loss(chunk, options.Loss, withGradient: false).Named())
+            {
+                int at = sums.FindIndex(kv => kv.Key == name);
+                if (at < 0) sums.Add(new(name, value * chunk.Count));
+                else sums[at] = new(name, sums[at].Value + value * chunk.Count);
+            }
+        }
+        return [.. sums.Select(kv => new KeyValuePair<string, double>(kv.Key, kv.Value / evalIndices.Length))];
+    }
+}
+
+/// <summary>
+/// Runs a <see cref="RewardModelTrainer"/> into an output folder, like <see cref="AlignmentRun"/> does for a policy:
+/// <c>metrics.jsonl</c> (one JSON line per step) and training checkpoints (<see cref="RewardModel.SaveTraining"/>: backbone,
+/// head, all AdamW moments, step and data cursor, options) every N steps and at the end, resumable bit-identically.
+/// </summary>
+public sealed class RewardModelRun
+{
+    private readonly RewardModelTrainer trainer;
+    private readonly string directory, tokenizerSpec, optionsJson;
+    private readonly int checkpointEvery;
+
+    /// <param name="optionsJson">the run's identity (options, model, data hash): a resume with other settings is refused</param>
+    public RewardModelRun(RewardModelTrainer trainer, string directory, string tokenizerSpec, string optionsJson, int checkpointEvery)
+    {
+        ArgumentNullException.ThrowIfNull(trainer);
+        if (checkpointEvery < 1) throw new ArgumentException($"checkpoint interval must be ≥ 1 (got {checkpointEvery})");
+        this.trainer = trainer;
+        this.directory = Path.GetFullPath(directory);
+        this.tokenizerSpec = tokenizerSpec;
+        this.optionsJson = optionsJson;
+        this.checkpointEvery = checkpointEvery;
+    }
+
+    public RewardModelTrainer Trainer => trainer;
+    public string MetricsPath => Path.Combine(directory, AlignmentTrainer.MetricsFileName);
+
+    /// <summary>
+    /// Restores the latest checkpoint in the folder when <paramref name="resume"/> (returns its path, or null when there
+    /// is none); refuses to start over a folder that already holds a run without <paramref name="resume"/>, and to resume
+    /// one written with other settings. metrics.jsonl is cut back to the checkpoint's step.
+    /// </summary>
+    public string? Start(bool resume)
+    {
+        string? latest = GptCheckpoint.LatestTraining(directory);
+        if (!resume)
+        {
+            if (latest is not null)
+                throw new ArgumentException($"{directory} already holds a run ({latest}); pass --resume to continue it or choose another output folder");
+            Directory.CreateDirectory(directory);
+            File.WriteAllText(MetricsPath, "");
+            return null;
+        }
+        if (latest is null)
+        {
+            Directory.CreateDirectory(directory);
+            File.WriteAllText(MetricsPath, "");
+            return null;
+        }
+        // Check the identity before touching the weights, so a refused resume leaves the model as it was.
+        string saved = SavedOptions(latest);
+        if (saved != optionsJson)
+            throw new CheckpointMismatchException($"{latest} was written with different settings; resume with the same flags and data:\n  saved: {saved}\n  now:   {optionsJson}");
+        var (state, _) = trainer.Model.LoadTraining(latest);
+        double elapsed = 0;
+        var kept = new List<string>();
+        if (File.Exists(MetricsPath))
+            foreach (var line in File.ReadAllLines(MetricsPath))
+            {
+                if (line.Length == 0) continue;
+                using var doc = JsonDocument.Parse(line);
+                if (doc.RootElement.GetProperty("step").GetInt32() > state.Step) break;
+                kept.Add(line);
+                if (doc.RootElement.TryGetProperty("elapsed_seconds", out var e) && e.ValueKind == JsonValueKind.Number) elapsed = e.GetDouble();
+            }
+        File.WriteAllText(MetricsPath, kept.Count == 0 ? "" : string.Join('\n', kept) + "\n");
+        trainer.Restore(state, elapsed);
+        return latest;
+    }
+
+    private static string SavedOptions(string checkpoint)
+    {
+        using var state = Engine.SafeTensors.SafeTensorsFile.Open(Path.Combine(checkpoint, GptCheckpoint.StateFileName));
+        return state.Metadata.TryGetValue("options", out var o) ? o : "{}";
+    }
+
+    /// <summary>One step: train, append its metrics line, checkpoint when due.</summary>
+    public AlignmentStepReport Step()
+    {
+        var report = trainer.TrainStep();
+        File.AppendAllText(MetricsPath, AlignmentTrainer.ToJsonLine(report) + "\n");
+        if (report.Step % checkpointEvery == 0 || report.Step == trainer.Options.Steps)
+            trainer.Model.SaveTraining(directory, tokenizerSpec, trainer.State, optionsJson);
+        return report;
+    }
+
+    /// <summary>Steps to the end, calling <paramref name="onStep"/> after each.</summary>
+    public void RunToEnd(Action<AlignmentStepReport>? onStep = null)
+    {
+        while (trainer.Step < trainer.Options.Steps)
+        {
+            var report = Step();
+            onStep?.Invoke(report);
+        }
+    }
+}
