@@ -445,18 +445,7 @@ public sealed class AlignmentRun
         var (state, saved) = GptCheckpoint.LoadTraining(latest, policy.Model);
         if (saved != optionsJson)
             throw new CheckpointMismatchException($"{latest} was written with different settings; resume with the same flags and data:\n  saved: {saved}\n  now:   {optionsJson}");
-        double elapsed = 0;
-        var kept = new List<string>();
-        if (File.Exists(MetricsPath))
-            foreach (var line in File.ReadAllLines(MetricsPath))
-            {
-                if (line.Length == 0) continue;
-                using var doc = JsonDocument.Parse(line);
-                if (doc.RootElement.GetProperty("step").GetInt32() > state.Step) break;
-                kept.Add(line);
-                if (doc.RootElement.TryGetProperty("elapsed_seconds", out var e) && e.ValueKind == JsonValueKind.Number) elapsed = e.GetDouble();
-            }
-        File.WriteAllText(MetricsPath, kept.Count == 0 ? "" : string.Join('\n', kept) + "\n");
+        double elapsed = MetricsLog.TruncateAfter(MetricsPath, state.Step);
         trainer.Restore(state, elapsed);
         return latest;
     }
