@@ -193,82 +193,24 @@ public sealed class RewardModelTrainer
 /// <c>metrics.jsonl</c> (one JSON line per step) and training checkpoints (<see cref="RewardModel.SaveTraining"/>: backbone,
 /// head, all AdamW moments, step and data cursor, options) every N steps and at the end, resumable bit-identically.
 /// </summary>
-public sealed class RewardModelRun
+public sealed class RewardModelRun : CheckpointedRun
 {
     private readonly RewardModelTrainer trainer;
-    private readonly string directory, tokenizerSpec, optionsJson;
-    private readonly int checkpointEvery;
 
     /// <param name="optionsJson">the run's identity (options, model, data hash): a resume with other settings is refused</param>
     public RewardModelRun(RewardModelTrainer trainer, string directory, string tokenizerSpec, string optionsJson, int checkpointEvery)
+        : base(directory, tokenizerSpec, optionsJson, checkpointEvery)
     {
         ArgumentNullException.ThrowIfNull(trainer);
-        if (checkpointEvery < 1) throw new ArgumentException($"checkpoint interval must be ≥ 1 (got {checkpointEvery})");
         this.trainer = trainer;
-        this.directory = Path.GetFullPath(directory);
-        this.tokenizerSpec = tokenizerSpec;
-        this.optionsJson = optionsJson;
-        this.checkpointEvery = checkpointEvery;
     }
 
     public RewardModelTrainer Trainer => trainer;
-    public string MetricsPath => Path.Combine(directory, AlignmentTrainer.MetricsFileName);
 
-    /// <summary>
-    /// Restores the latest checkpoint in the folder when <paramref name="resume"/> (returns its path, or null when there
-    /// is none); refuses to start over a folder that already holds a run without <paramref name="resume"/>, and to resume
-    /// one written with other settings. metrics.jsonl is cut back to the checkpoint's step.
-    /// </summary>
-    public string? Start(bool resume)
-    {
-        string? latest = GptCheckpoint.LatestTraining(directory);
-        if (!resume)
-        {
-            if (latest is not null)
-                throw new ArgumentException($"{directory} already holds a run ({latest}); pass --resume to continue it or choose another output folder");
-            Directory.CreateDirectory(directory);
-            File.WriteAllText(MetricsPath, "");
-            return null;
-        }
-        if (latest is null)
-        {
-            Directory.CreateDirectory(directory);
-            File.WriteAllText(MetricsPath, "");
-            return null;
-        }
-        // Check the identity before touching the weights, so a refused resume leaves the model as it was.
-        string saved = SavedOptions(latest);
-        if (saved != optionsJson)
-            throw new CheckpointMismatchException($"{latest} was written with different settings; resume with the same flags and data:\n  saved: {saved}\n  now:   {optionsJson}");
-        var (state, _) = trainer.Model.LoadTraining(latest);
-        double elapsed = MetricsLog.TruncateAfter(MetricsPath, state.Step);
-        trainer.Restore(state, elapsed);
-        return latest;
-    }
-
-    private static string SavedOptions(string checkpoint)
-    {
-        using var state = Engine.SafeTensors.SafeTensorsFile.Open(Path.Combine(checkpoint, GptCheckpoint.StateFileName));
-        return state.Metadata.TryGetValue("options", out var o) ? o : "{}";
-    }
-
-    /// <summary>One step: train, append its metrics line, checkpoint when due.</summary>
-    public AlignmentStepReport Step()
-    {
-        var report = trainer.TrainStep();
-        File.AppendAllText(MetricsPath, AlignmentTrainer.ToJsonLine(report) + "\n");
-        if (report.Step % checkpointEvery == 0 || report.Step == trainer.Options.Steps)
-            trainer.Model.SaveTraining(directory, tokenizerSpec, trainer.State, optionsJson);
-        return report;
-    }
-
-    /// <summary>Steps to the end, calling <paramref name="onStep"/> after each.</summary>
-    public void RunToEnd(Action<AlignmentStepReport>? onStep = null)
-    {
-        while (trainer.Step < trainer.Options.Steps)
-        {
-            var report = Step();
-            onStep?.Invoke(report);
-        }
-    }
+    protected override int CompletedSteps => trainer.Step;
+    protected override int TotalSteps => trainer.Options.Steps;
+    protected override AlignmentStepReport TrainStep() => trainer.TrainStep();
+    protected override void SaveCheckpoint() => trainer.Model.SaveTraining(Directory, TokenizerSpec, trainer.State, OptionsJson);
+    protected override TrainerState LoadCheckpoint(string checkpoint) => trainer.Model.LoadTraining(checkpoint).State;
+    protected override void Restore(TrainerState state, double elapsedSeconds) => trainer.Restore(state, elapsedSeconds);
 }

@@ -398,77 +398,27 @@ public sealed class AlignmentTrainer
 /// (one JSON line per step), training checkpoints (<see cref="GptCheckpoint.SaveTraining"/>: weights, AdamW moments,
 /// step and data cursor, options) every N steps and at the end, resumable bit-identically.
 /// </summary>
-public sealed class AlignmentRun
+public sealed class AlignmentRun : CheckpointedRun
 {
     private readonly AlignmentTrainer trainer;
     private readonly GptPolicy policy;
-    private readonly string directory, tokenizerSpec, optionsJson;
-    private readonly int checkpointEvery;
 
     /// <param name="optionsJson">the run's identity (options, model, data hash): a resume with other settings is refused</param>
     public AlignmentRun(AlignmentTrainer trainer, GptPolicy policy, string directory, string tokenizerSpec, string optionsJson, int checkpointEvery)
+        : base(directory, tokenizerSpec, optionsJson, checkpointEvery)
     {
-        if (checkpointEvery < 1) throw new ArgumentException($"checkpoint interval must be ≥ 1 (got {checkpointEvery})");
         this.trainer = trainer;
         this.policy = policy;
-        this.directory = Path.GetFullPath(directory);
-        this.tokenizerSpec = tokenizerSpec;
-        this.optionsJson = optionsJson;
-        this.checkpointEvery = checkpointEvery;
     }
 
     public AlignmentTrainer Trainer => trainer;
-    public string MetricsPath => Path.Combine(directory, AlignmentTrainer.MetricsFileName);
 
-    /// <summary>
-    /// Restores the latest checkpoint in the folder when <paramref name="resume"/> (returns its path, or null when there
-    /// is none); refuses to start over a folder that already holds a run without <paramref name="resume"/>.
-    /// metrics.jsonl is cut back to the checkpoint's step, so steps redone after a crash are not listed twice.
-    /// </summary>
-    public string? Start(bool resume)
-    {
-        string? latest = GptCheckpoint.LatestTraining(directory);
-        if (!resume)
-        {
-            if (latest is not null)
-                throw new ArgumentException($"{directory} already holds a run ({latest}); pass --resume to continue it or choose another output folder");
-            Directory.CreateDirectory(directory);
-            File.WriteAllText(MetricsPath, "");
-            return null;
-        }
-        if (latest is null)
-        {
-            Directory.CreateDirectory(directory);
-            File.WriteAllText(MetricsPath, "");
-            return null;
-        }
-        var (state, saved) = GptCheckpoint.LoadTraining(latest, policy.Model);
-        if (saved != optionsJson)
-            throw new CheckpointMismatchException($"{latest} was written with different settings; resume with the same flags and data:\n  saved: {saved}\n  now:   {optionsJson}");
-        double elapsed = MetricsLog.TruncateAfter(MetricsPath, state.Step);
-        trainer.Restore(state, elapsed);
-        return latest;
-    }
-
-    /// <summary>One step: train, append its metrics line, checkpoint when due.</summary>
-    public AlignmentStepReport Step()
-    {
-        var report = trainer.TrainStep();
-        File.AppendAllText(MetricsPath, AlignmentTrainer.ToJsonLine(report) + "\n");
-        if (report.Step % checkpointEvery == 0 || report.Step == trainer.Options.Steps)
-            GptCheckpoint.SaveTraining(directory, policy.Model, tokenizerSpec, trainer.State, optionsJson);
-        return report;
-    }
-
-    /// <summary>Steps to the end, calling <paramref name="onStep"/> after each.</summary>
-    public void RunToEnd(Action<AlignmentStepReport>? onStep = null)
-    {
-        while (trainer.Step < trainer.Options.Steps)
-        {
-            var report = Step();
-            onStep?.Invoke(report);
-        }
-    }
+    protected override int CompletedSteps => trainer.Step;
+    protected override int TotalSteps => trainer.Options.Steps;
+    protected override AlignmentStepReport TrainStep() => trainer.TrainStep();
+    protected override void SaveCheckpoint() => GptCheckpoint.SaveTraining(Directory, policy.Model, TokenizerSpec, trainer.State, OptionsJson);
+    protected override TrainerState LoadCheckpoint(string checkpoint) => GptCheckpoint.LoadTraining(checkpoint, policy.Model).State;
+    protected override void Restore(TrainerState state, double elapsedSeconds) => trainer.Restore(state, elapsedSeconds);
 
     /// <summary>Reads the metrics file back as one dictionary per line.</summary>
     public static List<Dictionary<string, double?>> ReadMetrics(string path)
