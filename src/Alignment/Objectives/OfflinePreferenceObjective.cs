@@ -88,7 +88,7 @@ public sealed class OfflinePreferenceObjective
         if (kl is { Beta: > 0 })
         {
             if (reference is null) throw new ArgumentException("the KL regulariser needs the reference policy π0");
-            klEstimate = AccumulateKl(policy, reference, pairs, kl, sampleSeed, gradientScale);
+            klEstimate = AccumulateKl(policy, reference, DistinctPrompts(pairs.Select(p => p.Prompt)), kl, sampleSeed, gradientScale);
         }
         return new OfflineStepMetrics(metrics, klEstimate, metrics.Loss + (kl?.Beta ?? 0) * klEstimate);
     }
@@ -116,13 +116,22 @@ public sealed class OfflinePreferenceObjective
         return sequences;
     }
 
-    private static double AccumulateKl(IPolicy policy, IPolicy reference, IReadOnlyList<PreferencePair> pairs, KlRegularizer kl, ulong seed, double gradientScale)
+    /// <summary>The distinct prompts of a sequence of prompts, in first-seen order.</summary>
+    internal static List<int[]> DistinctPrompts(IEnumerable<int[]> prompts)
     {
-        // Distinct prompts of the minibatch, in first-seen order.
-        var prompts = new List<int[]>();
+        var distinct = new List<int[]>();
         var seen = new HashSet<string>();
-        foreach (var pair in pairs)
-            if (seen.Add(string.Join(',', pair.Prompt))) prompts.Add(pair.Prompt);
+        foreach (var prompt in prompts)
+            if (seen.Add(string.Join(',', prompt))) distinct.Add(prompt);
+        return distinct;
+    }
+
+    /// <summary>
+    /// Adds β·∇KL(π ‖ π0) over <paramref name="prompts"/> (k fresh samples each, leave-one-out baseline) to the
+    /// policy's gradients and returns the KL estimate (mean over prompts).
+    /// </summary>
+    internal static double AccumulateKl(IPolicy policy, IPolicy reference, IReadOnlyList<int[]> prompts, KlRegularizer kl, ulong seed, double gradientScale)
+    {
         int k = kl.SamplesPerPrompt;
         var repeated = new List<int[]>(prompts.Count * k);
         foreach (var prompt in prompts) for (int i = 0; i < k; i++) repeated.Add(prompt);

@@ -34,7 +34,7 @@ public sealed record RewardStepMetrics(PairwiseLossMetrics Pairwise, double Grad
 /// the first loss is ln 2. The head has its own gradients and AdamW moments; weight decay applies to w (a
 /// matrix, [1, C] in the checkpoint), not to b, like the backbone's rule.
 /// </summary>
-public sealed class RewardModel : IDisposable
+public sealed class RewardModel : IDisposable, DistAlign.Alignment.Objectives.IRewardFunction
 {
     /// <summary>The head's tensor names in the checkpoint (the Hugging Face sequence-classification name).</summary>
     public const string ScoreWeightName = "score.weight";

@@ -9,7 +9,7 @@ namespace DistAlign.Alignment.Reward;
 /// L2 term λ·mean(R̂²) that pins down the per-context constant the pairs cannot identify. The reward of the
 /// tabular experiments (OBJECTIVES.md, "Known-target evaluation", A).
 /// </summary>
-public sealed class TabularRewardModel
+public sealed class TabularRewardModel : IRewardFunction
 {
     private readonly float[] rewards, gradients, m, v;
 
@@ -32,6 +32,12 @@ public sealed class TabularRewardModel
     }
 
     public float this[int context, int response] => rewards[context * Responses + response];
+
+    /// <summary>R̂ of one-token responses to one-token (context) prompts.</summary>
+    public void Score(IReadOnlyList<DistAlign.Alignment.Policies.PromptResponse> sequences, Span<float> rewards)
+    {
+        for (int i = 0; i < sequences.Count; i++) rewards[i] = this.rewards[Cell(sequences[i].Prompt, sequences[i].Response, i)];
+    }
 
     /// <summary>
     /// Full-batch Adam on mean BT loss + λ·mean(R̂²) over <paramref name="pairs"/> (prompt [x], responses [y]).

@@ -1,0 +1,118 @@
+using DistAlign.Alignment.Policies;
+using DistAlign.Kernels.Cpu;
+using DistAlign.Transformer.Model;
+
+namespace DistAlign.Alignment.Objectives;
+
+/// <summary>Where the two responses per prompt come from.</summary>
+public enum PairSource
+{
+    /// <summary>Sampled from the current policy π_t ("on-policy", the default).</summary>
+    Policy,
+    /// <summary>Sampled from the reference π0.</summary>
+    Reference,
+}
+
+/// <summary>What one step of an on-policy pairwise objective measured.</summary>
+public sealed record OnPolicyStepMetrics(PairwiseLossMetrics Pairwise, double KlEstimate, double Loss, double MeanReward);
+
+/// <summary>
+/// The pairwise objectives that draw their own pairs: preference distillation (OBJECTIVES.md §2) and REBEL.
+/// Each step samples two responses a₁, a₂ per prompt, scores them with a reward function R̂, and:
+/// <list type="bullet">
+/// <item>distillation: soft label p = σ(R̂(a₁) − R̂(a₂)), loss −[p ln σ(z) + (1−p) ln σ(−z)] with
+/// z = γ[ln π(a₁) − ln π(a₂)], plus β·KL(π ‖ π0) on fresh samples (as PMLE);</item>
+/// <item>REBEL: ([ln π(a₁) − ln π_t(a₁)] − [ln π(a₂) − ln π_t(a₂)] − η[R̂(a₁) − R̂(a₂)])², the anchor π_t being
+/// the policy that drew the pair (its sampled log-probs), so the pairs must come from the policy.</item>
+/// </list>
+/// Both go through <see cref="PairwiseBradleyTerryLoss"/> on per-sequence log-probs.
+/// </summary>
+public sealed class OnPolicyPreferenceObjective
+{
+    private readonly PairwiseLossSettings settings;
+    private readonly IRewardFunction reward;
+    private readonly SamplingOptions sampling;
+    private readonly KlRegularizer? kl;
+    private readonly PairSource source;
+
+    public OnPolicyPreferenceObjective(PairwiseLossSettings settings, IRewardFunction reward, SamplingOptions sampling,
+                                       KlRegularizer? kl = null, PairSource source = PairSource.Policy)
+    {
+        settings.Validate();
+        if (settings.Variant is not (PairwiseLossVariant.Distillation or PairwiseLossVariant.Rebel))
+            throw new ArgumentException($"on-policy pairs serve distillation and REBEL, not {settings.Variant}");
+        if (settings.Variant == PairwiseLossVariant.Rebel && source != PairSource.Policy)
+            throw new ArgumentException("REBEL's anchor is the policy that drew the pair: sample from the policy");
+        if (sampling.Validate().MaxNewTokens < 1) throw new ArgumentException("sampled responses need at least one token");
+        if (kl is { Beta: < 0 }) throw new ArgumentException($"KL β must be ≥ 0 (got {kl.Beta})");
+        this.settings = settings;
+        this.reward = reward;
+        this.sampling = sampling;
+        this.kl = kl;
+        this.source = source;
+    }
+
+    /// <summary>
+    /// Adds this minibatch's gradient (of the mean loss over its prompts' pairs, times
+    /// <paramref name="gradientScale"/>) to the policy's gradients.
+    /// </summary>
+    public OnPolicyStepMetrics Accumulate(IPolicy policy, IPolicy? reference, IReadOnlyList<int[]> prompts, ulong seed, double gradientScale = 1.0)
+    {
+        if (prompts.Count == 0) throw new ArgumentException("an on-policy step needs at least one prompt");
+        if (source == PairSource.Reference && reference is null) throw new ArgumentException("pairs from π0 need the reference policy");
+        var repeated = new List<int[]>(2 * prompts.Count);
+        foreach (var prompt in prompts) { repeated.Add(prompt); repeated.Add(prompt); }
+        var samples = (source == PairSource.Policy ? policy : reference!).Sample(repeated, sampling, seed);
+        var sequences = new List<PromptResponse>(repeated.Count);
+        for (int i = 0; i < repeated.Count; i++) sequences.Add(new PromptResponse(repeated[i], samples[i].Tokens));
+
+        int s = sequences.Count, p = prompts.Count;
+        var rewards = new float[s];
+        reward.Score(sequences, rewards);
+        int tokens = PolicyScores.TokenCount(sequences);
+        var tokenLogProbs = new float[tokens];
+        policy.Score(sequences, tokenLogProbs);
+        var logps = new float[s];
+        PolicyScores.SumPerSequence(sequences, tokenLogProbs, logps, default);
+
+        var first = new int[p];
+        var second = new int[p];
+        for (int i = 0; i < p; i++) { first[i] = 2 * i; second[i] = 2 * i + 1; }
+        float[] labels = [];
+        float[] anchor = [];
+        if (settings.Variant == PairwiseLossVariant.Distillation)
+        {
+            labels = new float[p];
+            for (int i = 0; i < p; i++) labels[i] = (float)(1.0 / (1.0 + Math.Exp(-((double)rewards[2 * i] - rewards[2 * i + 1]))));
+        }
+        else
+        {
+            anchor = new float[s];
+            for (int i = 0; i < s; i++) anchor[i] = samples[i].LogProbs.Sum();
+        }
+        var dLogps = new float[s];
+        var metrics = PairwiseBradleyTerryLoss.ForwardBackward(settings, new PairwiseLossBatch
+        {
+            Logps = logps,
+            RefLogps = anchor,
+            Rewards = settings.Variant == PairwiseLossVariant.Rebel ? rewards : default,
+            Chosen = first,
+            Rejected = second,
+            Labels = labels,
+        }, new float[p], dLogps, default);
+        if (gradientScale != 1.0)
+            for (int i = 0; i < s; i++) dLogps[i] = (float)(dLogps[i] * gradientScale);
+        var dTokens = new float[tokens];
+        PolicyScores.ScatterPerSequence(sequences, dLogps, dTokens);
+        policy.Backward(dTokens);
+
+        double klEstimate = 0;
+        if (kl is { Beta: > 0 })
+        {
+            if (reference is null) throw new ArgumentException("the KL regulariser needs the reference policy π0");
+            klEstimate = OfflinePreferenceObjective.AccumulateKl(policy, reference, OfflinePreferenceObjective.DistinctPrompts(prompts), kl,
+                                                                 seed ^ 0x9E3779B97F4A7C15UL, gradientScale);
+        }
+        return new OnPolicyStepMetrics(metrics, klEstimate, metrics.Loss + (kl?.Beta ?? 0) * klEstimate, rewards.Average());
+    }
+}
