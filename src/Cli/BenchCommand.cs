@@ -43,7 +43,19 @@ internal static class BenchCommand
             Console.WriteLine($"DPO step median {m.DpoMedianMilliseconds:F1} ms (min {m.DpoMilliseconds.Min():F1}) | SFT step median {m.SftMedianMilliseconds:F1} ms (min {m.SftMilliseconds.Min():F1}) | DPO/SFT = {m.Ratio:F3}");
             return 0;
         });
-        return new Command("bench", "Benchmarks.") { step, dpo };
+        var decodeThreads = new Option<int>("--threads") { DefaultValueFactory = _ => Environment.ProcessorCount, Description = "CPU threads." };
+        var decodeLength = new Option<int>("--length") { DefaultValueFactory = _ => 128, Description = "Positions to decode (≤ the W2 context of 128)." };
+        var decode = new Command("decode", "KV-cache decoding vs re-running the full forward for every new token (W2-sized model, 8 rows).") { decodeThreads, decodeLength };
+        decode.SetAction(parse =>
+        {
+            CpuParallel.Threads = CliErrors.Positive(parse.GetValue(decodeThreads), "--threads");
+            var m = DecodeBenchmark.Run(StepWorkload.W2.Config, rows: 8, length: CliErrors.Positive(parse.GetValue(decodeLength), "--length"));
+            Console.WriteLine($"{m.Config}, {m.Rows} rows × {m.Length} positions, {CpuParallel.Threads} threads");
+            Console.WriteLine($"KV cache: {m.CachedMilliseconds:F0} ms ({m.CachedTokensPerSecond:N0} tokens/s) | full forward per token: {m.RecomputeMilliseconds:F0} ms ({m.RecomputeTokensPerSecond:N0} tokens/s) | speed-up {m.Speedup:F1}× over all positions | max |Δ log-prob| at the last position {m.MaxLogitDifference:E1}");
+            Console.WriteLine($"per new token at context {m.Length}: cached step {m.CachedLastStepsMilliseconds:F2} ms vs full forward {m.RecomputeLastStepsMilliseconds:F1} ms → {m.SpeedupAtFullContext:F1}×");
+            return 0;
+        });
+        return new Command("bench", "Benchmarks.") { step, dpo, decode };
     }
 
     private static void Print(StepMeasurement m)

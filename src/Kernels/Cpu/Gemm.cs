@@ -129,6 +129,11 @@ public static unsafe class Gemm
                 ScaleAndAddBias(problem);
                 return;
             }
+            if (SmallRowsGemm.Applies(m, aT))
+            {
+                SmallRowsGemm.Run(m, n, k, alpha, pa, lda, pb, ldb, bT, beta, pc, ldc, problem.Bias);
+                return;
+            }
             Run(problem);
         }
     }

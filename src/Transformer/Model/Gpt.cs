@@ -105,10 +105,23 @@ public sealed class Gpt : IDisposable
     /// <summary>Zeroes the gradient buffer (the backward accumulates into it).</summary>
     public void ZeroGradients() => Gradients.Clear();
 
+    /// <summary>Batch shapes whose activation arenas are kept; the least recently used beyond this is freed.</summary>
+    public const int ActivationShapesKept = 4;
+
+    private readonly List<(int Rows, int Length)> shapesByRecency = [];
+
     private Arena Activations(int rows, int length)
     {
-        if (!activationsByShape.TryGetValue((rows, length), out var arenas))
+        var shape = (rows, length);
+        if (!activationsByShape.TryGetValue(shape, out var arenas))
         {
+            if (shapesByRecency.Count == ActivationShapesKept)
+            {
+                var oldest = shapesByRecency[0];
+                shapesByRecency.RemoveAt(0);
+                activationsByShape[oldest].Dispose();
+                activationsByShape.Remove(oldest);
+            }
             var plan = new MemoryPlanBuilder();
             GptActivations.Plan(plan.Arena(GptActivations.Arena), Config, rows, length);
             var built = plan.Build();
@@ -118,8 +131,10 @@ public sealed class Gpt : IDisposable
                 built.EnsureFits(budget - weightBytes);
             }
             arenas = MemoryArenas.Allocate(device, built);
-            activationsByShape[(rows, length)] = arenas;
+            activationsByShape[shape] = arenas;
         }
+        else shapesByRecency.Remove(shape);
+        shapesByRecency.Add(shape);
         return arenas[GptActivations.Arena];
     }
 
