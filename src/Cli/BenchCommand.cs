@@ -55,7 +55,51 @@ internal static class BenchCommand
             Console.WriteLine($"per new token at context {m.Length}: cached step {m.CachedLastStepsMilliseconds:F2} ms vs full forward {m.RecomputeLastStepsMilliseconds:F1} ms → {m.SpeedupAtFullContext:F1}×");
             return 0;
         });
-        return new Command("bench", "Benchmarks.") { step, dpo, decode };
+        var peerWorkloads = new Option<string[]>("--workload") { Description = "w1 and/or w2; repeatable.", DefaultValueFactory = _ => ["w2"], AllowMultipleArgumentsPerToken = true };
+        var peerThreads = new Option<int>("--threads") { DefaultValueFactory = _ => Environment.ProcessorCount, Description = "CPU threads for both." };
+        var rounds = new Option<int>("--rounds") { DefaultValueFactory = _ => 3, Description = "Alternating rounds (ours, then the peer)." };
+        var perRound = new Option<int>("--steps") { DefaultValueFactory = _ => 5, Description = "Timed steps per round for each." };
+        var python = new Option<string>("--python") { DefaultValueFactory = _ => "/usr/bin/python3", Description = "Python with Debian's python3-torch." };
+        var script = new Option<string?>("--peer-script") { Description = "Path of tools/peers/torch_step.py (default: found from the current folder upward)." };
+        var peers = new Command("peers", "Our training step and PyTorch's on the same workload, alternating in one invocation.") { peerWorkloads, peerThreads, rounds, perRound, python, script };
+        peers.SetAction(parse =>
+        {
+            int threadCount = CliErrors.Positive(parse.GetValue(peerThreads), "--threads");
+            CpuParallel.Threads = threadCount;
+            string scriptPath = parse.GetValue(script) ?? FindUpward(Path.Combine("tools", "peers", "torch_step.py"));
+            string py = parse.GetValue(python)!;
+            if (PeerStepBenchmark.Unavailable(py, scriptPath) is { } why)
+            {
+                Console.WriteLine($"peer skipped: {why}");
+                return 0;
+            }
+            foreach (var name in parse.GetValue(peerWorkloads)!)
+            {
+                var workload = name.ToLowerInvariant() switch
+                {
+                    "w1" => StepWorkload.W1,
+                    "w2" => StepWorkload.W2,
+                    _ => throw new CliUsageException($"--workload '{name}': expected w1 or w2"),
+                };
+                var c = PeerStepBenchmark.Run(workload, py, scriptPath, CliErrors.Positive(parse.GetValue(rounds), "--rounds"),
+                    CliErrors.Positive(parse.GetValue(perRound), "--steps"), threadCount);
+                Console.WriteLine($"{workload.Name} ({threadCount} threads, {c.OursMilliseconds.Length} steps each): DistAlign median {c.OursMedian:F1} ms " +
+                                  $"[{c.OursMilliseconds.Min():F1}–{c.OursMilliseconds.Max():F1}] | {c.Peer} median {c.PeerMedian:F1} ms " +
+                                  $"[{c.PeerMilliseconds.Min():F1}–{c.PeerMilliseconds.Max():F1}] | ratio {c.Ratio:F2}");
+            }
+            return 0;
+        });
+        return new Command("bench", "Benchmarks.") { step, dpo, decode, peers };
+    }
+
+    private static string FindUpward(string relative)
+    {
+        for (var dir = new DirectoryInfo(Directory.GetCurrentDirectory()); dir is not null; dir = dir.Parent)
+        {
+            string candidate = Path.Combine(dir.FullName, relative);
+            if (File.Exists(candidate)) return candidate;
+        }
+        return relative;
     }
 
     private static void Print(StepMeasurement m)
