@@ -8,35 +8,17 @@ using DistAlign.Transformer.Training;
 namespace DistAlign.Tests.Cli;
 
 /// <summary>The align and reward commands end to end, in process, on a tiny GPT and a JSONL file written here.</summary>
-[NonParallelizable]
-public class AlignCliTests
+public class AlignCliTests : CliTestBase
 {
-    private string directory = "", modelPath = "", dataPath = "";
-    private TextWriter? savedOut, savedError;
-    private StringWriter output = new(), error = new();
+    private string modelPath = "", dataPath = "";
 
     [SetUp]
     public void SetUp()
     {
-        directory = Directory.CreateTempSubdirectory("distalign-align-cli-").FullName;
-        modelPath = Path.Combine(directory, "pi0.safetensors");
-        dataPath = Path.Combine(directory, "prefs.jsonl");
+        modelPath = Path.Combine(TestDirectory, "pi0.safetensors");
+        dataPath = Path.Combine(TestDirectory, "prefs.jsonl");
         TinyAlignmentSetup.WriteModel(modelPath);
         TinyAlignmentSetup.WriteJsonl(dataPath, TinyAlignmentSetup.Examples());
-        savedOut = Console.Out;
-        savedError = Console.Error;
-        output = new StringWriter();
-        error = new StringWriter();
-        Console.SetOut(output);
-        Console.SetError(error);
-    }
-
-    [TearDown]
-    public void TearDown()
-    {
-        Console.SetOut(savedOut!);
-        Console.SetError(savedError!);
-        Directory.Delete(directory, recursive: true);
     }
 
     private static readonly string[] Small =
@@ -57,15 +39,15 @@ public class AlignCliTests
     [TestCaseSource(nameof(Objectives))]
     public void RunsEndToEndAndResumesBitIdenticallyAfterACrash(string[] objective)
     {
-        string straight = Path.Combine(directory, "straight"), crashed = Path.Combine(directory, "crashed");
-        Assert.That(Align(straight, objective), Is.EqualTo(0), error.ToString());
-        Assert.That(Align(crashed, objective), Is.EqualTo(0), error.ToString());
-        Assert.That(output.ToString(), Does.Contain("kept").And.Contain("done:"));
+        string straight = Path.Combine(TestDirectory, "straight"), crashed = Path.Combine(TestDirectory, "crashed");
+        Assert.That(Align(straight, objective), Is.EqualTo(0), Error.ToString());
+        Assert.That(Align(crashed, objective), Is.EqualTo(0), Error.ToString());
+        Assert.That(Output.ToString(), Does.Contain("kept").And.Contain("done:"));
         // Simulate a crash after step 2: 'latest' still names step 2, metrics.jsonl already has steps 3 and 4.
         File.WriteAllText(Path.Combine(crashed, GptCheckpoint.LatestFileName), "step-00000002\n");
         File.Delete(Path.Combine(crashed, GptCheckpoint.ModelFileName));
-        Assert.That(Align(crashed, objective, null, "--resume"), Is.EqualTo(0), error.ToString());
-        Assert.That(output.ToString(), Does.Contain("resumed from"));
+        Assert.That(Align(crashed, objective, null, "--resume"), Is.EqualTo(0), Error.ToString());
+        Assert.That(Output.ToString(), Does.Contain("resumed from"));
 
         var a = AlignmentRun.ReadMetrics(Path.Combine(straight, AlignmentTrainer.MetricsFileName));
         var b = AlignmentRun.ReadMetrics(Path.Combine(crashed, AlignmentTrainer.MetricsFileName));
@@ -80,20 +62,20 @@ public class AlignCliTests
     [Test]
     public void ReferenceCacheHitsOnTheSameModelAndDataAndMissesWhenTheDataChanges()
     {
-        string run = Path.Combine(directory, "run");
+        string run = Path.Combine(TestDirectory, "run");
         string[] dpo = ["--objective", "dpo"];
-        Assert.That(Align(run, dpo), Is.EqualTo(0), error.ToString());
-        Assert.That(output.ToString(), Does.Contain("reference log-probs: computed").And.Not.Contain("cached (hit)"));
-        output.GetStringBuilder().Clear();
-        Assert.That(Align(run, dpo, null, "--resume"), Is.EqualTo(0), error.ToString());
-        Assert.That(output.ToString(), Does.Contain("reference log-probs: cached (hit)"));
+        Assert.That(Align(run, dpo), Is.EqualTo(0), Error.ToString());
+        Assert.That(Output.ToString(), Does.Contain("reference log-probs: computed").And.Not.Contain("cached (hit)"));
+        Output.GetStringBuilder().Clear();
+        Assert.That(Align(run, dpo, null, "--resume"), Is.EqualTo(0), Error.ToString());
+        Assert.That(Output.ToString(), Does.Contain("reference log-probs: cached (hit)"));
 
-        string other = Path.Combine(directory, "other.jsonl");
+        string other = Path.Combine(TestDirectory, "other.jsonl");
         TinyAlignmentSetup.WriteJsonl(other, TinyAlignmentSetup.Examples(salt: "?"));
-        output.GetStringBuilder().Clear();
+        Output.GetStringBuilder().Clear();
         Assert.That(Align(run, dpo, other, "--resume"), Is.EqualTo(Program.UsageError), "other data cannot resume this run");
-        Assert.That(output.ToString(), Does.Contain("reference log-probs: computed"));
-        Assert.That(error.ToString(), Does.Contain("different settings"));
+        Assert.That(Output.ToString(), Does.Contain("reference log-probs: computed"));
+        Assert.That(Error.ToString(), Does.Contain("different settings"));
         Assert.That(Directory.GetFiles(Path.Combine(run, "cache")), Has.Length.EqualTo(2));
     }
 
@@ -105,32 +87,32 @@ public class AlignCliTests
             """{"prompt": "d", "chosen": "e", "rejected": "f"}""",
             """{"prompt": "g", "chosen": 5, "rejected": "h"}""",
         ]);
-        Assert.That(Align(Path.Combine(directory, "bad"), ["--objective", "sft"]), Is.EqualTo(Program.UsageError));
-        Assert.That(error.ToString(), Does.Contain("prefs.jsonl:3:"));
-        Assert.That(error.ToString().Trim().Split('\n'), Has.Length.EqualTo(1));
-        Assert.That(Directory.Exists(Path.Combine(directory, "bad")), Is.False, "nothing is written for bad input");
+        Assert.That(Align(Path.Combine(TestDirectory, "bad"), ["--objective", "sft"]), Is.EqualTo(Program.UsageError));
+        Assert.That(Error.ToString(), Does.Contain("prefs.jsonl:3:"));
+        Assert.That(Error.ToString().Trim().Split('\n'), Has.Length.EqualTo(1));
+        Assert.That(Directory.Exists(Path.Combine(TestDirectory, "bad")), Is.False, "nothing is written for bad input");
     }
 
     [Test]
     public void MissingFilesAndBadFlagsGiveExitCode2()
     {
-        Assert.That(Program.Main(["align", "--objective", "dpo", "--model", Path.Combine(directory, "nope"), "--data", dataPath, "--out", directory]),
+        Assert.That(Program.Main(["align", "--objective", "dpo", "--model", Path.Combine(TestDirectory, "nope"), "--data", dataPath, "--out", TestDirectory]),
                     Is.EqualTo(Program.UsageError));
-        Assert.That(error.ToString(), Does.Contain("no such file"));
-        Assert.That(Align(Path.Combine(directory, "x"), ["--objective", "dpo", "--variant", "fancy"]), Is.EqualTo(Program.UsageError));
-        Assert.That(Align(Path.Combine(directory, "y"), ["--objective", "ppo"]), Is.EqualTo(Program.UsageError));
-        Assert.That(error.ToString(), Does.Contain("--objective must be"));
+        Assert.That(Error.ToString(), Does.Contain("no such file"));
+        Assert.That(Align(Path.Combine(TestDirectory, "x"), ["--objective", "dpo", "--variant", "fancy"]), Is.EqualTo(Program.UsageError));
+        Assert.That(Align(Path.Combine(TestDirectory, "y"), ["--objective", "ppo"]), Is.EqualTo(Program.UsageError));
+        Assert.That(Error.ToString(), Does.Contain("--objective must be"));
     }
 
     [Test]
     public void ANonFiniteLossStopsTheRunAndKeepsTheLastCheckpoint()
     {
-        string run = Path.Combine(directory, "nan");
+        string run = Path.Combine(TestDirectory, "nan");
         int code = Program.Main(["align", "--objective", "sft", "--model", modelPath, "--data", dataPath, "--out", run,
             "--steps", "20", "--batch", "2", "--lr", "1e30", "--warmup", "0", "--clip", "0", "--eval-fraction", "0",
             "--checkpoint-every", "1", "--max-prompt-tokens", "12", "--max-response-tokens", "8", "--threads", "2"]);
         Assert.That(code, Is.EqualTo(Program.RunFailed));
-        Assert.That(error.ToString(), Does.Contain("training stopped").And.Contain("not finite"));
+        Assert.That(Error.ToString(), Does.Contain("training stopped").And.Contain("not finite"));
         string latest = GptCheckpoint.LatestTraining(run)!;
         using var model = new Gpt(TinyAlignmentSetup.Config);
         var (state, _) = GptCheckpoint.LoadTraining(latest, model);
@@ -142,24 +124,24 @@ public class AlignCliTests
     public void HelpListsEveryOptionWithItsDefault()
     {
         Assert.That(Program.Main(["align", "--help"]), Is.EqualTo(0));
-        string help = output.ToString();
+        string help = Output.ToString();
         foreach (var flag in new[] { "--objective", "--variant", "--beta", "--gamma", "--epsilon", "--kl-beta", "--kl-samples", "--steps", "--batch",
                                      "--grad-accum", "--lr", "--warmup", "--clip", "--eval-fraction", "--eval-every", "--checkpoint-every",
                                      "--max-prompt-tokens", "--max-response-tokens", "--seed", "--threads", "--resume" })
             Assert.That(help, Does.Contain(flag), flag);
         Assert.That(help, Does.Contain("[default: sigmoid]").And.Contain("[default: 0.1]"));
         Assert.That(Program.Main(["reward", "--help"]), Is.EqualTo(0));
-        Assert.That(output.ToString(), Does.Contain("--margin").And.Contain("--centring"));
+        Assert.That(Output.ToString(), Does.Contain("--margin").And.Contain("--centring"));
     }
 
     [Test]
     public void RewardTrainsAFewStepsAndWritesALoadableRewardModel()
     {
-        string run = Path.Combine(directory, "rm");
+        string run = Path.Combine(TestDirectory, "rm");
         int code = Program.Main(["reward", "--model", modelPath, "--data", dataPath, "--out", run, "--steps", "3", "--batch", "3",
             "--lr", "1e-3", "--warmup", "1", "--eval-fraction", "0.25", "--eval-every", "3", "--margin", "0.1",
             "--max-prompt-tokens", "12", "--max-response-tokens", "8", "--threads", "2"]);
-        Assert.That(code, Is.EqualTo(0), error.ToString());
+        Assert.That(code, Is.EqualTo(0), Error.ToString());
         var rows = AlignmentRun.ReadMetrics(Path.Combine(run, AlignmentTrainer.MetricsFileName));
         Assert.That(rows, Has.Count.EqualTo(3));
         Assert.That(rows[2].ContainsKey("eval_loss") && rows[0].ContainsKey("accuracy") && rows[0].ContainsKey("mean_reward"));

@@ -8,35 +8,17 @@ using DistAlign.Transformer.Training;
 namespace DistAlign.Tests.Cli;
 
 /// <summary><c>distalign reward</c> over the reward-model trainer: checkpoints, crash-resume, refused resumes, NaN stop.</summary>
-[NonParallelizable]
-public class RewardCliTests
+public class RewardCliTests : CliTestBase
 {
-    private string directory = "", modelPath = "", dataPath = "";
-    private TextWriter? savedOut, savedError;
-    private StringWriter output = new(), error = new();
+    private string modelPath = "", dataPath = "";
 
     [SetUp]
     public void SetUp()
     {
-        directory = Directory.CreateTempSubdirectory("distalign-reward-cli-").FullName;
-        modelPath = Path.Combine(directory, "pi0.safetensors");
-        dataPath = Path.Combine(directory, "prefs.jsonl");
+        modelPath = Path.Combine(TestDirectory, "pi0.safetensors");
+        dataPath = Path.Combine(TestDirectory, "prefs.jsonl");
         TinyAlignmentSetup.WriteModel(modelPath);
         TinyAlignmentSetup.WriteJsonl(dataPath, TinyAlignmentSetup.Examples());
-        savedOut = Console.Out;
-        savedError = Console.Error;
-        output = new StringWriter();
-        error = new StringWriter();
-        Console.SetOut(output);
-        Console.SetError(error);
-    }
-
-    [TearDown]
-    public void TearDown()
-    {
-        Console.SetOut(savedOut!);
-        Console.SetError(savedError!);
-        Directory.Delete(directory, recursive: true);
     }
 
     private static readonly string[] Small =
@@ -49,16 +31,16 @@ public class RewardCliTests
     [Test]
     public void ResumesBitIdenticallyAfterACrash()
     {
-        string straight = Path.Combine(directory, "straight"), crashed = Path.Combine(directory, "crashed");
-        Assert.That(Reward(straight), Is.EqualTo(0), error.ToString());
-        Assert.That(Reward(crashed), Is.EqualTo(0), error.ToString());
-        Assert.That(output.ToString(), Does.Contain("done:"));
+        string straight = Path.Combine(TestDirectory, "straight"), crashed = Path.Combine(TestDirectory, "crashed");
+        Assert.That(Reward(straight), Is.EqualTo(0), Error.ToString());
+        Assert.That(Reward(crashed), Is.EqualTo(0), Error.ToString());
+        Assert.That(Output.ToString(), Does.Contain("done:"));
         Assert.That(Directory.Exists(Path.Combine(straight, "step-00000002")) && Directory.Exists(Path.Combine(straight, "step-00000004")));
         // Simulate a crash after step 2: 'latest' still names step 2, metrics.jsonl already has steps 3 and 4.
         File.WriteAllText(Path.Combine(crashed, GptCheckpoint.LatestFileName), "step-00000002\n");
         File.Delete(Path.Combine(crashed, RewardCommand.RewardModelFileName));
-        Assert.That(Reward(crashed, "--resume"), Is.EqualTo(0), error.ToString());
-        Assert.That(output.ToString(), Does.Contain("resumed from").And.Contain("at step 2"));
+        Assert.That(Reward(crashed, "--resume"), Is.EqualTo(0), Error.ToString());
+        Assert.That(Output.ToString(), Does.Contain("resumed from").And.Contain("at step 2"));
 
         var a = AlignmentRun.ReadMetrics(Path.Combine(straight, AlignmentTrainer.MetricsFileName));
         var b = AlignmentRun.ReadMetrics(Path.Combine(crashed, AlignmentTrainer.MetricsFileName));
@@ -74,32 +56,32 @@ public class RewardCliTests
     [Test]
     public void ResumeWithChangedFlagsOrOverAnExistingRunGivesExitCode2()
     {
-        string run = Path.Combine(directory, "run");
-        Assert.That(Reward(run), Is.EqualTo(0), error.ToString());
+        string run = Path.Combine(TestDirectory, "run");
+        Assert.That(Reward(run), Is.EqualTo(0), Error.ToString());
         Assert.That(Reward(run), Is.EqualTo(Program.UsageError), "no silent overwrite without --resume");
-        Assert.That(error.ToString(), Does.Contain("already holds a run"));
+        Assert.That(Error.ToString(), Does.Contain("already holds a run"));
         foreach (var changed in new[] { new[] { "--centring", "0.5" }, ["--weight-decay", "0.1"], ["--clip", "0.5"] })
         {
-            error.GetStringBuilder().Clear();
+            Error.GetStringBuilder().Clear();
             Assert.That(Reward(run, [.. changed, "--resume"]), Is.EqualTo(Program.UsageError), changed[0]);
-            Assert.That(error.ToString(), Does.Contain("different settings"), changed[0]);
+            Assert.That(Error.ToString(), Does.Contain("different settings"), changed[0]);
         }
         Assert.That(Reward(run, "--resume"), Is.EqualTo(0), "same flags: resumes (already complete)");
         TinyAlignmentSetup.WriteJsonl(dataPath, TinyAlignmentSetup.Examples(salt: "?"));
-        error.GetStringBuilder().Clear();
+        Error.GetStringBuilder().Clear();
         Assert.That(Reward(run, "--resume"), Is.EqualTo(Program.UsageError), "other data cannot resume this run");
-        Assert.That(error.ToString(), Does.Contain("different settings"));
+        Assert.That(Error.ToString(), Does.Contain("different settings"));
     }
 
     [Test]
     public void ANonFiniteLossStopsTheRunAndKeepsTheLastCheckpointLoadable()
     {
-        string run = Path.Combine(directory, "nan");
+        string run = Path.Combine(TestDirectory, "nan");
         int code = Program.Main(["reward", "--model", modelPath, "--data", dataPath, "--out", run,
             "--steps", "20", "--batch", "2", "--lr", "1e30", "--warmup", "0", "--clip", "0", "--eval-fraction", "0",
             "--checkpoint-every", "1", "--max-prompt-tokens", "12", "--max-response-tokens", "8", "--threads", "2"]);
         Assert.That(code, Is.EqualTo(Program.RunFailed));
-        Assert.That(error.ToString(), Does.Contain("training stopped").And.Contain("not finite"));
+        Assert.That(Error.ToString(), Does.Contain("training stopped").And.Contain("not finite"));
         string latest = GptCheckpoint.LatestTraining(run)!;
         using var rm = new RewardModel(new Gpt(TinyAlignmentSetup.Config), new AdamWSettings(), ownsBackbone: true);
         var (state, _) = rm.LoadTraining(latest);
@@ -112,6 +94,6 @@ public class RewardCliTests
     public void HelpListsTheCheckpointFlags()
     {
         Assert.That(Program.Main(["reward", "--help"]), Is.EqualTo(0));
-        Assert.That(output.ToString(), Does.Contain("--checkpoint-every").And.Contain("--resume").And.Contain("[default: 50]"));
+        Assert.That(Output.ToString(), Does.Contain("--checkpoint-every").And.Contain("--resume").And.Contain("[default: 50]"));
     }
 }
