@@ -165,16 +165,7 @@ public class RewardModelTests
             for (int s = 0; s < r.Length; s++) l += a[s] * (double)r[s];
             return l;
         }
-        double Fd(Span<float> x, int i)
-        {
-            float saved = x[i];
-            x[i] = saved + 1e-2f;
-            double up = Objective();
-            x[i] = saved - 1e-2f;
-            double down = Objective();
-            x[i] = saved;
-            return (up - down) / 2e-2;
-        }
+        double Fd(Span<float> x, int i) => Numerics.CentralDifference(x, i, Objective);
         // The head is linear in w and b: tight.
         Assert.That(headB, Is.EqualTo(a.Sum()).Within(1e-5), "∂/∂b = Σ a_s");
         for (int k = 0; k < Config.Channels; k++)

@@ -115,19 +115,7 @@ public class SftObjectiveTests
         Assert.That(m.MeanSequenceLogProb, Is.EqualTo(-m.Loss * 10 / 4).Within(1e-9));
 
         // fp32 model: central differences with a step that dwarfs rounding, on a spread of parameters.
-        var rng = new Random(8);
-        for (int trial = 0; trial < 40; trial++)
-        {
-            int i = rng.Next(p.Length);
-            float saved = p[i];
-            p[i] = saved + 1e-2f;
-            double up = Loss();
-            p[i] = saved - 1e-2f;
-            double down = Loss();
-            p[i] = saved;
-            double fd = (up - down) / 2e-2;
-            Assert.That(analytic[i], Is.EqualTo(fd).Within(2e-3 + 2e-2 * Math.Abs(fd)), $"parameter {i}");
-        }
+        Numerics.AssertSampledGradient(p, analytic, Loss, samples: 40, seed: 8);
     }
 
     [Test]

@@ -78,4 +78,34 @@ public static class Numerics
         }
         return g;
     }
+
+    /// <summary>
+    /// Central difference of <paramref name="loss"/> with respect to element <paramref name="index"/> of a fp32
+    /// parameter span, with a step (1e-2) that dwarfs fp32 rounding; the element is restored.
+    /// </summary>
+    public static double CentralDifference(Span<float> parameters, int index, Func<double> loss, float step = 1e-2f)
+    {
+        float saved = parameters[index];
+        parameters[index] = saved + step;
+        double up = loss();
+        parameters[index] = saved - step;
+        double down = loss();
+        parameters[index] = saved;
+        return (up - down) / (2.0 * step);
+    }
+
+    /// <summary>
+    /// Checks <paramref name="analytic"/> against <see cref="CentralDifference"/> on <paramref name="samples"/>
+    /// randomly chosen parameters of an fp32 model (tolerance 2e-3 + 2e-2·|fd|).
+    /// </summary>
+    public static void AssertSampledGradient(Span<float> parameters, ReadOnlySpan<float> analytic, Func<double> loss, int samples, int seed)
+    {
+        var rng = new Random(seed);
+        for (int trial = 0; trial < samples; trial++)
+        {
+            int i = rng.Next(parameters.Length);
+            double fd = CentralDifference(parameters, i, loss);
+            Assert.That(analytic[i], Is.EqualTo(fd).Within(2e-3 + 2e-2 * Math.Abs(fd)), $"parameter {i}");
+        }
+    }
 }

@@ -10,33 +10,14 @@ using DistAlign.Transformer.Training;
 namespace DistAlign.Alignment.Reward;
 
 /// <summary>Settings of a reward-model run. Everything here is part of the run's identity (resume checks it).</summary>
-public sealed record RewardTrainingOptions
+public sealed record RewardTrainingOptions : PairTrainingOptions
 {
     /// <summary>The Bradley–Terry loss (variant <see cref="PairwiseLossVariant.RewardModel"/>, margin, centring).</summary>
     public PairwiseLossSettings Loss { get; init; } = new(PairwiseLossVariant.RewardModel);
-    public int Steps { get; init; } = 200;
-    /// <summary>Pairs per step.</summary>
-    public int BatchPairs { get; init; } = 8;
-    public float LearningRate { get; init; } = 1e-4f;
-    public int WarmupSteps { get; init; } = 10;
-    public float MinLearningRateFraction { get; init; } = 0.1f;
-    /// <summary>Global gradient-norm clip over backbone and head (0 = off).</summary>
-    public float GradientClip { get; init; } = 1f;
-    /// <summary>Share of the pairs held out for evaluation (same split as <see cref="AlignmentTrainer.Split"/>).</summary>
-    public double EvalFraction { get; init; } = 0.1;
-    /// <summary>Evaluate every this many steps (0 = never; otherwise also after the last step).</summary>
-    public int EvaluateEvery { get; init; } = 50;
-    public ulong Seed { get; init; } = 1;
 
     public RewardTrainingOptions Validate()
     {
-        if (Steps < 0) throw new ArgumentException($"steps must be ≥ 0 (got {Steps})");
-        if (BatchPairs < 1) throw new ArgumentException($"batch must be at least 1 pair (got {BatchPairs})");
-        if (!(LearningRate > 0) || float.IsInfinity(LearningRate)) throw new ArgumentException($"learning rate must be a positive number (got {LearningRate})");
-        if (WarmupSteps < 0) throw new ArgumentException($"warmup steps must be ≥ 0 (got {WarmupSteps})");
-        if (!(GradientClip >= 0)) throw new ArgumentException($"gradient clip must be ≥ 0 (got {GradientClip})");
-        if (!(EvalFraction >= 0 && EvalFraction < 1)) throw new ArgumentException($"eval fraction must lie in [0, 1) (got {EvalFraction})");
-        if (EvaluateEvery < 0) throw new ArgumentException($"evaluation interval must be ≥ 0 (got {EvaluateEvery})");
+        ValidateShared();
         if (Loss.Variant != PairwiseLossVariant.RewardModel) throw new ArgumentException($"a reward model trains with the RewardModel loss, not {Loss.Variant}");
         try { Loss.Validate(); }
         catch (ArgumentOutOfRangeException e) { throw new ArgumentException(e.Message, e); }

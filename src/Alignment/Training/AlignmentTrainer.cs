@@ -20,38 +20,19 @@ public enum AlignmentObjective
 }
 
 /// <summary>Settings of an offline alignment run. Everything here is part of the run's identity (resume checks it).</summary>
-public sealed record AlignmentTrainingOptions
+public sealed record AlignmentTrainingOptions : PairTrainingOptions
 {
     public AlignmentObjective Objective { get; init; } = AlignmentObjective.Preference;
     /// <summary>The pairwise loss (ignored for SFT).</summary>
     public PairwiseLossSettings Loss { get; init; } = new(PairwiseLossVariant.DpoSigmoid);
     /// <summary>β·KL(π ‖ π0) from samples (PMLE); null or β = 0: off.</summary>
     public KlRegularizer? Kl { get; init; }
-    public int Steps { get; init; } = 100;
-    /// <summary>Pairs per micro-batch.</summary>
-    public int BatchPairs { get; init; } = 8;
     public int GradientAccumulation { get; init; } = 1;
-    public float LearningRate { get; init; } = 1e-4f;
-    public int WarmupSteps { get; init; } = 10;
-    public float MinLearningRateFraction { get; init; } = 0.1f;
-    /// <summary>Global gradient-norm clip (0 = off).</summary>
-    public float GradientClip { get; init; } = 1f;
-    /// <summary>Share of the pairs held out for evaluation (chosen by a seeded shuffle).</summary>
-    public double EvalFraction { get; init; } = 0.1;
-    /// <summary>Evaluate every this many steps (0 = never; otherwise also after the last step).</summary>
-    public int EvaluateEvery { get; init; } = 50;
-    public ulong Seed { get; init; } = 1;
 
     public AlignmentTrainingOptions Validate()
     {
-        if (Steps < 0) throw new ArgumentException($"steps must be ≥ 0 (got {Steps})");
-        if (BatchPairs < 1) throw new ArgumentException($"batch must be at least 1 pair (got {BatchPairs})");
+        ValidateShared();
         if (GradientAccumulation < 1) throw new ArgumentException($"gradient accumulation must be ≥ 1 (got {GradientAccumulation})");
-        if (!(LearningRate > 0) || float.IsInfinity(LearningRate)) throw new ArgumentException($"learning rate must be a positive number (got {LearningRate})");
-        if (WarmupSteps < 0) throw new ArgumentException($"warmup steps must be ≥ 0 (got {WarmupSteps})");
-        if (!(GradientClip >= 0)) throw new ArgumentException($"gradient clip must be ≥ 0 (got {GradientClip})");
-        if (!(EvalFraction >= 0 && EvalFraction < 1)) throw new ArgumentException($"eval fraction must lie in [0, 1) (got {EvalFraction})");
-        if (EvaluateEvery < 0) throw new ArgumentException($"evaluation interval must be ≥ 0 (got {EvaluateEvery})");
         if (Objective == AlignmentObjective.Preference)
         {
             try { Loss.Validate(); }
@@ -90,8 +71,8 @@ public sealed record AlignmentStepReport(int Step, IReadOnlyList<KeyValuePair<st
 /// <item><b>Data</b>: the pairs are split once into train and eval by a Philox shuffle of (seed, stream 0); the train
 /// pairs are visited in an order reshuffled per epoch by Philox (seed, epoch + 1), micro-batch after micro-batch
 /// (a micro-batch may straddle two epochs). The cursor (epoch, index) is all the data state there is.</item>
-/// <item><b>Step</b>: A micro-batches each add the gradient of their mean loss; the sum is rescaled to the mean
-/// (by clipping to ‖Σ‖/A, i.e. a factor (‖Σ‖/A)/(‖Σ‖+1e-6)), then clipped to <see cref="AlignmentTrainingOptions.GradientClip"/>,
+/// <item><b>Step</b>: A micro-batches each add 1/A times the gradient of their mean loss (so the result is the
+/// mean over micro-batches), then clipped to <see cref="PairTrainingOptions.GradientClip"/>,
 /// then AdamW with the warmup+cosine rate. A non-finite loss or gradient norm throws <see cref="NonFiniteValueException"/>
 /// before the optimizer runs. KL samples use the seed (seed, step, micro-batch): nothing random is carried between steps.</item>
 /// <item><b>Resume</b>: weights, AdamW moments, step and cursor restore the run bit-identically (same thread count).</item>

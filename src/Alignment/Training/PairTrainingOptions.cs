@@ -1,0 +1,34 @@
+namespace DistAlign.Alignment.Training;
+
+/// <summary>
+/// What every run over preference pairs shares: length, minibatch, schedule, clipping, held-out split and
+/// seed. Everything here is part of a run's identity (a resume checks it).
+/// </summary>
+public abstract record PairTrainingOptions
+{
+    public int Steps { get; init; } = 100;
+    /// <summary>Pairs per (micro-)batch.</summary>
+    public int BatchPairs { get; init; } = 8;
+    public float LearningRate { get; init; } = 1e-4f;
+    public int WarmupSteps { get; init; } = 10;
+    public float MinLearningRateFraction { get; init; } = 0.1f;
+    /// <summary>Global gradient-norm clip (0 = off).</summary>
+    public float GradientClip { get; init; } = 1f;
+    /// <summary>Share of the pairs held out for evaluation (chosen by a seeded shuffle, <see cref="AlignmentTrainer.Split"/>).</summary>
+    public double EvalFraction { get; init; } = 0.1;
+    /// <summary>Evaluate every this many steps (0 = never; otherwise also after the last step).</summary>
+    public int EvaluateEvery { get; init; } = 50;
+    public ulong Seed { get; init; } = 1;
+
+    /// <summary>Throws <see cref="ArgumentException"/> naming the first shared setting out of range.</summary>
+    protected void ValidateShared()
+    {
+        if (Steps < 0) throw new ArgumentException($"steps must be ≥ 0 (got {Steps})");
+        if (BatchPairs < 1) throw new ArgumentException($"batch must be at least 1 pair (got {BatchPairs})");
+        if (!(LearningRate > 0) || float.IsInfinity(LearningRate)) throw new ArgumentException($"learning rate must be a positive number (got {LearningRate})");
+        if (WarmupSteps < 0) throw new ArgumentException($"warmup steps must be ≥ 0 (got {WarmupSteps})");
+        if (!(GradientClip >= 0)) throw new ArgumentException($"gradient clip must be ≥ 0 (got {GradientClip})");
+        if (!(EvalFraction >= 0 && EvalFraction < 1)) throw new ArgumentException($"eval fraction must lie in [0, 1) (got {EvalFraction})");
+        if (EvaluateEvery < 0) throw new ArgumentException($"evaluation interval must be ≥ 0 (got {EvaluateEvery})");
+    }
+}
