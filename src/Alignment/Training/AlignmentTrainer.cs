@@ -92,16 +92,16 @@ public sealed class AlignmentTrainer
     private readonly OfflinePreferenceObjective? preference;
     private readonly SftObjective sft = new();
     private readonly int[] trainIndices, evalIndices;
-    private int[] order = [];
+    private readonly EpochCursor cursor;
     private readonly Stopwatch clock = new();
     private double elapsedBefore;
 
     /// <summary>Steps completed.</summary>
     public int Step { get; private set; }
     /// <summary>Data cursor: epoch over the train pairs.</summary>
-    public int Epoch { get; private set; }
+    public int Epoch => cursor.Epoch;
     /// <summary>Data cursor: next position in this epoch's order.</summary>
-    public int Index { get; private set; }
+    public int Index => cursor.Index;
     public AlignmentTrainingOptions Options => options;
     public int TrainPairs => trainIndices.Length;
     public int EvalPairs => evalIndices.Length;
@@ -131,7 +131,7 @@ public sealed class AlignmentTrainer
 
         (trainIndices, evalIndices) = Split(pairs.Count, options.EvalFraction, options.Seed);
         if (trainIndices.Length == 0) throw new ArgumentException($"no training pairs left ({pairs.Count} pairs, eval fraction {options.EvalFraction})");
-        Seek(0, 0);
+        cursor = new EpochCursor(trainIndices, options.Seed);
     }
 
     /// <summary>The train/eval split: a Philox (seed, stream 0) permutation; the first ⌈f·N⌉ (at most N − 1) are held out, both sorted.</summary>
@@ -154,28 +154,8 @@ public sealed class AlignmentTrainer
         if (state.LoaderIndex > trainIndices.Length)
             throw new CheckpointMismatchException($"checkpoint data cursor {state.LoaderIndex} is beyond the {trainIndices.Length} training pairs");
         Step = state.Step;
-        Seek(state.LoaderEpoch, state.LoaderIndex);
+        cursor.Seek(state.LoaderEpoch, state.LoaderIndex);
         elapsedBefore = elapsedSeconds;
-    }
-
-    private void Seek(int epoch, int index)
-    {
-        Epoch = epoch;
-        Index = index;
-        var permutation = new PhiloxStream(options.Seed, (ulong)epoch + 1).Permutation(trainIndices.Length);
-        order = new int[permutation.Length];
-        for (int i = 0; i < order.Length; i++) order[i] = trainIndices[permutation[i]];
-    }
-
-    private int[] NextMicroBatch()
-    {
-        var batch = new int[options.BatchPairs];
-        for (int i = 0; i < batch.Length; i++)
-        {
-            if (Index == order.Length) Seek(Epoch + 1, 0);
-            batch[i] = order[Index++];
-        }
-        return batch;
     }
 
     /// <summary>Total seconds of training so far (across resumes, as far as the caller passed them to <see cref="Restore"/>).</summary>
@@ -194,7 +174,7 @@ public sealed class AlignmentTrainer
         long tokens = 0;
         for (int micro = 0; micro < a; micro++)
         {
-            var indices = NextMicroBatch();
+            var indices = cursor.Next(options.BatchPairs);
             var batch = Gather(indices);
             IEnumerable<(string, double)> named;
             if (options.Objective == AlignmentObjective.Sft)
@@ -232,7 +212,7 @@ public sealed class AlignmentTrainer
         metrics.Add(new("grad_norm", norm));
         metrics.Add(new("tokens_per_second", seconds > 0 ? tokens / seconds : 0));
         metrics.Add(new("elapsed_seconds", ElapsedSeconds));
-        metrics.Add(new("epoch", Epoch + (double)Index / order.Length));
+        metrics.Add(new("epoch", cursor.Progress));
         if (evalIndices.Length > 0 && options.EvaluateEvery > 0 && (Step % options.EvaluateEvery == 0 || Step == options.Steps))
             foreach (var kv in Evaluate()) metrics.Add(new("eval_" + kv.Key, kv.Value));
         return new AlignmentStepReport(Step, metrics);
@@ -346,7 +326,7 @@ public sealed class AlignmentTrainer
         return refs;
     }
 
-    private static ulong MixSeed(ulong seed, ulong step, ulong micro)
+    internal static ulong MixSeed(ulong seed, ulong step, ulong micro)
     {
         // SplitMix64 finaliser over the three words: distinct, well-spread seeds per (seed, step, micro-batch).
         ulong z = seed ^ (step * 0x9E3779B97F4A7C15UL) ^ (micro * 0xD1B54A32D192ED03UL);
