@@ -1,5 +1,7 @@
 using System.Numerics.Tensors;
+using DistAlign.Engine.SafeTensors;
 using DistAlign.Kernels.Cpu;
+using DistAlign.Transformer.Model;
 using DistAlign.Transformer.Training;
 
 namespace DistAlign.Alignment.Policies;
@@ -78,5 +80,19 @@ public sealed class ScalarHead
             step, learningRate, s.Beta1, s.Beta2, s.Epsilon, s.WeightDecay);
         AdamW.Step(Parameters.AsSpan(c, 1), Gradients.AsSpan(c, 1), AdamM.AsSpan(c, 1), AdamV.AsSpan(c, 1),
             step, learningRate, s.Beta1, s.Beta2, s.Epsilon, 0f);
+    }
+
+    /// <summary>
+    /// Reads one head tensor of a checkpoint into <paramref name="destination"/>; a missing or misshapen tensor throws
+    /// <see cref="CheckpointMismatchException"/> naming the file and the tensor.
+    /// </summary>
+    public static void ReadTensor(SafeTensorsFile file, string path, string name, long[] shape, Span<float> destination)
+    {
+        if (!file.TryGetInfo(name, out var info))
+            throw new CheckpointMismatchException($"{path}: tensor '{name}' is missing: the checkpoint has no such head (a plain GPT file has none)");
+        if (!info.Shape.SequenceEqual(shape))
+            throw new CheckpointMismatchException(
+                $"{path}: tensor '{name}' has shape [{string.Join(", ", info.Shape)}], the head needs [{string.Join(", ", shape)}]");
+        file.ReadF32(name, destination);
     }
 }

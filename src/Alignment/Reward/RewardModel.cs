@@ -217,14 +217,14 @@ public sealed class RewardModel : IDisposable, DistAlign.Alignment.Objectives.IR
         string modelPath = Path.Combine(checkpoint, GptCheckpoint.ModelFileName);
         using (var file = SafeTensorsFile.Open(modelPath))
         {
-            ReadHead(file, modelPath, ScoreWeightName, [1, channels], HeadWeight);
-            ReadHead(file, modelPath, ScoreBiasName, [1], HeadBias);
+            ScalarHead.ReadTensor(file, modelPath, ScoreWeightName, [1, channels], HeadWeight);
+            ScalarHead.ReadTensor(file, modelPath, ScoreBiasName, [1], HeadBias);
         }
         string statePath = Path.Combine(checkpoint, GptCheckpoint.StateFileName);
         using (var file = SafeTensorsFile.Open(statePath))
         {
-            ReadHead(file, statePath, ScoreAdamMName, [channels + 1], head.AdamM);
-            ReadHead(file, statePath, ScoreAdamVName, [channels + 1], head.AdamV);
+            ScalarHead.ReadTensor(file, statePath, ScoreAdamMName, [channels + 1], head.AdamM);
+            ScalarHead.ReadTensor(file, statePath, ScoreAdamVName, [channels + 1], head.AdamV);
         }
         head.ZeroGradients();
         return result;
@@ -246,8 +246,8 @@ public sealed class RewardModel : IDisposable, DistAlign.Alignment.Objectives.IR
         {
             using var file = SafeTensorsFile.Open(path);
             int c = backbone.Config.Channels;
-            ReadHead(file, path, ScoreWeightName, [1, c], model.HeadWeight);
-            ReadHead(file, path, ScoreBiasName, [1], model.HeadBias);
+            ScalarHead.ReadTensor(file, path, ScoreWeightName, [1, c], model.HeadWeight);
+            ScalarHead.ReadTensor(file, path, ScoreBiasName, [1], model.HeadBias);
         }
         catch
         {
@@ -255,16 +255,6 @@ public sealed class RewardModel : IDisposable, DistAlign.Alignment.Objectives.IR
             throw;
         }
         return new Loaded(model, spec);
-    }
-
-    private static void ReadHead(SafeTensorsFile file, string path, string name, long[] shape, Span<float> destination)
-    {
-        if (!file.TryGetInfo(name, out var info))
-            throw new CheckpointMismatchException($"{path}: tensor '{name}' is missing: not a reward-model checkpoint (a plain GPT file has no score head)");
-        if (!info.Shape.SequenceEqual(shape))
-            throw new CheckpointMismatchException(
-                $"{path}: tensor '{name}' has shape [{string.Join(", ", info.Shape)}], the reward head needs [{string.Join(", ", shape)}]");
-        file.ReadF32(name, destination);
     }
 
     public void Dispose()
