@@ -172,12 +172,14 @@ public sealed class PpoTrainer
     /// <summary>A rollout: the sequences and, per response token (flat, in sequence order), what training needs.</summary>
     public sealed record Rollout(
         List<PromptResponse> Sequences, int[] TokenStart, float[] OldLogProbs, float[] OldValues, float[] ReferenceLogProbs,
-        float[] Scores, float[] Rewards, float[] Advantages, float[] Returns, int Ended);
+        float[] Scores, float[] Rewards, float[] Advantages, float[] Returns, int Ended, double SamplingSeconds);
 
     /// <summary>Samples, scores and computes advantages for the given prompts (no gradient, no optimizer step).</summary>
     public Rollout Collect(IReadOnlyList<int[]> batchPrompts, ulong seed)
     {
+        long sampleStart = Stopwatch.GetTimestamp();
         var samples = policy.Sample(batchPrompts, options.Sampling, seed);
+        double samplingSeconds = Stopwatch.GetElapsedTime(sampleStart).TotalSeconds;
         var sequences = new List<PromptResponse>(samples.Length);
         for (int i = 0; i < samples.Length; i++)
         {
@@ -219,7 +221,7 @@ public sealed class PpoTrainer
         // With the exact entropy bonus the advantages keep their units (centred only): dividing them by their std,
         // which shrinks to 0 as π nears its optimum, would outweigh the γ·H term and move the fixed point to RLHF's.
         if (options.WhitenAdvantages) Ppo.Whiten(advantages, scale: !UsesExactEntropy);
-        return new Rollout(sequences, start, oldLogProbs, oldValues, refLogProbs, scores, rewards, advantages, returns, ended);
+        return new Rollout(sequences, start, oldLogProbs, oldValues, refLogProbs, scores, rewards, advantages, returns, ended, samplingSeconds);
     }
 
     /// <summary>One PPO iteration: rollout, then epochs × minibatches optimizer steps.</summary>
@@ -300,8 +302,9 @@ public sealed class PpoTrainer
         metrics.Add(new("lr", lr));
         metrics.Add(new("grad_norm", gradNorm / updates));
         metrics.Add(new("rollout_seconds", rolloutSeconds));
+        metrics.Add(new("sampling_seconds", rollout.SamplingSeconds));
         metrics.Add(new("train_seconds", trainSeconds));
-        metrics.Add(new("rollout_tokens_per_second", rolloutSeconds > 0 ? tokens / rolloutSeconds : 0));
+        metrics.Add(new("sampling_tokens_per_second", rollout.SamplingSeconds > 0 ? tokens / rollout.SamplingSeconds : 0));
         metrics.Add(new("elapsed_seconds", ElapsedSeconds));
         metrics.Add(new("epoch", cursor.Progress));
         return new AlignmentStepReport(Step, metrics);
