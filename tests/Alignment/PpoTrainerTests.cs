@@ -75,14 +75,13 @@ public class PpoTrainerTests
         return worst;
     }
 
-    private static double Run(PpoOptions options, out TabularPolicy policy, out TabularPolicy pi0, out AlignmentStepReport last)
+    private static void Run(PpoOptions options, out TabularPolicy policy, out TabularPolicy pi0, out AlignmentStepReport last)
     {
         policy = Initial();
         pi0 = (TabularPolicy)policy.Snapshot();
         var trainer = new PpoTrainer(policy, pi0, new KnownReward(Reward()), Prompts(), options);
         last = null!;
         while (trainer.Step < options.Steps) last = trainer.TrainStep();
-        return 0;
     }
 
     [Test]
@@ -92,8 +91,13 @@ public class PpoTrainerTests
         Run(Options(PpoObjective.Rlhf, beta), out var policy, out var pi0, out var last);
         double start = Distance(pi0, pi0, Reward(), 1, beta);
         double error = Distance(policy, pi0, Reward(), 1, beta);
-        TestContext.Out.WriteLine($"RLHF β={beta}: max |π − π0·e^(R/β)/Z| {start:F3} → {error:F4}; KL {last["objective/kl"]:F4}");
+        double ExpectedReward(TabularPolicy p) => Enumerable.Range(0, Contexts)
+            .Average(x => p.Probabilities(x).Select((q, y) => q * Reward()[x, y]).Sum());
+        double rewardBefore = ExpectedReward(pi0), rewardAfter = ExpectedReward(policy);
+        TestContext.Out.WriteLine($"RLHF β={beta}: max |π − π0·e^(R/β)/Z| {start:F3} → {error:F4}; E[R] {rewardBefore:F3} → {rewardAfter:F3}; KL {last["objective/kl"]:F4}");
         Assert.That(error, Is.LessThan(0.02));
+        Assert.That(rewardAfter, Is.GreaterThan(rewardBefore + 0.1), "the bandit's expected reward rises");
+        Assert.That(last["objective/kl"], Is.LessThan(2.0 / beta), "KL(π‖π0) ≤ (max R − min R)/β at the optimum");
     }
 
     [TestCase(EntropyBonus.InReward)]
