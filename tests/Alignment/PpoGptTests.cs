@@ -10,37 +10,26 @@ using DistAlign.Transformer.Training;
 namespace DistAlign.Tests.Alignment;
 
 /// <summary>PPO on the GPT: the value head's gradient through the shared backbone, a run that resumes bit-identically, reward that rises.</summary>
-[NonParallelizable]
-public class PpoGptTests
+public class PpoGptTests : TemporaryRunFixture
 {
-    private string directory = "";
-    private int savedThreads;
-
-    [SetUp]
-    public void SetUp()
-    {
-        directory = Directory.CreateTempSubdirectory("distalign-ppo-").FullName;
-        savedThreads = CpuParallel.Threads;
-        CpuParallel.Threads = 2;
-    }
-
-    [TearDown]
-    public void TearDown()
-    {
-        CpuParallel.Threads = savedThreads;
-        Directory.Delete(directory, recursive: true);
-    }
 
     private static readonly GptConfig SmallConfig = new(Layers: 1, Heads: 2, Channels: 8, VocabSize: 17, MaxSequenceLength: 12);
 
-    [Test]
-    public void ValueAndLogProbGradientsThroughTheSharedBackboneMatchFiniteDifferences()
+    /// <summary>A small GPT with GPT-2 initialisation plus noise, so that no gradient is special.</summary>
+    private static Gpt NoisyModel()
     {
         var model = new Gpt(SmallConfig);
         model.InitializeGpt2(5);
         var p = model.Parameters;
         var noise = Numerics.RandomFloats(p.Length, 6, 0.3);
         for (int i = 0; i < p.Length; i++) p[i] += noise[i];
+        return model;
+    }
+
+    [Test]
+    public void ValueAndLogProbGradientsThroughTheSharedBackboneMatchFiniteDifferences()
+    {
+        var model = NoisyModel();
         using var policy = new GptPolicy(model, new AdamWSettings(WeightDecay: 0), ownsModel: true, withValueHead: true);
         var head = policy.ValueHead!;
         var headInit = Numerics.RandomFloats(head.Parameters.Length, 8, 0.5);
@@ -74,11 +63,7 @@ public class PpoGptTests
     [Test]
     public void ASeparateValueModelsGradientMatchesFiniteDifferences()
     {
-        var model = new Gpt(SmallConfig);
-        model.InitializeGpt2(5);
-        var p = model.Parameters;
-        var noise = Numerics.RandomFloats(p.Length, 6, 0.3);
-        for (int i = 0; i < p.Length; i++) p[i] += noise[i];
+        var model = NoisyModel();
         using var values = new GptPolicy(model, new AdamWSettings(WeightDecay: 0), ownsModel: true, withValueHead: true);
         Numerics.RandomFloats(values.ValueHead!.Parameters.Length, 8, 0.5).CopyTo(values.ValueHead.Parameters, 0);
         List<PromptResponse> batch = [new([16, 3, 4], [5, 6]), new([16], [7, 8, 9, 10])];
@@ -152,11 +137,11 @@ public class PpoGptTests
     [TestCase("rkl-exact")]
     public void RunsAndResumesBitIdentically(string objective)
     {
-        string modelPath = Path.Combine(directory, "pi0.safetensors");
+        string modelPath = Path.Combine(RunDirectory, "pi0.safetensors");
         TinyAlignmentSetup.WriteModel(modelPath);
         var prompts = TinyAlignmentSetup.Pairs(TinyAlignmentSetup.Examples()).Select(p => p.Prompt).ToList();
 
-        string straight = Path.Combine(directory, "straight"), split = Path.Combine(directory, "split");
+        string straight = Path.Combine(RunDirectory, "straight"), split = Path.Combine(RunDirectory, "split");
         float[] w1 = Run(straight, objective, 4, resume: false, modelPath, prompts);
         Run(split, objective, 2, resume: false, modelPath, prompts);
         float[] w2 = Run(split, objective, 4, resume: true, modelPath, prompts);
@@ -176,7 +161,7 @@ public class PpoGptTests
     [Test]
     public void RlhfRaisesTheRewardOfATinyGptWhileTheKlStaysBounded()
     {
-        string modelPath = Path.Combine(directory, "pi0.safetensors");
+        string modelPath = Path.Combine(RunDirectory, "pi0.safetensors");
         TinyAlignmentSetup.WriteModel(modelPath);
         var prompts = TinyAlignmentSetup.Pairs(TinyAlignmentSetup.Examples()).Select(p => p.Prompt).ToList();
         var (model, _) = GptCheckpoint.LoadModel(modelPath);
