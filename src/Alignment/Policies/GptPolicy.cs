@@ -150,6 +150,8 @@ public sealed class GptPolicy : IPolicy
 
     public void OptimizerStep(int step, float learningRate) => AdamWOptimizer.Step(Model, step, learningRate, optimizer);
 
+    public NonFiniteElement? FirstNonFiniteGradient() => NonFiniteElement.FindFirst(Model.Layout, Model.Gradients);
+
     public IPolicy Snapshot()
     {
         var copy = new Gpt(Model.Config);
