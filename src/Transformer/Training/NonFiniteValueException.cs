@@ -32,12 +32,12 @@ public readonly record struct NonFiniteElement(string Tensor, long Index, float 
 public sealed class NonFiniteValueException : Exception
 {
     /// <summary>A non-finite value described in words (<see cref="Tensor"/> is then <paramref name="where"/>).</summary>
-    public NonFiniteValueException(int step, string where) : this(step, where, where, null)
+    public NonFiniteValueException(int step, string where) : this(step, where, where, null, "")
     {
     }
 
-    private NonFiniteValueException(int step, string where, string tensor, NonFiniteElement? element)
-        : base($"step {step}: {where} is not finite (NaN or Inf); training stopped before applying this step, the last checkpoint is intact")
+    private NonFiniteValueException(int step, string where, string tensor, NonFiniteElement? element, string cause)
+        : base($"step {step}: {where} is not finite (NaN or Inf){cause}; training stopped before applying this step, the last checkpoint is intact")
     {
         Step = step;
         Where = where;
@@ -54,16 +54,16 @@ public sealed class NonFiniteValueException : Exception
     /// <summary>The tensor: <c>loss</c> for a loss, or the parameter whose gradient was not finite.</summary>
     public string Tensor { get; }
 
-    /// <summary>The first non-finite gradient element, when the trainer could locate one.</summary>
+    /// <summary>The first non-finite gradient element (or, for a loss, the first non-finite weight), when there is one.</summary>
     public NonFiniteElement? Element { get; }
 
     /// <summary>A non-finite loss; <paramref name="parameter"/> is the first non-finite weight, when one is (the likely cause).</summary>
     public static NonFiniteValueException ForLoss(int step, string lossName, NonFiniteElement? parameter = null) =>
-        new(step, parameter is { } p ? $"{lossName} (weight {p} is already not finite)" : lossName, "loss", parameter);
+        new(step, lossName, "loss", parameter, parameter is { } p ? $", because weight {p} already is" : "");
 
     /// <summary>A non-finite gradient at <paramref name="element"/> (null: the norm overflowed but no single element is NaN/Inf).</summary>
     public static NonFiniteValueException ForGradient(int step, NonFiniteElement? element) =>
         element is { } e
-            ? new(step, $"the gradient of {e}", e.Tensor, e)
-            : new(step, "the gradient norm (every element is finite, their squares overflow)", "gradient norm", null);
+            ? new(step, $"the gradient of {e}", e.Tensor, e, "")
+            : new(step, "the gradient norm (every element is finite, their squares overflow)", "gradient norm", null, "");
 }
