@@ -41,13 +41,17 @@ internal sealed class CliProcess : IDisposable
         return new CliProcess(start);
     }
 
-    /// <summary>Starts <c>sh -c SCRIPT</c> with <c>$DISTALIGN</c> set to the command that runs the CLI.</summary>
+    /// <summary>Starts <c>unshare -rm sh -c SCRIPT</c> with <c>"$DISTALIGN_HOST" "$DISTALIGN_DLL"</c> the command that runs the CLI.</summary>
+    /// <remarks>Runs in a private user + mount namespace (<c>unshare -rm</c>) so the script may mount a small tmpfs.</remarks>
     public static CliProcess StartShell(string script)
     {
-        var start = new ProcessStartInfo("/bin/sh");
+        var start = new ProcessStartInfo("unshare");
+        start.ArgumentList.Add("-rm");
+        start.ArgumentList.Add("/bin/sh");
         start.ArgumentList.Add("-c");
         start.ArgumentList.Add(script);
-        start.Environment["DISTALIGN"] = $"'{DotnetHost}' '{DllPath}'";
+        start.Environment["DISTALIGN_HOST"] = DotnetHost;
+        start.Environment["DISTALIGN_DLL"] = DllPath;
         return new CliProcess(start);
     }
 
