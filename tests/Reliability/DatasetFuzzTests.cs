@@ -51,7 +51,7 @@ public class DatasetFuzzTests
             ("100,000 duplicate keys", Encoding.UTF8.GetBytes("{" + string.Join(",", Enumerable.Repeat("\"prompt\":\"p\"", 100_000)) + "}")),
             ("200,000 blank lines", Encoding.UTF8.GetBytes(new string('\n', 200_000))),
             ("20,000 good lines", Encoding.UTF8.GetBytes(string.Join("\n", Enumerable.Repeat(good, 20_000)))),
-            ("a 1 MiB chosen text without spaces", Encoding.UTF8.GetBytes("{\"prompt\": \"p\", \"chosen\": \"" + string.Concat(Enumerable.Repeat("ab", 1 << 19)) + "\", \"rejected\": \"r\"}")),
+            ("a 256 KiB chosen text without spaces", Encoding.UTF8.GetBytes("{\"prompt\": \"p\", \"chosen\": \"" + string.Concat(Enumerable.Repeat("ab", 1 << 17)) + "\", \"rejected\": \"r\"}")),
             ("a 2 MiB run of escapes", Encoding.UTF8.GetBytes("{\"prompt\": \"" + string.Concat(Enumerable.Repeat("\\u00e9", 350_000)) + "\", \"chosen\": \"c\", \"rejected\": \"r\"}")),
             ("NUL bytes", [.. Encoding.UTF8.GetBytes(good), 0, 0, (byte)'\n', .. Encoding.UTF8.GetBytes(good)]),
             ("BOM on line 2", Encoding.UTF8.GetBytes(good + "\n\uFEFF" + good)),
