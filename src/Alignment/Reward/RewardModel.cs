@@ -136,6 +136,15 @@ public sealed class RewardModel : IDisposable, DistAlign.Alignment.Objectives.IR
         Array.Clear(headGradient);
     }
 
+    /// <summary>The first NaN/Inf gradient element (backbone tensors in layout order, then <c>score.weight</c>, <c>score.bias</c>), or null.</summary>
+    public Transformer.Training.NonFiniteElement? FirstNonFiniteGradient()
+    {
+        if (Transformer.Training.NonFiniteElement.FindFirst(Backbone.Layout, Backbone.Gradients) is { } inBackbone) return inBackbone;
+        int i = Array.FindIndex(headGradient, g => !float.IsFinite(g));
+        if (i < 0) return null;
+        return i < channels ? new("score.weight", i, headGradient[i]) : new("score.bias", 0, headGradient[i]);
+    }
+
     /// <summary>
     /// Global L2 norm over backbone and head gradients together; when <paramref name="maxNorm"/> &gt; 0 and the
     /// norm is finite, scales all of them by min(1, maxNorm/(norm + 1e-6)). Returns the norm before clipping.
