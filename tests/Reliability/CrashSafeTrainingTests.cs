@@ -47,10 +47,10 @@ public class CrashSafeTrainingTests
         int kills = int.TryParse(Environment.GetEnvironmentVariable("DISTALIGN_CRASH_KILLS"), out int k) && k > 0 ? k : 200;
         int seed = Environment.TickCount;
         TestContext.Out.WriteLine($"seed {seed}");
-        KillAndResume(kills, seed, PretrainArgs, Config);
+        KillAndResume(kills, seed, PretrainArgs, Config, stepsPerKill: 12);
         TinyAlignmentSetup.WriteModel(Path.Combine(folder, "pi0.safetensors"));
         TinyAlignmentSetup.WriteJsonl(Path.Combine(folder, "prefs.jsonl"), TinyAlignmentSetup.Examples(24));
-        KillAndResume(Math.Max(1, kills / 4), seed, AlignArgs, TinyAlignmentSetup.Config);
+        KillAndResume(Math.Max(1, kills / 4), seed, AlignArgs, TinyAlignmentSetup.Config, stepsPerKill: 12);
     }
 
     private string[] AlignArgs(string outDir, int steps) =>
@@ -77,11 +77,13 @@ public class CrashSafeTrainingTests
         }
     }
 
-    private void KillAndResume(int kills, int seed, Func<string, int, string[]> args, GptConfig config)
+    /// <param name="stepsPerKill">steps in the run per planned kill (a launch lives 0.25–1.75 s, of which start-up takes about 0.7 s)</param>
+    private void KillAndResume(int kills, int seed, Func<string, int, string[]> args, GptConfig config, int stepsPerKill = 5)
     {
-        bool align = args("x", 1)[0] == "align";
-        int steps = 10 + kills * 5;
-        string reference = Path.Combine(folder, "reference"), crashed = Path.Combine(folder, "crashed");
+        string command = args("x", 1)[0];
+        bool align = command == "align";
+        int steps = 10 + kills * stepsPerKill;
+        string reference = Path.Combine(folder, command + "-reference"), crashed = Path.Combine(folder, command + "-crashed");
         var clock = Stopwatch.StartNew();
         using (var run = CliProcess.Start(args(reference, steps)))
             Assert.That(run.WaitForExit(TimeSpan.FromMinutes(5)), Is.EqualTo(0), run.Error);
@@ -129,7 +131,7 @@ public class CrashSafeTrainingTests
             Assert.That(TinyAlignmentSetup.DeterministicColumns(b), Is.EqualTo(TinyAlignmentSetup.DeterministicColumns(a)), "metrics.jsonl after kills and resumes");
         }
         TestContext.Out.WriteLine(
-            $"{args("x", 1)[0]}: {steps} steps, checkpoint every step; uninterrupted run {uninterruptedMs:F0} ms; {killsDone} SIGKILLs over {launches} launches " +
+            $"{command}: {steps} steps, checkpoint every step; uninterrupted run {uninterruptedMs:F0} ms; {killsDone} SIGKILLs over {launches} launches " +
             $"({midWrite} with a checkpoint write in progress, {beforeFirstCheckpoint} before the first checkpoint); " +
             $"latest checkpoint loaded after every kill; most steps redone after a kill: {maxLost}; final weights identical: {expected.AsSpan().SequenceEqual(actual)}; " +
             $"total {clock.Elapsed.TotalSeconds:F1} s");
