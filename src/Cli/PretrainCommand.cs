@@ -37,7 +37,7 @@ internal static class PretrainCommand
         var seed = new Option<ulong>("--seed") { DefaultValueFactory = _ => 1UL, Description = "Seed for initialisation and data order." };
         var threads = new Option<int>("--threads") { DefaultValueFactory = _ => Environment.ProcessorCount, Description = "CPU threads (results are bit-identical for a given count)." };
         var resume = new Option<bool>("--resume") { Description = "Continue from the latest checkpoint in --out." };
-        var memoryBudget = new Option<string?>("--memory-budget") { Description = "Refuse, before allocating, a model + activations that need more (e.g. 2GiB, 512MiB)." };
+        var memoryBudget = new Option<string?>("--memory-budget") { Description = "Refuse, before allocating, a model + activations that need more (e.g. 2GiB, 512MiB; default: the memory this process may use)." };
 
         var command = new Command("pretrain", "Pretrain a GPT on the shipped corpus (or --text) with next-token prediction.")
         {
@@ -60,9 +60,11 @@ internal static class PretrainCommand
             if (options.Length > config.MaxSequenceLength)
                 throw new CliUsageException($"--seq {options.Length} exceeds --context {config.MaxSequenceLength}");
             var textFile = parse.GetValue(text);
-            long? budget = CliErrors.Bytes(parse.GetValue(memoryBudget), "--memory-budget");
+            // Without the flag, the budget is the physical memory (or container limit) the runtime sees, so a run that
+            // cannot fit is refused with a message instead of dying in the allocator or swapping for hours.
+            long budget = CliErrors.Bytes(parse.GetValue(memoryBudget), "--memory-budget") ?? GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
             // Refused before anything is read, tokenized or allocated: bytes needed and the largest arena in the message.
-            if (budget is long b) Gpt.PlanTraining(config, options.Rows, options.Length).EnsureFits(b);
+            Gpt.PlanTraining(config, options.Rows, options.Length).EnsureFits(budget);
             return Run(parse.GetValue(output)!.FullName, textFile, tok, config, options,
                 CliErrors.Positive(parse.GetValue(checkpointEvery), "--checkpoint-every"), parse.GetValue(resume), budget);
         });
@@ -70,7 +72,7 @@ internal static class PretrainCommand
     }
 
     private static int Run(string outDir, FileInfo? textFile, Gpt2Tokenizer tok, GptConfig config,
-                           LanguageModelTrainingOptions options, int checkpointEvery, bool resume, long? memoryBudget)
+                           LanguageModelTrainingOptions options, int checkpointEvery, bool resume, long memoryBudget)
     {
         CliErrors.EnsureWritableFolder(outDir, "--out"); // before hours of training that could not be saved
         TextSplit split;

@@ -100,6 +100,12 @@ public class CliContractTests : CliTestBase
         Assert.That(Directory.Exists(run), Is.False, "refused before anything was written");
         Assert.That(watch.Elapsed.TotalSeconds, Is.LessThan(5));
 
+        // Without --memory-budget the budget is the memory the process may use: the same model is refused just the same.
+        code = Main(["pretrain", "--out", run, "--layers", "48", "--heads", "32", "--channels", "4096", "--context", "1024",
+                     "--batch", "1", "--seq", "16", "--threads", "1"]);
+        AssertOneLineUsageError(code, "The largest arena is 'adam_moments'", "huge model, default budget");
+        Assert.That(Error.ToString(), Does.Contain($"the budget is {GC.GetGCMemoryInfo().TotalAvailableMemoryBytes:N0} bytes"));
+
         // Small weights but long sequences: the activations are the largest arena.
         code = Main(["pretrain", "--out", run, .. Tiny[..6], "--context", "4096", "--batch", "64", "--seq", "4096", "--threads", "1", "--memory-budget", "64MiB"]);
         AssertOneLineUsageError(code, "The largest arena is 'activations'", "long sequences");
