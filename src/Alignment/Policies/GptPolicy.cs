@@ -235,6 +235,11 @@ public sealed class GptPolicy : IValuePolicy
         ValueHead?.OptimizerStep(step, learningRate, optimizer);
     }
 
+    public NonFiniteElement? FirstNonFiniteGradient()
+    {
+        return NonFiniteElement.FindFirst(Model.Layout, Model.Gradients) ?? ValueHead?.FirstNonFiniteGradient("value_head.weight", "value_head.bias");
+    }
+
     /// <summary>A copy of the weights (and of the value head, when there is one) with zero gradients and moments.</summary>
     public IPolicy Snapshot()
     {

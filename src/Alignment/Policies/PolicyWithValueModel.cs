@@ -72,6 +72,10 @@ public sealed class PolicyWithValueModel : IValuePolicy
         ValueModel.OptimizerStep(step, learningRate);
     }
 
+    /// <summary>The policy's first non-finite gradient, else the value model's (its tensor names prefixed <c>value_model.</c>).</summary>
+    public DistAlign.Transformer.Training.NonFiniteElement? FirstNonFiniteGradient() =>
+        Policy.FirstNonFiniteGradient() ?? (ValueModel.FirstNonFiniteGradient() is { } e ? e with { Tensor = "value_model." + e.Tensor } : null);
+
     /// <summary>A snapshot of the policy alone (the frozen π0 needs no values).</summary>
     public IPolicy Snapshot() => Policy.Snapshot();
 
