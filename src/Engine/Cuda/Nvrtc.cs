@@ -15,12 +15,21 @@ internal static unsafe partial class NvrtcNative
     [LibraryImport(Lib, EntryPoint = "nvrtcCompileProgram")] internal static partial int nvrtcCompileProgram(nint program, int optionCount, byte** options);
     [LibraryImport(Lib, EntryPoint = "nvrtcGetPTXSize")] internal static partial int nvrtcGetPTXSize(nint program, nuint* size);
     [LibraryImport(Lib, EntryPoint = "nvrtcGetPTX")] internal static partial int nvrtcGetPTX(nint program, byte* ptx);
+    [LibraryImport(Lib, EntryPoint = "nvrtcGetCUBINSize")] internal static partial int nvrtcGetCUBINSize(nint program, nuint* size);
+    [LibraryImport(Lib, EntryPoint = "nvrtcGetCUBIN")] internal static partial int nvrtcGetCUBIN(nint program, byte* cubin);
     [LibraryImport(Lib, EntryPoint = "nvrtcGetProgramLogSize")] internal static partial int nvrtcGetProgramLogSize(nint program, nuint* size);
     [LibraryImport(Lib, EntryPoint = "nvrtcGetProgramLog")] internal static partial int nvrtcGetProgramLog(nint program, byte* log);
 }
 
-/// <summary>The result of one NVRTC compile: PTX text (NUL-free) and the compiler's log (warnings).</summary>
-public sealed record NvrtcOutput(string Ptx, string Log);
+/// <summary>
+/// The result of one NVRTC compile: the module image (PTX text, or a cubin when compiled for a real
+/// architecture, <c>--gpu-architecture=sm_XY</c>) and the compiler's log (warnings).
+/// </summary>
+public sealed record NvrtcOutput(byte[] Image, bool IsCubin, string Log)
+{
+    /// <summary>The PTX text (only for PTX output).</summary>
+    public string Ptx => IsCubin ? throw new InvalidOperationException("this output is a cubin, not PTX") : Encoding.UTF8.GetString(Image).TrimEnd('\0');
+}
 
 /// <summary>
 /// NVRTC: CUDA C++ → PTX at run time, no CUDA toolkit or GPU needed beyond libnvrtc (+ its builtins library).
@@ -48,8 +57,13 @@ public static unsafe class Nvrtc
         return (major, minor);
     }
 
-    /// <summary>Compiles <paramref name="source"/> (named <paramref name="name"/> in messages) with <paramref name="options"/> to PTX.</summary>
-    public static NvrtcOutput CompileToPtx(string source, string name, IReadOnlyList<string> options)
+    /// <summary>
+    /// Compiles <paramref name="source"/> (named <paramref name="name"/> in messages) with <paramref name="options"/>.
+    /// With <paramref name="cubin"/> the options must name a real architecture (<c>--gpu-architecture=sm_90</c>)
+    /// and the result is machine code the driver loads without JIT (and without needing a driver as new as
+    /// NVRTC's PTX ISA); otherwise PTX (<c>compute_90</c>).
+    /// </summary>
+    public static NvrtcOutput Compile(string source, string name, IReadOnlyList<string> options, bool cubin)
     {
         EnsureLoaded();
         nint program = 0;
@@ -65,10 +79,20 @@ public static unsafe class Nvrtc
             string log = ReadLog(program);
             Check(compiled, "nvrtcCompileProgram", log);
             nuint size;
-            Check(NvrtcNative.nvrtcGetPTXSize(program, &size), "nvrtcGetPTXSize");
-            var ptx = new byte[(int)size];
-            fixed (byte* p = ptx) Check(NvrtcNative.nvrtcGetPTX(program, p), "nvrtcGetPTX");
-            return new NvrtcOutput(Encoding.UTF8.GetString(ptx).TrimEnd('\0'), log);
+            byte[] image;
+            if (cubin)
+            {
+                Check(NvrtcNative.nvrtcGetCUBINSize(program, &size), "nvrtcGetCUBINSize");
+                image = new byte[(int)size];
+                fixed (byte* p = image) Check(NvrtcNative.nvrtcGetCUBIN(program, p), "nvrtcGetCUBIN");
+            }
+            else
+            {
+                Check(NvrtcNative.nvrtcGetPTXSize(program, &size), "nvrtcGetPTXSize");
+                image = new byte[(int)size];
+                fixed (byte* p = image) Check(NvrtcNative.nvrtcGetPTX(program, p), "nvrtcGetPTX");
+            }
+            return new NvrtcOutput(image, cubin, log);
         }
         finally
         {
