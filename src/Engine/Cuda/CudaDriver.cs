@@ -57,10 +57,10 @@ public static unsafe class CudaDriver
             Check(cuDeviceGetCount(&count), "cuDeviceGetCount");
             var devices = new List<CudaDeviceInfo>();
             for (int i = 0; i < count; i++) devices.Add(Device(i));
-            return new CudaProbe(count > 0, count > 0 ? null : "no CUDA device: the driver reports 0 devices", version, devices);
+            return new CudaProbe(count > 0, count > 0 ? null : "the CUDA driver reports 0 devices", version, devices);
         }
         catch (CudaUnavailableException e) { return new CudaProbe(false, e.Message, 0, []); }
-        catch (CudaException e) { return new CudaProbe(false, "no usable CUDA device: " + e.Message, 0, []); }
+        catch (CudaException e) { return new CudaProbe(false, e.Message, 0, []); }
         catch (Exception e) when (e is EntryPointNotFoundException or DllNotFoundException)
         {
             return new CudaProbe(false, $"the CUDA driver ({CudaLibraries.Driver.LoadedFrom}) lacks a required function: {e.Message}", 0, []);
