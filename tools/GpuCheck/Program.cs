@@ -10,7 +10,8 @@ namespace DistAlign.GpuCheck;
 /// (ILGPU on the CUDA accelerator, cuBLAS/cuBLASLt GEMMs, the NVRTC kernel) against the CPU kernels, then
 /// times the GEMMs at GPT-2 124M shapes and the fused log-prob kernels, writing summary.md, checks.tsv and
 /// benchmarks.tsv into DIR. Exit codes: 0 all checks passed, 1 a check failed, 2 bad arguments, 3 no usable
-/// CUDA device (nothing was run; the reason is printed and written to DIR/summary.md).
+/// CUDA device (nothing was run; the reason is printed and written to DIR/summary.md). <c>--simulator</c> runs the
+/// ILGPU kernel checks on ILGPU's CPU accelerator instead (no GPU).
 /// </summary>
 public static class Program
 {
@@ -18,10 +19,24 @@ public static class Program
 
     public static int Main(string[] args) => Run(args, Console.Out);
 
+    /// <summary>
+    /// <c>--simulator</c>: the ILGPU kernel checks (quick shapes) on ILGPU's CPU accelerator, no GPU needed: a smoke
+    /// test that a published build loads ILGPU, compiles kernels and compares them with the CPU kernels.
+    /// </summary>
+    private static int RunOnSimulator(Report report, string outDir)
+    {
+        using var context = GpuContext.CreateCpuSimulator();
+        new KernelChecks(context.Accelerator, report, quick: true).RunAll();
+        report.Write(outDir, "ILGPU CPU simulator (no GPU): ILGPU kernels only, quick shapes.");
+        int failed = report.Checks.Count(c => !c.Passed);
+        report.Log.WriteLine($"{report.Checks.Count - failed} passed, {failed} failed");
+        return failed == 0 ? 0 : 1;
+    }
+
     public static int Run(string[] args, TextWriter log)
     {
         string outDir = "gpu-check-out";
-        bool quick = false, bench = true;
+        bool quick = false, bench = true, simulator = false;
         for (int i = 0; i < args.Length; i++)
         {
             switch (args[i])
@@ -29,14 +44,16 @@ public static class Program
                 case "--out" when i + 1 < args.Length: outDir = args[++i]; break;
                 case "--quick": quick = true; break;
                 case "--skip-bench": bench = false; break;
+                case "--simulator": simulator = true; break;
                 default:
-                    Console.Error.WriteLine($"gpu-check: unknown argument '{args[i]}' (usage: gpu-check [--out DIR] [--quick] [--skip-bench])");
+                    Console.Error.WriteLine($"gpu-check: unknown argument '{args[i]}' (usage: gpu-check [--out DIR] [--quick] [--skip-bench] [--simulator])");
                     return 2;
             }
         }
         var report = new Report(log);
         foreach (var library in CudaLibraries.All)
             report.Note($"{library.Description}: {(library.IsAvailable ? "loaded " + library.LoadedFrom : library.UnavailableReason)}");
+        if (simulator) return RunOnSimulator(report, outDir);
         var probe = CudaDriver.Probe();
         if (!probe.IsUsable)
         {

@@ -54,7 +54,7 @@ internal sealed class Report(TextWriter log)
             double err = Math.Abs((double)actual[i] - expected[i]);
             if (double.IsNaN(err)) err = double.PositiveInfinity;
             maxAbs = Math.Max(maxAbs, err);
-            worst = Math.Max(worst, err / (atol + rtol * Math.Abs(expected[i])));
+            if (err > 0) worst = Math.Max(worst, err / (atol + rtol * Math.Abs(expected[i])));   // exact (tolerance 0) gives 0, not 0/0
         }
         Add(new CheckResult(name, actual.Length, maxAbs, worst, $"atol {atol:G2}, rtol {rtol:G2}"));
     }
