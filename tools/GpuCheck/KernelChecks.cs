@@ -61,6 +61,108 @@ internal sealed class KernelChecks(Accelerator accelerator, Report report, bool 
         Run("ILGPU AdamW", CheckAdamW);
         Run("ILGPU attention forward", CheckAttention);
         Run("target log-probs", CheckTargetLogProbs);
+        Run("ILGPU LayerNorm backward", CheckLayerNormBackward);
+        Run("ILGPU residual backward", CheckResidualBackward);
+        Run("ILGPU attention backward", CheckAttentionBackward);
+        Run("ILGPU target log-probs backward", CheckTargetLogProbsBackward);
+        Run("fused LM head (GEMM chunks + log-softmax)", CheckSequenceLogProbs);
+    }
+
+    private void CheckLayerNormBackward()
+    {
+        int n = quick ? 64 : 2048, c = 768;
+        var x = RandomFloats(n * c, 30, 3f);
+        var w = RandomFloats(c, 31);
+        var bias = RandomFloats(c, 32);
+        var dy = RandomFloats(n * c, 33);
+        var (y, mean, rstd) = (new float[n * c], new float[n], new float[n]);
+        LayerNorm.Forward(x, w, bias, y, mean, rstd);
+        var (dx, dw, db) = (RandomFloats(n * c, 34), RandomFloats(c, 35), RandomFloats(c, 36));   // accumulated into
+        using var gdx = Up(dx);
+        using var gdw = Up(dw);
+        using var gdb = Up(db);
+        LayerNorm.Backward(dy, x, w, mean, rstd, dx, dw, db);
+        using var gdy = Up(dy);
+        using var gx = Up(x);
+        using var gw = Up(w);
+        using var gm = Up(mean);
+        using var gr = Up(rstd);
+        _ops.LayerNorm.Backward(gdy.View, gx.View, gw.View, gm.View, gr.View, gdx.View, gdw.View, gdb.View);
+        report.Compare($"LayerNorm backward dInput [{n}, {c}]", Down(gdx), dx, 1e-5, 1e-4);
+        report.Compare($"LayerNorm backward dWeight [{c}] (sum over {n} rows)", Down(gdw), dw, 1e-4 * Math.Sqrt(n), 1e-4);
+        report.Compare($"LayerNorm backward dBias [{c}] (sum over {n} rows)", Down(gdb), db, 1e-4 * Math.Sqrt(n), 1e-4);
+    }
+
+    private void CheckResidualBackward()
+    {
+        int count = quick ? 10_000 : 1_000_000;
+        var dy = RandomFloats(count, 37);
+        var (da, db) = (RandomFloats(count, 38), RandomFloats(count, 39));
+        using var gda = Up(da);
+        using var gdb = Up(db);
+        using var gdy = Up(dy);
+        Residual.Backward(dy, da, db);
+        _ops.Residual.Backward(gdy.View, gda.View, gdb.View);
+        report.Compare($"residual backward dA [{count}]", Down(gda), da, 0, 0);
+        report.Compare($"residual backward dB [{count}]", Down(gdb), db, 0, 0);
+    }
+
+    private void CheckAttentionBackward()
+    {
+        int batch = 2, seqLen = quick ? 32 : 128, heads = 4, c = 256;
+        var qkv = RandomFloats(batch * seqLen * 3 * c, 40);
+        var att = new float[batch * heads * seqLen * seqLen];
+        var output = new float[batch * seqLen * c];
+        Attention.Forward(qkv, [], batch, seqLen, heads, att, output);
+        var dOut = RandomFloats(output.Length, 41);
+        var dQkv = RandomFloats(qkv.Length, 42);
+        using var g = Up(dQkv);
+        Attention.Backward(dOut, qkv, att, output, batch, seqLen, heads, dQkv);
+        using var gOut = Up(dOut);
+        using var gQkv = Up(qkv);
+        using var gAtt = Up(att);
+        using var gOutput = Up(output);
+        _ops.Attention.Backward(gOut.View, gQkv.View, gAtt.View, gOutput.View, batch, seqLen, heads, g.View);
+        report.Compare($"attention backward dQKV [{batch}, {seqLen}, {3 * c}]", Down(g), dQkv, 1e-5, 1e-4);
+    }
+
+    private void CheckTargetLogProbsBackward()
+    {
+        int rows = quick ? 5 : 37, vocab = 50257;
+        var logits = RandomFloats(rows * vocab, 43, 8f);
+        var targets = Enumerable.Range(0, rows).Select(r => r % 7 == 3 ? -1 : (r * 7919) % vocab).ToArray();
+        var (logProbs, lse) = (new float[rows], new float[rows]);
+        TargetLogProbs.Forward(logits, targets, vocab, logProbs, lse);
+        var dLogProbs = RandomFloats(rows, 44);
+        using var gLogits = Up(logits);
+        using var gTargets = Up(targets);
+        using var gLse = Up(lse);
+        using var gd = Up(dLogProbs);
+        TargetLogProbs.Backward(logits, targets, vocab, lse, dLogProbs);
+        _ops.TargetLogProbs.Backward(gLogits.View, gTargets.View, vocab, gLse.View, gd.View);
+        report.Compare($"target log-probs backward dLogits [{rows}, {vocab}]", Down(gLogits), logits, 1e-7, 1e-4);
+    }
+
+    private void CheckSequenceLogProbs()
+    {
+        int rows = quick ? 16 : 300, channels = 128, vocab = 4096;   // several chunks of the GPU's GEMM + log-softmax
+        var hidden = RandomFloats(rows * channels, 45);
+        var head = RandomFloats(vocab * channels, 46, 0.2f);
+        var targets = Enumerable.Range(0, rows).Select(r => r % 5 == 2 ? -1 : (r * 131) % vocab).ToArray();
+        var (logProbs, lse, entropy) = (new float[rows], new float[rows], new float[rows]);
+        var scratch = new float[SequenceLogProbs.ScratchLength(rows, vocab)];
+        SequenceLogProbs.Forward(hidden, head, targets, channels, vocab, scratch, logProbs, lse, entropy);
+        using var gh = Up(hidden);
+        using var gw = Up(head);
+        using var gt = Up(targets);
+        using var gs = accelerator.Allocate1D<float>(scratch.Length);
+        using var glp = accelerator.Allocate1D<float>(rows);
+        using var glse = accelerator.Allocate1D<float>(rows);
+        using var gent = accelerator.Allocate1D<float>(rows);
+        _ops.SequenceLogProbs.Forward(gh.View, gw.View, gt.View, channels, vocab, gs.View, glp.View, glse.View, gent.View);
+        report.Compare($"LM head log-probs [{rows}×{channels}]·[{vocab}×{channels}]ᵀ ({_ops.Gemm.GetType().Name})", Down(glp), logProbs, 1e-4, 1e-4);
+        report.Compare($"LM head logsumexp [{rows}]", Down(glse), lse, 1e-4, 1e-4);
+        report.Compare($"LM head entropy [{rows}]", Down(gent), entropy, 1e-4, 1e-4);
     }
 
     private void CheckCublasGemm(CudaAccelerator cuda, GemmPrecision precision)
