@@ -16,6 +16,9 @@ typedef unsigned short bf16_bits;
 
 __device__ __forceinline__ float bf16_to_float(bf16_bits x) { return __uint_as_float(((unsigned int)x) << 16); }
 
+// −∞ without <math.h>: NVRTC compiles this file with no headers, and INFINITY is a math.h macro.
+__device__ __forceinline__ float negative_infinity() { return __uint_as_float(0xFF800000u); }
+
 // Adds one value to a running (max, Σ exp(x − max)).
 __device__ __forceinline__ void online_add(float& m, float& s, float x)
 {
@@ -26,8 +29,8 @@ __device__ __forceinline__ void online_add(float& m, float& s, float x)
 // (m1, s1) ⊕ (m2, s2) = (m, s1·e^(m1−m) + s2·e^(m2−m)); an empty pair (−∞, 0) is the identity.
 __device__ __forceinline__ void online_merge(float& m, float& s, float m2, float s2)
 {
-    if (m2 == -INFINITY) return;
-    if (m == -INFINITY) { m = m2; s = s2; return; }
+    if (m2 == negative_infinity()) return;
+    if (m == negative_infinity()) { m = m2; s = s2; return; }
     float mm = fmaxf(m, m2);
     s = s * __expf(m - mm) + s2 * __expf(m2 - mm);
     m = mm;
@@ -69,7 +72,7 @@ __device__ void target_logprobs_row(const T* __restrict__ logits, const int* __r
     const int vectors = (vocab - head) / per_vector;
     const int tail_start = head + vectors * per_vector;
 
-    float m = -INFINITY, s = 0.0f;
+    float m = negative_infinity(), s = 0.0f;
     for (int v = tid; v < head; v += threads) online_add(m, s, load_one(p, v));
     const T* aligned = p + head;
     for (int v = tid; v < vectors; v += threads) add_vector(aligned, v, m, s);
@@ -85,7 +88,7 @@ __device__ void target_logprobs_row(const T* __restrict__ logits, const int* __r
     __syncthreads();
     if (warp == 0)
     {
-        m = lane < warps ? warp_max[lane] : -INFINITY;
+        m = lane < warps ? warp_max[lane] : negative_infinity();
         s = lane < warps ? warp_sum[lane] : 0.0f;
 #pragma unroll
         for (int offset = 16; offset > 0; offset >>= 1)

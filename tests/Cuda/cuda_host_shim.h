@@ -24,3 +24,7 @@ inline unsigned int __float_as_uint(float f) { unsigned int x; std::memcpy(&x, &
 inline float __expf(float x) { return std::exp(x); }
 inline float __logf(float x) { return std::log(x); }
 #include <math.h>   // expf, logf, fmaxf in the global namespace, as CUDA has them
+// NVRTC compiles native/*.cu without headers, so math.h's macros are not there: make them errors here too.
+#undef INFINITY
+#undef NAN
+#undef HUGE_VALF

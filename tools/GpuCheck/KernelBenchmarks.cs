@@ -54,10 +54,17 @@ internal sealed class KernelBenchmarks(CudaAccelerator accelerator, Report repor
     {
         accelerator.Bind();
         foreach (var precision in new[] { GemmPrecision.BFloat16, GemmPrecision.Tf32, GemmPrecision.Float32 })
-            StepGemmBenchmark(precision);
-        LogProbBandwidth();
+            Run($"GEMM benchmark {precision}", () => StepGemmBenchmark(precision));
+        Run("fused log-prob bandwidth benchmark", LogProbBandwidth);
         report.Note("whole-step benchmark: not run; the GPT forward/backward is not wired to the CUDA path yet (the GEMM-only step time above is an upper bound on a step's speed)");
         report.Note("PyTorch eager comparison: not measured by gpu-check (it needs Python + CUDA PyTorch on the GPU machine)");
+    }
+
+    /// <summary>Runs one benchmark; a failure is reported as a failed check and the next benchmark still runs.</summary>
+    private void Run(string name, Action benchmark)
+    {
+        try { benchmark(); }
+        catch (Exception e) { report.Add(new CheckResult(name, 0, double.NaN, double.NaN, "", $"{e.GetType().Name}: {e.Message}")); }
     }
 
     private double Time(Action launch)
