@@ -65,12 +65,13 @@ public static class Program
                         $"NVRTC {(CudaLibraries.Nvrtc.IsAvailable ? string.Join('.', Nvrtc.Version()) : "missing")}; {(quick ? "quick shapes" : "full shapes")}; {DateTime.UtcNow:u}.";
         report.Note(header);
         var total = Stopwatch.StartNew();
+        DeviceChecks.Run(report);
         using var context = GpuContext.TryCreateCuda();
         if (context is null)
         {
             report.Add(new CheckResult("ILGPU CUDA accelerator", 0, double.NaN, double.NaN, "", "ILGPU found no CUDA device although the driver reports one"));
             report.Write(outDir, header);
-            log.WriteLine("0 passed, 1 failed");
+            log.WriteLine($"{report.Checks.Count(c => c.Passed)} passed, {report.Checks.Count(c => !c.Passed)} failed");
             return 1;
         }
         var accelerator = (CudaAccelerator)context.Accelerator;
