@@ -33,6 +33,12 @@ public static class Program
         return failed == 0 ? 0 : 1;
     }
 
+    private static string NvrtcVersionText()
+    {
+        var (major, minor) = Nvrtc.Version();
+        return $"{major}.{minor}";
+    }
+
     public static int Run(string[] args, TextWriter log)
     {
         string outDir = "gpu-check-out";
@@ -62,7 +68,7 @@ public static class Program
             return NoDevice;
         }
         string header = $"Device: {probe.Devices[0]}; driver {probe.DriverVersionText}; cuBLAS {(CudaLibraries.Cublas.IsAvailable ? Cublas.Version().ToString() : "missing")}; " +
-                        $"NVRTC {(CudaLibraries.Nvrtc.IsAvailable ? string.Join('.', Nvrtc.Version()) : "missing")}; {(quick ? "quick shapes" : "full shapes")}; {DateTime.UtcNow:u}.";
+                        $"NVRTC {(CudaLibraries.Nvrtc.IsAvailable ? NvrtcVersionText() : "missing")}; {(quick ? "quick shapes" : "full shapes")}; {DateTime.UtcNow:u}.";
         report.Note(header);
         var total = Stopwatch.StartNew();
         DeviceChecks.Run(report);
