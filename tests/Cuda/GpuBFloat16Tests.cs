@@ -1,11 +1,17 @@
 using DistAlign.Engine.SafeTensors;
 using DistAlign.Kernels.Gpu;
-using static DistAlign.Tests.Kernels.Gpu.GpuTest;
+using ILGPU;
+using ILGPU.Runtime;
 
 namespace DistAlign.Tests.Cuda;
 
-/// <summary>The device fp32 → bf16 rounding (mixed-precision GEMM inputs) bit for bit against the CPU conversion.</summary>
-public class GpuBFloat16Tests
+/// <summary>
+/// The device fp32 → bf16 rounding (mixed-precision GEMM inputs) bit for bit against the CPU conversion, per
+/// backend (the CUDA case is skipped with the reason on a machine without a GPU).
+/// </summary>
+[TestFixture("simulator")]
+[TestFixture("cuda")]
+public class GpuBFloat16Tests(string backend)
 {
     [Test]
     public void RoundingMatchesTheCpuConversionBitForBit()
@@ -19,14 +25,16 @@ public class GpuBFloat16Tests
         var input = values.ToArray();
         var expected = input.Select(HalfPrecision.ToBFloat16Bits).ToArray();
 
-        var converter = new GpuBFloat16(Accelerator);
-        using var source = Up(input);
-        using var bf16 = Up(new ushort[input.Length]);
-        using var back = Up(new float[input.Length]);
-        converter.ToBFloat16(V(source, input), V(bf16, input.Length));
-        converter.ToFloat(V(bf16, input.Length), V(back, input.Length));
-        var bits = Down(bf16, input.Length);
-        var widened = Down(back, input.Length);
+        var accelerator = GpuBackend.Get(backend);
+        var converter = new GpuBFloat16(accelerator);
+        using var source = accelerator.Allocate1D(input);
+        using var bf16 = accelerator.Allocate1D<ushort>(input.Length);
+        using var back = accelerator.Allocate1D<float>(input.Length);
+        converter.ToBFloat16(source.View, bf16.View);
+        converter.ToFloat(bf16.View, back.View);
+        accelerator.Synchronize();
+        var bits = bf16.GetAsArray1D();
+        var widened = back.GetAsArray1D();
         for (int i = 0; i < input.Length; i++)
         {
             Assert.That(bits[i], Is.EqualTo(expected[i]), $"bf16({input[i]:R}) bits 0x{BitConverter.SingleToUInt32Bits(input[i]):X8}");
