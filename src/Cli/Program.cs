@@ -18,6 +18,7 @@ public static class Program
         var verbose = new Option<bool>("--verbose") { Description = "Print stack traces with errors.", Recursive = true };
         var root = new RootCommand("DistAlign: train small transformer LMs and align them to pairwise preferences.") { verbose };
         foreach (var command in Commands.All()) root.Subcommands.Add(command);
+        DeviceOption.AddToAll(root);   // --device cuda|cpu|auto on every command
 
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)
