@@ -92,7 +92,7 @@ internal static class ExperimentCommand
         var result = TabularExperiment.Run(options, message => Console.WriteLine($"  {message}"));
         var paths = TabularReport.WriteAll(result, outDir);
         Console.WriteLine(ConsoleTable(result));
-        Console.WriteLine($"done in {result.WallSeconds.ToString("F1", CultureInfo.InvariantCulture)} s; wrote:");
+        Console.WriteLine($"done in {result.WallSeconds.ToString("F1", CultureInfo.InvariantCulture)} s wall, {result.CpuSeconds.ToString("F1", CultureInfo.InvariantCulture)} s CPU; wrote:");
         foreach (var path in paths) Console.WriteLine($"  {path}");
         return 0;
     }

@@ -68,7 +68,8 @@ public sealed record TabularExperimentResult(
     IReadOnlyList<TabularSummaryRow> Summary,
     IReadOnlyList<TabularSlope> Slopes,
     double ReferenceKl,
-    double WallSeconds);
+    double WallSeconds,
+    double CpuSeconds);
 
 /// <summary>
 /// The tabular known-target experiment: for every seed and n, fit R̂ by Bradley–Terry, run every method at every
@@ -84,6 +85,7 @@ public static class TabularExperiment
     {
         options.Validate();
         var clock = Stopwatch.StartNew();
+        var cpuAtStart = Process.GetCurrentProcess().TotalProcessorTime;
         var methods = options.Methods ?? TabularMethods.All();
         var ns = options.Ns.OrderBy(n => n).ToArray();
         int seeds = options.Seeds, maxN = ns[^1];
@@ -138,7 +140,7 @@ public static class TabularExperiment
         double referenceKl = problems.Average(p => p.ForwardKl(p.ReferenceLogits));
         return new TabularExperimentResult(options, [.. methods.Select(m => (m.Name, m.ParameterName, m.How, m.Grid))], ordered,
                                            [.. rewardFits.OrderBy(r => r.N).ThenBy(r => r.Seed)], summary, slopes, referenceKl,
-                                           clock.Elapsed.TotalSeconds);
+                                           clock.Elapsed.TotalSeconds, (Process.GetCurrentProcess().TotalProcessorTime - cpuAtStart).TotalSeconds);
     }
 
     /// <summary>Per (method, n): the grid value with the lowest seed-mean KL; plus the untuned PMLE β = 0 row.</summary>

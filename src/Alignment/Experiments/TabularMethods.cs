@@ -248,7 +248,7 @@ public sealed class ClosedFormRlhf : ITabularMethod
 {
     public string Name => "RLHF";
     public string ParameterName => "β";
-    public IReadOnlyList<double> Grid { get; } = TabularMethods.HalfDecades(-3, 2, withZero: false);
+    public IReadOnlyList<double> Grid { get; } = TabularMethods.HalfDecades(-3, 3, withZero: false);
     public string How => "closed form π ∝ π0·exp(R̂/β)";
 
     public TabularFit Fit(TabularRunInput input, double beta)
@@ -268,7 +268,7 @@ public sealed class ClosedFormReverseKl : ITabularMethod
 {
     public string Name => "RKL";
     public string ParameterName => "β";
-    public IReadOnlyList<double> Grid { get; } = TabularMethods.HalfDecades(-3, 2, withZero: true);
+    public IReadOnlyList<double> Grid { get; } = TabularMethods.HalfDecades(-3, 3, withZero: true);
     public string How => "closed form π ∝ π0^(β/(β+γ))·exp(R̂/(β+γ))";
 
     public TabularFit Fit(TabularRunInput input, double beta)
@@ -290,7 +290,7 @@ public sealed class PreferenceMle : ITabularMethod
 {
     public string Name => "PMLE";
     public string ParameterName => "β";
-    public IReadOnlyList<double> Grid { get; } = TabularMethods.HalfDecades(-3, 2, withZero: true);
+    public IReadOnlyList<double> Grid { get; } = TabularMethods.HalfDecades(-3, 3, withZero: true);
     public string How => "AdamW on OfflinePreferenceObjective(Pmle) + exact KL";
 
     public TabularFit Fit(TabularRunInput input, double beta)
@@ -321,7 +321,7 @@ public sealed class Dpo : ITabularMethod
 {
     public string Name => "DPO";
     public string ParameterName => "β";
-    public IReadOnlyList<double> Grid { get; } = TabularMethods.HalfDecades(-2, 2, withZero: false);
+    public IReadOnlyList<double> Grid { get; } = TabularMethods.HalfDecades(-1, 4, withZero: false);
     public string How => "AdamW on OfflinePreferenceObjective(DpoSigmoid)";
 
     public TabularFit Fit(TabularRunInput input, double beta)
@@ -351,7 +351,7 @@ public sealed class Distillation : ITabularMethod
 {
     public string Name => "Distill";
     public string ParameterName => "β";
-    public IReadOnlyList<double> Grid { get; } = TabularMethods.HalfDecades(-3, 2, withZero: true);
+    public IReadOnlyList<double> Grid { get; } = TabularMethods.HalfDecades(-3, 3, withZero: true);
     public string How => "AdamW on the distillation loss, pairs ~ π_t in expectation, + exact KL";
 
     public TabularFit Fit(TabularRunInput input, double beta)
@@ -382,15 +382,15 @@ public sealed class Distillation : ITabularMethod
 }
 
 /// <summary>
-/// REBEL: <see cref="Iterations"/> rounds; round t fixes the anchor π_t and pairs a₁, a₂ ~ π_t (in expectation, as
+/// REBEL: <see cref="Iterations"/> rounds of the full schedule each; round t fixes the anchor π_t and pairs a₁, a₂ ~ π_t (in expectation, as
 /// weights) and regresses [ln π(a₁) − ln π_t(a₁)] − [ln π(a₂) − ln π_t(a₂)] onto η[R̂(a₁) − R̂(a₂)] with fresh AdamW
 /// (<see cref="PairwiseLossVariant.Rebel"/>). Solved exactly each round gives π_{t+1} ∝ π_t·exp(η R̂), so after T rounds
 /// π ∝ π0·exp(TηR̂): RLHF's family with β = 1/(Tη).
 /// </summary>
 public sealed class Rebel : ITabularMethod
 {
-    /// <summary>T, the number of REBEL rounds (the schedule's steps are split evenly between them).</summary>
-    public const int Iterations = 4;
+    /// <summary>T, the number of REBEL rounds (each runs the whole schedule with fresh AdamW moments).</summary>
+    public const int Iterations = 2;
 
     public string Name => "REBEL";
     public string ParameterName => "η";
@@ -406,7 +406,7 @@ public sealed class Rebel : ITabularMethod
         var rewards = new float[sequences.Count];
         input.Reward.Score(sequences, rewards);
         var settings = new PairwiseLossSettings(PairwiseLossVariant.Rebel, Eta: eta);
-        int stepsPerRound = Math.Max(1, input.Schedule.Steps / Iterations);
+        int stepsPerRound = input.Schedule.Steps;
         double norm = 0;
         for (int round = 0; round < Iterations; round++)
         {

@@ -14,7 +14,7 @@ public static class TabularReport
     private static readonly CultureInfo Invariant = CultureInfo.InvariantCulture;
 
     /// <summary>File names written into the output folder, in order.</summary>
-    public static readonly string[] Files = ["runs.csv", "summary.csv", "slopes.csv", "reward_fits.csv", "results.md", "kl_vs_n.png"];
+    public static readonly string[] Files = ["runs.csv", "summary.csv", "slopes.csv", "reward_fits.csv", "results.md", "kl_vs_n.png", "kl_vs_n_tuned.png"];
 
     /// <summary>Writes every file into <paramref name="directory"/> (created) and returns their paths.</summary>
     public static IReadOnlyList<string> WriteAll(TabularExperimentResult result, string directory)
@@ -26,7 +26,8 @@ public static class TabularReport
         File.WriteAllText(paths[2], SlopesCsv(result));
         File.WriteAllText(paths[3], RewardFitsCsv(result));
         File.WriteAllText(paths[4], Markdown(result));
-        WritePlot(result, paths[5]);
+        WritePlot(result, paths[5], zoomOnTuned: false);
+        WritePlot(result, paths[6], zoomOnTuned: true);
         return paths;
     }
 
@@ -81,7 +82,7 @@ public static class TabularReport
                                  $"{o.Seeds} seeds (first {o.FirstSeed}); n = {string.Join(", ", ns)}. " +
                                  $"Optimisation: full-batch AdamW, {o.Schedule.Steps} steps, lr {o.Schedule.LearningRate} → {o.Schedule.LearningRate * o.Schedule.FinalLearningRateFraction} (half cosine); " +
                                  $"R̂ by Bradley–Terry, {o.RewardSteps} Adam steps. Mean KL(π*‖π0) over the seeds: {result.ReferenceKl.ToString("0.000e0", Invariant)}. " +
-                                 $"Wall time {result.WallSeconds.ToString("F1", Invariant)} s with {o.Threads} threads.");
+                                 $"Wall time {result.WallSeconds.ToString("F1", Invariant)} s with {o.Threads} threads; CPU time {result.CpuSeconds.ToString("F1", Invariant)} s.");
         sb.AppendLine();
         sb.AppendLine("Each cell: mean ± standard error over seeds of the forward KL at the parameter (in brackets) that minimises the seed-mean KL " +
                       "for that method and n — tuned against the TRUE π*, as in the paper.");
@@ -125,14 +126,19 @@ public static class TabularReport
         return sb.ToString();
     }
 
-    /// <summary>log10(KL) against log2(n), one line per method, ±1 SE bars; axes labelled in the original units.</summary>
-    public static void WritePlot(TabularExperimentResult result, string path)
+    /// <summary>
+    /// log10(KL) against log2(n), one line per method, ±1 SE bars; axes labelled in the original units. With
+    /// <paramref name="zoomOnTuned"/>, the untuned PMLE β = 0 line is left out and the y range is clipped to
+    /// [0.8 × the smallest mean, 2 × KL(π*‖π0)] so the tuned methods can be told apart.
+    /// </summary>
+    public static void WritePlot(TabularExperimentResult result, string path, bool zoomOnTuned)
     {
         var plot = new Plot();
         var palette = new ScottPlot.Palettes.Category10();
         int index = 0;
         foreach (var method in result.Summary.Select(r => r.Method).Distinct())
         {
+            if (zoomOnTuned && method == TabularExperiment.UntunedPmle) { index++; continue; }
             var rows = result.Summary.Where(r => r.Method == method && r.MeanKl > 0).OrderBy(r => r.N).ToList();
             if (rows.Count == 0) continue;
             double[] xs = [.. rows.Select(r => Math.Log2(r.N))];
@@ -172,6 +178,12 @@ public static class TabularReport
         plot.XLabel("n (preference pairs)");
         plot.YLabel("E_x KL(π* ‖ π̂), β tuned per n");
         plot.ShowLegend(ScottPlot.Alignment.LowerLeft);
+        if (zoomOnTuned)
+        {
+            double low = result.Summary.Where(r => r.Method != TabularExperiment.UntunedPmle && r.MeanKl > 0).Select(r => r.MeanKl).DefaultIfEmpty(result.ReferenceKl).Min();
+            plot.Axes.SetLimitsY(Math.Log10(0.8 * Math.Min(low, result.ReferenceKl)), Math.Log10(2 * result.ReferenceKl));
+            plot.Title($"{plot.Axes.Title.Label.Text} (tuned methods, y clipped)");
+        }
         plot.SavePng(path, 1000, 650);
     }
 }
