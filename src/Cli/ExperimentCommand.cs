@@ -44,18 +44,20 @@ internal static class ExperimentCommand
         var responses = new Option<int>("--responses") { Description = "Number of responses Y per context.", DefaultValueFactory = _ => 10 };
         var steps = new Option<int>("--steps") { Description = "Full-batch AdamW steps per fit.", DefaultValueFactory = _ => new TabularTrainingSchedule().Steps };
         var lr = new Option<float>("--lr") { Description = "Peak AdamW learning rate (half cosine down to 5% of it).", DefaultValueFactory = _ => new TabularTrainingSchedule().LearningRate };
-        var methods = new Option<string>("--methods") { Description = "Comma-separated subset of " + string.Join(",", TabularMethods.All().Select(m => m.Name)) + " (default: all)." };
+        var methods = new Option<string>("--methods") { Description = "Comma-separated subset of " + string.Join(",", TabularMethods.All().Select(m => m.Name)) + " (default: all of them), or RLHF-PPO, RKL-PPO (PPO over the whole grid: slow)." };
+        var ppoCheck = new Option<bool>("--ppo-check") { Description = "Also train RLHF and RKL with the PPO trainer at the β their closed forms were tuned to (--ppo-check false to skip).", DefaultValueFactory = _ => true };
+        var ppoIterations = new Option<int>("--ppo-iterations") { Description = "PPO iterations per fit of --ppo-check.", DefaultValueFactory = _ => 200 };
         var threads = new Option<int>("--threads") { Description = "Fits run in parallel (results do not depend on it).", DefaultValueFactory = _ => Environment.ProcessorCount };
         var command = new Command("tabular", "The paper's Figure 1: 10×10 tabular policies, forward KL to π* against n for RLHF, RKL, PMLE, distillation, DPO, REBEL.")
         {
-            output, seeds, firstSeed, nMin, nMax, sampler, gamma, logitStd, contexts, responses, steps, lr, methods, threads,
+            output, seeds, firstSeed, nMin, nMax, sampler, gamma, logitStd, contexts, responses, steps, lr, methods, ppoCheck, ppoIterations, threads,
         };
         command.SetAction(parse =>
         {
             int from = Exponent(parse.GetValue(nMin), "--n-min"), to = Exponent(parse.GetValue(nMax), "--n-max");
             if (from > to) throw new CliUsageException($"--n-min (2^{from}) must not exceed --n-max (2^{to})");
-            var all = TabularMethods.All();
-            IReadOnlyList<ITabularMethod> chosen = all;
+            var all = TabularMethods.All().Concat([new TabularPpo(Alignment.Training.PpoObjective.Rlhf), new TabularPpo(Alignment.Training.PpoObjective.ReverseKl)]).ToList();
+            IReadOnlyList<ITabularMethod> chosen = TabularMethods.All();
             if (parse.GetValue(methods) is { } list)
             {
                 var names = list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
@@ -77,6 +79,8 @@ internal static class ExperimentCommand
                 Threads = CliErrors.Positive(parse.GetValue(threads), "--threads"),
                 Schedule = new TabularTrainingSchedule(CliErrors.Positive(parse.GetValue(steps), "--steps"), parse.GetValue(lr)),
                 Methods = chosen,
+                PpoCheck = parse.GetValue(ppoCheck),
+                PpoIterations = CliErrors.Positive(parse.GetValue(ppoIterations), "--ppo-iterations"),
             };
             try { options.Validate(); }
             catch (ArgumentException e) { throw new CliUsageException(e.Message); }
@@ -104,10 +108,11 @@ internal static class ExperimentCommand
         var methods = result.Summary.Select(r => r.Method).Distinct().ToList();
         var ns = result.Summary.Select(r => r.N).Distinct().OrderBy(n => n).ToList();
         var lines = new List<string> { "", $"E_x KL(π*‖π̂), mean over seeds, parameter tuned per n (KL(π*‖π0) = {result.ReferenceKl.ToString("0.000e0", inv)})" };
-        lines.Add($"{"n",7}" + string.Concat(methods.Select(m => $"{m,11}")));
+        string Cell(string m, string text) => text.PadLeft(Math.Max(11, m.Length + 2));
+        lines.Add($"{"n",7}" + string.Concat(methods.Select(m => Cell(m, m))));
         foreach (int n in ns)
-            lines.Add($"{n,7}" + string.Concat(methods.Select(m => $"{result.Summary.First(r => r.Method == m && r.N == n).MeanKl.ToString("0.000e0", inv),11}")));
-        lines.Add($"{"slope",7}" + string.Concat(methods.Select(m => $"{result.Slopes.First(s => s.Method == m).Slope.ToString("F2", inv),11}")));
+            lines.Add($"{n,7}" + string.Concat(methods.Select(m => Cell(m, result.Summary.First(r => r.Method == m && r.N == n).MeanKl.ToString("0.000e0", inv)))));
+        lines.Add($"{"slope",7}" + string.Concat(methods.Select(m => Cell(m, result.Slopes.First(s => s.Method == m).Slope.ToString("F2", inv)))));
         var slope = result.Slopes[0];
         lines.Add($"(slope: least squares of ln KL on ln n over n = {slope.NMin}…{slope.NMax})");
         return string.Join(Environment.NewLine, lines);

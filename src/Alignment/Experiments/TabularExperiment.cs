@@ -24,6 +24,13 @@ public sealed record TabularExperimentOptions
     public int RewardSteps { get; init; } = 500;
     /// <summary>The methods to run (null: <see cref="TabularMethods.All"/>).</summary>
     public IReadOnlyList<ITabularMethod>? Methods { get; init; }
+    /// <summary>
+    /// After tuning, also train RLHF and reverse KL with <see cref="TabularPpo"/> (the GPT's PPO trainer) at the β their
+    /// closed forms were tuned to, per seed and n: rows "RLHF-PPO@tuned" and "RKL-PPO@tuned".
+    /// </summary>
+    public bool PpoCheck { get; init; }
+    /// <summary>PPO iterations per fit of the <see cref="PpoCheck"/>.</summary>
+    public int PpoIterations { get; init; } = 200;
 
     /// <summary>Throws <see cref="ArgumentException"/> naming the first bad setting.</summary>
     public TabularExperimentOptions Validate()
@@ -78,6 +85,9 @@ public sealed record TabularExperimentResult(
 /// </summary>
 public static class TabularExperiment
 {
+    /// <summary>Suffix of the PPO rows run at the closed form's tuned β (<see cref="TabularExperimentOptions.PpoCheck"/>).</summary>
+    public const string PpoCheckSuffix = "@tuned";
+
     /// <summary>The extra row derived from the PMLE runs at β = 0 (pure preference MLE, no tuning).</summary>
     public const string UntunedPmle = "PMLE β=0";
 
@@ -133,9 +143,44 @@ public static class TabularExperiment
         });
         progress?.Invoke($"{runs.Length} fits done after {clock.Elapsed.TotalSeconds:F1} s");
 
-        var ordered = runs.OrderBy(r => methods.Select(m => m.Name).ToList().IndexOf(r.Method)).ThenBy(r => r.N)
-                          .ThenBy(r => r.Parameter).ThenBy(r => r.Seed).ToList();
+        var all = runs.ToList();
+        if (options.PpoCheck)
+        {
+            var tunedSummary = Summarise([.. runs], methods, ns, seeds);
+            var checks = new List<(int Cell, ITabularMethod Method, double Parameter)>();
+            foreach (var (closedForm, objective) in new[] { ("RLHF", Training.PpoObjective.Rlhf), ("RKL", Training.PpoObjective.ReverseKl) })
+            {
+                if (!methods.Any(m => m.Name == closedForm)) continue;
+                var ppo = new TabularPpo(objective, options.PpoIterations);
+                for (int j = ns.Length - 1; j >= 0; j--)
+                {
+                    double beta = tunedSummary.First(r => r.Method == closedForm && r.N == ns[j]).Parameter;
+                    for (int s = 0; s < seeds; s++) checks.Add((s * ns.Length + j, ppo, beta));
+                }
+            }
+            var checkRuns = new TabularRunRecord[checks.Count];
+            Parallel.For(0, checks.Count, parallel, t =>
+            {
+                var (cell, method, parameter) = checks[t];
+                var input = inputs[cell];
+                var fit = method.Fit(input, parameter);
+                checkRuns[t] = new TabularRunRecord(input.Problem.Seed, input.Data.Total, method.Name + PpoCheckSuffix, method.ParameterName, parameter,
+                                                    input.Problem.ForwardKl(fit.Logits), fit.GradientNorm, fit.Steps);
+            });
+            all.AddRange(checkRuns);
+            progress?.Invoke($"{checkRuns.Length} PPO fits at the tuned β done after {clock.Elapsed.TotalSeconds:F1} s");
+        }
+
+        var names = methods.Select(m => m.Name).ToList();
+        var ordered = all.OrderBy(r => names.IndexOf(r.Method) is int i && i >= 0 ? i : names.Count).ThenBy(r => r.Method).ThenBy(r => r.N)
+                         .ThenBy(r => r.Parameter).ThenBy(r => r.Seed).ToList();
         var summary = Summarise(ordered, methods, ns, seeds);
+        foreach (var method in ordered.Select(r => r.Method).Where(m => m.EndsWith(PpoCheckSuffix, StringComparison.Ordinal)).Distinct().ToList())
+            foreach (int n in ns)
+            {
+                var run = ordered.First(r => r.Method == method && r.N == n);
+                summary.Add(Row(ordered, method, run.ParameterName, n, run.Parameter, method));
+            }
         var slopes = Slopes(summary, ns);
         double referenceKl = problems.Average(p => p.ForwardKl(p.ReferenceLogits));
         return new TabularExperimentResult(options, [.. methods.Select(m => (m.Name, m.ParameterName, m.How, m.Grid))], ordered,

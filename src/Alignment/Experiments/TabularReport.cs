@@ -119,6 +119,13 @@ public static class TabularReport
             sb.AppendLine(Invariant, $"| {name} | {how} | {parameterName} ∈ {{{string.Join(", ", grid.Select(Parameter))}}} | " +
                                      $"{rows[0].MaxGradientNorm.ToString("0.0e0", Invariant)} | {rows[^1].MaxGradientNorm.ToString("0.0e0", Invariant)} |");
         }
+        if (o.PpoCheck)
+        {
+            var how = new TabularPpo(Training.PpoObjective.Rlhf, o.PpoIterations).How;
+            sb.AppendLine();
+            sb.AppendLine($"`{TabularExperiment.PpoCheckSuffix}` rows: RLHF and reverse KL trained by {how} at the β their closed form was tuned to " +
+                          "(per n); ‖∇‖ there is PPO's mean pre-clip gradient norm in its last iteration (stochastic).");
+        }
         var fits = result.RewardFits;
         sb.AppendLine();
         sb.AppendLine(Invariant, $"Reward fits: max ‖∇‖ {fits.Where(f => f.N == ns[0]).Max(f => f.GradientNorm).ToString("0.0e0", Invariant)} at n = {ns[0]}, " +

@@ -262,4 +262,22 @@ public class TabularExperimentTests
         Assert.That(Kl(TabularExperiment.UntunedPmle, 8192), Is.LessThan(Kl(TabularExperiment.UntunedPmle, 64) / 10));
         Assert.That(Kl("PMLE", 8192), Is.LessThan(Kl("PMLE", 64)));
     }
+
+    [Test]
+    public void ThePpoCheckTrainsRlhfAndRklAtTheirTunedBeta()
+    {
+        var result = TabularExperiment.Run(new TabularExperimentOptions
+        {
+            Ns = [4096], Seeds = 1, Methods = [new ClosedFormRlhf(), new ClosedFormReverseKl()], PpoCheck = true, PpoIterations = 100, Threads = 2,
+        });
+        foreach (var (closedForm, ppo) in new[] { ("RLHF", "RLHF-PPO@tuned"), ("RKL", "RKL-PPO@tuned") })
+        {
+            var exact = result.Summary.Single(r => r.Method == closedForm);
+            var trained = result.Summary.Single(r => r.Method == ppo);
+            TestContext.Out.WriteLine($"{closedForm}: closed form {exact.MeanKl:E3}, PPO {trained.MeanKl:E3} at β = {trained.Parameter}");
+            Assert.That(trained.Parameter, Is.EqualTo(exact.Parameter));
+            // PPO is stochastic; it must land near the optimum it targets: within 10% of KL(π*‖π0) of the closed form's KL.
+            Assert.That(trained.MeanKl, Is.EqualTo(exact.MeanKl).Within(0.1 * result.ReferenceKl));
+        }
+    }
 }
