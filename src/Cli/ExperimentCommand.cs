@@ -107,7 +107,7 @@ internal static class ExperimentCommand
         var inv = CultureInfo.InvariantCulture;
         var methods = result.Summary.Select(r => r.Method).Distinct().ToList();
         var ns = result.Summary.Select(r => r.N).Distinct().OrderBy(n => n).ToList();
-        var lines = new List<string> { "", $"E_x KL(π*‖π̂), mean over seeds, parameter tuned per n (KL(π*‖π0) = {result.ReferenceKl.ToString("0.000e0", inv)})" };
+        var lines = new List<string> { "", $"E_x KL(π*‖π̂), mean over seeds, parameter tuned per n (KL(π*‖π0) = {result.ReferenceKl.ToString("0.000e0", inv)}; RLHF floor at n = ∞ = {result.RlhfFloorKl.ToString("0.000e0", inv)})" };
         string Cell(string m, string text) => text.PadLeft(Math.Max(11, m.Length + 2));
         lines.Add($"{"n",7}" + string.Concat(methods.Select(m => Cell(m, m))));
         foreach (int n in ns)

@@ -75,6 +75,7 @@ public sealed record TabularExperimentResult(
     IReadOnlyList<TabularSummaryRow> Summary,
     IReadOnlyList<TabularSlope> Slopes,
     double ReferenceKl,
+    double RlhfFloorKl,
     double WallSeconds,
     double CpuSeconds);
 
@@ -183,9 +184,29 @@ public static class TabularExperiment
             }
         var slopes = Slopes(summary, ns);
         double referenceKl = problems.Average(p => p.ForwardKl(p.ReferenceLogits));
+        double rlhfFloor = problems.Average(RlhfFloor);
         return new TabularExperimentResult(options, [.. methods.Select(m => (m.Name, m.ParameterName, m.How, m.Grid))], ordered,
-                                           [.. rewardFits.OrderBy(r => r.N).ThenBy(r => r.Seed)], summary, slopes, referenceKl,
+                                           [.. rewardFits.OrderBy(r => r.N).ThenBy(r => r.Seed)], summary, slopes, referenceKl, rlhfFloor,
                                            clock.Elapsed.TotalSeconds, (Process.GetCurrentProcess().TotalProcessorTime - cpuAtStart).TotalSeconds);
+    }
+
+    /// <summary>
+    /// RLHF's infinite-data floor: with R̂ = γ ln π* exactly (the population Bradley–Terry optimum, up to a constant per x),
+    /// min over β of E_x KL(π* ‖ π0·π*^(γ/β)), β on 400 log-spaced values in [10⁻³, 10⁴]. No amount of data takes RLHF below it
+    /// (the minimum is not 0 unless π0 is uniform, since no β undoes the π0 factor).
+    /// </summary>
+    public static double RlhfFloor(TabularProblem problem)
+    {
+        var logits = new double[problem.Contexts * problem.Responses];
+        double best = double.PositiveInfinity;
+        for (int k = 0; k < 400; k++)
+        {
+            double beta = Math.Pow(10, -3 + 7.0 * k / 399);
+            for (int i = 0; i < logits.Length; i++)
+                logits[i] = problem.ReferenceLogits[i] + problem.Gamma * problem.TargetLogProb(i / problem.Responses, i % problem.Responses) / beta;
+            best = Math.Min(best, problem.ForwardKl(logits));
+        }
+        return best;
     }
 
     /// <summary>Per (method, n): the grid value with the lowest seed-mean KL; plus the untuned PMLE β = 0 row.</summary>

@@ -81,7 +81,8 @@ public static class TabularReport
         sb.AppendLine(Invariant, $"{o.Contexts} contexts × {o.Responses} responses; α*, α0 ~ N(0, {o.LogitStd}²); γ = {o.Gamma}; μ = {(o.Sampler == TabularSampler.Pi0 ? "π0" : "uniform")}; " +
                                  $"{o.Seeds} seeds (first {o.FirstSeed}); n = {string.Join(", ", ns)}. " +
                                  $"Optimisation: full-batch AdamW, {o.Schedule.Steps} steps, lr {o.Schedule.LearningRate} → {o.Schedule.LearningRate * o.Schedule.FinalLearningRateFraction} (half cosine); " +
-                                 $"R̂ by Bradley–Terry, {o.RewardSteps} Adam steps. Mean KL(π*‖π0) over the seeds: {result.ReferenceKl.ToString("0.000e0", Invariant)}. " +
+                                 $"R̂ by Bradley–Terry, {o.RewardSteps} Adam steps. Mean KL(π*‖π0) over the seeds: {result.ReferenceKl.ToString("0.000e0", Invariant)}; " +
+                                 $"RLHF's infinite-data floor (R̂ = γ ln π*, best β): {result.RlhfFloorKl.ToString("0.000e0", Invariant)}. " +
                                  $"Wall time {result.WallSeconds.ToString("F1", Invariant)} s with {o.Threads} threads; CPU time {result.CpuSeconds.ToString("F1", Invariant)} s.");
         sb.AppendLine();
         sb.AppendLine("Each cell: mean ± standard error over seeds of the forward KL at the parameter (in brackets) that minimises the seed-mean KL " +
@@ -164,6 +165,8 @@ public static class TabularReport
         var reference = Math.Log10(result.ReferenceKl);
         var baseline = plot.Add.HorizontalLine(reference, 1, Colors.Gray, LinePattern.Dotted);
         baseline.LegendText = "KL(π*‖π0)";
+        var floor = plot.Add.HorizontalLine(Math.Log10(result.RlhfFloorKl), 1, Colors.Black, LinePattern.Dotted);
+        floor.LegendText = "RLHF floor (n = ∞, best β)";
 
         var yTicks = new ScottPlot.TickGenerators.NumericAutomatic
         {
@@ -188,7 +191,7 @@ public static class TabularReport
         if (zoomOnTuned)
         {
             double low = result.Summary.Where(r => r.Method != TabularExperiment.UntunedPmle && r.MeanKl > 0).Select(r => r.MeanKl).DefaultIfEmpty(result.ReferenceKl).Min();
-            plot.Axes.SetLimitsY(Math.Log10(0.8 * Math.Min(low, result.ReferenceKl)), Math.Log10(2 * result.ReferenceKl));
+            plot.Axes.SetLimitsY(Math.Log10(0.8 * Math.Min(Math.Min(low, result.ReferenceKl), result.RlhfFloorKl)), Math.Log10(2 * result.ReferenceKl));
             plot.Title($"{plot.Axes.Title.Label.Text} (tuned methods, y clipped)");
         }
         plot.SavePng(path, 1000, 650);

@@ -176,6 +176,20 @@ public class TabularExperimentTests
     }
 
     [Test]
+    public void TheRlhfFloorLiesBetweenZeroAndTheBestOfItsSimpleCandidates()
+    {
+        var problem = TabularProblem.Create(seed: 8, logitStd: 0.3);
+        double floor = TabularExperiment.RlhfFloor(problem);
+        // β = γ gives π ∝ π0·π*; β → ∞ gives π0. The floor is at most either and above 0 (π0 is not uniform).
+        var product = Enumerable.Range(0, problem.TargetLogits.Length)
+            .Select(i => problem.ReferenceLogits[i] + problem.TargetLogProb(i / problem.Responses, i % problem.Responses)).ToArray();
+        TestContext.Out.WriteLine($"floor {floor:E3}, π0·π* {problem.ForwardKl(product):E3}, π0 {problem.ForwardKl(problem.ReferenceLogits):E3}");
+        Assert.That(floor, Is.GreaterThan(0));
+        Assert.That(floor, Is.LessThanOrEqualTo(problem.ForwardKl(product) * (1 + 1e-3)), "the 400-point β grid lands near β = γ");
+        Assert.That(floor, Is.LessThan(problem.ForwardKl(problem.ReferenceLogits)));
+    }
+
+    [Test]
     public void DistillationAndRebelReachTheirTabularOptima()
     {
         // With a known R̂: distillation (β = 0) → softmax(R̂/γ); REBEL after T rounds → π0·exp(TηR̂), RLHF at β = 1/(Tη).
