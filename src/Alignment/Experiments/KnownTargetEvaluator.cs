@@ -90,6 +90,28 @@ public sealed class KnownTargetEvaluator
             Distinct(own, 1), Distinct(own, 2), (double)tokens / own.Count);
     }
 
+    /// <summary>
+    /// How well a reward function orders fresh π0 responses the way π* does: over pairs of the shared π0 samples on the
+    /// same held-out prompt (samples 2i and 2i + 1), the share with sign(R̂(a) − R̂(b)) = sign(ln π*(a) − ln π*(b)).
+    /// </summary>
+    public double RewardAccuracy(Objectives.IRewardFunction reward)
+    {
+        var rewards = new float[opponentSamples.Count];
+        for (int start = 0; start < rewards.Length; start += KnownTargetTask.ChunkSequences)
+        {
+            int m = Math.Min(KnownTargetTask.ChunkSequences, rewards.Length - start);
+            reward.Score(opponentSamples.GetRange(start, m), rewards.AsSpan(start, m));
+        }
+        int agree = 0, pairs = 0;
+        for (int i = 0; i + 1 < rewards.Length; i += 2)
+        {
+            if (!ReferenceEquals(opponentSamples[i].Prompt, opponentSamples[i + 1].Prompt)) continue;
+            pairs++;
+            if ((rewards[i] - rewards[i + 1] > 0) == (opponentTargetLogProbs[i] - opponentTargetLogProbs[i + 1] > 0)) agree++;
+        }
+        return pairs == 0 ? double.NaN : (double)agree / pairs;
+    }
+
     /// <summary>Distinct n-grams (within each response) over all n-grams of all responses; 0 when there are none.</summary>
     public static double Distinct(IReadOnlyList<PromptResponse> sequences, int n)
     {
