@@ -11,7 +11,7 @@ namespace DistAlign.Alignment.Experiments;
 public sealed record KnownTargetSettings
 {
     /// <summary>τ of the tilt π* ∝ π0·exp(w/τ).</summary>
-    public double Temperature { get; init; } = 1.0;
+    public double Temperature { get; init; } = 1.25;
     /// <summary>γ of the preference model P*(a ≻ b) = σ(γ[ln π*(a) − ln π*(b)]).</summary>
     public double Gamma { get; init; } = 1.0;
     /// <summary>L: response length (a response also stops at &lt;|endoftext|&gt;).</summary>
