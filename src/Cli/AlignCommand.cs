@@ -21,15 +21,15 @@ internal static class AlignCommand
 {
     public static Command Create()
     {
-        var objective = new Option<string>("--objective") { Description = "sft, dpo or pmle.", Required = true };
+        var objective = new Option<string>("--objective") { Description = "sft, dpo, pmle (offline); distill, rebel, rlhf, rkl (on-policy, need --reward-model).", Required = true };
         var model = new Option<FileInfo>("--model") { Description = "π0: the model to start from (and the DPO reference).", Required = true };
         var data = new Option<FileInfo>("--data") { Description = "Preference pairs, JSONL with prompt/chosen/rejected.", Required = true };
         var output = new Option<DirectoryInfo>("--out") { Description = "Output folder (metrics.jsonl, step-N/ checkpoints, cache/, model.safetensors).", Required = true };
         var variant = new Option<string>("--variant") { Description = "DPO loss: sigmoid, conservative, robust, hinge or ipo.", DefaultValueFactory = _ => "sigmoid" };
-        var beta = new Option<double>("--beta") { Description = "β of the DPO family / IPO.", DefaultValueFactory = _ => 0.1 };
-        var gamma = new Option<double>("--gamma") { Description = "γ of PMLE.", DefaultValueFactory = _ => 1.0 };
+        var beta = new Option<double>("--beta") { Description = "β of the DPO family / IPO; the KL weight of rlhf and rkl.", DefaultValueFactory = _ => 0.1 };
+        var gamma = new Option<double>("--gamma") { Description = "γ of PMLE and distillation; rkl's entropy weight.", DefaultValueFactory = _ => 1.0 };
         var epsilon = new Option<double>("--epsilon") { Description = "ε: label smoothing (conservative) or flip rate (robust).", DefaultValueFactory = _ => 0.0 };
-        var klBeta = new Option<double>("--kl-beta") { Description = "PMLE: weight of KL(π ‖ π0) from samples (0 = off).", DefaultValueFactory = _ => 0.0 };
+        var klBeta = new Option<double>("--kl-beta") { Description = "PMLE and distillation: weight of KL(π ‖ π0) from samples (0 = off).", DefaultValueFactory = _ => 0.0 };
         var klSamples = new Option<int>("--kl-samples") { Description = "PMLE: samples per prompt for the KL estimate (≥ 2).", DefaultValueFactory = _ => 2 };
         var klTokens = new Option<int>("--kl-max-tokens") { Description = "PMLE: most tokens per KL sample.", DefaultValueFactory = _ => 16 };
         var options = CommonTrainingOptions.Create(defaultLr: 1e-4f);
@@ -37,12 +37,15 @@ internal static class AlignCommand
         var weightDecay = new Option<float>("--weight-decay") { Description = "AdamW decoupled weight decay.", DefaultValueFactory = _ => 0f };
         var gradAccum = new Option<int>("--grad-accum") { Description = "Micro-batches per optimizer step.", DefaultValueFactory = _ => 1 };
         var resume = new Option<bool>("--resume") { Description = "Continue from the latest checkpoint in --out." };
+        var online = OnlineOptions.Create();
 
-        var command = new Command("align", "Align a GPT to preference pairs offline: SFT, DPO (sigmoid/conservative/robust/hinge/IPO) or PMLE (+KL).")
+        var command = new Command("align",
+            "Align a GPT to preference pairs: SFT, DPO (sigmoid/conservative/robust/hinge/IPO), PMLE (+KL), preference distillation, REBEL, RLHF (PPO) or reverse KL (PPO).")
         {
             objective, model, data, output, variant, beta, gamma, epsilon, klBeta, klSamples, klTokens, gradAccum, weightDecay, checkpointEvery, resume,
         };
         options.AddTo(command);
+        online.AddTo(command);
         command.SetAction(parse =>
         {
             var common = options.Read(parse);
@@ -51,13 +54,17 @@ internal static class AlignCommand
                 parse.GetValue(klBeta), parse.GetValue(klSamples), parse.GetValue(klTokens),
                 CliErrors.Positive(parse.GetValue(gradAccum), "--grad-accum"), parse.GetValue(weightDecay),
                 CliErrors.Positive(parse.GetValue(checkpointEvery), "--checkpoint-every"), parse.GetValue(resume));
+            string name = settings.Objective.ToLowerInvariant();
+            if (name is "distill" or "rebel" or "rlhf" or "rkl")
+                return OnlineAlign.Run(parse.GetValue(model)!, parse.GetValue(data)!, parse.GetValue(output)!.FullName, common, settings, online.Read(parse));
+            if (parse.GetResult(online.RewardModel) is not null) throw new CliUsageException("--reward-model goes with --objective distill, rebel, rlhf or rkl");
             return Run(parse.GetValue(model)!, parse.GetValue(data)!, parse.GetValue(output)!.FullName, common, settings);
         });
         return command;
     }
 
-    private sealed record AlignSettings(string Objective, string Variant, double Beta, double Gamma, double Epsilon, double KlBeta, int KlSamples,
-                                        int KlMaxTokens, int GradientAccumulation, float WeightDecay, int CheckpointEvery, bool Resume);
+    internal sealed record AlignSettings(string Objective, string Variant, double Beta, double Gamma, double Epsilon, double KlBeta, int KlSamples,
+                                         int KlMaxTokens, int GradientAccumulation, float WeightDecay, int CheckpointEvery, bool Resume);
 
     private static PairwiseLossVariant VariantOf(string name) => name.ToLowerInvariant() switch
     {
@@ -75,7 +82,7 @@ internal static class AlignCommand
         {
             "sft" => AlignmentObjective.Sft,
             "dpo" or "pmle" => AlignmentObjective.Preference,
-            _ => throw new CliUsageException($"--objective must be sft, dpo or pmle (got '{s.Objective}')"),
+            _ => throw new CliUsageException($"--objective must be sft, dpo, pmle, distill, rebel, rlhf or rkl (got '{s.Objective}')"),
         };
         bool pmle = s.Objective.Equals("pmle", StringComparison.OrdinalIgnoreCase);
         if (!pmle && s.KlBeta != 0) throw new CliUsageException("--kl-beta goes with --objective pmle");

@@ -89,7 +89,7 @@ internal static class BenchCommand
             }
             return 0;
         });
-        return new Command("bench", "Benchmarks.") { step, dpo, decode, peers };
+        return new Command("bench", "Benchmarks.") { step, dpo, decode, peers, BenchPpoCommand.Create() };
     }
 
     private static string FindUpward(string relative)

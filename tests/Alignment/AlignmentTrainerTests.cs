@@ -48,8 +48,18 @@ internal static class TinyAlignmentSetup
 
     /// <summary>Every metric that must repeat exactly on resume (timings excluded).</summary>
     public static List<string> DeterministicColumns(List<Dictionary<string, double?>> rows) =>
-        [.. rows.Select(r => string.Join(";", r.Where(kv => kv.Key is not ("elapsed_seconds" or "tokens_per_second"))
+        [.. rows.Select(r => string.Join(";", r.Where(kv => !kv.Key.EndsWith("seconds", StringComparison.Ordinal) && !kv.Key.EndsWith("per_second", StringComparison.Ordinal))
                                                .Select(kv => $"{kv.Key}={kv.Value:R}")))];
+
+    /// <summary>A known reward for on-policy tests: the share of response tokens whose id is even, minus ½.</summary>
+    public sealed class EvenTokenReward : IRewardFunction
+    {
+        public void Score(IReadOnlyList<PromptResponse> sequences, Span<float> rewards)
+        {
+            for (int i = 0; i < sequences.Count; i++)
+                rewards[i] = (float)(sequences[i].Response.Count(t => t % 2 == 0) / (double)sequences[i].Response.Length - 0.5);
+        }
+    }
 }
 
 /// <summary>The alignment training loop on a tiny GPT: each objective runs, resumes bit-identically, stops on NaN.</summary>
@@ -84,6 +94,25 @@ public class AlignmentTrainerTests
             Loss = new PairwiseLossSettings(PairwiseLossVariant.Pmle, Gamma: 1.0),
             Kl = new KlRegularizer(Beta: 0.1, SamplesPerPrompt: 2, MaxNewTokens: 4, EndOfText: Gpt2Tokenizer.FromSpec(TinyAlignmentSetup.TokenizerSpec).EndOfText),
         },
+        "distill" => new AlignmentTrainingOptions
+        {
+            Objective = AlignmentObjective.OnPolicy,
+            Loss = new PairwiseLossSettings(PairwiseLossVariant.Distillation, Gamma: 0.5),
+            Sampling = new SamplingOptions(4),
+            Kl = new KlRegularizer(Beta: 0.1, SamplesPerPrompt: 2, MaxNewTokens: 4, EndOfText: Gpt2Tokenizer.FromSpec(TinyAlignmentSetup.TokenizerSpec).EndOfText),
+        },
+        "distill-dataset" => new AlignmentTrainingOptions
+        {
+            Objective = AlignmentObjective.OnPolicy,
+            Loss = new PairwiseLossSettings(PairwiseLossVariant.Distillation, Gamma: 0.5),
+            PairSource = PairSource.Dataset,
+        },
+        "rebel" => new AlignmentTrainingOptions
+        {
+            Objective = AlignmentObjective.OnPolicy,
+            Loss = new PairwiseLossSettings(PairwiseLossVariant.Rebel, Eta: 2.0),
+            Sampling = new SamplingOptions(4),
+        },
         _ => throw new ArgumentException(objective),
     };
 
@@ -98,7 +127,7 @@ public class AlignmentTrainerTests
         using var policy = new GptPolicy(model, new AdamWSettings(), ownsModel: true);
         using var reference = policy.Snapshot();
         float[]? refs = options.UsesReferenceLogProbs ? ReferenceLogProbs.Get(reference, pairs, cacheDir, null, out _) : null;
-        var trainer = new AlignmentTrainer(policy, reference, pairs, refs, options);
+        var trainer = new AlignmentTrainer(policy, reference, pairs, refs, options, new TinyAlignmentSetup.EvenTokenReward());
         var run = new AlignmentRun(trainer, policy, outDir, TinyAlignmentSetup.TokenizerSpec, $"{{\"objective\":\"{objective}\"}}", checkpointEvery: 2);
         run.Start(resume);
         while (trainer.Step < stopAfter) run.Step();
@@ -109,6 +138,9 @@ public class AlignmentTrainerTests
     [TestCase("dpo")]
     [TestCase("ipo")]
     [TestCase("pmle")]
+    [TestCase("distill")]
+    [TestCase("distill-dataset")]
+    [TestCase("rebel")]
     public void RunsAndResumesBitIdentically(string objective)
     {
         string modelPath = Path.Combine(directory, "pi0.safetensors");
@@ -134,6 +166,9 @@ public class AlignmentTrainerTests
         {
             "sft" => ["mean_token_logp"],
             "pmle" => ["logits", "accuracy", "logps/chosen", "objective/kl", "pairwise_loss"],
+            "distill" => ["objective/scores", "objective/kl", "pairwise_loss", "bernoulli_kl", "accuracy"],
+            "distill-dataset" => ["objective/scores", "bernoulli_kl", "accuracy"],
+            "rebel" => ["objective/scores", "regression_error"],
             _ => ["rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"],
         };
         foreach (var key in expected) Assert.That(m1[0].ContainsKey(key), key);

@@ -2,6 +2,7 @@ using DistAlign.Alignment.Reward;
 using DistAlign.Alignment.Training;
 using DistAlign.Cli;
 using DistAlign.Tests.Alignment;
+using DistAlign.Tests.TestSupport;
 using DistAlign.Transformer.Model;
 using DistAlign.Transformer.Training;
 
@@ -10,15 +11,23 @@ namespace DistAlign.Tests.Cli;
 /// <summary>The align and reward commands end to end, in process, on a tiny GPT and a JSONL file written here.</summary>
 public class AlignCliTests : CliTestBase
 {
-    private string modelPath = "", dataPath = "";
+    private string modelPath = "", dataPath = "", rewardPath = "";
+    private const string RewardModelPlaceholder = "{reward-model}";
 
     [SetUp]
     public void SetUp()
     {
         modelPath = Path.Combine(TestDirectory, "pi0.safetensors");
         dataPath = Path.Combine(TestDirectory, "prefs.jsonl");
+        rewardPath = Path.Combine(TestDirectory, "rm.safetensors");
         TinyAlignmentSetup.WriteModel(modelPath);
         TinyAlignmentSetup.WriteJsonl(dataPath, TinyAlignmentSetup.Examples());
+        // A reward model with a random head, so that R̂ differs between responses.
+        var backbone = new Gpt(TinyAlignmentSetup.Config);
+        backbone.InitializeGpt2(21);
+        using var rm = new RewardModel(backbone, new AdamWSettings(), ownsBackbone: true);
+        Numerics.RandomFloats(TinyAlignmentSetup.Config.Channels, 22, 1.0).CopyTo(rm.HeadWeight);
+        rm.Save(rewardPath, TinyAlignmentSetup.TokenizerSpec);
     }
 
     private static readonly string[] Small =
@@ -26,7 +35,8 @@ public class AlignCliTests : CliTestBase
          "--checkpoint-every", "2", "--max-prompt-tokens", "12", "--max-response-tokens", "8", "--threads", "2", "--seed", "5"];
 
     private int Align(string outDir, string[] objective, string? data = null, params string[] extra) =>
-        Program.Main(["align", .. objective, "--model", modelPath, "--data", data ?? dataPath, "--out", outDir, .. Small, .. extra]);
+        Program.Main(["align", .. objective.Select(a => a == RewardModelPlaceholder ? rewardPath : a), "--model", modelPath, "--data", data ?? dataPath,
+                      "--out", outDir, .. Small, .. extra]);
 
     private static IEnumerable<TestCaseData> Objectives()
     {
@@ -34,6 +44,14 @@ public class AlignCliTests : CliTestBase
         yield return new TestCaseData((object)new[] { "--objective", "dpo", "--variant", "sigmoid", "--beta", "0.5", "--grad-accum", "2" }).SetName("DpoSigmoid");
         yield return new TestCaseData((object)new[] { "--objective", "dpo", "--variant", "ipo", "--beta", "0.5" }).SetName("DpoIpo");
         yield return new TestCaseData((object)new[] { "--objective", "pmle", "--kl-beta", "0.1", "--kl-samples", "2", "--kl-max-tokens", "4" }).SetName("PmleWithKl");
+        yield return new TestCaseData((object)new[] { "--objective", "distill", "--gamma", "0.5", "--kl-beta", "0.1", "--kl-max-tokens", "4", "--max-new-tokens", "4",
+                                                      "--reward-model", RewardModelPlaceholder }).SetName("DistillWithKl");
+        yield return new TestCaseData((object)new[] { "--objective", "distill", "--pair-source", "dataset", "--reward-model", RewardModelPlaceholder }).SetName("DistillDatasetPairs");
+        yield return new TestCaseData((object)new[] { "--objective", "rebel", "--eta", "2", "--max-new-tokens", "4", "--reward-model", RewardModelPlaceholder }).SetName("Rebel");
+        yield return new TestCaseData((object)new[] { "--objective", "rlhf", "--beta", "0.05", "--max-new-tokens", "4", "--ppo-epochs", "2",
+                                                      "--missing-end-penalty", "-1", "--reward-model", RewardModelPlaceholder }).SetName("RlhfPpo");
+        yield return new TestCaseData((object)new[] { "--objective", "rkl", "--beta", "0.05", "--gamma", "0.1", "--entropy", "exact", "--max-new-tokens", "4",
+                                                      "--reward-model", RewardModelPlaceholder }).SetName("ReverseKlPpo");
     }
 
     [TestCaseSource(nameof(Objectives))]
@@ -102,6 +120,10 @@ public class AlignCliTests : CliTestBase
         Assert.That(Align(Path.Combine(TestDirectory, "x"), ["--objective", "dpo", "--variant", "fancy"]), Is.EqualTo(Program.UsageError));
         Assert.That(Align(Path.Combine(TestDirectory, "y"), ["--objective", "ppo"]), Is.EqualTo(Program.UsageError));
         Assert.That(Error.ToString(), Does.Contain("--objective must be"));
+        Assert.That(Align(Path.Combine(TestDirectory, "z"), ["--objective", "rlhf"]), Is.EqualTo(Program.UsageError));
+        Assert.That(Error.ToString(), Does.Contain("needs --reward-model"));
+        Assert.That(Align(Path.Combine(TestDirectory, "w"), ["--objective", "dpo", "--reward-model", RewardModelPlaceholder]), Is.EqualTo(Program.UsageError));
+        Assert.That(Error.ToString(), Does.Contain("--reward-model goes with"));
     }
 
     [Test]

@@ -117,7 +117,7 @@ public sealed class OfflinePreferenceObjective
     }
 
     /// <summary>The distinct prompts of a sequence of prompts, in first-seen order.</summary>
-    internal static List<int[]> DistinctPrompts(IEnumerable<int[]> prompts)
+    public static List<int[]> DistinctPrompts(IEnumerable<int[]> prompts)
     {
         var distinct = new List<int[]>();
         var seen = new HashSet<string>();

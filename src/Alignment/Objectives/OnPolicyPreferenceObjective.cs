@@ -11,10 +11,13 @@ public enum PairSource
     Policy,
     /// <summary>Sampled from the reference π0.</summary>
     Reference,
+    /// <summary>The dataset's own two responses (relabelled by R̂: the order in the file is ignored).</summary>
+    Dataset,
 }
 
 /// <summary>What one step of an on-policy pairwise objective measured.</summary>
-public sealed record OnPolicyStepMetrics(PairwiseLossMetrics Pairwise, double KlEstimate, double Loss, double MeanReward);
+/// <param name="Tokens">prompt and response tokens scored (throughput accounting)</param>
+public sealed record OnPolicyStepMetrics(PairwiseLossMetrics Pairwise, double KlEstimate, double Loss, double MeanReward, long Tokens);
 
 /// <summary>
 /// The pairwise objectives that draw their own pairs: preference distillation (OBJECTIVES.md §2) and REBEL.
@@ -43,6 +46,7 @@ public sealed class OnPolicyPreferenceObjective
             throw new ArgumentException($"on-policy pairs serve distillation and REBEL, not {settings.Variant}");
         if (settings.Variant == PairwiseLossVariant.Rebel && source != PairSource.Policy)
             throw new ArgumentException("REBEL's anchor is the policy that drew the pair: sample from the policy");
+        if (source == PairSource.Dataset && sampling.MaxNewTokens < 1) sampling = sampling with { MaxNewTokens = 1 };
         if (sampling.Validate().MaxNewTokens < 1) throw new ArgumentException("sampled responses need at least one token");
         if (kl is { Beta: < 0 }) throw new ArgumentException($"KL β must be ≥ 0 (got {kl.Beta})");
         this.settings = settings;
@@ -52,6 +56,21 @@ public sealed class OnPolicyPreferenceObjective
         this.source = source;
     }
 
+    /// <summary>Where the pairs come from.</summary>
+    public PairSource Source => source;
+
+    /// <summary>
+    /// Adds the gradient of the mean loss over a minibatch of dataset pairs (times <paramref name="gradientScale"/>) to the
+    /// policy's gradients: their two responses with <see cref="PairSource.Dataset"/>, otherwise two samples per prompt.
+    /// </summary>
+    public OnPolicyStepMetrics Accumulate(IPolicy policy, IPolicy? reference, IReadOnlyList<PreferencePair> pairs, ulong seed, double gradientScale = 1.0)
+    {
+        if (source != PairSource.Dataset) return Accumulate(policy, reference, pairs.Select(p => p.Prompt).ToList(), seed, gradientScale);
+        if (pairs.Count == 0) throw new ArgumentException("an on-policy step needs at least one pair");
+        var sequences = OfflinePreferenceObjective.Sequences(pairs);
+        return AccumulateOnSequences(policy, reference, pairs.Select(p => p.Prompt).ToList(), sequences, anchorSamples: null, seed, gradientScale);
+    }
+
     /// <summary>
     /// Adds this minibatch's gradient (of the mean loss over its prompts' pairs, times
     /// <paramref name="gradientScale"/>) to the policy's gradients.
@@ -59,12 +78,19 @@ public sealed class OnPolicyPreferenceObjective
     public OnPolicyStepMetrics Accumulate(IPolicy policy, IPolicy? reference, IReadOnlyList<int[]> prompts, ulong seed, double gradientScale = 1.0)
     {
         if (prompts.Count == 0) throw new ArgumentException("an on-policy step needs at least one prompt");
+        if (source == PairSource.Dataset) throw new ArgumentException("pairs from the dataset need the dataset's pairs, not only prompts");
         if (source == PairSource.Reference && reference is null) throw new ArgumentException("pairs from π0 need the reference policy");
         var repeated = new List<int[]>(2 * prompts.Count);
         foreach (var prompt in prompts) { repeated.Add(prompt); repeated.Add(prompt); }
         var samples = (source == PairSource.Policy ? policy : reference!).Sample(repeated, sampling, seed);
         var sequences = new List<PromptResponse>(repeated.Count);
         for (int i = 0; i < repeated.Count; i++) sequences.Add(new PromptResponse(repeated[i], samples[i].Tokens));
+        return AccumulateOnSequences(policy, reference, prompts, sequences, samples, seed, gradientScale);
+    }
+
+    private OnPolicyStepMetrics AccumulateOnSequences(IPolicy policy, IPolicy? reference, IReadOnlyList<int[]> prompts, List<PromptResponse> sequences,
+                                                      Continuation[]? anchorSamples, ulong seed, double gradientScale)
+    {
 
         int s = sequences.Count, p = prompts.Count;
         var rewards = new float[s];
@@ -88,7 +114,7 @@ public sealed class OnPolicyPreferenceObjective
         else
         {
             anchor = new float[s];
-            for (int i = 0; i < s; i++) anchor[i] = samples[i].LogProbs.Sum();
+            for (int i = 0; i < s; i++) anchor[i] = anchorSamples![i].LogProbs.Sum();
         }
         var dLogps = new float[s];
         var metrics = PairwiseBradleyTerryLoss.ForwardBackward(settings, new PairwiseLossBatch
@@ -113,6 +139,8 @@ public sealed class OnPolicyPreferenceObjective
             klEstimate = OfflinePreferenceObjective.AccumulateKl(policy, reference, OfflinePreferenceObjective.DistinctPrompts(prompts), kl,
                                                                  seed ^ 0x9E3779B97F4A7C15UL, gradientScale);
         }
-        return new OnPolicyStepMetrics(metrics, klEstimate, metrics.Loss + (kl?.Beta ?? 0) * klEstimate, rewards.Average());
+        long scored = 0;
+        foreach (var q in sequences) scored += q.Prompt.Length + q.Response.Length;
+        return new OnPolicyStepMetrics(metrics, klEstimate, metrics.Loss + (kl?.Beta ?? 0) * klEstimate, rewards.Average(), scored);
     }
 }

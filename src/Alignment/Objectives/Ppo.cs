@@ -34,8 +34,12 @@ public static class Ppo
         }
     }
 
-    /// <summary>In place: a ← (a − mean) / (std + 1e-8), population std over the span (fp64 sums).</summary>
-    public static void Whiten(Span<float> advantages)
+    /// <summary>
+    /// In place: a ← (a − mean) / (std + 1e-8), population std over the span (fp64 sums); with
+    /// <paramref name="scale"/> = false only a ← a − mean (a baseline that keeps the advantages' units, for when
+    /// another loss term must keep its weight relative to them).
+    /// </summary>
+    public static void Whiten(Span<float> advantages, bool scale = true)
     {
         int n = advantages.Length;
         if (n == 0) return;
@@ -44,8 +48,8 @@ public static class Ppo
         mean /= n;
         double variance = 0;
         foreach (float a in advantages) variance += (a - mean) * (a - mean);
-        double scale = 1.0 / (Math.Sqrt(variance / n) + 1e-8);
-        for (int i = 0; i < n; i++) advantages[i] = (float)((advantages[i] - mean) * scale);
+        double factor = scale ? 1.0 / (Math.Sqrt(variance / n) + 1e-8) : 1.0;
+        for (int i = 0; i < n; i++) advantages[i] = (float)((advantages[i] - mean) * factor);
     }
 
     /// <summary>

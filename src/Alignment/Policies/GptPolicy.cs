@@ -8,9 +8,11 @@ namespace DistAlign.Alignment.Policies;
 /// A <see cref="Gpt"/> as a policy. A batch of (prompt, response) sequences is packed into rows of the
 /// model's context length, several sequences per row back to back (each its own segment, positions
 /// restarting at 0, attention never crossing), in order, first fit: no padding inside a row, and only
-/// response tokens carry targets.
+/// response tokens carry targets. Built with a value head (<see cref="IValuePolicy"/>), it reads V(s_t) off the
+/// same forward's final hidden state at the position that predicts token t, and its gradient joins the LM head's
+/// in one transformer backward.
 /// </summary>
-public sealed class GptPolicy : IPolicy
+public sealed class GptPolicy : IValuePolicy
 {
     private readonly AdamWSettings optimizer;
     private readonly bool ownsModel;
@@ -19,13 +21,19 @@ public sealed class GptPolicy : IPolicy
     private float[] positionLogProbs = [], positionEntropies = [], dPosition = [], dPositionEntropy = [];
     private bool lastHadEntropies;
 
+    private float[] valueFeatures = [], dFeatures = [];   // h at each response token's position [tokens, C]; ∂L/∂h [N, C]
+
     public Gpt Model { get; }
 
-    public GptPolicy(Gpt model, AdamWSettings optimizer, bool ownsModel = false)
+    /// <summary>The value head, or null when built without one.</summary>
+    public ScalarHead? ValueHead { get; }
+
+    public GptPolicy(Gpt model, AdamWSettings optimizer, bool ownsModel = false, bool withValueHead = false)
     {
         Model = model;
         this.optimizer = optimizer;
         this.ownsModel = ownsModel;
+        if (withValueHead) ValueHead = new ScalarHead(model.Config.Channels);
     }
 
     /// <summary>
@@ -127,7 +135,10 @@ public sealed class GptPolicy : IPolicy
         }
     }
 
-    public void Backward(ReadOnlySpan<float> dTokenLogProbs, ReadOnlySpan<float> dTokenEntropies = default)
+    public void Backward(ReadOnlySpan<float> dTokenLogProbs, ReadOnlySpan<float> dTokenEntropies = default) =>
+        Backward(dTokenLogProbs, dTokenEntropies, default);
+
+    private void Backward(ReadOnlySpan<float> dTokenLogProbs, ReadOnlySpan<float> dTokenEntropies, ReadOnlySpan<float> dFeatures)
     {
         if (batch is null) throw new InvalidOperationException("Backward needs a Score first");
         if (dTokenLogProbs.Length != tokenPosition.Length) throw new ArgumentException($"dTokenLogProbs must have {tokenPosition.Length} entries");
@@ -138,30 +149,76 @@ public sealed class GptPolicy : IPolicy
             dPosition[tokenPosition[i]] = dTokenLogProbs[i];
             if (!dTokenEntropies.IsEmpty) dPositionEntropy[tokenPosition[i]] = dTokenEntropies[i];
         }
-        Model.Backward(batch, dPosition, dTokenEntropies.IsEmpty ? default : dPositionEntropy);
+        Model.Backward(batch, dPosition, dTokenEntropies.IsEmpty ? default : dPositionEntropy, dFeatures);
+    }
+
+    public void ScoreWithValues(IReadOnlyList<PromptResponse> sequences, Span<float> tokenLogProbs, Span<float> tokenValues, Span<float> tokenEntropies = default)
+    {
+        var head = ValueHead ?? throw new InvalidOperationException("this GPT policy was built without a value head");
+        Score(sequences, tokenLogProbs, tokenEntropies);
+        int c = Model.Config.Channels, tokens = tokenPosition.Length;
+        if (tokenValues.Length != tokens) throw new ArgumentException($"the batch has {tokens} response tokens; tokenValues has {tokenValues.Length}");
+        if (valueFeatures.Length != tokens * c) valueFeatures = new float[tokens * c];
+        var h = Model.LastFeatures(batch!);
+        for (int i = 0; i < tokens; i++)
+        {
+            var hi = h.Slice(tokenPosition[i] * c, c);
+            hi.CopyTo(valueFeatures.AsSpan(i * c, c));
+            tokenValues[i] = head.Forward(hi);
+        }
+    }
+
+    public void BackwardWithValues(ReadOnlySpan<float> dTokenLogProbs, ReadOnlySpan<float> dTokenValues, ReadOnlySpan<float> dTokenEntropies = default)
+    {
+        var head = ValueHead ?? throw new InvalidOperationException("this GPT policy was built without a value head");
+        if (batch is null) throw new InvalidOperationException("Backward needs a Score first");
+        int c = Model.Config.Channels, tokens = tokenPosition.Length;
+        if (dTokenValues.Length != tokens) throw new ArgumentException($"dTokenValues must have {tokens} entries");
+        if (valueFeatures.Length != tokens * c) throw new InvalidOperationException("BackwardWithValues needs a ScoreWithValues on the batch first");
+        if (dFeatures.Length != batch.TokenCount * c) dFeatures = new float[batch.TokenCount * c];
+        else Array.Clear(dFeatures);
+        for (int i = 0; i < tokens; i++)
+            head.Backward(valueFeatures.AsSpan(i * c, c), dTokenValues[i], dFeatures.AsSpan(tokenPosition[i] * c, c));
+        Backward(dTokenLogProbs, dTokenEntropies, dFeatures);
     }
 
     public Continuation[] Sample(IReadOnlyList<int[]> prompts, SamplingOptions options, ulong seed) => Sampler.Generate(Model, prompts, options, seed);
 
-    public void ZeroGradients() => Model.ZeroGradients();
+    public void ZeroGradients()
+    {
+        Model.ZeroGradients();
+        ValueHead?.ZeroGradients();
+    }
 
-    public double ClipGradients(float maxNorm) =>
-        maxNorm > 0 ? GradientNorm.ClipByGlobalNorm(Model.Gradients, maxNorm).Norm : GradientNorm.GlobalNorm(Model.Gradients);
+    public double ClipGradients(float maxNorm)
+    {
+        if (ValueHead is not null) return ValueHead.ClipWith(Model.Gradients, maxNorm);
+        return maxNorm > 0 ? GradientNorm.ClipByGlobalNorm(Model.Gradients, maxNorm).Norm : GradientNorm.GlobalNorm(Model.Gradients);
+    }
 
-    public void OptimizerStep(int step, float learningRate) => AdamWOptimizer.Step(Model, step, learningRate, optimizer);
+    public void OptimizerStep(int step, float learningRate)
+    {
+        AdamWOptimizer.Step(Model, step, learningRate, optimizer);
+        ValueHead?.OptimizerStep(step, learningRate, optimizer);
+    }
 
+    /// <summary>A copy of the weights (and of the value head, when there is one) with zero gradients and moments.</summary>
     public IPolicy Snapshot()
     {
         var copy = new Gpt(Model.Config);
         Model.Parameters.CopyTo(copy.Parameters);
-        return new GptPolicy(copy, optimizer, ownsModel: true);
+        var policy = new GptPolicy(copy, optimizer, ownsModel: true, withValueHead: ValueHead is not null);
+        ValueHead?.Parameters.CopyTo(policy.ValueHead!.Parameters, 0);
+        return policy;
     }
 
+    /// <summary>Copies the GPT's weights, and the value head's when both have one.</summary>
     public void CopyWeightsFrom(IPolicy other)
     {
         if (other is not GptPolicy g || g.Model.Config != Model.Config)
             throw new ArgumentException($"can only copy from a GPT policy of the same config ({Model.Config})");
         g.Model.Parameters.CopyTo(Model.Parameters);
+        if (ValueHead is not null && g.ValueHead is not null) g.ValueHead.Parameters.CopyTo(ValueHead.Parameters, 0);
     }
 
     public void Dispose()

@@ -50,6 +50,20 @@ public interface IPolicy : IDisposable
     void CopyWeightsFrom(IPolicy other);
 }
 
+/// <summary>
+/// A policy with a scalar value head on its own backbone (PPO's default): one forward gives each response token's
+/// ln π and the value V(s_t) of the state before that token; one backward takes the gradients of both.
+/// Gradients, clipping and the optimizer step cover the head as well.
+/// </summary>
+public interface IValuePolicy : IPolicy
+{
+    /// <summary>As <see cref="IPolicy.Score"/>, also writing V(s_t) per response token into <paramref name="tokenValues"/>.</summary>
+    void ScoreWithValues(IReadOnlyList<PromptResponse> batch, Span<float> tokenLogProbs, Span<float> tokenValues, Span<float> tokenEntropies = default);
+
+    /// <summary>As <see cref="IPolicy.Backward"/>, also taking ∂L/∂V per response token (the batch of the last <see cref="ScoreWithValues"/>).</summary>
+    void BackwardWithValues(ReadOnlySpan<float> dTokenLogProbs, ReadOnlySpan<float> dTokenValues, ReadOnlySpan<float> dTokenEntropies = default);
+}
+
 /// <summary>Sequence-level views of per-token scores.</summary>
 public static class PolicyScores
 {

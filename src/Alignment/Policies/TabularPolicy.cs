@@ -8,11 +8,13 @@ namespace DistAlign.Alignment.Policies;
 /// π(y | x) = softmax(α[x, ·])[y]: a table of logits over <see cref="Responses"/> single-token responses for
 /// each of <see cref="Contexts"/> contexts. A prompt is the one token [x] and a response the one token [y].
 /// Every objective runs on it unchanged, and its optima have closed forms, so it is how the objectives are
-/// checked — and it is the policy class of the paper's Figure 1.
+/// checked — and it is the policy class of the paper's Figure 1. As an <see cref="IValuePolicy"/> it also holds a
+/// value V[x] per context (the state before the single response token), trained with the same AdamW.
 /// </summary>
-public sealed class TabularPolicy : IPolicy
+public sealed class TabularPolicy : IValuePolicy
 {
-    private readonly float[] logits, gradients, m, v;
+    // parameters = [α (X·Y) | V (X)]; the same layout for gradients and moments.
+    private readonly float[] parameters, gradients, m, v;
     private readonly List<(int Context, int Response)> lastBatch = [];
     private readonly AdamWSettingsForTable settings;
 
@@ -20,10 +22,16 @@ public sealed class TabularPolicy : IPolicy
     public int Responses { get; }
 
     /// <summary>The logits α [X, Y], row-major (read/write).</summary>
-    public Span<float> Logits => logits;
+    public Span<float> Logits => parameters.AsSpan(0, Contexts * Responses);
+
+    /// <summary>The values V [X] (read/write).</summary>
+    public Span<float> Values => parameters.AsSpan(Contexts * Responses, Contexts);
 
     /// <summary>The accumulated gradient ∂L/∂α [X, Y] (tests read it).</summary>
-    internal ReadOnlySpan<float> GradientsForTests => gradients;
+    internal ReadOnlySpan<float> GradientsForTests => gradients.AsSpan(0, Contexts * Responses);
+
+    /// <summary>The accumulated gradient ∂L/∂V [X] (tests read it).</summary>
+    internal ReadOnlySpan<float> ValueGradientsForTests => gradients.AsSpan(Contexts * Responses, Contexts);
 
     public TabularPolicy(int contexts, int responses, float beta1 = 0.9f, float beta2 = 0.999f)
     {
@@ -31,10 +39,10 @@ public sealed class TabularPolicy : IPolicy
         ArgumentOutOfRangeException.ThrowIfLessThan(responses, 1);
         Contexts = contexts;
         Responses = responses;
-        logits = new float[contexts * responses];
-        gradients = new float[logits.Length];
-        m = new float[logits.Length];
-        v = new float[logits.Length];
+        parameters = new float[contexts * responses + contexts];
+        gradients = new float[parameters.Length];
+        m = new float[parameters.Length];
+        v = new float[parameters.Length];
         settings = new AdamWSettingsForTable(beta1, beta2);
     }
 
@@ -43,7 +51,7 @@ public sealed class TabularPolicy : IPolicy
     /// <summary>π(· | x) as probabilities (fp64).</summary>
     public double[] Probabilities(int context)
     {
-        var row = logits.AsSpan(context * Responses, Responses);
+        var row = parameters.AsSpan(context * Responses, Responses);
         double max = double.NegativeInfinity, z = 0;
         foreach (float l in row) max = Math.Max(max, l);
         var p = new double[Responses];
@@ -125,12 +133,12 @@ public sealed class TabularPolicy : IPolicy
         maxNorm > 0 ? GradientNorm.ClipByGlobalNorm(gradients, maxNorm).Norm : GradientNorm.GlobalNorm(gradients);
 
     public void OptimizerStep(int step, float learningRate) =>
-        AdamW.Step(logits, gradients, m, v, step, learningRate, settings.Beta1, settings.Beta2, 1e-8f, 0f);
+        AdamW.Step(parameters, gradients, m, v, step, learningRate, settings.Beta1, settings.Beta2, 1e-8f, 0f);
 
     public IPolicy Snapshot()
     {
         var copy = new TabularPolicy(Contexts, Responses, settings.Beta1, settings.Beta2);
-        logits.CopyTo(copy.logits, 0);
+        parameters.CopyTo(copy.parameters, 0);
         return copy;
     }
 
@@ -138,7 +146,23 @@ public sealed class TabularPolicy : IPolicy
     {
         if (other is not TabularPolicy t || t.Contexts != Contexts || t.Responses != Responses)
             throw new ArgumentException($"can only copy from a {Contexts}×{Responses} tabular policy");
-        t.logits.CopyTo(logits, 0);
+        t.parameters.CopyTo(parameters, 0);
+    }
+
+    public void ScoreWithValues(IReadOnlyList<PromptResponse> batch, Span<float> tokenLogProbs, Span<float> tokenValues, Span<float> tokenEntropies = default)
+    {
+        if (tokenValues.Length != batch.Count) throw new ArgumentException($"a tabular batch of {batch.Count} has {batch.Count} response tokens; got {tokenValues.Length} values");
+        Score(batch, tokenLogProbs, tokenEntropies);
+        for (int i = 0; i < batch.Count; i++) tokenValues[i] = Values[lastBatch[i].Context];
+    }
+
+    /// <summary>As <see cref="Backward"/>, plus ∂L/∂V[x] += ∂L/∂V of each token in context x.</summary>
+    public void BackwardWithValues(ReadOnlySpan<float> dTokenLogProbs, ReadOnlySpan<float> dTokenValues, ReadOnlySpan<float> dTokenEntropies = default)
+    {
+        if (dTokenValues.Length != lastBatch.Count) throw new ArgumentException($"dTokenValues must match the last Score's {lastBatch.Count} tokens");
+        Backward(dTokenLogProbs, dTokenEntropies);
+        int offset = Contexts * Responses;
+        for (int i = 0; i < lastBatch.Count; i++) gradients[offset + lastBatch[i].Context] += dTokenValues[i];
     }
 
     private (int X, int Y) Decode(PromptResponse s, int index)

@@ -43,8 +43,7 @@ public sealed class RewardModel : IDisposable, DistAlign.Alignment.Objectives.IR
     private readonly AdamWSettings optimizer;
     private readonly bool ownsBackbone;
     private readonly int channels;
-    // head = [w_0 … w_{C−1}, b]; same layout for its gradient and moments.
-    private readonly float[] head, headGradient, headM, headV;
+    private readonly ScalarHead head;
     private GptBatch? batch;
     private int[] lastPosition = [];
     private float[] lastFeatures = [];   // h_last per sequence [S, C], copied out of the arena
@@ -60,20 +59,17 @@ public sealed class RewardModel : IDisposable, DistAlign.Alignment.Objectives.IR
         this.optimizer = optimizer;
         this.ownsBackbone = ownsBackbone;
         channels = backbone.Config.Channels;
-        head = new float[channels + 1];
-        headGradient = new float[channels + 1];
-        headM = new float[channels + 1];
-        headV = new float[channels + 1];
+        head = new ScalarHead(channels);
     }
 
     /// <summary>w [C].</summary>
-    public Span<float> HeadWeight => head.AsSpan(0, channels);
+    public Span<float> HeadWeight => head.Weight;
     /// <summary>b [1].</summary>
-    public Span<float> HeadBias => head.AsSpan(channels, 1);
+    public Span<float> HeadBias => head.Bias;
     /// <summary>∂L/∂w [C], accumulated by <see cref="Backward"/>.</summary>
-    public Span<float> HeadWeightGradient => headGradient.AsSpan(0, channels);
+    public Span<float> HeadWeightGradient => head.WeightGradient;
     /// <summary>∂L/∂b [1], accumulated by <see cref="Backward"/>.</summary>
-    public Span<float> HeadBiasGradient => headGradient.AsSpan(channels, 1);
+    public Span<float> HeadBiasGradient => head.BiasGradient;
 
     /// <summary>
     /// Writes R(x, y) for every sequence into <paramref name="rewards"/> [S] and keeps what
@@ -90,13 +86,11 @@ public sealed class RewardModel : IDisposable, DistAlign.Alignment.Objectives.IR
         }
         batch = GptPolicy.PackSequences(sequences, Backbone.Config.MaxSequenceLength, batch, includeLastResponseToken: true, default, lastPosition);
         var h = Backbone.ForwardFeatures(batch);
-        ReadOnlySpan<float> w = HeadWeight;
-        float b = head[channels];
         for (int i = 0; i < s; i++)
         {
             var hLast = h.Slice(lastPosition[i] * channels, channels);
             hLast.CopyTo(lastFeatures.AsSpan(i * channels, channels));
-            rewards[i] = TensorPrimitives.Dot(w, hLast) + b;
+            rewards[i] = head.Forward(hLast);
         }
         scoredSequences = s;
     }
@@ -113,19 +107,8 @@ public sealed class RewardModel : IDisposable, DistAlign.Alignment.Objectives.IR
         int n = batch.TokenCount * channels;
         if (dFeatures.Length != n) dFeatures = new float[n];
         else Array.Clear(dFeatures);
-        ReadOnlySpan<float> w = HeadWeight;
-        var dW = HeadWeightGradient;
-        double dB = 0;
         for (int i = 0; i < scoredSequences; i++)
-        {
-            float d = dRewards[i];
-            if (d == 0f) continue;
-            // ∂h_last = ∂R·w (a position is the last token of one sequence only, so = is +=).
-            TensorPrimitives.Multiply(w, d, dFeatures.AsSpan(lastPosition[i] * channels, channels));
-            TensorPrimitives.MultiplyAdd(lastFeatures.AsSpan(i * channels, channels), d, dW, dW);
-            dB += d;
-        }
-        headGradient[channels] += (float)dB;
+            head.Backward(lastFeatures.AsSpan(i * channels, channels), dRewards[i], dFeatures.AsSpan(lastPosition[i] * channels, channels));
         Backbone.BackwardFeatures(batch, dFeatures);
     }
 
@@ -133,38 +116,20 @@ public sealed class RewardModel : IDisposable, DistAlign.Alignment.Objectives.IR
     public void ZeroGradients()
     {
         Backbone.ZeroGradients();
-        Array.Clear(headGradient);
+        head.ZeroGradients();
     }
 
     /// <summary>
     /// Global L2 norm over backbone and head gradients together; when <paramref name="maxNorm"/> &gt; 0 and the
     /// norm is finite, scales all of them by min(1, maxNorm/(norm + 1e-6)). Returns the norm before clipping.
     /// </summary>
-    public double ClipGradients(float maxNorm)
-    {
-        double norm = Math.Sqrt(GradientNorm.SumOfSquares(Backbone.Gradients) + GradientNorm.SumOfSquares(headGradient));
-        if (maxNorm > 0 && double.IsFinite(norm))
-        {
-            float scale = (float)Math.Min(1.0, maxNorm / (norm + 1e-6));
-            if (scale != 1f)
-            {
-                var g = Backbone.Gradients;
-                TensorPrimitives.Multiply(g, scale, g);
-                TensorPrimitives.Multiply(headGradient, scale, headGradient);
-            }
-        }
-        return norm;
-    }
+    public double ClipGradients(float maxNorm) => head.ClipWith(Backbone.Gradients, maxNorm);
 
     /// <summary>One AdamW step of backbone and head (1-based <paramref name="step"/>).</summary>
     public void OptimizerStep(int step, float learningRate)
     {
         AdamWOptimizer.Step(Backbone, step, learningRate, optimizer);
-        var s = optimizer;
-        AdamW.Step(head.AsSpan(0, channels), headGradient.AsSpan(0, channels), headM.AsSpan(0, channels), headV.AsSpan(0, channels),
-            step, learningRate, s.Beta1, s.Beta2, s.Epsilon, s.WeightDecay);
-        AdamW.Step(head.AsSpan(channels, 1), headGradient.AsSpan(channels, 1), headM.AsSpan(channels, 1), headV.AsSpan(channels, 1),
-            step, learningRate, s.Beta1, s.Beta2, s.Epsilon, 0f);
+        head.OptimizerStep(step, learningRate, optimizer);
     }
 
     /// <summary>
@@ -238,8 +203,8 @@ public sealed class RewardModel : IDisposable, DistAlign.Alignment.Objectives.IR
             SafeTensor.FromFloats(ScoreBiasName, HeadBias, [1]),
         ],
         [
-            SafeTensor.FromFloats(ScoreAdamMName, headM),
-            SafeTensor.FromFloats(ScoreAdamVName, headV),
+            SafeTensor.FromFloats(ScoreAdamMName, head.AdamM),
+            SafeTensor.FromFloats(ScoreAdamVName, head.AdamV),
         ]);
 
     /// <summary>
@@ -252,16 +217,16 @@ public sealed class RewardModel : IDisposable, DistAlign.Alignment.Objectives.IR
         string modelPath = Path.Combine(checkpoint, GptCheckpoint.ModelFileName);
         using (var file = SafeTensorsFile.Open(modelPath))
         {
-            ReadHead(file, modelPath, ScoreWeightName, [1, channels], HeadWeight);
-            ReadHead(file, modelPath, ScoreBiasName, [1], HeadBias);
+            ScalarHead.ReadTensor(file, modelPath, ScoreWeightName, [1, channels], HeadWeight);
+            ScalarHead.ReadTensor(file, modelPath, ScoreBiasName, [1], HeadBias);
         }
         string statePath = Path.Combine(checkpoint, GptCheckpoint.StateFileName);
         using (var file = SafeTensorsFile.Open(statePath))
         {
-            ReadHead(file, statePath, ScoreAdamMName, [channels + 1], headM);
-            ReadHead(file, statePath, ScoreAdamVName, [channels + 1], headV);
+            ScalarHead.ReadTensor(file, statePath, ScoreAdamMName, [channels + 1], head.AdamM);
+            ScalarHead.ReadTensor(file, statePath, ScoreAdamVName, [channels + 1], head.AdamV);
         }
-        Array.Clear(headGradient);
+        head.ZeroGradients();
         return result;
     }
 
@@ -281,8 +246,8 @@ public sealed class RewardModel : IDisposable, DistAlign.Alignment.Objectives.IR
         {
             using var file = SafeTensorsFile.Open(path);
             int c = backbone.Config.Channels;
-            ReadHead(file, path, ScoreWeightName, [1, c], model.HeadWeight);
-            ReadHead(file, path, ScoreBiasName, [1], model.HeadBias);
+            ScalarHead.ReadTensor(file, path, ScoreWeightName, [1, c], model.HeadWeight);
+            ScalarHead.ReadTensor(file, path, ScoreBiasName, [1], model.HeadBias);
         }
         catch
         {
@@ -290,16 +255,6 @@ public sealed class RewardModel : IDisposable, DistAlign.Alignment.Objectives.IR
             throw;
         }
         return new Loaded(model, spec);
-    }
-
-    private static void ReadHead(SafeTensorsFile file, string path, string name, long[] shape, Span<float> destination)
-    {
-        if (!file.TryGetInfo(name, out var info))
-            throw new CheckpointMismatchException($"{path}: tensor '{name}' is missing: not a reward-model checkpoint (a plain GPT file has no score head)");
-        if (!info.Shape.SequenceEqual(shape))
-            throw new CheckpointMismatchException(
-                $"{path}: tensor '{name}' has shape [{string.Join(", ", info.Shape)}], the reward head needs [{string.Join(", ", shape)}]");
-        file.ReadF32(name, destination);
     }
 
     public void Dispose()

@@ -17,6 +17,8 @@ public enum AlignmentObjective
     Sft,
     /// <summary>A pairwise preference loss (DPO family, IPO, PMLE ± KL) (<see cref="OfflinePreferenceObjective"/>).</summary>
     Preference,
+    /// <summary>Preference distillation or REBEL on pairs drawn per step and scored by a reward model (<see cref="OnPolicyPreferenceObjective"/>).</summary>
+    OnPolicy,
 }
 
 /// <summary>Settings of an offline alignment run. Everything here is part of the run's identity (resume checks it).</summary>
@@ -28,11 +30,24 @@ public sealed record AlignmentTrainingOptions : PairTrainingOptions
     /// <summary>β·KL(π ‖ π0) from samples (PMLE); null or β = 0: off.</summary>
     public KlRegularizer? Kl { get; init; }
     public int GradientAccumulation { get; init; } = 1;
+    /// <summary>On-policy objectives: where each step's pairs come from.</summary>
+    public PairSource PairSource { get; init; } = PairSource.Policy;
+    /// <summary>On-policy objectives and the KL term: how responses are sampled.</summary>
+    public SamplingOptions Sampling { get; init; } = new(16);
 
     public AlignmentTrainingOptions Validate()
     {
         ValidateShared();
         if (GradientAccumulation < 1) throw new ArgumentException($"gradient accumulation must be ≥ 1 (got {GradientAccumulation})");
+        if (Objective == AlignmentObjective.OnPolicy)
+        {
+            try { Loss.Validate(); }
+            catch (ArgumentOutOfRangeException e) { throw new ArgumentException(e.Message, e); }
+            if (Loss.Variant is not (PairwiseLossVariant.Distillation or PairwiseLossVariant.Rebel))
+                throw new ArgumentException($"the on-policy objectives are distillation and REBEL, not {Loss.Variant}");
+            if (Kl is { Beta: > 0 } && Loss.Variant != PairwiseLossVariant.Distillation)
+                throw new ArgumentException("the sampled KL regulariser goes with preference distillation (REBEL has none)");
+        }
         if (Objective == AlignmentObjective.Preference)
         {
             try { Loss.Validate(); }
@@ -48,8 +63,9 @@ public sealed record AlignmentTrainingOptions : PairTrainingOptions
     /// <summary>True when the loss reads cached reference log-probs ln π0.</summary>
     public bool UsesReferenceLogProbs => Objective == AlignmentObjective.Preference && Loss.UsesReference;
 
-    /// <summary>True when the loss samples from π and scores under π0.</summary>
-    public bool UsesReferencePolicy => Objective == AlignmentObjective.Preference && Kl is { Beta: > 0 };
+    /// <summary>True when the loss samples from π and scores under π0, or draws its pairs from π0.</summary>
+    public bool UsesReferencePolicy => Objective != AlignmentObjective.Sft && Kl is { Beta: > 0 }
+        || Objective == AlignmentObjective.OnPolicy && PairSource == PairSource.Reference;
 }
 
 /// <summary>What one optimizer step (or one evaluation) measured: TRL-named metrics in a fixed order.</summary>
@@ -90,18 +106,20 @@ public sealed class AlignmentTrainer
     private readonly AlignmentTrainingOptions options;
     private readonly LearningRateSchedule schedule;
     private readonly OfflinePreferenceObjective? preference;
+    private readonly OnPolicyPreferenceObjective? onPolicy;
+    private readonly IRewardFunction? reward;
     private readonly SftObjective sft = new();
     private readonly int[] trainIndices, evalIndices;
-    private int[] order = [];
+    private readonly EpochCursor cursor;
     private readonly Stopwatch clock = new();
     private double elapsedBefore;
 
     /// <summary>Steps completed.</summary>
     public int Step { get; private set; }
     /// <summary>Data cursor: epoch over the train pairs.</summary>
-    public int Epoch { get; private set; }
+    public int Epoch => cursor.Epoch;
     /// <summary>Data cursor: next position in this epoch's order.</summary>
-    public int Index { get; private set; }
+    public int Index => cursor.Index;
     public AlignmentTrainingOptions Options => options;
     public int TrainPairs => trainIndices.Length;
     public int EvalPairs => evalIndices.Length;
@@ -113,8 +131,9 @@ public sealed class AlignmentTrainer
     /// <param name="pairs">all pairs (train and eval are split here)</param>
     /// <param name="referenceLogProbs">ln π0 per sequence of <paramref name="pairs"/>, interleaved (2i chosen, 2i+1 rejected),
     /// as <see cref="ReferenceLogProbCache"/> returns them; needed by the DPO family and IPO</param>
+    /// <param name="reward">R̂, needed by the on-policy objectives (distillation, REBEL)</param>
     public AlignmentTrainer(IPolicy policy, IPolicy? reference, IReadOnlyList<PreferencePair> pairs, float[]? referenceLogProbs,
-                            AlignmentTrainingOptions options)
+                            AlignmentTrainingOptions options, IRewardFunction? reward = null)
     {
         ArgumentNullException.ThrowIfNull(policy);
         ArgumentNullException.ThrowIfNull(pairs);
@@ -127,11 +146,16 @@ public sealed class AlignmentTrainer
         this.pairs = pairs;
         this.referenceLogProbs = referenceLogProbs;
         if (options.Objective == AlignmentObjective.Preference) preference = new OfflinePreferenceObjective(options.Loss, options.Kl);
+        if (options.Objective == AlignmentObjective.OnPolicy)
+        {
+            this.reward = reward ?? throw new ArgumentException($"{options.Loss.Variant} needs a reward model R̂");
+            onPolicy = new OnPolicyPreferenceObjective(options.Loss, reward, options.Sampling, options.Kl, options.PairSource);
+        }
         schedule = new LearningRateSchedule(options.LearningRate, options.WarmupSteps, options.Steps, options.MinLearningRateFraction);
 
         (trainIndices, evalIndices) = Split(pairs.Count, options.EvalFraction, options.Seed);
         if (trainIndices.Length == 0) throw new ArgumentException($"no training pairs left ({pairs.Count} pairs, eval fraction {options.EvalFraction})");
-        Seek(0, 0);
+        cursor = new EpochCursor(trainIndices, options.Seed);
     }
 
     /// <summary>The train/eval split: a Philox (seed, stream 0) permutation; the first ⌈f·N⌉ (at most N − 1) are held out, both sorted.</summary>
@@ -154,28 +178,8 @@ public sealed class AlignmentTrainer
         if (state.LoaderIndex > trainIndices.Length)
             throw new CheckpointMismatchException($"checkpoint data cursor {state.LoaderIndex} is beyond the {trainIndices.Length} training pairs");
         Step = state.Step;
-        Seek(state.LoaderEpoch, state.LoaderIndex);
+        cursor.Seek(state.LoaderEpoch, state.LoaderIndex);
         elapsedBefore = elapsedSeconds;
-    }
-
-    private void Seek(int epoch, int index)
-    {
-        Epoch = epoch;
-        Index = index;
-        var permutation = new PhiloxStream(options.Seed, (ulong)epoch + 1).Permutation(trainIndices.Length);
-        order = new int[permutation.Length];
-        for (int i = 0; i < order.Length; i++) order[i] = trainIndices[permutation[i]];
-    }
-
-    private int[] NextMicroBatch()
-    {
-        var batch = new int[options.BatchPairs];
-        for (int i = 0; i < batch.Length; i++)
-        {
-            if (Index == order.Length) Seek(Epoch + 1, 0);
-            batch[i] = order[Index++];
-        }
-        return batch;
     }
 
     /// <summary>Total seconds of training so far (across resumes, as far as the caller passed them to <see cref="Restore"/>).</summary>
@@ -194,7 +198,7 @@ public sealed class AlignmentTrainer
         long tokens = 0;
         for (int micro = 0; micro < a; micro++)
         {
-            var indices = NextMicroBatch();
+            var indices = cursor.Next(options.BatchPairs);
             var batch = Gather(indices);
             IEnumerable<(string, double)> named;
             if (options.Objective == AlignmentObjective.Sft)
@@ -202,6 +206,13 @@ public sealed class AlignmentTrainer
                 var sequences = SftObjective.ChosenSequences(batch);
                 var m = sft.Accumulate(policy, sequences, 1.0 / a);
                 named = SftNamed(m);
+                tokens += m.Tokens;
+            }
+            else if (options.Objective == AlignmentObjective.OnPolicy)
+            {
+                ulong sampleSeed = MixSeed(options.Seed, (ulong)Step, (ulong)micro);
+                var m = onPolicy!.Accumulate(policy, reference, batch, sampleSeed, 1.0 / a);
+                named = OnPolicyNamed(m);
                 tokens += m.Tokens;
             }
             else
@@ -232,7 +243,7 @@ public sealed class AlignmentTrainer
         metrics.Add(new("grad_norm", norm));
         metrics.Add(new("tokens_per_second", seconds > 0 ? tokens / seconds : 0));
         metrics.Add(new("elapsed_seconds", ElapsedSeconds));
-        metrics.Add(new("epoch", Epoch + (double)Index / order.Length));
+        metrics.Add(new("epoch", cursor.Progress));
         if (evalIndices.Length > 0 && options.EvaluateEvery > 0 && (Step % options.EvaluateEvery == 0 || Step == options.Steps))
             foreach (var kv in Evaluate()) metrics.Add(new("eval_" + kv.Key, kv.Value));
         return new AlignmentStepReport(Step, metrics);
@@ -280,13 +291,27 @@ public sealed class AlignmentTrainer
                 var rejected = new int[batch.Count];
                 for (int i = 0; i < batch.Count; i++) { chosen[i] = 2 * i; rejected[i] = 2 * i + 1; }
                 var refs = options.UsesReferenceLogProbs ? GatherReference(indices) : null;
-                var m = PairwiseBradleyTerryLoss.Forward(options.Loss, new PairwiseLossBatch
+                var settings = options.Loss;
+                float[]? labels = null;
+                if (options.Objective == AlignmentObjective.OnPolicy)
+                {
+                    // Held-out pairs of the dataset, soft-labelled by R̂: the distillation loss at γ, whose minimiser over
+                    // the pair is γΔ ln π = ΔR̂ (REBEL: γ = 1/η, as its per-step target π_t·e^(ηR̂) moves Δ ln π by ηΔR̂).
+                    var rewards = new float[sequences.Count];
+                    reward!.Score(sequences, rewards);
+                    labels = new float[batch.Count];
+                    for (int i = 0; i < batch.Count; i++) labels[i] = (float)(1.0 / (1.0 + Math.Exp(-((double)rewards[2 * i] - rewards[2 * i + 1]))));
+                    settings = new PairwiseLossSettings(PairwiseLossVariant.Distillation,
+                        Gamma: settings.Variant == PairwiseLossVariant.Distillation ? settings.Gamma : settings.Eta != 0 ? 1.0 / settings.Eta : 1.0);
+                }
+                var m = PairwiseBradleyTerryLoss.Forward(settings, new PairwiseLossBatch
                 {
                     Logps = logps,
                     RefLogps = refs,
                     TokenCounts = counts,
                     Chosen = chosen,
                     Rejected = rejected,
+                    Labels = labels,
                 }, new float[batch.Count]);
                 w = batch.Count;
                 named = m.Named();
@@ -311,6 +336,19 @@ public sealed class AlignmentTrainer
         yield return ("loss", m.Loss);
         foreach (var (name, value) in m.Pairwise.Named())
             if (name != "loss") yield return (name, value);
+        if (options.Kl is { Beta: > 0 })
+        {
+            yield return ("pairwise_loss", m.Pairwise.Loss);
+            yield return ("objective/kl", m.KlEstimate);
+        }
+    }
+
+    private IEnumerable<(string, double)> OnPolicyNamed(OnPolicyStepMetrics m)
+    {
+        yield return ("loss", m.Loss);
+        foreach (var (name, value) in m.Pairwise.Named())
+            if (name != "loss") yield return (name, value);
+        yield return ("objective/scores", m.MeanReward);
         if (options.Kl is { Beta: > 0 })
         {
             yield return ("pairwise_loss", m.Pairwise.Loss);
@@ -346,7 +384,7 @@ public sealed class AlignmentTrainer
         return refs;
     }
 
-    private static ulong MixSeed(ulong seed, ulong step, ulong micro)
+    internal static ulong MixSeed(ulong seed, ulong step, ulong micro)
     {
         // SplitMix64 finaliser over the three words: distinct, well-spread seeds per (seed, step, micro-batch).
         ulong z = seed ^ (step * 0x9E3779B97F4A7C15UL) ^ (micro * 0xD1B54A32D192ED03UL);

@@ -179,10 +179,14 @@ public sealed class Gpt : IDisposable
     /// <summary>
     /// Backward for a gradient that depends on the forward's outputs (the preference objectives): call after
     /// <see cref="Forward"/> on the same batch; recomputes the LM head's logits chunk by chunk. A non-empty
-    /// <paramref name="dEntropy"/> needs the entropies from that forward.
+    /// <paramref name="dEntropy"/> needs the entropies from that forward. A non-empty <paramref name="dFeatures"/>
+    /// [N, C] is a second head's gradient on the final hidden states (<see cref="LastFeatures"/>: a value head on
+    /// the same backbone), added to the LM head's before the one transformer backward.
     /// </summary>
-    public void Backward(GptBatch batch, ReadOnlySpan<float> dLogProbs, ReadOnlySpan<float> dEntropy = default)
+    public void Backward(GptBatch batch, ReadOnlySpan<float> dLogProbs, ReadOnlySpan<float> dEntropy = default, ReadOnlySpan<float> dFeatures = default)
     {
+        if (!dFeatures.IsEmpty && dFeatures.Length != batch.TokenCount * Config.Channels)
+            throw new ArgumentException($"dFeatures must be empty or [N, C] = [{batch.TokenCount}, {Config.Channels}], got {dFeatures.Length}");
         if (dLogProbs.Length != batch.TokenCount)
             throw new ArgumentException($"dLogProbs must have one entry per position ({batch.TokenCount}), got {dLogProbs.Length}");
         if (!dEntropy.IsEmpty && !entropyOfLastForward)
@@ -193,11 +197,18 @@ public sealed class Gpt : IDisposable
         dLnf.Clear();
         SequenceLogProbs.Backward(acts.Span<float>("lnf"), Wte, batch.Targets, Config.Channels, Config.VocabSize, acts.Span<float>("logsumexp"),
             entropyOfLastForward ? acts.Span<float>("entropy") : default, dLogProbs, dEntropy, acts.Span<float>("logits_chunk"), dLnf, WteGradient);
+        if (!dFeatures.IsEmpty) System.Numerics.Tensors.TensorPrimitives.Add(dLnf, dFeatures, dLnf);
         Profile?.Lap("lm head bwd");
         TransformerBackward(batch, acts);
     }
 
     private bool entropyOfLastForward;
+
+    /// <summary>
+    /// h = ln_f(x) [N, C] of the last <see cref="Forward"/> (or <see cref="ForwardFeatures"/>) on a batch of this shape:
+    /// what a second head on the backbone reads. Valid until the next forward of a batch of the same shape.
+    /// </summary>
+    public ReadOnlySpan<float> LastFeatures(GptBatch batch) => Activations(batch.Rows, batch.Length).Span<float>("lnf");
 
     /// <summary>
     /// The backbone alone, for heads other than the tied LM head (a reward model's scalar head):

@@ -1,0 +1,78 @@
+using DistAlign.Alignment.Policies;
+using DistAlign.Alignment.Reward;
+using DistAlign.Engine.Random;
+using DistAlign.Transformer.Model;
+using DistAlign.Transformer.Training;
+
+namespace DistAlign.Alignment.Training;
+
+/// <summary>Where a PPO iteration's time went, as medians over the timed iterations.</summary>
+/// <param name="SamplingMilliseconds">KV-cache decoding of the responses</param>
+/// <param name="ScoringMilliseconds">the rest of the rollout: ln π_old and V_old, ln π0, R̂ (three packed forwards) and GAE</param>
+/// <param name="TrainingMilliseconds">epochs × minibatches of forward, backward, clipping and AdamW</param>
+/// <param name="ResponseTokens">response tokens per iteration</param>
+public sealed record PpoIterationMeasurement(string Name, GptConfig Config, int Prompts, int PromptTokens, int ResponseTokens, int OptimizerSteps,
+                                             double SamplingMilliseconds, double ScoringMilliseconds, double TrainingMilliseconds, double[] IterationMilliseconds)
+{
+    public double TotalMilliseconds => SamplingMilliseconds + ScoringMilliseconds + TrainingMilliseconds;
+    /// <summary>Decoded tokens per second while sampling.</summary>
+    public double SamplingTokensPerSecond => ResponseTokens / (SamplingMilliseconds / 1000);
+}
+
+/// <summary>
+/// Times PPO iterations (RLHF, value head on the policy backbone, a reward model of the same shape) on random prompts:
+/// sampling with the KV cache, scoring, and training, each as the median over the timed iterations.
+/// </summary>
+public static class PpoIterationBenchmark
+{
+    public static PpoIterationMeasurement Run(string name, GptConfig config, int prompts, int promptTokens, int responseTokens,
+                                              int warmup, int iterations, int epochs = 4, int minibatches = 2, ulong seed = 1)
+    {
+        if (promptTokens + responseTokens > config.MaxSequenceLength)
+            throw new ArgumentException($"{promptTokens} prompt + {responseTokens} response tokens exceed the context of {config.MaxSequenceLength}");
+        var model = new Gpt(config);
+        model.InitializeGpt2(seed);
+        using var policy = new GptPolicy(model, new AdamWSettings(WeightDecay: 0), ownsModel: true, withValueHead: true);
+        using var reference = policy.Snapshot();
+        var rewardBackbone = new Gpt(config);
+        rewardBackbone.InitializeGpt2(seed + 1);
+        using var reward = new RewardModel(rewardBackbone, new AdamWSettings(), ownsBackbone: true);
+        var rng = new PhiloxStream(seed, 9);
+        var promptList = new List<int[]>();
+        for (int i = 0; i < prompts * (warmup + iterations); i++)
+        {
+            var t = new int[promptTokens];
+            for (int k = 0; k < promptTokens; k++) t[k] = (int)(rng.NextUInt() % (uint)config.VocabSize);
+            promptList.Add(t);
+        }
+        var options = new PpoOptions
+        {
+            Steps = warmup + iterations, PromptsPerIteration = prompts, Epochs = epochs, Minibatches = minibatches,
+            Sampling = new SamplingOptions(responseTokens), LearningRate = 1e-5f, Seed = seed,
+        };
+        var trainer = new PpoTrainer(policy, reference, reward, promptList, options);
+        var sampling = new List<double>();
+        var scoring = new List<double>();
+        var training = new List<double>();
+        var total = new List<double>();
+        for (int i = 0; i < warmup + iterations; i++)
+        {
+            var report = trainer.TrainStep();
+            if (i < warmup) continue;
+            double sample = report["sampling_seconds"] * 1000, rollout = report["rollout_seconds"] * 1000, train = report["train_seconds"] * 1000;
+            sampling.Add(sample);
+            scoring.Add(rollout - sample);
+            training.Add(train);
+            total.Add(rollout + train);
+        }
+        return new PpoIterationMeasurement(name, config, prompts, promptTokens, prompts * responseTokens, options.OptimizerStepsPerIteration,
+            Median(sampling), Median(scoring), Median(training), [.. total]);
+    }
+
+    private static double Median(List<double> values)
+    {
+        var sorted = values.Order().ToArray();
+        int n = sorted.Length;
+        return n % 2 == 1 ? sorted[n / 2] : 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]);
+    }
+}

@@ -1,0 +1,176 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Security.Cryptography;
+using System.Text.Json;
+using DistAlign.Alignment.Objectives;
+using DistAlign.Alignment.Policies;
+using DistAlign.Alignment.Reward;
+using DistAlign.Alignment.Training;
+using DistAlign.Kernels.Cpu;
+using DistAlign.Transformer.Model;
+using DistAlign.Transformer.Training;
+
+namespace DistAlign.Cli;
+
+/// <summary>The flags of the on-policy objectives (distill, rebel, rlhf, rkl), with their defaults.</summary>
+internal sealed class OnlineOptions
+{
+    public readonly Option<FileInfo> RewardModel = new("--reward-model") { Description = "R̂: a reward model written by `distalign reward` (on-policy objectives)." };
+    public readonly Option<string> PairSource = new("--pair-source") { Description = "distill: pairs from policy, reference or dataset.", DefaultValueFactory = _ => "policy" };
+    public readonly Option<double> Eta = new("--eta") { Description = "REBEL: reward scale η.", DefaultValueFactory = _ => 1.0 };
+    public readonly Option<int> MaxNewTokens = new("--max-new-tokens") { Description = "Most tokens per sampled response (on-policy objectives).", DefaultValueFactory = _ => 16 };
+    public readonly Option<int> Epochs = new("--ppo-epochs") { Description = "PPO: passes over each rollout.", DefaultValueFactory = _ => 4 };
+    public readonly Option<int> Minibatches = new("--minibatches") { Description = "PPO: minibatches per pass.", DefaultValueFactory = _ => 2 };
+    public readonly Option<double> Lambda = new("--lambda") { Description = "PPO: GAE λ.", DefaultValueFactory = _ => 0.95 };
+    public readonly Option<double> ClipRange = new("--cliprange") { Description = "PPO: policy ratio clip ε.", DefaultValueFactory = _ => 0.2 };
+    public readonly Option<double> ValueCoefficient = new("--value-coef") { Description = "PPO: value-loss weight.", DefaultValueFactory = _ => 0.1 };
+    public readonly Option<double> ValueClip = new("--value-clip") { Description = "PPO: value clip range.", DefaultValueFactory = _ => 0.2 };
+    public readonly Option<bool> NoWhiten = new("--no-whiten") { Description = "PPO: keep raw advantages." };
+    public readonly Option<float?> MissingEndPenalty = new("--missing-end-penalty") { Description = "PPO: score for a response without the end token (default: off)." };
+    public readonly Option<string> Entropy = new("--entropy") { Description = "rkl: the γ·H term in-reward (default) or exact.", DefaultValueFactory = _ => "in-reward" };
+
+    public static OnlineOptions Create() => new();
+
+    public void AddTo(Command command)
+    {
+        foreach (Option o in new Option[] { RewardModel, PairSource, Eta, MaxNewTokens, Epochs, Minibatches, Lambda, ClipRange, ValueCoefficient, ValueClip, NoWhiten, MissingEndPenalty, Entropy })
+            command.Options.Add(o);
+    }
+
+    public sealed record Values(FileInfo? RewardModel, PairSource PairSource, double Eta, int MaxNewTokens, int Epochs, int Minibatches, double Lambda,
+                                double ClipRange, double ValueCoefficient, double ValueClip, bool Whiten, float? MissingEndPenalty, EntropyBonus Entropy);
+
+    public Values Read(ParseResult parse)
+    {
+        var source = parse.GetValue(PairSource)!.ToLowerInvariant() switch
+        {
+            "policy" => Alignment.Objectives.PairSource.Policy,
+            "reference" => Alignment.Objectives.PairSource.Reference,
+            "dataset" => Alignment.Objectives.PairSource.Dataset,
+            var other => throw new CliUsageException($"--pair-source must be policy, reference or dataset (got '{other}')"),
+        };
+        var entropy = parse.GetValue(Entropy)!.ToLowerInvariant() switch
+        {
+            "in-reward" => EntropyBonus.InReward,
+            "exact" => EntropyBonus.Exact,
+            var other => throw new CliUsageException($"--entropy must be in-reward or exact (got '{other}')"),
+        };
+        return new Values(parse.GetValue(RewardModel), source, parse.GetValue(Eta), CliErrors.Positive(parse.GetValue(MaxNewTokens), "--max-new-tokens"),
+            CliErrors.Positive(parse.GetValue(Epochs), "--ppo-epochs"), CliErrors.Positive(parse.GetValue(Minibatches), "--minibatches"),
+            parse.GetValue(Lambda), parse.GetValue(ClipRange), parse.GetValue(ValueCoefficient), parse.GetValue(ValueClip), !parse.GetValue(NoWhiten),
+            parse.GetValue(MissingEndPenalty), entropy);
+    }
+}
+
+/// <summary>
+/// <c>distalign align --objective distill|rebel|rlhf|rkl</c>: the on-policy objectives, scored by a reward model. distill and REBEL
+/// run in the alignment trainer (a step = one minibatch of prompts with two responses each); rlhf and rkl run PPO (a step = one
+/// rollout of --batch prompts, then --ppo-epochs × --minibatches optimizer steps). Prompts are the data file's.
+/// </summary>
+internal static class OnlineAlign
+{
+    public static int Run(FileInfo modelFile, FileInfo dataFile, string outDir, CommonTrainingOptions.Values common, AlignCommand.AlignSettings s,
+                          OnlineOptions.Values o)
+    {
+        string objective = s.Objective.ToLowerInvariant();
+        if (o.RewardModel is null) throw new CliUsageException($"--objective {objective} needs --reward-model (train one with `distalign reward`)");
+        if (!o.RewardModel.Exists) throw new CliUsageException($"--reward-model {o.RewardModel.FullName}: no such file");
+        if (objective != "distill" && s.KlBeta != 0) throw new CliUsageException("--kl-beta goes with --objective pmle or distill (rlhf and rkl take --beta)");
+
+        var (gpt, tok, pairs, dataHash) = CliData.LoadModelAndPairs(modelFile, dataFile, common);
+        bool ppo = objective is "rlhf" or "rkl";
+        using var policy = new GptPolicy(gpt, new AdamWSettings(WeightDecay: s.WeightDecay), ownsModel: true, withValueHead: ppo);
+        string modelHash = ModelHash.Of(gpt);
+        using var reference = policy.Snapshot();
+        var loaded = Alignment.Reward.RewardModel.Load(o.RewardModel.FullName, new AdamWSettings());
+        using var rewardModel = loaded.Model;
+        if (loaded.TokenizerSpec is { } spec && spec != tok.Spec)
+            throw new CheckpointMismatchException($"{o.RewardModel.FullName}: the reward model uses tokenizer '{spec}', the policy '{tok.Spec}'");
+        string rewardHash = Convert.ToHexStringLower(SHA256.HashData(File.ReadAllBytes(o.RewardModel.FullName)))[..16];
+        int context = gpt.Config.MaxSequenceLength;
+        int longestPrompt = pairs.Max(p => p.Prompt.Length);
+        int maxNew = Math.Min(o.MaxNewTokens, context - longestPrompt);
+        if (maxNew < 1) throw new CliUsageException($"prompts of up to {longestPrompt} tokens leave no room to sample in the context of {context}");
+        var sampling = new SamplingOptions(maxNew, EndOfText: tok.EndOfText);
+
+        CheckpointedRun run;
+        Func<int> completed;
+        int steps;
+        string progressMetric;
+        string headline;
+        if (ppo)
+        {
+            var prompts = OfflinePreferenceObjective.DistinctPrompts(pairs.Select(p => p.Prompt));
+            var options = new PpoOptions
+            {
+                Objective = objective == "rlhf" ? PpoObjective.Rlhf : PpoObjective.ReverseKl,
+                Beta = s.Beta, Gamma = objective == "rkl" ? s.Gamma : 0, Entropy = o.Entropy, Steps = common.Steps,
+                PromptsPerIteration = common.Batch, Epochs = o.Epochs, Minibatches = Math.Min(o.Minibatches, common.Batch), Lambda = o.Lambda,
+                ClipRange = o.ClipRange, ValueCoefficient = o.ValueCoefficient, ValueClip = o.ValueClip, WhitenAdvantages = o.Whiten,
+                MissingEndPenalty = o.MissingEndPenalty, Sampling = sampling, LearningRate = common.LearningRate, WarmupSteps = common.Warmup,
+                GradientClip = common.Clip, Seed = common.Seed,
+            }.Validate();
+            var trainer = new PpoTrainer(policy, reference, rewardModel, prompts, options);
+            string identity = JsonSerializer.Serialize(new
+            {
+                objective, options.Beta, options.Gamma, entropy = options.Entropy.ToString(), options.Steps, options.PromptsPerIteration, options.Epochs,
+                options.Minibatches, options.Lambda, options.ClipRange, options.ValueCoefficient, options.ValueClip, options.WhitenAdvantages,
+                options.MissingEndPenalty, max_new_tokens = maxNew, options.LearningRate, options.WarmupSteps, options.GradientClip, options.Seed,
+                s.WeightDecay, common.MaxPromptTokens, common.MaxResponseTokens, model_hash = modelHash, reward_hash = rewardHash, data_hash = dataHash,
+            });
+            run = new PpoRun(trainer, policy, outDir, tok.Spec, identity, s.CheckpointEvery);
+            completed = () => trainer.Step;
+            steps = options.Steps;
+            progressMetric = "objective/scores";
+            headline = $"align {objective} (PPO, β {options.Beta.ToString(CultureInfo.InvariantCulture)}" +
+                       (objective == "rkl" ? $", γ {options.Gamma.ToString(CultureInfo.InvariantCulture)}, entropy {o.Entropy}" : "") +
+                       $") · {gpt.Config} · {prompts.Count} prompts · {options.Steps} iterations of {options.PromptsPerIteration}";
+        }
+        else
+        {
+            var loss = objective == "distill" ? new PairwiseLossSettings(PairwiseLossVariant.Distillation, Gamma: s.Gamma)
+                                              : new PairwiseLossSettings(PairwiseLossVariant.Rebel, Eta: o.Eta);
+            KlRegularizer? kl = s.KlBeta > 0 ? new KlRegularizer(s.KlBeta, s.KlSamples, CliErrors.Positive(s.KlMaxTokens, "--kl-max-tokens"), tok.EndOfText) : null;
+            if (kl is not null && s.KlSamples < 2) throw new CliUsageException($"--kl-samples must be at least 2 (got {s.KlSamples})");
+            var options = new AlignmentTrainingOptions
+            {
+                Objective = AlignmentObjective.OnPolicy, Loss = loss, Kl = kl, PairSource = objective == "rebel" ? PairSource.Policy : o.PairSource,
+                Sampling = sampling, Steps = common.Steps, BatchPairs = common.Batch, GradientAccumulation = s.GradientAccumulation,
+                LearningRate = common.LearningRate, WarmupSteps = common.Warmup, GradientClip = common.Clip, EvalFraction = common.EvalFraction,
+                EvaluateEvery = common.EvalEvery, Seed = common.Seed,
+            }.Validate();
+            var trainer = new AlignmentTrainer(policy, reference, pairs, null, options, rewardModel);
+            string identity = JsonSerializer.Serialize(new
+            {
+                objective, variant = loss.Variant.ToString(), loss.Gamma, loss.Eta, pair_source = options.PairSource.ToString(), kl_beta = kl?.Beta ?? 0,
+                kl_samples = kl?.SamplesPerPrompt ?? 0, kl_max_tokens = kl?.MaxNewTokens ?? 0, max_new_tokens = maxNew, options.Steps, options.BatchPairs,
+                options.GradientAccumulation, options.LearningRate, options.WarmupSteps, options.GradientClip, options.EvalFraction, options.EvaluateEvery,
+                options.Seed, s.WeightDecay, common.MaxPromptTokens, common.MaxResponseTokens, model_hash = modelHash, reward_hash = rewardHash, data_hash = dataHash,
+            });
+            run = new AlignmentRun(trainer, policy, outDir, tok.Spec, identity, s.CheckpointEvery);
+            completed = () => trainer.Step;
+            steps = options.Steps;
+            progressMetric = "objective/scores";
+            headline = $"align {objective} ({options.PairSource} pairs) · {gpt.Config} · {trainer.TrainPairs} train / {trainer.EvalPairs} eval pairs · {options.Steps} steps";
+        }
+
+        if (run.Start(s.Resume) is { } latest) Console.WriteLine($"resumed from {latest} at step {completed()}");
+        else if (s.Resume) Console.WriteLine($"no checkpoint in {outDir}: starting from step 0");
+        Console.WriteLine(headline);
+
+        AlignmentStepReport? last = null;
+        var lastEval = new Dictionary<string, double>();
+        CliProgress.Run(steps, completed(), task => run.RunToEnd(report =>
+        {
+            last = report;
+            foreach (var (k, v) in report.Metrics) if (k.StartsWith("eval_", StringComparison.Ordinal)) lastEval[k] = v;
+            task.Description = CliProgress.Compact(report, progressMetric);
+            task.Value = report.Step;
+        }));
+
+        string modelPath = Path.Combine(outDir, GptCheckpoint.ModelFileName);
+        GptCheckpoint.SaveModel(modelPath, gpt, tok.Spec);
+        CliProgress.Summary(last, lastEval, run.MetricsPath, modelPath);
+        return 0;
+    }
+}
