@@ -138,16 +138,15 @@ internal static class DemoRunner
             var table = new Table().Title($"n = {size.Pairs}");
             foreach (var c in new[] { "model", "KL(π*‖π̂)", "KL(π̂‖π*)", "KL(π̂‖π0)", "win vs π0", "lexicon reward", "entropy/token", "distinct-1", "distinct-2", "s" })
                 table.AddColumn(new TableColumn(Markup.Escape(c)) { Alignment = c == "model" ? Justify.Left : Justify.Right });
-            void Add(string name, KnownTargetEvaluation? e, string status, double? seconds)
+            void Add(string name, KnownTargetEvaluation e, double? seconds)
             {
-                if (e is null) { table.AddRow([Markup.Escape(name), Markup.Escape(status), "", "", "", "", "", "", "", ""]); return; }
                 string E(Estimate x) => string.Create(inv, $"{x.Mean:F3} ± {x.StandardError:F3}");
                 table.AddRow([Markup.Escape(name), E(e.ForwardKl), E(e.ReverseKl), E(e.KlToReference), E(e.WinRate), E(e.LexiconReward),
                     e.TokenEntropy.ToString("F3", inv), e.Distinct1.ToString("F3", inv), e.Distinct2.ToString("F3", inv), seconds?.ToString("F0", inv) ?? ""]);
             }
-            Add("π0 (start)", o.Pi0Evaluation, "", null);
-            foreach (var m in size.Methods) Add(m.Name, m.Evaluation, m.Status, m.Done ? m.Seconds : null);
-            Add("π* (target)", o.TargetEvaluation, "", null);
+            Add("π0 (start)", o.Pi0Evaluation, null);
+            foreach (var m in size.Methods) Add(m.Name, m.Evaluation, m.Seconds);
+            Add("π* (target)", o.TargetEvaluation, null);
             AnsiConsole.Write(table);
         }
     }
@@ -172,7 +171,7 @@ internal static class DemoPlots
     {
         var plots = new List<(string, string)>();
         var last = o.Sizes[^1];
-        var done = last.Methods.Where(m => m.Done).ToList();
+        var done = last.Methods;
 
         var loss = new ScottPlot.Plot();
         foreach (var m in done)
@@ -189,7 +188,7 @@ internal static class DemoPlots
 
         var bars = new ScottPlot.Plot();
         var rows = new List<(string Name, Estimate Kl)> { ("π0", o.Pi0Evaluation.ForwardKl) };
-        rows.AddRange(done.Select(m => (m.Name, m.Evaluation!.ForwardKl)));
+        rows.AddRange(done.Select(m => (m.Name, m.Evaluation.ForwardKl)));
         rows.Add(("π*", o.TargetEvaluation.ForwardKl));
         var barList = rows.Select((r, i) => new ScottPlot.Bar { Position = i, Value = r.Kl.Mean, Error = r.Kl.StandardError }).ToArray();
         bars.Add.Bars(barList);
@@ -201,7 +200,7 @@ internal static class DemoPlots
 
         var scatter = new ScottPlot.Plot();
         var points = new List<(string Name, KnownTargetEvaluation E)> { ("π0", o.Pi0Evaluation) };
-        points.AddRange(done.Select(m => (m.Name, m.Evaluation!)));
+        points.AddRange(done.Select(m => (m.Name, m.Evaluation)));
         points.Add(("π*", o.TargetEvaluation));
         foreach (var (name, e) in points)
         {
@@ -219,12 +218,12 @@ internal static class DemoPlots
         {
             var sweep = new ScottPlot.Plot();
             var xs = o.Sizes.Select(s => Math.Log2(s.Pairs)).ToArray();
-            foreach (var method in last.Methods.Where(m => m.Done).Select(m => m.Method))
+            foreach (var method in last.Methods.Select(m => m.Method))
             {
-                var ys = o.Sizes.Select(s => s.Methods.First(m => m.Method == method).Evaluation!.ForwardKl.Mean).ToArray();
+                var ys = o.Sizes.Select(s => s.Methods.First(m => m.Method == method).Evaluation.ForwardKl.Mean).ToArray();
                 var line = sweep.Add.Scatter(xs, ys);
                 line.LegendText = DemoExperiment.NameOf(method);
-                var errors = sweep.Add.ErrorBar(xs, ys, o.Sizes.Select(s => s.Methods.First(m => m.Method == method).Evaluation!.ForwardKl.StandardError).ToArray());
+                var errors = sweep.Add.ErrorBar(xs, ys, o.Sizes.Select(s => s.Methods.First(m => m.Method == method).Evaluation.ForwardKl.StandardError).ToArray());
                 errors.Color = line.Color;
             }
             var reference = sweep.Add.HorizontalLine(o.Pi0Evaluation.ForwardKl.Mean);

@@ -5,15 +5,15 @@ using DistAlign.Cli;
 namespace DistAlign.Tests.Cli;
 
 /// <summary>
-/// <c>distalign demo --quick</c> end to end (the CI run): the report folder's structure, every number finite, π0 reused
-/// from the cache on a second run with bit-identical results; and the experiment commands' input checks.
+/// <c>distalign demo --quick</c> end to end (the CI run): the report folder's structure and every number finite; and the
+/// experiment commands' input checks.
 /// </summary>
 public class DemoCliTests : CliTestBase
 {
     private static readonly string[] Methods = ["RLHF (PPO)", "Reverse KL (PPO)", "DPO", "PMLE", "Distillation", "REBEL"];
 
     [Test]
-    public void QuickDemoWritesACompleteReportAndReusesItsCachedReference()
+    public void QuickDemoWritesACompleteReport()
     {
         string outDir = Path.Combine(TestDirectory, "demo");
         var watch = System.Diagnostics.Stopwatch.StartNew();
@@ -40,17 +40,12 @@ public class DemoCliTests : CliTestBase
         Assert.That(size.GetProperty("n").GetInt32(), Is.EqualTo(64));
         var methods = size.GetProperty("methods");
         Assert.That(methods.EnumerateObject().Select(p => p.Name), Is.EqualTo(Methods));
-        int done = 0;
         foreach (var m in methods.EnumerateObject())
         {
-            string status = m.Value.GetProperty("status").GetString()!;
-            Assert.That(status, Does.StartWith("done").Or.StartWith("pending"), m.Name);
-            if (status != "done") continue;
-            done++;
             AssertMetrics(m.Value.GetProperty("metrics"), m.Name);
             Assert.That(m.Value.GetProperty("loss_curve").GetArrayLength(), Is.EqualTo(DemoSettings.Quick.Steps), $"{m.Name} loss curve");
+            Assert.That(m.Value.GetProperty("settings").GetString(), Is.Not.Empty, m.Name);
         }
-        Assert.That(done, Is.GreaterThanOrEqualTo(2), "at least DPO and PMLE run");
 
         foreach (var png in new[] { "loss_curves.png", "forward_kl.png", "reward_kl.png" })
         {
@@ -61,16 +56,6 @@ public class DemoCliTests : CliTestBase
             Assert.That(width, Is.EqualTo(900), $"{png} width");
             Assert.That(md, Does.Contain($"]({png})"), $"report.md shows {png}");
         }
-
-        // Second run into another folder with the same cache: π0 is reused and every result is bit-identical.
-        string again = Path.Combine(TestDirectory, "again");
-        Directory.CreateDirectory(again);
-        CopyDirectory(Path.Combine(outDir, "pi0"), Path.Combine(again, "pi0"));
-        Assert.That(Program.Main(["demo", "--quick", "--out", again, "--threads", "2"]), Is.EqualTo(0), Error.ToString());
-        using var second = JsonDocument.Parse(File.ReadAllText(Path.Combine(again, DemoReport.JsonFileName)));
-        Assert.That(second.RootElement.GetProperty("pi0").GetProperty("cached").GetBoolean(), Is.True);
-        Assert.That(Metrics(second.RootElement), Is.EqualTo(Metrics(root)), "same seed and threads: identical numbers");
-        TestContext.Out.WriteLine($"both runs: {watch.Elapsed.TotalSeconds:F1} s");
     }
 
     [Test]
@@ -81,15 +66,6 @@ public class DemoCliTests : CliTestBase
         Assert.That(Program.Main(["demo", "--quick", "--n", "0", "--out", TestDirectory]), Is.EqualTo(Program.UsageError));
         Assert.That(Program.Main(["demo", "--quick", "--tau", "-1", "--out", TestDirectory]), Is.EqualTo(Program.UsageError));
         Assert.That(ExperimentLmCommand.ParseSizes("1024, 64,256,64"), Is.EqualTo(new[] { 64, 256, 1024 }));
-    }
-
-    /// <summary>Every metric of every evaluated model, as text (seconds excluded: wall time differs between runs).</summary>
-    private static List<string> Metrics(JsonElement root)
-    {
-        var list = new List<string> { root.GetProperty("baselines").GetRawText() };
-        foreach (var m in root.GetProperty("sizes")[0].GetProperty("methods").EnumerateObject())
-            if (m.Value.TryGetProperty("metrics", out var metrics)) list.Add(m.Name + metrics.GetRawText() + m.Value.GetProperty("loss_curve").GetRawText());
-        return list;
     }
 
     private static void AssertMetrics(JsonElement metrics, string what)
@@ -116,12 +92,5 @@ public class DemoCliTests : CliTestBase
                 Assert.That(double.IsFinite(e.GetDouble()), Is.True, path);
                 break;
         }
-    }
-
-    private static void CopyDirectory(string from, string to)
-    {
-        Directory.CreateDirectory(to);
-        foreach (var file in Directory.GetFiles(from)) File.Copy(file, Path.Combine(to, Path.GetFileName(file)));
-        foreach (var dir in Directory.GetDirectories(from)) CopyDirectory(dir, Path.Combine(to, Path.GetFileName(dir)));
     }
 }

@@ -53,6 +53,8 @@ public sealed record DemoSettings
     public double DistillationKlBeta { get; init; } = 0;
     public double RebelEta { get; init; } = 1;
     public double RlhfBeta { get; init; } = 0.1;
+    /// <summary>β of reverse KL's KL(π ‖ π0) term (0: the optimum is π* itself when R̂ = γ ln π* + c).</summary>
+    public double ReverseKlBeta { get; init; } = 0;
     public int RewardSteps { get; init; } = 300;
     public float RewardLearningRate { get; init; } = 3e-4f;
     /// <summary>Samples per evaluation prompt for every Monte Carlo estimate.</summary>
@@ -98,12 +100,9 @@ public sealed record DemoTaskSummary(Estimate TargetKl, double TargetMeanLength,
 /// <summary>The reward model fitted on the n pairs: its last training loss and its accuracy against the true ln π* ordering on fresh π0 pairs.</summary>
 public sealed record DemoRewardSummary(int Steps, double FinalLoss, double TrueOrderAccuracy, double Seconds);
 
-/// <summary>One method's run: settings in words, status ("done" or "pending: why"), loss curve, evaluation.</summary>
-public sealed record DemoMethodResult(DemoMethod Method, string Name, string Settings, string Status, double Seconds,
-                                      IReadOnlyList<(int Step, double Loss)> LossCurve, KnownTargetEvaluation? Evaluation)
-{
-    public bool Done => Evaluation is not null;
-}
+/// <summary>One method's run: settings in words, training and evaluation seconds, loss curve (its own objective per step), evaluation.</summary>
+public sealed record DemoMethodResult(DemoMethod Method, string Name, string Settings, double Seconds,
+                                      IReadOnlyList<(int Step, double Loss)> LossCurve, KnownTargetEvaluation Evaluation);
 
 /// <summary>Everything measured at one dataset size n.</summary>
 public sealed record DemoSizeResult(int Pairs, double MeanLabelMargin, double AgreementWithTarget, DemoRewardSummary Reward, IReadOnlyList<DemoMethodResult> Methods);
@@ -176,7 +175,7 @@ public sealed class DemoExperiment : IDisposable
         }
     }
 
-    /// <summary>Pairs, reward model and all six methods at n pairs (methods whose trainer is not built yet are reported pending).</summary>
+    /// <summary>Pairs, reward model and all six methods at n pairs.</summary>
     public DemoSizeResult RunAtSize(int n)
     {
         string stage = $"n = {n}: pairs";
@@ -225,12 +224,12 @@ public sealed class DemoExperiment : IDisposable
     /// <summary>The method's settings in words, as the report prints them.</summary>
     public string Describe(DemoMethod method) => method switch
     {
-        DemoMethod.Rlhf => $"PPO on R̂, KL penalty β = {Settings.RlhfBeta}",
-        DemoMethod.ReverseKl => $"PPO on R̂/γ with entropy bonus (optimum π*), γ = {Settings.Task.Gamma}",
+        DemoMethod.Rlhf => $"PPO on R̂ − β·KL(π‖π0), β = {Settings.RlhfBeta}",
+        DemoMethod.ReverseKl => $"PPO on R̂ + γ·H(π) − β·KL(π‖π0), γ = {Settings.Task.Gamma}, β = {Settings.ReverseKlBeta}",
         DemoMethod.Dpo => $"sigmoid loss, β = {Settings.DpoBeta}",
         DemoMethod.Pmle => $"−ln σ(γ Δ ln π), γ = {Settings.Task.Gamma}" + (Settings.PmleKlBeta > 0 ? $", KL β = {Settings.PmleKlBeta}" : ""),
         DemoMethod.Distillation => $"soft labels σ(ΔR̂) on π's samples, γ = {Settings.Task.Gamma}" + (Settings.DistillationKlBeta > 0 ? $", KL β = {Settings.DistillationKlBeta}" : ""),
-        DemoMethod.Rebel => $"η = {Settings.RebelEta}",
+        DemoMethod.Rebel => $"pairs from π, R̂ regression, η = {Settings.RebelEta}",
         _ => throw new ArgumentOutOfRangeException(nameof(method)),
     };
 
@@ -249,14 +248,10 @@ public sealed class DemoExperiment : IDisposable
     private DemoMethodResult RunMethod(DemoMethod method, int n, IReadOnlyList<PreferencePair> pairs, float[] referenceLogProbs, RewardModel rewardModel)
     {
         string name = NameOf(method), stage = $"n = {n}: {name}";
-        using var policy = new GptPolicy(Copy(reference), new AdamWSettings(WeightDecay: 0), ownsModel: true);
+        using var policy = new GptPolicy(Copy(reference), new AdamWSettings(WeightDecay: 0), ownsModel: true,
+            withValueHead: method is DemoMethod.Rlhf or DemoMethod.ReverseKl);
         using var pi0 = new GptPolicy(reference, new AdamWSettings());
-        var step = CreateTrainer(method, policy, pi0, pairs, referenceLogProbs, rewardModel, out string? pending);
-        if (step is null)
-        {
-            progress?.Invoke(new DemoProgress(stage, 1, 1, pending!));
-            return new DemoMethodResult(method, name, Describe(method), pending!, 0, [], null);
-        }
+        var step = CreateTrainer(method, policy, pi0, pairs, referenceLogProbs, rewardModel);
         var watch = Stopwatch.StartNew();
         var curve = new List<(int, double)>();
         for (int s = 0; s < Settings.Steps; s++)
@@ -269,7 +264,7 @@ public sealed class DemoExperiment : IDisposable
         var evaluation = Evaluator.Evaluate(new PolicyResponseModel(policy));
         double seconds = watch.Elapsed.TotalSeconds;
         progress?.Invoke(new DemoProgress(stage, Settings.Steps + 1, Settings.Steps + 1, $"KL(π*‖π̂) {evaluation.ForwardKl}"));
-        return new DemoMethodResult(method, name, Describe(method), "done", seconds, curve, evaluation);
+        return new DemoMethodResult(method, name, Describe(method), seconds, curve, evaluation);
     }
 
     private AlignmentTrainingOptions OfflineOptions(PairwiseLossSettings loss, KlRegularizer? kl) => new()
@@ -279,11 +274,10 @@ public sealed class DemoExperiment : IDisposable
         WarmupSteps = Math.Min(10, Settings.Steps / 10), EvalFraction = 0, EvaluateEvery = 0, Seed = Settings.Seed,
     };
 
-    /// <summary>One training step of the method, or null with the reason when its trainer is not available yet.</summary>
-    private Func<AlignmentStepReport>? CreateTrainer(DemoMethod method, GptPolicy policy, GptPolicy pi0, IReadOnlyList<PreferencePair> pairs,
-                                                    float[] referenceLogProbs, RewardModel rewardModel, out string? pending)
+    /// <summary>One training step of the method: offline ones on the n pairs, online ones on the pairs' prompts (or the task's training prompts) with R̂.</summary>
+    private Func<AlignmentStepReport> CreateTrainer(DemoMethod method, GptPolicy policy, GptPolicy pi0, IReadOnlyList<PreferencePair> pairs,
+                                                   float[] referenceLogProbs, RewardModel rewardModel)
     {
-        pending = null;
         var kl = (double beta) => beta > 0 ? new KlRegularizer(beta, 2, Settings.Task.ResponseTokens, Task.EndOfText) : null;
         switch (method)
         {
@@ -299,12 +293,31 @@ public sealed class DemoExperiment : IDisposable
                     OfflineOptions(new PairwiseLossSettings(PairwiseLossVariant.Pmle, Gamma: Settings.Task.Gamma), kl(Settings.PmleKlBeta)));
                 return trainer.TrainStep;
             }
-            case DemoMethod.Rlhf or DemoMethod.ReverseKl:
-                pending = "pending: needs PpoTrainer (issue #6)";
-                return null;
             case DemoMethod.Distillation or DemoMethod.Rebel:
-                pending = "pending: needs AlignmentTrainer's on-policy objective (issue #6)";
-                return null;
+            {
+                var loss = method == DemoMethod.Distillation
+                    ? new PairwiseLossSettings(PairwiseLossVariant.Distillation, Gamma: Settings.Task.Gamma)
+                    : new PairwiseLossSettings(PairwiseLossVariant.Rebel, Eta: Settings.RebelEta);
+                var options = OfflineOptions(loss, method == DemoMethod.Distillation ? kl(Settings.DistillationKlBeta) : null) with
+                {
+                    Objective = AlignmentObjective.OnPolicy, PairSource = PairSource.Policy, Sampling = Task.Sampling,
+                };
+                var trainer = new AlignmentTrainer(policy, pi0, pairs, null, options, rewardModel);
+                return trainer.TrainStep;
+            }
+            case DemoMethod.Rlhf or DemoMethod.ReverseKl:
+            {
+                var options = new PpoOptions
+                {
+                    Objective = method == DemoMethod.Rlhf ? PpoObjective.Rlhf : PpoObjective.ReverseKl,
+                    Beta = method == DemoMethod.Rlhf ? Settings.RlhfBeta : Settings.ReverseKlBeta,
+                    Gamma = method == DemoMethod.Rlhf ? 0 : Settings.Task.Gamma,
+                    Steps = Settings.Steps, PromptsPerIteration = Settings.BatchPairs, Sampling = Task.Sampling,
+                    LearningRate = Settings.LearningRate, WarmupSteps = Math.Min(10, Settings.Steps / 10), Seed = Settings.Seed,
+                };
+                var trainer = new PpoTrainer(policy, pi0, rewardModel, Task.TrainPrompts, options);
+                return trainer.TrainStep;
+            }
             default:
                 throw new ArgumentOutOfRangeException(nameof(method));
         }

@@ -89,22 +89,18 @@ public static class DemoReport
             foreach (var m in size.Methods)
             {
                 w.WriteStartObject(m.Name);
-                w.WriteString("status", m.Status);
                 w.WriteString("settings", m.Settings);
-                if (m.Evaluation is not null)
+                Number(w, "seconds", m.Seconds);
+                Metrics(w, "metrics", m.Evaluation);
+                w.WriteStartArray("loss_curve");
+                foreach (var (step, loss) in m.LossCurve)
                 {
-                    Number(w, "seconds", m.Seconds);
-                    Metrics(w, "metrics", m.Evaluation);
-                    w.WriteStartArray("loss_curve");
-                    foreach (var (step, loss) in m.LossCurve)
-                    {
-                        w.WriteStartArray();
-                        w.WriteNumberValue(step);
-                        if (double.IsFinite(loss)) w.WriteNumberValue(loss); else w.WriteNullValue();
-                        w.WriteEndArray();
-                    }
+                    w.WriteStartArray();
+                    w.WriteNumberValue(step);
+                    if (double.IsFinite(loss)) w.WriteNumberValue(loss); else w.WriteNullValue();
                     w.WriteEndArray();
                 }
+                w.WriteEndArray();
                 w.WriteEndObject();
             }
             w.WriteEndObject();
@@ -127,18 +123,14 @@ public static class DemoReport
         else w.WriteNull(name);
     }
 
-    /// <summary>The results table in markdown: π0, every method, π* (pending methods say so).</summary>
+    /// <summary>The results table in markdown: π0, every method, π*.</summary>
     public static string Table(DemoSizeResult size, KnownTargetEvaluation pi0, KnownTargetEvaluation target)
     {
         var sb = new StringBuilder();
         sb.AppendLine("| model | KL(π*‖π̂) ± SE | KL(π̂‖π*) ± SE | KL(π̂‖π0) ± SE | win rate vs π0 ± SE | lexicon reward ± SE | entropy/token | distinct-1 | distinct-2 | length | seconds |");
         sb.AppendLine("|---|---|---|---|---|---|---|---|---|---|---|");
         sb.AppendLine(Row("π0 (start)", pi0, null));
-        foreach (var m in size.Methods)
-        {
-            if (m.Evaluation is null) sb.AppendLine($"| {m.Name} | {m.Status} | | | | | | | | | |");
-            else sb.AppendLine(Row(m.Name, m.Evaluation, m.Seconds));
-        }
+        foreach (var m in size.Methods) sb.AppendLine(Row(m.Name, m.Evaluation, m.Seconds));
         sb.AppendLine(Row("π* (target)", target, null));
         return sb.ToString();
     }
