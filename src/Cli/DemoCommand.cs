@@ -44,7 +44,7 @@ internal sealed class DemoOptions
 {
     public readonly Option<int> Threads = new("--threads") { DefaultValueFactory = _ => Environment.ProcessorCount, Description = "CPU threads (results are bit-identical for a given count)." };
     public readonly Option<ulong> Seed = new("--seed") { DefaultValueFactory = _ => 1UL, Description = "Seed for prompts, pairs, training and evaluation (π0's pretraining keeps seed 1)." };
-    public readonly Option<int?> Steps = new("--steps") { Description = "Optimizer steps per method (default 150; 10 with --quick)." };
+    public readonly Option<int?> Steps = new("--steps") { Description = "Steps (PPO: iterations) per method (default 100; 10 with --quick)." };
     public readonly Option<double?> Tau = new("--tau") { Description = "τ of the tilt π* ∝ π0·exp(w/τ)." };
     public readonly Option<double?> Gamma = new("--gamma") { Description = "γ of the preference model σ(γ Δ ln π*)." };
 

@@ -43,7 +43,7 @@ public sealed record DemoSettings
     /// <summary>n: preference pairs every method learns from.</summary>
     public int Pairs { get; init; } = 1024;
     /// <summary>Optimizer steps per method (the same budget for all six).</summary>
-    public int Steps { get; init; } = 150;
+    public int Steps { get; init; } = 100;
     /// <summary>Pairs (offline methods) or prompts (online methods) per step.</summary>
     public int BatchPairs { get; init; } = 16;
     public float LearningRate { get; init; } = 1e-4f;
@@ -53,9 +53,12 @@ public sealed record DemoSettings
     public double DistillationKlBeta { get; init; } = 0;
     public double RebelEta { get; init; } = 1;
     public double RlhfBeta { get; init; } = 0.1;
+    /// <summary>PPO passes over each rollout (each split into <see cref="PpoMinibatches"/> optimizer steps).</summary>
+    public int PpoEpochs { get; init; } = 2;
+    public int PpoMinibatches { get; init; } = 2;
     /// <summary>β of reverse KL's KL(π ‖ π0) term (0: the optimum is π* itself when R̂ = γ ln π* + c).</summary>
     public double ReverseKlBeta { get; init; } = 0;
-    public int RewardSteps { get; init; } = 300;
+    public int RewardSteps { get; init; } = 200;
     public float RewardLearningRate { get; init; } = 3e-4f;
     /// <summary>Samples per evaluation prompt for every Monte Carlo estimate.</summary>
     public int EvalSamplesPerPrompt { get; init; } = 4;
@@ -224,8 +227,8 @@ public sealed class DemoExperiment : IDisposable
     /// <summary>The method's settings in words, as the report prints them.</summary>
     public string Describe(DemoMethod method) => method switch
     {
-        DemoMethod.Rlhf => $"PPO on R̂ − β·KL(π‖π0), β = {Settings.RlhfBeta}",
-        DemoMethod.ReverseKl => $"PPO on R̂ + γ·H(π) − β·KL(π‖π0), γ = {Settings.Task.Gamma}, β = {Settings.ReverseKlBeta}",
+        DemoMethod.Rlhf => $"PPO on R̂ − β·KL(π‖π0), β = {Settings.RlhfBeta}; {Settings.PpoEpochs} epochs × {Settings.PpoMinibatches} minibatches per rollout",
+        DemoMethod.ReverseKl => $"PPO on R̂ + γ·H(π) − β·KL(π‖π0), γ = {Settings.Task.Gamma}, β = {Settings.ReverseKlBeta}; {Settings.PpoEpochs} epochs × {Settings.PpoMinibatches} minibatches per rollout",
         DemoMethod.Dpo => $"sigmoid loss, β = {Settings.DpoBeta}",
         DemoMethod.Pmle => $"−ln σ(γ Δ ln π), γ = {Settings.Task.Gamma}" + (Settings.PmleKlBeta > 0 ? $", KL β = {Settings.PmleKlBeta}" : ""),
         DemoMethod.Distillation => $"soft labels σ(ΔR̂) on π's samples, γ = {Settings.Task.Gamma}" + (Settings.DistillationKlBeta > 0 ? $", KL β = {Settings.DistillationKlBeta}" : ""),
@@ -312,7 +315,8 @@ public sealed class DemoExperiment : IDisposable
                     Objective = method == DemoMethod.Rlhf ? PpoObjective.Rlhf : PpoObjective.ReverseKl,
                     Beta = method == DemoMethod.Rlhf ? Settings.RlhfBeta : Settings.ReverseKlBeta,
                     Gamma = method == DemoMethod.Rlhf ? 0 : Settings.Task.Gamma,
-                    Steps = Settings.Steps, PromptsPerIteration = Settings.BatchPairs, Sampling = Task.Sampling,
+                    Steps = Settings.Steps, PromptsPerIteration = Settings.BatchPairs, Epochs = Settings.PpoEpochs, Minibatches = Settings.PpoMinibatches,
+                    Sampling = Task.Sampling,
                     LearningRate = Settings.LearningRate, WarmupSteps = Math.Min(10, Settings.Steps / 10), Seed = Settings.Seed,
                 };
                 var trainer = new PpoTrainer(policy, pi0, rewardModel, Task.TrainPrompts, options);

@@ -45,6 +45,9 @@ public static class DemoReport
         Number(w, "distillation_kl_beta", s.DistillationKlBeta);
         Number(w, "rebel_eta", s.RebelEta);
         Number(w, "rlhf_beta", s.RlhfBeta);
+        Number(w, "reverse_kl_beta", s.ReverseKlBeta);
+        Number(w, "ppo_epochs", s.PpoEpochs);
+        Number(w, "ppo_minibatches", s.PpoMinibatches);
         Number(w, "reward_steps", s.RewardSteps);
         Number(w, "reward_learning_rate", s.RewardLearningRate);
         Number(w, "eval_samples_per_prompt", s.EvalSamplesPerPrompt);
