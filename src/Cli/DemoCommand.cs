@@ -84,6 +84,8 @@ internal static class DemoRunner
     {
         var watch = Stopwatch.StartNew();
         Directory.CreateDirectory(outDir);
+        // Redirected output gets 80 columns by default, which wraps the results table beyond reading.
+        if (Console.IsOutputRedirected && AnsiConsole.Profile.Width < 160) AnsiConsole.Profile.Width = 160;
         AnsiConsole.MarkupLine($"[bold]{Markup.Escape(title)}[/]");
         AnsiConsole.MarkupLine($"π0 cache: {Markup.Escape(cacheDir)} · report: {Markup.Escape(outDir)} · threads {CpuParallel.Threads}");
         DemoExperiment? experiment = null;
@@ -173,18 +175,16 @@ internal static class DemoPlots
         var last = o.Sizes[^1];
         var done = last.Methods;
 
-        var loss = new ScottPlot.Plot();
         foreach (var m in done)
         {
+            var loss = new ScottPlot.Plot();
             var line = loss.Add.Scatter(m.LossCurve.Select(p => (double)p.Step).ToArray(), m.LossCurve.Select(p => p.Loss).ToArray());
-            line.LegendText = m.Name;
             line.MarkerSize = 0;
+            loss.Title($"{m.Name}: training loss (n = {last.Pairs})");
+            loss.XLabel(m.Method is DemoMethod.Rlhf or DemoMethod.ReverseKl ? "PPO iteration" : "step");
+            loss.YLabel("loss (the method's own objective)");
+            Save(loss, outDir, LossCurveFile(m.Method), $"{m.Name} training loss", plots);
         }
-        loss.Title($"Training loss per method (n = {last.Pairs})");
-        loss.XLabel("step");
-        loss.YLabel("loss (each method's own objective)");
-        loss.ShowLegend();
-        Save(loss, outDir, "loss_curves.png", "training loss per method", plots);
 
         var bars = new ScottPlot.Plot();
         var rows = new List<(string Name, Estimate Kl)> { ("π0", o.Pi0Evaluation.ForwardKl) };
@@ -211,7 +211,7 @@ internal static class DemoPlots
         scatter.Title($"Lexicon reward against KL(π̂ ‖ π0) (n = {last.Pairs})");
         scatter.XLabel("KL(π̂ ‖ π0), nats per response");
         scatter.YLabel("mean lexicon reward Σ w(y_t)");
-        scatter.ShowLegend();
+        scatter.ShowLegend(ScottPlot.Alignment.UpperRight);
         Save(scatter, outDir, "reward_kl.png", "lexicon reward against KL to π0", plots);
 
         if (o.Sizes.Count > 1)
@@ -238,6 +238,9 @@ internal static class DemoPlots
         }
         return plots;
     }
+
+    /// <summary>The loss-curve PNG of a method: <c>loss_&lt;method&gt;.png</c>.</summary>
+    public static string LossCurveFile(DemoMethod method) => $"loss_{method.ToString().ToLowerInvariant()}.png";
 
     private static void Save(ScottPlot.Plot plot, string outDir, string file, string caption, List<(string, string)> plots)
     {

@@ -47,7 +47,7 @@ public class DemoCliTests : CliTestBase
             Assert.That(m.Value.GetProperty("settings").GetString(), Is.Not.Empty, m.Name);
         }
 
-        foreach (var png in new[] { "loss_curves.png", "forward_kl.png", "reward_kl.png" })
+        foreach (var png in new[] { "forward_kl.png", "reward_kl.png" }.Concat(Enum.GetValues<DemoMethod>().Select(DemoPlots.LossCurveFile)))
         {
             var bytes = File.ReadAllBytes(Path.Combine(outDir, png));
             Assert.That(bytes.Take(8), Is.EqualTo(new byte[] { 0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A }), $"{png} is a PNG");
