@@ -28,17 +28,19 @@ internal sealed class OnlineOptions
     public readonly Option<bool> NoWhiten = new("--no-whiten") { Description = "PPO: keep raw advantages." };
     public readonly Option<float?> MissingEndPenalty = new("--missing-end-penalty") { Description = "PPO: score for a response without the end token (default: off)." };
     public readonly Option<string> Entropy = new("--entropy") { Description = "rkl: the γ·H term in-reward (default) or exact.", DefaultValueFactory = _ => "in-reward" };
+    public readonly Option<string> ValueModel = new("--value-model") { Description = "PPO: value head on the policy's backbone (shared) or on a separate GPT initialised from π0 (separate).", DefaultValueFactory = _ => "shared" };
 
     public static OnlineOptions Create() => new();
 
     public void AddTo(Command command)
     {
-        foreach (Option o in new Option[] { RewardModel, PairSource, Eta, MaxNewTokens, Epochs, Minibatches, Lambda, ClipRange, ValueCoefficient, ValueClip, NoWhiten, MissingEndPenalty, Entropy })
+        foreach (Option o in new Option[] { RewardModel, PairSource, Eta, MaxNewTokens, Epochs, Minibatches, Lambda, ClipRange, ValueCoefficient, ValueClip, NoWhiten, MissingEndPenalty, Entropy, ValueModel })
             command.Options.Add(o);
     }
 
     public sealed record Values(FileInfo? RewardModel, PairSource PairSource, double Eta, int MaxNewTokens, int Epochs, int Minibatches, double Lambda,
-                                double ClipRange, double ValueCoefficient, double ValueClip, bool Whiten, float? MissingEndPenalty, EntropyBonus Entropy);
+                                double ClipRange, double ValueCoefficient, double ValueClip, bool Whiten, float? MissingEndPenalty, EntropyBonus Entropy,
+                                bool SeparateValueModel);
 
     public Values Read(ParseResult parse)
     {
@@ -55,10 +57,16 @@ internal sealed class OnlineOptions
             "exact" => EntropyBonus.Exact,
             var other => throw new CliUsageException($"--entropy must be in-reward or exact (got '{other}')"),
         };
+        bool separate = parse.GetValue(ValueModel)!.ToLowerInvariant() switch
+        {
+            "shared" => false,
+            "separate" => true,
+            var other => throw new CliUsageException($"--value-model must be shared or separate (got '{other}')"),
+        };
         return new Values(parse.GetValue(RewardModel), source, parse.GetValue(Eta), CliErrors.Positive(parse.GetValue(MaxNewTokens), "--max-new-tokens"),
             CliErrors.Positive(parse.GetValue(Epochs), "--ppo-epochs"), CliErrors.Positive(parse.GetValue(Minibatches), "--minibatches"),
             parse.GetValue(Lambda), parse.GetValue(ClipRange), parse.GetValue(ValueCoefficient), parse.GetValue(ValueClip), !parse.GetValue(NoWhiten),
-            parse.GetValue(MissingEndPenalty), entropy);
+            parse.GetValue(MissingEndPenalty), entropy, separate);
     }
 }
 
@@ -79,9 +87,18 @@ internal static class OnlineAlign
 
         var (gpt, tok, pairs, dataHash) = CliData.LoadModelAndPairs(modelFile, dataFile, common);
         bool ppo = objective is "rlhf" or "rkl";
-        using var policy = new GptPolicy(gpt, new AdamWSettings(WeightDecay: s.WeightDecay), ownsModel: true, withValueHead: ppo);
+        using var policy = new GptPolicy(gpt, new AdamWSettings(WeightDecay: s.WeightDecay), ownsModel: true, withValueHead: ppo && !o.SeparateValueModel);
         string modelHash = ModelHash.Of(gpt);
         using var reference = policy.Snapshot();
+        GptPolicy? valueModel = null;
+        if (ppo && o.SeparateValueModel)
+        {
+            var valueGpt = new Gpt(gpt.Config);
+            gpt.Parameters.CopyTo(valueGpt.Parameters);
+            valueModel = new GptPolicy(valueGpt, new AdamWSettings(WeightDecay: s.WeightDecay), ownsModel: true, withValueHead: true);
+        }
+        using var valueModelOwner = valueModel;
+        IValuePolicy valuePolicy = valueModel is null ? policy : new PolicyWithValueModel(policy, valueModel);
         var loaded = Alignment.Reward.RewardModel.Load(o.RewardModel.FullName, new AdamWSettings());
         using var rewardModel = loaded.Model;
         if (loaded.TokenizerSpec is { } spec && spec != tok.Spec)
@@ -110,20 +127,21 @@ internal static class OnlineAlign
                 MissingEndPenalty = o.MissingEndPenalty, Sampling = sampling, LearningRate = common.LearningRate, WarmupSteps = common.Warmup,
                 GradientClip = common.Clip, Seed = common.Seed,
             }.Validate();
-            var trainer = new PpoTrainer(policy, reference, rewardModel, prompts, options);
+            var trainer = new PpoTrainer(valuePolicy, reference, rewardModel, prompts, options);
             string identity = JsonSerializer.Serialize(new
             {
                 objective, options.Beta, options.Gamma, entropy = options.Entropy.ToString(), options.Steps, options.PromptsPerIteration, options.Epochs,
                 options.Minibatches, options.Lambda, options.ClipRange, options.ValueCoefficient, options.ValueClip, options.WhitenAdvantages,
-                options.MissingEndPenalty, max_new_tokens = maxNew, options.LearningRate, options.WarmupSteps, options.GradientClip, options.Seed,
+                options.MissingEndPenalty, value_model = o.SeparateValueModel ? "separate" : "shared", max_new_tokens = maxNew, options.LearningRate, options.WarmupSteps, options.GradientClip, options.Seed,
                 s.WeightDecay, common.MaxPromptTokens, common.MaxResponseTokens, model_hash = modelHash, reward_hash = rewardHash, data_hash = dataHash,
             });
-            run = new PpoRun(trainer, policy, outDir, tok.Spec, identity, s.CheckpointEvery);
+            run = new PpoRun(trainer, valuePolicy, outDir, tok.Spec, identity, s.CheckpointEvery);
             completed = () => trainer.Step;
             steps = options.Steps;
             progressMetric = "objective/scores";
             headline = $"align {objective} (PPO, β {options.Beta.ToString(CultureInfo.InvariantCulture)}" +
                        (objective == "rkl" ? $", γ {options.Gamma.ToString(CultureInfo.InvariantCulture)}, entropy {o.Entropy}" : "") +
+                       (o.SeparateValueModel ? ", separate value model" : "") +
                        $") · {gpt.Config} · {prompts.Count} prompts · {options.Steps} iterations of {options.PromptsPerIteration}";
         }
         else

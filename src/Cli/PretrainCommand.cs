@@ -37,11 +37,12 @@ internal static class PretrainCommand
         var seed = new Option<ulong>("--seed") { DefaultValueFactory = _ => 1UL, Description = "Seed for initialisation and data order." };
         var threads = new Option<int>("--threads") { DefaultValueFactory = _ => Environment.ProcessorCount, Description = "CPU threads (results are bit-identical for a given count)." };
         var resume = new Option<bool>("--resume") { Description = "Continue from the latest checkpoint in --out." };
+        var memoryBudget = new Option<string?>("--memory-budget") { Description = "Refuse, before allocating, a model + activations that need more (e.g. 2GiB, 512MiB; default: the memory this process may use)." };
 
         var command = new Command("pretrain", "Pretrain a GPT on the shipped corpus (or --text) with next-token prediction.")
         {
             output, text, tokenizer, layers, heads, channels, context, steps, batch, seq, accumulation, lr, warmup,
-            weightDecay, clip, evalEvery, checkpointEvery, seed, threads, resume,
+            weightDecay, clip, evalEvery, checkpointEvery, seed, threads, resume, memoryBudget,
         };
         command.SetAction(parse =>
         {
@@ -59,21 +60,27 @@ internal static class PretrainCommand
             if (options.Length > config.MaxSequenceLength)
                 throw new CliUsageException($"--seq {options.Length} exceeds --context {config.MaxSequenceLength}");
             var textFile = parse.GetValue(text);
+            // Without the flag, the budget is the physical memory (or container limit) the runtime sees, so a run that
+            // cannot fit is refused with a message instead of dying in the allocator or swapping for hours.
+            long budget = CliErrors.Bytes(parse.GetValue(memoryBudget), "--memory-budget") ?? GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+            // Refused before anything is read, tokenized or allocated: bytes needed and the largest arena in the message.
+            Gpt.PlanTraining(config, options.Rows, options.Length).EnsureFits(budget);
             return Run(parse.GetValue(output)!.FullName, textFile, tok, config, options,
-                CliErrors.Positive(parse.GetValue(checkpointEvery), "--checkpoint-every"), parse.GetValue(resume));
+                CliErrors.Positive(parse.GetValue(checkpointEvery), "--checkpoint-every"), parse.GetValue(resume), budget);
         });
         return command;
     }
 
     private static int Run(string outDir, FileInfo? textFile, Gpt2Tokenizer tok, GptConfig config,
-                           LanguageModelTrainingOptions options, int checkpointEvery, bool resume)
+                           LanguageModelTrainingOptions options, int checkpointEvery, bool resume, long memoryBudget)
     {
+        CliErrors.EnsureWritableFolder(outDir, "--out"); // before hours of training that could not be saved
         TextSplit split;
         if (textFile is null) split = ShippedData.SplitMobyDick();
         else
         {
             if (!textFile.Exists) throw new CliUsageException($"--text {textFile.FullName}: no such file");
-            split = TextSplit.AtParagraph(File.ReadAllText(textFile.FullName), ShippedData.DefaultTrainFraction);
+            split = TextSplit.AtParagraph(CliErrors.ReadUtf8Text(textFile.FullName, "--text"), ShippedData.DefaultTrainFraction);
         }
         var train = tok.Encode(split.Train);
         var validation = tok.Encode(split.HeldOut);
@@ -81,7 +88,7 @@ internal static class PretrainCommand
 
         var plan = Gpt.PlanTraining(config, options.Rows, options.Length);
         AnsiConsole.MarkupLine($"memory plan: {plan.TotalBytes / (1024.0 * 1024.0):F1} MiB ({config.ParameterCount:N0} parameters)");
-        using var model = new Gpt(config);
+        using var model = new Gpt(config, memoryBudget);
         var trainer = new LanguageModelTrainer(model, train, validation, options);
         string optionsJson = JsonSerializer.Serialize(new { config, options, tokenizer = tok.Spec });
 

@@ -18,12 +18,13 @@ public static class Program
         var verbose = new Option<bool>("--verbose") { Description = "Print stack traces with errors.", Recursive = true };
         var root = new RootCommand("DistAlign: train small transformer LMs and align them to pairwise preferences.") { verbose };
         foreach (var command in Commands.All()) root.Subcommands.Add(command);
+        DeviceOption.AddToAll(root);   // --device cuda|cpu|auto on every command
 
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)
         {
-            foreach (var error in parse.Errors) Console.Error.WriteLine($"distalign: {error.Message}");
-            Console.Error.WriteLine("Run 'distalign --help' (or 'distalign COMMAND --help') for the options.");
+            // One line, whatever the number of errors, so scripts and logs get one record per failure.
+            Console.Error.WriteLine($"distalign: {string.Join("; ", parse.Errors.Select(e => e.Message))} (see 'distalign --help' or 'distalign COMMAND --help')");
             return UsageError;
         }
         try

@@ -63,26 +63,8 @@ internal static class TinyAlignmentSetup
 }
 
 /// <summary>The alignment training loop on a tiny GPT: each objective runs, resumes bit-identically, stops on NaN.</summary>
-[NonParallelizable]
-public class AlignmentTrainerTests
+public class AlignmentTrainerTests : TemporaryRunFixture
 {
-    private string directory = "";
-    private int savedThreads;
-
-    [SetUp]
-    public void SetUp()
-    {
-        directory = Directory.CreateTempSubdirectory("distalign-align-").FullName;
-        savedThreads = CpuParallel.Threads;
-        CpuParallel.Threads = 2;
-    }
-
-    [TearDown]
-    public void TearDown()
-    {
-        CpuParallel.Threads = savedThreads;
-        Directory.Delete(directory, recursive: true);
-    }
 
     private static AlignmentTrainingOptions OptionsFor(string objective) => objective switch
     {
@@ -143,12 +125,12 @@ public class AlignmentTrainerTests
     [TestCase("rebel")]
     public void RunsAndResumesBitIdentically(string objective)
     {
-        string modelPath = Path.Combine(directory, "pi0.safetensors");
+        string modelPath = Path.Combine(RunDirectory, "pi0.safetensors");
         TinyAlignmentSetup.WriteModel(modelPath);
         var pairs = TinyAlignmentSetup.Pairs(TinyAlignmentSetup.Examples());
-        string cache = Path.Combine(directory, "cache");
+        string cache = Path.Combine(RunDirectory, "cache");
 
-        string straight = Path.Combine(directory, "straight"), split = Path.Combine(directory, "split");
+        string straight = Path.Combine(RunDirectory, "straight"), split = Path.Combine(RunDirectory, "split");
         float[] w1 = Run(straight, objective, 4, resume: false, modelPath, pairs, cache);
         Run(split, objective, 2, resume: false, modelPath, pairs, cache);
         float[] w2 = Run(split, objective, 4, resume: true, modelPath, pairs, cache);
@@ -183,7 +165,7 @@ public class AlignmentTrainerTests
         using var model = new Gpt(TinyAlignmentSetup.Config);
         model.InitializeGpt2(3);
         using var policy = new GptPolicy(model, new AdamWSettings());
-        string cache = Path.Combine(directory, "cache");
+        string cache = Path.Combine(RunDirectory, "cache");
         var lines = new List<string>();
         var a = ReferenceLogProbs.Get(policy, pairs, cache, lines.Add, out bool hit1);
         var b = ReferenceLogProbs.Get(policy, pairs, cache, lines.Add, out bool hit2);
@@ -206,7 +188,7 @@ public class AlignmentTrainerTests
             EvalFraction = 0, EvaluateEvery = 0,
         };
         var trainer = new AlignmentTrainer(policy, null, pairs, null, options);
-        string outDir = Path.Combine(directory, "nan");
+        string outDir = Path.Combine(RunDirectory, "nan");
         var run = new AlignmentRun(trainer, policy, outDir, TinyAlignmentSetup.TokenizerSpec, "{}", checkpointEvery: 1);
         run.Start(resume: false);
         var e = Assert.Throws<NonFiniteValueException>(() => run.RunToEnd())!;

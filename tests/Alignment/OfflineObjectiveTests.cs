@@ -2,6 +2,8 @@ using DistAlign.Alignment.Objectives;
 using DistAlign.Alignment.Policies;
 using DistAlign.Kernels.Cpu;
 
+using static DistAlign.Tests.Alignment.TabularFixtures;
+
 namespace DistAlign.Tests.Alignment;
 
 /// <summary>
@@ -11,17 +13,6 @@ namespace DistAlign.Tests.Alignment;
 /// </summary>
 public class OfflineObjectiveTests
 {
-    private const int Contexts = 3, Responses = 5;
-
-    private static double[,] Reward()
-    {
-        var rng = new Random(4);
-        var r = new double[Contexts, Responses];
-        for (int x = 0; x < Contexts; x++)
-            for (int y = 0; y < Responses; y++) r[x, y] = rng.NextDouble() * 2 - 1;
-        return r;
-    }
-
     /// <summary>
     /// The population in finite form: for every context and unordered pair {a, b}, M labelled copies of which
     /// round(M·σ(R_a − R_b)) say a ≻ b. Its MLE equals the population optimum up to that rounding.
@@ -38,15 +29,6 @@ public class OfflineObjectiveTests
                         pairs.Add(i < aWins ? new PreferencePair([x], [a], [b]) : new PreferencePair([x], [b], [a]));
                 }
         return pairs;
-    }
-
-    private static TabularPolicy Initial()
-    {
-        var policy = new TabularPolicy(Contexts, Responses);
-        var rng = new Random(9);
-        var l = policy.Logits;
-        for (int i = 0; i < l.Length; i++) l[i] = (float)(rng.NextDouble() - 0.5);
-        return policy;
     }
 
     /// <summary>Full-batch Adam on the objective; returns the final metrics.</summary>

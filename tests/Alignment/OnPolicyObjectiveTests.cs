@@ -3,46 +3,13 @@ using DistAlign.Alignment.Policies;
 using DistAlign.Kernels.Cpu;
 using DistAlign.Transformer.Model;
 
+using static DistAlign.Tests.Alignment.TabularFixtures;
+
 namespace DistAlign.Tests.Alignment;
 
 /// <summary>Preference distillation and REBEL on the tabular policy with a known reward.</summary>
 public class OnPolicyObjectiveTests
 {
-    private const int Contexts = 3, Responses = 5;
-
-    private sealed class KnownReward(double[,] r) : IRewardFunction
-    {
-        public void Score(IReadOnlyList<PromptResponse> sequences, Span<float> rewards)
-        {
-            for (int i = 0; i < sequences.Count; i++) rewards[i] = (float)r[sequences[i].Prompt[0], sequences[i].Response[0]];
-        }
-    }
-
-    private static double[,] Reward()
-    {
-        var rng = new Random(4);
-        var r = new double[Contexts, Responses];
-        for (int x = 0; x < Contexts; x++)
-            for (int y = 0; y < Responses; y++) r[x, y] = rng.NextDouble() * 2 - 1;
-        return r;
-    }
-
-    private static TabularPolicy Initial()
-    {
-        var policy = new TabularPolicy(Contexts, Responses);
-        var rng = new Random(9);
-        var l = policy.Logits;
-        for (int i = 0; i < l.Length; i++) l[i] = (float)(rng.NextDouble() - 0.5);
-        return policy;
-    }
-
-    private static List<int[]> Prompts(int perContext)
-    {
-        var prompts = new List<int[]>();
-        for (int x = 0; x < Contexts; x++) for (int i = 0; i < perContext; i++) prompts.Add([x]);
-        return prompts;
-    }
-
     [TestCase(PairSource.Policy)]
     [TestCase(PairSource.Reference)]
     public void DistillationWithoutKlConvergesToExpRewardOverGamma(PairSource source)

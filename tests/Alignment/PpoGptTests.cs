@@ -10,37 +10,26 @@ using DistAlign.Transformer.Training;
 namespace DistAlign.Tests.Alignment;
 
 /// <summary>PPO on the GPT: the value head's gradient through the shared backbone, a run that resumes bit-identically, reward that rises.</summary>
-[NonParallelizable]
-public class PpoGptTests
+public class PpoGptTests : TemporaryRunFixture
 {
-    private string directory = "";
-    private int savedThreads;
-
-    [SetUp]
-    public void SetUp()
-    {
-        directory = Directory.CreateTempSubdirectory("distalign-ppo-").FullName;
-        savedThreads = CpuParallel.Threads;
-        CpuParallel.Threads = 2;
-    }
-
-    [TearDown]
-    public void TearDown()
-    {
-        CpuParallel.Threads = savedThreads;
-        Directory.Delete(directory, recursive: true);
-    }
 
     private static readonly GptConfig SmallConfig = new(Layers: 1, Heads: 2, Channels: 8, VocabSize: 17, MaxSequenceLength: 12);
 
-    [Test]
-    public void ValueAndLogProbGradientsThroughTheSharedBackboneMatchFiniteDifferences()
+    /// <summary>A small GPT with GPT-2 initialisation plus noise, so that no gradient is special.</summary>
+    private static Gpt NoisyModel()
     {
         var model = new Gpt(SmallConfig);
         model.InitializeGpt2(5);
         var p = model.Parameters;
         var noise = Numerics.RandomFloats(p.Length, 6, 0.3);
         for (int i = 0; i < p.Length; i++) p[i] += noise[i];
+        return model;
+    }
+
+    [Test]
+    public void ValueAndLogProbGradientsThroughTheSharedBackboneMatchFiniteDifferences()
+    {
+        var model = NoisyModel();
         using var policy = new GptPolicy(model, new AdamWSettings(WeightDecay: 0), ownsModel: true, withValueHead: true);
         var head = policy.ValueHead!;
         var headInit = Numerics.RandomFloats(head.Parameters.Length, 8, 0.5);
@@ -71,6 +60,36 @@ public class PpoGptTests
         Numerics.AssertSampledGradient(head.Parameters, headGradient, Loss, samples: head.Parameters.Length, seed: 4);
     }
 
+    [Test]
+    public void ASeparateValueModelsGradientMatchesFiniteDifferences()
+    {
+        var model = NoisyModel();
+        using var values = new GptPolicy(model, new AdamWSettings(WeightDecay: 0), ownsModel: true, withValueHead: true);
+        Numerics.RandomFloats(values.ValueHead!.Parameters.Length, 8, 0.5).CopyTo(values.ValueHead.Parameters, 0);
+        List<PromptResponse> batch = [new([16, 3, 4], [5, 6]), new([16], [7, 8, 9, 10])];
+        int n = PolicyScores.TokenCount(batch);
+        var b = Numerics.RandomFloats(n, 10, 1.0);
+        values.ZeroGradients();
+        var v = new float[n];
+        values.ScoreValuesOnly(batch, v);
+        values.BackwardValuesOnly(b);
+        var analytic = model.Gradients.ToArray();
+        double Loss()
+        {
+            var vv = new float[n];
+            values.ScoreValuesOnly(batch, vv);
+            double total = 0;
+            for (int t = 0; t < n; t++) total += b[t] * (double)vv[t];
+            return total;
+        }
+        Numerics.AssertSampledGradient(model.Parameters, analytic, Loss, samples: 40, seed: 3);
+        // The values-only path agrees with the values read off the LM forward.
+        var lp = new float[n];
+        var v2 = new float[n];
+        values.ScoreWithValues(batch, lp, v2);
+        Numerics.AssertClose(v, Numerics.ToDouble(v2), 1e-6, 1e-6, "values");
+    }
+
     private static PpoOptions Options(string objective) => new()
     {
         Objective = objective == "rlhf" ? PpoObjective.Rlhf : PpoObjective.ReverseKl,
@@ -90,25 +109,39 @@ public class PpoGptTests
     private float[] Run(string outDir, string objective, int stopAfter, bool resume, string modelPath, List<int[]> prompts)
     {
         var (model, _) = GptCheckpoint.LoadModel(modelPath);
-        using var policy = new GptPolicy(model, new AdamWSettings(), ownsModel: true, withValueHead: true);
-        using var reference = policy.Snapshot();
-        var trainer = new PpoTrainer(policy, reference, new TinyAlignmentSetup.EvenTokenReward(), prompts, Options(objective));
+        bool separate = objective.EndsWith("-separate", StringComparison.Ordinal);
+        using var gpt = new GptPolicy(model, new AdamWSettings(), ownsModel: true, withValueHead: !separate);
+        using var reference = gpt.Snapshot();
+        IValuePolicy policy = gpt;
+        GptPolicy? valueModel = null;
+        if (separate)
+        {
+            var valueGpt = new Gpt(model.Config);
+            model.Parameters.CopyTo(valueGpt.Parameters);
+            valueModel = new GptPolicy(valueGpt, new AdamWSettings(), ownsModel: true, withValueHead: true);
+            policy = new PolicyWithValueModel(gpt, valueModel);
+        }
+        var trainer = new PpoTrainer(policy, reference, new TinyAlignmentSetup.EvenTokenReward(), prompts, Options(objective.Replace("-separate", "")));
         var run = new PpoRun(trainer, policy, outDir, TinyAlignmentSetup.TokenizerSpec, $"{{\"objective\":\"{objective}\"}}", checkpointEvery: 2);
         run.Start(resume);
         while (trainer.Step < stopAfter) run.Step();
-        return [.. model.Parameters.ToArray(), .. policy.ValueHead!.Parameters];
+        float[] result = separate ? [.. model.Parameters.ToArray(), .. valueModel!.Model.Parameters.ToArray(), .. valueModel.ValueHead!.Parameters]
+                                  : [.. model.Parameters.ToArray(), .. gpt.ValueHead!.Parameters];
+        valueModel?.Dispose();
+        return result;
     }
 
+    [TestCase("rlhf-separate")]
     [TestCase("rlhf")]
     [TestCase("rkl")]
     [TestCase("rkl-exact")]
     public void RunsAndResumesBitIdentically(string objective)
     {
-        string modelPath = Path.Combine(directory, "pi0.safetensors");
+        string modelPath = Path.Combine(RunDirectory, "pi0.safetensors");
         TinyAlignmentSetup.WriteModel(modelPath);
         var prompts = TinyAlignmentSetup.Pairs(TinyAlignmentSetup.Examples()).Select(p => p.Prompt).ToList();
 
-        string straight = Path.Combine(directory, "straight"), split = Path.Combine(directory, "split");
+        string straight = Path.Combine(RunDirectory, "straight"), split = Path.Combine(RunDirectory, "split");
         float[] w1 = Run(straight, objective, 4, resume: false, modelPath, prompts);
         Run(split, objective, 2, resume: false, modelPath, prompts);
         float[] w2 = Run(split, objective, 4, resume: true, modelPath, prompts);
@@ -128,7 +161,7 @@ public class PpoGptTests
     [Test]
     public void RlhfRaisesTheRewardOfATinyGptWhileTheKlStaysBounded()
     {
-        string modelPath = Path.Combine(directory, "pi0.safetensors");
+        string modelPath = Path.Combine(RunDirectory, "pi0.safetensors");
         TinyAlignmentSetup.WriteModel(modelPath);
         var prompts = TinyAlignmentSetup.Pairs(TinyAlignmentSetup.Examples()).Select(p => p.Prompt).ToList();
         var (model, _) = GptCheckpoint.LoadModel(modelPath);

@@ -3,46 +3,13 @@ using DistAlign.Alignment.Policies;
 using DistAlign.Alignment.Training;
 using DistAlign.Transformer.Model;
 
+using static DistAlign.Tests.Alignment.TabularFixtures;
+
 namespace DistAlign.Tests.Alignment;
 
 /// <summary>PPO (RLHF and reverse KL) on the tabular policy against the closed-form optima, and its bookkeeping.</summary>
 public class PpoTrainerTests
 {
-    private const int Contexts = 3, Responses = 5;
-
-    internal sealed class KnownReward(double[,] r) : IRewardFunction
-    {
-        public void Score(IReadOnlyList<PromptResponse> sequences, Span<float> rewards)
-        {
-            for (int i = 0; i < sequences.Count; i++) rewards[i] = (float)r[sequences[i].Prompt[0], sequences[i].Response[0]];
-        }
-    }
-
-    private static double[,] Reward()
-    {
-        var rng = new Random(4);
-        var r = new double[Contexts, Responses];
-        for (int x = 0; x < Contexts; x++)
-            for (int y = 0; y < Responses; y++) r[x, y] = rng.NextDouble() * 2 - 1;
-        return r;
-    }
-
-    private static TabularPolicy Initial()
-    {
-        var policy = new TabularPolicy(Contexts, Responses);
-        var rng = new Random(9);
-        var l = policy.Logits;
-        for (int i = 0; i < l.Length; i++) l[i] = (float)(rng.NextDouble() - 0.5);
-        return policy;
-    }
-
-    private static List<int[]> Prompts()
-    {
-        var prompts = new List<int[]>();
-        for (int x = 0; x < Contexts; x++) prompts.Add([x]);
-        return prompts;
-    }
-
     private static PpoOptions Options(PpoObjective objective, double beta, double gamma = 0, EntropyBonus entropy = EntropyBonus.InReward, int steps = 400) => new()
     {
         Objective = objective,
@@ -75,14 +42,13 @@ public class PpoTrainerTests
         return worst;
     }
 
-    private static double Run(PpoOptions options, out TabularPolicy policy, out TabularPolicy pi0, out AlignmentStepReport last)
+    private static void Run(PpoOptions options, out TabularPolicy policy, out TabularPolicy pi0, out AlignmentStepReport last)
     {
         policy = Initial();
         pi0 = (TabularPolicy)policy.Snapshot();
-        var trainer = new PpoTrainer(policy, pi0, new KnownReward(Reward()), Prompts(), options);
+        var trainer = new PpoTrainer(policy, pi0, new KnownReward(Reward()), Prompts(1), options);
         last = null!;
         while (trainer.Step < options.Steps) last = trainer.TrainStep();
-        return 0;
     }
 
     [Test]
@@ -92,8 +58,13 @@ public class PpoTrainerTests
         Run(Options(PpoObjective.Rlhf, beta), out var policy, out var pi0, out var last);
         double start = Distance(pi0, pi0, Reward(), 1, beta);
         double error = Distance(policy, pi0, Reward(), 1, beta);
-        TestContext.Out.WriteLine($"RLHF β={beta}: max |π − π0·e^(R/β)/Z| {start:F3} → {error:F4}; KL {last["objective/kl"]:F4}");
+        double ExpectedReward(TabularPolicy p) => Enumerable.Range(0, Contexts)
+            .Average(x => p.Probabilities(x).Select((q, y) => q * Reward()[x, y]).Sum());
+        double rewardBefore = ExpectedReward(pi0), rewardAfter = ExpectedReward(policy);
+        TestContext.Out.WriteLine($"RLHF β={beta}: max |π − π0·e^(R/β)/Z| {start:F3} → {error:F4}; E[R] {rewardBefore:F3} → {rewardAfter:F3}; KL {last["objective/kl"]:F4}");
         Assert.That(error, Is.LessThan(0.02));
+        Assert.That(rewardAfter, Is.GreaterThan(rewardBefore + 0.1), "the bandit's expected reward rises");
+        Assert.That(last["objective/kl"], Is.LessThan(2.0 / beta), "KL(π‖π0) ≤ (max R − min R)/β at the optimum");
     }
 
     [TestCase(EntropyBonus.InReward)]

@@ -50,6 +50,8 @@ public class AlignCliTests : CliTestBase
         yield return new TestCaseData((object)new[] { "--objective", "rebel", "--eta", "2", "--max-new-tokens", "4", "--reward-model", RewardModelPlaceholder }).SetName("Rebel");
         yield return new TestCaseData((object)new[] { "--objective", "rlhf", "--beta", "0.05", "--max-new-tokens", "4", "--ppo-epochs", "2",
                                                       "--missing-end-penalty", "-1", "--reward-model", RewardModelPlaceholder }).SetName("RlhfPpo");
+        yield return new TestCaseData((object)new[] { "--objective", "rlhf", "--value-model", "separate", "--max-new-tokens", "4", "--ppo-epochs", "1",
+                                                      "--reward-model", RewardModelPlaceholder }).SetName("RlhfPpoSeparateValueModel");
         yield return new TestCaseData((object)new[] { "--objective", "rkl", "--beta", "0.05", "--gamma", "0.1", "--entropy", "exact", "--max-new-tokens", "4",
                                                       "--reward-model", RewardModelPlaceholder }).SetName("ReverseKlPpo");
     }

@@ -17,6 +17,6 @@ public class BenchCliTests
             Assert.That(code, Is.EqualTo(0));
         }
         finally { Console.SetOut(saved); }
-        Assert.That(output.ToString(), Does.StartWith("peer skipped:"));
+        Assert.That(output.ToString(), Does.StartWith("device: ").And.Contain("\npeer skipped:"));   // first line: --device resolution
     }
 }

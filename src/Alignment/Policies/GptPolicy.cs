@@ -172,14 +172,47 @@ public sealed class GptPolicy : IValuePolicy
     {
         var head = ValueHead ?? throw new InvalidOperationException("this GPT policy was built without a value head");
         if (batch is null) throw new InvalidOperationException("Backward needs a Score first");
+        Backward(dTokenLogProbs, dTokenEntropies, ValueFeatureGradient(head, dTokenValues));
+    }
+
+    /// <summary>
+    /// V(s_t) per response token from the backbone and the value head alone (no LM head): a separate value model.
+    /// <see cref="BackwardValuesOnly"/> refers to this batch.
+    /// </summary>
+    public void ScoreValuesOnly(IReadOnlyList<PromptResponse> sequences, Span<float> tokenValues)
+    {
+        var head = ValueHead ?? throw new InvalidOperationException("this GPT policy was built without a value head");
+        var b = Pack(sequences);
+        int c = Model.Config.Channels, tokens = tokenPosition.Length;
+        if (tokenValues.Length != tokens) throw new ArgumentException($"the batch has {tokens} response tokens; tokenValues has {tokenValues.Length}");
+        if (valueFeatures.Length != tokens * c) valueFeatures = new float[tokens * c];
+        var h = Model.ForwardFeatures(b);
+        for (int i = 0; i < tokens; i++)
+        {
+            var hi = h.Slice(tokenPosition[i] * c, c);
+            hi.CopyTo(valueFeatures.AsSpan(i * c, c));
+            tokenValues[i] = head.Forward(hi);
+        }
+    }
+
+    /// <summary>Accumulates the gradient of a loss given ∂L/∂V per response token of the last <see cref="ScoreValuesOnly"/>.</summary>
+    public void BackwardValuesOnly(ReadOnlySpan<float> dTokenValues)
+    {
+        var head = ValueHead ?? throw new InvalidOperationException("this GPT policy was built without a value head");
+        if (batch is null) throw new InvalidOperationException("BackwardValuesOnly needs a ScoreValuesOnly first");
+        Model.BackwardFeatures(batch, ValueFeatureGradient(head, dTokenValues));
+    }
+
+    private float[] ValueFeatureGradient(ScalarHead head, ReadOnlySpan<float> dTokenValues)
+    {
         int c = Model.Config.Channels, tokens = tokenPosition.Length;
         if (dTokenValues.Length != tokens) throw new ArgumentException($"dTokenValues must have {tokens} entries");
-        if (valueFeatures.Length != tokens * c) throw new InvalidOperationException("BackwardWithValues needs a ScoreWithValues on the batch first");
-        if (dFeatures.Length != batch.TokenCount * c) dFeatures = new float[batch.TokenCount * c];
+        if (valueFeatures.Length != tokens * c) throw new InvalidOperationException("a value backward needs a value forward on the batch first");
+        if (dFeatures.Length != batch!.TokenCount * c) dFeatures = new float[batch.TokenCount * c];
         else Array.Clear(dFeatures);
         for (int i = 0; i < tokens; i++)
             head.Backward(valueFeatures.AsSpan(i * c, c), dTokenValues[i], dFeatures.AsSpan(tokenPosition[i] * c, c));
-        Backward(dTokenLogProbs, dTokenEntropies, dFeatures);
+        return dFeatures;
     }
 
     public Continuation[] Sample(IReadOnlyList<int[]> prompts, SamplingOptions options, ulong seed) => Sampler.Generate(Model, prompts, options, seed);
@@ -200,6 +233,11 @@ public sealed class GptPolicy : IValuePolicy
     {
         AdamWOptimizer.Step(Model, step, learningRate, optimizer);
         ValueHead?.OptimizerStep(step, learningRate, optimizer);
+    }
+
+    public NonFiniteElement? FirstNonFiniteGradient()
+    {
+        return NonFiniteElement.FindFirst(Model.Layout, Model.Gradients) ?? ValueHead?.FirstNonFiniteGradient("value_head.weight", "value_head.bias");
     }
 
     /// <summary>A copy of the weights (and of the value head, when there is one) with zero gradients and moments.</summary>

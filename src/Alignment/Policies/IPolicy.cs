@@ -48,6 +48,12 @@ public interface IPolicy : IDisposable
 
     /// <summary>Copies the weights (not gradients or moments) from a policy of the same kind and shape.</summary>
     void CopyWeightsFrom(IPolicy other);
+
+    /// <summary>
+    /// The first gradient element that is NaN or ±Inf, with the name of its parameter tensor, so a NaN guard can say
+    /// where it appeared; null when every gradient is finite (or the policy cannot name its tensors).
+    /// </summary>
+    DistAlign.Transformer.Training.NonFiniteElement? FirstNonFiniteGradient() => null;
 }
 
 /// <summary>

@@ -53,6 +53,14 @@ public sealed class ScalarHead
 
     public void ZeroGradients() => Array.Clear(Gradients);
 
+    /// <summary>The first NaN/Inf gradient element, named <paramref name="weightName"/> or <paramref name="biasName"/>; null when all are finite.</summary>
+    public NonFiniteElement? FirstNonFiniteGradient(string weightName, string biasName)
+    {
+        int i = Array.FindIndex(Gradients, g => !float.IsFinite(g));
+        if (i < 0) return null;
+        return i < Channels ? new NonFiniteElement(weightName, i, Gradients[i]) : new NonFiniteElement(biasName, 0, Gradients[i]);
+    }
+
     /// <summary>
     /// Global L2 norm over a backbone's gradients and this head's together; when <paramref name="maxNorm"/> &gt; 0 and
     /// the norm is finite, scales all of them by min(1, maxNorm/(norm + 1e-6)). Returns the norm before clipping.

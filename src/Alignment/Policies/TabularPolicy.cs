@@ -129,6 +129,12 @@ public sealed class TabularPolicy : IValuePolicy
 
     public void ZeroGradients() => Array.Clear(gradients);
 
+    public Transformer.Training.NonFiniteElement? FirstNonFiniteGradient()
+    {
+        int i = Array.FindIndex(gradients, g => !float.IsFinite(g));
+        return i < 0 ? null : new Transformer.Training.NonFiniteElement("logits", i, gradients[i]);
+    }
+
     public double ClipGradients(float maxNorm) =>
         maxNorm > 0 ? GradientNorm.ClipByGlobalNorm(gradients, maxNorm).Norm : GradientNorm.GlobalNorm(gradients);
 

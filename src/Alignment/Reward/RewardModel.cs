@@ -119,6 +119,13 @@ public sealed class RewardModel : IDisposable, DistAlign.Alignment.Objectives.IR
         head.ZeroGradients();
     }
 
+    /// <summary>The first NaN/Inf gradient element (backbone tensors in layout order, then <c>score.weight</c>, <c>score.bias</c>), or null.</summary>
+    public Transformer.Training.NonFiniteElement? FirstNonFiniteGradient()
+    {
+        if (Transformer.Training.NonFiniteElement.FindFirst(Backbone.Layout, Backbone.Gradients) is { } inBackbone) return inBackbone;
+        return head.FirstNonFiniteGradient(ScoreWeightName, ScoreBiasName);
+    }
+
     /// <summary>
     /// Global L2 norm over backbone and head gradients together; when <paramref name="maxNorm"/> &gt; 0 and the
     /// norm is finite, scales all of them by min(1, maxNorm/(norm + 1e-6)). Returns the norm before clipping.

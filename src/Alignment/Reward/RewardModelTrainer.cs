@@ -124,8 +124,8 @@ public sealed class RewardModelTrainer
         model.ZeroGradients();
         var pairwise = model.Loss(batch, options.Loss, withGradient: true);
         double norm = model.ClipGradients(options.GradientClip);
-        if (!double.IsFinite(pairwise.Loss)) throw Stop(new NonFiniteValueException(Step + 1, "the reward-model loss"));
-        if (!double.IsFinite(norm)) throw Stop(new NonFiniteValueException(Step + 1, "the reward-model gradient norm"));
+        if (!double.IsFinite(pairwise.Loss)) throw Stop(NonFiniteValueException.ForLoss(Step + 1, "the reward-model loss"));
+        if (!double.IsFinite(norm)) throw Stop(NonFiniteValueException.ForGradient(Step + 1, model.FirstNonFiniteGradient()));
         float lr = schedule.At(Step);
         model.OptimizerStep(Step + 1, lr);
         Step++;

@@ -227,11 +227,11 @@ public sealed class AlignmentTrainer
         }
         var metrics = sums.Select(kv => new KeyValuePair<string, double>(kv.Key, kv.Value / a)).ToList();
         double loss = metrics[0].Value;
-        if (!double.IsFinite(loss)) throw Stop(new NonFiniteValueException(Step + 1, "the training loss"));
+        if (!double.IsFinite(loss)) throw Stop(NonFiniteValueException.ForLoss(Step + 1, "the training loss"));
 
         // Each micro-batch added (1/A)·∇ of its mean loss, so the gradients are the mean over the A micro-batches.
         double norm = policy.ClipGradients(0);
-        if (!double.IsFinite(norm)) throw Stop(new NonFiniteValueException(Step + 1, "the gradient norm"));
+        if (!double.IsFinite(norm)) throw Stop(NonFiniteValueException.ForGradient(Step + 1, policy.FirstNonFiniteGradient()));
         if (options.GradientClip > 0) policy.ClipGradients(options.GradientClip);
 
         float lr = schedule.At(Step);

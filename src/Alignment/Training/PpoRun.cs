@@ -6,9 +6,11 @@ using DistAlign.Transformer.Training;
 namespace DistAlign.Alignment.Training;
 
 /// <summary>
-/// Runs a <see cref="PpoTrainer"/> on a <see cref="GptPolicy"/> with a value head into an output folder: metrics.jsonl,
-/// training checkpoints holding the GPT, the value head (<c>value_head.weight</c> [1, C], <c>value_head.bias</c> [1]) and
-/// all AdamW moments, step and prompt cursor — resumable bit-identically (every sampling seed derives from the step).
+/// Runs a <see cref="PpoTrainer"/> on a GPT into an output folder: metrics.jsonl, training checkpoints holding the policy
+/// GPT, the value head (<c>value_head.weight</c> [1, C], <c>value_head.bias</c> [1]) and all AdamW moments, step and
+/// prompt cursor — resumable bit-identically (every sampling seed derives from the step). With a separate value model
+/// (<see cref="PolicyWithValueModel"/>) its backbone is saved too, flat: <c>value_model.parameters</c> in the model file,
+/// <c>value_model.adam.m</c>/<c>.v</c> in the state file.
 /// </summary>
 public sealed class PpoRun : CheckpointedRun
 {
@@ -16,18 +18,35 @@ public sealed class PpoRun : CheckpointedRun
     public const string ValueBiasName = "value_head.bias";
     public const string ValueAdamMName = "value_head.adam.m";
     public const string ValueAdamVName = "value_head.adam.v";
+    public const string ValueModelName = "value_model.parameters";
+    public const string ValueModelAdamMName = "value_model.adam.m";
+    public const string ValueModelAdamVName = "value_model.adam.v";
 
     private readonly PpoTrainer trainer;
     private readonly GptPolicy policy;
+    private readonly Gpt? valueModel;
     private readonly ScalarHead head;
 
+    /// <param name="policy">a <see cref="GptPolicy"/> with a value head, or a <see cref="PolicyWithValueModel"/> of two GPT policies</param>
     /// <param name="optionsJson">the run's identity (options, model, reward model and prompt hashes)</param>
-    public PpoRun(PpoTrainer trainer, GptPolicy policy, string directory, string tokenizerSpec, string optionsJson, int checkpointEvery)
+    public PpoRun(PpoTrainer trainer, IValuePolicy policy, string directory, string tokenizerSpec, string optionsJson, int checkpointEvery)
         : base(directory, tokenizerSpec, optionsJson, checkpointEvery)
     {
         this.trainer = trainer;
-        this.policy = policy;
-        head = policy.ValueHead ?? throw new ArgumentException("PPO needs a GPT policy built with a value head");
+        switch (policy)
+        {
+            case GptPolicy { ValueHead: { } shared } gpt:
+                this.policy = gpt;
+                head = shared;
+                break;
+            case PolicyWithValueModel { Policy: GptPolicy gpt } separate:
+                this.policy = gpt;
+                valueModel = separate.ValueModel.Model;
+                head = separate.ValueModel.ValueHead!;
+                break;
+            default:
+                throw new ArgumentException("PPO on the GPT needs a GPT policy with a value head, or a GPT policy with a separate GPT value model");
+        }
     }
 
     public PpoTrainer Trainer => trainer;
@@ -39,15 +58,23 @@ public sealed class PpoRun : CheckpointedRun
     protected override void SaveCheckpoint()
     {
         int c = head.Channels;
-        GptCheckpoint.SaveTraining(Directory, policy.Model, TokenizerSpec, trainer.State, OptionsJson, 2,
+        List<SafeTensor> model =
         [
             SafeTensor.FromFloats(ValueWeightName, head.Weight, [1, c]),
             SafeTensor.FromFloats(ValueBiasName, head.Bias, [1]),
-        ],
+        ];
+        List<SafeTensor> state =
         [
             SafeTensor.FromFloats(ValueAdamMName, head.AdamM),
             SafeTensor.FromFloats(ValueAdamVName, head.AdamV),
-        ]);
+        ];
+        if (valueModel is not null)
+        {
+            model.Add(SafeTensor.FromFloats(ValueModelName, valueModel.Parameters));
+            state.Add(SafeTensor.FromFloats(ValueModelAdamMName, valueModel.AdamM));
+            state.Add(SafeTensor.FromFloats(ValueModelAdamVName, valueModel.AdamV));
+        }
+        GptCheckpoint.SaveTraining(Directory, policy.Model, TokenizerSpec, trainer.State, OptionsJson, 2, model, state);
     }
 
     protected override TrainerState LoadCheckpoint(string checkpoint)
@@ -59,12 +86,19 @@ public sealed class PpoRun : CheckpointedRun
         {
             ScalarHead.ReadTensor(file, modelPath, ValueWeightName, [1, c], head.Weight);
             ScalarHead.ReadTensor(file, modelPath, ValueBiasName, [1], head.Bias);
+            if (valueModel is not null) ScalarHead.ReadTensor(file, modelPath, ValueModelName, [valueModel.Parameters.Length], valueModel.Parameters);
         }
         string statePath = Path.Combine(checkpoint, GptCheckpoint.StateFileName);
         using (var file = SafeTensorsFile.Open(statePath))
         {
             ScalarHead.ReadTensor(file, statePath, ValueAdamMName, [c + 1], head.AdamM);
             ScalarHead.ReadTensor(file, statePath, ValueAdamVName, [c + 1], head.AdamV);
+            if (valueModel is not null)
+            {
+                ScalarHead.ReadTensor(file, statePath, ValueModelAdamMName, [valueModel.AdamM.Length], valueModel.AdamM);
+                ScalarHead.ReadTensor(file, statePath, ValueModelAdamVName, [valueModel.AdamV.Length], valueModel.AdamV);
+                valueModel.ZeroGradients();
+            }
         }
         head.ZeroGradients();
         return state;

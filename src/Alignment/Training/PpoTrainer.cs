@@ -356,7 +356,7 @@ public sealed class PpoTrainer
         if (!double.IsFinite(loss)) throw Stop(new NonFiniteValueException(Step + 1, "the PPO loss"));
         policy.BackwardWithValues(dLogProbs, dValues, dEntropies);
         double norm = policy.ClipGradients(0);
-        if (!double.IsFinite(norm)) throw Stop(new NonFiniteValueException(Step + 1, "the gradient norm"));
+        if (!double.IsFinite(norm)) throw Stop(NonFiniteValueException.ForGradient(Step + 1, policy.FirstNonFiniteGradient()));
         if (options.GradientClip > 0) policy.ClipGradients(options.GradientClip);
         policy.OptimizerStep(optimizerStep, lr);
         return new MinibatchMetrics(pm, vm, meanEntropy, norm);

@@ -53,6 +53,14 @@ public sealed class GpuContext : IDisposable
         }
     }
 
+    /// <summary>
+    /// The GEMM for <paramref name="accelerator"/>: cuBLAS (<see cref="CublasGemm"/>, on ILGPU's stream) on a CUDA
+    /// accelerator, the portable <see cref="GpuTiledGemm"/> elsewhere. Throws <c>CudaUnavailableException</c>
+    /// when a CUDA accelerator exists but cuBLAS cannot be loaded (rather than silently running the slow GEMM).
+    /// </summary>
+    public static IGemm CreateGemm(Accelerator accelerator, GemmPrecision precision = GemmPrecision.Float32) =>
+        accelerator is CudaAccelerator cuda ? new CublasGemm(cuda, precision) : new GpuTiledGemm(accelerator);
+
     public void Dispose()
     {
         Accelerator.Dispose();

@@ -48,6 +48,8 @@ public static class GpuKernelRegistry
         Implicit(typeof(GpuPairwiseBradleyTerryLoss), nameof(GpuPairwiseBradleyTerryLoss.PairKernel)),
         Implicit(typeof(GpuPairwiseBradleyTerryLoss), nameof(GpuPairwiseBradleyTerryLoss.ReduceKernel)),
         Implicit(typeof(GpuPairwiseBradleyTerryLoss), nameof(GpuPairwiseBradleyTerryLoss.ScatterKernel)),
+        Implicit(typeof(GpuBFloat16), nameof(GpuBFloat16.ToBFloat16Kernel)),
+        Implicit(typeof(GpuBFloat16), nameof(GpuBFloat16.ToFloatKernel)),
     ];
 
     private static GpuKernelInfo Implicit(Type type, string name) => new(Find(type, name), false);
@@ -75,7 +77,7 @@ public sealed class GpuKernels
         AdamW = new GpuAdamW(accelerator);
         GradientNorm = new GpuGradientNorm(accelerator);
         TargetLogProbs = new GpuTargetLogProbs(accelerator);
-        Gemm = new GpuTiledGemm(accelerator);
+        Gemm = GpuContext.CreateGemm(accelerator);
         SequenceLogProbs = new GpuSequenceLogProbs(accelerator, Gemm, TargetLogProbs);
     }
 

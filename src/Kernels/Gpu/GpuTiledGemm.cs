@@ -77,7 +77,7 @@ public sealed class GpuTiledGemm : IGemm
                 bias.Length > 0 ? bias : _dummy.View, shape);
     }
 
-    private static void CheckMatrix(long length, string name, int ld, int rows, int cols, long stride, int batchCount)
+    internal static void CheckMatrix(long length, string name, int ld, int rows, int cols, long stride, int batchCount)
     {
         if (rows == 0 || cols == 0) return;
         if (ld < cols) throw new ArgumentException($"Leading dimension {ld} of {name} is shorter than its rows ({cols}).", name);

@@ -131,17 +131,27 @@ public static class GptCheckpoint
         string final = Path.Combine(directory, name);
         string temporary = Path.Combine(directory, $".{name}.tmp-{Environment.ProcessId}-{Guid.NewGuid():N}");
         Directory.CreateDirectory(temporary);
-        SaveModel(Path.Combine(temporary, ModelFileName), model, tokenizerSpec, extraModelTensors);
-        var metadata = new Dictionary<string, string>
+        try
         {
-            ["step"] = state.Step.ToString(CultureInfo.InvariantCulture),
-            ["loader_epoch"] = state.LoaderEpoch.ToString(CultureInfo.InvariantCulture),
-            ["loader_index"] = state.LoaderIndex.ToString(CultureInfo.InvariantCulture),
-            ["options"] = optionsJson,
-        };
-        var stateTensors = new List<SafeTensor> { SafeTensor.FromFloats("adam.m", model.AdamM), SafeTensor.FromFloats("adam.v", model.AdamV) };
-        if (extraStateTensors is not null) stateTensors.AddRange(extraStateTensors);
-        SafeTensorsWriter.Write(Path.Combine(temporary, StateFileName), stateTensors, metadata);
+            SaveModel(Path.Combine(temporary, ModelFileName), model, tokenizerSpec, extraModelTensors);
+            var metadata = new Dictionary<string, string>
+            {
+                ["step"] = state.Step.ToString(CultureInfo.InvariantCulture),
+                ["loader_epoch"] = state.LoaderEpoch.ToString(CultureInfo.InvariantCulture),
+                ["loader_index"] = state.LoaderIndex.ToString(CultureInfo.InvariantCulture),
+                ["options"] = optionsJson,
+            };
+            var stateTensors = new List<SafeTensor> { SafeTensor.FromFloats("adam.m", model.AdamM), SafeTensor.FromFloats("adam.v", model.AdamV) };
+            if (extraStateTensors is not null) stateTensors.AddRange(extraStateTensors);
+            SafeTensorsWriter.Write(Path.Combine(temporary, StateFileName), stateTensors, metadata);
+        }
+        catch
+        {
+            // A failed write (e.g. disk full) frees what it took; 'latest' still names the previous checkpoint.
+            try { Directory.Delete(temporary, recursive: true); }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { /* the original error matters more */ }
+            throw;
+        }
         if (Directory.Exists(final)) Directory.Delete(final, recursive: true);
         Directory.Move(temporary, final);
         WriteAtomically(Path.Combine(directory, LatestFileName), name + "\n");
@@ -150,6 +160,9 @@ public static class GptCheckpoint
             .Where(n => n != name).OrderDescending(StringComparer.Ordinal).Skip(Math.Max(0, keep - 1));
         foreach (var o in old) Directory.Delete(Path.Combine(directory, o), recursive: true);
         foreach (var stale in Directory.GetDirectories(directory, ".step-*.tmp-*")) Directory.Delete(stale, recursive: true);
+        // Left by a process killed mid-write (this one's own temporaries are gone by now).
+        foreach (var stale in Directory.GetFiles(directory, LatestFileName + ".tmp-*")) File.Delete(stale);
+        foreach (var stale in Directory.GetFiles(directory, ModelFileName + ".tmp-*")) File.Delete(stale);
         return final;
     }
 

@@ -38,14 +38,6 @@ public sealed record LanguageModelTrainingOptions
 /// <summary>What one optimizer step did.</summary>
 public readonly record struct StepReport(int Step, float Loss, float GradientNorm, float LearningRate, int Tokens, double Milliseconds, float? ValidationLoss);
 
-/// <summary>A loss or gradient that stopped being finite; training stops before the optimizer applies it.</summary>
-public sealed class NonFiniteValueException(int step, string where)
-    : Exception($"step {step}: {where} is not finite (NaN or Inf); training stopped before applying this step, the last checkpoint is intact")
-{
-    public int Step { get; } = step;
-    public string Where { get; } = where;
-}
-
 /// <summary>
 /// Pretraining (next-token prediction) over a token stream: gradient accumulation, warmup + cosine
 /// schedule, global-norm clipping, AdamW, periodic validation, NaN/Inf guard. Deterministic for a seed
@@ -62,6 +54,12 @@ public sealed class LanguageModelTrainer
 
     /// <summary>Steps completed so far.</summary>
     public int Step { get; private set; }
+
+    /// <summary>
+    /// Test hook: called after the backward pass of every step, before the NaN/Inf checks, so a test can poison a
+    /// gradient or weight and see the guard stop the step (tests/Reliability/NonFiniteGuardTests).
+    /// </summary>
+    internal Action<Gpt>? AfterBackward { get; set; }
     public TokenWindowLoader Loader { get; }
     public LanguageModelTrainingOptions Options => options;
 
@@ -104,13 +102,17 @@ public sealed class LanguageModelTrainer
             foreach (float lp in logProbs) lossSum -= lp;
             tokens += batch.TokenCount;
         }
+        AfterBackward?.Invoke(model);
         float loss = (float)(lossSum / tokens);
-        if (!float.IsFinite(loss)) throw new NonFiniteValueException(Step + 1, "the training loss");
+        if (!float.IsFinite(loss))
+            throw NonFiniteValueException.ForLoss(Step + 1, "the training loss", NonFiniteElement.FindFirst(model.Layout, model.Parameters));
 
-        float norm;
-        if (options.GradientClip > 0) norm = (float)GradientNorm.ClipByGlobalNorm(model.Gradients, options.GradientClip).Norm;
-        else norm = (float)GradientNorm.GlobalNorm(model.Gradients);
-        if (!float.IsFinite(norm)) throw new NonFiniteValueException(Step + 1, $"the gradient of '{FirstNonFiniteGradient()}'");
+        // Clipping leaves gradients whose norm is NaN/Inf unscaled, so the element named is the one the backward produced.
+        float norm = options.GradientClip > 0
+            ? (float)GradientNorm.ClipByGlobalNorm(model.Gradients, options.GradientClip).Norm
+            : (float)GradientNorm.GlobalNorm(model.Gradients);
+        if (!float.IsFinite(norm))
+            throw NonFiniteValueException.ForGradient(Step + 1, NonFiniteElement.FindFirst(model.Layout, model.Gradients));
 
         float lr = schedule.At(Step);
         AdamWOptimizer.Step(model, Step + 1, lr, options.AdamW);
@@ -138,15 +140,6 @@ public sealed class LanguageModelTrainer
             foreach (float lp in logProbs) sum -= lp;
         }
         return (float)(sum / (batches * batch.TokenCount));
-    }
-
-    private string FirstNonFiniteGradient()
-    {
-        var g = model.Gradients;
-        foreach (var t in model.Layout.Tensors)
-            foreach (float x in g.Slice((int)t.Offset, (int)t.Length))
-                if (!float.IsFinite(x)) return t.Name;
-        return "(none found after clipping)";
     }
 }
 

@@ -1,0 +1,141 @@
+using DistAlign.Engine.Cuda;
+using ILGPU;
+using ILGPU.Runtime;
+using ILGPU.Runtime.Cuda;
+
+namespace DistAlign.Kernels.Gpu;
+
+/// <summary>How a cuBLAS GEMM multiplies fp32 operands (accumulation is fp32 in every case).</summary>
+public enum GemmPrecision
+{
+    /// <summary>CUBLAS_COMPUTE_32F with the default math mode: full fp32 products (no tensor-core rounding).</summary>
+    Float32,
+    /// <summary>CUBLAS_COMPUTE_32F_FAST_TF32: inputs rounded to TF32 (10-bit mantissa) on tensor cores.</summary>
+    Tf32,
+    /// <summary>CUBLAS_COMPUTE_32F_FAST_16BF: inputs rounded to bf16 (7-bit mantissa) on tensor cores.</summary>
+    BFloat16,
+}
+
+/// <summary>
+/// <see cref="IGemm"/> through cuBLAS on ILGPU's CUDA stream and ILGPU's buffers (their device addresses come
+/// from <c>ArrayView.LoadEffectiveAddressAsPtr()</c>; the stream is the accelerator's default
+/// <see cref="CudaStream"/>, so GEMMs and ILGPU kernels are ordered on one stream with no extra
+/// synchronisation). No bias: cublasGemmEx / cublasGemmStridedBatchedEx. With a bias: cuBLASLt with the BIAS
+/// epilogue; <see cref="MultiplyBiasGelu"/> adds the GELU epilogue. <see cref="MultiplyBFloat16"/> takes
+/// operands already stored as bf16 (from <see cref="GpuBFloat16"/>) for mixed precision.
+/// The row-major → column-major mapping is <see cref="CublasGemmCall"/>.
+/// Unlike <see cref="GpuTiledGemm"/>, results are not guaranteed bit-identical across GPUs or cuBLAS versions
+/// (cuBLAS picks algorithms by heuristics), but are on one GPU, one library and one shape.
+/// </summary>
+public sealed class CublasGemm : IGemm, IDisposable
+{
+    /// <summary>cuBLASLt workspace (32 MiB is what NVIDIA recommends for Hopper).</summary>
+    public const long WorkspaceBytes = 32L << 20;
+
+    private readonly CudaAccelerator _accelerator;
+    private readonly CublasHandle _handle;
+    private readonly CublasLtHandle _lt;
+    private readonly MemoryBuffer1D<byte, Stride1D.Dense> _workspace;
+
+    public CublasGemm(CudaAccelerator accelerator, GemmPrecision precision = GemmPrecision.Float32)
+    {
+        _accelerator = accelerator;
+        Precision = precision;
+        accelerator.Bind();   // cuBLAS handles belong to the context current at creation
+        _handle = Cublas.Create();
+        Cublas.SetStream(_handle, Stream);
+        Cublas.SetMathMode(_handle, precision == GemmPrecision.Float32 ? CublasMathMode.DisallowReducedPrecisionReduction : CublasMathMode.Default);
+        _lt = CublasLt.Create();
+        _workspace = accelerator.Allocate1D<byte>(WorkspaceBytes);
+    }
+
+    public GemmPrecision Precision { get; }
+
+    private nint Stream => ((CudaStream)_accelerator.DefaultStream).StreamPtr;
+
+    private CublasComputeType Compute => Precision switch
+    {
+        GemmPrecision.Tf32 => CublasComputeType.Float32FastTf32,
+        GemmPrecision.BFloat16 => CublasComputeType.Float32FastBFloat16,
+        _ => CublasComputeType.Float32,
+    };
+
+    private static ulong Address<T>(ArrayView<T> view) where T : unmanaged => view.Length == 0 ? 0UL : (ulong)view.LoadEffectiveAddressAsPtr();
+
+    public void Multiply(bool transposeA, bool transposeB, int m, int n, int k, float alpha,
+                         ArrayView<float> a, int lda, ArrayView<float> b, int ldb,
+                         float beta, ArrayView<float> c, int ldc, ArrayView<float> bias = default)
+    {
+        if (bias.Length != 0) GpuLaunch.CheckLength(bias.Length, n, nameof(bias), "empty or [n]");
+        if (!Validate(transposeA, transposeB, m, n, k, a.Length, lda, 0, b.Length, ldb, 0, c.Length, ldc, 0, 1)) return;
+        var call = CublasGemmCall.FromRowMajor(transposeA, transposeB, m, n, k, lda, ldb, ldc);
+        if (bias.Length == 0)
+            Cublas.GemmEx(_handle, call.TransA, call.TransB, call.M, call.N, call.K, alpha, Address(b), CudaDataType.Float32, call.Lda,
+                          Address(a), CudaDataType.Float32, call.Ldb, beta, Address(c), CudaDataType.Float32, call.Ldc, Compute);
+        else
+            Lt(call, alpha, Address(b), Address(a), beta, Address(c), CudaDataType.Float32, CublasLtEpilogue.Bias, Address(bias));
+    }
+
+    public void MultiplyStridedBatched(bool transposeA, bool transposeB, int m, int n, int k, float alpha,
+                                       ArrayView<float> a, int lda, long strideA, ArrayView<float> b, int ldb, long strideB,
+                                       float beta, ArrayView<float> c, int ldc, long strideC, int batchCount)
+    {
+        if (!Validate(transposeA, transposeB, m, n, k, a.Length, lda, strideA, b.Length, ldb, strideB, c.Length, ldc, strideC, batchCount)) return;
+        var call = CublasGemmCall.FromRowMajor(transposeA, transposeB, m, n, k, lda, ldb, ldc);
+        Cublas.GemmStridedBatchedEx(_handle, call.TransA, call.TransB, call.M, call.N, call.K, alpha,
+                                    Address(b), CudaDataType.Float32, call.Lda, strideB, Address(a), CudaDataType.Float32, call.Ldb, strideA,
+                                    beta, Address(c), CudaDataType.Float32, call.Ldc, strideC, batchCount, Compute);
+    }
+
+    /// <summary>Row-major C = gelu(α·op(A)·op(B) + β·C + bias) in one cuBLASLt call (bias: n values, required).</summary>
+    public void MultiplyBiasGelu(bool transposeA, bool transposeB, int m, int n, int k, float alpha,
+                                 ArrayView<float> a, int lda, ArrayView<float> b, int ldb,
+                                 float beta, ArrayView<float> c, int ldc, ArrayView<float> bias)
+    {
+        GpuLaunch.CheckLength(bias.Length, n, nameof(bias), "[n]");
+        if (!Validate(transposeA, transposeB, m, n, k, a.Length, lda, 0, b.Length, ldb, 0, c.Length, ldc, 0, 1)) return;
+        Lt(CublasGemmCall.FromRowMajor(transposeA, transposeB, m, n, k, lda, ldb, ldc), alpha, Address(b), Address(a), beta, Address(c),
+           CudaDataType.Float32, CublasLtEpilogue.GeluBias, Address(bias));
+    }
+
+    /// <summary>
+    /// Row-major C (fp32) = α·op(A)·op(B) + β·C with A and B stored as bf16 bits: tensor-core products,
+    /// fp32 accumulation (CUBLAS_COMPUTE_32F). The mixed-precision GEMM.
+    /// </summary>
+    public void MultiplyBFloat16(bool transposeA, bool transposeB, int m, int n, int k, float alpha,
+                                 ArrayView<ushort> a, int lda, ArrayView<ushort> b, int ldb,
+                                 float beta, ArrayView<float> c, int ldc)
+    {
+        if (!Validate(transposeA, transposeB, m, n, k, a.Length, lda, 0, b.Length, ldb, 0, c.Length, ldc, 0, 1)) return;
+        var call = CublasGemmCall.FromRowMajor(transposeA, transposeB, m, n, k, lda, ldb, ldc);
+        Cublas.GemmEx(_handle, call.TransA, call.TransB, call.M, call.N, call.K, alpha, Address(b), CudaDataType.BFloat16, call.Lda,
+                      Address(a), CudaDataType.BFloat16, call.Ldb, beta, Address(c), CudaDataType.Float32, call.Ldc, CublasComputeType.Float32);
+    }
+
+    private void Lt(CublasGemmCall call, float alpha, ulong first, ulong second, float beta, ulong c, CudaDataType inputType,
+                    CublasLtEpilogue epilogue, ulong bias) =>
+        CublasLt.Matmul(_lt, call.TransA, call.TransB, call.M, call.N, call.K, alpha, first, call.Lda, second, call.Ldb, beta,
+                        c, call.Ldc, inputType, Compute, epilogue, bias, Address<byte>(_workspace.View), WorkspaceBytes, Stream);
+
+    /// <summary>The checks of <see cref="GpuTiledGemm"/>; false when there is nothing to compute (m, n or batch 0).</summary>
+    private static bool Validate(bool ta, bool tb, int m, int n, int k, long aLength, int lda, long strideA, long bLength, int ldb, long strideB,
+                                 long cLength, int ldc, long strideC, int batchCount)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(m);
+        ArgumentOutOfRangeException.ThrowIfNegative(n);
+        ArgumentOutOfRangeException.ThrowIfNegative(k);
+        ArgumentOutOfRangeException.ThrowIfNegative(batchCount);
+        if (m == 0 || n == 0 || batchCount == 0) return false;
+        GpuTiledGemm.CheckMatrix(aLength, "a", lda, ta ? k : m, ta ? m : k, strideA, batchCount);
+        GpuTiledGemm.CheckMatrix(bLength, "b", ldb, tb ? n : k, tb ? k : n, strideB, batchCount);
+        GpuTiledGemm.CheckMatrix(cLength, "c", ldc, m, n, strideC, batchCount);
+        return true;
+    }
+
+    public void Dispose()
+    {
+        _workspace.Dispose();
+        _lt.Dispose();
+        _handle.Dispose();
+    }
+}

@@ -1,0 +1,52 @@
+using ILGPU;
+using ILGPU.Runtime;
+
+namespace DistAlign.Kernels.Gpu;
+
+/// <summary>
+/// fp32 ↔ bf16 conversion on the device, for mixed precision: fp32 master weights and activations are rounded
+/// to bf16 copies that the GEMMs read (cuBLAS with CUDA_R_16BF inputs and fp32 accumulation). Rounding is to
+/// nearest, ties to even, NaN kept quiet with its sign: bit for bit <c>HalfPrecision.ToBFloat16Bits</c>.
+/// One thread per element.
+/// </summary>
+public sealed class GpuBFloat16
+{
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<ushort>> _toBFloat16;
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<ushort>, ArrayView<float>> _toFloat;
+    private readonly Accelerator _accelerator;
+
+    public GpuBFloat16(Accelerator accelerator)
+    {
+        _accelerator = accelerator;
+        _toBFloat16 = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<ushort>>(ToBFloat16Kernel);
+        _toFloat = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<ushort>, ArrayView<float>>(ToFloatKernel);
+    }
+
+    /// <summary>destination[i] = bf16(source[i]) (bits).</summary>
+    public void ToBFloat16(ArrayView<float> source, ArrayView<ushort> destination)
+    {
+        GpuLaunch.CheckLength(destination.Length, source.Length, nameof(destination), "same length as source");
+        if (source.Length > 0) _toBFloat16(_accelerator.DefaultStream, (int)source.Length, source, destination);
+    }
+
+    /// <summary>destination[i] = float(source[i]) (exact).</summary>
+    public void ToFloat(ArrayView<ushort> source, ArrayView<float> destination)
+    {
+        GpuLaunch.CheckLength(destination.Length, source.Length, nameof(destination), "same length as source");
+        if (source.Length > 0) _toFloat(_accelerator.DefaultStream, (int)source.Length, source, destination);
+    }
+
+    [GpuKernel(false)]
+    internal static void ToBFloat16Kernel(Index1D i, ArrayView<float> source, ArrayView<ushort> destination)
+    {
+        uint bits = Interop.FloatAsInt(source[i]);
+        if ((bits & 0x7FFF_FFFFu) > 0x7F80_0000u)
+            destination[i] = (ushort)((bits >> 16) | 0x0040u);
+        else
+            destination[i] = (ushort)((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+    }
+
+    [GpuKernel(false)]
+    internal static void ToFloatKernel(Index1D i, ArrayView<ushort> source, ArrayView<float> destination) =>
+        destination[i] = Interop.IntAsFloat((uint)source[i] << 16);
+}

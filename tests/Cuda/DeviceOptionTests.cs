@@ -1,0 +1,68 @@
+using System.CommandLine;
+using DistAlign.Cli;
+using DistAlign.Engine.Cuda;
+using DistAlign.Tests.Cli;
+
+namespace DistAlign.Tests.Cuda;
+
+/// <summary><c>--device cuda|cpu|auto</c>: the resolution rules (with fake probes) and the CLI on this machine.</summary>
+public class DeviceOptionTests : CliTestBase
+{
+    private static readonly CudaProbe NoDriver = new(false, "no CUDA driver found: tried libcuda.so.1, libcuda.so", 0, []);
+    private static readonly CudaProbe H200 = new(true, null, 13000, [new CudaDeviceInfo(0, "NVIDIA H200", 9, 0, 132, 150_000_000_000)]);
+
+    [Test]
+    public void ResolutionFollowsTheRequestTheProbeAndWhetherTheCommandHasACudaPath()
+    {
+        Assert.That(DeviceOption.Resolve("cpu", "pretrain", true, () => throw new AssertionException("cpu must not probe")),
+                    Is.EqualTo(("cpu", "device: cpu (requested)")));
+        Assert.That(DeviceOption.Resolve("auto", "pretrain", true, () => NoDriver),
+                    Is.EqualTo(("cpu", "device: cpu (no CUDA driver found: tried libcuda.so.1, libcuda.so)")));
+        Assert.That(DeviceOption.Resolve("auto", "pretrain", true, () => H200),
+                    Is.EqualTo(("cuda", "device: cuda (NVIDIA H200 (sm_90, 140 GiB, 132 SMs), driver 13.0)")));
+        Assert.That(DeviceOption.Resolve("auto", "pretrain", false, () => H200),
+                    Is.EqualTo(("cpu", "device: cpu (NVIDIA H200 found, but 'pretrain' has no CUDA path yet)")));
+        Assert.That(DeviceOption.Resolve("cuda", "pretrain", true, () => H200).Device, Is.EqualTo("cuda"));
+        Assert.That(Assert.Throws<CliUsageException>(() => DeviceOption.Resolve("cuda", "pretrain", true, () => NoDriver))!.Message,
+                    Is.EqualTo("--device cuda: no CUDA driver found: tried libcuda.so.1, libcuda.so"));
+        Assert.That(Assert.Throws<CliUsageException>(() => DeviceOption.Resolve("cuda", "bench step", false, () => H200))!.Message,
+                    Does.Contain("'bench step' has no CUDA path yet"));
+    }
+
+    [Test]
+    public void EveryCommandWithAnActionGetsTheOption()
+    {
+        var root = new RootCommand();
+        foreach (var command in Commands.All()) root.Subcommands.Add(command);
+        DeviceOption.AddToAll(root);
+        var actionable = new List<string>();
+        void Walk(Command c)
+        {
+            if (c.Action is not null && c is not RootCommand)
+            {
+                actionable.Add(c.Name);
+                Assert.That(c.Options.Count(o => o.Name == "--device"), Is.EqualTo(1), c.Name);
+            }
+            foreach (var s in c.Subcommands) Walk(s);
+        }
+        Walk(root);
+        Assert.That(actionable, Does.Contain("pretrain").And.Contain("sample").And.Contain("step").And.Contain("gemm-check"));
+    }
+
+    [Test]
+    public void OnThisMachineAutoSaysWhyItChoseTheCpuAndCudaIsAUsageError()
+    {
+        var probe = CudaDriver.Probe();
+        if (probe.IsUsable) Assert.Ignore($"a usable CUDA device is present ({probe.Devices[0]}); this test checks a machine without one");
+        string missing = Path.Combine(TestDirectory, "none.safetensors");
+        Assert.That(Program.Main(["sample", "--model", missing]), Is.EqualTo(Program.UsageError));
+        Assert.That(Output.ToString(), Does.StartWith($"device: cpu ({probe.Reason})"));
+        Assert.That(Error.ToString(), Does.Contain("no such file"));
+
+        Assert.That(Program.Main(["sample", "--model", missing, "--device", "cuda"]), Is.EqualTo(Program.UsageError));
+        Assert.That(Error.ToString(), Does.Contain($"--device cuda: {probe.Reason}"));
+        Assert.That(Program.Main(["sample", "--model", missing, "--device", "gpu"]), Is.EqualTo(Program.UsageError));
+        Assert.That(Program.Main(["sample", "--model", missing, "--device", "cpu"]), Is.EqualTo(Program.UsageError));
+        Assert.That(Output.ToString(), Does.Contain("device: cpu (requested)"));
+    }
+}

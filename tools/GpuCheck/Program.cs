@@ -1,0 +1,102 @@
+using System.Diagnostics;
+using DistAlign.Engine.Cuda;
+using DistAlign.Kernels.Gpu;
+using ILGPU.Runtime.Cuda;
+
+namespace DistAlign.GpuCheck;
+
+/// <summary>
+/// <c>gpu-check [--out DIR] [--quick] [--skip-bench]</c>: on a machine with an NVIDIA GPU, checks the GPU kernels
+/// (ILGPU on the CUDA accelerator, cuBLAS/cuBLASLt GEMMs, the NVRTC kernel) against the CPU kernels, then
+/// times the GEMMs at GPT-2 124M shapes and the fused log-prob kernels, writing summary.md, checks.tsv and
+/// benchmarks.tsv into DIR. Exit codes: 0 all checks passed, 1 a check failed, 2 bad arguments, 3 no usable
+/// CUDA device (nothing was run; the reason is printed and written to DIR/summary.md). <c>--simulator</c> runs the
+/// ILGPU kernel checks on ILGPU's CPU accelerator instead (no GPU).
+/// </summary>
+public static class Program
+{
+    public const int NoDevice = 3;
+
+    public static int Main(string[] args) => Run(args, Console.Out);
+
+    /// <summary>
+    /// <c>--simulator</c>: the ILGPU kernel checks (quick shapes) on ILGPU's CPU accelerator, no GPU needed: a smoke
+    /// test that a published build loads ILGPU, compiles kernels and compares them with the CPU kernels.
+    /// </summary>
+    private static int RunOnSimulator(Report report, string outDir)
+    {
+        using var context = GpuContext.CreateCpuSimulator();
+        new KernelChecks(context.Accelerator, report, quick: true).RunAll();
+        report.Write(outDir, "ILGPU CPU simulator (no GPU): ILGPU kernels only, quick shapes.");
+        int failed = report.Checks.Count(c => !c.Passed);
+        report.Log.WriteLine($"{report.Checks.Count - failed} passed, {failed} failed");
+        return failed == 0 ? 0 : 1;
+    }
+
+    private static string NvrtcVersionText()
+    {
+        var (major, minor) = Nvrtc.Version();
+        return $"{major}.{minor}";
+    }
+
+    public static int Run(string[] args, TextWriter log)
+    {
+        string outDir = "gpu-check-out";
+        bool quick = false, bench = true, simulator = false;
+        for (int i = 0; i < args.Length; i++)
+        {
+            switch (args[i])
+            {
+                case "--out" when i + 1 < args.Length: outDir = args[++i]; break;
+                case "--quick": quick = true; break;
+                case "--skip-bench": bench = false; break;
+                case "--simulator": simulator = true; break;
+                default:
+                    Console.Error.WriteLine($"gpu-check: unknown argument '{args[i]}' (usage: gpu-check [--out DIR] [--quick] [--skip-bench] [--simulator])");
+                    return 2;
+            }
+        }
+        var report = new Report(log);
+        foreach (var library in CudaLibraries.All)
+            report.Note($"{library.Description}: {(library.IsAvailable ? "loaded " + library.LoadedFrom : library.UnavailableReason)}");
+        if (simulator) return RunOnSimulator(report, outDir);
+        var probe = CudaDriver.Probe();
+        if (!probe.IsUsable)
+        {
+            report.Note($"no CUDA device: {probe.Reason}");
+            report.Write(outDir, "Nothing was run on a GPU.");
+            return NoDevice;
+        }
+        string header = $"Device: {probe.Devices[0]}; driver {probe.DriverVersionText}; cuBLAS {(CudaLibraries.Cublas.IsAvailable ? Cublas.Version().ToString() : "missing")}; " +
+                        $"NVRTC {(CudaLibraries.Nvrtc.IsAvailable ? NvrtcVersionText() : "missing")}; {(quick ? "quick shapes" : "full shapes")}; {DateTime.UtcNow:u}.";
+        report.Note(header);
+        var total = Stopwatch.StartNew();
+        DeviceChecks.Run(report);
+        using var context = GpuContext.TryCreateCuda();
+        if (context is null)
+        {
+            report.Add(new CheckResult("ILGPU CUDA accelerator", 0, double.NaN, double.NaN, "", "ILGPU found no CUDA device although the driver reports one"));
+            report.Write(outDir, header);
+            log.WriteLine($"{report.Checks.Count(c => c.Passed)} passed, {report.Checks.Count(c => !c.Passed)} failed");
+            return 1;
+        }
+        var accelerator = (CudaAccelerator)context.Accelerator;
+        try
+        {
+            var checks = new KernelChecks(accelerator, report, quick);
+            checks.RunAll();
+            if (bench) new KernelBenchmarks(accelerator, report, quick).RunAll();
+            else report.Note("benchmarks skipped (--skip-bench)");
+        }
+        catch (Exception e)
+        {
+            report.Add(new CheckResult("gpu-check run", 0, double.NaN, double.NaN, "", $"{e.GetType().Name}: {e.Message}"));
+            log.WriteLine(e);
+        }
+        report.Note($"total {total.Elapsed.TotalSeconds:F1} s");
+        report.Write(outDir, header);
+        int failed = report.Checks.Count(c => !c.Passed);
+        log.WriteLine($"{report.Checks.Count - failed} passed, {failed} failed");
+        return failed == 0 ? 0 : 1;
+    }
+}

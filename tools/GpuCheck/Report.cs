@@ -1,0 +1,94 @@
+using System.Globalization;
+using System.Text;
+
+namespace DistAlign.GpuCheck;
+
+/// <summary>One GPU-vs-CPU comparison: the worst element relative to its tolerance atol + rtol·|reference|.</summary>
+internal sealed record CheckResult(string Name, long Elements, double MaxAbsError, double WorstToTolerance, string Tolerance, string? Error = null)
+{
+    public bool Passed => Error is null && WorstToTolerance <= 1.0;
+}
+
+/// <summary>One timed kernel: median milliseconds and what that means in throughput.</summary>
+internal sealed record BenchmarkResult(string Name, string Shape, double MedianMilliseconds, string Throughput, string VersusPeak);
+
+/// <summary>Collects results, prints them as they come, and writes summary.md / checks.tsv / benchmarks.tsv.</summary>
+internal sealed class Report(TextWriter log)
+{
+    public List<CheckResult> Checks { get; } = [];
+    public List<BenchmarkResult> Benchmarks { get; } = [];
+    public List<string> Notes { get; } = [];
+    public TextWriter Log { get; } = log;
+
+    public void Add(CheckResult r)
+    {
+        Checks.Add(r);
+        Log.WriteLine(r.Error is not null
+            ? $"FAIL  {r.Name}: {r.Error}"
+            : $"{(r.Passed ? "ok  " : "FAIL")}  {r.Name}: {r.Elements} values, max |err| {r.MaxAbsError:E2}, worst err/tol {r.WorstToTolerance:F3} ({r.Tolerance})");
+    }
+
+    public void Add(BenchmarkResult r)
+    {
+        Benchmarks.Add(r);
+        Log.WriteLine($"bench {r.Name} [{r.Shape}]: {r.MedianMilliseconds:F3} ms, {r.Throughput}, {r.VersusPeak}");
+    }
+
+    public void Note(string line)
+    {
+        Notes.Add(line);
+        Log.WriteLine(line);
+    }
+
+    /// <summary>Compares <paramref name="actual"/> with <paramref name="expected"/> element by element.</summary>
+    public void Compare(string name, ReadOnlySpan<float> actual, ReadOnlySpan<float> expected, double atol, double rtol)
+    {
+        if (actual.Length != expected.Length)
+        {
+            Add(new CheckResult(name, actual.Length, double.NaN, double.NaN, "", $"length {actual.Length} vs {expected.Length}"));
+            return;
+        }
+        double maxAbs = 0, worst = 0;
+        for (int i = 0; i < actual.Length; i++)
+        {
+            double err = Math.Abs((double)actual[i] - expected[i]);
+            if (double.IsNaN(err)) err = double.PositiveInfinity;
+            maxAbs = Math.Max(maxAbs, err);
+            if (err > 0) worst = Math.Max(worst, err / (atol + rtol * Math.Abs(expected[i])));   // exact (tolerance 0) gives 0, not 0/0
+        }
+        Add(new CheckResult(name, actual.Length, maxAbs, worst, $"atol {atol:G2}, rtol {rtol:G2}"));
+    }
+
+    public void Write(string directory, string header)
+    {
+        Directory.CreateDirectory(directory);
+        var inv = CultureInfo.InvariantCulture;
+        var checks = new StringBuilder("check\telements\tmax_abs_error\tworst_error_over_tolerance\ttolerance\tpassed\terror\n");
+        foreach (var c in Checks)
+            checks.Append(inv, $"{c.Name}\t{c.Elements}\t{c.MaxAbsError:E3}\t{c.WorstToTolerance:F4}\t{c.Tolerance}\t{c.Passed}\t{c.Error}\n");
+        File.WriteAllText(Path.Combine(directory, "checks.tsv"), checks.ToString());
+        var benches = new StringBuilder("benchmark\tshape\tmedian_ms\tthroughput\tversus_peak\n");
+        foreach (var b in Benchmarks) benches.Append(inv, $"{b.Name}\t{b.Shape}\t{b.MedianMilliseconds:F4}\t{b.Throughput}\t{b.VersusPeak}\n");
+        File.WriteAllText(Path.Combine(directory, "benchmarks.tsv"), benches.ToString());
+
+        var md = new StringBuilder();
+        md.AppendLine("# DistAlign GPU check").AppendLine().AppendLine(header).AppendLine();
+        int passed = Checks.Count(c => c.Passed);
+        md.AppendLine(inv, $"**Checks: {passed} passed, {Checks.Count - passed} failed** (GPU result vs the CPU kernels of `DistAlign.Kernels.Cpu`).").AppendLine();
+        if (Checks.Count > 0)
+        {
+            md.AppendLine("| check | values | max abs error | worst error / tolerance | tolerance | result |").AppendLine("|---|---:|---:|---:|---|---|");
+            foreach (var c in Checks)
+                md.AppendLine(inv, $"| {c.Name} | {c.Elements} | {c.MaxAbsError:E2} | {c.WorstToTolerance:F3} | {c.Tolerance} | {(c.Passed ? "pass" : "**FAIL** " + c.Error)} |");
+            md.AppendLine();
+        }
+        if (Benchmarks.Count > 0)
+        {
+            md.AppendLine("| benchmark | shape | median ms | throughput | vs peak |").AppendLine("|---|---|---:|---|---|");
+            foreach (var b in Benchmarks) md.AppendLine(inv, $"| {b.Name} | {b.Shape} | {b.MedianMilliseconds:F3} | {b.Throughput} | {b.VersusPeak} |");
+            md.AppendLine();
+        }
+        foreach (var n in Notes) md.AppendLine("- " + n);
+        File.WriteAllText(Path.Combine(directory, "summary.md"), md.ToString());
+    }
+}
