@@ -45,7 +45,7 @@ public sealed class KnownTargetEvaluator
     public int SamplesPerPrompt { get; }
     /// <summary>Samples per estimate (evaluation prompts × samples per prompt).</summary>
     public int Samples => targetSamples.Count;
-    /// <summary>KL(π* ‖ π0) from the shared π* samples (what π0 scores as forward KL).</summary>
+    /// <summary>The task whose target, prompts and sampling settings the evaluation uses.</summary>
     public KnownTargetTask Task => task;
 
     public KnownTargetEvaluator(KnownTargetTask task, int samplesPerPrompt, ulong seed)

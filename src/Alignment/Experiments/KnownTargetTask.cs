@@ -183,7 +183,9 @@ public sealed class KnownTargetTask
             prompts.Add(p);
             prompts.Add(p);
         }
-        var responses = SampleAll(new PolicyResponseModel(new GptPolicy(Reference, new())), prompts, seed);
+        Continuation[] responses;
+        using (var pi0 = new GptPolicy(Reference, new()))
+            responses = SampleAll(new PolicyResponseModel(pi0), prompts, seed);
         var sequences = prompts.Select((p, i) => new PromptResponse(p, responses[i].Tokens)).ToList();
         var (lnTarget, _) = TargetAndReferenceLogProbs(sequences);
         var pairs = new List<PreferencePair>(n);
