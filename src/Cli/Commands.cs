@@ -13,6 +13,7 @@ internal static class Commands
         yield return BenchCommand.Create();
         yield return AlignCommand.Create();
         yield return RewardCommand.Create();
-        yield return ExperimentCommand.Create();
+        yield return DemoCommand.Create();
+        yield return ExperimentCommand.Create(ExperimentLmCommand.Create());
     }
 }

@@ -1,0 +1,90 @@
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json;
+using DistAlign.Transformer.Data;
+using DistAlign.Transformer.Model;
+using DistAlign.Transformer.Tokenization;
+using DistAlign.Transformer.Training;
+
+namespace DistAlign.Alignment.Experiments;
+
+/// <summary>What the demo's π0 is and where it came from.</summary>
+/// <param name="Path">the model file</param>
+/// <param name="Cached">true when it was loaded from an earlier run's cache</param>
+/// <param name="ValidationLoss">next-token loss on the held-out corpus (nats/token)</param>
+/// <param name="Seconds">pretraining seconds (0 when cached)</param>
+public sealed record PretrainedReference(string Path, bool Cached, double ValidationLoss, double Seconds, int Steps);
+
+/// <summary>
+/// π0 for the known-target experiments, pretrained on the shipped corpus's training part once and cached in
+/// <c>DIR/&lt;key&gt;/model.safetensors</c>, the key a SHA-256 of the config, the pretraining options, the tokenizer and
+/// the corpus text: any change trains a new π0, an unchanged one is reused.
+/// </summary>
+public static class ReferencePretraining
+{
+    /// <summary>Name of the file beside the model that records its validation loss and pretraining time.</summary>
+    public const string InfoFileName = "pretraining.json";
+
+    public static string CacheKey(GptConfig config, LanguageModelTrainingOptions options, Gpt2Tokenizer tokenizer, string corpus)
+    {
+        using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        hash.AppendData(Encoding.UTF8.GetBytes(JsonSerializer.Serialize(new { config, options, tokenizer = tokenizer.Spec, format = "distalign.demo.pi0.v1" })));
+        hash.AppendData(Encoding.UTF8.GetBytes(corpus));
+        return Convert.ToHexStringLower(hash.GetHashAndReset())[..16];
+    }
+
+    /// <summary>
+    /// Loads the cached π0 for these settings or pretrains it (reporting (step, steps, loss) to <paramref name="progress"/>).
+    /// The caller owns the returned model.
+    /// </summary>
+    public static (Gpt Model, PretrainedReference Info) GetOrTrain(string cacheDirectory, GptConfig config, LanguageModelTrainingOptions options,
+                                                                   Gpt2Tokenizer tokenizer, Action<int, int, double>? progress = null)
+    {
+        options.Validate();
+        if (config.VocabSize != tokenizer.VocabSize)
+            throw new ArgumentException($"the model's vocabulary ({config.VocabSize}) differs from the tokenizer's ({tokenizer.VocabSize})");
+        var split = ShippedData.SplitMobyDick();
+        string key = CacheKey(config, options, tokenizer, split.Train + "\0" + split.HeldOut);
+        string folder = System.IO.Path.Combine(cacheDirectory, key);
+        string path = System.IO.Path.Combine(folder, GptCheckpoint.ModelFileName);
+        string infoPath = System.IO.Path.Combine(folder, InfoFileName);
+        if (File.Exists(path) && File.Exists(infoPath))
+        {
+            try
+            {
+                var loaded = GptCheckpoint.LoadModel(path);
+                if (loaded.Model.Config == config)
+                {
+                    using var doc = JsonDocument.Parse(File.ReadAllText(infoPath));
+                    double loss = doc.RootElement.GetProperty("validation_loss").GetDouble();
+                    return (loaded.Model, new PretrainedReference(path, true, loss, 0, options.Steps));
+                }
+                loaded.Model.Dispose();
+            }
+            catch (Exception e) when (e is IOException or JsonException or KeyNotFoundException or Engine.SafeTensors.SafeTensorsFormatException or InvalidOperationException)
+            {
+                // A damaged cache entry is retrained below.
+            }
+        }
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        var model = new Gpt(config);
+        model.InitializeGpt2(options.Seed);
+        var trainer = new LanguageModelTrainer(model, tokenizer.Encode(split.Train), tokenizer.Encode(split.HeldOut), options);
+        float validation = float.NaN;
+        while (trainer.Step < options.Steps)
+        {
+            var report = trainer.TrainStep();
+            if (report.ValidationLoss is float v) validation = v;
+            progress?.Invoke(report.Step, options.Steps, report.Loss);
+        }
+        if (float.IsNaN(validation)) validation = trainer.Evaluate();
+        Directory.CreateDirectory(folder);
+        GptCheckpoint.SaveModel(path, model, tokenizer.Spec);
+        double seconds = watch.Elapsed.TotalSeconds;
+        File.WriteAllText(infoPath, JsonSerializer.Serialize(new Dictionary<string, object>
+        {
+            ["validation_loss"] = (double)validation, ["seconds"] = seconds, ["steps"] = options.Steps, ["key"] = key,
+        }));
+        return (model, new PretrainedReference(path, false, validation, seconds, options.Steps));
+    }
+}

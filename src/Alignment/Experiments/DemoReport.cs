@@ -1,0 +1,208 @@
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+
+namespace DistAlign.Alignment.Experiments;
+
+/// <summary>A finished demo or n-sweep: the experiment's fixed parts and the results per dataset size.</summary>
+/// <param name="Command">the command line that produced it</param>
+/// <param name="Machine">cores, threads, OS, runtime, in words</param>
+public sealed record DemoOutcome(string Title, string Command, string Machine, double WallSeconds, DemoSettings Settings,
+                                 PretrainedReference Pi0, DemoTaskSummary Task, KnownTargetEvaluation Pi0Evaluation,
+                                 KnownTargetEvaluation TargetEvaluation, IReadOnlyList<DemoSizeResult> Sizes);
+
+/// <summary>Writes <c>report.json</c> and <c>report.md</c> of a <see cref="DemoOutcome"/> (the plots are the CLI's).</summary>
+public static class DemoReport
+{
+    public const string JsonFileName = "report.json";
+    public const string MarkdownFileName = "report.md";
+
+    /// <summary>The metric names every evaluated method (and π0, π*) has in report.json, in order.</summary>
+    public static IReadOnlyList<string> MetricNames { get; } =
+        [.. new KnownTargetEvaluation(default, default, default, default, default, 0, 0, 0, 0).Named().Select(kv => kv.Key)];
+
+    private static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
+
+    public static void WriteJson(string path, DemoOutcome o)
+    {
+        using var stream = File.Create(path);
+        using var w = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true });
+        w.WriteStartObject();
+        w.WriteString("title", o.Title);
+        w.WriteString("command", o.Command);
+        w.WriteString("machine", o.Machine);
+        Number(w, "wall_seconds", o.WallSeconds);
+        w.WriteStartObject("settings");
+        var s = o.Settings;
+        w.WriteString("tokenizer", s.Tokenizer);
+        w.WriteString("model", $"{s.Model.Layers} layers, {s.Model.Heads} heads, {s.Model.Channels} channels, context {s.Model.MaxSequenceLength}");
+        Number(w, "pretraining_steps", s.Pretraining.Steps);
+        Number(w, "steps_per_method", s.Steps);
+        Number(w, "batch", s.BatchPairs);
+        Number(w, "learning_rate", s.LearningRate);
+        Number(w, "dpo_beta", s.DpoBeta);
+        Number(w, "pmle_kl_beta", s.PmleKlBeta);
+        Number(w, "distillation_kl_beta", s.DistillationKlBeta);
+        Number(w, "rebel_eta", s.RebelEta);
+        Number(w, "rlhf_beta", s.RlhfBeta);
+        Number(w, "reverse_kl_beta", s.ReverseKlBeta);
+        Number(w, "ppo_epochs", s.PpoEpochs);
+        Number(w, "ppo_minibatches", s.PpoMinibatches);
+        Number(w, "reward_steps", s.RewardSteps);
+        Number(w, "reward_learning_rate", s.RewardLearningRate);
+        Number(w, "eval_samples_per_prompt", s.EvalSamplesPerPrompt);
+        Number(w, "seed", s.Seed);
+        w.WriteEndObject();
+        w.WriteStartObject("pi0");
+        w.WriteString("path", o.Pi0.Path);
+        w.WriteBoolean("cached", o.Pi0.Cached);
+        Number(w, "validation_loss", o.Pi0.ValidationLoss);
+        Number(w, "pretraining_seconds", o.Pi0.Seconds);
+        w.WriteEndObject();
+        w.WriteStartObject("task");
+        Number(w, "tau", o.Task.Temperature);
+        Number(w, "gamma", o.Task.Gamma);
+        Number(w, "response_tokens", o.Task.ResponseTokens);
+        Number(w, "lexicon_tokens", o.Task.LexiconTokens);
+        Number(w, "train_prompts", o.Task.TrainPrompts);
+        Number(w, "eval_prompts", o.Task.EvalPrompts);
+        Number(w, "eval_samples", o.Task.EvalSamples);
+        Number(w, "kl_target_pi0", o.Task.TargetKl.Mean);
+        Number(w, "kl_target_pi0_se", o.Task.TargetKl.StandardError);
+        Number(w, "target_mean_length", o.Task.TargetMeanLength);
+        w.WriteEndObject();
+        w.WriteStartObject("baselines");
+        Metrics(w, "pi0", o.Pi0Evaluation);
+        Metrics(w, "pi_star", o.TargetEvaluation);
+        w.WriteEndObject();
+        w.WriteStartArray("sizes");
+        foreach (var size in o.Sizes)
+        {
+            w.WriteStartObject();
+            Number(w, "n", size.Pairs);
+            Number(w, "mean_label_margin", size.MeanLabelMargin);
+            Number(w, "agreement_with_target", size.AgreementWithTarget);
+            w.WriteStartObject("reward_model");
+            Number(w, "steps", size.Reward.Steps);
+            Number(w, "final_loss", size.Reward.FinalLoss);
+            Number(w, "true_order_accuracy", size.Reward.TrueOrderAccuracy);
+            Number(w, "seconds", size.Reward.Seconds);
+            w.WriteEndObject();
+            w.WriteStartObject("methods");
+            foreach (var m in size.Methods)
+            {
+                w.WriteStartObject(m.Name);
+                w.WriteString("settings", m.Settings);
+                Number(w, "seconds", m.Seconds);
+                Metrics(w, "metrics", m.Evaluation);
+                w.WriteStartArray("loss_curve");
+                foreach (var (step, loss) in m.LossCurve)
+                {
+                    w.WriteStartArray();
+                    w.WriteNumberValue(step);
+                    if (double.IsFinite(loss)) w.WriteNumberValue(loss); else w.WriteNullValue();
+                    w.WriteEndArray();
+                }
+                w.WriteEndArray();
+                w.WriteEndObject();
+            }
+            w.WriteEndObject();
+            w.WriteEndObject();
+        }
+        w.WriteEndArray();
+        w.WriteEndObject();
+    }
+
+    private static void Metrics(Utf8JsonWriter w, string name, KnownTargetEvaluation e)
+    {
+        w.WriteStartObject(name);
+        foreach (var (key, value) in e.Named()) Number(w, key, value);
+        w.WriteEndObject();
+    }
+
+    private static void Number(Utf8JsonWriter w, string name, double value)
+    {
+        if (double.IsFinite(value)) w.WriteNumber(name, value);
+        else w.WriteNull(name);
+    }
+
+    /// <summary>The results table in markdown: π0, every method, π*.</summary>
+    public static string Table(DemoSizeResult size, KnownTargetEvaluation pi0, KnownTargetEvaluation target)
+    {
+        var sb = new StringBuilder();
+        sb.AppendLine("| model | KL(π*‖π̂) ± SE | KL(π̂‖π*) ± SE | KL(π̂‖π0) ± SE | win rate vs π0 ± SE | lexicon reward ± SE | entropy/token | distinct-1 | distinct-2 | length | seconds |");
+        sb.AppendLine("|---|---|---|---|---|---|---|---|---|---|---|");
+        sb.AppendLine(Row("π0 (start)", pi0, null));
+        foreach (var m in size.Methods) sb.AppendLine(Row(m.Name, m.Evaluation, m.Seconds));
+        sb.AppendLine(Row("π* (target)", target, null));
+        return sb.ToString();
+    }
+
+    private static string Row(string name, KnownTargetEvaluation e, double? seconds) => string.Create(Inv,
+        $"| {name} | {E(e.ForwardKl)} | {E(e.ReverseKl)} | {E(e.KlToReference)} | {E(e.WinRate)} | {E(e.LexiconReward)} | {e.TokenEntropy:F3} | {e.Distinct1:F3} | {e.Distinct2:F3} | {e.MeanLength:F1} | {(seconds is double s ? s.ToString("F0", Inv) : "")} |");
+
+    private static string E(Estimate e) => string.Create(Inv, $"{e.Mean:F3} ± {e.StandardError:F3}");
+
+    /// <summary>report.md: command, machine, task (KL(π*‖π0), label margin), π0, reward model, the table per n, plots, settings.</summary>
+    public static void WriteMarkdown(string path, DemoOutcome o, IReadOnlyList<(string File, string Caption)> plots)
+    {
+        var sb = new StringBuilder();
+        var s = o.Settings;
+        sb.AppendLine($"# {o.Title}");
+        sb.AppendLine();
+        sb.AppendLine("```sh");
+        sb.AppendLine(o.Command);
+        sb.AppendLine("```");
+        sb.AppendLine();
+        sb.AppendLine(string.Create(Inv, $"Machine: {o.Machine}. Wall time: {o.WallSeconds:F0} s."));
+        sb.AppendLine();
+        sb.AppendLine("## Task");
+        sb.AppendLine();
+        sb.Append(string.Create(Inv, $"π* ∝ π0 · exp(w/τ) token by token, w = VADER valence on {o.Task.LexiconTokens} whole-word tokens of `{s.Tokenizer}`; τ = {o.Task.Temperature}. "));
+        sb.Append(string.Create(Inv, $"Preferences P*(a ≻ b) = σ(γ [ln π*(a) − ln π*(b)]), γ = {o.Task.Gamma}, pairs a, b ~ π0. Responses: up to {o.Task.ResponseTokens} tokens "));
+        sb.Append(string.Create(Inv, $"(stopping at <|endoftext|>) after prompts of the first {s.Task.PromptWords} words of held-out *Moby-Dick* sentences; "));
+        sb.AppendLine(string.Create(Inv, $"{o.Task.TrainPrompts} training prompts, {o.Task.EvalPrompts} evaluation prompts × {s.EvalSamplesPerPrompt} samples = {o.Task.EvalSamples} samples per estimate."));
+        sb.AppendLine();
+        sb.AppendLine(string.Create(Inv, $"- KL(π*‖π0) per response: **{E(o.Task.TargetKl)}** nats (π*'s mean response length {o.Task.TargetMeanLength:F1} tokens)"));
+        foreach (var size in o.Sizes)
+            sb.AppendLine(string.Create(Inv,
+                $"- n = {size.Pairs}: mean |P*(a ≻ b) − ½| = **{size.MeanLabelMargin:F3}**; the preferred response has the higher ln π* in {size.AgreementWithTarget:P1} of pairs"));
+        sb.AppendLine();
+        sb.AppendLine("## π0");
+        sb.AppendLine();
+        sb.Append(string.Create(Inv, $"{s.Model.Layers} layers, {s.Model.Heads} heads, {s.Model.Channels} channels, context {s.Model.MaxSequenceLength}; {s.Pretraining.Steps} pretraining steps of "));
+        sb.Append(string.Create(Inv, $"{s.Pretraining.Rows} × {s.Pretraining.Length} tokens; held-out loss {o.Pi0.ValidationLoss:F3} nats/token; "));
+        sb.AppendLine(o.Pi0.Cached ? "loaded from the cache." : string.Create(Inv, $"pretrained in {o.Pi0.Seconds:F0} s."));
+        sb.AppendLine();
+        sb.AppendLine("## Reward model");
+        sb.AppendLine();
+        foreach (var size in o.Sizes)
+            sb.AppendLine(string.Create(Inv,
+                $"- n = {size.Pairs}: {size.Reward.Steps} steps, last loss {size.Reward.FinalLoss:F3}, orders fresh π0 pairs like ln π* in {size.Reward.TrueOrderAccuracy:P1} ({size.Reward.Seconds:F0} s)"));
+        sb.AppendLine();
+        sb.AppendLine("## Results");
+        sb.AppendLine();
+        sb.Append(string.Create(Inv, $"Every method starts from π0 with the same budget: {s.Steps} steps of {s.BatchPairs} pairs (offline) or prompts (online), learning rate {s.LearningRate}. "));
+        sb.AppendLine("KLs are per response, in nats; ± is one standard error of the Monte Carlo mean.");
+        sb.AppendLine();
+        foreach (var size in o.Sizes)
+        {
+            sb.AppendLine($"### n = {size.Pairs}");
+            sb.AppendLine();
+            sb.Append(Table(size, o.Pi0Evaluation, o.TargetEvaluation));
+            sb.AppendLine();
+            sb.AppendLine("| method | settings |");
+            sb.AppendLine("|---|---|");
+            foreach (var m in size.Methods) sb.AppendLine($"| {m.Name} | {m.Settings} |");
+            sb.AppendLine();
+        }
+        sb.AppendLine("## Plots");
+        sb.AppendLine();
+        foreach (var (file, caption) in plots)
+        {
+            sb.AppendLine($"![{caption}]({file})");
+            sb.AppendLine();
+        }
+        File.WriteAllText(path, sb.ToString());
+    }
+}
