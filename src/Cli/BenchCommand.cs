@@ -37,7 +37,7 @@ internal static class BenchCommand
         dpo.SetAction(parse =>
         {
             CpuParallel.Threads = CliErrors.Positive(parse.GetValue(dpoThreads), "--threads");
-            var m = DistAlign.Alignment.Training.PreferenceStepBenchmark.Run(StepWorkload.W2.Config, pairs: 8, promptTokens: 16, responseTokens: 48,
+            var m = DistAlign.Alignment.Training.PreferenceStepBenchmark.Run(StepWorkload.W2.Config, DpoPairs, DpoPromptTokens, DpoResponseTokens,
                 warmup: 3, steps: CliErrors.Positive(parse.GetValue(dpoSteps), "--steps"));
             Console.WriteLine($"{m.Config}, {m.Pairs} pairs, {m.Tokens} response tokens per step, {CpuParallel.Threads} threads");
             Console.WriteLine($"DPO step median {m.DpoMedianMilliseconds:F1} ms (min {m.DpoMilliseconds.Min():F1}) | SFT step median {m.SftMedianMilliseconds:F1} ms (min {m.SftMilliseconds.Min():F1}) | DPO/SFT = {m.Ratio:F3}");
@@ -55,17 +55,21 @@ internal static class BenchCommand
             Console.WriteLine($"per new token at context {m.Length}: cached step {m.CachedLastStepsMilliseconds:F2} ms vs full forward {m.RecomputeLastStepsMilliseconds:F1} ms → {m.SpeedupAtFullContext:F1}×");
             return 0;
         });
-        var peerWorkloads = new Option<string[]>("--workload") { Description = "w1 and/or w2; repeatable.", DefaultValueFactory = _ => ["w2"], AllowMultipleArgumentsPerToken = true };
+        var peerWorkloads = new Option<string[]>("--workload") { Description = "w1, w2 and/or dpo; repeatable.", DefaultValueFactory = _ => ["w2"], AllowMultipleArgumentsPerToken = true };
         var peerThreads = new Option<int>("--threads") { DefaultValueFactory = _ => Environment.ProcessorCount, Description = "CPU threads for both." };
         var rounds = new Option<int>("--rounds") { DefaultValueFactory = _ => 3, Description = "Alternating rounds (ours, then the peer)." };
         var perRound = new Option<int>("--steps") { DefaultValueFactory = _ => 5, Description = "Timed steps per round for each." };
         var python = new Option<string>("--python") { DefaultValueFactory = _ => "/usr/bin/python3", Description = "Python with Debian's python3-torch." };
         var script = new Option<string?>("--peer-script") { Description = "Path of tools/peers/torch_step.py (default: found from the current folder upward)." };
-        var peers = new Command("peers", "Our training step and PyTorch's on the same workload, alternating in one invocation.") { peerWorkloads, peerThreads, rounds, perRound, python, script };
+        var peers = new Command("peers", "Our step and PyTorch's on the same workload (W1, W2 training steps; one DPO step), alternating in one invocation; prints the ratio of medians.") { peerWorkloads, peerThreads, rounds, perRound, python, script };
         peers.SetAction(parse =>
         {
             int threadCount = CliErrors.Positive(parse.GetValue(peerThreads), "--threads");
             CpuParallel.Threads = threadCount;
+            int roundCount = CliErrors.Positive(parse.GetValue(rounds), "--rounds"), stepCount = CliErrors.Positive(parse.GetValue(perRound), "--steps");
+            var names = parse.GetValue(peerWorkloads)!.Select(n => n.ToLowerInvariant()).ToArray();
+            foreach (var name in names)
+                if (name is not ("w1" or "w2" or "dpo")) throw new CliUsageException($"--workload '{name}': expected w1, w2 or dpo");
             string scriptPath = parse.GetValue(script) ?? FindUpward(Path.Combine("tools", "peers", "torch_step.py"));
             string py = parse.GetValue(python)!;
             if (PeerStepBenchmark.Unavailable(py, scriptPath) is { } why)
@@ -73,17 +77,10 @@ internal static class BenchCommand
                 Console.WriteLine($"peer skipped: {why}");
                 return 0;
             }
-            foreach (var name in parse.GetValue(peerWorkloads)!)
+            foreach (var name in names)
             {
-                var workload = name.ToLowerInvariant() switch
-                {
-                    "w1" => StepWorkload.W1,
-                    "w2" => StepWorkload.W2,
-                    _ => throw new CliUsageException($"--workload '{name}': expected w1 or w2"),
-                };
-                var c = PeerStepBenchmark.Run(workload, py, scriptPath, CliErrors.Positive(parse.GetValue(rounds), "--rounds"),
-                    CliErrors.Positive(parse.GetValue(perRound), "--steps"), threadCount);
-                Console.WriteLine($"{workload.Name} ({threadCount} threads, {c.OursMilliseconds.Length} steps each): DistAlign median {c.OursMedian:F1} ms " +
+                var c = ComparePeer(name, py, scriptPath, roundCount, stepCount, threadCount);
+                Console.WriteLine($"{c.Workload} ({threadCount} threads, {c.OursMilliseconds.Length} steps each): DistAlign median {c.OursMedian:F1} ms " +
                                   $"[{c.OursMilliseconds.Min():F1}–{c.OursMilliseconds.Max():F1}] | {c.Peer} median {c.PeerMedian:F1} ms " +
                                   $"[{c.PeerMilliseconds.Min():F1}–{c.PeerMilliseconds.Max():F1}] | ratio {c.Ratio:F2}");
             }
@@ -91,6 +88,22 @@ internal static class BenchCommand
         });
         return new Command("bench", "Benchmarks.") { step, dpo, decode, peers };
     }
+
+    /// <summary>
+    /// One peer workload: W1 or W2 (training steps) or DPO (one DPO step on the W2 model, the shapes of
+    /// <c>bench dpo</c>: 8 pairs, prompts of 16 and responses of 48 tokens, cached reference log-probs).
+    /// </summary>
+    internal static PeerComparison ComparePeer(string name, string python, string script, int rounds, int steps, int threads) => name switch
+    {
+        "w1" => PeerStepBenchmark.Run(StepWorkload.W1, python, script, rounds, steps, threads),
+        "w2" => PeerStepBenchmark.Run(StepWorkload.W2, python, script, rounds, steps, threads),
+        "dpo" => PeerStepBenchmark.Compare("DPO", (warmup, timed) => DistAlign.Alignment.Training.PreferenceStepBenchmark.DpoSteps(
+                    StepWorkload.W2.Config, DpoPairs, DpoPromptTokens, DpoResponseTokens, warmup, timed), python, script, "dpo", rounds, steps, threads),
+        _ => throw new CliUsageException($"--workload '{name}': expected w1, w2 or dpo"),
+    };
+
+    /// <summary>The DPO workload's batch (bench dpo and the DPO peer): pairs, prompt and response tokens.</summary>
+    internal const int DpoPairs = 8, DpoPromptTokens = 16, DpoResponseTokens = 48;
 
     private static string FindUpward(string relative)
     {

@@ -22,15 +22,46 @@ public sealed record PreferenceStepMeasurement(GptConfig Config, int Pairs, int 
 /// </summary>
 public static class PreferenceStepBenchmark
 {
+    /// <summary>
+    /// DPO steps alone (the peer comparison's DPO workload): score, sigmoid loss against cached reference
+    /// log-probs, backward, clip to norm 1, AdamW; returns the timed steps' milliseconds.
+    /// </summary>
+    public static double[] DpoSteps(GptConfig config, int pairs, int promptTokens, int responseTokens, int warmup, int steps, ulong seed = 1)
+    {
+        using var model = new Gpt(config);
+        model.InitializeGpt2(seed);
+        using var policy = new GptPolicy(model, new AdamWSettings(WeightDecay: 0));
+        var data = RandomPairs(config, pairs, promptTokens, responseTokens, seed);
+        var referenceLogProbs = OfflinePreferenceObjective.ReferenceLogProbs(policy, data);
+        var dpo = new OfflinePreferenceObjective(new PairwiseLossSettings(PairwiseLossVariant.DpoSigmoid, Beta: 0.1));
+        var times = new double[steps];
+        for (int s = 0; s < warmup + steps; s++)
+        {
+            long start = Stopwatch.GetTimestamp();
+            policy.ZeroGradients();
+            dpo.Accumulate(policy, data, referenceLogProbs, null, (ulong)s);
+            policy.ClipGradients(1f);
+            policy.OptimizerStep(s + 1, 1e-5f);
+            if (s >= warmup) times[s - warmup] = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
+        }
+        return times;
+    }
+
+    private static List<PreferencePair> RandomPairs(GptConfig config, int pairs, int promptTokens, int responseTokens, ulong seed)
+    {
+        var rng = new PhiloxStream(seed, 7);
+        int[] Tokens(int n) { var t = new int[n]; for (int i = 0; i < n; i++) t[i] = (int)(rng.NextUInt() % (uint)config.VocabSize); return t; }
+        var data = new List<PreferencePair>();
+        for (int i = 0; i < pairs; i++) data.Add(new PreferencePair(Tokens(promptTokens), Tokens(responseTokens), Tokens(responseTokens)));
+        return data;
+    }
+
     public static PreferenceStepMeasurement Run(GptConfig config, int pairs, int promptTokens, int responseTokens, int warmup, int steps, ulong seed = 1)
     {
         using var model = new Gpt(config);
         model.InitializeGpt2(seed);
         using var policy = new GptPolicy(model, new AdamWSettings(WeightDecay: 0));
-        var rng = new PhiloxStream(seed, 7);
-        int[] Tokens(int n) { var t = new int[n]; for (int i = 0; i < n; i++) t[i] = (int)(rng.NextUInt() % (uint)config.VocabSize); return t; }
-        var data = new List<PreferencePair>();
-        for (int i = 0; i < pairs; i++) data.Add(new PreferencePair(Tokens(promptTokens), Tokens(responseTokens), Tokens(responseTokens)));
+        var data = RandomPairs(config, pairs, promptTokens, responseTokens, seed);
         var referenceLogProbs = OfflinePreferenceObjective.ReferenceLogProbs(policy, data);
         var dpo = new OfflinePreferenceObjective(new PairwiseLossSettings(PairwiseLossVariant.DpoSigmoid, Beta: 0.1));
         var sft = new SftObjective();
