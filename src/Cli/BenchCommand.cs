@@ -1,4 +1,5 @@
 using System.CommandLine;
+using DistAlign.Alignment.Training;
 using DistAlign.Kernels.Cpu;
 using DistAlign.Transformer.Training;
 using Spectre.Console;
@@ -37,10 +38,12 @@ internal static class BenchCommand
         dpo.SetAction(parse =>
         {
             CpuParallel.Threads = CliErrors.Positive(parse.GetValue(dpoThreads), "--threads");
-            var m = DistAlign.Alignment.Training.PreferenceStepBenchmark.Run(StepWorkload.W2.Config, DpoPairs, DpoPromptTokens, DpoResponseTokens,
+            var m = PreferenceStepBenchmark.Run(StepWorkload.W2.Config, PreferenceStepBenchmark.DpoPairs, PreferenceStepBenchmark.DpoPromptTokens, PreferenceStepBenchmark.DpoResponseTokens,
                 warmup: 3, steps: CliErrors.Positive(parse.GetValue(dpoSteps), "--steps"));
             Console.WriteLine($"{m.Config}, {m.Pairs} pairs, {m.Tokens} response tokens per step, {CpuParallel.Threads} threads");
             Console.WriteLine($"DPO step median {m.DpoMedianMilliseconds:F1} ms (min {m.DpoMilliseconds.Min():F1}) | SFT step median {m.SftMedianMilliseconds:F1} ms (min {m.SftMilliseconds.Min():F1}) | DPO/SFT = {m.Ratio:F3}");
+            Console.WriteLine($"peak RSS {m.PeakResidentBytes / 1048576.0:F0} MiB; DPO step per op:");
+            PrintOps(m.DpoOpMillisecondsPerStep);
             return 0;
         });
         var decodeThreads = new Option<int>("--threads") { DefaultValueFactory = _ => Environment.ProcessorCount, Description = "CPU threads." };
@@ -97,13 +100,9 @@ internal static class BenchCommand
     {
         "w1" => PeerStepBenchmark.Run(StepWorkload.W1, python, script, rounds, steps, threads),
         "w2" => PeerStepBenchmark.Run(StepWorkload.W2, python, script, rounds, steps, threads),
-        "dpo" => PeerStepBenchmark.Compare("DPO", (warmup, timed) => DistAlign.Alignment.Training.PreferenceStepBenchmark.DpoSteps(
-                    StepWorkload.W2.Config, DpoPairs, DpoPromptTokens, DpoResponseTokens, warmup, timed), python, script, "dpo", rounds, steps, threads),
+        "dpo" => PreferenceStepBenchmark.ComparePeer(python, script, rounds, steps, threads),
         _ => throw new CliUsageException($"--workload '{name}': expected w1, w2 or dpo"),
     };
-
-    /// <summary>The DPO workload's batch (bench dpo and the DPO peer): pairs, prompt and response tokens.</summary>
-    internal const int DpoPairs = 8, DpoPromptTokens = 16, DpoResponseTokens = 48;
 
     private static string FindUpward(string relative)
     {
@@ -121,9 +120,14 @@ internal static class BenchCommand
         Console.WriteLine($"{w.Name}: {w.Config} batch {w.Rows}×{w.Length}, {m.Threads} threads, {w.Config.ParameterCount:N0} parameters, {w.FlopsPerStep / 1e9:F1} GFLOP/step");
         Console.WriteLine($"  step: median {m.MedianMilliseconds:F1} ms (min {m.MinMilliseconds:F1}, max {m.MaxMilliseconds:F1}, n = {m.StepMilliseconds.Length})" +
                           $" | {m.TokensPerSecond:N0} tokens/s | {m.GflopsPerSecond:F1} GFLOP/s | peak RSS {m.PeakResidentBytes / 1048576.0:F0} MiB (planned {m.PlannedBytes / 1048576.0:F0} MiB)");
+        PrintOps(m.OpMillisecondsPerStep);
+    }
+
+    private static void PrintOps(IReadOnlyList<(string Op, double Milliseconds)> ops)
+    {
         var table = new Table().AddColumn("op").AddColumn(new TableColumn("ms/step").RightAligned()).AddColumn(new TableColumn("share").RightAligned());
-        double total = m.OpMillisecondsPerStep.Sum(x => x.Milliseconds);
-        foreach (var (op, ms) in m.OpMillisecondsPerStep)
+        double total = ops.Sum(x => x.Milliseconds);
+        foreach (var (op, ms) in ops)
             table.AddRow(op, ms.ToString("F1"), (ms / total).ToString("P1"));
         AnsiConsole.Write(table);
     }

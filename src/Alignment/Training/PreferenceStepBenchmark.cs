@@ -9,8 +9,12 @@ using DistAlign.Transformer.Training;
 namespace DistAlign.Alignment.Training;
 
 /// <summary>What <see cref="PreferenceStepBenchmark.Run"/> measured: medians of alternating steps.</summary>
+/// <param name="DpoOpMillisecondsPerStep">The DPO step's per-op breakdown (the model's <see cref="OpProfile"/> laps, "clip + AdamW", and
+/// "other": packing, the per-sequence sums, the pairwise loss, zeroing), milliseconds per step, largest first.</param>
+/// <param name="PeakResidentBytes">The process's peak resident memory after the run.</param>
 public sealed record PreferenceStepMeasurement(GptConfig Config, int Pairs, int Tokens, double DpoMedianMilliseconds, double SftMedianMilliseconds,
-                                               double[] DpoMilliseconds, double[] SftMilliseconds)
+                                               double[] DpoMilliseconds, double[] SftMilliseconds,
+                                               IReadOnlyList<(string Op, double Milliseconds)> DpoOpMillisecondsPerStep, long PeakResidentBytes)
 {
     /// <summary>DPO step time / SFT step time on the same chosen + rejected tokens (goal ≤ 1.1).</summary>
     public double Ratio => DpoMedianMilliseconds / SftMedianMilliseconds;
@@ -22,6 +26,17 @@ public sealed record PreferenceStepMeasurement(GptConfig Config, int Pairs, int 
 /// </summary>
 public static class PreferenceStepBenchmark
 {
+    /// <summary>The DPO workload's batch (bench dpo and the DPO peer): pairs, prompt and response tokens, on the W2 model.</summary>
+    public const int DpoPairs = 8, DpoPromptTokens = 16, DpoResponseTokens = 48;
+
+    /// <summary>
+    /// The DPO peer workload: our DPO step (<see cref="DpoSteps"/>, W2 model, <see cref="DpoPairs"/> pairs) against
+    /// <c>torch_step.py --workload dpo</c>, alternating rounds (see <see cref="PeerStepBenchmark.Compare"/>).
+    /// </summary>
+    public static PeerComparison ComparePeer(string python, string script, int rounds, int stepsPerRound, int threads) =>
+        PeerStepBenchmark.Compare("DPO", (warmup, steps) => DpoSteps(StepWorkload.W2.Config, DpoPairs, DpoPromptTokens, DpoResponseTokens, warmup, steps),
+                                  python, script, "dpo", rounds, stepsPerRound, threads);
+
     /// <summary>
     /// DPO steps alone (the peer comparison's DPO workload): score, sigmoid loss against cached reference
     /// log-probs, backward, clip to norm 1, AdamW; returns the timed steps' milliseconds.
@@ -69,14 +84,20 @@ public static class PreferenceStepBenchmark
 
         var dpoTimes = new double[steps];
         var sftTimes = new double[steps];
+        var profile = new OpProfile();
         for (int s = 0; s < warmup + steps; s++)
         {
+            bool timed = s >= warmup;
             long start = Stopwatch.GetTimestamp();
+            model.Profile = timed ? profile : null;
             policy.ZeroGradients();
             dpo.Accumulate(policy, data, referenceLogProbs, null, (ulong)s);
+            model.Profile = null;
+            long optimizerStart = Stopwatch.GetTimestamp();
             policy.ClipGradients(1f);
             policy.OptimizerStep(2 * s + 1, 1e-5f);
             long middle = Stopwatch.GetTimestamp();
+            if (timed) profile.Charge("clip + AdamW", Stopwatch.GetElapsedTime(optimizerStart, middle).TotalMilliseconds);
             policy.ZeroGradients();
             sft.Accumulate(policy, sftSequences);
             policy.ClipGradients(1f);
@@ -86,7 +107,10 @@ public static class PreferenceStepBenchmark
             dpoTimes[s - warmup] = Stopwatch.GetElapsedTime(start, middle).TotalMilliseconds;
             sftTimes[s - warmup] = Stopwatch.GetElapsedTime(middle, end).TotalMilliseconds;
         }
-        return new PreferenceStepMeasurement(config, pairs, PolicyScores.TokenCount(sftSequences), Median(dpoTimes), Median(sftTimes), dpoTimes, sftTimes);
+        var perStep = profile.Totals().Select(x => (x.Op, x.Milliseconds / steps)).ToList();
+        perStep.Add(("other (packing, sums, pairwise loss, zeroing)", Math.Max(0, dpoTimes.Average() - perStep.Sum(x => x.Item2))));
+        return new PreferenceStepMeasurement(config, pairs, PolicyScores.TokenCount(sftSequences), Median(dpoTimes), Median(sftTimes), dpoTimes, sftTimes,
+            perStep.OrderByDescending(x => x.Item2).ToList(), Process.GetCurrentProcess().PeakWorkingSet64);
     }
 
     private static double Median(double[] values)
