@@ -290,6 +290,8 @@ internal static class BenchmarkReport
         plot.Legend.ManualItems.Add(new ScottPlot.LegendItem { LabelText = "DistAlign", FillColor = ScottPlot.Colors.SteelBlue });
         plot.Legend.ManualItems.Add(new ScottPlot.LegendItem { LabelText = "PyTorch", FillColor = ScottPlot.Colors.DarkOrange });
         plot.ShowLegend(ScottPlot.Alignment.UpperRight);
+        double top = comparisons.Max(c => Math.Max(c.OursMilliseconds.Max(), c.PeerMilliseconds.Max()) / c.PeerMedian);
+        plot.Axes.SetLimitsY(0, Math.Max(1.2, top) + 0.35);   // room for the legend above the bars
         plot.SavePng(path, 900, 500);
     }
 
@@ -308,8 +310,13 @@ internal static class BenchmarkReport
             ? File.ReadLines("/etc/os-release").FirstOrDefault(l => l.StartsWith("PRETTY_NAME=", StringComparison.Ordinal))?.Split('=', 2)[1].Trim('"') ?? RuntimeInformation.OSDescription
             : RuntimeInformation.OSDescription;
         string flags = ReadFirst("/proc/cpuinfo", "flags") ?? "";
-        yield return $"CPU: {cpu}, {Environment.ProcessorCount} logical processors{(flags.Contains("avx512f") ? ", AVX-512" : "")}; memory {memory}.";
-        yield return $"OS: {os} ({RuntimeInformation.OSDescription}); {RuntimeInformation.FrameworkDescription}; BenchmarkDotNet {typeof(BenchmarkRunner).Assembly.GetName().Version}.";
+        if (memory.EndsWith(" kB", StringComparison.Ordinal) && long.TryParse(memory[..^3], out long kb)) memory = $"{kb / 1048576.0:F1} GiB";
+        string cache = ReadFirst("/proc/cpuinfo", "cache size") ?? "?";
+        string kernel = File.Exists("/proc/sys/kernel/osrelease") ? File.ReadAllText("/proc/sys/kernel/osrelease").Trim() : "?";
+        string hypervisor = flags.Split(' ').Contains("hypervisor") ? " (virtual machine)" : "";
+        yield return $"CPU: {cpu}{hypervisor}, {Environment.ProcessorCount} logical processors{(flags.Contains("avx512f") ? ", AVX-512" : "")}, " +
+                     $"cache size (per /proc/cpuinfo) {cache}; memory {memory}.";
+        yield return $"OS: {os}, Linux {kernel}; {RuntimeInformation.FrameworkDescription}; BenchmarkDotNet {typeof(BenchmarkRunner).Assembly.GetName().Version}.";
         yield return OpenBlas.IsAvailable
             ? $"OpenBLAS: {OpenBlas.Config} (core {OpenBlas.CoreName}; OPENBLAS_CORETYPE={OpenBlas.CoreTypeEnvironment ?? "unset"})."
             : $"OpenBLAS: {OpenBlas.UnavailableReason}.";

@@ -180,47 +180,57 @@ public static class LayerNorm
         }
     }
 
-    /// <summary>Rows [start, end) of one block of the backward: dx accumulated in place, the block's dw, db partials overwritten.</summary>
+    /// <summary>
+    /// Rows [start, end) of one block of the backward: dx accumulated in place, the block's dw, db partials
+    /// overwritten. Rows go two at a time so each partial vector is loaded and stored once per pair (the
+    /// stores bound this loop); the pair's two FMAs into it run in row order, so the sums are exactly those
+    /// of one row at a time.
+    /// </summary>
     private static unsafe void BackwardBlock(float* xd, float* xx, float* xw, float* xm, float* xr, float* xdx, float* partial, int c, int start, int end)
     {
         int full = c & ~15;
         float* pdw = partial, pdb = partial + c;
         new Span<float>(partial, 2 * c).Clear();
-        for (int i = start; i < end; i++)
+        int i = start;
+        for (; i + 2 <= end; i += 2)
+        {
+            long row0 = (long)i * c, row1 = row0 + c;
+            float* d0 = xd + row0, x0 = xx + row0, dx0 = xdx + row0;
+            float* d1 = xd + row1, x1 = xx + row1, dx1 = xdx + row1;
+            float m0 = xm[i], r0 = xr[i], m1 = xm[i + 1], r1 = xr[i + 1];
+            var (meanG0, minusMeanGX0) = GradientMeans(d0, x0, xw, m0, r0, c);
+            var (meanG1, minusMeanGX1) = GradientMeans(d1, x1, xw, m1, r1, c);
+            Vector512<float> vm0 = Vector512.Create(m0), vr0 = Vector512.Create(r0), vg0 = Vector512.Create(meanG0), vgx0 = Vector512.Create(minusMeanGX0);
+            Vector512<float> vm1 = Vector512.Create(m1), vr1 = Vector512.Create(r1), vg1 = Vector512.Create(meanG1), vgx1 = Vector512.Create(minusMeanGX1);
+            for (int j = 0; j < full; j += 16)   // dx += r·(ĝ − mean(ĝ) − x̂·mean(ĝx̂));  dw += dout·x̂;  db += dout
+            {
+                var w = Vector512.Load(xw + j);
+                var dout0 = Vector512.Load(d0 + j);
+                var xhat0 = (Vector512.Load(x0 + j) - vm0) * vr0;
+                Vector512.FusedMultiplyAdd(Vector512.FusedMultiplyAdd(xhat0, vgx0, dout0 * w - vg0), vr0, Vector512.Load(dx0 + j)).Store(dx0 + j);
+                var dout1 = Vector512.Load(d1 + j);
+                var xhat1 = (Vector512.Load(x1 + j) - vm1) * vr1;
+                Vector512.FusedMultiplyAdd(Vector512.FusedMultiplyAdd(xhat1, vgx1, dout1 * w - vg1), vr1, Vector512.Load(dx1 + j)).Store(dx1 + j);
+                Vector512.FusedMultiplyAdd(dout1, xhat1, Vector512.FusedMultiplyAdd(dout0, xhat0, Vector512.Load(pdw + j))).Store(pdw + j);
+                (Vector512.Load(pdb + j) + dout0 + dout1).Store(pdb + j);
+            }
+            for (int j = full; j < c; j++)
+            {
+                float xhat0 = (x0[j] - m0) * r0, xhat1 = (x1[j] - m1) * r1;
+                dx0[j] = MathF.FusedMultiplyAdd(MathF.FusedMultiplyAdd(xhat0, minusMeanGX0, d0[j] * xw[j] - meanG0), r0, dx0[j]);
+                dx1[j] = MathF.FusedMultiplyAdd(MathF.FusedMultiplyAdd(xhat1, minusMeanGX1, d1[j] * xw[j] - meanG1), r1, dx1[j]);
+                pdw[j] = MathF.FusedMultiplyAdd(d1[j], xhat1, MathF.FusedMultiplyAdd(d0[j], xhat0, pdw[j]));
+                pdb[j] = pdb[j] + d0[j] + d1[j];
+            }
+        }
+        if (i < end)   // an odd last row
         {
             long row = (long)i * c;
             float* d = xd + row, x = xx + row, dx = xdx + row;
             float mi = xm[i], ri = xr[i];
-            var mu = Vector512.Create(mi);
-            var r = Vector512.Create(ri);
-            Vector512<float> g0 = Vector512<float>.Zero, g1 = g0, gx0 = g0, gx1 = g0;
-            int j2 = 0;
-            for (; j2 + 32 <= full; j2 += 32)
-            {
-                var a0 = Vector512.Load(d + j2) * Vector512.Load(xw + j2);
-                var a1 = Vector512.Load(d + j2 + 16) * Vector512.Load(xw + j2 + 16);
-                g0 += a0;
-                g1 += a1;
-                gx0 = Vector512.FusedMultiplyAdd(a0, (Vector512.Load(x + j2) - mu) * r, gx0);
-                gx1 = Vector512.FusedMultiplyAdd(a1, (Vector512.Load(x + j2 + 16) - mu) * r, gx1);
-            }
-            if (j2 < full)
-            {
-                var a0 = Vector512.Load(d + j2) * Vector512.Load(xw + j2);
-                g0 += a0;
-                gx0 = Vector512.FusedMultiplyAdd(a0, (Vector512.Load(x + j2) - mu) * r, gx0);
-            }
-            float totalG = Vector512.Sum(g0 + g1), totalGX = Vector512.Sum(gx0 + gx1);
-            for (int j = full; j < c; j++)
-            {
-                float g = d[j] * xw[j];
-                totalG += g;
-                totalGX = MathF.FusedMultiplyAdd(g, (x[j] - mi) * ri, totalGX);
-            }
-            float meanG = totalG / c, minusMeanGX = -totalGX / c;
-            var vMeanG = Vector512.Create(meanG);
-            var vMinusMeanGX = Vector512.Create(minusMeanGX);
-            for (int j = 0; j < full; j += 16)   // dx += r·(ĝ − mean(ĝ) − x̂·mean(ĝx̂));  dw += dout·x̂;  db += dout
+            var (meanG, minusMeanGX) = GradientMeans(d, x, xw, mi, ri, c);
+            Vector512<float> mu = Vector512.Create(mi), r = Vector512.Create(ri), vMeanG = Vector512.Create(meanG), vMinusMeanGX = Vector512.Create(minusMeanGX);
+            for (int j = 0; j < full; j += 16)
             {
                 var dout = Vector512.Load(d + j);
                 var xhat = (Vector512.Load(x + j) - mu) * r;
@@ -236,6 +246,40 @@ public static class LayerNorm
                 pdb[j] += d[j];
             }
         }
+    }
+
+    /// <summary>mean(ĝ) and −mean(ĝ·x̂) of one row, ĝ = dout·w, x̂ = (x − μ)·r (two accumulators per sum).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe (float MeanG, float MinusMeanGX) GradientMeans(float* d, float* x, float* xw, float mi, float ri, int c)
+    {
+        int full = c & ~15;
+        var mu = Vector512.Create(mi);
+        var r = Vector512.Create(ri);
+        Vector512<float> g0 = Vector512<float>.Zero, g1 = g0, gx0 = g0, gx1 = g0;
+        int j2 = 0;
+        for (; j2 + 32 <= full; j2 += 32)
+        {
+            var a0 = Vector512.Load(d + j2) * Vector512.Load(xw + j2);
+            var a1 = Vector512.Load(d + j2 + 16) * Vector512.Load(xw + j2 + 16);
+            g0 += a0;
+            g1 += a1;
+            gx0 = Vector512.FusedMultiplyAdd(a0, (Vector512.Load(x + j2) - mu) * r, gx0);
+            gx1 = Vector512.FusedMultiplyAdd(a1, (Vector512.Load(x + j2 + 16) - mu) * r, gx1);
+        }
+        if (j2 < full)
+        {
+            var a0 = Vector512.Load(d + j2) * Vector512.Load(xw + j2);
+            g0 += a0;
+            gx0 = Vector512.FusedMultiplyAdd(a0, (Vector512.Load(x + j2) - mu) * r, gx0);
+        }
+        float totalG = Vector512.Sum(g0 + g1), totalGX = Vector512.Sum(gx0 + gx1);
+        for (int j = full; j < c; j++)
+        {
+            float g = d[j] * xw[j];
+            totalG += g;
+            totalGX = MathF.FusedMultiplyAdd(g, (x[j] - mi) * ri, totalGX);
+        }
+        return (totalG / c, -totalGX / c);
     }
 
     private static int Rows(int length, int channels)
