@@ -169,8 +169,9 @@ internal static class BenchmarkReport
         doc.AppendLine("forward, twice that backward) against the fp32 FMA peak (8 independent Vector512 FMA chains per thread, nothing loaded). The fused");
         doc.AppendLine("LM head + log-probs (`SequenceLogProbs`, N 256, C 768, V 50,257; forward = 1 logits GEMM, backward = 3) against OpenBLAS's");
         doc.AppendLine("sgemm of the same logits shape. TargetLogProbs' forward (256 × 50,257) against the throughput of the same vector exp on");
-        doc.AppendLine("L1-resident data (its rate in 10⁹ exps per second).").AppendLine();
-        SuiteTable(doc, computeRows, "rate", "vs limit");
+        doc.AppendLine("L1-resident data (its rate in 10⁹ exps per second). GB/s where stated: the fused log-probs read the hidden states and the");
+        doc.AppendLine("[V, C] head once (the backward also reads and writes both gradients); NA where bytes are not the point.").AppendLine();
+        SuiteTable(doc, computeRows, "rate", "vs limit", withBandwidth: true);
 
         doc.AppendLine("## Not measured here").AppendLine();
         doc.AppendLine("- The PPO iteration workload of `bench step` (waits for the PPO trainer).");
@@ -192,7 +193,7 @@ internal static class BenchmarkReport
         return "Recorded before the report generator existed (kept verbatim, headings demoted):\n\n" + string.Join('\n', lines).Trim();
     }
 
-    private sealed record SuiteRow(string Suite, string Method, string Unit, double MedianNanoseconds, string Rate, string Ratio, bool Baseline);
+    private sealed record SuiteRow(string Suite, string Method, string Unit, double MedianNanoseconds, string Rate, string Ratio, bool Baseline, string GigabytesPerSecond);
 
     private static IEnumerable<SuiteRow> SuiteRows(Summary summary, BenchmarkDotNet.Columns.IColumn rate, BenchmarkDotNet.Columns.IColumn ratio, string unit = "GB/s")
     {
@@ -200,19 +201,19 @@ internal static class BenchmarkReport
         {
             var stats = summary[c]?.ResultStatistics;
             yield return new SuiteRow(c.Descriptor.Type.Name, c.Descriptor.WorkloadMethod.Name, unit, stats?.Median ?? double.NaN,
-                rate.GetValue(summary, c), ratio.GetValue(summary, c), c.Descriptor.Baseline);
+                rate.GetValue(summary, c), ratio.GetValue(summary, c), c.Descriptor.Baseline, new BandwidthColumn(false).GetValue(summary, c));
         }
     }
 
-    private static void SuiteTable(StringBuilder doc, List<SuiteRow> rows, string rateName, string ratioName)
+    private static void SuiteTable(StringBuilder doc, List<SuiteRow> rows, string rateName, string ratioName, bool withBandwidth = false)
     {
-        doc.AppendLine($"| suite | kernel | median time | {rateName} | limit (baseline) | limit median time | limit {rateName} | {ratioName} |");
-        doc.AppendLine("|---|---|---:|---:|---|---:|---:|---:|");
+        doc.AppendLine($"| suite | kernel | median time | {rateName} |{(withBandwidth ? " GB/s |" : "")} limit (baseline) | limit median time | limit {rateName} | {ratioName} |");
+        doc.AppendLine($"|---|---|---:|---:|{(withBandwidth ? "---:|" : "")}---|---:|---:|---:|");
         foreach (var suite in rows.GroupBy(r => r.Suite))
         {
             var limit = suite.FirstOrDefault(r => r.Baseline);
             foreach (var r in suite.Where(r => !r.Baseline))
-                doc.AppendLine($"| {suite.Key} | {r.Method} | {Time(r.MedianNanoseconds)} | {r.Rate} {r.Unit} | {limit?.Method ?? "none"} | {(limit is null ? "—" : Time(limit.MedianNanoseconds))} | {(limit is null ? "—" : $"{limit.Rate} {limit.Unit}")} | **{r.Ratio}** |");
+                doc.AppendLine($"| {suite.Key} | {r.Method} | {Time(r.MedianNanoseconds)} | {r.Rate} {r.Unit} |{(withBandwidth ? $" {r.GigabytesPerSecond} |" : "")} {limit?.Method ?? "none"} | {(limit is null ? "—" : Time(limit.MedianNanoseconds))} | {(limit is null ? "—" : $"{limit.Rate} {limit.Unit}")} | **{r.Ratio}** |");
         }
         doc.AppendLine();
     }
