@@ -97,6 +97,16 @@ internal static class BenchmarkReport
         }).ToList();
         string loadAfter = LoadAverage();
 
+        // A loaded machine distorts every ratio: say so first.
+        double worstLoad = new[] { loadBefore, loadAfter }.Select(l => double.TryParse(l.Split(',')[0], CultureInfo.InvariantCulture, out double v) ? v : 0).Max();
+        if (worstLoad > Environment.ProcessorCount)
+        {
+            doc.AppendLine($"> **Loaded machine.** The 1-minute load average reached {worstLoad:F1} on {Environment.ProcessorCount} logical processors during this run");
+            doc.AppendLine("> (other jobs were running), so each process here got a small, varying share of the CPU: the absolute times are many");
+            doc.AppendLine("> times the idle ones and the ratios carry that noise (see the min–max spreads). The quiet-machine figures are in");
+            doc.AppendLine("> \"Earlier measurements\" below; rerun `tools/bench-report.sh` on an idle machine for representative ratios.").AppendLine();
+        }
+
         // Machine.
         doc.AppendLine("## Machine").AppendLine();
         foreach (var line in Machine(python, peerSkipped is null)) doc.AppendLine($"- {line}");
@@ -189,7 +199,7 @@ internal static class BenchmarkReport
     {
         int at = previous.IndexOf(EarlierHeading, StringComparison.Ordinal);
         if (at >= 0) return previous[(at + EarlierHeading.Length)..].Trim();
-        var lines = previous.Split('\n').Select(l => l.StartsWith('#') ? "#" + l : l);
+        var lines = previous.Split('\n').SkipWhile(l => l.StartsWith("# ", StringComparison.Ordinal)).Select(l => l.StartsWith('#') ? "#" + l : l);
         return "Recorded before the report generator existed (kept verbatim, headings demoted):\n\n" + string.Join('\n', lines).Trim();
     }
 
