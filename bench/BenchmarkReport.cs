@@ -110,7 +110,7 @@ internal static class BenchmarkReport
         // Machine.
         doc.AppendLine("## Machine").AppendLine();
         foreach (var line in Machine(python, peerSkipped is null)) doc.AppendLine($"- {line}");
-        doc.AppendLine($"- Threads for every measurement: {threads} (ours and the peers'). Load average (1, 5, 15 min) before: {loadBefore}; after: {loadAfter}; the run took {clock.Elapsed.TotalMinutes:F1} min.");
+        doc.AppendLine($"- Threads for every measurement: {threads} (ours and the peers'). Load average (1, 5, 15 min) before: {loadBefore}; after: {loadAfter}; the run took {clock.Elapsed.TotalMinutes:F1} min{Niceness()}.");
         doc.AppendLine($"- Date: {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC.").AppendLine();
 
         // Peers.
@@ -346,6 +346,15 @@ internal static class BenchmarkReport
 
     private static string? ReadFirst(string file, string key) =>
         File.Exists(file) ? File.ReadLines(file).FirstOrDefault(l => l.StartsWith(key, StringComparison.Ordinal))?.Split(':', 2)[1].Trim() : null;
+
+    /// <summary>", at nice N" when the report ran at a non-default priority (the peers, its children, inherit it).</summary>
+    private static string Niceness()
+    {
+        if (!File.Exists("/proc/self/stat")) return "";
+        string stat = File.ReadAllText("/proc/self/stat");
+        string[] fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');   // fields from the 3rd on; nice is the 19th
+        return fields.Length > 16 && fields[16] != "0" ? $", at nice {fields[16]} (ours and the peer alike)" : "";
+    }
 
     private static string LoadAverage() =>
         File.Exists("/proc/loadavg") ? string.Join(", ", File.ReadAllText("/proc/loadavg").Split(' ').Take(3)) : "unknown";
