@@ -6,11 +6,13 @@ public static class Program
 {
     /// <summary>
     /// BenchmarkDotNet suites: <c>dotnet run -c Release --project bench -- --filter '*'</c>;
-    /// the fused-vs-unfused LM-head harness: <c>dotnet run -c Release --project bench -- lmhead</c>.
+    /// the fused-vs-unfused LM-head harness: <c>dotnet run -c Release --project bench -- lmhead</c>;
+    /// docs/benchmarks.md regenerated: <c>tools/bench-report.sh</c> (<c>... --project bench -- report --out docs/benchmarks.md</c>).
     /// </summary>
     public static int Main(string[] args)
     {
         if (args.Length > 0 && args[0] == "lmhead") return LmHeadHarness.Run(args[1..]);
+        if (args.Length > 0 && args[0] == "report") return BenchmarkReport.Run(args[1..]);
         BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
         return 0;
     }

@@ -1,4 +1,5 @@
 using System.CommandLine;
+using DistAlign.Alignment.Training;
 using DistAlign.Kernels.Cpu;
 using DistAlign.Transformer.Training;
 using Spectre.Console;
@@ -37,10 +38,12 @@ internal static class BenchCommand
         dpo.SetAction(parse =>
         {
             CpuParallel.Threads = CliErrors.Positive(parse.GetValue(dpoThreads), "--threads");
-            var m = DistAlign.Alignment.Training.PreferenceStepBenchmark.Run(StepWorkload.W2.Config, pairs: 8, promptTokens: 16, responseTokens: 48,
+            var m = PreferenceStepBenchmark.Run(StepWorkload.W2.Config, PreferenceStepBenchmark.DpoPairs, PreferenceStepBenchmark.DpoPromptTokens, PreferenceStepBenchmark.DpoResponseTokens,
                 warmup: 3, steps: CliErrors.Positive(parse.GetValue(dpoSteps), "--steps"));
             Console.WriteLine($"{m.Config}, {m.Pairs} pairs, {m.Tokens} response tokens per step, {CpuParallel.Threads} threads");
             Console.WriteLine($"DPO step median {m.DpoMedianMilliseconds:F1} ms (min {m.DpoMilliseconds.Min():F1}) | SFT step median {m.SftMedianMilliseconds:F1} ms (min {m.SftMilliseconds.Min():F1}) | DPO/SFT = {m.Ratio:F3}");
+            Console.WriteLine($"peak RSS {m.PeakResidentBytes / 1048576.0:F0} MiB; DPO step per op:");
+            PrintOps(m.DpoOpMillisecondsPerStep);
             return 0;
         });
         var decodeThreads = new Option<int>("--threads") { DefaultValueFactory = _ => Environment.ProcessorCount, Description = "CPU threads." };
@@ -55,17 +58,21 @@ internal static class BenchCommand
             Console.WriteLine($"per new token at context {m.Length}: cached step {m.CachedLastStepsMilliseconds:F2} ms vs full forward {m.RecomputeLastStepsMilliseconds:F1} ms → {m.SpeedupAtFullContext:F1}×");
             return 0;
         });
-        var peerWorkloads = new Option<string[]>("--workload") { Description = "w1 and/or w2; repeatable.", DefaultValueFactory = _ => ["w2"], AllowMultipleArgumentsPerToken = true };
+        var peerWorkloads = new Option<string[]>("--workload") { Description = "w1, w2 and/or dpo; repeatable.", DefaultValueFactory = _ => ["w2"], AllowMultipleArgumentsPerToken = true };
         var peerThreads = new Option<int>("--threads") { DefaultValueFactory = _ => Environment.ProcessorCount, Description = "CPU threads for both." };
         var rounds = new Option<int>("--rounds") { DefaultValueFactory = _ => 3, Description = "Alternating rounds (ours, then the peer)." };
         var perRound = new Option<int>("--steps") { DefaultValueFactory = _ => 5, Description = "Timed steps per round for each." };
         var python = new Option<string>("--python") { DefaultValueFactory = _ => "/usr/bin/python3", Description = "Python with Debian's python3-torch." };
         var script = new Option<string?>("--peer-script") { Description = "Path of tools/peers/torch_step.py (default: found from the current folder upward)." };
-        var peers = new Command("peers", "Our training step and PyTorch's on the same workload, alternating in one invocation.") { peerWorkloads, peerThreads, rounds, perRound, python, script };
+        var peers = new Command("peers", "Our step and PyTorch's on the same workload (W1, W2 training steps; one DPO step), alternating in one invocation; prints the ratio of medians.") { peerWorkloads, peerThreads, rounds, perRound, python, script };
         peers.SetAction(parse =>
         {
             int threadCount = CliErrors.Positive(parse.GetValue(peerThreads), "--threads");
             CpuParallel.Threads = threadCount;
+            int roundCount = CliErrors.Positive(parse.GetValue(rounds), "--rounds"), stepCount = CliErrors.Positive(parse.GetValue(perRound), "--steps");
+            var names = parse.GetValue(peerWorkloads)!.Select(n => n.ToLowerInvariant()).ToArray();
+            foreach (var name in names)
+                if (name is not ("w1" or "w2" or "dpo")) throw new CliUsageException($"--workload '{name}': expected w1, w2 or dpo");
             string scriptPath = parse.GetValue(script) ?? FindUpward(Path.Combine("tools", "peers", "torch_step.py"));
             string py = parse.GetValue(python)!;
             if (PeerStepBenchmark.Unavailable(py, scriptPath) is { } why)
@@ -73,17 +80,10 @@ internal static class BenchCommand
                 Console.WriteLine($"peer skipped: {why}");
                 return 0;
             }
-            foreach (var name in parse.GetValue(peerWorkloads)!)
+            foreach (var name in names)
             {
-                var workload = name.ToLowerInvariant() switch
-                {
-                    "w1" => StepWorkload.W1,
-                    "w2" => StepWorkload.W2,
-                    _ => throw new CliUsageException($"--workload '{name}': expected w1 or w2"),
-                };
-                var c = PeerStepBenchmark.Run(workload, py, scriptPath, CliErrors.Positive(parse.GetValue(rounds), "--rounds"),
-                    CliErrors.Positive(parse.GetValue(perRound), "--steps"), threadCount);
-                Console.WriteLine($"{workload.Name} ({threadCount} threads, {c.OursMilliseconds.Length} steps each): DistAlign median {c.OursMedian:F1} ms " +
+                var c = ComparePeer(name, py, scriptPath, roundCount, stepCount, threadCount);
+                Console.WriteLine($"{c.Workload} ({threadCount} threads, {c.OursMilliseconds.Length} steps each): DistAlign median {c.OursMedian:F1} ms " +
                                   $"[{c.OursMilliseconds.Min():F1}–{c.OursMilliseconds.Max():F1}] | {c.Peer} median {c.PeerMedian:F1} ms " +
                                   $"[{c.PeerMilliseconds.Min():F1}–{c.PeerMilliseconds.Max():F1}] | ratio {c.Ratio:F2}");
             }
@@ -91,6 +91,18 @@ internal static class BenchCommand
         });
         return new Command("bench", "Benchmarks.") { step, dpo, decode, peers, BenchPpoCommand.Create() };
     }
+
+    /// <summary>
+    /// One peer workload: W1 or W2 (training steps) or DPO (one DPO step on the W2 model, the shapes of
+    /// <c>bench dpo</c>: 8 pairs, prompts of 16 and responses of 48 tokens, cached reference log-probs).
+    /// </summary>
+    internal static PeerComparison ComparePeer(string name, string python, string script, int rounds, int steps, int threads) => name switch
+    {
+        "w1" => PeerStepBenchmark.Run(StepWorkload.W1, python, script, rounds, steps, threads),
+        "w2" => PeerStepBenchmark.Run(StepWorkload.W2, python, script, rounds, steps, threads),
+        "dpo" => PreferenceStepBenchmark.ComparePeer(python, script, rounds, steps, threads),
+        _ => throw new CliUsageException($"--workload '{name}': expected w1, w2 or dpo"),
+    };
 
     private static string FindUpward(string relative)
     {
@@ -108,9 +120,14 @@ internal static class BenchCommand
         Console.WriteLine($"{w.Name}: {w.Config} batch {w.Rows}×{w.Length}, {m.Threads} threads, {w.Config.ParameterCount:N0} parameters, {w.FlopsPerStep / 1e9:F1} GFLOP/step");
         Console.WriteLine($"  step: median {m.MedianMilliseconds:F1} ms (min {m.MinMilliseconds:F1}, max {m.MaxMilliseconds:F1}, n = {m.StepMilliseconds.Length})" +
                           $" | {m.TokensPerSecond:N0} tokens/s | {m.GflopsPerSecond:F1} GFLOP/s | peak RSS {m.PeakResidentBytes / 1048576.0:F0} MiB (planned {m.PlannedBytes / 1048576.0:F0} MiB)");
+        PrintOps(m.OpMillisecondsPerStep);
+    }
+
+    private static void PrintOps(IReadOnlyList<(string Op, double Milliseconds)> ops)
+    {
         var table = new Table().AddColumn("op").AddColumn(new TableColumn("ms/step").RightAligned()).AddColumn(new TableColumn("share").RightAligned());
-        double total = m.OpMillisecondsPerStep.Sum(x => x.Milliseconds);
-        foreach (var (op, ms) in m.OpMillisecondsPerStep)
+        double total = ops.Sum(x => x.Milliseconds);
+        foreach (var (op, ms) in ops)
             table.AddRow(op, ms.ToString("F1"), (ms / total).ToString("P1"));
         AnsiConsole.Write(table);
     }

@@ -1,4 +1,5 @@
 using DistAlign.Cli;
+using DistAlign.Transformer.Training;
 
 namespace DistAlign.Tests.Cli;
 
@@ -18,5 +19,36 @@ public class BenchCliTests
         }
         finally { Console.SetOut(saved); }
         Assert.That(output.ToString(), Does.StartWith("device: ").And.Contain("\npeer skipped:"));   // first line: --device resolution
+    }
+
+    [Test]
+    public void AnUnknownPeerWorkloadIsAUsageErrorEvenWithoutPython()
+    {
+        var savedError = Console.Error;
+        var error = new StringWriter();
+        Console.SetError(error);
+        try
+        {
+            int code = Program.Main(["bench", "peers", "--workload", "w3", "--python", "/nonexistent/python3"]);
+            Assert.That(code, Is.EqualTo(2));
+        }
+        finally { Console.SetError(savedError); }
+        Assert.That(error.ToString(), Does.Contain("w1, w2 or dpo"));
+    }
+
+    [Test]
+    public void TheDpoPeerScriptReportsStepTimesWhenPyTorchIsInstalled()
+    {
+        const string python = "/usr/bin/python3";
+        string script = Path.Combine(TestContext.CurrentContext.TestDirectory, "..", "..", "..", "..", "tools", "peers", "torch_step.py");
+        if (PeerStepBenchmark.Unavailable(python, script) is { } why)
+            Assert.Ignore($"PyTorch peer not available here: {why}");
+        // Ours is a stand-in here (the DPO step itself is covered by the alignment tests): this checks the
+        // peer's DPO workload runs and its JSON is read back, one timed step.
+        var c = PeerStepBenchmark.Compare("DPO", (warmup, steps) => Enumerable.Repeat(1.0, steps).ToArray(), python, script, "dpo",
+                                          rounds: 1, stepsPerRound: 1, threads: 1);
+        Assert.That(c.PeerMilliseconds, Has.Length.EqualTo(1).And.All.GreaterThan(0));
+        Assert.That(c.Peer, Does.StartWith("PyTorch "));
+        Assert.That(c.Ratio, Is.EqualTo(1.0 / c.PeerMedian).Within(1e-12));
     }
 }

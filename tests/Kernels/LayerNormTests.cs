@@ -57,6 +57,25 @@ public class LayerNormTests
         AssertClose(db, eb, 2e-5, 1e-4, "db (accumulated)");
     }
 
+    [TestCase(1000f, 0f, TestName = "Large common offset: the shifted sums")]
+    [TestCase(0f, 1000f, TestName = "First 16 channels far from the rest: the exact fallback pass")]
+    public void StatisticsSurviveOffsetsThatWouldCancel(float offset, float firstChannelsOffset)
+    {
+        const int n = 4, c = 4096;
+        var x = RandomFloats(n * c, 1);
+        for (int i = 0; i < x.Length; i++) x[i] += offset + (i % c < 16 ? firstChannelsOffset : 0f);
+        var w = RandomFloats(c, 2);
+        var b = RandomFloats(c, 3);
+        var o = new float[n * c];
+        var mean = new float[n];
+        var rstd = new float[n];
+        LayerNorm.Forward(x, w, b, o, mean, rstd);
+        var r = ReferenceLayerNorm.Forward(D(x), D(w), D(b));
+        AssertClose(rstd, r.Rstd, 0, 2e-6, "rstd");
+        AssertClose(mean, r.Mean, 1e-4, 1e-6, "mean");
+        AssertClose(o, r.Out, 2e-3, 1e-3, "out");   // x − μ at |x| ≈ 1000 carries fp32 rounding of ≈ 6e-5·r
+    }
+
     [Test]
     public void ConstantRowsGiveTheBiasAndFiniteGradients()
     {

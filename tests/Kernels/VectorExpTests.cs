@@ -5,14 +5,16 @@ namespace DistAlign.Tests.Kernels;
 
 public class VectorExpTests
 {
-    private static float[] Exp(float[] x)
+    private static float[] Exp(float[] x) => Apply(x, VectorExp.Exp);
+
+    private static float[] Apply(float[] x, Func<Vector512<float>, Vector512<float>> exp)
     {
         var r = new float[x.Length];
         for (int i = 0; i < x.Length; i += 16)
         {
             var lanes = new float[16];
             Array.Copy(x, i, lanes, 0, Math.Min(16, x.Length - i));
-            var e = VectorExp.Exp(Vector512.Create(lanes));
+            var e = exp(Vector512.Create(lanes));
             for (int j = 0; j < 16 && i + j < x.Length; j++) r[i + j] = e[j];
         }
         return r;
@@ -48,5 +50,28 @@ public class VectorExpTests
         Assert.That(e[7], Is.EqualTo(1f));
         Assert.That(e[8], Is.EqualTo(MathF.E).Within(2).Ulps);
         Assert.That(e[9], Is.EqualTo(MathF.Exp(88.7f)).Within(2).Ulps, "finite up to the top of the fp32 range");
+    }
+
+    [Test]
+    public void NonPositiveFormIsWithinTwoUlpAndKeepsTheEdgeValues()
+    {
+        var x = Enumerable.Range(0, 100_000).Select(i => -86.5f * i / 100_000f).ToArray();
+        var e = Apply(x, TargetLogProbs.ExpOfNonPositive);
+        double worst = 0;
+        for (int i = 0; i < x.Length; i++)
+        {
+            double exact = Math.Exp(x[i]);
+            double ulp = (double)MathF.BitIncrement((float)exact) - (float)exact;
+            worst = Math.Max(worst, Math.Abs(e[i] - exact) / ulp);
+        }
+        Assert.That(worst, Is.LessThanOrEqualTo(2.0), $"worst error {worst:F2} ulp");
+        var edges = Apply([0f, -0f, float.NegativeInfinity, -87f, -1e4f, float.NaN, -86.5f], TargetLogProbs.ExpOfNonPositive);
+        Assert.That(edges[0], Is.EqualTo(1f), "exp(0) is exactly 1");
+        Assert.That(edges[1], Is.EqualTo(1f));
+        Assert.That(edges[2], Is.EqualTo(0f));
+        Assert.That(edges[3], Is.EqualTo(0f), "no denormals");
+        Assert.That(edges[4], Is.EqualTo(0f));
+        Assert.That(edges[5], Is.NaN, "NaN propagates");
+        Assert.That(edges[6], Is.EqualTo(MathF.Exp(-86.5f)).Within(2).Ulps);
     }
 }

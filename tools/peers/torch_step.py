@@ -1,28 +1,57 @@
 #!/usr/bin/env python3
-"""PyTorch peer of DistAlign's whole-step benchmark (`distalign bench step`).
+"""PyTorch peer of DistAlign's whole-step benchmarks (`distalign bench step`, `distalign bench dpo`).
 
 The same GPT-2 training step, written plainly in PyTorch: token + position embeddings, pre-LayerNorm blocks
 (causal attention, tanh-GELU MLP), final LayerNorm, LM head tied to the token embedding, mean next-token
 cross-entropy, backward, AdamW (betas 0.9/0.95, eps 1e-8, weight decay 0.1 on matrices, lr 1e-4). Weights
 N(0, 0.02²), residual projections scaled by 1/sqrt(2L), biases 0, LayerNorm weights 1; uniform random tokens.
 
-Run with Debian's python3-torch:
+Workload dpo: one DPO step on the W2 model, as `distalign bench dpo` takes it: 8 pairs, prompts of 16 and
+responses of 48 uniform random tokens; the 16 sequences (chosen, rejected interleaved) form a [16, 63] batch
+(the last response token is only a target); ln pi(y) = sum of the response tokens' log-probs; reference
+log-probs computed once with the initial weights (cached, like ours); loss = mean over pairs of
+-log sigmoid(beta * ((ln pi(y+) - ln pi0(y+)) - (ln pi(y-) - ln pi0(y-)))), beta 0.1; backward; gradient
+clipped to global norm 1; AdamW (betas 0.9/0.95, eps 1e-8, no weight decay, lr 1e-5).
+
+Run with Debian's python3-torch (installed with apt, after a message, when missing and this script is run
+directly; pass --no-install to fail instead):
     OPENBLAS_CORETYPE=SkylakeX OMP_WAIT_POLICY=PASSIVE /usr/bin/python3 tools/peers/torch_step.py --workload w2 --threads 2
 Prints one JSON object: workload, threads, torch version, and the milliseconds of every timed step.
 """
 import argparse
 import json
 import math
+import os
+import subprocess
+import sys
 import time
 
-import torch
-import torch.nn.functional as F
+
+def import_torch(allow_install):
+    """Imports torch; when missing, installs Debian's python3-torch with apt (announced on stderr) if allowed."""
+    try:
+        import torch  # noqa: F401
+        return
+    except ImportError:
+        if not allow_install:
+            sys.exit("torch_step.py: PyTorch is not installed (Debian: apt-get install python3-torch)")
+    print("torch_step.py: PyTorch is missing; installing Debian's python3-torch with apt-get "
+          "(the peer needs it; pass --no-install to skip) ...", file=sys.stderr, flush=True)
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(sudo + ["apt-get", "install", "-y", "python3-torch"], check=True, env=env)
+
+
+import_torch(allow_install="--no-install" not in sys.argv)
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 WORKLOADS = {
     # name: (layers, heads, channels, vocab, context, rows, length)
     "w1": (12, 12, 768, 50257, 1024, 4, 64),
     "w2": (4, 4, 256, 4096, 128, 8, 128),
 }
+DPO_PAIRS, DPO_PROMPT, DPO_RESPONSE, DPO_BETA = 8, 16, 48, 0.1
 
 
 class Block(torch.nn.Module):
@@ -67,24 +96,73 @@ class Gpt(torch.nn.Module):
                 std = 0.02 / math.sqrt(2 * layers) if name.endswith(("c_proj.weight", "mlp_proj.weight")) else 0.02
                 torch.nn.init.normal_(p, 0.0, std)
 
-    def forward(self, tokens, targets):
+    def logits(self, tokens):
         t = tokens.shape[1]
         x = self.wte(tokens) + self.wpe(torch.arange(t))
         for block in self.h:
             x = block(x, self.mask)
-        logits = self.ln_f(x) @ self.wte.weight.t()
+        return self.ln_f(x) @ self.wte.weight.t()
+
+    def forward(self, tokens, targets):
+        logits = self.logits(tokens)
         return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
+
+    def response_logps(self, tokens, targets, response_mask):
+        """ln pi(y) per sequence: the response tokens' log-probs summed."""
+        logp = self.logits(tokens).log_softmax(dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        return (logp * response_mask).sum(dim=-1)
+
+
+def dpo_batch(vocab):
+    """16 sequences (chosen, rejected per pair) of prompt + response - 1 positions; targets are the next tokens."""
+    rows = []
+    for _ in range(DPO_PAIRS):
+        prompt = torch.randint(0, vocab, (DPO_PROMPT,))
+        for _ in range(2):
+            rows.append(torch.cat([prompt, torch.randint(0, vocab, (DPO_RESPONSE,))]))
+    seqs = torch.stack(rows)
+    tokens, targets = seqs[:, :-1], seqs[:, 1:]
+    mask = torch.zeros_like(targets, dtype=torch.float32)
+    mask[:, DPO_PROMPT - 1:] = 1.0
+    return tokens.contiguous(), targets.contiguous(), mask
+
+
+def run_dpo(args):
+    layers, heads, c, vocab, context, _, _ = WORKLOADS["w2"]
+    model = Gpt(layers, heads, c, vocab, context)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
+    tokens, targets, mask = dpo_batch(vocab)
+    with torch.no_grad():
+        reference = model.response_logps(tokens, targets, mask)
+    times = []
+    for step in range(args.warmup + args.steps):
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=False)
+        h = model.response_logps(tokens, targets, mask) - reference
+        loss = -F.logsigmoid(DPO_BETA * (h[0::2] - h[1::2])).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        elapsed = (time.perf_counter() - start) * 1000
+        if step >= args.warmup:
+            times.append(elapsed)
+    return times, float(loss)
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="w2")
+    parser.add_argument("--workload", choices=sorted(WORKLOADS) + ["dpo"], default="w2")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--no-install", action="store_true", help="fail instead of installing python3-torch when missing")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(1)
+    if args.workload == "dpo":
+        times, loss = run_dpo(args)
+        print(json.dumps({"workload": "dpo", "threads": args.threads, "torch": torch.__version__, "step_ms": times, "loss": loss}))
+        return
     layers, heads, c, vocab, context, rows, length = WORKLOADS[args.workload]
     model = Gpt(layers, heads, c, vocab, context)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]

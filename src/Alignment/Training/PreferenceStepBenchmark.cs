@@ -9,8 +9,12 @@ using DistAlign.Transformer.Training;
 namespace DistAlign.Alignment.Training;
 
 /// <summary>What <see cref="PreferenceStepBenchmark.Run"/> measured: medians of alternating steps.</summary>
+/// <param name="DpoOpMillisecondsPerStep">The DPO step's per-op breakdown (the model's <see cref="OpProfile"/> laps, "clip + AdamW", and
+/// "other": packing, the per-sequence sums, the pairwise loss, zeroing), milliseconds per step, largest first.</param>
+/// <param name="PeakResidentBytes">The process's peak resident memory after the run.</param>
 public sealed record PreferenceStepMeasurement(GptConfig Config, int Pairs, int Tokens, double DpoMedianMilliseconds, double SftMedianMilliseconds,
-                                               double[] DpoMilliseconds, double[] SftMilliseconds)
+                                               double[] DpoMilliseconds, double[] SftMilliseconds,
+                                               IReadOnlyList<(string Op, double Milliseconds)> DpoOpMillisecondsPerStep, long PeakResidentBytes)
 {
     /// <summary>DPO step time / SFT step time on the same chosen + rejected tokens (goal ≤ 1.1).</summary>
     public double Ratio => DpoMedianMilliseconds / SftMedianMilliseconds;
@@ -22,15 +26,57 @@ public sealed record PreferenceStepMeasurement(GptConfig Config, int Pairs, int 
 /// </summary>
 public static class PreferenceStepBenchmark
 {
+    /// <summary>The DPO workload's batch (bench dpo and the DPO peer): pairs, prompt and response tokens, on the W2 model.</summary>
+    public const int DpoPairs = 8, DpoPromptTokens = 16, DpoResponseTokens = 48;
+
+    /// <summary>
+    /// The DPO peer workload: our DPO step (<see cref="DpoSteps"/>, W2 model, <see cref="DpoPairs"/> pairs) against
+    /// <c>torch_step.py --workload dpo</c>, alternating rounds (see <see cref="PeerStepBenchmark.Compare"/>).
+    /// </summary>
+    public static PeerComparison ComparePeer(string python, string script, int rounds, int stepsPerRound, int threads) =>
+        PeerStepBenchmark.Compare("DPO", (warmup, steps) => DpoSteps(StepWorkload.W2.Config, DpoPairs, DpoPromptTokens, DpoResponseTokens, warmup, steps),
+                                  python, script, "dpo", rounds, stepsPerRound, threads);
+
+    /// <summary>
+    /// DPO steps alone (the peer comparison's DPO workload): score, sigmoid loss against cached reference
+    /// log-probs, backward, clip to norm 1, AdamW; returns the timed steps' milliseconds.
+    /// </summary>
+    public static double[] DpoSteps(GptConfig config, int pairs, int promptTokens, int responseTokens, int warmup, int steps, ulong seed = 1)
+    {
+        using var model = new Gpt(config);
+        model.InitializeGpt2(seed);
+        using var policy = new GptPolicy(model, new AdamWSettings(WeightDecay: 0));
+        var data = RandomPairs(config, pairs, promptTokens, responseTokens, seed);
+        var referenceLogProbs = OfflinePreferenceObjective.ReferenceLogProbs(policy, data);
+        var dpo = new OfflinePreferenceObjective(new PairwiseLossSettings(PairwiseLossVariant.DpoSigmoid, Beta: 0.1));
+        var times = new double[steps];
+        for (int s = 0; s < warmup + steps; s++)
+        {
+            long start = Stopwatch.GetTimestamp();
+            policy.ZeroGradients();
+            dpo.Accumulate(policy, data, referenceLogProbs, null, (ulong)s);
+            policy.ClipGradients(1f);
+            policy.OptimizerStep(s + 1, 1e-5f);
+            if (s >= warmup) times[s - warmup] = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
+        }
+        return times;
+    }
+
+    private static List<PreferencePair> RandomPairs(GptConfig config, int pairs, int promptTokens, int responseTokens, ulong seed)
+    {
+        var rng = new PhiloxStream(seed, 7);
+        int[] Tokens(int n) { var t = new int[n]; for (int i = 0; i < n; i++) t[i] = (int)(rng.NextUInt() % (uint)config.VocabSize); return t; }
+        var data = new List<PreferencePair>();
+        for (int i = 0; i < pairs; i++) data.Add(new PreferencePair(Tokens(promptTokens), Tokens(responseTokens), Tokens(responseTokens)));
+        return data;
+    }
+
     public static PreferenceStepMeasurement Run(GptConfig config, int pairs, int promptTokens, int responseTokens, int warmup, int steps, ulong seed = 1)
     {
         using var model = new Gpt(config);
         model.InitializeGpt2(seed);
         using var policy = new GptPolicy(model, new AdamWSettings(WeightDecay: 0));
-        var rng = new PhiloxStream(seed, 7);
-        int[] Tokens(int n) { var t = new int[n]; for (int i = 0; i < n; i++) t[i] = (int)(rng.NextUInt() % (uint)config.VocabSize); return t; }
-        var data = new List<PreferencePair>();
-        for (int i = 0; i < pairs; i++) data.Add(new PreferencePair(Tokens(promptTokens), Tokens(responseTokens), Tokens(responseTokens)));
+        var data = RandomPairs(config, pairs, promptTokens, responseTokens, seed);
         var referenceLogProbs = OfflinePreferenceObjective.ReferenceLogProbs(policy, data);
         var dpo = new OfflinePreferenceObjective(new PairwiseLossSettings(PairwiseLossVariant.DpoSigmoid, Beta: 0.1));
         var sft = new SftObjective();
@@ -38,14 +84,20 @@ public static class PreferenceStepBenchmark
 
         var dpoTimes = new double[steps];
         var sftTimes = new double[steps];
+        var profile = new OpProfile();
         for (int s = 0; s < warmup + steps; s++)
         {
+            bool timed = s >= warmup;
             long start = Stopwatch.GetTimestamp();
+            model.Profile = timed ? profile : null;
             policy.ZeroGradients();
             dpo.Accumulate(policy, data, referenceLogProbs, null, (ulong)s);
+            model.Profile = null;
+            long optimizerStart = Stopwatch.GetTimestamp();
             policy.ClipGradients(1f);
             policy.OptimizerStep(2 * s + 1, 1e-5f);
             long middle = Stopwatch.GetTimestamp();
+            if (timed) profile.Charge("clip + AdamW", Stopwatch.GetElapsedTime(optimizerStart, middle).TotalMilliseconds);
             policy.ZeroGradients();
             sft.Accumulate(policy, sftSequences);
             policy.ClipGradients(1f);
@@ -55,7 +107,10 @@ public static class PreferenceStepBenchmark
             dpoTimes[s - warmup] = Stopwatch.GetElapsedTime(start, middle).TotalMilliseconds;
             sftTimes[s - warmup] = Stopwatch.GetElapsedTime(middle, end).TotalMilliseconds;
         }
-        return new PreferenceStepMeasurement(config, pairs, PolicyScores.TokenCount(sftSequences), Median(dpoTimes), Median(sftTimes), dpoTimes, sftTimes);
+        var perStep = profile.Totals().Select(x => (x.Op, x.Milliseconds / steps)).ToList();
+        perStep.Add(("other (packing, sums, pairwise loss, zeroing)", Math.Max(0, dpoTimes.Average() - perStep.Sum(x => x.Item2))));
+        return new PreferenceStepMeasurement(config, pairs, PolicyScores.TokenCount(sftSequences), Median(dpoTimes), Median(sftTimes), dpoTimes, sftTimes,
+            perStep.OrderByDescending(x => x.Item2).ToList(), Process.GetCurrentProcess().PeakWorkingSet64);
     }
 
     private static double Median(double[] values)

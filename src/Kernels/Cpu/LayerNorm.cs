@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 
@@ -10,7 +11,7 @@ namespace DistAlign.Kernels.Cpu;
 /// Backward, with ĝ = dout·w:
 ///   dx += r·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)),   dw += Σ_n dout·x̂,   db += Σ_n dout   (all accumulate).
 /// Each row is handled by Vector512 loops over its channels (a row of C = 768 is 3 KB and stays in L1
-/// between the passes over it), with scalar loops for the last C mod 16 channels: every op here is
+/// between the two passes over it), with scalar loops for the last C mod 16 channels: every op here is
 /// +, −, ×, or FMA, which round identically in vector and scalar form.
 /// </summary>
 public static class LayerNorm
@@ -18,13 +19,20 @@ public static class LayerNorm
     /// <summary>ε added to the variance (GPT-2's value).</summary>
     public const float Epsilon = 1e-5f;
 
-    /// <summary>Channels per unit of parallel work in the parameter-gradient pass (one cache line).</summary>
+    /// <summary>Channels per unit of parallel work when the backward adds up its block partials (one cache line).</summary>
     private const int ChannelBlock = 16;
+
+    /// <summary>Rows per block of the backward; each block sums its own dw, db partial (fixed boundaries: thread-count independent).</summary>
+    private const int RowBlock = 32;
 
     /// <summary>
     /// out = (x − μ)·r·w + b per row; writes mean[n] = μ and rstd[n] = r.
     /// Shapes: input, output [N, C]; weight, bias [C]; mean, rstd [N] with N = input.Length / C.
-    /// Three passes over each (L1-resident) row: Σx, Σ(x − μ)² (two-pass variance: no cancellation), then out.
+    /// Two passes over each row (the second finds it in L1): the statistics, then out. The statistics are
+    /// shifted sums, s = Σ(x − K) and q = Σ(x − K)² with K = the mean of the row's first 16 channels (all of them when C &lt; 16), so
+    /// μ = K + s/C and σ² = q/C − (s/C)² lose nothing to cancellation while |K − μ| stays within a couple of σ
+    /// (K is a 16-sample estimate of μ, so (K − μ)² ≈ σ²/16). A row where (s/C)² exceeds 4·σ² (an adversarial
+    /// row: its first channels are far from the rest) takes a third, exact pass Σ(x − μ)².
     /// </summary>
     public static unsafe void Forward(ReadOnlySpan<float> input, ReadOnlySpan<float> weight, ReadOnlySpan<float> bias,
                                       Span<float> output, Span<float> mean, Span<float> rstd)
@@ -51,21 +59,46 @@ public static class LayerNorm
         {
             float* x = xx + (long)i * c;
             float* o = xo + (long)i * c;
-            var acc = Vector512<float>.Zero;
-            for (int j = 0; j < full; j += 16) acc += Vector512.Load(x + j);
-            float sum = Vector512.Sum(acc);
-            for (int j = full; j < c; j++) sum += x[j];
-            float mu = sum / c;
-            var vmu = Vector512.Create(mu);
-            acc = Vector512<float>.Zero;
-            for (int j = 0; j < full; j += 16)
+            float shift;
+            if (full > 0) shift = Vector512.Sum(Vector512.Load(x)) / 16f;
+            else
             {
-                var d = Vector512.Load(x + j) - vmu;
-                acc = Vector512.FusedMultiplyAdd(d, d, acc);
+                shift = 0f;
+                for (int j = 0; j < c; j++) shift += x[j];
+                shift /= c;
             }
-            float squares = Vector512.Sum(acc);
-            for (int j = full; j < c; j++) squares = MathF.FusedMultiplyAdd(x[j] - mu, x[j] - mu, squares);
-            float r = 1f / MathF.Sqrt(squares / c + Epsilon);
+            var vk = Vector512.Create(shift);
+            // Two accumulators per sum: the adds of one chain wait on the previous one's latency otherwise.
+            Vector512<float> s0 = Vector512<float>.Zero, s1 = s0, q0 = s0, q1 = s0;
+            int j2 = 0;
+            for (; j2 + 32 <= full; j2 += 32)
+            {
+                var d0 = Vector512.Load(x + j2) - vk;
+                var d1 = Vector512.Load(x + j2 + 16) - vk;
+                s0 += d0;
+                s1 += d1;
+                q0 = Vector512.FusedMultiplyAdd(d0, d0, q0);
+                q1 = Vector512.FusedMultiplyAdd(d1, d1, q1);
+            }
+            if (j2 < full)
+            {
+                var d0 = Vector512.Load(x + j2) - vk;
+                s0 += d0;
+                q0 = Vector512.FusedMultiplyAdd(d0, d0, q0);
+            }
+            float s = Vector512.Sum(s0 + s1), q = Vector512.Sum(q0 + q1);
+            for (int j = full; j < c; j++)
+            {
+                float d = x[j] - shift;
+                s += d;
+                q = MathF.FusedMultiplyAdd(d, d, q);
+            }
+            float offset = s / c;
+            float mu = shift + offset;
+            float variance = q / c - offset * offset;
+            if (offset * offset > 4f * variance) variance = ExactVariance(x, c, mu);
+            float r = 1f / MathF.Sqrt(MathF.Max(variance, 0f) + Epsilon);
+            var vmu = Vector512.Create(mu);
             var vr = Vector512.Create(r);
             for (int j = 0; j < full; j += 16)
                 Vector512.FusedMultiplyAdd((Vector512.Load(x + j) - vmu) * vr, Vector512.Load(xw + j), Vector512.Load(xb + j)).Store(o + j);
@@ -75,11 +108,29 @@ public static class LayerNorm
         }
     }
 
+    /// <summary>Σ(x − μ)²/C for a row whose shifted sums cancelled (the rare fallback of the forward).</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static unsafe float ExactVariance(float* x, int c, float mu)
+    {
+        int full = c & ~15;
+        var vmu = Vector512.Create(mu);
+        var acc = Vector512<float>.Zero;
+        for (int j = 0; j < full; j += 16)
+        {
+            var d = Vector512.Load(x + j) - vmu;
+            acc = Vector512.FusedMultiplyAdd(d, d, acc);
+        }
+        float squares = Vector512.Sum(acc);
+        for (int j = full; j < c; j++) squares = MathF.FusedMultiplyAdd(x[j] - mu, x[j] - mu, squares);
+        return squares / c;
+    }
+
     /// <summary>
     /// Accumulates dInput, dWeight and dBias from dOutput, using the forward's input, mean and rstd.
-    /// dInput is parallel over rows; dWeight/dBias are parallel over channel blocks with the row loop in
-    /// fixed order (no per-thread partial sums), so all three are bit-identical for any thread count.
-    /// The second pass re-reads dOutput and input (2·N·C floats of extra traffic) to buy that determinism.
+    /// One sweep over dOutput and input: rows go in fixed blocks of <see cref="RowBlock"/> (boundaries that do
+    /// not depend on the thread count); per row, pass 1 gets mean(ĝ) and mean(ĝx̂) and pass 2 (the row still in
+    /// L1) writes dx and adds dout·x̂ and dout to the block's own partial dw, db. The block partials are then
+    /// added to dWeight, dBias in block order, so all three are bit-identical for any thread count.
     /// </summary>
     public static unsafe void Backward(ReadOnlySpan<float> dOutput, ReadOnlySpan<float> input, ReadOnlySpan<float> weight,
                                        ReadOnlySpan<float> mean, ReadOnlySpan<float> rstd,
@@ -94,72 +145,141 @@ public static class LayerNorm
         ShapeCheck.Length(mean.Length, n, nameof(mean), "[N]");
         ShapeCheck.Length(rstd.Length, n, nameof(rstd), "[N]");
         if (n == 0) return;
-        fixed (float* pd = dOutput, px = input, pw = weight, pm = mean, pr = rstd, pdx = dInput, pdw = dWeight, pdb = dBias)
+        int blocks = (n + RowBlock - 1) / RowBlock;
+        float[] partials = ArrayPool<float>.Shared.Rent(blocks * 2 * c);   // per block: dw partial [C], then db partial [C]
+        try
         {
-            float* xd = pd, xx = px, xw = pw, xm = pm, xr = pr, xdx = pdx, xdw = pdw, xdb = pdb;
-
-            // dInput, one row at a time: pass 1 gets mean(ĝ) and mean(ĝx̂), pass 2 writes dx.
-            CpuParallel.For(n, Math.Max(1, 8192 / c), (start, end) =>
+            fixed (float* pd = dOutput, px = input, pw = weight, pm = mean, pr = rstd, pdx = dInput, pdw = dWeight, pdb = dBias, pp = partials)
             {
-                int full = c & ~15;
-                for (int i = start; i < end; i++)
+                float* xd = pd, xx = px, xw = pw, xm = pm, xr = pr, xdx = pdx, xdw = pdw, xdb = pdb, xp = pp;
+                CpuParallel.For(blocks, 1, (b0, b1) =>
                 {
-                    long row = (long)i * c;
-                    float* d = xd + row, x = xx + row, dx = xdx + row;
-                    var mu = Vector512.Create(xm[i]);
-                    var r = Vector512.Create(xr[i]);
-                    var sumG = Vector512<float>.Zero;
-                    var sumGX = Vector512<float>.Zero;
-                    for (int j = 0; j < full; j += 16)
-                    {
-                        var g = Vector512.Load(d + j) * Vector512.Load(xw + j);
-                        sumG += g;
-                        sumGX = Vector512.FusedMultiplyAdd(g, (Vector512.Load(x + j) - mu) * r, sumGX);
-                    }
-                    float totalG = Vector512.Sum(sumG), totalGX = Vector512.Sum(sumGX);
-                    for (int j = full; j < c; j++)
-                    {
-                        float g = d[j] * xw[j];
-                        totalG += g;
-                        totalGX = MathF.FusedMultiplyAdd(g, (x[j] - xm[i]) * xr[i], totalGX);
-                    }
-                    var meanG = Vector512.Create(totalG / c);
-                    var minusMeanGX = Vector512.Create(-totalGX / c);
-                    for (int j = 0; j < full; j += 16)   // dx += r·(ĝ − mean(ĝ) − x̂·mean(ĝx̂))
-                        Vector512.FusedMultiplyAdd(
-                            Vector512.FusedMultiplyAdd((Vector512.Load(x + j) - mu) * r, minusMeanGX, Vector512.Load(d + j) * Vector512.Load(xw + j) - meanG),
-                            r, Vector512.Load(dx + j)).Store(dx + j);
-                    for (int j = full; j < c; j++)
-                        dx[j] = MathF.FusedMultiplyAdd(MathF.FusedMultiplyAdd((x[j] - xm[i]) * xr[i], minusMeanGX[0], d[j] * xw[j] - meanG[0]), xr[i], dx[j]);
-                }
-            });
-
-            // dWeight, dBias: each thread owns a block of channels and walks all rows in order.
-            int blocks = (c + ChannelBlock - 1) / ChannelBlock;
-            CpuParallel.For(blocks, Math.Max(1, 4096 / n), (b0, b1) =>
-            {
-                int cStart = b0 * ChannelBlock, cEnd = Math.Min(c, b1 * ChannelBlock);
-                for (int i = 0; i < n; i++)
+                    for (int block = b0; block < b1; block++)
+                        BackwardBlock(xd, xx, xw, xm, xr, xdx, xp + (long)block * 2 * c, c, block * RowBlock, Math.Min(n, (block + 1) * RowBlock));
+                });
+                // dWeight, dBias += Σ_blocks partials, in block order; parallel over channel blocks.
+                int channelBlocks = (c + ChannelBlock - 1) / ChannelBlock;
+                CpuParallel.For(channelBlocks, Math.Max(1, 2048 / blocks), (c0, c1) =>
                 {
-                    long row = (long)i * c;
-                    var mu = Vector512.Create(xm[i]);
-                    var r = Vector512.Create(xr[i]);
-                    int j = cStart;
-                    for (; j <= cEnd - 16; j += 16)
+                    int cStart = c0 * ChannelBlock, cEnd = Math.Min(c, c1 * ChannelBlock);
+                    for (int block = 0; block < blocks; block++)
                     {
-                        var d = Vector512.Load(xd + row + j);
-                        Vector512.FusedMultiplyAdd(d, (Vector512.Load(xx + row + j) - mu) * r, Vector512.Load(xdw + j)).Store(xdw + j);
-                        (Vector512.Load(xdb + j) + d).Store(xdb + j);
+                        float* pw0 = xp + (long)block * 2 * c, pb0 = pw0 + c;
+                        for (int j = cStart; j < cEnd; j++)
+                        {
+                            xdw[j] += pw0[j];
+                            xdb[j] += pb0[j];
+                        }
                     }
-                    for (; j < cEnd; j++)   // scalar FMA rounds exactly like the vector one: same bits wherever the split falls
-                    {
-                        float d = xd[row + j];
-                        xdw[j] = MathF.FusedMultiplyAdd(d, (xx[row + j] - xm[i]) * xr[i], xdw[j]);
-                        xdb[j] += d;
-                    }
-                }
-            });
+                });
+            }
         }
+        finally
+        {
+            ArrayPool<float>.Shared.Return(partials);
+        }
+    }
+
+    /// <summary>
+    /// Rows [start, end) of one block of the backward: dx accumulated in place, the block's dw, db partials
+    /// overwritten. Rows go two at a time so each partial vector is loaded and stored once per pair (the
+    /// stores bound this loop); the pair's two FMAs into it run in row order, so the sums are exactly those
+    /// of one row at a time.
+    /// </summary>
+    private static unsafe void BackwardBlock(float* xd, float* xx, float* xw, float* xm, float* xr, float* xdx, float* partial, int c, int start, int end)
+    {
+        int full = c & ~15;
+        float* pdw = partial, pdb = partial + c;
+        new Span<float>(partial, 2 * c).Clear();
+        int i = start;
+        for (; i + 2 <= end; i += 2)
+        {
+            long row0 = (long)i * c, row1 = row0 + c;
+            float* d0 = xd + row0, x0 = xx + row0, dx0 = xdx + row0;
+            float* d1 = xd + row1, x1 = xx + row1, dx1 = xdx + row1;
+            float m0 = xm[i], r0 = xr[i], m1 = xm[i + 1], r1 = xr[i + 1];
+            var (meanG0, minusMeanGX0) = GradientMeans(d0, x0, xw, m0, r0, c);
+            var (meanG1, minusMeanGX1) = GradientMeans(d1, x1, xw, m1, r1, c);
+            Vector512<float> vm0 = Vector512.Create(m0), vr0 = Vector512.Create(r0), vg0 = Vector512.Create(meanG0), vgx0 = Vector512.Create(minusMeanGX0);
+            Vector512<float> vm1 = Vector512.Create(m1), vr1 = Vector512.Create(r1), vg1 = Vector512.Create(meanG1), vgx1 = Vector512.Create(minusMeanGX1);
+            for (int j = 0; j < full; j += 16)   // dx += r·(ĝ − mean(ĝ) − x̂·mean(ĝx̂));  dw += dout·x̂;  db += dout
+            {
+                var w = Vector512.Load(xw + j);
+                var dout0 = Vector512.Load(d0 + j);
+                var xhat0 = (Vector512.Load(x0 + j) - vm0) * vr0;
+                Vector512.FusedMultiplyAdd(Vector512.FusedMultiplyAdd(xhat0, vgx0, dout0 * w - vg0), vr0, Vector512.Load(dx0 + j)).Store(dx0 + j);
+                var dout1 = Vector512.Load(d1 + j);
+                var xhat1 = (Vector512.Load(x1 + j) - vm1) * vr1;
+                Vector512.FusedMultiplyAdd(Vector512.FusedMultiplyAdd(xhat1, vgx1, dout1 * w - vg1), vr1, Vector512.Load(dx1 + j)).Store(dx1 + j);
+                Vector512.FusedMultiplyAdd(dout1, xhat1, Vector512.FusedMultiplyAdd(dout0, xhat0, Vector512.Load(pdw + j))).Store(pdw + j);
+                (Vector512.Load(pdb + j) + dout0 + dout1).Store(pdb + j);
+            }
+            for (int j = full; j < c; j++)
+            {
+                float xhat0 = (x0[j] - m0) * r0, xhat1 = (x1[j] - m1) * r1;
+                dx0[j] = MathF.FusedMultiplyAdd(MathF.FusedMultiplyAdd(xhat0, minusMeanGX0, d0[j] * xw[j] - meanG0), r0, dx0[j]);
+                dx1[j] = MathF.FusedMultiplyAdd(MathF.FusedMultiplyAdd(xhat1, minusMeanGX1, d1[j] * xw[j] - meanG1), r1, dx1[j]);
+                pdw[j] = MathF.FusedMultiplyAdd(d1[j], xhat1, MathF.FusedMultiplyAdd(d0[j], xhat0, pdw[j]));
+                pdb[j] = pdb[j] + d0[j] + d1[j];
+            }
+        }
+        if (i < end)   // an odd last row
+        {
+            long row = (long)i * c;
+            float* d = xd + row, x = xx + row, dx = xdx + row;
+            float mi = xm[i], ri = xr[i];
+            var (meanG, minusMeanGX) = GradientMeans(d, x, xw, mi, ri, c);
+            Vector512<float> mu = Vector512.Create(mi), r = Vector512.Create(ri), vMeanG = Vector512.Create(meanG), vMinusMeanGX = Vector512.Create(minusMeanGX);
+            for (int j = 0; j < full; j += 16)
+            {
+                var dout = Vector512.Load(d + j);
+                var xhat = (Vector512.Load(x + j) - mu) * r;
+                Vector512.FusedMultiplyAdd(Vector512.FusedMultiplyAdd(xhat, vMinusMeanGX, dout * Vector512.Load(xw + j) - vMeanG), r, Vector512.Load(dx + j)).Store(dx + j);
+                Vector512.FusedMultiplyAdd(dout, xhat, Vector512.Load(pdw + j)).Store(pdw + j);
+                (Vector512.Load(pdb + j) + dout).Store(pdb + j);
+            }
+            for (int j = full; j < c; j++)
+            {
+                float xhat = (x[j] - mi) * ri;
+                dx[j] = MathF.FusedMultiplyAdd(MathF.FusedMultiplyAdd(xhat, minusMeanGX, d[j] * xw[j] - meanG), ri, dx[j]);
+                pdw[j] = MathF.FusedMultiplyAdd(d[j], xhat, pdw[j]);
+                pdb[j] += d[j];
+            }
+        }
+    }
+
+    /// <summary>mean(ĝ) and −mean(ĝ·x̂) of one row, ĝ = dout·w, x̂ = (x − μ)·r (two accumulators per sum).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe (float MeanG, float MinusMeanGX) GradientMeans(float* d, float* x, float* xw, float mi, float ri, int c)
+    {
+        int full = c & ~15;
+        var mu = Vector512.Create(mi);
+        var r = Vector512.Create(ri);
+        Vector512<float> g0 = Vector512<float>.Zero, g1 = g0, gx0 = g0, gx1 = g0;
+        int j2 = 0;
+        for (; j2 + 32 <= full; j2 += 32)
+        {
+            var a0 = Vector512.Load(d + j2) * Vector512.Load(xw + j2);
+            var a1 = Vector512.Load(d + j2 + 16) * Vector512.Load(xw + j2 + 16);
+            g0 += a0;
+            g1 += a1;
+            gx0 = Vector512.FusedMultiplyAdd(a0, (Vector512.Load(x + j2) - mu) * r, gx0);
+            gx1 = Vector512.FusedMultiplyAdd(a1, (Vector512.Load(x + j2 + 16) - mu) * r, gx1);
+        }
+        if (j2 < full)
+        {
+            var a0 = Vector512.Load(d + j2) * Vector512.Load(xw + j2);
+            g0 += a0;
+            gx0 = Vector512.FusedMultiplyAdd(a0, (Vector512.Load(x + j2) - mu) * r, gx0);
+        }
+        float totalG = Vector512.Sum(g0 + g1), totalGX = Vector512.Sum(gx0 + gx1);
+        for (int j = full; j < c; j++)
+        {
+            float g = d[j] * xw[j];
+            totalG += g;
+            totalGX = MathF.FusedMultiplyAdd(g, (x[j] - mi) * ri, totalGX);
+        }
+        return (totalG / c, -totalGX / c);
     }
 
     private static int Rows(int length, int channels)

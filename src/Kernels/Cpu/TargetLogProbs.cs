@@ -11,7 +11,7 @@ namespace DistAlign.Kernels.Cpu;
 ///   logprob[n] = logit[n, target[n]] − lse[n]   (0 when target[n] = −1, an ignored position)
 /// Backward: dlogit[n, v] = dlogprob[n]·(1[v = target[n]] − exp(logit[n, v] − lse[n])), written IN PLACE
 /// over the logits buffer (so no second N×V buffer exists); rows with target −1 become zero.
-/// exp is <see cref="VectorExp"/> (fp32, ≤ 2 ulp); rows are whole units of parallel work, so results are
+/// exp is <see cref="VectorExp"/> (fp32, ≤ 2 ulp; the forward's non-positive-argument form, <see cref="ExpOfNonPositive"/>); rows are whole units of parallel work, so results are
 /// bit-identical for any thread count.
 /// Unlike the other ops, this backward overwrites rather than accumulates: the logits buffer becomes
 /// d(logits) and is consumed by the LM-head GEMM backward.
@@ -83,15 +83,50 @@ public static class TargetLogProbs
             }
             var shift = Vector512.Create(runningMax);
             var sum = Vector512<float>.Zero;
-            for (int j = 0; j < full; j += 16) sum += VectorExp.Exp(Vector512.Load(chunk + j) - shift);
+            // Two accumulators: each exp is ≈ 20 independent ops, but the adds would chain.
+            var sum1 = Vector512<float>.Zero;
+            int j2 = 0;
+            for (; j2 + 32 <= full; j2 += 32)
+            {
+                sum += ExpOfNonPositive(Vector512.Load(chunk + j2) - shift);
+                sum1 += ExpOfNonPositive(Vector512.Load(chunk + j2 + 16) - shift);
+            }
+            if (j2 < full) sum += ExpOfNonPositive(Vector512.Load(chunk + j2) - shift);
+            sum += sum1;
             if (rest > 0)
             {
                 var isNew = Vector512.GreaterThanOrEqual(Vector512<int>.Indices, Vector512.Create(16 - rest)).AsSingle();
-                sum += Vector512.ConditionalSelect(isNew, VectorExp.Exp(Vector512.Load(chunk + len - 16) - shift), Vector512<float>.Zero);
+                sum += Vector512.ConditionalSelect(isNew, ExpOfNonPositive(Vector512.Load(chunk + len - 16) - shift), Vector512<float>.Zero);
             }
             runningSum += Vector512.Sum(sum);
         }
         return (float)(runningMax + Math.Log(runningSum));
+    }
+
+    /// <summary>
+    /// exp(x) for x ≤ 0 (and −∞, NaN): <see cref="VectorExp.Exp"/>'s range reduction and polynomial (≤ 2 ulp)
+    /// without what a non-positive argument never needs — the overflow clamp and +∞ select, and the 2ⁿ⁻¹·2
+    /// split (n ≤ 0 here, so 2ⁿ is a normal float directly). x − running max is ≤ 0 by construction in the
+    /// forward, and exp is what bounds it (≈ 30 vector ops per 16 logits against 4 bytes each to load), so
+    /// each op dropped shows. A positive x is outside the contract (it would come back wrong, never as +∞).
+    /// NaN stays NaN: MaxNative(bound, x) compiles to vmaxps, which returns its second operand, x, when
+    /// either is NaN, and the polynomial carries it through.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector512<float> ExpOfNonPositive(Vector512<float> x)
+    {
+        var clamped = Vector512.MaxNative(Vector512.Create(-86.6f), x);
+        var n = Vector512.Round(clamped * Vector512.Create(1.44269504088896341f));
+        var r = Vector512.FusedMultiplyAdd(n, Vector512.Create(-0.693359375f), clamped);
+        r = Vector512.FusedMultiplyAdd(n, Vector512.Create(2.12194440e-4f), r);
+        var p = Vector512.FusedMultiplyAdd(Vector512.Create(1.9875691500E-4f), r, Vector512.Create(1.3981999507E-3f));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(8.3334519073E-3f));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(4.1665795894E-2f));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(1.6666665459E-1f));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(5.0000001201E-1f));
+        p = Vector512.FusedMultiplyAdd(p, r * r, r) + Vector512<float>.One;
+        var twoToN = ((Vector512.ConvertToInt32(n) + Vector512.Create(127)) << 23).AsSingle();   // n in [−125, 0]
+        return Vector512.ConditionalSelect(Vector512.LessThan(x, Vector512.Create(-86.6f)), Vector512<float>.Zero, p * twoToN);
     }
 
     /// <summary>V in [2, 16): one padded vector (−∞ padding: neutral for max, exp(−∞) = 0).</summary>

@@ -4,7 +4,7 @@ using System.Text.Json;
 namespace DistAlign.Transformer.Training;
 
 /// <summary>Our step times and a peer's for one workload, from alternating rounds in one invocation.</summary>
-public sealed record PeerComparison(StepWorkload Workload, string Peer, double[] OursMilliseconds, double[] PeerMilliseconds)
+public sealed record PeerComparison(string Workload, string Peer, double[] OursMilliseconds, double[] PeerMilliseconds)
 {
     public double OursMedian => Median(OursMilliseconds);
     public double PeerMedian => Median(PeerMilliseconds);
@@ -40,22 +40,33 @@ public static class PeerStepBenchmark
         }
     }
 
-    public static PeerComparison Run(StepWorkload workload, string python, string script, int rounds, int stepsPerRound, int threads)
+    /// <summary>A training-step workload (W1, W2) against the peer's <c>--workload w1|w2</c>.</summary>
+    public static PeerComparison Run(StepWorkload workload, string python, string script, int rounds, int stepsPerRound, int threads) =>
+        Compare(workload.Name, (warmup, steps) => StepBenchmark.Run(workload, warmup, steps).StepMilliseconds,
+                python, script, workload.Name.ToLowerInvariant(), rounds, stepsPerRound, threads);
+
+    /// <summary>
+    /// Any workload: <paramref name="ours"/>(warm-up steps, timed steps) returns our step times; the peer runs
+    /// <c>script --workload peerWorkload</c> with the same counts and prints JSON with <c>torch</c> and <c>step_ms</c>.
+    /// Each round runs ours, then the peer, each with 2 warm-up steps.
+    /// </summary>
+    public static PeerComparison Compare(string name, Func<int, int, double[]> ours, string python, string script, string peerWorkload,
+                                         int rounds, int stepsPerRound, int threads)
     {
-        var ours = new List<double>();
+        var mine = new List<double>();
         var peer = new List<double>();
         string version = "";
         for (int round = 0; round < rounds; round++)
         {
-            ours.AddRange(StepBenchmark.Run(workload, warmupSteps: 2, timedSteps: stepsPerRound).StepMilliseconds);
+            mine.AddRange(ours(2, stepsPerRound));
             var (code, output) = RunProcess(python,
-                [script, "--workload", workload.Name.ToLowerInvariant(), "--threads", threads.ToString(), "--warmup", "2", "--steps", stepsPerRound.ToString()], 1800);
+                [script, "--workload", peerWorkload, "--threads", threads.ToString(), "--warmup", "2", "--steps", stepsPerRound.ToString(), "--no-install"], 1800);
             if (code != 0) throw new InvalidOperationException($"the PyTorch peer failed (exit {code}): {output.Trim()}");
             using var json = JsonDocument.Parse(output.Trim().Split('\n')[^1]);
             version = json.RootElement.GetProperty("torch").GetString() ?? "";
             foreach (var ms in json.RootElement.GetProperty("step_ms").EnumerateArray()) peer.Add(ms.GetDouble());
         }
-        return new PeerComparison(workload, $"PyTorch {version}", [.. ours], [.. peer]);
+        return new PeerComparison(name, $"PyTorch {version}", [.. mine], [.. peer]);
     }
 
     private static (int Code, string Output) RunProcess(string file, string[] arguments, int timeoutSeconds)

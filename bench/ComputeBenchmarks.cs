@@ -1,0 +1,316 @@
+using System.Reflection;
+using System.Runtime.Intrinsics;
+using BenchmarkDotNet.Attributes;
+using BenchmarkDotNet.Columns;
+using BenchmarkDotNet.Configs;
+using BenchmarkDotNet.Filters;
+using BenchmarkDotNet.Jobs;
+using BenchmarkDotNet.Reports;
+using BenchmarkDotNet.Running;
+using BenchmarkDotNet.Toolchains.InProcess.Emit;
+using DistAlign.Engine.Native;
+using DistAlign.Kernels.Cpu;
+
+namespace DistAlign.Bench;
+
+// Compute-bound CPU kernels, each measured against a compute limit timed in the same run (the class's
+// Baseline row): attention against a register-resident FMA loop (the machine's fp32 peak as the JIT reaches
+// it), the fused LM-head log-probs against OpenBLAS's sgemm of the same logits shape, TargetLogProbs'
+// forward against the throughput of the same vector exp. Run:
+//   OPENBLAS_CORETYPE=SkylakeX dotnet run -c Release --project bench -- --filter '*Compute*'
+// Rate = work per call ([Work] on each method: FLOPs, or exps) / median time; "vs limit" = that / the
+// baseline's rate.
+
+/// <summary>Work one call of a benchmark method does (FLOPs, or exp evaluations), for <see cref="WorkRateColumn"/>.</summary>
+[AttributeUsage(AttributeTargets.Method)]
+public sealed class WorkAttribute(double amount) : Attribute
+{
+    public double Amount { get; } = amount;
+}
+
+/// <summary>Work per call / median time (10⁹ per second), or that divided by the class baseline's rate in the same run.</summary>
+public sealed class WorkRateColumn(string unit, bool relativeToLimit) : IColumn
+{
+    public string Id => relativeToLimit ? "WorkVsLimit" : "WorkRate";
+    public string ColumnName => relativeToLimit ? "vs limit" : unit;
+    public bool AlwaysShow => true;
+    public ColumnCategory Category => ColumnCategory.Custom;
+    public int PriorityInCategory => relativeToLimit ? 3 : 2;
+    public bool IsNumeric => true;
+    public UnitType UnitType => UnitType.Dimensionless;
+    public string Legend => relativeToLimit
+        ? $"{unit} of this row divided by the {unit} of the class's baseline (the limit) in the same run"
+        : $"Work per call ([Work]) / median time, {unit}";
+
+    public bool IsAvailable(Summary summary) => true;
+    public bool IsDefault(Summary summary, BenchmarkCase benchmarkCase) => false;
+    public string GetValue(Summary summary, BenchmarkCase benchmarkCase, SummaryStyle style) => GetValue(summary, benchmarkCase);
+
+    public string GetValue(Summary summary, BenchmarkCase benchmarkCase)
+    {
+        double? rate = Rate(summary, benchmarkCase);
+        if (rate is null) return "NA";
+        if (!relativeToLimit) return rate.Value.ToString("F1");
+        var limit = summary.BenchmarksCases.FirstOrDefault(c =>
+            c.Descriptor.Type == benchmarkCase.Descriptor.Type && c.Descriptor.Baseline);
+        double? limitRate = limit is null ? null : Rate(summary, limit);
+        return limitRate is null or 0 ? "NA" : (rate.Value / limitRate.Value).ToString("F2");
+    }
+
+    private static double? Rate(Summary summary, BenchmarkCase benchmarkCase)
+    {
+        var stats = summary[benchmarkCase]?.ResultStatistics;
+        double work = benchmarkCase.Descriptor.WorkloadMethod.GetCustomAttribute<WorkAttribute>()?.Amount ?? 0;
+        if (stats is null || work == 0) return null;
+        return work / stats.Median;   // per nanosecond = 10⁹ per second
+    }
+}
+
+/// <summary>Short in-process job with a GFLOP/s rate, GB/s where a method states its bytes, and the ratio to the limit.</summary>
+public class FlopsConfig : ManualConfig
+{
+    public FlopsConfig() : this("GFLOP/s") { }
+
+    protected FlopsConfig(string unit)
+    {
+        AddJob(Job.Default.WithToolchain(InProcessEmitToolchain.Instance)
+            .WithLaunchCount(1).WithWarmupCount(3).WithIterationCount(9).WithId("Short"));
+        AddColumn(StatisticColumn.Median, new WorkRateColumn(unit, false), new WorkRateColumn(unit, true), new BandwidthColumn(false));
+        AddFilter(new SimpleFilter(bc => OpenBlas.IsAvailable || bc.Descriptor.WorkloadMethod.GetCustomAttribute<NeedsOpenBlasAttribute>() is null));
+    }
+}
+
+/// <summary>As <see cref="FlopsConfig"/>, the rate in 10⁹ exp evaluations per second.</summary>
+public sealed class ExpConfig : FlopsConfig
+{
+    public ExpConfig() : base("G exp/s") { }
+}
+
+/// <summary>A method that calls OpenBLAS: filtered out (its ratio column then reads NA) where the library is missing.</summary>
+[AttributeUsage(AttributeTargets.Method)]
+public sealed class NeedsOpenBlasAttribute : Attribute;
+
+/// <summary>Sizes of the compute-bound suites.</summary>
+internal static class ComputeSizes
+{
+    // Attention: one GPT-2-small layer at context 256, batch 4.
+    public const int Batch = 4, SeqLen = 256, Heads = 12, Channels = 768;
+    // Causal: each (b, h) has T(T+1)/2 allowed (t, s) pairs; the forward does two hs-long dot products per
+    // pair (q·k and a·v), 2·hs FLOPs each: 2·B·C·T(T+1) in all. The backward does four (da = g·v, dv, dq,
+    // dk): twice that. (The softmax's exps are not counted.)
+    public const double AttentionForwardFlops = 2.0 * Batch * Channels * SeqLen * (SeqLen + 1);
+    public const double AttentionBackwardFlops = 2 * AttentionForwardFlops;
+
+    // Fused LM head + log-probs: N tokens, GPT-2's C and V. Forward = one logits GEMM (2·N·V·C); the
+    // backward recomputes the logits and runs the two gradient GEMMs (3 × 2·N·V·C).
+    public const int Tokens = 256, Vocabulary = 50257;
+    public const double LogitsGemmFlops = 2.0 * Tokens * Vocabulary * Channels;
+}
+
+/// <summary>
+/// Causal attention forward and backward (the register-blocked hs = 64 path) against the machine's fp32 FMA
+/// peak: 8 independent Vector512 FMA chains per thread, nothing loaded, on the same threads.
+/// </summary>
+[Config(typeof(FlopsConfig))]
+public class AttentionCompute
+{
+    /// <summary>Blocks of the peak loop (split over the threads), FMAs per chain per block.</summary>
+    private const int PeakBlocks = 64, PeakIterations = 8192;
+    private const double PeakFlops = (double)PeakBlocks * PeakIterations * 8 * 16 * 2;
+
+    private float[] qkv = [], attention = [], output = [], dOutput = [], dQkv = [];
+    private float peakSink;
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        int tokens = ComputeSizes.Batch * ComputeSizes.SeqLen;
+        qkv = LayerNormForwardBandwidth.Filled((long)tokens * 3 * ComputeSizes.Channels);
+        attention = new float[(long)ComputeSizes.Batch * ComputeSizes.Heads * ComputeSizes.SeqLen * ComputeSizes.SeqLen];
+        output = new float[(long)tokens * ComputeSizes.Channels];
+        dOutput = LayerNormForwardBandwidth.Filled(output.Length);
+        dQkv = new float[qkv.Length];
+        Forward();
+    }
+
+    [Benchmark(Baseline = true), Work(PeakFlops)]
+    public void FmaPeak()
+    {
+        float[] sums = new float[PeakBlocks];
+        CpuParallel.For(PeakBlocks, 1, (b0, b1) =>
+        {
+            for (int b = b0; b < b1; b++) sums[b] = PeakBlock(b);
+        });
+        peakSink = sums.Sum();
+    }
+
+    /// <summary>8 independent FMA chains (Zen 4 and Intel cores need ≥ 8 in flight to cover the latency on two pipes).</summary>
+    private static float PeakBlock(int seed)
+    {
+        var m = Vector512.Create(0.999f);
+        var a = Vector512.Create(1e-3f * seed);
+        Vector512<float> x0 = Vector512.Create(1f), x1 = x0 + a, x2 = x1 + a, x3 = x2 + a, x4 = x3 + a, x5 = x4 + a, x6 = x5 + a, x7 = x6 + a;
+        for (int i = 0; i < PeakIterations; i++)
+        {
+            x0 = Vector512.FusedMultiplyAdd(x0, m, a); x1 = Vector512.FusedMultiplyAdd(x1, m, a);
+            x2 = Vector512.FusedMultiplyAdd(x2, m, a); x3 = Vector512.FusedMultiplyAdd(x3, m, a);
+            x4 = Vector512.FusedMultiplyAdd(x4, m, a); x5 = Vector512.FusedMultiplyAdd(x5, m, a);
+            x6 = Vector512.FusedMultiplyAdd(x6, m, a); x7 = Vector512.FusedMultiplyAdd(x7, m, a);
+        }
+        return Vector512.Sum(x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7);
+    }
+
+    [Benchmark, Work(ComputeSizes.AttentionForwardFlops)]
+    public void Forward() =>
+        Attention.Forward(qkv, [], ComputeSizes.Batch, ComputeSizes.SeqLen, ComputeSizes.Heads, attention, output);
+
+    [Benchmark, Work(ComputeSizes.AttentionBackwardFlops)]
+    public void Backward() =>
+        Attention.Backward(dOutput, qkv, attention, output, ComputeSizes.Batch, ComputeSizes.SeqLen, ComputeSizes.Heads, dQkv);
+
+    [GlobalCleanup]
+    public void Cleanup() => GC.KeepAlive(peakSink);
+}
+
+/// <summary>
+/// The fused LM head + log-probs (<see cref="SequenceLogProbs"/>: chunked logits GEMM, online log-sum-exp,
+/// in-place d(logits) into the two gradient GEMMs) against OpenBLAS's sgemm of the same logits GEMM
+/// (N × V × C, B transposed as the tied head is stored [V, C]), on the same threads. GB/s counts hidden and
+/// the head read once (and, for the backward, dhidden and dhead read and written).
+/// </summary>
+[Config(typeof(FlopsConfig))]
+public class SequenceLogProbsCompute
+{
+    private const long ForwardBytes = 4L * (ComputeSizes.Tokens * ComputeSizes.Channels + (long)ComputeSizes.Vocabulary * ComputeSizes.Channels + 3 * ComputeSizes.Tokens);
+    private const long BackwardBytes = ForwardBytes + 4L * 2 * (ComputeSizes.Tokens * ComputeSizes.Channels + (long)ComputeSizes.Vocabulary * ComputeSizes.Channels);
+
+    private float[] hidden = [], head = [], scratch = [], logProbs = [], logSumExp = [], dLogProbs = [], dHidden = [], dHead = [], logits = [];
+    private int[] targets = [];
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        int n = ComputeSizes.Tokens, c = ComputeSizes.Channels, v = ComputeSizes.Vocabulary;
+        hidden = LayerNormForwardBandwidth.Filled((long)n * c);
+        head = LayerNormForwardBandwidth.Filled((long)v * c);
+        for (int i = 0; i < head.Length; i++) head[i] *= 0.05f;
+        targets = Enumerable.Range(0, n).Select(i => i * 197 % v).ToArray();
+        scratch = new float[SequenceLogProbs.ScratchLength(n, v)];
+        logProbs = new float[n]; logSumExp = new float[n];
+        dLogProbs = Enumerable.Repeat(-1f / n, n).ToArray();
+        dHidden = new float[hidden.Length]; dHead = new float[head.Length];
+        logits = new float[(long)n * v];
+        if (OpenBlas.IsAvailable) OpenBlas.SetThreads(CpuParallel.Threads);
+        Forward();
+    }
+
+    [Benchmark(Baseline = true), Work(ComputeSizes.LogitsGemmFlops), NeedsOpenBlas]
+    public void OpenBlasLogitsGemm() =>
+        OpenBlas.Sgemm(false, true, ComputeSizes.Tokens, ComputeSizes.Vocabulary, ComputeSizes.Channels, 1f,
+            hidden, ComputeSizes.Channels, head, ComputeSizes.Channels, 0f, logits, ComputeSizes.Vocabulary);
+
+    [Benchmark, Work(ComputeSizes.LogitsGemmFlops), BytesMoved(ForwardBytes)]
+    public void Forward() =>
+        SequenceLogProbs.Forward(hidden, head, targets, ComputeSizes.Channels, ComputeSizes.Vocabulary, scratch, logProbs, logSumExp, []);
+
+    [Benchmark, Work(3 * ComputeSizes.LogitsGemmFlops), BytesMoved(BackwardBytes)]
+    public void Backward() =>
+        SequenceLogProbs.Backward(hidden, head, targets, ComputeSizes.Channels, ComputeSizes.Vocabulary, logSumExp, [], dLogProbs, [],
+            scratch, dHidden, dHead);
+}
+
+/// <summary>
+/// TargetLogProbs' forward is bound by exp, not memory (≈ 30 vector ops per 16 logits): its limit is the
+/// throughput of the same exp (<see cref="TargetLogProbs.ExpOfNonPositive"/>) over as many elements, on an
+/// L1-resident block, summed, on the same threads. Work = exps per call (N·V).
+/// </summary>
+[Config(typeof(ExpConfig))]
+public class TargetLogProbsExpCompute
+{
+    private const double Exps = (double)BandwidthSizes.LogitRows * BandwidthSizes.Vocabulary;
+    private const int Block = 1024;
+    private float[] logits = [], logProbs = [], logSumExp = [], block = [];
+    private int[] targets = [];
+    private float sink;
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        logits = LayerNormForwardBandwidth.Filled((long)BandwidthSizes.LogitRows * BandwidthSizes.Vocabulary);
+        targets = Enumerable.Range(0, BandwidthSizes.LogitRows).Select(i => i * 197 % BandwidthSizes.Vocabulary).ToArray();
+        logProbs = new float[BandwidthSizes.LogitRows]; logSumExp = new float[BandwidthSizes.LogitRows];
+        block = LayerNormForwardBandwidth.Filled(Block).Select(x => x - 1f).ToArray();   // in [−2, 0)
+    }
+
+    [Benchmark(Baseline = true), Work(Exps)]
+    public unsafe void ExpThroughput()
+    {
+        // As many exps as the kernel, in rows of V (the kernel's unit of parallel work), each row walking the
+        // L1-resident block repeatedly: only the exp and the sum, no memory traffic.
+        float[] sums = new float[BandwidthSizes.LogitRows];
+        fixed (float* pb = block)
+        {
+            float* xb = pb;
+            CpuParallel.For(BandwidthSizes.LogitRows, 1, (r0, r1) =>
+            {
+                for (int r = r0; r < r1; r++)
+                {
+                    Vector512<float> s0 = Vector512<float>.Zero, s1 = s0;
+                    int done = 0;
+                    while (done + 32 <= BandwidthSizes.Vocabulary)
+                    {
+                        for (int j = 0; j < Block && done + 32 <= BandwidthSizes.Vocabulary; j += 32, done += 32)
+                        {
+                            s0 += TargetLogProbs.ExpOfNonPositive(Vector512.Load(xb + j));
+                            s1 += TargetLogProbs.ExpOfNonPositive(Vector512.Load(xb + j + 16));
+                        }
+                    }
+                    sums[r] = Vector512.Sum(s0 + s1);
+                }
+            });
+        }
+        sink = sums.Sum();
+    }
+
+    [Benchmark, Work(Exps)]
+    public void TargetLogProbsForward() =>
+        TargetLogProbs.Forward(logits, targets, BandwidthSizes.Vocabulary, logProbs, logSumExp);
+
+    [GlobalCleanup]
+    public void Cleanup() => GC.KeepAlive(sink);
+}
+
+/// <summary>
+/// The Bradley–Terry pairwise loss (DPO sigmoid, forward + gradient) over many pairs against a copy of the
+/// same bytes. Each pair is evaluated serially in fp64 (a softplus and a sigmoid: two exp/log calls), so
+/// this is a compute- and latency-bound loop on one thread, not a bandwidth-bound one; in training it sees
+/// 8–64 pairs a step and costs microseconds. Bytes: ln π, ln π0 [S] and chosen, rejected [P] read, losses
+/// [P] written, dLogps [S] read and written, with S = 2P.
+/// </summary>
+[Config(typeof(BandwidthConfig))]
+public class BradleyTerryLossBandwidth : BandwidthBenchmark
+{
+    private const int Pairs = 1 << 18;
+    private const long Bytes = 4L * (4 * 2 * Pairs + 3 * Pairs);
+    private float[] logps = [], refLogps = [], losses = [], dLogps = [];
+    private int[] chosen = [], rejected = [];
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        logps = LayerNormForwardBandwidth.Filled(2 * Pairs).Select(x => x * 40f - 60f).ToArray();
+        refLogps = LayerNormForwardBandwidth.Filled(2 * Pairs).Select(x => x * 40f - 61f).ToArray();
+        chosen = Enumerable.Range(0, Pairs).Select(i => 2 * i).ToArray();
+        rejected = Enumerable.Range(0, Pairs).Select(i => 2 * i + 1).ToArray();
+        losses = new float[Pairs];
+        dLogps = new float[2 * Pairs];
+        SetUpCopy(Bytes);
+    }
+
+    [Benchmark(Baseline = true), BytesMoved(Bytes)] public void MemoryCopy() => Copy();
+
+    [Benchmark, BytesMoved(Bytes)]
+    public void DpoSigmoidForwardBackward() =>
+        PairwiseBradleyTerryLoss.ForwardBackward(new PairwiseLossSettings(PairwiseLossVariant.DpoSigmoid, Beta: 0.1),
+            new PairwiseLossBatch { Logps = logps, RefLogps = refLogps, Chosen = chosen, Rejected = rejected }, losses, dLogps, []);
+}
