@@ -68,6 +68,9 @@ internal static class BenchmarkReport
         var dpoStep = PreferenceStepBenchmark.Run(StepWorkload.W2.Config, PreferenceStepBenchmark.DpoPairs, PreferenceStepBenchmark.DpoPromptTokens,
             PreferenceStepBenchmark.DpoResponseTokens, warmup: 2, steps: quick ? 3 : 8);
         var w1 = StepBenchmark.Run(StepWorkload.W1, warmupSteps: 2, timedSteps: quick ? 2 : 5);
+        Console.WriteLine("report: PPO iterations and KV-cache decoding ...");
+        var ppo = PpoIterationBenchmark.RunAll(quick ? 2 : 5);
+        var decode = DecodeBenchmark.Run(StepWorkload.W2.Config, rows: 8, length: 128);
 
         // 2. Peers.
         var comparisons = new List<PeerComparison>();
@@ -150,6 +153,17 @@ internal static class BenchmarkReport
             doc.AppendLine($"| {op} | {string.Join(" | ", ops.Select(o => o.Any(x => x.Op == op) ? o.First(x => x.Op == op).Milliseconds.ToString("F1", CultureInfo.InvariantCulture) : "—"))} |");
         doc.AppendLine();
 
+        // PPO and decoding.
+        doc.AppendLine("## A PPO iteration: rollout against training").AppendLine();
+        doc.AppendLine("`PpoIterationBenchmark` (as `distalign bench ppo`): RLHF, value head on the policy's backbone, a reward model of the same shape,");
+        doc.AppendLine("4 epochs × 2 minibatches per rollout, medians over the timed iterations. Sampling is KV-cache decoding of the responses;");
+        doc.AppendLine("scoring is the rest of the rollout (ln π_old and V_old, ln π0, R̂: three packed forwards, then GAE).").AppendLine();
+        foreach (var line in PpoIterationBenchmark.Table(ppo)) doc.AppendLine(line);
+        doc.AppendLine();
+        doc.AppendLine(string.Create(CultureInfo.InvariantCulture,
+            $"KV-cache decoding (`distalign bench decode`, W2 model, {decode.Rows} rows): per new token at context {decode.Length}, cached step {decode.CachedLastStepsMilliseconds:F2} ms against {decode.RecomputeLastStepsMilliseconds:F1} ms for a full forward: **{decode.SpeedupAtFullContext:F1}×** (goal ≥ 10×); {decode.Speedup:F1}× over all {decode.Length} positions; max |Δ log-prob| {decode.MaxLogitDifference:E1}."));
+        doc.AppendLine();
+
         // GEMM.
         doc.AppendLine("## GEMM against OpenBLAS (fp32, NN, row-major)").AppendLine();
         if (gemm.Count == 0) doc.AppendLine($"Skipped: {OpenBlas.UnavailableReason}.").AppendLine();
@@ -184,7 +198,6 @@ internal static class BenchmarkReport
         SuiteTable(doc, computeRows, "rate", "vs limit", withBandwidth: true);
 
         doc.AppendLine("## Not measured here").AppendLine();
-        doc.AppendLine("- The PPO iteration workload of `bench step` (waits for the PPO trainer).");
         doc.AppendLine("- GEMM NT/TN cases and the BenchmarkDotNet GEMM suite (`--filter '*Gemm*'`): see the earlier measurements.").AppendLine();
         if (earlier.Length > 0) doc.AppendLine(EarlierHeading).AppendLine().AppendLine(earlier.TrimEnd()).AppendLine();
 

@@ -183,6 +183,40 @@ public class RewardModelTests
     }
 
     [Test]
+    public void ABaselineIsAddedToEveryScoreAndLeavesTheGradientToTheHead()
+    {
+        using var model = MakeModel(randomHead: true);
+        using var plain = MakeModel(randomHead: true);
+        var reference = new Gpt(Config);
+        reference.InitializeGpt2(11);
+        using var pi0 = new GptPolicy(reference, new AdamWSettings(), ownsModel: true);
+        var baseline = new LogLikelihoodReward(pi0, 0.5);
+        model.Baseline = baseline;
+
+        var withBaseline = new float[Batch.Count];
+        var without = new float[Batch.Count];
+        var expected = new float[Batch.Count];
+        model.Score(Batch, withBaseline);
+        plain.Score(Batch, without);
+        var tokenLogProbs = new float[PolicyScores.TokenCount(Batch)];
+        pi0.Score(Batch, tokenLogProbs);
+        PolicyScores.SumPerSequence(Batch, tokenLogProbs, expected, default);
+        for (int i = 0; i < Batch.Count; i++)
+            Assert.That(withBaseline[i], Is.EqualTo(without[i] + 0.5f * expected[i]).Within(1e-5), $"sequence {i}");
+
+        // The baseline is a constant: the gradients are the plain model's for the same ∂L/∂R.
+        var dRewards = Numerics.RandomFloats(Batch.Count, 3, 1.0);
+        model.ZeroGradients();
+        plain.ZeroGradients();
+        model.Score(Batch, withBaseline);
+        model.Backward(dRewards);
+        plain.Score(Batch, without);
+        plain.Backward(dRewards);
+        Assert.That(model.Backbone.Gradients.ToArray(), Is.EqualTo(plain.Backbone.Gradients.ToArray()));
+        Assert.That(model.HeadWeightGradient.ToArray(), Is.EqualTo(plain.HeadWeightGradient.ToArray()));
+    }
+
+    [Test]
     public void ZeroHeadStartsAtLn2WithEqualRewards()
     {
         using var model = MakeModel(randomHead: false);

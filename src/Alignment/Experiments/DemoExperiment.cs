@@ -59,6 +59,12 @@ public sealed record DemoSettings
     /// <summary>β of reverse KL's KL(π ‖ π0) term (0: the optimum is π* itself when R̂ = γ ln π* + c).</summary>
     public double ReverseKlBeta { get; init; } = 0;
     public int RewardSteps { get; init; } = 200;
+    /// <summary>
+    /// The reward model scores R̂ = γ·ln π0(y|x) + w·h + b (a fixed, reference-anchored baseline) instead of w·h + b alone:
+    /// the head then learns only how the preferences depart from π0's own likelihood, which a last-token head can fit,
+    /// and the on-policy methods' optima (∝ exp(R̂/γ)) start at π0 instead of at a near-uniform distribution.
+    /// </summary>
+    public bool RewardBaseline { get; init; } = true;
     public float RewardLearningRate { get; init; } = 3e-4f;
     /// <summary>Samples per evaluation prompt for every Monte Carlo estimate.</summary>
     public int EvalSamplesPerPrompt { get; init; } = 4;
@@ -187,6 +193,8 @@ public sealed class DemoExperiment : IDisposable
         progress?.Invoke(new DemoProgress(stage, 1, 1, $"mean |P* − ½| {drawn.MeanLabelMargin:F3}"));
 
         using var rewardModel = new RewardModel(Copy(reference), new AdamWSettings(WeightDecay: 0), ownsBackbone: true);
+        using var baselinePolicy = new GptPolicy(reference, new AdamWSettings());
+        if (Settings.RewardBaseline) rewardModel.Baseline = new LogLikelihoodReward(baselinePolicy, Settings.Task.Gamma);
         var reward = TrainRewardModel(rewardModel, drawn.Pairs, n);
 
         var referenceLogProbs = ReferenceLogProbs(drawn.Pairs);

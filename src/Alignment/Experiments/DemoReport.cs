@@ -49,6 +49,7 @@ public static class DemoReport
         Number(w, "ppo_epochs", s.PpoEpochs);
         Number(w, "ppo_minibatches", s.PpoMinibatches);
         Number(w, "reward_steps", s.RewardSteps);
+        w.WriteBoolean("reward_baseline", s.RewardBaseline);
         Number(w, "reward_learning_rate", s.RewardLearningRate);
         Number(w, "eval_samples_per_prompt", s.EvalSamplesPerPrompt);
         Number(w, "seed", s.Seed);
@@ -175,6 +176,10 @@ public static class DemoReport
         sb.AppendLine(o.Pi0.Cached ? "loaded from the cache." : string.Create(Inv, $"pretrained in {o.Pi0.Seconds:F0} s."));
         sb.AppendLine();
         sb.AppendLine("## Reward model");
+        sb.AppendLine();
+        sb.AppendLine(s.RewardBaseline
+            ? string.Create(Inv, $"R̂(x, y) = γ·ln π0(y|x) + w·h_last + b with γ = {s.Task.Gamma} (reference-anchored: the head, on a copy of π0's backbone, learns how the preferences depart from π0's likelihood).")
+            : "R̂(x, y) = w·h_last + b on a copy of π0's backbone.");
         sb.AppendLine();
         foreach (var size in o.Sizes)
             sb.AppendLine(string.Create(Inv,

@@ -34,7 +34,7 @@ public sealed record RewardStepMetrics(PairwiseLossMetrics Pairwise, double Grad
 /// the first loss is ln 2. The head has its own gradients and AdamW moments; weight decay applies to w (a
 /// matrix, [1, C] in the checkpoint), not to b, like the backbone's rule.
 /// </summary>
-public sealed class RewardModel : IDisposable, DistAlign.Alignment.Objectives.IRewardFunction
+public sealed class RewardModel : IDisposable, IRewardFunction
 {
     /// <summary>The head's tensor names in the checkpoint (the Hugging Face sequence-classification name).</summary>
     public const string ScoreWeightName = "score.weight";
@@ -51,6 +51,13 @@ public sealed class RewardModel : IDisposable, DistAlign.Alignment.Objectives.IR
     private int scoredSequences = -1;
 
     public Gpt Backbone { get; }
+
+    /// <summary>
+    /// An optional fixed baseline added to every score, R(x, y) = w·h + b + B(x, y), never differentiated: with
+    /// B = γ·ln π0(y|x) (<see cref="LogLikelihoodReward"/>) the head only has to learn how the preferences depart from
+    /// π0's own likelihood (a reference-anchored reward model). Not saved with the model: whoever loads it sets it again.
+    /// </summary>
+    public IRewardFunction? Baseline { get; set; }
 
     /// <summary>A reward model on <paramref name="backbone"/> with a zero head.</summary>
     public RewardModel(Gpt backbone, AdamWSettings optimizer, bool ownsBackbone = false)
@@ -93,6 +100,12 @@ public sealed class RewardModel : IDisposable, DistAlign.Alignment.Objectives.IR
             rewards[i] = head.Forward(hLast);
         }
         scoredSequences = s;
+        if (Baseline is not null)
+        {
+            var baseline = new float[s];
+            Baseline.Score(sequences, baseline);
+            for (int i = 0; i < s; i++) rewards[i] += baseline[i];
+        }
     }
 
     /// <summary>

@@ -25,6 +25,27 @@ public sealed record PpoIterationMeasurement(string Name, GptConfig Config, int 
 /// </summary>
 public static class PpoIterationBenchmark
 {
+    /// <summary>The workloads of <c>distalign bench ppo</c> and the benchmark report: the tests' tiny model and the W2 model.</summary>
+    public static readonly (string Name, GptConfig Config, int Prompts, int PromptTokens, int ResponseTokens)[] Workloads =
+    [
+        ("tiny", new GptConfig(Layers: 1, Heads: 2, Channels: 16, VocabSize: 2257, MaxSequenceLength: 32), 8, 8, 16),
+        ("W2", StepWorkload.W2.Config, 8, 16, 48),
+    ];
+
+    /// <summary>Runs every workload of <see cref="Workloads"/>.</summary>
+    public static List<PpoIterationMeasurement> RunAll(int iterations) =>
+        [.. Workloads.Select(w => Run(w.Name, w.Config, w.Prompts, w.PromptTokens, w.ResponseTokens, warmup: 1, iterations))];
+
+    /// <summary>The markdown table both the CLI and the report print.</summary>
+    public static IEnumerable<string> Table(IEnumerable<PpoIterationMeasurement> measurements)
+    {
+        yield return "| workload | model | prompts × (prompt + response tokens) | sampling ms (tokens/s) | scoring ms | training ms (optimizer steps) | total ms | sampling share |";
+        yield return "|---|---|---|---:|---:|---:|---:|---:|";
+        foreach (var m in measurements)
+            yield return string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                $"| {m.Name} | {m.Config.Layers} layers, width {m.Config.Channels}, vocab {m.Config.VocabSize}, {m.Config.ParameterCount / 1e6:F2} M params | {m.Prompts} × ({m.PromptTokens} + {m.ResponseTokens / m.Prompts}) | {m.SamplingMilliseconds:F0} ({m.SamplingTokensPerSecond:N0}) | {m.ScoringMilliseconds:F0} | {m.TrainingMilliseconds:F0} ({m.OptimizerSteps}) | {m.TotalMilliseconds:F0} | {m.SamplingMilliseconds / m.TotalMilliseconds:P0} |");
+    }
+
     public static PpoIterationMeasurement Run(string name, GptConfig config, int prompts, int promptTokens, int responseTokens,
                                               int warmup, int iterations, int epochs = 4, int minibatches = 2, ulong seed = 1)
     {
