@@ -169,7 +169,7 @@ public class PpoGptTests : TemporaryRunFixture
         using var reference = policy.Snapshot();
         var options = Options("rlhf") with
         {
-            Steps = 30, PromptsPerIteration = 24, Epochs = 4, Minibatches = 2, Beta = 0.1, LearningRate = 1e-2f, MissingEndPenalty = null,
+            Steps = 50, PromptsPerIteration = 24, Epochs = 4, Minibatches = 2, Beta = 0.1, LearningRate = 1e-2f, MissingEndPenalty = null,
             Sampling = new SamplingOptions(4),
         };
         var trainer = new PpoTrainer(policy, reference, new TinyAlignmentSetup.EvenTokenReward(), prompts, options);

@@ -40,6 +40,7 @@ public static class DemoReport
         Number(w, "steps_per_method", s.Steps);
         Number(w, "batch", s.BatchPairs);
         Number(w, "learning_rate", s.LearningRate);
+        Number(w, "ppo_learning_rate", s.PpoLearningRate);
         Number(w, "dpo_beta", s.DpoBeta);
         Number(w, "pmle_kl_beta", s.PmleKlBeta);
         Number(w, "distillation_kl_beta", s.DistillationKlBeta);
