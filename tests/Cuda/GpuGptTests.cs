@@ -127,6 +127,21 @@ public class GpuGptTests(string backend)
         Assert.That(gpuLogProbs.Where((_, i) => batch.Targets[i] < 0), Is.All.EqualTo(0f), "no target, log-prob 0");
     }
 
+    [Test]
+    public void TheStepBenchmarkTrainsAndReportsConsistentFigures()
+    {
+        var config = new GptConfig(Layers: 1, Heads: 2, Channels: 8, VocabSize: 29, MaxSequenceLength: 8);
+        var r = GpuStepBenchmark.Run(GpuBackend.Get(backend), config, rows: 2, length: 8, GemmPrecision.Float32,
+                                     warmupSteps: 1, timedSteps: 1, peakFlops: 1e12);
+        TestContext.Out.WriteLine($"[{backend}] {r}");
+        Assert.That(r.LastLoss, Is.LessThan(r.FirstLoss), "the same batch every step: the loss must fall");
+        Assert.That(r.FirstLoss, Is.EqualTo(MathF.Log(29)).Within(0.1), "GPT-2 initialisation: loss ≈ ln V");
+        Assert.That(r.MedianMilliseconds, Is.GreaterThan(0));
+        Assert.That(r.TokensPerSecond, Is.EqualTo(16 / (r.MedianMilliseconds * 1e-3)).Within(1e-9).Percent);
+        Assert.That(r.FlopsPerStep, Is.EqualTo(GpuGpt.TrainingFlops(config, 2, 8)));
+        Assert.That(r.Mfu, Is.EqualTo(r.FlopsPerStep / (r.MedianMilliseconds * 1e-3) / 1e12).Within(1e-9).Percent);
+    }
+
     private void AssertEveryGradientClose(Gpt cpu, Gpt fromGpu)
     {
         double worst = 0;
@@ -165,5 +180,18 @@ public class GpuGptTests(string backend)
         float max = 0f;
         foreach (float v in values) max = Math.Max(max, Math.Abs(v));
         return max;
+    }
+}
+
+/// <summary>The FLOP count behind the step benchmark's MFU (no accelerator needed).</summary>
+public class GpuGptFlopTests
+{
+    [Test]
+    public void TrainingFlopsCountSixPerParameterPerTokenPlusAttention()
+    {
+        var gpt2 = new GptConfig(Layers: 12, Heads: 12, Channels: 768, VocabSize: 50257, MaxSequenceLength: 1024);
+        long parameters = ParameterLayout.For(gpt2).TotalElements;
+        Assert.That(parameters, Is.EqualTo(124_439_808), "GPT-2 124M with the tied head, V = 50,257");
+        Assert.That(GpuGpt.TrainingFlops(gpt2, 16, 1024), Is.EqualTo(16.0 * 1024 * (6.0 * parameters + 12.0 * 12 * 768 * 1024)));
     }
 }

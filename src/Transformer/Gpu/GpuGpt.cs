@@ -145,22 +145,6 @@ public sealed class GpuGpt : IDisposable
     }
 
     /// <summary>
-    /// Forward and backward for the same batch already on the device (no host copies, no synchronisation):
-    /// the step benchmark's inner loop. ∂L/∂logprob is the device vector set by the last
-    /// <see cref="ForwardBackward"/> or <see cref="Backward"/> call on this shape.
-    /// </summary>
-    public void ForwardBackwardResident(GptBatch batch)
-    {
-        var s = Prepare(batch, batch.TokenCount, upload: false);
-        TransformerForward(batch, s);
-        var dLnf = s["d_ln"];
-        dLnf.MemSetToZero();
-        lmHead.ForwardBackward(s["lnf"], Wte(parameters), s.Targets, Config.Channels, Config.VocabSize, s["d_logprobs"], default,
-                               s["logits_chunk"], s["logprobs"], s["logsumexp"], default, dLnf, Wte(gradients));
-        TransformerBackward(batch, s);
-    }
-
-    /// <summary>
     /// The global gradient norm and, when <paramref name="maxNorm"/> &gt; 0, clipping to it (as
     /// <see cref="GradientNorm.ClipByGlobalNorm(Span{float}, float)"/>: one factor for all gradients, none when the norm is not finite).
     /// Reads the norm back to the host (one synchronisation).
@@ -368,25 +352,21 @@ public sealed class GpuGpt : IDisposable
     private static ArrayView<float> All(MemoryBuffer1D<float, Stride1D.Dense> buffer) => buffer.View;
     private static ArrayView<float> Slice(MemoryBuffer1D<float, Stride1D.Dense> buffer, long offset, long length) => buffer.View.SubView(offset, length);
 
-    private ShapeBuffers Prepare(GptBatch batch, int vectorLength, bool upload = true)
+    private ShapeBuffers Prepare(GptBatch batch, int vectorLength)
     {
-        if (upload) batch.Validate(Config);
+        batch.Validate(Config);
         if (vectorLength != batch.TokenCount)
             throw new ArgumentException($"log-prob vectors must have one entry per position ({batch.TokenCount}), got {vectorLength}");
         if (shape is null || shape.Rows != batch.Rows || shape.Length != batch.Length)
         {
-            if (!upload) throw new InvalidOperationException("a resident forward/backward needs a ForwardBackward on a batch of this shape first");
             shape?.Dispose();
             shape = null;
             shape = new ShapeBuffers(accelerator, Config, batch.Rows, batch.Length);
         }
-        if (upload)
-        {
-            shape.Tokens.CopyFromCPU(batch.Tokens);
-            shape.Positions.CopyFromCPU(batch.Positions);
-            shape.Segments.CopyFromCPU(batch.Segments);
-            shape.Targets.CopyFromCPU(batch.Targets);
-        }
+        shape.Tokens.CopyFromCPU(batch.Tokens);
+        shape.Positions.CopyFromCPU(batch.Positions);
+        shape.Segments.CopyFromCPU(batch.Segments);
+        shape.Targets.CopyFromCPU(batch.Targets);
         return shape;
     }
 
