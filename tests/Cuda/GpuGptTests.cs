@@ -142,6 +142,47 @@ public class GpuGptTests(string backend)
         Assert.That(r.Mfu, Is.EqualTo(r.FlopsPerStep / (r.MedianMilliseconds * 1e-3) / 1e12).Within(1e-9).Percent);
     }
 
+    [Test]
+    public void ThePretrainingTrainerOnTheGpuModelFollowsTheCpuTrainer()
+    {
+        var config = new GptConfig(Layers: 1, Heads: 2, Channels: 8, VocabSize: 23, MaxSequenceLength: 8);
+        var tokens = Enumerable.Range(0, 200).Select(i => (i * 7 + i / 5) % 23).ToArray();
+        var options = new LanguageModelTrainingOptions
+        {
+            Steps = 2, Rows = 2, Length = 8, GradientAccumulation = 2, LearningRate = 1e-2f, WarmupSteps = 0,
+            GradientClip = 0.5f, EvaluateEvery = 2, EvaluationBatches = 1, Seed = 3,
+        };
+        using var cpuModel = new Gpt(config);
+        cpuModel.InitializeGpt2(5);
+        var cpuTrainer = new LanguageModelTrainer(cpuModel, tokens, tokens, options);
+        var accelerator = GpuBackend.Get(backend);
+        var gemm = GpuContext.CreateGemm(accelerator);
+        using var gemmOwner = gemm as IDisposable;
+        using var gpu = new GpuGpt(accelerator, config, gemm);
+        using var hostModel = new Gpt(config);
+        hostModel.InitializeGpt2(5);
+        var gpuTrainer = new LanguageModelTrainer(hostModel, tokens, tokens, options, gpu);
+        gpuTrainer.UploadModel();
+        for (int step = 0; step < options.Steps; step++)
+        {
+            var expected = cpuTrainer.TrainStep();
+            var actual = gpuTrainer.TrainStep();
+            TestContext.Out.WriteLine($"[{backend}] step {actual.Step}: loss cpu {expected.Loss:R} gpu {actual.Loss:R}, norm cpu {expected.GradientNorm:R} gpu {actual.GradientNorm:R}, validation cpu {expected.ValidationLoss} gpu {actual.ValidationLoss}");
+            Assert.That(actual.Step, Is.EqualTo(expected.Step));
+            Assert.That(actual.Tokens, Is.EqualTo(expected.Tokens));
+            Assert.That(actual.LearningRate, Is.EqualTo(expected.LearningRate));
+            Assert.That(actual.Loss, Is.EqualTo(expected.Loss).Within(RelativeTolerance * expected.Loss));
+            Assert.That(actual.GradientNorm, Is.EqualTo(expected.GradientNorm).Within(RelativeTolerance * expected.GradientNorm));
+            Assert.That(expected.GradientNorm, Is.GreaterThan(options.GradientClip), "clipping must be active");
+        }
+        Assert.That(gpuTrainer.State, Is.EqualTo(cpuTrainer.State), "same data cursor");
+        var last = gpuTrainer.Evaluate();
+        Assert.That(last, Is.EqualTo(cpuTrainer.Evaluate()).Within(RelativeTolerance * last));
+        gpuTrainer.DownloadModel();
+        AssertTensorClose(hostModel.Parameters, cpuModel.Parameters, "parameters after two steps");
+        AssertTensorClose(hostModel.AdamV, cpuModel.AdamV, "AdamW v after two steps");
+    }
+
     private void AssertEveryGradientClose(Gpt cpu, Gpt fromGpu)
     {
         double worst = 0;
