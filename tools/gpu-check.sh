@@ -8,8 +8,8 @@
 #   tools/gpu-check.sh OUTDIR [--quick]
 #                                     on a Linux x86-64 machine with an NVIDIA driver and CUDA 12/13 libraries
 #                                     (libcublas, libcublasLt, libnvrtc; no .NET SDK needed): runs the GPU checks
-#                                     against the CPU kernels, the kernel benchmarks and the GPT-2 step GEMM
-#                                     benchmark, writing summary.md, checks.tsv, benchmarks.tsv, gpu-check.log and
+#                                     against the CPU kernels and GpuGpt against the CPU Gpt, the kernel benchmarks, the GPT-2 step GEMM
+#                                     benchmark and whole GPT-2 124M training steps, writing summary.md, checks.tsv, benchmarks.tsv, gpu-check.log and
 #                                     nvidia-smi.txt into OUTDIR. Capped at 10 minutes.
 #
 # CUDA libraries are found by the usual loader search (LD_LIBRARY_PATH, ld.so.cache) and, first, in the

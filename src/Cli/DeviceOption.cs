@@ -17,10 +17,13 @@ internal static class DeviceOption
     public const string Name = "--device";
 
     /// <summary>
-    /// Commands that run on CUDA when it is chosen. None yet: the GPU kernels, cuBLAS GEMMs and the NVRTC kernel
-    /// are checked by tools/gpu-check.sh, but no command's training/inference loop runs on the GPU so far.
+    /// Commands that run on CUDA when it is chosen: pretrain (its training steps and evaluation on GpuGpt; data,
+    /// tokenization and checkpoints stay on the host). The other commands run on the CPU.
     /// </summary>
-    internal static readonly IReadOnlySet<string> CudaCapableCommands = new HashSet<string>(StringComparer.Ordinal);
+    internal static readonly IReadOnlySet<string> CudaCapableCommands = new HashSet<string>(StringComparer.Ordinal) { "pretrain" };
+
+    /// <summary>The device chosen for the command being run ("cpu" or "cuda"), set before its action runs.</summary>
+    internal static string Chosen { get; private set; } = "cpu";
 
     /// <summary>Adds <c>--device</c> to <paramref name="command"/> and every descendant that has an action.</summary>
     public static void AddToAll(Command command)
@@ -69,8 +72,10 @@ internal static class DeviceOption
     {
         public override int Invoke(ParseResult parseResult)
         {
-            var (_, line) = Resolve(parseResult.GetValue(option) ?? "auto", command, CudaCapableCommands.Contains(command), CudaDriver.Probe);
+            Chosen = "cpu";
+            var (device, line) = Resolve(parseResult.GetValue(option) ?? "auto", command, CudaCapableCommands.Contains(command), CudaDriver.Probe);
             Console.WriteLine(line);
+            Chosen = device;
             return inner.Invoke(parseResult);
         }
     }

@@ -1,7 +1,9 @@
 using System.CommandLine;
 using System.Text.Json;
 using DistAlign.Kernels.Cpu;
+using DistAlign.Kernels.Gpu;
 using DistAlign.Transformer.Data;
+using DistAlign.Transformer.Gpu;
 using DistAlign.Transformer.Model;
 using DistAlign.Transformer.Tokenization;
 using DistAlign.Transformer.Training;
@@ -89,7 +91,16 @@ internal static class PretrainCommand
         var plan = Gpt.PlanTraining(config, options.Rows, options.Length);
         AnsiConsole.MarkupLine($"memory plan: {plan.TotalBytes / (1024.0 * 1024.0):F1} MiB ({config.ParameterCount:N0} parameters)");
         using var model = new Gpt(config, memoryBudget);
-        var trainer = new LanguageModelTrainer(model, train, validation, options);
+        // --device cuda (or auto with a usable GPU): steps and evaluation on GpuGpt, fp32 GEMMs through cuBLAS;
+        // `model` stays the host copy that is initialised, restored and saved.
+        using var cuda = DeviceOption.Chosen == "cuda"
+            ? GpuContext.TryCreateCuda() ?? throw new CliUsageException("--device cuda: ILGPU could not open the CUDA device")
+            : null;
+        var gemm = cuda is null ? null : GpuContext.CreateGemm(cuda.Accelerator);
+        using var gemmOwner = gemm as IDisposable;
+        using var gpu = cuda is null ? null : new GpuGpt(cuda.Accelerator, config, gemm!);
+        if (cuda is not null) AnsiConsole.MarkupLine($"training on {Markup.Escape(cuda.Accelerator.Name)} (GpuGpt, fp32 cuBLAS GEMMs)");
+        var trainer = new LanguageModelTrainer(model, train, validation, options, gpu);
         string optionsJson = JsonSerializer.Serialize(new { config, options, tokenizer = tok.Spec });
 
         string? latest = resume ? GptCheckpoint.LatestTraining(outDir) : null;
@@ -108,6 +119,7 @@ internal static class PretrainCommand
                 throw new CliUsageException($"{outDir} already holds a run ({existing}); pass --resume to continue it or choose another --out");
             model.InitializeGpt2(options.Seed);
         }
+        trainer.UploadModel();
 
         float? lastValidation = null;
         float lastLoss = float.NaN;
@@ -129,10 +141,14 @@ internal static class PretrainCommand
                     task.Value = report.Step;
                     if (report.ValidationLoss is float vl) Console.WriteLine($"step {report.Step}: train loss {report.Loss:F4}, validation loss {vl:F4}, {tokensPerSecond:N0} tok/s");
                     if (report.Step % checkpointEvery == 0 || report.Step == options.Steps)
+                    {
+                        trainer.DownloadModel();
                         GptCheckpoint.SaveTraining(outDir, model, tok.Spec, trainer.State, optionsJson);
+                    }
                 }
             });
         string modelPath = Path.Combine(outDir, GptCheckpoint.ModelFileName);
+        trainer.DownloadModel();
         GptCheckpoint.SaveModel(modelPath, model, tok.Spec);
         Console.WriteLine($"done: {trainer.Step} steps, last train loss {lastLoss:F4}" +
                           (lastValidation is float fv ? $", validation loss {fv:F4}" : "") + $"; model written to {modelPath}");

@@ -27,6 +27,7 @@ public class DeviceOptionTests : CliTestBase
                     Is.EqualTo("--device cuda: no CUDA driver found: tried libcuda.so.1, libcuda.so"));
         Assert.That(Assert.Throws<CliUsageException>(() => DeviceOption.Resolve("cuda", "bench step", false, () => H200))!.Message,
                     Does.Contain("'bench step' has no CUDA path yet"));
+        Assert.That(DeviceOption.CudaCapableCommands, Is.EquivalentTo(new[] { "pretrain" }), "pretrain trains on GpuGpt under --device cuda");
     }
 
     [Test]

@@ -8,7 +8,8 @@ namespace DistAlign.GpuCheck;
 /// <summary>
 /// <c>gpu-check [--out DIR] [--quick] [--skip-bench]</c>: on a machine with an NVIDIA GPU, checks the GPU kernels
 /// (ILGPU on the CUDA accelerator, cuBLAS/cuBLASLt GEMMs, the NVRTC kernel) against the CPU kernels, then
-/// times the GEMMs at GPT-2 124M shapes and the fused log-prob kernels, writing summary.md, checks.tsv and
+/// checks the whole GPT (GpuGpt) against the CPU Gpt, times the GEMMs at GPT-2 124M shapes, the fused log-prob
+/// kernels and whole GPT-2 124M training steps (bf16 and fp32 GEMMs; tokens/s, MFU), writing summary.md, checks.tsv and
 /// benchmarks.tsv into DIR. Exit codes: 0 all checks passed, 1 a check failed, 2 bad arguments, 3 no usable
 /// CUDA device (nothing was run; the reason is printed and written to DIR/summary.md). <c>--simulator</c> runs the
 /// ILGPU kernel checks on ILGPU's CPU accelerator instead (no GPU).
@@ -27,7 +28,11 @@ public static class Program
     {
         using var context = GpuContext.CreateCpuSimulator();
         new KernelChecks(context.Accelerator, report, quick: true).RunAll();
-        report.Write(outDir, "ILGPU CPU simulator (no GPU): ILGPU kernels only, quick shapes.");
+        var gpt = new GptChecks(context.Accelerator, report);
+        gpt.CompareWithTheCpuModel();
+        gpt.StepBenchmark("tiny GPT (simulator smoke)", new(Layers: 2, Heads: 2, Channels: 16, VocabSize: 64, MaxSequenceLength: 16),
+                          rows: 2, length: 16, GemmPrecision.Float32, warmup: 1, steps: 1, KernelBenchmarks.PeakBf16Flops);
+        report.Write(outDir, "ILGPU CPU simulator (no GPU): ILGPU kernels and the GPT (tiny shapes); timings mean nothing here.");
         int failed = report.Checks.Count(c => !c.Passed);
         report.Log.WriteLine($"{report.Checks.Count - failed} passed, {failed} failed");
         return failed == 0 ? 0 : 1;
@@ -85,7 +90,17 @@ public static class Program
         {
             var checks = new KernelChecks(accelerator, report, quick);
             checks.RunAll();
-            if (bench) new KernelBenchmarks(accelerator, report, quick).RunAll();
+            var gpt = new GptChecks(accelerator, report);
+            gpt.CompareWithTheCpuModel();
+            if (bench)
+            {
+                new KernelBenchmarks(accelerator, report, quick).RunAll();
+                // GPT-2 124M, B × 1024 tokens: bf16 GEMMs (cuBLAS, fp32 accumulation), then fp32 for comparison
+                var gpt2 = new Transformer.Model.GptConfig(Layers: 12, Heads: 12, Channels: 768, VocabSize: 50257, MaxSequenceLength: 1024);
+                int rows = quick ? 2 : 16;
+                gpt.StepBenchmark("GPT-2 124M", gpt2, rows, 1024, GemmPrecision.BFloat16, warmup: 2, steps: quick ? 3 : 5, KernelBenchmarks.PeakBf16Flops);
+                gpt.StepBenchmark("GPT-2 124M", gpt2, rows, 1024, GemmPrecision.Float32, warmup: 1, steps: 3, KernelBenchmarks.PeakBf16Flops);
+            }
             else report.Note("benchmarks skipped (--skip-bench)");
         }
         catch (Exception e)

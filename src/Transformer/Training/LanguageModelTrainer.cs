@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using DistAlign.Kernels.Cpu;
+using DistAlign.Transformer.Gpu;
 using DistAlign.Transformer.Model;
 
 namespace DistAlign.Transformer.Training;
@@ -46,6 +47,7 @@ public readonly record struct StepReport(int Step, float Loss, float GradientNor
 public sealed class LanguageModelTrainer
 {
     private readonly Gpt model;
+    private readonly GpuGpt? gpu;
     private readonly int[] validation;
     private readonly LanguageModelTrainingOptions options;
     private readonly LearningRateSchedule schedule;
@@ -63,9 +65,15 @@ public sealed class LanguageModelTrainer
     public TokenWindowLoader Loader { get; }
     public LanguageModelTrainingOptions Options => options;
 
-    public LanguageModelTrainer(Gpt model, int[] trainTokens, int[] validationTokens, LanguageModelTrainingOptions options)
+    /// <param name="gpu">when given, every step and evaluation runs on it (same config as <paramref name="model"/>);
+    /// <paramref name="model"/> is then the host copy: call <see cref="UploadModel"/> after initialising or
+    /// restoring it, and <see cref="DownloadModel"/> before saving it</param>
+    public LanguageModelTrainer(Gpt model, int[] trainTokens, int[] validationTokens, LanguageModelTrainingOptions options, GpuGpt? gpu = null)
     {
         this.model = model;
+        this.gpu = gpu;
+        if (gpu is not null && gpu.Config != model.Config)
+            throw new ArgumentException($"the GPU model's config {gpu.Config} differs from the host model's {model.Config}", nameof(gpu));
         this.options = options.Validate();
         validation = validationTokens;
         schedule = new LearningRateSchedule(options.LearningRate, options.WarmupSteps, options.Steps, options.MinLearningRateFraction);
@@ -85,9 +93,16 @@ public sealed class LanguageModelTrainer
         Loader.Seek(state.LoaderEpoch, state.LoaderIndex);
     }
 
+    /// <summary>Copies the host model's parameters and moments to the GPU model (no-op on the CPU path).</summary>
+    public void UploadModel() => gpu?.Upload(model);
+
+    /// <summary>Copies the GPU model's parameters, gradients and moments into the host model (no-op on the CPU path).</summary>
+    public void DownloadModel() => gpu?.Download(model);
+
     /// <summary>One optimizer step over <see cref="LanguageModelTrainingOptions.GradientAccumulation"/> micro-batches.</summary>
     public StepReport TrainStep()
     {
+        if (gpu is not null) return TrainStepOnGpu(gpu);
         var watch = Stopwatch.StartNew();
         model.ZeroGradients();
         double lossSum = 0;
@@ -125,6 +140,49 @@ public sealed class LanguageModelTrainer
     }
 
     /// <summary>
+    /// <see cref="TrainStep"/> on the GPU model: the same micro-batches, loss, clipping, schedule and AdamW
+    /// (weight decay on the matrices), with the NaN/Inf guard naming the tensor after copying the model back.
+    /// </summary>
+    private StepReport TrainStepOnGpu(GpuGpt gpu)
+    {
+        var watch = Stopwatch.StartNew();
+        gpu.ZeroGradients();
+        double lossSum = 0;
+        int tokens = 0;
+        for (int micro = 0; micro < options.GradientAccumulation; micro++)
+        {
+            batch.SetLanguageModelling(Loader.Next());
+            float d = -1f / (options.GradientAccumulation * batch.TokenCount);
+            Array.Fill(dLogProbs, d);
+            gpu.ForwardBackward(batch, dLogProbs, logProbs);
+            foreach (float lp in logProbs) lossSum -= lp;
+            tokens += batch.TokenCount;
+        }
+        float loss = (float)(lossSum / tokens);
+        if (!float.IsFinite(loss))
+        {
+            gpu.Download(model);
+            throw NonFiniteValueException.ForLoss(Step + 1, "the training loss", NonFiniteElement.FindFirst(model.Layout, model.Parameters));
+        }
+        float norm = (float)gpu.ClipGradients(options.GradientClip).Norm;
+        if (!float.IsFinite(norm))
+        {
+            gpu.Download(model);
+            throw NonFiniteValueException.ForGradient(Step + 1, NonFiniteElement.FindFirst(model.Layout, model.Gradients));
+        }
+        float lr = schedule.At(Step);
+        var s = options.AdamW;
+        gpu.AdamWStep(Step + 1, lr, s.Beta1, s.Beta2, s.Epsilon, s.WeightDecay);
+        gpu.Synchronize();
+        Step++;
+        double milliseconds = watch.Elapsed.TotalMilliseconds;
+        float? validationLoss = null;
+        if (options.EvaluateEvery > 0 && (Step % options.EvaluateEvery == 0 || Step == options.Steps))
+            validationLoss = Evaluate();
+        return new StepReport(Step, loss, norm, lr, tokens, milliseconds, validationLoss);
+    }
+
+    /// <summary>
     /// Mean next-token loss over the first <see cref="LanguageModelTrainingOptions.EvaluationBatches"/>
     /// windows of the validation stream (the same windows every time, so values are comparable).
     /// </summary>
@@ -136,7 +194,8 @@ public sealed class LanguageModelTrainer
         for (int i = 0; i < batches; i++)
         {
             batch.SetLanguageModelling(loader.Next());
-            model.Forward(batch, logProbs);
+            if (gpu is not null) gpu.Forward(batch, logProbs);
+            else model.Forward(batch, logProbs);
             foreach (float lp in logProbs) sum -= lp;
         }
         return (float)(sum / (batches * batch.TokenCount));

@@ -1,0 +1,430 @@
+using DistAlign.Engine.Memory;
+using DistAlign.Kernels.Cpu;
+using DistAlign.Kernels.Gpu;
+using DistAlign.Transformer.Model;
+using ILGPU;
+using ILGPU.Runtime;
+
+namespace DistAlign.Transformer.Gpu;
+
+/// <summary>
+/// The GPT of <see cref="Gpt"/> on an ILGPU accelerator: the same forward and backward (same parameter
+/// layout, same activations, same math), with every op a GPU kernel and every matrix product an
+/// <see cref="IGemm"/> call (cuBLAS on CUDA, <see cref="GpuTiledGemm"/> elsewhere). Parameters, gradients,
+/// AdamW moments and activations live in device buffers; <see cref="Upload"/> and <see cref="Download"/>
+/// copy the flat buffers from and to a CPU <see cref="Gpt"/>, so checkpoints keep the CPU format.
+/// </summary>
+/// <remarks>
+/// Attention is three steps per batch row b, each over the NH heads as one strided-batched GEMM (head h's
+/// q, k, v are hs-wide column blocks of qkv [T, 3C], so consecutive heads are hs elements apart):
+/// scores = q·kᵀ, then the masked softmax (<see cref="GpuAttention.SoftmaxForward"/>, scale and segment ids
+/// applied there) over the whole batch, then out = a·v. Bias gradients are ones[1, N]·dy[N, out] GEMMs.
+/// All work is queued on the accelerator's default stream; only the host copies synchronise.
+/// </remarks>
+public sealed class GpuGpt : IDisposable
+{
+    private readonly Accelerator accelerator;
+    private readonly IGemm gemm;
+    private readonly GpuLayerNorm layerNorm;
+    private readonly GpuAttention attention;
+    private readonly GpuGelu gelu;
+    private readonly GpuResidual residual;
+    private readonly GpuEmbedding embedding;
+    private readonly GpuSequenceLogProbs lmHead;
+    private readonly GpuAdamW adamW;
+    private readonly GpuGradientNorm gradientNorm;
+    private readonly MemoryBuffer1D<float, Stride1D.Dense> parameters, gradients, adamM, adamV;
+    private readonly MemoryBuffer1D<double, Stride1D.Dense> normPartials, normTotal;
+    private readonly MemoryBuffer1D<float, Stride1D.Dense> clipScale;
+    private ShapeBuffers? shape;
+
+    public GptConfig Config { get; }
+    public ParameterLayout Layout { get; }
+
+    /// <summary>The GEMMs and kernels run on <paramref name="accelerator"/>; <paramref name="gemm"/> must be for the same accelerator.</summary>
+    public GpuGpt(Accelerator accelerator, GptConfig config, IGemm gemm)
+    {
+        this.accelerator = accelerator;
+        this.gemm = gemm;
+        Config = config.Validate();
+        Layout = ParameterLayout.For(config);
+        layerNorm = new GpuLayerNorm(accelerator);
+        attention = new GpuAttention(accelerator);
+        gelu = new GpuGelu(accelerator);
+        residual = new GpuResidual(accelerator);
+        embedding = new GpuEmbedding(accelerator);
+        lmHead = new GpuSequenceLogProbs(accelerator, gemm, new GpuTargetLogProbs(accelerator));
+        adamW = new GpuAdamW(accelerator);
+        gradientNorm = new GpuGradientNorm(accelerator);
+        long total = Layout.TotalElements;
+        parameters = accelerator.Allocate1D<float>(total);
+        gradients = accelerator.Allocate1D<float>(total);
+        adamM = accelerator.Allocate1D<float>(total);
+        adamV = accelerator.Allocate1D<float>(total);
+        foreach (var b in new[] { parameters, gradients, adamM, adamV }) b.MemSetToZero();
+        normPartials = accelerator.Allocate1D<double>((long)Layout.Tensors.Count * GpuGradientNorm.PartialsPerTensor);
+        normTotal = accelerator.Allocate1D<double>(1);
+        clipScale = accelerator.Allocate1D<float>(1);
+    }
+
+    /// <summary>All parameters on the device, flat, in <see cref="Layout"/> order.</summary>
+    public ArrayView<float> Parameters => parameters.View;
+    /// <summary>Gradients on the device, same layout; backward passes accumulate into them.</summary>
+    public ArrayView<float> Gradients => gradients.View;
+
+    /// <summary>Copies parameters and AdamW moments of <paramref name="model"/> (same config) to the device; gradients are zeroed.</summary>
+    public void Upload(Gpt model)
+    {
+        CheckSameLayout(model);
+        All(parameters).CopyFromCPU(model.Parameters);
+        All(adamM).CopyFromCPU(model.AdamM);
+        All(adamV).CopyFromCPU(model.AdamV);
+        gradients.MemSetToZero();
+        accelerator.Synchronize();
+    }
+
+    /// <summary>Copies parameters, gradients and AdamW moments back into <paramref name="model"/> (for checkpoints and checks).</summary>
+    public void Download(Gpt model)
+    {
+        CheckSameLayout(model);
+        accelerator.Synchronize();
+        All(parameters).CopyToCPU(model.Parameters);
+        All(gradients).CopyToCPU(model.Gradients);
+        All(adamM).CopyToCPU(model.AdamM);
+        All(adamV).CopyToCPU(model.AdamV);
+    }
+
+    private void CheckSameLayout(Gpt model)
+    {
+        if (model.Config != Config)
+            throw new ArgumentException($"the CPU model's config {model.Config} differs from the GPU model's {Config}", nameof(model));
+    }
+
+    /// <summary>Zeroes the gradients (the backward accumulates into them).</summary>
+    public void ZeroGradients() => gradients.View.MemSetToZero();
+
+    /// <summary>
+    /// Forward pass: logProbs[i] = ln π(target_i | its segment's prefix), 0 where the target is −1 (as
+    /// <see cref="Gpt.Forward"/>, without entropies). Keeps the activations <see cref="Backward"/> needs.
+    /// </summary>
+    public void Forward(GptBatch batch, Span<float> logProbs)
+    {
+        var s = Prepare(batch, logProbs.Length);
+        TransformerForward(batch, s);
+        lmHead.Forward(s["lnf"], Wte(parameters), s.Targets, Config.Channels, Config.VocabSize, s["logits_chunk"],
+                       s["logprobs"], s["logsumexp"], default);
+        s["logprobs"].CopyToCPU(logProbs);
+    }
+
+    /// <summary>Backward after <see cref="Forward"/> on the same batch, for ∂L/∂logprob; accumulates into <see cref="Gradients"/>.</summary>
+    public void Backward(GptBatch batch, ReadOnlySpan<float> dLogProbs)
+    {
+        var s = Prepare(batch, dLogProbs.Length);
+        s["d_logprobs"].CopyFromCPU(dLogProbs);
+        var dLnf = s["d_ln"];
+        dLnf.MemSetToZero();
+        lmHead.Backward(s["lnf"], Wte(parameters), s.Targets, Config.Channels, Config.VocabSize, s["logsumexp"], default,
+                        s["d_logprobs"], default, s["logits_chunk"], dLnf, Wte(gradients));
+        TransformerBackward(batch, s);
+    }
+
+    /// <summary>Forward and backward with one logits GEMM per chunk (as <see cref="Gpt.ForwardBackward"/>); accumulates into <see cref="Gradients"/>.</summary>
+    public void ForwardBackward(GptBatch batch, ReadOnlySpan<float> dLogProbs, Span<float> logProbs)
+    {
+        var s = Prepare(batch, logProbs.Length);
+        if (dLogProbs.Length != logProbs.Length)
+            throw new ArgumentException($"dLogProbs must have one entry per position ({batch.TokenCount}), got {dLogProbs.Length}");
+        s["d_logprobs"].CopyFromCPU(dLogProbs);
+        TransformerForward(batch, s);
+        var dLnf = s["d_ln"];
+        dLnf.MemSetToZero();
+        lmHead.ForwardBackward(s["lnf"], Wte(parameters), s.Targets, Config.Channels, Config.VocabSize, s["d_logprobs"], default,
+                               s["logits_chunk"], s["logprobs"], s["logsumexp"], default, dLnf, Wte(gradients));
+        TransformerBackward(batch, s);
+        s["logprobs"].CopyToCPU(logProbs);
+    }
+
+    /// <summary>
+    /// The global gradient norm and, when <paramref name="maxNorm"/> &gt; 0, clipping to it (as
+    /// <see cref="GradientNorm.ClipByGlobalNorm(Span{float}, float)"/>: one factor for all gradients, none when the norm is not finite).
+    /// Reads the norm back to the host (one synchronisation).
+    /// </summary>
+    public GradientClip ClipGradients(float maxNorm)
+    {
+        normPartials.MemSetToZero();
+        var p = normPartials.View;
+        gradientNorm.PartialSumsOfSquares(gradients.View, p.SubView(0, GpuGradientNorm.PartialsPerTensor));
+        gradientNorm.SumPartials(p.SubView(0, GpuGradientNorm.PartialsPerTensor), normTotal.View);
+        float scale = 1f;
+        if (maxNorm > 0)
+        {
+            gradientNorm.ClipScale(normTotal.View, maxNorm, clipScale.View);
+            gradientNorm.Scale(gradients.View, clipScale.View);
+            scale = clipScale.GetAsArray1D()[0];
+        }
+        return new GradientClip(Math.Sqrt(normTotal.GetAsArray1D()[0]), scale);
+    }
+
+    /// <summary>
+    /// One AdamW step over every tensor, weight decay on the matrices only (linear weights and embeddings),
+    /// as <c>AdamWOptimizer.Step</c> on the CPU.
+    /// </summary>
+    /// <param name="step">1-based optimizer step (for bias correction)</param>
+    public void AdamWStep(int step, float learningRate, float beta1, float beta2, float epsilon, float weightDecay)
+    {
+        foreach (var t in Layout.Tensors)
+        {
+            float decay = t.Shape.Length >= 2 ? weightDecay : 0f;
+            adamW.Step(Slice(parameters, t.Offset, t.Length), Slice(gradients, t.Offset, t.Length),
+                       Slice(adamM, t.Offset, t.Length), Slice(adamV, t.Offset, t.Length),
+                       step, learningRate, beta1, beta2, epsilon, decay);
+        }
+    }
+
+    /// <summary>Waits for all queued device work.</summary>
+    public void Synchronize() => accelerator.Synchronize();
+
+    /// <summary>
+    /// Floating-point operations of one forward + backward on B × T tokens, counted as llm.c / nanoGPT do for
+    /// MFU: 6 per parameter per token (embeddings and LM head included, the tied table counted once) plus
+    /// attention's 12·L·C·T per token (QKᵀ and A·V, forward and backward, the full T×T computed).
+    /// </summary>
+    public static double TrainingFlops(GptConfig config, int rows, int length)
+    {
+        double tokens = (double)rows * length;
+        double parameterCount = ParameterLayout.For(config).TotalElements;
+        return tokens * (6 * parameterCount + 12.0 * config.Layers * config.Channels * length);
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // forward: as Gpt's. Per block:
+    //   ln1 = LN(x); qkv = ln1·W_attn + b; scores[b,h] = q·kᵀ; a = softmax(scores/√hs, causal ∧ same segment)
+    //   atty[b,h] = a·v; x2 = x + atty·W_proj + b; ln2 = LN(x2); fch = ln2·W_fc + b; x3 = x2 + gelu(fch)·W_fcproj + b
+    // ---------------------------------------------------------------------------------------------
+    private void TransformerForward(GptBatch batch, ShapeBuffers s)
+    {
+        int n = batch.TokenCount, c = Config.Channels;
+        var encoded = s["encoded"];
+        embedding.Forward(s.Tokens, s.Positions, Wte(parameters), Slice(parameters, Layout.Wpe, (long)Config.MaxSequenceLength * c), c, encoded);
+        var x = encoded;
+        var projection = s["projection"];
+        for (int l = 0; l < Config.Layers; l++)
+        {
+            var o = Layout.Blocks[l];
+            string a = $"h.{l}.";
+            var ln1 = s[a + "ln1"];
+            var qkv = s[a + "qkv"];
+            var atty = s[a + "atty"];
+            var residual2 = s[a + "residual2"];
+            var ln2 = s[a + "ln2"];
+            var fch = s[a + "fch"];
+            var fchGelu = s[a + "fch_gelu"];
+            var residual3 = s[a + "residual3"];
+
+            layerNorm.Forward(x, P(o.Ln1Weight, c), P(o.Ln1Bias, c), ln1, s[a + "ln1_mean"], s[a + "ln1_rstd"]);
+            LinearForward(ln1, P(o.AttnWeight, c * 3L * c), P(o.AttnBias, 3 * c), qkv, n, c, 3 * c);
+            AttentionForward(batch, s, qkv, s[a + "att"], atty);
+            LinearForward(atty, P(o.AttnProjWeight, (long)c * c), P(o.AttnProjBias, c), projection, n, c, c);
+            residual.Forward(x, projection, residual2);
+            layerNorm.Forward(residual2, P(o.Ln2Weight, c), P(o.Ln2Bias, c), ln2, s[a + "ln2_mean"], s[a + "ln2_rstd"]);
+            LinearForward(ln2, P(o.FcWeight, c * 4L * c), P(o.FcBias, 4 * c), fch, n, c, 4 * c);
+            gelu.Forward(fch, fchGelu);
+            LinearForward(fchGelu, P(o.FcProjWeight, 4L * c * c), P(o.FcProjBias, c), projection, n, 4 * c, c);
+            residual.Forward(residual2, projection, residual3);
+            x = residual3;
+        }
+        layerNorm.Forward(x, P(Layout.LnFWeight, c), P(Layout.LnFBias, c), s["lnf"], s["lnf_mean"], s["lnf_rstd"]);
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // backward: the forward's calls in reverse; d_residual carries ∂L/∂(residual stream) and each LayerNorm
+    // backward adds into it (the residual connection's backward), exactly as Gpt.TransformerBackward.
+    // ---------------------------------------------------------------------------------------------
+    private void TransformerBackward(GptBatch batch, ShapeBuffers s)
+    {
+        int n = batch.TokenCount, c = Config.Channels;
+        var dResidual = s["d_residual"];
+        var dLn = s["d_ln"];
+        var dAtty = s["d_atty"];
+        var dQkv = s["d_qkv"];
+        var dFch = s["d_fch"];
+        var dFchGelu = s["d_fch_gelu"];
+
+        var lastResidual = Config.Layers > 0 ? s[$"h.{Config.Layers - 1}.residual3"] : s["encoded"];
+        dResidual.MemSetToZero();
+        layerNorm.Backward(dLn, lastResidual, P(Layout.LnFWeight, c), s["lnf_mean"], s["lnf_rstd"],
+                           dResidual, G(Layout.LnFWeight, c), G(Layout.LnFBias, c));
+
+        for (int l = Config.Layers - 1; l >= 0; l--)
+        {
+            var o = Layout.Blocks[l];
+            string a = $"h.{l}.";
+            var x = l == 0 ? s["encoded"] : s[$"h.{l - 1}.residual3"];
+
+            dFchGelu.MemSetToZero();
+            LinearBackward(s, dResidual, s[a + "fch_gelu"], P(o.FcProjWeight, 4L * c * c), dFchGelu, G(o.FcProjWeight, 4L * c * c), G(o.FcProjBias, c), n, 4 * c, c);
+            dFch.MemSetToZero();
+            gelu.Backward(dFchGelu, s[a + "fch"], dFch);
+            dLn.MemSetToZero();
+            LinearBackward(s, dFch, s[a + "ln2"], P(o.FcWeight, c * 4L * c), dLn, G(o.FcWeight, c * 4L * c), G(o.FcBias, 4 * c), n, c, 4 * c);
+            layerNorm.Backward(dLn, s[a + "residual2"], P(o.Ln2Weight, c), s[a + "ln2_mean"], s[a + "ln2_rstd"],
+                               dResidual, G(o.Ln2Weight, c), G(o.Ln2Bias, c));
+
+            dAtty.MemSetToZero();
+            LinearBackward(s, dResidual, s[a + "atty"], P(o.AttnProjWeight, (long)c * c), dAtty, G(o.AttnProjWeight, (long)c * c), G(o.AttnProjBias, c), n, c, c);
+            dQkv.MemSetToZero();
+            AttentionBackward(batch, s, dAtty, s[a + "qkv"], s[a + "att"], dQkv);
+            dLn.MemSetToZero();
+            LinearBackward(s, dQkv, s[a + "ln1"], P(o.AttnWeight, c * 3L * c), dLn, G(o.AttnWeight, c * 3L * c), G(o.AttnBias, 3 * c), n, c, 3 * c);
+            layerNorm.Backward(dLn, x, P(o.Ln1Weight, c), s[a + "ln1_mean"], s[a + "ln1_rstd"],
+                               dResidual, G(o.Ln1Weight, c), G(o.Ln1Bias, c));
+        }
+
+        embedding.Backward(dResidual, s.Tokens, s.Positions, c, Wte(gradients), Slice(gradients, Layout.Wpe, (long)Config.MaxSequenceLength * c));
+    }
+
+    // y[N, out] = x[N, in]·W[in, out] + b
+    private void LinearForward(ArrayView<float> input, ArrayView<float> weight, ArrayView<float> bias, ArrayView<float> output,
+                               int rows, int inDim, int outDim) =>
+        gemm.Multiply(false, false, rows, outDim, inDim, 1f, input, inDim, weight, outDim, 0f, output, outDim, bias);
+
+    // dx += dy·Wᵀ;  dW += xᵀ·dy;  db += ones[1, N]·dy
+    private void LinearBackward(ShapeBuffers s, ArrayView<float> dOutput, ArrayView<float> input, ArrayView<float> weight,
+                                ArrayView<float> dInput, ArrayView<float> dWeight, ArrayView<float> dBias, int rows, int inDim, int outDim)
+    {
+        gemm.Multiply(false, true, rows, inDim, outDim, 1f, dOutput, outDim, weight, outDim, 1f, dInput, inDim);
+        gemm.Multiply(true, false, inDim, outDim, rows, 1f, input, inDim, dOutput, outDim, 1f, dWeight, outDim);
+        gemm.Multiply(false, false, 1, outDim, rows, 1f, s["ones"], rows, dOutput, outDim, 1f, dBias, outDim);
+    }
+
+    // Per row b, over the NH heads (stride hs): scores = q·kᵀ [T, T]; then the masked softmax over all rows; then out = a·v.
+    private void AttentionForward(GptBatch batch, ShapeBuffers s, ArrayView<float> qkv, ArrayView<float> att, ArrayView<float> atty)
+    {
+        int T = batch.Length, nh = Config.Heads, c = Config.Channels, hs = c / nh;
+        long tt = (long)T * T;
+        for (int b = 0; b < batch.Rows; b++)
+        {
+            var rowQkv = qkv.SubView((long)b * T * 3 * c);
+            gemm.MultiplyStridedBatched(false, true, T, T, hs, 1f, rowQkv, 3 * c, hs, rowQkv.SubView(c), 3 * c, hs,
+                                        0f, att.SubView(b * nh * tt), T, tt, nh);
+        }
+        attention.SoftmaxForward(att, s.Segments, batch.Rows, T, nh, 1f / MathF.Sqrt(hs), att);
+        for (int b = 0; b < batch.Rows; b++)
+        {
+            var rowQkv = qkv.SubView((long)b * T * 3 * c);
+            gemm.MultiplyStridedBatched(false, false, T, hs, T, 1f, att.SubView(b * nh * tt), T, tt, rowQkv.SubView(2 * c), 3 * c, hs,
+                                        0f, atty.SubView((long)b * T * c), c, hs, nh);
+        }
+    }
+
+    // dA = dout·vᵀ;  dv += aᵀ·dout;  dS = softmax backward (scale included);  dq += dS·k;  dk += dSᵀ·q   (dQkv accumulated)
+    private void AttentionBackward(GptBatch batch, ShapeBuffers s, ArrayView<float> dAtty, ArrayView<float> qkv, ArrayView<float> att, ArrayView<float> dQkv)
+    {
+        int T = batch.Length, nh = Config.Heads, c = Config.Channels, hs = c / nh;
+        long tt = (long)T * T;
+        var dAtt = s["d_att"];
+        for (int b = 0; b < batch.Rows; b++)
+        {
+            var rowQkv = qkv.SubView((long)b * T * 3 * c);
+            var rowDQkv = dQkv.SubView((long)b * T * 3 * c);
+            var rowDOut = dAtty.SubView((long)b * T * c);
+            gemm.MultiplyStridedBatched(false, true, T, T, hs, 1f, rowDOut, c, hs, rowQkv.SubView(2 * c), 3 * c, hs,
+                                        0f, dAtt.SubView(b * nh * tt), T, tt, nh);
+            gemm.MultiplyStridedBatched(true, false, T, hs, T, 1f, att.SubView(b * nh * tt), T, tt, rowDOut, c, hs,
+                                        1f, rowDQkv.SubView(2 * c), 3 * c, hs, nh);
+        }
+        attention.SoftmaxBackward(dAtt, att, batch.Rows, T, nh, 1f / MathF.Sqrt(hs), dAtt);
+        for (int b = 0; b < batch.Rows; b++)
+        {
+            var rowQkv = qkv.SubView((long)b * T * 3 * c);
+            var rowDQkv = dQkv.SubView((long)b * T * 3 * c);
+            var rowDScores = dAtt.SubView(b * nh * tt);
+            gemm.MultiplyStridedBatched(false, false, T, hs, T, 1f, rowDScores, T, tt, rowQkv.SubView(c), 3 * c, hs,
+                                        1f, rowDQkv, 3 * c, hs, nh);
+            gemm.MultiplyStridedBatched(true, false, T, hs, T, 1f, rowDScores, T, tt, rowQkv, 3 * c, hs,
+                                        1f, rowDQkv.SubView(c), 3 * c, hs, nh);
+        }
+    }
+
+    private ArrayView<float> P(long offset, long length) => Slice(parameters, offset, length);
+    private ArrayView<float> G(long offset, long length) => Slice(gradients, offset, length);
+    private ArrayView<float> Wte(MemoryBuffer1D<float, Stride1D.Dense> buffer) => Slice(buffer, Layout.Wte, (long)Config.VocabSize * Config.Channels);
+    private static ArrayView<float> All(MemoryBuffer1D<float, Stride1D.Dense> buffer) => buffer.View;
+    private static ArrayView<float> Slice(MemoryBuffer1D<float, Stride1D.Dense> buffer, long offset, long length) => buffer.View.SubView(offset, length);
+
+    private ShapeBuffers Prepare(GptBatch batch, int vectorLength)
+    {
+        batch.Validate(Config);
+        if (vectorLength != batch.TokenCount)
+            throw new ArgumentException($"log-prob vectors must have one entry per position ({batch.TokenCount}), got {vectorLength}");
+        if (shape is null || shape.Rows != batch.Rows || shape.Length != batch.Length)
+        {
+            shape?.Dispose();
+            shape = null;
+            shape = new ShapeBuffers(accelerator, Config, batch.Rows, batch.Length);
+        }
+        shape.Tokens.CopyFromCPU(batch.Tokens);
+        shape.Positions.CopyFromCPU(batch.Positions);
+        shape.Segments.CopyFromCPU(batch.Segments);
+        shape.Targets.CopyFromCPU(batch.Targets);
+        return shape;
+    }
+
+    /// <summary>
+    /// The device activations of one batch shape: <see cref="GptActivations"/>'s plan (same names, same sizes)
+    /// in one device buffer, plus the attention-gradient scratch d_att [B, NH, T, T], the ones vector for
+    /// bias gradients, ∂L/∂logprob and the batch's ids.
+    /// </summary>
+    private sealed class ShapeBuffers : IDisposable
+    {
+        private readonly MemoryBuffer1D<float, Stride1D.Dense> floats;
+        private readonly MemoryBuffer1D<int, Stride1D.Dense> ids;
+        private readonly Dictionary<string, ArrayView<float>> views = new();
+        public int Rows { get; }
+        public int Length { get; }
+        public ArrayView<int> Tokens { get; }
+        public ArrayView<int> Positions { get; }
+        public ArrayView<int> Segments { get; }
+        public ArrayView<int> Targets { get; }
+
+        public ShapeBuffers(Accelerator accelerator, GptConfig config, int rows, int length)
+        {
+            Rows = rows;
+            Length = length;
+            long n = (long)rows * length;
+            var builder = new MemoryPlanBuilder();
+            var arena = builder.Arena(GptActivations.Arena);
+            GptActivations.Plan(arena, config, rows, length);
+            arena.Add<float>("d_att", (long)rows * config.Heads * length * length).Add<float>("ones", n).Add<float>("d_logprobs", n);
+            var plan = builder.Build()[GptActivations.Arena];
+            floats = accelerator.Allocate1D<float>(plan.SizeInBytes / sizeof(float));
+            foreach (var t in plan.Tensors)
+                views[t.Name] = floats.View.SubView(t.ByteOffset / sizeof(float), t.ElementCount);
+            floats.MemSetToZero();
+            var ones = new float[n];
+            Array.Fill(ones, 1f);
+            views["ones"].CopyFromCPU(ones);
+            ids = accelerator.Allocate1D<int>(4 * n);
+            Tokens = ids.View.SubView(0, n);
+            Positions = ids.View.SubView(n, n);
+            Segments = ids.View.SubView(2 * n, n);
+            Targets = ids.View.SubView(3 * n, n);
+        }
+
+        public ArrayView<float> this[string name] => views[name];
+
+        public void Dispose()
+        {
+            floats.Dispose();
+            ids.Dispose();
+        }
+    }
+
+    public void Dispose()
+    {
+        shape?.Dispose();
+        foreach (var b in new[] { parameters, gradients, adamM, adamV, clipScale }) b.Dispose();
+        normPartials.Dispose();
+        normTotal.Dispose();
+    }
+}

@@ -1,0 +1,79 @@
+using DistAlign.Kernels.Gpu;
+using DistAlign.Transformer.Gpu;
+using DistAlign.Transformer.Model;
+using ILGPU.Runtime;
+
+namespace DistAlign.GpuCheck;
+
+/// <summary>
+/// The whole GPT on the accelerator: <see cref="GpuGpt"/>'s log-probs and every gradient tensor against the
+/// CPU <see cref="Gpt"/> at a tiny odd shape (2 layers, 2 heads, C = 12, V = 37, B = 2, T = 9, row 0 packing
+/// two segments), fp32 GEMMs; and the whole-step benchmark (<see cref="GpuStepBenchmark"/>).
+/// </summary>
+internal sealed class GptChecks(Accelerator accelerator, Report report)
+{
+    private const double AbsoluteTolerance = 1e-5, RelativeTolerance = 1e-4;
+
+    public void CompareWithTheCpuModel()
+    {
+        try { Compare(); }
+        catch (Exception e) { report.Add(new CheckResult("GpuGpt vs CPU Gpt", 0, double.NaN, double.NaN, "", $"{e.GetType().Name}: {e.Message}")); }
+    }
+
+    private void Compare()
+    {
+        var config = new GptConfig(Layers: 2, Heads: 2, Channels: 12, VocabSize: 37, MaxSequenceLength: 16);
+        var batch = new GptBatch(2, 9);
+        var random = new Random(7);
+        for (int i = 0; i < batch.TokenCount; i++)
+        {
+            batch.Tokens[i] = random.Next(config.VocabSize);
+            batch.Targets[i] = i % 9 == 2 ? -1 : random.Next(config.VocabSize);
+        }
+        for (int t = 0; t < 9; t++)
+        {
+            batch.Segments[t] = t < 4 ? 0 : 1;
+            batch.Positions[t] = t < 4 ? t : t - 4;
+        }
+        using var cpu = new Gpt(config);
+        cpu.InitializeGpt2(11);
+        var noise = KernelChecks.RandomFloats((int)cpu.Layout.TotalElements, 12, 0.05f);
+        var p = cpu.Parameters;
+        for (int i = 0; i < p.Length; i++) p[i] += noise[i];
+        var dLogProbs = KernelChecks.RandomFloats(batch.TokenCount, 13);
+        for (int i = 0; i < batch.TokenCount; i++) if (batch.Targets[i] < 0) dLogProbs[i] = 0f;
+
+        var gemm = GpuContext.CreateGemm(accelerator);
+        using var gemmOwner = gemm as IDisposable;
+        using var gpu = new GpuGpt(accelerator, config, gemm);
+        gpu.Upload(cpu);
+        var cpuLogProbs = new float[batch.TokenCount];
+        var gpuLogProbs = new float[batch.TokenCount];
+        cpu.ForwardBackward(batch, dLogProbs, cpuLogProbs);
+        gpu.ForwardBackward(batch, dLogProbs, gpuLogProbs);
+        using var fromGpu = new Gpt(config);
+        gpu.Download(fromGpu);
+        report.Compare("GpuGpt log-probs vs CPU Gpt", gpuLogProbs, cpuLogProbs, AbsoluteTolerance, RelativeTolerance);
+        report.Compare("GpuGpt all gradients vs CPU Gpt", fromGpu.Gradients, cpu.Gradients, AbsoluteTolerance, RelativeTolerance);
+    }
+
+    /// <summary>Whole training steps at <paramref name="config"/>, B × T, reported as ms/step, tokens/s and MFU against <paramref name="peakFlops"/>.</summary>
+    public void StepBenchmark(string name, GptConfig config, int rows, int length, GemmPrecision precision, int warmup, int steps, double peakFlops)
+    {
+        try
+        {
+            var r = GpuStepBenchmark.Run(accelerator, config, rows, length, precision, warmup, steps, peakFlops);
+            report.Add(new BenchmarkResult($"{name} whole training step (fwd+bwd+clip+AdamW), {precision} GEMMs",
+                $"{rows}×{length} tokens, L{config.Layers} C{config.Channels} NH{config.Heads} V{config.VocabSize}, {r.FlopsPerStep / 1e12:F3} TFLOP per step",
+                r.MedianMilliseconds, $"{r.TokensPerSecond:N0} tokens/s, {r.FlopsPerStep / (r.MedianMilliseconds * 1e-3) / 1e12:F2} TFLOP/s",
+                $"MFU {r.Mfu:P1} of {peakFlops / 1e12:F0} TFLOP/s"));
+            bool learns = float.IsFinite(r.LastLoss) && r.LastLoss < r.FirstLoss;
+            report.Add(new CheckResult($"{name} step: loss falls on a repeated batch ({r.FirstLoss:F4} → {r.LastLoss:F4}, last grad norm {r.LastGradientNorm:F3})",
+                1, 0, 0, "last loss < first loss", learns ? null : "the loss did not fall"));
+        }
+        catch (Exception e)
+        {
+            report.Add(new CheckResult($"{name} whole training step", 0, double.NaN, double.NaN, "", $"{e.GetType().Name}: {e.Message}"));
+        }
+    }
+}
