@@ -218,10 +218,12 @@ internal static class DemoPlots
         {
             var sweep = new ScottPlot.Plot();
             var xs = o.Sizes.Select(s => Math.Log2(s.Pairs)).ToArray();
-            foreach (var method in last.Methods.Select(m => m.Method))
+            var palette = new ScottPlot.Palettes.Category10();   // one colour per method (error bars would otherwise take palette slots)
+            foreach (var (method, index) in last.Methods.Select((m, i) => (m.Method, i)))
             {
                 var ys = o.Sizes.Select(s => s.Methods.First(m => m.Method == method).Evaluation.ForwardKl.Mean).ToArray();
                 var line = sweep.Add.Scatter(xs, ys);
+                line.Color = palette.GetColor(index);
                 line.LegendText = DemoExperiment.NameOf(method);
                 var errors = sweep.Add.ErrorBar(xs, ys, o.Sizes.Select(s => s.Methods.First(m => m.Method == method).Evaluation.ForwardKl.StandardError).ToArray());
                 errors.Color = line.Color;
