@@ -99,24 +99,33 @@ public sealed class LanguageModelTrainer
     /// <summary>Copies the GPU model's parameters, gradients and moments into the host model (no-op on the CPU path).</summary>
     public void DownloadModel() => gpu?.Download(model);
 
+    /// <summary>
+    /// Forward and backward over the step's A micro-batches (on <paramref name="gpu"/> when given, else the host model),
+    /// accumulating gradients: loss = −(1/(A·N)) Σ log-probs ⇒ d loss / d logprob = −1/(A·N). Returns −Σ log-probs and N·A.
+    /// </summary>
+    private (double LossSum, int Tokens) RunMicroBatches(GpuGpt? gpu)
+    {
+        double lossSum = 0;
+        int tokens = 0;
+        for (int micro = 0; micro < options.GradientAccumulation; micro++)
+        {
+            batch.SetLanguageModelling(Loader.Next());
+            Array.Fill(dLogProbs, -1f / (options.GradientAccumulation * batch.TokenCount));
+            if (gpu is not null) gpu.ForwardBackward(batch, dLogProbs, logProbs);
+            else model.ForwardBackward(batch, dLogProbs, logProbs);
+            foreach (float lp in logProbs) lossSum -= lp;
+            tokens += batch.TokenCount;
+        }
+        return (lossSum, tokens);
+    }
+
     /// <summary>One optimizer step over <see cref="LanguageModelTrainingOptions.GradientAccumulation"/> micro-batches.</summary>
     public StepReport TrainStep()
     {
         if (gpu is not null) return TrainStepOnGpu(gpu);
         var watch = Stopwatch.StartNew();
         model.ZeroGradients();
-        double lossSum = 0;
-        int tokens = 0;
-        for (int micro = 0; micro < options.GradientAccumulation; micro++)
-        {
-            batch.SetLanguageModelling(Loader.Next());
-            // loss = −(1/(A·N)) Σ log-probs over the A micro-batches  ⇒  d loss / d logprob = −1/(A·N)
-            float d = -1f / (options.GradientAccumulation * batch.TokenCount);
-            Array.Fill(dLogProbs, d);
-            model.ForwardBackward(batch, dLogProbs, logProbs);
-            foreach (float lp in logProbs) lossSum -= lp;
-            tokens += batch.TokenCount;
-        }
+        var (lossSum, tokens) = RunMicroBatches(null);
         AfterBackward?.Invoke(model);
         float loss = (float)(lossSum / tokens);
         if (!float.IsFinite(loss))
@@ -147,17 +156,7 @@ public sealed class LanguageModelTrainer
     {
         var watch = Stopwatch.StartNew();
         gpu.ZeroGradients();
-        double lossSum = 0;
-        int tokens = 0;
-        for (int micro = 0; micro < options.GradientAccumulation; micro++)
-        {
-            batch.SetLanguageModelling(Loader.Next());
-            float d = -1f / (options.GradientAccumulation * batch.TokenCount);
-            Array.Fill(dLogProbs, d);
-            gpu.ForwardBackward(batch, dLogProbs, logProbs);
-            foreach (float lp in logProbs) lossSum -= lp;
-            tokens += batch.TokenCount;
-        }
+        var (lossSum, tokens) = RunMicroBatches(gpu);
         float loss = (float)(lossSum / tokens);
         if (!float.IsFinite(loss))
         {
