@@ -11,7 +11,9 @@ namespace DistAlign.Tests.Kernels.Gpu;
 /// att 1e-6 + 1e-4·|ref|, out and dqkv 1e-5 + 1e-4·|ref|): the whole-op kernels, and the GPU training path
 /// (QKᵀ and A·V as strided-batched GEMMs around the masked softmax kernels).
 /// </summary>
-public class GpuAttentionTests
+[TestFixture("simulator")]
+[TestFixture("cuda")]
+public class GpuAttentionTests(string backend) : GpuFixture(backend)
 {
     [TestCase(1, 1, 4, 1, false)]
     [TestCase(2, 5, 6, 3, false)]

@@ -6,7 +6,9 @@ using static DistAlign.Tests.TestSupport.Numerics;
 namespace DistAlign.Tests.Kernels.Gpu;
 
 /// <summary>GELU, residual and embedding on the CPU simulator against the fp64 references (tolerances as the CPU tests).</summary>
-public class GpuElementwiseTests
+[TestFixture("simulator")]
+[TestFixture("cuda")]
+public class GpuElementwiseTests(string backend) : GpuFixture(backend)
 {
     [TestCase(0)]
     [TestCase(1)]

@@ -6,7 +6,9 @@ using static DistAlign.Tests.TestSupport.Numerics;
 namespace DistAlign.Tests.Kernels.Gpu;
 
 /// <summary>The tiled ILGPU GEMM against an fp64 triple loop (tolerance 1e-5 + 1e-5·|ref|: fp32 sums of k ≤ 40 terms).</summary>
-public class GpuGemmTests
+[TestFixture("simulator")]
+[TestFixture("cuda")]
+public class GpuGemmTests(string backend) : GpuFixture(backend)
 {
     private static double[] Reference(bool ta, bool tb, int m, int n, int k, double alpha, float[] a, int lda, float[] b, int ldb,
                                       double beta, float[] c, int ldc, float[]? bias)

@@ -12,32 +12,24 @@ namespace DistAlign.Tests.Kernels.Gpu;
 /// kernel) and to the CPU kernel bit for bit (both run the same per-pair fp64 code and the same ordered sums
 /// on this accelerator; on a CUDA device the fp64 exp/log differ, so there the parity tolerance is 1e-6).
 /// </summary>
-[NonParallelizable]
-public class GpuPairwiseBradleyTerryLossTests
+[TestFixture("simulator")]
+[TestFixture("cuda")]
+public class GpuPairwiseBradleyTerryLossTests(string backend) : GpuFixture(backend)
 {
-    private GpuContext _gpu = null!;
-    private GpuPairwiseBradleyTerryLoss _loss = null!;
+    private GpuPairwiseBradleyTerryLoss? _loss;
 
-    [OneTimeSetUp]
-    public void SetUp()
-    {
-        _gpu = GpuContext.CreateCpuSimulator();
-        _loss = new GpuPairwiseBradleyTerryLoss(_gpu.Accelerator);
-    }
+    [SetUp]
+    public void CreateLoss() => _loss ??= new GpuPairwiseBradleyTerryLoss(GpuTest.Accelerator);
 
     [OneTimeTearDown]
-    public void TearDown()
-    {
-        _loss.Dispose();
-        _gpu.Dispose();
-    }
+    public void TearDown() => _loss?.Dispose();
 
     private static IEnumerable<TestCaseData> Variants() =>
         PairwiseLossCase.AllSettings().Select(s => new TestCaseData(s).SetArgDisplayNames(s.Variant.ToString()));
 
     private (float[] Losses, PairwiseLossMetrics Metrics, float[] Gradient) RunGpu(PairwiseLossSettings s, PairwiseLossCase c, float[] before)
     {
-        var a = _gpu.Accelerator;
+        var a = GpuTest.Accelerator;
         using var logps = a.Allocate1D(c.Logps);
         using var refLogps = a.Allocate1D(c.RefLogps);
         using var tokens = a.Allocate1D(c.TokenCounts);
@@ -55,8 +47,8 @@ public class GpuPairwiseBradleyTerryLossTests
         };
         var lossView = losses.View.SubView(0, p);
         var metrics = s.DifferentiatesRewards
-            ? _loss.ForwardBackward(s, batch, lossView, default, gradient.View)
-            : _loss.ForwardBackward(s, batch, lossView, gradient.View, default);
+            ? _loss!.ForwardBackward(s, batch, lossView, default, gradient.View)
+            : _loss!.ForwardBackward(s, batch, lossView, gradient.View, default);
         a.Synchronize();
         return (losses.GetAsArray1D()[..p], metrics, gradient.GetAsArray1D());
     }
@@ -167,7 +159,7 @@ public class GpuPairwiseBradleyTerryLossTests
     [Test]
     public void GradientIsUntouchedWhenAPairIsInvalid()
     {
-        var a = _gpu.Accelerator;
+        var a = GpuTest.Accelerator;
         var c = new PairwiseLossCase();
         c.Rejected[1] = -2;
         var before = RandomFloats(c.Sequences, 4);
@@ -178,7 +170,7 @@ public class GpuPairwiseBradleyTerryLossTests
         using var losses = a.Allocate1D<float>(c.Pairs);
         using var gradient = a.Allocate1D(before);
         var batch = new GpuPairwiseLossBatch { Logps = logps.View, RefLogps = refLogps.View, Chosen = chosen.View, Rejected = rejected.View };
-        Assert.That(() => _loss.ForwardBackward(new PairwiseLossSettings(PairwiseLossVariant.DpoSigmoid), batch, losses.View, gradient.View, default),
+        Assert.That(() => _loss!.ForwardBackward(new PairwiseLossSettings(PairwiseLossVariant.DpoSigmoid), batch, losses.View, gradient.View, default),
             Throws.InstanceOf<ArgumentException>().With.Message.Contains("rejected"));
         a.Synchronize();
         Assert.That(gradient.GetAsArray1D(), Is.EqualTo(before));

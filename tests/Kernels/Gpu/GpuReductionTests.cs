@@ -10,7 +10,9 @@ namespace DistAlign.Tests.Kernels.Gpu;
 /// Ops with group reductions (LayerNorm, target log-probs, gradient norm) and AdamW on the CPU simulator.
 /// Tolerances are the CPU tests' (fp32 against fp64 references).
 /// </summary>
-public class GpuReductionTests
+[TestFixture("simulator")]
+[TestFixture("cuda")]
+public class GpuReductionTests(string backend) : GpuFixture(backend)
 {
     [Test]
     public void TheSimulatorReducesWithSeveralThreadsPerGroup()

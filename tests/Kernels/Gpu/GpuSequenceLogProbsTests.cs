@@ -18,7 +18,9 @@ namespace DistAlign.Tests.Kernels.Gpu;
 /// 2e-5 abs + 1e-4 rel, the finite-difference noise included); against the CPU kernel 1e-5 abs + 1e-4 rel
 /// (both fp32, different summation orders and exp implementations).
 /// </summary>
-public class GpuSequenceLogProbsTests
+[TestFixture("simulator")]
+[TestFixture("cuda")]
+public class GpuSequenceLogProbsTests(string backend) : GpuFixture(backend)
 {
     private enum Mode { ForwardOnly, Separate, Fused }
 

@@ -5,19 +5,27 @@ using ILGPU.Runtime;
 namespace DistAlign.Tests.Kernels.Gpu;
 
 /// <summary>
-/// One CPU-simulator accelerator and one <see cref="GpuKernels"/> for all GPU op tests (kernels are compiled
-/// once per accelerator; recompiling per test would dominate the runtime), plus host↔device helpers.
+/// The accelerator and <see cref="GpuKernels"/> of the backend the current fixture runs on (<see cref="GpuFixture"/>
+/// sets it): ILGPU's CPU simulator, or the first CUDA device. Kernels are compiled once per backend (recompiling
+/// per test would dominate the runtime); plus host↔device helpers.
 /// </summary>
 internal static class GpuTest
 {
-    private static readonly Lazy<(GpuContext Context, GpuKernels Kernels)> Shared = new(() =>
-    {
-        var context = GpuContext.CreateCpuSimulator();
-        return (context, new GpuKernels(context.Accelerator));
-    });
+    private static readonly Dictionary<string, GpuKernels> KernelsByBackend = [];
 
-    public static Accelerator Accelerator => Shared.Value.Context.Accelerator;
-    public static GpuKernels Ops => Shared.Value.Kernels;
+    /// <summary>"simulator" or "cuda"; set by <see cref="GpuFixture"/> before each test.</summary>
+    public static string Backend { get; set; } = "simulator";
+
+    public static Accelerator Accelerator => DistAlign.Tests.Cuda.GpuBackend.Get(Backend);
+
+    public static GpuKernels Ops
+    {
+        get
+        {
+            if (!KernelsByBackend.TryGetValue(Backend, out var kernels)) KernelsByBackend[Backend] = kernels = new GpuKernels(Accelerator);
+            return kernels;
+        }
+    }
 
     /// <summary>A device copy of <paramref name="data"/> (at least one element, so empty inputs still have a valid buffer).</summary>
     public static MemoryBuffer1D<T, Stride1D.Dense> Up<T>(T[] data) where T : unmanaged
@@ -64,5 +72,22 @@ internal static class GpuTest
             }
         }
         return seg;
+    }
+}
+
+/// <summary>
+/// Base of the GPU kernel fixtures: each runs once per backend, <c>[TestFixture("simulator")]</c> and
+/// <c>[TestFixture("cuda")]</c>; the CUDA run is skipped with the reason where no CUDA device is usable.
+/// </summary>
+[NonParallelizable]
+public abstract class GpuFixture(string backend)
+{
+    protected string Backend { get; } = backend;
+
+    [SetUp]
+    public void UseBackend()
+    {
+        GpuTest.Backend = Backend;
+        _ = GpuTest.Accelerator;   // Assert.Ignore with the reason when the backend is not available
     }
 }
