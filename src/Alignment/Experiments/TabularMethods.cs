@@ -83,6 +83,21 @@ public static class TabularMethods
         return (policy, (TabularPolicy)policy.Snapshot());
     }
 
+    /// <summary>
+    /// The gradient-trained methods' common frame: start π at π0, let <paramref name="prepare"/> precompute what it needs
+    /// from π0 and return the step's gradient accumulation, run <see cref="Train"/> for the schedule, and return the fit.
+    /// </summary>
+    internal static TabularFit FitFromReference(TabularRunInput input, Func<TabularPolicy, Action<TabularPolicy>> prepare)
+    {
+        var (policy, reference) = StartAtReference(input.Problem);
+        using var _p = policy;
+        using var _r = reference;
+        var accumulate = prepare(reference);
+        int steps = input.Schedule.Steps;
+        double norm = Train(policy, input.Schedule, steps, accumulate);
+        return new TabularFit(policy.Logits.ToArray(), norm, steps);
+    }
+
     /// <summary>(x, y) for every context and response, in row-major order: the support a tabular expectation sums over.</summary>
     internal static List<PromptResponse> AllSequences(int contexts, int responses)
     {
@@ -296,20 +311,18 @@ public sealed class PreferenceMle : ITabularMethod
     public TabularFit Fit(TabularRunInput input, double beta)
     {
         var p = input.Problem;
-        var (policy, reference) = TabularMethods.StartAtReference(p);
-        using var _p = policy;
-        using var _r = reference;
-        var all = TabularMethods.AllSequences(p.Contexts, p.Responses);
-        var referenceLogProbs = TabularMethods.LogProbs(reference, all);
-        var groups = TabularMethods.GroupByCount(input.Data);
-        var objective = new OfflinePreferenceObjective(new PairwiseLossSettings(PairwiseLossVariant.Pmle, Gamma: p.Gamma));
-        int steps = input.Schedule.Steps;
-        double norm = TabularMethods.Train(policy, input.Schedule, steps, pi =>
+        return TabularMethods.FitFromReference(input, reference =>
         {
-            foreach (var (scale, pairs) in groups) objective.Accumulate(pi, pairs, [], null, 0, scale);
-            if (beta > 0) TabularMethods.AccumulateExactKl(pi, all, referenceLogProbs, p.Responses, beta);
+            var all = TabularMethods.AllSequences(p.Contexts, p.Responses);
+            var referenceLogProbs = TabularMethods.LogProbs(reference, all);
+            var groups = TabularMethods.GroupByCount(input.Data);
+            var objective = new OfflinePreferenceObjective(new PairwiseLossSettings(PairwiseLossVariant.Pmle, Gamma: p.Gamma));
+            return pi =>
+            {
+                foreach (var (scale, pairs) in groups) objective.Accumulate(pi, pairs, [], null, 0, scale);
+                if (beta > 0) TabularMethods.AccumulateExactKl(pi, all, referenceLogProbs, p.Responses, beta);
+            };
         });
-        return new TabularFit(policy.Logits.ToArray(), norm, steps);
     }
 }
 
@@ -326,19 +339,16 @@ public sealed class Dpo : ITabularMethod
 
     public TabularFit Fit(TabularRunInput input, double beta)
     {
-        var p = input.Problem;
-        var (policy, reference) = TabularMethods.StartAtReference(p);
-        using var _p = policy;
-        using var _r = reference;
-        var groups = TabularMethods.GroupByCount(input.Data)
-            .Select(g => (g.Scale, g.Pairs, Reference: OfflinePreferenceObjective.ReferenceLogProbs(reference, g.Pairs))).ToList();
-        var objective = new OfflinePreferenceObjective(new PairwiseLossSettings(PairwiseLossVariant.DpoSigmoid, Beta: beta));
-        int steps = input.Schedule.Steps;
-        double norm = TabularMethods.Train(policy, input.Schedule, steps, pi =>
+        return TabularMethods.FitFromReference(input, reference =>
         {
-            foreach (var (scale, pairs, referenceLogProbs) in groups) objective.Accumulate(pi, pairs, referenceLogProbs, null, 0, scale);
+            var groups = TabularMethods.GroupByCount(input.Data)
+                .Select(g => (g.Scale, g.Pairs, Reference: OfflinePreferenceObjective.ReferenceLogProbs(reference, g.Pairs))).ToList();
+            var objective = new OfflinePreferenceObjective(new PairwiseLossSettings(PairwiseLossVariant.DpoSigmoid, Beta: beta));
+            return pi =>
+            {
+                foreach (var (scale, pairs, referenceLogProbs) in groups) objective.Accumulate(pi, pairs, referenceLogProbs, null, 0, scale);
+            };
         });
-        return new TabularFit(policy.Logits.ToArray(), norm, steps);
     }
 }
 
@@ -357,27 +367,25 @@ public sealed class Distillation : ITabularMethod
     public TabularFit Fit(TabularRunInput input, double beta)
     {
         var p = input.Problem;
-        var (policy, reference) = TabularMethods.StartAtReference(p);
-        using var _p = policy;
-        using var _r = reference;
-        var all = TabularMethods.AllSequences(p.Contexts, p.Responses);
-        var referenceLogProbs = TabularMethods.LogProbs(reference, all);
-        var (sequences, pairs) = TabularMethods.AllUnorderedPairs(p.Contexts, p.Responses);
-        var labels = new float[pairs.Count];
-        for (int i = 0; i < pairs.Count; i++)
+        return TabularMethods.FitFromReference(input, reference =>
         {
-            var (x, a, b) = pairs[i];
-            labels[i] = (float)TabularProblem.Sigmoid((double)input.Reward[x, a] - input.Reward[x, b]);
-        }
-        var settings = new PairwiseLossSettings(PairwiseLossVariant.Distillation, Gamma: p.Gamma);
-        int steps = input.Schedule.Steps;
-        double norm = TabularMethods.Train(policy, input.Schedule, steps, pi =>
-        {
-            var weights = TabularMethods.OnPolicyWeights(pi, pairs);
-            TabularMethods.AccumulateWeightedPairs(pi, settings, sequences, weights, default, default, labels);
-            if (beta > 0) TabularMethods.AccumulateExactKl(pi, all, referenceLogProbs, p.Responses, beta);
+            var all = TabularMethods.AllSequences(p.Contexts, p.Responses);
+            var referenceLogProbs = TabularMethods.LogProbs(reference, all);
+            var (sequences, pairs) = TabularMethods.AllUnorderedPairs(p.Contexts, p.Responses);
+            var labels = new float[pairs.Count];
+            for (int i = 0; i < pairs.Count; i++)
+            {
+                var (x, a, b) = pairs[i];
+                labels[i] = (float)TabularProblem.Sigmoid((double)input.Reward[x, a] - input.Reward[x, b]);
+            }
+            var settings = new PairwiseLossSettings(PairwiseLossVariant.Distillation, Gamma: p.Gamma);
+            return pi =>
+            {
+                var weights = TabularMethods.OnPolicyWeights(pi, pairs);
+                TabularMethods.AccumulateWeightedPairs(pi, settings, sequences, weights, default, default, labels);
+                if (beta > 0) TabularMethods.AccumulateExactKl(pi, all, referenceLogProbs, p.Responses, beta);
+            };
         });
-        return new TabularFit(policy.Logits.ToArray(), norm, steps);
     }
 }
 
