@@ -37,41 +37,14 @@ public sealed class BytesMovedAttribute(long bytes) : Attribute
 }
 
 /// <summary>Two columns: GB/s of each row, and that as a fraction of the copy baseline's GB/s in the same class.</summary>
-public sealed class BandwidthColumn(bool relativeToCopy) : IColumn
+public sealed class BandwidthColumn(bool relativeToCopy) : RateColumn(relativeToCopy, 0)
 {
-    public string Id => relativeToCopy ? "BandwidthVsCopy" : "BandwidthGBps";
-    public string ColumnName => relativeToCopy ? "vs copy" : "GB/s";
-    public bool AlwaysShow => true;
-    public ColumnCategory Category => ColumnCategory.Custom;
-    public int PriorityInCategory => relativeToCopy ? 1 : 0;
-    public bool IsNumeric => true;
-    public UnitType UnitType => UnitType.Dimensionless;
-    public string Legend => relativeToCopy
+    public override string Id => RelativeToBaseline ? "BandwidthVsCopy" : "BandwidthGBps";
+    public override string ColumnName => RelativeToBaseline ? "vs copy" : "GB/s";
+    public override string Legend => RelativeToBaseline
         ? "Kernel GB/s divided by the GB/s of a memory copy of the same bytes, same run"
         : "Bytes read + written per call (see [BytesMoved]) / median time";
-
-    public bool IsAvailable(Summary summary) => true;
-    public bool IsDefault(Summary summary, BenchmarkCase benchmarkCase) => false;
-    public string GetValue(Summary summary, BenchmarkCase benchmarkCase, SummaryStyle style) => GetValue(summary, benchmarkCase);
-
-    public string GetValue(Summary summary, BenchmarkCase benchmarkCase)
-    {
-        double? gbps = GigabytesPerSecond(summary, benchmarkCase);
-        if (gbps is null) return "NA";
-        if (!relativeToCopy) return gbps.Value.ToString("F1");
-        var copy = summary.BenchmarksCases.FirstOrDefault(c =>
-            c.Descriptor.Type == benchmarkCase.Descriptor.Type && c.Descriptor.Baseline);
-        double? copyGbps = copy is null ? null : GigabytesPerSecond(summary, copy);
-        return copyGbps is null or 0 ? "NA" : (gbps.Value / copyGbps.Value).ToString("F2");
-    }
-
-    private static double? GigabytesPerSecond(Summary summary, BenchmarkCase benchmarkCase)
-    {
-        var stats = summary[benchmarkCase]?.ResultStatistics;
-        long bytes = benchmarkCase.Descriptor.WorkloadMethod.GetCustomAttribute<BytesMovedAttribute>()?.Bytes ?? 0;
-        if (stats is null || bytes == 0) return null;
-        return bytes / stats.Median;   // bytes per nanosecond = GB/s
-    }
+    protected override double AmountPerCall(MethodInfo method) => method.GetCustomAttribute<BytesMovedAttribute>()?.Bytes ?? 0;
 }
 
 /// <summary>A short in-process job (a few minutes for all classes) plus the bandwidth columns.</summary>

@@ -29,41 +29,14 @@ public sealed class WorkAttribute(double amount) : Attribute
 }
 
 /// <summary>Work per call / median time (10⁹ per second), or that divided by the class baseline's rate in the same run.</summary>
-public sealed class WorkRateColumn(string unit, bool relativeToLimit) : IColumn
+public sealed class WorkRateColumn(string unit, bool relativeToLimit) : RateColumn(relativeToLimit, 2)
 {
-    public string Id => relativeToLimit ? "WorkVsLimit" : "WorkRate";
-    public string ColumnName => relativeToLimit ? "vs limit" : unit;
-    public bool AlwaysShow => true;
-    public ColumnCategory Category => ColumnCategory.Custom;
-    public int PriorityInCategory => relativeToLimit ? 3 : 2;
-    public bool IsNumeric => true;
-    public UnitType UnitType => UnitType.Dimensionless;
-    public string Legend => relativeToLimit
+    public override string Id => RelativeToBaseline ? "WorkVsLimit" : "WorkRate";
+    public override string ColumnName => RelativeToBaseline ? "vs limit" : unit;
+    public override string Legend => RelativeToBaseline
         ? $"{unit} of this row divided by the {unit} of the class's baseline (the limit) in the same run"
         : $"Work per call ([Work]) / median time, {unit}";
-
-    public bool IsAvailable(Summary summary) => true;
-    public bool IsDefault(Summary summary, BenchmarkCase benchmarkCase) => false;
-    public string GetValue(Summary summary, BenchmarkCase benchmarkCase, SummaryStyle style) => GetValue(summary, benchmarkCase);
-
-    public string GetValue(Summary summary, BenchmarkCase benchmarkCase)
-    {
-        double? rate = Rate(summary, benchmarkCase);
-        if (rate is null) return "NA";
-        if (!relativeToLimit) return rate.Value.ToString("F1");
-        var limit = summary.BenchmarksCases.FirstOrDefault(c =>
-            c.Descriptor.Type == benchmarkCase.Descriptor.Type && c.Descriptor.Baseline);
-        double? limitRate = limit is null ? null : Rate(summary, limit);
-        return limitRate is null or 0 ? "NA" : (rate.Value / limitRate.Value).ToString("F2");
-    }
-
-    private static double? Rate(Summary summary, BenchmarkCase benchmarkCase)
-    {
-        var stats = summary[benchmarkCase]?.ResultStatistics;
-        double work = benchmarkCase.Descriptor.WorkloadMethod.GetCustomAttribute<WorkAttribute>()?.Amount ?? 0;
-        if (stats is null || work == 0) return null;
-        return work / stats.Median;   // per nanosecond = 10⁹ per second
-    }
+    protected override double AmountPerCall(MethodInfo method) => method.GetCustomAttribute<WorkAttribute>()?.Amount ?? 0;
 }
 
 /// <summary>Short in-process job with a GFLOP/s rate, GB/s where a method states its bytes, and the ratio to the limit.</summary>
