@@ -10,10 +10,16 @@
 #                                     (libcublas, libcublasLt, libnvrtc; no .NET SDK needed): runs the GPU checks
 #                                     against the CPU kernels and GpuGpt against the CPU Gpt, the kernel benchmarks, the GPT-2 step GEMM
 #                                     benchmark and whole GPT-2 124M training steps, writing summary.md, checks.tsv, benchmarks.tsv, gpu-check.log and
-#                                     nvidia-smi.txt into OUTDIR. Capped at 10 minutes.
+#                                     nvidia-smi.txt into OUTDIR. Then, where python3 has a CUDA PyTorch, the same
+#                                     GPT-2 124M step in PyTorch eager (tools/peers/torch_step.py --device cuda, bf16
+#                                     autocast; scores materialised as ours, and with SDPA/flash attention), appended
+#                                     to summary.md as peer.tsv. Capped at 10 minutes in all (GPU_CHECK_LIMIT_S, default 540 s
+#                                     for our checks, then at most 120 s for the peer).
 #
 # CUDA libraries are found by the usual loader search (LD_LIBRARY_PATH, ld.so.cache) and, first, in the
 # directories of DISTALIGN_CUDA_LIBRARY_PATH (colon-separated), e.g. a pip wheel's nvidia/*/lib folders.
+# When that variable is unset, this script fills it with the folders under /usr/local and /opt that hold
+# libcublas / libcublasLt / libnvrtc of CUDA 13 or 12 (a toolkit install or PyTorch's pip wheels).
 # Exit codes: 0 all checks passed, 1 a check failed, 2 usage, 3 no usable CUDA device, 124 time limit hit.
 set -euo pipefail
 
@@ -48,15 +54,53 @@ if [[ ! -x "$bundle/gpu-check" ]]; then
     exit 2
 fi
 mkdir -p "$out"
+if [[ -z "${DISTALIGN_CUDA_LIBRARY_PATH:-}" ]]; then
+    found=$(find /usr/local /opt -maxdepth 8 \( -name 'libcublas.so.1[23]' -o -name 'libcublasLt.so.1[23]' -o -name 'libnvrtc.so.1[23]' \) \
+                 -printf '%h\n' 2>/dev/null | sort -u | tr '\n' ':' || true)
+    export DISTALIGN_CUDA_LIBRARY_PATH="${found%:}"
+    echo "DISTALIGN_CUDA_LIBRARY_PATH=$DISTALIGN_CUDA_LIBRARY_PATH"
+fi
 if command -v nvidia-smi >/dev/null 2>&1; then
     nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
 else
     echo "nvidia-smi not found" > "$out/nvidia-smi.txt"
 fi
 status=0
-timeout --kill-after=15 600 "$bundle/gpu-check" --out "$out" "$@" 2>&1 | tee "$out/gpu-check.log" || status=${PIPESTATUS[0]}
+limit="${GPU_CHECK_LIMIT_S:-540}"
+timeout --kill-after=15 "$limit" "$bundle/gpu-check" --out "$out" "$@" 2>&1 | tee "$out/gpu-check.log" || status=${PIPESTATUS[0]}
 if [[ $status -eq 124 || $status -eq 137 ]]; then
-    echo "gpu-check: stopped at the 10-minute limit (partial results in $out/gpu-check.log)" | tee -a "$out/gpu-check.log" >&2
+    echo "gpu-check: stopped at the $limit s limit (partial results in $out/gpu-check.log)" | tee -a "$out/gpu-check.log" >&2
 fi
-echo "results in $out (summary.md, checks.tsv, benchmarks.tsv, gpu-check.log)"
+
+# The PyTorch eager peer, same model and step (GPT-2 124M, 16 × 1024 tokens, clip 1, AdamW), bf16 autocast.
+peer_ok=0
+if command -v python3 >/dev/null 2>&1 && python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+    rows=16; steps=10
+    [[ " $* " == *" --quick "* ]] && { rows=2; steps=3; }
+    printf 'variant\ttorch\tmedian_ms\ttokens_per_s\ttflops\tmfu_of_989\tpeak_memory_gib\tfirst_loss\tlast_loss\n' > "$out/peer.tsv"
+    for attention in manual sdpa; do
+        if json=$(timeout 60 python3 "$repo/tools/peers/torch_step.py" --workload gpt2 --device cuda --bf16 --clip 1 \
+                    --attention "$attention" --warmup 3 --steps "$steps" --no-install 2>>"$out/peer.log"); then
+            echo "$json" >> "$out/peer.log"
+            python3 - "$attention" "$json" >> "$out/peer.tsv" <<'PY'
+import json, sys
+r = json.loads(sys.argv[2])
+print(f"PyTorch eager bf16 autocast, {sys.argv[1]} attention\t{r['torch']}\t{r['median_ms']:.2f}\t{r['tokens_per_s']:.0f}\t"
+      f"{r['tflops']:.1f}\t{r['tflops'] / 989:.3f}\t{r['peak_memory_gib']:.1f}\t{r['first_loss']:.4f}\t{r['last_loss']:.4f}")
+PY
+            peer_ok=1
+        else
+            echo "peer ($attention attention) failed or timed out; see peer.log" | tee -a "$out/peer.log"
+        fi
+    done
+    if [[ -f "$out/summary.md" ]]; then
+        { echo; echo "## PyTorch eager peer (same machine, same model and step; tools/peers/torch_step.py --device cuda --bf16 --clip 1)"; echo
+          echo "| variant | torch | median ms | tokens/s | TFLOP/s | MFU of 989 | peak GiB | first loss | last loss |"
+          echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+          tail -n +2 "$out/peer.tsv" | sed 's/\t/ | /g; s/^/| /; s/$/ |/'; } >> "$out/summary.md"
+    fi
+else
+    echo "PyTorch peer skipped: python3 with a CUDA PyTorch not found" | tee -a "$out/gpu-check.log"
+fi
+echo "results in $out (summary.md, checks.tsv, benchmarks.tsv, gpu-check.log$([[ $peer_ok -eq 1 ]] && echo ', peer.tsv'))"
 exit "$status"

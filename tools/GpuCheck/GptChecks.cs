@@ -58,15 +58,21 @@ internal sealed class GptChecks(Accelerator accelerator, Report report)
     }
 
     /// <summary>Whole training steps at <paramref name="config"/>, B × T, reported as ms/step, tokens/s and MFU against <paramref name="peakFlops"/>.</summary>
-    public void StepBenchmark(string name, GptConfig config, int rows, int length, GemmPrecision precision, int warmup, int steps, double peakFlops)
+    public void StepBenchmark(string name, GptConfig config, int rows, int length, GemmPrecision precision, int warmup, int steps, double peakFlops,
+                              bool profile = false)
     {
         try
         {
-            var r = GpuStepBenchmark.Run(accelerator, config, rows, length, precision, warmup, steps, peakFlops);
+            var r = GpuStepBenchmark.Run(accelerator, config, rows, length, precision, warmup, steps, peakFlops, profile: profile);
+            string memory = r.DeviceBytesInUse is long bytes ? $", {bytes / (double)(1L << 30):F1} GiB of device memory in use" : "";
             report.Add(new BenchmarkResult($"{name} whole training step (fwd+bwd+clip+AdamW), {precision} GEMMs",
                 $"{rows}×{length} tokens, L{config.Layers} C{config.Channels} NH{config.Heads} V{config.VocabSize}, {r.FlopsPerStep / 1e12:F3} TFLOP per step",
-                r.MedianMilliseconds, $"{r.TokensPerSecond:N0} tokens/s, {r.FlopsPerStep / (r.MedianMilliseconds * 1e-3) / 1e12:F2} TFLOP/s",
+                r.MedianMilliseconds, $"{r.TokensPerSecond:N0} tokens/s, {r.FlopsPerStep / (r.MedianMilliseconds * 1e-3) / 1e12:F2} TFLOP/s{memory}",
                 $"MFU {r.Mfu:P1} of {peakFlops / 1e12:F0} TFLOP/s"));
+            double profiled = r.Breakdown.Sum(x => x.Milliseconds);
+            foreach (var (op, ms) in r.Breakdown)
+                report.Add(new BenchmarkResult($"{name} {precision} step breakdown: {op}", "one step, each op synchronised", ms,
+                                               $"{ms / profiled:P1} of the profiled step ({profiled:F1} ms)", ""));
             bool learns = float.IsFinite(r.LastLoss) && r.LastLoss < r.FirstLoss;
             report.Add(new CheckResult($"{name} step: loss falls on a repeated batch ({r.FirstLoss:F4} → {r.LastLoss:F4}, last grad norm {r.LastGradientNorm:F3})",
                 1, 0, 0, "last loss < first loss", learns ? null : "the loss did not fall"));

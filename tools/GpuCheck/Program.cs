@@ -31,7 +31,7 @@ public static class Program
         var gpt = new GptChecks(context.Accelerator, report);
         gpt.CompareWithTheCpuModel();
         gpt.StepBenchmark("tiny GPT (simulator smoke)", new(Layers: 2, Heads: 2, Channels: 16, VocabSize: 64, MaxSequenceLength: 16),
-                          rows: 2, length: 16, GemmPrecision.Float32, warmup: 1, steps: 1, KernelBenchmarks.PeakBf16Flops);
+                          rows: 2, length: 16, GemmPrecision.Float32, warmup: 1, steps: 1, KernelBenchmarks.PeakBf16Flops, profile: true);
         report.Write(outDir, "ILGPU CPU simulator (no GPU): ILGPU kernels and the GPT (tiny shapes); timings mean nothing here.");
         int failed = report.Checks.Count(c => !c.Passed);
         report.Log.WriteLine($"{report.Checks.Count - failed} passed, {failed} failed");
@@ -98,8 +98,8 @@ public static class Program
                 // GPT-2 124M, B × 1024 tokens: bf16 GEMMs (cuBLAS, fp32 accumulation), then fp32 for comparison
                 var gpt2 = new Transformer.Model.GptConfig(Layers: 12, Heads: 12, Channels: 768, VocabSize: 50257, MaxSequenceLength: 1024);
                 int rows = quick ? 2 : 16;
-                gpt.StepBenchmark("GPT-2 124M", gpt2, rows, 1024, GemmPrecision.BFloat16, warmup: 2, steps: quick ? 3 : 5, KernelBenchmarks.PeakBf16Flops);
-                gpt.StepBenchmark("GPT-2 124M", gpt2, rows, 1024, GemmPrecision.Float32, warmup: 1, steps: 3, KernelBenchmarks.PeakBf16Flops);
+                gpt.StepBenchmark("GPT-2 124M", gpt2, rows, 1024, GemmPrecision.BFloat16, warmup: 2, steps: quick ? 3 : 5, KernelBenchmarks.PeakBf16Flops, profile: true);
+                gpt.StepBenchmark("GPT-2 124M", gpt2, rows, 1024, GemmPrecision.Float32, warmup: 1, steps: 3, KernelBenchmarks.PeakBf16Flops, profile: true);
             }
             else report.Note("benchmarks skipped (--skip-bench)");
         }

@@ -50,6 +50,8 @@ WORKLOADS = {
     # name: (layers, heads, channels, vocab, context, rows, length)
     "w1": (12, 12, 768, 50257, 1024, 4, 64),
     "w2": (4, 4, 256, 4096, 128, 8, 128),
+    # the GPU check's workload (issue #8): GPT-2 124M, 16 x 1024 tokens; run with --device cuda
+    "gpt2": (12, 12, 768, 50257, 1024, 16, 1024),
 }
 DPO_PAIRS, DPO_PROMPT, DPO_RESPONSE, DPO_BETA = 8, 16, 48, 0.1
 
@@ -65,23 +67,28 @@ class Block(torch.nn.Module):
         self.c_fc = torch.nn.Linear(c, 4 * c)
         self.mlp_proj = torch.nn.Linear(4 * c, c)
 
-    def forward(self, x, mask):
+    def forward(self, x, mask, sdpa=False):
         b, t, c = x.shape
         q, k, v = self.c_attn(self.ln_1(x)).split(c, dim=2)
         hs = c // self.heads
         q = q.view(b, t, self.heads, hs).transpose(1, 2)
         k = k.view(b, t, self.heads, hs).transpose(1, 2)
         v = v.view(b, t, self.heads, hs).transpose(1, 2)
-        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))
-        att = att.masked_fill(mask[:, :, :t, :t] == 0, float("-inf")).softmax(dim=-1)
-        y = (att @ v).transpose(1, 2).contiguous().view(b, t, c)
+        if sdpa:   # PyTorch's fused kernel (flash attention on CUDA): the T x T scores are never stored
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:      # the same algorithm as ours: scores materialised, masked softmax, then A.V
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))
+            att = att.masked_fill(mask[:, :, :t, :t] == 0, float("-inf")).softmax(dim=-1)
+            y = att @ v
+        y = y.transpose(1, 2).contiguous().view(b, t, c)
         x = x + self.c_proj(y)
         return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
 
 
 class Gpt(torch.nn.Module):
-    def __init__(self, layers, heads, c, vocab, context):
+    def __init__(self, layers, heads, c, vocab, context, sdpa=False):
         super().__init__()
+        self.sdpa = sdpa
         self.wte = torch.nn.Embedding(vocab, c)
         self.wpe = torch.nn.Embedding(context, c)
         self.h = torch.nn.ModuleList(Block(c, heads) for _ in range(layers))
@@ -98,9 +105,9 @@ class Gpt(torch.nn.Module):
 
     def logits(self, tokens):
         t = tokens.shape[1]
-        x = self.wte(tokens) + self.wpe(torch.arange(t))
+        x = self.wte(tokens) + self.wpe(torch.arange(t, device=tokens.device))
         for block in self.h:
-            x = block(x, self.mask)
+            x = block(x, self.mask, self.sdpa)
         return self.ln_f(x) @ self.wte.weight.t()
 
     def forward(self, tokens, targets):
@@ -156,7 +163,15 @@ def main():
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--no-install", action="store_true", help="fail instead of installing python3-torch when missing")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--bf16", action="store_true", help="torch.autocast to bf16 (fp32 weights and optimizer; CUDA)")
+    parser.add_argument("--attention", choices=["manual", "sdpa"], default="manual",
+                        help="manual: scores materialised as ours; sdpa: F.scaled_dot_product_attention (flash on CUDA)")
+    parser.add_argument("--clip", type=float, default=0.0, help="clip the gradient to this global norm (0: no clipping)")
     args = parser.parse_args()
+    if args.device == "cuda":
+        run_cuda(args)
+        return
     torch.set_num_threads(args.threads)
     torch.manual_seed(1)
     if args.workload == "dpo":
@@ -184,6 +199,49 @@ def main():
             times.append(elapsed)
     print(json.dumps({"workload": args.workload, "threads": args.threads, "torch": torch.__version__,
                       "step_ms": times, "loss": float(loss)}))
+
+
+def run_cuda(args):
+    """A training step on the GPU, as the GPU check's GpuStepBenchmark: forward, backward, clipping, AdamW
+    (lr 3e-4; the step is the same work at any rate), synchronised at the end of each step; CUDA-event
+    timing. FLOPs per step as ours (GpuGpt.TrainingFlops): 6 per parameter per token, tied table once, plus
+    12 L C T per token for attention (the full T x T, as nanoGPT / llm.c count it)."""
+    layers, heads, c, vocab, context, rows, length = WORKLOADS[args.workload]
+    device = torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    model = Gpt(layers, heads, c, vocab, context, sdpa=args.attention == "sdpa").to(device)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=3e-4, betas=(0.9, 0.95), eps=1e-8)
+    window = torch.randint(0, vocab, (rows * length + 1,), device=device)
+    tokens = window[:-1].view(rows, length)
+    targets = window[1:].view(rows, length)
+    times, losses = [], []
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    for step in range(args.warmup + args.steps):
+        start.record()
+        optimizer.zero_grad(set_to_none=False)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.bf16):
+            loss = model(tokens, targets)
+        loss.backward()
+        if args.clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        optimizer.step()
+        end.record()
+        torch.cuda.synchronize()
+        losses.append(float(loss))
+        if step >= args.warmup:
+            times.append(start.elapsed_time(end))
+    parameters = sum(p.numel() for p in model.parameters())
+    flops = rows * length * (6.0 * parameters + 12.0 * layers * c * length)
+    median = sorted(times)[len(times) // 2]
+    print(json.dumps({"workload": args.workload, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                      "bf16": args.bf16, "attention": args.attention, "rows": rows, "length": length,
+                      "parameters": parameters, "flops_per_step": flops, "step_ms": times, "median_ms": median,
+                      "tokens_per_s": rows * length / (median * 1e-3), "tflops": flops / (median * 1e-3) / 1e12,
+                      "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
+                      "first_loss": losses[0], "last_loss": losses[-1]}))
 
 
 if __name__ == "__main__":

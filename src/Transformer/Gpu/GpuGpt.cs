@@ -41,6 +41,20 @@ public sealed class GpuGpt : IDisposable
     public GptConfig Config { get; }
     public ParameterLayout Layout { get; }
 
+    /// <summary>
+    /// When set, the wall time of each kind of op (the names of <see cref="Gpt.Profile"/>) is charged to it.
+    /// Each lap synchronises the device first, so an attached profile serialises host and device and
+    /// slows the step: profile a separate step from the timed ones.
+    /// </summary>
+    public OpProfile? Profile { get; set; }
+
+    private void Lap(string op)
+    {
+        if (Profile is null) return;
+        accelerator.Synchronize();
+        Profile.Lap(op);
+    }
+
     /// <summary>The GEMMs and kernels run on <paramref name="accelerator"/>; <paramref name="gemm"/> must be for the same accelerator.</summary>
     public GpuGpt(Accelerator accelerator, GptConfig config, IGemm gemm)
     {
@@ -131,17 +145,21 @@ public sealed class GpuGpt : IDisposable
     /// <summary>Forward and backward with one logits GEMM per chunk (as <see cref="Gpt.ForwardBackward"/>); accumulates into <see cref="Gradients"/>.</summary>
     public void ForwardBackward(GptBatch batch, ReadOnlySpan<float> dLogProbs, Span<float> logProbs)
     {
+        Profile?.Restart();
         var s = Prepare(batch, logProbs.Length);
         if (dLogProbs.Length != logProbs.Length)
             throw new ArgumentException($"dLogProbs must have one entry per position ({batch.TokenCount}), got {dLogProbs.Length}");
         s["d_logprobs"].CopyFromCPU(dLogProbs);
+        Lap("batch upload");
         TransformerForward(batch, s);
         var dLnf = s["d_ln"];
         dLnf.MemSetToZero();
         lmHead.ForwardBackward(s["lnf"], Wte(parameters), s.Targets, Config.Channels, Config.VocabSize, s["d_logprobs"], default,
                                s["logits_chunk"], s["logprobs"], s["logsumexp"], default, dLnf, Wte(gradients));
+        Lap("lm head fwd+bwd");
         TransformerBackward(batch, s);
         s["logprobs"].CopyToCPU(logProbs);
+        Lap("logprobs download");
     }
 
     /// <summary>
@@ -151,6 +169,7 @@ public sealed class GpuGpt : IDisposable
     /// </summary>
     public GradientClip ClipGradients(float maxNorm)
     {
+        Profile?.Restart();
         normPartials.MemSetToZero();
         var p = normPartials.View;
         gradientNorm.PartialSumsOfSquares(gradients.View, p.SubView(0, GpuGradientNorm.PartialsPerTensor));
@@ -162,6 +181,7 @@ public sealed class GpuGpt : IDisposable
             gradientNorm.Scale(gradients.View, clipScale.View);
             scale = clipScale.GetAsArray1D()[0];
         }
+        Lap("gradient clip");
         return new GradientClip(Math.Sqrt(normTotal.GetAsArray1D()[0]), scale);
     }
 
@@ -172,6 +192,7 @@ public sealed class GpuGpt : IDisposable
     /// <param name="step">1-based optimizer step (for bias correction)</param>
     public void AdamWStep(int step, float learningRate, float beta1, float beta2, float epsilon, float weightDecay)
     {
+        Profile?.Restart();
         foreach (var t in Layout.Tensors)
         {
             float decay = t.Shape.Length >= 2 ? weightDecay : 0f;
@@ -179,6 +200,7 @@ public sealed class GpuGpt : IDisposable
                        Slice(adamM, t.Offset, t.Length), Slice(adamV, t.Offset, t.Length),
                        step, learningRate, beta1, beta2, epsilon, decay);
         }
+        Lap("adamw");
     }
 
     /// <summary>Waits for all queued device work.</summary>
@@ -205,7 +227,9 @@ public sealed class GpuGpt : IDisposable
     {
         int n = batch.TokenCount, c = Config.Channels;
         var encoded = s["encoded"];
+        Profile?.Restart();
         embedding.Forward(s.Tokens, s.Positions, Wte(parameters), Slice(parameters, Layout.Wpe, (long)Config.MaxSequenceLength * c), c, encoded);
+        Lap("embedding fwd");
         var x = encoded;
         var projection = s["projection"];
         for (int l = 0; l < Config.Layers; l++)
@@ -222,18 +246,29 @@ public sealed class GpuGpt : IDisposable
             var residual3 = s[a + "residual3"];
 
             layerNorm.Forward(x, P(o.Ln1Weight, c), P(o.Ln1Bias, c), ln1, s[a + "ln1_mean"], s[a + "ln1_rstd"]);
+            Lap("layernorm fwd");
             LinearForward(ln1, P(o.AttnWeight, c * 3L * c), P(o.AttnBias, 3 * c), qkv, n, c, 3 * c);
+            Lap("matmul fwd");
             AttentionForward(batch, s, qkv, s[a + "att"], atty);
+            Lap("attention fwd");
             LinearForward(atty, P(o.AttnProjWeight, (long)c * c), P(o.AttnProjBias, c), projection, n, c, c);
+            Lap("matmul fwd");
             residual.Forward(x, projection, residual2);
+            Lap("residual fwd");
             layerNorm.Forward(residual2, P(o.Ln2Weight, c), P(o.Ln2Bias, c), ln2, s[a + "ln2_mean"], s[a + "ln2_rstd"]);
+            Lap("layernorm fwd");
             LinearForward(ln2, P(o.FcWeight, c * 4L * c), P(o.FcBias, 4 * c), fch, n, c, 4 * c);
+            Lap("matmul fwd");
             gelu.Forward(fch, fchGelu);
+            Lap("gelu fwd");
             LinearForward(fchGelu, P(o.FcProjWeight, 4L * c * c), P(o.FcProjBias, c), projection, n, 4 * c, c);
+            Lap("matmul fwd");
             residual.Forward(residual2, projection, residual3);
+            Lap("residual fwd");
             x = residual3;
         }
         layerNorm.Forward(x, P(Layout.LnFWeight, c), P(Layout.LnFBias, c), s["lnf"], s["lnf_mean"], s["lnf_rstd"]);
+        Lap("layernorm fwd");
     }
 
     // ---------------------------------------------------------------------------------------------
@@ -254,6 +289,7 @@ public sealed class GpuGpt : IDisposable
         dResidual.MemSetToZero();
         layerNorm.Backward(dLn, lastResidual, P(Layout.LnFWeight, c), s["lnf_mean"], s["lnf_rstd"],
                            dResidual, G(Layout.LnFWeight, c), G(Layout.LnFBias, c));
+        Lap("layernorm bwd");
 
         for (int l = Config.Layers - 1; l >= 0; l--)
         {
@@ -263,24 +299,33 @@ public sealed class GpuGpt : IDisposable
 
             dFchGelu.MemSetToZero();
             LinearBackward(s, dResidual, s[a + "fch_gelu"], P(o.FcProjWeight, 4L * c * c), dFchGelu, G(o.FcProjWeight, 4L * c * c), G(o.FcProjBias, c), n, 4 * c, c);
+            Lap("matmul bwd");
             dFch.MemSetToZero();
             gelu.Backward(dFchGelu, s[a + "fch"], dFch);
+            Lap("gelu bwd");
             dLn.MemSetToZero();
             LinearBackward(s, dFch, s[a + "ln2"], P(o.FcWeight, c * 4L * c), dLn, G(o.FcWeight, c * 4L * c), G(o.FcBias, 4 * c), n, c, 4 * c);
+            Lap("matmul bwd");
             layerNorm.Backward(dLn, s[a + "residual2"], P(o.Ln2Weight, c), s[a + "ln2_mean"], s[a + "ln2_rstd"],
                                dResidual, G(o.Ln2Weight, c), G(o.Ln2Bias, c));
+            Lap("layernorm bwd");
 
             dAtty.MemSetToZero();
             LinearBackward(s, dResidual, s[a + "atty"], P(o.AttnProjWeight, (long)c * c), dAtty, G(o.AttnProjWeight, (long)c * c), G(o.AttnProjBias, c), n, c, c);
+            Lap("matmul bwd");
             dQkv.MemSetToZero();
             AttentionBackward(batch, s, dAtty, s[a + "qkv"], s[a + "att"], dQkv);
+            Lap("attention bwd");
             dLn.MemSetToZero();
             LinearBackward(s, dQkv, s[a + "ln1"], P(o.AttnWeight, c * 3L * c), dLn, G(o.AttnWeight, c * 3L * c), G(o.AttnBias, 3 * c), n, c, 3 * c);
+            Lap("matmul bwd");
             layerNorm.Backward(dLn, x, P(o.Ln1Weight, c), s[a + "ln1_mean"], s[a + "ln1_rstd"],
                                dResidual, G(o.Ln1Weight, c), G(o.Ln1Bias, c));
+            Lap("layernorm bwd");
         }
 
         embedding.Backward(dResidual, s.Tokens, s.Positions, c, Wte(gradients), Slice(gradients, Layout.Wpe, (long)Config.MaxSequenceLength * c));
+        Lap("embedding bwd");
     }
 
     // y[N, out] = x[N, in]·W[in, out] + b
