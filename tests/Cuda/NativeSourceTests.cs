@@ -22,7 +22,7 @@ public partial class NativeSourceTests
         throw new InvalidOperationException("repository root (DistAlign.sln) not found above the test directory");
     }
 
-    [GeneratedRegex(@"extern\s+""C""\s+__global__\s+void\s+(\w+)\s*\(")]
+    [GeneratedRegex(@"extern\s+""C""\s+__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\s*\(")]
     private static partial Regex EntryPoint();
 
     [Test]
@@ -43,6 +43,18 @@ public partial class NativeSourceTests
         var entries = EntryPoint().Matches(source.Text).Select(m => m.Groups[1].Value).Order().ToArray();
         Assert.That(entries, Is.EqualTo(new[] { "distalign_target_logprobs_bf16", "distalign_target_logprobs_f32" }));
         string launcher = File.ReadAllText(Path.Combine(RepositoryRoot, "src", "Kernels", "Gpu", "NvrtcTargetLogProbs.cs"));
+        foreach (var entry in entries) Assert.That(launcher, Does.Contain($"\"{entry}\""), $"{entry} is looked up by the launcher");
+        Assert.That(source.Text, Does.Not.Contain("#include"), "self-contained: NVRTC compiles it without CUDA headers");
+    }
+
+    [Test]
+    public void TheFlashAttentionSourceHasTheEntryPointsTheLauncherLoads()
+    {
+        var source = NativeSource.Get(NvrtcFlashAttention.SourceName);
+        var entries = EntryPoint().Matches(source.Text).Select(m => m.Groups[1].Value).Order().ToArray();
+        Assert.That(entries, Is.EqualTo(new[] { "distalign_flash_attention_backward_delta", "distalign_flash_attention_backward_kv",
+                                                "distalign_flash_attention_backward_q", "distalign_flash_attention_forward" }));
+        string launcher = File.ReadAllText(Path.Combine(RepositoryRoot, "src", "Kernels", "Gpu", "NvrtcFlashAttention.cs"));
         foreach (var entry in entries) Assert.That(launcher, Does.Contain($"\"{entry}\""), $"{entry} is looked up by the launcher");
         Assert.That(source.Text, Does.Not.Contain("#include"), "self-contained: NVRTC compiles it without CUDA headers");
     }

@@ -59,6 +59,17 @@ internal sealed class Report(TextWriter log)
         Add(new CheckResult(name, actual.Length, maxAbs, worst, $"atol {atol:G2}, rtol {rtol:G2}"));
     }
 
+    /// <summary>
+    /// Compares with a tolerance relative to the reference's scale: every |actual − expected| ≤ fraction·max|expected|
+    /// (for bf16 tensor-core paths, whose error is a fraction of the operands' size, not of each element).
+    /// </summary>
+    public void CompareToScale(string name, ReadOnlySpan<float> actual, ReadOnlySpan<float> expected, double fraction)
+    {
+        double scale = 0;
+        foreach (float x in expected) scale = Math.Max(scale, Math.Abs(x));
+        Compare(name, actual, expected, fraction * Math.Max(scale, 1e-30), 0);
+    }
+
     public void Write(string directory, string header)
     {
         Directory.CreateDirectory(directory);

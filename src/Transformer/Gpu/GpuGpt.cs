@@ -33,6 +33,7 @@ public sealed class GpuGpt : IDisposable
     private readonly GpuSequenceLogProbs lmHead;
     private readonly GpuAdamW adamW;
     private readonly GpuGradientNorm gradientNorm;
+    private readonly NvrtcFlashAttention? flashAttention;
     private readonly MemoryBuffer1D<float, Stride1D.Dense> parameters, gradients, adamM, adamV;
     private readonly MemoryBuffer1D<double, Stride1D.Dense> normPartials, normTotal;
     private readonly MemoryBuffer1D<float, Stride1D.Dense> clipScale;
@@ -40,6 +41,9 @@ public sealed class GpuGpt : IDisposable
 
     public GptConfig Config { get; }
     public ParameterLayout Layout { get; }
+
+    /// <summary>Whether attention runs as <see cref="NvrtcFlashAttention"/> (else the materialised-scores path).</summary>
+    public bool UsesFlashAttention => flashAttention is not null;
 
     /// <summary>
     /// When set, the wall time of each kind of op (the names of <see cref="Gpt.Profile"/>) is charged to it.
@@ -56,11 +60,14 @@ public sealed class GpuGpt : IDisposable
     }
 
     /// <summary>The GEMMs and kernels run on <paramref name="accelerator"/>; <paramref name="gemm"/> must be for the same accelerator.</summary>
-    public GpuGpt(Accelerator accelerator, GptConfig config, IGemm gemm)
+    /// <param name="flashAttention">when given and the head size is 64 (<see cref="NvrtcFlashAttention.Supports"/>), attention
+    /// runs as its tiled bf16 tensor-core kernels (no T×T scores); otherwise as GEMMs around the materialised softmax.</param>
+    public GpuGpt(Accelerator accelerator, GptConfig config, IGemm gemm, NvrtcFlashAttention? flashAttention = null)
     {
         this.accelerator = accelerator;
         this.gemm = gemm;
         Config = config.Validate();
+        this.flashAttention = flashAttention is not null && NvrtcFlashAttention.Supports(config.Channels, config.Heads) ? flashAttention : null;
         Layout = ParameterLayout.For(config);
         layerNorm = new GpuLayerNorm(accelerator);
         attention = new GpuAttention(accelerator);
@@ -249,7 +256,10 @@ public sealed class GpuGpt : IDisposable
             Lap("layernorm fwd");
             LinearForward(ln1, P(o.AttnWeight, c * 3L * c), P(o.AttnBias, 3 * c), qkv, n, c, 3 * c);
             Lap("matmul fwd");
-            AttentionForward(batch, s, qkv, s[a + "att"], atty);
+            if (flashAttention is not null)
+                flashAttention.Forward(qkv, s.Segments, batch.Rows, batch.Length, Config.Heads, atty, s.AttentionLogSumExp(l));
+            else
+                AttentionForward(batch, s, qkv, s[a + "att"], atty);
             Lap("attention fwd");
             LinearForward(atty, P(o.AttnProjWeight, (long)c * c), P(o.AttnProjBias, c), projection, n, c, c);
             Lap("matmul fwd");
@@ -314,7 +324,11 @@ public sealed class GpuGpt : IDisposable
             LinearBackward(s, dResidual, s[a + "atty"], P(o.AttnProjWeight, (long)c * c), dAtty, G(o.AttnProjWeight, (long)c * c), G(o.AttnProjBias, c), n, c, c);
             Lap("matmul bwd");
             dQkv.MemSetToZero();
-            AttentionBackward(batch, s, dAtty, s[a + "qkv"], s[a + "att"], dQkv);
+            if (flashAttention is not null)
+                flashAttention.Backward(dAtty, s[a + "qkv"], s.Segments, s[a + "atty"], s.AttentionLogSumExp(l), batch.Rows, batch.Length,
+                                        Config.Heads, s["attn_delta"], dQkv);
+            else
+                AttentionBackward(batch, s, dAtty, s[a + "qkv"], s[a + "att"], dQkv);
             Lap("attention bwd");
             dLn.MemSetToZero();
             LinearBackward(s, dQkv, s[a + "ln1"], P(o.AttnWeight, c * 3L * c), dLn, G(o.AttnWeight, c * 3L * c), G(o.AttnBias, 3 * c), n, c, 3 * c);
@@ -406,7 +420,7 @@ public sealed class GpuGpt : IDisposable
         {
             shape?.Dispose();
             shape = null;
-            shape = new ShapeBuffers(accelerator, Config, batch.Rows, batch.Length);
+            shape = new ShapeBuffers(accelerator, Config, batch.Rows, batch.Length, attentionScores: flashAttention is null);
         }
         shape.Tokens.CopyFromCPU(batch.Tokens);
         shape.Positions.CopyFromCPU(batch.Positions);
@@ -432,15 +446,21 @@ public sealed class GpuGpt : IDisposable
         public ArrayView<int> Segments { get; }
         public ArrayView<int> Targets { get; }
 
-        public ShapeBuffers(Accelerator accelerator, GptConfig config, int rows, int length)
+        private readonly int heads;
+
+        /// <param name="attentionScores">false with flash attention: no [B, NH, T, T] probabilities or their gradient</param>
+        public ShapeBuffers(Accelerator accelerator, GptConfig config, int rows, int length, bool attentionScores)
         {
+            heads = config.Heads;
             Rows = rows;
             Length = length;
             long n = (long)rows * length;
             var builder = new MemoryPlanBuilder();
             var arena = builder.Arena(GptActivations.Arena);
-            GptActivations.Plan(arena, config, rows, length);
-            arena.Add<float>("d_att", (long)rows * config.Heads * length * length).Add<float>("ones", n).Add<float>("d_logprobs", n);
+            GptActivations.Plan(arena, config, rows, length, attentionScores);
+            arena.Add<float>("d_att", attentionScores ? (long)rows * config.Heads * length * length : 0).Add<float>("ones", n).Add<float>("d_logprobs", n);
+            long perLayer = (long)rows * config.Heads * length;   // flash attention's saved log-sum-exp per layer, and its delta scratch
+            arena.Add<float>("attn_lse", config.Layers * perLayer).Add<float>("attn_delta", perLayer);
             var plan = builder.Build()[GptActivations.Arena];
             floats = accelerator.Allocate1D<float>(plan.SizeInBytes / sizeof(float));
             foreach (var t in plan.Tensors)
@@ -457,6 +477,13 @@ public sealed class GpuGpt : IDisposable
         }
 
         public ArrayView<float> this[string name] => views[name];
+
+        /// <summary>Layer <paramref name="layer"/>'s attention log-sum-exp [B, NH, T] (flash attention).</summary>
+        public ArrayView<float> AttentionLogSumExp(int layer)
+        {
+            long perLayer = (long)Rows * heads * Length;
+            return views["attn_lse"].SubView(layer * perLayer, perLayer);
+        }
 
         public void Dispose()
         {

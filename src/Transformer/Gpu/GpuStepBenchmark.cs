@@ -15,7 +15,7 @@ namespace DistAlign.Transformer.Gpu;
 /// <param name="Breakdown">milliseconds per kind of op of one extra step run with an <see cref="OpProfile"/> attached
 /// (each op synchronised, so the sum exceeds the timed step); empty when not asked for</param>
 /// <param name="DeviceBytesInUse">device memory in use after the steps (the whole context, as cuMemGetInfo reports it), when known</param>
-public sealed record GpuStepResult(GptConfig Config, int Rows, int Length, GemmPrecision Precision, int TimedSteps,
+public sealed record GpuStepResult(GptConfig Config, int Rows, int Length, GemmPrecision Precision, bool FlashAttention, int TimedSteps,
                                    double MedianMilliseconds, double TokensPerSecond, double FlopsPerStep, double Mfu,
                                    float FirstLoss, float LastLoss, double LastGradientNorm,
                                    IReadOnlyList<(string Op, double Milliseconds)> Breakdown, long? DeviceBytesInUse);
@@ -25,12 +25,14 @@ public sealed record GpuStepResult(GptConfig Config, int Rows, int Length, GemmP
 /// fused LM head (dL/dlogprob = −1/N), global-norm clipping at 1, AdamW (lr 3e-4, weight decay 0.1 on the
 /// matrices), all on the device, synchronised at the end of each step. GPT-2 initialisation; random
 /// tokens, the same batch every step (the loss must fall: a cheap check that the step learns). With
-/// <c>profile</c>, one more step runs with an <see cref="OpProfile"/> attached for the per-op breakdown.
+/// <c>profile</c>, one more step runs with an <see cref="OpProfile"/> attached for the per-op breakdown. With
+/// <c>flashAttention</c> (CUDA only), attention runs as <see cref="NvrtcFlashAttention"/>.
 /// </summary>
 public static class GpuStepBenchmark
 {
     public static GpuStepResult Run(Accelerator accelerator, GptConfig config, int rows, int length, GemmPrecision precision,
-                                    int warmupSteps, int timedSteps, double peakFlops, ulong seed = 1, bool profile = false)
+                                    int warmupSteps, int timedSteps, double peakFlops, ulong seed = 1, bool profile = false,
+                                    bool flashAttention = false)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(warmupSteps, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(timedSteps, 1);
@@ -38,7 +40,13 @@ public static class GpuStepBenchmark
         using var gemmOwner = gemm as IDisposable;
         using var cpu = new Gpt(config);
         cpu.InitializeGpt2(seed);
-        using var model = new GpuGpt(accelerator, config, gemm);
+        using var flash = flashAttention
+            ? new NvrtcFlashAttention(accelerator as ILGPU.Runtime.Cuda.CudaAccelerator
+                                      ?? throw new ArgumentException("flash attention needs a CUDA accelerator", nameof(accelerator)), NvrtcKernelCache.CreateDefault())
+            : null;
+        using var model = new GpuGpt(accelerator, config, gemm, flash);
+        if (flashAttention && !model.UsesFlashAttention)
+            throw new ArgumentException($"flash attention needs head size {NvrtcFlashAttention.HeadSize}; this config has {config.Channels / config.Heads}");
         model.Upload(cpu);
 
         var batch = new GptBatch(rows, length);
@@ -80,7 +88,7 @@ public static class GpuStepBenchmark
         Array.Sort(times);
         double ms = times[timedSteps / 2];
         double flops = GpuGpt.TrainingFlops(config, rows, length);
-        return new GpuStepResult(config, rows, length, precision, timedSteps, ms, batch.TokenCount / (ms * 1e-3), flops,
+        return new GpuStepResult(config, rows, length, precision, flashAttention, timedSteps, ms, batch.TokenCount / (ms * 1e-3), flops,
                                  flops / (ms * 1e-3) / peakFlops, firstLoss, lastLoss, norm, breakdown.Totals(), inUse);
     }
 }

@@ -19,7 +19,9 @@ public static class GptActivations
 {
     public const string Arena = "activations";
 
-    public static void Plan(ArenaPlanBuilder arena, GptConfig config, int rows, int length)
+    /// <param name="attentionScores">false when attention keeps no T×T probabilities (flash attention on the GPU):
+    /// each layer's "att" is then planned empty</param>
+    public static void Plan(ArenaPlanBuilder arena, GptConfig config, int rows, int length, bool attentionScores = true)
     {
         long n = (long)rows * length, c = config.Channels, nh = config.Heads, t = length;
         arena.Add<float>("encoded", n * c);
@@ -27,7 +29,7 @@ public static class GptActivations
         {
             string p = $"h.{l}.";
             arena.Add<float>(p + "ln1", n * c).Add<float>(p + "ln1_mean", n).Add<float>(p + "ln1_rstd", n)
-                 .Add<float>(p + "qkv", n * 3 * c).Add<float>(p + "att", rows * nh * t * t).Add<float>(p + "atty", n * c)
+                 .Add<float>(p + "qkv", n * 3 * c).Add<float>(p + "att", attentionScores ? rows * nh * t * t : 0).Add<float>(p + "atty", n * c)
                  .Add<float>(p + "residual2", n * c)
                  .Add<float>(p + "ln2", n * c).Add<float>(p + "ln2_mean", n).Add<float>(p + "ln2_rstd", n)
                  .Add<float>(p + "fch", n * 4 * c).Add<float>(p + "fch_gelu", n * 4 * c)

@@ -1,0 +1,113 @@
+using System.Diagnostics;
+using DistAlign.Kernels.Cpu;
+using DistAlign.Kernels.Gpu;
+using ILGPU;
+using ILGPU.Runtime;
+using ILGPU.Runtime.Cuda;
+using static DistAlign.Tests.TestSupport.Numerics;
+
+namespace DistAlign.Tests.Cuda;
+
+/// <summary>
+/// native/flash_attention.cu (<see cref="NvrtcFlashAttention"/>): without a GPU, its four kernels run in the host
+/// CUDA emulator (tests/Cuda/cuda_emulator.h: one host thread per CUDA thread, mma.sync computed from the
+/// 32 lanes' fragments) against an fp64 attention forward and backward (tests/Cuda/flash_attention_check.cpp);
+/// on CUDA, the launcher against the CPU <see cref="Attention"/> (skipped with the reason where there is no GPU).
+/// Bounds: bf16 products (8-bit significands) with fp32 accumulation, 1.5 % of the output's scale and 3 % of
+/// the gradient's.
+/// </summary>
+public class FlashAttentionTests
+{
+    private static readonly string RepositoryRoot = FindRoot();
+
+    private static string FindRoot()
+    {
+        for (var d = new DirectoryInfo(TestContext.CurrentContext.TestDirectory); d is not null; d = d.Parent)
+            if (File.Exists(Path.Combine(d.FullName, "DistAlign.sln"))) return d.FullName;
+        throw new InvalidOperationException("repository root (DistAlign.sln) not found above the test directory");
+    }
+
+    [Test]
+    public void KernelsMatchAnFp64ReferenceInTheHostEmulator()
+    {
+        string? gpp = new[] { "/usr/bin/g++", "/usr/local/bin/g++" }.FirstOrDefault(File.Exists);
+        if (gpp is null) Assert.Ignore("g++ is not installed: the emulated run of native/flash_attention.cu did not happen");
+        string executable = Path.Combine(Directory.CreateTempSubdirectory("distalign-flash-").FullName, "flash_attention_check");
+        try
+        {
+            string tests = Path.Combine(RepositoryRoot, "tests", "Cuda");
+            var (compileCode, compileOutput) = RunProcess(gpp, ["-std=c++20", "-O1", "-pthread", "-Wall", "-Wextra", "-Werror", "-Wno-unknown-pragmas",
+                "-include", Path.Combine(tests, "cuda_emulator.h"), "-I", Path.Combine(RepositoryRoot, "native"),
+                "-x", "c++", Path.Combine(tests, "flash_attention_check.cpp"), "-o", executable]);
+            Assert.That(compileCode, Is.Zero, $"g++ failed:\n{compileOutput}");
+            var (code, output) = RunProcess(executable, []);
+            TestContext.Out.WriteLine(output);
+            Assert.That(code, Is.Zero, $"the emulated kernels are outside their bounds:\n{output}");
+            Assert.That(output.Split('\n', StringSplitOptions.RemoveEmptyEntries), Has.Length.EqualTo(5).And.All.StartWith("ok"));
+        }
+        finally
+        {
+            Directory.Delete(Path.GetDirectoryName(executable)!, recursive: true);
+        }
+    }
+
+    private static (int Code, string Output) RunProcess(string file, string[] arguments)
+    {
+        var info = new ProcessStartInfo(file, arguments) { RedirectStandardError = true, RedirectStandardOutput = true };
+        using var process = Process.Start(info)!;
+        var error = process.StandardError.ReadToEndAsync();
+        string output = process.StandardOutput.ReadToEnd();
+        process.WaitForExit();
+        return (process.ExitCode, output + error.Result);
+    }
+
+    [Test]
+    public void SupportsHeadSize64Only()
+    {
+        Assert.That(NvrtcFlashAttention.Supports(768, 12), Is.True);
+        Assert.That(NvrtcFlashAttention.Supports(64, 1), Is.True);
+        Assert.That(NvrtcFlashAttention.Supports(12, 2), Is.False);
+        Assert.That(NvrtcFlashAttention.Supports(256, 2), Is.False, "head size 128");
+        Assert.That(NvrtcFlashAttention.Supports(0, 0), Is.False);
+    }
+
+    [TestCase(2, 77, 3, true)]
+    [TestCase(1, 1, 1, false)]
+    [TestCase(1, 130, 2, true)]
+    public void MatchesTheCpuAttentionOnCuda(int batch, int seqLen, int heads, bool segmented)
+    {
+        var accelerator = (CudaAccelerator)GpuBackend.Get("cuda");
+        using var flash = new NvrtcFlashAttention(accelerator, NvrtcKernelCache.CreateDefault());
+        int c = heads * NvrtcFlashAttention.HeadSize;
+        var qkv = RandomFloats(batch * seqLen * 3 * c, 71, 1.5);
+        var dOut = RandomFloats(batch * seqLen * c, 72);
+        var segments = segmented ? Enumerable.Range(0, batch * seqLen).Select(i => i % seqLen < seqLen / 3 ? 4 : 7 + i / seqLen).ToArray() : [];
+        var att = new float[batch * heads * seqLen * seqLen];
+        var output = new float[batch * seqLen * c];
+        Attention.Forward(qkv, segments, batch, seqLen, heads, att, output);
+        var dQkv = new float[qkv.Length];
+        Attention.Backward(dOut, qkv, att, output, batch, seqLen, heads, dQkv);
+
+        using var gQkv = accelerator.Allocate1D(qkv);
+        using var gSegments = accelerator.Allocate1D(segments.Length == 0 ? new int[1] : segments);
+        var segmentView = gSegments.View.SubView(0, segments.Length);
+        using var gOut = accelerator.Allocate1D<float>(output.Length);
+        using var gLse = accelerator.Allocate1D<float>(batch * heads * seqLen);
+        using var gDelta = accelerator.Allocate1D<float>(batch * heads * seqLen);
+        using var gDOut = accelerator.Allocate1D(dOut);
+        using var gDQkv = accelerator.Allocate1D<float>(qkv.Length);
+        gDQkv.MemSetToZero();
+        flash.Forward(gQkv.View, segmentView, batch, seqLen, heads, gOut.View, gLse.View);
+        flash.Backward(gDOut.View, gQkv.View, segmentView, gOut.View, gLse.View, batch, seqLen, heads, gDelta.View, gDQkv.View);
+        accelerator.Synchronize();
+        AssertWithinScale(gOut.GetAsArray1D(), output, 1.5e-2, "output");
+        AssertWithinScale(gDQkv.GetAsArray1D(), dQkv, 3e-2, "dQKV");
+    }
+
+    private static void AssertWithinScale(float[] actual, float[] expected, double fraction, string what)
+    {
+        double scale = Math.Max(expected.Max(x => Math.Abs((double)x)), 1e-30), worst = 0;
+        for (int i = 0; i < expected.Length; i++) worst = Math.Max(worst, Math.Abs((double)actual[i] - expected[i]));
+        Assert.That(worst, Is.LessThanOrEqualTo(fraction * scale), $"{what}: max |error| {worst:E3} over max |reference| {scale:E3}");
+    }
+}
