@@ -62,6 +62,8 @@ internal sealed class KernelChecks(Accelerator accelerator, Report report, bool 
         Run("ILGPU attention forward", CheckAttention);
         Run("target log-probs", CheckTargetLogProbs);
         Run("ILGPU LayerNorm backward", CheckLayerNormBackward);
+        Run("ILGPU column sum (bias gradients)", CheckColumnSum);
+        Run("ILGPU embedding backward", CheckEmbeddingBackward);
         Run("ILGPU residual backward", CheckResidualBackward);
         Run("ILGPU attention backward", CheckAttentionBackward);
         Run("ILGPU target log-probs backward", CheckTargetLogProbsBackward);
@@ -70,7 +72,7 @@ internal sealed class KernelChecks(Accelerator accelerator, Report report, bool 
 
     private void CheckLayerNormBackward()
     {
-        int n = quick ? 64 : 2048, c = 768;
+        int n = quick ? 100 : 16384, c = 768;   // dW/dB: several row blocks of GpuColumnSum, the last one short when quick
         var x = RandomFloats(n * c, 30, 3f);
         var w = RandomFloats(c, 31);
         var bias = RandomFloats(c, 32);
@@ -91,6 +93,66 @@ internal sealed class KernelChecks(Accelerator accelerator, Report report, bool 
         report.Compare($"LayerNorm backward dInput [{n}, {c}]", Down(gdx), dx, 1e-5, 1e-4);
         report.Compare($"LayerNorm backward dWeight [{c}] (sum over {n} rows)", Down(gdw), dw, 1e-4 * Math.Sqrt(n), 1e-4);
         report.Compare($"LayerNorm backward dBias [{c}] (sum over {n} rows)", Down(gdb), db, 1e-4 * Math.Sqrt(n), 1e-4);
+    }
+
+    private void CheckColumnSum()
+    {
+        int n = quick ? 200 : 16384, c = 768;   // GPT-2 124M: B·T = 16 × 1024 rows of a bias gradient
+        var x = RandomFloats(n * c, 47);
+        var before = RandomFloats(c, 48);
+        var expected = new float[c];
+        for (int j = 0; j < c; j++)
+        {
+            double sum = before[j];
+            for (int i = 0; i < n; i++) sum += x[(long)i * c + j];
+            expected[j] = (float)sum;
+        }
+        using var gx = Up(x);
+        float[] Sum()
+        {
+            using var sums = Up(before);
+            _ops.ColumnSum.Sum(gx.View, sums.View);
+            return Down(sums);
+        }
+        var first = Sum();
+        report.Compare($"column sum [{n}, {c}] vs fp64 (accumulated)", first, expected, 1e-5 * Math.Sqrt(n), 1e-5);
+        report.Compare($"column sum [{n}, {c}] rerun (bit-identical)", Sum(), first, 0, 0);
+    }
+
+    private void CheckEmbeddingBackward()
+    {
+        // GPT-2 124M shapes when full: B × T = 16 × 1024, V = 50257, C = 768; a third of the tokens from 20 frequent
+        // ids, so groups range from one row to hundreds.
+        int batch = quick ? 2 : 16, length = quick ? 32 : 1024, vocab = quick ? 500 : 50257, c = quick ? 64 : 768;
+        int n = batch * length;
+        var rng = new Random(49);
+        var tokens = Enumerable.Range(0, n).Select(_ => rng.Next(3) == 0 ? rng.Next(20) * 97 % vocab : rng.Next(vocab)).ToArray();
+        var positions = Enumerable.Range(0, n).Select(i => i % length).ToArray();
+        var dOut = RandomFloats(n * c, 50);
+        var teBefore = RandomFloats(vocab * c, 51, 0.1f);
+        var peBefore = RandomFloats(length * c, 52, 0.1f);
+        var (te, pe) = ((float[])teBefore.Clone(), (float[])peBefore.Clone());
+        Embedding.Backward(dOut, tokens, positions, c, te, pe);
+        using var gd = Up(dOut);
+        using var gt = Up(tokens);
+        using var gp = Up(positions);
+        foreach (bool hostIds in new[] { true, false })
+        {
+            using var gte = Up(teBefore);
+            using var gpe = Up(peBefore);
+            if (hostIds)
+            {
+                _ops.Embedding.SetBatch(tokens, positions);
+                _ops.Embedding.Backward(gd.View, c, gte.View, gpe.View);
+            }
+            else
+            {
+                _ops.Embedding.Backward(gd.View, gt.View, gp.View, c, gte.View, gpe.View);
+            }
+            string how = hostIds ? "host ids (SetBatch)" : "device ids";
+            report.Compare($"embedding backward dWte [{vocab}, {c}], {how}, bit-identical to CPU", Down(gte), te, 0, 0);
+            report.Compare($"embedding backward dWpe [{length}, {c}], {how}, bit-identical to CPU", Down(gpe), pe, 0, 0);
+        }
     }
 
     private void CheckResidualBackward()

@@ -108,23 +108,32 @@ public sealed class GpuResidual
 /// <summary>
 /// Token + position embedding, the GPU form of <see cref="Cpu.Embedding"/>:
 /// out[n, :] = wte[token[n], :] + wpe[position[n], :]; backward dwte[token[n]] += dout[n], dwpe[position[n]] += dout[n].
-/// Token and position ids are NOT range-checked on the device (that would need a host read-back); the data
-/// pipeline validates them (the CPU op does, and so do the tests).
-/// The backward is deterministic without atomics: one thread per channel walks all N rows in order, so each
-/// gradient element receives its contributions in row order from one thread (parallelism C; this op is a
-/// negligible share of a step).
+/// The forward does NOT range-check ids on the device (that would need a host read-back); the data pipeline
+/// validates them (the CPU op does, and so do the tests). The backward groups the ids on the host, so it checks them.
 /// </summary>
-public sealed class GpuEmbedding
+/// <remarks>
+/// Backward, deterministic without atomics: the host groups the rows by id (CSR: for each distinct token id, the
+/// rows n where it occurs, in increasing n; likewise for positions), then one thread per (distinct id, channel)
+/// adds its rows' gradients in increasing n into dwte[id, c] (dwpe[id, c]). That is the order of the CPU op, one
+/// fp32 add per row onto the existing value, so the result is bit-identical to <see cref="Cpu.Embedding.Backward"/>.
+/// <see cref="SetBatch"/> takes the ids from the host (GpuGpt has them there); the overload with device ids
+/// copies them to the host first (a synchronisation).
+/// </remarks>
+public sealed class GpuEmbedding : IDisposable
 {
     private readonly Action<AcceleratorStream, Index1D, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, ArrayView<float>> _forward;
-    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>> _backward;
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, int, ArrayView<float>> _backward;
     private readonly Accelerator _accelerator;
+    private readonly EmbeddingRowGroups _batch, _copied;
+    private int[] _hostTokens = [], _hostPositions = [];
 
     public GpuEmbedding(Accelerator accelerator)
     {
         _accelerator = accelerator;
         _forward = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, ArrayView<float>>(ForwardKernel);
-        _backward = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>>(BackwardKernel);
+        _backward = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, int, ArrayView<float>>(BackwardGroupKernel);
+        _batch = new EmbeddingRowGroups(accelerator);
+        _copied = new EmbeddingRowGroups(accelerator);
     }
 
     /// <summary>output [N, C] = wte[tokens] + wpe[positions]; tokens, positions [N]; wte [V, C]; wpe [maxT, C].</summary>
@@ -136,13 +145,58 @@ public sealed class GpuEmbedding
         if (total > 0) _forward(_accelerator.DefaultStream, (int)total, tokens, positions, wte, wpe, channels, output);
     }
 
-    /// <summary>dWte[tokens[n]] += dOutput[n]; dWpe[positions[n]] += dOutput[n]. Accumulates.</summary>
+    /// <summary>
+    /// Groups the batch's rows by token id and by position on the host and uploads the grouping, for
+    /// <see cref="Backward(ArrayView{float}, int, ArrayView{float}, ArrayView{float})"/>. The upload is queued on the
+    /// default stream after the work already queued, so it may be called while a previous backward still runs.
+    /// </summary>
+    /// <exception cref="ArgumentException">The spans differ in length, or an id is negative.</exception>
+    public void SetBatch(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions)
+    {
+        GpuLaunch.CheckLength(positions.Length, tokens.Length, nameof(positions), "[N], one position per token");
+        _batch.Set(tokens, positions);
+    }
+
+    /// <summary>dWte[tokens[n]] += dOutput[n]; dWpe[positions[n]] += dOutput[n] for the ids of the last
+    /// <see cref="SetBatch"/>. Accumulates; bit-identical to the CPU op.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">An id of the batch is outside its table.</exception>
+    public void Backward(ArrayView<float> dOutput, int channels, ArrayView<float> dWte, ArrayView<float> dWpe) =>
+        Backward(dOutput, _batch, channels, dWte, dWpe);
+
+    /// <summary>dWte[tokens[n]] += dOutput[n]; dWpe[positions[n]] += dOutput[n]. Accumulates; bit-identical to the CPU op.
+    /// Copies the ids to the host to group them (waits for the queued work); the grouping of <see cref="SetBatch"/> is kept.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">An id is outside its table.</exception>
     public void Backward(ArrayView<float> dOutput, ArrayView<int> tokens, ArrayView<int> positions, int channels,
                          ArrayView<float> dWte, ArrayView<float> dWpe)
     {
         Validate(tokens.Length, positions.Length, dWte.Length, dWpe.Length, channels, dOutput.Length, nameof(dOutput));
-        if (tokens.Length > 0)
-            _backward(_accelerator.DefaultStream, channels, dOutput, tokens, positions, (int)tokens.Length, channels, dWte, dWpe);
+        int n = (int)tokens.Length;
+        if (_hostTokens.Length < n)
+        {
+            _hostTokens = new int[n];
+            _hostPositions = new int[n];
+        }
+        var hostTokens = _hostTokens.AsSpan(0, n);
+        var hostPositions = _hostPositions.AsSpan(0, n);
+        _accelerator.Synchronize();
+        if (n > 0)
+        {
+            tokens.CopyToCPU(hostTokens);
+            positions.CopyToCPU(hostPositions);
+            _accelerator.Synchronize();
+        }
+        _copied.Set(hostTokens, hostPositions);
+        Backward(dOutput, _copied, channels, dWte, dWpe);
+    }
+
+    private void Backward(ArrayView<float> dOutput, EmbeddingRowGroups groups, int channels, ArrayView<float> dWte, ArrayView<float> dWpe)
+    {
+        Validate(groups.Rows, groups.Rows, dWte.Length, dWpe.Length, channels, dOutput.Length, nameof(dOutput));
+        groups.CheckIds(dWte.Length / channels, dWpe.Length / channels);
+        if (groups.Rows == 0) return;
+        var stream = _accelerator.DefaultStream;
+        _backward(stream, groups.TokenGroups * channels, dOutput, groups.TokenIds, groups.TokenStarts, groups.TokenRows, channels, dWte);
+        _backward(stream, groups.PositionGroups * channels, dOutput, groups.PositionIds, groups.PositionStarts, groups.PositionRows, channels, dWpe);
     }
 
     [GpuKernel(false)]
@@ -153,16 +207,18 @@ public sealed class GpuEmbedding
         output[i] = wte[(long)tokens[n] * channels + c] + wpe[(long)positions[n] * channels + c];
     }
 
+    // Thread (g, c): table[ids[g], c] += dOutput[rows[k], c] for k = starts[g] … starts[g + 1] − 1, one add per row
+    // in increasing row order (rows of a group are sorted), onto the existing value.
     [GpuKernel(false)]
-    internal static void BackwardKernel(Index1D c, ArrayView<float> dOutput, ArrayView<int> tokens, ArrayView<int> positions,
-                                        int rows, int channels, ArrayView<float> dWte, ArrayView<float> dWpe)
+    internal static void BackwardGroupKernel(Index1D i, ArrayView<float> dOutput, ArrayView<int> ids, ArrayView<int> starts,
+                                             ArrayView<int> rows, int channels, ArrayView<float> table)
     {
-        for (int n = 0; n < rows; n++)
-        {
-            float d = dOutput[(long)n * channels + c];
-            dWte[(long)tokens[n] * channels + c] += d;
-            dWpe[(long)positions[n] * channels + c] += d;
-        }
+        int g = i / channels, c = i - g * channels;
+        long at = (long)ids[g] * channels + c;
+        float sum = table[at];
+        int end = starts[g + 1];
+        for (int k = starts[g]; k < end; k++) sum += dOutput[(long)rows[k] * channels + c];
+        table[at] = sum;
     }
 
     private static void Validate(long tokens, long positions, long wte, long wpe,
@@ -177,5 +233,124 @@ public sealed class GpuEmbedding
             throw new ArgumentException($"The position table has {wpe} elements, not a multiple of C = {channels}.", nameof(wpe));
         if (activationLength > int.MaxValue)
             throw new ArgumentException($"{activationName} has {activationLength} elements; the GPU kernels index with 32-bit ints.", activationName);
+    }
+
+    /// <summary>Frees the device copies of the groupings.</summary>
+    public void Dispose()
+    {
+        _batch.Dispose();
+        _copied.Dispose();
+    }
+}
+
+/// <summary>
+/// A batch's rows grouped by token id and by position (CSR), built on the host and kept on the device for
+/// <see cref="GpuEmbedding"/>'s backward. Per id kind: ids [G] (distinct, increasing), starts [G + 1], rows [N]
+/// (the rows of group g are rows[starts[g] … starts[g + 1] − 1], increasing).
+/// </summary>
+internal sealed class EmbeddingRowGroups(Accelerator accelerator) : IDisposable
+{
+    private MemoryBuffer1D<int, Stride1D.Dense>? _device;
+    private int[] _host = [];
+    private int[] _counts = [];
+    private int _maxToken = -1, _maxPosition = -1;
+
+    public int Rows { get; private set; }
+    public int TokenGroups { get; private set; }
+    public int PositionGroups { get; private set; }
+    public ArrayView<int> TokenIds { get; private set; }
+    public ArrayView<int> TokenStarts { get; private set; }
+    public ArrayView<int> TokenRows { get; private set; }
+    public ArrayView<int> PositionIds { get; private set; }
+    public ArrayView<int> PositionStarts { get; private set; }
+    public ArrayView<int> PositionRows { get; private set; }
+
+    /// <summary>Groups <paramref name="tokens"/> and <paramref name="positions"/> (same length) and uploads both groupings.</summary>
+    public void Set(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions)
+    {
+        int n = tokens.Length;
+        int capacity = 2 * (3 * n + 1);   // per kind at most N ids, N + 1 starts, N rows
+        if (_host.Length < capacity) _host = new int[capacity];
+        int tokenGroups = Group(tokens, "Token id", "tokens", _host, out _maxToken);
+        int tokenLength = 2 * tokenGroups + 1 + n;
+        int positionGroups = Group(positions, "Position", "positions", _host.AsSpan(tokenLength), out _maxPosition);
+        int length = tokenLength + 2 * positionGroups + 1 + n;
+        Rows = n;
+        TokenGroups = tokenGroups;
+        PositionGroups = positionGroups;
+        if (n == 0) return;   // nothing to upload; the backward returns before reading the views
+
+        if (_device is null || _device.Length < length)
+        {
+            if (_device is not null)
+            {
+                accelerator.Synchronize();   // a queued backward may still read the old grouping
+                _device.Dispose();
+            }
+            _device = null;
+            _device = accelerator.Allocate1D<int>(Math.Max(capacity, 1));
+        }
+        ArrayView<int> all = _device.View;
+        all.SubView(0, length).CopyFromCPU(_host.AsSpan(0, length));
+        TokenIds = all.SubView(0, tokenGroups);
+        TokenStarts = all.SubView(tokenGroups, tokenGroups + 1);
+        TokenRows = all.SubView(2 * tokenGroups + 1, n);
+        PositionIds = all.SubView(tokenLength, positionGroups);
+        PositionStarts = all.SubView(tokenLength + positionGroups, positionGroups + 1);
+        PositionRows = all.SubView(tokenLength + 2 * positionGroups + 1, n);
+    }
+
+    /// <summary>Throws when an id of the grouped batch is outside [0, vocab) or a position outside [0, maxT).</summary>
+    public void CheckIds(long vocab, long maxT)
+    {
+        if (_maxToken >= vocab)
+            throw new ArgumentOutOfRangeException("tokens", _maxToken, $"Token id {_maxToken} is outside the vocabulary [0, {vocab}).");
+        if (_maxPosition >= maxT)
+            throw new ArgumentOutOfRangeException("positions", _maxPosition, $"Position {_maxPosition} is outside the position table [0, {maxT}).");
+    }
+
+    /// <summary>
+    /// Writes ids [G], starts [G + 1], rows [N] of <paramref name="values"/> into <paramref name="layout"/> by a
+    /// counting sort (stable, so each group's rows stay increasing); returns G.
+    /// </summary>
+    private int Group(ReadOnlySpan<int> values, string what, string name, Span<int> layout, out int max)
+    {
+        int n = values.Length;
+        max = -1;
+        for (int i = 0; i < n; i++)
+        {
+            int v = values[i];
+            if (v < 0) throw new ArgumentOutOfRangeException(name, v, $"{what} {v} at index {i} is negative.");
+            if (v > max) max = v;
+        }
+        if (_counts.Length < max + 1) _counts = new int[max + 1];
+        var counts = _counts.AsSpan(0, max + 1);
+        counts.Clear();
+        foreach (int v in values) counts[v]++;
+        int groups = 0;
+        for (int v = 0; v <= max; v++) if (counts[v] > 0) groups++;
+        var ids = layout[..groups];
+        var starts = layout.Slice(groups, groups + 1);
+        var rows = layout.Slice(2 * groups + 1, n);
+        // counts[v] becomes the next free slot of id v in rows; ids and starts list the non-empty ids in order.
+        int g = 0, offset = 0;
+        for (int v = 0; v <= max; v++)
+        {
+            int count = counts[v];
+            if (count == 0) continue;
+            ids[g] = v;
+            starts[g++] = offset;
+            counts[v] = offset;
+            offset += count;
+        }
+        starts[groups] = offset;
+        for (int i = 0; i < n; i++) rows[counts[values[i]]++] = i;
+        return groups;
+    }
+
+    public void Dispose()
+    {
+        _device?.Dispose();
+        _device = null;
     }
 }

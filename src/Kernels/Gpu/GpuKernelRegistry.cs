@@ -20,10 +20,12 @@ public static class GpuKernelRegistry
     public static IReadOnlyList<GpuKernelInfo> All { get; } =
     [
         Implicit(typeof(GpuEmbedding), nameof(GpuEmbedding.ForwardKernel)),
-        Implicit(typeof(GpuEmbedding), nameof(GpuEmbedding.BackwardKernel)),
+        Implicit(typeof(GpuEmbedding), nameof(GpuEmbedding.BackwardGroupKernel)),
+        Implicit(typeof(GpuColumnSum), nameof(GpuColumnSum.PartialsKernel)),
+        Implicit(typeof(GpuColumnSum), nameof(GpuColumnSum.SumPartialsKernel)),
         Explicit(typeof(GpuLayerNorm), nameof(GpuLayerNorm.ForwardKernel)),
         Explicit(typeof(GpuLayerNorm), nameof(GpuLayerNorm.BackwardInputKernel)),
-        Implicit(typeof(GpuLayerNorm), nameof(GpuLayerNorm.BackwardParametersKernel)),
+        Implicit(typeof(GpuLayerNorm), nameof(GpuLayerNorm.BackwardParameterPartialsKernel)),
         Implicit(typeof(GpuGelu), nameof(GpuGelu.ForwardKernel)),
         Implicit(typeof(GpuGelu), nameof(GpuGelu.BackwardKernel)),
         Implicit(typeof(GpuResidual), nameof(GpuResidual.ForwardKernel)),
@@ -62,7 +64,8 @@ public static class GpuKernelRegistry
 
 /// <summary>
 /// All GPU ops for one accelerator, each with its kernels loaded (compiled) once at construction.
-/// Create one per accelerator and keep it; the ops launch on the accelerator's default stream.
+/// Create one per accelerator and keep it; the ops launch on the accelerator's default stream. The scratch
+/// buffers some ops own are freed with the accelerator.
 /// </summary>
 public sealed class GpuKernels
 {
@@ -71,6 +74,7 @@ public sealed class GpuKernels
         Accelerator = accelerator;
         Embedding = new GpuEmbedding(accelerator);
         LayerNorm = new GpuLayerNorm(accelerator);
+        ColumnSum = new GpuColumnSum(accelerator);
         Gelu = new GpuGelu(accelerator);
         Residual = new GpuResidual(accelerator);
         Attention = new GpuAttention(accelerator);
@@ -84,6 +88,8 @@ public sealed class GpuKernels
     public Accelerator Accelerator { get; }
     public GpuEmbedding Embedding { get; }
     public GpuLayerNorm LayerNorm { get; }
+    /// <summary>Deterministic column sums (bias gradients).</summary>
+    public GpuColumnSum ColumnSum { get; }
     public GpuGelu Gelu { get; }
     public GpuResidual Residual { get; }
     public GpuAttention Attention { get; }

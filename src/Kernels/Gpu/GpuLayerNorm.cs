@@ -9,13 +9,17 @@ namespace DistAlign.Kernels.Gpu;
 /// same accumulate semantics for dx, dw, db).
 /// Forward and dx: one group per row; Σx, then Σ(x − μ)² (two-pass variance), and for dx Σĝ and Σĝx̂,
 /// each a shared-memory tree reduction of per-thread strided partial sums.
-/// dw/db: one thread per channel walking the rows in order (no atomics, no partial-sum buffers).
+/// dw/db: the two-stage column sum of <see cref="GpuColumnSum"/> over dy·x̂ and dy, with x̂ recomputed from the
+/// input, mean and rstd in stage 1 (never stored): one thread per (block of <see cref="GpuColumnSum.RowsPerBlock"/>
+/// rows, channel) sums its rows in order into partials, then one thread per channel sums the partials in block
+/// order. No atomics anywhere, so every result is bit-identical run to run on one device.
 /// </summary>
-public sealed class GpuLayerNorm
+public sealed class GpuLayerNorm : IDisposable
 {
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, ArrayView<float>, ArrayView<float>, ArrayView<float>> _forward;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, ArrayView<float>> _backwardInput;
-    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, ArrayView<float>, ArrayView<float>> _backwardParameters;
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, ArrayView<float>> _backwardParameterPartials;
+    private readonly GpuColumnSum _columnSum;
     private readonly Accelerator _accelerator;
     private readonly int _groupSize;
 
@@ -25,7 +29,8 @@ public sealed class GpuLayerNorm
         _groupSize = GpuLaunch.ReductionGroupSize(accelerator);
         _forward = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, ArrayView<float>, ArrayView<float>, ArrayView<float>>(ForwardKernel);
         _backwardInput = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, ArrayView<float>>(BackwardInputKernel);
-        _backwardParameters = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, ArrayView<float>, ArrayView<float>>(BackwardParametersKernel);
+        _backwardParameterPartials = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, ArrayView<float>>(BackwardParameterPartialsKernel);
+        _columnSum = new GpuColumnSum(accelerator);
     }
 
     /// <summary>output = (x − μ)·r·w + b per row of input [N, C]; writes mean [N] and rstd [N]. C = weight.Length.</summary>
@@ -56,8 +61,17 @@ public sealed class GpuLayerNorm
         GpuLaunch.CheckLength(rstd.Length, n, nameof(rstd), "[N]");
         if (n == 0) return;
         _backwardInput(_accelerator.DefaultStream, GpuLaunch.Rows(n, _groupSize), dOutput, input, weight, mean, rstd, c, dInput);
-        _backwardParameters(_accelerator.DefaultStream, c, dOutput, input, mean, rstd, n, c, dWeight, dBias);
+        // partials [2, blocks, C]: dw partials, then db partials; stage 2 adds each into its gradient.
+        int blocks = GpuColumnSum.Blocks(n);
+        long half = (long)blocks * c;
+        var partials = _columnSum.Scratch(2 * half);
+        _backwardParameterPartials(_accelerator.DefaultStream, blocks * c, dOutput, input, mean, rstd, n, c, partials);
+        _columnSum.AddPartials(partials.SubView(0, half), blocks, dWeight);
+        _columnSum.AddPartials(partials.SubView(half, half), blocks, dBias);
     }
+
+    /// <summary>Frees the partial-sum scratch.</summary>
+    public void Dispose() => _columnSum.Dispose();
 
     [GpuKernel(true)]
     internal static void ForwardKernel(ArrayView<float> input, ArrayView<float> weight, ArrayView<float> bias, int c,
@@ -110,21 +124,26 @@ public sealed class GpuLayerNorm
         }
     }
 
+    // Stage 1 of dw = Σ_i dy[i]·x̂[i], db = Σ_i dy[i] (x̂ = (x − μ)·r recomputed): thread (b, j) sums rows
+    // b·R … min(N, b·R + R) − 1 of channel j in order into partials[0, b, j] (dw) and partials[1, b, j] (db).
     [GpuKernel(false)]
-    internal static void BackwardParametersKernel(Index1D j, ArrayView<float> dOutput, ArrayView<float> input,
-                                                  ArrayView<float> mean, ArrayView<float> rstd, int n, int c,
-                                                  ArrayView<float> dWeight, ArrayView<float> dBias)
+    internal static void BackwardParameterPartialsKernel(Index1D i, ArrayView<float> dOutput, ArrayView<float> input,
+                                                         ArrayView<float> mean, ArrayView<float> rstd, int n, int c,
+                                                         ArrayView<float> partials)
     {
-        float dw = dWeight[j], db = dBias[j];
-        for (int i = 0; i < n; i++)
+        int block = i / c, j = i - block * c;
+        int first = block * GpuColumnSum.RowsPerBlock, end = IntrinsicMath.Min(n, first + GpuColumnSum.RowsPerBlock);
+        float dw = 0f, db = 0f;
+        for (int row = first; row < end; row++)
         {
-            long at = (long)i * c + j;
+            long at = (long)row * c + j;
             float d = dOutput[at];
-            dw += d * ((input[at] - mean[i]) * rstd[i]);
+            dw += d * ((input[at] - mean[row]) * rstd[row]);
             db += d;
         }
-        dWeight[j] = dw;
-        dBias[j] = db;
+        int blocks = (n + GpuColumnSum.RowsPerBlock - 1) / GpuColumnSum.RowsPerBlock;
+        partials[i] = dw;
+        partials[(long)blocks * c + i] = db;
     }
 
     private static int Rows(long length, int channels)

@@ -18,7 +18,7 @@ namespace DistAlign.Transformer.Gpu;
 /// Attention is three steps per batch row b, each over the NH heads as one strided-batched GEMM (head h's
 /// q, k, v are hs-wide column blocks of qkv [T, 3C], so consecutive heads are hs elements apart):
 /// scores = q·kᵀ, then the masked softmax (<see cref="GpuAttention.SoftmaxForward"/>, scale and segment ids
-/// applied there) over the whole batch, then out = a·v. Bias gradients are ones[1, N]·dy[N, out] GEMMs.
+/// applied there) over the whole batch, then out = a·v. Bias gradients are deterministic column sums (<see cref="GpuColumnSum"/>).
 /// All work is queued on the accelerator's default stream; only the host copies synchronise.
 /// </remarks>
 public sealed class GpuGpt : IDisposable
@@ -30,6 +30,7 @@ public sealed class GpuGpt : IDisposable
     private readonly GpuGelu gelu;
     private readonly GpuResidual residual;
     private readonly GpuEmbedding embedding;
+    private readonly GpuColumnSum columnSum;
     private readonly GpuSequenceLogProbs lmHead;
     private readonly GpuAdamW adamW;
     private readonly GpuGradientNorm gradientNorm;
@@ -74,6 +75,7 @@ public sealed class GpuGpt : IDisposable
         gelu = new GpuGelu(accelerator);
         residual = new GpuResidual(accelerator);
         embedding = new GpuEmbedding(accelerator);
+        columnSum = new GpuColumnSum(accelerator);
         lmHead = new GpuSequenceLogProbs(accelerator, gemm, new GpuTargetLogProbs(accelerator));
         adamW = new GpuAdamW(accelerator);
         gradientNorm = new GpuGradientNorm(accelerator);
@@ -308,20 +310,20 @@ public sealed class GpuGpt : IDisposable
             var x = l == 0 ? s["encoded"] : s[$"h.{l - 1}.residual3"];
 
             dFchGelu.MemSetToZero();
-            LinearBackward(s, dResidual, s[a + "fch_gelu"], P(o.FcProjWeight, 4L * c * c), dFchGelu, G(o.FcProjWeight, 4L * c * c), G(o.FcProjBias, c), n, 4 * c, c);
+            LinearBackward(dResidual, s[a + "fch_gelu"], P(o.FcProjWeight, 4L * c * c), dFchGelu, G(o.FcProjWeight, 4L * c * c), G(o.FcProjBias, c), n, 4 * c, c);
             Lap("matmul bwd");
             dFch.MemSetToZero();
             gelu.Backward(dFchGelu, s[a + "fch"], dFch);
             Lap("gelu bwd");
             dLn.MemSetToZero();
-            LinearBackward(s, dFch, s[a + "ln2"], P(o.FcWeight, c * 4L * c), dLn, G(o.FcWeight, c * 4L * c), G(o.FcBias, 4 * c), n, c, 4 * c);
+            LinearBackward(dFch, s[a + "ln2"], P(o.FcWeight, c * 4L * c), dLn, G(o.FcWeight, c * 4L * c), G(o.FcBias, 4 * c), n, c, 4 * c);
             Lap("matmul bwd");
             layerNorm.Backward(dLn, s[a + "residual2"], P(o.Ln2Weight, c), s[a + "ln2_mean"], s[a + "ln2_rstd"],
                                dResidual, G(o.Ln2Weight, c), G(o.Ln2Bias, c));
             Lap("layernorm bwd");
 
             dAtty.MemSetToZero();
-            LinearBackward(s, dResidual, s[a + "atty"], P(o.AttnProjWeight, (long)c * c), dAtty, G(o.AttnProjWeight, (long)c * c), G(o.AttnProjBias, c), n, c, c);
+            LinearBackward(dResidual, s[a + "atty"], P(o.AttnProjWeight, (long)c * c), dAtty, G(o.AttnProjWeight, (long)c * c), G(o.AttnProjBias, c), n, c, c);
             Lap("matmul bwd");
             dQkv.MemSetToZero();
             if (flashAttention is not null)
@@ -331,14 +333,14 @@ public sealed class GpuGpt : IDisposable
                 AttentionBackward(batch, s, dAtty, s[a + "qkv"], s[a + "att"], dQkv);
             Lap("attention bwd");
             dLn.MemSetToZero();
-            LinearBackward(s, dQkv, s[a + "ln1"], P(o.AttnWeight, c * 3L * c), dLn, G(o.AttnWeight, c * 3L * c), G(o.AttnBias, 3 * c), n, c, 3 * c);
+            LinearBackward(dQkv, s[a + "ln1"], P(o.AttnWeight, c * 3L * c), dLn, G(o.AttnWeight, c * 3L * c), G(o.AttnBias, 3 * c), n, c, 3 * c);
             Lap("matmul bwd");
             layerNorm.Backward(dLn, x, P(o.Ln1Weight, c), s[a + "ln1_mean"], s[a + "ln1_rstd"],
                                dResidual, G(o.Ln1Weight, c), G(o.Ln1Bias, c));
             Lap("layernorm bwd");
         }
 
-        embedding.Backward(dResidual, s.Tokens, s.Positions, c, Wte(gradients), Slice(gradients, Layout.Wpe, (long)Config.MaxSequenceLength * c));
+        embedding.Backward(dResidual, c, Wte(gradients), Slice(gradients, Layout.Wpe, (long)Config.MaxSequenceLength * c));
         Lap("embedding bwd");
     }
 
@@ -347,13 +349,13 @@ public sealed class GpuGpt : IDisposable
                                int rows, int inDim, int outDim) =>
         gemm.Multiply(false, false, rows, outDim, inDim, 1f, input, inDim, weight, outDim, 0f, output, outDim, bias);
 
-    // dx += dy·Wᵀ;  dW += xᵀ·dy;  db += ones[1, N]·dy
-    private void LinearBackward(ShapeBuffers s, ArrayView<float> dOutput, ArrayView<float> input, ArrayView<float> weight,
+    // dx += dy·Wᵀ;  dW += xᵀ·dy;  db += Σ_rows dy (column sums)
+    private void LinearBackward(ArrayView<float> dOutput, ArrayView<float> input, ArrayView<float> weight,
                                 ArrayView<float> dInput, ArrayView<float> dWeight, ArrayView<float> dBias, int rows, int inDim, int outDim)
     {
         gemm.Multiply(false, true, rows, inDim, outDim, 1f, dOutput, outDim, weight, outDim, 1f, dInput, inDim);
         gemm.Multiply(true, false, inDim, outDim, rows, 1f, input, inDim, dOutput, outDim, 1f, dWeight, outDim);
-        gemm.Multiply(false, false, 1, outDim, rows, 1f, s["ones"], rows, dOutput, outDim, 1f, dBias, outDim);
+        columnSum.Sum(dOutput.SubView(0, (long)rows * outDim), dBias);
     }
 
     // Per row b, over the NH heads (stride hs): scores = q·kᵀ [T, T]; then the masked softmax over all rows; then out = a·v.
@@ -424,6 +426,7 @@ public sealed class GpuGpt : IDisposable
         }
         shape.Tokens.CopyFromCPU(batch.Tokens);
         shape.Positions.CopyFromCPU(batch.Positions);
+        embedding.SetBatch(batch.Tokens, batch.Positions);
         shape.Segments.CopyFromCPU(batch.Segments);
         shape.Targets.CopyFromCPU(batch.Targets);
         return shape;
@@ -431,8 +434,7 @@ public sealed class GpuGpt : IDisposable
 
     /// <summary>
     /// The device activations of one batch shape: <see cref="GptActivations"/>'s plan (same names, same sizes)
-    /// in one device buffer, plus the attention-gradient scratch d_att [B, NH, T, T], the ones vector for
-    /// bias gradients, ∂L/∂logprob and the batch's ids.
+    /// in one device buffer, plus the attention-gradient scratch d_att [B, NH, T, T], ∂L/∂logprob and the batch's ids.
     /// </summary>
     private sealed class ShapeBuffers : IDisposable
     {
@@ -458,7 +460,7 @@ public sealed class GpuGpt : IDisposable
             var builder = new MemoryPlanBuilder();
             var arena = builder.Arena(GptActivations.Arena);
             GptActivations.Plan(arena, config, rows, length, attentionScores);
-            arena.Add<float>("d_att", attentionScores ? (long)rows * config.Heads * length * length : 0).Add<float>("ones", n).Add<float>("d_logprobs", n);
+            arena.Add<float>("d_att", attentionScores ? (long)rows * config.Heads * length * length : 0).Add<float>("d_logprobs", n);
             long perLayer = (long)rows * config.Heads * length;   // flash attention's saved log-sum-exp per layer, and its delta scratch
             arena.Add<float>("attn_lse", config.Layers * perLayer).Add<float>("attn_delta", perLayer);
             var plan = builder.Build()[GptActivations.Arena];
@@ -466,9 +468,6 @@ public sealed class GpuGpt : IDisposable
             foreach (var t in plan.Tensors)
                 views[t.Name] = floats.View.SubView(t.ByteOffset / sizeof(float), t.ElementCount);
             floats.MemSetToZero();
-            var ones = new float[n];
-            Array.Fill(ones, 1f);
-            views["ones"].CopyFromCPU(ones);
             ids = accelerator.Allocate1D<int>(4 * n);
             Tokens = ids.View.SubView(0, n);
             Positions = ids.View.SubView(n, n);
@@ -495,6 +494,9 @@ public sealed class GpuGpt : IDisposable
     public void Dispose()
     {
         shape?.Dispose();
+        layerNorm.Dispose();
+        embedding.Dispose();
+        columnSum.Dispose();
         foreach (var b in new[] { parameters, gradients, adamM, adamV, clipScale }) b.Dispose();
         normPartials.Dispose();
         normTotal.Dispose();
