@@ -176,10 +176,17 @@ internal sealed class KernelBenchmarks(CudaAccelerator accelerator, Report repor
             double ms = Time(() => nvrtc.Forward(logits16.View, dt.View, Vocab, lp.View, lse.View));
             Bandwidth("fused log-probs NVRTC bf16", shape, ms, (long)rows * Vocab * 2);
         }
-        using var logits = accelerator.Allocate1D<float>((long)rows * Vocab);
-        Fill<float>(logits.View, x => x, 8f);
-        Bandwidth("fused log-probs NVRTC fp32", shape, Time(() => nvrtc.Forward(logits.View, dt.View, Vocab, lp.View, lse.View)), (long)rows * Vocab * 4);
-        Bandwidth("fused log-probs ILGPU fp32", shape, Time(() => ilgpu.Forward(logits.View, dt.View, Vocab, lp.View, lse.View)), (long)rows * Vocab * 4);
+        {
+            using var logits = accelerator.Allocate1D<float>((long)rows * Vocab);
+            Fill<float>(logits.View, x => x, 8f);
+            Bandwidth("fused log-probs NVRTC fp32", shape, Time(() => nvrtc.Forward(logits.View, dt.View, Vocab, lp.View, lse.View)), (long)rows * Vocab * 4);
+            Bandwidth("fused log-probs ILGPU fp32", shape, Time(() => ilgpu.Forward(logits.View, dt.View, Vocab, lp.View, lse.View)), (long)rows * Vocab * 4);
+        }
+        int stride = GpuSequenceLogProbs.RowStride(Vocab);   // the LM head's padded rows: each starts 256-byte aligned
+        using var padded = accelerator.Allocate1D<float>((long)rows * stride);
+        Fill<float>(padded.View, x => x, 8f);
+        Bandwidth($"fused log-probs ILGPU fp32, row stride {stride}", shape, Time(() => ilgpu.Forward(padded.View, dt.View, Vocab, stride, lp.View, lse.View)),
+                  (long)rows * Vocab * 4);
     }
 
     private void Bandwidth(string name, string shape, double ms, long bytes)
