@@ -11,7 +11,10 @@ namespace DistAlign.GpuCheck;
 /// every GEMM of one GPT-2 124M training step (B·T = 16×1024 tokens, 12 layers, C = 768, 12 heads,
 /// V = 50,257; forward and backward, attention as strided-batched GEMMs) in fp32, TF32 and bf16, summed into
 /// GEMM-only tokens/s and MFU against 989 TFLOP/s (H100/H200 SXM dense bf16); and the fused target-log-prob
-/// kernels' read bandwidth against 4.8 TB/s (H200 HBM3e).
+/// kernels' read bandwidth against 4.8 TB/s (H200 HBM3e). The LM head GEMMs are timed three ways: as
+/// <see cref="GpuSequenceLogProbs"/> runs them (chunks of <see cref="GpuSequenceLogProbs.ChunkRows"/> rows, logits
+/// row stride 50,304 = <see cref="GpuSequenceLogProbs.RowStride"/>: these count in the step sum), and for comparison over
+/// the whole batch with the padded stride and with the unpadded one (ld = 50,257, unaligned rows: the shapes of run 1).
 /// </summary>
 internal sealed class KernelBenchmarks(CudaAccelerator accelerator, Report report, bool quick)
 {
@@ -23,8 +26,11 @@ internal sealed class KernelBenchmarks(CudaAccelerator accelerator, Report repor
     private int Tokens => Batch * SeqLen;
     private int Repeats => quick ? 3 : 10;
 
-    /// <summary>One GEMM shape of the step: row-major C[m×n] = op(A)·op(B), batch (1 = plain), how many per step.</summary>
-    private sealed record StepGemm(string Name, bool TransA, bool TransB, int M, int N, int K, int BatchCount, int PerStep)
+    /// <summary>
+    /// One GEMM shape of the step: row-major C[m×n] = op(A)·op(B), batch (1 = plain), how many per step (0: timed for
+    /// comparison, not in the step sum); leading dimensions of A and C when not dense (0 = dense).
+    /// </summary>
+    private sealed record StepGemm(string Name, bool TransA, bool TransB, int M, int N, int K, int BatchCount, int PerStep, int Lda = 0, int Ldc = 0)
     {
         public double Flops => 2.0 * M * N * K * BatchCount;
     }
@@ -39,9 +45,19 @@ internal sealed class KernelBenchmarks(CudaAccelerator accelerator, Report repor
             yield return new($"{name} dX", false, true, n, input, output, 1, Layers);
             yield return new($"{name} dW", true, false, input, output, n, 1, Layers);
         }
-        yield return new("lm head forward", false, true, n, Vocab, c, 1, 1);
-        yield return new("lm head dX", false, false, n, c, Vocab, 1, 1);
-        yield return new("lm head dW", true, false, Vocab, c, n, 1, 1);
+        // LM head: logits [rows, V] = h·Eᵀ stored with row stride vp; dh = dlogits·E and dE = dlogitsᵀ·h read them with lda = vp.
+        int vp = GpuSequenceLogProbs.RowStride(Vocab);
+        int chunk = GpuSequenceLogProbs.ChunkRows(n, Vocab, GpuSequenceLogProbs.ScratchLength(n, Vocab));
+        int chunks = (n + chunk - 1) / chunk;   // even chunks (ChunkRows): all of them this size
+        yield return new($"lm head forward, {chunk}-row chunk, ldc {vp}", false, true, chunk, Vocab, c, 1, chunks, Ldc: vp);
+        yield return new($"lm head dX, {chunk}-row chunk, lda {vp}", false, false, chunk, c, Vocab, 1, chunks, Lda: vp);
+        yield return new($"lm head dW, {chunk}-row chunk, lda {vp}", true, false, Vocab, c, chunk, 1, chunks, Lda: vp);
+        yield return new($"lm head forward, ldc {vp} (whole batch, not in step sum)", false, true, n, Vocab, c, 1, 0, Ldc: vp);
+        yield return new($"lm head dX, lda {vp} (whole batch, not in step sum)", false, false, n, c, Vocab, 1, 0, Lda: vp);
+        yield return new($"lm head dW, lda {vp} (whole batch, not in step sum)", true, false, Vocab, c, n, 1, 0, Lda: vp);
+        yield return new("lm head forward (unpadded, not in step sum)", false, true, n, Vocab, c, 1, 0);
+        yield return new("lm head dX (unpadded, not in step sum)", false, false, n, c, Vocab, 1, 0);
+        yield return new("lm head dW (unpadded, not in step sum)", true, false, Vocab, c, n, 1, 0);
         yield return new("attention QKᵀ", false, true, t, t, HeadDim, bh, Layers);
         yield return new("attention PV", false, false, t, HeadDim, t, bh, Layers);
         yield return new("attention dP = dO·Vᵀ", false, true, t, t, HeadDim, bh, Layers);
@@ -109,7 +125,8 @@ internal sealed class KernelBenchmarks(CudaAccelerator accelerator, Report repor
         foreach (var g in StepGemms())
         {
             long aRows = g.TransA ? g.K : g.M, aCols = g.TransA ? g.M : g.K, bRows = g.TransB ? g.N : g.K, bCols = g.TransB ? g.K : g.N;
-            long aSize = aRows * aCols * g.BatchCount, bSize = bRows * bCols * g.BatchCount, cSize = (long)g.M * g.N * g.BatchCount;
+            int lda = g.Lda == 0 ? (int)aCols : g.Lda, ldc = g.Ldc == 0 ? g.N : g.Ldc;
+            long aSize = aRows * lda * g.BatchCount, bSize = bRows * bCols * g.BatchCount, cSize = (long)g.M * ldc * g.BatchCount;
             double ms;
             using var c = accelerator.Allocate1D<float>(cSize);
             if (precision == GemmPrecision.BFloat16 && g.BatchCount == 1)
@@ -118,7 +135,7 @@ internal sealed class KernelBenchmarks(CudaAccelerator accelerator, Report repor
                 using var b = accelerator.Allocate1D<ushort>(bSize);
                 Fill<ushort>(a.View, Bf16);
                 Fill<ushort>(b.View, Bf16);
-                ms = Time(() => gemm.MultiplyBFloat16(g.TransA, g.TransB, g.M, g.N, g.K, 1f, a.View, (int)aCols, b.View, (int)bCols, 0f, c.View, g.N));
+                ms = Time(() => gemm.MultiplyBFloat16(g.TransA, g.TransB, g.M, g.N, g.K, 1f, a.View, lda, b.View, (int)bCols, 0f, c.View, ldc));
             }
             else
             {
@@ -127,13 +144,14 @@ internal sealed class KernelBenchmarks(CudaAccelerator accelerator, Report repor
                 Fill<float>(a.View, x => x);
                 Fill<float>(b.View, x => x);
                 ms = g.BatchCount == 1
-                    ? Time(() => gemm.Multiply(g.TransA, g.TransB, g.M, g.N, g.K, 1f, a.View, (int)aCols, b.View, (int)bCols, 0f, c.View, g.N))
-                    : Time(() => gemm.MultiplyStridedBatched(g.TransA, g.TransB, g.M, g.N, g.K, 1f, a.View, (int)aCols, aRows * aCols,
-                                                             b.View, (int)bCols, bRows * bCols, 0f, c.View, g.N, (long)g.M * g.N, g.BatchCount));
+                    ? Time(() => gemm.Multiply(g.TransA, g.TransB, g.M, g.N, g.K, 1f, a.View, lda, b.View, (int)bCols, 0f, c.View, ldc))
+                    : Time(() => gemm.MultiplyStridedBatched(g.TransA, g.TransB, g.M, g.N, g.K, 1f, a.View, lda, aRows * lda,
+                                                             b.View, (int)bCols, bRows * bCols, 0f, c.View, ldc, (long)g.M * ldc, g.BatchCount));
             }
             stepMs += ms * g.PerStep;
             stepFlops += g.Flops * g.PerStep;
-            string shape = (g.BatchCount > 1 ? $"{g.BatchCount}×" : "") + $"{g.M}×{g.N}×{g.K} {(g.TransA ? 'T' : 'N')}{(g.TransB ? 'T' : 'N')}";
+            string shape = (g.BatchCount > 1 ? $"{g.BatchCount}×" : "") + $"{g.M}×{g.N}×{g.K} {(g.TransA ? 'T' : 'N')}{(g.TransB ? 'T' : 'N')}"
+                           + (g.Lda != 0 ? $" lda {g.Lda}" : "") + (g.Ldc != 0 ? $" ldc {g.Ldc}" : "") + (g.PerStep > 1 ? $" ×{g.PerStep} per step" : "");
             report.Add(new BenchmarkResult($"GEMM {precision} {g.Name}", shape, ms, $"{g.Flops / (ms * 1e-3) / 1e12:F1} TFLOP/s",
                                            $"{g.Flops / (ms * 1e-3) / PeakBf16Flops:P1} of 989 TFLOP/s"));
         }
@@ -158,10 +176,17 @@ internal sealed class KernelBenchmarks(CudaAccelerator accelerator, Report repor
             double ms = Time(() => nvrtc.Forward(logits16.View, dt.View, Vocab, lp.View, lse.View));
             Bandwidth("fused log-probs NVRTC bf16", shape, ms, (long)rows * Vocab * 2);
         }
-        using var logits = accelerator.Allocate1D<float>((long)rows * Vocab);
-        Fill<float>(logits.View, x => x, 8f);
-        Bandwidth("fused log-probs NVRTC fp32", shape, Time(() => nvrtc.Forward(logits.View, dt.View, Vocab, lp.View, lse.View)), (long)rows * Vocab * 4);
-        Bandwidth("fused log-probs ILGPU fp32", shape, Time(() => ilgpu.Forward(logits.View, dt.View, Vocab, lp.View, lse.View)), (long)rows * Vocab * 4);
+        {
+            using var logits = accelerator.Allocate1D<float>((long)rows * Vocab);
+            Fill<float>(logits.View, x => x, 8f);
+            Bandwidth("fused log-probs NVRTC fp32", shape, Time(() => nvrtc.Forward(logits.View, dt.View, Vocab, lp.View, lse.View)), (long)rows * Vocab * 4);
+            Bandwidth("fused log-probs ILGPU fp32", shape, Time(() => ilgpu.Forward(logits.View, dt.View, Vocab, lp.View, lse.View)), (long)rows * Vocab * 4);
+        }
+        int stride = GpuSequenceLogProbs.RowStride(Vocab);   // the LM head's padded rows: each starts 256-byte aligned
+        using var padded = accelerator.Allocate1D<float>((long)rows * stride);
+        Fill<float>(padded.View, x => x, 8f);
+        Bandwidth($"fused log-probs ILGPU fp32, row stride {stride}", shape, Time(() => ilgpu.Forward(padded.View, dt.View, Vocab, stride, lp.View, lse.View)),
+                  (long)rows * Vocab * 4);
     }
 
     private void Bandwidth(string name, string shape, double ms, long bytes)

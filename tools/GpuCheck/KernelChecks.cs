@@ -207,7 +207,8 @@ internal sealed class KernelChecks(Accelerator accelerator, Report report, bool 
 
     private void CheckSequenceLogProbs()
     {
-        int rows = quick ? 16 : 300, channels = 128, vocab = 4096;   // several chunks of the GPU's GEMM + log-softmax
+        // An odd vocabulary (logits rows padded to 4,160 floats) and a scratch of a third of the rows: several chunks.
+        int rows = quick ? 16 : 300, channels = 128, vocab = 4099;
         var hidden = RandomFloats(rows * channels, 45);
         var head = RandomFloats(vocab * channels, 46, 0.2f);
         var targets = Enumerable.Range(0, rows).Select(r => r % 5 == 2 ? -1 : (r * 131) % vocab).ToArray();
@@ -217,12 +218,15 @@ internal sealed class KernelChecks(Accelerator accelerator, Report report, bool 
         using var gh = Up(hidden);
         using var gw = Up(head);
         using var gt = Up(targets);
-        using var gs = accelerator.Allocate1D<float>(scratch.Length);
+        using var gs = accelerator.Allocate1D<float>(GpuSequenceLogProbs.ScratchLength(rows, vocab, (rows / 3 + 1L) * GpuSequenceLogProbs.RowStride(vocab)));
+        gs.View.CopyFromCPU(Enumerable.Repeat(float.NaN, (int)gs.Length).ToArray());   // the padding columns must never be read as logits
         using var glp = accelerator.Allocate1D<float>(rows);
         using var glse = accelerator.Allocate1D<float>(rows);
         using var gent = accelerator.Allocate1D<float>(rows);
         _ops.SequenceLogProbs.Forward(gh.View, gw.View, gt.View, channels, vocab, gs.View, glp.View, glse.View, gent.View);
-        report.Compare($"LM head log-probs [{rows}×{channels}]·[{vocab}×{channels}]ᵀ ({_ops.Gemm.GetType().Name})", Down(glp), logProbs, 1e-4, 1e-4);
+        int chunk = GpuSequenceLogProbs.ChunkRows(rows, vocab, gs.Length);
+        report.Compare($"LM head log-probs [{rows}×{channels}]·[{vocab}×{channels}]ᵀ, {(rows + chunk - 1) / chunk} chunks, row stride {GpuSequenceLogProbs.RowStride(vocab)} ({_ops.Gemm.GetType().Name})",
+                       Down(glp), logProbs, 1e-4, 1e-4);
         report.Compare($"LM head logsumexp [{rows}]", Down(glse), lse, 1e-4, 1e-4);
         report.Compare($"LM head entropy [{rows}]", Down(gent), entropy, 1e-4, 1e-4);
     }

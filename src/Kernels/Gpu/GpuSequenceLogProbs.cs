@@ -7,25 +7,30 @@ namespace DistAlign.Kernels.Gpu;
 
 /// <summary>
 /// The fused LM head on ILGPU views: the GPU form of <see cref="SequenceLogProbs"/>, same arguments (views
-/// instead of spans), same math, same chunking (<see cref="SequenceLogProbs.ChunkRows"/> rows per chunk, a
-/// scratch of <see cref="SequenceLogProbs.ScratchLength"/> floats), same += semantics for ∂h and ∂E.
+/// instead of spans), same math, same += semantics for ∂h and ∂E. Chunked like the CPU op, but sized for a GPU:
+/// a chunk is as many rows as the scratch holds (thousands for GPT-2: see <see cref="ScratchLength"/>), split
+/// evenly over the chunks (<see cref="ChunkRows"/>), so each logits GEMM is one large call. Each chunk's logits are
+/// stored with a padded row stride (leading dimension) <see cref="RowStride"/> = V rounded up to a multiple of
+/// <see cref="RowAlignment"/> (50,304 for GPT-2's 50,257), so every row starts 256-byte aligned and cuBLAS can
+/// use its fast kernels; only the V real columns are ever computed, read or written — the padding is never touched.
 /// Per chunk of rows:
 /// <list type="bullet">
-/// <item>logits = h·Eᵀ into the scratch (<see cref="IGemm"/>, β = 0);</item>
-/// <item>log-probs and the saved log-sum-exp by <see cref="GpuTargetLogProbs.Forward"/>;</item>
+/// <item>logits = h·Eᵀ into the scratch (<see cref="IGemm"/>, β = 0, ldc = stride: writes the V real columns only);</item>
+/// <item>log-probs and the saved log-sum-exp by <see cref="GpuTargetLogProbs.Forward(ArrayView{float}, ArrayView{int}, int, int, ArrayView{float}, ArrayView{float})"/>;</item>
 /// <item>optional entropies by <see cref="EntropyKernel"/>: one group per row, each thread sums
 /// −p·ln p = −exp(x − lse)·(x − lse) over its strided share, then a fixed shared-memory tree (no atomics);
 /// summing −p·ln p rather than lse − Σ p·x avoids cancelling two large numbers;</item>
-/// <item>backward: d(logits) in place — <see cref="GpuTargetLogProbs.Backward"/> without an entropy gradient,
-/// otherwise <see cref="GradientKernel"/> (one thread per logit):
-/// a·(1[v = t] − p) − b·p·(ln p + H), 0 on rows with target −1 — then ∂h += dlogits·E and
-/// ∂E += dlogitsᵀ·h (two GEMMs with β = 1).</item>
+/// <item>backward: d(logits) in place over the real columns — <see cref="GpuTargetLogProbs.Backward(ArrayView{float}, ArrayView{int}, int, int, ArrayView{float}, ArrayView{float})"/>
+/// without an entropy gradient, otherwise <see cref="GradientKernel"/> (one thread per logit):
+/// a·(1[v = t] − p) − b·p·(ln p + H), 0 on rows with target −1 — then ∂h += dlogits·E (k = V, lda = stride) and
+/// ∂E += dlogitsᵀ·h (m = V, lda = stride): both GEMMs read columns 0 … V−1 of each row only (β = 1).</item>
 /// </list>
 /// ForwardBackward runs the same kernels in the same order as Forward followed by Backward but
 /// with one logits GEMM per chunk, so the two paths agree bit for bit. Every reduction has a fixed order
 /// (the GEMM sums k ascending per element, row reductions are trees over a group size fixed per accelerator),
 /// so results are bit-identical run to run on one device. ∂E sums over chunks in chunk order (β = 1), so its
-/// rounding depends on the chunk size; log-probs, log-sum-exp, entropies and ∂h do not.
+/// rounding depends on the chunk size; log-probs, log-sum-exp, entropies and ∂h do not, and none depends on
+/// the row stride (the same products and sums in the same order).
 /// Targets and sequence ids are not range-checked on the device (the data pipeline must; the CPU op checks).
 /// All work is queued on the accelerator's default stream; nothing synchronises.
 /// </summary>
@@ -37,8 +42,8 @@ public sealed class GpuSequenceLogProbs
     private readonly int _groupSize;
     private readonly MemoryBuffer1D<float, Stride1D.Dense> _dummy;     // stands in for an absent or empty float view
     private readonly MemoryBuffer1D<int, Stride1D.Dense> _dummyInt;    // stands in for an absent or empty int view
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, int, ArrayView<float>, ArrayView<float>> _entropy;
-    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, int, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>> _gradient;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>> _entropy;
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>> _gradient;
     private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<int>> _sum;
     private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, int, int, int, ArrayView<float>> _scatter;
 
@@ -51,16 +56,60 @@ public sealed class GpuSequenceLogProbs
         _groupSize = GpuLaunch.ReductionGroupSize(accelerator);
         _dummy = accelerator.Allocate1D<float>(1);
         _dummyInt = accelerator.Allocate1D<int>(1);
-        _entropy = accelerator.LoadKernel<ArrayView<float>, ArrayView<int>, int, ArrayView<float>, ArrayView<float>>(EntropyKernel);
-        _gradient = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, int, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>>(GradientKernel);
+        _entropy = accelerator.LoadKernel<ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>>(EntropyKernel);
+        _gradient = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>>(GradientKernel);
         _sum = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<int>>(SumBySequenceKernel);
         _scatter = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, int, int, int, ArrayView<float>>(ScatterBySequenceKernel);
     }
 
-    /// <summary>Per-token log-probs, saved log-sum-exp and (when <paramref name="entropy"/> is non-empty) entropies.</summary>
+    /// <summary>Logits rows are padded to a multiple of this many floats (256 bytes, as llm.c pads GPT-2's vocabulary).</summary>
+    public const int RowAlignment = 64;
+
+    /// <summary>The default cap on the logits scratch: 256 Mi floats (1 GiB), 5,336 rows of GPT-2's padded vocabulary.</summary>
+    public const long DefaultScratchFloats = 1L << 28;
+
+    /// <summary>The row stride of the logits scratch: <paramref name="vocab"/> rounded up to a multiple of <see cref="RowAlignment"/>.</summary>
+    public static int RowStride(int vocab)
+    {
+        GpuLaunch.CheckPositive(vocab, nameof(vocab));
+        long padded = ((long)vocab + RowAlignment - 1) / RowAlignment * RowAlignment;
+        return padded <= int.MaxValue ? (int)padded : vocab;
+    }
+
+    /// <summary>
+    /// Floats of scratch to allocate for <paramref name="rows"/> positions: as many whole padded rows as fit in
+    /// <paramref name="maxFloats"/> (at least one row), and no more rows than needed.
+    /// </summary>
+    public static long ScratchLength(int rows, int vocab, long maxFloats = DefaultScratchFloats)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(rows);
+        int stride = RowStride(vocab);
+        return (long)ChunkRows(rows, vocab, Math.Max(maxFloats, stride)) * stride;
+    }
+
+    /// <summary>
+    /// Rows per chunk for <paramref name="rows"/> positions in a scratch of <paramref name="scratchLength"/> floats:
+    /// the fewest chunks the scratch allows (and 32-bit indexing: a chunk holds at most 2³¹−1 floats), with the rows
+    /// split evenly over them (16,384 rows of GPT-2 in the default scratch, 5,336 rows: 4 chunks of 4,096). 1 when rows = 0.
+    /// </summary>
+    public static int ChunkRows(int rows, int vocab, long scratchLength)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(rows);
+        int stride = RowStride(vocab);
+        long fit = Math.Min(scratchLength, int.MaxValue) / stride;
+        if (fit < 1) throw new ArgumentException($"scratch of {scratchLength} floats holds no row of {stride} floats (V = {vocab} padded).", nameof(scratchLength));
+        if (rows <= fit) return Math.Max(rows, 1);
+        long chunks = (rows + fit - 1) / fit;
+        return (int)((rows + chunks - 1) / chunks);
+    }
+
+    /// <summary>
+    /// Per-token log-probs, saved log-sum-exp and (when <paramref name="entropy"/> is non-empty) entropies.
+    /// <paramref name="scratch"/> holds at least one padded row (<see cref="ScratchLength"/> sizes it); its size sets the chunk.
+    /// </summary>
     public void Forward(ArrayView<float> hidden, ArrayView<float> lmHead, ArrayView<int> targets, int channels, int vocab,
                         ArrayView<float> scratch, ArrayView<float> logProbs, ArrayView<float> logSumExp, ArrayView<float> entropy) =>
-        Forward(hidden, lmHead, targets, channels, vocab, scratch, logProbs, logSumExp, entropy, SequenceLogProbs.ChunkRows(vocab));
+        Forward(hidden, lmHead, targets, channels, vocab, scratch, logProbs, logSumExp, entropy, PublicChunk(targets, vocab, scratch), RowStride(vocab));
 
     /// <summary>
     /// Accumulates ∂h and ∂E for ∂L/∂logprob (and ∂L/∂entropy when non-empty); recomputes each chunk's logits.
@@ -70,7 +119,7 @@ public sealed class GpuSequenceLogProbs
                          ArrayView<float> logSumExp, ArrayView<float> entropy, ArrayView<float> dLogProbs, ArrayView<float> dEntropy,
                          ArrayView<float> scratch, ArrayView<float> dHidden, ArrayView<float> dLmHead) =>
         Backward(hidden, lmHead, targets, channels, vocab, logSumExp, entropy, dLogProbs, dEntropy, scratch, dHidden, dLmHead,
-                 SequenceLogProbs.ChunkRows(vocab));
+                 PublicChunk(targets, vocab, scratch), RowStride(vocab));
 
     /// <summary>Forward and backward with one logits GEMM per chunk, for gradients known in advance.</summary>
     public void ForwardBackward(ArrayView<float> hidden, ArrayView<float> lmHead, ArrayView<int> targets, int channels, int vocab,
@@ -78,51 +127,63 @@ public sealed class GpuSequenceLogProbs
                                 ArrayView<float> scratch, ArrayView<float> logProbs, ArrayView<float> logSumExp, ArrayView<float> entropy,
                                 ArrayView<float> dHidden, ArrayView<float> dLmHead) =>
         ForwardBackward(hidden, lmHead, targets, channels, vocab, dLogProbs, dEntropy, scratch, logProbs, logSumExp, entropy,
-                        dHidden, dLmHead, SequenceLogProbs.ChunkRows(vocab));
+                        dHidden, dLmHead, PublicChunk(targets, vocab, scratch), RowStride(vocab));
 
-    /// <summary>Forward, Backward and ForwardBackward with an explicit chunk size in rows (tests: several chunks
-    /// at shapes the CPU simulator can afford; the public ops use <see cref="SequenceLogProbs.ChunkRows"/>).</summary>
-    internal void Forward(ArrayView<float> hidden, ArrayView<float> lmHead, ArrayView<int> targets, int channels, int vocab,
-                          ArrayView<float> scratch, ArrayView<float> logProbs, ArrayView<float> logSumExp, ArrayView<float> entropy, int chunkRows)
+    /// <summary>The public ops' chunk: <see cref="ChunkRows"/> for the scratch given (checked to hold a padded row).</summary>
+    private static int PublicChunk(ArrayView<int> targets, int vocab, ArrayView<float> scratch)
     {
-        int n = Validate(hidden, lmHead, targets, channels, vocab, scratch, logSumExp.Length, entropy.Length, chunkRows);
+        GpuLaunch.CheckPositive(vocab, nameof(vocab));
+        CheckIndexable(targets.Length, nameof(targets));
+        int stride = RowStride(vocab);
+        if (targets.Length > 0 && scratch.Length < stride)
+            throw new ArgumentException($"scratch needs at least one row of logits ({stride} floats: V = {vocab} padded to a multiple of {RowAlignment}); got {scratch.Length}", nameof(scratch));
+        return targets.Length == 0 ? 1 : ChunkRows((int)targets.Length, vocab, scratch.Length);
+    }
+
+    /// <summary>Forward, Backward and ForwardBackward with an explicit chunk size in rows and logits row stride (≥ V;
+    /// tests: several chunks, padded and unpadded rows, at shapes the CPU simulator can afford).</summary>
+    internal void Forward(ArrayView<float> hidden, ArrayView<float> lmHead, ArrayView<int> targets, int channels, int vocab,
+                          ArrayView<float> scratch, ArrayView<float> logProbs, ArrayView<float> logSumExp, ArrayView<float> entropy,
+                          int chunkRows, int rowStride)
+    {
+        int n = Validate(hidden, lmHead, targets, channels, vocab, scratch, logSumExp.Length, entropy.Length, chunkRows, rowStride);
         GpuLaunch.CheckLength(logProbs.Length, n, nameof(logProbs), "[N]");
         for (int start = 0; start < n; start += chunkRows)
         {
             int rows = Math.Min(chunkRows, n - start);
-            var logits = Logits(hidden, lmHead, channels, vocab, scratch, start, rows);
-            ForwardChunk(logits, targets, vocab, start, rows, logProbs, logSumExp, entropy);
+            var logits = Logits(hidden, lmHead, channels, vocab, rowStride, scratch, start, rows);
+            ForwardChunk(logits, targets, vocab, rowStride, start, rows, logProbs, logSumExp, entropy);
         }
     }
 
     internal void Backward(ArrayView<float> hidden, ArrayView<float> lmHead, ArrayView<int> targets, int channels, int vocab,
                            ArrayView<float> logSumExp, ArrayView<float> entropy, ArrayView<float> dLogProbs, ArrayView<float> dEntropy,
-                           ArrayView<float> scratch, ArrayView<float> dHidden, ArrayView<float> dLmHead, int chunkRows)
+                           ArrayView<float> scratch, ArrayView<float> dHidden, ArrayView<float> dLmHead, int chunkRows, int rowStride)
     {
-        int n = Validate(hidden, lmHead, targets, channels, vocab, scratch, logSumExp.Length, entropy.Length, chunkRows);
+        int n = Validate(hidden, lmHead, targets, channels, vocab, scratch, logSumExp.Length, entropy.Length, chunkRows, rowStride);
         ValidateBackward(n, channels, vocab, entropy.Length, dLogProbs.Length, dEntropy.Length, dHidden.Length, dLmHead.Length);
         for (int start = 0; start < n; start += chunkRows)
         {
             int rows = Math.Min(chunkRows, n - start);
-            var logits = Logits(hidden, lmHead, channels, vocab, scratch, start, rows);
-            BackwardChunk(logits, hidden, lmHead, targets, channels, vocab, start, rows, logSumExp, entropy, dLogProbs, dEntropy, dHidden, dLmHead);
+            var logits = Logits(hidden, lmHead, channels, vocab, rowStride, scratch, start, rows);
+            BackwardChunk(logits, hidden, lmHead, targets, channels, vocab, rowStride, start, rows, logSumExp, entropy, dLogProbs, dEntropy, dHidden, dLmHead);
         }
     }
 
     internal void ForwardBackward(ArrayView<float> hidden, ArrayView<float> lmHead, ArrayView<int> targets, int channels, int vocab,
                                   ArrayView<float> dLogProbs, ArrayView<float> dEntropy,
                                   ArrayView<float> scratch, ArrayView<float> logProbs, ArrayView<float> logSumExp, ArrayView<float> entropy,
-                                  ArrayView<float> dHidden, ArrayView<float> dLmHead, int chunkRows)
+                                  ArrayView<float> dHidden, ArrayView<float> dLmHead, int chunkRows, int rowStride)
     {
-        int n = Validate(hidden, lmHead, targets, channels, vocab, scratch, logSumExp.Length, entropy.Length, chunkRows);
+        int n = Validate(hidden, lmHead, targets, channels, vocab, scratch, logSumExp.Length, entropy.Length, chunkRows, rowStride);
         GpuLaunch.CheckLength(logProbs.Length, n, nameof(logProbs), "[N]");
         ValidateBackward(n, channels, vocab, entropy.Length, dLogProbs.Length, dEntropy.Length, dHidden.Length, dLmHead.Length);
         for (int start = 0; start < n; start += chunkRows)
         {
             int rows = Math.Min(chunkRows, n - start);
-            var logits = Logits(hidden, lmHead, channels, vocab, scratch, start, rows);
-            ForwardChunk(logits, targets, vocab, start, rows, logProbs, logSumExp, entropy);
-            BackwardChunk(logits, hidden, lmHead, targets, channels, vocab, start, rows, logSumExp, entropy, dLogProbs, dEntropy, dHidden, dLmHead);
+            var logits = Logits(hidden, lmHead, channels, vocab, rowStride, scratch, start, rows);
+            ForwardChunk(logits, targets, vocab, rowStride, start, rows, logProbs, logSumExp, entropy);
+            BackwardChunk(logits, hidden, lmHead, targets, channels, vocab, rowStride, start, rows, logSumExp, entropy, dLogProbs, dEntropy, dHidden, dLmHead);
         }
     }
 
@@ -172,21 +233,22 @@ public sealed class GpuSequenceLogProbs
 
     /// <summary>Checks the shared arguments (as the CPU op); returns N.</summary>
     private static int Validate(ArrayView<float> hidden, ArrayView<float> lmHead, ArrayView<int> targets, int c, int v,
-                                ArrayView<float> scratch, long logSumExpLength, long entropyLength, int chunkRows)
+                                ArrayView<float> scratch, long logSumExpLength, long entropyLength, int chunkRows, int stride)
     {
         GpuLaunch.CheckPositive(c, "channels");
         GpuLaunch.CheckPositive(v, "vocab");
         GpuLaunch.CheckPositive(chunkRows, nameof(chunkRows));
+        if (stride < v) throw new ArgumentOutOfRangeException(nameof(stride), stride, $"the logits row stride must be at least V = {v}.");
         long n = targets.Length;
         CheckIndexable(n, nameof(targets));
         GpuLaunch.CheckLength(hidden.Length, n * c, nameof(hidden), "[N, C]");
         GpuLaunch.CheckLength(lmHead.Length, (long)v * c, nameof(lmHead), "[V, C]");
         GpuLaunch.CheckLength(logSumExpLength, n, "logSumExp", "[N]");
         if (entropyLength != 0) GpuLaunch.CheckLength(entropyLength, n, "entropy", "[N] or empty");
-        long needed = Math.Min(Math.Max(n, 1), chunkRows) * (long)v;
+        long needed = Math.Min(Math.Max(n, 1), chunkRows) * (long)stride;
         if (n > 0 && scratch.Length < needed)
-            throw new ArgumentException($"scratch needs {needed} floats for N = {n}, V = {v}; got {scratch.Length}", nameof(scratch));
-        CheckIndexable(Math.Min(n, chunkRows) * (long)v, "scratch (one chunk of logits)");
+            throw new ArgumentException($"scratch needs {needed} floats for N = {n}, V = {v} (row stride {stride}), {chunkRows} rows per chunk; got {scratch.Length}", nameof(scratch));
+        CheckIndexable(Math.Min(n, chunkRows) * (long)stride, "scratch (one chunk of logits)");
         CheckIndexable(n * c, nameof(hidden));
         CheckIndexable((long)v * c, nameof(lmHead));
         return (int)n;
@@ -211,47 +273,47 @@ public sealed class GpuSequenceLogProbs
         if (length > int.MaxValue) throw new ArgumentException($"{name} too large for 32-bit GPU indexing ({length} elements).", name);
     }
 
-    /// <summary>logits[rows, V] = h[start … start+rows)·Eᵀ into the scratch.</summary>
-    private ArrayView<float> Logits(ArrayView<float> hidden, ArrayView<float> lmHead, int c, int v, ArrayView<float> scratch, int start, int rows)
+    /// <summary>logits[rows, V] = h[start … start+rows)·Eᵀ into the scratch, row stride <paramref name="stride"/> (padding not written).</summary>
+    private ArrayView<float> Logits(ArrayView<float> hidden, ArrayView<float> lmHead, int c, int v, int stride, ArrayView<float> scratch, int start, int rows)
     {
-        var logits = scratch.SubView(0, (long)rows * v);
-        _gemm.Multiply(false, true, rows, v, c, 1f, hidden.SubView((long)start * c, (long)rows * c), c, lmHead, c, 0f, logits, v);
+        var logits = scratch.SubView(0, (long)rows * stride);
+        _gemm.Multiply(false, true, rows, v, c, 1f, hidden.SubView((long)start * c, (long)rows * c), c, lmHead, c, 0f, logits, stride);
         return logits;
     }
 
-    private void ForwardChunk(ArrayView<float> logits, ArrayView<int> targets, int v, int start, int rows,
+    private void ForwardChunk(ArrayView<float> logits, ArrayView<int> targets, int v, int stride, int start, int rows,
                               ArrayView<float> logProbs, ArrayView<float> logSumExp, ArrayView<float> entropy)
     {
         var t = targets.SubView(start, rows);
         var lse = logSumExp.SubView(start, rows);
-        _targetLogProbs.Forward(logits, t, v, logProbs.SubView(start, rows), lse);
+        _targetLogProbs.Forward(logits, t, v, stride, logProbs.SubView(start, rows), lse);
         if (entropy.Length != 0)
-            _entropy(_accelerator.DefaultStream, GpuLaunch.Rows(rows, _groupSize), logits, t, v, lse, entropy.SubView(start, rows));
+            _entropy(_accelerator.DefaultStream, GpuLaunch.Rows(rows, _groupSize), logits, t, v, stride, lse, entropy.SubView(start, rows));
     }
 
-    /// <summary>Turns the chunk's logits into d(logits) in place and feeds them into the two GEMMs.</summary>
+    /// <summary>Turns the chunk's logits into d(logits) in place and feeds them into the two GEMMs (lda = stride: real columns only).</summary>
     private void BackwardChunk(ArrayView<float> logits, ArrayView<float> hidden, ArrayView<float> lmHead, ArrayView<int> targets,
-                               int c, int v, int start, int rows, ArrayView<float> logSumExp, ArrayView<float> entropy,
+                               int c, int v, int stride, int start, int rows, ArrayView<float> logSumExp, ArrayView<float> entropy,
                                ArrayView<float> dLogProbs, ArrayView<float> dEntropy, ArrayView<float> dHidden, ArrayView<float> dLmHead)
     {
         var t = targets.SubView(start, rows);
         var lse = logSumExp.SubView(start, rows);
         var a = dLogProbs.SubView(start, rows);
-        if (dEntropy.Length == 0) _targetLogProbs.Backward(logits, t, v, lse, a);
-        else _gradient(_accelerator.DefaultStream, (int)logits.Length, logits, t, v, lse, entropy.SubView(start, rows), a, dEntropy.SubView(start, rows));
+        if (dEntropy.Length == 0) _targetLogProbs.Backward(logits, t, v, stride, lse, a);
+        else _gradient(_accelerator.DefaultStream, rows * v, logits, t, v, stride, lse, entropy.SubView(start, rows), a, dEntropy.SubView(start, rows));
         var h = hidden.SubView((long)start * c, (long)rows * c);
-        _gemm.Multiply(false, false, rows, c, v, 1f, logits, v, lmHead, c, 1f, dHidden.SubView((long)start * c, (long)rows * c), c);
-        _gemm.Multiply(true, false, v, c, rows, 1f, logits, v, h, c, 1f, dLmHead, c);
+        _gemm.Multiply(false, false, rows, c, v, 1f, logits, stride, lmHead, c, 1f, dHidden.SubView((long)start * c, (long)rows * c), c);
+        _gemm.Multiply(true, false, v, c, rows, 1f, logits, stride, h, c, 1f, dLmHead, c);
     }
 
     /// <summary>entropy_n = −Σ_v p·ln p with ln p = x − lse (0 for ignored rows). One group per row.</summary>
     [GpuKernel(true)]
-    internal static void EntropyKernel(ArrayView<float> logits, ArrayView<int> targets, int vocab, ArrayView<float> logSumExp, ArrayView<float> entropy)
+    internal static void EntropyKernel(ArrayView<float> logits, ArrayView<int> targets, int vocab, int rowStride, ArrayView<float> logSumExp, ArrayView<float> entropy)
     {
         var scratch = SharedMemory.Allocate<float>(GpuLaunch.MaxGroupSize);
         int row = Grid.IdxX, tid = Group.IdxX;
         bool ignored = targets[row] == TargetLogProbs.Ignored;   // uniform over the group: every thread reaches the barriers
-        long offset = (long)row * vocab;
+        long offset = (long)row * rowStride;
         float lse = logSumExp[row];
         float partial = 0f;
         if (!ignored)
@@ -266,23 +328,25 @@ public sealed class GpuSequenceLogProbs
         if (tid == 0) entropy[row] = ignored ? 0f : total;
     }
 
-    /// <summary>In place, one thread per logit: x ← a·(1[v = target] − p) − b·p·(ln p + H); 0 on ignored rows.</summary>
+    /// <summary>In place, one thread per real logit (i over rows·V, at row·rowStride + v):
+    /// x ← a·(1[v = target] − p) − b·p·(ln p + H); 0 on ignored rows.</summary>
     [GpuKernel(false)]
-    internal static void GradientKernel(Index1D i, ArrayView<float> logits, ArrayView<int> targets, int vocab, ArrayView<float> logSumExp,
+    internal static void GradientKernel(Index1D i, ArrayView<float> logits, ArrayView<int> targets, int vocab, int rowStride, ArrayView<float> logSumExp,
                                         ArrayView<float> entropy, ArrayView<float> dLogProbs, ArrayView<float> dEntropy)
     {
         int row = i / vocab, v = i - row * vocab;
+        long at = (long)row * rowStride + v;
         int target = targets[row];
         if (target == TargetLogProbs.Ignored)
         {
-            logits[i] = 0f;
+            logits[at] = 0f;
             return;
         }
         float a = dLogProbs[row], b = dEntropy[row];
-        float logP = logits[i] - logSumExp[row];
+        float logP = logits[at] - logSumExp[row];
         float p = XMath.Exp(logP);
         float d = -a * p - b * p * (logP + entropy[row]);
-        logits[i] = v == target ? d + a : d;
+        logits[at] = v == target ? d + a : d;
     }
 
     /// <summary>One thread per sequence: fp64 sum of its counted tokens' values, in token order, and their count.</summary>

@@ -6,6 +6,9 @@ namespace DistAlign.Kernels.Gpu;
 
 /// <summary>
 /// Target log-probabilities from logits [N, V], the GPU form of <see cref="Cpu.TargetLogProbs"/>.
+/// The logits may be stored with a row stride (leading dimension) larger than V — row r starts at r·stride,
+/// e.g. V rounded up to a multiple of 64 so that every row is 16-byte aligned for cuBLAS; only the V real
+/// columns are read or written, so the padding columns are never touched.
 /// Forward: one group per row; each thread keeps an online (running max, running Σexp(x − max)) over its
 /// strided share of the row, then the group merges the pairs in a fixed shared-memory tree
 /// ((m₁, s₁) ⊕ (m₂, s₂) = (m, s₁·e^(m₁−m) + s₂·e^(m₂−m))); lse = m + log s. Finite for any finite logits.
@@ -16,8 +19,8 @@ namespace DistAlign.Kernels.Gpu;
 /// </summary>
 public sealed class GpuTargetLogProbs
 {
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, int, ArrayView<float>, ArrayView<float>> _forward;
-    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, int, ArrayView<float>, ArrayView<float>> _backward;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>> _forward;
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>> _backward;
     private readonly Accelerator _accelerator;
     private readonly int _groupSize;
 
@@ -25,44 +28,57 @@ public sealed class GpuTargetLogProbs
     {
         _accelerator = accelerator;
         _groupSize = GpuLaunch.ReductionGroupSize(accelerator);
-        _forward = accelerator.LoadKernel<ArrayView<float>, ArrayView<int>, int, ArrayView<float>, ArrayView<float>>(ForwardKernel);
-        _backward = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, int, ArrayView<float>, ArrayView<float>>(BackwardKernel);
+        _forward = accelerator.LoadKernel<ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>>(ForwardKernel);
+        _backward = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>>(BackwardKernel);
     }
 
     /// <summary>Writes logProbs [N] and the saved logSumExp [N]; targets [N] in [0, V) or −1 (ignored: log-prob 0).</summary>
-    public void Forward(ArrayView<float> logits, ArrayView<int> targets, int vocab, ArrayView<float> logProbs, ArrayView<float> logSumExp)
+    public void Forward(ArrayView<float> logits, ArrayView<int> targets, int vocab, ArrayView<float> logProbs, ArrayView<float> logSumExp) =>
+        Forward(logits, targets, vocab, vocab, logProbs, logSumExp);
+
+    /// <summary>As <see cref="Forward(ArrayView{float}, ArrayView{int}, int, ArrayView{float}, ArrayView{float})"/> for logits
+    /// [N, rowStride] of which the first <paramref name="vocab"/> columns are the logits (rowStride ≥ vocab; the rest is not read).</summary>
+    public void Forward(ArrayView<float> logits, ArrayView<int> targets, int vocab, int rowStride, ArrayView<float> logProbs, ArrayView<float> logSumExp)
     {
-        int n = Rows(logits.Length, targets.Length, vocab);
+        int n = Rows(logits.Length, targets.Length, vocab, rowStride);
         GpuLaunch.CheckLength(logProbs.Length, n, nameof(logProbs), "[N]");
         GpuLaunch.CheckLength(logSumExp.Length, n, nameof(logSumExp), "[N]");
-        if (n > 0) _forward(_accelerator.DefaultStream, GpuLaunch.Rows(n, _groupSize), logits, targets, vocab, logProbs, logSumExp);
+        if (n > 0) _forward(_accelerator.DefaultStream, GpuLaunch.Rows(n, _groupSize), logits, targets, vocab, rowStride, logProbs, logSumExp);
     }
 
     /// <summary>Overwrites logitsToGradient (the forward's logits) with d(logits), given dLogProbs [N] and the saved logSumExp.</summary>
-    public void Backward(ArrayView<float> logitsToGradient, ArrayView<int> targets, int vocab, ArrayView<float> logSumExp, ArrayView<float> dLogProbs)
+    public void Backward(ArrayView<float> logitsToGradient, ArrayView<int> targets, int vocab, ArrayView<float> logSumExp, ArrayView<float> dLogProbs) =>
+        Backward(logitsToGradient, targets, vocab, vocab, logSumExp, dLogProbs);
+
+    /// <summary>As <see cref="Backward(ArrayView{float}, ArrayView{int}, int, ArrayView{float}, ArrayView{float})"/> for logits
+    /// [N, rowStride]: overwrites the first <paramref name="vocab"/> columns of each row; the rest is neither read nor written.</summary>
+    public void Backward(ArrayView<float> logitsToGradient, ArrayView<int> targets, int vocab, int rowStride, ArrayView<float> logSumExp, ArrayView<float> dLogProbs)
     {
-        int n = Rows(logitsToGradient.Length, targets.Length, vocab);
+        int n = Rows(logitsToGradient.Length, targets.Length, vocab, rowStride);
         GpuLaunch.CheckLength(logSumExp.Length, n, nameof(logSumExp), "[N]");
         GpuLaunch.CheckLength(dLogProbs.Length, n, nameof(dLogProbs), "[N]");
-        if (n > 0) _backward(_accelerator.DefaultStream, (int)logitsToGradient.Length, logitsToGradient, targets, vocab, logSumExp, dLogProbs);
+        if (n > 0) _backward(_accelerator.DefaultStream, n * vocab, logitsToGradient, targets, vocab, rowStride, logSumExp, dLogProbs);
     }
 
-    private static int Rows(long logitsLength, long targetsLength, int vocab)
+    /// <summary>Checks logits [N, rowStride] with rowStride ≥ vocab against targets [N]; returns N.</summary>
+    internal static int Rows(long logitsLength, long targetsLength, int vocab, int rowStride)
     {
         GpuLaunch.CheckPositive(vocab, nameof(vocab));
-        GpuLaunch.CheckLength(logitsLength, targetsLength * vocab, "logits", "[N, V] with N = targets.Length");
+        if (rowStride < vocab)
+            throw new ArgumentOutOfRangeException(nameof(rowStride), rowStride, $"the row stride must be at least the vocabulary size ({vocab}).");
+        GpuLaunch.CheckLength(logitsLength, targetsLength * rowStride, "logits", "[N, rowStride] with N = targets.Length");
         if (logitsLength > int.MaxValue) throw new ArgumentException("logits too large for 32-bit GPU indexing.", "logits");
         return (int)targetsLength;
     }
 
     [GpuKernel(true)]
-    internal static void ForwardKernel(ArrayView<float> logits, ArrayView<int> targets, int vocab,
+    internal static void ForwardKernel(ArrayView<float> logits, ArrayView<int> targets, int vocab, int rowStride,
                                        ArrayView<float> logProbs, ArrayView<float> logSumExp)
     {
         var maxima = SharedMemory.Allocate<float>(GpuLaunch.MaxGroupSize);
         var sums = SharedMemory.Allocate<float>(GpuLaunch.MaxGroupSize);
         int row = Grid.IdxX, tid = Group.IdxX;
-        long offset = (long)row * vocab;
+        long offset = (long)row * rowStride;
         float max = float.NegativeInfinity, sum = 0f;
         for (int v = tid; v < vocab; v += Group.DimX)
         {
@@ -103,19 +119,21 @@ public sealed class GpuTargetLogProbs
         }
     }
 
+    /// <summary>One thread per real logit (i over N·V); the logit sits at row·rowStride + v.</summary>
     [GpuKernel(false)]
-    internal static void BackwardKernel(Index1D i, ArrayView<float> logits, ArrayView<int> targets, int vocab,
+    internal static void BackwardKernel(Index1D i, ArrayView<float> logits, ArrayView<int> targets, int vocab, int rowStride,
                                         ArrayView<float> logSumExp, ArrayView<float> dLogProbs)
     {
         int row = i / vocab, v = i - row * vocab;
+        long at = (long)row * rowStride + v;
         int target = targets[row];
         if (target < 0)
         {
-            logits[i] = 0f;
+            logits[at] = 0f;
             return;
         }
         float g = dLogProbs[row];
-        float d = -g * XMath.Exp(logits[i] - logSumExp[row]);
-        logits[i] = v == target ? d + g : d;
+        float d = -g * XMath.Exp(logits[at] - logSumExp[row]);
+        logits[at] = v == target ? d + g : d;
     }
 }

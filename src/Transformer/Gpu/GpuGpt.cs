@@ -134,7 +134,7 @@ public sealed class GpuGpt : IDisposable
     {
         var s = Prepare(batch, logProbs.Length);
         TransformerForward(batch, s);
-        lmHead.Forward(s["lnf"], Wte(parameters), s.Targets, Config.Channels, Config.VocabSize, s["logits_chunk"],
+        lmHead.Forward(s["lnf"], Wte(parameters), s.Targets, Config.Channels, Config.VocabSize, s.LogitsScratch,
                        s["logprobs"], s["logsumexp"], default);
         s["logprobs"].CopyToCPU(logProbs);
     }
@@ -147,7 +147,7 @@ public sealed class GpuGpt : IDisposable
         var dLnf = s["d_ln"];
         dLnf.MemSetToZero();
         lmHead.Backward(s["lnf"], Wte(parameters), s.Targets, Config.Channels, Config.VocabSize, s["logsumexp"], default,
-                        s["d_logprobs"], default, s["logits_chunk"], dLnf, Wte(gradients));
+                        s["d_logprobs"], default, s.LogitsScratch, dLnf, Wte(gradients));
         TransformerBackward(batch, s);
     }
 
@@ -164,7 +164,7 @@ public sealed class GpuGpt : IDisposable
         var dLnf = s["d_ln"];
         dLnf.MemSetToZero();
         lmHead.ForwardBackward(s["lnf"], Wte(parameters), s.Targets, Config.Channels, Config.VocabSize, s["d_logprobs"], default,
-                               s["logits_chunk"], s["logprobs"], s["logsumexp"], default, dLnf, Wte(gradients));
+                               s.LogitsScratch, s["logprobs"], s["logsumexp"], default, dLnf, Wte(gradients));
         Lap("lm head fwd+bwd");
         TransformerBackward(batch, s);
         s["logprobs"].CopyToCPU(logProbs);
@@ -434,12 +434,16 @@ public sealed class GpuGpt : IDisposable
 
     /// <summary>
     /// The device activations of one batch shape: <see cref="GptActivations"/>'s plan (same names, same sizes)
-    /// in one device buffer, plus the attention-gradient scratch d_att [B, NH, T, T], ∂L/∂logprob and the batch's ids.
+    /// in one device buffer, plus the attention-gradient scratch d_att [B, NH, T, T] (empty with flash attention, which
+    /// keeps per-layer log-sum-exps attn_lse [L, B, NH, T] and a delta scratch instead), ∂L/∂logprob and the batch's ids.
+    /// The LM head's logits go to a buffer of their own, sized by <see cref="GpuSequenceLogProbs.ScratchLength"/>
+    /// (thousands of padded rows per chunk, not the CPU plan's "logits_chunk", which stays in the plan unused).
     /// </summary>
     private sealed class ShapeBuffers : IDisposable
     {
         private readonly MemoryBuffer1D<float, Stride1D.Dense> floats;
         private readonly MemoryBuffer1D<int, Stride1D.Dense> ids;
+        private readonly MemoryBuffer1D<float, Stride1D.Dense> logitsScratch;
         private readonly Dictionary<string, ArrayView<float>> views = new();
         public int Rows { get; }
         public int Length { get; }
@@ -447,6 +451,7 @@ public sealed class GpuGpt : IDisposable
         public ArrayView<int> Positions { get; }
         public ArrayView<int> Segments { get; }
         public ArrayView<int> Targets { get; }
+        public ArrayView<float> LogitsScratch => logitsScratch.View;
 
         private readonly int heads;
 
@@ -473,6 +478,7 @@ public sealed class GpuGpt : IDisposable
             Positions = ids.View.SubView(n, n);
             Segments = ids.View.SubView(2 * n, n);
             Targets = ids.View.SubView(3 * n, n);
+            logitsScratch = accelerator.Allocate1D<float>(GpuSequenceLogProbs.ScratchLength((int)n, config.VocabSize));
         }
 
         public ArrayView<float> this[string name] => views[name];
@@ -488,6 +494,7 @@ public sealed class GpuGpt : IDisposable
         {
             floats.Dispose();
             ids.Dispose();
+            logitsScratch.Dispose();
         }
     }
 

@@ -106,6 +106,44 @@ public class GpuReductionTests(string backend) : GpuFixture(backend)
         AssertClose(grad, ReferenceTargetLogProbs.Backward(D(logits), targets, vocab, D(dlp)), 1e-4, 1e-3, "dlogits");
     }
 
+    [TestCase(0, 5, 8)]
+    [TestCase(1, 1, 64)]
+    [TestCase(4, 37, 40)]
+    [TestCase(3, 61, 64)]
+    [TestCase(5, 1030, 1088)]
+    public void TargetLogProbsWithARowStrideEqualUnpaddedAndLeaveThePaddingAlone(int n, int vocab, int stride)
+    {
+        var logits = RandomFloats(n * vocab, 4, 4.0);
+        var targets = RandomInts(n, vocab, 5);
+        if (n > 2) targets[1] = DistAlign.Kernels.Cpu.TargetLogProbs.Ignored;
+        var dlp = RandomFloats(n, 6);
+        var unpadded = RunTargetLogProbs(logits, targets, vocab, dlp);
+        var padded = new float[n * stride];
+        Array.Fill(padded, float.NaN);   // the padding: NaN if it were ever read as data, and must stay NaN (never written)
+        for (int r = 0; r < n; r++) Array.Copy(logits, r * vocab, padded, r * stride, vocab);
+
+        using var dl = Up(padded);
+        using var dt = Up(targets);
+        using var dlpOut = Up(new float[n]);
+        using var dlse = Up(new float[n]);
+        using var dg = Up(dlp);
+        Ops.TargetLogProbs.Forward(V(dl, padded), V(dt, n), vocab, stride, V(dlpOut, n), V(dlse, n));
+        AssertBitIdentical(unpadded.Lp, Down(dlpOut, n), "logprob, padded vs unpadded");
+        AssertBitIdentical(unpadded.Lse, Down(dlse, n), "logsumexp, padded vs unpadded");
+        Ops.TargetLogProbs.Backward(V(dl, padded), V(dt, n), vocab, stride, V(dlse, n), V(dg, n));
+        var grad = Down(dl, padded.Length);
+        for (int r = 0; r < n; r++)
+        {
+            AssertBitIdentical(unpadded.Grad[(r * vocab)..((r + 1) * vocab)], grad[(r * stride)..(r * stride + vocab)], $"dlogits row {r}");
+            Assert.That(grad[(r * stride + vocab)..((r + 1) * stride)].All(float.IsNaN), $"row {r}'s padding was written");
+        }
+        Assert.Throws<ArgumentOutOfRangeException>(() => Ops.TargetLogProbs.Forward(V(dl, padded), V(dt, n), vocab, vocab - 1, V(dlpOut, n), V(dlse, n)),
+                                                   "stride below V");
+        if (n > 0)
+            Assert.Throws<ArgumentException>(() => Ops.TargetLogProbs.Forward(V(dl, padded.Length - 1), V(dt, n), vocab, stride, V(dlpOut, n), V(dlse, n)),
+                                             "logits shorter than [N, stride]");
+    }
+
     private static (float[] Lp, float[] Lse, float[] Grad) RunTargetLogProbs(float[] logits, int[] targets, int vocab, float[] dlp)
     {
         int n = targets.Length;
