@@ -8,6 +8,11 @@
 //   backward    D_i = Σ_d dout_id·out_id,  dP = dout·vᵀ,  dS = P ∘ (dP − D),
 //               dq += scale·dS·k,  dk += scale·dSᵀ·q,  dv += Pᵀ·dout
 //
+// First, distalign_flash_attention_convert copies q, k, v (and for the backward, dout) once into bf16 scratch
+// tensors per head, zero-padded to Tp = T rounded up to 64 rows: "rows" [B, NH, Tp, 64] and, where a product needs
+// the other operand order, "transposed" [B, NH, 64, Tp]. Every tile the attention kernels read is then 64 runs of
+// 128 contiguous bytes, copied into shared memory with 16-byte loads and no bounds checks.
+//
 // The scores never reach memory: each block streams 64-key (or 64-query) tiles through shared memory and
 // keeps a running max and sum per query row (the online softmax), as FlashAttention-2 does. The forward saves
 // only lse [B, NH, T] for the backward, which recomputes P tile by tile. The backward is two kernels so that
@@ -21,7 +26,7 @@
 // stays the portable reference and both are checked against the CPU attention.
 //
 // Launch (all kernels): block = 128 threads (4 warps, each owning 16 rows of a 64-row tile);
-//   forward, backward_kv, backward_q: grid = (ceil(T / 64), NH, B);   backward_delta: grid = (ceil(T·NH / 4), B).
+//   convert, forward, backward_kv, backward_q: grid = (Tp / 64, NH, B);   backward_delta: grid = (ceil(T·NH / 4), B).
 // Requires hs = 64 and C = NH·64. Compiled at run time by NVRTC for sm_80 or newer (mma.sync with bf16).
 // Self-contained: no CUDA headers (bf16 values are handled as bit patterns).
 //
@@ -32,7 +37,7 @@
 //   C 16×8  (fp32):       c[0..1] = C[g][2t..2t+1]  c[2..3] = C[g+8][2t..2t+1]
 // So the fp32 accumulator of an S tile (16 rows × 8 columns, n-tiles 2k and 2k+1) is, element for element, the
 // A fragment of P for k-step k: P·V needs no shuffles. B operands are read from shared memory as 32-bit pairs,
-// which is why each tile is stored both as [row][dim] and transposed [dim][row] where the layout needs it.
+// which is why a tile is taken from the transposed copy where the product needs [dim][row].
 
 typedef unsigned short bf16_bits;
 
@@ -67,40 +72,24 @@ __device__ __forceinline__ void fa_mma(float d[4], const unsigned int a[4], cons
 #endif
 }
 
-// The A fragment of rows row0 + g and row0 + g + 8, columns col0 .. col0 + 15, of a row-major fp32 matrix with
-// the given row stride; rows ≥ T are zero.
-__device__ __forceinline__ void fa_load_a(unsigned int a[4], const float* m, long stride, int row0, int T, int col0, int g, int t)
+// The A fragment of rows row0 + g and row0 + g + 8, columns col0 .. col0 + 15, of a bf16 [rows][64] tensor.
+__device__ __forceinline__ void fa_load_a(unsigned int a[4], const bf16_bits* m, int row0, int col0, int g, int t)
 {
-#pragma unroll
-    for (int half = 0; half < 2; half++)
-    {
-        int row = row0 + g + 8 * half;
-        if (row < T)
-        {
-            const float* p = m + (long)row * stride + col0 + 2 * t;
-            a[half] = fa_pack(p[0], p[1]);
-            a[2 + half] = fa_pack(p[8], p[9]);
-        }
-        else
-        {
-            a[half] = 0u;
-            a[2 + half] = 0u;
-        }
-    }
+    const bf16_bits* p = m + (long)(row0 + g) * FA_HEAD + col0 + 2 * t;
+    a[0] = fa_pair(p);
+    a[1] = fa_pair(p + 8 * FA_HEAD);
+    a[2] = fa_pair(p + 8);
+    a[3] = fa_pair(p + 8 * FA_HEAD + 8);
 }
 
-// A 64-row × 64-column fp32 tile (rows row0.., columns col0.. of a row-major matrix) into shared memory as bf16,
-// row-major ([row][col]) and/or transposed ([col][row]); rows ≥ T are zero. All 128 threads take part.
-__device__ __forceinline__ void fa_load_tile(const float* m, long stride, int row0, int T, int col0,
-                                             bf16_bits (*rows)[FA_PAD], bf16_bits (*columns)[FA_PAD])
+// 64 rows of 64 bf16 (128 bytes each, consecutive rows `stride` elements apart) into shared memory, 16 bytes per
+// load; all 128 threads take part.
+__device__ __forceinline__ void fa_copy_tile(const bf16_bits* source, long stride, bf16_bits (*tile)[FA_PAD])
 {
-    for (int i = threadIdx.x; i < FA_TILE * FA_HEAD; i += FA_THREADS)
+    for (int i = threadIdx.x; i < FA_TILE * FA_HEAD / 8; i += FA_THREADS)
     {
-        int r = i / FA_HEAD, c = i % FA_HEAD;
-        float x = row0 + r < T ? m[(long)(row0 + r) * stride + col0 + c] : 0.0f;
-        bf16_bits bits = (bf16_bits)fa_bf16(x);
-        if (rows) rows[r][c] = bits;
-        if (columns) columns[c][r] = bits;
+        int r = i / (FA_HEAD / 8), c = 8 * (i % (FA_HEAD / 8));
+        *reinterpret_cast<uint4*>(&tile[r][c]) = *reinterpret_cast<const uint4*>(source + (long)r * stride + c);
     }
 }
 
@@ -110,9 +99,35 @@ __device__ __forceinline__ bool fa_visible(int i, int j, int has_segments, int s
     return j <= i && (!has_segments || segment_i == segment_j);
 }
 
+// One 64-row tile of one head of a row-major fp32 [B, T, stride] tensor (columns col0 + h·64 ..) as bf16:
+// rows_out [B, NH, Tp, 64] and/or transposed_out [B, NH, 64, Tp] (either may be null); rows ≥ T are zero.
 extern "C" __global__ void __launch_bounds__(FA_THREADS)
-distalign_flash_attention_forward(const float* __restrict__ qkv, const int* __restrict__ segments, int has_segments,
-                                  int T, int C, int NH, float scale, float* __restrict__ out, float* __restrict__ lse)
+distalign_flash_attention_convert(const float* __restrict__ source, long stride, int col0, int T, int Tp, int NH,
+                                  bf16_bits* __restrict__ rows_out, bf16_bits* __restrict__ transposed_out)
+{
+    __shared__ bf16_bits tile[FA_TILE][FA_TILE + 2];   // odd word stride: the column reads below hit 32 banks
+    const int t0 = blockIdx.x * FA_TILE, h = blockIdx.y, b = blockIdx.z;
+    const long head = (long)b * NH + h;
+    for (int i = threadIdx.x; i < FA_TILE * FA_HEAD; i += FA_THREADS)
+    {
+        int r = i / FA_HEAD, c = i % FA_HEAD, t = t0 + r;
+        bf16_bits bits = (bf16_bits)(t < T ? fa_bf16(source[((long)b * T + t) * stride + col0 + h * FA_HEAD + c]) : 0u);
+        tile[r][c] = bits;
+        if (rows_out) rows_out[(head * Tp + t) * FA_HEAD + c] = bits;
+    }
+    if (!transposed_out) return;
+    __syncthreads();
+    for (int i = threadIdx.x; i < FA_TILE * FA_HEAD; i += FA_THREADS)
+    {
+        int d = i / FA_TILE, r = i % FA_TILE;
+        transposed_out[(head * FA_HEAD + d) * Tp + t0 + r] = tile[r][d];
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(FA_THREADS)
+distalign_flash_attention_forward(const bf16_bits* __restrict__ q_rows, const bf16_bits* __restrict__ k_rows,
+                                  const bf16_bits* __restrict__ v_transposed, const int* __restrict__ segments, int has_segments,
+                                  int T, int Tp, int C, int NH, float scale, float* __restrict__ out, float* __restrict__ lse)
 {
     __shared__ bf16_bits keys[FA_TILE][FA_PAD];      // k tile, [key][dim]
     __shared__ bf16_bits values_t[FA_HEAD][FA_PAD];  // v tile transposed, [dim][key]
@@ -120,14 +135,13 @@ distalign_flash_attention_forward(const float* __restrict__ qkv, const int* __re
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int h = blockIdx.y, b = blockIdx.z;
-    const int q_block = blockIdx.x * FA_TILE, q0 = q_block + 16 * warp;
-    const long stride = 3L * C;
-    const float* row_base = qkv + (long)b * T * stride;
+    const int q_block = (gridDim.x - 1 - blockIdx.x) * FA_TILE, q0 = q_block + 16 * warp;   // the longest rows first
+    const long head = (long)b * NH + h;
     const int* row_segments = has_segments ? segments + (long)b * T : segments;
 
     unsigned int q[4][4];   // this warp's 16 query rows, 4 k-steps of 16 dims
 #pragma unroll
-    for (int kk = 0; kk < 4; kk++) fa_load_a(q[kk], row_base, stride, q0, T, h * FA_HEAD + 16 * kk, g, t);
+    for (int kk = 0; kk < 4; kk++) fa_load_a(q[kk], q_rows + head * Tp * FA_HEAD, q0, 16 * kk, g, t);
     int query_segment[2];
 #pragma unroll
     for (int half = 0; half < 2; half++)
@@ -145,12 +159,11 @@ distalign_flash_attention_forward(const float* __restrict__ qkv, const int* __re
     for (int k0 = 0; k0 < key_end; k0 += FA_TILE)
     {
         __syncthreads();   // the previous tile is no longer read
-        fa_load_tile(row_base, stride, k0, T, C + h * FA_HEAD, keys, nullptr);
-        fa_load_tile(row_base, stride, k0, T, 2 * C + h * FA_HEAD, nullptr, values_t);
+        fa_copy_tile(k_rows + (head * Tp + k0) * FA_HEAD, FA_HEAD, keys);
+        fa_copy_tile(v_transposed + head * FA_HEAD * Tp + k0, Tp, values_t);
         if (threadIdx.x < FA_TILE) key_segment[threadIdx.x] = has_segments && k0 + (int)threadIdx.x < T ? row_segments[k0 + threadIdx.x] : 0;
         __syncthreads();
         if (k0 > q0 + 15) continue;   // every key of the tile is after every query of this warp (warp-uniform)
-
         // S = q·kᵀ for 16 queries × 64 keys: 8 n-tiles of 8 keys.
         float s[8][4];
 #pragma unroll
@@ -256,11 +269,14 @@ distalign_flash_attention_backward_delta(const float* __restrict__ dout, const f
     if (lane == 0) delta[((long)b * NH + h) * T + i] = sum;
 }
 
-// dk, dv for one 64-key tile: loops over the query tiles that can see it (query ≥ key).
+// dk, dv for one 64-key tile: loops over the query tiles that can see it (query ≥ key). The bf16 inputs are
+// q, k, v and dout from distalign_flash_attention_convert; dqkv [B, T, 3C] is accumulated (k at C + h·64, v at 2C + h·64).
 extern "C" __global__ void __launch_bounds__(FA_THREADS)
-distalign_flash_attention_backward_kv(const float* __restrict__ qkv, const int* __restrict__ segments, int has_segments,
-                                      const float* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,
-                                      int T, int C, int NH, float scale, float* __restrict__ dqkv)
+distalign_flash_attention_backward_kv(const bf16_bits* __restrict__ q_rows, const bf16_bits* __restrict__ q_transposed,
+                                      const bf16_bits* __restrict__ k_rows, const bf16_bits* __restrict__ v_rows,
+                                      const bf16_bits* __restrict__ dout_rows, const bf16_bits* __restrict__ dout_transposed,
+                                      const int* __restrict__ segments, int has_segments, const float* __restrict__ lse,
+                                      const float* __restrict__ delta, int T, int Tp, int C, int NH, float scale, float* __restrict__ dqkv)
 {
     __shared__ bf16_bits queries[FA_TILE][FA_PAD];     // [query][dim]
     __shared__ bf16_bits queries_t[FA_HEAD][FA_PAD];   // [dim][query]
@@ -271,20 +287,18 @@ distalign_flash_attention_backward_kv(const float* __restrict__ qkv, const int* 
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int h = blockIdx.y, b = blockIdx.z;
-    const int k_block = blockIdx.x * FA_TILE, k0 = k_block + 16 * warp;
-    const long stride = 3L * C;
-    const float* row_base = qkv + (long)b * T * stride;
-    const float* dout_base = dout + (long)b * T * C;
-    const float* row_lse = lse + ((long)b * NH + h) * T;
-    const float* row_delta = delta + ((long)b * NH + h) * T;
+    const int k_block = blockIdx.x * FA_TILE, k0 = k_block + 16 * warp;   // the longest (first) key tiles start first
+    const long stride = 3L * C, head = (long)b * NH + h;
+    const float* row_lse = lse + head * T;
+    const float* row_delta = delta + head * T;
     const int* row_segments = has_segments ? segments + (long)b * T : segments;
 
     unsigned int k[4][4], v[4][4];   // this warp's 16 keys as A fragments
 #pragma unroll
     for (int kk = 0; kk < 4; kk++)
     {
-        fa_load_a(k[kk], row_base, stride, k0, T, C + h * FA_HEAD + 16 * kk, g, t);
-        fa_load_a(v[kk], row_base, stride, k0, T, 2 * C + h * FA_HEAD + 16 * kk, g, t);
+        fa_load_a(k[kk], k_rows + head * Tp * FA_HEAD, k0, 16 * kk, g, t);
+        fa_load_a(v[kk], v_rows + head * Tp * FA_HEAD, k0, 16 * kk, g, t);
     }
     int key_segment[2];
 #pragma unroll
@@ -301,8 +315,10 @@ distalign_flash_attention_backward_kv(const float* __restrict__ qkv, const int* 
     for (int q_tile = k_block; q_tile < T; q_tile += FA_TILE)
     {
         __syncthreads();
-        fa_load_tile(row_base, stride, q_tile, T, h * FA_HEAD, queries, queries_t);
-        fa_load_tile(dout_base, C, q_tile, T, h * FA_HEAD, douts, douts_t);
+        fa_copy_tile(q_rows + (head * Tp + q_tile) * FA_HEAD, FA_HEAD, queries);
+        fa_copy_tile(q_transposed + head * FA_HEAD * Tp + q_tile, Tp, queries_t);
+        fa_copy_tile(dout_rows + (head * Tp + q_tile) * FA_HEAD, FA_HEAD, douts);
+        fa_copy_tile(dout_transposed + head * FA_HEAD * Tp + q_tile, Tp, douts_t);
         if (threadIdx.x < FA_TILE)
         {
             int i = q_tile + (int)threadIdx.x;
@@ -394,11 +410,13 @@ distalign_flash_attention_backward_kv(const float* __restrict__ qkv, const int* 
     }
 }
 
-// dq for one 64-query tile: loops over the key tiles it can see (key ≤ query).
+// dq for one 64-query tile: loops over the key tiles it can see (key ≤ query); dqkv's q columns are accumulated.
 extern "C" __global__ void __launch_bounds__(FA_THREADS)
-distalign_flash_attention_backward_q(const float* __restrict__ qkv, const int* __restrict__ segments, int has_segments,
-                                     const float* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,
-                                     int T, int C, int NH, float scale, float* __restrict__ dqkv)
+distalign_flash_attention_backward_q(const bf16_bits* __restrict__ q_rows, const bf16_bits* __restrict__ k_rows,
+                                     const bf16_bits* __restrict__ k_transposed, const bf16_bits* __restrict__ v_rows,
+                                     const bf16_bits* __restrict__ dout_rows, const int* __restrict__ segments, int has_segments,
+                                     const float* __restrict__ lse, const float* __restrict__ delta, int T, int Tp, int C, int NH,
+                                     float scale, float* __restrict__ dqkv)
 {
     __shared__ bf16_bits keys[FA_TILE][FA_PAD];     // [key][dim]
     __shared__ bf16_bits keys_t[FA_HEAD][FA_PAD];   // [dim][key]
@@ -407,18 +425,16 @@ distalign_flash_attention_backward_q(const float* __restrict__ qkv, const int* _
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int h = blockIdx.y, b = blockIdx.z;
-    const int q_block = blockIdx.x * FA_TILE, q0 = q_block + 16 * warp;
-    const long stride = 3L * C;
-    const float* row_base = qkv + (long)b * T * stride;
-    const float* dout_base = dout + (long)b * T * C;
+    const int q_block = (gridDim.x - 1 - blockIdx.x) * FA_TILE, q0 = q_block + 16 * warp;   // the longest rows first
+    const long stride = 3L * C, head = (long)b * NH + h;
     const int* row_segments = has_segments ? segments + (long)b * T : segments;
 
     unsigned int q[4][4], d_out[4][4];
 #pragma unroll
     for (int kk = 0; kk < 4; kk++)
     {
-        fa_load_a(q[kk], row_base, stride, q0, T, h * FA_HEAD + 16 * kk, g, t);
-        fa_load_a(d_out[kk], dout_base, C, q0, T, h * FA_HEAD + 16 * kk, g, t);
+        fa_load_a(q[kk], q_rows + head * Tp * FA_HEAD, q0, 16 * kk, g, t);
+        fa_load_a(d_out[kk], dout_rows + head * Tp * FA_HEAD, q0, 16 * kk, g, t);
     }
     float row_lse[2], row_delta[2];
     int query_segment[2];
@@ -427,8 +443,8 @@ distalign_flash_attention_backward_q(const float* __restrict__ qkv, const int* _
     {
         int row = q0 + g + 8 * half;
         bool inside = row < T;
-        row_lse[half] = inside ? lse[((long)b * NH + h) * T + row] : 0.0f;
-        row_delta[half] = inside ? delta[((long)b * NH + h) * T + row] : 0.0f;
+        row_lse[half] = inside ? lse[head * T + row] : 0.0f;
+        row_delta[half] = inside ? delta[head * T + row] : 0.0f;
         query_segment[half] = has_segments && inside ? row_segments[row] : 0;
     }
     float dq[8][4];
@@ -439,8 +455,9 @@ distalign_flash_attention_backward_q(const float* __restrict__ qkv, const int* _
     for (int k0 = 0; k0 < key_end; k0 += FA_TILE)
     {
         __syncthreads();
-        fa_load_tile(row_base, stride, k0, T, C + h * FA_HEAD, keys, keys_t);
-        fa_load_tile(row_base, stride, k0, T, 2 * C + h * FA_HEAD, values, nullptr);
+        fa_copy_tile(k_rows + (head * Tp + k0) * FA_HEAD, FA_HEAD, keys);
+        fa_copy_tile(k_transposed + head * FA_HEAD * Tp + k0, Tp, keys_t);
+        fa_copy_tile(v_rows + (head * Tp + k0) * FA_HEAD, FA_HEAD, values);
         if (threadIdx.x < FA_TILE) key_segment[threadIdx.x] = has_segments && k0 + (int)threadIdx.x < T ? row_segments[k0 + threadIdx.x] : 0;
         __syncthreads();
         if (k0 > q0 + 15) continue;   // warp-uniform: nothing visible

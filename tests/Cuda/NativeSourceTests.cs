@@ -53,7 +53,7 @@ public partial class NativeSourceTests
         var source = NativeSource.Get(NvrtcFlashAttention.SourceName);
         var entries = EntryPoint().Matches(source.Text).Select(m => m.Groups[1].Value).Order().ToArray();
         Assert.That(entries, Is.EqualTo(new[] { "distalign_flash_attention_backward_delta", "distalign_flash_attention_backward_kv",
-                                                "distalign_flash_attention_backward_q", "distalign_flash_attention_forward" }));
+                                                "distalign_flash_attention_backward_q", "distalign_flash_attention_convert", "distalign_flash_attention_forward" }));
         string launcher = File.ReadAllText(Path.Combine(RepositoryRoot, "src", "Kernels", "Gpu", "NvrtcFlashAttention.cs"));
         foreach (var entry in entries) Assert.That(launcher, Does.Contain($"\"{entry}\""), $"{entry} is looked up by the launcher");
         Assert.That(source.Text, Does.Not.Contain("#include"), "self-contained: NVRTC compiles it without CUDA headers");

@@ -7,8 +7,9 @@ namespace DistAlign.Kernels.Gpu;
 
 /// <summary>
 /// Causal, segment-masked attention without the [B, NH, T, T] score matrix: the NVRTC-compiled kernels of
-/// <c>native/flash_attention.cu</c> (64-row tiles streamed through shared memory, online softmax, bf16 tensor-core
-/// products with fp32 accumulation). Same contract as <see cref="GpuAttention.Forward"/>/<see cref="GpuAttention.Backward"/>
+/// <c>native/flash_attention.cu</c> (q, k, v and dout first copied to bf16 per head, then 64-row tiles streamed
+/// through shared memory, online softmax, bf16 tensor-core products with fp32 accumulation). The bf16 copies live
+/// in a scratch buffer this object owns (8 tensors of B·NH·Tp·64 values, Tp = T rounded up to 64; grown as needed). Same contract as <see cref="GpuAttention.Forward"/>/<see cref="GpuAttention.Backward"/>
 /// (qkv [B, T, 3C], out [B, T, C], dqkv accumulated) except that the forward saves the per-row log-sum-exp
 /// [B, NH, T] instead of the probabilities, and products see bf16-rounded inputs (about 2⁻⁸ relative error;
 /// the portable fp32 path is <see cref="GpuAttention"/>). Head size 64 only (<see cref="Supports"/>).
@@ -24,8 +25,9 @@ public sealed unsafe class NvrtcFlashAttention : IDisposable
 
     private readonly CudaAccelerator _accelerator;
     private readonly CudaModuleHandle _module;
-    private readonly nint _forward, _delta, _backwardKeyValue, _backwardQuery;
+    private readonly nint _convert, _forward, _delta, _backwardKeyValue, _backwardQuery;
     private readonly MemoryBuffer1D<int, Stride1D.Dense> _noSegments;
+    private MemoryBuffer1D<ushort, Stride1D.Dense>? _scratch;
 
     /// <summary>Compiles (or loads from <paramref name="cache"/>) the kernels for this accelerator's architecture (sm_80 or newer).</summary>
     public NvrtcFlashAttention(CudaAccelerator accelerator, NvrtcKernelCache cache)
@@ -38,6 +40,7 @@ public sealed unsafe class NvrtcFlashAttention : IDisposable
         var (image, fromCache) = cache.Get(NativeSource.Get(SourceName), device.ComputeMajor, device.ComputeMinor);
         LoadedFromCache = fromCache;
         _module = CudaDriver.LoadModule(image);
+        _convert = CudaDriver.GetFunction(_module, "distalign_flash_attention_convert");
         _forward = CudaDriver.GetFunction(_module, "distalign_flash_attention_forward");
         _delta = CudaDriver.GetFunction(_module, "distalign_flash_attention_backward_delta");
         _backwardKeyValue = CudaDriver.GetFunction(_module, "distalign_flash_attention_backward_kv");
@@ -62,19 +65,27 @@ public sealed unsafe class NvrtcFlashAttention : IDisposable
         GpuLaunch.CheckLength(output.Length, (long)batch * seqLen * c, nameof(output), "[B, T, C]");
         GpuLaunch.CheckLength(logSumExp.Length, (long)batch * heads * seqLen, nameof(logSumExp), "[B, NH, T]");
         if (batch == 0 || seqLen == 0) return;
-        ulong q = Address(qkv), segments = Address(SegmentsOrDummy(segmentIds)), o = Address(output), l = Address(logSumExp);
-        int hasSegments = segmentIds.Length > 0 ? 1 : 0;
+        var (qRows, _, kRows, _, _, vTransposed, _, _) = Scratch(batch, seqLen, heads);
+        Convert(qkv, 3L * c, 0, seqLen, heads, batch, qRows, default);
+        Convert(qkv, 3L * c, c, seqLen, heads, batch, kRows, default);
+        Convert(qkv, 3L * c, 2 * c, seqLen, heads, batch, default, vTransposed);
+        ulong qr = Address(qRows), kr = Address(kRows), vt = Address(vTransposed), segments = Address(SegmentsOrDummy(segmentIds)),
+              o = Address(output), l = Address(logSumExp);
+        int hasSegments = segmentIds.Length > 0 ? 1 : 0, paddedLength = PaddedLength(seqLen);
         float scale = 1f / MathF.Sqrt(HeadSize);
-        void** arguments = stackalloc void*[9];
-        arguments[0] = &q;
-        arguments[1] = &segments;
-        arguments[2] = &hasSegments;
-        arguments[3] = &seqLen;
-        arguments[4] = &c;
-        arguments[5] = &heads;
-        arguments[6] = &scale;
-        arguments[7] = &o;
-        arguments[8] = &l;
+        void** arguments = stackalloc void*[12];
+        arguments[0] = &qr;
+        arguments[1] = &kr;
+        arguments[2] = &vt;
+        arguments[3] = &segments;
+        arguments[4] = &hasSegments;
+        arguments[5] = &seqLen;
+        arguments[6] = &paddedLength;
+        arguments[7] = &c;
+        arguments[8] = &heads;
+        arguments[9] = &scale;
+        arguments[10] = &o;
+        arguments[11] = &l;
         Launch(_forward, Tiles(seqLen, heads, batch), arguments);
     }
 
@@ -92,11 +103,7 @@ public sealed unsafe class NvrtcFlashAttention : IDisposable
         GpuLaunch.CheckLength(delta.Length, (long)batch * heads * seqLen, nameof(delta), "[B, NH, T]");
         GpuLaunch.CheckLength(dQkv.Length, qkv.Length, nameof(dQkv), "[B, T, 3C]");
         if (batch == 0 || seqLen == 0) return;
-        ulong dO = Address(dOutput), q = Address(qkv), segments = Address(SegmentsOrDummy(segmentIds)), o = Address(output),
-              l = Address(logSumExp), d = Address(delta), dq = Address(dQkv);
-        int hasSegments = segmentIds.Length > 0 ? 1 : 0;
-        float scale = 1f / MathF.Sqrt(HeadSize);
-
+        ulong dO = Address(dOutput), o = Address(output), d = Address(delta);
         void** deltaArguments = stackalloc void*[6];
         deltaArguments[0] = &dO;
         deltaArguments[1] = &o;
@@ -106,20 +113,68 @@ public sealed unsafe class NvrtcFlashAttention : IDisposable
         deltaArguments[5] = &d;
         Launch(_delta, ((uint)((seqLen * heads + WarpsPerBlock - 1) / WarpsPerBlock), (uint)batch, 1), deltaArguments);
 
-        void** arguments = stackalloc void*[11];
-        arguments[0] = &q;
-        arguments[1] = &segments;
-        arguments[2] = &hasSegments;
-        arguments[3] = &dO;
-        arguments[4] = &l;
-        arguments[5] = &d;
-        arguments[6] = &seqLen;
-        arguments[7] = &c;
-        arguments[8] = &heads;
-        arguments[9] = &scale;
-        arguments[10] = &dq;
-        Launch(_backwardKeyValue, Tiles(seqLen, heads, batch), arguments);
-        Launch(_backwardQuery, Tiles(seqLen, heads, batch), arguments);
+        var (qRows, qTransposed, kRows, kTransposed, vRows, _, dRows, dTransposed) = Scratch(batch, seqLen, heads);
+        Convert(qkv, 3L * c, 0, seqLen, heads, batch, qRows, qTransposed);
+        Convert(qkv, 3L * c, c, seqLen, heads, batch, kRows, kTransposed);
+        Convert(qkv, 3L * c, 2 * c, seqLen, heads, batch, vRows, default);
+        Convert(dOutput, c, 0, seqLen, heads, batch, dRows, dTransposed);
+        ulong qr = Address(qRows), qt = Address(qTransposed), kr = Address(kRows), kt = Address(kTransposed), vr = Address(vRows),
+              dr = Address(dRows), dt = Address(dTransposed), segments = Address(SegmentsOrDummy(segmentIds)), l = Address(logSumExp),
+              dq = Address(dQkv);
+        int hasSegments = segmentIds.Length > 0 ? 1 : 0, paddedLength = PaddedLength(seqLen);
+        float scale = 1f / MathF.Sqrt(HeadSize);
+
+        // backward_kv(q_rows, q_t, k_rows, v_rows, dout_rows, dout_t, segments, has_segments, lse, delta, T, Tp, C, NH, scale, dqkv)
+        void** kv = stackalloc void*[16];
+        kv[0] = &qr; kv[1] = &qt; kv[2] = &kr; kv[3] = &vr; kv[4] = &dr; kv[5] = &dt;
+        kv[6] = &segments; kv[7] = &hasSegments; kv[8] = &l; kv[9] = &d;
+        kv[10] = &seqLen; kv[11] = &paddedLength; kv[12] = &c; kv[13] = &heads; kv[14] = &scale; kv[15] = &dq;
+        Launch(_backwardKeyValue, Tiles(seqLen, heads, batch), kv);
+
+        // backward_q(q_rows, k_rows, k_t, v_rows, dout_rows, segments, has_segments, lse, delta, T, Tp, C, NH, scale, dqkv)
+        void** qArguments = stackalloc void*[15];
+        qArguments[0] = &qr; qArguments[1] = &kr; qArguments[2] = &kt; qArguments[3] = &vr; qArguments[4] = &dr;
+        qArguments[5] = &segments; qArguments[6] = &hasSegments; qArguments[7] = &l; qArguments[8] = &d;
+        qArguments[9] = &seqLen; qArguments[10] = &paddedLength; qArguments[11] = &c; qArguments[12] = &heads; qArguments[13] = &scale;
+        qArguments[14] = &dq;
+        Launch(_backwardQuery, Tiles(seqLen, heads, batch), qArguments);
+    }
+
+    private static int PaddedLength(int seqLen) => (seqLen + Tile - 1) / Tile * Tile;
+
+    /// <summary>The eight bf16 scratch tensors (q, k, v, dout; rows [B, NH, Tp, 64] and transposed [B, NH, 64, Tp] each).</summary>
+    private (ArrayView<ushort> QRows, ArrayView<ushort> QTransposed, ArrayView<ushort> KRows, ArrayView<ushort> KTransposed,
+             ArrayView<ushort> VRows, ArrayView<ushort> VTransposed, ArrayView<ushort> DRows, ArrayView<ushort> DTransposed)
+        Scratch(int batch, int seqLen, int heads)
+    {
+        long each = (long)batch * heads * PaddedLength(seqLen) * HeadSize;
+        if (_scratch is null || _scratch.Length < 8 * each)
+        {
+            _accelerator.Synchronize();   // queued kernels may still read the old buffer
+            _scratch?.Dispose();
+            _scratch = _accelerator.Allocate1D<ushort>(8 * each);
+        }
+        var v = _scratch.View;
+        return (v.SubView(0, each), v.SubView(each, each), v.SubView(2 * each, each), v.SubView(3 * each, each),
+                v.SubView(4 * each, each), v.SubView(5 * each, each), v.SubView(6 * each, each), v.SubView(7 * each, each));
+    }
+
+    /// <summary>convert(source, stride, col0, T, Tp, NH, rows_out, transposed_out): one head's columns of source [B, T, stride] to bf16.</summary>
+    private void Convert(ArrayView<float> source, long stride, int col0, int seqLen, int heads, int batch,
+                         ArrayView<ushort> rows, ArrayView<ushort> transposed)
+    {
+        ulong s = Address(source), r = rows.Length == 0 ? 0UL : Address(rows), t = transposed.Length == 0 ? 0UL : Address(transposed);
+        int paddedLength = PaddedLength(seqLen);
+        void** arguments = stackalloc void*[8];
+        arguments[0] = &s;
+        arguments[1] = &stride;
+        arguments[2] = &col0;
+        arguments[3] = &seqLen;
+        arguments[4] = &paddedLength;
+        arguments[5] = &heads;
+        arguments[6] = &r;
+        arguments[7] = &t;
+        Launch(_convert, Tiles(seqLen, heads, batch), arguments);
     }
 
     private static (uint, uint, uint) Tiles(int seqLen, int heads, int batch) => ((uint)((seqLen + Tile - 1) / Tile), (uint)heads, (uint)batch);
@@ -148,6 +203,7 @@ public sealed unsafe class NvrtcFlashAttention : IDisposable
 
     public void Dispose()
     {
+        _scratch?.Dispose();
         _noSegments.Dispose();
         _module.Dispose();
     }
