@@ -104,6 +104,16 @@ public class FlashAttentionTests
         AssertWithinScale(gDQkv.GetAsArray1D(), dQkv, 3e-2, "dQKV");
     }
 
+    [Test]
+    public void GpuGptWithFlashAttentionAndBFloat16OperandsMatchesTheCpuModelOnCuda()
+    {
+        var accelerator = GpuBackend.Get("cuda");
+        var report = new DistAlign.GpuCheck.Report(TextWriter.Null);
+        new DistAlign.GpuCheck.GptChecks(accelerator, report).CompareFlashWithTheCpuModel();
+        Assert.That(report.Checks, Is.Not.Empty);
+        Assert.That(report.Checks.Where(c => !c.Passed).Select(c => $"{c.Name}: {c.Error ?? $"worst err/tol {c.WorstToTolerance:F3}"}"), Is.Empty);
+    }
+
     private static void AssertWithinScale(float[] actual, float[] expected, double fraction, string what)
     {
         double scale = Math.Max(expected.Max(x => Math.Abs((double)x)), 1e-30), worst = 0;

@@ -16,7 +16,7 @@ internal sealed class GptChecks(Accelerator accelerator, Report report)
 
     public void CompareWithTheCpuModel()
     {
-        try { Compare(new GptConfig(Layers: 2, Heads: 2, Channels: 12, VocabSize: 37, MaxSequenceLength: 16), length: 9, flash: false); }
+        try { Compare(new GptConfig(Layers: 2, Heads: 2, Channels: 12, VocabSize: 37, MaxSequenceLength: 16), length: 9, flash: false, GemmPrecision.Float32); }
         catch (Exception e) { report.Add(new CheckResult("GpuGpt vs CPU Gpt", 0, double.NaN, double.NaN, "", $"{e.GetType().Name}: {e.Message}")); }
     }
 
@@ -26,11 +26,17 @@ internal sealed class GptChecks(Accelerator accelerator, Report report)
     /// </summary>
     public void CompareFlashWithTheCpuModel()
     {
-        try { Compare(new GptConfig(Layers: 2, Heads: 2, Channels: 128, VocabSize: 37, MaxSequenceLength: 80), length: 75, flash: true); }
+        var config = new GptConfig(Layers: 2, Heads: 2, Channels: 128, VocabSize: 37, MaxSequenceLength: 80);
+        try { Compare(config, length: 75, flash: true, GemmPrecision.Float32); }
         catch (Exception e) { report.Add(new CheckResult("GpuGpt (flash attention) vs CPU Gpt", 0, double.NaN, double.NaN, "", $"{e.GetType().Name}: {e.Message}")); }
+        // Mixed precision, as the GPT-2 step benchmark runs: bf16 operands for every GEMM (weights mirrored, activations rounded).
+        try { Compare(config, length: 75, flash: true, GemmPrecision.BFloat16); }
+        catch (Exception e) { report.Add(new CheckResult("GpuGpt (flash attention, bf16 GEMMs) vs CPU Gpt", 0, double.NaN, double.NaN, "", $"{e.GetType().Name}: {e.Message}")); }
+        try { Compare(new GptConfig(Layers: 2, Heads: 2, Channels: 12, VocabSize: 37, MaxSequenceLength: 16), length: 9, flash: false, GemmPrecision.BFloat16); }
+        catch (Exception e) { report.Add(new CheckResult("GpuGpt (bf16 GEMMs, odd shapes) vs CPU Gpt", 0, double.NaN, double.NaN, "", $"{e.GetType().Name}: {e.Message}")); }
     }
 
-    private void Compare(GptConfig config, int length, bool flash)
+    private void Compare(GptConfig config, int length, bool flash, GemmPrecision precision)
     {
         var batch = new GptBatch(2, length);
         var random = new Random(7);
@@ -53,7 +59,7 @@ internal sealed class GptChecks(Accelerator accelerator, Report report)
         var dLogProbs = KernelChecks.RandomFloats(batch.TokenCount, 13);
         for (int i = 0; i < batch.TokenCount; i++) if (batch.Targets[i] < 0) dLogProbs[i] = 0f;
 
-        var gemm = GpuContext.CreateGemm(accelerator);
+        var gemm = GpuContext.CreateGemm(accelerator, precision);
         using var gemmOwner = gemm as IDisposable;
         using var flashAttention = flash ? new NvrtcFlashAttention((ILGPU.Runtime.Cuda.CudaAccelerator)accelerator, NvrtcKernelCache.CreateDefault()) : null;
         using var gpu = new GpuGpt(accelerator, config, gemm, flashAttention);
@@ -64,15 +70,16 @@ internal sealed class GptChecks(Accelerator accelerator, Report report)
         gpu.ForwardBackward(batch, dLogProbs, gpuLogProbs);
         using var fromGpu = new Gpt(config);
         gpu.Download(fromGpu);
-        if (!flash)
+        if (!flash && precision == GemmPrecision.Float32)
         {
             report.Compare("GpuGpt log-probs vs CPU Gpt", gpuLogProbs, cpuLogProbs, AbsoluteTolerance, RelativeTolerance);
             report.Compare("GpuGpt all gradients vs CPU Gpt", fromGpu.Gradients, cpu.Gradients, AbsoluteTolerance, RelativeTolerance);
             return;
         }
-        report.CompareToScale($"GpuGpt (flash attention) log-probs vs CPU Gpt, T {length}", gpuLogProbs, cpuLogProbs, 2e-2);
+        string what = $"GpuGpt ({(flash ? "flash attention" : "materialized attention")}, {precision} GEMMs{(gpu.UsesBFloat16Operands ? " on bf16 operands" : "")}) C{config.Channels}";
+        report.CompareToScale($"{what} log-probs vs CPU Gpt, T {length}", gpuLogProbs, cpuLogProbs, 2e-2);
         foreach (var tensor in cpu.Layout.Tensors)
-            report.CompareToScale($"GpuGpt (flash attention) ∂{tensor.Name} vs CPU Gpt", fromGpu.Gradients.Slice((int)tensor.Offset, (int)tensor.Length),
+            report.CompareToScale($"{what} ∂{tensor.Name} vs CPU Gpt", fromGpu.Gradients.Slice((int)tensor.Offset, (int)tensor.Length),
                                   cpu.Gradients.Slice((int)tensor.Offset, (int)tensor.Length), 3e-2);
     }
 

@@ -102,12 +102,22 @@ public sealed class CublasGemm : IGemm, IDisposable
     /// Row-major C (fp32) = α·op(A)·op(B) + β·C with A and B stored as bf16 bits: tensor-core products,
     /// fp32 accumulation (CUBLAS_COMPUTE_32F). The mixed-precision GEMM.
     /// </summary>
+    /// <remarks>With a <paramref name="bias"/> (n values, fp32): one cuBLASLt call with the BIAS epilogue
+    /// (bf16 A and B, fp32 C, D and bias, CUBLAS_COMPUTE_32F).</remarks>
     public void MultiplyBFloat16(bool transposeA, bool transposeB, int m, int n, int k, float alpha,
                                  ArrayView<ushort> a, int lda, ArrayView<ushort> b, int ldb,
-                                 float beta, ArrayView<float> c, int ldc)
+                                 float beta, ArrayView<float> c, int ldc, ArrayView<float> bias = default)
     {
+        if (bias.Length != 0) GpuLaunch.CheckLength(bias.Length, n, nameof(bias), "empty or [n]");
         if (!Validate(transposeA, transposeB, m, n, k, a.Length, lda, 0, b.Length, ldb, 0, c.Length, ldc, 0, 1)) return;
         var call = CublasGemmCall.FromRowMajor(transposeA, transposeB, m, n, k, lda, ldb, ldc);
+        if (bias.Length != 0)
+        {
+            CublasLt.Matmul(_lt, call.TransA, call.TransB, call.M, call.N, call.K, alpha, Address(b), call.Lda, Address(a), call.Ldb, beta,
+                            Address(c), call.Ldc, CudaDataType.BFloat16, CublasComputeType.Float32, CublasLtEpilogue.Bias, Address(bias),
+                            Address<byte>(_workspace.View), WorkspaceBytes, Stream);
+            return;
+        }
         Cublas.GemmEx(_handle, call.TransA, call.TransB, call.M, call.N, call.K, alpha, Address(b), CudaDataType.BFloat16, call.Lda,
                       Address(a), CudaDataType.BFloat16, call.Ldb, beta, Address(c), CudaDataType.Float32, call.Ldc, CublasComputeType.Float32);
     }

@@ -35,6 +35,12 @@ public sealed class GpuGpt : IDisposable
     private readonly GpuAdamW adamW;
     private readonly GpuGradientNorm gradientNorm;
     private readonly NvrtcFlashAttention? flashAttention;
+    // Mixed precision (a CublasGemm with GemmPrecision.BFloat16): the linear layers multiply bf16 operands (a bf16
+    // mirror of the parameters, refreshed at every forward; bf16 copies of each layer's GEMM inputs, kept for the
+    // backward's dW; dy rounded once per layer) with fp32 accumulation, fp32 outputs and fp32 master weights.
+    private readonly CublasGemm? bf16Gemm;
+    private readonly GpuBFloat16? bf16;
+    private readonly MemoryBuffer1D<ushort, Stride1D.Dense>? parametersBf16;
     private readonly MemoryBuffer1D<float, Stride1D.Dense> parameters, gradients, adamM, adamV;
     private readonly MemoryBuffer1D<double, Stride1D.Dense> normPartials, normTotal;
     private readonly MemoryBuffer1D<float, Stride1D.Dense> clipScale;
@@ -45,6 +51,9 @@ public sealed class GpuGpt : IDisposable
 
     /// <summary>Whether attention runs as <see cref="NvrtcFlashAttention"/> (else the materialised-scores path).</summary>
     public bool UsesFlashAttention => flashAttention is not null;
+
+    /// <summary>Whether the linear layers multiply bf16 copies of weights and activations (a cuBLAS GEMM at <see cref="GemmPrecision.BFloat16"/>).</summary>
+    public bool UsesBFloat16Operands => bf16Gemm is not null;
 
     /// <summary>
     /// When set, the wall time of each kind of op (the names of <see cref="Gpt.Profile"/>) is charged to it.
@@ -69,6 +78,12 @@ public sealed class GpuGpt : IDisposable
         this.gemm = gemm;
         Config = config.Validate();
         this.flashAttention = flashAttention is not null && NvrtcFlashAttention.Supports(config.Channels, config.Heads) ? flashAttention : null;
+        if (gemm is CublasGemm { Precision: GemmPrecision.BFloat16 } cublas)
+        {
+            bf16Gemm = cublas;
+            bf16 = new GpuBFloat16(accelerator);
+            parametersBf16 = accelerator.Allocate1D<ushort>(ParameterLayout.For(config).TotalElements);
+        }
         Layout = ParameterLayout.For(config);
         layerNorm = new GpuLayerNorm(accelerator);
         attention = new GpuAttention(accelerator);
@@ -237,6 +252,7 @@ public sealed class GpuGpt : IDisposable
         int n = batch.TokenCount, c = Config.Channels;
         var encoded = s["encoded"];
         Profile?.Restart();
+        if (bf16 is not null) bf16.ToBFloat16(parameters.View, parametersBf16!.View);   // the weights as the GEMMs will see them
         embedding.Forward(s.Tokens, s.Positions, Wte(parameters), Slice(parameters, Layout.Wpe, (long)Config.MaxSequenceLength * c), c, encoded);
         Lap("embedding fwd");
         var x = encoded;
@@ -256,24 +272,24 @@ public sealed class GpuGpt : IDisposable
 
             layerNorm.Forward(x, P(o.Ln1Weight, c), P(o.Ln1Bias, c), ln1, s[a + "ln1_mean"], s[a + "ln1_rstd"]);
             Lap("layernorm fwd");
-            LinearForward(ln1, P(o.AttnWeight, c * 3L * c), P(o.AttnBias, 3 * c), qkv, n, c, 3 * c);
+            LinearForward(s, a + "ln1", ln1, o.AttnWeight, P(o.AttnBias, 3 * c), qkv, n, c, 3 * c);
             Lap("matmul fwd");
             if (flashAttention is not null)
                 flashAttention.Forward(qkv, s.Segments, batch.Rows, batch.Length, Config.Heads, atty, s.AttentionLogSumExp(l));
             else
                 AttentionForward(batch, s, qkv, s[a + "att"], atty);
             Lap("attention fwd");
-            LinearForward(atty, P(o.AttnProjWeight, (long)c * c), P(o.AttnProjBias, c), projection, n, c, c);
+            LinearForward(s, a + "atty", atty, o.AttnProjWeight, P(o.AttnProjBias, c), projection, n, c, c);
             Lap("matmul fwd");
             residual.Forward(x, projection, residual2);
             Lap("residual fwd");
             layerNorm.Forward(residual2, P(o.Ln2Weight, c), P(o.Ln2Bias, c), ln2, s[a + "ln2_mean"], s[a + "ln2_rstd"]);
             Lap("layernorm fwd");
-            LinearForward(ln2, P(o.FcWeight, c * 4L * c), P(o.FcBias, 4 * c), fch, n, c, 4 * c);
+            LinearForward(s, a + "ln2", ln2, o.FcWeight, P(o.FcBias, 4 * c), fch, n, c, 4 * c);
             Lap("matmul fwd");
             gelu.Forward(fch, fchGelu);
             Lap("gelu fwd");
-            LinearForward(fchGelu, P(o.FcProjWeight, 4L * c * c), P(o.FcProjBias, c), projection, n, 4 * c, c);
+            LinearForward(s, a + "fch_gelu", fchGelu, o.FcProjWeight, P(o.FcProjBias, c), projection, n, 4 * c, c);
             Lap("matmul fwd");
             residual.Forward(residual2, projection, residual3);
             Lap("residual fwd");
@@ -310,20 +326,20 @@ public sealed class GpuGpt : IDisposable
             var x = l == 0 ? s["encoded"] : s[$"h.{l - 1}.residual3"];
 
             dFchGelu.MemSetToZero();
-            LinearBackward(dResidual, s[a + "fch_gelu"], P(o.FcProjWeight, 4L * c * c), dFchGelu, G(o.FcProjWeight, 4L * c * c), G(o.FcProjBias, c), n, 4 * c, c);
+            LinearBackward(s, dResidual, a + "fch_gelu", o.FcProjWeight, dFchGelu, G(o.FcProjBias, c), n, 4 * c, c);
             Lap("matmul bwd");
             dFch.MemSetToZero();
             gelu.Backward(dFchGelu, s[a + "fch"], dFch);
             Lap("gelu bwd");
             dLn.MemSetToZero();
-            LinearBackward(dFch, s[a + "ln2"], P(o.FcWeight, c * 4L * c), dLn, G(o.FcWeight, c * 4L * c), G(o.FcBias, 4 * c), n, c, 4 * c);
+            LinearBackward(s, dFch, a + "ln2", o.FcWeight, dLn, G(o.FcBias, 4 * c), n, c, 4 * c);
             Lap("matmul bwd");
             layerNorm.Backward(dLn, s[a + "residual2"], P(o.Ln2Weight, c), s[a + "ln2_mean"], s[a + "ln2_rstd"],
                                dResidual, G(o.Ln2Weight, c), G(o.Ln2Bias, c));
             Lap("layernorm bwd");
 
             dAtty.MemSetToZero();
-            LinearBackward(dResidual, s[a + "atty"], P(o.AttnProjWeight, (long)c * c), dAtty, G(o.AttnProjWeight, (long)c * c), G(o.AttnProjBias, c), n, c, c);
+            LinearBackward(s, dResidual, a + "atty", o.AttnProjWeight, dAtty, G(o.AttnProjBias, c), n, c, c);
             Lap("matmul bwd");
             dQkv.MemSetToZero();
             if (flashAttention is not null)
@@ -333,7 +349,7 @@ public sealed class GpuGpt : IDisposable
                 AttentionBackward(batch, s, dAtty, s[a + "qkv"], s[a + "att"], dQkv);
             Lap("attention bwd");
             dLn.MemSetToZero();
-            LinearBackward(dQkv, s[a + "ln1"], P(o.AttnWeight, c * 3L * c), dLn, G(o.AttnWeight, c * 3L * c), G(o.AttnBias, 3 * c), n, c, 3 * c);
+            LinearBackward(s, dQkv, a + "ln1", o.AttnWeight, dLn, G(o.AttnBias, 3 * c), n, c, 3 * c);
             Lap("matmul bwd");
             layerNorm.Backward(dLn, x, P(o.Ln1Weight, c), s[a + "ln1_mean"], s[a + "ln1_rstd"],
                                dResidual, G(o.Ln1Weight, c), G(o.Ln1Bias, c));
@@ -344,17 +360,41 @@ public sealed class GpuGpt : IDisposable
         Lap("embedding bwd");
     }
 
-    // y[N, out] = x[N, in]·W[in, out] + b
-    private void LinearForward(ArrayView<float> input, ArrayView<float> weight, ArrayView<float> bias, ArrayView<float> output,
-                               int rows, int inDim, int outDim) =>
-        gemm.Multiply(false, false, rows, outDim, inDim, 1f, input, inDim, weight, outDim, 0f, output, outDim, bias);
-
-    // dx += dy·Wᵀ;  dW += xᵀ·dy;  db += Σ_rows dy (column sums)
-    private void LinearBackward(ArrayView<float> dOutput, ArrayView<float> input, ArrayView<float> weight,
-                                ArrayView<float> dInput, ArrayView<float> dWeight, ArrayView<float> dBias, int rows, int inDim, int outDim)
+    // y[N, out] = x[N, in]·W[in, out] + b, W the parameter at weightOffset. Mixed precision: x is rounded to bf16 into
+    // the saved copy of activation `inputName` (the backward's dW reads it) and multiplied with W's bf16 mirror.
+    private void LinearForward(ShapeBuffers s, string inputName, ArrayView<float> input, long weightOffset, ArrayView<float> bias,
+                               ArrayView<float> output, int rows, int inDim, int outDim)
     {
-        gemm.Multiply(false, true, rows, inDim, outDim, 1f, dOutput, outDim, weight, outDim, 1f, dInput, inDim);
-        gemm.Multiply(true, false, inDim, outDim, rows, 1f, input, inDim, dOutput, outDim, 1f, dWeight, outDim);
+        if (bf16Gemm is null)
+        {
+            gemm.Multiply(false, false, rows, outDim, inDim, 1f, input, inDim, P(weightOffset, (long)inDim * outDim), outDim, 0f, output, outDim, bias);
+            return;
+        }
+        var inputBf16 = s.BFloat16(inputName);
+        bf16!.ToBFloat16(input, inputBf16);
+        bf16Gemm.MultiplyBFloat16(false, false, rows, outDim, inDim, 1f, inputBf16, inDim, PB(weightOffset, (long)inDim * outDim), outDim,
+                                  0f, output, outDim, bias);
+    }
+
+    // dx += dy·Wᵀ;  dW += xᵀ·dy;  db += Σ_rows dy (column sums). x is the forward's activation `inputName`.
+    // Mixed precision: dy rounded to bf16 once (scratch "dy"), then both GEMMs on bf16 operands (x from its forward copy).
+    private void LinearBackward(ShapeBuffers s, ArrayView<float> dOutput, string inputName, long weightOffset,
+                                ArrayView<float> dInput, ArrayView<float> dBias, int rows, int inDim, int outDim)
+    {
+        long weightLength = (long)inDim * outDim;
+        if (bf16Gemm is null)
+        {
+            gemm.Multiply(false, true, rows, inDim, outDim, 1f, dOutput, outDim, P(weightOffset, weightLength), outDim, 1f, dInput, inDim);
+            gemm.Multiply(true, false, inDim, outDim, rows, 1f, s[inputName], inDim, dOutput, outDim, 1f, G(weightOffset, weightLength), outDim);
+        }
+        else
+        {
+            var dOutputBf16 = s.BFloat16("dy").SubView(0, (long)rows * outDim);
+            bf16!.ToBFloat16(dOutput.SubView(0, (long)rows * outDim), dOutputBf16);
+            bf16Gemm.MultiplyBFloat16(false, true, rows, inDim, outDim, 1f, dOutputBf16, outDim, PB(weightOffset, weightLength), outDim, 1f, dInput, inDim);
+            bf16Gemm.MultiplyBFloat16(true, false, inDim, outDim, rows, 1f, s.BFloat16(inputName), inDim, dOutputBf16, outDim,
+                                      1f, G(weightOffset, weightLength), outDim);
+        }
         columnSum.Sum(dOutput.SubView(0, (long)rows * outDim), dBias);
     }
 
@@ -409,6 +449,7 @@ public sealed class GpuGpt : IDisposable
 
     private ArrayView<float> P(long offset, long length) => Slice(parameters, offset, length);
     private ArrayView<float> G(long offset, long length) => Slice(gradients, offset, length);
+    private ArrayView<ushort> PB(long offset, long length) => parametersBf16!.View.SubView(offset, length);
     private ArrayView<float> Wte(MemoryBuffer1D<float, Stride1D.Dense> buffer) => Slice(buffer, Layout.Wte, (long)Config.VocabSize * Config.Channels);
     private static ArrayView<float> All(MemoryBuffer1D<float, Stride1D.Dense> buffer) => buffer.View;
     private static ArrayView<float> Slice(MemoryBuffer1D<float, Stride1D.Dense> buffer, long offset, long length) => buffer.View.SubView(offset, length);
@@ -422,7 +463,8 @@ public sealed class GpuGpt : IDisposable
         {
             shape?.Dispose();
             shape = null;
-            shape = new ShapeBuffers(accelerator, Config, batch.Rows, batch.Length, attentionScores: flashAttention is null);
+            shape = new ShapeBuffers(accelerator, Config, batch.Rows, batch.Length, attentionScores: flashAttention is null,
+                                     bf16Copies: bf16Gemm is not null);
         }
         shape.Tokens.CopyFromCPU(batch.Tokens);
         shape.Positions.CopyFromCPU(batch.Positions);
@@ -456,7 +498,9 @@ public sealed class GpuGpt : IDisposable
         private readonly int heads;
 
         /// <param name="attentionScores">false with flash attention: no [B, NH, T, T] probabilities or their gradient</param>
-        public ShapeBuffers(Accelerator accelerator, GptConfig config, int rows, int length, bool attentionScores)
+        /// <param name="bf16Copies">mixed precision: also bf16 copies of each layer's GEMM inputs (ln1, atty, ln2, fch_gelu)
+        /// and a bf16 scratch "dy" for the backward's output gradients</param>
+        public ShapeBuffers(Accelerator accelerator, GptConfig config, int rows, int length, bool attentionScores, bool bf16Copies)
         {
             heads = config.Heads;
             Rows = rows;
@@ -479,9 +523,31 @@ public sealed class GpuGpt : IDisposable
             Segments = ids.View.SubView(2 * n, n);
             Targets = ids.View.SubView(3 * n, n);
             logitsScratch = accelerator.Allocate1D<float>(GpuSequenceLogProbs.ScratchLength((int)n, config.VocabSize));
+            if (bf16Copies)
+            {
+                long c = config.Channels, at = 0;
+                var sizes = new List<(string Name, long Length)>();
+                for (int l = 0; l < config.Layers; l++)
+                    sizes.AddRange([($"h.{l}.ln1", n * c), ($"h.{l}.atty", n * c), ($"h.{l}.ln2", n * c), ($"h.{l}.fch_gelu", n * 4 * c)]);
+                sizes.Add(("dy", n * 4 * c));
+                halves = accelerator.Allocate1D<ushort>(sizes.Sum(x => RoundUp(x.Length)));
+                foreach (var (name, count) in sizes)
+                {
+                    halfViews[name] = halves.View.SubView(at, count);
+                    at += RoundUp(count);   // every copy starts 16-byte aligned, as cuBLAS's fastest kernels want
+                }
+            }
         }
 
+        private static long RoundUp(long elements) => (elements + 7) / 8 * 8;
+
+        private readonly MemoryBuffer1D<ushort, Stride1D.Dense>? halves;
+        private readonly Dictionary<string, ArrayView<ushort>> halfViews = new();
+
         public ArrayView<float> this[string name] => views[name];
+
+        /// <summary>The bf16 copy of activation <paramref name="name"/> (mixed precision), or the "dy" scratch.</summary>
+        public ArrayView<ushort> BFloat16(string name) => halfViews[name];
 
         /// <summary>Layer <paramref name="layer"/>'s attention log-sum-exp [B, NH, T] (flash attention).</summary>
         public ArrayView<float> AttentionLogSumExp(int layer)
@@ -495,12 +561,14 @@ public sealed class GpuGpt : IDisposable
             floats.Dispose();
             ids.Dispose();
             logitsScratch.Dispose();
+            halves?.Dispose();
         }
     }
 
     public void Dispose()
     {
         shape?.Dispose();
+        parametersBf16?.Dispose();
         layerNorm.Dispose();
         embedding.Dispose();
         columnSum.Dispose();
