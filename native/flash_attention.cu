@@ -9,9 +9,8 @@
 //               dq += scale·dS·k,  dk += scale·dSᵀ·q,  dv += Pᵀ·dout
 //
 // First, distalign_flash_attention_convert copies q, k, v (and for the backward, dout) once into bf16 scratch
-// tensors per head, zero-padded to Tp = T rounded up to 64 rows: "rows" [B, NH, Tp, 64] and, where a product needs
-// the other operand order, "transposed" [B, NH, 64, Tp]. Every tile the attention kernels read is then 64 runs of
-// 128 contiguous bytes, copied into shared memory with 16-byte loads and no bounds checks.
+// tensors per head [B, NH, Tp, 64], zero-padded to Tp = T rounded up to 64 rows. Every tile the attention kernels
+// read is then 8 KB of contiguous memory, copied into shared memory with 16-byte loads and no bounds checks.
 //
 // The scores never reach memory: each block streams 64-key (or 64-query) tiles through shared memory and
 // keeps a running max and sum per query row (the online softmax), as FlashAttention-2 does. The forward saves
@@ -27,6 +26,7 @@
 //
 // Launch (all kernels): block = 128 threads (4 warps, each owning 16 rows of a 64-row tile);
 //   convert, forward, backward_kv, backward_q: grid = (Tp / 64, NH, B);   backward_delta: grid = (ceil(T·NH / 4), B).
+// Shared-memory rows are 72 bf16 (144 bytes) apart, so the 8 row addresses of one ldmatrix hit 8 distinct 4-bank groups.
 // Requires hs = 64 and C = NH·64. Compiled at run time by NVRTC for sm_80 or newer (mma.sync with bf16).
 // Self-contained: no CUDA headers (bf16 values are handled as bit patterns).
 //
@@ -36,8 +36,9 @@
 //   B 16×8  (k × n):      b[0] = B[2t..2t+1][g]  b[1] = B[2t+8..2t+9][g]
 //   C 16×8  (fp32):       c[0..1] = C[g][2t..2t+1]  c[2..3] = C[g+8][2t..2t+1]
 // So the fp32 accumulator of an S tile (16 rows × 8 columns, n-tiles 2k and 2k+1) is, element for element, the
-// A fragment of P for k-step k: P·V needs no shuffles. B operands are read from shared memory as 32-bit pairs,
-// which is why a tile is taken from the transposed copy where the product needs [dim][row].
+// A fragment of P for k-step k: P·V needs no shuffles. A B operand whose k index runs along a tile's rows (v in P·v,
+// dout in Pᵀ·dout, q in dSᵀ·q, k in dS·k) is read with ldmatrix.trans, which transposes 8×8 blocks on the way
+// from shared memory into the fragment; the others are 32-bit pairs of one row.
 
 typedef unsigned short bf16_bits;
 
@@ -72,6 +73,23 @@ __device__ __forceinline__ void fa_mma(float d[4], const unsigned int a[4], cons
 #endif
 }
 
+// B fragments of two adjacent n-tiles (columns col .. col + 15) for a k-step over tile rows row0 .. row0 + 15 of a
+// row-major shared tile (B[k][n] = tile[row0 + k][col + n]): ldmatrix.x4.trans, lane l giving the address of row
+// row0 + (l mod 16), column col + 8·(l div 16). b[0], b[1]: n-tile at col; b[2], b[3]: n-tile at col + 8.
+__device__ __forceinline__ void fa_load_b_transposed(unsigned int b[4], bf16_bits (*tile)[FA_PAD], int row0, int col, int lane)
+{
+    const bf16_bits* row = &tile[row0 + (lane & 15)][col + 8 * (lane >> 4)];
+#ifdef DISTALIGN_HOST_EMULATION
+    emulated_ldmatrix_x4_trans(b, row);
+#else
+    unsigned int address;
+    asm volatile("{ .reg .u64 generic; mov.u64 generic, %1; cvta.to.shared.u64 generic, generic; cvt.u32.u64 %0, generic; }"
+                 : "=r"(address) : "l"(row));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(b[0]), "=r"(b[1]), "=r"(b[2]), "=r"(b[3]) : "r"(address));
+#endif
+}
+
 // The A fragment of rows row0 + g and row0 + g + 8, columns col0 .. col0 + 15, of a bf16 [rows][64] tensor.
 __device__ __forceinline__ void fa_load_a(unsigned int a[4], const bf16_bits* m, int row0, int col0, int g, int t)
 {
@@ -99,38 +117,34 @@ __device__ __forceinline__ bool fa_visible(int i, int j, int has_segments, int s
     return j <= i && (!has_segments || segment_i == segment_j);
 }
 
-// One 64-row tile of one head of a row-major fp32 [B, T, stride] tensor (columns col0 + h·64 ..) as bf16:
-// rows_out [B, NH, Tp, 64] and/or transposed_out [B, NH, 64, Tp] (either may be null); rows ≥ T are zero.
+// One 64-row tile of one head of a row-major fp32 [B, T, stride] tensor (columns col0 + h·64 ..) as bf16 into
+// rows_out [B, NH, Tp, 64]; rows ≥ T are zero.
 extern "C" __global__ void __launch_bounds__(FA_THREADS)
 distalign_flash_attention_convert(const float* __restrict__ source, long stride, int col0, int T, int Tp, int NH,
-                                  bf16_bits* __restrict__ rows_out, bf16_bits* __restrict__ transposed_out)
+                                  bf16_bits* __restrict__ rows_out)
 {
-    __shared__ bf16_bits tile[FA_TILE][FA_TILE + 2];   // odd word stride: the column reads below hit 32 banks
     const int t0 = blockIdx.x * FA_TILE, h = blockIdx.y, b = blockIdx.z;
     const long head = (long)b * NH + h;
-    for (int i = threadIdx.x; i < FA_TILE * FA_HEAD; i += FA_THREADS)
+    for (int i = threadIdx.x; i < FA_TILE * FA_HEAD / 2; i += FA_THREADS)
     {
-        int r = i / FA_HEAD, c = i % FA_HEAD, t = t0 + r;
-        bf16_bits bits = (bf16_bits)(t < T ? fa_bf16(source[((long)b * T + t) * stride + col0 + h * FA_HEAD + c]) : 0u);
-        tile[r][c] = bits;
-        if (rows_out) rows_out[(head * Tp + t) * FA_HEAD + c] = bits;
-    }
-    if (!transposed_out) return;
-    __syncthreads();
-    for (int i = threadIdx.x; i < FA_TILE * FA_HEAD; i += FA_THREADS)
-    {
-        int d = i / FA_TILE, r = i % FA_TILE;
-        transposed_out[(head * FA_HEAD + d) * Tp + t0 + r] = tile[r][d];
+        int r = i / (FA_HEAD / 2), c = 2 * (i % (FA_HEAD / 2)), t = t0 + r;
+        unsigned int pair = 0u;
+        if (t < T)
+        {
+            const float* x = source + ((long)b * T + t) * stride + col0 + h * FA_HEAD + c;
+            pair = fa_pack(x[0], x[1]);
+        }
+        *reinterpret_cast<unsigned int*>(rows_out + (head * Tp + t) * FA_HEAD + c) = pair;
     }
 }
 
 extern "C" __global__ void __launch_bounds__(FA_THREADS)
 distalign_flash_attention_forward(const bf16_bits* __restrict__ q_rows, const bf16_bits* __restrict__ k_rows,
-                                  const bf16_bits* __restrict__ v_transposed, const int* __restrict__ segments, int has_segments,
+                                  const bf16_bits* __restrict__ v_rows, const int* __restrict__ segments, int has_segments,
                                   int T, int Tp, int C, int NH, float scale, float* __restrict__ out, float* __restrict__ lse)
 {
     __shared__ bf16_bits keys[FA_TILE][FA_PAD];      // k tile, [key][dim]
-    __shared__ bf16_bits values_t[FA_HEAD][FA_PAD];  // v tile transposed, [dim][key]
+    __shared__ bf16_bits values[FA_TILE][FA_PAD];    // v tile, [key][dim]
     __shared__ int key_segment[FA_TILE];
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
@@ -160,7 +174,7 @@ distalign_flash_attention_forward(const bf16_bits* __restrict__ q_rows, const bf
     {
         __syncthreads();   // the previous tile is no longer read
         fa_copy_tile(k_rows + (head * Tp + k0) * FA_HEAD, FA_HEAD, keys);
-        fa_copy_tile(v_transposed + head * FA_HEAD * Tp + k0, Tp, values_t);
+        fa_copy_tile(v_rows + (head * Tp + k0) * FA_HEAD, FA_HEAD, values);
         if (threadIdx.x < FA_TILE) key_segment[threadIdx.x] = has_segments && k0 + (int)threadIdx.x < T ? row_segments[k0 + threadIdx.x] : 0;
         __syncthreads();
         if (k0 > q0 + 15) continue;   // every key of the tile is after every query of this warp (warp-uniform)
@@ -224,10 +238,12 @@ distalign_flash_attention_forward(const bf16_bits* __restrict__ q_rows, const bf
             unsigned int p[4] = { fa_pack(s[2 * kk][0], s[2 * kk][1]), fa_pack(s[2 * kk][2], s[2 * kk][3]),
                                   fa_pack(s[2 * kk + 1][0], s[2 * kk + 1][1]), fa_pack(s[2 * kk + 1][2], s[2 * kk + 1][3]) };
 #pragma unroll
-            for (int j = 0; j < 8; j++)
+            for (int j = 0; j < 8; j += 2)
             {
-                unsigned int vb[2] = { fa_pair(&values_t[8 * j + g][16 * kk + 2 * t]), fa_pair(&values_t[8 * j + g][16 * kk + 8 + 2 * t]) };
+                unsigned int vb[4];
+                fa_load_b_transposed(vb, values, 16 * kk, 8 * j, lane);
                 fa_mma(o[j], p, vb);
+                fa_mma(o[j + 1], p, vb + 2);
             }
         }
     }
@@ -272,16 +288,13 @@ distalign_flash_attention_backward_delta(const float* __restrict__ dout, const f
 // dk, dv for one 64-key tile: loops over the query tiles that can see it (query ≥ key). The bf16 inputs are
 // q, k, v and dout from distalign_flash_attention_convert; dqkv [B, T, 3C] is accumulated (k at C + h·64, v at 2C + h·64).
 extern "C" __global__ void __launch_bounds__(FA_THREADS)
-distalign_flash_attention_backward_kv(const bf16_bits* __restrict__ q_rows, const bf16_bits* __restrict__ q_transposed,
-                                      const bf16_bits* __restrict__ k_rows, const bf16_bits* __restrict__ v_rows,
-                                      const bf16_bits* __restrict__ dout_rows, const bf16_bits* __restrict__ dout_transposed,
+distalign_flash_attention_backward_kv(const bf16_bits* __restrict__ q_rows, const bf16_bits* __restrict__ k_rows,
+                                      const bf16_bits* __restrict__ v_rows, const bf16_bits* __restrict__ dout_rows,
                                       const int* __restrict__ segments, int has_segments, const float* __restrict__ lse,
                                       const float* __restrict__ delta, int T, int Tp, int C, int NH, float scale, float* __restrict__ dqkv)
 {
     __shared__ bf16_bits queries[FA_TILE][FA_PAD];     // [query][dim]
-    __shared__ bf16_bits queries_t[FA_HEAD][FA_PAD];   // [dim][query]
     __shared__ bf16_bits douts[FA_TILE][FA_PAD];       // [query][dim]
-    __shared__ bf16_bits douts_t[FA_HEAD][FA_PAD];     // [dim][query]
     __shared__ float query_lse[FA_TILE], query_delta[FA_TILE];
     __shared__ int query_segment[FA_TILE];
 
@@ -316,9 +329,7 @@ distalign_flash_attention_backward_kv(const bf16_bits* __restrict__ q_rows, cons
     {
         __syncthreads();
         fa_copy_tile(q_rows + (head * Tp + q_tile) * FA_HEAD, FA_HEAD, queries);
-        fa_copy_tile(q_transposed + head * FA_HEAD * Tp + q_tile, Tp, queries_t);
         fa_copy_tile(dout_rows + (head * Tp + q_tile) * FA_HEAD, FA_HEAD, douts);
-        fa_copy_tile(dout_transposed + head * FA_HEAD * Tp + q_tile, Tp, douts_t);
         if (threadIdx.x < FA_TILE)
         {
             int i = q_tile + (int)threadIdx.x;
@@ -356,10 +367,12 @@ distalign_flash_attention_backward_kv(const bf16_bits* __restrict__ q_rows, cons
             unsigned int a[4] = { fa_pack(p[2 * kk][0], p[2 * kk][1]), fa_pack(p[2 * kk][2], p[2 * kk][3]),
                                   fa_pack(p[2 * kk + 1][0], p[2 * kk + 1][1]), fa_pack(p[2 * kk + 1][2], p[2 * kk + 1][3]) };
 #pragma unroll
-            for (int j = 0; j < 8; j++)
+            for (int j = 0; j < 8; j += 2)
             {
-                unsigned int db[2] = { fa_pair(&douts_t[8 * j + g][16 * kk + 2 * t]), fa_pair(&douts_t[8 * j + g][16 * kk + 8 + 2 * t]) };
+                unsigned int db[4];
+                fa_load_b_transposed(db, douts, 16 * kk, 8 * j, lane);
                 fa_mma(dv[j], a, db);
+                fa_mma(dv[j + 1], a, db + 2);
             }
         }
 
@@ -385,10 +398,12 @@ distalign_flash_attention_backward_kv(const bf16_bits* __restrict__ q_rows, cons
             unsigned int a[4] = { fa_pack(p[2 * kk][0], p[2 * kk][1]), fa_pack(p[2 * kk][2], p[2 * kk][3]),
                                   fa_pack(p[2 * kk + 1][0], p[2 * kk + 1][1]), fa_pack(p[2 * kk + 1][2], p[2 * kk + 1][3]) };
 #pragma unroll
-            for (int j = 0; j < 8; j++)
+            for (int j = 0; j < 8; j += 2)
             {
-                unsigned int qb[2] = { fa_pair(&queries_t[8 * j + g][16 * kk + 2 * t]), fa_pair(&queries_t[8 * j + g][16 * kk + 8 + 2 * t]) };
+                unsigned int qb[4];
+                fa_load_b_transposed(qb, queries, 16 * kk, 8 * j, lane);
                 fa_mma(dk[j], a, qb);
+                fa_mma(dk[j + 1], a, qb + 2);
             }
         }
     }
@@ -413,13 +428,12 @@ distalign_flash_attention_backward_kv(const bf16_bits* __restrict__ q_rows, cons
 // dq for one 64-query tile: loops over the key tiles it can see (key ≤ query); dqkv's q columns are accumulated.
 extern "C" __global__ void __launch_bounds__(FA_THREADS)
 distalign_flash_attention_backward_q(const bf16_bits* __restrict__ q_rows, const bf16_bits* __restrict__ k_rows,
-                                     const bf16_bits* __restrict__ k_transposed, const bf16_bits* __restrict__ v_rows,
+                                     const bf16_bits* __restrict__ v_rows,
                                      const bf16_bits* __restrict__ dout_rows, const int* __restrict__ segments, int has_segments,
                                      const float* __restrict__ lse, const float* __restrict__ delta, int T, int Tp, int C, int NH,
                                      float scale, float* __restrict__ dqkv)
 {
     __shared__ bf16_bits keys[FA_TILE][FA_PAD];     // [key][dim]
-    __shared__ bf16_bits keys_t[FA_HEAD][FA_PAD];   // [dim][key]
     __shared__ bf16_bits values[FA_TILE][FA_PAD];   // [key][dim]
     __shared__ int key_segment[FA_TILE];
 
@@ -456,7 +470,6 @@ distalign_flash_attention_backward_q(const bf16_bits* __restrict__ q_rows, const
     {
         __syncthreads();
         fa_copy_tile(k_rows + (head * Tp + k0) * FA_HEAD, FA_HEAD, keys);
-        fa_copy_tile(k_transposed + head * FA_HEAD * Tp + k0, Tp, keys_t);
         fa_copy_tile(v_rows + (head * Tp + k0) * FA_HEAD, FA_HEAD, values);
         if (threadIdx.x < FA_TILE) key_segment[threadIdx.x] = has_segments && k0 + (int)threadIdx.x < T ? row_segments[k0 + threadIdx.x] : 0;
         __syncthreads();
@@ -493,10 +506,12 @@ distalign_flash_attention_backward_q(const bf16_bits* __restrict__ q_rows, const
             unsigned int a[4] = { fa_pack(ds[2 * kk][0], ds[2 * kk][1]), fa_pack(ds[2 * kk][2], ds[2 * kk][3]),
                                   fa_pack(ds[2 * kk + 1][0], ds[2 * kk + 1][1]), fa_pack(ds[2 * kk + 1][2], ds[2 * kk + 1][3]) };
 #pragma unroll
-            for (int j = 0; j < 8; j++)
+            for (int j = 0; j < 8; j += 2)
             {
-                unsigned int kb[2] = { fa_pair(&keys_t[8 * j + g][16 * kk + 2 * t]), fa_pair(&keys_t[8 * j + g][16 * kk + 8 + 2 * t]) };
+                unsigned int kb[4];
+                fa_load_b_transposed(kb, keys, 16 * kk, 8 * j, lane);
                 fa_mma(dq[j], a, kb);
+                fa_mma(dq[j + 1], a, kb + 2);
             }
         }
     }

@@ -5,7 +5,8 @@
 // threads; warp shuffles and mma.sync are exchanges through per-warp slots between two barriers over the 32
 // threads of the warp, so they behave as the .sync instructions do when the whole warp takes part (the only
 // way the kernels use them). mma.m16n8k16 (bf16 inputs, fp32 accumulation) is computed from the fragments
-// the 32 lanes hold, with the layouts of the PTX ISA, so a kernel's fragment bookkeeping is checked exactly.
+// the 32 lanes hold, with the layouts of the PTX ISA, so a kernel's fragment bookkeeping is checked exactly;
+// ldmatrix.x4.trans likewise gathers from the 32 row addresses the lanes give.
 // It checks the kernel's arithmetic and indexing, not its speed, memory-model subtleties or register limits.
 #pragma once
 #define DISTALIGN_HOST_EMULATION 1
@@ -49,6 +50,7 @@ namespace cuda_emulator
         float values[32];
         unsigned int a[32][4];
         unsigned int b[32][2];
+        const unsigned short* rows[32];
     };
 
     struct Block
@@ -128,6 +130,23 @@ inline void emulated_mma_m16n8k16_bf16(float d[4], const unsigned int a[4], cons
         float sum = d[r];
         for (int k = 0; k < 16; k++) sum += element_a(row, k) * element_b(k, column);
         d[r] = sum;
+    }
+    warp.barrier.arrive_and_wait();
+}
+
+// ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16: lanes 8m .. 8m+7 give the addresses of rows 0..7 of 8×8 matrix m
+// (8 consecutive bf16 each); with .trans, lane 4g + t receives r[m] = (M_m[2t][g], M_m[2t+1][g]), low half first.
+inline void emulated_ldmatrix_x4_trans(unsigned int r[4], const unsigned short* row)
+{
+    auto& warp = cuda_emulator::my_warp();
+    unsigned int lane = threadIdx.x % 32;
+    warp.rows[lane] = row;
+    warp.barrier.arrive_and_wait();
+    unsigned int g = lane / 4, t = lane % 4;
+    for (int m = 0; m < 4; m++)
+    {
+        unsigned int low = warp.rows[8 * m + 2 * t][g], high = warp.rows[8 * m + 2 * t + 1][g];
+        r[m] = low | (high << 16);
     }
     warp.barrier.arrive_and_wait();
 }

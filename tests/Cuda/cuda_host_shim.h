@@ -29,3 +29,8 @@ inline float __logf(float x) { return std::log(x); }
 #undef INFINITY
 #undef NAN
 #undef HUGE_VALF
+// The emulation hooks of native/flash_attention.cu, declared so that its tensor-core helpers type-check here; the
+// inline PTX they replace is checked by NVRTC only.
+#define DISTALIGN_HOST_EMULATION 1
+void emulated_mma_m16n8k16_bf16(float d[4], const unsigned int a[4], const unsigned int b[2]);
+void emulated_ldmatrix_x4_trans(unsigned int r[4], const unsigned short* row);

@@ -56,35 +56,29 @@ namespace
         const int Tp = (T + FA_TILE - 1) / FA_TILE * FA_TILE;
         const unsigned int tiles = (unsigned int)(Tp / FA_TILE);
         const dim3 grid{ tiles, (unsigned int)NH, (unsigned int)B }, block{ FA_THREADS, 1, 1 };
-        // bf16 scratch as NvrtcFlashAttention lays it out: rows [B, NH, Tp, 64] and transposed [B, NH, 64, Tp] copies.
+        // bf16 scratch as NvrtcFlashAttention lays it out: q, k, v, dout per head, [B, NH, Tp, 64].
         const size_t head_elements = (size_t)B * NH * Tp * FA_HEAD;
-        std::vector<bf16_bits> q_rows(head_elements, 1), q_t(head_elements, 1), k_rows(head_elements, 1), k_t(head_elements, 1),
-                               v_rows(head_elements, 1), v_t(head_elements, 1), dout_rows(head_elements, 1), dout_t(head_elements, 1);
-        auto convert = [&](const float* source, long stride, int col0, bf16_bits* rows_out, bf16_bits* transposed_out) {
-            cuda_emulator::launch(grid, block, [&] {
-                distalign_flash_attention_convert(source, stride, col0, T, Tp, NH, rows_out, transposed_out);
-            });
+        std::vector<bf16_bits> q_rows(head_elements, 1), k_rows(head_elements, 1), v_rows(head_elements, 1), dout_rows(head_elements, 1);
+        auto convert = [&](const float* source, long stride, int col0, bf16_bits* rows_out) {
+            cuda_emulator::launch(grid, block, [&] { distalign_flash_attention_convert(source, stride, col0, T, Tp, NH, rows_out); });
         };
-        convert(qkv.data(), 3L * C, 0, q_rows.data(), nullptr);
-        convert(qkv.data(), 3L * C, C, k_rows.data(), nullptr);
-        convert(qkv.data(), 3L * C, 2 * C, nullptr, v_t.data());
+        convert(qkv.data(), 3L * C, 0, q_rows.data());
+        convert(qkv.data(), 3L * C, C, k_rows.data());
+        convert(qkv.data(), 3L * C, 2 * C, v_rows.data());
         cuda_emulator::launch(grid, block, [&] {
-            distalign_flash_attention_forward(q_rows.data(), k_rows.data(), v_t.data(), segments.data(), has_segments, T, Tp, C, NH, scale,
+            distalign_flash_attention_forward(q_rows.data(), k_rows.data(), v_rows.data(), segments.data(), has_segments, T, Tp, C, NH, scale,
                                               out.data(), lse.data());
         });
         cuda_emulator::launch(dim3{ (unsigned int)((T * NH + 3) / 4), (unsigned int)B, 1 }, block, [&] {
             distalign_flash_attention_backward_delta(dout.data(), out.data(), T, C, NH, delta.data());
         });
-        convert(qkv.data(), 3L * C, 0, q_rows.data(), q_t.data());
-        convert(qkv.data(), 3L * C, C, k_rows.data(), k_t.data());
-        convert(qkv.data(), 3L * C, 2 * C, v_rows.data(), nullptr);
-        convert(dout.data(), C, 0, dout_rows.data(), dout_t.data());
+        convert(dout.data(), C, 0, dout_rows.data());
         cuda_emulator::launch(grid, block, [&] {
-            distalign_flash_attention_backward_kv(q_rows.data(), q_t.data(), k_rows.data(), v_rows.data(), dout_rows.data(), dout_t.data(),
+            distalign_flash_attention_backward_kv(q_rows.data(), k_rows.data(), v_rows.data(), dout_rows.data(),
                                                   segments.data(), has_segments, lse.data(), delta.data(), T, Tp, C, NH, scale, dqkv.data());
         });
         cuda_emulator::launch(grid, block, [&] {
-            distalign_flash_attention_backward_q(q_rows.data(), k_rows.data(), k_t.data(), v_rows.data(), dout_rows.data(),
+            distalign_flash_attention_backward_q(q_rows.data(), k_rows.data(), v_rows.data(), dout_rows.data(),
                                                  segments.data(), has_segments, lse.data(), delta.data(), T, Tp, C, NH, scale, dqkv.data());
         });
 

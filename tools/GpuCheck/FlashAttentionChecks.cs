@@ -35,6 +35,13 @@ internal sealed class FlashAttentionChecks(CudaAccelerator accelerator, Report r
         }
     }
 
+    /// <summary>Only the GPT-2-shape timing (a short process for a profiler such as ncu).</summary>
+    public void RunBenchmarkOnly()
+    {
+        using var flash = new NvrtcFlashAttention(accelerator, NvrtcKernelCache.CreateDefault());
+        Run("flash attention benchmark", () => Benchmark(flash));
+    }
+
     private void Run(string name, Action action)
     {
         try { action(); }

@@ -47,7 +47,7 @@ public static class Program
     public static int Run(string[] args, TextWriter log)
     {
         string outDir = "gpu-check-out";
-        bool quick = false, bench = true, simulator = false;
+        bool quick = false, bench = true, simulator = false, flashBenchmarkOnly = false;
         for (int i = 0; i < args.Length; i++)
         {
             switch (args[i])
@@ -56,8 +56,9 @@ public static class Program
                 case "--quick": quick = true; break;
                 case "--skip-bench": bench = false; break;
                 case "--simulator": simulator = true; break;
+                case "--flash-benchmark-only": flashBenchmarkOnly = true; break;   // one short run for a profiler (ncu)
                 default:
-                    Console.Error.WriteLine($"gpu-check: unknown argument '{args[i]}' (usage: gpu-check [--out DIR] [--quick] [--skip-bench] [--simulator])");
+                    Console.Error.WriteLine($"gpu-check: unknown argument '{args[i]}' (usage: gpu-check [--out DIR] [--quick] [--skip-bench] [--simulator] [--flash-benchmark-only])");
                     return 2;
             }
         }
@@ -88,6 +89,12 @@ public static class Program
         var accelerator = (CudaAccelerator)context.Accelerator;
         try
         {
+            if (flashBenchmarkOnly)
+            {
+                new FlashAttentionChecks(accelerator, report, quick).RunBenchmarkOnly();
+                report.Write(outDir, header);
+                return report.Checks.Any(c => !c.Passed) ? 1 : 0;
+            }
             var checks = new KernelChecks(accelerator, report, quick);
             checks.RunAll();
             var gpt = new GptChecks(accelerator, report);

@@ -9,7 +9,7 @@ namespace DistAlign.Kernels.Gpu;
 /// Causal, segment-masked attention without the [B, NH, T, T] score matrix: the NVRTC-compiled kernels of
 /// <c>native/flash_attention.cu</c> (q, k, v and dout first copied to bf16 per head, then 64-row tiles streamed
 /// through shared memory, online softmax, bf16 tensor-core products with fp32 accumulation). The bf16 copies live
-/// in a scratch buffer this object owns (8 tensors of B·NH·Tp·64 values, Tp = T rounded up to 64; grown as needed). Same contract as <see cref="GpuAttention.Forward"/>/<see cref="GpuAttention.Backward"/>
+/// in a scratch buffer this object owns (4 tensors of B·NH·Tp·64 values, Tp = T rounded up to 64; grown as needed). Same contract as <see cref="GpuAttention.Forward"/>/<see cref="GpuAttention.Backward"/>
 /// (qkv [B, T, 3C], out [B, T, C], dqkv accumulated) except that the forward saves the per-row log-sum-exp
 /// [B, NH, T] instead of the probabilities, and products see bf16-rounded inputs (about 2⁻⁸ relative error;
 /// the portable fp32 path is <see cref="GpuAttention"/>). Head size 64 only (<see cref="Supports"/>).
@@ -65,18 +65,18 @@ public sealed unsafe class NvrtcFlashAttention : IDisposable
         GpuLaunch.CheckLength(output.Length, (long)batch * seqLen * c, nameof(output), "[B, T, C]");
         GpuLaunch.CheckLength(logSumExp.Length, (long)batch * heads * seqLen, nameof(logSumExp), "[B, NH, T]");
         if (batch == 0 || seqLen == 0) return;
-        var (qRows, _, kRows, _, _, vTransposed, _, _) = Scratch(batch, seqLen, heads);
-        Convert(qkv, 3L * c, 0, seqLen, heads, batch, qRows, default);
-        Convert(qkv, 3L * c, c, seqLen, heads, batch, kRows, default);
-        Convert(qkv, 3L * c, 2 * c, seqLen, heads, batch, default, vTransposed);
-        ulong qr = Address(qRows), kr = Address(kRows), vt = Address(vTransposed), segments = Address(SegmentsOrDummy(segmentIds)),
+        var (qRows, kRows, vRows, _) = Scratch(batch, seqLen, heads);
+        Convert(qkv, 3L * c, 0, seqLen, heads, batch, qRows);
+        Convert(qkv, 3L * c, c, seqLen, heads, batch, kRows);
+        Convert(qkv, 3L * c, 2 * c, seqLen, heads, batch, vRows);
+        ulong qr = Address(qRows), kr = Address(kRows), vr = Address(vRows), segments = Address(SegmentsOrDummy(segmentIds)),
               o = Address(output), l = Address(logSumExp);
         int hasSegments = segmentIds.Length > 0 ? 1 : 0, paddedLength = PaddedLength(seqLen);
         float scale = 1f / MathF.Sqrt(HeadSize);
         void** arguments = stackalloc void*[12];
         arguments[0] = &qr;
         arguments[1] = &kr;
-        arguments[2] = &vt;
+        arguments[2] = &vr;
         arguments[3] = &segments;
         arguments[4] = &hasSegments;
         arguments[5] = &seqLen;
@@ -113,59 +113,48 @@ public sealed unsafe class NvrtcFlashAttention : IDisposable
         deltaArguments[5] = &d;
         Launch(_delta, ((uint)((seqLen * heads + WarpsPerBlock - 1) / WarpsPerBlock), (uint)batch, 1), deltaArguments);
 
-        var (qRows, qTransposed, kRows, kTransposed, vRows, _, dRows, dTransposed) = Scratch(batch, seqLen, heads);
-        Convert(qkv, 3L * c, 0, seqLen, heads, batch, qRows, qTransposed);
-        Convert(qkv, 3L * c, c, seqLen, heads, batch, kRows, kTransposed);
-        Convert(qkv, 3L * c, 2 * c, seqLen, heads, batch, vRows, default);
-        Convert(dOutput, c, 0, seqLen, heads, batch, dRows, dTransposed);
-        ulong qr = Address(qRows), qt = Address(qTransposed), kr = Address(kRows), kt = Address(kTransposed), vr = Address(vRows),
-              dr = Address(dRows), dt = Address(dTransposed), segments = Address(SegmentsOrDummy(segmentIds)), l = Address(logSumExp),
-              dq = Address(dQkv);
+        var (qRows, kRows, vRows, dRows) = Scratch(batch, seqLen, heads);
+        Convert(qkv, 3L * c, 0, seqLen, heads, batch, qRows);
+        Convert(qkv, 3L * c, c, seqLen, heads, batch, kRows);
+        Convert(qkv, 3L * c, 2 * c, seqLen, heads, batch, vRows);
+        Convert(dOutput, c, 0, seqLen, heads, batch, dRows);
+        ulong qr = Address(qRows), kr = Address(kRows), vr = Address(vRows), dr = Address(dRows),
+              segments = Address(SegmentsOrDummy(segmentIds)), l = Address(logSumExp), dq = Address(dQkv);
         int hasSegments = segmentIds.Length > 0 ? 1 : 0, paddedLength = PaddedLength(seqLen);
         float scale = 1f / MathF.Sqrt(HeadSize);
 
-        // backward_kv(q_rows, q_t, k_rows, v_rows, dout_rows, dout_t, segments, has_segments, lse, delta, T, Tp, C, NH, scale, dqkv)
-        void** kv = stackalloc void*[16];
-        kv[0] = &qr; kv[1] = &qt; kv[2] = &kr; kv[3] = &vr; kv[4] = &dr; kv[5] = &dt;
-        kv[6] = &segments; kv[7] = &hasSegments; kv[8] = &l; kv[9] = &d;
-        kv[10] = &seqLen; kv[11] = &paddedLength; kv[12] = &c; kv[13] = &heads; kv[14] = &scale; kv[15] = &dq;
-        Launch(_backwardKeyValue, Tiles(seqLen, heads, batch), kv);
-
-        // backward_q(q_rows, k_rows, k_t, v_rows, dout_rows, segments, has_segments, lse, delta, T, Tp, C, NH, scale, dqkv)
-        void** qArguments = stackalloc void*[15];
-        qArguments[0] = &qr; qArguments[1] = &kr; qArguments[2] = &kt; qArguments[3] = &vr; qArguments[4] = &dr;
-        qArguments[5] = &segments; qArguments[6] = &hasSegments; qArguments[7] = &l; qArguments[8] = &d;
-        qArguments[9] = &seqLen; qArguments[10] = &paddedLength; qArguments[11] = &c; qArguments[12] = &heads; qArguments[13] = &scale;
-        qArguments[14] = &dq;
-        Launch(_backwardQuery, Tiles(seqLen, heads, batch), qArguments);
+        // backward_kv and backward_q(q_rows, k_rows, v_rows, dout_rows, segments, has_segments, lse, delta, T, Tp, C, NH, scale, dqkv)
+        void** arguments = stackalloc void*[14];
+        arguments[0] = &qr; arguments[1] = &kr; arguments[2] = &vr; arguments[3] = &dr;
+        arguments[4] = &segments; arguments[5] = &hasSegments; arguments[6] = &l; arguments[7] = &d;
+        arguments[8] = &seqLen; arguments[9] = &paddedLength; arguments[10] = &c; arguments[11] = &heads; arguments[12] = &scale;
+        arguments[13] = &dq;
+        Launch(_backwardKeyValue, Tiles(seqLen, heads, batch), arguments);
+        Launch(_backwardQuery, Tiles(seqLen, heads, batch), arguments);
     }
 
     private static int PaddedLength(int seqLen) => (seqLen + Tile - 1) / Tile * Tile;
 
-    /// <summary>The eight bf16 scratch tensors (q, k, v, dout; rows [B, NH, Tp, 64] and transposed [B, NH, 64, Tp] each).</summary>
-    private (ArrayView<ushort> QRows, ArrayView<ushort> QTransposed, ArrayView<ushort> KRows, ArrayView<ushort> KTransposed,
-             ArrayView<ushort> VRows, ArrayView<ushort> VTransposed, ArrayView<ushort> DRows, ArrayView<ushort> DTransposed)
-        Scratch(int batch, int seqLen, int heads)
+    /// <summary>The four bf16 scratch tensors (q, k, v, dout), each [B, NH, Tp, 64].</summary>
+    private (ArrayView<ushort> Q, ArrayView<ushort> K, ArrayView<ushort> V, ArrayView<ushort> DOut) Scratch(int batch, int seqLen, int heads)
     {
         long each = (long)batch * heads * PaddedLength(seqLen) * HeadSize;
-        if (_scratch is null || _scratch.Length < 8 * each)
+        if (_scratch is null || _scratch.Length < 4 * each)
         {
             _accelerator.Synchronize();   // queued kernels may still read the old buffer
             _scratch?.Dispose();
-            _scratch = _accelerator.Allocate1D<ushort>(8 * each);
+            _scratch = _accelerator.Allocate1D<ushort>(4 * each);
         }
         var v = _scratch.View;
-        return (v.SubView(0, each), v.SubView(each, each), v.SubView(2 * each, each), v.SubView(3 * each, each),
-                v.SubView(4 * each, each), v.SubView(5 * each, each), v.SubView(6 * each, each), v.SubView(7 * each, each));
+        return (v.SubView(0, each), v.SubView(each, each), v.SubView(2 * each, each), v.SubView(3 * each, each));
     }
 
-    /// <summary>convert(source, stride, col0, T, Tp, NH, rows_out, transposed_out): one head's columns of source [B, T, stride] to bf16.</summary>
-    private void Convert(ArrayView<float> source, long stride, int col0, int seqLen, int heads, int batch,
-                         ArrayView<ushort> rows, ArrayView<ushort> transposed)
+    /// <summary>convert(source, stride, col0, T, Tp, NH, rows_out): each head's 64 columns of source [B, T, stride] to bf16 [B, NH, Tp, 64].</summary>
+    private void Convert(ArrayView<float> source, long stride, int col0, int seqLen, int heads, int batch, ArrayView<ushort> rows)
     {
-        ulong s = Address(source), r = rows.Length == 0 ? 0UL : Address(rows), t = transposed.Length == 0 ? 0UL : Address(transposed);
+        ulong s = Address(source), r = Address(rows);
         int paddedLength = PaddedLength(seqLen);
-        void** arguments = stackalloc void*[8];
+        void** arguments = stackalloc void*[7];
         arguments[0] = &s;
         arguments[1] = &stride;
         arguments[2] = &col0;
@@ -173,7 +162,6 @@ public sealed unsafe class NvrtcFlashAttention : IDisposable
         arguments[4] = &paddedLength;
         arguments[5] = &heads;
         arguments[6] = &r;
-        arguments[7] = &t;
         Launch(_convert, Tiles(seqLen, heads, batch), arguments);
     }
 
