@@ -100,7 +100,7 @@ public sealed class GpuGpt : IDisposable
         adamM = accelerator.Allocate1D<float>(total);
         adamV = accelerator.Allocate1D<float>(total);
         foreach (var b in new[] { parameters, gradients, adamM, adamV }) b.MemSetToZero();
-        normPartials = accelerator.Allocate1D<double>((long)Layout.Tensors.Count * GpuGradientNorm.PartialsPerTensor);
+        normPartials = accelerator.Allocate1D<double>((long)Layout.Tensors.Count * gradientNorm.PartialsPerTensor);
         normTotal = accelerator.Allocate1D<double>(1);
         clipScale = accelerator.Allocate1D<float>(1);
     }
@@ -196,8 +196,8 @@ public sealed class GpuGpt : IDisposable
         Profile?.Restart();
         normPartials.MemSetToZero();
         var p = normPartials.View;
-        gradientNorm.PartialSumsOfSquares(gradients.View, p.SubView(0, GpuGradientNorm.PartialsPerTensor));
-        gradientNorm.SumPartials(p.SubView(0, GpuGradientNorm.PartialsPerTensor), normTotal.View);
+        gradientNorm.PartialSumsOfSquares(gradients.View, p.SubView(0, gradientNorm.PartialsPerTensor));
+        gradientNorm.SumPartials(p.SubView(0, gradientNorm.PartialsPerTensor), normTotal.View);
         float scale = 1f;
         if (maxNorm > 0)
         {
