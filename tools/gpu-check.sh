@@ -72,6 +72,21 @@ if [[ $status -eq 124 || $status -eq 137 ]]; then
     echo "gpu-check: stopped at the $limit s limit (partial results in $out/gpu-check.log)" | tee -a "$out/gpu-check.log" >&2
 fi
 
+# Optional (GPU_CHECK_NCU=1): Nsight Compute's speed-of-light, occupancy and warp-stall sections for the flash-attention
+# kernels at GPT-2 124M's shape, into ncu-flash.txt (where ncu can read the counters; --clock-control none leaves clocks alone).
+if [[ "${GPU_CHECK_NCU:-0}" == "1" ]]; then
+    ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1 || true)
+    if [[ -n "$ncu_bin" ]]; then
+        timeout 180 "$ncu_bin" --clock-control none --kernel-name regex:'distalign_flash_attention_(forward|backward_kv|backward_q)' \
+            --launch-count 3 --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+            --section MemoryWorkloadAnalysis "$bundle/gpu-check" --flash-benchmark-only --out "$out/ncu-run" > "$out/ncu-flash.txt" 2>&1 \
+            || echo "ncu exited with $?" >> "$out/ncu-flash.txt"
+        rm -rf "$out/ncu-run"
+    else
+        echo "GPU_CHECK_NCU=1 but ncu was not found" | tee -a "$out/gpu-check.log"
+    fi
+fi
+
 # The PyTorch eager peer, same model and step (GPT-2 124M, 16 × 1024 tokens, clip 1, AdamW), bf16 autocast.
 peer_ok=0
 if command -v python3 >/dev/null 2>&1 && python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then

@@ -35,11 +35,43 @@ internal sealed class FlashAttentionChecks(CudaAccelerator accelerator, Report r
         }
     }
 
-    /// <summary>Only the GPT-2-shape timing (a short process for a profiler such as ncu).</summary>
-    public void RunBenchmarkOnly()
+    /// <summary>
+    /// One forward and one backward at GPT-2 124M's attention shape and nothing else: a short process for a profiler
+    /// (ncu matches the forward, backward_kv and backward_q launches in that order).
+    /// </summary>
+    public void RunOnceForProfiler()
     {
         using var flash = new NvrtcFlashAttention(accelerator, NvrtcKernelCache.CreateDefault());
-        Run("flash attention benchmark", () => Benchmark(flash));
+        Run("flash attention, one forward and backward for a profiler", () =>
+        {
+            var shapes = new GptAttentionShape(quick ? 2 : 16, 1024, 12);
+            using var buffers = new BenchmarkBuffers(accelerator, shapes);
+            flash.Forward(buffers.Qkv.View, default, shapes.Batch, shapes.SeqLen, shapes.Heads, buffers.Output.View, buffers.LogSumExp.View);
+            flash.Backward(buffers.DOut.View, buffers.Qkv.View, default, buffers.Output.View, buffers.LogSumExp.View, shapes.Batch, shapes.SeqLen,
+                           shapes.Heads, buffers.Delta.View, buffers.DQkv.View);
+            accelerator.Synchronize();
+        });
+    }
+
+    private sealed record GptAttentionShape(int Batch, int SeqLen, int Heads)
+    {
+        public int Channels => Heads * NvrtcFlashAttention.HeadSize;
+    }
+
+    /// <summary>Device buffers of one attention call at <paramref name="shape"/>, random q, k, v and dout.</summary>
+    private sealed class BenchmarkBuffers(CudaAccelerator accelerator, GptAttentionShape shape) : IDisposable
+    {
+        public MemoryBuffer1D<float, Stride1D.Dense> Qkv { get; } = accelerator.Allocate1D(KernelChecks.RandomFloats(shape.Batch * shape.SeqLen * 3 * shape.Channels, 81));
+        public MemoryBuffer1D<float, Stride1D.Dense> DOut { get; } = accelerator.Allocate1D(KernelChecks.RandomFloats(shape.Batch * shape.SeqLen * shape.Channels, 82));
+        public MemoryBuffer1D<float, Stride1D.Dense> Output { get; } = accelerator.Allocate1D<float>(shape.Batch * shape.SeqLen * shape.Channels);
+        public MemoryBuffer1D<float, Stride1D.Dense> LogSumExp { get; } = accelerator.Allocate1D<float>(shape.Batch * shape.Heads * shape.SeqLen);
+        public MemoryBuffer1D<float, Stride1D.Dense> Delta { get; } = accelerator.Allocate1D<float>(shape.Batch * shape.Heads * shape.SeqLen);
+        public MemoryBuffer1D<float, Stride1D.Dense> DQkv { get; } = accelerator.Allocate1D<float>(shape.Batch * shape.SeqLen * 3 * shape.Channels);
+
+        public void Dispose()
+        {
+            foreach (var buffer in new[] { Qkv, DOut, Output, LogSumExp, Delta, DQkv }) buffer.Dispose();
+        }
     }
 
     private void Run(string name, Action action)
@@ -88,13 +120,10 @@ internal sealed class FlashAttentionChecks(CudaAccelerator accelerator, Report r
     /// <summary>GPT-2 124M's attention (B × 1024 tokens, 12 heads of 64), one layer: forward, backward, CUDA events.</summary>
     private void Benchmark(NvrtcFlashAttention flash)
     {
-        int batch = quick ? 2 : 16, seqLen = 1024, heads = 12, c = heads * 64;
-        using var qkv = accelerator.Allocate1D(KernelChecks.RandomFloats(batch * seqLen * 3 * c, 81));
-        using var dOut = accelerator.Allocate1D(KernelChecks.RandomFloats(batch * seqLen * c, 82));
-        using var output = accelerator.Allocate1D<float>(batch * seqLen * c);
-        using var lse = accelerator.Allocate1D<float>(batch * heads * seqLen);
-        using var delta = accelerator.Allocate1D<float>(batch * heads * seqLen);
-        using var dQkv = accelerator.Allocate1D<float>(batch * seqLen * 3 * c);
+        var attention = new GptAttentionShape(quick ? 2 : 16, 1024, 12);
+        int batch = attention.Batch, seqLen = attention.SeqLen, heads = attention.Heads;
+        using var buffers = new BenchmarkBuffers(accelerator, attention);
+        var (qkv, dOut, output, lse, delta, dQkv) = (buffers.Qkv, buffers.DOut, buffers.Output, buffers.LogSumExp, buffers.Delta, buffers.DQkv);
         ArrayView<int> noSegments = default;   // one sequence per row
         // Causal products: each of q·kᵀ and P·v is 2·T²·hs/2 per (row, head); the backward does four (dv, dP, dS·k, dSᵀ·q)
         // plus the recomputed q·kᵀ in each of its two kernels.
