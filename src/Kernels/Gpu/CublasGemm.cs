@@ -27,7 +27,7 @@ public enum GemmPrecision
 /// Unlike <see cref="GpuTiledGemm"/>, results are not guaranteed bit-identical across GPUs or cuBLAS versions
 /// (cuBLAS picks algorithms by heuristics), but are on one GPU, one library and one shape.
 /// </summary>
-public sealed class CublasGemm : IGemm, IDisposable
+public sealed class CublasGemm : IGemm, IBFloat16Gemm, IDisposable
 {
     /// <summary>cuBLASLt workspace (32 MiB is what NVIDIA recommends for Hopper).</summary>
     public const long WorkspaceBytes = 32L << 20;
@@ -50,6 +50,10 @@ public sealed class CublasGemm : IGemm, IDisposable
     }
 
     public GemmPrecision Precision { get; }
+
+    /// <summary>True for <see cref="GemmPrecision.BFloat16"/> (CUBLAS_COMPUTE_32F_FAST_16BF rounds the fp32 inputs to bf16),
+    /// so ops may hand <see cref="MultiplyBFloat16"/> bf16 copies instead (the LM head does).</summary>
+    public bool RoundsOperandsToBFloat16 => Precision == GemmPrecision.BFloat16;
 
     private nint Stream => ((CudaStream)_accelerator.DefaultStream).StreamPtr;
 
@@ -100,7 +104,7 @@ public sealed class CublasGemm : IGemm, IDisposable
 
     /// <summary>
     /// Row-major C (fp32) = α·op(A)·op(B) + β·C with A and B stored as bf16 bits: tensor-core products,
-    /// fp32 accumulation (CUBLAS_COMPUTE_32F). The mixed-precision GEMM.
+    /// fp32 accumulation (CUBLAS_COMPUTE_32F). The mixed-precision GEMM. β is passed through: β = 1 accumulates into C.
     /// </summary>
     public void MultiplyBFloat16(bool transposeA, bool transposeB, int m, int n, int k, float alpha,
                                  ArrayView<ushort> a, int lda, ArrayView<ushort> b, int ldb,

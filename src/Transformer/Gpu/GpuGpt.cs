@@ -76,7 +76,7 @@ public sealed class GpuGpt : IDisposable
         residual = new GpuResidual(accelerator);
         embedding = new GpuEmbedding(accelerator);
         columnSum = new GpuColumnSum(accelerator);
-        lmHead = new GpuSequenceLogProbs(accelerator, gemm, new GpuTargetLogProbs(accelerator));
+        lmHead = new GpuSequenceLogProbs(accelerator, gemm, new GpuTargetLogProbs(accelerator)) { Profiler = Lap };   // sub-op laps: no-ops without a Profile
         adamW = new GpuAdamW(accelerator);
         gradientNorm = new GpuGradientNorm(accelerator);
         long total = Layout.TotalElements;
@@ -501,6 +501,7 @@ public sealed class GpuGpt : IDisposable
     public void Dispose()
     {
         shape?.Dispose();
+        lmHead.Dispose();
         layerNorm.Dispose();
         embedding.Dispose();
         columnSum.Dispose();
