@@ -523,6 +523,13 @@ public sealed class GpuSequenceLogProbs : IDisposable
         dValues[i] += d;
     }
 
+    /// <summary>Tests: sets every byte of the owned bf16 buffers allocated so far to <paramref name="value"/> (0xFF: bf16 NaN).</summary>
+    internal void FillOwnedBuffers(byte value)
+    {
+        foreach (var buffer in new[] { _tableBf16, _hiddenBf16, _dLogitsBf16 }) buffer?.View.MemSet(value);
+        _accelerator.Synchronize();
+    }
+
     /// <summary>Frees the owned buffers (the bf16 table and chunk buffers, the dummies).</summary>
     public void Dispose()
     {
