@@ -236,7 +236,7 @@ internal sealed class KernelChecks(Accelerator accelerator, Report report, bool 
     /// <summary>
     /// The LM head as the bf16 training step runs it (<see cref="GpuSequenceLogProbs.UsesBFloat16Operands"/>: E and h rounded
     /// to bf16, n = k = Vp against the zero-padded table, bf16 d(logits)), fused forward+backward with entropies, against
-    /// the fp32 CPU kernel: log-probs, log-sum-exp and entropies within 2e-2 absolute (logits up to ~±15), ∂h and ∂E
+    /// the fp32 CPU kernel: log-probs, log-sum-exp and entropies within 2e-2 absolute (logits with std 2, up to ~±10), ∂h and ∂E
     /// within 3 % of the largest |∂| the CPU kernel adds (both pre-filled: β = 1 accumulation checked). Two shapes: an odd
     /// vocabulary in several chunks, and GPT-2's (V = 50,257 padded to 50,304, C = 768) in one chunk when not quick.
     /// The scratch starts NaN: a padding column read as a logit would make a result NaN.
