@@ -297,6 +297,63 @@ public class GpuSequenceLogProbsBFloat16Tests(string backend) : GpuFixture(backe
         Assert.That(steps, Is.EqualTo(expected));
     }
 
+    [Test]
+    public void TheBFloat16DLogitsAreTheFp32OnesRoundedWithZeroPadding([Values] bool withEntropy)
+    {
+        // The two one-pass bf16 d(logits) kernels against their in-place fp32 forms on the same inputs: bit for bit
+        // round-to-nearest-even of the fp32 value at the real columns, 0 at the padding columns and on the ignored row
+        // (the bf16 buffer starts all NaN, the fp32 logits' padding is NaN too: never read).
+        const int rows = 6, v = 37, stride = 64;
+        var logits = RandomFloats(rows * stride, 61, 3.0);
+        for (int r = 0; r < rows; r++)
+            for (int col = v; col < stride; col++) logits[r * stride + col] = float.NaN;
+        var targets = new[] { 3, TargetLogProbs.Ignored, 0, 36, 17, 5 };
+        var lse = new float[rows];
+        var entropy = new float[rows];
+        for (int r = 0; r < rows; r++)
+        {
+            var x = logits.AsSpan(r * stride, v).ToArray().Select(f => (double)f).ToArray();
+            double max = x.Max(), l = max + Math.Log(x.Sum(y => Math.Exp(y - max)));
+            lse[r] = (float)l;
+            entropy[r] = (float)-x.Sum(y => Math.Exp(y - l) * (y - l));
+        }
+        var a = RandomFloats(rows, 62);
+        var b = RandomFloats(rows, 63);
+        using var inPlace = Up(logits);
+        using var source = Up(logits);
+        using var bits = Up(Enumerable.Repeat((ushort)0xFFFF, rows * stride).ToArray());
+        using var dt = Up(targets);
+        using var dl = Up(lse);
+        using var de = Up(entropy);
+        using var da = Up(a);
+        using var db = Up(b);
+        if (withEntropy)
+        {
+            var fp32 = GpuTest.Accelerator.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>,
+                ArrayView<float>, ArrayView<float>, ArrayView<float>>(GpuSequenceLogProbs.GradientKernel);
+            var bf16 = GpuTest.Accelerator.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>,
+                ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<ushort>>(GpuSequenceLogProbs.GradientToBFloat16Kernel);
+            fp32(rows * v, inPlace.View, dt.View, v, stride, dl.View, de.View, da.View, db.View);
+            bf16(rows * stride, source.View, dt.View, v, stride, dl.View, de.View, da.View, db.View, bits.View);
+        }
+        else
+        {
+            Ops.TargetLogProbs.Backward(inPlace.View, dt.View, v, stride, dl.View, da.View);
+            Ops.TargetLogProbs.BackwardToBFloat16(source.View, dt.View, v, stride, dl.View, da.View, bits.View);
+        }
+        var gradient = Down(inPlace, rows * stride);
+        var actual = Down(bits, rows * stride);
+        for (int r = 0; r < rows; r++)
+            for (int col = 0; col < stride; col++)
+            {
+                ushort expected = col >= v ? (ushort)0 : HalfPrecision.ToBFloat16Bits(gradient[r * stride + col]);
+                Assert.That(actual[r * stride + col], Is.EqualTo(expected), $"row {r} (target {targets[r]}), column {col}");
+            }
+        Assert.That(Down(source, rows * stride), Is.EqualTo(logits), "the bf16 kernels leave the logits alone");
+        Assert.Throws<ArgumentException>(() => Ops.TargetLogProbs.BackwardToBFloat16(source.View, dt.View, v, stride, dl.View, da.View,
+                                                                                      bits.View.SubView(0, rows * stride - 1)), "gradient [N, rowStride]");
+    }
+
     /// <summary>|actual − expected| ≤ share · max |expected − before| element-wise: the tolerance scales with what the op added.</summary>
     private static void AssertWithinShareOfLargest(float[] actual, float[] expected, float[] before, double share, string what)
     {
