@@ -7,8 +7,8 @@ namespace DistAlign.Kernels.Gpu;
 /// accumulation, row-major with the conventions of <see cref="IGemm"/>: C[m×n] (fp32) = α·op(A)·op(B) + β·C
 /// (β = 0: C not read; β = 1: accumulate). Ops that can keep bf16 copies of their operands (the LM head:
 /// <see cref="GpuSequenceLogProbs"/>) use it when <see cref="RoundsOperandsToBFloat16"/> says the fp32 GEMM would
-/// round its inputs to bf16 anyway, so the copies change which bf16 values are multiplied only where the op rounds
-/// a value the fp32 GEMM would have rounded too (the same rounding: to nearest, ties to even).
+/// round its inputs to bf16 anyway: the precision stays that of bf16 products with fp32 sums, and the operands take
+/// half the bytes and reach cuBLAS's native bf16 kernels.
 /// <see cref="CublasGemm"/> implements it (cublasGemmEx with CUDA_R_16BF inputs).
 /// </summary>
 public interface IBFloat16Gemm
