@@ -11,10 +11,13 @@ namespace DistAlign.GpuCheck;
 /// every GEMM of one GPT-2 124M training step (B·T = 16×1024 tokens, 12 layers, C = 768, 12 heads,
 /// V = 50,257; forward and backward, attention as strided-batched GEMMs) in fp32, TF32 and bf16, summed into
 /// GEMM-only tokens/s and MFU against 989 TFLOP/s (H100/H200 SXM dense bf16); and the fused target-log-prob
-/// kernels' read bandwidth against 4.8 TB/s (H200 HBM3e). The LM head GEMMs are timed three ways: as
+/// kernels' read bandwidth against 4.8 TB/s (H200 HBM3e). The LM head GEMMs are timed as
 /// <see cref="GpuSequenceLogProbs"/> runs them (chunks of <see cref="GpuSequenceLogProbs.ChunkRows"/> rows, logits
-/// row stride 50,304 = <see cref="GpuSequenceLogProbs.RowStride"/>: these count in the step sum), and for comparison over
-/// the whole batch with the padded stride and with the unpadded one (ld = 50,257, unaligned rows: the shapes of run 1).
+/// row stride Vp = 50,304 = <see cref="GpuSequenceLogProbs.RowStride"/>: these count in the step sum) — in bf16 with
+/// bf16 operands and the vocabulary padded (n = Vp forward, k = Vp for dX, m = V for dW:
+/// <see cref="GpuSequenceLogProbs.UsesBFloat16Operands"/>), in TF32/fp32 with n = k = V — and for comparison: in bf16
+/// the unpadded chunk shapes of run 3 (n = k = V), and in every precision the whole batch with the padded stride and
+/// with the unpadded one (ld = 50,257, unaligned rows: the shapes of run 1).
 /// </summary>
 internal sealed class KernelBenchmarks(CudaAccelerator accelerator, Report report, bool quick)
 {
@@ -35,7 +38,7 @@ internal sealed class KernelBenchmarks(CudaAccelerator accelerator, Report repor
         public double Flops => 2.0 * M * N * K * BatchCount;
     }
 
-    private IEnumerable<StepGemm> StepGemms()
+    private IEnumerable<StepGemm> StepGemms(GemmPrecision precision)
     {
         int n = Tokens, c = Channels, bh = Batch * Heads, t = SeqLen;
         var linears = new (string Name, int In, int Out)[] { ("qkv", c, 3 * c), ("attn proj", c, c), ("fc", c, 4 * c), ("fc proj", 4 * c, c) };
@@ -45,13 +48,21 @@ internal sealed class KernelBenchmarks(CudaAccelerator accelerator, Report repor
             yield return new($"{name} dX", false, true, n, input, output, 1, Layers);
             yield return new($"{name} dW", true, false, input, output, n, 1, Layers);
         }
-        // LM head: logits [rows, V] = h·Eᵀ stored with row stride vp; dh = dlogits·E and dE = dlogitsᵀ·h read them with lda = vp.
+        // LM head: logits [rows, ·] = h·Eᵀ stored with row stride vp; dh = dlogits·E and dE = dlogitsᵀ·h read them with lda = vp.
+        // bf16 (the step's GpuSequenceLogProbs with a bf16-rounding cuBLAS GEMM): bf16 operands, E padded with zero rows to
+        // [vp, C], so the forward has n = vp and dX has k = vp; dW keeps m = V (the real rows of ∂E). TF32/fp32: n = k = V.
         int vp = GpuSequenceLogProbs.RowStride(Vocab);
         int chunk = GpuSequenceLogProbs.ChunkRows(n, Vocab, GpuSequenceLogProbs.ScratchLength(n, Vocab));
         int chunks = (n + chunk - 1) / chunk;   // even chunks (ChunkRows): all of them this size
-        yield return new($"lm head forward, {chunk}-row chunk, ldc {vp}", false, true, chunk, Vocab, c, 1, chunks, Ldc: vp);
-        yield return new($"lm head dX, {chunk}-row chunk, lda {vp}", false, false, chunk, c, Vocab, 1, chunks, Lda: vp);
-        yield return new($"lm head dW, {chunk}-row chunk, lda {vp}", true, false, Vocab, c, chunk, 1, chunks, Lda: vp);
+        int padded = precision == GemmPrecision.BFloat16 ? vp : Vocab;
+        yield return new($"lm head forward, {chunk}-row chunk, n {padded}, ldc {vp}", false, true, chunk, padded, c, 1, chunks, Ldc: vp);
+        yield return new($"lm head dX, {chunk}-row chunk, k {padded}, lda {vp}", false, false, chunk, c, padded, 1, chunks, Lda: vp);
+        yield return new($"lm head dW, {chunk}-row chunk, m {Vocab}, lda {vp}", true, false, Vocab, c, chunk, 1, chunks, Lda: vp);
+        if (padded != Vocab)
+        {
+            yield return new($"lm head forward, {chunk}-row chunk, n {Vocab} unpadded (run 3, not in step sum)", false, true, chunk, Vocab, c, 1, 0, Ldc: vp);
+            yield return new($"lm head dX, {chunk}-row chunk, k {Vocab} unpadded (run 3, not in step sum)", false, false, chunk, c, Vocab, 1, 0, Lda: vp);
+        }
         yield return new($"lm head forward, ldc {vp} (whole batch, not in step sum)", false, true, n, Vocab, c, 1, 0, Ldc: vp);
         yield return new($"lm head dX, lda {vp} (whole batch, not in step sum)", false, false, n, c, Vocab, 1, 0, Lda: vp);
         yield return new($"lm head dW, lda {vp} (whole batch, not in step sum)", true, false, Vocab, c, n, 1, 0, Lda: vp);
@@ -122,7 +133,7 @@ internal sealed class KernelBenchmarks(CudaAccelerator accelerator, Report repor
     {
         using var gemm = new CublasGemm(accelerator, precision);
         double stepMs = 0, stepFlops = 0;
-        foreach (var g in StepGemms())
+        foreach (var g in StepGemms(precision))
         {
             long aRows = g.TransA ? g.K : g.M, aCols = g.TransA ? g.M : g.K, bRows = g.TransB ? g.N : g.K, bCols = g.TransB ? g.K : g.N;
             int lda = g.Lda == 0 ? (int)aCols : g.Lda, ldc = g.Ldc == 0 ? g.N : g.Ldc;

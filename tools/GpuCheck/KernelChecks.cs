@@ -68,6 +68,8 @@ internal sealed class KernelChecks(Accelerator accelerator, Report report, bool 
         Run("ILGPU attention backward", CheckAttentionBackward);
         Run("ILGPU target log-probs backward", CheckTargetLogProbsBackward);
         Run("fused LM head (GEMM chunks + log-softmax)", CheckSequenceLogProbs);
+        if (accelerator is CudaAccelerator cudaAccelerator)
+            Run("fused LM head, bf16 operands and padded vocabulary (cuBLAS bf16)", () => CheckSequenceLogProbsBFloat16(cudaAccelerator));
     }
 
     private void CheckLayerNormBackward()
@@ -229,6 +231,66 @@ internal sealed class KernelChecks(Accelerator accelerator, Report report, bool 
                        Down(glp), logProbs, 1e-4, 1e-4);
         report.Compare($"LM head logsumexp [{rows}]", Down(glse), lse, 1e-4, 1e-4);
         report.Compare($"LM head entropy [{rows}]", Down(gent), entropy, 1e-4, 1e-4);
+    }
+
+    /// <summary>
+    /// The LM head as the bf16 training step runs it (<see cref="GpuSequenceLogProbs.UsesBFloat16Operands"/>: E and h rounded
+    /// to bf16, n = k = Vp against the zero-padded table, bf16 d(logits)), fused forward+backward with entropies, against
+    /// the fp32 CPU kernel: log-probs, log-sum-exp and entropies within 2e-2 absolute (logits with std 2, up to ~±10), ∂h and ∂E
+    /// within 3 % of the largest |∂| the CPU kernel adds (both pre-filled: β = 1 accumulation checked). Two shapes: an odd
+    /// vocabulary in several chunks, and GPT-2's (V = 50,257 padded to 50,304, C = 768) in one chunk when not quick.
+    /// The scratch starts NaN: a padding column read as a logit would make a result NaN.
+    /// </summary>
+    private void CheckSequenceLogProbsBFloat16(CudaAccelerator cuda)
+    {
+        using var gemm = new CublasGemm(cuda, GemmPrecision.BFloat16);
+        using var op = new GpuSequenceLogProbs(accelerator, gemm, _ops.TargetLogProbs);
+        if (!op.UsesBFloat16Operands) throw new InvalidOperationException("the LM head did not choose bf16 operands for cuBLAS bf16");
+        var shapes = new List<(int Rows, int Channels, int Vocab, int ScratchRows)> { (quick ? 16 : 300, 128, 4099, quick ? 5 : 101) };
+        if (!quick) shapes.Add((64, 768, 50257, 64));
+        foreach (var (rows, channels, vocab, scratchRows) in shapes)
+        {
+            var hidden = RandomFloats(rows * channels, 47);
+            var head = RandomFloats(vocab * channels, 48, 6f / MathF.Sqrt(channels));   // uniform inputs: logits with std 2, up to ~±10
+            var targets = Enumerable.Range(0, rows).Select(r => r % 5 == 2 ? -1 : (r * 131) % vocab).ToArray();
+            var dLogProbs = RandomFloats(rows, 49);
+            var dEntropy = RandomFloats(rows, 50);
+            var dHidden0 = RandomFloats(rows * channels, 51, 0.1f);
+            var dHead0 = RandomFloats(vocab * channels, 52, 0.1f);
+            var (logProbs, lse, entropy) = (new float[rows], new float[rows], new float[rows]);
+            var (dHidden, dHead) = ((float[])dHidden0.Clone(), (float[])dHead0.Clone());
+            var scratch = new float[SequenceLogProbs.ScratchLength(rows, vocab)];
+            SequenceLogProbs.ForwardBackward(hidden, head, targets, channels, vocab, dLogProbs, dEntropy, scratch, logProbs, lse, entropy, dHidden, dHead);
+
+            int stride = GpuSequenceLogProbs.RowStride(vocab);
+            using var gh = Up(hidden);
+            using var gw = Up(head);
+            using var gt = Up(targets);
+            using var gda = Up(dLogProbs);
+            using var gdb = Up(dEntropy);
+            using var gs = Up(Enumerable.Repeat(float.NaN, scratchRows * stride).ToArray());
+            using var glp = accelerator.Allocate1D<float>(rows);
+            using var glse = accelerator.Allocate1D<float>(rows);
+            using var gent = accelerator.Allocate1D<float>(rows);
+            using var gdh = Up(dHidden0);
+            using var gde = Up(dHead0);
+            op.ForwardBackward(gh.View, gw.View, gt.View, channels, vocab, gda.View, gdb.View, gs.View, glp.View, glse.View, gent.View, gdh.View, gde.View);
+            int chunk = GpuSequenceLogProbs.ChunkRows(rows, vocab, gs.Length);
+            string what = $"LM head bf16 [{rows}×{channels}]·[{vocab}×{channels}]ᵀ, Vp {stride}, {(rows + chunk - 1) / chunk} chunks";
+            report.Compare($"{what}: log-probs", Down(glp), logProbs, 2e-2, 0);
+            report.Compare($"{what}: logsumexp", Down(glse), lse, 2e-2, 0);
+            report.Compare($"{what}: entropy", Down(gent), entropy, 2e-2, 0);
+            CompareGradient($"{what}: ∂h (+=)", Down(gdh), dHidden, dHidden0);
+            CompareGradient($"{what}: ∂E (+=)", Down(gde), dHead, dHead0);
+        }
+    }
+
+    /// <summary>Gradients within 3 % of the largest |∂| the CPU kernel added to <paramref name="before"/>.</summary>
+    private void CompareGradient(string name, float[] actual, float[] expected, float[] before)
+    {
+        double largest = 0;
+        for (int i = 0; i < expected.Length; i++) largest = Math.Max(largest, Math.Abs(expected[i] - before[i]));
+        report.Compare(name, actual, expected, 0.03 * Math.Max(largest, 1e-30), 0);
     }
 
     private void CheckCublasGemm(CudaAccelerator cuda, GemmPrecision precision)

@@ -21,13 +21,13 @@ public enum GemmPrecision
 /// from <c>ArrayView.LoadEffectiveAddressAsPtr()</c>; the stream is the accelerator's default
 /// <see cref="CudaStream"/>, so GEMMs and ILGPU kernels are ordered on one stream with no extra
 /// synchronisation). No bias: cublasGemmEx / cublasGemmStridedBatchedEx. With a bias: cuBLASLt with the BIAS
-/// epilogue; <see cref="MultiplyBiasGelu"/> adds the GELU epilogue. <see cref="MultiplyBFloat16"/> takes
+/// epilogue; <see cref="MultiplyBiasGelu"/> adds the GELU epilogue. <c>MultiplyBFloat16</c> takes
 /// operands already stored as bf16 (from <see cref="GpuBFloat16"/>) for mixed precision.
 /// The row-major → column-major mapping is <see cref="CublasGemmCall"/>.
 /// Unlike <see cref="GpuTiledGemm"/>, results are not guaranteed bit-identical across GPUs or cuBLAS versions
 /// (cuBLAS picks algorithms by heuristics), but are on one GPU, one library and one shape.
 /// </summary>
-public sealed class CublasGemm : IGemm, IDisposable
+public sealed class CublasGemm : IGemm, IBFloat16Gemm, IDisposable
 {
     /// <summary>cuBLASLt workspace (32 MiB is what NVIDIA recommends for Hopper).</summary>
     public const long WorkspaceBytes = 32L << 20;
@@ -50,6 +50,10 @@ public sealed class CublasGemm : IGemm, IDisposable
     }
 
     public GemmPrecision Precision { get; }
+
+    /// <summary>True for <see cref="GemmPrecision.BFloat16"/> (CUBLAS_COMPUTE_32F_FAST_16BF rounds the fp32 inputs to bf16),
+    /// so ops may hand <c>MultiplyBFloat16</c> bf16 copies instead (the LM head does).</summary>
+    public bool RoundsOperandsToBFloat16 => Precision == GemmPrecision.BFloat16;
 
     private nint Stream => ((CudaStream)_accelerator.DefaultStream).StreamPtr;
 
@@ -100,13 +104,21 @@ public sealed class CublasGemm : IGemm, IDisposable
 
     /// <summary>
     /// Row-major C (fp32) = α·op(A)·op(B) + β·C with A and B stored as bf16 bits: tensor-core products,
-    /// fp32 accumulation (CUBLAS_COMPUTE_32F). The mixed-precision GEMM.
+    /// fp32 accumulation (CUBLAS_COMPUTE_32F). The mixed-precision GEMM. β is passed through: β = 1 accumulates into C.
     /// </summary>
-    /// <remarks>With a <paramref name="bias"/> (n values, fp32): one cuBLASLt call with the BIAS epilogue
-    /// (bf16 A and B, fp32 C, D and bias, CUBLAS_COMPUTE_32F).</remarks>
     public void MultiplyBFloat16(bool transposeA, bool transposeB, int m, int n, int k, float alpha,
                                  ArrayView<ushort> a, int lda, ArrayView<ushort> b, int ldb,
-                                 float beta, ArrayView<float> c, int ldc, ArrayView<float> bias = default)
+                                 float beta, ArrayView<float> c, int ldc) =>
+        MultiplyBFloat16(transposeA, transposeB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, default);
+
+    /// <summary>
+    /// <see cref="MultiplyBFloat16(bool, bool, int, int, int, float, ArrayView{ushort}, int, ArrayView{ushort}, int, float, ArrayView{float}, int)"/>
+    /// plus a bias (empty, or n fp32 values added to every row): then one cuBLASLt call with the BIAS epilogue
+    /// (bf16 A and B, fp32 C, D and bias, CUBLAS_COMPUTE_32F).
+    /// </summary>
+    public void MultiplyBFloat16(bool transposeA, bool transposeB, int m, int n, int k, float alpha,
+                                 ArrayView<ushort> a, int lda, ArrayView<ushort> b, int ldb,
+                                 float beta, ArrayView<float> c, int ldc, ArrayView<float> bias)
     {
         if (bias.Length != 0) GpuLaunch.CheckLength(bias.Length, n, nameof(bias), "empty or [n]");
         if (!Validate(transposeA, transposeB, m, n, k, a.Length, lda, 0, b.Length, ldb, 0, c.Length, ldc, 0, 1)) return;

@@ -36,15 +36,20 @@ public sealed class GpuBFloat16
         if (source.Length > 0) _toFloat(_accelerator.DefaultStream, (int)source.Length, source, destination);
     }
 
-    [GpuKernel(false)]
-    internal static void ToBFloat16Kernel(Index1D i, ArrayView<float> source, ArrayView<ushort> destination)
+    /// <summary>
+    /// The bf16 bits of <paramref name="value"/>: round to nearest, ties to even; NaN stays a quiet NaN with its sign.
+    /// Callable from kernels (other kernels round their fp32 results with it, e.g. the LM head's bf16 d(logits)).
+    /// </summary>
+    public static ushort Round(float value)
     {
-        uint bits = Interop.FloatAsInt(source[i]);
-        if ((bits & 0x7FFF_FFFFu) > 0x7F80_0000u)
-            destination[i] = (ushort)((bits >> 16) | 0x0040u);
-        else
-            destination[i] = (ushort)((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+        uint bits = Interop.FloatAsInt(value);
+        if ((bits & 0x7FFF_FFFFu) > 0x7F80_0000u) return (ushort)((bits >> 16) | 0x0040u);
+        return (ushort)((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
     }
+
+    [GpuKernel(false)]
+    internal static void ToBFloat16Kernel(Index1D i, ArrayView<float> source, ArrayView<ushort> destination) =>
+        destination[i] = Round(source[i]);
 
     [GpuKernel(false)]
     internal static void ToFloatKernel(Index1D i, ArrayView<ushort> source, ArrayView<float> destination) =>

@@ -10,31 +10,48 @@ namespace DistAlign.Kernels.Gpu;
 /// instead of spans), same math, same += semantics for ∂h and ∂E. Chunked like the CPU op, but sized for a GPU:
 /// a chunk is as many rows as the scratch holds (thousands for GPT-2: see <see cref="ScratchLength"/>), split
 /// evenly over the chunks (<see cref="ChunkRows"/>), so each logits GEMM is one large call. Each chunk's logits are
-/// stored with a padded row stride (leading dimension) <see cref="RowStride"/> = V rounded up to a multiple of
+/// stored with a padded row stride (leading dimension) Vp = <see cref="RowStride"/> = V rounded up to a multiple of
 /// <see cref="RowAlignment"/> (50,304 for GPT-2's 50,257), so every row starts 256-byte aligned and cuBLAS can
-/// use its fast kernels; only the V real columns are ever computed, read or written — the padding is never touched.
-/// Per chunk of rows:
+/// use its fast kernels. Two GEMM paths, chosen once from the GEMM given (<see cref="UsesBFloat16Operands"/>):
+/// <para>
+/// fp32 operands (any <see cref="IGemm"/>, e.g. <see cref="GpuTiledGemm"/> or cuBLAS in fp32/TF32): only the V real
+/// columns are ever computed, read or written — the padding columns of the scratch are never touched. Per chunk of rows:
+/// </para>
 /// <list type="bullet">
-/// <item>logits = h·Eᵀ into the scratch (<see cref="IGemm"/>, β = 0, ldc = stride: writes the V real columns only);</item>
+/// <item>logits = h·Eᵀ into the scratch (<see cref="IGemm"/>, β = 0, n = V, ldc = Vp: writes the V real columns only);</item>
 /// <item>log-probs and the saved log-sum-exp by <see cref="GpuTargetLogProbs.Forward(ArrayView{float}, ArrayView{int}, int, int, ArrayView{float}, ArrayView{float})"/>;</item>
 /// <item>optional entropies by <see cref="EntropyKernel"/>: one group per row, each thread sums
 /// −p·ln p = −exp(x − lse)·(x − lse) over its strided share, then a fixed shared-memory tree (no atomics);
 /// summing −p·ln p rather than lse − Σ p·x avoids cancelling two large numbers;</item>
 /// <item>backward: d(logits) in place over the real columns — <see cref="GpuTargetLogProbs.Backward(ArrayView{float}, ArrayView{int}, int, int, ArrayView{float}, ArrayView{float})"/>
 /// without an entropy gradient, otherwise <see cref="GradientKernel"/> (one thread per logit):
-/// a·(1[v = t] − p) − b·p·(ln p + H), 0 on rows with target −1 — then ∂h += dlogits·E (k = V, lda = stride) and
-/// ∂E += dlogitsᵀ·h (m = V, lda = stride): both GEMMs read columns 0 … V−1 of each row only (β = 1).</item>
+/// a·(1[v = t] − p) − b·p·(ln p + H), 0 on rows with target −1 — then ∂h += dlogits·E (k = V, lda = Vp) and
+/// ∂E += dlogitsᵀ·h (m = V, lda = Vp): both GEMMs read columns 0 … V−1 of each row only (β = 1).</item>
 /// </list>
+/// <para>
+/// bf16 operands (an <see cref="IBFloat16Gemm"/> whose fp32 GEMM rounds its inputs to bf16 anyway: <see cref="CublasGemm"/>
+/// with <see cref="GemmPrecision.BFloat16"/>), the vocabulary padded as llm.c pads it, so no GEMM has the odd V as its
+/// n or k: once per call E [V, C] is rounded (<see cref="GpuBFloat16"/>, to nearest even) into a table [Vp, C] owned by
+/// this op whose rows V … Vp−1 are zeroed; per chunk the hidden rows are rounded to bf16 (owned scratch), then
+/// logits = h·Eᵀ with n = Vp (<see cref="IBFloat16Gemm.MultiplyBFloat16"/>, fp32 logits, fp32 accumulation, β = 0):
+/// the padding columns of the scratch ARE written by this forward GEMM, with exact zeros (zero rows of the table; a
+/// non-finite hidden value makes its whole row non-finite anyway), and the log-softmax and entropy kernels still read
+/// the V real columns only. The backward writes d(logits) rounded to bf16 into an owned [rows, Vp] buffer in one pass
+/// (<see cref="GpuTargetLogProbs.BackwardToBFloat16"/> or <see cref="GradientToBFloat16Kernel"/>), every element
+/// including the padding columns, as 0, before any GEMM reads it; then ∂h += dlogits·E with k = Vp (the padding: 0 × 0)
+/// and ∂E += dlogitsᵀ·h with m = V (real columns only, straight into the fp32 [V, C] gradient, β = 1). No value a
+/// GEMM reads in the padding can be NaN or Inf, whatever the scratch or the owned buffers held before the call.
+/// </para>
 /// ForwardBackward runs the same kernels in the same order as Forward followed by Backward but
 /// with one logits GEMM per chunk, so the two paths agree bit for bit. Every reduction has a fixed order
 /// (the GEMM sums k ascending per element, row reductions are trees over a group size fixed per accelerator),
 /// so results are bit-identical run to run on one device. ∂E sums over chunks in chunk order (β = 1), so its
-/// rounding depends on the chunk size; log-probs, log-sum-exp, entropies and ∂h do not, and none depends on
-/// the row stride (the same products and sums in the same order).
+/// rounding depends on the chunk size; log-probs, log-sum-exp, entropies and ∂h do not, and on the fp32 path none
+/// depends on the row stride (the same products and sums in the same order).
 /// Targets and sequence ids are not range-checked on the device (the data pipeline must; the CPU op checks).
-/// All work is queued on the accelerator's default stream; nothing synchronises.
+/// All work is queued on the accelerator's default stream; nothing synchronises (<see cref="Profiler"/> may).
 /// </summary>
-public sealed class GpuSequenceLogProbs
+public sealed class GpuSequenceLogProbs : IDisposable
 {
     private readonly Accelerator _accelerator;
     private readonly IGemm _gemm;
@@ -46,8 +63,16 @@ public sealed class GpuSequenceLogProbs
     private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>> _gradient;
     private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<int>> _sum;
     private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, int, int, int, ArrayView<float>> _scatter;
+    // The bf16 path (null on the fp32 path): the GEMM, the converter, the d(logits) kernel and the owned bf16 buffers
+    // (the padded table [Vp, C], one chunk of hidden rows [rows, C], one chunk of d(logits) [rows, Vp]), grown on demand.
+    private readonly IBFloat16Gemm? _bf16Gemm;
+    private readonly GpuBFloat16? _toBFloat16;
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<ushort>>? _gradientToBFloat16;
+    private MemoryBuffer1D<ushort, Stride1D.Dense>? _tableBf16, _hiddenBf16, _dLogitsBf16;
 
-    /// <summary>Loads the kernels on <paramref name="accelerator"/>; the GEMMs and target log-probs are the given ops (same accelerator).</summary>
+    /// <summary>Loads the kernels on <paramref name="accelerator"/>; the GEMMs and target log-probs are the given ops (same accelerator).
+    /// The GEMMs run on bf16 operands when <paramref name="gemm"/> is an <see cref="IBFloat16Gemm"/> that
+    /// <see cref="IBFloat16Gemm.RoundsOperandsToBFloat16"/> (see the class remarks), on fp32 operands otherwise.</summary>
     public GpuSequenceLogProbs(Accelerator accelerator, IGemm gemm, GpuTargetLogProbs targetLogProbs)
     {
         _accelerator = accelerator;
@@ -60,7 +85,28 @@ public sealed class GpuSequenceLogProbs
         _gradient = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>>(GradientKernel);
         _sum = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<int>>(SumBySequenceKernel);
         _scatter = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, int, int, int, ArrayView<float>>(ScatterBySequenceKernel);
+        if (gemm is IBFloat16Gemm { RoundsOperandsToBFloat16: true } bf16)
+        {
+            _bf16Gemm = bf16;
+            _toBFloat16 = new GpuBFloat16(accelerator);
+            _gradientToBFloat16 = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<ushort>>(GradientToBFloat16Kernel);
+        }
     }
+
+    /// <summary>Whether the GEMMs run on bf16 copies of their operands with the vocabulary padded to Vp (see the class remarks).</summary>
+    public bool UsesBFloat16Operands => _bf16Gemm is not null;
+
+    /// <summary>
+    /// Optional sub-op timing hook, null by default: when set, it is called after each step of Forward, Backward and
+    /// ForwardBackward with the step's name — <c>"lm head convert"</c> (bf16 copies of E and of a chunk's hidden rows),
+    /// <c>"lm head gemm fwd"</c>, <c>"lm head softmax fwd"</c> (log-probs, log-sum-exp, entropies),
+    /// <c>"lm head softmax bwd"</c> (d(logits)), <c>"lm head gemm dh"</c>, <c>"lm head gemm dE"</c> — once per chunk
+    /// (the table conversion once per call). The work is queued, not finished: a profiler that wants device time
+    /// synchronises in the callback (GpuGpt's OpProfile laps do).
+    /// </summary>
+    public Action<string>? Profiler { get; set; }
+
+    private void Lap(string step) => Profiler?.Invoke(step);
 
     /// <summary>Logits rows are padded to a multiple of this many floats (256 bytes, as llm.c pads GPT-2's vocabulary).</summary>
     public const int RowAlignment = 64;
@@ -148,10 +194,11 @@ public sealed class GpuSequenceLogProbs
     {
         int n = Validate(hidden, lmHead, targets, channels, vocab, scratch, logSumExp.Length, entropy.Length, chunkRows, rowStride);
         GpuLaunch.CheckLength(logProbs.Length, n, nameof(logProbs), "[N]");
+        var table = Table(lmHead, channels, vocab, rowStride, n);
         for (int start = 0; start < n; start += chunkRows)
         {
             int rows = Math.Min(chunkRows, n - start);
-            var logits = Logits(hidden, lmHead, channels, vocab, rowStride, scratch, start, rows);
+            var logits = Logits(hidden, lmHead, table, channels, vocab, rowStride, scratch, start, rows, out _);
             ForwardChunk(logits, targets, vocab, rowStride, start, rows, logProbs, logSumExp, entropy);
         }
     }
@@ -162,11 +209,12 @@ public sealed class GpuSequenceLogProbs
     {
         int n = Validate(hidden, lmHead, targets, channels, vocab, scratch, logSumExp.Length, entropy.Length, chunkRows, rowStride);
         ValidateBackward(n, channels, vocab, entropy.Length, dLogProbs.Length, dEntropy.Length, dHidden.Length, dLmHead.Length);
+        var table = Table(lmHead, channels, vocab, rowStride, n);
         for (int start = 0; start < n; start += chunkRows)
         {
             int rows = Math.Min(chunkRows, n - start);
-            var logits = Logits(hidden, lmHead, channels, vocab, rowStride, scratch, start, rows);
-            BackwardChunk(logits, hidden, lmHead, targets, channels, vocab, rowStride, start, rows, logSumExp, entropy, dLogProbs, dEntropy, dHidden, dLmHead);
+            var logits = Logits(hidden, lmHead, table, channels, vocab, rowStride, scratch, start, rows, out var hiddenBf16);
+            BackwardChunk(logits, hidden, lmHead, table, hiddenBf16, targets, channels, vocab, rowStride, start, rows, logSumExp, entropy, dLogProbs, dEntropy, dHidden, dLmHead);
         }
     }
 
@@ -178,12 +226,13 @@ public sealed class GpuSequenceLogProbs
         int n = Validate(hidden, lmHead, targets, channels, vocab, scratch, logSumExp.Length, entropy.Length, chunkRows, rowStride);
         GpuLaunch.CheckLength(logProbs.Length, n, nameof(logProbs), "[N]");
         ValidateBackward(n, channels, vocab, entropy.Length, dLogProbs.Length, dEntropy.Length, dHidden.Length, dLmHead.Length);
+        var table = Table(lmHead, channels, vocab, rowStride, n);
         for (int start = 0; start < n; start += chunkRows)
         {
             int rows = Math.Min(chunkRows, n - start);
-            var logits = Logits(hidden, lmHead, channels, vocab, rowStride, scratch, start, rows);
+            var logits = Logits(hidden, lmHead, table, channels, vocab, rowStride, scratch, start, rows, out var hiddenBf16);
             ForwardChunk(logits, targets, vocab, rowStride, start, rows, logProbs, logSumExp, entropy);
-            BackwardChunk(logits, hidden, lmHead, targets, channels, vocab, rowStride, start, rows, logSumExp, entropy, dLogProbs, dEntropy, dHidden, dLmHead);
+            BackwardChunk(logits, hidden, lmHead, table, hiddenBf16, targets, channels, vocab, rowStride, start, rows, logSumExp, entropy, dLogProbs, dEntropy, dHidden, dLmHead);
         }
     }
 
@@ -273,11 +322,59 @@ public sealed class GpuSequenceLogProbs
         if (length > int.MaxValue) throw new ArgumentException($"{name} too large for 32-bit GPU indexing ({length} elements).", name);
     }
 
-    /// <summary>logits[rows, V] = h[start … start+rows)·Eᵀ into the scratch, row stride <paramref name="stride"/> (padding not written).</summary>
-    private ArrayView<float> Logits(ArrayView<float> hidden, ArrayView<float> lmHead, int c, int v, int stride, ArrayView<float> scratch, int start, int rows)
+    /// <summary>
+    /// bf16 path: the padded table [stride, C] — E rounded to bf16 in rows 0 … V−1, zeros in rows V … stride−1 — in the
+    /// owned buffer, rewritten on every call (E changes between calls). An empty view on the fp32 path or when N = 0.
+    /// </summary>
+    private ArrayView<ushort> Table(ArrayView<float> lmHead, int c, int v, int stride, int n)
+    {
+        if (_toBFloat16 is null || n == 0) return default;
+        CheckIndexable((long)stride * c, "the padded bf16 table [Vp, C]");
+        var table = Owned(ref _tableBf16, (long)stride * c);
+        _toBFloat16.ToBFloat16(lmHead, table.SubView(0, (long)v * c));
+        if (stride > v) table.SubView((long)v * c, (long)(stride - v) * c).MemSetToZero();
+        Lap("lm head convert");
+        return table;
+    }
+
+    /// <summary>The first <paramref name="length"/> elements of an owned bf16 buffer, reallocated (not zeroed) when too small.</summary>
+    private ArrayView<ushort> Owned(ref MemoryBuffer1D<ushort, Stride1D.Dense>? buffer, long length)
+    {
+        if (buffer is null || buffer.Length < length)
+        {
+            if (buffer is not null)
+            {
+                _accelerator.Synchronize();   // queued work may still read the old buffer
+                buffer.Dispose();
+            }
+            buffer = _accelerator.Allocate1D<ushort>(Math.Max(length, 1));
+        }
+        return buffer.View.SubView(0, length);
+    }
+
+    /// <summary>
+    /// logits[rows, ·] = h[start … start+rows)·Eᵀ into the scratch, row stride <paramref name="stride"/>. fp32 path: the V
+    /// real columns (padding not written). bf16 path: the chunk's hidden rows rounded into <paramref name="hiddenBf16"/>,
+    /// then all <paramref name="stride"/> columns against the padded table (padding columns written, as 0).
+    /// </summary>
+    private ArrayView<float> Logits(ArrayView<float> hidden, ArrayView<float> lmHead, ArrayView<ushort> table, int c, int v, int stride,
+                                    ArrayView<float> scratch, int start, int rows, out ArrayView<ushort> hiddenBf16)
     {
         var logits = scratch.SubView(0, (long)rows * stride);
-        _gemm.Multiply(false, true, rows, v, c, 1f, hidden.SubView((long)start * c, (long)rows * c), c, lmHead, c, 0f, logits, stride);
+        var h = hidden.SubView((long)start * c, (long)rows * c);
+        if (_bf16Gemm is null || _toBFloat16 is null)
+        {
+            hiddenBf16 = default;
+            _gemm.Multiply(false, true, rows, v, c, 1f, h, c, lmHead, c, 0f, logits, stride);
+        }
+        else
+        {
+            hiddenBf16 = Owned(ref _hiddenBf16, (long)rows * c);
+            _toBFloat16.ToBFloat16(h, hiddenBf16);
+            Lap("lm head convert");
+            _bf16Gemm.MultiplyBFloat16(false, true, rows, stride, c, 1f, hiddenBf16, c, table, c, 0f, logits, stride);
+        }
+        Lap("lm head gemm fwd");
         return logits;
     }
 
@@ -289,21 +386,43 @@ public sealed class GpuSequenceLogProbs
         _targetLogProbs.Forward(logits, t, v, stride, logProbs.SubView(start, rows), lse);
         if (entropy.Length != 0)
             _entropy(_accelerator.DefaultStream, GpuLaunch.Rows(rows, _groupSize), logits, t, v, stride, lse, entropy.SubView(start, rows));
+        Lap("lm head softmax fwd");
     }
 
-    /// <summary>Turns the chunk's logits into d(logits) in place and feeds them into the two GEMMs (lda = stride: real columns only).</summary>
-    private void BackwardChunk(ArrayView<float> logits, ArrayView<float> hidden, ArrayView<float> lmHead, ArrayView<int> targets,
+    /// <summary>
+    /// fp32 path: the chunk's logits become d(logits) in place, fed to the two GEMMs (lda = stride: real columns only).
+    /// bf16 path: d(logits) rounded to bf16 into the owned [rows, stride] buffer (padding columns 0), then ∂h with
+    /// k = stride against the padded table and ∂E with m = V against the chunk's bf16 hidden rows.
+    /// </summary>
+    private void BackwardChunk(ArrayView<float> logits, ArrayView<float> hidden, ArrayView<float> lmHead, ArrayView<ushort> table,
+                               ArrayView<ushort> hiddenBf16, ArrayView<int> targets,
                                int c, int v, int stride, int start, int rows, ArrayView<float> logSumExp, ArrayView<float> entropy,
                                ArrayView<float> dLogProbs, ArrayView<float> dEntropy, ArrayView<float> dHidden, ArrayView<float> dLmHead)
     {
         var t = targets.SubView(start, rows);
         var lse = logSumExp.SubView(start, rows);
         var a = dLogProbs.SubView(start, rows);
-        if (dEntropy.Length == 0) _targetLogProbs.Backward(logits, t, v, stride, lse, a);
-        else _gradient(_accelerator.DefaultStream, rows * v, logits, t, v, stride, lse, entropy.SubView(start, rows), a, dEntropy.SubView(start, rows));
-        var h = hidden.SubView((long)start * c, (long)rows * c);
-        _gemm.Multiply(false, false, rows, c, v, 1f, logits, stride, lmHead, c, 1f, dHidden.SubView((long)start * c, (long)rows * c), c);
-        _gemm.Multiply(true, false, v, c, rows, 1f, logits, stride, h, c, 1f, dLmHead, c);
+        var dh = dHidden.SubView((long)start * c, (long)rows * c);
+        if (_bf16Gemm is null || _gradientToBFloat16 is null)
+        {
+            if (dEntropy.Length == 0) _targetLogProbs.Backward(logits, t, v, stride, lse, a);
+            else _gradient(_accelerator.DefaultStream, rows * v, logits, t, v, stride, lse, entropy.SubView(start, rows), a, dEntropy.SubView(start, rows));
+            Lap("lm head softmax bwd");
+            _gemm.Multiply(false, false, rows, c, v, 1f, logits, stride, lmHead, c, 1f, dh, c);
+            Lap("lm head gemm dh");
+            _gemm.Multiply(true, false, v, c, rows, 1f, logits, stride, hidden.SubView((long)start * c, (long)rows * c), c, 1f, dLmHead, c);
+            Lap("lm head gemm dE");
+            return;
+        }
+        var dLogits = Owned(ref _dLogitsBf16, (long)rows * stride);
+        if (dEntropy.Length == 0) _targetLogProbs.BackwardToBFloat16(logits, t, v, stride, lse, a, dLogits);
+        else _gradientToBFloat16(_accelerator.DefaultStream, rows * stride, logits, t, v, stride, lse, entropy.SubView(start, rows), a,
+                                 dEntropy.SubView(start, rows), dLogits);
+        Lap("lm head softmax bwd");
+        _bf16Gemm.MultiplyBFloat16(false, false, rows, c, stride, 1f, dLogits, stride, table, c, 1f, dh, c);
+        Lap("lm head gemm dh");
+        _bf16Gemm.MultiplyBFloat16(true, false, v, c, rows, 1f, dLogits, stride, hiddenBf16, c, 1f, dLmHead, c);
+        Lap("lm head gemm dE");
     }
 
     /// <summary>entropy_n = −Σ_v p·ln p with ln p = x − lse (0 for ignored rows). One group per row.</summary>
@@ -349,6 +468,27 @@ public sealed class GpuSequenceLogProbs
         logits[at] = v == target ? d + a : d;
     }
 
+    /// <summary>As <see cref="GradientKernel"/> into a separate bf16 buffer, one thread per element of the padded rows
+    /// (i over rows·rowStride): round-to-nearest-even of d at the real columns, 0 at the padding columns and on ignored rows.</summary>
+    [GpuKernel(false)]
+    internal static void GradientToBFloat16Kernel(Index1D i, ArrayView<float> logits, ArrayView<int> targets, int vocab, int rowStride,
+                                                  ArrayView<float> logSumExp, ArrayView<float> entropy, ArrayView<float> dLogProbs,
+                                                  ArrayView<float> dEntropy, ArrayView<ushort> gradient)
+    {
+        int row = i / rowStride, v = i - row * rowStride;
+        int target = targets[row];
+        if (v >= vocab || target == TargetLogProbs.Ignored)
+        {
+            gradient[i] = 0;
+            return;
+        }
+        float a = dLogProbs[row], b = dEntropy[row];
+        float logP = logits[i] - logSumExp[row];
+        float p = XMath.Exp(logP);
+        float d = -a * p - b * p * (logP + entropy[row]);
+        gradient[i] = GpuBFloat16.Round(v == target ? d + a : d);
+    }
+
     /// <summary>One thread per sequence: fp64 sum of its counted tokens' values, in token order, and their count.</summary>
     [GpuKernel(false)]
     internal static void SumBySequenceKernel(Index1D s, ArrayView<float> values, ArrayView<int> sequence, ArrayView<int> targets,
@@ -381,5 +521,23 @@ public sealed class GpuSequenceLogProbs
             if (count > 0) d += dMeans[s] / count;
         }
         dValues[i] += d;
+    }
+
+    /// <summary>Tests: sets every byte of the owned bf16 buffers allocated so far to <paramref name="value"/> (0xFF: bf16 NaN).</summary>
+    internal void FillOwnedBuffers(byte value)
+    {
+        foreach (var buffer in new[] { _tableBf16, _hiddenBf16, _dLogitsBf16 }) buffer?.View.MemSet(value);
+        _accelerator.Synchronize();
+    }
+
+    /// <summary>Frees the owned buffers (the bf16 table and chunk buffers, the dummies).</summary>
+    public void Dispose()
+    {
+        _tableBf16?.Dispose();
+        _hiddenBf16?.Dispose();
+        _dLogitsBf16?.Dispose();
+        _tableBf16 = _hiddenBf16 = _dLogitsBf16 = null;
+        _dummy.Dispose();
+        _dummyInt.Dispose();
     }
 }

@@ -14,6 +14,8 @@ namespace DistAlign.Kernels.Gpu;
 /// ((m₁, s₁) ⊕ (m₂, s₂) = (m, s₁·e^(m₁−m) + s₂·e^(m₂−m))); lse = m + log s. Finite for any finite logits.
 /// Backward: one thread per logit, overwriting the logits IN PLACE with
 /// d = g·(1[v = target] − exp(x − lse)); rows with target −1 become 0 (as the CPU op: not accumulated).
+/// <see cref="BackwardToBFloat16"/> writes d(logits) rounded to bf16 into a separate [N, rowStride] buffer instead, padding
+/// columns included (as 0), for a bf16 GEMM that reads whole padded rows (the LM head's mixed-precision path).
 /// Targets are not range-checked on the device (the CPU op checks them; the data pipeline must too).
 /// Determinism: each row's merge tree depends only on V and the accelerator's group size.
 /// </summary>
@@ -21,6 +23,7 @@ public sealed class GpuTargetLogProbs
 {
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>> _forward;
     private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>> _backward;
+    private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>, ArrayView<ushort>>? _backwardToBFloat16;
     private readonly Accelerator _accelerator;
     private readonly int _groupSize;
 
@@ -58,6 +61,24 @@ public sealed class GpuTargetLogProbs
         GpuLaunch.CheckLength(logSumExp.Length, n, nameof(logSumExp), "[N]");
         GpuLaunch.CheckLength(dLogProbs.Length, n, nameof(dLogProbs), "[N]");
         if (n > 0) _backward(_accelerator.DefaultStream, n * vocab, logitsToGradient, targets, vocab, rowStride, logSumExp, dLogProbs);
+    }
+
+    /// <summary>
+    /// d(logits) as bf16 bits into <paramref name="gradient"/> [N, rowStride] (the logits are not changed): every element
+    /// is written, round-to-nearest-even of g·(1[v = target] − exp(x − lse)) at the V real columns and 0 at the padding
+    /// columns and on rows with target −1, so a GEMM may read the whole padded rows (0 × anything finite = 0).
+    /// The kernel is compiled on first use.
+    /// </summary>
+    public void BackwardToBFloat16(ArrayView<float> logits, ArrayView<int> targets, int vocab, int rowStride, ArrayView<float> logSumExp,
+                                   ArrayView<float> dLogProbs, ArrayView<ushort> gradient)
+    {
+        int n = Rows(logits.Length, targets.Length, vocab, rowStride);
+        GpuLaunch.CheckLength(logSumExp.Length, n, nameof(logSumExp), "[N]");
+        GpuLaunch.CheckLength(dLogProbs.Length, n, nameof(dLogProbs), "[N]");
+        GpuLaunch.CheckLength(gradient.Length, (long)n * rowStride, nameof(gradient), "[N, rowStride]");
+        if (n == 0) return;
+        _backwardToBFloat16 ??= _accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>, ArrayView<ushort>>(BackwardToBFloat16Kernel);
+        _backwardToBFloat16(_accelerator.DefaultStream, n * rowStride, logits, targets, vocab, rowStride, logSumExp, dLogProbs, gradient);
     }
 
     /// <summary>Checks logits [N, rowStride] with rowStride ≥ vocab against targets [N]; returns N.</summary>
@@ -135,5 +156,22 @@ public sealed class GpuTargetLogProbs
         float g = dLogProbs[row];
         float d = -g * XMath.Exp(logits[at] - logSumExp[row]);
         logits[at] = v == target ? d + g : d;
+    }
+
+    /// <summary>One thread per element of the padded rows (i over N·rowStride): bf16 d(logits) at the real columns, 0 elsewhere.</summary>
+    [GpuKernel(false)]
+    internal static void BackwardToBFloat16Kernel(Index1D i, ArrayView<float> logits, ArrayView<int> targets, int vocab, int rowStride,
+                                                  ArrayView<float> logSumExp, ArrayView<float> dLogProbs, ArrayView<ushort> gradient)
+    {
+        int row = i / rowStride, v = i - row * rowStride;
+        int target = targets[row];
+        if (v >= vocab || target < 0)
+        {
+            gradient[i] = 0;
+            return;
+        }
+        float g = dLogProbs[row];
+        float d = -g * XMath.Exp(logits[i] - logSumExp[row]);
+        gradient[i] = GpuBFloat16.Round(v == target ? d + g : d);
     }
 }

@@ -91,7 +91,7 @@ public sealed class GpuGpt : IDisposable
         residual = new GpuResidual(accelerator);
         embedding = new GpuEmbedding(accelerator);
         columnSum = new GpuColumnSum(accelerator);
-        lmHead = new GpuSequenceLogProbs(accelerator, gemm, new GpuTargetLogProbs(accelerator));
+        lmHead = new GpuSequenceLogProbs(accelerator, gemm, new GpuTargetLogProbs(accelerator)) { Profiler = Lap };   // sub-op laps: no-ops without a Profile
         adamW = new GpuAdamW(accelerator);
         gradientNorm = new GpuGradientNorm(accelerator);
         long total = Layout.TotalElements;
@@ -569,6 +569,7 @@ public sealed class GpuGpt : IDisposable
     {
         shape?.Dispose();
         parametersBf16?.Dispose();
+        lmHead.Dispose();
         layerNorm.Dispose();
         embedding.Dispose();
         columnSum.Dispose();

@@ -15,6 +15,9 @@ namespace DistAlign.Tests.Kernels.Gpu;
 /// (row stride &gt; V, padding poisoned with NaN: never read, never written) equal to unpadded ones, the fused
 /// path equal to forward + backward, bit-identical reruns, extreme logits, and the per-sequence sum/scatter.
 /// Every run starts from a NaN-filled scratch, so no result can depend on what the scratch held.
+/// These are the fp32-operand path (the GEMM of <see cref="GpuKernels"/>: the tiled GEMM, or cuBLAS fp32 on CUDA), where
+/// the padding columns are never touched; the bf16 path, whose forward GEMM writes them (as zeros), is
+/// <see cref="GpuSequenceLogProbsBFloat16Tests"/>.
 /// Tolerances: fp32 against fp64 as in the CPU tests (log-probs/entropies 1e-5 abs + 1e-5 rel; gradients
 /// 2e-5 abs + 1e-4 rel, the finite-difference noise included); against the CPU kernel 1e-5 abs + 1e-4 rel
 /// (both fp32, different summation orders and exp implementations).
