@@ -25,7 +25,7 @@
 #define __forceinline__ inline
 #define __shared__ static
 #define __restrict__ __restrict
-#define __launch_bounds__(x)
+#define __launch_bounds__(...)
 
 struct dim3
 {

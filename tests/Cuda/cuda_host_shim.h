@@ -12,7 +12,7 @@
 #define __forceinline__ inline
 #define __shared__ static
 #define __restrict__ __restrict
-#define __launch_bounds__(threads)
+#define __launch_bounds__(...)
 struct dim3 { unsigned int x, y, z; };
 extern dim3 threadIdx, blockIdx, blockDim, gridDim;
 struct uint4 { unsigned int x, y, z, w; };

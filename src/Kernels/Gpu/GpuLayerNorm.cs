@@ -17,6 +17,7 @@ namespace DistAlign.Kernels.Gpu;
 public sealed class GpuLayerNorm : IDisposable
 {
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, ArrayView<float>, ArrayView<float>, ArrayView<float>> _forward;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, ArrayView<ushort>, ArrayView<float>, ArrayView<float>> _forwardToBFloat16;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, ArrayView<float>> _backwardInput;
     private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, ArrayView<float>> _backwardParameterPartials;
     private readonly GpuColumnSum _columnSum;
@@ -28,6 +29,7 @@ public sealed class GpuLayerNorm : IDisposable
         _accelerator = accelerator;
         _groupSize = GpuLaunch.ReductionGroupSize(accelerator);
         _forward = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, ArrayView<float>, ArrayView<float>, ArrayView<float>>(ForwardKernel);
+        _forwardToBFloat16 = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, ArrayView<ushort>, ArrayView<float>, ArrayView<float>>(ForwardToBFloat16Kernel);
         _backwardInput = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, ArrayView<float>>(BackwardInputKernel);
         _backwardParameterPartials = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, ArrayView<float>>(BackwardParameterPartialsKernel);
         _columnSum = new GpuColumnSum(accelerator);
@@ -44,6 +46,23 @@ public sealed class GpuLayerNorm : IDisposable
         GpuLaunch.CheckLength(mean.Length, n, nameof(mean), "[N]");
         GpuLaunch.CheckLength(rstd.Length, n, nameof(rstd), "[N]");
         if (n > 0) _forward(_accelerator.DefaultStream, GpuLaunch.Rows(n, _groupSize), input, weight, bias, c, output, mean, rstd);
+    }
+
+    /// <summary>
+    /// The forward with bf16 output (round to nearest even, <see cref="GpuBFloat16.Round"/>): for mixed precision, where
+    /// the normalised activations are only a GEMM operand; same mean and rstd, output bit-identical to the fp32
+    /// forward followed by <see cref="GpuBFloat16.ToBFloat16"/>.
+    /// </summary>
+    public void Forward(ArrayView<float> input, ArrayView<float> weight, ArrayView<float> bias,
+                        ArrayView<ushort> output, ArrayView<float> mean, ArrayView<float> rstd)
+    {
+        int c = (int)weight.Length;
+        int n = Rows(input.Length, c);
+        GpuLaunch.CheckLength(bias.Length, c, nameof(bias), "[C]");
+        GpuLaunch.CheckLength(output.Length, input.Length, nameof(output), "[N, C]");
+        GpuLaunch.CheckLength(mean.Length, n, nameof(mean), "[N]");
+        GpuLaunch.CheckLength(rstd.Length, n, nameof(rstd), "[N]");
+        if (n > 0) _forwardToBFloat16(_accelerator.DefaultStream, GpuLaunch.Rows(n, _groupSize), input, weight, bias, c, output, mean, rstd);
     }
 
     /// <summary>Accumulates dInput [N, C], dWeight [C], dBias [C] from dOutput, using the forward's input, mean and rstd.</summary>
@@ -77,25 +96,49 @@ public sealed class GpuLayerNorm : IDisposable
     internal static void ForwardKernel(ArrayView<float> input, ArrayView<float> weight, ArrayView<float> bias, int c,
                                        ArrayView<float> output, ArrayView<float> mean, ArrayView<float> rstd)
     {
-        var scratch = SharedMemory.Allocate<float>(GpuLaunch.MaxGroupSize);
-        int row = Grid.IdxX, tid = Group.IdxX, step = Group.DimX;
-        long offset = (long)row * c;
-        float sum = 0f;
-        for (int j = tid; j < c; j += step) sum += input[offset + j];
-        float mu = GpuLaunch.GroupSum(scratch, sum) / c;
-        float squares = 0f;
-        for (int j = tid; j < c; j += step)
+        var moments = RowMoments.Of(input, c, mean, rstd);
+        long offset = (long)Grid.IdxX * c;
+        for (int j = Group.IdxX; j < c; j += Group.DimX)
+            output[offset + j] = (input[offset + j] - moments.Mean) * moments.Rstd * weight[j] + bias[j];
+    }
+
+    /// <summary>The forward writing bf16 output (mixed precision: the LayerNorm output is only a GEMM operand).</summary>
+    [GpuKernel(true)]
+    internal static void ForwardToBFloat16Kernel(ArrayView<float> input, ArrayView<float> weight, ArrayView<float> bias, int c,
+                                                 ArrayView<ushort> output, ArrayView<float> mean, ArrayView<float> rstd)
+    {
+        var moments = RowMoments.Of(input, c, mean, rstd);
+        long offset = (long)Grid.IdxX * c;
+        for (int j = Group.IdxX; j < c; j += Group.DimX)
+            output[offset + j] = GpuBFloat16.Round((input[offset + j] - moments.Mean) * moments.Rstd * weight[j] + bias[j]);
+    }
+
+    /// <summary>μ and r = 1/√(σ² + ε) of the group's row (Σx, then Σ(x − μ)²: two-pass variance), also saved to mean/rstd.</summary>
+    internal struct RowMoments
+    {
+        public float Mean, Rstd;
+
+        public static RowMoments Of(ArrayView<float> input, int c, ArrayView<float> mean, ArrayView<float> rstd)
         {
-            float d = input[offset + j] - mu;
-            squares += d * d;
-        }
-        float r = 1f / XMath.Sqrt(GpuLaunch.GroupSum(scratch, squares) / c + Cpu.LayerNorm.Epsilon);
-        for (int j = tid; j < c; j += step)
-            output[offset + j] = (input[offset + j] - mu) * r * weight[j] + bias[j];
-        if (tid == 0)
-        {
-            mean[row] = mu;
-            rstd[row] = r;
+            var scratch = SharedMemory.Allocate<float>(GpuLaunch.MaxGroupSize);
+            int row = Grid.IdxX, tid = Group.IdxX, step = Group.DimX;
+            long offset = (long)row * c;
+            float sum = 0f;
+            for (int j = tid; j < c; j += step) sum += input[offset + j];
+            float mu = GpuLaunch.GroupSum(scratch, sum) / c;
+            float squares = 0f;
+            for (int j = tid; j < c; j += step)
+            {
+                float d = input[offset + j] - mu;
+                squares += d * d;
+            }
+            float r = 1f / XMath.Sqrt(GpuLaunch.GroupSum(scratch, squares) / c + Cpu.LayerNorm.Epsilon);
+            if (tid == 0)
+            {
+                mean[row] = mu;
+                rstd[row] = r;
+            }
+            return new RowMoments { Mean = mu, Rstd = r };
         }
     }
 

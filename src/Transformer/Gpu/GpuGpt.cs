@@ -270,9 +270,11 @@ public sealed class GpuGpt : IDisposable
             var fchGelu = s[a + "fch_gelu"];
             var residual3 = s[a + "residual3"];
 
-            layerNorm.Forward(x, P(o.Ln1Weight, c), P(o.Ln1Bias, c), ln1, s[a + "ln1_mean"], s[a + "ln1_rstd"]);
+            // mixed precision: LayerNorm and GELU outputs are only GEMM operands, so they are written as bf16 directly
+            if (bf16Gemm is null) layerNorm.Forward(x, P(o.Ln1Weight, c), P(o.Ln1Bias, c), ln1, s[a + "ln1_mean"], s[a + "ln1_rstd"]);
+            else layerNorm.Forward(x, P(o.Ln1Weight, c), P(o.Ln1Bias, c), s.BFloat16(a + "ln1"), s[a + "ln1_mean"], s[a + "ln1_rstd"]);
             Lap("layernorm fwd");
-            LinearForward(s, a + "ln1", ln1, o.AttnWeight, P(o.AttnBias, 3 * c), qkv, n, c, 3 * c);
+            LinearForward(s, a + "ln1", bf16Gemm is null ? ln1 : default, o.AttnWeight, P(o.AttnBias, 3 * c), qkv, n, c, 3 * c);
             Lap("matmul fwd");
             if (flashAttention is not null)
                 flashAttention.Forward(qkv, s.Segments, batch.Rows, batch.Length, Config.Heads, atty, s.AttentionLogSumExp(l));
@@ -283,13 +285,15 @@ public sealed class GpuGpt : IDisposable
             Lap("matmul fwd");
             residual.Forward(x, projection, residual2);
             Lap("residual fwd");
-            layerNorm.Forward(residual2, P(o.Ln2Weight, c), P(o.Ln2Bias, c), ln2, s[a + "ln2_mean"], s[a + "ln2_rstd"]);
+            if (bf16Gemm is null) layerNorm.Forward(residual2, P(o.Ln2Weight, c), P(o.Ln2Bias, c), ln2, s[a + "ln2_mean"], s[a + "ln2_rstd"]);
+            else layerNorm.Forward(residual2, P(o.Ln2Weight, c), P(o.Ln2Bias, c), s.BFloat16(a + "ln2"), s[a + "ln2_mean"], s[a + "ln2_rstd"]);
             Lap("layernorm fwd");
-            LinearForward(s, a + "ln2", ln2, o.FcWeight, P(o.FcBias, 4 * c), fch, n, c, 4 * c);
+            LinearForward(s, a + "ln2", bf16Gemm is null ? ln2 : default, o.FcWeight, P(o.FcBias, 4 * c), fch, n, c, 4 * c);
             Lap("matmul fwd");
-            gelu.Forward(fch, fchGelu);
+            if (bf16Gemm is null) gelu.Forward(fch, fchGelu);
+            else gelu.Forward(fch, s.BFloat16(a + "fch_gelu"));
             Lap("gelu fwd");
-            LinearForward(s, a + "fch_gelu", fchGelu, o.FcProjWeight, P(o.FcProjBias, c), projection, n, 4 * c, c);
+            LinearForward(s, a + "fch_gelu", bf16Gemm is null ? fchGelu : default, o.FcProjWeight, P(o.FcProjBias, c), projection, n, 4 * c, c);
             Lap("matmul fwd");
             residual.Forward(residual2, projection, residual3);
             Lap("residual fwd");
@@ -325,20 +329,17 @@ public sealed class GpuGpt : IDisposable
             string a = $"h.{l}.";
             var x = l == 0 ? s["encoded"] : s[$"h.{l - 1}.residual3"];
 
-            dFchGelu.MemSetToZero();
             LinearBackward(s, dResidual, a + "fch_gelu", o.FcProjWeight, dFchGelu, G(o.FcProjBias, c), n, 4 * c, c);
             Lap("matmul bwd");
             dFch.MemSetToZero();
             gelu.Backward(dFchGelu, s[a + "fch"], dFch);
             Lap("gelu bwd");
-            dLn.MemSetToZero();
             LinearBackward(s, dFch, a + "ln2", o.FcWeight, dLn, G(o.FcBias, 4 * c), n, c, 4 * c);
             Lap("matmul bwd");
             layerNorm.Backward(dLn, s[a + "residual2"], P(o.Ln2Weight, c), s[a + "ln2_mean"], s[a + "ln2_rstd"],
                                dResidual, G(o.Ln2Weight, c), G(o.Ln2Bias, c));
             Lap("layernorm bwd");
 
-            dAtty.MemSetToZero();
             LinearBackward(s, dResidual, a + "atty", o.AttnProjWeight, dAtty, G(o.AttnProjBias, c), n, c, c);
             Lap("matmul bwd");
             dQkv.MemSetToZero();
@@ -348,7 +349,6 @@ public sealed class GpuGpt : IDisposable
             else
                 AttentionBackward(batch, s, dAtty, s[a + "qkv"], s[a + "att"], dQkv);
             Lap("attention bwd");
-            dLn.MemSetToZero();
             LinearBackward(s, dQkv, a + "ln1", o.AttnWeight, dLn, G(o.AttnBias, 3 * c), n, c, 3 * c);
             Lap("matmul bwd");
             layerNorm.Backward(dLn, x, P(o.Ln1Weight, c), s[a + "ln1_mean"], s[a + "ln1_rstd"],
@@ -361,7 +361,8 @@ public sealed class GpuGpt : IDisposable
     }
 
     // y[N, out] = x[N, in]·W[in, out] + b, W the parameter at weightOffset. Mixed precision: x is rounded to bf16 into
-    // the saved copy of activation `inputName` (the backward's dW reads it) and multiplied with W's bf16 mirror.
+    // the saved copy of activation `inputName` (the backward's dW reads it), unless `input` is empty because the
+    // producer wrote that copy itself, and multiplied with W's bf16 mirror.
     private void LinearForward(ShapeBuffers s, string inputName, ArrayView<float> input, long weightOffset, ArrayView<float> bias,
                                ArrayView<float> output, int rows, int inDim, int outDim)
     {
@@ -371,12 +372,13 @@ public sealed class GpuGpt : IDisposable
             return;
         }
         var inputBf16 = s.BFloat16(inputName);
-        bf16!.ToBFloat16(input, inputBf16);
+        if (input.Length > 0) bf16!.ToBFloat16(input, inputBf16);
         bf16Gemm.MultiplyBFloat16(false, false, rows, outDim, inDim, 1f, inputBf16, inDim, PB(weightOffset, (long)inDim * outDim), outDim,
                                   0f, output, outDim, bias);
     }
 
-    // dx += dy·Wᵀ;  dW += xᵀ·dy;  db += Σ_rows dy (column sums). x is the forward's activation `inputName`.
+    // dx = dy·Wᵀ (overwritten: every dx here has this one producer);  dW += xᵀ·dy;  db += Σ_rows dy (column sums).
+    // x is the forward's activation `inputName`.
     // Mixed precision: dy rounded to bf16 once (scratch "dy"), then both GEMMs on bf16 operands (x from its forward copy).
     private void LinearBackward(ShapeBuffers s, ArrayView<float> dOutput, string inputName, long weightOffset,
                                 ArrayView<float> dInput, ArrayView<float> dBias, int rows, int inDim, int outDim)
@@ -384,14 +386,14 @@ public sealed class GpuGpt : IDisposable
         long weightLength = (long)inDim * outDim;
         if (bf16Gemm is null)
         {
-            gemm.Multiply(false, true, rows, inDim, outDim, 1f, dOutput, outDim, P(weightOffset, weightLength), outDim, 1f, dInput, inDim);
+            gemm.Multiply(false, true, rows, inDim, outDim, 1f, dOutput, outDim, P(weightOffset, weightLength), outDim, 0f, dInput, inDim);
             gemm.Multiply(true, false, inDim, outDim, rows, 1f, s[inputName], inDim, dOutput, outDim, 1f, G(weightOffset, weightLength), outDim);
         }
         else
         {
             var dOutputBf16 = s.BFloat16("dy").SubView(0, (long)rows * outDim);
             bf16!.ToBFloat16(dOutput.SubView(0, (long)rows * outDim), dOutputBf16);
-            bf16Gemm.MultiplyBFloat16(false, true, rows, inDim, outDim, 1f, dOutputBf16, outDim, PB(weightOffset, weightLength), outDim, 1f, dInput, inDim);
+            bf16Gemm.MultiplyBFloat16(false, true, rows, inDim, outDim, 1f, dOutputBf16, outDim, PB(weightOffset, weightLength), outDim, 0f, dInput, inDim);
             bf16Gemm.MultiplyBFloat16(true, false, inDim, outDim, rows, 1f, s.BFloat16(inputName), inDim, dOutputBf16, outDim,
                                       1f, G(weightOffset, weightLength), outDim);
         }

@@ -120,3 +120,54 @@ public class GpuElementwiseTests(string backend) : GpuFixture(backend)
         Assert.Throws<ArgumentException>(() => Ops.Embedding.Forward(V(i, 3), V(i, 3), V(a, 5), V(a, 4), 2, V(a, 6)));
     }
 }
+
+/// <summary>
+/// The mixed-precision forwards that write bf16 directly (GELU and LayerNorm outputs that are only GEMM operands):
+/// bit-identical to the fp32 forward rounded by <see cref="DistAlign.Kernels.Gpu.GpuBFloat16"/>, same mean and rstd.
+/// </summary>
+[TestFixture("simulator")]
+[TestFixture("cuda")]
+public class GpuBFloat16OutputTests(string backend) : GpuFixture(backend)
+{
+    private static ushort[] Rounded(float[] values) => values.Select(DistAlign.Kernels.Gpu.GpuBFloat16.Round).ToArray();
+
+    [TestCase(0)]
+    [TestCase(1)]
+    [TestCase(1001)]
+    public void GeluForwardToBFloat16IsTheRoundedFp32Forward(int n)
+    {
+        var x = RandomFloats(n, 11, 4.0);
+        using var input = Up(x);
+        using var fp32 = Up(new float[n]);
+        using var bits = Accelerator.Allocate1D<ushort>(Math.Max(1, n));
+        Ops.Gelu.Forward(V(input, n), V(fp32, n));
+        Ops.Gelu.Forward(V(input, n), bits.View.SubView(0, n));
+        Accelerator.Synchronize();
+        Assert.That(Down(bits, n), Is.EqualTo(Rounded(Down(fp32, n))));
+    }
+
+    [TestCase(1, 1)]
+    [TestCase(3, 7)]
+    [TestCase(5, 130)]
+    public void LayerNormForwardToBFloat16IsTheRoundedFp32Forward(int rows, int channels)
+    {
+        var x = RandomFloats(rows * channels, 12, 3.0);
+        var w = RandomFloats(channels, 13);
+        var b = RandomFloats(channels, 14);
+        using var input = Up(x);
+        using var weight = Up(w);
+        using var bias = Up(b);
+        using var fp32 = Up(new float[rows * channels]);
+        using var mean = Up(new float[rows]);
+        using var rstd = Up(new float[rows]);
+        using var mean2 = Up(new float[rows]);
+        using var rstd2 = Up(new float[rows]);
+        using var bits = Accelerator.Allocate1D<ushort>(rows * channels);
+        Ops.LayerNorm.Forward(V(input, rows * channels), V(weight, channels), V(bias, channels), V(fp32, rows * channels), V(mean, rows), V(rstd, rows));
+        Ops.LayerNorm.Forward(V(input, rows * channels), V(weight, channels), V(bias, channels), bits.View, V(mean2, rows), V(rstd2, rows));
+        Accelerator.Synchronize();
+        Assert.That(Down(bits, rows * channels), Is.EqualTo(Rounded(Down(fp32, rows * channels))));
+        AssertBitIdentical(Down(mean2, rows), Down(mean, rows), "mean");
+        AssertBitIdentical(Down(rstd2, rows), Down(rstd, rows), "rstd");
+    }
+}
