@@ -22,6 +22,7 @@ public sealed class GpuColumnSum : IDisposable
     public const int RowsPerBlock = 64;
 
     private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, int, int, ArrayView<float>> _partials;
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, int, int, ArrayView<float>, ArrayView<ushort>> _partialsAndBFloat16;
     private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, int, int, ArrayView<float>> _sumPartials;
     private readonly Accelerator _accelerator;
     private MemoryBuffer1D<float, Stride1D.Dense>? _scratch;
@@ -30,6 +31,7 @@ public sealed class GpuColumnSum : IDisposable
     {
         _accelerator = accelerator;
         _partials = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, int, int, ArrayView<float>>(PartialsKernel);
+        _partialsAndBFloat16 = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, int, int, ArrayView<float>, ArrayView<ushort>>(PartialsAndBFloat16Kernel);
         _sumPartials = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, int, int, ArrayView<float>>(SumPartialsKernel);
     }
 
@@ -49,6 +51,27 @@ public sealed class GpuColumnSum : IDisposable
         int blocks = Blocks(n);
         var partials = Scratch((long)blocks * c);
         _partials(_accelerator.DefaultStream, blocks * c, input, n, c, partials);
+        AddPartials(partials, blocks, sums);
+    }
+
+    /// <summary>
+    /// <see cref="Sum"/> that also writes <paramref name="inputBFloat16"/>[r, c] = bf16(input[r, c]) (round to nearest
+    /// even) in the same pass: the bias gradient and the bf16 copy of dy that the mixed-precision backward GEMMs read,
+    /// for one read of dy. Same sums, bit for bit.
+    /// </summary>
+    public void SumAndRoundToBFloat16(ArrayView<float> input, ArrayView<float> sums, ArrayView<ushort> inputBFloat16)
+    {
+        int c = (int)sums.Length;
+        GpuLaunch.CheckPositive(c, "sums.Length");
+        if (input.Length % c != 0)
+            throw new ArgumentException($"input has {input.Length} elements, not a multiple of C = {c} (sums.Length).", nameof(input));
+        GpuLaunch.CheckLength(inputBFloat16.Length, input.Length, nameof(inputBFloat16), "same length as input");
+        if (input.Length > int.MaxValue) throw new ArgumentException("input is too large for 32-bit GPU indexing.", nameof(input));
+        int n = (int)(input.Length / c);
+        if (n == 0) return;
+        int blocks = Blocks(n);
+        var partials = Scratch((long)blocks * c);
+        _partialsAndBFloat16(_accelerator.DefaultStream, blocks * c, input, n, c, partials, inputBFloat16);
         AddPartials(partials, blocks, sums);
     }
 
@@ -97,6 +120,37 @@ public sealed class GpuColumnSum : IDisposable
             sum += e;
         }
         for (; r < end; r++, at += channels) sum += input[at];
+        partials[i] = sum;
+    }
+
+    // PartialsKernel, also writing each element it reads as bf16.
+    [GpuKernel(false)]
+    internal static void PartialsAndBFloat16Kernel(Index1D i, ArrayView<float> input, int rows, int channels, ArrayView<float> partials,
+                                                   ArrayView<ushort> inputBFloat16)
+    {
+        int block = i / channels, c = i - block * channels;
+        int first = block * RowsPerBlock, end = IntrinsicMath.Min(rows, first + RowsPerBlock);
+        long at = (long)first * channels + c;
+        float sum = 0f;
+        int r = first;
+        for (; r + 4 <= end; r += 4, at += 4L * channels)
+        {
+            float a = input[at], b = input[at + channels], d = input[at + 2L * channels], e = input[at + 3L * channels];
+            inputBFloat16[at] = GpuBFloat16.Round(a);
+            inputBFloat16[at + channels] = GpuBFloat16.Round(b);
+            inputBFloat16[at + 2L * channels] = GpuBFloat16.Round(d);
+            inputBFloat16[at + 3L * channels] = GpuBFloat16.Round(e);
+            sum += a;
+            sum += b;
+            sum += d;
+            sum += e;
+        }
+        for (; r < end; r++, at += channels)
+        {
+            float x = input[at];
+            inputBFloat16[at] = GpuBFloat16.Round(x);
+            sum += x;
+        }
         partials[i] = sum;
     }
 

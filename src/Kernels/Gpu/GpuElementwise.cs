@@ -17,7 +17,7 @@ public sealed class GpuGelu
 
     private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>> _forward;
     private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<ushort>> _forwardToBFloat16;
-    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>> _backward;
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>> _backward, _backwardOverwrite;
     private readonly Accelerator _accelerator;
 
     public GpuGelu(Accelerator accelerator)
@@ -26,6 +26,7 @@ public sealed class GpuGelu
         _forward = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>>(ForwardKernel);
         _forwardToBFloat16 = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<ushort>>(ForwardToBFloat16Kernel);
         _backward = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>>(BackwardKernel);
+        _backwardOverwrite = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>>(BackwardOverwriteKernel);
     }
 
     /// <summary>output[i] = gelu(input[i]); output may be input.</summary>
@@ -46,12 +47,13 @@ public sealed class GpuGelu
         if (input.Length > 0) _forwardToBFloat16(_accelerator.DefaultStream, (int)input.Length, input, output);
     }
 
-    /// <summary>dInput[i] += dOutput[i]·gelu'(input[i]). Accumulates.</summary>
-    public void Backward(ArrayView<float> dOutput, ArrayView<float> input, ArrayView<float> dInput)
+    /// <summary>dInput[i] += dOutput[i]·gelu'(input[i]) (accumulates), or = with <paramref name="accumulate"/> false
+    /// (for a dInput this is the only producer of: no zeroing pass).</summary>
+    public void Backward(ArrayView<float> dOutput, ArrayView<float> input, ArrayView<float> dInput, bool accumulate = true)
     {
         GpuLaunch.CheckLength(dOutput.Length, input.Length, nameof(dOutput), "same length as input");
         GpuLaunch.CheckLength(dInput.Length, input.Length, nameof(dInput), "same length as input");
-        if (input.Length > 0) _backward(_accelerator.DefaultStream, (int)input.Length, dOutput, input, dInput);
+        if (input.Length > 0) (accumulate ? _backward : _backwardOverwrite)(_accelerator.DefaultStream, (int)input.Length, dOutput, input, dInput);
     }
 
     [GpuKernel(false)]
@@ -68,15 +70,22 @@ public sealed class GpuGelu
     }
 
     [GpuKernel(false)]
-    internal static void BackwardKernel(Index1D i, ArrayView<float> dOutput, ArrayView<float> input, ArrayView<float> dInput)
+    internal static void BackwardKernel(Index1D i, ArrayView<float> dOutput, ArrayView<float> input, ArrayView<float> dInput) =>
+        dInput[i] += dOutput[i] * Derivative(input[i]);
+
+    [GpuKernel(false)]
+    internal static void BackwardOverwriteKernel(Index1D i, ArrayView<float> dOutput, ArrayView<float> input, ArrayView<float> dInput) =>
+        dInput[i] = dOutput[i] * Derivative(input[i]);
+
+    // gelu'(x), x clamped to ±20 (as the CPU op)
+    private static float Derivative(float input)
     {
-        float x = IntrinsicMath.Clamp(input[i], -Saturation, Saturation);
+        float x = IntrinsicMath.Clamp(input, -Saturation, Saturation);
         float square = x * x;
         float twoU = x * (TwoSqrtTwoOverPi + TwoSqrtTwoOverPi * Cubic * square);
         float twoUPrime = TwoSqrtTwoOverPi + 3f * TwoSqrtTwoOverPi * Cubic * square;
         float sigma = 1f / (1f + XMath.Exp(-twoU));
-        float derivative = sigma + x * sigma * (1f - sigma) * twoUPrime;
-        dInput[i] += dOutput[i] * derivative;
+        return sigma + x * sigma * (1f - sigma) * twoUPrime;
     }
 }
 

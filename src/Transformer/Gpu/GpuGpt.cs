@@ -331,8 +331,7 @@ public sealed class GpuGpt : IDisposable
 
             LinearBackward(s, dResidual, a + "fch_gelu", o.FcProjWeight, dFchGelu, G(o.FcProjBias, c), n, 4 * c, c);
             Lap("matmul bwd");
-            dFch.MemSetToZero();
-            gelu.Backward(dFchGelu, s[a + "fch"], dFch);
+            gelu.Backward(dFchGelu, s[a + "fch"], dFch, accumulate: false);
             Lap("gelu bwd");
             LinearBackward(s, dFch, a + "ln2", o.FcWeight, dLn, G(o.FcBias, 4 * c), n, c, 4 * c);
             Lap("matmul bwd");
@@ -391,11 +390,13 @@ public sealed class GpuGpt : IDisposable
         }
         else
         {
+            // dy read once: the bias gradient's column sums and its bf16 copy in one pass
             var dOutputBf16 = s.BFloat16("dy").SubView(0, (long)rows * outDim);
-            bf16!.ToBFloat16(dOutput.SubView(0, (long)rows * outDim), dOutputBf16);
+            columnSum.SumAndRoundToBFloat16(dOutput.SubView(0, (long)rows * outDim), dBias, dOutputBf16);
             bf16Gemm.MultiplyBFloat16(false, true, rows, inDim, outDim, 1f, dOutputBf16, outDim, PB(weightOffset, weightLength), outDim, 0f, dInput, inDim);
             bf16Gemm.MultiplyBFloat16(true, false, inDim, outDim, rows, 1f, s.BFloat16(inputName), inDim, dOutputBf16, outDim,
                                       1f, G(weightOffset, weightLength), outDim);
+            return;
         }
         columnSum.Sum(dOutput.SubView(0, (long)rows * outDim), dBias);
     }

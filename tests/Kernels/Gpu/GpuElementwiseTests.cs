@@ -122,8 +122,9 @@ public class GpuElementwiseTests(string backend) : GpuFixture(backend)
 }
 
 /// <summary>
-/// The mixed-precision forwards that write bf16 directly (GELU and LayerNorm outputs that are only GEMM operands):
-/// bit-identical to the fp32 forward rounded by <see cref="DistAlign.Kernels.Gpu.GpuBFloat16"/>, same mean and rstd.
+/// The variants GpuGpt's mixed-precision step uses: forwards that write bf16 directly (GELU and LayerNorm outputs
+/// that are only GEMM operands), bit-identical to the fp32 forward rounded by <see cref="DistAlign.Kernels.Gpu.GpuBFloat16"/>
+/// with the same mean and rstd; and the GELU backward that overwrites instead of accumulating.
 /// </summary>
 [TestFixture("simulator")]
 [TestFixture("cuda")]
@@ -144,6 +145,41 @@ public class GpuBFloat16OutputTests(string backend) : GpuFixture(backend)
         Ops.Gelu.Forward(V(input, n), bits.View.SubView(0, n));
         Accelerator.Synchronize();
         Assert.That(Down(bits, n), Is.EqualTo(Rounded(Down(fp32, n))));
+    }
+
+    [TestCase(0)]
+    [TestCase(1)]
+    [TestCase(1001)]
+    public void GeluBackwardThatOverwritesEqualsAccumulatingIntoZeros(int n)
+    {
+        var x = RandomFloats(n, 15, 4.0);
+        var g = RandomFloats(n, 16);
+        using var input = Up(x);
+        using var dOut = Up(g);
+        using var accumulated = Up(new float[n]);
+        using var overwritten = Up(Enumerable.Repeat(float.NaN, n).ToArray());   // stale contents must not matter
+        Ops.Gelu.Backward(V(dOut, n), V(input, n), V(accumulated, n));
+        Ops.Gelu.Backward(V(dOut, n), V(input, n), V(overwritten, n), accumulate: false);
+        // equal as numbers (0 + (−0) = +0 when accumulating, so only the sign of a zero may differ)
+        Assert.That(Down(overwritten, n), Is.EqualTo(Down(accumulated, n)), "gelu backward, overwrite vs accumulate into 0");
+    }
+
+    [TestCase(0, 5)]
+    [TestCase(1, 1)]
+    [TestCase(65, 13)]
+    [TestCase(197, 17)]
+    public void ColumnSumThatRoundsToBFloat16GivesTheSameSumsAndTheRoundedInput(int rows, int channels)
+    {
+        var x = RandomFloats(rows * channels, 17, 2.0);
+        var start = RandomFloats(channels, 18);
+        using var input = Up(x);
+        using var plain = Up(start);
+        using var fused = Up(start);
+        using var bits = Accelerator.Allocate1D<ushort>(Math.Max(1, rows * channels));
+        Ops.ColumnSum.Sum(V(input, rows * channels), V(plain, channels));
+        Ops.ColumnSum.SumAndRoundToBFloat16(V(input, rows * channels), V(fused, channels), bits.View.SubView(0, rows * channels));
+        AssertBitIdentical(Down(fused, channels), Down(plain, channels), "column sums");
+        Assert.That(Down(bits, rows * channels), Is.EqualTo(Rounded(x)));
     }
 
     [TestCase(1, 1)]
