@@ -96,14 +96,17 @@ public static unsafe class CublasLt
     }
 
     /// <summary>
-    /// Column-major C[m×n] = epilogue(α·op(A)·op(B) + β·C + bias[m]); A, B of <paramref name="inputType"/>,
-    /// C and bias fp32. <paramref name="bias"/> = 0 for epilogues without bias. <paramref name="workspace"/>
+    /// Column-major D[m×n] = epilogue(α·op(A)·op(B) + β·C + bias[m]); A, B of <paramref name="inputType"/>,
+    /// C, D and bias fp32; D is C unless <paramref name="d"/> is given (then C is only read: a residual added on the way
+    /// out, with the same layout). <paramref name="bias"/> = 0 for epilogues without bias. <paramref name="workspace"/>
     /// may be 0 (then only algorithms that need none are considered).
     /// </summary>
     public static void Matmul(CublasLtHandle handle, int transa, int transb, int m, int n, int k, float alpha,
                               ulong a, int lda, ulong b, int ldb, float beta, ulong c, int ldc, CudaDataType inputType,
-                              CublasComputeType compute, CublasLtEpilogue epilogue, ulong bias, ulong workspace, long workspaceBytes, nint stream)
+                              CublasComputeType compute, CublasLtEpilogue epilogue, ulong bias, ulong workspace, long workspaceBytes, nint stream,
+                              ulong d = 0)
     {
+        if (d == 0) d = c;
         nint desc = 0, aDesc = 0, bDesc = 0, cDesc = 0, preference = 0;
         try
         {
@@ -130,7 +133,7 @@ public static unsafe class CublasLt
             int returned;
             Check(CublasLtNative.cublasLtMatmulAlgoGetHeuristic(handle.DangerousGetHandle(), desc, aDesc, bDesc, cDesc, cDesc, preference, 1, &result, &returned), "cublasLtMatmulAlgoGetHeuristic");
             if (returned == 0) throw new CublasException(15, "cublasLtMatmulAlgoGetHeuristic", $"no algorithm for {m}×{n}×{k} with epilogue {epilogue}");
-            Check(CublasLtNative.cublasLtMatmul(handle.DangerousGetHandle(), desc, &alpha, a, aDesc, b, bDesc, &beta, c, cDesc, c, cDesc,
+            Check(CublasLtNative.cublasLtMatmul(handle.DangerousGetHandle(), desc, &alpha, a, aDesc, b, bDesc, &beta, c, cDesc, d, cDesc,
                   &result.Algo, workspace, (nuint)workspaceBytes, stream), "cublasLtMatmul");
         }
         finally

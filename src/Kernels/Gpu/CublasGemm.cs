@@ -134,6 +134,24 @@ public sealed class CublasGemm : IGemm, IBFloat16Gemm, IDisposable
                       Address(a), CudaDataType.BFloat16, call.Ldb, beta, Address(c), CudaDataType.Float32, call.Ldc, CublasComputeType.Float32);
     }
 
+    /// <summary>
+    /// Row-major output[m×n] = residual + A·B + bias with A and B stored as bf16 (fp32 residual, bias, output and
+    /// accumulation): one cuBLASLt call with the BIAS epilogue, C = residual (β = 1) and D = output, so a
+    /// transformer's residual connection costs no pass of its own. <paramref name="output"/> may not overlap the inputs
+    /// except by being <paramref name="residual"/> itself.
+    /// </summary>
+    public void MultiplyBFloat16AddResidual(int m, int n, int k, ArrayView<ushort> a, int lda, ArrayView<ushort> b, int ldb,
+                                            ArrayView<float> bias, ArrayView<float> residual, ArrayView<float> output)
+    {
+        GpuLaunch.CheckLength(bias.Length, n, nameof(bias), "[n]");
+        GpuLaunch.CheckLength(output.Length, residual.Length, nameof(output), "same length as residual");
+        if (!Validate(false, false, m, n, k, a.Length, lda, 0, b.Length, ldb, 0, residual.Length, n, 0, 1)) return;
+        var call = CublasGemmCall.FromRowMajor(false, false, m, n, k, lda, ldb, n);
+        CublasLt.Matmul(_lt, call.TransA, call.TransB, call.M, call.N, call.K, 1f, Address(b), call.Lda, Address(a), call.Ldb, 1f,
+                        Address(residual), call.Ldc, CudaDataType.BFloat16, CublasComputeType.Float32, CublasLtEpilogue.Bias, Address(bias),
+                        Address<byte>(_workspace.View), WorkspaceBytes, Stream, d: Address(output));
+    }
+
     private void Lt(CublasGemmCall call, float alpha, ulong first, ulong second, float beta, ulong c, CudaDataType inputType,
                     CublasLtEpilogue epilogue, ulong bias) =>
         CublasLt.Matmul(_lt, call.TransA, call.TransB, call.M, call.N, call.K, alpha, first, call.Lda, second, call.Ldb, beta,

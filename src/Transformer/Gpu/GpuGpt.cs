@@ -281,9 +281,13 @@ public sealed class GpuGpt : IDisposable
             else
                 AttentionForward(batch, s, qkv, s[a + "att"], atty);
             Lap("attention fwd");
-            LinearForward(s, a + "atty", atty, o.AttnProjWeight, P(o.AttnProjBias, c), projection, n, c, c);
-            Lap("matmul fwd");
-            residual.Forward(x, projection, residual2);
+            if (bf16Gemm is null)
+            {
+                LinearForward(s, a + "atty", atty, o.AttnProjWeight, P(o.AttnProjBias, c), projection, n, c, c);
+                Lap("matmul fwd");
+                residual.Forward(x, projection, residual2);
+            }
+            else ProjectionWithResidual(s, a + "atty", atty, o.AttnProjWeight, P(o.AttnProjBias, c), x, residual2, n, c, c);
             Lap("residual fwd");
             if (bf16Gemm is null) layerNorm.Forward(residual2, P(o.Ln2Weight, c), P(o.Ln2Bias, c), ln2, s[a + "ln2_mean"], s[a + "ln2_rstd"]);
             else layerNorm.Forward(residual2, P(o.Ln2Weight, c), P(o.Ln2Bias, c), s.BFloat16(a + "ln2"), s[a + "ln2_mean"], s[a + "ln2_rstd"]);
@@ -293,9 +297,13 @@ public sealed class GpuGpt : IDisposable
             if (bf16Gemm is null) gelu.Forward(fch, fchGelu);
             else gelu.Forward(fch, s.BFloat16(a + "fch_gelu"));
             Lap("gelu fwd");
-            LinearForward(s, a + "fch_gelu", bf16Gemm is null ? fchGelu : default, o.FcProjWeight, P(o.FcProjBias, c), projection, n, 4 * c, c);
-            Lap("matmul fwd");
-            residual.Forward(residual2, projection, residual3);
+            if (bf16Gemm is null)
+            {
+                LinearForward(s, a + "fch_gelu", fchGelu, o.FcProjWeight, P(o.FcProjBias, c), projection, n, 4 * c, c);
+                Lap("matmul fwd");
+                residual.Forward(residual2, projection, residual3);
+            }
+            else ProjectionWithResidual(s, a + "fch_gelu", default, o.FcProjWeight, P(o.FcProjBias, c), residual2, residual3, n, 4 * c, c);
             Lap("residual fwd");
             x = residual3;
         }
@@ -374,6 +382,18 @@ public sealed class GpuGpt : IDisposable
         if (input.Length > 0) bf16!.ToBFloat16(input, inputBf16);
         bf16Gemm.MultiplyBFloat16(false, false, rows, outDim, inDim, 1f, inputBf16, inDim, PB(weightOffset, (long)inDim * outDim), outDim,
                                   0f, output, outDim, bias);
+    }
+
+    // Mixed precision: output = stream + x·W + b in one cuBLASLt call (the residual add as its C operand), x's bf16
+    // copy made first unless its producer wrote it (`input` empty). Charged to "matmul fwd"; there is no residual pass.
+    private void ProjectionWithResidual(ShapeBuffers s, string inputName, ArrayView<float> input, long weightOffset, ArrayView<float> bias,
+                                        ArrayView<float> stream, ArrayView<float> output, int rows, int inDim, int outDim)
+    {
+        var inputBf16 = s.BFloat16(inputName);
+        if (input.Length > 0) bf16!.ToBFloat16(input, inputBf16);
+        bf16Gemm!.MultiplyBFloat16AddResidual(rows, outDim, inDim, inputBf16, inDim, PB(weightOffset, (long)inDim * outDim), outDim, bias,
+                                              stream.SubView(0, (long)rows * outDim), output.SubView(0, (long)rows * outDim));
+        Lap("matmul fwd");
     }
 
     // dx = dy·Wᵀ (overwritten: every dx here has this one producer);  dW += xᵀ·dy;  db += Σ_rows dy (column sums).
