@@ -37,9 +37,38 @@ internal static class GpuLaunch
         return size;
     }
 
-    /// <summary>Σ of every thread's <paramref name="value"/> over the group (all threads get the result).</summary>
+    /// <summary>
+    /// Σ of every thread's <paramref name="value"/> over the group (all threads get the result). When the group is
+    /// whole warps: a shuffle tree inside each warp, the warp totals through shared memory, and a shuffle tree over
+    /// them in the first warp (two barriers instead of one per tree level); otherwise a shared-memory tree. Either
+    /// way the pairing order depends only on the group and warp sizes, so the sum is bit-identical run to run.
+    /// </summary>
     [GpuDeviceFunction]
     public static float GroupSum(ArrayView<float> scratch, float value)
+    {
+        int size = Group.DimX, warpSize = Warp.WarpSize;
+        if (size % warpSize == 0 && size / warpSize <= warpSize)
+        {
+            float v = value;
+            for (int offset = warpSize / 2; offset > 0; offset >>= 1) v += Warp.ShuffleDown(v, offset);
+            if (Warp.LaneIdx == 0) scratch[Warp.WarpIdx] = v;
+            Group.Barrier();
+            if (Warp.WarpIdx == 0)
+            {
+                int warps = size / warpSize;
+                v = Warp.LaneIdx < warps ? scratch[Warp.LaneIdx] : 0f;
+                for (int offset = warpSize / 2; offset > 0; offset >>= 1) v += Warp.ShuffleDown(v, offset);
+                if (Warp.LaneIdx == 0) scratch[warpSize] = v;   // past the warp totals: no thread still reads it
+            }
+            Group.Barrier();
+            float sum = scratch[warpSize];
+            Group.Barrier();
+            return sum;
+        }
+        return TreeSum(scratch, value);
+    }
+
+    private static float TreeSum(ArrayView<float> scratch, float value)
     {
         int i = Group.IdxX;
         scratch[i] = value;
