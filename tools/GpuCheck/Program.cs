@@ -107,7 +107,7 @@ public static class Program
                 // GPT-2 124M, B × 1024 tokens: bf16 GEMMs (cuBLAS, fp32 accumulation), then fp32 for comparison
                 var gpt2 = new Transformer.Model.GptConfig(Layers: 12, Heads: 12, Channels: 768, VocabSize: 50257, MaxSequenceLength: 1024);
                 int rows = quick ? 2 : 16;
-                gpt.StepBenchmark("GPT-2 124M", gpt2, rows, 1024, GemmPrecision.BFloat16, warmup: 2, steps: quick ? 3 : 10, KernelBenchmarks.PeakBf16Flops, profile: true, flash: true);
+                gpt.StepBenchmark("GPT-2 124M", gpt2, rows, 1024, GemmPrecision.BFloat16, warmup: 3, steps: quick ? 3 : 20, KernelBenchmarks.PeakBf16Flops, profile: true, flash: true);
                 gpt.StepBenchmark("GPT-2 124M", gpt2, rows, 1024, GemmPrecision.BFloat16, warmup: 2, steps: quick ? 3 : 5, KernelBenchmarks.PeakBf16Flops, profile: true);
                 gpt.StepBenchmark("GPT-2 124M", gpt2, rows, 1024, GemmPrecision.Float32, warmup: 1, steps: 3, KernelBenchmarks.PeakBf16Flops, profile: true);
             }
