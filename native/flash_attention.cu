@@ -90,6 +90,27 @@ __device__ __forceinline__ void fa_load_b_transposed(unsigned int b[4], bf16_bit
 #endif
 }
 
+// acc[16 × 64] += P·tile for this warp: P [16 × 64] given as its fp32 accumulator tiles p[0..7] (the C layout, whose
+// tiles 2kk and 2kk+1 are exactly the A fragment of k-step kk once rounded to bf16), tile a row-major [64][64] shared
+// tile whose rows are P's columns (B operands by ldmatrix.trans). o += P·v, dv += Pᵀ·dout, dk += dSᵀ·q, dq += dS·k.
+__device__ __forceinline__ void fa_accumulate_product(float acc[8][4], const float p[8][4], bf16_bits (*tile)[FA_PAD], int lane)
+{
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++)
+    {
+        unsigned int a[4] = { fa_pack(p[2 * kk][0], p[2 * kk][1]), fa_pack(p[2 * kk][2], p[2 * kk][3]),
+                              fa_pack(p[2 * kk + 1][0], p[2 * kk + 1][1]), fa_pack(p[2 * kk + 1][2], p[2 * kk + 1][3]) };
+#pragma unroll
+        for (int j = 0; j < 8; j += 2)
+        {
+            unsigned int b[4];
+            fa_load_b_transposed(b, tile, 16 * kk, 8 * j, lane);
+            fa_mma(acc[j], a, b);
+            fa_mma(acc[j + 1], a, b + 2);
+        }
+    }
+}
+
 // The A fragment of rows row0 + g and row0 + g + 8, columns col0 .. col0 + 15, of a bf16 [rows][64] tensor.
 __device__ __forceinline__ void fa_load_a(unsigned int a[4], const bf16_bits* m, int row0, int col0, int g, int t)
 {
@@ -231,21 +252,8 @@ distalign_flash_attention_forward(const bf16_bits* __restrict__ q_rows, const bf
             }
         }
 
-        // o += P·v: P's accumulator tiles 2kk, 2kk+1 are the A fragment of k-step kk (keys 16kk .. 16kk+15).
-#pragma unroll
-        for (int kk = 0; kk < 4; kk++)
-        {
-            unsigned int p[4] = { fa_pack(s[2 * kk][0], s[2 * kk][1]), fa_pack(s[2 * kk][2], s[2 * kk][3]),
-                                  fa_pack(s[2 * kk + 1][0], s[2 * kk + 1][1]), fa_pack(s[2 * kk + 1][2], s[2 * kk + 1][3]) };
-#pragma unroll
-            for (int j = 0; j < 8; j += 2)
-            {
-                unsigned int vb[4];
-                fa_load_b_transposed(vb, values, 16 * kk, 8 * j, lane);
-                fa_mma(o[j], p, vb);
-                fa_mma(o[j + 1], p, vb + 2);
-            }
-        }
+        // o += P·v (keys 16kk .. 16kk+15 are k-step kk)
+        fa_accumulate_product(o, s, values, lane);
     }
 
     // out = o / Σ, lse = max + log Σ (the four lanes of a row group hold partial sums of the same row).
@@ -363,20 +371,7 @@ distalign_flash_attention_backward_kv(const bf16_bits* __restrict__ q_rows, cons
         }
 
         // dv += Pᵀ·dout (k-steps over the 64 queries).
-#pragma unroll
-        for (int kk = 0; kk < 4; kk++)
-        {
-            unsigned int a[4] = { fa_pack(p[2 * kk][0], p[2 * kk][1]), fa_pack(p[2 * kk][2], p[2 * kk][3]),
-                                  fa_pack(p[2 * kk + 1][0], p[2 * kk + 1][1]), fa_pack(p[2 * kk + 1][2], p[2 * kk + 1][3]) };
-#pragma unroll
-            for (int j = 0; j < 8; j += 2)
-            {
-                unsigned int db[4];
-                fa_load_b_transposed(db, douts, 16 * kk, 8 * j, lane);
-                fa_mma(dv[j], a, db);
-                fa_mma(dv[j + 1], a, db + 2);
-            }
-        }
+        fa_accumulate_product(dv, p, douts, lane);
 
         // dPᵀ = v·doutᵀ, then dSᵀ = Pᵀ ∘ (dPᵀ − D) in place of Pᵀ.
 #pragma unroll
@@ -394,20 +389,7 @@ distalign_flash_attention_backward_kv(const bf16_bits* __restrict__ q_rows, cons
         }
 
         // dk += dSᵀ·q (scaled at the end).
-#pragma unroll
-        for (int kk = 0; kk < 4; kk++)
-        {
-            unsigned int a[4] = { fa_pack(p[2 * kk][0], p[2 * kk][1]), fa_pack(p[2 * kk][2], p[2 * kk][3]),
-                                  fa_pack(p[2 * kk + 1][0], p[2 * kk + 1][1]), fa_pack(p[2 * kk + 1][2], p[2 * kk + 1][3]) };
-#pragma unroll
-            for (int j = 0; j < 8; j += 2)
-            {
-                unsigned int qb[4];
-                fa_load_b_transposed(qb, queries, 16 * kk, 8 * j, lane);
-                fa_mma(dk[j], a, qb);
-                fa_mma(dk[j + 1], a, qb + 2);
-            }
-        }
+        fa_accumulate_product(dk, p, queries, lane);
     }
 
 #pragma unroll
@@ -502,20 +484,7 @@ distalign_flash_attention_backward_q(const bf16_bits* __restrict__ q_rows, const
         }
 
         // dq += dS·k (k-steps over the 64 keys; scaled at the end).
-#pragma unroll
-        for (int kk = 0; kk < 4; kk++)
-        {
-            unsigned int a[4] = { fa_pack(ds[2 * kk][0], ds[2 * kk][1]), fa_pack(ds[2 * kk][2], ds[2 * kk][3]),
-                                  fa_pack(ds[2 * kk + 1][0], ds[2 * kk + 1][1]), fa_pack(ds[2 * kk + 1][2], ds[2 * kk + 1][3]) };
-#pragma unroll
-            for (int j = 0; j < 8; j += 2)
-            {
-                unsigned int kb[4];
-                fa_load_b_transposed(kb, keys, 16 * kk, 8 * j, lane);
-                fa_mma(dq[j], a, kb);
-                fa_mma(dq[j + 1], a, kb + 2);
-            }
-        }
+        fa_accumulate_product(dq, ds, keys, lane);
     }
 
 #pragma unroll

@@ -17,7 +17,12 @@ internal sealed class FlashAttentionChecks(CudaAccelerator accelerator, Report r
 {
     private const double OutputFraction = 1.5e-2, GradientFraction = 3e-2;
 
-    public void RunAll()
+    public void RunAll() => Run(benchmark: true);
+
+    /// <summary>The checks against the CPU attention only (the CUDA test of tests/Cuda/FlashAttentionTests.cs runs these).</summary>
+    public void RunChecks() => Run(benchmark: false);
+
+    private void Run(bool benchmark)
     {
         NvrtcFlashAttention flash;
         try { flash = new NvrtcFlashAttention(accelerator, NvrtcKernelCache.CreateDefault()); }
@@ -31,7 +36,7 @@ internal sealed class FlashAttentionChecks(CudaAccelerator accelerator, Report r
             report.Note($"NVRTC kernel {NvrtcFlashAttention.SourceName}: {(flash.LoadedFromCache ? "loaded from" : "compiled into")} {NvrtcKernelCache.DefaultDirectory}");
             foreach (var (batch, seqLen, heads, segmented) in new[] { (2, 200, 3, true), (1, 1, 1, false), (3, 64, 2, false), (1, 129, 12, true) })
                 Run($"flash attention B{batch} T{seqLen} NH{heads}", () => Check(flash, batch, seqLen, heads, segmented));
-            Run("flash attention benchmark", () => Benchmark(flash));
+            if (benchmark) Run("flash attention benchmark", () => Benchmark(flash));
         }
     }
 

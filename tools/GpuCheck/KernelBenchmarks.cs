@@ -93,25 +93,7 @@ internal sealed class KernelBenchmarks(CudaAccelerator accelerator, Report repor
         catch (Exception e) { report.Add(new CheckResult(name, 0, double.NaN, double.NaN, "", $"{e.GetType().Name}: {e.Message}")); }
     }
 
-    private double Time(Action launch)
-    {
-        nint stream = ((CudaStream)accelerator.DefaultStream).StreamPtr;
-        using var start = CudaDriver.CreateEvent();
-        using var end = CudaDriver.CreateEvent();
-        launch();
-        launch();
-        accelerator.Synchronize();
-        var times = new double[Repeats];
-        for (int r = 0; r < Repeats; r++)
-        {
-            CudaDriver.Record(start, stream);
-            launch();
-            CudaDriver.Record(end, stream);
-            times[r] = CudaDriver.ElapsedMilliseconds(start, end);
-        }
-        Array.Sort(times);
-        return times[Repeats / 2];
-    }
+    private double Time(Action launch) => CudaTiming.MedianMilliseconds(accelerator, Repeats, launch);
 
     /// <summary>Fills a device buffer with a repeated block of random values in [−scale, scale] (real data, not zeros: power and clocks depend on it).</summary>
     private static void Fill<T>(ArrayView<T> view, Func<float, T> convert, float scale = 1f) where T : unmanaged

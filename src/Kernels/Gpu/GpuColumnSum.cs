@@ -41,12 +41,7 @@ public sealed class GpuColumnSum : IDisposable
     /// <summary>sums[c] += Σ_r input[r, c] over input [N, C], C = sums.Length. N = 0 leaves sums unchanged.</summary>
     public void Sum(ArrayView<float> input, ArrayView<float> sums)
     {
-        int c = (int)sums.Length;
-        GpuLaunch.CheckPositive(c, "sums.Length");
-        if (input.Length % c != 0)
-            throw new ArgumentException($"input has {input.Length} elements, not a multiple of C = {c} (sums.Length).", nameof(input));
-        if (input.Length > int.MaxValue) throw new ArgumentException("input is too large for 32-bit GPU indexing.", nameof(input));
-        int n = (int)(input.Length / c);
+        var (n, c) = Check(input, sums);
         if (n == 0) return;
         int blocks = Blocks(n);
         var partials = Scratch((long)blocks * c);
@@ -61,18 +56,24 @@ public sealed class GpuColumnSum : IDisposable
     /// </summary>
     public void SumAndRoundToBFloat16(ArrayView<float> input, ArrayView<float> sums, ArrayView<ushort> inputBFloat16)
     {
-        int c = (int)sums.Length;
-        GpuLaunch.CheckPositive(c, "sums.Length");
-        if (input.Length % c != 0)
-            throw new ArgumentException($"input has {input.Length} elements, not a multiple of C = {c} (sums.Length).", nameof(input));
         GpuLaunch.CheckLength(inputBFloat16.Length, input.Length, nameof(inputBFloat16), "same length as input");
-        if (input.Length > int.MaxValue) throw new ArgumentException("input is too large for 32-bit GPU indexing.", nameof(input));
-        int n = (int)(input.Length / c);
+        var (n, c) = Check(input, sums);
         if (n == 0) return;
         int blocks = Blocks(n);
         var partials = Scratch((long)blocks * c);
         _partialsAndBFloat16(_accelerator.DefaultStream, blocks * c, input, n, c, partials, inputBFloat16);
         AddPartials(partials, blocks, sums);
+    }
+
+    /// <summary>input [N, C] with C = sums.Length; returns (N, C).</summary>
+    private static (int N, int C) Check(ArrayView<float> input, ArrayView<float> sums)
+    {
+        int c = (int)sums.Length;
+        GpuLaunch.CheckPositive(c, "sums.Length");
+        if (input.Length % c != 0)
+            throw new ArgumentException($"input has {input.Length} elements, not a multiple of C = {c} (sums.Length).", nameof(input));
+        if (input.Length > int.MaxValue) throw new ArgumentException("input is too large for 32-bit GPU indexing.", nameof(input));
+        return ((int)(input.Length / c), c);
     }
 
     /// <summary>

@@ -39,12 +39,7 @@ public sealed class GpuLayerNorm : IDisposable
     public void Forward(ArrayView<float> input, ArrayView<float> weight, ArrayView<float> bias,
                         ArrayView<float> output, ArrayView<float> mean, ArrayView<float> rstd)
     {
-        int c = (int)weight.Length;
-        int n = Rows(input.Length, c);
-        GpuLaunch.CheckLength(bias.Length, c, nameof(bias), "[C]");
-        GpuLaunch.CheckLength(output.Length, input.Length, nameof(output), "[N, C]");
-        GpuLaunch.CheckLength(mean.Length, n, nameof(mean), "[N]");
-        GpuLaunch.CheckLength(rstd.Length, n, nameof(rstd), "[N]");
+        var (c, n) = CheckForward(input, weight, bias, output.Length, mean, rstd);
         if (n > 0) _forward(_accelerator.DefaultStream, GpuLaunch.Rows(n, _groupSize), input, weight, bias, c, output, mean, rstd);
     }
 
@@ -56,13 +51,21 @@ public sealed class GpuLayerNorm : IDisposable
     public void Forward(ArrayView<float> input, ArrayView<float> weight, ArrayView<float> bias,
                         ArrayView<ushort> output, ArrayView<float> mean, ArrayView<float> rstd)
     {
+        var (c, n) = CheckForward(input, weight, bias, output.Length, mean, rstd);
+        if (n > 0) _forwardToBFloat16(_accelerator.DefaultStream, GpuLaunch.Rows(n, _groupSize), input, weight, bias, c, output, mean, rstd);
+    }
+
+    /// <summary>The forward's shape checks; returns (C, N).</summary>
+    private static (int C, int N) CheckForward(ArrayView<float> input, ArrayView<float> weight, ArrayView<float> bias, long outputLength,
+                                               ArrayView<float> mean, ArrayView<float> rstd)
+    {
         int c = (int)weight.Length;
         int n = Rows(input.Length, c);
         GpuLaunch.CheckLength(bias.Length, c, nameof(bias), "[C]");
-        GpuLaunch.CheckLength(output.Length, input.Length, nameof(output), "[N, C]");
+        GpuLaunch.CheckLength(outputLength, input.Length, "output", "[N, C]");
         GpuLaunch.CheckLength(mean.Length, n, nameof(mean), "[N]");
         GpuLaunch.CheckLength(rstd.Length, n, nameof(rstd), "[N]");
-        if (n > 0) _forwardToBFloat16(_accelerator.DefaultStream, GpuLaunch.Rows(n, _groupSize), input, weight, bias, c, output, mean, rstd);
+        return (c, n);
     }
 
     /// <summary>Accumulates dInput [N, C], dWeight [C], dBias [C] from dOutput, using the forward's input, mean and rstd.</summary>
