@@ -90,12 +90,12 @@ internal static class BenchmarkReport
         // 4. BenchmarkDotNet suites.
         Console.WriteLine("report: BenchmarkDotNet kernel suites ...");
         Type[] bandwidth = [typeof(LayerNormForwardBandwidth), typeof(LayerNormBackwardBandwidth), typeof(GeluForwardBandwidth), typeof(GeluBackwardBandwidth),
-                            typeof(ResidualForwardBandwidth), typeof(AdamWBandwidth), typeof(TargetLogProbsForwardBandwidth), typeof(BradleyTerryLossBandwidth)];
-        Type[] compute = [typeof(AttentionCompute), typeof(SequenceLogProbsCompute), typeof(TargetLogProbsExpCompute)];
+                            typeof(ResidualForwardBandwidth), typeof(AdamWBandwidth), typeof(TargetLogProbsForwardBandwidth)];
+        Type[] compute = [typeof(AttentionCompute), typeof(SequenceLogProbsCompute), typeof(TargetLogProbsExpCompute), typeof(BradleyTerryLossCompute)];
         var bandwidthRows = bandwidth.SelectMany(t => SuiteRows(BenchmarkRunner.Run(t), new BandwidthColumn(false), new BandwidthColumn(true))).ToList();
         var computeRows = compute.SelectMany(t =>
         {
-            string unit = t == typeof(TargetLogProbsExpCompute) ? "G exp/s" : "GFLOP/s";
+            string unit = t == typeof(TargetLogProbsExpCompute) ? "G exp/s" : t == typeof(BradleyTerryLossCompute) ? "M pairs/s" : "GFLOP/s";
             return SuiteRows(BenchmarkRunner.Run(t), new WorkRateColumn(unit, false), new WorkRateColumn(unit, true), unit);
         }).ToList();
         string loadAfter = LoadAverage();
@@ -186,14 +186,14 @@ internal static class BenchmarkReport
         SuiteTable(doc, bandwidthRows, "GB/s", "vs copy");
         doc.AppendLine("The LayerNorm and residual working sets (6–25 MB) fit the 32 MiB L3, so their copy runs at cache bandwidth. A ratio above 1 is");
         doc.AppendLine("possible where the copy pays a read-for-ownership of its destination that a read-modify-write kernel does not pay twice.");
-        doc.AppendLine("TargetLogProbs is bound by exp, not memory (see the next table for its real limit); the Bradley–Terry loss evaluates each pair");
-        doc.AppendLine("serially in fp64 (a softplus and a sigmoid), on one thread — it sees 8–64 pairs a step in training and costs microseconds there.").AppendLine();
+        doc.AppendLine("TargetLogProbs is bound by exp, not memory (see the next table for its real limit); so is the Bradley–Terry loss (next table).").AppendLine();
         doc.AppendLine("## Compute-bound kernels against a compute limit measured in the same run").AppendLine();
         doc.AppendLine("`--filter '*Compute*'`. Attention (B 4, T 256, C 768, 12 heads, causal; FLOPs = the q·k and a·v dot products, 2·B·C·T(T+1)");
         doc.AppendLine("forward, twice that backward) against the fp32 FMA peak (8 independent Vector512 FMA chains per thread, nothing loaded). The fused");
         doc.AppendLine("LM head + log-probs (`SequenceLogProbs`, N 256, C 768, V 50,257; forward = 1 logits GEMM, backward = 3) against OpenBLAS's");
         doc.AppendLine("sgemm of the same logits shape. TargetLogProbs' forward (256 × 50,257) against the throughput of the same vector exp on");
-        doc.AppendLine("L1-resident data (its rate in 10⁹ exps per second). GB/s where stated: the fused log-probs read the hidden states and the");
+        doc.AppendLine("L1-resident data (its rate in 10⁹ exps per second). The Bradley–Terry loss (DPO sigmoid, 262,144 pairs, forward + gradient) against");
+        doc.AppendLine("the fp64 exp/log work a pair needs (2 exp + 1 log, on the same threads; rate in 10⁶ pairs per second). GB/s where stated: the fused log-probs read the hidden states and the");
         doc.AppendLine("[V, C] head once (the backward also reads and writes both gradients); NA where bytes are not the point.").AppendLine();
         SuiteTable(doc, computeRows, "rate", "vs limit", withBandwidth: true);
 
