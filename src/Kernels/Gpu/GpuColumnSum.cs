@@ -21,8 +21,8 @@ public sealed class GpuColumnSum : IDisposable
     /// stage 2 sums 256 partials per channel.</summary>
     public const int RowsPerBlock = 64;
 
-    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, int, int, ArrayView<float>> _partials;
-    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, int, int, ArrayView<float>, ArrayView<ushort>> _partialsAndBFloat16;
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, int, int, ArrayView<float>, ArrayView<ushort>, int> _partials;
+    private readonly MemoryBuffer1D<ushort, Stride1D.Dense> _noCopy;   // a valid view for Sum, which writes no bf16 copy
     private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, int, int, ArrayView<float>> _sumPartials;
     private readonly Accelerator _accelerator;
     private MemoryBuffer1D<float, Stride1D.Dense>? _scratch;
@@ -30,8 +30,8 @@ public sealed class GpuColumnSum : IDisposable
     public GpuColumnSum(Accelerator accelerator)
     {
         _accelerator = accelerator;
-        _partials = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, int, int, ArrayView<float>>(PartialsKernel);
-        _partialsAndBFloat16 = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, int, int, ArrayView<float>, ArrayView<ushort>>(PartialsAndBFloat16Kernel);
+        _partials = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, int, int, ArrayView<float>, ArrayView<ushort>, int>(PartialsKernel);
+        _noCopy = accelerator.Allocate1D<ushort>(1);
         _sumPartials = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, int, int, ArrayView<float>>(SumPartialsKernel);
     }
 
@@ -45,7 +45,7 @@ public sealed class GpuColumnSum : IDisposable
         if (n == 0) return;
         int blocks = Blocks(n);
         var partials = Scratch((long)blocks * c);
-        _partials(_accelerator.DefaultStream, blocks * c, input, n, c, partials);
+        _partials(_accelerator.DefaultStream, blocks * c, input, n, c, partials, _noCopy.View, 0);
         AddPartials(partials, blocks, sums);
     }
 
@@ -61,7 +61,7 @@ public sealed class GpuColumnSum : IDisposable
         if (n == 0) return;
         int blocks = Blocks(n);
         var partials = Scratch((long)blocks * c);
-        _partialsAndBFloat16(_accelerator.DefaultStream, blocks * c, input, n, c, partials, inputBFloat16);
+        _partials(_accelerator.DefaultStream, blocks * c, input, n, c, partials, inputBFloat16, 1);
         AddPartials(partials, blocks, sums);
     }
 
@@ -102,10 +102,12 @@ public sealed class GpuColumnSum : IDisposable
         _sumPartials(_accelerator.DefaultStream, c, partials, blocks, c, sums);
     }
 
-    // partials[b, c] = Σ_{r = bR}^{min(N, bR + R) − 1} input[r, c], in row order. Four loads are issued before
-    // the four adds that consume them (the adds stay in row order), so a thread waits on memory once per four rows.
+    // partials[b, c] = Σ_{r = bR}^{min(N, bR + R) − 1} input[r, c], in row order; with round = 1 also
+    // inputBFloat16[r, c] = bf16(input[r, c]) for every element read. Four loads are issued before the four adds that
+    // consume them (the adds stay in row order), so a thread waits on memory once per four rows.
     [GpuKernel(false)]
-    internal static void PartialsKernel(Index1D i, ArrayView<float> input, int rows, int channels, ArrayView<float> partials)
+    internal static void PartialsKernel(Index1D i, ArrayView<float> input, int rows, int channels, ArrayView<float> partials,
+                                        ArrayView<ushort> inputBFloat16, int round)
     {
         int block = i / channels, c = i - block * channels;
         int first = block * RowsPerBlock, end = IntrinsicMath.Min(rows, first + RowsPerBlock);
@@ -115,32 +117,13 @@ public sealed class GpuColumnSum : IDisposable
         for (; r + 4 <= end; r += 4, at += 4L * channels)
         {
             float a = input[at], b = input[at + channels], d = input[at + 2L * channels], e = input[at + 3L * channels];
-            sum += a;
-            sum += b;
-            sum += d;
-            sum += e;
-        }
-        for (; r < end; r++, at += channels) sum += input[at];
-        partials[i] = sum;
-    }
-
-    // PartialsKernel, also writing each element it reads as bf16.
-    [GpuKernel(false)]
-    internal static void PartialsAndBFloat16Kernel(Index1D i, ArrayView<float> input, int rows, int channels, ArrayView<float> partials,
-                                                   ArrayView<ushort> inputBFloat16)
-    {
-        int block = i / channels, c = i - block * channels;
-        int first = block * RowsPerBlock, end = IntrinsicMath.Min(rows, first + RowsPerBlock);
-        long at = (long)first * channels + c;
-        float sum = 0f;
-        int r = first;
-        for (; r + 4 <= end; r += 4, at += 4L * channels)
-        {
-            float a = input[at], b = input[at + channels], d = input[at + 2L * channels], e = input[at + 3L * channels];
-            inputBFloat16[at] = GpuBFloat16.Round(a);
-            inputBFloat16[at + channels] = GpuBFloat16.Round(b);
-            inputBFloat16[at + 2L * channels] = GpuBFloat16.Round(d);
-            inputBFloat16[at + 3L * channels] = GpuBFloat16.Round(e);
+            if (round != 0)
+            {
+                inputBFloat16[at] = GpuBFloat16.Round(a);
+                inputBFloat16[at + channels] = GpuBFloat16.Round(b);
+                inputBFloat16[at + 2L * channels] = GpuBFloat16.Round(d);
+                inputBFloat16[at + 3L * channels] = GpuBFloat16.Round(e);
+            }
             sum += a;
             sum += b;
             sum += d;
@@ -149,7 +132,7 @@ public sealed class GpuColumnSum : IDisposable
         for (; r < end; r++, at += channels)
         {
             float x = input[at];
-            inputBFloat16[at] = GpuBFloat16.Round(x);
+            if (round != 0) inputBFloat16[at] = GpuBFloat16.Round(x);
             sum += x;
         }
         partials[i] = sum;
@@ -177,6 +160,7 @@ public sealed class GpuColumnSum : IDisposable
     public void Dispose()
     {
         _scratch?.Dispose();
+        _noCopy.Dispose();
         _scratch = null;
     }
 }

@@ -22,7 +22,6 @@ public static class GpuKernelRegistry
         Implicit(typeof(GpuEmbedding), nameof(GpuEmbedding.ForwardKernel)),
         Implicit(typeof(GpuEmbedding), nameof(GpuEmbedding.BackwardGroupKernel)),
         Implicit(typeof(GpuColumnSum), nameof(GpuColumnSum.PartialsKernel)),
-        Implicit(typeof(GpuColumnSum), nameof(GpuColumnSum.PartialsAndBFloat16Kernel)),
         Implicit(typeof(GpuColumnSum), nameof(GpuColumnSum.SumPartialsKernel)),
         Explicit(typeof(GpuLayerNorm), nameof(GpuLayerNorm.ForwardKernel)),
         Explicit(typeof(GpuLayerNorm), nameof(GpuLayerNorm.ForwardToBFloat16Kernel)),
