@@ -97,31 +97,10 @@ public class GpuSequenceLogProbsBFloat16Tests(string backend) : GpuFixture(backe
     private static Result Run(GpuSequenceLogProbs op, float[] h, float[] e, int[] targets, int c, int v, bool fused, float[] a, float[]? b,
                               float[] dh0, float[] de0, long scratchLength)
     {
-        int n = targets.Length;
-        using var dh = Up(h);
-        using var de = Up(e);
-        using var dt = Up(targets);
-        using var scratch = Up(Enumerable.Repeat(float.NaN, (int)scratchLength).ToArray());
-        using var lp = Up(new float[n]);
-        using var lse = Up(new float[n]);
-        using var ent = Up(new float[n]);
-        using var da = Up(a);
-        using var db = Up(b ?? []);
-        using var gh = Up(dh0);
-        using var ge = Up(de0);
-        ArrayView<float> H = V(dh, h), E = V(de, e), S = V(scratch, (int)scratchLength), Lp = V(lp, n), Lse = V(lse, n);
-        ArrayView<float> Ent = b is null ? default : V(ent, n), A = V(da, a), B = b is null ? default : V(db, b), GH = V(gh, dh0), GE = V(ge, de0);
-        var T = V(dt, targets);
-        if (fused)
-        {
-            op.ForwardBackward(H, E, T, c, v, A, B, S, Lp, Lse, Ent, GH, GE);
-        }
-        else
-        {
-            op.Forward(H, E, T, c, v, S, Lp, Lse, Ent);
-            op.Backward(H, E, T, c, v, Lse, Ent, A, B, S, GH, GE);
-        }
-        return new Result(Down(lp, n), Down(lse, n), b is null ? [] : Down(ent, n), Down(gh, dh0.Length), Down(ge, de0.Length), Down(scratch, (int)scratchLength));
+        var mode = fused ? GpuSequenceLogProbsTests.Mode.Fused : GpuSequenceLogProbsTests.Mode.Separate;
+        var (r, scratch) = GpuSequenceLogProbsTests.RunWithScratch(op, h, e, targets, c, v, mode, withEntropy: b is not null, a, b, dh0, de0,
+                                                                    chunkRows: 0, rowStride: 0, scratchLength);
+        return new Result(r.LogProbs, r.Lse, r.Entropy, r.DHidden, r.DLmHead, scratch);
     }
 
     private static (float[] H, float[] E, int[] Targets) Inputs(int n, int c, int v, double tableScale, int seed)

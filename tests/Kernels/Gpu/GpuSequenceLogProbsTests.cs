@@ -26,9 +26,9 @@ namespace DistAlign.Tests.Kernels.Gpu;
 [TestFixture("cuda")]
 public class GpuSequenceLogProbsTests(string backend) : GpuFixture(backend)
 {
-    private enum Mode { ForwardOnly, Separate, Fused }
+    internal enum Mode { ForwardOnly, Separate, Fused }
 
-    private sealed record Result(float[] LogProbs, float[] Lse, float[] Entropy, float[] DHidden, float[] DLmHead);
+    internal sealed record Result(float[] LogProbs, float[] Lse, float[] Entropy, float[] DHidden, float[] DLmHead);
 
     /// <summary>
     /// Runs the GPU op from a NaN-filled scratch. chunkRows 0 = the public overloads (the chunk and the padded row
@@ -38,13 +38,17 @@ public class GpuSequenceLogProbsTests(string backend) : GpuFixture(backend)
     /// </summary>
     private static Result Run(float[] h, float[] e, int[] targets, int c, int v, Mode mode, bool withEntropy, float[] a, float[]? b,
                               float[] dh0, float[] de0, int chunkRows = 0, int rowStride = 0, long scratchLength = 0) =>
-        RunWithScratch(h, e, targets, c, v, mode, withEntropy, a, b, dh0, de0, chunkRows, rowStride, scratchLength).Result;
+        RunWithScratch(Ops.SequenceLogProbs, h, e, targets, c, v, mode, withEntropy, a, b, dh0, de0, chunkRows, rowStride, scratchLength).Result;
 
-    private static (Result Result, float[] Scratch) RunWithScratch(float[] h, float[] e, int[] targets, int c, int v, Mode mode, bool withEntropy,
-                                                                   float[] a, float[]? b, float[] dh0, float[] de0, int chunkRows, int rowStride, long scratchLength)
+    /// <summary>
+    /// <paramref name="op"/> on device copies of the inputs, from a NaN-filled scratch (chunkRows 0: the public ops, chunk from the
+    /// scratch length); returns the results and the scratch as left. Also used by <see cref="GpuSequenceLogProbsBFloat16Tests"/>.
+    /// </summary>
+    internal static (Result Result, float[] Scratch) RunWithScratch(GpuSequenceLogProbs op, float[] h, float[] e, int[] targets, int c, int v,
+                                                                    Mode mode, bool withEntropy, float[] a, float[]? b, float[] dh0, float[] de0,
+                                                                    int chunkRows, int rowStride, long scratchLength)
     {
         int n = targets.Length;
-        var op = Ops.SequenceLogProbs;
         int stride = rowStride == 0 ? v : rowStride;
         if (scratchLength == 0)
             scratchLength = chunkRows == 0 ? GpuSequenceLogProbs.ScratchLength(n, v) : (long)Math.Min(Math.Max(n, 1), chunkRows) * stride;
@@ -287,7 +291,7 @@ public class GpuSequenceLogProbsTests(string backend) : GpuFixture(backend)
         long small = 5L * stride + 3;   // a bit over five rows: the chunk is whole rows
         Assert.That(GpuSequenceLogProbs.ChunkRows(n, v, small), Is.EqualTo(5), "19 rows in 4 chunks of at most 5");
         var mode = fused ? Mode.Fused : Mode.Separate;
-        var (r, scratch) = RunWithScratch(h, e, targets, c, v, mode, true, a, b, dh0, de0, 0, 0, small);
+        var (r, scratch) = RunWithScratch(Ops.SequenceLogProbs, h, e, targets, c, v, mode, true, a, b, dh0, de0, 0, 0, small);
         foreach (var (values, what) in new[] { (r.LogProbs, "log-probs"), (r.Lse, "log-sum-exp"), (r.Entropy, "entropy"), (r.DHidden, "d hidden"), (r.DLmHead, "d lm head") })
             AssertAllFinite(values, what);
         for (int row = 0; row < 5; row++)
