@@ -64,12 +64,14 @@ public class VectorExpTests
             double ulp = (double)MathF.BitIncrement((float)exact) - (float)exact;
             worst = Math.Max(worst, Math.Abs(e[i] - exact) / ulp);
         }
-        Assert.That(worst, Is.LessThanOrEqualTo(2.0), $"worst error {worst:F2} ulp");
+        // ≤ 1 ulp with AVX-512 (vscalefps form); the portable fallback is VectorExp.Exp (≤ 2 ulp).
+        double bound = System.Runtime.Intrinsics.X86.Avx512F.IsSupported ? 1.0 : 2.0;
+        Assert.That(worst, Is.LessThanOrEqualTo(bound), $"worst error {worst:F2} ulp");
         var edges = Apply([0f, -0f, float.NegativeInfinity, -87f, -1e4f, float.NaN, -86.5f], TargetLogProbs.ExpOfNonPositive);
         Assert.That(edges[0], Is.EqualTo(1f), "exp(0) is exactly 1");
         Assert.That(edges[1], Is.EqualTo(1f));
         Assert.That(edges[2], Is.EqualTo(0f));
-        Assert.That(edges[3], Is.EqualTo(0f), "no denormals");
+        Assert.That(edges[3], Is.EqualTo(MathF.Exp(-87f)).Within(2).Ulps, "exp(−87) is a normal float");
         Assert.That(edges[4], Is.EqualTo(0f));
         Assert.That(edges[5], Is.NaN, "NaN propagates");
         Assert.That(edges[6], Is.EqualTo(MathF.Exp(-86.5f)).Within(2).Ulps);
