@@ -73,6 +73,19 @@ internal struct PairwiseLossTerms
     }
 }
 
+/// <summary>The four logistic quantities of one z that the pairwise losses need (<see cref="PairwiseBradleyTerryMath.LogisticAt"/>).</summary>
+internal struct Logistic
+{
+    /// <summary>softplus(−z) = −ln σ(z).</summary>
+    public double SoftplusOfMinusZ;
+    /// <summary>softplus(z) = −ln σ(−z).</summary>
+    public double SoftplusOfZ;
+    /// <summary>σ(z).</summary>
+    public double SigmoidOfZ;
+    /// <summary>σ(−z).</summary>
+    public double SigmoidOfMinusZ;
+}
+
 /// <summary>
 /// The per-pair fp64 math of the pairwise Bradley–Terry family, shared by the CPU kernel and the ILGPU kernel
 /// (so both evaluate the same expressions). Uses only Math.Exp/Log/Abs/Max and arithmetic — what ILGPU compiles.
@@ -95,6 +108,24 @@ internal static class PairwiseBradleyTerryMath
     {
         double e = Math.Exp(-Math.Abs(x));
         return x >= 0.0 ? 1.0 / (1.0 + e) : e / (1.0 + e);
+    }
+
+    /// <summary>
+    /// softplus(±z) and σ(±z) at one z from a single e^(−|z|) and a single ln(1 + ·): the same expressions, bit for
+    /// bit, as <see cref="Softplus"/> and <see cref="Sigmoid"/> at ±z (each of which would compute that exp again).
+    /// </summary>
+    public static Logistic LogisticAt(double z)
+    {
+        double e = Math.Exp(-Math.Abs(z));
+        double log1p = Log1p(e);
+        double big = 1.0 / (1.0 + e), small = e / (1.0 + e);   // σ(|z|), σ(−|z|)
+        return new Logistic
+        {
+            SoftplusOfMinusZ = Math.Max(-z, 0.0) + log1p,
+            SoftplusOfZ = Math.Max(z, 0.0) + log1p,
+            SigmoidOfZ = z >= 0.0 ? big : small,
+            SigmoidOfMinusZ = -z >= 0.0 ? big : small,
+        };
     }
 
     /// <summary>
@@ -147,8 +178,9 @@ internal static class PairwiseBradleyTerryMath
             {
                 // z = γ(ln π(a⁺) − ln π(a⁻));  L = −ln σ(z) = softplus(−z);  dL/dz = σ(z) − 1 = −σ(−z).
                 double z = k.Gamma * (logpChosen - logpRejected);
-                t.Loss = Softplus(-z);
-                double dz = -Sigmoid(-z);
+                var l = LogisticAt(z);
+                t.Loss = l.SoftplusOfMinusZ;
+                double dz = -l.SigmoidOfMinusZ;
                 t.DChosen = k.Gamma * dz;
                 t.DRejected = -k.Gamma * dz;
                 t.Logit = z;
@@ -163,9 +195,10 @@ internal static class PairwiseBradleyTerryMath
                 // dL/dz = σ(z) − p, evaluated as −p·σ(−z) + (1−p)·σ(z) (no cancellation at p ∈ {0, 1}).
                 double z = k.Gamma * (logpChosen - logpRejected);
                 double p = label, q = 1.0 - label;
-                double spNeg = Softplus(-z), spPos = Softplus(z);
+                var l = LogisticAt(z);
+                double spNeg = l.SoftplusOfMinusZ, spPos = l.SoftplusOfZ;
                 t.Loss = p * spNeg + q * spPos;
-                double dz = -p * Sigmoid(-z) + q * Sigmoid(z);
+                double dz = -p * l.SigmoidOfMinusZ + q * l.SigmoidOfZ;
                 t.DChosen = k.Gamma * dz;
                 t.DRejected = -k.Gamma * dz;
                 t.Logit = z;
@@ -193,8 +226,9 @@ internal static class PairwiseBradleyTerryMath
                 double delta = rewardChosen - rewardRejected;
                 double u = delta - k.Margin;
                 double s = rewardChosen + rewardRejected;
-                t.Loss = Softplus(-u) + k.Centring * s * s;
-                double sigNeg = Sigmoid(-u), centre = 2.0 * k.Centring * s;
+                var l = LogisticAt(u);
+                t.Loss = l.SoftplusOfMinusZ + k.Centring * s * s;
+                double sigNeg = l.SigmoidOfMinusZ, centre = 2.0 * k.Centring * s;
                 t.DChosen = -sigNeg + centre;
                 t.DRejected = sigNeg + centre;
                 t.Correct = rewardChosen > rewardRejected ? 1.0 : 0.0;
@@ -215,24 +249,29 @@ internal static class PairwiseBradleyTerryMath
             {
                 // L = (1−ε)·softplus(−z) + ε·softplus(z);  dL/dz = −(1−ε)σ(−z) + εσ(z).
                 double e = k.Epsilon;
-                loss = (1.0 - e) * Softplus(-z) + e * Softplus(z);
-                return -(1.0 - e) * Sigmoid(-z) + e * Sigmoid(z);
+                var l = LogisticAt(z);
+                loss = (1.0 - e) * l.SoftplusOfMinusZ + e * l.SoftplusOfZ;
+                return -(1.0 - e) * l.SigmoidOfMinusZ + e * l.SigmoidOfZ;
             }
             case (int)PairwiseLossVariant.DpoRobust:
             {
                 // L = [(1−ε)·softplus(−z) − ε·softplus(z)]/(1−2ε);  dL/dz = [−(1−ε)σ(−z) − εσ(z)]/(1−2ε).
                 double e = k.Epsilon;
-                loss = ((1.0 - e) * Softplus(-z) - e * Softplus(z)) * k.RobustScale;
-                return (-(1.0 - e) * Sigmoid(-z) - e * Sigmoid(z)) * k.RobustScale;
+                var l = LogisticAt(z);
+                loss = ((1.0 - e) * l.SoftplusOfMinusZ - e * l.SoftplusOfZ) * k.RobustScale;
+                return (-(1.0 - e) * l.SigmoidOfMinusZ - e * l.SigmoidOfZ) * k.RobustScale;
             }
             case (int)PairwiseLossVariant.DpoHinge:
                 // L = max(0, 1 − z);  dL/dz = −1[z < 1].
                 loss = Math.Max(0.0, 1.0 - z);
                 return z < 1.0 ? -1.0 : 0.0;
             default:
+            {
                 // Sigmoid: L = −ln σ(z) = softplus(−z);  dL/dz = −σ(−z).
-                loss = Softplus(-z);
-                return -Sigmoid(-z);
+                var l = LogisticAt(z);
+                loss = l.SoftplusOfMinusZ;
+                return -l.SigmoidOfMinusZ;
+            }
         }
     }
 }
