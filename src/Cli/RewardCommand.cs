@@ -4,18 +4,29 @@ using DistAlign.Alignment.Objectives;
 using DistAlign.Alignment.Reward;
 using DistAlign.Alignment.Training;
 using DistAlign.Kernels.Cpu;
+using DistAlign.Kernels.Gpu;
+using DistAlign.Transformer.Gpu;
 using DistAlign.Transformer.Training;
+using ILGPU.Runtime;
 
 namespace DistAlign.Cli;
 
 /// <summary>
 /// <c>distalign reward</c>: trains a Bradley–Terry reward model (the GPT backbone of --model plus a zero-initialised scalar
 /// head) on preference pairs through <see cref="RewardModelTrainer"/>; writes metrics.jsonl, resumable step-N/ checkpoints and
-/// DIR/reward_model.safetensors (loadable with RewardModel.Load).
+/// DIR/reward_model.safetensors (loadable with RewardModel.Load). With <c>--device cuda</c> (or auto with a usable GPU) the
+/// backbone's forward, backward, clip and AdamW run on a <see cref="GpuGpt"/> (fp32 cuBLAS GEMMs, materialized attention),
+/// the scalar head and the data on the host; checkpoints are written from the downloaded weights, in the CPU format.
 /// </summary>
 internal static class RewardCommand
 {
     public const string RewardModelFileName = "reward_model.safetensors";
+
+    /// <summary>
+    /// Test seam: when set, the backbone trains on the accelerator it returns (not disposed here), as with <c>--device cuda</c>;
+    /// the tests put ILGPU's CPU simulator here to drive the GPU path without a GPU.
+    /// </summary>
+    internal static Func<Accelerator>? AcceleratorOverride { get; set; }
 
     public static Command Create()
     {
@@ -50,8 +61,20 @@ internal static class RewardCommand
                            PairwiseLossSettings settings, float weightDecay, int checkpointEvery, bool resume)
     {
         var (gpt, tok, pairs, dataHash) = CliData.LoadModelAndPairs(modelFile, dataFile, common);
-        using var rm = new RewardModel(gpt, new AdamWSettings(WeightDecay: weightDecay), ownsBackbone: true);
         string modelHash = ModelHash.Of(gpt); // of the starting backbone, before any checkpoint is loaded
+        // --device cuda (or auto with a usable GPU): the backbone on GpuGpt with fp32 cuBLAS GEMMs (the GEMM a CPU run's
+        // numbers are closest to) and materialized attention; `gpt` stays the host mirror that checkpoints are written from.
+        using var cuda = AcceleratorOverride is null && DeviceOption.Chosen == "cuda"
+            ? GpuContext.TryCreateCuda() ?? throw new CliUsageException("--device cuda: ILGPU could not open the CUDA device")
+            : null;
+        var accelerator = AcceleratorOverride?.Invoke() ?? cuda?.Accelerator;
+        var gemm = accelerator is null ? null : GpuContext.CreateGemm(accelerator, GemmPrecision.Float32);
+        using var gemmOwner = gemm as IDisposable;
+        using var gpu = accelerator is null ? null : new GpuGpt(accelerator, gpt.Config, gemm!);
+        using var rm = new RewardModel(gpt, new AdamWSettings(WeightDecay: weightDecay), ownsBackbone: true, gpu);
+        Console.WriteLine(accelerator is null
+            ? "training on the CPU"
+            : $"training on {accelerator.Name} (GpuGpt, {GemmPrecision.Float32} GEMMs, materialized attention; scalar head on the host)");
         var options = new RewardTrainingOptions
         {
             Loss = settings, Steps = common.Steps, BatchPairs = common.Batch, LearningRate = common.LearningRate, WarmupSteps = common.Warmup,

@@ -381,3 +381,38 @@ internal sealed class EmbeddingRowGroups(Accelerator accelerator) : IDisposable
         _device = null;
     }
 }
+
+/// <summary>
+/// Row gather: output[s, :] = source[rows[s], :] for s &lt; S, source [N, width] row-major. What a head on chosen
+/// positions of a [N, C] activation reads (a reward model's last-token hidden states), copied out in one
+/// transfer instead of one per row. One thread per output element; rows are not range-checked on the device
+/// (the host caller checks them before uploading).
+/// </summary>
+public sealed class GpuRowGather
+{
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, int, ArrayView<float>> _gather;
+    private readonly Accelerator _accelerator;
+
+    public GpuRowGather(Accelerator accelerator)
+    {
+        _accelerator = accelerator;
+        _gather = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, int, ArrayView<float>>(GatherKernel);
+    }
+
+    /// <summary>output [S, width] = source[rows[s], :]; rows [S] on the device.</summary>
+    public void Gather(ArrayView<float> source, ArrayView<int> rows, int width, ArrayView<float> output)
+    {
+        GpuLaunch.CheckPositive(width, nameof(width));
+        GpuLaunch.CheckLength(output.Length, rows.Length * width, nameof(output), "[S, width], one row per index");
+        if (source.Length % width != 0)
+            throw new ArgumentException($"source has {source.Length} elements, not a multiple of width = {width}.", nameof(source));
+        if (output.Length > 0) _gather(_accelerator.DefaultStream, (int)output.Length, source, rows, width, output);
+    }
+
+    [GpuKernel(false)]
+    internal static void GatherKernel(Index1D i, ArrayView<float> source, ArrayView<int> rows, int width, ArrayView<float> output)
+    {
+        int s = i / width, c = i - s * width;
+        output[i] = source[(long)rows[s] * width + c];
+    }
+}
