@@ -259,6 +259,7 @@ public sealed class RewardModel : IDisposable, IRewardFunction
     /// <summary>
     /// Restores backbone, head and all AdamW moments from a folder written by <see cref="SaveTraining"/>; returns the
     /// trainer position and the options JSON. A missing or misshapen head tensor throws <see cref="CheckpointMismatchException"/>.
+    /// With a <see cref="GpuBackbone"/>, the restored backbone is uploaded to it (gradients zeroed).
     /// </summary>
     public (TrainerState State, string OptionsJson) LoadTraining(string checkpoint)
     {

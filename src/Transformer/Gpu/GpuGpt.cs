@@ -20,6 +20,8 @@ namespace DistAlign.Transformer.Gpu;
 /// scores = q·kᵀ, then the masked softmax (<see cref="GpuAttention.SoftmaxForward"/>, scale and segment ids
 /// applied there) over the whole batch, then out = a·v. Bias gradients are deterministic column sums (<see cref="GpuColumnSum"/>).
 /// All work is queued on the accelerator's default stream; only the host copies synchronise.
+/// The backbone alone (<see cref="ForwardFeatures"/>, <see cref="CopyFeaturesToHost(ReadOnlySpan{int}, Span{float})"/>,
+/// <see cref="BackwardFeatures"/>) serves heads other than the LM head, as <see cref="Gpt.ForwardFeatures"/> does on the CPU.
 /// </remarks>
 public sealed class GpuGpt : IDisposable
 {
