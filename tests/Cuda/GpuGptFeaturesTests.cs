@@ -118,6 +118,33 @@ public class GpuGptFeaturesTests(string backend)
     }
 
     [Test]
+    public void TheRowsBackwardIsTheDenseBackwardOfTheScatteredRows()
+    {
+        var batch = Batch();
+        int c = Config.Channels;
+        int[] positions = [4, 12, 21, 0];
+        var dRows = RandomFloats(positions.Length * c, 22);
+        var dense = new float[batch.TokenCount * c];
+        for (int i = 0; i < positions.Length; i++) dRows.AsSpan(i * c, c).CopyTo(dense.AsSpan(positions[i] * c, c));
+        using var cpu = CpuModel();
+        var (gpu, gemm) = GpuModel(cpu);
+        using var _ = gpu;
+        using var __ = gemm;
+        gpu.ZeroGradients();
+        gpu.ForwardFeatures(batch);
+        gpu.BackwardFeatures(batch, dense);
+        using var fromDense = new Gpt(Config);
+        gpu.Download(fromDense);
+        gpu.ZeroGradients();
+        gpu.ForwardFeatures(batch);
+        gpu.BackwardFeatureRows(batch, positions, dRows);
+        using var fromRows = new Gpt(Config);
+        gpu.Download(fromRows);
+        Assert.That(fromRows.Gradients.ToArray(), Is.EqualTo(fromDense.Gradients.ToArray()), "same ∂L/∂h on the device: bit-identical gradients");
+        Assert.Throws<ArgumentException>(() => gpu.BackwardFeatureRows(batch, [3, 3], new float[2 * c]), "rows are written once");
+    }
+
+    [Test]
     public void LanguageModelBackwardWithASecondHeadMatchesTheCpuModel()
     {
         var batch = Batch();

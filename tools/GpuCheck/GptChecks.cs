@@ -89,6 +89,7 @@ internal sealed class GptChecks(Accelerator accelerator, Report report)
     /// against <see cref="Gpt.ForwardFeatures"/> / <see cref="Gpt.BackwardFeatures"/>. Odd shape (C = 15, NH = 3, T = 11, rows
     /// packing 3 and 2 segments): fp32 GEMMs within 1e-5 + 1e-4·|cpu|; bf16 GEMMs within 3 % of each tensor's largest entry.
     /// Flash attention (head size 64: C = 128, NH = 2, T = 75) with fp32 and bf16 GEMMs: h within 2 %, gradients within 3 %.
+    /// Also, exactly: the gathered rows are the rows of h, and <see cref="GpuGpt.BackwardFeatureRows"/> equals the dense backward.
     /// </summary>
     public void CompareFeaturesWithTheCpuModel(bool cuda)
     {
@@ -150,6 +151,21 @@ internal sealed class GptChecks(Accelerator accelerator, Report report)
         gpu.BackwardFeatures(batch, dFeatures);
         using var fromGpu = new Gpt(config);
         gpu.Download(fromGpu);
+        // the rows form (a reward model's): ∂L/∂h scattered from S rows on the device = the dense call with those rows, bit for bit
+        var dRows = positions.SelectMany(x => dFeatures.AsSpan(x * config.Channels, config.Channels).ToArray()).ToArray();
+        var sparse = new float[dFeatures.Length];
+        for (int i = 0; i < positions.Length; i++) dRows.AsSpan(i * config.Channels, config.Channels).CopyTo(sparse.AsSpan(positions[i] * config.Channels));
+        using var viaDense = new Gpt(config);
+        using var viaRows = new Gpt(config);
+        gpu.ZeroGradients();
+        gpu.ForwardFeatures(batch);
+        gpu.BackwardFeatures(batch, sparse);
+        gpu.Download(viaDense);
+        gpu.ZeroGradients();
+        gpu.ForwardFeatures(batch);
+        gpu.BackwardFeatureRows(batch, positions, dRows);
+        gpu.Download(viaRows);
+        report.Compare($"{what}: BackwardFeatureRows = BackwardFeatures of the scattered rows", viaRows.Gradients, viaDense.Gradients, 0, 0);
         if (!flash && precision == GemmPrecision.Float32)
         {
             report.Compare($"{what}: h = ln_f(x) vs CPU Gpt", features, expected, AbsoluteTolerance, RelativeTolerance);

@@ -20,8 +20,10 @@ internal interface IRewardBackbone
     /// <summary>Runs the transformer forward on <paramref name="batch"/>; features [S, C] = h[positions[s], :].</summary>
     void ForwardFeatures(GptBatch batch, ReadOnlySpan<int> positions, Span<float> features);
 
-    /// <summary>Given ∂L/∂h [N, C] for the last forward's batch, accumulates ∂L/∂θ.</summary>
-    void BackwardFeatures(GptBatch batch, ReadOnlySpan<float> dFeatures);
+    /// <summary>
+    /// Accumulates ∂L/∂θ for the last forward's batch given ∂L/∂h = dRows[s, :] at row positions[s] (distinct), 0 elsewhere.
+    /// </summary>
+    void BackwardFeatures(GptBatch batch, ReadOnlySpan<int> positions, ReadOnlySpan<float> dRows);
 
     void ZeroGradients();
 
@@ -44,6 +46,8 @@ internal interface IRewardBackbone
 /// <summary>The CPU backbone: every call goes straight to the <see cref="Gpt"/>; the host copies are no-ops.</summary>
 internal sealed class CpuRewardBackbone(Gpt model) : IRewardBackbone
 {
+    private float[] dFeatures = [];   // ∂L/∂h [N, C], dense, for Gpt.BackwardFeatures
+
     public Gpt Host => model;
 
     public void ForwardFeatures(GptBatch batch, ReadOnlySpan<int> positions, Span<float> features)
@@ -53,7 +57,15 @@ internal sealed class CpuRewardBackbone(Gpt model) : IRewardBackbone
         for (int i = 0; i < positions.Length; i++) h.Slice(positions[i] * c, c).CopyTo(features.Slice(i * c, c));
     }
 
-    public void BackwardFeatures(GptBatch batch, ReadOnlySpan<float> dFeatures) => model.BackwardFeatures(batch, dFeatures);
+    public void BackwardFeatures(GptBatch batch, ReadOnlySpan<int> positions, ReadOnlySpan<float> dRows)
+    {
+        int c = model.Config.Channels, n = batch.TokenCount * c;
+        if (dFeatures.Length != n) dFeatures = new float[n];
+        else Array.Clear(dFeatures);
+        for (int i = 0; i < positions.Length; i++) dRows.Slice(i * c, c).CopyTo(dFeatures.AsSpan(positions[i] * c, c));
+        model.BackwardFeatures(batch, dFeatures);
+    }
+
     public void ZeroGradients() => model.ZeroGradients();
     public double GradientSumOfSquares() => GradientNorm.SumOfSquares(model.Gradients);
     public void ScaleGradients(float factor) => TensorPrimitives.Multiply(model.Gradients, factor, model.Gradients);
@@ -64,8 +76,8 @@ internal sealed class CpuRewardBackbone(Gpt model) : IRewardBackbone
 
 /// <summary>
 /// The GPU backbone: parameters, gradients, moments and activations on a <see cref="GpuGpt"/>; per step only the batch,
-/// the S last-token feature rows (gathered on the device) and ∂L/∂h [N, C] cross the bus, plus the gradient's sum of
-/// squares for the clip. <see cref="Host"/> is refreshed by <see cref="CopyToHost"/> before checkpoints.
+/// the S last-token feature rows (gathered on the device), their gradient rows (scattered on the device) and the gradient's
+/// sum of squares for the clip cross the bus. <see cref="Host"/> is refreshed by <see cref="CopyToHost"/> before checkpoints.
 /// </summary>
 internal sealed class GpuRewardBackbone : IRewardBackbone
 {
@@ -89,7 +101,8 @@ internal sealed class GpuRewardBackbone : IRewardBackbone
         gpu.CopyFeaturesToHost(positions, features);
     }
 
-    public void BackwardFeatures(GptBatch batch, ReadOnlySpan<float> dFeatures) => gpu.BackwardFeatures(batch, dFeatures);
+    public void BackwardFeatures(GptBatch batch, ReadOnlySpan<int> positions, ReadOnlySpan<float> dRows) =>
+        gpu.BackwardFeatureRows(batch, positions, dRows);
     public void ZeroGradients() => gpu.ZeroGradients();
     public double GradientSumOfSquares() => gpu.GradientSumOfSquares();
     public void ScaleGradients(float factor) => gpu.ScaleGradients(factor);

@@ -51,7 +51,7 @@ public sealed class RewardModel : IDisposable, IRewardFunction
     private GptBatch? batch;
     private int[] lastPosition = [];
     private float[] lastFeatures = [];   // h_last per sequence [S, C], copied out of the arena
-    private float[] dFeatures = [];      // ∂L/∂h [N, C] for the backbone backward
+    private float[] dLastFeatures = [];  // ∂L/∂h_last per sequence [S, C] for the backbone backward
     private int scoredSequences = -1;
 
     /// <summary>
@@ -128,12 +128,12 @@ public sealed class RewardModel : IDisposable, IRewardFunction
         if (batch is null || scoredSequences < 0) throw new InvalidOperationException("Backward needs a Score first");
         if (dRewards.Length != scoredSequences)
             throw new ArgumentException($"dRewards must have one entry per scored sequence ({scoredSequences}), got {dRewards.Length}");
-        int n = batch.TokenCount * channels;
-        if (dFeatures.Length != n) dFeatures = new float[n];
-        else Array.Clear(dFeatures);
+        int n = scoredSequences * channels;
+        if (dLastFeatures.Length != n) dLastFeatures = new float[n];
+        else Array.Clear(dLastFeatures);
         for (int i = 0; i < scoredSequences; i++)
-            head.Backward(lastFeatures.AsSpan(i * channels, channels), dRewards[i], dFeatures.AsSpan(lastPosition[i] * channels, channels));
-        backbone.BackwardFeatures(batch, dFeatures);
+            head.Backward(lastFeatures.AsSpan(i * channels, channels), dRewards[i], dLastFeatures.AsSpan(i * channels, channels));
+        backbone.BackwardFeatures(batch, lastPosition.AsSpan(0, scoredSequences), dLastFeatures);
     }
 
     /// <summary>Zeroes the backbone's and the head's gradients.</summary>

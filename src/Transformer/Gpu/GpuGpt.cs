@@ -232,13 +232,24 @@ public sealed class GpuGpt : IDisposable
     {
         var s = shape;
         if (s is null || lastForward == LastForward.None) throw new InvalidOperationException("CopyFeaturesToHost needs a forward first");
-        int c = Config.Channels, n = s.Rows * s.Length;
+        int c = Config.Channels;
         if (destination.Length != positions.Length * c)
             throw new ArgumentException($"destination must be [S, C] = [{positions.Length}, {c}], got {destination.Length}");
+        if (positions.IsEmpty) return;
+        var (rows, gathered) = UploadRows(positions, s.Rows * s.Length, distinct: false);
+        rowGather.Gather(s["lnf"], rows, c, gathered);
+        gathered.CopyToCPU(destination);
+    }
+
+    // The S positions on the device (checked: inside [0, N), and distinct when they are scatter targets) and an [S, C] scratch.
+    private (ArrayView<int> Rows, ArrayView<float> Values) UploadRows(ReadOnlySpan<int> positions, int n, bool distinct)
+    {
         for (int i = 0; i < positions.Length; i++)
             if ((uint)positions[i] >= (uint)n)
                 throw new ArgumentOutOfRangeException(nameof(positions), $"position {i} is {positions[i]}, outside the forward's {n} positions (B·T)");
-        if (positions.IsEmpty) return;
+        if (distinct && new HashSet<int>(positions.ToArray()).Count != positions.Length)
+            throw new ArgumentException("positions must be distinct (each row of ∂L/∂h is written once)", nameof(positions));
+        int c = Config.Channels;
         if (gatherRows is null || gatherRows.Length < positions.Length)
         {
             gatherRows?.Dispose();
@@ -247,10 +258,9 @@ public sealed class GpuGpt : IDisposable
             gatheredFeatures = accelerator.Allocate1D<float>((long)positions.Length * c);
         }
         ArrayView<int> rows = gatherRows.View.SubView(0, positions.Length);
-        ArrayView<float> gathered = gatheredFeatures!.View.SubView(0, (long)positions.Length * c);
+        ArrayView<float> values = gatheredFeatures!.View.SubView(0, (long)positions.Length * c);
         rows.CopyFromCPU(positions);
-        rowGather.Gather(s["lnf"], rows, c, gathered);
-        gathered.CopyToCPU(destination);
+        return (rows, values);
     }
 
     /// <summary>destination [N, C] = h = ln_f(x) of the last forward, all of it (one transfer; synchronises).</summary>
@@ -278,6 +288,30 @@ public sealed class GpuGpt : IDisposable
         Profile?.Restart();
         var s = Prepare(batch, batch.TokenCount);
         s["d_ln"].CopyFromCPU(dFeatures);
+        TransformerBackward(batch, s);
+    }
+
+    /// <summary>
+    /// <see cref="BackwardFeatures"/> for a ∂L/∂h that is zero outside S rows (a head on chosen positions: a reward model's
+    /// last tokens): ∂L/∂h[positions[s], :] = dRows[s, :], every other row 0. Uploads the S·C floats and the S positions
+    /// (distinct, inside the forward's B·T) instead of N·C; the result is the same as the dense call's.
+    /// </summary>
+    public void BackwardFeatureRows(GptBatch batch, ReadOnlySpan<int> positions, ReadOnlySpan<float> dRows)
+    {
+        int c = Config.Channels;
+        if (dRows.Length != positions.Length * c)
+            throw new ArgumentException($"dRows must be [S, C] = [{positions.Length}, {c}], got {dRows.Length}");
+        RequireForward(batch, LastForward.Features, "BackwardFeatureRows");
+        Profile?.Restart();
+        var s = Prepare(batch, batch.TokenCount);
+        var dLnf = s["d_ln"];
+        dLnf.MemSetToZero();
+        if (!positions.IsEmpty)
+        {
+            var (rows, values) = UploadRows(positions, batch.TokenCount, distinct: true);
+            values.CopyFromCPU(dRows);
+            rowGather.Scatter(values, rows, c, dLnf);
+        }
         TransformerBackward(batch, s);
     }
 
