@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
@@ -48,6 +49,33 @@ public static class Attention
         {
             float* xq = pq, xa = pa, xo = po;
             int* xs = ps;
+            if (hs == HeadSize64)
+            {
+                CpuParallel.For(batch * heads, 1, (start, end) =>
+                {
+                    int paddedT = (t + 15) & ~15;
+                    float[] scratch = ArrayPool<float>.Shared.Rent((HeadSize64 + QueryBlock) * paddedT + 16);
+                    try
+                    {
+                        fixed (float* pScratch = scratch)
+                        {
+                            float* keysTransposed = (float*)(((nint)pScratch + 63) & ~(nint)63);   // [64, paddedT], line-aligned
+                            float* scores = keysTransposed + HeadSize64 * paddedT;                  // [QueryBlock, paddedT]
+                            for (int bh = start; bh < end; bh++)
+                            {
+                                int b = bh / heads, h = bh % heads;
+                                ForwardHead64(xq + (long)b * t * c3 + h * hs, c, t, segmented ? xs + (long)b * t : null,
+                                              xa + (long)bh * t * t, xo + (long)b * t * c + h * hs, scale, keysTransposed, scores, paddedT);
+                            }
+                        }
+                    }
+                    finally
+                    {
+                        ArrayPool<float>.Shared.Return(scratch);
+                    }
+                });
+                return;
+            }
             CpuParallel.For(batch * heads, 1, (start, end) =>
             {
                 for (int bh = start; bh < end; bh++)
@@ -59,63 +87,132 @@ public static class Attention
                     {
                         float* qp = token0 + (long)tq * c3;
                         var row = new Span<float>(xa + ((long)bh * t + tq) * t, t);
-                        if (hs == HeadSize64)
-                        {
-                            var q0 = Vector512.Load(qp); var q1 = Vector512.Load(qp + 16);
-                            var q2 = Vector512.Load(qp + 32); var q3 = Vector512.Load(qp + 48);
-                            for (int s = 0; s <= tq; s++)
-                            {
-                                float* k = token0 + (long)s * c3 + c;
-                                row[s] = segmented && seg[s] != seg[tq]
-                                    ? float.NegativeInfinity
-                                    : Vector512.Sum(Vector512.FusedMultiplyAdd(q3, Vector512.Load(k + 48), Vector512.FusedMultiplyAdd(q2, Vector512.Load(k + 32),
-                                        Vector512.FusedMultiplyAdd(q1, Vector512.Load(k + 16), q0 * Vector512.Load(k))))) * scale;
-                            }
-                        }
-                        else
-                        {
-                            for (int s = 0; s <= tq; s++)
-                                row[s] = segmented && seg[s] != seg[tq]
-                                    ? float.NegativeInfinity
-                                    : Dot(qp, token0 + (long)s * c3 + c, hs) * scale;
-                        }
+                        for (int s = 0; s <= tq; s++)
+                            row[s] = segmented && seg[s] != seg[tq]
+                                ? float.NegativeInfinity
+                                : Dot(qp, token0 + (long)s * c3 + c, hs) * scale;
                         var live = row[..(tq + 1)];
-                        float max = TensorPrimitives.Max(live);          // finite: s = tq is always allowed
-                        TensorPrimitives.Subtract(live, max, live);
-                        TensorPrimitives.Exp(live, live);                // disallowed: exp(−∞) = 0
-                        TensorPrimitives.Multiply(live, 1f / TensorPrimitives.Sum(live), live);
+                        SoftmaxInPlace(live);
                         row[(tq + 1)..].Clear();
 
                         float* o = xo + ((long)b * t + tq) * c + h * hs;
-                        if (hs == HeadSize64)
+                        new Span<float>(o, hs).Clear();
+                        for (int s = 0; s <= tq; s++)
                         {
-                            // The output row stays in four registers across the loop over s.
-                            Vector512<float> o0 = default, o1 = default, o2 = default, o3 = default;
-                            for (int s = 0; s <= tq; s++)
-                            {
-                                float a = live[s];
-                                if (a == 0f) continue;
-                                var va = Vector512.Create(a);
-                                float* v = token0 + (long)s * c3 + 2 * c;
-                                o0 = Vector512.FusedMultiplyAdd(va, Vector512.Load(v), o0);
-                                o1 = Vector512.FusedMultiplyAdd(va, Vector512.Load(v + 16), o1);
-                                o2 = Vector512.FusedMultiplyAdd(va, Vector512.Load(v + 32), o2);
-                                o3 = Vector512.FusedMultiplyAdd(va, Vector512.Load(v + 48), o3);
-                            }
-                            o0.Store(o); o1.Store(o + 16); o2.Store(o + 32); o3.Store(o + 48);
-                        }
-                        else
-                        {
-                            new Span<float>(o, hs).Clear();
-                            for (int s = 0; s <= tq; s++)
-                            {
-                                float a = live[s];
-                                if (a != 0f) Axpy(a, token0 + (long)s * c3 + 2 * c, o, hs);
-                            }
+                            float a = live[s];
+                            if (a != 0f) Axpy(a, token0 + (long)s * c3 + 2 * c, o, hs);
                         }
                     }
                 }
             });
+        }
+    }
+
+    /// <summary>Queries per block of the hs = 64 forward: each key vector loaded is used by this many queries.</summary>
+    private const int QueryBlock = 4;
+
+    /// <summary>a = softmax(row) in place; the row's maximum is finite (the diagonal is always allowed), −∞ entries give 0.</summary>
+    private static void SoftmaxInPlace(Span<float> live)
+    {
+        float max = TensorPrimitives.Max(live);
+        TensorPrimitives.Subtract(live, max, live);
+        TensorPrimitives.Exp(live, live);                // disallowed: exp(−∞) = 0
+        TensorPrimitives.Multiply(live, 1f / TensorPrimitives.Sum(live), live);
+    }
+
+    /// <summary>
+    /// One (b, h) of the forward for hs = 64, as small matrix products instead of one dot product per score:
+    /// <code>
+    /// Kᵀ[d, s] = k_s[d]                          (transposed once into scratch, zero-padded to a multiple of 16 keys)
+    /// S[r, s0:s0+16] = Σ_d q_r[d]·Kᵀ[d, s0:s0+16] (4 queries × 16 keys per step: one key-vector load serves 4 FMAs, no horizontal sums)
+    /// a_r = softmax(S[r, 0..t_r]·scale, masked)   (saved into att; 0 past the diagonal and across segments)
+    /// out_r = Σ_s a_r[s]·v_s                     (4 queries share each v_s load; 16 accumulators)
+    /// </code>
+    /// The sums over d and over s run in a fixed order, so results do not depend on the thread count.
+    /// </summary>
+    private static unsafe void ForwardHead64(float* token0, int c, int t, int* seg, float* att, float* out0, float scale,
+                                             float* keysTransposed, float* scores, int paddedT)
+    {
+        int c3 = 3 * c;
+        for (int s = 0; s < t; s++)
+        {
+            float* k = token0 + (long)s * c3 + c;
+            for (int d = 0; d < HeadSize64; d++) keysTransposed[d * paddedT + s] = k[d];
+        }
+        for (int d = 0; d < HeadSize64; d++)
+            for (int s = t; s < paddedT; s++) keysTransposed[d * paddedT + s] = 0f;
+
+        for (int tq0 = 0; tq0 < t; tq0 += QueryBlock)
+        {
+            int rows = Math.Min(QueryBlock, t - tq0), keys = tq0 + rows;
+            // Missing rows of a short last block repeat the last query; their results are never stored.
+            float* q0 = token0 + (long)tq0 * c3;
+            float* q1 = token0 + (long)(tq0 + Math.Min(1, rows - 1)) * c3;
+            float* q2 = token0 + (long)(tq0 + Math.Min(2, rows - 1)) * c3;
+            float* q3 = token0 + (long)(tq0 + Math.Min(3, rows - 1)) * c3;
+            var vScale = Vector512.Create(scale);
+            for (int s0 = 0; s0 < keys; s0 += 16)
+            {
+                Vector512<float> acc0 = default, acc1 = default, acc2 = default, acc3 = default;
+                float* kt = keysTransposed + s0;
+                for (int d = 0; d < HeadSize64; d++, kt += paddedT)
+                {
+                    var kv = Vector512.Load(kt);
+                    acc0 = Vector512.FusedMultiplyAdd(Vector512.Create(q0[d]), kv, acc0);
+                    acc1 = Vector512.FusedMultiplyAdd(Vector512.Create(q1[d]), kv, acc1);
+                    acc2 = Vector512.FusedMultiplyAdd(Vector512.Create(q2[d]), kv, acc2);
+                    acc3 = Vector512.FusedMultiplyAdd(Vector512.Create(q3[d]), kv, acc3);
+                }
+                (acc0 * vScale).Store(scores + s0);
+                (acc1 * vScale).Store(scores + paddedT + s0);
+                (acc2 * vScale).Store(scores + 2 * paddedT + s0);
+                (acc3 * vScale).Store(scores + 3 * paddedT + s0);
+            }
+            for (int r = 0; r < rows; r++)
+            {
+                int tq = tq0 + r;
+                float* scoreRow = scores + r * paddedT;
+                if (seg is not null)
+                    for (int s = 0; s <= tq; s++)
+                        if (seg[s] != seg[tq]) scoreRow[s] = float.NegativeInfinity;
+                var row = new Span<float>(att + (long)tq * t, t);
+                var live = row[..(tq + 1)];
+                new ReadOnlySpan<float>(scoreRow, tq + 1).CopyTo(live);
+                SoftmaxInPlace(live);
+                row[(tq + 1)..].Clear();
+            }
+
+            // out_r = Σ_s a_r[s]·v_s over s < keys (a_r[s] = 0 past row r's diagonal); rows past the end read a zero weight.
+            float* a0 = att + (long)tq0 * t;
+            float* a1 = rows > 1 ? a0 + t : null, a2 = rows > 2 ? a0 + 2 * t : null, a3 = rows > 3 ? a0 + 3 * t : null;
+            Vector512<float> o00 = default, o01 = default, o02 = default, o03 = default;
+            Vector512<float> o10 = default, o11 = default, o12 = default, o13 = default;
+            Vector512<float> o20 = default, o21 = default, o22 = default, o23 = default;
+            Vector512<float> o30 = default, o31 = default, o32 = default, o33 = default;
+            for (int s = 0; s < keys; s++)
+            {
+                float w0 = a0[s], w1 = a1 is null ? 0f : a1[s], w2 = a2 is null ? 0f : a2[s], w3 = a3 is null ? 0f : a3[s];
+                if (w0 == 0f && w1 == 0f && w2 == 0f && w3 == 0f) continue;   // another segment for all four rows
+                float* v = token0 + (long)s * c3 + 2 * c;
+                var v0 = Vector512.Load(v); var v1 = Vector512.Load(v + 16); var v2 = Vector512.Load(v + 32); var v3 = Vector512.Load(v + 48);
+                var b0 = Vector512.Create(w0);
+                o00 = Vector512.FusedMultiplyAdd(b0, v0, o00); o01 = Vector512.FusedMultiplyAdd(b0, v1, o01);
+                o02 = Vector512.FusedMultiplyAdd(b0, v2, o02); o03 = Vector512.FusedMultiplyAdd(b0, v3, o03);
+                var b1 = Vector512.Create(w1);
+                o10 = Vector512.FusedMultiplyAdd(b1, v0, o10); o11 = Vector512.FusedMultiplyAdd(b1, v1, o11);
+                o12 = Vector512.FusedMultiplyAdd(b1, v2, o12); o13 = Vector512.FusedMultiplyAdd(b1, v3, o13);
+                var b2 = Vector512.Create(w2);
+                o20 = Vector512.FusedMultiplyAdd(b2, v0, o20); o21 = Vector512.FusedMultiplyAdd(b2, v1, o21);
+                o22 = Vector512.FusedMultiplyAdd(b2, v2, o22); o23 = Vector512.FusedMultiplyAdd(b2, v3, o23);
+                var b3 = Vector512.Create(w3);
+                o30 = Vector512.FusedMultiplyAdd(b3, v0, o30); o31 = Vector512.FusedMultiplyAdd(b3, v1, o31);
+                o32 = Vector512.FusedMultiplyAdd(b3, v2, o32); o33 = Vector512.FusedMultiplyAdd(b3, v3, o33);
+            }
+            float* o = out0 + (long)tq0 * c;
+            o00.Store(o); o01.Store(o + 16); o02.Store(o + 32); o03.Store(o + 48);
+            if (rows > 1) { o += c; o10.Store(o); o11.Store(o + 16); o12.Store(o + 32); o13.Store(o + 48); }
+            if (rows > 2) { o += c; o20.Store(o); o21.Store(o + 16); o22.Store(o + 32); o23.Store(o + 48); }
+            if (rows > 3) { o += c; o30.Store(o); o31.Store(o + 16); o32.Store(o + 32); o33.Store(o + 48); }
         }
     }
 
