@@ -19,8 +19,10 @@ namespace DistAlign.Kernels.Cpu;
 ///   dz[t, s] = a[t, s]·(da[t, s] − Σ_r a[t, r]·da[t, r])  where Σ_r a·da = g·out_t  (so no T-long scratch),
 ///   dq_t += Σ_s dz[t, s]·k_s/√hs,  dk_s += dz[t, s]·q_t/√hs.   All into dqkv, accumulating.
 /// Parallel over (b, h): each pair owns disjoint channels of q, k, v, att and out, so there are no races
-/// and results are bit-identical for any thread count. Per-pair work is inline Vector512 (hs = 64 keeps the
-/// query, the output row and dq in registers); other head sizes use short Vector512 dot/axpy helpers.
+/// and results are bit-identical for any thread count. For hs = 64 (every GPT-2 size) a pair runs as small
+/// matrix products over blocks of 4 queries (<see cref="ForwardHead64"/>, <see cref="BackwardHead64"/>: K or V
+/// transposed once, so scores need no horizontal sums, and each key/value row loaded serves 4 queries); other
+/// head sizes go one query at a time with short Vector512 dot/axpy helpers.
 /// </summary>
 public static class Attention
 {
@@ -242,6 +244,34 @@ public static class Attention
         fixed (float* pd = dOutput, pq = qkv, pa = attention, po = output, pdq = dQkv)
         {
             float* xd = pd, xq = pq, xa = pa, xo = po, xdq = pdq;
+            if (hs == HeadSize64)
+            {
+                CpuParallel.For(batch * heads, 1, (start, end) =>
+                {
+                    int paddedT = (t + 15) & ~15;
+                    float[] scratch = ArrayPool<float>.Shared.Rent((HeadSize64 + QueryBlock) * paddedT + 16);
+                    try
+                    {
+                        fixed (float* pScratch = scratch)
+                        {
+                            float* valuesTransposed = (float*)(((nint)pScratch + 63) & ~(nint)63);   // [64, paddedT], line-aligned
+                            float* dScores = valuesTransposed + HeadSize64 * paddedT;                 // [QueryBlock, paddedT]
+                            for (int bh = start; bh < end; bh++)
+                            {
+                                int b = bh / heads, h = bh % heads;
+                                long token0 = (long)b * t * c3 + h * hs, out0 = (long)b * t * c + h * hs;
+                                BackwardHead64(xd + out0, xo + out0, xq + token0, xdq + token0, xa + (long)bh * t * t, c, t, scale,
+                                               valuesTransposed, dScores, paddedT);
+                            }
+                        }
+                    }
+                    finally
+                    {
+                        ArrayPool<float>.Shared.Return(scratch);
+                    }
+                });
+                return;
+            }
             CpuParallel.For(batch * heads, 1, (start, end) =>
             {
                 for (int bh = start; bh < end; bh++)
@@ -256,11 +286,6 @@ public static class Attention
                         float* q = xq + token0 + (long)tq * c3;
                         float* dq = xdq + token0 + (long)tq * c3;
                         float* row = xa + ((long)bh * t + tq) * t;
-                        if (hs == HeadSize64)
-                        {
-                            BackwardRow64(g, q, dq, row, tq, xq + token0 + c, xdq + token0 + c, c3, weighted, scale);
-                            continue;
-                        }
                         for (int s = 0; s <= tq; s++)
                         {
                             float a = row[s];
@@ -278,38 +303,145 @@ public static class Attention
         }
     }
 
-    /// <summary>hs = 64 (every GPT-2 size): the backward row with g, q and dq held in registers.</summary>
-    private static unsafe void BackwardRow64(float* g, float* q, float* dq, float* row, int tq, float* k0, float* dk0, int stride,
-                                             float weighted, float scale)
+    /// <summary>
+    /// One (b, h) of the backward for hs = 64, blocks of 4 queries, as small matrix products:
+    /// <code>
+    /// Vᵀ[d, s] = v_s[d]                                   (transposed once, zero-padded to a multiple of 16 keys)
+    /// dA[r, s0:s0+16] = Σ_d g_r[d]·Vᵀ[d, s0:s0+16]          (g = dout; 4 queries × 16 keys per step)
+    /// dz[r, s] = a_r[s]·(dA[r, s] − g_r·out_r)·scale        (in place over dA; 0 wherever a is 0)
+    /// dq_r += Σ_s dz[r, s]·k_s                             (4 queries share each k_s load; 16 accumulators)
+    /// dk_s += Σ_r dz[r, s]·q_r,   dv_s += Σ_r a_r[s]·g_r    (q_r, then g_r, held in 16 registers; rows in order)
+    /// </code>
+    /// Every sum runs in a fixed order (for a given dk_s or dv_s: queries in increasing order, as the
+    /// one-query-at-a-time loop did), so results do not depend on the thread count.
+    /// </summary>
+    private static unsafe void BackwardHead64(float* dOut0, float* out0, float* token0, float* dToken0, float* att, int c, int t, float scale,
+                                              float* valuesTransposed, float* dScores, int paddedT)
     {
-        var g0 = Vector512.Load(g); var g1 = Vector512.Load(g + 16); var g2 = Vector512.Load(g + 32); var g3 = Vector512.Load(g + 48);
-        var q0 = Vector512.Load(q); var q1 = Vector512.Load(q + 16); var q2 = Vector512.Load(q + 32); var q3 = Vector512.Load(q + 48);
-        var dq0 = Vector512.Load(dq); var dq1 = Vector512.Load(dq + 16); var dq2 = Vector512.Load(dq + 32); var dq3 = Vector512.Load(dq + 48);
-        int c = stride / 3;
-        for (int s = 0; s <= tq; s++)
+        int c3 = 3 * c;
+        for (int s = 0; s < t; s++)
         {
-            float a = row[s];
-            if (a == 0f) continue;
-            float* k = k0 + (long)s * stride, v = k + c;
-            float* dk = dk0 + (long)s * stride, dv = dk + c;
-            var v0 = Vector512.Load(v); var v1 = Vector512.Load(v + 16); var v2 = Vector512.Load(v + 32); var v3 = Vector512.Load(v + 48);
-            float da = Vector512.Sum(Vector512.FusedMultiplyAdd(g3, v3, Vector512.FusedMultiplyAdd(g2, v2, Vector512.FusedMultiplyAdd(g1, v1, g0 * v0))));
-            var va = Vector512.Create(a);
-            Vector512.FusedMultiplyAdd(va, g0, Vector512.Load(dv)).Store(dv);
-            Vector512.FusedMultiplyAdd(va, g1, Vector512.Load(dv + 16)).Store(dv + 16);
-            Vector512.FusedMultiplyAdd(va, g2, Vector512.Load(dv + 32)).Store(dv + 32);
-            Vector512.FusedMultiplyAdd(va, g3, Vector512.Load(dv + 48)).Store(dv + 48);
-            var dz = Vector512.Create(a * (da - weighted) * scale);
-            dq0 = Vector512.FusedMultiplyAdd(dz, Vector512.Load(k), dq0);
-            dq1 = Vector512.FusedMultiplyAdd(dz, Vector512.Load(k + 16), dq1);
-            dq2 = Vector512.FusedMultiplyAdd(dz, Vector512.Load(k + 32), dq2);
-            dq3 = Vector512.FusedMultiplyAdd(dz, Vector512.Load(k + 48), dq3);
-            Vector512.FusedMultiplyAdd(dz, q0, Vector512.Load(dk)).Store(dk);
-            Vector512.FusedMultiplyAdd(dz, q1, Vector512.Load(dk + 16)).Store(dk + 16);
-            Vector512.FusedMultiplyAdd(dz, q2, Vector512.Load(dk + 32)).Store(dk + 32);
-            Vector512.FusedMultiplyAdd(dz, q3, Vector512.Load(dk + 48)).Store(dk + 48);
+            float* v = token0 + (long)s * c3 + 2 * c;
+            for (int d = 0; d < HeadSize64; d++) valuesTransposed[d * paddedT + s] = v[d];
         }
-        dq0.Store(dq); dq1.Store(dq + 16); dq2.Store(dq + 32); dq3.Store(dq + 48);
+        for (int d = 0; d < HeadSize64; d++)
+            for (int s = t; s < paddedT; s++) valuesTransposed[d * paddedT + s] = 0f;
+
+        Span<long> rowOffset = stackalloc long[QueryBlock];
+        for (int tq0 = 0; tq0 < t; tq0 += QueryBlock)
+        {
+            int rows = Math.Min(QueryBlock, t - tq0), keys = tq0 + rows;
+            // Missing rows of a short last block repeat the last query; their dz is set to 0, so they add nothing.
+            for (int r = 0; r < QueryBlock; r++) rowOffset[r] = tq0 + Math.Min(r, rows - 1);
+            float* g0 = dOut0 + rowOffset[0] * c, g1 = dOut0 + rowOffset[1] * c, g2 = dOut0 + rowOffset[2] * c, g3 = dOut0 + rowOffset[3] * c;
+
+            // dA for the block, then dz in place.
+            for (int s0 = 0; s0 < keys; s0 += 16)
+            {
+                Vector512<float> acc0 = default, acc1 = default, acc2 = default, acc3 = default;
+                float* vt = valuesTransposed + s0;
+                for (int d = 0; d < HeadSize64; d++, vt += paddedT)
+                {
+                    var vv = Vector512.Load(vt);
+                    acc0 = Vector512.FusedMultiplyAdd(Vector512.Create(g0[d]), vv, acc0);
+                    acc1 = Vector512.FusedMultiplyAdd(Vector512.Create(g1[d]), vv, acc1);
+                    acc2 = Vector512.FusedMultiplyAdd(Vector512.Create(g2[d]), vv, acc2);
+                    acc3 = Vector512.FusedMultiplyAdd(Vector512.Create(g3[d]), vv, acc3);
+                }
+                acc0.Store(dScores + s0);
+                acc1.Store(dScores + paddedT + s0);
+                acc2.Store(dScores + 2 * paddedT + s0);
+                acc3.Store(dScores + 3 * paddedT + s0);
+            }
+            for (int r = 0; r < QueryBlock; r++)
+            {
+                float* dz = dScores + r * paddedT;
+                if (r >= rows)
+                {
+                    new Span<float>(dz, keys).Clear();
+                    continue;
+                }
+                int tq = tq0 + r;
+                float weighted = Dot(dOut0 + (long)tq * c, out0 + (long)tq * c, HeadSize64);   // Σ_s a·dA = dout·out
+                float* a = att + (long)tq * t;
+                for (int s = 0; s <= tq; s++) dz[s] = a[s] == 0f ? 0f : a[s] * (dz[s] - weighted) * scale;
+                for (int s = tq + 1; s < keys; s++) dz[s] = 0f;
+            }
+            float* dz0 = dScores, dz1 = dScores + paddedT, dz2 = dScores + 2 * paddedT, dz3 = dScores + 3 * paddedT;
+
+            // dq_r += Σ_s dz[r, s]·k_s.
+            {
+                Vector512<float> d00 = default, d01 = default, d02 = default, d03 = default;
+                Vector512<float> d10 = default, d11 = default, d12 = default, d13 = default;
+                Vector512<float> d20 = default, d21 = default, d22 = default, d23 = default;
+                Vector512<float> d30 = default, d31 = default, d32 = default, d33 = default;
+                for (int s = 0; s < keys; s++)
+                {
+                    float w0 = dz0[s], w1 = dz1[s], w2 = dz2[s], w3 = dz3[s];
+                    if (w0 == 0f && w1 == 0f && w2 == 0f && w3 == 0f) continue;
+                    float* k = token0 + (long)s * c3 + c;
+                    var k0 = Vector512.Load(k); var k1 = Vector512.Load(k + 16); var k2 = Vector512.Load(k + 32); var k3 = Vector512.Load(k + 48);
+                    var b0 = Vector512.Create(w0);
+                    d00 = Vector512.FusedMultiplyAdd(b0, k0, d00); d01 = Vector512.FusedMultiplyAdd(b0, k1, d01);
+                    d02 = Vector512.FusedMultiplyAdd(b0, k2, d02); d03 = Vector512.FusedMultiplyAdd(b0, k3, d03);
+                    var b1 = Vector512.Create(w1);
+                    d10 = Vector512.FusedMultiplyAdd(b1, k0, d10); d11 = Vector512.FusedMultiplyAdd(b1, k1, d11);
+                    d12 = Vector512.FusedMultiplyAdd(b1, k2, d12); d13 = Vector512.FusedMultiplyAdd(b1, k3, d13);
+                    var b2 = Vector512.Create(w2);
+                    d20 = Vector512.FusedMultiplyAdd(b2, k0, d20); d21 = Vector512.FusedMultiplyAdd(b2, k1, d21);
+                    d22 = Vector512.FusedMultiplyAdd(b2, k2, d22); d23 = Vector512.FusedMultiplyAdd(b2, k3, d23);
+                    var b3 = Vector512.Create(w3);
+                    d30 = Vector512.FusedMultiplyAdd(b3, k0, d30); d31 = Vector512.FusedMultiplyAdd(b3, k1, d31);
+                    d32 = Vector512.FusedMultiplyAdd(b3, k2, d32); d33 = Vector512.FusedMultiplyAdd(b3, k3, d33);
+                }
+                AddRow64(dToken0 + (long)tq0 * c3, d00, d01, d02, d03);
+                if (rows > 1) AddRow64(dToken0 + (long)(tq0 + 1) * c3, d10, d11, d12, d13);
+                if (rows > 2) AddRow64(dToken0 + (long)(tq0 + 2) * c3, d20, d21, d22, d23);
+                if (rows > 3) AddRow64(dToken0 + (long)(tq0 + 3) * c3, d30, d31, d32, d33);
+            }
+
+            // dk_s += Σ_r dz[r, s]·q_r with the four queries in registers.
+            AccumulateOuter64(dz0, dz1, dz2, dz3, token0 + rowOffset[0] * c3, token0 + rowOffset[1] * c3, token0 + rowOffset[2] * c3,
+                              token0 + rowOffset[3] * c3, dToken0 + c, c3, keys);
+            // dv_s += Σ_r a_r[s]·g_r with the four output gradients in registers (missing rows: weight 0).
+            float* a0 = att + (long)tq0 * t;
+            float* a1 = rows > 1 ? a0 + t : dz3, a2 = rows > 2 ? a0 + 2 * t : dz3, a3 = rows > 3 ? a0 + 3 * t : dz3;   // dz3 is all 0 when rows < 4
+            AccumulateOuter64(a0, a1, a2, a3, g0, g1, g2, g3, dToken0 + 2 * c, c3, keys);
+        }
+    }
+
+    /// <summary>row[0..64) += (r0, r1, r2, r3).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe void AddRow64(float* row, Vector512<float> r0, Vector512<float> r1, Vector512<float> r2, Vector512<float> r3)
+    {
+        (Vector512.Load(row) + r0).Store(row);
+        (Vector512.Load(row + 16) + r1).Store(row + 16);
+        (Vector512.Load(row + 32) + r2).Store(row + 32);
+        (Vector512.Load(row + 48) + r3).Store(row + 48);
+    }
+
+    /// <summary>
+    /// For s &lt; keys: target_s += w0[s]·x0 + w1[s]·x1 + w2[s]·x2 + w3[s]·x3 (in that order), where target_s is 64 floats at
+    /// target + s·stride and x0..x3 are 64-float rows held in registers; s with all four weights 0 is skipped.
+    /// </summary>
+    private static unsafe void AccumulateOuter64(float* w0, float* w1, float* w2, float* w3, float* x0, float* x1, float* x2, float* x3,
+                                                 float* target, int stride, int keys)
+    {
+        var x00 = Vector512.Load(x0); var x01 = Vector512.Load(x0 + 16); var x02 = Vector512.Load(x0 + 32); var x03 = Vector512.Load(x0 + 48);
+        var x10 = Vector512.Load(x1); var x11 = Vector512.Load(x1 + 16); var x12 = Vector512.Load(x1 + 32); var x13 = Vector512.Load(x1 + 48);
+        var x20 = Vector512.Load(x2); var x21 = Vector512.Load(x2 + 16); var x22 = Vector512.Load(x2 + 32); var x23 = Vector512.Load(x2 + 48);
+        var x30 = Vector512.Load(x3); var x31 = Vector512.Load(x3 + 16); var x32 = Vector512.Load(x3 + 32); var x33 = Vector512.Load(x3 + 48);
+        for (int s = 0; s < keys; s++)
+        {
+            float a = w0[s], b = w1[s], c = w2[s], d = w3[s];
+            if (a == 0f && b == 0f && c == 0f && d == 0f) continue;
+            float* y = target + (long)s * stride;
+            Vector512<float> va = Vector512.Create(a), vb = Vector512.Create(b), vc = Vector512.Create(c), vd = Vector512.Create(d);
+            Vector512.FusedMultiplyAdd(vd, x30, Vector512.FusedMultiplyAdd(vc, x20, Vector512.FusedMultiplyAdd(vb, x10, Vector512.FusedMultiplyAdd(va, x00, Vector512.Load(y))))).Store(y);
+            Vector512.FusedMultiplyAdd(vd, x31, Vector512.FusedMultiplyAdd(vc, x21, Vector512.FusedMultiplyAdd(vb, x11, Vector512.FusedMultiplyAdd(va, x01, Vector512.Load(y + 16))))).Store(y + 16);
+            Vector512.FusedMultiplyAdd(vd, x32, Vector512.FusedMultiplyAdd(vc, x22, Vector512.FusedMultiplyAdd(vb, x12, Vector512.FusedMultiplyAdd(va, x02, Vector512.Load(y + 32))))).Store(y + 32);
+            Vector512.FusedMultiplyAdd(vd, x33, Vector512.FusedMultiplyAdd(vc, x23, Vector512.FusedMultiplyAdd(vb, x13, Vector512.FusedMultiplyAdd(va, x03, Vector512.Load(y + 48))))).Store(y + 48);
+        }
     }
 
     /// <summary>Σ a[i]·b[i] over one head (hs is small, typically 64: inline Vector512 beats a library call per pair).</summary>
