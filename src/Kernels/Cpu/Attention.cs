@@ -53,28 +53,11 @@ public static class Attention
             int* xs = ps;
             if (hs == HeadSize64)
             {
-                CpuParallel.For(batch * heads, 1, (start, end) =>
+                ForEachHead64(batch * heads, t, (bh, transposed, blockRows, paddedT) =>
                 {
-                    int paddedT = (t + 15) & ~15;
-                    float[] scratch = ArrayPool<float>.Shared.Rent((HeadSize64 + QueryBlock) * paddedT + 16);
-                    try
-                    {
-                        fixed (float* pScratch = scratch)
-                        {
-                            float* keysTransposed = (float*)(((nint)pScratch + 63) & ~(nint)63);   // [64, paddedT], line-aligned
-                            float* scores = keysTransposed + HeadSize64 * paddedT;                  // [QueryBlock, paddedT]
-                            for (int bh = start; bh < end; bh++)
-                            {
-                                int b = bh / heads, h = bh % heads;
-                                ForwardHead64(xq + (long)b * t * c3 + h * hs, c, t, segmented ? xs + (long)b * t : null,
-                                              xa + (long)bh * t * t, xo + (long)b * t * c + h * hs, scale, keysTransposed, scores, paddedT);
-                            }
-                        }
-                    }
-                    finally
-                    {
-                        ArrayPool<float>.Shared.Return(scratch);
-                    }
+                    int b = bh / heads, h = bh % heads;
+                    ForwardHead64(xq + (long)b * t * c3 + h * hs, c, t, segmented ? xs + (long)b * t : null,
+                                  xa + (long)bh * t * t, xo + (long)b * t * c + h * hs, scale, transposed, blockRows, paddedT);
                 });
                 return;
             }
@@ -122,13 +105,128 @@ public static class Attention
         TensorPrimitives.Multiply(live, 1f / TensorPrimitives.Sum(live), live);
     }
 
+    /// <summary>The work of one (b, h) pair of the hs = 64 path, given its scratch: Kᵀ or Vᵀ [64, paddedT] and [4, paddedT] block rows.</summary>
+    private unsafe delegate void Head64Work(int bh, float* transposed, float* blockRows, int paddedT);
+
+    /// <summary>
+    /// Runs <paramref name="work"/> for every (b, h) pair, split over the threads as <see cref="CpuParallel.For"/> does,
+    /// each range with its own line-aligned scratch (pooled): T rounded up to 16 keys, 64 transposed rows plus
+    /// <see cref="QueryBlock"/> rows of scores.
+    /// </summary>
+    private static unsafe void ForEachHead64(int pairs, int t, Head64Work work) =>
+        CpuParallel.For(pairs, 1, (start, end) =>
+        {
+            int paddedT = (t + 15) & ~15;
+            float[] scratch = ArrayPool<float>.Shared.Rent((HeadSize64 + QueryBlock) * paddedT + 16);
+            try
+            {
+                fixed (float* p = scratch)
+                {
+                    float* transposed = (float*)(((nint)p + 63) & ~(nint)63);
+                    for (int bh = start; bh < end; bh++) work(bh, transposed, transposed + HeadSize64 * paddedT, paddedT);
+                }
+            }
+            finally
+            {
+                ArrayPool<float>.Shared.Return(scratch);
+            }
+        });
+
+    /// <summary>transposed[d, s] = row_s[d] for s &lt; t (row_s at rows + s·stride), and 0 for t ≤ s &lt; paddedT.</summary>
+    private static unsafe void TransposeHead64(float* rows, int stride, int t, float* transposed, int paddedT)
+    {
+        for (int s = 0; s < t; s++)
+        {
+            float* row = rows + (long)s * stride;
+            for (int d = 0; d < HeadSize64; d++) transposed[d * paddedT + s] = row[d];
+        }
+        for (int d = 0; d < HeadSize64; d++)
+            for (int s = t; s < paddedT; s++) transposed[d * paddedT + s] = 0f;
+    }
+
+    /// <summary>
+    /// result[r, s] = scale·Σ_d x_r[d]·transposed[d, s] for the four rows x_r and s &lt; keys rounded up to 16
+    /// (4 rows × 16 keys per step: one vector of the transposed matrix serves four FMAs, no horizontal sums).
+    /// result is [4, paddedT].
+    /// </summary>
+    private static unsafe void RowsTimesTransposed64(float* x0, float* x1, float* x2, float* x3, float* transposed, int paddedT, int keys,
+                                                     float scale, float* result)
+    {
+        var vScale = Vector512.Create(scale);
+        for (int s0 = 0; s0 < keys; s0 += 16)
+        {
+            Vector512<float> acc0 = default, acc1 = default, acc2 = default, acc3 = default;
+            float* column = transposed + s0;
+            for (int d = 0; d < HeadSize64; d++, column += paddedT)
+            {
+                var y = Vector512.Load(column);
+                acc0 = Vector512.FusedMultiplyAdd(Vector512.Create(x0[d]), y, acc0);
+                acc1 = Vector512.FusedMultiplyAdd(Vector512.Create(x1[d]), y, acc1);
+                acc2 = Vector512.FusedMultiplyAdd(Vector512.Create(x2[d]), y, acc2);
+                acc3 = Vector512.FusedMultiplyAdd(Vector512.Create(x3[d]), y, acc3);
+            }
+            (acc0 * vScale).Store(result + s0);
+            (acc1 * vScale).Store(result + paddedT + s0);
+            (acc2 * vScale).Store(result + 2 * paddedT + s0);
+            (acc3 * vScale).Store(result + 3 * paddedT + s0);
+        }
+    }
+
+    /// <summary>
+    /// y_r = Σ_{s &lt; keys} w_r[s]·row_s for the four weight rows (row_s at rows + s·stride; s with all four weights 0
+    /// skipped; sums in s order, 16 accumulators, one load of row_s per four rows). Then for each r &lt; count:
+    /// dest_r = y_r (store) or dest_r += y_r (accumulate), dest_r at dest + r·destStride.
+    /// </summary>
+    private static unsafe void WeightedRowSums64(float* w0, float* w1, float* w2, float* w3, float* rows, int stride, int keys,
+                                                 float* dest, int destStride, int count, bool accumulate)
+    {
+        Vector512<float> y00 = default, y01 = default, y02 = default, y03 = default;
+        Vector512<float> y10 = default, y11 = default, y12 = default, y13 = default;
+        Vector512<float> y20 = default, y21 = default, y22 = default, y23 = default;
+        Vector512<float> y30 = default, y31 = default, y32 = default, y33 = default;
+        for (int s = 0; s < keys; s++)
+        {
+            float a = w0[s], b = w1[s], c = w2[s], d = w3[s];
+            if (a == 0f && b == 0f && c == 0f && d == 0f) continue;   // another segment for all four rows
+            float* row = rows + (long)s * stride;
+            var r0 = Vector512.Load(row); var r1 = Vector512.Load(row + 16); var r2 = Vector512.Load(row + 32); var r3 = Vector512.Load(row + 48);
+            var va = Vector512.Create(a);
+            y00 = Vector512.FusedMultiplyAdd(va, r0, y00); y01 = Vector512.FusedMultiplyAdd(va, r1, y01);
+            y02 = Vector512.FusedMultiplyAdd(va, r2, y02); y03 = Vector512.FusedMultiplyAdd(va, r3, y03);
+            var vb = Vector512.Create(b);
+            y10 = Vector512.FusedMultiplyAdd(vb, r0, y10); y11 = Vector512.FusedMultiplyAdd(vb, r1, y11);
+            y12 = Vector512.FusedMultiplyAdd(vb, r2, y12); y13 = Vector512.FusedMultiplyAdd(vb, r3, y13);
+            var vc = Vector512.Create(c);
+            y20 = Vector512.FusedMultiplyAdd(vc, r0, y20); y21 = Vector512.FusedMultiplyAdd(vc, r1, y21);
+            y22 = Vector512.FusedMultiplyAdd(vc, r2, y22); y23 = Vector512.FusedMultiplyAdd(vc, r3, y23);
+            var vd = Vector512.Create(d);
+            y30 = Vector512.FusedMultiplyAdd(vd, r0, y30); y31 = Vector512.FusedMultiplyAdd(vd, r1, y31);
+            y32 = Vector512.FusedMultiplyAdd(vd, r2, y32); y33 = Vector512.FusedMultiplyAdd(vd, r3, y33);
+        }
+        WriteRow64(dest, y00, y01, y02, y03, accumulate);
+        if (count > 1) WriteRow64(dest + destStride, y10, y11, y12, y13, accumulate);
+        if (count > 2) WriteRow64(dest + 2L * destStride, y20, y21, y22, y23, accumulate);
+        if (count > 3) WriteRow64(dest + 3L * destStride, y30, y31, y32, y33, accumulate);
+    }
+
+    /// <summary>row[0..64) = (r0, r1, r2, r3), or += when <paramref name="accumulate"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe void WriteRow64(float* row, Vector512<float> r0, Vector512<float> r1, Vector512<float> r2, Vector512<float> r3, bool accumulate)
+    {
+        if (accumulate)
+        {
+            r0 += Vector512.Load(row); r1 += Vector512.Load(row + 16); r2 += Vector512.Load(row + 32); r3 += Vector512.Load(row + 48);
+        }
+        r0.Store(row); r1.Store(row + 16); r2.Store(row + 32); r3.Store(row + 48);
+    }
+
     /// <summary>
     /// One (b, h) of the forward for hs = 64, as small matrix products instead of one dot product per score:
     /// <code>
-    /// Kᵀ[d, s] = k_s[d]                          (transposed once into scratch, zero-padded to a multiple of 16 keys)
-    /// S[r, s0:s0+16] = Σ_d q_r[d]·Kᵀ[d, s0:s0+16] (4 queries × 16 keys per step: one key-vector load serves 4 FMAs, no horizontal sums)
-    /// a_r = softmax(S[r, 0..t_r]·scale, masked)   (saved into att; 0 past the diagonal and across segments)
-    /// out_r = Σ_s a_r[s]·v_s                     (4 queries share each v_s load; 16 accumulators)
+    /// Kᵀ[d, s] = k_s[d]                            (transposed once into scratch, zero-padded to a multiple of 16 keys)
+    /// S[r, s] = scale·Σ_d q_r[d]·Kᵀ[d, s]          (<see cref="RowsTimesTransposed64"/>, 4 queries at a time)
+    /// a_r = softmax(S[r, 0..t_r], masked)          (saved into att; 0 past the diagonal and across segments)
+    /// out_r = Σ_s a_r[s]·v_s                       (<see cref="WeightedRowSums64"/>: 4 queries share each v_s load)
     /// </code>
     /// The sums over d and over s run in a fixed order, so results do not depend on the thread count.
     /// </summary>
@@ -136,44 +234,23 @@ public static class Attention
                                              float* keysTransposed, float* scores, int paddedT)
     {
         int c3 = 3 * c;
-        for (int s = 0; s < t; s++)
-        {
-            float* k = token0 + (long)s * c3 + c;
-            for (int d = 0; d < HeadSize64; d++) keysTransposed[d * paddedT + s] = k[d];
-        }
-        for (int d = 0; d < HeadSize64; d++)
-            for (int s = t; s < paddedT; s++) keysTransposed[d * paddedT + s] = 0f;
-
+        TransposeHead64(token0 + c, c3, t, keysTransposed, paddedT);
         for (int tq0 = 0; tq0 < t; tq0 += QueryBlock)
         {
             int rows = Math.Min(QueryBlock, t - tq0), keys = tq0 + rows;
             // Missing rows of a short last block repeat the last query; their results are never stored.
-            float* q0 = token0 + (long)tq0 * c3;
-            float* q1 = token0 + (long)(tq0 + Math.Min(1, rows - 1)) * c3;
-            float* q2 = token0 + (long)(tq0 + Math.Min(2, rows - 1)) * c3;
-            float* q3 = token0 + (long)(tq0 + Math.Min(3, rows - 1)) * c3;
-            var vScale = Vector512.Create(scale);
-            for (int s0 = 0; s0 < keys; s0 += 16)
+            RowsTimesTransposed64(token0 + (long)tq0 * c3, token0 + (long)(tq0 + Math.Min(1, rows - 1)) * c3,
+                                  token0 + (long)(tq0 + Math.Min(2, rows - 1)) * c3, token0 + (long)(tq0 + Math.Min(3, rows - 1)) * c3,
+                                  keysTransposed, paddedT, keys, scale, scores);
+            for (int r = 0; r < QueryBlock; r++)
             {
-                Vector512<float> acc0 = default, acc1 = default, acc2 = default, acc3 = default;
-                float* kt = keysTransposed + s0;
-                for (int d = 0; d < HeadSize64; d++, kt += paddedT)
-                {
-                    var kv = Vector512.Load(kt);
-                    acc0 = Vector512.FusedMultiplyAdd(Vector512.Create(q0[d]), kv, acc0);
-                    acc1 = Vector512.FusedMultiplyAdd(Vector512.Create(q1[d]), kv, acc1);
-                    acc2 = Vector512.FusedMultiplyAdd(Vector512.Create(q2[d]), kv, acc2);
-                    acc3 = Vector512.FusedMultiplyAdd(Vector512.Create(q3[d]), kv, acc3);
-                }
-                (acc0 * vScale).Store(scores + s0);
-                (acc1 * vScale).Store(scores + paddedT + s0);
-                (acc2 * vScale).Store(scores + 2 * paddedT + s0);
-                (acc3 * vScale).Store(scores + 3 * paddedT + s0);
-            }
-            for (int r = 0; r < rows; r++)
-            {
-                int tq = tq0 + r;
                 float* scoreRow = scores + r * paddedT;
+                if (r >= rows)
+                {
+                    new Span<float>(scoreRow, keys).Clear();   // a zero weight row for the product below
+                    continue;
+                }
+                int tq = tq0 + r;
                 if (seg is not null)
                     for (int s = 0; s <= tq; s++)
                         if (seg[s] != seg[tq]) scoreRow[s] = float.NegativeInfinity;
@@ -183,38 +260,10 @@ public static class Attention
                 SoftmaxInPlace(live);
                 row[(tq + 1)..].Clear();
             }
-
-            // out_r = Σ_s a_r[s]·v_s over s < keys (a_r[s] = 0 past row r's diagonal); rows past the end read a zero weight.
-            float* a0 = att + (long)tq0 * t;
-            float* a1 = rows > 1 ? a0 + t : null, a2 = rows > 2 ? a0 + 2 * t : null, a3 = rows > 3 ? a0 + 3 * t : null;
-            Vector512<float> o00 = default, o01 = default, o02 = default, o03 = default;
-            Vector512<float> o10 = default, o11 = default, o12 = default, o13 = default;
-            Vector512<float> o20 = default, o21 = default, o22 = default, o23 = default;
-            Vector512<float> o30 = default, o31 = default, o32 = default, o33 = default;
-            for (int s = 0; s < keys; s++)
-            {
-                float w0 = a0[s], w1 = a1 is null ? 0f : a1[s], w2 = a2 is null ? 0f : a2[s], w3 = a3 is null ? 0f : a3[s];
-                if (w0 == 0f && w1 == 0f && w2 == 0f && w3 == 0f) continue;   // another segment for all four rows
-                float* v = token0 + (long)s * c3 + 2 * c;
-                var v0 = Vector512.Load(v); var v1 = Vector512.Load(v + 16); var v2 = Vector512.Load(v + 32); var v3 = Vector512.Load(v + 48);
-                var b0 = Vector512.Create(w0);
-                o00 = Vector512.FusedMultiplyAdd(b0, v0, o00); o01 = Vector512.FusedMultiplyAdd(b0, v1, o01);
-                o02 = Vector512.FusedMultiplyAdd(b0, v2, o02); o03 = Vector512.FusedMultiplyAdd(b0, v3, o03);
-                var b1 = Vector512.Create(w1);
-                o10 = Vector512.FusedMultiplyAdd(b1, v0, o10); o11 = Vector512.FusedMultiplyAdd(b1, v1, o11);
-                o12 = Vector512.FusedMultiplyAdd(b1, v2, o12); o13 = Vector512.FusedMultiplyAdd(b1, v3, o13);
-                var b2 = Vector512.Create(w2);
-                o20 = Vector512.FusedMultiplyAdd(b2, v0, o20); o21 = Vector512.FusedMultiplyAdd(b2, v1, o21);
-                o22 = Vector512.FusedMultiplyAdd(b2, v2, o22); o23 = Vector512.FusedMultiplyAdd(b2, v3, o23);
-                var b3 = Vector512.Create(w3);
-                o30 = Vector512.FusedMultiplyAdd(b3, v0, o30); o31 = Vector512.FusedMultiplyAdd(b3, v1, o31);
-                o32 = Vector512.FusedMultiplyAdd(b3, v2, o32); o33 = Vector512.FusedMultiplyAdd(b3, v3, o33);
-            }
-            float* o = out0 + (long)tq0 * c;
-            o00.Store(o); o01.Store(o + 16); o02.Store(o + 32); o03.Store(o + 48);
-            if (rows > 1) { o += c; o10.Store(o); o11.Store(o + 16); o12.Store(o + 32); o13.Store(o + 48); }
-            if (rows > 2) { o += c; o20.Store(o); o21.Store(o + 16); o22.Store(o + 32); o23.Store(o + 48); }
-            if (rows > 3) { o += c; o30.Store(o); o31.Store(o + 16); o32.Store(o + 32); o33.Store(o + 48); }
+            // out_r = Σ_s a_r[s]·v_s over s < keys (a_r[s] = 0 past row r's diagonal; missing rows weigh 0).
+            float* a0 = att + (long)tq0 * t, zero = scores + 3 * paddedT;
+            WeightedRowSums64(a0, rows > 1 ? a0 + t : zero, rows > 2 ? a0 + 2 * t : zero, rows > 3 ? a0 + 3 * t : zero,
+                              token0 + 2 * c, c3, keys, out0 + (long)tq0 * c, c, rows, accumulate: false);
         }
     }
 
@@ -246,29 +295,11 @@ public static class Attention
             float* xd = pd, xq = pq, xa = pa, xo = po, xdq = pdq;
             if (hs == HeadSize64)
             {
-                CpuParallel.For(batch * heads, 1, (start, end) =>
+                ForEachHead64(batch * heads, t, (bh, transposed, blockRows, paddedT) =>
                 {
-                    int paddedT = (t + 15) & ~15;
-                    float[] scratch = ArrayPool<float>.Shared.Rent((HeadSize64 + QueryBlock) * paddedT + 16);
-                    try
-                    {
-                        fixed (float* pScratch = scratch)
-                        {
-                            float* valuesTransposed = (float*)(((nint)pScratch + 63) & ~(nint)63);   // [64, paddedT], line-aligned
-                            float* dScores = valuesTransposed + HeadSize64 * paddedT;                 // [QueryBlock, paddedT]
-                            for (int bh = start; bh < end; bh++)
-                            {
-                                int b = bh / heads, h = bh % heads;
-                                long token0 = (long)b * t * c3 + h * hs, out0 = (long)b * t * c + h * hs;
-                                BackwardHead64(xd + out0, xo + out0, xq + token0, xdq + token0, xa + (long)bh * t * t, c, t, scale,
-                                               valuesTransposed, dScores, paddedT);
-                            }
-                        }
-                    }
-                    finally
-                    {
-                        ArrayPool<float>.Shared.Return(scratch);
-                    }
+                    int b = bh / heads, h = bh % heads;
+                    long token0 = (long)b * t * c3 + h * hs, out0 = (long)b * t * c + h * hs;
+                    BackwardHead64(xd + out0, xo + out0, xq + token0, xdq + token0, xa + (long)bh * t * t, c, t, scale, transposed, blockRows, paddedT);
                 });
                 return;
             }
@@ -307,10 +338,10 @@ public static class Attention
     /// One (b, h) of the backward for hs = 64, blocks of 4 queries, as small matrix products:
     /// <code>
     /// Vᵀ[d, s] = v_s[d]                                   (transposed once, zero-padded to a multiple of 16 keys)
-    /// dA[r, s0:s0+16] = Σ_d g_r[d]·Vᵀ[d, s0:s0+16]          (g = dout; 4 queries × 16 keys per step)
+    /// dA[r, s] = Σ_d g_r[d]·Vᵀ[d, s]                      (g = dout; <see cref="RowsTimesTransposed64"/>)
     /// dz[r, s] = a_r[s]·(dA[r, s] − g_r·out_r)·scale        (in place over dA; 0 wherever a is 0)
-    /// dq_r += Σ_s dz[r, s]·k_s                             (4 queries share each k_s load; 16 accumulators)
-    /// dk_s += Σ_r dz[r, s]·q_r,   dv_s += Σ_r a_r[s]·g_r    (q_r, then g_r, held in 16 registers; rows in order)
+    /// dq_r += Σ_s dz[r, s]·k_s                             (<see cref="WeightedRowSums64"/>)
+    /// dk_s += Σ_r dz[r, s]·q_r,   dv_s += Σ_r a_r[s]·g_r    (<see cref="AccumulateOuter64"/>: rows in registers)
     /// </code>
     /// Every sum runs in a fixed order (for a given dk_s or dv_s: queries in increasing order, as the
     /// one-query-at-a-time loop did), so results do not depend on the thread count.
@@ -319,40 +350,15 @@ public static class Attention
                                               float* valuesTransposed, float* dScores, int paddedT)
     {
         int c3 = 3 * c;
-        for (int s = 0; s < t; s++)
-        {
-            float* v = token0 + (long)s * c3 + 2 * c;
-            for (int d = 0; d < HeadSize64; d++) valuesTransposed[d * paddedT + s] = v[d];
-        }
-        for (int d = 0; d < HeadSize64; d++)
-            for (int s = t; s < paddedT; s++) valuesTransposed[d * paddedT + s] = 0f;
-
-        Span<long> rowOffset = stackalloc long[QueryBlock];
+        TransposeHead64(token0 + 2 * c, c3, t, valuesTransposed, paddedT);
         for (int tq0 = 0; tq0 < t; tq0 += QueryBlock)
         {
             int rows = Math.Min(QueryBlock, t - tq0), keys = tq0 + rows;
             // Missing rows of a short last block repeat the last query; their dz is set to 0, so they add nothing.
-            for (int r = 0; r < QueryBlock; r++) rowOffset[r] = tq0 + Math.Min(r, rows - 1);
-            float* g0 = dOut0 + rowOffset[0] * c, g1 = dOut0 + rowOffset[1] * c, g2 = dOut0 + rowOffset[2] * c, g3 = dOut0 + rowOffset[3] * c;
-
-            // dA for the block, then dz in place.
-            for (int s0 = 0; s0 < keys; s0 += 16)
-            {
-                Vector512<float> acc0 = default, acc1 = default, acc2 = default, acc3 = default;
-                float* vt = valuesTransposed + s0;
-                for (int d = 0; d < HeadSize64; d++, vt += paddedT)
-                {
-                    var vv = Vector512.Load(vt);
-                    acc0 = Vector512.FusedMultiplyAdd(Vector512.Create(g0[d]), vv, acc0);
-                    acc1 = Vector512.FusedMultiplyAdd(Vector512.Create(g1[d]), vv, acc1);
-                    acc2 = Vector512.FusedMultiplyAdd(Vector512.Create(g2[d]), vv, acc2);
-                    acc3 = Vector512.FusedMultiplyAdd(Vector512.Create(g3[d]), vv, acc3);
-                }
-                acc0.Store(dScores + s0);
-                acc1.Store(dScores + paddedT + s0);
-                acc2.Store(dScores + 2 * paddedT + s0);
-                acc3.Store(dScores + 3 * paddedT + s0);
-            }
+            int last = rows - 1;
+            float* g0 = dOut0 + (long)tq0 * c, g1 = dOut0 + (long)(tq0 + Math.Min(1, last)) * c;
+            float* g2 = dOut0 + (long)(tq0 + Math.Min(2, last)) * c, g3 = dOut0 + (long)(tq0 + Math.Min(3, last)) * c;
+            RowsTimesTransposed64(g0, g1, g2, g3, valuesTransposed, paddedT, keys, 1f, dScores);
             for (int r = 0; r < QueryBlock; r++)
             {
                 float* dz = dScores + r * paddedT;
@@ -368,56 +374,15 @@ public static class Attention
                 for (int s = tq + 1; s < keys; s++) dz[s] = 0f;
             }
             float* dz0 = dScores, dz1 = dScores + paddedT, dz2 = dScores + 2 * paddedT, dz3 = dScores + 3 * paddedT;
-
-            // dq_r += Σ_s dz[r, s]·k_s.
-            {
-                Vector512<float> d00 = default, d01 = default, d02 = default, d03 = default;
-                Vector512<float> d10 = default, d11 = default, d12 = default, d13 = default;
-                Vector512<float> d20 = default, d21 = default, d22 = default, d23 = default;
-                Vector512<float> d30 = default, d31 = default, d32 = default, d33 = default;
-                for (int s = 0; s < keys; s++)
-                {
-                    float w0 = dz0[s], w1 = dz1[s], w2 = dz2[s], w3 = dz3[s];
-                    if (w0 == 0f && w1 == 0f && w2 == 0f && w3 == 0f) continue;
-                    float* k = token0 + (long)s * c3 + c;
-                    var k0 = Vector512.Load(k); var k1 = Vector512.Load(k + 16); var k2 = Vector512.Load(k + 32); var k3 = Vector512.Load(k + 48);
-                    var b0 = Vector512.Create(w0);
-                    d00 = Vector512.FusedMultiplyAdd(b0, k0, d00); d01 = Vector512.FusedMultiplyAdd(b0, k1, d01);
-                    d02 = Vector512.FusedMultiplyAdd(b0, k2, d02); d03 = Vector512.FusedMultiplyAdd(b0, k3, d03);
-                    var b1 = Vector512.Create(w1);
-                    d10 = Vector512.FusedMultiplyAdd(b1, k0, d10); d11 = Vector512.FusedMultiplyAdd(b1, k1, d11);
-                    d12 = Vector512.FusedMultiplyAdd(b1, k2, d12); d13 = Vector512.FusedMultiplyAdd(b1, k3, d13);
-                    var b2 = Vector512.Create(w2);
-                    d20 = Vector512.FusedMultiplyAdd(b2, k0, d20); d21 = Vector512.FusedMultiplyAdd(b2, k1, d21);
-                    d22 = Vector512.FusedMultiplyAdd(b2, k2, d22); d23 = Vector512.FusedMultiplyAdd(b2, k3, d23);
-                    var b3 = Vector512.Create(w3);
-                    d30 = Vector512.FusedMultiplyAdd(b3, k0, d30); d31 = Vector512.FusedMultiplyAdd(b3, k1, d31);
-                    d32 = Vector512.FusedMultiplyAdd(b3, k2, d32); d33 = Vector512.FusedMultiplyAdd(b3, k3, d33);
-                }
-                AddRow64(dToken0 + (long)tq0 * c3, d00, d01, d02, d03);
-                if (rows > 1) AddRow64(dToken0 + (long)(tq0 + 1) * c3, d10, d11, d12, d13);
-                if (rows > 2) AddRow64(dToken0 + (long)(tq0 + 2) * c3, d20, d21, d22, d23);
-                if (rows > 3) AddRow64(dToken0 + (long)(tq0 + 3) * c3, d30, d31, d32, d33);
-            }
-
-            // dk_s += Σ_r dz[r, s]·q_r with the four queries in registers.
-            AccumulateOuter64(dz0, dz1, dz2, dz3, token0 + rowOffset[0] * c3, token0 + rowOffset[1] * c3, token0 + rowOffset[2] * c3,
-                              token0 + rowOffset[3] * c3, dToken0 + c, c3, keys);
-            // dv_s += Σ_r a_r[s]·g_r with the four output gradients in registers (missing rows: weight 0).
+            WeightedRowSums64(dz0, dz1, dz2, dz3, token0 + c, c3, keys, dToken0 + (long)tq0 * c3, c3, rows, accumulate: true);
+            float* q0 = token0 + (long)tq0 * c3, q1 = token0 + (long)(tq0 + Math.Min(1, last)) * c3;
+            float* q2 = token0 + (long)(tq0 + Math.Min(2, last)) * c3, q3 = token0 + (long)(tq0 + Math.Min(3, last)) * c3;
+            AccumulateOuter64(dz0, dz1, dz2, dz3, q0, q1, q2, q3, dToken0 + c, c3, keys);
+            // Missing rows weigh 0: dz3 is all 0 whenever rows < 4.
             float* a0 = att + (long)tq0 * t;
-            float* a1 = rows > 1 ? a0 + t : dz3, a2 = rows > 2 ? a0 + 2 * t : dz3, a3 = rows > 3 ? a0 + 3 * t : dz3;   // dz3 is all 0 when rows < 4
-            AccumulateOuter64(a0, a1, a2, a3, g0, g1, g2, g3, dToken0 + 2 * c, c3, keys);
+            AccumulateOuter64(a0, rows > 1 ? a0 + t : dz3, rows > 2 ? a0 + 2 * t : dz3, rows > 3 ? a0 + 3 * t : dz3, g0, g1, g2, g3,
+                              dToken0 + 2 * c, c3, keys);
         }
-    }
-
-    /// <summary>row[0..64) += (r0, r1, r2, r3).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe void AddRow64(float* row, Vector512<float> r0, Vector512<float> r1, Vector512<float> r2, Vector512<float> r3)
-    {
-        (Vector512.Load(row) + r0).Store(row);
-        (Vector512.Load(row + 16) + r1).Store(row + 16);
-        (Vector512.Load(row + 32) + r2).Store(row + 32);
-        (Vector512.Load(row + 48) + r3).Store(row + 48);
     }
 
     /// <summary>
