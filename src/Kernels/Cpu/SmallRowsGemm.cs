@@ -7,8 +7,8 @@ namespace DistAlign.Kernels.Cpu;
 /// where every step multiplies a few token vectors by every weight matrix. Packing B (the weights) would copy
 /// all of it every call for a few FLOPs per element, so B is streamed once, in place:
 /// <list type="bullet">
-/// <item>NN (C = A·B, B is [k, n]): per 16 columns, the m×16 block of C lives in m registers; for each k one
-/// load of B[k, j…j+15] feeds m broadcast FMAs.</item>
+/// <item>NN (C = A·B, B is [k, n]): per 16 columns, the m×16 block of C lives in 4 or 8 registers; for each k one
+/// load of B[k, j…j+15] feeds that many broadcast FMAs.</item>
 /// <item>NT (C = A·Bᵀ, B is [n, k]): per column j, the row B[j, ·] is read once in 16-wide chunks against the m
 /// rows of A, then m horizontal sums.</item>
 /// </list>
@@ -35,26 +35,75 @@ internal static unsafe class SmallRowsGemm
         }
     }
 
+    /// <summary>How many rows of A one pass handles: 4 (m ≤ 4) or 8, a compile-time constant per instantiation.</summary>
+    private interface IRowBlock
+    {
+        static abstract int Rows { get; }
+    }
+
+    private struct FourRows : IRowBlock
+    {
+        public static int Rows => 4;
+    }
+
+    private struct EightRows : IRowBlock
+    {
+        public static int Rows => 8;
+    }
+
+    /// <summary>
+    /// Row pointers of A for one pass: rows past m repeat row m − 1 (their results are computed and dropped), so the
+    /// accumulators are plain locals the JIT keeps in registers, not a stack array loaded and stored at every step.
+    /// </summary>
+    private static void RowPointers(float* a, int lda, int m, Span<nint> rows)
+    {
+        for (int i = 0; i < rows.Length; i++) rows[i] = (nint)(a + (nint)Math.Min(i, m - 1) * lda);
+    }
+
     private static void RunNN(int m, int n, int k, float alpha, float* a, int lda, float* b, int ldb, float beta, float* c, int ldc,
                               float* bias, int columnStart, int columnEnd)
     {
-        var acc = stackalloc Vector512<float>[MaxRows];
+        if (m <= 4) RunNN<FourRows>(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, columnStart, columnEnd);
+        else RunNN<EightRows>(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, columnStart, columnEnd);
+    }
+
+    /// <summary>NN: per 16 columns, C[i, j…j+15] = Σ_p A[i, p]·B[p, j…j+15] in TBlock.Rows register accumulators.</summary>
+    private static void RunNN<TBlock>(int m, int n, int k, float alpha, float* a, int lda, float* b, int ldb, float beta, float* c, int ldc,
+                                      float* bias, int columnStart, int columnEnd) where TBlock : struct, IRowBlock
+    {
+        Span<nint> rows = stackalloc nint[TBlock.Rows];
+        RowPointers(a, lda, m, rows);
+        float* a0 = (float*)rows[0], a1 = (float*)rows[1], a2 = (float*)rows[2], a3 = (float*)rows[3];
+        float* a4 = TBlock.Rows > 4 ? (float*)rows[4] : null, a5 = TBlock.Rows > 4 ? (float*)rows[5] : null;
+        float* a6 = TBlock.Rows > 4 ? (float*)rows[6] : null, a7 = TBlock.Rows > 4 ? (float*)rows[7] : null;
         int j = columnStart;
         for (; j + 16 <= columnEnd; j += 16)
         {
-            for (int i = 0; i < m; i++) acc[i] = Vector512<float>.Zero;
-            for (int p = 0; p < k; p++)
+            Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default, c4 = default, c5 = default, c6 = default, c7 = default;
+            float* bp = b + j;
+            for (int p = 0; p < k; p++, bp += ldb)
             {
-                var bv = Vector512.Load(b + (nint)p * ldb + j);
-                for (int i = 0; i < m; i++) acc[i] = Vector512.FusedMultiplyAdd(Vector512.Create(a[(nint)i * lda + p]), bv, acc[i]);
+                var bv = Vector512.Load(bp);
+                c0 = Vector512.FusedMultiplyAdd(Vector512.Create(a0[p]), bv, c0);
+                c1 = Vector512.FusedMultiplyAdd(Vector512.Create(a1[p]), bv, c1);
+                c2 = Vector512.FusedMultiplyAdd(Vector512.Create(a2[p]), bv, c2);
+                c3 = Vector512.FusedMultiplyAdd(Vector512.Create(a3[p]), bv, c3);
+                if (TBlock.Rows > 4)
+                {
+                    c4 = Vector512.FusedMultiplyAdd(Vector512.Create(a4[p]), bv, c4);
+                    c5 = Vector512.FusedMultiplyAdd(Vector512.Create(a5[p]), bv, c5);
+                    c6 = Vector512.FusedMultiplyAdd(Vector512.Create(a6[p]), bv, c6);
+                    c7 = Vector512.FusedMultiplyAdd(Vector512.Create(a7[p]), bv, c7);
+                }
             }
+            var biasVector = bias != null ? Vector512.Load(bias + j) : Vector512<float>.Zero;
+            Span<Vector512<float>> results = [c0, c1, c2, c3, c4, c5, c6, c7];
             for (int i = 0; i < m; i++)
             {
                 float* row = c + (nint)i * ldc + j;
-                var result = acc[i] * alpha;
+                var result = results[i] * alpha;
                 if (beta != 0f) result = Vector512.FusedMultiplyAdd(Vector512.Load(row), Vector512.Create(beta), result);
-                if (bias != null) result += Vector512.Load(bias + j);
-                result.Store(row);
+                (result + biasVector).Store(row);
             }
         }
         for (; j < columnEnd; j++)
@@ -69,20 +118,48 @@ internal static unsafe class SmallRowsGemm
     private static void RunNT(int m, int k, float alpha, float* a, int lda, float* b, int ldb, float beta, float* c, int ldc,
                               float* bias, int columnStart, int columnEnd)
     {
-        var acc = stackalloc Vector512<float>[MaxRows];
+        if (m <= 4) RunNT<FourRows>(m, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, columnStart, columnEnd);
+        else RunNT<EightRows>(m, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, columnStart, columnEnd);
+    }
+
+    /// <summary>NT: per column j, C[i, j] = Σ_p A[i, p]·B[j, p], the row B[j, ·] read once in 16-wide chunks against the rows of A.</summary>
+    private static void RunNT<TBlock>(int m, int k, float alpha, float* a, int lda, float* b, int ldb, float beta, float* c, int ldc,
+                                      float* bias, int columnStart, int columnEnd) where TBlock : struct, IRowBlock
+    {
+        Span<nint> rows = stackalloc nint[TBlock.Rows];
+        RowPointers(a, lda, m, rows);
+        float* a0 = (float*)rows[0], a1 = (float*)rows[1], a2 = (float*)rows[2], a3 = (float*)rows[3];
+        float* a4 = TBlock.Rows > 4 ? (float*)rows[4] : null, a5 = TBlock.Rows > 4 ? (float*)rows[5] : null;
+        float* a6 = TBlock.Rows > 4 ? (float*)rows[6] : null, a7 = TBlock.Rows > 4 ? (float*)rows[7] : null;
         int vectorK = k & ~15;
+        Span<float> sums = stackalloc float[TBlock.Rows];
         for (int j = columnStart; j < columnEnd; j++)
         {
             float* bRow = b + (nint)j * ldb;
-            for (int i = 0; i < m; i++) acc[i] = Vector512<float>.Zero;
+            Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default, c4 = default, c5 = default, c6 = default, c7 = default;
             for (int p = 0; p < vectorK; p += 16)
             {
                 var bv = Vector512.Load(bRow + p);
-                for (int i = 0; i < m; i++) acc[i] = Vector512.FusedMultiplyAdd(Vector512.Load(a + (nint)i * lda + p), bv, acc[i]);
+                c0 = Vector512.FusedMultiplyAdd(Vector512.Load(a0 + p), bv, c0);
+                c1 = Vector512.FusedMultiplyAdd(Vector512.Load(a1 + p), bv, c1);
+                c2 = Vector512.FusedMultiplyAdd(Vector512.Load(a2 + p), bv, c2);
+                c3 = Vector512.FusedMultiplyAdd(Vector512.Load(a3 + p), bv, c3);
+                if (TBlock.Rows > 4)
+                {
+                    c4 = Vector512.FusedMultiplyAdd(Vector512.Load(a4 + p), bv, c4);
+                    c5 = Vector512.FusedMultiplyAdd(Vector512.Load(a5 + p), bv, c5);
+                    c6 = Vector512.FusedMultiplyAdd(Vector512.Load(a6 + p), bv, c6);
+                    c7 = Vector512.FusedMultiplyAdd(Vector512.Load(a7 + p), bv, c7);
+                }
+            }
+            sums[0] = Vector512.Sum(c0); sums[1] = Vector512.Sum(c1); sums[2] = Vector512.Sum(c2); sums[3] = Vector512.Sum(c3);
+            if (TBlock.Rows > 4)
+            {
+                sums[4] = Vector512.Sum(c4); sums[5] = Vector512.Sum(c5); sums[6] = Vector512.Sum(c6); sums[7] = Vector512.Sum(c7);
             }
             for (int i = 0; i < m; i++)
             {
-                float sum = Vector512.Sum(acc[i]);
+                float sum = sums[i];
                 float* aRow = a + (nint)i * lda;
                 for (int p = vectorK; p < k; p++) sum = MathF.FusedMultiplyAdd(aRow[p], bRow[p], sum);
                 Store(c + (nint)i * ldc + j, sum, alpha, beta, bias == null ? 0f : bias[j]);
