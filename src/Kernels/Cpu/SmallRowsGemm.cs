@@ -9,8 +9,8 @@ namespace DistAlign.Kernels.Cpu;
 /// <list type="bullet">
 /// <item>NN (C = A·B, B is [k, n]): per 16 columns, the m×16 block of C lives in 4 or 8 registers; for each k one
 /// load of B[k, j…j+15] feeds that many broadcast FMAs.</item>
-/// <item>NT (C = A·Bᵀ, B is [n, k]): per column j, the row B[j, ·] is read once in 16-wide chunks against the m
-/// rows of A, then m horizontal sums.</item>
+/// <item>NT (C = A·Bᵀ, B is [n, k]): per pair of columns, the rows B[j, ·] and B[j + 1, ·] are read once in 16-wide
+/// chunks against the m rows of A, then one horizontal sum per output.</item>
 /// </list>
 /// Columns are split between threads; every output adds its k terms in a fixed order, so results do not depend
 /// on the thread count.
@@ -122,7 +122,11 @@ internal static unsafe class SmallRowsGemm
         else RunNT<EightRows>(m, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, columnStart, columnEnd);
     }
 
-    /// <summary>NT: per column j, C[i, j] = Σ_p A[i, p]·B[j, p], the row B[j, ·] read once in 16-wide chunks against the rows of A.</summary>
+    /// <summary>
+    /// NT: C[i, j] = Σ_p A[i, p]·B[j, p]. Columns go in pairs: the rows B[j, ·] and B[j + 1, ·] are read once in
+    /// 16-wide chunks against the (L1-resident) rows of A, so each A chunk loaded feeds two FMAs; then one horizontal
+    /// sum per output. A last odd column runs alone.
+    /// </summary>
     private static void RunNT<TBlock>(int m, int k, float alpha, float* a, int lda, float* b, int ldb, float beta, float* c, int ldc,
                                       float* bias, int columnStart, int columnEnd) where TBlock : struct, IRowBlock
     {
@@ -132,37 +136,47 @@ internal static unsafe class SmallRowsGemm
         float* a4 = TBlock.Rows > 4 ? (float*)rows[4] : null, a5 = TBlock.Rows > 4 ? (float*)rows[5] : null;
         float* a6 = TBlock.Rows > 4 ? (float*)rows[6] : null, a7 = TBlock.Rows > 4 ? (float*)rows[7] : null;
         int vectorK = k & ~15;
-        Span<float> sums = stackalloc float[TBlock.Rows];
-        for (int j = columnStart; j < columnEnd; j++)
+        Span<float> sums = stackalloc float[2 * TBlock.Rows];
+        for (int j = columnStart; j < columnEnd; j += 2)
         {
-            float* bRow = b + (nint)j * ldb;
+            int columns = Math.Min(2, columnEnd - j);
+            float* bRow = b + (nint)j * ldb, bNext = columns == 2 ? bRow + ldb : bRow;   // a lone last column pairs with itself
             Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default, c4 = default, c5 = default, c6 = default, c7 = default;
+            Vector512<float> d0 = default, d1 = default, d2 = default, d3 = default, d4 = default, d5 = default, d6 = default, d7 = default;
             for (int p = 0; p < vectorK; p += 16)
             {
                 var bv = Vector512.Load(bRow + p);
-                c0 = Vector512.FusedMultiplyAdd(Vector512.Load(a0 + p), bv, c0);
-                c1 = Vector512.FusedMultiplyAdd(Vector512.Load(a1 + p), bv, c1);
-                c2 = Vector512.FusedMultiplyAdd(Vector512.Load(a2 + p), bv, c2);
-                c3 = Vector512.FusedMultiplyAdd(Vector512.Load(a3 + p), bv, c3);
+                var bw = Vector512.Load(bNext + p);
+                var x = Vector512.Load(a0 + p); c0 = Vector512.FusedMultiplyAdd(x, bv, c0); d0 = Vector512.FusedMultiplyAdd(x, bw, d0);
+                x = Vector512.Load(a1 + p); c1 = Vector512.FusedMultiplyAdd(x, bv, c1); d1 = Vector512.FusedMultiplyAdd(x, bw, d1);
+                x = Vector512.Load(a2 + p); c2 = Vector512.FusedMultiplyAdd(x, bv, c2); d2 = Vector512.FusedMultiplyAdd(x, bw, d2);
+                x = Vector512.Load(a3 + p); c3 = Vector512.FusedMultiplyAdd(x, bv, c3); d3 = Vector512.FusedMultiplyAdd(x, bw, d3);
                 if (TBlock.Rows > 4)
                 {
-                    c4 = Vector512.FusedMultiplyAdd(Vector512.Load(a4 + p), bv, c4);
-                    c5 = Vector512.FusedMultiplyAdd(Vector512.Load(a5 + p), bv, c5);
-                    c6 = Vector512.FusedMultiplyAdd(Vector512.Load(a6 + p), bv, c6);
-                    c7 = Vector512.FusedMultiplyAdd(Vector512.Load(a7 + p), bv, c7);
+                    x = Vector512.Load(a4 + p); c4 = Vector512.FusedMultiplyAdd(x, bv, c4); d4 = Vector512.FusedMultiplyAdd(x, bw, d4);
+                    x = Vector512.Load(a5 + p); c5 = Vector512.FusedMultiplyAdd(x, bv, c5); d5 = Vector512.FusedMultiplyAdd(x, bw, d5);
+                    x = Vector512.Load(a6 + p); c6 = Vector512.FusedMultiplyAdd(x, bv, c6); d6 = Vector512.FusedMultiplyAdd(x, bw, d6);
+                    x = Vector512.Load(a7 + p); c7 = Vector512.FusedMultiplyAdd(x, bv, c7); d7 = Vector512.FusedMultiplyAdd(x, bw, d7);
                 }
             }
+            int r = TBlock.Rows;
             sums[0] = Vector512.Sum(c0); sums[1] = Vector512.Sum(c1); sums[2] = Vector512.Sum(c2); sums[3] = Vector512.Sum(c3);
+            sums[r] = Vector512.Sum(d0); sums[r + 1] = Vector512.Sum(d1); sums[r + 2] = Vector512.Sum(d2); sums[r + 3] = Vector512.Sum(d3);
             if (TBlock.Rows > 4)
             {
                 sums[4] = Vector512.Sum(c4); sums[5] = Vector512.Sum(c5); sums[6] = Vector512.Sum(c6); sums[7] = Vector512.Sum(c7);
+                sums[r + 4] = Vector512.Sum(d4); sums[r + 5] = Vector512.Sum(d5); sums[r + 6] = Vector512.Sum(d6); sums[r + 7] = Vector512.Sum(d7);
             }
-            for (int i = 0; i < m; i++)
+            for (int column = 0; column < columns; column++)
             {
-                float sum = sums[i];
-                float* aRow = a + (nint)i * lda;
-                for (int p = vectorK; p < k; p++) sum = MathF.FusedMultiplyAdd(aRow[p], bRow[p], sum);
-                Store(c + (nint)i * ldc + j, sum, alpha, beta, bias == null ? 0f : bias[j]);
+                float* bColumn = column == 0 ? bRow : bNext;
+                for (int i = 0; i < m; i++)
+                {
+                    float sum = sums[column * r + i];
+                    float* aRow = a + (nint)i * lda;
+                    for (int p = vectorK; p < k; p++) sum = MathF.FusedMultiplyAdd(aRow[p], bColumn[p], sum);
+                    Store(c + (nint)i * ldc + j + column, sum, alpha, beta, bias == null ? 0f : bias[j + column]);
+                }
             }
         }
     }
