@@ -55,9 +55,12 @@ internal static unsafe class SmallRowsGemm
     /// Row pointers of A for one pass: rows past m repeat row m − 1 (their results are computed and dropped), so the
     /// accumulators are plain locals the JIT keeps in registers, not a stack array loaded and stored at every step.
     /// </summary>
-    private static void RowPointers(float* a, int lda, int m, Span<nint> rows)
+    private static void RowPointers(float* a, int lda, int m, out float* a0, out float* a1, out float* a2, out float* a3,
+                                    out float* a4, out float* a5, out float* a6, out float* a7)
     {
-        for (int i = 0; i < rows.Length; i++) rows[i] = (nint)(a + (nint)Math.Min(i, m - 1) * lda);
+        nint Row(int i) => Math.Min(i, m - 1) * (nint)lda;
+        a0 = a + Row(0); a1 = a + Row(1); a2 = a + Row(2); a3 = a + Row(3);
+        a4 = a + Row(4); a5 = a + Row(5); a6 = a + Row(6); a7 = a + Row(7);
     }
 
     private static void RunNN(int m, int n, int k, float alpha, float* a, int lda, float* b, int ldb, float beta, float* c, int ldc,
@@ -71,11 +74,7 @@ internal static unsafe class SmallRowsGemm
     private static void RunNN<TBlock>(int m, int n, int k, float alpha, float* a, int lda, float* b, int ldb, float beta, float* c, int ldc,
                                       float* bias, int columnStart, int columnEnd) where TBlock : struct, IRowBlock
     {
-        Span<nint> rows = stackalloc nint[TBlock.Rows];
-        RowPointers(a, lda, m, rows);
-        float* a0 = (float*)rows[0], a1 = (float*)rows[1], a2 = (float*)rows[2], a3 = (float*)rows[3];
-        float* a4 = TBlock.Rows > 4 ? (float*)rows[4] : null, a5 = TBlock.Rows > 4 ? (float*)rows[5] : null;
-        float* a6 = TBlock.Rows > 4 ? (float*)rows[6] : null, a7 = TBlock.Rows > 4 ? (float*)rows[7] : null;
+        RowPointers(a, lda, m, out float* a0, out float* a1, out float* a2, out float* a3, out float* a4, out float* a5, out float* a6, out float* a7);
         int j = columnStart;
         for (; j + 16 <= columnEnd; j += 16)
         {
@@ -130,11 +129,7 @@ internal static unsafe class SmallRowsGemm
     private static void RunNT<TBlock>(int m, int k, float alpha, float* a, int lda, float* b, int ldb, float beta, float* c, int ldc,
                                       float* bias, int columnStart, int columnEnd) where TBlock : struct, IRowBlock
     {
-        Span<nint> rows = stackalloc nint[TBlock.Rows];
-        RowPointers(a, lda, m, rows);
-        float* a0 = (float*)rows[0], a1 = (float*)rows[1], a2 = (float*)rows[2], a3 = (float*)rows[3];
-        float* a4 = TBlock.Rows > 4 ? (float*)rows[4] : null, a5 = TBlock.Rows > 4 ? (float*)rows[5] : null;
-        float* a6 = TBlock.Rows > 4 ? (float*)rows[6] : null, a7 = TBlock.Rows > 4 ? (float*)rows[7] : null;
+        RowPointers(a, lda, m, out float* a0, out float* a1, out float* a2, out float* a3, out float* a4, out float* a5, out float* a6, out float* a7);
         int vectorK = k & ~15;
         Span<float> sums = stackalloc float[2 * TBlock.Rows];
         for (int j = columnStart; j < columnEnd; j += 2)
