@@ -54,46 +54,53 @@ internal sealed class GpuTrainingOptions
         parse.GetValue(Attention) == "flash");
 
     /// <summary>
-    /// Opens the accelerator a CUDA run trains on: the first CUDA device (null when ILGPU cannot open one). A seam for
-    /// tests, which point it at ILGPU's CPU simulator to drive the CUDA code path of a command without a GPU.
+    /// Opens the accelerator a CUDA run trains on: the first CUDA device, with the context that owns it (null when ILGPU
+    /// cannot open one). A seam for tests, which point it at ILGPU's CPU simulator (a shared one, owner null, so its
+    /// compiled kernels are reused) to drive the CUDA code path of a command without a GPU.
     /// </summary>
-    internal static Func<GpuContext?> OpenContext { get; set; } = GpuContext.TryCreateCuda;
+    internal static Func<(Accelerator Accelerator, IDisposable? Owner)?> OpenAccelerator { get; set; } = OpenCuda;
+
+    private static (Accelerator, IDisposable?)? OpenCuda() => GpuContext.TryCreateCuda() is { } context ? (context.Accelerator, context) : null;
 
     /// <summary>
-    /// When <see cref="DeviceOption.Chosen"/> is CUDA: the accelerator (<see cref="OpenContext"/>), its GEMM at
+    /// When <see cref="DeviceOption.Chosen"/> is CUDA: the accelerator (<see cref="OpenAccelerator"/>), its GEMM at
     /// <paramref name="values"/>' precision and, with flash attention, its kernels; otherwise null.
     /// </summary>
     public static GpuTrainingDevice? OpenIfChosen(Values values, GptConfig config)
     {
         if (DeviceOption.Chosen != "cuda") return null;
         values.CheckFits(config);
-        var context = OpenContext() ?? throw new CliUsageException($"{DeviceOption.Name} cuda: ILGPU could not open the CUDA device");
+        var (accelerator, owner) = OpenAccelerator() ?? throw new CliUsageException($"{DeviceOption.Name} cuda: ILGPU could not open the CUDA device");
         IGemm? gemm = null;
         try
         {
-            gemm = GpuContext.CreateGemm(context.Accelerator, values.Precision);
+            gemm = GpuContext.CreateGemm(accelerator, values.Precision);
             NvrtcFlashAttention? flash = null;
             if (values.Flash)
             {
-                if (context.Accelerator is not CudaAccelerator cuda)
-                    throw new CliUsageException($"--gpu-attention flash needs a CUDA accelerator (got {context.Accelerator.AcceleratorType})");
+                if (accelerator is not CudaAccelerator cuda)
+                    throw new CliUsageException($"--gpu-attention flash needs a CUDA accelerator (got {accelerator.AcceleratorType})");
                 flash = new NvrtcFlashAttention(cuda, NvrtcKernelCache.CreateDefault());
             }
-            return new GpuTrainingDevice(context, gemm, flash, values.Precision);
+            return new GpuTrainingDevice(accelerator, owner, gemm, flash, values.Precision);
         }
         catch
         {
             (gemm as IDisposable)?.Dispose();
-            context.Dispose();
+            owner?.Dispose();
             throw;
         }
     }
 }
 
-/// <summary>An opened training device: the accelerator's context, its GEMM and (optionally) the flash-attention kernels, disposed together.</summary>
-internal sealed class GpuTrainingDevice(GpuContext context, IGemm gemm, NvrtcFlashAttention? flash, GemmPrecision precision) : IDisposable
+/// <summary>
+/// An opened training device: the accelerator, its GEMM and (optionally) the flash-attention kernels, disposed together
+/// with the context that owns the accelerator (when there is one).
+/// </summary>
+internal sealed class GpuTrainingDevice(Accelerator accelerator, IDisposable? owner, IGemm gemm, NvrtcFlashAttention? flash, GemmPrecision precision)
+    : IDisposable
 {
-    public Accelerator Accelerator => context.Accelerator;
+    public Accelerator Accelerator => accelerator;
     public IGemm Gemm => gemm;
     public NvrtcFlashAttention? Flash => flash;
 
@@ -106,6 +113,6 @@ internal sealed class GpuTrainingDevice(GpuContext context, IGemm gemm, NvrtcFla
     {
         flash?.Dispose();
         (gemm as IDisposable)?.Dispose();
-        context.Dispose();
+        owner?.Dispose();
     }
 }
