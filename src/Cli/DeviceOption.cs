@@ -19,9 +19,10 @@ internal static class DeviceOption
     /// <summary>
     /// Commands that run on CUDA when it is chosen: pretrain (its training steps and evaluation on GpuGpt; data,
     /// tokenization and checkpoints stay on the host) and align with an offline objective (sft, dpo, pmle: the policy and
-    /// the reference on GpuGptPolicy; see <see cref="ModesWithoutCuda"/>). The other commands run on the CPU.
+    /// the reference on GpuGptPolicy; see <see cref="ModesWithoutCuda"/>) and bench dpo (both of its steps on GpuGptPolicy).
+    /// The other commands run on the CPU.
     /// </summary>
-    internal static readonly IReadOnlySet<string> CudaCapableCommands = new HashSet<string>(StringComparer.Ordinal) { "pretrain", "align" };
+    internal static readonly IReadOnlySet<string> CudaCapableCommands = new HashSet<string>(StringComparer.Ordinal) { "pretrain", "align", "bench dpo" };
 
     /// <summary>
     /// For a CUDA-capable command only some of whose modes have a CUDA path: given the parsed flags, the name of the

@@ -276,6 +276,23 @@ public class GpuGptPolicyTests(string backend) : TemporaryRunFixture
         AssertClose(gpu.Model.Parameters, cpu.Model.Parameters, "weights after 2 PMLE+KL steps");
     }
 
+    /// <summary><c>bench dpo --device cuda</c>'s measurement on the GPU policy: timed steps, and the per-op breakdown of the extra profiled step.</summary>
+    [Test]
+    public void TheDpoStepBenchmarkTimesTheGpuPolicyAndBreaksItsStepDown()
+    {
+        var m = PreferenceStepBenchmark.Run(Config, pairs: 2, promptTokens: 3, responseTokens: 4, warmup: 0, steps: 1,
+                                            createPolicy: (model, adamW) => new GpuGptPolicy(model, GpuBackend.Get(backend), gemm!, adamW));
+        TestContext.Out.WriteLine($"[{backend}] DPO {m.DpoMedianMilliseconds:F0} ms, SFT {m.SftMedianMilliseconds:F0} ms; " +
+                                  string.Join(", ", m.DpoOpMillisecondsPerStep.Select(o => $"{o.Op} {o.Milliseconds:F0}")));
+        Assert.That(m.Tokens, Is.EqualTo(16), "2 pairs × (4 chosen + 4 rejected)");
+        Assert.That(m.DpoMilliseconds, Has.Length.EqualTo(1).And.All.GreaterThan(0));
+        Assert.That(m.SftMilliseconds, Has.Length.EqualTo(1).And.All.GreaterThan(0));
+        Assert.That(m.DpoOpMillisecondsPerStep.Select(o => o.Op), Does.Contain("matmul fwd").And.Contain("matmul bwd").And.Contain("clip + AdamW"),
+                    "the breakdown comes from GpuGpt's profile");
+        Assert.That(m.DpoOpMillisecondsPerStep.Where(o => o.Op != "clip + AdamW" && !o.Op.StartsWith("other", StringComparison.Ordinal)).Sum(o => o.Milliseconds),
+                    Is.GreaterThan(0));
+    }
+
     private void AssertEveryGradientClose(Gpt cpu, Gpt fromGpu)
     {
         double worst = 0;
