@@ -15,9 +15,9 @@ namespace DistAlign.Alignment.Policies;
 /// <remarks>
 /// <list type="bullet">
 /// <item><b>Host mirror</b>: <see cref="Model"/> is a CPU <see cref="Gpt"/> of the same config. The device copy is the one
-/// trained; the mirror is refreshed (weights, gradients and moments downloaded) only when the device weights changed
-/// since the last refresh and something needs it: <see cref="CopyToHost"/> (checkpoints), <see cref="Snapshot"/>,
-/// <see cref="Sample"/>, <see cref="FirstNonFiniteGradient"/>.</item>
+/// trained; the mirror is refreshed only when the device weights changed since the last refresh and something needs it:
+/// the weights alone for <see cref="Sample"/> and <see cref="Snapshot"/>, weights, gradients and AdamW moments for
+/// <see cref="CopyToHost"/> (checkpoints); <see cref="FirstNonFiniteGradient"/> downloads the gradients.</item>
 /// <item><b>Sampling</b> runs on the host: <see cref="GpuGpt"/> has no KV-cache decoder, so <see cref="Sample"/> refreshes the
 /// mirror and calls <see cref="Sampler.Generate"/> on it (same draws as a CPU policy with the same weights).</item>
 /// <item><b>Entropies</b> are not computed (the GPU forward has none); the offline objectives do not ask for them. A
@@ -38,8 +38,9 @@ public sealed class GpuGptPolicy : IHostGptPolicy
     private GptBatch? batch;
     private int[] tokenPosition = [];   // flat response token → position in the packed batch
     private float[] positionLogProbs = [], dPosition = [];
-    // The device weights change at every optimizer step and weight copy; the mirror is current when the versions agree.
-    private long deviceVersion, hostVersion;
+    // The device weights change at every optimizer step and weight copy; the mirror's weights (and its whole state:
+    // weights, gradients, moments) are current when their version agrees with the device's.
+    private long deviceVersion, hostWeightsVersion, hostStateVersion;
 
     /// <summary>The host mirror (current after <see cref="CopyToHost"/>); checkpoints save it.</summary>
     public Gpt Model { get; }
@@ -114,7 +115,7 @@ public sealed class GpuGptPolicy : IHostGptPolicy
     /// <summary>Samples on the host mirror (refreshed first when the device weights changed): GpuGpt has no KV-cache decoder.</summary>
     public Continuation[] Sample(IReadOnlyList<int[]> prompts, SamplingOptions options, ulong seed)
     {
-        CopyToHost();
+        CopyWeightsToHost();
         return Sampler.Generate(Model, prompts, options, seed);
     }
 
@@ -141,7 +142,7 @@ public sealed class GpuGptPolicy : IHostGptPolicy
     /// <summary>A new policy on the same accelerator, GEMM and attention kernels with a copy of the weights (zero gradients and moments).</summary>
     public IPolicy Snapshot()
     {
-        CopyToHost();
+        CopyWeightsToHost();
         var copy = new Gpt(Model.Config);
         try
         {
@@ -169,9 +170,18 @@ public sealed class GpuGptPolicy : IHostGptPolicy
     /// <summary>Downloads weights, gradients and AdamW moments into <see cref="Model"/> when the device weights changed since the last download.</summary>
     public void CopyToHost()
     {
-        if (hostVersion == deviceVersion) return;
+        if (hostStateVersion == deviceVersion) return;
         Device.Download(Model);
-        hostVersion = deviceVersion;
+        hostStateVersion = hostWeightsVersion = deviceVersion;
+    }
+
+    // The weights alone (what sampling and snapshots read): a quarter of CopyToHost's traffic.
+    private void CopyWeightsToHost()
+    {
+        if (hostWeightsVersion == deviceVersion) return;
+        Device.Synchronize();
+        Device.Parameters.CopyToCPU(Model.Parameters);
+        hostWeightsVersion = deviceVersion;
     }
 
     /// <summary>Uploads <see cref="Model"/>'s weights and AdamW moments (after a checkpoint restore); zeroes the device gradients.</summary>
@@ -179,7 +189,7 @@ public sealed class GpuGptPolicy : IHostGptPolicy
     {
         Device.Upload(Model);
         deviceVersion++;
-        hostVersion = deviceVersion;
+        hostStateVersion = hostWeightsVersion = deviceVersion;
     }
 
     public void Dispose()
