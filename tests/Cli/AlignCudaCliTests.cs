@@ -43,7 +43,7 @@ public class AlignCudaCliTests : CliTestBase
 
     private int Align(string outDir, params string[] extra) =>
         Program.Main(["align", "--model", modelPath, "--data", dataPath, "--out", outDir,
-                      "--steps", "2", "--batch", "3", "--lr", "1e-2", "--warmup", "0", "--eval-fraction", "0.25", "--eval-every", "2",
+                      "--steps", "2", "--batch", "2", "--lr", "1e-2", "--warmup", "0", "--eval-fraction", "0.25", "--eval-every", "2",
                       "--checkpoint-every", "1", "--max-prompt-tokens", "4", "--max-response-tokens", "4", "--threads", "2", "--seed", "3", .. extra]);
 
     [Test]

@@ -12,11 +12,12 @@ using static DistAlign.Tests.TestSupport.Numerics;
 namespace DistAlign.Tests.Cuda;
 
 /// <summary>
-/// <see cref="GpuGptPolicy"/> against the CPU <see cref="GptPolicy"/> at a tiny odd shape (1–2 layers, 2 heads, C = 12,
+/// <see cref="GpuGptPolicy"/> against the CPU <see cref="GptPolicy"/> at a tiny odd shape (1 layer, 2 heads, C = 12,
 /// V = 37, T = 16; several sequences packed per row, a length-1 response): token log-probs, every gradient tensor,
 /// snapshots, weight copies, sampling after a step, DPO and PMLE+KL steps through <see cref="AlignmentTrainer"/>, and a
 /// checkpoint resume that must be bit-identical to an uninterrupted GPU run. On the simulator and (skipped here) on CUDA.
-/// The simulator costs about 1 s per training step at this size (kernel launches), so the runs are a few steps each.
+/// The simulator costs about 1 s per training step at this size (kernel launches), so the runs are a few small steps each;
+/// <see cref="GpuGptTests"/> covers two layers.
 /// Tolerances (fp32; the GPU sums in other orders): log-probs |Δ| ≤ 1e-5·max(1, |cpu|); per gradient tensor and for
 /// weights after AdamW, max|Δ| ≤ 1e-5 + 1e-4·max|cpu| (as <see cref="GpuGptTests"/>); step metrics within 1e-4·max(1, |cpu|).
 /// </summary>
@@ -25,7 +26,6 @@ namespace DistAlign.Tests.Cuda;
 public class GpuGptPolicyTests(string backend) : TemporaryRunFixture
 {
     private static readonly GptConfig Config = new(Layers: 1, Heads: 2, Channels: 12, VocabSize: 37, MaxSequenceLength: 16);
-    private static readonly GptConfig TwoLayers = Config with { Layers = 2 };
     private const double AbsoluteTolerance = 1e-5, RelativeTolerance = 1e-4;
 
     private IGemm? gemm;
@@ -36,9 +36,9 @@ public class GpuGptPolicyTests(string backend) : TemporaryRunFixture
     [TearDown]
     public void DisposeGemm() => (gemm as IDisposable)?.Dispose();
 
-    private static Gpt HostModel(int seed = 11, GptConfig? config = null)
+    private static Gpt HostModel(int seed = 11)
     {
-        var model = new Gpt(config ?? Config);
+        var model = new Gpt(Config);
         model.InitializeGpt2((ulong)seed);
         // perturb everything (biases and LayerNorm parameters too) so every gradient term is exercised
         var noise = RandomFloats((int)model.Layout.TotalElements, seed + 1, 0.05);
@@ -82,7 +82,7 @@ public class GpuGptPolicyTests(string backend) : TemporaryRunFixture
     {
         var sequences = Sequences();
         int tokens = PolicyScores.TokenCount(sequences);
-        using var cpu = new GptPolicy(HostModel(config: TwoLayers), new AdamWSettings(), ownsModel: true);
+        using var cpu = new GptPolicy(HostModel(), new AdamWSettings(), ownsModel: true);
         using var gpu = GpuPolicy(CopyOf(cpu.Model));
 
         var cpuLogProbs = new float[tokens];
@@ -119,7 +119,7 @@ public class GpuGptPolicyTests(string backend) : TemporaryRunFixture
     [Test]
     public void ASnapshotIsIndependentAndCopyWeightsFromMakesTheScoresEqual()
     {
-        var sequences = Sequences();
+        var sequences = Sequences().Take(3).ToList();
         int tokens = PolicyScores.TokenCount(sequences);
         using var policy = GpuPolicy(HostModel());
         var before = new float[tokens];
@@ -180,7 +180,7 @@ public class GpuGptPolicyTests(string backend) : TemporaryRunFixture
     private static AlignmentTrainingOptions DpoOptions(int steps) => new()
     {
         Loss = new PairwiseLossSettings(PairwiseLossVariant.DpoSigmoid, Beta: 0.5),
-        Steps = steps, BatchPairs = 3, LearningRate = 1e-2f, WarmupSteps = 1, GradientClip = 0.5f, EvalFraction = 0.25, EvaluateEvery = 4, Seed = 4,
+        Steps = steps, BatchPairs = 2, LearningRate = 1e-2f, WarmupSteps = 1, GradientClip = 0.5f, EvalFraction = 0.25, EvaluateEvery = 4, Seed = 4,
     };
 
     private static IEnumerable<KeyValuePair<string, double>> Deterministic(AlignmentStepReport r) =>
