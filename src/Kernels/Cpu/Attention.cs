@@ -411,7 +411,7 @@ public static class Attention
 
     /// <summary>Σ a[i]·b[i] over one head (hs is small, typically 64: inline Vector512 beats a library call per pair).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe float Dot(float* a, float* b, int length)
+    internal static unsafe float Dot(float* a, float* b, int length)
     {
         int i = 0;
         float sum = 0f;
@@ -427,7 +427,7 @@ public static class Attention
 
     /// <summary>y[i] += alpha·x[i] over one head.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe void Axpy(float alpha, float* x, float* y, int length)
+    internal static unsafe void Axpy(float alpha, float* x, float* y, int length)
     {
         int i = 0;
         var va = Vector512.Create(alpha);
