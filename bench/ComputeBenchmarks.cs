@@ -193,7 +193,7 @@ public class SequenceLogProbsCompute
 }
 
 /// <summary>
-/// TargetLogProbs' forward is bound by exp, not memory (≈ 15 vector ops per 16 logits: load, max, subtract, the 12 of the exp, add): its limit is the
+/// TargetLogProbs' forward is bound by exp, not memory (≈ 14 vector ops per 16 logits: load and max, then load, subtract, the 10 of the exp, add): its limit is the
 /// throughput of the same exp (<see cref="TargetLogProbs.ExpOfNonPositive"/>) over as many elements, on an
 /// L1-resident block, summed, on the same threads. Work = exps per call (N·V).
 /// </summary>

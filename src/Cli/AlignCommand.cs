@@ -38,6 +38,7 @@ internal static class AlignCommand
         var gradAccum = new Option<int>("--grad-accum") { Description = "Micro-batches per optimizer step.", DefaultValueFactory = _ => 1 };
         var resume = new Option<bool>("--resume") { Description = "Continue from the latest checkpoint in --out." };
         var online = OnlineOptions.Create();
+        var gpuOptions = GpuTrainingOptions.Create();
 
         var command = new Command("align",
             "Align a GPT to preference pairs: SFT, DPO (sigmoid/conservative/robust/hinge/IPO), PMLE (+KL), preference distillation, REBEL, RLHF (PPO) or reverse KL (PPO).")
@@ -46,6 +47,7 @@ internal static class AlignCommand
         };
         options.AddTo(command);
         online.AddTo(command);
+        gpuOptions.AddTo(command);
         command.SetAction(parse =>
         {
             var common = options.Read(parse);
@@ -58,9 +60,19 @@ internal static class AlignCommand
             if (name is "distill" or "rebel" or "rlhf" or "rkl")
                 return OnlineAlign.Run(parse.GetValue(model)!, parse.GetValue(data)!, parse.GetValue(output)!.FullName, common, settings, online.Read(parse));
             if (parse.GetResult(online.RewardModel) is not null) throw new CliUsageException("--reward-model goes with --objective distill, rebel, rlhf or rkl");
-            return Run(parse.GetValue(model)!, parse.GetValue(data)!, parse.GetValue(output)!.FullName, common, settings);
+            return Run(parse.GetValue(model)!, parse.GetValue(data)!, parse.GetValue(output)!.FullName, common, settings, gpuOptions.Read(parse));
         });
         return command;
+    }
+
+    /// <summary>
+    /// The on-policy objectives (distill, rebel, rlhf, rkl) have no CUDA path: "align --objective X" for them, so that
+    /// <see cref="DeviceOption"/> runs them on the CPU (auto) or refuses <c>--device cuda</c>; null for the offline ones.
+    /// </summary>
+    internal static string? ObjectiveWithoutCudaPath(ParseResult parse)
+    {
+        string? name = parse.GetValue<string>("--objective")?.ToLowerInvariant();
+        return name is "distill" or "rebel" or "rlhf" or "rkl" ? $"align --objective {name}" : null;
     }
 
     internal sealed record AlignSettings(string Objective, string Variant, double Beta, double Gamma, double Epsilon, double KlBeta, int KlSamples,
@@ -76,7 +88,8 @@ internal static class AlignCommand
         _ => throw new CliUsageException($"--variant must be sigmoid, conservative, robust, hinge or ipo (got '{name}')"),
     };
 
-    private static int Run(FileInfo modelFile, FileInfo dataFile, string outDir, CommonTrainingOptions.Values common, AlignSettings s)
+    private static int Run(FileInfo modelFile, FileInfo dataFile, string outDir, CommonTrainingOptions.Values common, AlignSettings s,
+                           GpuTrainingOptions.Values gpuOptions)
     {
         var objective = s.Objective.ToLowerInvariant() switch
         {
@@ -90,7 +103,21 @@ internal static class AlignCommand
                         : new PairwiseLossSettings(VariantOf(s.Variant), Beta: s.Beta, Epsilon: s.Epsilon);
 
         var (gpt, tok, pairs, dataHash) = CliData.LoadModelAndPairs(modelFile, dataFile, common);
-        using var policy = new GptPolicy(gpt, new AdamWSettings(WeightDecay: s.WeightDecay), ownsModel: true);
+        // --device cuda (or auto with a usable GPU): π and the reference π0 on GpuGptPolicy (scores, gradients, clipping and
+        // AdamW on the device; KL samples on the host mirror); `gpt` is the host copy that checkpoints save and restore.
+        GpuTrainingDevice? device;
+        try { device = GpuTrainingOptions.OpenIfChosen(gpuOptions, gpt.Config); }
+        catch
+        {
+            gpt.Dispose();
+            throw;
+        }
+        using var deviceOwner = device;
+        var adamW = new AdamWSettings(WeightDecay: s.WeightDecay);
+        using IHostGptPolicy policy = device is null
+            ? new GptPolicy(gpt, adamW, ownsModel: true)
+            : new GpuGptPolicy(gpt, device.Accelerator, device.Gemm, adamW, device.Flash, ownsModel: true);
+        if (device is not null) Console.WriteLine($"training on {device.Description} (GpuGptPolicy; reference log-probs on the same device)");
         string modelHash = ModelHash.Of(gpt);
         KlRegularizer? kl = pmle && s.KlBeta > 0
             ? new KlRegularizer(s.KlBeta, s.KlSamples, CliErrors.Positive(s.KlMaxTokens, "--kl-max-tokens"), tok.EndOfText) : null;
@@ -133,6 +160,7 @@ internal static class AlignCommand
         }));
 
         string modelPath = Path.Combine(outDir, GptCheckpoint.ModelFileName);
+        policy.CopyToHost();   // a GPU policy's trained weights are on the device
         GptCheckpoint.SaveModel(modelPath, gpt, tok.Spec);
         CliProgress.Summary(last, lastEval, run.MetricsPath, modelPath);
         return 0;

@@ -1,6 +1,8 @@
 using System.CommandLine;
+using DistAlign.Alignment.Policies;
 using DistAlign.Alignment.Training;
 using DistAlign.Kernels.Cpu;
+using DistAlign.Transformer.Model;
 using DistAlign.Transformer.Training;
 using Spectre.Console;
 
@@ -35,12 +37,20 @@ internal static class BenchCommand
         var dpoThreads = new Option<int>("--threads") { DefaultValueFactory = _ => Environment.ProcessorCount, Description = "CPU threads." };
         var dpoSteps = new Option<int>("--steps") { DefaultValueFactory = _ => 10, Description = "Timed steps of each (the median is reported)." };
         var dpo = new Command("dpo", "Time one DPO step (cached reference log-probs) against one SFT step on the same chosen + rejected tokens, W2-sized model.") { dpoThreads, dpoSteps };
+        var dpoGpu = GpuTrainingOptions.Create();
+        dpoGpu.AddTo(dpo);
         dpo.SetAction(parse =>
         {
             CpuParallel.Threads = CliErrors.Positive(parse.GetValue(dpoThreads), "--threads");
-            var m = PreferenceStepBenchmark.Run(StepWorkload.W2.Config, PreferenceStepBenchmark.DpoPairs, PreferenceStepBenchmark.DpoPromptTokens, PreferenceStepBenchmark.DpoResponseTokens,
-                warmup: 3, steps: CliErrors.Positive(parse.GetValue(dpoSteps), "--steps"));
-            Console.WriteLine($"{m.Config}, {m.Pairs} pairs, {m.Tokens} response tokens per step, {CpuParallel.Threads} threads");
+            var config = StepWorkload.W2.Config;
+            // --device cuda: both steps on GpuGptPolicy (each timed step ends with a device synchronisation)
+            using var device = GpuTrainingOptions.OpenIfChosen(dpoGpu.Read(parse), config);
+            Func<Gpt, AdamWSettings, IHostGptPolicy>? onDevice = device is null ? null
+                : (model, adamW) => new GpuGptPolicy(model, device.Accelerator, device.Gemm, adamW, device.Flash);
+            var m = PreferenceStepBenchmark.Run(config, PreferenceStepBenchmark.DpoPairs, PreferenceStepBenchmark.DpoPromptTokens, PreferenceStepBenchmark.DpoResponseTokens,
+                warmup: 3, steps: CliErrors.Positive(parse.GetValue(dpoSteps), "--steps"), createPolicy: onDevice);
+            Console.WriteLine($"{m.Config}, {m.Pairs} pairs, {m.Tokens} response tokens per step, " +
+                              (device is null ? $"{CpuParallel.Threads} threads" : $"on {device.Description} (GpuGptPolicy)"));
             Console.WriteLine($"DPO step median {m.DpoMedianMilliseconds:F1} ms (min {m.DpoMilliseconds.Min():F1}) | SFT step median {m.SftMedianMilliseconds:F1} ms (min {m.SftMilliseconds.Min():F1}) | DPO/SFT = {m.Ratio:F3}");
             Console.WriteLine($"peak RSS {m.PeakResidentBytes / 1048576.0:F0} MiB; DPO step per op:");
             PrintOps(m.DpoOpMillisecondsPerStep);

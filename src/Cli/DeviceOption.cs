@@ -18,9 +18,22 @@ internal static class DeviceOption
 
     /// <summary>
     /// Commands that run on CUDA when it is chosen: pretrain (its training steps and evaluation on GpuGpt; data,
-    /// tokenization and checkpoints stay on the host). The other commands run on the CPU.
+    /// tokenization and checkpoints stay on the host) and align with an offline objective (sft, dpo, pmle: the policy and
+    /// the reference on GpuGptPolicy; see <see cref="ModesWithoutCuda"/>) and bench dpo (both of its steps on GpuGptPolicy).
+    /// The other commands run on the CPU.
     /// </summary>
-    internal static readonly IReadOnlySet<string> CudaCapableCommands = new HashSet<string>(StringComparer.Ordinal) { "pretrain" };
+    internal static readonly IReadOnlySet<string> CudaCapableCommands = new HashSet<string>(StringComparer.Ordinal) { "pretrain", "align", "bench dpo" };
+
+    /// <summary>
+    /// For a CUDA-capable command only some of whose modes have a CUDA path: given the parsed flags, the name of the
+    /// chosen mode when it has none (e.g. "align --objective rlhf"), else null. Such a run is resolved as a command without
+    /// a CUDA path, under that name.
+    /// </summary>
+    internal static readonly IReadOnlyDictionary<string, Func<ParseResult, string?>> ModesWithoutCuda =
+        new Dictionary<string, Func<ParseResult, string?>>(StringComparer.Ordinal) { ["align"] = AlignCommand.ObjectiveWithoutCudaPath };
+
+    /// <summary>The CUDA probe the resolution uses: a seam for tests, which pretend a GPU is there.</summary>
+    internal static Func<CudaProbe> Probe { get; set; } = CudaDriver.Probe;
 
     /// <summary>The device chosen for the command being run ("cpu" or "cuda"), set before its action runs.</summary>
     internal static string Chosen { get; private set; } = "cpu";
@@ -73,7 +86,11 @@ internal static class DeviceOption
         public override int Invoke(ParseResult parseResult)
         {
             Chosen = "cpu";
-            var (device, line) = Resolve(parseResult.GetValue(option) ?? "auto", command, CudaCapableCommands.Contains(command), CudaDriver.Probe);
+            bool capable = CudaCapableCommands.Contains(command);
+            string shown = command;
+            if (capable && ModesWithoutCuda.TryGetValue(command, out var modeWithoutCuda) && modeWithoutCuda(parseResult) is { } mode)
+                (capable, shown) = (false, mode);
+            var (device, line) = Resolve(parseResult.GetValue(option) ?? "auto", shown, capable, Probe);
             Console.WriteLine(line);
             Chosen = device;
             return inner.Invoke(parseResult);

@@ -39,25 +39,15 @@ internal static class PretrainCommand
         var seed = new Option<ulong>("--seed") { DefaultValueFactory = _ => 1UL, Description = "Seed for initialisation and data order." };
         var threads = new Option<int>("--threads") { DefaultValueFactory = _ => Environment.ProcessorCount, Description = "CPU threads (results are bit-identical for a given count)." };
         var resume = new Option<bool>("--resume") { Description = "Continue from the latest checkpoint in --out." };
-        var precision = new Option<string>("--gpu-precision")
-        {
-            Description = "With --device cuda: how cuBLAS multiplies (fp32 = exact fp32 products; tf32; bf16 = bf16 tensor-core products, fp32 accumulation and master weights).",
-            DefaultValueFactory = _ => "fp32",
-        };
-        precision.AcceptOnlyFromAmong("fp32", "tf32", "bf16");
-        var attention = new Option<string>("--gpu-attention")
-        {
-            Description = "With --device cuda: materialized (T×T scores, fp32) or flash (tiled bf16 tensor-core kernels, head size 64, no T×T memory).",
-            DefaultValueFactory = _ => "materialized",
-        };
-        attention.AcceptOnlyFromAmong("materialized", "flash");
+        var gpuOptions = GpuTrainingOptions.Create();
         var memoryBudget = new Option<string?>("--memory-budget") { Description = "Refuse, before allocating, a model + activations that need more (e.g. 2GiB, 512MiB; default: the memory this process may use)." };
 
         var command = new Command("pretrain", "Pretrain a GPT on the shipped corpus (or --text) with next-token prediction.")
         {
             output, text, tokenizer, layers, heads, channels, context, steps, batch, seq, accumulation, lr, warmup,
-            weightDecay, clip, evalEvery, checkpointEvery, seed, threads, resume, memoryBudget, precision, attention,
+            weightDecay, clip, evalEvery, checkpointEvery, seed, threads, resume, memoryBudget,
         };
+        gpuOptions.AddTo(command);
         command.SetAction(parse =>
         {
             CpuParallel.Threads = CliErrors.Positive(parse.GetValue(threads), "--threads");
@@ -79,19 +69,17 @@ internal static class PretrainCommand
             long budget = CliErrors.Bytes(parse.GetValue(memoryBudget), "--memory-budget") ?? GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
             // Refused before anything is read, tokenized or allocated: bytes needed and the largest arena in the message.
             Gpt.PlanTraining(config, options.Rows, options.Length).EnsureFits(budget);
-            var gpuPrecision = parse.GetValue(precision) switch { "tf32" => GemmPrecision.Tf32, "bf16" => GemmPrecision.BFloat16, _ => GemmPrecision.Float32 };
-            bool flash = parse.GetValue(attention) == "flash";
-            if (flash && !NvrtcFlashAttention.Supports(config.Channels, config.Heads))
-                throw new CliUsageException($"--gpu-attention flash needs head size {NvrtcFlashAttention.HeadSize} (--channels = 64 × --heads); got {config.Channels} / {config.Heads}");
+            var gpu = gpuOptions.Read(parse);
+            gpu.CheckFits(config);
             return Run(parse.GetValue(output)!.FullName, textFile, tok, config, options,
-                CliErrors.Positive(parse.GetValue(checkpointEvery), "--checkpoint-every"), parse.GetValue(resume), budget, gpuPrecision, flash);
+                CliErrors.Positive(parse.GetValue(checkpointEvery), "--checkpoint-every"), parse.GetValue(resume), budget, gpu);
         });
         return command;
     }
 
     private static int Run(string outDir, FileInfo? textFile, Gpt2Tokenizer tok, GptConfig config,
                            LanguageModelTrainingOptions options, int checkpointEvery, bool resume, long memoryBudget,
-                           GemmPrecision gpuPrecision, bool flashAttention)
+                           GpuTrainingOptions.Values gpuOptions)
     {
         CliErrors.EnsureWritableFolder(outDir, "--out"); // before hours of training that could not be saved
         TextSplit split;
@@ -110,18 +98,9 @@ internal static class PretrainCommand
         using var model = new Gpt(config, memoryBudget);
         // --device cuda (or auto with a usable GPU): steps and evaluation on GpuGpt, cuBLAS GEMMs at --gpu-precision,
         // attention per --gpu-attention; `model` stays the host copy that is initialised, restored and saved.
-        using var cuda = DeviceOption.Chosen == "cuda"
-            ? GpuContext.TryCreateCuda() ?? throw new CliUsageException("--device cuda: ILGPU could not open the CUDA device")
-            : null;
-        var gemm = cuda is null ? null : GpuContext.CreateGemm(cuda.Accelerator, gpuPrecision);
-        using var gemmOwner = gemm as IDisposable;
-        using var flash = cuda is not null && flashAttention
-            ? new NvrtcFlashAttention((ILGPU.Runtime.Cuda.CudaAccelerator)cuda.Accelerator, NvrtcKernelCache.CreateDefault())
-            : null;
-        using var gpu = cuda is null ? null : new GpuGpt(cuda.Accelerator, config, gemm!, flash);
-        if (cuda is not null)
-            AnsiConsole.MarkupLine($"training on {Markup.Escape(cuda.Accelerator.Name)} (GpuGpt, {gpuPrecision} cuBLAS GEMMs, " +
-                                   $"{(flash is null ? "materialized fp32 attention" : "flash attention (bf16 tensor cores)")})");
+        using var device = GpuTrainingOptions.OpenIfChosen(gpuOptions, config);
+        using var gpu = device is null ? null : new GpuGpt(device.Accelerator, config, device.Gemm, device.Flash);
+        if (device is not null) AnsiConsole.MarkupLine($"training on {Markup.Escape(device.Description)} (GpuGpt)");
         var trainer = new LanguageModelTrainer(model, train, validation, options, gpu);
         string optionsJson = JsonSerializer.Serialize(new { config, options, tokenizer = tok.Spec });
 

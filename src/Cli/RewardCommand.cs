@@ -4,10 +4,8 @@ using DistAlign.Alignment.Objectives;
 using DistAlign.Alignment.Reward;
 using DistAlign.Alignment.Training;
 using DistAlign.Kernels.Cpu;
-using DistAlign.Kernels.Gpu;
 using DistAlign.Transformer.Gpu;
 using DistAlign.Transformer.Training;
-using ILGPU.Runtime;
 
 namespace DistAlign.Cli;
 
@@ -15,18 +13,13 @@ namespace DistAlign.Cli;
 /// <c>distalign reward</c>: trains a Bradley–Terry reward model (the GPT backbone of --model plus a zero-initialised scalar
 /// head) on preference pairs through <see cref="RewardModelTrainer"/>; writes metrics.jsonl, resumable step-N/ checkpoints and
 /// DIR/reward_model.safetensors (loadable with RewardModel.Load). With <c>--device cuda</c> (or auto with a usable GPU) the
-/// backbone's forward, backward, clip and AdamW run on a <see cref="GpuGpt"/> (fp32 cuBLAS GEMMs, materialized attention),
-/// the scalar head and the data on the host; checkpoints are written from the downloaded weights, in the CPU format.
+/// backbone's forward, backward, clip and AdamW run on a <see cref="GpuGpt"/> (GEMM precision and attention from the shared
+/// <c>--gpu-precision</c> / <c>--gpu-attention</c>), the scalar head and the data on the host; checkpoints are written from the
+/// downloaded weights, in the CPU format.
 /// </summary>
 internal static class RewardCommand
 {
     public const string RewardModelFileName = "reward_model.safetensors";
-
-    /// <summary>
-    /// Test seam: when set, the backbone trains on the accelerator it returns (not disposed here), as with <c>--device cuda</c>;
-    /// the tests put ILGPU's CPU simulator here to drive the GPU path without a GPU.
-    /// </summary>
-    internal static Func<Accelerator>? AcceleratorOverride { get; set; }
 
     public static Command Create()
     {
@@ -39,11 +32,13 @@ internal static class RewardCommand
         var checkpointEvery = new Option<int>("--checkpoint-every") { Description = "Training checkpoint every N steps (and at the end).", DefaultValueFactory = _ => 50 };
         var resume = new Option<bool>("--resume") { Description = "Continue from the latest checkpoint in --out." };
         var options = CommonTrainingOptions.Create(defaultLr: 1e-4f);
+        var gpuOptions = GpuTrainingOptions.Create();
         var command = new Command("reward", "Train a Bradley–Terry reward model on preference pairs.")
         {
             model, data, output, margin, centring, weightDecay, checkpointEvery, resume,
         };
         options.AddTo(command);
+        gpuOptions.AddTo(command);
         command.SetAction(parse =>
         {
             var common = options.Read(parse);
@@ -52,29 +47,29 @@ internal static class RewardCommand
             catch (ArgumentOutOfRangeException e) { throw new CliUsageException(e.Message); }
             if (!(common.LearningRate > 0)) throw new CliUsageException($"--lr must be positive (got {common.LearningRate})");
             return Run(parse.GetValue(model)!, parse.GetValue(data)!, parse.GetValue(output)!.FullName, common, settings, parse.GetValue(weightDecay),
-                       CliErrors.Positive(parse.GetValue(checkpointEvery), "--checkpoint-every"), parse.GetValue(resume));
+                       CliErrors.Positive(parse.GetValue(checkpointEvery), "--checkpoint-every"), parse.GetValue(resume), gpuOptions.Read(parse));
         });
         return command;
     }
 
     private static int Run(FileInfo modelFile, FileInfo dataFile, string outDir, CommonTrainingOptions.Values common,
-                           PairwiseLossSettings settings, float weightDecay, int checkpointEvery, bool resume)
+                           PairwiseLossSettings settings, float weightDecay, int checkpointEvery, bool resume, GpuTrainingOptions.Values gpuOptions)
     {
         var (gpt, tok, pairs, dataHash) = CliData.LoadModelAndPairs(modelFile, dataFile, common);
         string modelHash = ModelHash.Of(gpt); // of the starting backbone, before any checkpoint is loaded
-        // --device cuda (or auto with a usable GPU): the backbone on GpuGpt with fp32 cuBLAS GEMMs (the GEMM a CPU run's
-        // numbers are closest to) and materialized attention; `gpt` stays the host mirror that checkpoints are written from.
-        using var cuda = AcceleratorOverride is null && DeviceOption.Chosen == "cuda"
-            ? GpuContext.TryCreateCuda() ?? throw new CliUsageException("--device cuda: ILGPU could not open the CUDA device")
-            : null;
-        var accelerator = AcceleratorOverride?.Invoke() ?? cuda?.Accelerator;
-        var gemm = accelerator is null ? null : GpuContext.CreateGemm(accelerator, GemmPrecision.Float32);
-        using var gemmOwner = gemm as IDisposable;
-        using var gpu = accelerator is null ? null : new GpuGpt(accelerator, gpt.Config, gemm!);
+        // --device cuda (or auto with a usable GPU): the backbone on GpuGpt (features forward and backward, clip, AdamW on the
+        // device); the scalar head stays on the host, and `gpt` is the host mirror that checkpoints are written from.
+        GpuTrainingDevice? device;
+        try { device = GpuTrainingOptions.OpenIfChosen(gpuOptions, gpt.Config); }
+        catch
+        {
+            gpt.Dispose();
+            throw;
+        }
+        using var deviceOwner = device;
+        using var gpu = device is null ? null : new GpuGpt(device.Accelerator, gpt.Config, device.Gemm, device.Flash);
         using var rm = new RewardModel(gpt, new AdamWSettings(WeightDecay: weightDecay), ownsBackbone: true, gpu);
-        Console.WriteLine(accelerator is null
-            ? "training on the CPU"
-            : $"training on {accelerator.Name} (GpuGpt, {GemmPrecision.Float32} GEMMs, materialized attention; scalar head on the host)");
+        Console.WriteLine(device is null ? "training on the CPU" : $"training on {device.Description} (GpuGpt backbone; scalar head on the host)");
         var options = new RewardTrainingOptions
         {
             Loss = settings, Steps = common.Steps, BatchPairs = common.Batch, LearningRate = common.LearningRate, WarmupSteps = common.Warmup,

@@ -10,13 +10,26 @@ using DistAlign.Transformer.Training;
 namespace DistAlign.Tests.Cli;
 
 /// <summary>
-/// <c>distalign reward</c> on the GPU path: driven through <see cref="RewardCommand.AcceleratorOverride"/> with ILGPU's CPU
-/// simulator (no GPU here), it says which device trains, and its reward_model.safetensors holds the trained backbone, close to a
-/// CPU run's. <c>--device cuda</c> on a machine without a GPU is a usage error naming the reason.
+/// <c>distalign reward --device cuda</c>: driven without a GPU through the CLI's seams (<see cref="DeviceOption.Probe"/> pretends an
+/// H200 is there, <see cref="GpuTrainingOptions.OpenAccelerator"/> opens ILGPU's CPU simulator), it says which device trains, and its
+/// reward_model.safetensors holds the trained backbone, close to a CPU run's. <c>--device cuda</c> on a machine without a GPU is a
+/// usage error naming the reason.
 /// </summary>
 public class RewardGpuCliTests : CliTestBase
 {
+    private static readonly CudaProbe H200 = new(true, null, 13000, [new CudaDeviceInfo(0, "NVIDIA H200", 9, 0, 132, 150_000_000_000)]);
+    private readonly Func<(ILGPU.Runtime.Accelerator, IDisposable?)?> savedOpen = GpuTrainingOptions.OpenAccelerator;
+    private bool addedReward;
     private string modelPath = "", dataPath = "";
+
+    [TearDown]
+    public void RestoreSeams()
+    {
+        DeviceOption.Probe = CudaDriver.Probe;
+        GpuTrainingOptions.OpenAccelerator = savedOpen;
+        if (addedReward) ((HashSet<string>)DeviceOption.CudaCapableCommands).Remove("reward");
+        addedReward = false;
+    }
 
     [SetUp]
     public void SetUp()
@@ -43,16 +56,13 @@ public class RewardGpuCliTests : CliTestBase
         string cpu = Path.Combine(TestDirectory, "cpu"), gpu = Path.Combine(TestDirectory, "gpu");
         Assert.That(Reward(cpu, "--device", "cpu"), Is.EqualTo(0), Error.ToString());
         Assert.That(Output.ToString(), Does.Contain("training on the CPU"));
-        RewardCommand.AcceleratorOverride = () => GpuBackend.Get("simulator");
-        try
-        {
-            Assert.That(Reward(gpu, "--device", "cpu"), Is.EqualTo(0), Error.ToString());
-        }
-        finally
-        {
-            RewardCommand.AcceleratorOverride = null;
-        }
-        Assert.That(Output.ToString(), Does.Contain($"training on {GpuBackend.Get("simulator").Name} (GpuGpt, Float32 GEMMs"));
+        // `reward` on DeviceOption's list of commands with a CUDA path, for this test, where the branch's merge does not add it yet
+        addedReward = ((HashSet<string>)DeviceOption.CudaCapableCommands).Add("reward");
+        DeviceOption.Probe = () => H200;
+        GpuTrainingOptions.OpenAccelerator = () => (GpuBackend.Get("simulator"), null);   // shared: kernels compiled once per process
+        Assert.That(Reward(gpu, "--device", "cuda"), Is.EqualTo(0), Error.ToString());
+        Assert.That(Output.ToString(), Does.Contain("device: cuda (NVIDIA H200")
+                                          .And.Contain($"training on {GpuBackend.Get("simulator").Name} (fp32 tiled ILGPU GEMMs, materialized fp32 attention) (GpuGpt backbone"));
 
         var fromGpu = RewardModel.Load(Path.Combine(gpu, RewardCommand.RewardModelFileName), new AdamWSettings());
         var fromCpu = RewardModel.Load(Path.Combine(cpu, RewardCommand.RewardModelFileName), new AdamWSettings());

@@ -28,6 +28,8 @@ public class GemmTests
     [
         (1, 1, 1), (1, 33, 7), (3, 7, 13), (17, 31, 33), (13, 65, 1), (65, 97, 130), (130, 13, 97), (31, 130, 17),
         (97, 1, 65),
+        // m ≤ 8: the few-rows kernel (4- and 8-row register blocks; rows past m repeat the last one and are dropped).
+        (2, 100, 64), (4, 16, 17), (5, 47, 19), (6, 31, 1), (7, 70, 33), (8, 33, 40),
     ];
 
     private static IEnumerable<TestCaseData> AllCases()

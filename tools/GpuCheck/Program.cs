@@ -8,7 +8,7 @@ namespace DistAlign.GpuCheck;
 /// <summary>
 /// <c>gpu-check [--out DIR] [--quick] [--skip-bench]</c>: on a machine with an NVIDIA GPU, checks the GPU kernels
 /// (ILGPU on the CUDA accelerator, cuBLAS/cuBLASLt GEMMs, the NVRTC kernel) against the CPU kernels, then
-/// checks the whole GPT (GpuGpt) against the CPU Gpt, times the GEMMs at GPT-2 124M shapes, the fused log-prob
+/// checks the whole GPT (GpuGpt) against the CPU Gpt and DPO steps on GpuGptPolicy against the CPU GptPolicy, times the GEMMs at GPT-2 124M shapes, the fused log-prob
 /// kernels and whole GPT-2 124M training steps (bf16 and fp32 GEMMs; tokens/s, MFU), writing summary.md, checks.tsv and
 /// benchmarks.tsv into DIR. Exit codes: 0 all checks passed, 1 a check failed, 2 bad arguments, 3 no usable
 /// CUDA device (nothing was run; the reason is printed and written to DIR/summary.md). <c>--simulator</c> runs the
@@ -31,6 +31,7 @@ public static class Program
         var gpt = new GptChecks(context.Accelerator, report);
         gpt.CompareWithTheCpuModel();
         gpt.CompareFeaturesWithTheCpuModel(cuda: false);
+        new AlignmentChecks(context.Accelerator, report).CompareDpoStepsWithTheCpuPolicy(GemmPrecision.Float32);   // tiled fp32 GEMMs here
         gpt.StepBenchmark("tiny GPT (simulator smoke)", new(Layers: 2, Heads: 2, Channels: 16, VocabSize: 64, MaxSequenceLength: 16),
                           rows: 2, length: 16, GemmPrecision.Float32, warmup: 1, steps: 1, KernelBenchmarks.PeakBf16Flops, profile: true);
         report.Write(outDir, "ILGPU CPU simulator (no GPU): ILGPU kernels and the GPT (tiny shapes); timings mean nothing here.");
@@ -103,6 +104,9 @@ public static class Program
             new FlashAttentionChecks(accelerator, report, quick).RunAll();
             gpt.CompareFlashWithTheCpuModel();
             gpt.CompareFeaturesWithTheCpuModel(cuda: true);
+            var alignment = new AlignmentChecks(accelerator, report);
+            alignment.CompareDpoStepsWithTheCpuPolicy(GemmPrecision.Float32);
+            alignment.CompareDpoStepsWithTheCpuPolicy(GemmPrecision.BFloat16);
             if (bench)
             {
                 new KernelBenchmarks(accelerator, report, quick).RunAll();

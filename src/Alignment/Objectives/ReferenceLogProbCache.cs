@@ -49,16 +49,25 @@ public static class ModelHash
         return Convert.ToHexStringLower(hash.GetHashAndReset());
     }
 
-    /// <summary>Hash of a policy of a supported kind (<see cref="GptPolicy"/> or <see cref="TabularPolicy"/>).</summary>
+    /// <summary>
+    /// Hash of a policy of a supported kind (<see cref="GptPolicy"/>, <see cref="GpuGptPolicy"/> — whose weights are copied
+    /// to its host mirror first — or <see cref="TabularPolicy"/>).
+    /// </summary>
     /// <exception cref="NotSupportedException">Another kind of policy: pass its hash to the cache explicitly.</exception>
     public static string Of(IPolicy policy) => policy switch
     {
         null => throw new ArgumentNullException(nameof(policy)),
-        GptPolicy g => Of(g.Model),
+        IHostGptPolicy g => OfHostModel(g),
         TabularPolicy t => Of(t),
         _ => throw new NotSupportedException(
             $"no model hash for a {policy.GetType().Name}; compute one over its weights and pass it to ReferenceLogProbCache.GetOrCompute"),
     };
+
+    private static string OfHostModel(IHostGptPolicy policy)
+    {
+        policy.CopyToHost();
+        return Of(policy.Model);
+    }
 
     private static void AddInt(IncrementalHash hash, int value)
     {

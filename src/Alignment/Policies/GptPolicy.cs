@@ -12,7 +12,7 @@ namespace DistAlign.Alignment.Policies;
 /// same forward's final hidden state at the position that predicts token t, and its gradient joins the LM head's
 /// in one transformer backward.
 /// </summary>
-public sealed class GptPolicy : IValuePolicy
+public sealed class GptPolicy : IValuePolicy, IHostGptPolicy
 {
     private readonly AdamWSettings optimizer;
     private readonly bool ownsModel;
@@ -23,7 +23,14 @@ public sealed class GptPolicy : IValuePolicy
 
     private float[] valueFeatures = [], dFeatures = [];   // h at each response token's position [tokens, C]; ∂L/∂h [N, C]
 
+    /// <summary>The GPT trained in place (also what checkpoints save).</summary>
     public Gpt Model { get; }
+
+    /// <summary>Nothing to do: <see cref="Model"/> is the trained model.</summary>
+    public void CopyToHost() { }
+
+    /// <summary>Nothing to do: <see cref="Model"/> is the trained model.</summary>
+    public void CopyFromHost() { }
 
     /// <summary>The value head, or null when built without one.</summary>
     public ScalarHead? ValueHead { get; }

@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
@@ -18,8 +19,10 @@ namespace DistAlign.Kernels.Cpu;
 ///   dz[t, s] = a[t, s]·(da[t, s] − Σ_r a[t, r]·da[t, r])  where Σ_r a·da = g·out_t  (so no T-long scratch),
 ///   dq_t += Σ_s dz[t, s]·k_s/√hs,  dk_s += dz[t, s]·q_t/√hs.   All into dqkv, accumulating.
 /// Parallel over (b, h): each pair owns disjoint channels of q, k, v, att and out, so there are no races
-/// and results are bit-identical for any thread count. Per-pair work is inline Vector512 (hs = 64 keeps the
-/// query, the output row and dq in registers); other head sizes use short Vector512 dot/axpy helpers.
+/// and results are bit-identical for any thread count. For hs = 64 (every GPT-2 size) a pair runs as small
+/// matrix products over blocks of 4 queries (<see cref="ForwardHead64"/>, <see cref="BackwardHead64"/>: K or V
+/// transposed once, so scores need no horizontal sums, and each key/value row loaded serves 4 queries); other
+/// head sizes go one query at a time with short Vector512 dot/axpy helpers.
 /// </summary>
 public static class Attention
 {
@@ -48,6 +51,16 @@ public static class Attention
         {
             float* xq = pq, xa = pa, xo = po;
             int* xs = ps;
+            if (hs == HeadSize64)
+            {
+                ForEachHead64(batch * heads, t, (bh, transposed, blockRows, paddedT) =>
+                {
+                    int b = bh / heads, h = bh % heads;
+                    ForwardHead64(xq + (long)b * t * c3 + h * hs, c, t, segmented ? xs + (long)b * t : null,
+                                  xa + (long)bh * t * t, xo + (long)b * t * c + h * hs, scale, transposed, blockRows, paddedT);
+                });
+                return;
+            }
             CpuParallel.For(batch * heads, 1, (start, end) =>
             {
                 for (int bh = start; bh < end; bh++)
@@ -59,63 +72,198 @@ public static class Attention
                     {
                         float* qp = token0 + (long)tq * c3;
                         var row = new Span<float>(xa + ((long)bh * t + tq) * t, t);
-                        if (hs == HeadSize64)
-                        {
-                            var q0 = Vector512.Load(qp); var q1 = Vector512.Load(qp + 16);
-                            var q2 = Vector512.Load(qp + 32); var q3 = Vector512.Load(qp + 48);
-                            for (int s = 0; s <= tq; s++)
-                            {
-                                float* k = token0 + (long)s * c3 + c;
-                                row[s] = segmented && seg[s] != seg[tq]
-                                    ? float.NegativeInfinity
-                                    : Vector512.Sum(Vector512.FusedMultiplyAdd(q3, Vector512.Load(k + 48), Vector512.FusedMultiplyAdd(q2, Vector512.Load(k + 32),
-                                        Vector512.FusedMultiplyAdd(q1, Vector512.Load(k + 16), q0 * Vector512.Load(k))))) * scale;
-                            }
-                        }
-                        else
-                        {
-                            for (int s = 0; s <= tq; s++)
-                                row[s] = segmented && seg[s] != seg[tq]
-                                    ? float.NegativeInfinity
-                                    : Dot(qp, token0 + (long)s * c3 + c, hs) * scale;
-                        }
+                        for (int s = 0; s <= tq; s++)
+                            row[s] = segmented && seg[s] != seg[tq]
+                                ? float.NegativeInfinity
+                                : Dot(qp, token0 + (long)s * c3 + c, hs) * scale;
                         var live = row[..(tq + 1)];
-                        float max = TensorPrimitives.Max(live);          // finite: s = tq is always allowed
-                        TensorPrimitives.Subtract(live, max, live);
-                        TensorPrimitives.Exp(live, live);                // disallowed: exp(−∞) = 0
-                        TensorPrimitives.Multiply(live, 1f / TensorPrimitives.Sum(live), live);
+                        SoftmaxInPlace(live);
                         row[(tq + 1)..].Clear();
 
                         float* o = xo + ((long)b * t + tq) * c + h * hs;
-                        if (hs == HeadSize64)
+                        new Span<float>(o, hs).Clear();
+                        for (int s = 0; s <= tq; s++)
                         {
-                            // The output row stays in four registers across the loop over s.
-                            Vector512<float> o0 = default, o1 = default, o2 = default, o3 = default;
-                            for (int s = 0; s <= tq; s++)
-                            {
-                                float a = live[s];
-                                if (a == 0f) continue;
-                                var va = Vector512.Create(a);
-                                float* v = token0 + (long)s * c3 + 2 * c;
-                                o0 = Vector512.FusedMultiplyAdd(va, Vector512.Load(v), o0);
-                                o1 = Vector512.FusedMultiplyAdd(va, Vector512.Load(v + 16), o1);
-                                o2 = Vector512.FusedMultiplyAdd(va, Vector512.Load(v + 32), o2);
-                                o3 = Vector512.FusedMultiplyAdd(va, Vector512.Load(v + 48), o3);
-                            }
-                            o0.Store(o); o1.Store(o + 16); o2.Store(o + 32); o3.Store(o + 48);
-                        }
-                        else
-                        {
-                            new Span<float>(o, hs).Clear();
-                            for (int s = 0; s <= tq; s++)
-                            {
-                                float a = live[s];
-                                if (a != 0f) Axpy(a, token0 + (long)s * c3 + 2 * c, o, hs);
-                            }
+                            float a = live[s];
+                            if (a != 0f) Axpy(a, token0 + (long)s * c3 + 2 * c, o, hs);
                         }
                     }
                 }
             });
+        }
+    }
+
+    /// <summary>Queries per block of the hs = 64 forward: each key vector loaded is used by this many queries.</summary>
+    private const int QueryBlock = 4;
+
+    /// <summary>a = softmax(row) in place; the row's maximum is finite (the diagonal is always allowed), −∞ entries give 0.</summary>
+    private static void SoftmaxInPlace(Span<float> live)
+    {
+        float max = TensorPrimitives.Max(live);
+        TensorPrimitives.Subtract(live, max, live);
+        TensorPrimitives.Exp(live, live);                // disallowed: exp(−∞) = 0
+        TensorPrimitives.Multiply(live, 1f / TensorPrimitives.Sum(live), live);
+    }
+
+    /// <summary>The work of one (b, h) pair of the hs = 64 path, given its scratch: Kᵀ or Vᵀ [64, paddedT] and [4, paddedT] block rows.</summary>
+    private unsafe delegate void Head64Work(int bh, float* transposed, float* blockRows, int paddedT);
+
+    /// <summary>
+    /// Runs <paramref name="work"/> for every (b, h) pair, split over the threads as <see cref="CpuParallel.For"/> does,
+    /// each range with its own line-aligned scratch (pooled): T rounded up to 16 keys, 64 transposed rows plus
+    /// <see cref="QueryBlock"/> rows of scores.
+    /// </summary>
+    private static unsafe void ForEachHead64(int pairs, int t, Head64Work work) =>
+        CpuParallel.For(pairs, 1, (start, end) =>
+        {
+            int paddedT = (t + 15) & ~15;
+            float[] scratch = ArrayPool<float>.Shared.Rent((HeadSize64 + QueryBlock) * paddedT + 16);
+            try
+            {
+                fixed (float* p = scratch)
+                {
+                    float* transposed = (float*)(((nint)p + 63) & ~(nint)63);
+                    for (int bh = start; bh < end; bh++) work(bh, transposed, transposed + HeadSize64 * paddedT, paddedT);
+                }
+            }
+            finally
+            {
+                ArrayPool<float>.Shared.Return(scratch);
+            }
+        });
+
+    /// <summary>transposed[d, s] = row_s[d] for s &lt; t (row_s at rows + s·stride), and 0 for t ≤ s &lt; paddedT.</summary>
+    private static unsafe void TransposeHead64(float* rows, int stride, int t, float* transposed, int paddedT)
+    {
+        for (int s = 0; s < t; s++)
+        {
+            float* row = rows + (long)s * stride;
+            for (int d = 0; d < HeadSize64; d++) transposed[d * paddedT + s] = row[d];
+        }
+        for (int d = 0; d < HeadSize64; d++)
+            for (int s = t; s < paddedT; s++) transposed[d * paddedT + s] = 0f;
+    }
+
+    /// <summary>
+    /// result[r, s] = scale·Σ_d x_r[d]·transposed[d, s] for the four rows x_r and s &lt; keys rounded up to 16
+    /// (4 rows × 16 keys per step: one vector of the transposed matrix serves four FMAs, no horizontal sums).
+    /// result is [4, paddedT].
+    /// </summary>
+    private static unsafe void RowsTimesTransposed64(float* x0, float* x1, float* x2, float* x3, float* transposed, int paddedT, int keys,
+                                                     float scale, float* result)
+    {
+        var vScale = Vector512.Create(scale);
+        for (int s0 = 0; s0 < keys; s0 += 16)
+        {
+            Vector512<float> acc0 = default, acc1 = default, acc2 = default, acc3 = default;
+            float* column = transposed + s0;
+            for (int d = 0; d < HeadSize64; d++, column += paddedT)
+            {
+                var y = Vector512.Load(column);
+                acc0 = Vector512.FusedMultiplyAdd(Vector512.Create(x0[d]), y, acc0);
+                acc1 = Vector512.FusedMultiplyAdd(Vector512.Create(x1[d]), y, acc1);
+                acc2 = Vector512.FusedMultiplyAdd(Vector512.Create(x2[d]), y, acc2);
+                acc3 = Vector512.FusedMultiplyAdd(Vector512.Create(x3[d]), y, acc3);
+            }
+            (acc0 * vScale).Store(result + s0);
+            (acc1 * vScale).Store(result + paddedT + s0);
+            (acc2 * vScale).Store(result + 2 * paddedT + s0);
+            (acc3 * vScale).Store(result + 3 * paddedT + s0);
+        }
+    }
+
+    /// <summary>
+    /// y_r = Σ_{s &lt; keys} w_r[s]·row_s for the four weight rows (row_s at rows + s·stride; s with all four weights 0
+    /// skipped; sums in s order, 16 accumulators, one load of row_s per four rows). Then for each r &lt; count:
+    /// dest_r = y_r (store) or dest_r += y_r (accumulate), dest_r at dest + r·destStride.
+    /// </summary>
+    private static unsafe void WeightedRowSums64(float* w0, float* w1, float* w2, float* w3, float* rows, int stride, int keys,
+                                                 float* dest, int destStride, int count, bool accumulate)
+    {
+        Vector512<float> y00 = default, y01 = default, y02 = default, y03 = default;
+        Vector512<float> y10 = default, y11 = default, y12 = default, y13 = default;
+        Vector512<float> y20 = default, y21 = default, y22 = default, y23 = default;
+        Vector512<float> y30 = default, y31 = default, y32 = default, y33 = default;
+        for (int s = 0; s < keys; s++)
+        {
+            float a = w0[s], b = w1[s], c = w2[s], d = w3[s];
+            if (a == 0f && b == 0f && c == 0f && d == 0f) continue;   // another segment for all four rows
+            float* row = rows + (long)s * stride;
+            var r0 = Vector512.Load(row); var r1 = Vector512.Load(row + 16); var r2 = Vector512.Load(row + 32); var r3 = Vector512.Load(row + 48);
+            var va = Vector512.Create(a);
+            y00 = Vector512.FusedMultiplyAdd(va, r0, y00); y01 = Vector512.FusedMultiplyAdd(va, r1, y01);
+            y02 = Vector512.FusedMultiplyAdd(va, r2, y02); y03 = Vector512.FusedMultiplyAdd(va, r3, y03);
+            var vb = Vector512.Create(b);
+            y10 = Vector512.FusedMultiplyAdd(vb, r0, y10); y11 = Vector512.FusedMultiplyAdd(vb, r1, y11);
+            y12 = Vector512.FusedMultiplyAdd(vb, r2, y12); y13 = Vector512.FusedMultiplyAdd(vb, r3, y13);
+            var vc = Vector512.Create(c);
+            y20 = Vector512.FusedMultiplyAdd(vc, r0, y20); y21 = Vector512.FusedMultiplyAdd(vc, r1, y21);
+            y22 = Vector512.FusedMultiplyAdd(vc, r2, y22); y23 = Vector512.FusedMultiplyAdd(vc, r3, y23);
+            var vd = Vector512.Create(d);
+            y30 = Vector512.FusedMultiplyAdd(vd, r0, y30); y31 = Vector512.FusedMultiplyAdd(vd, r1, y31);
+            y32 = Vector512.FusedMultiplyAdd(vd, r2, y32); y33 = Vector512.FusedMultiplyAdd(vd, r3, y33);
+        }
+        WriteRow64(dest, y00, y01, y02, y03, accumulate);
+        if (count > 1) WriteRow64(dest + destStride, y10, y11, y12, y13, accumulate);
+        if (count > 2) WriteRow64(dest + 2L * destStride, y20, y21, y22, y23, accumulate);
+        if (count > 3) WriteRow64(dest + 3L * destStride, y30, y31, y32, y33, accumulate);
+    }
+
+    /// <summary>row[0..64) = (r0, r1, r2, r3), or += when <paramref name="accumulate"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe void WriteRow64(float* row, Vector512<float> r0, Vector512<float> r1, Vector512<float> r2, Vector512<float> r3, bool accumulate)
+    {
+        if (accumulate)
+        {
+            r0 += Vector512.Load(row); r1 += Vector512.Load(row + 16); r2 += Vector512.Load(row + 32); r3 += Vector512.Load(row + 48);
+        }
+        r0.Store(row); r1.Store(row + 16); r2.Store(row + 32); r3.Store(row + 48);
+    }
+
+    /// <summary>
+    /// One (b, h) of the forward for hs = 64, as small matrix products instead of one dot product per score:
+    /// <code>
+    /// Kᵀ[d, s] = k_s[d]                            (transposed once into scratch, zero-padded to a multiple of 16 keys)
+    /// S[r, s] = scale·Σ_d q_r[d]·Kᵀ[d, s]          (<see cref="RowsTimesTransposed64"/>, 4 queries at a time)
+    /// a_r = softmax(S[r, 0..t_r], masked)          (saved into att; 0 past the diagonal and across segments)
+    /// out_r = Σ_s a_r[s]·v_s                       (<see cref="WeightedRowSums64"/>: 4 queries share each v_s load)
+    /// </code>
+    /// The sums over d and over s run in a fixed order, so results do not depend on the thread count.
+    /// </summary>
+    private static unsafe void ForwardHead64(float* token0, int c, int t, int* seg, float* att, float* out0, float scale,
+                                             float* keysTransposed, float* scores, int paddedT)
+    {
+        int c3 = 3 * c;
+        TransposeHead64(token0 + c, c3, t, keysTransposed, paddedT);
+        for (int tq0 = 0; tq0 < t; tq0 += QueryBlock)
+        {
+            int rows = Math.Min(QueryBlock, t - tq0), keys = tq0 + rows;
+            // Missing rows of a short last block repeat the last query; their results are never stored.
+            RowsTimesTransposed64(token0 + (long)tq0 * c3, token0 + (long)(tq0 + Math.Min(1, rows - 1)) * c3,
+                                  token0 + (long)(tq0 + Math.Min(2, rows - 1)) * c3, token0 + (long)(tq0 + Math.Min(3, rows - 1)) * c3,
+                                  keysTransposed, paddedT, keys, scale, scores);
+            for (int r = 0; r < QueryBlock; r++)
+            {
+                float* scoreRow = scores + r * paddedT;
+                if (r >= rows)
+                {
+                    new Span<float>(scoreRow, keys).Clear();   // a zero weight row for the product below
+                    continue;
+                }
+                int tq = tq0 + r;
+                if (seg is not null)
+                    for (int s = 0; s <= tq; s++)
+                        if (seg[s] != seg[tq]) scoreRow[s] = float.NegativeInfinity;
+                var row = new Span<float>(att + (long)tq * t, t);
+                var live = row[..(tq + 1)];
+                new ReadOnlySpan<float>(scoreRow, tq + 1).CopyTo(live);
+                SoftmaxInPlace(live);
+                row[(tq + 1)..].Clear();
+            }
+            // out_r = Σ_s a_r[s]·v_s over s < keys (a_r[s] = 0 past row r's diagonal; missing rows weigh 0).
+            float* a0 = att + (long)tq0 * t, zero = scores + 3 * paddedT;
+            WeightedRowSums64(a0, rows > 1 ? a0 + t : zero, rows > 2 ? a0 + 2 * t : zero, rows > 3 ? a0 + 3 * t : zero,
+                              token0 + 2 * c, c3, keys, out0 + (long)tq0 * c, c, rows, accumulate: false);
         }
     }
 
@@ -145,6 +293,16 @@ public static class Attention
         fixed (float* pd = dOutput, pq = qkv, pa = attention, po = output, pdq = dQkv)
         {
             float* xd = pd, xq = pq, xa = pa, xo = po, xdq = pdq;
+            if (hs == HeadSize64)
+            {
+                ForEachHead64(batch * heads, t, (bh, transposed, blockRows, paddedT) =>
+                {
+                    int b = bh / heads, h = bh % heads;
+                    long token0 = (long)b * t * c3 + h * hs, out0 = (long)b * t * c + h * hs;
+                    BackwardHead64(xd + out0, xo + out0, xq + token0, xdq + token0, xa + (long)bh * t * t, c, t, scale, transposed, blockRows, paddedT);
+                });
+                return;
+            }
             CpuParallel.For(batch * heads, 1, (start, end) =>
             {
                 for (int bh = start; bh < end; bh++)
@@ -159,11 +317,6 @@ public static class Attention
                         float* q = xq + token0 + (long)tq * c3;
                         float* dq = xdq + token0 + (long)tq * c3;
                         float* row = xa + ((long)bh * t + tq) * t;
-                        if (hs == HeadSize64)
-                        {
-                            BackwardRow64(g, q, dq, row, tq, xq + token0 + c, xdq + token0 + c, c3, weighted, scale);
-                            continue;
-                        }
                         for (int s = 0; s <= tq; s++)
                         {
                             float a = row[s];
@@ -181,43 +334,84 @@ public static class Attention
         }
     }
 
-    /// <summary>hs = 64 (every GPT-2 size): the backward row with g, q and dq held in registers.</summary>
-    private static unsafe void BackwardRow64(float* g, float* q, float* dq, float* row, int tq, float* k0, float* dk0, int stride,
-                                             float weighted, float scale)
+    /// <summary>
+    /// One (b, h) of the backward for hs = 64, blocks of 4 queries, as small matrix products:
+    /// <code>
+    /// Vᵀ[d, s] = v_s[d]                                   (transposed once, zero-padded to a multiple of 16 keys)
+    /// dA[r, s] = Σ_d g_r[d]·Vᵀ[d, s]                      (g = dout; <see cref="RowsTimesTransposed64"/>)
+    /// dz[r, s] = a_r[s]·(dA[r, s] − g_r·out_r)·scale        (in place over dA; 0 wherever a is 0)
+    /// dq_r += Σ_s dz[r, s]·k_s                             (<see cref="WeightedRowSums64"/>)
+    /// dk_s += Σ_r dz[r, s]·q_r,   dv_s += Σ_r a_r[s]·g_r    (<see cref="AccumulateOuter64"/>: rows in registers)
+    /// </code>
+    /// Every sum runs in a fixed order (for a given dk_s or dv_s: queries in increasing order, as the
+    /// one-query-at-a-time loop did), so results do not depend on the thread count.
+    /// </summary>
+    private static unsafe void BackwardHead64(float* dOut0, float* out0, float* token0, float* dToken0, float* att, int c, int t, float scale,
+                                              float* valuesTransposed, float* dScores, int paddedT)
     {
-        var g0 = Vector512.Load(g); var g1 = Vector512.Load(g + 16); var g2 = Vector512.Load(g + 32); var g3 = Vector512.Load(g + 48);
-        var q0 = Vector512.Load(q); var q1 = Vector512.Load(q + 16); var q2 = Vector512.Load(q + 32); var q3 = Vector512.Load(q + 48);
-        var dq0 = Vector512.Load(dq); var dq1 = Vector512.Load(dq + 16); var dq2 = Vector512.Load(dq + 32); var dq3 = Vector512.Load(dq + 48);
-        int c = stride / 3;
-        for (int s = 0; s <= tq; s++)
+        int c3 = 3 * c;
+        TransposeHead64(token0 + 2 * c, c3, t, valuesTransposed, paddedT);
+        for (int tq0 = 0; tq0 < t; tq0 += QueryBlock)
         {
-            float a = row[s];
-            if (a == 0f) continue;
-            float* k = k0 + (long)s * stride, v = k + c;
-            float* dk = dk0 + (long)s * stride, dv = dk + c;
-            var v0 = Vector512.Load(v); var v1 = Vector512.Load(v + 16); var v2 = Vector512.Load(v + 32); var v3 = Vector512.Load(v + 48);
-            float da = Vector512.Sum(Vector512.FusedMultiplyAdd(g3, v3, Vector512.FusedMultiplyAdd(g2, v2, Vector512.FusedMultiplyAdd(g1, v1, g0 * v0))));
-            var va = Vector512.Create(a);
-            Vector512.FusedMultiplyAdd(va, g0, Vector512.Load(dv)).Store(dv);
-            Vector512.FusedMultiplyAdd(va, g1, Vector512.Load(dv + 16)).Store(dv + 16);
-            Vector512.FusedMultiplyAdd(va, g2, Vector512.Load(dv + 32)).Store(dv + 32);
-            Vector512.FusedMultiplyAdd(va, g3, Vector512.Load(dv + 48)).Store(dv + 48);
-            var dz = Vector512.Create(a * (da - weighted) * scale);
-            dq0 = Vector512.FusedMultiplyAdd(dz, Vector512.Load(k), dq0);
-            dq1 = Vector512.FusedMultiplyAdd(dz, Vector512.Load(k + 16), dq1);
-            dq2 = Vector512.FusedMultiplyAdd(dz, Vector512.Load(k + 32), dq2);
-            dq3 = Vector512.FusedMultiplyAdd(dz, Vector512.Load(k + 48), dq3);
-            Vector512.FusedMultiplyAdd(dz, q0, Vector512.Load(dk)).Store(dk);
-            Vector512.FusedMultiplyAdd(dz, q1, Vector512.Load(dk + 16)).Store(dk + 16);
-            Vector512.FusedMultiplyAdd(dz, q2, Vector512.Load(dk + 32)).Store(dk + 32);
-            Vector512.FusedMultiplyAdd(dz, q3, Vector512.Load(dk + 48)).Store(dk + 48);
+            int rows = Math.Min(QueryBlock, t - tq0), keys = tq0 + rows;
+            // Missing rows of a short last block repeat the last query; their dz is set to 0, so they add nothing.
+            int last = rows - 1;
+            float* g0 = dOut0 + (long)tq0 * c, g1 = dOut0 + (long)(tq0 + Math.Min(1, last)) * c;
+            float* g2 = dOut0 + (long)(tq0 + Math.Min(2, last)) * c, g3 = dOut0 + (long)(tq0 + Math.Min(3, last)) * c;
+            RowsTimesTransposed64(g0, g1, g2, g3, valuesTransposed, paddedT, keys, 1f, dScores);
+            for (int r = 0; r < QueryBlock; r++)
+            {
+                float* dz = dScores + r * paddedT;
+                if (r >= rows)
+                {
+                    new Span<float>(dz, keys).Clear();
+                    continue;
+                }
+                int tq = tq0 + r;
+                float weighted = Dot(dOut0 + (long)tq * c, out0 + (long)tq * c, HeadSize64);   // Σ_s a·dA = dout·out
+                float* a = att + (long)tq * t;
+                for (int s = 0; s <= tq; s++) dz[s] = a[s] == 0f ? 0f : a[s] * (dz[s] - weighted) * scale;
+                for (int s = tq + 1; s < keys; s++) dz[s] = 0f;
+            }
+            float* dz0 = dScores, dz1 = dScores + paddedT, dz2 = dScores + 2 * paddedT, dz3 = dScores + 3 * paddedT;
+            WeightedRowSums64(dz0, dz1, dz2, dz3, token0 + c, c3, keys, dToken0 + (long)tq0 * c3, c3, rows, accumulate: true);
+            float* q0 = token0 + (long)tq0 * c3, q1 = token0 + (long)(tq0 + Math.Min(1, last)) * c3;
+            float* q2 = token0 + (long)(tq0 + Math.Min(2, last)) * c3, q3 = token0 + (long)(tq0 + Math.Min(3, last)) * c3;
+            AccumulateOuter64(dz0, dz1, dz2, dz3, q0, q1, q2, q3, dToken0 + c, c3, keys);
+            // Missing rows weigh 0: dz3 is all 0 whenever rows < 4.
+            float* a0 = att + (long)tq0 * t;
+            AccumulateOuter64(a0, rows > 1 ? a0 + t : dz3, rows > 2 ? a0 + 2 * t : dz3, rows > 3 ? a0 + 3 * t : dz3, g0, g1, g2, g3,
+                              dToken0 + 2 * c, c3, keys);
         }
-        dq0.Store(dq); dq1.Store(dq + 16); dq2.Store(dq + 32); dq3.Store(dq + 48);
+    }
+
+    /// <summary>
+    /// For s &lt; keys: target_s += w0[s]·x0 + w1[s]·x1 + w2[s]·x2 + w3[s]·x3 (in that order), where target_s is 64 floats at
+    /// target + s·stride and x0..x3 are 64-float rows held in registers; s with all four weights 0 is skipped.
+    /// </summary>
+    private static unsafe void AccumulateOuter64(float* w0, float* w1, float* w2, float* w3, float* x0, float* x1, float* x2, float* x3,
+                                                 float* target, int stride, int keys)
+    {
+        var x00 = Vector512.Load(x0); var x01 = Vector512.Load(x0 + 16); var x02 = Vector512.Load(x0 + 32); var x03 = Vector512.Load(x0 + 48);
+        var x10 = Vector512.Load(x1); var x11 = Vector512.Load(x1 + 16); var x12 = Vector512.Load(x1 + 32); var x13 = Vector512.Load(x1 + 48);
+        var x20 = Vector512.Load(x2); var x21 = Vector512.Load(x2 + 16); var x22 = Vector512.Load(x2 + 32); var x23 = Vector512.Load(x2 + 48);
+        var x30 = Vector512.Load(x3); var x31 = Vector512.Load(x3 + 16); var x32 = Vector512.Load(x3 + 32); var x33 = Vector512.Load(x3 + 48);
+        for (int s = 0; s < keys; s++)
+        {
+            float a = w0[s], b = w1[s], c = w2[s], d = w3[s];
+            if (a == 0f && b == 0f && c == 0f && d == 0f) continue;
+            float* y = target + (long)s * stride;
+            Vector512<float> va = Vector512.Create(a), vb = Vector512.Create(b), vc = Vector512.Create(c), vd = Vector512.Create(d);
+            Vector512.FusedMultiplyAdd(vd, x30, Vector512.FusedMultiplyAdd(vc, x20, Vector512.FusedMultiplyAdd(vb, x10, Vector512.FusedMultiplyAdd(va, x00, Vector512.Load(y))))).Store(y);
+            Vector512.FusedMultiplyAdd(vd, x31, Vector512.FusedMultiplyAdd(vc, x21, Vector512.FusedMultiplyAdd(vb, x11, Vector512.FusedMultiplyAdd(va, x01, Vector512.Load(y + 16))))).Store(y + 16);
+            Vector512.FusedMultiplyAdd(vd, x32, Vector512.FusedMultiplyAdd(vc, x22, Vector512.FusedMultiplyAdd(vb, x12, Vector512.FusedMultiplyAdd(va, x02, Vector512.Load(y + 32))))).Store(y + 32);
+            Vector512.FusedMultiplyAdd(vd, x33, Vector512.FusedMultiplyAdd(vc, x23, Vector512.FusedMultiplyAdd(vb, x13, Vector512.FusedMultiplyAdd(va, x03, Vector512.Load(y + 48))))).Store(y + 48);
+        }
     }
 
     /// <summary>Σ a[i]·b[i] over one head (hs is small, typically 64: inline Vector512 beats a library call per pair).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe float Dot(float* a, float* b, int length)
+    internal static unsafe float Dot(float* a, float* b, int length)
     {
         int i = 0;
         float sum = 0f;
@@ -233,7 +427,7 @@ public static class Attention
 
     /// <summary>y[i] += alpha·x[i] over one head.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe void Axpy(float alpha, float* x, float* y, int length)
+    internal static unsafe void Axpy(float alpha, float* x, float* y, int length)
     {
         int i = 0;
         var va = Vector512.Create(alpha);

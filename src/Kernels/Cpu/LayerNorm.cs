@@ -147,16 +147,20 @@ public static class LayerNorm
         ShapeCheck.Length(rstd.Length, n, nameof(rstd), "[N]");
         if (n == 0) return;
         int blocks = (n + RowBlock - 1) / RowBlock;
-        float[] partials = ArrayPool<float>.Shared.Rent(blocks * 2 * c);   // per block: dw partial [C], then db partial [C]
+        // Per block: the dw partial [C], then the db partial [C], each starting on a 64-byte line (C rounded up to
+        // 16 floats), so the partials' Vector512 loads and stores, done once per pair of rows, never split a line.
+        int paddedC = PaddedChannels(c);
+        float[] partials = ArrayPool<float>.Shared.Rent(blocks * 2 * paddedC + 16);
         try
         {
             fixed (float* pd = dOutput, px = input, pw = weight, pm = mean, pr = rstd, pdx = dInput, pdw = dWeight, pdb = dBias, pp = partials)
             {
-                float* xd = pd, xx = px, xw = pw, xm = pm, xr = pr, xdx = pdx, xdw = pdw, xdb = pdb, xp = pp;
+                float* xd = pd, xx = px, xw = pw, xm = pm, xr = pr, xdx = pdx, xdw = pdw, xdb = pdb;
+                float* xp = (float*)(((nint)pp + 63) & ~(nint)63);
                 CpuParallel.For(blocks, 1, (b0, b1) =>
                 {
                     for (int block = b0; block < b1; block++)
-                        BackwardBlock(xd, xx, xw, xm, xr, xdx, xp + (long)block * 2 * c, c, block * RowBlock, Math.Min(n, (block + 1) * RowBlock), n);
+                        BackwardBlock(xd, xx, xw, xm, xr, xdx, xp + (long)block * 2 * paddedC, c, block * RowBlock, Math.Min(n, (block + 1) * RowBlock), n);
                 });
                 // dWeight, dBias += Σ_blocks partials, in block order; parallel over channel blocks.
                 int channelBlocks = (c + ChannelBlock - 1) / ChannelBlock;
@@ -165,7 +169,7 @@ public static class LayerNorm
                     int cStart = c0 * ChannelBlock, cEnd = Math.Min(c, c1 * ChannelBlock);
                     for (int block = 0; block < blocks; block++)
                     {
-                        float* pw0 = xp + (long)block * 2 * c, pb0 = pw0 + c;
+                        float* pw0 = xp + (long)block * 2 * paddedC, pb0 = pw0 + paddedC;
                         int j = cStart;
                         for (; j + 16 <= cEnd; j += 16)
                         {
@@ -202,8 +206,9 @@ public static class LayerNorm
     private static unsafe void BackwardBlock(float* xd, float* xx, float* xw, float* xm, float* xr, float* xdx, float* partial, int c, int start, int end, int rows)
     {
         int full = c & ~15;
-        float* pdw = partial, pdb = partial + c;
-        new Span<float>(partial, 2 * c).Clear();
+        int paddedC = PaddedChannels(c);
+        float* pdw = partial, pdb = partial + paddedC;
+        new Span<float>(partial, 2 * paddedC).Clear();
         int i = start;
         for (; i + 2 <= end; i += 2)
         {
@@ -302,6 +307,9 @@ public static class LayerNorm
         }
         return (g / c, -ri * ri * h / c);
     }
+
+    /// <summary>C rounded up to a whole number of 64-byte lines (16 floats): the stride of the backward's partials.</summary>
+    private static int PaddedChannels(int c) => (c + 15) & ~15;
 
     private static int Rows(int length, int channels)
     {

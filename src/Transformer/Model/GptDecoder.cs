@@ -48,7 +48,7 @@ public sealed class GptDecoder
         projection = new float[rows * c];
         fch = new float[rows * 4 * c];
         fchGelu = new float[rows * 4 * c];
-        attScratch = new float[rows * maxLength];
+        attScratch = new float[CachedAttention.ScratchLength(rows, cfg.Heads, maxLength)];
         positionIds = new int[rows];
         Logits = new float[rows * cfg.VocabSize];
     }
