@@ -4,6 +4,7 @@ using DistAlign.Alignment.Objectives;
 using DistAlign.Alignment.Reward;
 using DistAlign.Alignment.Training;
 using DistAlign.Kernels.Cpu;
+using DistAlign.Transformer.Gpu;
 using DistAlign.Transformer.Training;
 
 namespace DistAlign.Cli;
@@ -11,7 +12,10 @@ namespace DistAlign.Cli;
 /// <summary>
 /// <c>distalign reward</c>: trains a Bradley–Terry reward model (the GPT backbone of --model plus a zero-initialised scalar
 /// head) on preference pairs through <see cref="RewardModelTrainer"/>; writes metrics.jsonl, resumable step-N/ checkpoints and
-/// DIR/reward_model.safetensors (loadable with RewardModel.Load).
+/// DIR/reward_model.safetensors (loadable with RewardModel.Load). With <c>--device cuda</c> (or auto with a usable GPU) the
+/// backbone's forward, backward, clip and AdamW run on a <see cref="GpuGpt"/> (GEMM precision and attention from the shared
+/// <c>--gpu-precision</c> / <c>--gpu-attention</c>), the scalar head and the data on the host; checkpoints are written from the
+/// downloaded weights, in the CPU format.
 /// </summary>
 internal static class RewardCommand
 {
@@ -28,11 +32,13 @@ internal static class RewardCommand
         var checkpointEvery = new Option<int>("--checkpoint-every") { Description = "Training checkpoint every N steps (and at the end).", DefaultValueFactory = _ => 50 };
         var resume = new Option<bool>("--resume") { Description = "Continue from the latest checkpoint in --out." };
         var options = CommonTrainingOptions.Create(defaultLr: 1e-4f);
+        var gpuOptions = GpuTrainingOptions.Create();
         var command = new Command("reward", "Train a Bradley–Terry reward model on preference pairs.")
         {
             model, data, output, margin, centring, weightDecay, checkpointEvery, resume,
         };
         options.AddTo(command);
+        gpuOptions.AddTo(command);
         command.SetAction(parse =>
         {
             var common = options.Read(parse);
@@ -41,17 +47,29 @@ internal static class RewardCommand
             catch (ArgumentOutOfRangeException e) { throw new CliUsageException(e.Message); }
             if (!(common.LearningRate > 0)) throw new CliUsageException($"--lr must be positive (got {common.LearningRate})");
             return Run(parse.GetValue(model)!, parse.GetValue(data)!, parse.GetValue(output)!.FullName, common, settings, parse.GetValue(weightDecay),
-                       CliErrors.Positive(parse.GetValue(checkpointEvery), "--checkpoint-every"), parse.GetValue(resume));
+                       CliErrors.Positive(parse.GetValue(checkpointEvery), "--checkpoint-every"), parse.GetValue(resume), gpuOptions.Read(parse));
         });
         return command;
     }
 
     private static int Run(FileInfo modelFile, FileInfo dataFile, string outDir, CommonTrainingOptions.Values common,
-                           PairwiseLossSettings settings, float weightDecay, int checkpointEvery, bool resume)
+                           PairwiseLossSettings settings, float weightDecay, int checkpointEvery, bool resume, GpuTrainingOptions.Values gpuOptions)
     {
         var (gpt, tok, pairs, dataHash) = CliData.LoadModelAndPairs(modelFile, dataFile, common);
-        using var rm = new RewardModel(gpt, new AdamWSettings(WeightDecay: weightDecay), ownsBackbone: true);
         string modelHash = ModelHash.Of(gpt); // of the starting backbone, before any checkpoint is loaded
+        // --device cuda (or auto with a usable GPU): the backbone on GpuGpt (features forward and backward, clip, AdamW on the
+        // device); the scalar head stays on the host, and `gpt` is the host mirror that checkpoints are written from.
+        GpuTrainingDevice? device;
+        try { device = GpuTrainingOptions.OpenIfChosen(gpuOptions, gpt.Config); }
+        catch
+        {
+            gpt.Dispose();
+            throw;
+        }
+        using var deviceOwner = device;
+        using var gpu = device is null ? null : new GpuGpt(device.Accelerator, gpt.Config, device.Gemm, device.Flash);
+        using var rm = new RewardModel(gpt, new AdamWSettings(WeightDecay: weightDecay), ownsBackbone: true, gpu);
+        Console.WriteLine(device is null ? "training on the CPU" : $"training on {device.Description} (GpuGpt backbone; scalar head on the host)");
         var options = new RewardTrainingOptions
         {
             Loss = settings, Steps = common.Steps, BatchPairs = common.Batch, LearningRate = common.LearningRate, WarmupSteps = common.Warmup,

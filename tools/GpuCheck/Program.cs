@@ -30,6 +30,7 @@ public static class Program
         new KernelChecks(context.Accelerator, report, quick: true).RunAll();
         var gpt = new GptChecks(context.Accelerator, report);
         gpt.CompareWithTheCpuModel();
+        gpt.CompareFeaturesWithTheCpuModel(cuda: false);
         new AlignmentChecks(context.Accelerator, report).CompareDpoStepsWithTheCpuPolicy(GemmPrecision.Float32);   // tiled fp32 GEMMs here
         gpt.StepBenchmark("tiny GPT (simulator smoke)", new(Layers: 2, Heads: 2, Channels: 16, VocabSize: 64, MaxSequenceLength: 16),
                           rows: 2, length: 16, GemmPrecision.Float32, warmup: 1, steps: 1, KernelBenchmarks.PeakBf16Flops, profile: true);
@@ -102,6 +103,7 @@ public static class Program
             gpt.CompareWithTheCpuModel();
             new FlashAttentionChecks(accelerator, report, quick).RunAll();
             gpt.CompareFlashWithTheCpuModel();
+            gpt.CompareFeaturesWithTheCpuModel(cuda: true);
             var alignment = new AlignmentChecks(accelerator, report);
             alignment.CompareDpoStepsWithTheCpuPolicy(GemmPrecision.Float32);
             alignment.CompareDpoStepsWithTheCpuPolicy(GemmPrecision.BFloat16);

@@ -67,15 +67,24 @@ public sealed class ScalarHead
     /// </summary>
     public double ClipWith(Span<float> backboneGradients, float maxNorm)
     {
-        double norm = Math.Sqrt(GradientNorm.SumOfSquares(backboneGradients) + GradientNorm.SumOfSquares(Gradients));
+        double norm = ClipWith(GradientNorm.SumOfSquares(backboneGradients), maxNorm, out float scale);
+        if (scale != 1f) TensorPrimitives.Multiply(backboneGradients, scale, backboneGradients);
+        return norm;
+    }
+
+    /// <summary>
+    /// The same clip for a backbone whose gradients live elsewhere (on a GPU): norm = √(<paramref name="backboneSumOfSquares"/>
+    /// + Σ head g²); this head's gradients are scaled here, and <paramref name="scale"/> = min(1, maxNorm/(norm + 1e-6)) (1 when
+    /// not clipping) is the factor the caller applies to the backbone's. Returns the norm before clipping.
+    /// </summary>
+    public double ClipWith(double backboneSumOfSquares, float maxNorm, out float scale)
+    {
+        double norm = Math.Sqrt(backboneSumOfSquares + GradientNorm.SumOfSquares(Gradients));
+        scale = 1f;
         if (maxNorm > 0 && double.IsFinite(norm))
         {
-            float scale = (float)Math.Min(1.0, maxNorm / (norm + 1e-6));
-            if (scale != 1f)
-            {
-                TensorPrimitives.Multiply(backboneGradients, scale, backboneGradients);
-                TensorPrimitives.Multiply(Gradients, scale, Gradients);
-            }
+            scale = (float)Math.Min(1.0, maxNorm / (norm + 1e-6));
+            if (scale != 1f) TensorPrimitives.Multiply(Gradients, scale, Gradients);
         }
         return norm;
     }

@@ -3,6 +3,7 @@ using DistAlign.Alignment.Objectives;
 using DistAlign.Alignment.Policies;
 using DistAlign.Engine.SafeTensors;
 using DistAlign.Kernels.Cpu;
+using DistAlign.Transformer.Gpu;
 using DistAlign.Transformer.Model;
 using DistAlign.Transformer.Training;
 
@@ -33,6 +34,8 @@ public sealed record RewardStepMetrics(PairwiseLossMetrics Pairwise, double Grad
 /// is an input (|prompt| + |response| positions each). The head starts at zero, so every R starts at 0 and
 /// the first loss is ln 2. The head has its own gradients and AdamW moments; weight decay applies to w (a
 /// matrix, [1, C] in the checkpoint), not to b, like the backbone's rule.
+/// The backbone runs on the CPU <see cref="Gpt"/> or, given a <see cref="GpuGpt"/>, on the GPU (features forward and backward,
+/// clip, AdamW there; the head, C + 1 floats, stays on the host; <see cref="Backbone"/> is then the checkpoint mirror).
 /// </summary>
 public sealed class RewardModel : IDisposable, IRewardFunction
 {
@@ -44,13 +47,22 @@ public sealed class RewardModel : IDisposable, IRewardFunction
     private readonly bool ownsBackbone;
     private readonly int channels;
     private readonly ScalarHead head;
+    private readonly IRewardBackbone backbone;
     private GptBatch? batch;
     private int[] lastPosition = [];
     private float[] lastFeatures = [];   // h_last per sequence [S, C], copied out of the arena
-    private float[] dFeatures = [];      // ∂L/∂h [N, C] for the backbone backward
+    private float[] dLastFeatures = [];  // ∂L/∂h_last per sequence [S, C] for the backbone backward
     private int scoredSequences = -1;
 
+    /// <summary>
+    /// The backbone's host model. On the CPU it is the model being trained; with a <see cref="GpuBackbone"/> it is the mirror
+    /// that checkpoints are written from: current after <see cref="CopyBackboneToHost"/> (which <see cref="Save"/> and
+    /// <see cref="SaveTraining"/> call), and uploaded again by <see cref="LoadTraining"/>.
+    /// </summary>
     public Gpt Backbone { get; }
+
+    /// <summary>The GPU model the backbone trains on, or null on the CPU.</summary>
+    public GpuGpt? GpuBackbone { get; }
 
     /// <summary>
     /// An optional fixed baseline added to every score, R(x, y) = w·h + b + B(x, y), never differentiated: with
@@ -60,9 +72,13 @@ public sealed class RewardModel : IDisposable, IRewardFunction
     public IRewardFunction? Baseline { get; set; }
 
     /// <summary>A reward model on <paramref name="backbone"/> with a zero head.</summary>
-    public RewardModel(Gpt backbone, AdamWSettings optimizer, bool ownsBackbone = false)
+    /// <param name="gpu">when given (same config), the backbone trains on it: <paramref name="backbone"/>'s parameters and moments are
+    /// uploaded now, and <paramref name="backbone"/> becomes the host mirror. The caller keeps ownership of <paramref name="gpu"/>.</param>
+    public RewardModel(Gpt backbone, AdamWSettings optimizer, bool ownsBackbone = false, GpuGpt? gpu = null)
     {
         Backbone = backbone;
+        GpuBackbone = gpu;
+        this.backbone = gpu is null ? new CpuRewardBackbone(backbone) : new GpuRewardBackbone(backbone, gpu);
         this.optimizer = optimizer;
         this.ownsBackbone = ownsBackbone;
         channels = backbone.Config.Channels;
@@ -92,13 +108,8 @@ public sealed class RewardModel : IDisposable, IRewardFunction
             lastFeatures = new float[s * channels];
         }
         batch = GptPolicy.PackSequences(sequences, Backbone.Config.MaxSequenceLength, batch, includeLastResponseToken: true, default, lastPosition);
-        var h = Backbone.ForwardFeatures(batch);
-        for (int i = 0; i < s; i++)
-        {
-            var hLast = h.Slice(lastPosition[i] * channels, channels);
-            hLast.CopyTo(lastFeatures.AsSpan(i * channels, channels));
-            rewards[i] = head.Forward(hLast);
-        }
+        backbone.ForwardFeatures(batch, lastPosition, lastFeatures);
+        for (int i = 0; i < s; i++) rewards[i] = head.Forward(lastFeatures.AsSpan(i * channels, channels));
         scoredSequences = s;
         if (Baseline is not null)
         {
@@ -117,24 +128,25 @@ public sealed class RewardModel : IDisposable, IRewardFunction
         if (batch is null || scoredSequences < 0) throw new InvalidOperationException("Backward needs a Score first");
         if (dRewards.Length != scoredSequences)
             throw new ArgumentException($"dRewards must have one entry per scored sequence ({scoredSequences}), got {dRewards.Length}");
-        int n = batch.TokenCount * channels;
-        if (dFeatures.Length != n) dFeatures = new float[n];
-        else Array.Clear(dFeatures);
+        int n = scoredSequences * channels;
+        if (dLastFeatures.Length != n) dLastFeatures = new float[n];
+        else Array.Clear(dLastFeatures);
         for (int i = 0; i < scoredSequences; i++)
-            head.Backward(lastFeatures.AsSpan(i * channels, channels), dRewards[i], dFeatures.AsSpan(lastPosition[i] * channels, channels));
-        Backbone.BackwardFeatures(batch, dFeatures);
+            head.Backward(lastFeatures.AsSpan(i * channels, channels), dRewards[i], dLastFeatures.AsSpan(i * channels, channels));
+        backbone.BackwardFeatures(batch, lastPosition.AsSpan(0, scoredSequences), dLastFeatures);
     }
 
     /// <summary>Zeroes the backbone's and the head's gradients.</summary>
     public void ZeroGradients()
     {
-        Backbone.ZeroGradients();
+        backbone.ZeroGradients();
         head.ZeroGradients();
     }
 
     /// <summary>The first NaN/Inf gradient element (backbone tensors in layout order, then <c>score.weight</c>, <c>score.bias</c>), or null.</summary>
     public Transformer.Training.NonFiniteElement? FirstNonFiniteGradient()
     {
+        backbone.CopyToHost();
         if (Transformer.Training.NonFiniteElement.FindFirst(Backbone.Layout, Backbone.Gradients) is { } inBackbone) return inBackbone;
         return head.FirstNonFiniteGradient(ScoreWeightName, ScoreBiasName);
     }
@@ -143,12 +155,17 @@ public sealed class RewardModel : IDisposable, IRewardFunction
     /// Global L2 norm over backbone and head gradients together; when <paramref name="maxNorm"/> &gt; 0 and the
     /// norm is finite, scales all of them by min(1, maxNorm/(norm + 1e-6)). Returns the norm before clipping.
     /// </summary>
-    public double ClipGradients(float maxNorm) => head.ClipWith(Backbone.Gradients, maxNorm);
+    public double ClipGradients(float maxNorm)
+    {
+        double norm = head.ClipWith(backbone.GradientSumOfSquares(), maxNorm, out float scale);
+        if (scale != 1f) backbone.ScaleGradients(scale);
+        return norm;
+    }
 
     /// <summary>One AdamW step of backbone and head (1-based <paramref name="step"/>).</summary>
     public void OptimizerStep(int step, float learningRate)
     {
-        AdamWOptimizer.Step(Backbone, step, learningRate, optimizer);
+        backbone.OptimizerStep(step, learningRate, optimizer);
         head.OptimizerStep(step, learningRate, optimizer);
     }
 
@@ -200,12 +217,21 @@ public sealed class RewardModel : IDisposable, IRewardFunction
     /// Writes one safetensors file (atomically): the backbone as <see cref="GptCheckpoint.SaveModel"/> writes it
     /// (config and tokenizer in the metadata) plus <c>score.weight</c> [1, C] and <c>score.bias</c> [1].
     /// </summary>
-    public void Save(string path, string tokenizerSpec) =>
+    public void Save(string path, string tokenizerSpec)
+    {
+        CopyBackboneToHost();
         GptCheckpoint.SaveModel(path, Backbone, tokenizerSpec,
         [
             SafeTensor.FromFloats(ScoreWeightName, HeadWeight, [1, channels]),
             SafeTensor.FromFloats(ScoreBiasName, HeadBias, [1]),
         ]);
+    }
+
+    /// <summary>
+    /// Makes <see cref="Backbone"/> hold the trained parameters, gradients and AdamW moments: a download from the
+    /// <see cref="GpuBackbone"/> (nothing to do on the CPU).
+    /// </summary>
+    public void CopyBackboneToHost() => backbone.CopyToHost();
 
     /// <summary>Names of the head's AdamW moments ([C + 1]: w then b) in a training checkpoint's state file.</summary>
     public const string ScoreAdamMName = "score.adam.m";
@@ -216,8 +242,10 @@ public sealed class RewardModel : IDisposable, IRewardFunction
     /// <see cref="Save"/> writes them, the state file the backbone's and the head's AdamW moments. The head goes into the same
     /// temporary step folder, so it appears atomically with the rest before <c>latest</c> moves.
     /// </summary>
-    public string SaveTraining(string directory, string tokenizerSpec, TrainerState state, string optionsJson, int keep = 2) =>
-        GptCheckpoint.SaveTraining(directory, Backbone, tokenizerSpec, state, optionsJson, keep,
+    public string SaveTraining(string directory, string tokenizerSpec, TrainerState state, string optionsJson, int keep = 2)
+    {
+        CopyBackboneToHost();
+        return GptCheckpoint.SaveTraining(directory, Backbone, tokenizerSpec, state, optionsJson, keep,
         [
             SafeTensor.FromFloats(ScoreWeightName, HeadWeight, [1, channels]),
             SafeTensor.FromFloats(ScoreBiasName, HeadBias, [1]),
@@ -226,10 +254,12 @@ public sealed class RewardModel : IDisposable, IRewardFunction
             SafeTensor.FromFloats(ScoreAdamMName, head.AdamM),
             SafeTensor.FromFloats(ScoreAdamVName, head.AdamV),
         ]);
+    }
 
     /// <summary>
     /// Restores backbone, head and all AdamW moments from a folder written by <see cref="SaveTraining"/>; returns the
     /// trainer position and the options JSON. A missing or misshapen head tensor throws <see cref="CheckpointMismatchException"/>.
+    /// With a <see cref="GpuBackbone"/>, the restored backbone is uploaded to it (gradients zeroed).
     /// </summary>
     public (TrainerState State, string OptionsJson) LoadTraining(string checkpoint)
     {
@@ -247,6 +277,7 @@ public sealed class RewardModel : IDisposable, IRewardFunction
             ScalarHead.ReadTensor(file, statePath, ScoreAdamVName, [channels + 1], head.AdamV);
         }
         head.ZeroGradients();
+        backbone.CopyFromHost();
         return result;
     }
 

@@ -381,3 +381,57 @@ internal sealed class EmbeddingRowGroups(Accelerator accelerator) : IDisposable
         _device = null;
     }
 }
+
+/// <summary>
+/// Row gather and scatter between a [N, width] row-major activation and S chosen rows of it: gather
+/// output[s, :] = source[rows[s], :] (a head on chosen positions reads them: a reward model's last-token hidden states,
+/// copied out in one transfer instead of one per row), and its adjoint scatter destination[rows[s], :] = values[s, :]
+/// (that head's gradient put back, the other rows left as they are). One thread per element of the S rows; rows are not
+/// range-checked on the device (the host caller checks them, and for the scatter that they are distinct).
+/// </summary>
+public sealed class GpuRowGather
+{
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, int, ArrayView<float>> _gather, _scatter;
+    private readonly Accelerator _accelerator;
+
+    public GpuRowGather(Accelerator accelerator)
+    {
+        _accelerator = accelerator;
+        _gather = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, int, ArrayView<float>>(GatherKernel);
+        _scatter = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, int, ArrayView<float>>(ScatterKernel);
+    }
+
+    /// <summary>output [S, width] = source[rows[s], :]; rows [S] on the device.</summary>
+    public void Gather(ArrayView<float> source, ArrayView<int> rows, int width, ArrayView<float> output)
+    {
+        GpuLaunch.CheckPositive(width, nameof(width));
+        GpuLaunch.CheckLength(output.Length, rows.Length * width, nameof(output), "[S, width], one row per index");
+        if (source.Length % width != 0)
+            throw new ArgumentException($"source has {source.Length} elements, not a multiple of width = {width}.", nameof(source));
+        if (output.Length > 0) _gather(_accelerator.DefaultStream, (int)output.Length, source, rows, width, output);
+    }
+
+    /// <summary>destination[rows[s], :] = values[s, :]; rows [S] on the device, distinct; other rows untouched.</summary>
+    public void Scatter(ArrayView<float> values, ArrayView<int> rows, int width, ArrayView<float> destination)
+    {
+        GpuLaunch.CheckPositive(width, nameof(width));
+        GpuLaunch.CheckLength(values.Length, rows.Length * width, nameof(values), "[S, width], one row per index");
+        if (destination.Length % width != 0)
+            throw new ArgumentException($"destination has {destination.Length} elements, not a multiple of width = {width}.", nameof(destination));
+        if (values.Length > 0) _scatter(_accelerator.DefaultStream, (int)values.Length, values, rows, width, destination);
+    }
+
+    [GpuKernel(false)]
+    internal static void ScatterKernel(Index1D i, ArrayView<float> values, ArrayView<int> rows, int width, ArrayView<float> destination)
+    {
+        int s = i / width, c = i - s * width;
+        destination[(long)rows[s] * width + c] = values[i];
+    }
+
+    [GpuKernel(false)]
+    internal static void GatherKernel(Index1D i, ArrayView<float> source, ArrayView<int> rows, int width, ArrayView<float> output)
+    {
+        int s = i / width, c = i - s * width;
+        output[i] = source[(long)rows[s] * width + c];
+    }
+}

@@ -33,6 +33,8 @@ public static class GpuKernelRegistry
         Implicit(typeof(GpuGelu), nameof(GpuGelu.BackwardOverwriteKernel)),
         Implicit(typeof(GpuResidual), nameof(GpuResidual.ForwardKernel)),
         Implicit(typeof(GpuResidual), nameof(GpuResidual.BackwardKernel)),
+        Implicit(typeof(GpuRowGather), nameof(GpuRowGather.GatherKernel)),
+        Implicit(typeof(GpuRowGather), nameof(GpuRowGather.ScatterKernel)),
         Explicit(typeof(GpuAttention), nameof(GpuAttention.SoftmaxForwardKernel)),
         Explicit(typeof(GpuAttention), nameof(GpuAttention.SoftmaxBackwardKernel)),
         Implicit(typeof(GpuAttention), nameof(GpuAttention.ForwardKernel)),

@@ -20,6 +20,8 @@ namespace DistAlign.Transformer.Gpu;
 /// scores = q·kᵀ, then the masked softmax (<see cref="GpuAttention.SoftmaxForward"/>, scale and segment ids
 /// applied there) over the whole batch, then out = a·v. Bias gradients are deterministic column sums (<see cref="GpuColumnSum"/>).
 /// All work is queued on the accelerator's default stream; only the host copies synchronise.
+/// The backbone alone (<see cref="ForwardFeatures"/>, <see cref="CopyFeaturesToHost(ReadOnlySpan{int}, Span{float})"/>,
+/// <see cref="BackwardFeatures"/>) serves heads other than the LM head, as <see cref="Gpt.ForwardFeatures"/> does on the CPU.
 /// </remarks>
 public sealed class GpuGpt : IDisposable
 {
@@ -34,6 +36,7 @@ public sealed class GpuGpt : IDisposable
     private readonly GpuSequenceLogProbs lmHead;
     private readonly GpuAdamW adamW;
     private readonly GpuGradientNorm gradientNorm;
+    private readonly GpuRowGather rowGather;
     private readonly NvrtcFlashAttention? flashAttention;
     // Mixed precision (a CublasGemm with GemmPrecision.BFloat16): the linear layers multiply bf16 operands (a bf16
     // mirror of the parameters, refreshed at every forward; bf16 copies of each layer's GEMM inputs, kept for the
@@ -45,6 +48,13 @@ public sealed class GpuGpt : IDisposable
     private readonly MemoryBuffer1D<double, Stride1D.Dense> normPartials, normTotal;
     private readonly MemoryBuffer1D<float, Stride1D.Dense> clipScale;
     private ShapeBuffers? shape;
+    // What the last forward left in `shape`: the backward of each kind needs its own forward (an LM-head backward reads
+    // the log-sum-exps that only Forward/ForwardBackward write).
+    private LastForward lastForward;
+    private enum LastForward { None, Features, LanguageModel }
+    // CopyFeaturesToHost's row indices and gathered rows, grown as needed
+    private MemoryBuffer1D<int, Stride1D.Dense>? gatherRows;
+    private MemoryBuffer1D<float, Stride1D.Dense>? gatheredFeatures;
 
     public GptConfig Config { get; }
     public ParameterLayout Layout { get; }
@@ -94,6 +104,7 @@ public sealed class GpuGpt : IDisposable
         lmHead = new GpuSequenceLogProbs(accelerator, gemm, new GpuTargetLogProbs(accelerator)) { Profiler = Lap };   // sub-op laps: no-ops without a Profile
         adamW = new GpuAdamW(accelerator);
         gradientNorm = new GpuGradientNorm(accelerator);
+        rowGather = new GpuRowGather(accelerator);
         long total = Layout.TotalElements;
         parameters = accelerator.Allocate1D<float>(total);
         gradients = accelerator.Allocate1D<float>(total);
@@ -149,18 +160,29 @@ public sealed class GpuGpt : IDisposable
     {
         var s = Prepare(batch, logProbs.Length);
         TransformerForward(batch, s);
+        lastForward = LastForward.LanguageModel;
         lmHead.Forward(s["lnf"], Wte(parameters), s.Targets, Config.Channels, Config.VocabSize, s.LogitsScratch,
                        s["logprobs"], s["logsumexp"], default);
         s["logprobs"].CopyToCPU(logProbs);
     }
 
-    /// <summary>Backward after <see cref="Forward"/> on the same batch, for ∂L/∂logprob; accumulates into <see cref="Gradients"/>.</summary>
-    public void Backward(GptBatch batch, ReadOnlySpan<float> dLogProbs)
+    /// <summary>
+    /// Backward after <see cref="Forward"/> on the same batch for ∂L/∂logprob and, when <paramref name="dFeatures"/> is
+    /// non-empty, a second head's gradient on the final hidden states h = ln_f(x) [N, C] (a value head on the same
+    /// backbone, as <see cref="Gpt.Backward"/>'s dFeatures): ∂L/∂h = dFeatures + the LM head's hᵀ-gradient, then one
+    /// transformer backward. Accumulates into <see cref="Gradients"/>.
+    /// </summary>
+    public void Backward(GptBatch batch, ReadOnlySpan<float> dLogProbs, ReadOnlySpan<float> dFeatures = default)
     {
+        if (!dFeatures.IsEmpty && dFeatures.Length != batch.TokenCount * Config.Channels)
+            throw new ArgumentException($"dFeatures must be empty or [N, C] = [{batch.TokenCount}, {Config.Channels}], got {dFeatures.Length}");
+        RequireForward(batch, LastForward.LanguageModel, "Backward");
         var s = Prepare(batch, dLogProbs.Length);
         s["d_logprobs"].CopyFromCPU(dLogProbs);
         var dLnf = s["d_ln"];
-        dLnf.MemSetToZero();
+        // the LM head's backward accumulates onto ∂L/∂h: start it at the second head's gradient, or at 0
+        if (dFeatures.IsEmpty) dLnf.MemSetToZero();
+        else dLnf.CopyFromCPU(dFeatures);
         lmHead.Backward(s["lnf"], Wte(parameters), s.Targets, Config.Channels, Config.VocabSize, s["logsumexp"], default,
                         s["d_logprobs"], default, s.LogitsScratch, dLnf, Wte(gradients));
         TransformerBackward(batch, s);
@@ -176,6 +198,7 @@ public sealed class GpuGpt : IDisposable
         s["d_logprobs"].CopyFromCPU(dLogProbs);
         Lap("batch upload");
         TransformerForward(batch, s);
+        lastForward = LastForward.LanguageModel;
         var dLnf = s["d_ln"];
         dLnf.MemSetToZero();
         lmHead.ForwardBackward(s["lnf"], Wte(parameters), s.Targets, Config.Channels, Config.VocabSize, s["d_logprobs"], default,
@@ -187,6 +210,149 @@ public sealed class GpuGpt : IDisposable
     }
 
     /// <summary>
+    /// The backbone alone, for heads other than the tied LM head (a reward model's scalar head), as
+    /// <see cref="Gpt.ForwardFeatures"/>: runs the transformer forward and leaves h = ln_f(x) [N, C] on the device
+    /// (read it with <see cref="CopyFeaturesToHost(ReadOnlySpan{int}, Span{float})"/>); no logits are computed.
+    /// Targets are uploaded but not used. Keeps what <see cref="BackwardFeatures"/> needs; an LM-head
+    /// <see cref="Backward"/> needs a <see cref="Forward"/> instead.
+    /// </summary>
+    public void ForwardFeatures(GptBatch batch)
+    {
+        var s = Prepare(batch, batch.TokenCount);
+        TransformerForward(batch, s);
+        lastForward = LastForward.Features;
+    }
+
+    /// <summary>
+    /// destination [S, C] = h[positions[s], :], the final hidden states of the last forward (<see cref="ForwardFeatures"/>
+    /// or <see cref="Forward"/>) at S flat positions (b·T + t): gathered on the device and copied back in one transfer
+    /// (S·C floats rather than N·C: a reward model reads one row per sequence). Synchronises.
+    /// </summary>
+    public void CopyFeaturesToHost(ReadOnlySpan<int> positions, Span<float> destination)
+    {
+        var s = shape;
+        if (s is null || lastForward == LastForward.None) throw new InvalidOperationException("CopyFeaturesToHost needs a forward first");
+        int c = Config.Channels;
+        if (destination.Length != positions.Length * c)
+            throw new ArgumentException($"destination must be [S, C] = [{positions.Length}, {c}], got {destination.Length}");
+        if (positions.IsEmpty) return;
+        var (rows, gathered) = UploadRows(positions, s.Rows * s.Length, distinct: false);
+        rowGather.Gather(s["lnf"], rows, c, gathered);
+        gathered.CopyToCPU(destination);
+    }
+
+    // The S positions on the device (checked: inside [0, N), and distinct when they are scatter targets) and an [S, C] scratch.
+    private (ArrayView<int> Rows, ArrayView<float> Values) UploadRows(ReadOnlySpan<int> positions, int n, bool distinct)
+    {
+        for (int i = 0; i < positions.Length; i++)
+            if ((uint)positions[i] >= (uint)n)
+                throw new ArgumentOutOfRangeException(nameof(positions), $"position {i} is {positions[i]}, outside the forward's {n} positions (B·T)");
+        if (distinct && new HashSet<int>(positions.ToArray()).Count != positions.Length)
+            throw new ArgumentException("positions must be distinct (each row of ∂L/∂h is written once)", nameof(positions));
+        int c = Config.Channels;
+        if (gatherRows is null || gatherRows.Length < positions.Length)
+        {
+            gatherRows?.Dispose();
+            gatheredFeatures?.Dispose();
+            gatherRows = accelerator.Allocate1D<int>(positions.Length);
+            gatheredFeatures = accelerator.Allocate1D<float>((long)positions.Length * c);
+        }
+        ArrayView<int> rows = gatherRows.View.SubView(0, positions.Length);
+        ArrayView<float> values = gatheredFeatures!.View.SubView(0, (long)positions.Length * c);
+        rows.CopyFromCPU(positions);
+        return (rows, values);
+    }
+
+    /// <summary>destination [N, C] = h = ln_f(x) of the last forward, all of it (one transfer; synchronises).</summary>
+    public void CopyFeaturesToHost(Span<float> destination)
+    {
+        var s = shape;
+        if (s is null || lastForward == LastForward.None) throw new InvalidOperationException("CopyFeaturesToHost needs a forward first");
+        var lnf = s["lnf"];
+        if (destination.Length != lnf.Length)
+            throw new ArgumentException($"destination must be [N, C] = [{s.Rows * s.Length}, {Config.Channels}], got {destination.Length}");
+        lnf.CopyToCPU(destination);
+    }
+
+    /// <summary>
+    /// Backward of <see cref="ForwardFeatures"/> (or of <see cref="Forward"/>, the LM head left out): given ∂L/∂h [N, C]
+    /// for the batch of the last forward, uploads it as the ln_f output's gradient and ACCUMULATES (+=) ∂L/∂θ into
+    /// <see cref="Gradients"/> through the transformer backward, as <see cref="Gpt.BackwardFeatures"/>. wte gets
+    /// gradient only through the embedding lookup.
+    /// </summary>
+    public void BackwardFeatures(GptBatch batch, ReadOnlySpan<float> dFeatures)
+    {
+        if (dFeatures.Length != batch.TokenCount * Config.Channels)
+            throw new ArgumentException($"dFeatures must be [N, C] = [{batch.TokenCount}, {Config.Channels}] ({batch.TokenCount * Config.Channels} floats), got {dFeatures.Length}");
+        RequireForward(batch, LastForward.Features, "BackwardFeatures");
+        Profile?.Restart();
+        var s = Prepare(batch, batch.TokenCount);
+        s["d_ln"].CopyFromCPU(dFeatures);
+        TransformerBackward(batch, s);
+    }
+
+    /// <summary>
+    /// <see cref="BackwardFeatures"/> for a ∂L/∂h that is zero outside S rows (a head on chosen positions: a reward model's
+    /// last tokens): ∂L/∂h[positions[s], :] = dRows[s, :], every other row 0. Uploads the S·C floats and the S positions
+    /// (distinct, inside the forward's B·T) instead of N·C; the result is the same as the dense call's.
+    /// </summary>
+    public void BackwardFeatureRows(GptBatch batch, ReadOnlySpan<int> positions, ReadOnlySpan<float> dRows)
+    {
+        int c = Config.Channels;
+        if (dRows.Length != positions.Length * c)
+            throw new ArgumentException($"dRows must be [S, C] = [{positions.Length}, {c}], got {dRows.Length}");
+        RequireForward(batch, LastForward.Features, "BackwardFeatureRows");
+        Profile?.Restart();
+        var s = Prepare(batch, batch.TokenCount);
+        var dLnf = s["d_ln"];
+        dLnf.MemSetToZero();
+        if (!positions.IsEmpty)
+        {
+            var (rows, values) = UploadRows(positions, batch.TokenCount, distinct: true);
+            values.CopyFromCPU(dRows);
+            rowGather.Scatter(values, rows, c, dLnf);
+        }
+        TransformerBackward(batch, s);
+    }
+
+    // A backward reads the activations of the last forward: same shape (else Prepare would reallocate them), and an
+    // LM-head backward needs the log-sum-exps only an LM-head forward writes.
+    private void RequireForward(GptBatch batch, LastForward needed, string what)
+    {
+        bool sameShape = shape is not null && shape.Rows == batch.Rows && shape.Length == batch.Length;
+        bool ok = sameShape && (needed == LastForward.Features ? lastForward != LastForward.None : lastForward == LastForward.LanguageModel);
+        if (!ok)
+            throw new InvalidOperationException(needed == LastForward.Features
+                ? $"{what} needs a ForwardFeatures (or Forward) on a batch of this shape ({batch.Rows}×{batch.Length}) first"
+                : $"{what} needs a Forward on a batch of this shape ({batch.Rows}×{batch.Length}) first (after ForwardFeatures there are no LM-head activations)");
+    }
+
+    /// <summary>
+    /// Σ g² over all gradients (the fp64 fixed-tree reduction of <see cref="ClipGradients"/>), read back to the host
+    /// (one synchronisation): for a global norm that also covers parameters kept elsewhere (a reward model's host head).
+    /// </summary>
+    public double GradientSumOfSquares()
+    {
+        QueueGradientSumOfSquares();
+        return normTotal.GetAsArray1D()[0];
+    }
+
+    /// <summary>g ← factor·g for every gradient (a clip factor computed on the host).</summary>
+    public void ScaleGradients(float factor)
+    {
+        clipScale.View.CopyFromCPU(new[] { factor });
+        gradientNorm.Scale(gradients.View, clipScale.View);
+    }
+
+    private void QueueGradientSumOfSquares()
+    {
+        normPartials.MemSetToZero();
+        var p = normPartials.View.SubView(0, gradientNorm.PartialsPerTensor);
+        gradientNorm.PartialSumsOfSquares(gradients.View, p);
+        gradientNorm.SumPartials(p, normTotal.View);
+    }
+
+    /// <summary>
     /// The global gradient norm and, when <paramref name="maxNorm"/> &gt; 0, clipping to it (as
     /// <see cref="GradientNorm.ClipByGlobalNorm(Span{float}, float)"/>: one factor for all gradients, none when the norm is not finite).
     /// Reads the norm back to the host (one synchronisation).
@@ -194,10 +360,7 @@ public sealed class GpuGpt : IDisposable
     public GradientClip ClipGradients(float maxNorm)
     {
         Profile?.Restart();
-        normPartials.MemSetToZero();
-        var p = normPartials.View;
-        gradientNorm.PartialSumsOfSquares(gradients.View, p.SubView(0, gradientNorm.PartialsPerTensor));
-        gradientNorm.SumPartials(p.SubView(0, gradientNorm.PartialsPerTensor), normTotal.View);
+        QueueGradientSumOfSquares();
         float scale = 1f;
         if (maxNorm > 0)
         {
@@ -486,6 +649,7 @@ public sealed class GpuGpt : IDisposable
         {
             shape?.Dispose();
             shape = null;
+            lastForward = LastForward.None;
             shape = new ShapeBuffers(accelerator, Config, batch.Rows, batch.Length, attentionScores: flashAttention is null,
                                      bf16Copies: bf16Gemm is not null);
         }
@@ -591,6 +755,8 @@ public sealed class GpuGpt : IDisposable
     public void Dispose()
     {
         shape?.Dispose();
+        gatherRows?.Dispose();
+        gatheredFeatures?.Dispose();
         parametersBf16?.Dispose();
         lmHead.Dispose();
         layerNorm.Dispose();
