@@ -1,16 +1,19 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace DistAlign.Kernels.Cpu;
 
 /// <summary>
 /// exp(x) on 16 floats in fp32 arithmetic, for the exp-bound kernels (softmax statistics over the
 /// vocabulary, GELU). The runtime's Vector512.Exp/TensorPrimitives.Exp (fp32 via fp64, exp(0) = 1 + 1 ulp)
-/// and cost ≈ 1.2 ns per element here, which makes TargetLogProbs compute-bound; this one is ≈ 10 FMAs
-/// per vector. Method (Cephes' expf): n = round(x·log2 e), r = x − n·ln 2 (ln 2 split in two for an exact
-/// product), exp(r) ≈ 1 + r + r²·P(r) with a degree-5 minimax P on |r| ≤ ln2/2, times 2ⁿ built in the
-/// exponent bits. Relative error ≤ 2 ulp (tested against Math.Exp). exp(0) = 1 exactly;
-/// x &lt; −86.6 gives 0 (no denormals), x &gt; 88.72 gives +∞, NaN gives NaN.
+/// cost ≈ 1.2 ns per element here, which makes TargetLogProbs compute-bound. Method (Cody–Waite):
+/// n = round(x·log2 e), r = x − n·ln 2 (ln 2 split in two for an exact product), exp(r) by a polynomial on
+/// |r| ≤ ln2/2, times 2ⁿ. With AVX-512: a degree-6 polynomial in Horner form (coefficients fitted for minimax
+/// relative error, 3·10⁻⁹) and 2ⁿ applied by vscalefps, which also overflows to +∞ and underflows through the
+/// denormals to 0 on its own: 12 vector ops, ≤ 1 ulp (tested). Without it: Cephes' expf polynomial and 2ⁿ built
+/// in the exponent bits, with explicit clamps and selects (≈ 19 ops, ≤ 2 ulp), where x &lt; −86.6 gives 0.
+/// exp(0) = 1 exactly; x &gt; 88.72 gives +∞; NaN gives NaN.
 /// </summary>
 internal static class VectorExp
 {
@@ -23,6 +26,22 @@ internal static class VectorExp
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector512<float> Exp(Vector512<float> x)
     {
+        if (Avx512F.IsSupported)
+        {
+            // Clamped to [−110, 100] (exp is 0 or +∞ in fp32 well before either bound); vmaxps/vminps return their
+            // second operand, x, when it is NaN, so NaN stays NaN.
+            var bounded = Vector512.MinNative(Vector512.Create(100f), Vector512.MaxNative(Vector512.Create(-110f), x));
+            var k = Vector512.Round(bounded * Vector512.Create(Log2E));
+            var reduced = Vector512.FusedMultiplyAdd(k, Vector512.Create(-Ln2High), bounded);
+            reduced = Vector512.FusedMultiplyAdd(k, Vector512.Create(-Ln2Low), reduced);
+            var q = Vector512.FusedMultiplyAdd(Vector512.Create(1.3814611593e-3f), reduced, Vector512.Create(8.3687100559e-3f));
+            q = Vector512.FusedMultiplyAdd(q, reduced, Vector512.Create(4.1668388993e-2f));
+            q = Vector512.FusedMultiplyAdd(q, reduced, Vector512.Create(1.6666521132e-1f));
+            q = Vector512.FusedMultiplyAdd(q, reduced, Vector512.Create(4.9999994040e-1f));
+            q = Vector512.FusedMultiplyAdd(q, reduced, Vector512<float>.One);
+            q = Vector512.FusedMultiplyAdd(q, reduced, Vector512<float>.One);
+            return Avx512F.Scale(q, k);
+        }
         var clamped = Vector512.MinNative(Vector512.MaxNative(x, Vector512.Create(MinInput)), Vector512.Create(MaxInput));
         var n = Vector512.Round(clamped * Vector512.Create(Log2E));
         var r = Vector512.FusedMultiplyAdd(n, Vector512.Create(-Ln2High), clamped);
