@@ -63,6 +63,23 @@ internal sealed class GpuTrainingOptions
     private static (Accelerator, IDisposable?)? OpenCuda() => GpuContext.TryCreateCuda() is { } context ? (context.Accelerator, context) : null;
 
     /// <summary>
+    /// <see cref="OpenIfChosen(Values, GptConfig)"/> for <paramref name="model"/>'s config; when opening fails, disposes
+    /// <paramref name="model"/> (just loaded by the caller, not yet owned by a policy) before the error propagates.
+    /// </summary>
+    public static GpuTrainingDevice? OpenIfChosen(Values values, Gpt model)
+    {
+        try
+        {
+            return OpenIfChosen(values, model.Config);
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
     /// When <see cref="DeviceOption.Chosen"/> is CUDA: the accelerator (<see cref="OpenAccelerator"/>), its GEMM at
     /// <paramref name="values"/>' precision and, with flash attention, its kernels; otherwise null.
     /// </summary>

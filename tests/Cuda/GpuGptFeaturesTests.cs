@@ -19,7 +19,7 @@ public class GpuGptFeaturesTests(string backend)
 {
     private static readonly GptConfig Config = new(Layers: 2, Heads: 3, Channels: 15, VocabSize: 41, MaxSequenceLength: 16);
     private const int Rows = 2, Length = 11;
-    private const double AbsoluteTolerance = 1e-5, RelativeTolerance = 1e-4;
+
 
     private static GptBatch Batch()
     {
@@ -172,42 +172,8 @@ public class GpuGptFeaturesTests(string backend)
         AssertEveryGradientClose(cpu, fromGpu, "LM head + second head backward");
     }
 
-    private void AssertEveryGradientClose(Gpt cpu, Gpt fromGpu, string what)
-    {
-        double worst = 0;
-        string worstName = "";
-        foreach (var t in cpu.Layout.Tensors)
-        {
-            var expected = cpu.Gradients.Slice((int)t.Offset, (int)t.Length);
-            Assert.That(MaxAbs(expected), Is.GreaterThan(0f), $"{t.Name}: the test must produce a non-zero gradient");
-            double relative = AssertClose(fromGpu.Gradients.Slice((int)t.Offset, (int)t.Length), expected, $"{what}: ∂{t.Name}");
-            if (relative > worst) (worst, worstName) = (relative, t.Name);
-        }
-        TestContext.Out.WriteLine($"[{backend}] {what}: worst gradient {worstName}, max|Δ|/max|cpu| = {worst:E2}");
-    }
+    private void AssertEveryGradientClose(Gpt cpu, Gpt fromGpu, string what) => GpuVersusCpu.AssertEveryGradientClose(backend, cpu, fromGpu, what);
 
-    /// <returns>max |actual − expected| / max |expected|</returns>
-    private double AssertClose(ReadOnlySpan<float> actual, ReadOnlySpan<float> expected, string what)
-    {
-        Assert.That(actual.Length, Is.EqualTo(expected.Length), what);
-        float scale = MaxAbs(expected);
-        double worst = 0;
-        int at = -1;
-        for (int i = 0; i < expected.Length; i++)
-        {
-            double d = Math.Abs((double)actual[i] - expected[i]);
-            if (!(d <= worst)) (worst, at) = (d, i);
-        }
-        double limit = AbsoluteTolerance + RelativeTolerance * scale;
-        if (!(worst <= limit))
-            Assert.Fail($"[{backend}] {what}: element {at}: gpu {actual[at]:R} vs cpu {expected[at]:R} (|Δ| = {worst:E2} > {limit:E2})");
-        return scale > 0 ? worst / scale : worst;
-    }
-
-    private static float MaxAbs(ReadOnlySpan<float> values)
-    {
-        float max = 0f;
-        foreach (float v in values) max = Math.Max(max, Math.Abs(v));
-        return max;
-    }
+    private double AssertClose(ReadOnlySpan<float> actual, ReadOnlySpan<float> expected, string what) =>
+        GpuVersusCpu.AssertTensorClose(backend, actual, expected, what);
 }

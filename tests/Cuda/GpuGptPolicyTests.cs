@@ -26,7 +26,7 @@ namespace DistAlign.Tests.Cuda;
 public class GpuGptPolicyTests(string backend) : TemporaryRunFixture
 {
     private static readonly GptConfig Config = new(Layers: 1, Heads: 2, Channels: 12, VocabSize: 37, MaxSequenceLength: 16);
-    private const double AbsoluteTolerance = 1e-5, RelativeTolerance = 1e-4;
+    private const double RelativeTolerance = GpuVersusCpu.RelativeTolerance;
 
     private IGemm? gemm;
 
@@ -293,43 +293,8 @@ public class GpuGptPolicyTests(string backend) : TemporaryRunFixture
                     Is.GreaterThan(0));
     }
 
-    private void AssertEveryGradientClose(Gpt cpu, Gpt fromGpu)
-    {
-        double worst = 0;
-        string worstName = "";
-        foreach (var t in cpu.Layout.Tensors)
-        {
-            var expected = cpu.Gradients.Slice((int)t.Offset, (int)t.Length);
-            var actual = fromGpu.Gradients.Slice((int)t.Offset, (int)t.Length);
-            Assert.That(MaxAbs(expected), Is.GreaterThan(0f), $"{t.Name}: the test must produce a non-zero gradient");
-            double relative = AssertClose(actual, expected, "gradient of " + t.Name);
-            if (relative > worst) (worst, worstName) = (relative, t.Name);
-        }
-        TestContext.Out.WriteLine($"[{backend}] worst gradient: {worstName}, max|Δ|/max|cpu| = {worst:E2}");
-    }
+    private void AssertEveryGradientClose(Gpt cpu, Gpt fromGpu) => GpuVersusCpu.AssertEveryGradientClose(backend, cpu, fromGpu);
 
-    /// <returns>max |actual − expected| / max |expected|</returns>
-    private double AssertClose(ReadOnlySpan<float> actual, ReadOnlySpan<float> expected, string what)
-    {
-        Assert.That(actual.Length, Is.EqualTo(expected.Length), what);
-        float scale = MaxAbs(expected);
-        double worst = 0;
-        int at = -1;
-        for (int i = 0; i < expected.Length; i++)
-        {
-            double d = Math.Abs((double)actual[i] - expected[i]);
-            if (!(d <= worst)) (worst, at) = (d, i);
-        }
-        double limit = AbsoluteTolerance + RelativeTolerance * scale;
-        if (!(worst <= limit))
-            Assert.Fail($"[{backend}] {what}: element {at}: gpu {actual[at]:R} vs cpu {expected[at]:R} (|Δ| = {worst:E2} > {limit:E2})");
-        return scale > 0 ? worst / scale : worst;
-    }
-
-    private static float MaxAbs(ReadOnlySpan<float> values)
-    {
-        float max = 0f;
-        foreach (float v in values) max = Math.Max(max, Math.Abs(v));
-        return max;
-    }
+    private double AssertClose(ReadOnlySpan<float> actual, ReadOnlySpan<float> expected, string what) =>
+        GpuVersusCpu.AssertTensorClose(backend, actual, expected, what);
 }

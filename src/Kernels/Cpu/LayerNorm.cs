@@ -64,40 +64,7 @@ public static class LayerNorm
         {
             float* x = xx + (long)i * c;
             float* o = xo + (long)i * c;
-            float shift;
-            if (full > 0) shift = Vector512.Sum(Vector512.Load(x)) / 16f;
-            else
-            {
-                shift = 0f;
-                for (int j = 0; j < c; j++) shift += x[j];
-                shift /= c;
-            }
-            var vk = Vector512.Create(shift);
-            // Two accumulators per sum: the adds of one chain wait on the previous one's latency otherwise.
-            Vector512<float> s0 = Vector512<float>.Zero, s1 = s0, q0 = s0, q1 = s0;
-            int j2 = 0;
-            for (; j2 + 32 <= full; j2 += 32)
-            {
-                var d0 = Vector512.Load(x + j2) - vk;
-                var d1 = Vector512.Load(x + j2 + 16) - vk;
-                s0 += d0;
-                s1 += d1;
-                q0 = Vector512.FusedMultiplyAdd(d0, d0, q0);
-                q1 = Vector512.FusedMultiplyAdd(d1, d1, q1);
-            }
-            if (j2 < full)
-            {
-                var d0 = Vector512.Load(x + j2) - vk;
-                s0 += d0;
-                q0 = Vector512.FusedMultiplyAdd(d0, d0, q0);
-            }
-            float s = Vector512.Sum(s0 + s1), q = Vector512.Sum(q0 + q1);
-            for (int j = full; j < c; j++)
-            {
-                float d = x[j] - shift;
-                s += d;
-                q = MathF.FusedMultiplyAdd(d, d, q);
-            }
+            var (s, q) = ShiftedSums(x, c, out float shift);
             var (mu, r) = RowStatistics(x, c, shift, s, q);
             var vmu = Vector512.Create(mu);
             var vr = Vector512.Create(r);
@@ -119,19 +86,8 @@ public static class LayerNorm
     {
         if (start >= end) return;
         float* x0 = xx + (long)start * c;
-        float shift = Vector512.Sum(Vector512.Load(x0)) / 16f;
-        var vk = Vector512.Create(shift);
-        Vector512<float> s0 = Vector512<float>.Zero, s1 = s0, q0 = s0, q1 = s0;
-        for (int j = 0; j < c; j += 32)
-        {
-            var d0 = Vector512.Load(x0 + j) - vk;
-            var d1 = Vector512.Load(x0 + j + 16) - vk;
-            s0 += d0;
-            s1 += d1;
-            q0 = Vector512.FusedMultiplyAdd(d0, d0, q0);
-            q1 = Vector512.FusedMultiplyAdd(d1, d1, q1);
-        }
-        var (mu, r) = RowStatistics(x0, c, shift, Vector512.Sum(s0 + s1), Vector512.Sum(q0 + q1));
+        var (s, q) = ShiftedSums(x0, c, out float shift);
+        var (mu, r) = RowStatistics(x0, c, shift, s, q);
         for (int i = start; i < end; i++)
         {
             float* x = xx + (long)i * c;
@@ -144,8 +100,8 @@ public static class LayerNorm
             {
                 float* next = x + c;
                 shift = Vector512.Sum(Vector512.Load(next)) / 16f;
-                vk = Vector512.Create(shift);
-                s0 = Vector512<float>.Zero; s1 = s0; q0 = s0; q1 = s0;
+                var vk = Vector512.Create(shift);
+                Vector512<float> s0 = Vector512<float>.Zero, s1 = s0, q0 = s0, q1 = s0;
                 for (int j = 0; j < c; j += 32)
                 {
                     Vector512.FusedMultiplyAdd((Vector512.Load(x + j) - vmu) * vr, Vector512.Load(xw + j), Vector512.Load(xb + j)).Store(o + j);
@@ -165,6 +121,49 @@ public static class LayerNorm
                     Vector512.FusedMultiplyAdd((Vector512.Load(x + j) - vmu) * vr, Vector512.Load(xw + j), Vector512.Load(xb + j)).Store(o + j);
             }
         }
+    }
+
+    /// <summary>
+    /// The shifted sums of one row on its own: s = Σ(x − K) and q = Σ(x − K)², K = <paramref name="shift"/> = the mean of
+    /// the row's first 16 channels (all of them when C &lt; 16). Two accumulators per sum (the adds of one chain would wait on
+    /// the previous one's latency), 32 channels a step, then one vector, then a scalar tail.
+    /// </summary>
+    private static unsafe (float S, float Q) ShiftedSums(float* x, int c, out float shift)
+    {
+        int full = c & ~15;
+        if (full > 0) shift = Vector512.Sum(Vector512.Load(x)) / 16f;
+        else
+        {
+            shift = 0f;
+            for (int j = 0; j < c; j++) shift += x[j];
+            shift /= c;
+        }
+        var vk = Vector512.Create(shift);
+        Vector512<float> s0 = Vector512<float>.Zero, s1 = s0, q0 = s0, q1 = s0;
+        int j2 = 0;
+        for (; j2 + 32 <= full; j2 += 32)
+        {
+            var d0 = Vector512.Load(x + j2) - vk;
+            var d1 = Vector512.Load(x + j2 + 16) - vk;
+            s0 += d0;
+            s1 += d1;
+            q0 = Vector512.FusedMultiplyAdd(d0, d0, q0);
+            q1 = Vector512.FusedMultiplyAdd(d1, d1, q1);
+        }
+        if (j2 < full)
+        {
+            var d0 = Vector512.Load(x + j2) - vk;
+            s0 += d0;
+            q0 = Vector512.FusedMultiplyAdd(d0, d0, q0);
+        }
+        float s = Vector512.Sum(s0 + s1), q = Vector512.Sum(q0 + q1);
+        for (int j = full; j < c; j++)
+        {
+            float d = x[j] - shift;
+            s += d;
+            q = MathF.FusedMultiplyAdd(d, d, q);
+        }
+        return (s, q);
     }
 
     /// <summary>μ and r from the shifted sums s = Σ(x − K), q = Σ(x − K)² of a row (with <see cref="ExactVariance"/> for a row whose sums cancel).</summary>
