@@ -64,6 +64,42 @@ public class GpuGptTests(string backend)
         return (gpu, gemm);
     }
 
+    /// <summary>
+    /// Up to <see cref="GpuGpt.ActivationShapesKept"/> batch shapes keep their device buffers. Alternating between two
+    /// shapes (A, B, A) gives A the same log-probs and gradients, bit for bit, as A alone, and a backward is refused
+    /// once another shape's forward came in between (its activations are not the last forward's).
+    /// </summary>
+    [Test]
+    public void AlternatingBatchShapesKeepTheirBuffersAndResults()
+    {
+        var a = Batch();
+        var b = new GptBatch(1, 5);
+        for (int i = 0; i < b.TokenCount; i++) { b.Tokens[i] = (3 * i + 1) % Config.VocabSize; b.Targets[i] = (5 * i + 2) % Config.VocabSize; b.Positions[i] = i; }
+        b.Validate(Config);
+        var dA = LogProbGradient(a);
+        using var cpu = CpuModel();
+        var (gpu, gemm) = GpuModel(cpu);
+        using var _ = gpu;
+        using var __ = gemm as IDisposable;
+
+        var first = new float[a.TokenCount];
+        gpu.ZeroGradients();
+        gpu.ForwardBackward(a, dA, first);
+        using var alone = new Gpt(Config);
+        gpu.Download(alone);
+
+        gpu.Forward(b, new float[b.TokenCount]);
+        Assert.That(() => gpu.Backward(a, dA), Throws.InvalidOperationException, "A's activations were not the last forward's");
+        var again = new float[a.TokenCount];
+        gpu.ZeroGradients();
+        gpu.Forward(a, again);
+        gpu.Backward(a, dA);
+        using var alternated = new Gpt(Config);
+        gpu.Download(alternated);
+        Assert.That(again, Is.EqualTo(first), "log-probs of A after B");
+        Assert.That(alternated.Gradients.ToArray(), Is.EqualTo(alone.Gradients.ToArray()), "gradients of A after B");
+    }
+
     [Test]
     public void ForwardBackwardMatchesTheCpuModelThenOneClippedAdamWStepDoes()
     {

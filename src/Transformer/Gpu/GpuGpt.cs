@@ -647,11 +647,8 @@ public sealed class GpuGpt : IDisposable
             throw new ArgumentException($"log-prob vectors must have one entry per position ({batch.TokenCount}), got {vectorLength}");
         if (shape is null || shape.Rows != batch.Rows || shape.Length != batch.Length)
         {
-            shape?.Dispose();
-            shape = null;
-            lastForward = LastForward.None;
-            shape = new ShapeBuffers(accelerator, Config, batch.Rows, batch.Length, attentionScores: flashAttention is null,
-                                     bf16Copies: bf16Gemm is not null);
+            lastForward = LastForward.None;   // the activations in the buffers of another shape are not the last forward's
+            shape = ShapeFor(batch.Rows, batch.Length);
         }
         shape.Tokens.CopyFromCPU(batch.Tokens);
         shape.Positions.CopyFromCPU(batch.Positions);
@@ -659,6 +656,38 @@ public sealed class GpuGpt : IDisposable
         shape.Segments.CopyFromCPU(batch.Segments);
         shape.Targets.CopyFromCPU(batch.Targets);
         return shape;
+    }
+
+    /// <summary>
+    /// Batch shapes whose device activations are kept (as <see cref="Gpt.ActivationShapesKept"/> on the CPU): alternating
+    /// shapes — training and evaluation batches, an aligner's packed rows rounded to powers of two — reuse their buffers
+    /// instead of freeing and allocating them at every switch; the least recently used beyond this is freed.
+    /// </summary>
+    public const int ActivationShapesKept = 4;
+
+    private readonly List<ShapeBuffers> shapesByRecency = [];
+
+    /// <summary>The buffers of a rows × length batch: a kept one (moved to most recent) or newly allocated.</summary>
+    private ShapeBuffers ShapeFor(int rows, int length)
+    {
+        int kept = shapesByRecency.FindIndex(b => b.Rows == rows && b.Length == length);
+        ShapeBuffers buffers;
+        if (kept >= 0)
+        {
+            buffers = shapesByRecency[kept];
+            shapesByRecency.RemoveAt(kept);
+        }
+        else
+        {
+            if (shapesByRecency.Count == ActivationShapesKept)
+            {
+                shapesByRecency[0].Dispose();
+                shapesByRecency.RemoveAt(0);
+            }
+            buffers = new ShapeBuffers(accelerator, Config, rows, length, attentionScores: flashAttention is null, bf16Copies: bf16Gemm is not null);
+        }
+        shapesByRecency.Add(buffers);
+        return buffers;
     }
 
     /// <summary>
@@ -754,7 +783,7 @@ public sealed class GpuGpt : IDisposable
 
     public void Dispose()
     {
-        shape?.Dispose();
+        foreach (var buffers in shapesByRecency) buffers.Dispose();
         gatherRows?.Dispose();
         gatheredFeatures?.Dispose();
         parametersBf16?.Dispose();
