@@ -31,9 +31,7 @@ internal static class VectorExp
             // Clamped to [−110, 100] (exp is 0 or +∞ in fp32 well before either bound); vmaxps/vminps return their
             // second operand, x, when it is NaN, so NaN stays NaN.
             var bounded = Vector512.MinNative(Vector512.Create(100f), Vector512.MaxNative(Vector512.Create(-110f), x));
-            var k = Vector512.Round(bounded * Vector512.Create(Log2E));
-            var reduced = Vector512.FusedMultiplyAdd(k, Vector512.Create(-Ln2High), bounded);
-            reduced = Vector512.FusedMultiplyAdd(k, Vector512.Create(-Ln2Low), reduced);
+            var reduced = Reduce(bounded, out var k);
             var q = Vector512.FusedMultiplyAdd(Vector512.Create(1.3814611593e-3f), reduced, Vector512.Create(8.3687100559e-3f));
             q = Vector512.FusedMultiplyAdd(q, reduced, Vector512.Create(4.1668388993e-2f));
             q = Vector512.FusedMultiplyAdd(q, reduced, Vector512.Create(1.6666521132e-1f));
@@ -43,9 +41,7 @@ internal static class VectorExp
             return Avx512F.Scale(q, k);
         }
         var clamped = Vector512.MinNative(Vector512.MaxNative(x, Vector512.Create(MinInput)), Vector512.Create(MaxInput));
-        var n = Vector512.Round(clamped * Vector512.Create(Log2E));
-        var r = Vector512.FusedMultiplyAdd(n, Vector512.Create(-Ln2High), clamped);
-        r = Vector512.FusedMultiplyAdd(n, Vector512.Create(-Ln2Low), r);
+        var r = Reduce(clamped, out var n);
         var p = Vector512.FusedMultiplyAdd(Vector512.Create(1.9875691500E-4f), r, Vector512.Create(1.3981999507E-3f));
         p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(8.3334519073E-3f));
         p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(4.1665795894E-2f));
@@ -58,5 +54,13 @@ internal static class VectorExp
         result = Vector512.ConditionalSelect(Vector512.LessThan(x, Vector512.Create(MinInput)), Vector512<float>.Zero, result);
         result = Vector512.ConditionalSelect(Vector512.GreaterThan(x, Vector512.Create(MaxInput)), Vector512.Create(float.PositiveInfinity), result);
         return Vector512.ConditionalSelect(Vector512.Equals(x, x), result, x);   // NaN stays NaN
+    }
+
+    /// <summary>Cody–Waite reduction: n = round(x·log₂e) and r = x − n·ln 2 (ln 2 in two parts, so n·Ln2High is exact), |r| ≤ ln2/2.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> Reduce(Vector512<float> x, out Vector512<float> n)
+    {
+        n = Vector512.Round(x * Vector512.Create(Log2E));
+        return Vector512.FusedMultiplyAdd(n, Vector512.Create(-Ln2Low), Vector512.FusedMultiplyAdd(n, Vector512.Create(-Ln2High), x));
     }
 }
