@@ -14,8 +14,12 @@ namespace DistAlign.Bench;
 // same run (the copy's Baseline row). Run: dotnet run -c Release --project bench -- --filter '*Bandwidth*'
 // GB/s = bytes per call (stated on each kernel, [BytesMoved]) / median time; "vs copy" = that / the copy's GB/s.
 // Byte counts are the compulsory traffic of the op (each input read once, each output written once;
-// an accumulated (+=) output counts as read + written). Sizes: N = 2048 tokens (B·T = 4·512), C = 768 (GPT-2 small).
-// Note: at these sizes some working sets (≤ ~25 MB) partly fit the 32 MiB L3, for the copy as for the kernel.
+// an accumulated (+=) output counts as read + written). Sizes: C = 768 (GPT-2 small); the [N, C] kernels (LayerNorm,
+// residual) run at two token counts: N = 8192 (B·T = 8·1024), whose working set (50–100 MB) is well past the 32 MiB L3,
+// so kernel and copy stream from memory (what the ≥ 0.7 goal is about), and N = 2048 (B·T = 4·512), whose 12–25 MB
+// stay in the L3, so the copy runs at cache bandwidth (shown as well: there these kernels are bound by their own loads
+// and arithmetic, not by memory). The GELU hidden layer (N = 2048, 4C: 50–100 MB), AdamW (448 MB) and the 51 MB of
+// logits come from memory.
 
 /// <summary>Sizes shared by the bandwidth benchmarks.</summary>
 internal static class BandwidthSizes
@@ -24,6 +28,8 @@ internal static class BandwidthSizes
     public const int Channels = 768;
     public const long TokenChannels = (long)Tokens * Channels;
     public const long HiddenChannels = 4 * TokenChannels;          // GELU runs on the 4C MLP hidden layer
+    public const int CachedTokens = 2048;                            // [N, C] working sets that fit the L3
+    public const int StreamedTokens = 8192;                          // [N, C] working sets several times the L3
     public const int AdamWParameters = 16 * 1024 * 1024;            // 16M, not 124M, so a run stays short
     public const int LogitRows = 4 * 64;                            // B·T = 256
     public const int Vocabulary = 50257;
@@ -59,11 +65,18 @@ internal static class AlignedBuffers
     }
 }
 
-/// <summary>Bytes a benchmark method reads plus writes per call, for <see cref="BandwidthColumn"/>.</summary>
+/// <summary>
+/// Bytes a benchmark method reads plus writes per call, for <see cref="BandwidthColumn"/>: <paramref name="bytes"/>, plus
+/// <paramref name="bytesPerToken"/> × the case's <c>Tokens</c> parameter for the classes that run at several token counts.
+/// </summary>
 [AttributeUsage(AttributeTargets.Method)]
-public sealed class BytesMovedAttribute(long bytes) : Attribute
+public sealed class BytesMovedAttribute(long bytes, long bytesPerToken = 0) : Attribute
 {
     public long Bytes { get; } = bytes;
+    public long BytesPerToken { get; } = bytesPerToken;
+
+    /// <summary>The bytes of a call with <paramref name="tokens"/> tokens.</summary>
+    public long For(int tokens) => Bytes + BytesPerToken * tokens;
 }
 
 /// <summary>Two columns: GB/s of each row, and that as a fraction of the copy baseline's GB/s in the same class.</summary>
@@ -75,6 +88,14 @@ public sealed class BandwidthColumn(bool relativeToCopy) : RateColumn(relativeTo
         ? "Kernel GB/s divided by the GB/s of a memory copy of the same bytes, same run"
         : "Bytes read + written per call (see [BytesMoved]) / median time";
     protected override double AmountPerCall(MethodInfo method) => method.GetCustomAttribute<BytesMovedAttribute>()?.Bytes ?? 0;
+
+    protected override double AmountPerCall(BenchmarkCase benchmarkCase)
+    {
+        var bytes = benchmarkCase.Descriptor.WorkloadMethod.GetCustomAttribute<BytesMovedAttribute>();
+        if (bytes is null) return 0;
+        return benchmarkCase.Parameters.Items.FirstOrDefault(p => p.Name == nameof(TokenBandwidthBenchmark.Tokens))?.Value is int tokens
+            ? bytes.For(tokens) : bytes.Bytes;
+    }
 }
 
 /// <summary>A short in-process job (a few minutes for all classes) plus the bandwidth columns.</summary>
@@ -114,24 +135,37 @@ public abstract class BandwidthBenchmark
     }
 }
 
+/// <summary>A bandwidth benchmark over [N, C] tensors, run at a token count N that fits the L3 and at one that does not.</summary>
+public abstract class TokenBandwidthBenchmark : BandwidthBenchmark
+{
+    [Params(BandwidthSizes.StreamedTokens, BandwidthSizes.CachedTokens)]
+    public int Tokens { get; set; }
+
+    /// <summary>N·C, the length of an [N, C] tensor.</summary>
+    protected long TokenChannels => (long)Tokens * BandwidthSizes.Channels;
+
+    /// <summary>The bytes the method <paramref name="name"/> states for this case's <see cref="Tokens"/>.</summary>
+    protected long BytesOf(string name) => GetType().GetMethod(name)!.GetCustomAttribute<BytesMovedAttribute>()!.For(Tokens);
+}
+
 [Config(typeof(BandwidthConfig))]
-public class LayerNormForwardBandwidth : BandwidthBenchmark
+public class LayerNormForwardBandwidth : TokenBandwidthBenchmark
 {
     // Reads x [N, C], w, b [C]; writes out [N, C], mean, rstd [N].
-    private const long Bytes = 4 * (2 * BandwidthSizes.TokenChannels + 2L * BandwidthSizes.Channels + 2L * BandwidthSizes.Tokens);
+    private const long FixedBytes = 4 * 2L * BandwidthSizes.Channels, BytesPerToken = 4 * (2L * BandwidthSizes.Channels + 2);
     private ArraySegment<float> x = [], w = [], b = [], o = [], mean = [], rstd = [];
 
     [GlobalSetup]
     public void Setup()
     {
-        x = AlignedBuffers.Filled(BandwidthSizes.TokenChannels); o = AlignedBuffers.Zeros(x.Count);
+        x = AlignedBuffers.Filled(TokenChannels); o = AlignedBuffers.Zeros(x.Count);
         w = AlignedBuffers.Filled(BandwidthSizes.Channels); b = AlignedBuffers.Filled(BandwidthSizes.Channels);
-        mean = AlignedBuffers.Zeros(BandwidthSizes.Tokens); rstd = AlignedBuffers.Zeros(BandwidthSizes.Tokens);
-        SetUpCopy(Bytes);
+        mean = AlignedBuffers.Zeros(Tokens); rstd = AlignedBuffers.Zeros(Tokens);
+        SetUpCopy(BytesOf(nameof(LayerNormForward)));
     }
 
-    [Benchmark(Baseline = true), BytesMoved(Bytes)] public void MemoryCopy() => Copy();
-    [Benchmark, BytesMoved(Bytes)] public void LayerNormForward() => LayerNorm.Forward(x, w, b, o, mean, rstd);
+    [Benchmark(Baseline = true), BytesMoved(FixedBytes, BytesPerToken)] public void MemoryCopy() => Copy();
+    [Benchmark, BytesMoved(FixedBytes, BytesPerToken)] public void LayerNormForward() => LayerNorm.Forward(x, w, b, o, mean, rstd);
 
     internal static float[] Filled(long n)
     {
@@ -143,27 +177,27 @@ public class LayerNormForwardBandwidth : BandwidthBenchmark
 }
 
 [Config(typeof(BandwidthConfig))]
-public class LayerNormBackwardBandwidth : BandwidthBenchmark
+public class LayerNormBackwardBandwidth : TokenBandwidthBenchmark
 {
     // Reads dout, x [N, C], w [C], mean, rstd [N]; dx [N, C] and dw, db [C] are read and written (+=).
     // (One sweep: each row's dout and x are read from memory once and found in L1 by the second pass over the row.)
-    private const long Bytes = 4 * (4 * BandwidthSizes.TokenChannels + 5L * BandwidthSizes.Channels + 2L * BandwidthSizes.Tokens);
+    private const long FixedBytes = 4 * 5L * BandwidthSizes.Channels, BytesPerToken = 4 * (4L * BandwidthSizes.Channels + 2);
     private ArraySegment<float> dout = [], x = [], w = [], mean = [], rstd = [], dx = [], dw = [], db = [];
 
     [GlobalSetup]
     public void Setup()
     {
-        x = AlignedBuffers.Filled(BandwidthSizes.TokenChannels);
-        dout = AlignedBuffers.Filled(BandwidthSizes.TokenChannels);
+        x = AlignedBuffers.Filled(TokenChannels);
+        dout = AlignedBuffers.Filled(TokenChannels);
         w = AlignedBuffers.Filled(BandwidthSizes.Channels);
-        mean = AlignedBuffers.Zeros(BandwidthSizes.Tokens); rstd = AlignedBuffers.Zeros(BandwidthSizes.Tokens);
+        mean = AlignedBuffers.Zeros(Tokens); rstd = AlignedBuffers.Zeros(Tokens);
         LayerNorm.Forward(x, w, w, AlignedBuffers.Zeros(x.Count), mean, rstd);
         dx = AlignedBuffers.Zeros(x.Count); dw = AlignedBuffers.Zeros(w.Count); db = AlignedBuffers.Zeros(w.Count);
-        SetUpCopy(Bytes);
+        SetUpCopy(BytesOf(nameof(LayerNormBackward)));
     }
 
-    [Benchmark(Baseline = true), BytesMoved(Bytes)] public void MemoryCopy() => Copy();
-    [Benchmark, BytesMoved(Bytes)] public void LayerNormBackward() => LayerNorm.Backward(dout, x, w, mean, rstd, dx, dw, db);
+    [Benchmark(Baseline = true), BytesMoved(FixedBytes, BytesPerToken)] public void MemoryCopy() => Copy();
+    [Benchmark, BytesMoved(FixedBytes, BytesPerToken)] public void LayerNormBackward() => LayerNorm.Backward(dout, x, w, mean, rstd, dx, dw, db);
 }
 
 [Config(typeof(BandwidthConfig))]
@@ -206,23 +240,23 @@ public class GeluBackwardBandwidth : BandwidthBenchmark
 }
 
 [Config(typeof(BandwidthConfig))]
-public class ResidualForwardBandwidth : BandwidthBenchmark
+public class ResidualForwardBandwidth : TokenBandwidthBenchmark
 {
     // Reads a, b [N, C]; writes out [N, C].
-    private const long Bytes = 4 * 3 * BandwidthSizes.TokenChannels;
+    private const long BytesPerToken = 4 * 3L * BandwidthSizes.Channels;
     private ArraySegment<float> a = [], b = [], o = [];
 
     [GlobalSetup]
     public void Setup()
     {
-        a = AlignedBuffers.Filled(BandwidthSizes.TokenChannels);
-        b = AlignedBuffers.Filled(BandwidthSizes.TokenChannels);
+        a = AlignedBuffers.Filled(TokenChannels);
+        b = AlignedBuffers.Filled(TokenChannels);
         o = AlignedBuffers.Zeros(a.Count);
-        SetUpCopy(Bytes);
+        SetUpCopy(BytesOf(nameof(ResidualForward)));
     }
 
-    [Benchmark(Baseline = true), BytesMoved(Bytes)] public void MemoryCopy() => Copy();
-    [Benchmark, BytesMoved(Bytes)] public void ResidualForward() => Residual.Forward(a, b, o);
+    [Benchmark(Baseline = true), BytesMoved(0, BytesPerToken)] public void MemoryCopy() => Copy();
+    [Benchmark, BytesMoved(0, BytesPerToken)] public void ResidualForward() => Residual.Forward(a, b, o);
 }
 
 [Config(typeof(BandwidthConfig))]

@@ -8,7 +8,7 @@ namespace DistAlign.Bench;
 /// <summary>
 /// A column of (amount per call / median time), the amount read off an attribute of the benchmark method (bytes, FLOPs,
 /// exps) — or, <paramref name="relativeToBaseline"/>, that rate divided by the same rate of the class's Baseline row
-/// in the same run (the copy, or the compute limit). Rows without the attribute show NA.
+/// with the same parameters in the same run (the copy, or the compute limit). Rows without the attribute show NA.
 /// </summary>
 public abstract class RateColumn(bool relativeToBaseline, int priority) : IColumn
 {
@@ -25,6 +25,9 @@ public abstract class RateColumn(bool relativeToBaseline, int priority) : IColum
     /// <summary>The amount one call of <paramref name="method"/> does (0 when not stated).</summary>
     protected abstract double AmountPerCall(MethodInfo method);
 
+    /// <summary>The amount one call of a case does: <see cref="AmountPerCall(MethodInfo)"/> unless a column needs the case's parameters.</summary>
+    protected virtual double AmountPerCall(BenchmarkCase benchmarkCase) => AmountPerCall(benchmarkCase.Descriptor.WorkloadMethod);
+
     public bool IsAvailable(Summary summary) => true;
     public bool IsDefault(Summary summary, BenchmarkCase benchmarkCase) => false;
     public string GetValue(Summary summary, BenchmarkCase benchmarkCase, SummaryStyle style) => GetValue(summary, benchmarkCase);
@@ -35,7 +38,8 @@ public abstract class RateColumn(bool relativeToBaseline, int priority) : IColum
         if (rate is null) return "NA";
         if (!relativeToBaseline) return rate.Value.ToString("F1");
         var baseline = summary.BenchmarksCases.FirstOrDefault(c =>
-            c.Descriptor.Type == benchmarkCase.Descriptor.Type && c.Descriptor.Baseline);
+            c.Descriptor.Type == benchmarkCase.Descriptor.Type && c.Descriptor.Baseline &&
+            c.Parameters.DisplayInfo == benchmarkCase.Parameters.DisplayInfo);
         double? baselineRate = baseline is null ? null : Rate(summary, baseline);
         return baselineRate is null or 0 ? "NA" : (rate.Value / baselineRate.Value).ToString("F2");
     }
@@ -43,7 +47,7 @@ public abstract class RateColumn(bool relativeToBaseline, int priority) : IColum
     private double? Rate(Summary summary, BenchmarkCase benchmarkCase)
     {
         var stats = summary[benchmarkCase]?.ResultStatistics;
-        double amount = AmountPerCall(benchmarkCase.Descriptor.WorkloadMethod);
+        double amount = AmountPerCall(benchmarkCase);
         if (stats is null || amount == 0) return null;
         return amount / stats.Median;   // per nanosecond = 10⁹ per second (bytes: GB/s)
     }
