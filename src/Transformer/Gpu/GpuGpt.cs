@@ -123,6 +123,9 @@ public sealed class GpuGpt : IDisposable
     internal GpuGelu GeluKernels => gelu;
     internal GpuResidual ResidualKernels => residual;
     internal GpuEmbedding EmbeddingKernels => embedding;
+    private GpuCachedAttention? cachedAttention;
+    /// <summary>The KV-cache attention kernels, loaded at the first decoder and kept for the next ones.</summary>
+    internal GpuCachedAttention CachedAttentionKernels => cachedAttention ??= new GpuCachedAttention(accelerator);
 
     /// <summary>All parameters on the device, flat, in <see cref="Layout"/> order.</summary>
     public ArrayView<float> Parameters => parameters.View;

@@ -16,8 +16,8 @@ namespace DistAlign.Transformer.Gpu;
 ///   logits [R, V] = LN_f(x)·wteᵀ   (tied LM head)
 /// </code>
 /// then one copy of the logits to a host array (<see cref="Logits"/>; it synchronises). Buffers — the per-layer caches
-/// [R, maxT, C], the activations of one position, the scores [R, NH, maxT], the logits — are allocated once, for
-/// (rows, maxLength); a step allocates nothing on the device or the host.
+/// [R, maxT, C], the activations of one position, the scores [R, NH, maxT], the logits, the token and position ids — are
+/// allocated once (one float and one int device buffer, two host arrays) for (rows, maxLength); a step allocates no buffer.
 /// </summary>
 /// <remarks>
 /// Precision: the GEMMs are the model's <see cref="IGemm"/> called with its fp32 weights. The mixed-precision path of
@@ -59,7 +59,7 @@ public sealed class GpuGptDecoder : IIncrementalDecoder, IDisposable
         Rows = rows;
         MaxLength = maxLength;
         var accelerator = model.Accelerator;
-        attention = new GpuCachedAttention(accelerator);
+        attention = model.CachedAttentionKernels;
 
         long c = cfg.Channels, r = rows, cache = r * maxLength * c;
         var sizes = new List<long>();
