@@ -20,10 +20,10 @@ internal static class DeviceOption
     /// Commands that run on CUDA when it is chosen: pretrain (its training steps and evaluation on GpuGpt; data,
     /// tokenization and checkpoints stay on the host) and align with an offline objective (sft, dpo, pmle: the policy and
     /// the reference on GpuGptPolicy; see <see cref="ModesWithoutCuda"/>), bench dpo (both of its steps on GpuGptPolicy) and
-/// reward (the reward model's backbone on GpuGpt, its scalar head on the host).
-    /// The other commands run on the CPU.
+/// reward (the reward model's backbone on GpuGpt, its scalar head on the host), and sample (KV-cache decoding on GpuGptDecoder;
+    /// the draws on the host). The other commands run on the CPU.
     /// </summary>
-    internal static readonly IReadOnlySet<string> CudaCapableCommands = new HashSet<string>(StringComparer.Ordinal) { "pretrain", "align", "bench dpo", "reward" };
+    internal static readonly IReadOnlySet<string> CudaCapableCommands = new HashSet<string>(StringComparer.Ordinal) { "pretrain", "align", "bench dpo", "reward", "sample" };
 
     /// <summary>
     /// For a CUDA-capable command only some of whose modes have a CUDA path: given the parsed flags, the name of the

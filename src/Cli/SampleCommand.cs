@@ -1,11 +1,13 @@
 using System.CommandLine;
 using DistAlign.Kernels.Cpu;
+using DistAlign.Kernels.Gpu;
+using DistAlign.Transformer.Gpu;
 using DistAlign.Transformer.Model;
 using DistAlign.Transformer.Tokenization;
 
 namespace DistAlign.Cli;
 
-/// <summary><c>distalign sample</c>: continues prompts with a trained model (KV-cache decoding).</summary>
+/// <summary><c>distalign sample</c>: continues prompts with a trained model (KV-cache decoding, on the CPU or, with <c>--device cuda</c>, on <see cref="GpuGptDecoder"/>).</summary>
 internal static class SampleCommand
 {
     public static Command Create()
@@ -42,7 +44,18 @@ internal static class SampleCommand
             foreach (var text in texts)
                 for (int i = 0; i < n; i++)
                     encoded.Add([tok.EndOfText, .. tok.Encode(text)]);
-            var results = Sampler.Generate(gpt, encoded, options, parse.GetValue(seed));
+            // --device cuda (or auto with a usable GPU): the model uploaded into a GpuGpt and decoded there (KV caches, logits on the
+            // device; fp32 GEMMs); the draws stay on the host, so a seed gives the CPU's continuations wherever the logits agree.
+            using var device = GpuTrainingOptions.OpenIfChosen(new GpuTrainingOptions.Values(GemmPrecision.Float32, Flash: false), gpt.Config);
+            Continuation[] results;
+            if (device is null) results = Sampler.Generate(gpt, encoded, options, parse.GetValue(seed));
+            else
+            {
+                using var gpu = new GpuGpt(device.Accelerator, gpt.Config, device.Gemm);
+                gpu.Upload(gpt);
+                Console.WriteLine($"decoding on {device.Accelerator.Name} (GpuGptDecoder: KV caches and logits on the device, {(device.Gemm is CublasGemm ? "fp32 cuBLAS" : "fp32 tiled ILGPU")} GEMMs)");
+                results = GpuGptDecoder.Generate(gpu, encoded, options, parse.GetValue(seed));
+            }
             for (int i = 0; i < results.Length; i++)
             {
                 var r = results[i];

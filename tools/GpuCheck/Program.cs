@@ -8,7 +8,8 @@ namespace DistAlign.GpuCheck;
 /// <summary>
 /// <c>gpu-check [--out DIR] [--quick] [--skip-bench]</c>: on a machine with an NVIDIA GPU, checks the GPU kernels
 /// (ILGPU on the CUDA accelerator, cuBLAS/cuBLASLt GEMMs, the NVRTC kernel) against the CPU kernels, then
-/// checks the whole GPT (GpuGpt) against the CPU Gpt and DPO steps on GpuGptPolicy against the CPU GptPolicy, times the GEMMs at GPT-2 124M shapes, the fused log-prob
+/// checks the whole GPT (GpuGpt) against the CPU Gpt, DPO steps on GpuGptPolicy against the CPU GptPolicy and KV-cache decoding (GpuGptDecoder)
+/// against the CPU GptDecoder (W2; with the benchmarks also GPT-2 124M, and ms per cached step next to the CPU's), times the GEMMs at GPT-2 124M shapes, the fused log-prob
 /// kernels and whole GPT-2 124M training steps (bf16 and fp32 GEMMs; tokens/s, MFU), writing summary.md, checks.tsv and
 /// benchmarks.tsv into DIR. Exit codes: 0 all checks passed, 1 a check failed, 2 bad arguments, 3 no usable
 /// CUDA device (nothing was run; the reason is printed and written to DIR/summary.md). <c>--simulator</c> runs the
@@ -32,6 +33,8 @@ public static class Program
         gpt.CompareWithTheCpuModel();
         gpt.CompareFeaturesWithTheCpuModel(cuda: false);
         new AlignmentChecks(context.Accelerator, report).CompareDpoStepsWithTheCpuPolicy(GemmPrecision.Float32);   // tiled fp32 GEMMs here
+        new DecoderChecks(context.Accelerator, report).Run("tiny (simulator smoke)", new(Layers: 2, Heads: 3, Channels: 24, VocabSize: 37, MaxSequenceLength: 16),
+                                                           rows: 3, length: 12, time: false);
         gpt.StepBenchmark("tiny GPT (simulator smoke)", new(Layers: 2, Heads: 2, Channels: 16, VocabSize: 64, MaxSequenceLength: 16),
                           rows: 2, length: 16, GemmPrecision.Float32, warmup: 1, steps: 1, KernelBenchmarks.PeakBf16Flops, profile: true);
         report.Write(outDir, "ILGPU CPU simulator (no GPU): ILGPU kernels and the GPT (tiny shapes); timings mean nothing here.");
@@ -107,6 +110,12 @@ public static class Program
             var alignment = new AlignmentChecks(accelerator, report);
             alignment.CompareDpoStepsWithTheCpuPolicy(GemmPrecision.Float32);
             alignment.CompareDpoStepsWithTheCpuPolicy(GemmPrecision.BFloat16);
+            // KV-cache decoding (sample --device cuda): logits of every step vs the CPU decoder, and ms per cached step next to the CPU's
+            var decoder = new DecoderChecks(accelerator, report);
+            decoder.Run("W2", Transformer.Training.StepWorkload.W2.Config, rows: 8, length: 128, time: bench);
+            if (bench)
+                decoder.Run("GPT-2 124M", new Transformer.Model.GptConfig(Layers: 12, Heads: 12, Channels: 768, VocabSize: 50257, MaxSequenceLength: 1024),
+                            rows: 8, length: quick ? 16 : 64, time: true);
             if (bench)
             {
                 new KernelBenchmarks(accelerator, report, quick).RunAll();

@@ -40,6 +40,8 @@ public static class GpuKernelRegistry
         Implicit(typeof(GpuAttention), nameof(GpuAttention.ForwardKernel)),
         Implicit(typeof(GpuAttention), nameof(GpuAttention.BackwardQueryKernel)),
         Implicit(typeof(GpuAttention), nameof(GpuAttention.BackwardKeyValueKernel)),
+        Implicit(typeof(GpuCachedAttention), nameof(GpuCachedAttention.AppendKernel)),
+        Explicit(typeof(GpuCachedAttention), nameof(GpuCachedAttention.ForwardKernel)),
         Implicit(typeof(GpuAdamW), nameof(GpuAdamW.StepKernel)),
         Explicit(typeof(GpuGradientNorm), nameof(GpuGradientNorm.PartialsKernel)),
         Explicit(typeof(GpuGradientNorm), nameof(GpuGradientNorm.SumKernel)),
@@ -85,6 +87,7 @@ public sealed class GpuKernels
         Gelu = new GpuGelu(accelerator);
         Residual = new GpuResidual(accelerator);
         Attention = new GpuAttention(accelerator);
+        CachedAttention = new GpuCachedAttention(accelerator);
         AdamW = new GpuAdamW(accelerator);
         GradientNorm = new GpuGradientNorm(accelerator);
         TargetLogProbs = new GpuTargetLogProbs(accelerator);
@@ -100,6 +103,8 @@ public sealed class GpuKernels
     public GpuGelu Gelu { get; }
     public GpuResidual Residual { get; }
     public GpuAttention Attention { get; }
+    /// <summary>KV-cache attention of one new position per row (decoding).</summary>
+    public GpuCachedAttention CachedAttention { get; }
     public GpuAdamW AdamW { get; }
     public GpuGradientNorm GradientNorm { get; }
     public GpuTargetLogProbs TargetLogProbs { get; }

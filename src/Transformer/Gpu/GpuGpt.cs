@@ -116,6 +116,17 @@ public sealed class GpuGpt : IDisposable
         clipScale = accelerator.Allocate1D<float>(1);
     }
 
+    // For GpuGptDecoder, which runs the forward one cached position at a time on these weights and kernels.
+    internal Accelerator Accelerator => accelerator;
+    internal IGemm Gemm => gemm;
+    internal GpuLayerNorm LayerNormKernels => layerNorm;
+    internal GpuGelu GeluKernels => gelu;
+    internal GpuResidual ResidualKernels => residual;
+    internal GpuEmbedding EmbeddingKernels => embedding;
+    private GpuCachedAttention? cachedAttention;
+    /// <summary>The KV-cache attention kernels, loaded at the first decoder and kept for the next ones.</summary>
+    internal GpuCachedAttention CachedAttentionKernels => cachedAttention ??= new GpuCachedAttention(accelerator);
+
     /// <summary>All parameters on the device, flat, in <see cref="Layout"/> order.</summary>
     public ArrayView<float> Parameters => parameters.View;
     /// <summary>Gradients on the device, same layout; backward passes accumulate into them.</summary>

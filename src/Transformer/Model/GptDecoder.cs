@@ -7,7 +7,7 @@ namespace DistAlign.Transformer.Model;
 /// layer's keys and values kept for the positions already seen. Rows advance in lockstep, one position
 /// per <see cref="Step"/>. Buffers are sized once for (rows, maxLength); a step allocates nothing.
 /// </summary>
-public sealed class GptDecoder
+public sealed class GptDecoder : IIncrementalDecoder
 {
     private readonly Gpt model;
     private readonly float[][] keyCache, valueCache; // per layer: [R, maxT, C]
@@ -20,6 +20,8 @@ public sealed class GptDecoder
     public int Position { get; private set; }
     /// <summary>Logits [R, V] of the last step: the distribution of the token after it.</summary>
     public float[] Logits { get; }
+
+    ReadOnlySpan<float> IIncrementalDecoder.Logits => Logits;
 
     public GptDecoder(Gpt model, int rows, int maxLength)
     {
@@ -66,6 +68,8 @@ public sealed class GptDecoder
         int r = Rows, c = cfg.Channels, t = Position;
         if (tokens.Length != r) throw new ArgumentException($"one token per row ({r}) expected, got {tokens.Length}");
         if (t >= MaxLength) throw new InvalidOperationException($"the decoder is full: {MaxLength} positions already processed");
+        foreach (int id in tokens)
+            if ((uint)id >= (uint)cfg.VocabSize) throw new ArgumentException($"token id {id} is outside the vocabulary [0, {cfg.VocabSize})", nameof(tokens));
         var layout = model.Layout;
         ReadOnlySpan<float> p = model.Parameters;
         Array.Fill(positionIds, t);

@@ -35,8 +35,22 @@ public sealed record Continuation(int[] Tokens, float[] LogProbs, bool Ended);
 /// </summary>
 public static class Sampler
 {
-    public static Continuation[] Generate(Gpt model, IReadOnlyList<int[]> prompts, SamplingOptions options, ulong seed)
+    /// <summary>Samples on the CPU <see cref="GptDecoder"/> of <paramref name="model"/>.</summary>
+    public static Continuation[] Generate(Gpt model, IReadOnlyList<int[]> prompts, SamplingOptions options, ulong seed) =>
+        GenerateOn((rows, maxLength) => new GptDecoder(model, rows, maxLength), model.Config.VocabSize, model.Config.MaxSequenceLength,
+                   prompts, options, seed);
+
+    /// <summary>
+    /// Samples on the decoder <paramref name="createDecoder"/>(rows, maxLength) returns, for a model of vocabulary
+    /// <paramref name="vocabSize"/> and context <paramref name="contextLength"/>. It is called once, with one row per prompt
+    /// and maxLength = min(context, longest prompt + max new tokens); the sampler owns what it returns (disposed at the end
+    /// when it is <see cref="IDisposable"/>). The draws depend only on the logits: two decoders that give the same logits give
+    /// the same continuations. (Named apart from <c>Generate</c> so that existing <c>cref</c>s to it stay unambiguous.)
+    /// </summary>
+    public static Continuation[] GenerateOn(Func<int, int, IIncrementalDecoder> createDecoder, int vocabSize, int contextLength,
+                                            IReadOnlyList<int[]> prompts, SamplingOptions options, ulong seed)
     {
+        ArgumentNullException.ThrowIfNull(createDecoder);
         options.Validate();
         int rows = prompts.Count;
         if (rows == 0) return [];
@@ -45,21 +59,37 @@ public static class Sampler
         {
             if (prompts[r].Length == 0) throw new ArgumentException($"prompt {r} is empty: it needs at least one token (e.g. <|endoftext|>)");
             foreach (int id in prompts[r])
-                if ((uint)id >= (uint)model.Config.VocabSize)
-                    throw new ArgumentException($"prompt {r}: token id {id} is outside the vocabulary [0, {model.Config.VocabSize})");
+                if ((uint)id >= (uint)vocabSize)
+                    throw new ArgumentException($"prompt {r}: token id {id} is outside the vocabulary [0, {vocabSize})");
             longestPrompt = Math.Max(longestPrompt, prompts[r].Length);
         }
-        int totalLength = Math.Min(model.Config.MaxSequenceLength, longestPrompt + options.MaxNewTokens);
-        if (longestPrompt > model.Config.MaxSequenceLength)
-            throw new ArgumentException($"a prompt of {longestPrompt} tokens does not fit the model's context of {model.Config.MaxSequenceLength}");
+        int totalLength = Math.Min(contextLength, longestPrompt + options.MaxNewTokens);
+        if (longestPrompt > contextLength)
+            throw new ArgumentException($"a prompt of {longestPrompt} tokens does not fit the model's context of {contextLength}");
 
-        var decoder = new GptDecoder(model, rows, totalLength);
+        var decoder = createDecoder(rows, totalLength);
+        try
+        {
+            if (decoder.Rows != rows || decoder.MaxLength < totalLength)
+                throw new ArgumentException($"the decoder factory returned a decoder of {decoder.Rows} rows × {decoder.MaxLength} positions; {rows} × {totalLength} were asked for");
+            decoder.Reset();
+            return Run(decoder, vocabSize, prompts, options, seed, totalLength);
+        }
+        finally
+        {
+            (decoder as IDisposable)?.Dispose();
+        }
+    }
+
+    private static Continuation[] Run(IIncrementalDecoder decoder, int v, IReadOnlyList<int[]> prompts, SamplingOptions options, ulong seed, int totalLength)
+    {
+        int rows = prompts.Count;
         var rngs = new PhiloxStream[rows];
         var generated = new List<int>[rows];
         var logProbs = new List<float>[rows];
         var done = new bool[rows];
         var feed = new int[rows];
-        var scratch = new SamplingScratch(model.Config.VocabSize);
+        var scratch = new SamplingScratch(v);
         for (int r = 0; r < rows; r++)
         {
             rngs[r] = new PhiloxStream(seed, (ulong)r);
@@ -68,7 +98,6 @@ public static class Sampler
             feed[r] = prompts[r][0];
         }
 
-        int v = model.Config.VocabSize;
         for (int t = 0; t < totalLength; t++)
         {
             decoder.Step(feed);
@@ -77,7 +106,7 @@ public static class Sampler
             {
                 if (t + 1 < prompts[r].Length) { feed[r] = prompts[r][t + 1]; anyActive = true; continue; }
                 if (done[r] || generated[r].Count >= options.MaxNewTokens) { done[r] = true; continue; }
-                var logits = decoder.Logits.AsSpan(r * v, v);
+                var logits = decoder.Logits.Slice(r * v, v);
                 int token = Draw(logits, options, rngs[r], scratch);
                 generated[r].Add(token);
                 logProbs[r].Add(LogSoftmaxAt(logits, token));
