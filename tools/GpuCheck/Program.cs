@@ -31,7 +31,9 @@ public static class Program
         var gpt = new GptChecks(context.Accelerator, report);
         gpt.CompareWithTheCpuModel();
         gpt.CompareFeaturesWithTheCpuModel(cuda: false);
-        new AlignmentChecks(context.Accelerator, report).CompareDpoStepsWithTheCpuPolicy(GemmPrecision.Float32);   // tiled fp32 GEMMs here
+        var alignment = new AlignmentChecks(context.Accelerator, report);
+        alignment.CompareDpoStepsWithTheCpuPolicy(GemmPrecision.Float32);   // tiled fp32 GEMMs here
+        alignment.ComparePpoIterationWithTheCpuPolicy(GemmPrecision.Float32);
         gpt.StepBenchmark("tiny GPT (simulator smoke)", new(Layers: 2, Heads: 2, Channels: 16, VocabSize: 64, MaxSequenceLength: 16),
                           rows: 2, length: 16, GemmPrecision.Float32, warmup: 1, steps: 1, KernelBenchmarks.PeakBf16Flops, profile: true);
         report.Write(outDir, "ILGPU CPU simulator (no GPU): ILGPU kernels and the GPT (tiny shapes); timings mean nothing here.");
@@ -107,6 +109,8 @@ public static class Program
             var alignment = new AlignmentChecks(accelerator, report);
             alignment.CompareDpoStepsWithTheCpuPolicy(GemmPrecision.Float32);
             alignment.CompareDpoStepsWithTheCpuPolicy(GemmPrecision.BFloat16);
+            alignment.ComparePpoIterationWithTheCpuPolicy(GemmPrecision.Float32);
+            alignment.ComparePpoIterationWithTheCpuPolicy(GemmPrecision.BFloat16);
             if (bench)
             {
                 new KernelBenchmarks(accelerator, report, quick).RunAll();
