@@ -27,7 +27,7 @@ namespace DistAlign.GpuCheck;
 /// On-policy alignment (<c>align --objective rlhf --device cuda</c>): one PPO iteration (a rollout of 6 prompts sampled on the host
 /// mirror, 2 epochs × 2 minibatches) with π and π0 on <see cref="GpuGptPolicy"/> (value head on the host) and R̂'s backbone on a
 /// <see cref="GpuGpt"/>, against CPU policies and a CPU reward model from the same weights. The rollout is sampled from π0 on
-/// both sides, so its tokens agree exactly; compared: the iteration's loss, scores, values, value and policy losses and gradient
+/// both sides, so its tokens agree exactly; compared: the iteration's loss, scores, policy and value losses, approximate KL and gradient
 /// norm (same tolerances as DPO's metrics), and the update of the weights and value head as one vector,
 /// ‖u_gpu − u_cpu‖₂ ≤ tol·‖u_cpu‖₂ (tol 1e-2 fp32, 0.25 bf16; the simulator tests see about 1e-4).
 /// </para>
@@ -168,7 +168,7 @@ internal sealed class AlignmentChecks(Accelerator accelerator, Report report)
         using var gpuReward = new RewardModel(StartingModel(), new AdamWSettings(), ownsBackbone: true, rewardDevice);
         var (actual, gpuUpdate) = Iterate(gpu, gpuReward);
 
-        string[] metrics = ["loss", "objective/scores", "objective/value", "loss/policy_avg", "loss/value_avg", "grad_norm"];
+        string[] metrics = ["loss", "objective/scores", "loss/policy_avg", "loss/value_avg", "policy/approxkl_avg", "grad_norm"];
         var e = metrics.Select(m => (float)expected[m]).ToArray();
         var a = metrics.Select(m => (float)actual[m]).ToArray();
         var inv = System.Globalization.CultureInfo.InvariantCulture;

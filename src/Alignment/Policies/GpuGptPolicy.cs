@@ -46,7 +46,8 @@ public sealed class GpuGptPolicy : IGptValueModel
     // The device weights change at every optimizer step and weight copy; the mirror's weights (and its whole state:
     // weights, gradients, moments) are current when their version agrees with the device's.
     private long deviceVersion, hostWeightsVersion, hostStateVersion;
-    private float[] valueFeatures = [], dFeatures = [];   // h at each response token's position [tokens, C]; ∂L/∂h [N, C] or [tokens, C]
+    // value head: h at each response token's position [tokens, C]; ∂L/∂h at those positions [tokens, C]; ∂L/∂h dense [N, C]
+    private float[] valueFeatures = [], dValueRows = [], dFeatures = [];
 
     /// <summary>The host mirror (current after <see cref="CopyToHost"/>); checkpoints save it.</summary>
     public Gpt Model { get; }
@@ -116,11 +117,17 @@ public sealed class GpuGptPolicy : IGptValueModel
     public void Backward(ReadOnlySpan<float> dTokenLogProbs, ReadOnlySpan<float> dTokenEntropies = default)
     {
         if (batch is null) throw new InvalidOperationException("Backward needs a Score first");
+        BackwardPacked(batch, dTokenLogProbs, dTokenEntropies, default);
+    }
+
+    // ∂L/∂ln π scattered to the packed positions; dFeatures (when non-empty) = a value head's ∂L/∂h [N, C], added by the device backward.
+    private void BackwardPacked(GptBatch b, ReadOnlySpan<float> dTokenLogProbs, ReadOnlySpan<float> dTokenEntropies, ReadOnlySpan<float> dFeatures)
+    {
         if (!dTokenEntropies.IsEmpty) throw new NotSupportedException("GpuGptPolicy has no entropy gradient (its forward computes no entropies)");
         if (dTokenLogProbs.Length != tokenPosition.Length) throw new ArgumentException($"dTokenLogProbs must have {tokenPosition.Length} entries");
         Array.Clear(dPosition);
         for (int i = 0; i < tokenPosition.Length; i++) dPosition[tokenPosition[i]] = dTokenLogProbs[i];
-        Device.Backward(batch, dPosition);
+        Device.Backward(b, dPosition, dFeatures);
     }
 
     /// <summary>
@@ -144,15 +151,12 @@ public sealed class GpuGptPolicy : IGptValueModel
         var head = ValueHead ?? throw new InvalidOperationException("this GPU GPT policy was built without a value head");
         if (batch is null) throw new InvalidOperationException("Backward needs a Score first");
         if (!dTokenEntropies.IsEmpty) throw new NotSupportedException("GpuGptPolicy has no entropy gradient (its forward computes no entropies)");
-        if (dTokenLogProbs.Length != tokenPosition.Length) throw new ArgumentException($"dTokenLogProbs must have {tokenPosition.Length} entries");
         int c = Model.Config.Channels;
         var rows = ValueFeatureGradient(head, dTokenValues);   // [tokens, C]
         if (dFeatures.Length != batch.TokenCount * c) dFeatures = new float[batch.TokenCount * c];
         else Array.Clear(dFeatures);
         for (int i = 0; i < tokenPosition.Length; i++) rows.AsSpan(i * c, c).CopyTo(dFeatures.AsSpan(tokenPosition[i] * c, c));
-        Array.Clear(dPosition);
-        for (int i = 0; i < tokenPosition.Length; i++) dPosition[tokenPosition[i]] = dTokenLogProbs[i];
-        Device.Backward(batch, dPosition, dFeatures);
+        BackwardPacked(batch, dTokenLogProbs, default, dFeatures);
     }
 
     /// <summary>V(s_t) per response token from the backbone and the head alone (<see cref="GpuGpt.ForwardFeatures"/>, no LM head): a separate value model.</summary>
@@ -189,9 +193,10 @@ public sealed class GpuGptPolicy : IGptValueModel
         int c = Model.Config.Channels, tokens = tokenPosition.Length;
         if (dTokenValues.Length != tokens) throw new ArgumentException($"dTokenValues must have {tokens} entries");
         if (valueFeatures.Length != tokens * c) throw new InvalidOperationException("a value backward needs a value forward on the batch first");
-        var rows = new float[tokens * c];
-        for (int i = 0; i < tokens; i++) head.Backward(valueFeatures.AsSpan(i * c, c), dTokenValues[i], rows.AsSpan(i * c, c));
-        return rows;
+        if (dValueRows.Length != tokens * c) dValueRows = new float[tokens * c];
+        else Array.Clear(dValueRows);
+        for (int i = 0; i < tokens; i++) head.Backward(valueFeatures.AsSpan(i * c, c), dTokenValues[i], dValueRows.AsSpan(i * c, c));
+        return dValueRows;
     }
 
     /// <summary>Samples on the host mirror (refreshed first when the device weights changed): GpuGpt has no KV-cache decoder.</summary>
