@@ -90,15 +90,16 @@ internal static class OnlineAlign
         if (o.RewardModel is null) throw new CliUsageException($"--objective {objective} needs --reward-model (train one with `distalign reward`)");
         if (!o.RewardModel.Exists) throw new CliUsageException($"--reward-model {o.RewardModel.FullName}: no such file");
         if (objective != "distill" && s.KlBeta != 0) throw new CliUsageException("--kl-beta goes with --objective pmle or distill (rlhf and rkl take --beta)");
+        // DeviceOption already runs this mode on the CPU (AlignCommand.ObjectiveWithoutCudaPath); a safety net for other callers
+        if (DeviceOption.Chosen == "cuda" && objective == "rkl" && o.Entropy == EntropyBonus.Exact)
+            throw new CliUsageException("--objective rkl --entropy exact has no CUDA path: the GPU forward computes no per-token entropies; " +
+                                        "--entropy in-reward (the default) runs on CUDA, or use --device cpu");
 
         var (gpt, tok, pairs, dataHash) = CliData.LoadModelAndPairs(modelFile, dataFile, common);
         bool ppo = objective is "rlhf" or "rkl";
         // --device cuda (or auto with a usable GPU): π, π0 and a separate value model on GpuGptPolicy, R̂'s backbone on GpuGpt;
         // `gpt` is the host mirror that checkpoints save and restore.
         using var device = GpuTrainingOptions.OpenIfChosen(gpuOptions, gpt);
-        if (device is not null && objective == "rkl" && o.Entropy == EntropyBonus.Exact)
-            throw new CliUsageException("--objective rkl --entropy exact has no CUDA path: the GPU forward computes no per-token entropies; " +
-                                        "--entropy in-reward (the default) runs on CUDA, or use --device cpu");
         var adamW = new AdamWSettings(WeightDecay: s.WeightDecay);
         IGptValueModel NewPolicy(Gpt model, bool withValueHead) => device is null
             ? new GptPolicy(model, adamW, ownsModel: true, withValueHead: withValueHead)
