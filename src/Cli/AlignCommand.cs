@@ -58,7 +58,8 @@ internal static class AlignCommand
                 CliErrors.Positive(parse.GetValue(checkpointEvery), "--checkpoint-every"), parse.GetValue(resume));
             string name = settings.Objective.ToLowerInvariant();
             if (name is "distill" or "rebel" or "rlhf" or "rkl")
-                return OnlineAlign.Run(parse.GetValue(model)!, parse.GetValue(data)!, parse.GetValue(output)!.FullName, common, settings, online.Read(parse));
+                return OnlineAlign.Run(parse.GetValue(model)!, parse.GetValue(data)!, parse.GetValue(output)!.FullName, common, settings, online.Read(parse),
+                                       gpuOptions.Read(parse));
             if (parse.GetResult(online.RewardModel) is not null) throw new CliUsageException("--reward-model goes with --objective distill, rebel, rlhf or rkl");
             return Run(parse.GetValue(model)!, parse.GetValue(data)!, parse.GetValue(output)!.FullName, common, settings, gpuOptions.Read(parse));
         });
@@ -66,13 +67,18 @@ internal static class AlignCommand
     }
 
     /// <summary>
-    /// The on-policy objectives (distill, rebel, rlhf, rkl) have no CUDA path: "align --objective X" for them, so that
-    /// <see cref="DeviceOption"/> runs them on the CPU (auto) or refuses <c>--device cuda</c>; null for the offline ones.
+    /// Every objective has a CUDA path except reverse-KL PPO with its exact entropy bonus (<c>--objective rkl --entropy exact</c>):
+    /// the GPU forward computes no per-token entropies. For that mode, "align --objective rkl --entropy exact", so that
+    /// <see cref="DeviceOption"/> runs it on the CPU under auto; <c>--device cuda</c> is refused here with the reason; null otherwise.
     /// </summary>
     internal static string? ObjectiveWithoutCudaPath(ParseResult parse)
     {
         string? name = parse.GetValue<string>("--objective")?.ToLowerInvariant();
-        return name is "distill" or "rebel" or "rlhf" or "rkl" ? $"align --objective {name}" : null;
+        if (name != "rkl" || !string.Equals(parse.GetValue<string>("--entropy"), "exact", StringComparison.OrdinalIgnoreCase)) return null;
+        if (parse.GetValue<string>(DeviceOption.Name) == "cuda")
+            throw new CliUsageException($"{DeviceOption.Name} cuda: --objective rkl --entropy exact has no CUDA path (the GPU forward computes no " +
+                                        "per-token entropies); --entropy in-reward (the default) runs on CUDA, or use --device cpu or auto");
+        return "align --objective rkl --entropy exact";
     }
 
     internal sealed record AlignSettings(string Objective, string Variant, double Beta, double Gamma, double Epsilon, double KlBeta, int KlSamples,

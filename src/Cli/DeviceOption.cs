@@ -18,16 +18,18 @@ internal static class DeviceOption
 
     /// <summary>
     /// Commands that run on CUDA when it is chosen: pretrain (its training steps and evaluation on GpuGpt; data,
-    /// tokenization and checkpoints stay on the host) and align with an offline objective (sft, dpo, pmle: the policy and
-    /// the reference on GpuGptPolicy; see <see cref="ModesWithoutCuda"/>), bench dpo (both of its steps on GpuGptPolicy) and
-/// reward (the reward model's backbone on GpuGpt, its scalar head on the host), and sample (KV-cache decoding on GpuGptDecoder;
-    /// the draws on the host). The other commands run on the CPU.
+    /// tokenization and checkpoints stay on the host), align (the offline objectives sft, dpo, pmle: the policy and the
+    /// reference on GpuGptPolicy; the on-policy ones distill, rebel, rlhf, rkl: the policy, the reference and PPO's separate
+    /// value model on GpuGptPolicy with value heads on the host, R̂'s backbone on GpuGpt, sampling on the host mirror; all but
+    /// rkl with --entropy exact, see <see cref="ModesWithoutCuda"/>), bench dpo (both of its steps on GpuGptPolicy),
+    /// reward (the reward model's backbone on GpuGpt, its scalar head on the host) and sample (KV-cache decoding on
+    /// GpuGptDecoder; the draws on the host). The other commands run on the CPU.
     /// </summary>
     internal static readonly IReadOnlySet<string> CudaCapableCommands = new HashSet<string>(StringComparer.Ordinal) { "pretrain", "align", "bench dpo", "reward", "sample" };
 
     /// <summary>
     /// For a CUDA-capable command only some of whose modes have a CUDA path: given the parsed flags, the name of the
-    /// chosen mode when it has none (e.g. "align --objective rlhf"), else null. Such a run is resolved as a command without
+    /// chosen mode when it has none ("align --objective rkl --entropy exact"), else null. Such a run is resolved as a command without
     /// a CUDA path, under that name.
     /// </summary>
     internal static readonly IReadOnlyDictionary<string, Func<ParseResult, string?>> ModesWithoutCuda =

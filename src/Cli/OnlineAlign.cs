@@ -7,6 +7,8 @@ using DistAlign.Alignment.Policies;
 using DistAlign.Alignment.Reward;
 using DistAlign.Alignment.Training;
 using DistAlign.Kernels.Cpu;
+using DistAlign.Kernels.Gpu;
+using DistAlign.Transformer.Gpu;
 using DistAlign.Transformer.Model;
 using DistAlign.Transformer.Training;
 
@@ -74,33 +76,53 @@ internal sealed class OnlineOptions
 /// <c>distalign align --objective distill|rebel|rlhf|rkl</c>: the on-policy objectives, scored by a reward model. distill and REBEL
 /// run in the alignment trainer (a step = one minibatch of prompts with two responses each); rlhf and rkl run PPO (a step = one
 /// rollout of --batch prompts, then --ppo-epochs × --minibatches optimizer steps). Prompts are the data file's.
+/// With <c>--device cuda</c> (or auto with a usable GPU) π, π0 and a separate value model are <see cref="GpuGptPolicy"/>s (scores,
+/// gradients, clipping and AdamW on the device; value heads on the host; sampling on the host mirror, which GpuGptPolicy.Sample
+/// refreshes), and R̂'s backbone runs on a <see cref="Transformer.Gpu.GpuGpt"/> (its scalar head on the host). rkl with
+/// <c>--entropy exact</c> has no CUDA path (the GPU forward computes no per-token entropies; see <see cref="AlignCommand.ObjectiveWithoutCudaPath"/>).
 /// </summary>
 internal static class OnlineAlign
 {
     public static int Run(FileInfo modelFile, FileInfo dataFile, string outDir, CommonTrainingOptions.Values common, AlignCommand.AlignSettings s,
-                          OnlineOptions.Values o)
+                          OnlineOptions.Values o, GpuTrainingOptions.Values gpuOptions)
     {
         string objective = s.Objective.ToLowerInvariant();
         if (o.RewardModel is null) throw new CliUsageException($"--objective {objective} needs --reward-model (train one with `distalign reward`)");
         if (!o.RewardModel.Exists) throw new CliUsageException($"--reward-model {o.RewardModel.FullName}: no such file");
         if (objective != "distill" && s.KlBeta != 0) throw new CliUsageException("--kl-beta goes with --objective pmle or distill (rlhf and rkl take --beta)");
+        // DeviceOption already runs this mode on the CPU (AlignCommand.ObjectiveWithoutCudaPath); a safety net for other callers
+        if (DeviceOption.Chosen == "cuda" && objective == "rkl" && o.Entropy == EntropyBonus.Exact)
+            throw new CliUsageException("--objective rkl --entropy exact has no CUDA path: the GPU forward computes no per-token entropies; " +
+                                        "--entropy in-reward (the default) runs on CUDA, or use --device cpu");
 
         var (gpt, tok, pairs, dataHash) = CliData.LoadModelAndPairs(modelFile, dataFile, common);
         bool ppo = objective is "rlhf" or "rkl";
-        using var policy = new GptPolicy(gpt, new AdamWSettings(WeightDecay: s.WeightDecay), ownsModel: true, withValueHead: ppo && !o.SeparateValueModel);
+        // --device cuda (or auto with a usable GPU): π, π0 and a separate value model on GpuGptPolicy, R̂'s backbone on GpuGpt;
+        // `gpt` is the host mirror that checkpoints save and restore.
+        using var device = GpuTrainingOptions.OpenIfChosen(gpuOptions, gpt);
+        var adamW = new AdamWSettings(WeightDecay: s.WeightDecay);
+        IGptValueModel NewPolicy(Gpt model, bool withValueHead) => device is null
+            ? new GptPolicy(model, adamW, ownsModel: true, withValueHead: withValueHead)
+            : new GpuGptPolicy(model, device.Accelerator, device.Gemm, adamW, device.Flash, ownsModel: true, withValueHead: withValueHead);
+        using var policy = NewPolicy(gpt, ppo && !o.SeparateValueModel);
         string modelHash = ModelHash.Of(gpt);
         using var reference = policy.Snapshot();
-        GptPolicy? valueModel = null;
+        IGptValueModel? valueModel = null;
         if (ppo && o.SeparateValueModel)
         {
             var valueGpt = new Gpt(gpt.Config);
             gpt.Parameters.CopyTo(valueGpt.Parameters);
-            valueModel = new GptPolicy(valueGpt, new AdamWSettings(WeightDecay: s.WeightDecay), ownsModel: true, withValueHead: true);
+            valueModel = NewPolicy(valueGpt, withValueHead: true);
         }
         using var valueModelOwner = valueModel;
         IValuePolicy valuePolicy = valueModel is null ? policy : new PolicyWithValueModel(policy, valueModel);
-        var loaded = Alignment.Reward.RewardModel.Load(o.RewardModel.FullName, new AdamWSettings());
+        Func<GptConfig, GpuGpt>? rewardOnDevice = device is null ? null : config =>
+            new GpuGpt(device.Accelerator, config, device.Gemm, NvrtcFlashAttention.Supports(config.Channels, config.Heads) ? device.Flash : null);
+        var loaded = Alignment.Reward.RewardModel.Load(o.RewardModel.FullName, new AdamWSettings(), onDevice: rewardOnDevice);
         using var rewardModel = loaded.Model;
+        if (device is not null)
+            Console.WriteLine($"training on {device.Description} (GpuGptPolicy for π and π0{(valueModel is null ? "" : " and the value model")}, " +
+                              "R̂'s backbone on GpuGpt; responses sampled on the host mirror)");
         if (loaded.TokenizerSpec is { } spec && spec != tok.Spec)
             throw new CheckpointMismatchException($"{o.RewardModel.FullName}: the reward model uses tokenizer '{spec}', the policy '{tok.Spec}'");
         string rewardHash = Convert.ToHexStringLower(SHA256.HashData(File.ReadAllBytes(o.RewardModel.FullName)))[..16];
@@ -187,6 +209,7 @@ internal static class OnlineAlign
         }));
 
         string modelPath = Path.Combine(outDir, GptCheckpoint.ModelFileName);
+        policy.CopyToHost();   // a GPU policy's trained weights are on the device
         GptCheckpoint.SaveModel(modelPath, gpt, tok.Spec);
         CliProgress.Summary(last, lastEval, run.MetricsPath, modelPath);
         return 0;

@@ -9,7 +9,8 @@ using DistAlign.Transformer.Model;
 namespace DistAlign.Tests.Cli;
 
 /// <summary>
-/// <c>align --device cuda</c>: the offline objectives (sft, dpo, pmle) have a CUDA path, the on-policy ones do not. Where
+/// <c>align --device cuda</c>: every objective has a CUDA path but rkl with --entropy exact (the on-policy ones in
+/// <see cref="OnPolicyCudaCliTests"/>). Where
 /// no GPU is present the CUDA path is driven through its seams: <see cref="DeviceOption.Probe"/> pretends an H200 is
 /// there and <see cref="GpuTrainingOptions.OpenAccelerator"/> opens ILGPU's CPU simulator instead of the CUDA device, so the
 /// very code a GPU run takes (GpuGptPolicy for π and π0, device checkpoints, the final download) runs end to end here.
@@ -57,22 +58,26 @@ public class AlignCudaCliTests : CliTestBase
     }
 
     [Test]
-    public void AnOnPolicyObjectiveHasNoCudaPathSoCudaIsAUsageErrorAndAutoRunsOnTheCpu()
+    public void RklWithTheExactEntropyHasNoCudaPathSoCudaIsAUsageErrorAndAutoRunsOnTheCpu()
     {
         DeviceOption.Probe = () => H200;
         string missing = Path.Combine(TestDirectory, "none.safetensors");
-        string[] rlhf = ["align", "--objective", "rlhf", "--model", missing, "--data", dataPath, "--out", Path.Combine(TestDirectory, "run")];
-        Assert.That(Program.Main([.. rlhf, "--device", "cuda"]), Is.EqualTo(Program.UsageError));
-        Assert.That(Error.ToString(), Does.Contain("--device cuda: 'align --objective rlhf' has no CUDA path yet"));
+        string[] rkl = ["align", "--objective", "rkl", "--entropy", "exact", "--model", missing, "--data", dataPath, "--out", Path.Combine(TestDirectory, "run")];
+        Assert.That(Program.Main([.. rkl, "--device", "cuda"]), Is.EqualTo(Program.UsageError));
+        Assert.That(Error.ToString(), Does.Contain("--device cuda: --objective rkl --entropy exact has no CUDA path (the GPU forward computes no per-token entropies)")
+                                          .And.Contain("--entropy in-reward (the default) runs on CUDA"));
         // auto: the CPU, saying why, then the command runs (and stops at its first check)
-        Assert.That(Program.Main(rlhf), Is.EqualTo(Program.UsageError));
-        Assert.That(Output.ToString(), Does.Contain("device: cpu (NVIDIA H200 found, but 'align --objective rlhf' has no CUDA path yet)"));
-        Assert.That(Error.ToString(), Does.Contain("--objective rlhf needs --reward-model"));
-        // an offline objective resolves to CUDA
-        Output.GetStringBuilder().Clear();
-        Assert.That(Program.Main(["align", "--objective", "sft", "--model", missing, "--data", dataPath, "--out", Path.Combine(TestDirectory, "run")]),
-                    Is.EqualTo(Program.UsageError));
-        Assert.That(Output.ToString(), Does.StartWith("device: cuda (NVIDIA H200"));
+        Assert.That(Program.Main(rkl), Is.EqualTo(Program.UsageError));
+        Assert.That(Output.ToString(), Does.Contain("device: cpu (NVIDIA H200 found, but 'align --objective rkl --entropy exact' has no CUDA path yet)"));
+        Assert.That(Error.ToString(), Does.Contain("--objective rkl needs --reward-model"));
+        // every other objective resolves to CUDA, the on-policy ones included
+        foreach (string objective in new[] { "sft", "distill", "rebel", "rlhf", "rkl" })
+        {
+            Output.GetStringBuilder().Clear();
+            Assert.That(Program.Main(["align", "--objective", objective, "--model", missing, "--data", dataPath, "--out", Path.Combine(TestDirectory, "run")]),
+                        Is.EqualTo(Program.UsageError));
+            Assert.That(Output.ToString(), Does.StartWith("device: cuda (NVIDIA H200"), objective);
+        }
     }
 
     [Test]

@@ -32,7 +32,9 @@ public static class Program
         var gpt = new GptChecks(context.Accelerator, report);
         gpt.CompareWithTheCpuModel();
         gpt.CompareFeaturesWithTheCpuModel(cuda: false);
-        new AlignmentChecks(context.Accelerator, report).CompareDpoStepsWithTheCpuPolicy(GemmPrecision.Float32);   // tiled fp32 GEMMs here
+        var alignment = new AlignmentChecks(context.Accelerator, report);
+        alignment.CompareDpoStepsWithTheCpuPolicy(GemmPrecision.Float32);   // tiled fp32 GEMMs here
+        alignment.ComparePpoIterationWithTheCpuPolicy(GemmPrecision.Float32);
         new DecoderChecks(context.Accelerator, report).Run("tiny (simulator smoke)", new(Layers: 2, Heads: 3, Channels: 24, VocabSize: 37, MaxSequenceLength: 16),
                                                            rows: 3, length: 12, time: false);
         gpt.StepBenchmark("tiny GPT (simulator smoke)", new(Layers: 2, Heads: 2, Channels: 16, VocabSize: 64, MaxSequenceLength: 16),
@@ -110,6 +112,8 @@ public static class Program
             var alignment = new AlignmentChecks(accelerator, report);
             alignment.CompareDpoStepsWithTheCpuPolicy(GemmPrecision.Float32);
             alignment.CompareDpoStepsWithTheCpuPolicy(GemmPrecision.BFloat16);
+            alignment.ComparePpoIterationWithTheCpuPolicy(GemmPrecision.Float32);
+            alignment.ComparePpoIterationWithTheCpuPolicy(GemmPrecision.BFloat16);
             // KV-cache decoding (sample --device cuda): logits of every step vs the CPU decoder, and ms per cached step next to the CPU's
             var decoder = new DecoderChecks(accelerator, report);
             decoder.Run("W2", Transformer.Training.StepWorkload.W2.Config, rows: 8, length: 128, time: bench);

@@ -12,7 +12,7 @@ namespace DistAlign.Alignment.Policies;
 /// same forward's final hidden state at the position that predicts token t, and its gradient joins the LM head's
 /// in one transformer backward.
 /// </summary>
-public sealed class GptPolicy : IValuePolicy, IHostGptPolicy
+public sealed class GptPolicy : IGptValueModel
 {
     private readonly AdamWSettings optimizer;
     private readonly bool ownsModel;

@@ -20,15 +20,20 @@ namespace DistAlign.Alignment.Policies;
 /// <see cref="CopyToHost"/> (checkpoints); <see cref="FirstNonFiniteGradient"/> downloads the gradients.</item>
 /// <item><b>Sampling</b> runs on the host: <see cref="GpuGpt"/> has no KV-cache decoder, so <see cref="Sample"/> refreshes the
 /// mirror and calls <see cref="Sampler.Generate"/> on it (same draws as a CPU policy with the same weights).</item>
-/// <item><b>Entropies</b> are not computed (the GPU forward has none); the offline objectives do not ask for them. A
-/// caller that does (the entropy bonus of reverse-KL PPO) gets <see cref="NotSupportedException"/>. There is no value head.</item>
+/// <item><b>Entropies</b> are not computed (the GPU forward has none); the offline objectives and PPO with the entropy in
+/// the reward do not ask for them. A caller that does (reverse-KL PPO's exact entropy bonus) gets <see cref="NotSupportedException"/>.</item>
+/// <item><b>Value head</b> (PPO, built with <c>withValueHead</c>): a <see cref="ScalarHead"/> on the host, as
+/// <see cref="GptPolicy"/>'s. <see cref="ScoreWithValues"/> gathers the final features h = ln_f(x) at the scored positions on
+/// the device and copies those rows back (<see cref="GpuGpt.CopyFeaturesToHost(ReadOnlySpan{int}, Span{float})"/>);
+/// <see cref="BackwardWithValues"/> hands the head's ∂L/∂h to <see cref="GpuGpt.Backward"/> with the log-prob gradient (one
+/// transformer backward); the clip's global norm covers the device gradients and the head's, and AdamW steps both.</item>
 /// <item><b>AdamW</b> is <see cref="GpuGpt.AdamWStep"/> with the <see cref="AdamWSettings"/> the CPU policy uses
 /// (β1, β2, ε, decoupled weight decay on the matrices only, as <see cref="AdamWOptimizer.Step"/>).</item>
 /// </list>
 /// The accelerator, the GEMM and the flash-attention kernels are borrowed (not disposed here); a <see cref="Snapshot"/>
 /// borrows the same ones.
 /// </remarks>
-public sealed class GpuGptPolicy : IHostGptPolicy
+public sealed class GpuGptPolicy : IGptValueModel
 {
     private readonly Accelerator accelerator;
     private readonly IGemm gemm;
@@ -41,6 +46,8 @@ public sealed class GpuGptPolicy : IHostGptPolicy
     // The device weights change at every optimizer step and weight copy; the mirror's weights (and its whole state:
     // weights, gradients, moments) are current when their version agrees with the device's.
     private long deviceVersion, hostWeightsVersion, hostStateVersion;
+    // value head: h at each response token's position [tokens, C]; ∂L/∂h at those positions [tokens, C]; ∂L/∂h dense [N, C]
+    private float[] valueFeatures = [], dValueRows = [], dFeatures = [];
 
     /// <summary>The host mirror (current after <see cref="CopyToHost"/>); checkpoints save it.</summary>
     public Gpt Model { get; }
@@ -51,14 +58,18 @@ public sealed class GpuGptPolicy : IHostGptPolicy
     /// <summary>The accelerator the policy trains on.</summary>
     public Accelerator Accelerator => accelerator;
 
+    /// <summary>The value head (on the host), or null when built without one.</summary>
+    public ScalarHead? ValueHead { get; }
+
     /// <summary>Uploads <paramref name="model"/>'s weights and AdamW moments to a new <see cref="GpuGpt"/> on <paramref name="accelerator"/>.</summary>
     /// <param name="model">the host model: initial weights, and from then on the mirror</param>
     /// <param name="gemm">the matrix products, for the same accelerator (<see cref="GpuContext.CreateGemm"/>)</param>
     /// <param name="optimizer">AdamW's hyper-parameters (as for <see cref="GptPolicy"/>)</param>
     /// <param name="flashAttention">when given (CUDA, head size 64), attention runs as its tiled bf16 kernels</param>
     /// <param name="ownsModel">dispose <paramref name="model"/> with the policy</param>
+    /// <param name="withValueHead">add a PPO value head (zero-initialised, on the host) as <see cref="GptPolicy"/>'s</param>
     public GpuGptPolicy(Gpt model, Accelerator accelerator, IGemm gemm, AdamWSettings optimizer, NvrtcFlashAttention? flashAttention = null,
-                        bool ownsModel = false)
+                        bool ownsModel = false, bool withValueHead = false)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(accelerator);
@@ -70,6 +81,7 @@ public sealed class GpuGptPolicy : IHostGptPolicy
         this.flashAttention = flashAttention;
         this.optimizer = optimizer;
         this.ownsModel = ownsModel;
+        if (withValueHead) ValueHead = new ScalarHead(model.Config.Channels);
         Device = new GpuGpt(accelerator, model.Config, gemm, flashAttention);
         Device.Upload(model);
     }
@@ -105,11 +117,86 @@ public sealed class GpuGptPolicy : IHostGptPolicy
     public void Backward(ReadOnlySpan<float> dTokenLogProbs, ReadOnlySpan<float> dTokenEntropies = default)
     {
         if (batch is null) throw new InvalidOperationException("Backward needs a Score first");
+        BackwardPacked(batch, dTokenLogProbs, dTokenEntropies, default);
+    }
+
+    // ∂L/∂ln π scattered to the packed positions; dFeatures (when non-empty) = a value head's ∂L/∂h [N, C], added by the device backward.
+    private void BackwardPacked(GptBatch b, ReadOnlySpan<float> dTokenLogProbs, ReadOnlySpan<float> dTokenEntropies, ReadOnlySpan<float> dFeatures)
+    {
         if (!dTokenEntropies.IsEmpty) throw new NotSupportedException("GpuGptPolicy has no entropy gradient (its forward computes no entropies)");
         if (dTokenLogProbs.Length != tokenPosition.Length) throw new ArgumentException($"dTokenLogProbs must have {tokenPosition.Length} entries");
         Array.Clear(dPosition);
         for (int i = 0; i < tokenPosition.Length; i++) dPosition[tokenPosition[i]] = dTokenLogProbs[i];
-        Device.Backward(batch, dPosition);
+        Device.Backward(b, dPosition, dFeatures);
+    }
+
+    /// <summary>
+    /// As <see cref="Score"/>, also V(s_t) = w·h_t + b per response token: h_t, the final features at the position that predicts
+    /// token t, are gathered on the device and copied to the host, where the head runs (as <see cref="GptPolicy.ScoreWithValues"/>).
+    /// </summary>
+    public void ScoreWithValues(IReadOnlyList<PromptResponse> sequences, Span<float> tokenLogProbs, Span<float> tokenValues, Span<float> tokenEntropies = default)
+    {
+        var head = ValueHead ?? throw new InvalidOperationException("this GPU GPT policy was built without a value head");
+        Score(sequences, tokenLogProbs, tokenEntropies);
+        ReadValues(head, tokenValues);
+    }
+
+    /// <summary>
+    /// As <see cref="Backward"/>, with the value head's gradient: ∂L/∂w, ∂L/∂b on the host and ∂L/∂h_t = ∂L/∂V_t·w at each
+    /// scored position ([N, C], zero elsewhere), which <see cref="GpuGpt.Backward"/> adds to the LM head's ∂L/∂h before one
+    /// transformer backward.
+    /// </summary>
+    public void BackwardWithValues(ReadOnlySpan<float> dTokenLogProbs, ReadOnlySpan<float> dTokenValues, ReadOnlySpan<float> dTokenEntropies = default)
+    {
+        var head = ValueHead ?? throw new InvalidOperationException("this GPU GPT policy was built without a value head");
+        if (batch is null) throw new InvalidOperationException("Backward needs a Score first");
+        if (!dTokenEntropies.IsEmpty) throw new NotSupportedException("GpuGptPolicy has no entropy gradient (its forward computes no entropies)");
+        int c = Model.Config.Channels;
+        var rows = ValueFeatureGradient(head, dTokenValues);   // [tokens, C]
+        if (dFeatures.Length != batch.TokenCount * c) dFeatures = new float[batch.TokenCount * c];
+        else Array.Clear(dFeatures);
+        for (int i = 0; i < tokenPosition.Length; i++) rows.AsSpan(i * c, c).CopyTo(dFeatures.AsSpan(tokenPosition[i] * c, c));
+        BackwardPacked(batch, dTokenLogProbs, default, dFeatures);
+    }
+
+    /// <summary>V(s_t) per response token from the backbone and the head alone (<see cref="GpuGpt.ForwardFeatures"/>, no LM head): a separate value model.</summary>
+    public void ScoreValuesOnly(IReadOnlyList<PromptResponse> sequences, Span<float> tokenValues)
+    {
+        var head = ValueHead ?? throw new InvalidOperationException("this GPU GPT policy was built without a value head");
+        var b = Pack(sequences);
+        Device.ForwardFeatures(b);
+        ReadValues(head, tokenValues);
+    }
+
+    /// <summary>Accumulates the gradient given ∂L/∂V per response token of the last <see cref="ScoreValuesOnly"/>: the head on the host, the
+    /// backbone through <see cref="GpuGpt.BackwardFeatureRows"/> (only the scored rows of ∂L/∂h are uploaded).</summary>
+    public void BackwardValuesOnly(ReadOnlySpan<float> dTokenValues)
+    {
+        var head = ValueHead ?? throw new InvalidOperationException("this GPU GPT policy was built without a value head");
+        if (batch is null) throw new InvalidOperationException("BackwardValuesOnly needs a ScoreValuesOnly first");
+        Device.BackwardFeatureRows(batch, tokenPosition, ValueFeatureGradient(head, dTokenValues));
+    }
+
+    // valueFeatures [tokens, C] = h at each response token's position (one gathered transfer); tokenValues[t] = w·h_t + b.
+    private void ReadValues(ScalarHead head, Span<float> tokenValues)
+    {
+        int c = Model.Config.Channels, tokens = tokenPosition.Length;
+        if (tokenValues.Length != tokens) throw new ArgumentException($"the batch has {tokens} response tokens; tokenValues has {tokenValues.Length}");
+        if (valueFeatures.Length != tokens * c) valueFeatures = new float[tokens * c];
+        Device.CopyFeaturesToHost(tokenPosition, valueFeatures);
+        for (int i = 0; i < tokens; i++) tokenValues[i] = head.Forward(valueFeatures.AsSpan(i * c, c));
+    }
+
+    // backward of V_t = w·h_t + b: ∂w += Σ_t ∂V_t·h_t, ∂b += Σ_t ∂V_t (on the head); returns ∂L/∂h_t = ∂V_t·w per scored token [tokens, C].
+    private float[] ValueFeatureGradient(ScalarHead head, ReadOnlySpan<float> dTokenValues)
+    {
+        int c = Model.Config.Channels, tokens = tokenPosition.Length;
+        if (dTokenValues.Length != tokens) throw new ArgumentException($"dTokenValues must have {tokens} entries");
+        if (valueFeatures.Length != tokens * c) throw new InvalidOperationException("a value backward needs a value forward on the batch first");
+        if (dValueRows.Length != tokens * c) dValueRows = new float[tokens * c];
+        else Array.Clear(dValueRows);
+        for (int i = 0; i < tokens; i++) head.Backward(valueFeatures.AsSpan(i * c, c), dTokenValues[i], dValueRows.AsSpan(i * c, c));
+        return dValueRows;
     }
 
     /// <summary>Samples on the host mirror (refreshed first when the device weights changed): GpuGpt has no KV-cache decoder.</summary>
@@ -119,27 +206,45 @@ public sealed class GpuGptPolicy : IHostGptPolicy
         return Sampler.Generate(Model, prompts, options, seed);
     }
 
-    public void ZeroGradients() => Device.ZeroGradients();
+    public void ZeroGradients()
+    {
+        Device.ZeroGradients();
+        ValueHead?.ZeroGradients();
+    }
 
-    /// <summary>The global gradient norm, and clipping to <paramref name="maxNorm"/> when &gt; 0, on the device (<see cref="GpuGpt.ClipGradients"/>).</summary>
-    public double ClipGradients(float maxNorm) => Device.ClipGradients(maxNorm).Norm;
+    /// <summary>
+    /// The global gradient norm, and clipping to <paramref name="maxNorm"/> when &gt; 0, on the device (<see cref="GpuGpt.ClipGradients"/>).
+    /// With a value head, the norm covers the device gradients and the head's (<see cref="ScalarHead.ClipWith(double, float, out float)"/>:
+    /// the device's Σ g² is read back, the one factor scales both), as <see cref="GptPolicy.ClipGradients"/>.
+    /// </summary>
+    public double ClipGradients(float maxNorm)
+    {
+        if (ValueHead is null) return Device.ClipGradients(maxNorm).Norm;
+        double norm = ValueHead.ClipWith(Device.GradientSumOfSquares(), maxNorm, out float scale);
+        if (scale != 1f) Device.ScaleGradients(scale);
+        return norm;
+    }
 
-    /// <summary>One AdamW step on the device with the CPU policy's settings (weight decay on the matrices only).</summary>
+    /// <summary>One AdamW step on the device with the CPU policy's settings (weight decay on the matrices only), and of the value head on the host.</summary>
     public void OptimizerStep(int step, float learningRate)
     {
         Device.AdamWStep(step, learningRate, optimizer.Beta1, optimizer.Beta2, optimizer.Epsilon, optimizer.WeightDecay);
+        ValueHead?.OptimizerStep(step, learningRate, optimizer);
         deviceVersion++;
     }
 
-    /// <summary>Downloads the gradients and names the first NaN/±Inf element (<see cref="NonFiniteElement.FindFirst"/>).</summary>
+    /// <summary>Downloads the gradients and names the first NaN/±Inf element (<see cref="NonFiniteElement.FindFirst"/>), then the value head's.</summary>
     public NonFiniteElement? FirstNonFiniteGradient()
     {
         Device.Synchronize();
         Device.Gradients.CopyToCPU(Model.Gradients);
-        return NonFiniteElement.FindFirst(Model.Layout, Model.Gradients);
+        return NonFiniteElement.FindFirst(Model.Layout, Model.Gradients) ?? ValueHead?.FirstNonFiniteGradient("value_head.weight", "value_head.bias");
     }
 
-    /// <summary>A new policy on the same accelerator, GEMM and attention kernels with a copy of the weights (zero gradients and moments).</summary>
+    /// <summary>
+    /// A new policy on the same accelerator, GEMM and attention kernels with a copy of the weights and of the value head when there is
+    /// one (zero gradients and moments).
+    /// </summary>
     public IPolicy Snapshot()
     {
         CopyWeightsToHost();
@@ -147,7 +252,9 @@ public sealed class GpuGptPolicy : IHostGptPolicy
         try
         {
             Model.Parameters.CopyTo(copy.Parameters);
-            return new GpuGptPolicy(copy, accelerator, gemm, optimizer, flashAttention, ownsModel: true);
+            var policy = new GpuGptPolicy(copy, accelerator, gemm, optimizer, flashAttention, ownsModel: true, withValueHead: ValueHead is not null);
+            ValueHead?.Parameters.CopyTo(policy.ValueHead!.Parameters, 0);
+            return policy;
         }
         catch
         {
@@ -156,7 +263,10 @@ public sealed class GpuGptPolicy : IHostGptPolicy
         }
     }
 
-    /// <summary>Copies the weights (not gradients or moments) from a <see cref="GpuGptPolicy"/> of the same config on the same accelerator, device to device.</summary>
+    /// <summary>
+    /// Copies the weights (not gradients or moments) from a <see cref="GpuGptPolicy"/> of the same config on the same accelerator,
+    /// device to device, and the value head's when both have one.
+    /// </summary>
     public void CopyWeightsFrom(IPolicy other)
     {
         if (other is not GpuGptPolicy g || g.Model.Config != Model.Config || !ReferenceEquals(g.accelerator, accelerator))
@@ -164,6 +274,7 @@ public sealed class GpuGptPolicy : IHostGptPolicy
         if (ReferenceEquals(g, this)) return;
         g.Device.Parameters.CopyTo(Device.Parameters);
         Device.Synchronize();
+        if (ValueHead is not null && g.ValueHead is not null) g.ValueHead.Parameters.CopyTo(ValueHead.Parameters, 0);
         deviceVersion++;
     }
 

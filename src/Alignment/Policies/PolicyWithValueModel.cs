@@ -13,10 +13,13 @@ public sealed class PolicyWithValueModel : IValuePolicy
     private readonly bool ownsModels;
 
     public IPolicy Policy { get; }
-    /// <summary>The value model: a GPT policy built with a value head, of which only the backbone and the head are used.</summary>
-    public GptPolicy ValueModel { get; }
+    /// <summary>
+    /// The value model: a GPT policy built with a value head (<see cref="GptPolicy"/> on the CPU, <see cref="GpuGptPolicy"/> on
+    /// CUDA), of which only the backbone and the head are used.
+    /// </summary>
+    public IGptValueModel ValueModel { get; }
 
-    public PolicyWithValueModel(IPolicy policy, GptPolicy valueModel, bool ownsModels = false)
+    public PolicyWithValueModel(IPolicy policy, IGptValueModel valueModel, bool ownsModels = false)
     {
         if (valueModel.ValueHead is null) throw new ArgumentException("the value model needs a value head (withValueHead: true)");
         Policy = policy;

@@ -45,6 +45,7 @@ public sealed class RewardModel : IDisposable, IRewardFunction
 
     private readonly AdamWSettings optimizer;
     private readonly bool ownsBackbone;
+    private bool ownsGpuBackbone;   // a GpuGpt that Load made (disposed with the model)
     private readonly int channels;
     private readonly ScalarHead head;
     private readonly IRewardBackbone backbone;
@@ -289,10 +290,25 @@ public sealed class RewardModel : IDisposable, IRewardFunction
     /// checks them; a missing or misshapen head throws <see cref="CheckpointMismatchException"/> naming the tensor.
     /// Gradients and AdamW moments start at zero.
     /// </summary>
-    public static Loaded Load(string path, AdamWSettings optimizer, long? memoryBudgetBytes = null)
+    /// <param name="onDevice">when given, called with the loaded backbone's config to make the <see cref="GpuGpt"/> the backbone
+    /// runs on (its weights are uploaded; the loaded <see cref="Backbone"/> becomes the host mirror); the model owns and disposes it.
+    /// An on-policy objective's R̂ then scores on the GPU: only the batch and one feature row per sequence cross the bus.</param>
+    public static Loaded Load(string path, AdamWSettings optimizer, long? memoryBudgetBytes = null, Func<GptConfig, GpuGpt>? onDevice = null)
     {
         var (backbone, spec) = GptCheckpoint.LoadModel(path, memoryBudgetBytes: memoryBudgetBytes);
-        var model = new RewardModel(backbone, optimizer, ownsBackbone: true);
+        GpuGpt? gpu = null;
+        RewardModel model;
+        try
+        {
+            gpu = onDevice?.Invoke(backbone.Config);
+            model = new RewardModel(backbone, optimizer, ownsBackbone: true, gpu) { ownsGpuBackbone = gpu is not null };
+        }
+        catch
+        {
+            gpu?.Dispose();
+            backbone.Dispose();
+            throw;
+        }
         try
         {
             using var file = SafeTensorsFile.Open(path);
@@ -310,6 +326,7 @@ public sealed class RewardModel : IDisposable, IRewardFunction
 
     public void Dispose()
     {
+        if (ownsGpuBackbone) GpuBackbone?.Dispose();
         if (ownsBackbone) Backbone.Dispose();
     }
 }

@@ -10,7 +10,9 @@ namespace DistAlign.Alignment.Training;
 /// GPT, the value head (<c>value_head.weight</c> [1, C], <c>value_head.bias</c> [1]) and all AdamW moments, step and
 /// prompt cursor — resumable bit-identically (every sampling seed derives from the step). With a separate value model
 /// (<see cref="PolicyWithValueModel"/>) its backbone is saved too, flat: <c>value_model.parameters</c> in the model file,
-/// <c>value_model.adam.m</c>/<c>.v</c> in the state file.
+/// <c>value_model.adam.m</c>/<c>.v</c> in the state file. The GPT policies may be CPU <see cref="GptPolicy"/>s or CUDA
+/// <see cref="GpuGptPolicy"/>s (<see cref="IGptValueModel"/>): a checkpoint first copies their device state to the host mirrors,
+/// a restore copies it back up; the value heads live on the host either way.
 /// </summary>
 public sealed class PpoRun : CheckpointedRun
 {
@@ -23,11 +25,11 @@ public sealed class PpoRun : CheckpointedRun
     public const string ValueModelAdamVName = "value_model.adam.v";
 
     private readonly PpoTrainer trainer;
-    private readonly GptPolicy policy;
-    private readonly Gpt? valueModel;
+    private readonly IHostGptPolicy policy;
+    private readonly IGptValueModel? valueModel;
     private readonly ScalarHead head;
 
-    /// <param name="policy">a <see cref="GptPolicy"/> with a value head, or a <see cref="PolicyWithValueModel"/> of two GPT policies</param>
+    /// <param name="policy">a GPT policy with a value head (<see cref="IGptValueModel"/>), or a <see cref="PolicyWithValueModel"/> of two GPT policies</param>
     /// <param name="optionsJson">the run's identity (options, model, reward model and prompt hashes)</param>
     public PpoRun(PpoTrainer trainer, IValuePolicy policy, string directory, string tokenizerSpec, string optionsJson, int checkpointEvery)
         : base(directory, tokenizerSpec, optionsJson, checkpointEvery)
@@ -35,13 +37,13 @@ public sealed class PpoRun : CheckpointedRun
         this.trainer = trainer;
         switch (policy)
         {
-            case GptPolicy { ValueHead: { } shared } gpt:
+            case IGptValueModel { ValueHead: { } shared } gpt:
                 this.policy = gpt;
                 head = shared;
                 break;
-            case PolicyWithValueModel { Policy: GptPolicy gpt } separate:
+            case PolicyWithValueModel { Policy: IHostGptPolicy gpt } separate:
                 this.policy = gpt;
-                valueModel = separate.ValueModel.Model;
+                valueModel = separate.ValueModel;
                 head = separate.ValueModel.ValueHead!;
                 break;
             default:
@@ -57,6 +59,8 @@ public sealed class PpoRun : CheckpointedRun
 
     protected override void SaveCheckpoint()
     {
+        policy.CopyToHost();
+        valueModel?.CopyToHost();
         int c = head.Channels;
         List<SafeTensor> model =
         [
@@ -70,9 +74,10 @@ public sealed class PpoRun : CheckpointedRun
         ];
         if (valueModel is not null)
         {
-            model.Add(SafeTensor.FromFloats(ValueModelName, valueModel.Parameters));
-            state.Add(SafeTensor.FromFloats(ValueModelAdamMName, valueModel.AdamM));
-            state.Add(SafeTensor.FromFloats(ValueModelAdamVName, valueModel.AdamV));
+            var v = valueModel.Model;
+            model.Add(SafeTensor.FromFloats(ValueModelName, v.Parameters));
+            state.Add(SafeTensor.FromFloats(ValueModelAdamMName, v.AdamM));
+            state.Add(SafeTensor.FromFloats(ValueModelAdamVName, v.AdamV));
         }
         GptCheckpoint.SaveTraining(Directory, policy.Model, TokenizerSpec, trainer.State, OptionsJson, 2, model, state);
     }
@@ -80,24 +85,27 @@ public sealed class PpoRun : CheckpointedRun
     protected override TrainerState LoadCheckpoint(string checkpoint)
     {
         var state = GptCheckpoint.LoadTraining(checkpoint, policy.Model).State;
+        policy.CopyFromHost();
+        var v = valueModel?.Model;
         int c = head.Channels;
         string modelPath = Path.Combine(checkpoint, GptCheckpoint.ModelFileName);
         using (var file = SafeTensorsFile.Open(modelPath))
         {
             ScalarHead.ReadTensor(file, modelPath, ValueWeightName, [1, c], head.Weight);
             ScalarHead.ReadTensor(file, modelPath, ValueBiasName, [1], head.Bias);
-            if (valueModel is not null) ScalarHead.ReadTensor(file, modelPath, ValueModelName, [valueModel.Parameters.Length], valueModel.Parameters);
+            if (v is not null) ScalarHead.ReadTensor(file, modelPath, ValueModelName, [v.Parameters.Length], v.Parameters);
         }
         string statePath = Path.Combine(checkpoint, GptCheckpoint.StateFileName);
         using (var file = SafeTensorsFile.Open(statePath))
         {
             ScalarHead.ReadTensor(file, statePath, ValueAdamMName, [c + 1], head.AdamM);
             ScalarHead.ReadTensor(file, statePath, ValueAdamVName, [c + 1], head.AdamV);
-            if (valueModel is not null)
+            if (v is not null)
             {
-                ScalarHead.ReadTensor(file, statePath, ValueModelAdamMName, [valueModel.AdamM.Length], valueModel.AdamM);
-                ScalarHead.ReadTensor(file, statePath, ValueModelAdamVName, [valueModel.AdamV.Length], valueModel.AdamV);
-                valueModel.ZeroGradients();
+                ScalarHead.ReadTensor(file, statePath, ValueModelAdamMName, [v.AdamM.Length], v.AdamM);
+                ScalarHead.ReadTensor(file, statePath, ValueModelAdamVName, [v.AdamV.Length], v.AdamV);
+                v.ZeroGradients();
+                valueModel!.CopyFromHost();
             }
         }
         head.ZeroGradients();

@@ -1,0 +1,283 @@
+using DistAlign.Alignment.Objectives;
+using DistAlign.Alignment.Policies;
+using DistAlign.Alignment.Reward;
+using DistAlign.Alignment.Training;
+using DistAlign.Kernels.Cpu;
+using DistAlign.Tests.Alignment;
+using DistAlign.Kernels.Gpu;
+using DistAlign.Transformer.Gpu;
+using DistAlign.Transformer.Model;
+using DistAlign.Transformer.Training;
+using static DistAlign.Tests.TestSupport.Numerics;
+
+namespace DistAlign.Tests.Cuda;
+
+/// <summary>
+/// The on-policy objectives on the GPU against the CPU, at the tiny odd shape of <see cref="GpuGptPolicyTests"/> (1 layer,
+/// 2 heads, C = 12, V = 37, T = 16): <see cref="GpuGptPolicy"/>'s value head (shared and values-only, as a separate value
+/// model) against <see cref="GptPolicy"/>'s, and one distill step, one REBEL step and one PPO iteration (rlhf, rkl with the
+/// entropy in the reward, rlhf with a separate value model) with π, π0 and the value model on GpuGptPolicy and R̂'s backbone
+/// on a <see cref="GpuGpt"/>, against the same step on CPU policies and a CPU reward model. Sampling runs on the host mirror,
+/// so the first step's samples are the CPU's exactly; everything after them differs only by fp32 summation order.
+/// Tolerances: log-probs and values |Δ| ≤ 1e-5·max(1, |cpu|); gradients and weights after AdamW max|Δ| ≤ 1e-5 + 1e-4·max|cpu|
+/// per tensor (<see cref="GpuVersusCpu"/>); step metrics within 1e-4·max(1, |cpu|).
+/// </summary>
+[TestFixture("simulator")]
+[TestFixture("cuda")]
+public class GpuOnPolicyTests(string backend) : TemporaryRunFixture
+{
+    private static readonly GptConfig Config = new(Layers: 1, Heads: 2, Channels: 12, VocabSize: 37, MaxSequenceLength: 16);
+    private const double RelativeTolerance = GpuVersusCpu.RelativeTolerance;
+
+    private IGemm? gemm;
+
+    [SetUp]
+    public void CreateGemm() => gemm = GpuContext.CreateGemm(GpuBackend.Get(backend));
+
+    [TearDown]
+    public void DisposeGemm() => (gemm as IDisposable)?.Dispose();
+
+    private static Gpt HostModel(int seed = 11)
+    {
+        var model = new Gpt(Config);
+        model.InitializeGpt2((ulong)seed);
+        var noise = RandomFloats((int)model.Layout.TotalElements, seed + 1, 0.05);
+        var p = model.Parameters;
+        for (int i = 0; i < p.Length; i++) p[i] += noise[i];
+        return model;
+    }
+
+    private static Gpt CopyOf(Gpt model)
+    {
+        var copy = new Gpt(model.Config);
+        model.Parameters.CopyTo(copy.Parameters);
+        return copy;
+    }
+
+    private GpuGptPolicy GpuPolicy(Gpt host, bool withValueHead = false) =>
+        new(host, GpuBackend.Get(backend), gemm!, new AdamWSettings(), ownsModel: true, withValueHead: withValueHead);
+
+    private static List<PromptResponse> Sequences()
+    {
+        var random = new Random(5);
+        int[] Tokens(int n) => [.. Enumerable.Range(0, n).Select(_ => random.Next(Config.VocabSize))];
+        (int Prompt, int Response)[] lengths = [(3, 5), (2, 4), (6, 1), (1, 7), (4, 3), (5, 6), (2, 2)];
+        return [.. lengths.Select(l => new PromptResponse(Tokens(l.Prompt), Tokens(l.Response)))];
+    }
+
+    private static List<int[]> Prompts()
+    {
+        var random = new Random(9);
+        return [.. Enumerable.Range(0, 6).Select(i => Enumerable.Range(0, 1 + i % 4).Select(_ => random.Next(Config.VocabSize)).ToArray())];
+    }
+
+    private void AssertValuesClose(ReadOnlySpan<float> gpu, ReadOnlySpan<float> cpu, string what)
+    {
+        double worst = 0;
+        for (int i = 0; i < cpu.Length; i++)
+        {
+            double d = Math.Abs((double)gpu[i] - cpu[i]), scale = Math.Max(1, Math.Abs(cpu[i]));
+            worst = Math.Max(worst, d / scale);
+            Assert.That(d, Is.LessThanOrEqualTo(1e-5 * scale), $"{what} {i}: gpu {gpu[i]:R} vs cpu {cpu[i]:R}");
+        }
+        TestContext.Out.WriteLine($"[{backend}] {what}: worst |Δ|/max(1,|cpu|) = {worst:E2} over {cpu.Length}");
+    }
+
+    /// <summary>
+    /// Shared value head: ScoreWithValues' log-probs and values, BackwardWithValues' backbone and head gradients, the joint clip's
+    /// norm, and the weights and head after one clipped AdamW step agree with the CPU policy's; then the values-only path of a
+    /// separate value model does too, and a snapshot and a weight copy carry the head.
+    /// </summary>
+    [Test]
+    public void AValueHeadScoresBacksUpClipsAndStepsAsTheCpuPolicysDoes()
+    {
+        var sequences = Sequences();
+        int tokens = PolicyScores.TokenCount(sequences);
+        using var cpu = new GptPolicy(HostModel(), new AdamWSettings(), ownsModel: true, withValueHead: true);
+        using var gpu = GpuPolicy(CopyOf(cpu.Model), withValueHead: true);
+        RandomFloats(Config.Channels + 1, 8, 0.5).CopyTo(cpu.ValueHead!.Parameters, 0);   // a non-zero head: ∂L/∂h reaches the backbone
+        cpu.ValueHead.Parameters.CopyTo(gpu.ValueHead!.Parameters, 0);
+
+        float[] cpuLogProbs = new float[tokens], gpuLogProbs = new float[tokens], cpuValues = new float[tokens], gpuValues = new float[tokens];
+        cpu.ScoreWithValues(sequences, cpuLogProbs, cpuValues);
+        gpu.ScoreWithValues(sequences, gpuLogProbs, gpuValues);
+        AssertValuesClose(gpuLogProbs, cpuLogProbs, "log-probs");
+        AssertValuesClose(gpuValues, cpuValues, "values");
+
+        var dLogProbs = RandomFloats(tokens, 17);
+        var dValues = RandomFloats(tokens, 18);
+        cpu.ZeroGradients();
+        gpu.ZeroGradients();
+        cpu.BackwardWithValues(dLogProbs, dValues);
+        gpu.BackwardWithValues(dLogProbs, dValues);
+        Assert.That(gpu.FirstNonFiniteGradient(), Is.Null);   // downloads the backbone gradients into the mirror
+        GpuVersusCpu.AssertEveryGradientClose(backend, cpu.Model, gpu.Model);
+        GpuVersusCpu.AssertTensorClose(backend, gpu.ValueHead.Gradients, cpu.ValueHead.Gradients, "value head gradient");
+        Assert.That(cpu.ValueHead.Gradients.Max(g => Math.Abs(g)), Is.GreaterThan(0));
+
+        double cpuNorm = cpu.ClipGradients(0.05f), gpuNorm = gpu.ClipGradients(0.05f);
+        Assert.That(cpuNorm, Is.GreaterThan(0.05), "the test must exercise clipping");
+        Assert.That(gpuNorm, Is.EqualTo(cpuNorm).Within(RelativeTolerance * cpuNorm), "one global norm over backbone and head");
+        cpu.OptimizerStep(1, 1e-2f);
+        gpu.OptimizerStep(1, 1e-2f);
+        gpu.CopyToHost();
+        GpuVersusCpu.AssertTensorClose(backend, gpu.Model.Parameters, cpu.Model.Parameters, "weights after one clipped AdamW step");
+        GpuVersusCpu.AssertTensorClose(backend, gpu.ValueHead.Parameters, cpu.ValueHead.Parameters, "value head after one clipped AdamW step");
+        GpuVersusCpu.AssertTensorClose(backend, gpu.ValueHead.AdamV, cpu.ValueHead.AdamV, "value head AdamW v");
+        Assert.That(gpu.ValueHead.Parameters, Is.Not.EqualTo(RandomFloats(Config.Channels + 1, 8, 0.5)), "the head moved");
+
+        // a separate value model: backbone and head alone
+        cpu.ZeroGradients();
+        gpu.ZeroGradients();
+        cpu.ScoreValuesOnly(sequences, cpuValues);
+        gpu.ScoreValuesOnly(sequences, gpuValues);
+        AssertValuesClose(gpuValues, cpuValues, "values only");
+        cpu.BackwardValuesOnly(dValues);
+        gpu.BackwardValuesOnly(dValues);
+        Assert.That(gpu.FirstNonFiniteGradient(), Is.Null);
+        GpuVersusCpu.AssertEveryGradientClose(backend, cpu.Model, gpu.Model, "values-only gradient");
+        GpuVersusCpu.AssertTensorClose(backend, gpu.ValueHead.Gradients, cpu.ValueHead.Gradients, "values-only head gradient");
+
+        // snapshots and weight copies carry the head
+        using var snapshot = (GpuGptPolicy)gpu.Snapshot();
+        Assert.That(snapshot.ValueHead!.Parameters, Is.EqualTo(gpu.ValueHead.Parameters));
+        Assert.That(snapshot.ValueHead.AdamM, Is.All.EqualTo(0f));
+        Array.Clear(snapshot.ValueHead.Parameters);
+        snapshot.CopyWeightsFrom(gpu);
+        Assert.That(snapshot.ValueHead.Parameters, Is.EqualTo(gpu.ValueHead.Parameters));
+        Assert.Throws<NotSupportedException>(() => gpu.ScoreWithValues(sequences, gpuLogProbs, gpuValues, new float[tokens]),
+                                             "no per-token entropies on the GPU");
+        using var plain = GpuPolicy(HostModel());
+        Assert.Throws<InvalidOperationException>(() => plain.ScoreWithValues(sequences, gpuLogProbs, gpuValues));
+    }
+
+    private RewardModel CpuReward()
+    {
+        var backbone = HostModel(seed: 31);
+        var rm = new RewardModel(backbone, new AdamWSettings(), ownsBackbone: true);
+        RandomFloats(Config.Channels, 32, 1.0).CopyTo(rm.HeadWeight);
+        return rm;
+    }
+
+    // R̂ with its backbone on the device (owned by the returned pair), the same weights and head as CpuReward().
+    private (RewardModel Model, GpuGpt Device) GpuReward()
+    {
+        var backbone = HostModel(seed: 31);
+        var device = new GpuGpt(GpuBackend.Get(backend), Config, gemm!);
+        var rm = new RewardModel(backbone, new AdamWSettings(), ownsBackbone: true, device);
+        RandomFloats(Config.Channels, 32, 1.0).CopyTo(rm.HeadWeight);
+        return (rm, device);
+    }
+
+    private static IEnumerable<KeyValuePair<string, double>> Deterministic(AlignmentStepReport r) =>
+        r.Metrics.Where(m => !m.Key.EndsWith("seconds", StringComparison.Ordinal) && !m.Key.EndsWith("per_second", StringComparison.Ordinal));
+
+    private void AssertFollows(AlignmentStepReport actual, AlignmentStepReport expected)
+    {
+        var cpu = Deterministic(expected).ToList();
+        var gpu = Deterministic(actual).ToDictionary();
+        Assert.That(gpu.Keys, Is.EquivalentTo(cpu.Select(m => m.Key)));
+        TestContext.Out.WriteLine($"[{backend}] " + string.Join(", ", cpu.Select(m => $"{m.Key} cpu {m.Value:G6} gpu {gpu[m.Key]:G6}")));
+        foreach (var (key, value) in cpu)
+            Assert.That(gpu[key], Is.EqualTo(value).Within(RelativeTolerance * Math.Max(1, Math.Abs(value))), key);
+    }
+
+    private static List<PreferencePair> PromptPairs() =>
+        [.. Prompts().Select((p, i) => new PreferencePair(p, [1 + i, 2], [3 + i]))];
+
+    /// <summary>One distill step (pairs sampled from π, with the sampled KL to π0) and one REBEL step: metrics and weights as on the CPU.</summary>
+    [TestCase("distill")]
+    [TestCase("rebel")]
+    public void AnOnPolicyPairStepFollowsTheCpuPolicies(string objective)
+    {
+        var options = new AlignmentTrainingOptions
+        {
+            Objective = AlignmentObjective.OnPolicy,
+            Loss = objective == "distill" ? new PairwiseLossSettings(PairwiseLossVariant.Distillation, Gamma: 0.5)
+                                          : new PairwiseLossSettings(PairwiseLossVariant.Rebel, Eta: 2),
+            Kl = objective == "distill" ? new KlRegularizer(Beta: 0.5, SamplesPerPrompt: 2, MaxNewTokens: 3) : null,
+            Sampling = new SamplingOptions(4), Steps = 1, BatchPairs = 3, LearningRate = 1e-2f, WarmupSteps = 0, GradientClip = 0.5f,
+            EvalFraction = 0, Seed = 4,
+        }.Validate();
+        AlignmentStepReport Step(IHostGptPolicy policy, IRewardFunction reward)
+        {
+            using var reference = policy.Snapshot();
+            return new AlignmentTrainer(policy, reference, PromptPairs(), null, options, reward).TrainStep();
+        }
+        using var cpu = new GptPolicy(HostModel(), new AdamWSettings(), ownsModel: true);
+        using var cpuReward = CpuReward();
+        var expected = Step(cpu, cpuReward);
+        using var gpu = GpuPolicy(HostModel());
+        var (gpuReward, rewardDevice) = GpuReward();
+        using (rewardDevice)
+        using (gpuReward)
+        {
+            var actual = Step(gpu, gpuReward);
+            AssertFollows(actual, expected);
+        }
+        Assert.That(expected["grad_norm"], Is.GreaterThan(0.5), "clipping must be active");
+        gpu.CopyToHost();
+        GpuVersusCpu.AssertTensorClose(backend, gpu.Model.Parameters, cpu.Model.Parameters, $"weights after one {objective} step");
+    }
+
+    /// <summary>
+    /// One PPO iteration (a rollout of 4 prompts, 1 epoch × 2 minibatches): rkl (entropy in the reward) with the shared value head and
+    /// rlhf with a separate value model (rlhf with the shared head runs end to end in <c>OnPolicyCudaCliTests</c>); every deterministic
+    /// metric as on the CPU, and the update of the weights and value heads: ‖w_gpu − w_cpu‖₂ ≤ 1e-3·‖w_cpu − w_0‖₂. (Not per element:
+    /// AdamW moves an element with a near-zero gradient by about ±lr whatever its size, so fp32 summation order can flip a few.)
+    /// </summary>
+    [TestCase("rkl")]
+    [TestCase("rlhf-separate")]
+    public void APpoIterationFollowsTheCpuPolicies(string objective)
+    {
+        bool separate = objective.EndsWith("-separate", StringComparison.Ordinal);
+        var options = new PpoOptions
+        {
+            Objective = objective.StartsWith("rkl", StringComparison.Ordinal) ? PpoObjective.ReverseKl : PpoObjective.Rlhf,
+            Beta = 0.05, Gamma = objective.StartsWith("rkl", StringComparison.Ordinal) ? 0.1 : 0, Steps = 1, PromptsPerIteration = 4,
+            Epochs = 1, Minibatches = 2, Sampling = new SamplingOptions(4), LearningRate = 1e-2f, GradientClip = 0.5f, Seed = 13,
+        }.Validate();
+        var initial = new List<float>();   // w_0, read at the start of the first (CPU) iteration
+        (AlignmentStepReport Report, float[] Weights) Iterate(Func<Gpt, bool, IGptValueModel> create, IRewardFunction reward)
+        {
+            using var policy = create(HostModel(), !separate);
+            using var reference = policy.Snapshot();
+            using var valueModel = separate ? create(HostModel(seed: 41), true) : null;
+            if (initial.Count == 0) Weights(policy, valueModel, initial);
+            IValuePolicy trained = valueModel is null ? policy : new PolicyWithValueModel(policy, valueModel);
+            var report = new PpoTrainer(trained, reference, reward, Prompts(), options).TrainStep();
+            policy.CopyToHost();
+            valueModel?.CopyToHost();
+            return (report, Weights(policy, valueModel, []));
+        }
+        // π's weights, the value head, the separate value model's backbone
+        static float[] Weights(IGptValueModel policy, IGptValueModel? valueModel, List<float> into)
+        {
+            into.AddRange(policy.Model.Parameters.ToArray());
+            into.AddRange((valueModel ?? policy).ValueHead!.Parameters);
+            if (valueModel is not null) into.AddRange(valueModel.Model.Parameters.ToArray());
+            return [.. into];
+        }
+        using var cpuReward = CpuReward();
+        var (expected, cpuWeights) = Iterate((m, head) => new GptPolicy(m, new AdamWSettings(), ownsModel: true, withValueHead: head), cpuReward);
+        var (gpuReward, rewardDevice) = GpuReward();
+        using (rewardDevice)
+        using (gpuReward)
+        {
+            var (actual, gpuWeights) = Iterate((m, head) => GpuPolicy(m, head), gpuReward);
+            AssertFollows(actual, expected);
+            double update = 0, apart = 0;
+            for (int i = 0; i < cpuWeights.Length; i++)
+            {
+                update += Math.Pow(cpuWeights[i] - initial[i], 2);
+                apart += Math.Pow(gpuWeights[i] - (double)cpuWeights[i], 2);
+            }
+            (update, apart) = (Math.Sqrt(update), Math.Sqrt(apart));
+            TestContext.Out.WriteLine($"[{backend}] {objective}: ‖w_cpu − w_0‖ = {update:E3}, ‖w_gpu − w_cpu‖ = {apart:E3}");
+            Assert.That(update, Is.GreaterThan(1e-2), "the iteration moves the weights");
+            Assert.That(apart, Is.LessThanOrEqualTo(1e-3 * update), "the GPU iteration's update is the CPU's");
+        }
+        Assert.That(expected["objective/scores"], Is.Not.EqualTo(0), "R̂ scores the rollout");
+        Assert.That(expected["loss/value_avg"], Is.GreaterThan(0), "the value head trains");
+    }
+}
