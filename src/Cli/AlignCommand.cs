@@ -110,7 +110,7 @@ internal static class AlignCommand
 
         var (gpt, tok, pairs, dataHash) = CliData.LoadModelAndPairs(modelFile, dataFile, common);
         // --device cuda (or auto with a usable GPU): π and the reference π0 on GpuGptPolicy (scores, gradients, clipping and
-        // AdamW on the device; KL samples on the host mirror); `gpt` is the host copy that checkpoints save and restore.
+        // AdamW on the device; KL samples decoded on the device); `gpt` is the host copy that checkpoints save and restore.
         using var device = GpuTrainingOptions.OpenIfChosen(gpuOptions, gpt);
         var adamW = new AdamWSettings(WeightDecay: s.WeightDecay);
         using IHostGptPolicy policy = device is null

@@ -20,7 +20,7 @@ internal static class DeviceOption
     /// Commands that run on CUDA when it is chosen: pretrain (its training steps and evaluation on GpuGpt; data,
     /// tokenization and checkpoints stay on the host), align (the offline objectives sft, dpo, pmle: the policy and the
     /// reference on GpuGptPolicy; the on-policy ones distill, rebel, rlhf, rkl: the policy, the reference and PPO's separate
-    /// value model on GpuGptPolicy with value heads on the host, R̂'s backbone on GpuGpt, sampling on the host mirror; all but
+    /// value model on GpuGptPolicy with value heads on the host, R̂'s backbone on GpuGpt, KV-cache decoding on GpuGptDecoder; all but
     /// rkl with --entropy exact, see <see cref="ModesWithoutCuda"/>), bench dpo (both of its steps on GpuGptPolicy),
     /// reward (the reward model's backbone on GpuGpt, its scalar head on the host) and sample (KV-cache decoding on
     /// GpuGptDecoder; the draws on the host). The other commands run on the CPU.

@@ -77,8 +77,8 @@ internal sealed class OnlineOptions
 /// run in the alignment trainer (a step = one minibatch of prompts with two responses each); rlhf and rkl run PPO (a step = one
 /// rollout of --batch prompts, then --ppo-epochs × --minibatches optimizer steps). Prompts are the data file's.
 /// With <c>--device cuda</c> (or auto with a usable GPU) π, π0 and a separate value model are <see cref="GpuGptPolicy"/>s (scores,
-/// gradients, clipping and AdamW on the device; value heads on the host; sampling on the host mirror, which GpuGptPolicy.Sample
-/// refreshes), and R̂'s backbone runs on a <see cref="Transformer.Gpu.GpuGpt"/> (its scalar head on the host). rkl with
+/// gradients, clipping and AdamW on the device; value heads on the host; responses decoded on the device by GpuGptPolicy.Sample, the draws
+/// on the host), and R̂'s backbone runs on a <see cref="Transformer.Gpu.GpuGpt"/> (its scalar head on the host). rkl with
 /// <c>--entropy exact</c> has no CUDA path (the GPU forward computes no per-token entropies; see <see cref="AlignCommand.ObjectiveWithoutCudaPath"/>).
 /// </summary>
 internal static class OnlineAlign
@@ -122,7 +122,7 @@ internal static class OnlineAlign
         using var rewardModel = loaded.Model;
         if (device is not null)
             Console.WriteLine($"training on {device.Description} (GpuGptPolicy for π and π0{(valueModel is null ? "" : " and the value model")}, " +
-                              "R̂'s backbone on GpuGpt; responses sampled on the host mirror)");
+                              "R̂'s backbone on GpuGpt; responses decoded on the device, drawn on the host)");
         if (loaded.TokenizerSpec is { } spec && spec != tok.Spec)
             throw new CheckpointMismatchException($"{o.RewardModel.FullName}: the reward model uses tokenizer '{spec}', the policy '{tok.Spec}'");
         string rewardHash = Convert.ToHexStringLower(SHA256.HashData(File.ReadAllBytes(o.RewardModel.FullName)))[..16];

@@ -126,11 +126,11 @@ public class OnPolicyCudaCliTests : CliTestBase
     public void RlhfWithASeparateValueModelRunsOnTheCudaPathFollowsTheCpuAndResumesBitIdentically() =>
         RunsOnTheCudaPathFollowsTheCpuAndResumesBitIdentically(
             ["--objective", "rlhf", "--beta", "0.05", "--ppo-epochs", "1", "--minibatches", "1", "--value-model", "separate"],
-            "(GpuGptPolicy for π and π0 and the value model, R̂'s backbone on GpuGpt; responses sampled on the host mirror)");
+            "(GpuGptPolicy for π and π0 and the value model, R̂'s backbone on GpuGpt; responses decoded on the device, drawn on the host)");
 
     [Test]
     public void RebelRunsOnTheCudaPathFollowsTheCpuAndResumesBitIdentically() =>
         RunsOnTheCudaPathFollowsTheCpuAndResumesBitIdentically(
             ["--objective", "rebel", "--eta", "2"],
-            "(GpuGptPolicy for π and π0, R̂'s backbone on GpuGpt; responses sampled on the host mirror)");
+            "(GpuGptPolicy for π and π0, R̂'s backbone on GpuGpt; responses decoded on the device, drawn on the host)");
 }

@@ -149,7 +149,7 @@ public class GpuGptPolicyTests(string backend) : TemporaryRunFixture
     }
 
     [Test]
-    public void SamplingAfterAnOptimizerStepUsesTheUpdatedWeights()
+    public void SamplingAfterAnOptimizerStepDecodesTheUpdatedDeviceWeights()
     {
         using var policy = GpuPolicy(HostModel());
         int[][] prompts = [[1, 2, 3], [4], [5, 6]];
@@ -171,8 +171,9 @@ public class GpuGptPolicyTests(string backend) : TemporaryRunFixture
         var second = policy.Sample(prompts, options, seed: 21);
         for (int r = 0; r < prompts.Length; r++)
         {
+            // decoded on the device (GpuGptDecoder): the CPU sampler's draws, log-probs equal up to fp32 rounding
             Assert.That(second[r].Tokens, Is.EqualTo(expected[r].Tokens), $"row {r}");
-            Assert.That(second[r].LogProbs, Is.EqualTo(expected[r].LogProbs), $"row {r}");
+            Assert.That(second[r].LogProbs, Is.EqualTo(expected[r].LogProbs).Within(1e-5f), $"row {r}");
         }
         Assert.That(second.SelectMany(c => c.LogProbs), Is.Not.EqualTo(first.SelectMany(c => c.LogProbs)), "the step changed the distribution");
     }

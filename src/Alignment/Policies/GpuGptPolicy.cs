@@ -16,10 +16,11 @@ namespace DistAlign.Alignment.Policies;
 /// <list type="bullet">
 /// <item><b>Host mirror</b>: <see cref="Model"/> is a CPU <see cref="Gpt"/> of the same config. The device copy is the one
 /// trained; the mirror is refreshed only when the device weights changed since the last refresh and something needs it:
-/// the weights alone for <see cref="Sample"/> and <see cref="Snapshot"/>, weights, gradients and AdamW moments for
+/// the weights alone for <see cref="Snapshot"/>, weights, gradients and AdamW moments for
 /// <see cref="CopyToHost"/> (checkpoints); <see cref="FirstNonFiniteGradient"/> downloads the gradients.</item>
-/// <item><b>Sampling</b> runs on the host: <see cref="GpuGpt"/> has no KV-cache decoder, so <see cref="Sample"/> refreshes the
-/// mirror and calls <see cref="Sampler.Generate"/> on it (same draws as a CPU policy with the same weights).</item>
+/// <item><b>Sampling</b> decodes on the device (<see cref="GpuGptDecoder"/>: KV caches and logits on the GPU, one logits copy per
+/// step); the draws are made on the host from the same Philox streams as a CPU policy's, so the samples are the CPU policy's
+/// wherever the two logits do not straddle a draw's boundary (they differ by fp32 rounding).</item>
 /// <item><b>Entropies</b> are not computed (the GPU forward has none); the offline objectives and PPO with the entropy in
 /// the reward do not ask for them. A caller that does (reverse-KL PPO's exact entropy bonus) gets <see cref="NotSupportedException"/>.</item>
 /// <item><b>Value head</b> (PPO, built with <c>withValueHead</c>): a <see cref="ScalarHead"/> on the host, as
@@ -199,12 +200,12 @@ public sealed class GpuGptPolicy : IGptValueModel
         return dValueRows;
     }
 
-    /// <summary>Samples on the host mirror (refreshed first when the device weights changed): GpuGpt has no KV-cache decoder.</summary>
-    public Continuation[] Sample(IReadOnlyList<int[]> prompts, SamplingOptions options, ulong seed)
-    {
-        CopyWeightsToHost();
-        return Sampler.Generate(Model, prompts, options, seed);
-    }
+    /// <summary>
+    /// Samples on the device: KV-cache decoding on <see cref="GpuGptDecoder"/> over the device weights (fp32 GEMMs), the draws on
+    /// the host from the same Philox streams as <see cref="Sampler.Generate"/>. No weights are downloaded.
+    /// </summary>
+    public Continuation[] Sample(IReadOnlyList<int[]> prompts, SamplingOptions options, ulong seed) =>
+        GpuGptDecoder.Generate(Device, prompts, options, seed);
 
     public void ZeroGradients()
     {
