@@ -105,7 +105,7 @@ public static class TargetLogProbs
     /// bytes (min-of-40 harness): 0.65–0.7 of its bandwidth before these three changes, about 1.0 after.
     /// A partial last vector is loaded as the 16 entries ending at the chunk's end, masked to its new lanes.
     /// </summary>
-    private static unsafe float SumOfExps(float* chunk, int len, float max)
+    internal static unsafe float SumOfExps(float* chunk, int len, float max)
     {
         var shift = Vector512.Create(max);
         var floor = Vector512.Create(TermFloor);
