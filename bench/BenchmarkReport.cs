@@ -169,7 +169,8 @@ internal static class BenchmarkReport
         if (gemm.Count == 0) doc.AppendLine($"Skipped: {OpenBlas.UnavailableReason}.").AppendLine();
         else
         {
-            doc.AppendLine($"OpenBLAS core {OpenBlas.CoreName}; {gemm[0].Rounds} paired rounds per shape (OpenBLAS, then ours, on the same data); the ratio is the");
+            doc.AppendLine($"OpenBLAS core {OpenBlas.CoreName}; {gemm[0].Rounds} paired rounds per shape (OpenBLAS, then ours, on the same data, each");
+            doc.AppendLine("call 150 ms after the previous one ended, so OpenBLAS's spinning idle workers no longer take a core from the call after it); the ratio is the");
             doc.AppendLine("median over rounds of OpenBLAS time / ours (above 1: ours faster), with its min–max. Goal ≥ 0.9 on the transformer shapes.").AppendLine();
             doc.AppendLine("| shape M×N×K | ours GFLOP/s (median) | OpenBLAS GFLOP/s (median) | ratio, median [min–max] |");
             doc.AppendLine("|---|---:|---:|---:|");
@@ -272,13 +273,22 @@ internal static class BenchmarkReport
             for (int r = 0; r < rounds; r++)
             {
                 blas[r] = Seconds(Blas);
+                Settle();
                 ours[r] = Seconds(Ours);
+                Settle();
             }
             var ratios = blas.Zip(ours, (x, y) => x / y).ToArray();
             result.Add(new GemmPair(m, n, k, rounds, flops / Median(ours) / 1e9, flops / Median(blas) / 1e9, Median(ratios), ratios.Min(), ratios.Max()));
         }
         return result;
     }
+
+    /// <summary>
+    /// Waits until the library that just ran has gone quiet: OpenBLAS's idle workers keep spinning (a sched_yield loop of
+    /// ≈ 2^28 cycles, ≈ 80 ms here) after each call, which took half of the second core from whatever ran next — in a pair,
+    /// always our GEMM. 150 ms covers that spin (and the .NET pool's shorter one), so each timed call starts on an idle machine.
+    /// </summary>
+    private static void Settle() => Thread.Sleep(150);
 
     private static double Seconds(Action action)
     {
