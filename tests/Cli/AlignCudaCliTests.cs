@@ -17,7 +17,7 @@ namespace DistAlign.Tests.Cli;
 /// </summary>
 public class AlignCudaCliTests : CliTestBase
 {
-    private static readonly CudaProbe H200 = new(true, null, 13000, [new CudaDeviceInfo(0, "NVIDIA H200", 9, 0, 132, 150_000_000_000)]);
+    private static readonly CudaProbe H200 = PretendGpu.H200;
     // A model small enough for the simulator: byte-level tokenizer (V = 257), one layer, C = 12; sequences of at most 7 tokens.
     private static readonly GptConfig TinyConfig = new(Layers: 1, Heads: 2, Channels: 12, VocabSize: 257, MaxSequenceLength: 24);
     private string modelPath = "", dataPath = "";

@@ -17,7 +17,7 @@ namespace DistAlign.Tests.Cli;
 /// </summary>
 public class RewardGpuCliTests : CliTestBase
 {
-    private static readonly CudaProbe H200 = new(true, null, 13000, [new CudaDeviceInfo(0, "NVIDIA H200", 9, 0, 132, 150_000_000_000)]);
+    private static readonly CudaProbe H200 = PretendGpu.H200;
     private readonly Func<(ILGPU.Runtime.Accelerator, IDisposable?)?> savedOpen = GpuTrainingOptions.OpenAccelerator;
     private string modelPath = "", dataPath = "";
 

@@ -13,7 +13,7 @@ namespace DistAlign.Tests.Cli;
 /// </summary>
 public class SampleCudaCliTests : CliTestBase
 {
-    private static readonly CudaProbe H200 = new(true, null, 13000, [new CudaDeviceInfo(0, "NVIDIA H200", 9, 0, 132, 150_000_000_000)]);
+    private static readonly CudaProbe H200 = PretendGpu.H200;
     // byte-level tokenizer (V = 257), one layer, C = 12, 3 heads of 4
     private static readonly GptConfig TinyConfig = new(Layers: 1, Heads: 3, Channels: 12, VocabSize: 257, MaxSequenceLength: 32);
     private readonly Func<(ILGPU.Runtime.Accelerator, IDisposable?)?> saved = GpuTrainingOptions.OpenAccelerator;

@@ -9,7 +9,7 @@ namespace DistAlign.Tests.Cuda;
 public class DeviceOptionTests : CliTestBase
 {
     private static readonly CudaProbe NoDriver = new(false, "no CUDA driver found: tried libcuda.so.1, libcuda.so", 0, []);
-    private static readonly CudaProbe H200 = new(true, null, 13000, [new CudaDeviceInfo(0, "NVIDIA H200", 9, 0, 132, 150_000_000_000)]);
+    private static readonly CudaProbe H200 = PretendGpu.H200;
 
     [Test]
     public void ResolutionFollowsTheRequestTheProbeAndWhetherTheCommandHasACudaPath()

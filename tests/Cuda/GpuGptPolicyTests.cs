@@ -23,39 +23,10 @@ namespace DistAlign.Tests.Cuda;
 /// </summary>
 [TestFixture("simulator")]
 [TestFixture("cuda")]
-public class GpuGptPolicyTests(string backend) : TemporaryRunFixture
+public class GpuGptPolicyTests(string backend) : TinyGpuPolicyFixture(backend)
 {
-    private static readonly GptConfig Config = new(Layers: 1, Heads: 2, Channels: 12, VocabSize: 37, MaxSequenceLength: 16);
-    private const double RelativeTolerance = GpuVersusCpu.RelativeTolerance;
-
-    private IGemm? gemm;
-
-    [SetUp]
-    public void CreateGemm() => gemm = GpuContext.CreateGemm(GpuBackend.Get(backend));
-
-    [TearDown]
-    public void DisposeGemm() => (gemm as IDisposable)?.Dispose();
-
-    private static Gpt HostModel(int seed = 11)
-    {
-        var model = new Gpt(Config);
-        model.InitializeGpt2((ulong)seed);
-        // perturb everything (biases and LayerNorm parameters too) so every gradient term is exercised
-        var noise = RandomFloats((int)model.Layout.TotalElements, seed + 1, 0.05);
-        var p = model.Parameters;
-        for (int i = 0; i < p.Length; i++) p[i] += noise[i];
-        return model;
-    }
-
-    private static Gpt CopyOf(Gpt model)
-    {
-        var copy = new Gpt(model.Config);
-        model.Parameters.CopyTo(copy.Parameters);
-        return copy;
-    }
-
     private GpuGptPolicy GpuPolicy(Gpt host, AdamWSettings? optimizer = null) =>
-        new(host, GpuBackend.Get(backend), gemm!, optimizer ?? new AdamWSettings(), ownsModel: true);
+        new(host, GpuBackend.Get(Backend), Gemm!, optimizer ?? new AdamWSettings(), ownsModel: true);
 
     /// <summary>Seven sequences, 1–6 prompt tokens and 1–7 response tokens (sequence 2's response is one token): three packed rows of T = 16.</summary>
     private static List<PromptResponse> Sequences()
@@ -96,7 +67,7 @@ public class GpuGptPolicyTests(string backend) : TemporaryRunFixture
             worstLogProb = Math.Max(worstLogProb, d / Math.Max(1, Math.Abs(cpuLogProbs[i])));
             Assert.That(d, Is.LessThanOrEqualTo(1e-5 * Math.Max(1, Math.Abs(cpuLogProbs[i]))), $"token {i}: gpu {gpuLogProbs[i]:R} vs cpu {cpuLogProbs[i]:R}");
         }
-        TestContext.Out.WriteLine($"[{backend}] {tokens} response tokens in {sequences.Count} sequences; worst log-prob |Δ|/max(1,|cpu|) = {worstLogProb:E2}");
+        TestContext.Out.WriteLine($"[{Backend}] {tokens} response tokens in {sequences.Count} sequences; worst log-prob |Δ|/max(1,|cpu|) = {worstLogProb:E2}");
 
         var dTokens = RandomFloats(tokens, 17);
         cpu.ZeroGradients();
@@ -192,7 +163,7 @@ public class GpuGptPolicyTests(string backend) : TemporaryRunFixture
         Assert.That(actual, Has.Count.EqualTo(expected.Count));
         for (int s = 0; s < expected.Count; s++)
         {
-            TestContext.Out.WriteLine($"[{backend}] step {s + 1}: " + string.Join(", ", metrics.Where(expected[s].Has).Select(m => $"{m} cpu {expected[s][m]:R} gpu {actual[s][m]:R}")));
+            TestContext.Out.WriteLine($"[{Backend}] step {s + 1}: " + string.Join(", ", metrics.Where(expected[s].Has).Select(m => $"{m} cpu {expected[s][m]:R} gpu {actual[s][m]:R}")));
             Assert.That(actual[s]["lr"], Is.EqualTo(expected[s]["lr"]));
             foreach (var m in metrics.Where(expected[s].Has))
                 Assert.That(actual[s][m], Is.EqualTo(expected[s][m]).Within(RelativeTolerance * Math.Max(1, Math.Abs(expected[s][m]))), $"step {s + 1}: {m}");
@@ -282,8 +253,8 @@ public class GpuGptPolicyTests(string backend) : TemporaryRunFixture
     public void TheDpoStepBenchmarkTimesTheGpuPolicyAndBreaksItsStepDown()
     {
         var m = PreferenceStepBenchmark.Run(Config, pairs: 2, promptTokens: 3, responseTokens: 4, warmup: 0, steps: 1,
-                                            createPolicy: (model, adamW) => new GpuGptPolicy(model, GpuBackend.Get(backend), gemm!, adamW));
-        TestContext.Out.WriteLine($"[{backend}] DPO {m.DpoMedianMilliseconds:F0} ms, SFT {m.SftMedianMilliseconds:F0} ms; " +
+                                            createPolicy: (model, adamW) => new GpuGptPolicy(model, GpuBackend.Get(Backend), Gemm!, adamW));
+        TestContext.Out.WriteLine($"[{Backend}] DPO {m.DpoMedianMilliseconds:F0} ms, SFT {m.SftMedianMilliseconds:F0} ms; " +
                                   string.Join(", ", m.DpoOpMillisecondsPerStep.Select(o => $"{o.Op} {o.Milliseconds:F0}")));
         Assert.That(m.Tokens, Is.EqualTo(16), "2 pairs × (4 chosen + 4 rejected)");
         Assert.That(m.DpoMilliseconds, Has.Length.EqualTo(1).And.All.GreaterThan(0));
@@ -294,8 +265,8 @@ public class GpuGptPolicyTests(string backend) : TemporaryRunFixture
                     Is.GreaterThan(0));
     }
 
-    private void AssertEveryGradientClose(Gpt cpu, Gpt fromGpu) => GpuVersusCpu.AssertEveryGradientClose(backend, cpu, fromGpu);
+    private void AssertEveryGradientClose(Gpt cpu, Gpt fromGpu) => GpuVersusCpu.AssertEveryGradientClose(Backend, cpu, fromGpu);
 
     private double AssertClose(ReadOnlySpan<float> actual, ReadOnlySpan<float> expected, string what) =>
-        GpuVersusCpu.AssertTensorClose(backend, actual, expected, what);
+        GpuVersusCpu.AssertTensorClose(Backend, actual, expected, what);
 }

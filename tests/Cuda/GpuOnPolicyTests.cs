@@ -17,45 +17,18 @@ namespace DistAlign.Tests.Cuda;
 /// 2 heads, C = 12, V = 37, T = 16): <see cref="GpuGptPolicy"/>'s value head (shared and values-only, as a separate value
 /// model) against <see cref="GptPolicy"/>'s, and one distill step, one REBEL step and one PPO iteration (rlhf, rkl with the
 /// entropy in the reward, rlhf with a separate value model) with π, π0 and the value model on GpuGptPolicy and R̂'s backbone
-/// on a <see cref="GpuGpt"/>, against the same step on CPU policies and a CPU reward model. Sampling runs on the host mirror,
-/// so the first step's samples are the CPU's exactly; everything after them differs only by fp32 summation order.
+/// on a <see cref="GpuGpt"/>, against the same step on CPU policies and a CPU reward model. Sampling decodes on the device
+/// (GpuGptDecoder) with the CPU sampler's draws, so the samples are the CPU's (log-probs up to fp32 rounding); everything
+/// after them differs only by fp32 summation order.
 /// Tolerances: log-probs and values |Δ| ≤ 1e-5·max(1, |cpu|); gradients and weights after AdamW max|Δ| ≤ 1e-5 + 1e-4·max|cpu|
 /// per tensor (<see cref="GpuVersusCpu"/>); step metrics within 1e-4·max(1, |cpu|).
 /// </summary>
 [TestFixture("simulator")]
 [TestFixture("cuda")]
-public class GpuOnPolicyTests(string backend) : TemporaryRunFixture
+public class GpuOnPolicyTests(string backend) : TinyGpuPolicyFixture(backend)
 {
-    private static readonly GptConfig Config = new(Layers: 1, Heads: 2, Channels: 12, VocabSize: 37, MaxSequenceLength: 16);
-    private const double RelativeTolerance = GpuVersusCpu.RelativeTolerance;
-
-    private IGemm? gemm;
-
-    [SetUp]
-    public void CreateGemm() => gemm = GpuContext.CreateGemm(GpuBackend.Get(backend));
-
-    [TearDown]
-    public void DisposeGemm() => (gemm as IDisposable)?.Dispose();
-
-    private static Gpt HostModel(int seed = 11)
-    {
-        var model = new Gpt(Config);
-        model.InitializeGpt2((ulong)seed);
-        var noise = RandomFloats((int)model.Layout.TotalElements, seed + 1, 0.05);
-        var p = model.Parameters;
-        for (int i = 0; i < p.Length; i++) p[i] += noise[i];
-        return model;
-    }
-
-    private static Gpt CopyOf(Gpt model)
-    {
-        var copy = new Gpt(model.Config);
-        model.Parameters.CopyTo(copy.Parameters);
-        return copy;
-    }
-
     private GpuGptPolicy GpuPolicy(Gpt host, bool withValueHead = false) =>
-        new(host, GpuBackend.Get(backend), gemm!, new AdamWSettings(), ownsModel: true, withValueHead: withValueHead);
+        new(host, GpuBackend.Get(Backend), Gemm!, new AdamWSettings(), ownsModel: true, withValueHead: withValueHead);
 
     private static List<PromptResponse> Sequences()
     {
@@ -80,7 +53,7 @@ public class GpuOnPolicyTests(string backend) : TemporaryRunFixture
             worst = Math.Max(worst, d / scale);
             Assert.That(d, Is.LessThanOrEqualTo(1e-5 * scale), $"{what} {i}: gpu {gpu[i]:R} vs cpu {cpu[i]:R}");
         }
-        TestContext.Out.WriteLine($"[{backend}] {what}: worst |Δ|/max(1,|cpu|) = {worst:E2} over {cpu.Length}");
+        TestContext.Out.WriteLine($"[{Backend}] {what}: worst |Δ|/max(1,|cpu|) = {worst:E2} over {cpu.Length}");
     }
 
     /// <summary>
@@ -111,8 +84,8 @@ public class GpuOnPolicyTests(string backend) : TemporaryRunFixture
         cpu.BackwardWithValues(dLogProbs, dValues);
         gpu.BackwardWithValues(dLogProbs, dValues);
         Assert.That(gpu.FirstNonFiniteGradient(), Is.Null);   // downloads the backbone gradients into the mirror
-        GpuVersusCpu.AssertEveryGradientClose(backend, cpu.Model, gpu.Model);
-        GpuVersusCpu.AssertTensorClose(backend, gpu.ValueHead.Gradients, cpu.ValueHead.Gradients, "value head gradient");
+        GpuVersusCpu.AssertEveryGradientClose(Backend, cpu.Model, gpu.Model);
+        GpuVersusCpu.AssertTensorClose(Backend, gpu.ValueHead.Gradients, cpu.ValueHead.Gradients, "value head gradient");
         Assert.That(cpu.ValueHead.Gradients.Max(g => Math.Abs(g)), Is.GreaterThan(0));
 
         double cpuNorm = cpu.ClipGradients(0.05f), gpuNorm = gpu.ClipGradients(0.05f);
@@ -121,9 +94,9 @@ public class GpuOnPolicyTests(string backend) : TemporaryRunFixture
         cpu.OptimizerStep(1, 1e-2f);
         gpu.OptimizerStep(1, 1e-2f);
         gpu.CopyToHost();
-        GpuVersusCpu.AssertTensorClose(backend, gpu.Model.Parameters, cpu.Model.Parameters, "weights after one clipped AdamW step");
-        GpuVersusCpu.AssertTensorClose(backend, gpu.ValueHead.Parameters, cpu.ValueHead.Parameters, "value head after one clipped AdamW step");
-        GpuVersusCpu.AssertTensorClose(backend, gpu.ValueHead.AdamV, cpu.ValueHead.AdamV, "value head AdamW v");
+        GpuVersusCpu.AssertTensorClose(Backend, gpu.Model.Parameters, cpu.Model.Parameters, "weights after one clipped AdamW step");
+        GpuVersusCpu.AssertTensorClose(Backend, gpu.ValueHead.Parameters, cpu.ValueHead.Parameters, "value head after one clipped AdamW step");
+        GpuVersusCpu.AssertTensorClose(Backend, gpu.ValueHead.AdamV, cpu.ValueHead.AdamV, "value head AdamW v");
         Assert.That(gpu.ValueHead.Parameters, Is.Not.EqualTo(RandomFloats(Config.Channels + 1, 8, 0.5)), "the head moved");
 
         // a separate value model: backbone and head alone
@@ -135,8 +108,8 @@ public class GpuOnPolicyTests(string backend) : TemporaryRunFixture
         cpu.BackwardValuesOnly(dValues);
         gpu.BackwardValuesOnly(dValues);
         Assert.That(gpu.FirstNonFiniteGradient(), Is.Null);
-        GpuVersusCpu.AssertEveryGradientClose(backend, cpu.Model, gpu.Model, "values-only gradient");
-        GpuVersusCpu.AssertTensorClose(backend, gpu.ValueHead.Gradients, cpu.ValueHead.Gradients, "values-only head gradient");
+        GpuVersusCpu.AssertEveryGradientClose(Backend, cpu.Model, gpu.Model, "values-only gradient");
+        GpuVersusCpu.AssertTensorClose(Backend, gpu.ValueHead.Gradients, cpu.ValueHead.Gradients, "values-only head gradient");
 
         // snapshots and weight copies carry the head
         using var snapshot = (GpuGptPolicy)gpu.Snapshot();
@@ -163,7 +136,7 @@ public class GpuOnPolicyTests(string backend) : TemporaryRunFixture
     private (RewardModel Model, GpuGpt Device) GpuReward()
     {
         var backbone = HostModel(seed: 31);
-        var device = new GpuGpt(GpuBackend.Get(backend), Config, gemm!);
+        var device = new GpuGpt(GpuBackend.Get(Backend), Config, Gemm!);
         var rm = new RewardModel(backbone, new AdamWSettings(), ownsBackbone: true, device);
         RandomFloats(Config.Channels, 32, 1.0).CopyTo(rm.HeadWeight);
         return (rm, device);
@@ -177,7 +150,7 @@ public class GpuOnPolicyTests(string backend) : TemporaryRunFixture
         var cpu = Deterministic(expected).ToList();
         var gpu = Deterministic(actual).ToDictionary();
         Assert.That(gpu.Keys, Is.EquivalentTo(cpu.Select(m => m.Key)));
-        TestContext.Out.WriteLine($"[{backend}] " + string.Join(", ", cpu.Select(m => $"{m.Key} cpu {m.Value:G6} gpu {gpu[m.Key]:G6}")));
+        TestContext.Out.WriteLine($"[{Backend}] " + string.Join(", ", cpu.Select(m => $"{m.Key} cpu {m.Value:G6} gpu {gpu[m.Key]:G6}")));
         foreach (var (key, value) in cpu)
             Assert.That(gpu[key], Is.EqualTo(value).Within(RelativeTolerance * Math.Max(1, Math.Abs(value))), key);
     }
@@ -217,7 +190,7 @@ public class GpuOnPolicyTests(string backend) : TemporaryRunFixture
         }
         Assert.That(expected["grad_norm"], Is.GreaterThan(0.5), "clipping must be active");
         gpu.CopyToHost();
-        GpuVersusCpu.AssertTensorClose(backend, gpu.Model.Parameters, cpu.Model.Parameters, $"weights after one {objective} step");
+        GpuVersusCpu.AssertTensorClose(Backend, gpu.Model.Parameters, cpu.Model.Parameters, $"weights after one {objective} step");
     }
 
     /// <summary>
@@ -273,7 +246,7 @@ public class GpuOnPolicyTests(string backend) : TemporaryRunFixture
                 apart += Math.Pow(gpuWeights[i] - (double)cpuWeights[i], 2);
             }
             (update, apart) = (Math.Sqrt(update), Math.Sqrt(apart));
-            TestContext.Out.WriteLine($"[{backend}] {objective}: ‖w_cpu − w_0‖ = {update:E3}, ‖w_gpu − w_cpu‖ = {apart:E3}");
+            TestContext.Out.WriteLine($"[{Backend}] {objective}: ‖w_cpu − w_0‖ = {update:E3}, ‖w_gpu − w_cpu‖ = {apart:E3}");
             Assert.That(update, Is.GreaterThan(1e-2), "the iteration moves the weights");
             Assert.That(apart, Is.LessThanOrEqualTo(1e-3 * update), "the GPU iteration's update is the CPU's");
         }
