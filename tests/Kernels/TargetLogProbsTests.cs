@@ -28,8 +28,10 @@ public class TargetLogProbsTests
     [TestCase(0, 5)]
     [TestCase(1, 1)]
     [TestCase(3, 7)]
-    [TestCase(5, 1030)]   // crosses a 1024-entry chunk: the running max is rescaled
-    [TestCase(7, 3000)]
+    [TestCase(5, 1030)]
+    [TestCase(7, 3000)]   // crosses a 2048-entry chunk: the running max is rescaled
+    [TestCase(4, 2053)]   // a last chunk of 5 entries: its one vector overlaps the chunk before
+    [TestCase(3, 4195)]   // two chunk boundaries, a 99-entry last chunk (a partial vector)
     public void ForwardAndInPlaceBackwardMatchReference(int n, int vocab)
     {
         var logits = RandomFloats(n * vocab, 1, 4.0);

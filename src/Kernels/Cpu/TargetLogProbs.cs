@@ -54,8 +54,8 @@ public static class TargetLogProbs
     /// <summary>
     /// log Σ exp(row) in one pass over memory: per chunk of <see cref="Chunk"/> entries, the chunk's max
     /// (fast hardware max), then — while the chunk is still in L1 — Σ exp(x − running max), the running
-    /// sum rescaled by exp(old max − new max) whenever the max grows. Partial vectors are padded with −∞
-    /// (neutral for max, exp(−∞) = 0 for the sum).
+    /// sum rescaled by exp(old max − new max) whenever the max grows. A chunk's partial last vector is the 16
+    /// entries ending at the chunk's end (inside the row, since V ≥ 16): harmless for the max, masked for the sum.
     /// </summary>
     private static unsafe float LogSumExp(float* row, int vocab)
     {
@@ -69,8 +69,6 @@ public static class TargetLogProbs
             int len = Math.Min(Chunk, vocab - v0);
             float* chunk = row + v0;
             int full = len & ~15, rest = len - full;
-            // A partial last vector is loaded as the 16 entries ending at the chunk's end (still inside
-            // the row, since V ≥ 16): harmless for the max, masked to its new lanes for the sum.
             // Two running maxima: one chain of vmaxps would wait on each one's latency.
             Vector512<float> max = Vector512.Create(float.NegativeInfinity), max1 = max;
             int j = 0;
