@@ -66,21 +66,6 @@ internal static class AlignCommand
         return command;
     }
 
-    /// <summary>
-    /// Every objective has a CUDA path except reverse-KL PPO with its exact entropy bonus (<c>--objective rkl --entropy exact</c>):
-    /// the GPU forward computes no per-token entropies. For that mode, "align --objective rkl --entropy exact", so that
-    /// <see cref="DeviceOption"/> runs it on the CPU under auto; <c>--device cuda</c> is refused here with the reason; null otherwise.
-    /// </summary>
-    internal static string? ObjectiveWithoutCudaPath(ParseResult parse)
-    {
-        string? name = parse.GetValue<string>("--objective")?.ToLowerInvariant();
-        if (name != "rkl" || !string.Equals(parse.GetValue<string>("--entropy"), "exact", StringComparison.OrdinalIgnoreCase)) return null;
-        if (parse.GetValue<string>(DeviceOption.Name) == "cuda")
-            throw new CliUsageException($"{DeviceOption.Name} cuda: --objective rkl --entropy exact has no CUDA path (the GPU forward computes no " +
-                                        "per-token entropies); --entropy in-reward (the default) runs on CUDA, or use --device cpu or auto");
-        return "align --objective rkl --entropy exact";
-    }
-
     internal sealed record AlignSettings(string Objective, string Variant, double Beta, double Gamma, double Epsilon, double KlBeta, int KlSamples,
                                          int KlMaxTokens, int GradientAccumulation, float WeightDecay, int CheckpointEvery, bool Resume);
 

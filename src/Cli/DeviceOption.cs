@@ -20,20 +20,12 @@ internal static class DeviceOption
     /// Commands that run on CUDA when it is chosen: pretrain (its training steps and evaluation on GpuGpt; data,
     /// tokenization and checkpoints stay on the host), align (the offline objectives sft, dpo, pmle: the policy and the
     /// reference on GpuGptPolicy; the on-policy ones distill, rebel, rlhf, rkl: the policy, the reference and PPO's separate
-    /// value model on GpuGptPolicy with value heads on the host, R̂'s backbone on GpuGpt, KV-cache decoding on GpuGptDecoder; all but
-    /// rkl with --entropy exact, see <see cref="ModesWithoutCuda"/>), bench dpo (both of its steps on GpuGptPolicy),
+    /// value model on GpuGptPolicy with value heads on the host, R̂'s backbone on GpuGpt, KV-cache decoding on GpuGptDecoder;
+    /// rkl's exact entropy bonus from the fused LM head's entropy kernels), bench dpo (both of its steps on GpuGptPolicy),
     /// reward (the reward model's backbone on GpuGpt, its scalar head on the host) and sample (KV-cache decoding on
     /// GpuGptDecoder; the draws on the host). The other commands run on the CPU.
     /// </summary>
     internal static readonly IReadOnlySet<string> CudaCapableCommands = new HashSet<string>(StringComparer.Ordinal) { "pretrain", "align", "bench dpo", "reward", "sample" };
-
-    /// <summary>
-    /// For a CUDA-capable command only some of whose modes have a CUDA path: given the parsed flags, the name of the
-    /// chosen mode when it has none ("align --objective rkl --entropy exact"), else null. Such a run is resolved as a command without
-    /// a CUDA path, under that name.
-    /// </summary>
-    internal static readonly IReadOnlyDictionary<string, Func<ParseResult, string?>> ModesWithoutCuda =
-        new Dictionary<string, Func<ParseResult, string?>>(StringComparer.Ordinal) { ["align"] = AlignCommand.ObjectiveWithoutCudaPath };
 
     /// <summary>The CUDA probe the resolution uses: a seam for tests, which pretend a GPU is there.</summary>
     internal static Func<CudaProbe> Probe { get; set; } = CudaDriver.Probe;
@@ -89,11 +81,7 @@ internal static class DeviceOption
         public override int Invoke(ParseResult parseResult)
         {
             Chosen = "cpu";
-            bool capable = CudaCapableCommands.Contains(command);
-            string shown = command;
-            if (capable && ModesWithoutCuda.TryGetValue(command, out var modeWithoutCuda) && modeWithoutCuda(parseResult) is { } mode)
-                (capable, shown) = (false, mode);
-            var (device, line) = Resolve(parseResult.GetValue(option) ?? "auto", shown, capable, Probe);
+            var (device, line) = Resolve(parseResult.GetValue(option) ?? "auto", command, CudaCapableCommands.Contains(command), Probe);
             Console.WriteLine(line);
             Chosen = device;
             return inner.Invoke(parseResult);

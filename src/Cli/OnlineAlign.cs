@@ -78,8 +78,8 @@ internal sealed class OnlineOptions
 /// rollout of --batch prompts, then --ppo-epochs × --minibatches optimizer steps). Prompts are the data file's.
 /// With <c>--device cuda</c> (or auto with a usable GPU) π, π0 and a separate value model are <see cref="GpuGptPolicy"/>s (scores,
 /// gradients, clipping and AdamW on the device; value heads on the host; responses decoded on the device by GpuGptPolicy.Sample, the draws
-/// on the host), and R̂'s backbone runs on a <see cref="Transformer.Gpu.GpuGpt"/> (its scalar head on the host). rkl with
-/// <c>--entropy exact</c> has no CUDA path (the GPU forward computes no per-token entropies; see <see cref="AlignCommand.ObjectiveWithoutCudaPath"/>).
+/// on the host), and R̂'s backbone runs on a <see cref="Transformer.Gpu.GpuGpt"/> (its scalar head on the host); rkl's
+/// <c>--entropy exact</c> takes its entropies and their gradient from the fused LM head on the device.
 /// </summary>
 internal static class OnlineAlign
 {
@@ -90,10 +90,6 @@ internal static class OnlineAlign
         if (o.RewardModel is null) throw new CliUsageException($"--objective {objective} needs --reward-model (train one with `distalign reward`)");
         if (!o.RewardModel.Exists) throw new CliUsageException($"--reward-model {o.RewardModel.FullName}: no such file");
         if (objective != "distill" && s.KlBeta != 0) throw new CliUsageException("--kl-beta goes with --objective pmle or distill (rlhf and rkl take --beta)");
-        // DeviceOption already runs this mode on the CPU (AlignCommand.ObjectiveWithoutCudaPath); a safety net for other callers
-        if (DeviceOption.Chosen == "cuda" && objective == "rkl" && o.Entropy == EntropyBonus.Exact)
-            throw new CliUsageException("--objective rkl --entropy exact has no CUDA path: the GPU forward computes no per-token entropies; " +
-                                        "--entropy in-reward (the default) runs on CUDA, or use --device cpu");
 
         var (gpt, tok, pairs, dataHash) = CliData.LoadModelAndPairs(modelFile, dataFile, common);
         bool ppo = objective is "rlhf" or "rkl";

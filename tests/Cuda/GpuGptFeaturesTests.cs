@@ -164,7 +164,7 @@ public class GpuGptFeaturesTests(string backend)
         gpu.Forward(batch, gpuLogProbs);
         var gpuFeatures = new float[cpuFeatures.Length];
         gpu.CopyFeaturesToHost(gpuFeatures);
-        gpu.Backward(batch, dLogProbs, dFeatures);
+        gpu.Backward(batch, dLogProbs, dFeatures: dFeatures);
         using var fromGpu = new Gpt(Config);
         gpu.Download(fromGpu);
         AssertClose(gpuLogProbs, cpuLogProbs, "log-probs");

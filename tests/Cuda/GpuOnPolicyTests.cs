@@ -118,10 +118,62 @@ public class GpuOnPolicyTests(string backend) : TinyGpuPolicyFixture(backend)
         Array.Clear(snapshot.ValueHead.Parameters);
         snapshot.CopyWeightsFrom(gpu);
         Assert.That(snapshot.ValueHead.Parameters, Is.EqualTo(gpu.ValueHead.Parameters));
-        Assert.Throws<NotSupportedException>(() => gpu.ScoreWithValues(sequences, gpuLogProbs, gpuValues, new float[tokens]),
-                                             "no per-token entropies on the GPU");
         using var plain = GpuPolicy(HostModel());
         Assert.Throws<InvalidOperationException>(() => plain.ScoreWithValues(sequences, gpuLogProbs, gpuValues));
+    }
+
+    /// <summary>
+    /// Per-token entropies H(π(· | prefix)) from Score and ScoreWithValues, and the gradient of a loss on log-probs, entropies and
+    /// values (BackwardWithValues: the value head's rows scattered on the device) and on log-probs and entropies (Backward), as the
+    /// CPU policy's; an entropy gradient without entropies in the forward is refused.
+    /// </summary>
+    [Test]
+    public void EntropiesAndTheirGradientAreTheCpuPolicys()
+    {
+        var sequences = Sequences();
+        int tokens = PolicyScores.TokenCount(sequences);
+        using var cpu = new GptPolicy(HostModel(), new AdamWSettings(), ownsModel: true, withValueHead: true);
+        using var gpu = GpuPolicy(CopyOf(cpu.Model), withValueHead: true);
+        RandomFloats(Config.Channels + 1, 8, 0.5).CopyTo(cpu.ValueHead!.Parameters, 0);
+        cpu.ValueHead.Parameters.CopyTo(gpu.ValueHead!.Parameters, 0);
+        float[] cpuLogProbs = new float[tokens], gpuLogProbs = new float[tokens], cpuValues = new float[tokens], gpuValues = new float[tokens];
+        float[] cpuEntropies = new float[tokens], gpuEntropies = new float[tokens];
+        var dLogProbs = RandomFloats(tokens, 17);
+        var dValues = RandomFloats(tokens, 18);
+        var dEntropies = RandomFloats(tokens, 19);
+
+        cpu.ScoreWithValues(sequences, cpuLogProbs, cpuValues, cpuEntropies);
+        gpu.ScoreWithValues(sequences, gpuLogProbs, gpuValues, gpuEntropies);
+        AssertValuesClose(gpuLogProbs, cpuLogProbs, "log-probs (with entropies)");
+        AssertValuesClose(gpuValues, cpuValues, "values (with entropies)");
+        AssertValuesClose(gpuEntropies, cpuEntropies, "entropies");
+        Assert.That(cpuEntropies, Is.All.GreaterThan(0.5f), "a near-uniform tiny model: entropies near ln V");
+        cpu.ZeroGradients();
+        gpu.ZeroGradients();
+        cpu.BackwardWithValues(dLogProbs, dValues, dEntropies);
+        gpu.BackwardWithValues(dLogProbs, dValues, dEntropies);
+        Assert.That(gpu.FirstNonFiniteGradient(), Is.Null);
+        GpuVersusCpu.AssertEveryGradientClose(Backend, cpu.Model, gpu.Model, "gradient of log-probs, values and entropies");
+        GpuVersusCpu.AssertTensorClose(Backend, gpu.ValueHead.Gradients, cpu.ValueHead.Gradients, "value head gradient (with entropies)");
+
+        // the entropy term alone moves the gradient: Backward with and without it differ, each as on the CPU
+        cpu.Score(sequences, cpuLogProbs, cpuEntropies);
+        gpu.Score(sequences, gpuLogProbs, gpuEntropies);
+        AssertValuesClose(gpuEntropies, cpuEntropies, "entropies (Score)");
+        cpu.ZeroGradients();
+        gpu.ZeroGradients();
+        cpu.Backward(dLogProbs, dEntropies);
+        gpu.Backward(dLogProbs, dEntropies);
+        Assert.That(gpu.FirstNonFiniteGradient(), Is.Null);
+        GpuVersusCpu.AssertEveryGradientClose(Backend, cpu.Model, gpu.Model, "gradient of log-probs and entropies");
+        var withEntropy = gpu.Model.Gradients.ToArray();
+        gpu.ZeroGradients();
+        gpu.Backward(dLogProbs);
+        Assert.That(gpu.FirstNonFiniteGradient(), Is.Null);
+        Assert.That(gpu.Model.Gradients.ToArray(), Is.Not.EqualTo(withEntropy), "∂L/∂H reaches the weights");
+
+        gpu.Score(sequences, gpuLogProbs);
+        Assert.Throws<InvalidOperationException>(() => gpu.Backward(dLogProbs, dEntropies), "no entropies in the last forward");
     }
 
     private RewardModel CpuReward()
@@ -194,12 +246,13 @@ public class GpuOnPolicyTests(string backend) : TinyGpuPolicyFixture(backend)
     }
 
     /// <summary>
-    /// One PPO iteration (a rollout of 4 prompts, 1 epoch × 2 minibatches): rkl (entropy in the reward) with the shared value head and
-    /// rlhf with a separate value model (rlhf with the shared head runs end to end in <c>OnPolicyCudaCliTests</c>); every deterministic
+    /// One PPO iteration (a rollout of 4 prompts, 1 epoch × 2 minibatches): rkl (entropy in the reward, and exact: the entropies and
+    /// their gradient from the device's LM head) with the shared value head and rlhf with a separate value model (rlhf with the shared head runs end to end in <c>OnPolicyCudaCliTests</c>); every deterministic
     /// metric as on the CPU, and the update of the weights and value heads: ‖w_gpu − w_cpu‖₂ ≤ 1e-3·‖w_cpu − w_0‖₂. (Not per element:
     /// AdamW moves an element with a near-zero gradient by about ±lr whatever its size, so fp32 summation order can flip a few.)
     /// </summary>
     [TestCase("rkl")]
+    [TestCase("rkl-exact")]
     [TestCase("rlhf-separate")]
     public void APpoIterationFollowsTheCpuPolicies(string objective)
     {
@@ -209,6 +262,7 @@ public class GpuOnPolicyTests(string backend) : TinyGpuPolicyFixture(backend)
             Objective = objective.StartsWith("rkl", StringComparison.Ordinal) ? PpoObjective.ReverseKl : PpoObjective.Rlhf,
             Beta = 0.05, Gamma = objective.StartsWith("rkl", StringComparison.Ordinal) ? 0.1 : 0, Steps = 1, PromptsPerIteration = 4,
             Epochs = 1, Minibatches = 2, Sampling = new SamplingOptions(4), LearningRate = 1e-2f, GradientClip = 0.5f, Seed = 13,
+            Entropy = objective == "rkl-exact" ? EntropyBonus.Exact : EntropyBonus.InReward,
         }.Validate();
         var initial = new List<float>();   // w_0, read at the start of the first (CPU) iteration
         (AlignmentStepReport Report, float[] Weights) Iterate(Func<Gpt, bool, IGptValueModel> create, IRewardFunction reward)

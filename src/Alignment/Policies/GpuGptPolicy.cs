@@ -21,13 +21,14 @@ namespace DistAlign.Alignment.Policies;
 /// <item><b>Sampling</b> decodes on the device (<see cref="GpuGptDecoder"/>: KV caches and logits on the GPU, one logits copy per
 /// step); the draws are made on the host from the same Philox streams as a CPU policy's, so the samples are the CPU policy's
 /// wherever the two logits do not straddle a draw's boundary (they differ by fp32 rounding).</item>
-/// <item><b>Entropies</b> are not computed (the GPU forward has none); the offline objectives and PPO with the entropy in
-/// the reward do not ask for them. A caller that does (reverse-KL PPO's exact entropy bonus) gets <see cref="NotSupportedException"/>.</item>
+/// <item><b>Entropies</b> H(π(· | prefix)) per response token, when a caller asks for them (reverse-KL PPO's exact entropy
+/// bonus, the known-target evaluation), come from the fused LM head's entropy kernel on the device, and their gradient
+/// −p·(ln p + H) per logit from its gradient kernel, as <see cref="GptPolicy"/>'s on the CPU.</item>
 /// <item><b>Value head</b> (PPO, built with <c>withValueHead</c>): a <see cref="ScalarHead"/> on the host, as
 /// <see cref="GptPolicy"/>'s. <see cref="ScoreWithValues"/> gathers the final features h = ln_f(x) at the scored positions on
 /// the device and copies those rows back (<see cref="GpuGpt.CopyFeaturesToHost(ReadOnlySpan{int}, Span{float})"/>);
-/// <see cref="BackwardWithValues"/> hands the head's ∂L/∂h to <see cref="GpuGpt.Backward"/> with the log-prob gradient (one
-/// transformer backward); the clip's global norm covers the device gradients and the head's, and AdamW steps both.</item>
+/// <see cref="BackwardWithValues"/> uploads the head's ∂L/∂h at those rows only, scattered on the device into the LM head's
+/// ∂L/∂h before one transformer backward; the clip's global norm covers the device gradients and the head's, and AdamW steps both.</item>
 /// <item><b>AdamW</b> is <see cref="GpuGpt.AdamWStep"/> with the <see cref="AdamWSettings"/> the CPU policy uses
 /// (β1, β2, ε, decoupled weight decay on the matrices only, as <see cref="AdamWOptimizer.Step"/>).</item>
 /// </list>
@@ -43,12 +44,12 @@ public sealed class GpuGptPolicy : IGptValueModel
     private readonly bool ownsModel;
     private GptBatch? batch;
     private int[] tokenPosition = [];   // flat response token → position in the packed batch
-    private float[] positionLogProbs = [], dPosition = [];
+    private float[] positionLogProbs = [], positionEntropies = [], dPosition = [], dPositionEntropy = [];
     // The device weights change at every optimizer step and weight copy; the mirror's weights (and its whole state:
     // weights, gradients, moments) are current when their version agrees with the device's.
     private long deviceVersion, hostWeightsVersion, hostStateVersion;
-    // value head: h at each response token's position [tokens, C]; ∂L/∂h at those positions [tokens, C]; ∂L/∂h dense [N, C]
-    private float[] valueFeatures = [], dValueRows = [], dFeatures = [];
+    // value head: h at each response token's position [tokens, C]; ∂L/∂h at those positions [tokens, C]
+    private float[] valueFeatures = [], dValueRows = [];
 
     /// <summary>The host mirror (current after <see cref="CopyToHost"/>); checkpoints save it.</summary>
     public Gpt Model { get; }
@@ -95,40 +96,56 @@ public sealed class GpuGptPolicy : IGptValueModel
         return batch;
     }
 
-    /// <summary>ln π per response token, from one <see cref="GpuGpt.Forward"/> over the packed batch.</summary>
-    /// <exception cref="NotSupportedException"><paramref name="tokenEntropies"/> is non-empty: the GPU forward computes no entropies.</exception>
+    /// <summary>
+    /// ln π per response token and, when <paramref name="tokenEntropies"/> is non-empty, the entropy of π(· | prefix) there,
+    /// from one <see cref="GpuGpt.Forward"/> over the packed batch.
+    /// </summary>
     public void Score(IReadOnlyList<PromptResponse> sequences, Span<float> tokenLogProbs, Span<float> tokenEntropies = default)
     {
-        if (!tokenEntropies.IsEmpty)
-            throw new NotSupportedException("GpuGptPolicy computes no per-token entropies (the GPU forward has none): an objective with an " +
-                                            "entropy term (reverse-KL PPO's exact entropy) runs on the CPU GptPolicy");
         var b = Pack(sequences);
         if (tokenLogProbs.Length != tokenPosition.Length)
             throw new ArgumentException($"the batch has {tokenPosition.Length} response tokens; tokenLogProbs has {tokenLogProbs.Length}");
+        if (!tokenEntropies.IsEmpty && tokenEntropies.Length != tokenPosition.Length)
+            throw new ArgumentException($"the batch has {tokenPosition.Length} response tokens; tokenEntropies has {tokenEntropies.Length}");
         if (positionLogProbs.Length != b.TokenCount)
         {
             positionLogProbs = new float[b.TokenCount];
+            positionEntropies = new float[b.TokenCount];
             dPosition = new float[b.TokenCount];
+            dPositionEntropy = new float[b.TokenCount];
         }
-        Device.Forward(b, positionLogProbs);
-        for (int i = 0; i < tokenPosition.Length; i++) tokenLogProbs[i] = positionLogProbs[tokenPosition[i]];
+        bool withEntropies = !tokenEntropies.IsEmpty;
+        Device.Forward(b, positionLogProbs, withEntropies ? positionEntropies : default);
+        for (int i = 0; i < tokenPosition.Length; i++)
+        {
+            tokenLogProbs[i] = positionLogProbs[tokenPosition[i]];
+            if (withEntropies) tokenEntropies[i] = positionEntropies[tokenPosition[i]];
+        }
     }
 
-    /// <summary>Scatters ∂L/∂ln π to the packed positions and runs <see cref="GpuGpt.Backward"/> (accumulates into the device gradients).</summary>
+    /// <summary>
+    /// Scatters ∂L/∂ln π (and ∂L/∂H, when given: the last <see cref="Score"/> must have computed entropies) to the packed
+    /// positions and runs <see cref="GpuGpt.Backward(GptBatch, ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float})"/>
+    /// (accumulates into the device gradients).
+    /// </summary>
     public void Backward(ReadOnlySpan<float> dTokenLogProbs, ReadOnlySpan<float> dTokenEntropies = default)
     {
         if (batch is null) throw new InvalidOperationException("Backward needs a Score first");
-        BackwardPacked(batch, dTokenLogProbs, dTokenEntropies, default);
+        ScatterToPositions(dTokenLogProbs, dTokenEntropies);
+        Device.Backward(batch, dPosition, dTokenEntropies.IsEmpty ? default : dPositionEntropy);
     }
 
-    // ∂L/∂ln π scattered to the packed positions; dFeatures (when non-empty) = a value head's ∂L/∂h [N, C], added by the device backward.
-    private void BackwardPacked(GptBatch b, ReadOnlySpan<float> dTokenLogProbs, ReadOnlySpan<float> dTokenEntropies, ReadOnlySpan<float> dFeatures)
+    // dPosition (and dPositionEntropy when dTokenEntropies is given) ← the per-token gradients at their packed positions, 0 elsewhere.
+    private void ScatterToPositions(ReadOnlySpan<float> dTokenLogProbs, ReadOnlySpan<float> dTokenEntropies)
     {
-        if (!dTokenEntropies.IsEmpty) throw new NotSupportedException("GpuGptPolicy has no entropy gradient (its forward computes no entropies)");
         if (dTokenLogProbs.Length != tokenPosition.Length) throw new ArgumentException($"dTokenLogProbs must have {tokenPosition.Length} entries");
+        if (!dTokenEntropies.IsEmpty && dTokenEntropies.Length != tokenPosition.Length)
+            throw new ArgumentException($"dTokenEntropies must be empty or have {tokenPosition.Length} entries");
         Array.Clear(dPosition);
         for (int i = 0; i < tokenPosition.Length; i++) dPosition[tokenPosition[i]] = dTokenLogProbs[i];
-        Device.Backward(b, dPosition, dFeatures);
+        if (dTokenEntropies.IsEmpty) return;
+        Array.Clear(dPositionEntropy);
+        for (int i = 0; i < tokenPosition.Length; i++) dPositionEntropy[tokenPosition[i]] = dTokenEntropies[i];
     }
 
     /// <summary>
@@ -144,20 +161,16 @@ public sealed class GpuGptPolicy : IGptValueModel
 
     /// <summary>
     /// As <see cref="Backward"/>, with the value head's gradient: ∂L/∂w, ∂L/∂b on the host and ∂L/∂h_t = ∂L/∂V_t·w at each
-    /// scored position ([N, C], zero elsewhere), which <see cref="GpuGpt.Backward"/> adds to the LM head's ∂L/∂h before one
-    /// transformer backward.
+    /// scored position, uploaded as [tokens, C] rows and scattered on the device into the LM head's ∂L/∂h before one transformer
+    /// backward (<see cref="GpuGpt.Backward(GptBatch, ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{int}, ReadOnlySpan{float})"/>).
     /// </summary>
     public void BackwardWithValues(ReadOnlySpan<float> dTokenLogProbs, ReadOnlySpan<float> dTokenValues, ReadOnlySpan<float> dTokenEntropies = default)
     {
         var head = ValueHead ?? throw new InvalidOperationException("this GPU GPT policy was built without a value head");
         if (batch is null) throw new InvalidOperationException("Backward needs a Score first");
-        if (!dTokenEntropies.IsEmpty) throw new NotSupportedException("GpuGptPolicy has no entropy gradient (its forward computes no entropies)");
-        int c = Model.Config.Channels;
         var rows = ValueFeatureGradient(head, dTokenValues);   // [tokens, C]
-        if (dFeatures.Length != batch.TokenCount * c) dFeatures = new float[batch.TokenCount * c];
-        else Array.Clear(dFeatures);
-        for (int i = 0; i < tokenPosition.Length; i++) rows.AsSpan(i * c, c).CopyTo(dFeatures.AsSpan(tokenPosition[i] * c, c));
-        BackwardPacked(batch, dTokenLogProbs, default, dFeatures);
+        ScatterToPositions(dTokenLogProbs, dTokenEntropies);
+        Device.Backward(batch, dPosition, dTokenEntropies.IsEmpty ? default : dPositionEntropy, tokenPosition, rows);
     }
 
     /// <summary>V(s_t) per response token from the backbone and the head alone (<see cref="GpuGpt.ForwardFeatures"/>, no LM head): a separate value model.</summary>

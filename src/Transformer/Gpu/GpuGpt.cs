@@ -164,38 +164,82 @@ public sealed class GpuGpt : IDisposable
     public void ZeroGradients() => gradients.View.MemSetToZero();
 
     /// <summary>
-    /// Forward pass: logProbs[i] = ln π(target_i | its segment's prefix), 0 where the target is −1 (as
-    /// <see cref="Gpt.Forward"/>, without entropies). Keeps the activations <see cref="Backward"/> needs.
+    /// Forward pass: logProbs[i] = ln π(target_i | its segment's prefix), 0 where the target is −1, and, when
+    /// <paramref name="entropy"/> is non-empty, H(π(· | prefix)) at those positions (as <see cref="Gpt.Forward"/>).
+    /// Keeps the activations <see cref="Backward(GptBatch, ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float})"/> needs.
     /// </summary>
-    public void Forward(GptBatch batch, Span<float> logProbs)
+    public void Forward(GptBatch batch, Span<float> logProbs, Span<float> entropy = default)
     {
         var s = Prepare(batch, logProbs.Length);
+        if (!entropy.IsEmpty && entropy.Length != batch.TokenCount)
+            throw new ArgumentException($"entropy must be empty or have one entry per position ({batch.TokenCount}), got {entropy.Length}");
         TransformerForward(batch, s);
         lastForward = LastForward.LanguageModel;
+        entropyOfLastForward = !entropy.IsEmpty;
         lmHead.Forward(s["lnf"], Wte(parameters), s.Targets, Config.Channels, Config.VocabSize, s.LogitsScratch,
-                       s["logprobs"], s["logsumexp"], default);
+                       s["logprobs"], s["logsumexp"], entropyOfLastForward ? s["entropy"] : default);
         s["logprobs"].CopyToCPU(logProbs);
+        if (entropyOfLastForward) s["entropy"].CopyToCPU(entropy);
     }
 
+    private bool entropyOfLastForward;
+
     /// <summary>
-    /// Backward after <see cref="Forward"/> on the same batch for ∂L/∂logprob and, when <paramref name="dFeatures"/> is
-    /// non-empty, a second head's gradient on the final hidden states h = ln_f(x) [N, C] (a value head on the same
-    /// backbone, as <see cref="Gpt.Backward"/>'s dFeatures): ∂L/∂h = dFeatures + the LM head's hᵀ-gradient, then one
-    /// transformer backward. Accumulates into <see cref="Gradients"/>.
+    /// Backward after <see cref="Forward"/> on the same batch for ∂L/∂logprob, ∂L/∂entropy when <paramref name="dEntropy"/> is
+    /// non-empty (the forward must have computed entropies) and, when <paramref name="dFeatures"/> is non-empty, a second
+    /// head's gradient on the final hidden states h = ln_f(x) [N, C] (a value head on the same backbone, as
+    /// <see cref="Gpt.Backward"/>'s dFeatures): ∂L/∂h = dFeatures + the LM head's hᵀ-gradient, then one transformer backward.
+    /// Accumulates into <see cref="Gradients"/>.
     /// </summary>
-    public void Backward(GptBatch batch, ReadOnlySpan<float> dLogProbs, ReadOnlySpan<float> dFeatures = default)
+    public void Backward(GptBatch batch, ReadOnlySpan<float> dLogProbs, ReadOnlySpan<float> dEntropy = default, ReadOnlySpan<float> dFeatures = default)
     {
         if (!dFeatures.IsEmpty && dFeatures.Length != batch.TokenCount * Config.Channels)
             throw new ArgumentException($"dFeatures must be empty or [N, C] = [{batch.TokenCount}, {Config.Channels}], got {dFeatures.Length}");
-        RequireForward(batch, LastForward.LanguageModel, "Backward");
-        var s = Prepare(batch, dLogProbs.Length);
-        s["d_logprobs"].CopyFromCPU(dLogProbs);
-        var dLnf = s["d_ln"];
+        var (s, dLnf) = PrepareHeadBackward(batch, dLogProbs, dEntropy);
         // the LM head's backward accumulates onto ∂L/∂h: start it at the second head's gradient, or at 0
         if (dFeatures.IsEmpty) dLnf.MemSetToZero();
         else dLnf.CopyFromCPU(dFeatures);
-        lmHead.Backward(s["lnf"], Wte(parameters), s.Targets, Config.Channels, Config.VocabSize, s["logsumexp"], default,
-                        s["d_logprobs"], default, s.LogitsScratch, dLnf, Wte(gradients));
+        HeadAndTransformerBackward(batch, s, dLnf, !dEntropy.IsEmpty);
+    }
+
+    /// <summary>
+    /// <see cref="Backward(GptBatch, ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float})"/> with a second head's
+    /// ∂L/∂h that is zero outside S rows (a value head at the scored positions): ∂L/∂h[positions[s], :] = dFeatureRows[s, :].
+    /// Uploads S·C floats and S positions (distinct, inside B·T) instead of N·C; the result is the dense call's.
+    /// </summary>
+    public void Backward(GptBatch batch, ReadOnlySpan<float> dLogProbs, ReadOnlySpan<float> dEntropy,
+                         ReadOnlySpan<int> featurePositions, ReadOnlySpan<float> dFeatureRows)
+    {
+        int c = Config.Channels;
+        if (dFeatureRows.Length != featurePositions.Length * c)
+            throw new ArgumentException($"dFeatureRows must be [S, C] = [{featurePositions.Length}, {c}], got {dFeatureRows.Length}");
+        var (s, dLnf) = PrepareHeadBackward(batch, dLogProbs, dEntropy);
+        SetFeatureRows(dLnf, batch.TokenCount, featurePositions, dFeatureRows);
+        HeadAndTransformerBackward(batch, s, dLnf, !dEntropy.IsEmpty);
+    }
+
+    // Checks and uploads the LM head's output gradients; returns the activations and ∂L/∂h (to be initialised by the caller).
+    private (ShapeBuffers S, ArrayView<float> DLnf) PrepareHeadBackward(GptBatch batch, ReadOnlySpan<float> dLogProbs, ReadOnlySpan<float> dEntropy)
+    {
+        RequireForward(batch, LastForward.LanguageModel, "Backward");
+        var s = Prepare(batch, dLogProbs.Length);
+        if (!dEntropy.IsEmpty)
+        {
+            if (!entropyOfLastForward)
+                throw new InvalidOperationException("an entropy gradient needs a Forward that computed entropies on this batch");
+            if (dEntropy.Length != batch.TokenCount)
+                throw new ArgumentException($"dEntropy must be empty or have one entry per position ({batch.TokenCount}), got {dEntropy.Length}");
+            s["d_entropy"].CopyFromCPU(dEntropy);
+        }
+        s["d_logprobs"].CopyFromCPU(dLogProbs);
+        return (s, s["d_ln"]);
+    }
+
+    private void HeadAndTransformerBackward(GptBatch batch, ShapeBuffers s, ArrayView<float> dLnf, bool withEntropy)
+    {
+        lmHead.Backward(s["lnf"], Wte(parameters), s.Targets, Config.Channels, Config.VocabSize, s["logsumexp"],
+                        withEntropy ? s["entropy"] : default, s["d_logprobs"], withEntropy ? s["d_entropy"] : default,
+                        s.LogitsScratch, dLnf, Wte(gradients));
         TransformerBackward(batch, s);
     }
 
@@ -210,6 +254,7 @@ public sealed class GpuGpt : IDisposable
         Lap("batch upload");
         TransformerForward(batch, s);
         lastForward = LastForward.LanguageModel;
+        entropyOfLastForward = false;
         var dLnf = s["d_ln"];
         dLnf.MemSetToZero();
         lmHead.ForwardBackward(s["lnf"], Wte(parameters), s.Targets, Config.Channels, Config.VocabSize, s["d_logprobs"], default,
@@ -225,7 +270,7 @@ public sealed class GpuGpt : IDisposable
     /// <see cref="Gpt.ForwardFeatures"/>: runs the transformer forward and leaves h = ln_f(x) [N, C] on the device
     /// (read it with <see cref="CopyFeaturesToHost(ReadOnlySpan{int}, Span{float})"/>); no logits are computed.
     /// Targets are uploaded but not used. Keeps what <see cref="BackwardFeatures"/> needs; an LM-head
-    /// <see cref="Backward"/> needs a <see cref="Forward"/> instead.
+    /// <see cref="Backward(GptBatch, ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float})"/> needs a <see cref="Forward"/> instead.
     /// </summary>
     public void ForwardFeatures(GptBatch batch)
     {
@@ -315,15 +360,18 @@ public sealed class GpuGpt : IDisposable
         RequireForward(batch, LastForward.Features, "BackwardFeatureRows");
         Profile?.Restart();
         var s = Prepare(batch, batch.TokenCount);
-        var dLnf = s["d_ln"];
-        dLnf.MemSetToZero();
-        if (!positions.IsEmpty)
-        {
-            var (rows, values) = UploadRows(positions, batch.TokenCount, distinct: true);
-            values.CopyFromCPU(dRows);
-            rowGather.Scatter(values, rows, c, dLnf);
-        }
+        SetFeatureRows(s["d_ln"], batch.TokenCount, positions, dRows);
         TransformerBackward(batch, s);
+    }
+
+    // dLnf [N, C] ← 0, then row positions[s] ← dRows[s, :] (uploaded S·C floats, scattered on the device).
+    private void SetFeatureRows(ArrayView<float> dLnf, int n, ReadOnlySpan<int> positions, ReadOnlySpan<float> dRows)
+    {
+        dLnf.MemSetToZero();
+        if (positions.IsEmpty) return;
+        var (rows, values) = UploadRows(positions, n, distinct: true);
+        values.CopyFromCPU(dRows);
+        rowGather.Scatter(values, rows, Config.Channels, dLnf);
     }
 
     // A backward reads the activations of the last forward: same shape (else Prepare would reallocate them), and an
@@ -736,7 +784,8 @@ public sealed class GpuGpt : IDisposable
             var builder = new MemoryPlanBuilder();
             var arena = builder.Arena(GptActivations.Arena);
             GptActivations.Plan(arena, config, rows, length, attentionScores);
-            arena.Add<float>("d_att", attentionScores ? (long)rows * config.Heads * length * length : 0).Add<float>("d_logprobs", n);
+            arena.Add<float>("d_att", attentionScores ? (long)rows * config.Heads * length * length : 0).Add<float>("d_logprobs", n)
+                 .Add<float>("d_entropy", n);
             long perLayer = (long)rows * config.Heads * length;   // flash attention's saved log-sum-exp per layer, and its delta scratch
             arena.Add<float>("attn_lse", config.Layers * perLayer).Add<float>("attn_delta", perLayer);
             var plan = builder.Build()[GptActivations.Arena];
