@@ -98,9 +98,7 @@ internal static class AlignCommand
         // AdamW on the device; KL samples decoded on the device); `gpt` is the host copy that checkpoints save and restore.
         using var device = GpuTrainingOptions.OpenIfChosen(gpuOptions, gpt);
         var adamW = new AdamWSettings(WeightDecay: s.WeightDecay);
-        using IHostGptPolicy policy = device is null
-            ? new GptPolicy(gpt, adamW, ownsModel: true)
-            : new GpuGptPolicy(gpt, device.Accelerator, device.Gemm, adamW, device.Flash, ownsModel: true);
+        using IHostGptPolicy policy = (device?.Models ?? GptDevice.Cpu).Policy(gpt, adamW, ownsModel: true);
         if (device is not null) Console.WriteLine($"training on {device.Description} (GpuGptPolicy; reference log-probs on the same device)");
         string modelHash = ModelHash.Of(gpt);
         KlRegularizer? kl = pmle && s.KlBeta > 0

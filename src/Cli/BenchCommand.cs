@@ -45,8 +45,7 @@ internal static class BenchCommand
             var config = StepWorkload.W2.Config;
             // --device cuda: both steps on GpuGptPolicy (each timed step ends with a device synchronisation)
             using var device = GpuTrainingOptions.OpenIfChosen(dpoGpu.Read(parse), config);
-            Func<Gpt, AdamWSettings, IHostGptPolicy>? onDevice = device is null ? null
-                : (model, adamW) => new GpuGptPolicy(model, device.Accelerator, device.Gemm, adamW, device.Flash);
+            Func<Gpt, AdamWSettings, IHostGptPolicy>? onDevice = device is null ? null : (model, adamW) => device.Models.Policy(model, adamW);
             var m = PreferenceStepBenchmark.Run(config, PreferenceStepBenchmark.DpoPairs, PreferenceStepBenchmark.DpoPromptTokens, PreferenceStepBenchmark.DpoResponseTokens,
                 warmup: 3, steps: CliErrors.Positive(parse.GetValue(dpoSteps), "--steps"), createPolicy: onDevice);
             Console.WriteLine($"{m.Config}, {m.Pairs} pairs, {m.Tokens} response tokens per step, " +

@@ -3,6 +3,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Runtime.InteropServices;
 using DistAlign.Alignment.Experiments;
+using DistAlign.Alignment.Policies;
 using DistAlign.Kernels.Cpu;
 using Spectre.Console;
 
@@ -32,16 +33,19 @@ internal static class DemoCommand
             if (parse.GetValue(pairs) is int n) settings = settings with { Pairs = CliErrors.Positive(n, "--n") };
             string outDir = parse.GetValue(output)!.FullName;
             string line = "distalign demo" + string.Concat(Environment.GetCommandLineArgs().Skip(1).SkipWhile(a => a != "demo").Skip(1).Select(a => " " + a));
+            using var device = common.OpenDevice(parse, settings);
             return DemoRunner.Run("DistAlign demo: aligning a small GPT toward a known target", line, settings, [settings.Pairs], outDir,
-                Path.Combine(outDir, "pi0"));
+                Path.Combine(outDir, "pi0"), device?.Models ?? GptDevice.Cpu);
         });
         return command;
     }
 }
 
-/// <summary>The options <c>demo</c> and <c>experiment lm</c> share.</summary>
+/// <summary>The options <c>demo</c> and <c>experiment lm</c> share (with <c>--gpu-precision</c> and <c>--gpu-attention</c> for <c>--device cuda</c>).</summary>
 internal sealed class DemoOptions
 {
+    private readonly GpuTrainingOptions gpu = GpuTrainingOptions.Create();
+
     public readonly Option<int> Threads = new("--threads") { DefaultValueFactory = _ => Environment.ProcessorCount, Description = "CPU threads (results are bit-identical for a given count)." };
     public readonly Option<ulong> Seed = new("--seed") { DefaultValueFactory = _ => 1UL, Description = "Seed for prompts, pairs, training and evaluation (π0's pretraining keeps seed 1)." };
     public readonly Option<int?> Steps = new("--steps") { Description = "Steps (PPO: iterations) per method (default 100; 10 with --quick)." };
@@ -55,7 +59,14 @@ internal sealed class DemoOptions
         command.Options.Add(Steps);
         command.Options.Add(Tau);
         command.Options.Add(Gamma);
+        gpu.AddTo(command);
     }
+
+    /// <summary>
+    /// With <c>--device cuda</c> (or auto with a usable GPU): the device π0's pretraining, the reward model and every method train on
+    /// (<c>--gpu-attention flash</c> needs π0's head size to be 64); null on the CPU.
+    /// </summary>
+    public GpuTrainingDevice? OpenDevice(ParseResult parse, DemoSettings settings) => GpuTrainingOptions.OpenIfChosen(gpu.Read(parse), settings.Model);
 
     public DemoSettings Read(ParseResult parse, bool quick)
     {
@@ -80,7 +91,7 @@ internal sealed class DemoOptions
 /// <summary>Runs a <see cref="DemoExperiment"/> at one or several n with progress bars, prints the table, writes the report folder.</summary>
 internal static class DemoRunner
 {
-    public static int Run(string title, string commandLine, DemoSettings settings, IReadOnlyList<int> sizes, string outDir, string cacheDir)
+    public static int Run(string title, string commandLine, DemoSettings settings, IReadOnlyList<int> sizes, string outDir, string cacheDir, GptDevice device)
     {
         var watch = Stopwatch.StartNew();
         Directory.CreateDirectory(outDir);
@@ -88,6 +99,9 @@ internal static class DemoRunner
         if (Console.IsOutputRedirected && AnsiConsole.Profile.Width < 160) AnsiConsole.Profile.Width = 160;
         AnsiConsole.MarkupLine($"[bold]{Markup.Escape(title)}[/]");
         AnsiConsole.MarkupLine($"π0 cache: {Markup.Escape(cacheDir)} · report: {Markup.Escape(outDir)} · threads {CpuParallel.Threads}");
+        if (!device.IsCpu)
+            AnsiConsole.MarkupLine($"training on {Markup.Escape(device.Description)}: π0's pretraining, the reward model's backbone and every policy " +
+                                   "(GpuGpt, GpuGptPolicy; decoding on the device); π*, the pairs' labels and the estimates on the host");
         DemoExperiment? experiment = null;
         var results = new List<DemoSizeResult>();
         try
@@ -109,12 +123,12 @@ internal static class DemoRunner
                         task.Value = p.Done;
                         task.Description = Markup.Escape($"{p.Stage}: {p.Detail}");
                     }
-                    experiment = DemoExperiment.Prepare(settings, cacheDir, OnProgress);
+                    experiment = DemoExperiment.Prepare(settings, cacheDir, OnProgress, device);
                     foreach (int n in sizes) results.Add(experiment.RunAtSize(n));
                     foreach (var t in tasks.Values) if (!t.IsFinished) t.StopTask();
                 });
             var e = experiment!;
-            var outcome = new DemoOutcome(title, commandLine, Machine(), watch.Elapsed.TotalSeconds, settings, e.Pi0, e.Summary,
+            var outcome = new DemoOutcome(title, commandLine, Machine(device), watch.Elapsed.TotalSeconds, settings, e.Pi0, e.Summary,
                 e.ReferenceEvaluation, e.TargetEvaluation, results);
             PrintSummary(outcome);
             var plots = DemoPlots.Write(outDir, outcome);
@@ -153,7 +167,7 @@ internal static class DemoRunner
         }
     }
 
-    private static string Machine()
+    private static string Machine(GptDevice device)
     {
         string cpu = "";
         try
@@ -162,7 +176,8 @@ internal static class DemoRunner
                 cpu = File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("model name", StringComparison.Ordinal))?.Split(':', 2)[1].Trim() ?? "";
         }
         catch (IOException) { }
-        return $"{(cpu.Length > 0 ? cpu + ", " : "")}{Environment.ProcessorCount} cores, {CpuParallel.Threads} threads, {RuntimeInformation.OSDescription}, .NET {Environment.Version}";
+        return $"{(cpu.Length > 0 ? cpu + ", " : "")}{Environment.ProcessorCount} cores, {CpuParallel.Threads} threads, {RuntimeInformation.OSDescription}, .NET {Environment.Version}" +
+               (device.IsCpu ? "" : $"; models trained on {device.Description}");
     }
 }
 

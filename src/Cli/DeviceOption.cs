@@ -22,10 +22,12 @@ internal static class DeviceOption
     /// reference on GpuGptPolicy; the on-policy ones distill, rebel, rlhf, rkl: the policy, the reference and PPO's separate
     /// value model on GpuGptPolicy with value heads on the host, R̂'s backbone on GpuGpt, KV-cache decoding on GpuGptDecoder;
     /// rkl's exact entropy bonus from the fused LM head's entropy kernels), bench dpo (both of its steps on GpuGptPolicy),
-    /// reward (the reward model's backbone on GpuGpt, its scalar head on the host) and sample (KV-cache decoding on
-    /// GpuGptDecoder; the draws on the host). The other commands run on the CPU.
+    /// reward (the reward model's backbone on GpuGpt, its scalar head on the host), sample (KV-cache decoding on
+    /// GpuGptDecoder; the draws on the host), and demo and experiment lm (π0's pretraining, the reward model and the six methods
+    /// on the device, see DemoExperiment). The other commands run on the CPU.
     /// </summary>
-    internal static readonly IReadOnlySet<string> CudaCapableCommands = new HashSet<string>(StringComparer.Ordinal) { "pretrain", "align", "bench dpo", "reward", "sample" };
+    internal static readonly IReadOnlySet<string> CudaCapableCommands = new HashSet<string>(StringComparer.Ordinal)
+        { "pretrain", "align", "bench dpo", "reward", "sample", "demo", "experiment lm" };
 
     /// <summary>The CUDA probe the resolution uses: a seam for tests, which pretend a GPU is there.</summary>
     internal static Func<CudaProbe> Probe { get; set; } = CudaDriver.Probe;

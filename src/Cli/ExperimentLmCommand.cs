@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
+using DistAlign.Alignment.Policies;
 
 namespace DistAlign.Cli;
 
@@ -27,8 +28,9 @@ internal static class ExperimentLmCommand
             var ns = ParseSizes(parse.GetValue(sizes)!);
             string outDir = parse.GetValue(output)!.FullName;
             string line = "distalign experiment lm" + string.Concat(Environment.GetCommandLineArgs().Skip(1).SkipWhile(a => a != "lm").Skip(1).Select(a => " " + a));
+            using var device = common.OpenDevice(parse, settings);
             return DemoRunner.Run("DistAlign: known-target LM experiment across n", line, settings with { Pairs = ns[^1] }, ns, outDir,
-                parse.GetValue(cache)!.FullName);
+                parse.GetValue(cache)!.FullName, device?.Models ?? GptDevice.Cpu);
         });
         return command;
     }

@@ -1,4 +1,5 @@
 using System.CommandLine;
+using DistAlign.Alignment.Policies;
 using DistAlign.Kernels.Gpu;
 using DistAlign.Transformer.Model;
 using ILGPU.Runtime;
@@ -122,9 +123,12 @@ internal sealed class GpuTrainingDevice(Accelerator accelerator, IDisposable? ow
     public NvrtcFlashAttention? Flash => flash;
 
     /// <summary>"NVIDIA H200 (bf16 cuBLAS GEMMs, flash attention (bf16 tensor cores))", for the line that says where training runs.</summary>
-    public string Description =>
-        $"{Accelerator.Name} ({(gemm is CublasGemm ? $"{precision} cuBLAS GEMMs" : "fp32 tiled ILGPU GEMMs")}, " +
-        $"{(flash is null ? "materialized fp32 attention" : "flash attention (bf16 tensor cores)")})";
+    public string Description => Models.Description;
+
+    /// <summary>Builds policies and backbones on this device (borrowing its accelerator, GEMM and flash kernels).</summary>
+    public GptDevice Models { get; } = new(accelerator, gemm, flash,
+        $"{accelerator.Name} ({(gemm is CublasGemm ? $"{precision} cuBLAS GEMMs" : "fp32 tiled ILGPU GEMMs")}, " +
+        $"{(flash is null ? "materialized fp32 attention" : "flash attention (bf16 tensor cores)")})");
 
     public void Dispose()
     {

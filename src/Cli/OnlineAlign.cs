@@ -97,9 +97,8 @@ internal static class OnlineAlign
         // `gpt` is the host mirror that checkpoints save and restore.
         using var device = GpuTrainingOptions.OpenIfChosen(gpuOptions, gpt);
         var adamW = new AdamWSettings(WeightDecay: s.WeightDecay);
-        IGptValueModel NewPolicy(Gpt model, bool withValueHead) => device is null
-            ? new GptPolicy(model, adamW, ownsModel: true, withValueHead: withValueHead)
-            : new GpuGptPolicy(model, device.Accelerator, device.Gemm, adamW, device.Flash, ownsModel: true, withValueHead: withValueHead);
+        var models = device?.Models ?? GptDevice.Cpu;
+        IGptValueModel NewPolicy(Gpt model, bool withValueHead) => models.Policy(model, adamW, ownsModel: true, withValueHead: withValueHead);
         using var policy = NewPolicy(gpt, ppo && !o.SeparateValueModel);
         string modelHash = ModelHash.Of(gpt);
         using var reference = policy.Snapshot();
@@ -112,9 +111,7 @@ internal static class OnlineAlign
         }
         using var valueModelOwner = valueModel;
         IValuePolicy valuePolicy = valueModel is null ? policy : new PolicyWithValueModel(policy, valueModel);
-        Func<GptConfig, GpuGpt>? rewardOnDevice = device is null ? null : config =>
-            new GpuGpt(device.Accelerator, config, device.Gemm, NvrtcFlashAttention.Supports(config.Channels, config.Heads) ? device.Flash : null);
-        var loaded = Alignment.Reward.RewardModel.Load(o.RewardModel.FullName, new AdamWSettings(), onDevice: rewardOnDevice);
+        var loaded = Alignment.Reward.RewardModel.Load(o.RewardModel.FullName, new AdamWSettings(), onDevice: models.IsCpu ? null : config => models.Backbone(config)!);
         using var rewardModel = loaded.Model;
         if (device is not null)
             Console.WriteLine($"training on {device.Description} (GpuGptPolicy for π and π0{(valueModel is null ? "" : " and the value model")}, " +

@@ -58,6 +58,31 @@ public class DemoCliTests : CliTestBase
         }
     }
 
+    /// <summary>
+    /// With a GPU (pretended), demo and experiment lm choose CUDA under auto; flash attention is refused for the quick π0's head size
+    /// before any device is opened. (The experiment itself on a device: <see cref="Cuda.DemoOnDeviceTests"/>.)
+    /// </summary>
+    [Test]
+    public void DemoAndExperimentLmChooseCudaWithAGpuAndRefuseFlashAttentionForAHeadSizeOtherThan64()
+    {
+        DeviceOption.Probe = () => Cuda.PretendGpu.H200;
+        try
+        {
+            foreach (string[] command in new[] { new[] { "demo" }, ["experiment", "lm"] })
+            {
+                Output.GetStringBuilder().Clear();
+                Error.GetStringBuilder().Clear();
+                Assert.That(Program.Main([.. command, "--quick", "--gpu-attention", "flash", "--out", TestDirectory]), Is.EqualTo(Program.UsageError));
+                Assert.That(Output.ToString(), Does.StartWith("device: cuda (NVIDIA H200"), string.Join(' ', command));
+                Assert.That(Error.ToString(), Does.Contain("--gpu-attention flash needs head size 64 (--channels = 64 × --heads); got 64 / 2"));
+            }
+        }
+        finally
+        {
+            DeviceOption.Probe = DistAlign.Engine.Cuda.CudaDriver.Probe;
+        }
+    }
+
     [Test]
     public void BadSizesAndSettingsExitWithUsageErrors()
     {

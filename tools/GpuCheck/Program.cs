@@ -35,6 +35,7 @@ public static class Program
         var alignment = new AlignmentChecks(context.Accelerator, report);
         alignment.CompareDpoStepsWithTheCpuPolicy(GemmPrecision.Float32);   // tiled fp32 GEMMs here
         alignment.ComparePpoIterationWithTheCpuPolicy(GemmPrecision.Float32);
+        new DemoChecks(context.Accelerator, report).CompareWithTheCpuRun();
         new DecoderChecks(context.Accelerator, report).Run("tiny (simulator smoke)", new(Layers: 2, Heads: 3, Channels: 24, VocabSize: 37, MaxSequenceLength: 16),
                                                            rows: 3, length: 12, time: false);
         gpt.StepBenchmark("tiny GPT (simulator smoke)", new(Layers: 2, Heads: 2, Channels: 16, VocabSize: 64, MaxSequenceLength: 16),
@@ -114,6 +115,9 @@ public static class Program
             alignment.CompareDpoStepsWithTheCpuPolicy(GemmPrecision.BFloat16);
             alignment.ComparePpoIterationWithTheCpuPolicy(GemmPrecision.Float32);
             alignment.ComparePpoIterationWithTheCpuPolicy(GemmPrecision.BFloat16);
+            // demo --device cuda: the whole known-target experiment on the device vs on the CPU
+            var demo = new DemoChecks(accelerator, report);
+            demo.CompareWithTheCpuRun();
             // KV-cache decoding (sample --device cuda): logits of every step vs the CPU decoder, and ms per cached step next to the CPU's
             var decoder = new DecoderChecks(accelerator, report);
             decoder.Run("W2", Transformer.Training.StepWorkload.W2.Config, rows: 8, length: 128, time: bench);
@@ -129,6 +133,7 @@ public static class Program
                 gpt.StepBenchmark("GPT-2 124M", gpt2, rows, 1024, GemmPrecision.BFloat16, warmup: 3, steps: quick ? 3 : 20, KernelBenchmarks.PeakBf16Flops, profile: true, flash: true);
                 gpt.StepBenchmark("GPT-2 124M", gpt2, rows, 1024, GemmPrecision.BFloat16, warmup: 2, steps: quick ? 3 : 5, KernelBenchmarks.PeakBf16Flops, profile: true);
                 gpt.StepBenchmark("GPT-2 124M", gpt2, rows, 1024, GemmPrecision.Float32, warmup: 1, steps: 3, KernelBenchmarks.PeakBf16Flops, profile: true);
+                if (!quick) demo.TimeTheQuickDemo();
             }
             else report.Note("benchmarks skipped (--skip-bench)");
         }

@@ -92,6 +92,25 @@ public sealed record DemoSettings
         EvalSamplesPerPrompt = 2,
     };
 
+    /// <summary>
+    /// The smallest run that goes through every stage (1 layer, 2 heads, C = 8, the gpt2-k300 tokenizer's 557 tokens, T = 16;
+    /// 3 pretraining steps, 8 pairs, one step per method and reward model steps 2): for checking a device against the CPU
+    /// (tests on ILGPU's CPU simulator, gpu-check), not for its numbers.
+    /// </summary>
+    public static DemoSettings Smoke => new()
+    {
+        Tokenizer = "gpt2-k300",   // GPT-2's first 300 merges hold enough whole words for the lexicon's tilt
+        Model = new GptConfig(Layers: 1, Heads: 2, Channels: 8, VocabSize: 557, MaxSequenceLength: 16),
+        Pretraining = new LanguageModelTrainingOptions
+        {
+            Steps = 3, Rows = 2, Length = 16, LearningRate = 3e-3f, WarmupSteps = 1,
+            AdamW = new AdamWSettings(WeightDecay: 0.1f), EvaluateEvery = 0, EvaluationBatches = 1, Seed = 1,
+        },
+        Task = new KnownTargetSettings { ResponseTokens = 4, TrainPrompts = 4, EvalPrompts = 2 },
+        Pairs = 8, Steps = 1, BatchPairs = 2, RewardSteps = 2, EvalSamplesPerPrompt = 2, PpoEpochs = 1, PpoMinibatches = 1,
+        LearningRate = 1e-2f, PpoLearningRate = 1e-2f,
+    };
+
     public DemoSettings Validate()
     {
         Task.Validate();
@@ -125,12 +144,17 @@ public sealed record DemoSizeResult(int Pairs, double MeanLabelMargin, double Ag
 /// The language-model known-target experiment of issue #7: π0 (cached pretraining), π* = π0 tilted by the VADER
 /// lexicon, pairs from π0 labelled by the true preference model, a reward model, the six methods from π0 with the
 /// same budget each, and every method evaluated against π* (<see cref="KnownTargetEvaluator"/>). π0 and π* are
-/// evaluated too, as the two ends of the scale.
+/// evaluated too, as the two ends of the scale. On a <see cref="GptDevice"/> other than the CPU, π0's pretraining, the reward
+/// model's backbone, every policy and π0's copies (scores, gradients, AdamW, KV-cache decoding, entropies) run on the device;
+/// π* (a fixed tilt of π0's CPU model), the prompts, the pairs' labels and the evaluator's estimates stay on the host.
 /// </summary>
 public sealed class DemoExperiment : IDisposable
 {
     private readonly Gpt reference;
     private readonly Action<DemoProgress>? progress;
+
+    /// <summary>Where π0 was pretrained and the reward model and every method train.</summary>
+    public GptDevice Device { get; }
 
     public DemoSettings Settings { get; }
     public PretrainedReference Pi0 { get; }
@@ -141,8 +165,10 @@ public sealed class DemoExperiment : IDisposable
     public KnownTargetEvaluation TargetEvaluation { get; }
 
     private DemoExperiment(DemoSettings settings, Gpt reference, PretrainedReference pi0, KnownTargetTask task, KnownTargetEvaluator evaluator,
-                           DemoTaskSummary summary, KnownTargetEvaluation referenceEvaluation, KnownTargetEvaluation targetEvaluation, Action<DemoProgress>? progress)
+                           DemoTaskSummary summary, KnownTargetEvaluation referenceEvaluation, KnownTargetEvaluation targetEvaluation, Action<DemoProgress>? progress,
+                           GptDevice device)
     {
+        Device = device;
         Settings = settings;
         this.reference = reference;
         Pi0 = pi0;
@@ -154,14 +180,18 @@ public sealed class DemoExperiment : IDisposable
         this.progress = progress;
     }
 
-    /// <summary>π0 (from <paramref name="cacheDirectory"/> or pretrained into it), π*, the prompts, the evaluator, and π0's and π*'s scores.</summary>
-    public static DemoExperiment Prepare(DemoSettings settings, string cacheDirectory, Action<DemoProgress>? progress = null)
+    /// <summary>
+    /// π0 (from <paramref name="cacheDirectory"/> or pretrained into it), π*, the prompts, the evaluator, and π0's and π*'s scores;
+    /// models train on <paramref name="device"/> (default the CPU), which must outlive the experiment.
+    /// </summary>
+    public static DemoExperiment Prepare(DemoSettings settings, string cacheDirectory, Action<DemoProgress>? progress = null, GptDevice? device = null)
     {
         settings.Validate();
+        device ??= GptDevice.Cpu;
         var tokenizer = Gpt2Tokenizer.FromSpec(settings.Tokenizer);
         var config = settings.Model with { VocabSize = tokenizer.VocabSize };
         var (model, pi0) = ReferencePretraining.GetOrTrain(cacheDirectory, config, settings.Pretraining, tokenizer,
-            (step, steps, loss) => progress?.Invoke(new DemoProgress("pretrain π0", step, steps, $"loss {loss:F3}")));
+            (step, steps, loss) => progress?.Invoke(new DemoProgress("pretrain π0", step, steps, $"loss {loss:F3}")), device);
         progress?.Invoke(new DemoProgress("pretrain π0", 1, 1, pi0.Cached ? "cached" : $"validation loss {pi0.ValidationLoss:F3}"));
         try
         {
@@ -173,14 +203,14 @@ public sealed class DemoExperiment : IDisposable
             var evaluator = new KnownTargetEvaluator(task, settings.EvalSamplesPerPrompt, settings.Seed);
             progress?.Invoke(new DemoProgress("evaluate π0 and π*", 1, 3, "π0"));
             KnownTargetEvaluation referenceEvaluation;
-            using (var pi0Policy = new GptPolicy(model, new AdamWSettings()))
+            using (var pi0Policy = device.Policy(model, new AdamWSettings()))
                 referenceEvaluation = evaluator.Evaluate(new PolicyResponseModel(pi0Policy));
             progress?.Invoke(new DemoProgress("evaluate π0 and π*", 2, 3, "π*"));
             var targetEvaluation = evaluator.Evaluate(target);
             progress?.Invoke(new DemoProgress("evaluate π0 and π*", 3, 3, "done"));
             var summary = new DemoTaskSummary(referenceEvaluation.ForwardKl, targetEvaluation.MeanLength, weights.Count(w => w != 0),
                 train.Count, eval.Count, evaluator.Samples, settings.Task.Temperature, settings.Task.Gamma, settings.Task.ResponseTokens);
-            return new DemoExperiment(settings, model, pi0, task, evaluator, summary, referenceEvaluation, targetEvaluation, progress);
+            return new DemoExperiment(settings, model, pi0, task, evaluator, summary, referenceEvaluation, targetEvaluation, progress, device);
         }
         catch
         {
@@ -197,8 +227,9 @@ public sealed class DemoExperiment : IDisposable
         var drawn = Task.DrawPairs(n, KnownTargetTask.Mix(Settings.Seed, 100 + (ulong)n));
         progress?.Invoke(new DemoProgress(stage, 1, 1, $"mean |P* − ½| {drawn.MeanLabelMargin:F3}"));
 
-        using var rewardModel = new RewardModel(Copy(reference), new AdamWSettings(WeightDecay: 0), ownsBackbone: true);
-        using var baselinePolicy = new GptPolicy(reference, new AdamWSettings());
+        using var rewardBackbone = Device.Backbone(reference.Config);   // null on the CPU; disposed after the reward model
+        using var rewardModel = new RewardModel(Copy(reference), new AdamWSettings(WeightDecay: 0), ownsBackbone: true, rewardBackbone);
+        using var baselinePolicy = Device.Policy(reference, new AdamWSettings());
         if (Settings.RewardBaseline) rewardModel.Baseline = new LogLikelihoodReward(baselinePolicy, Settings.Task.Gamma);
         var reward = TrainRewardModel(rewardModel, drawn.Pairs, n);
 
@@ -232,7 +263,7 @@ public sealed class DemoExperiment : IDisposable
     /// <summary>ln π0 of every chosen and rejected response (interleaved), scored like the policy scores them.</summary>
     private float[] ReferenceLogProbs(IReadOnlyList<PreferencePair> pairs)
     {
-        using var pi0 = new GptPolicy(reference, new AdamWSettings());
+        using var pi0 = Device.Policy(reference, new AdamWSettings());
         var sums = KnownTargetTask.ScoreAll(new PolicyResponseModel(pi0), OfflinePreferenceObjective.Sequences(pairs));
         return [.. sums.Select(x => (float)x)];
     }
@@ -264,9 +295,9 @@ public sealed class DemoExperiment : IDisposable
     private DemoMethodResult RunMethod(DemoMethod method, int n, IReadOnlyList<PreferencePair> pairs, float[] referenceLogProbs, RewardModel rewardModel)
     {
         string name = NameOf(method), stage = $"n = {n}: {name}";
-        using var policy = new GptPolicy(Copy(reference), new AdamWSettings(WeightDecay: 0), ownsModel: true,
+        using var policy = Device.Policy(Copy(reference), new AdamWSettings(WeightDecay: 0), ownsModel: true,
             withValueHead: method is DemoMethod.Rlhf or DemoMethod.ReverseKl);
-        using var pi0 = new GptPolicy(reference, new AdamWSettings());
+        using var pi0 = Device.Policy(reference, new AdamWSettings());
         var step = CreateTrainer(method, policy, pi0, pairs, referenceLogProbs, rewardModel);
         var watch = Stopwatch.StartNew();
         var curve = new List<(int, double)>();
@@ -291,7 +322,7 @@ public sealed class DemoExperiment : IDisposable
     };
 
     /// <summary>One training step of the method: offline ones on the n pairs, online ones on the pairs' prompts (or the task's training prompts) with R̂.</summary>
-    private Func<AlignmentStepReport> CreateTrainer(DemoMethod method, GptPolicy policy, GptPolicy pi0, IReadOnlyList<PreferencePair> pairs,
+    private Func<AlignmentStepReport> CreateTrainer(DemoMethod method, IGptValueModel policy, IPolicy pi0, IReadOnlyList<PreferencePair> pairs,
                                                    float[] referenceLogProbs, RewardModel rewardModel)
     {
         var kl = (double beta) => beta > 0 ? new KlRegularizer(beta, 2, Settings.Task.ResponseTokens, Task.EndOfText) : null;

@@ -1,6 +1,7 @@
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
+using DistAlign.Alignment.Policies;
 using DistAlign.Transformer.Data;
 using DistAlign.Transformer.Model;
 using DistAlign.Transformer.Tokenization;
@@ -18,33 +19,36 @@ public sealed record PretrainedReference(string Path, bool Cached, double Valida
 /// <summary>
 /// π0 for the known-target experiments, pretrained on the shipped corpus's training part once and cached in
 /// <c>DIR/&lt;key&gt;/model.safetensors</c>, the key a SHA-256 of the config, the pretraining options, the tokenizer and
-/// the corpus text: any change trains a new π0, an unchanged one is reused.
+/// the corpus text (and, for a π0 pretrained on a GPU, the device and its settings, since its weights differ from the CPU's by
+/// rounding): any change trains a new π0, an unchanged one is reused.
 /// </summary>
 public static class ReferencePretraining
 {
     /// <summary>Name of the file beside the model that records its validation loss and pretraining time.</summary>
     public const string InfoFileName = "pretraining.json";
 
-    public static string CacheKey(GptConfig config, LanguageModelTrainingOptions options, Gpt2Tokenizer tokenizer, string corpus)
+    public static string CacheKey(GptConfig config, LanguageModelTrainingOptions options, Gpt2Tokenizer tokenizer, string corpus, GptDevice? device = null)
     {
         using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
         hash.AppendData(Encoding.UTF8.GetBytes(JsonSerializer.Serialize(new { config, options, tokenizer = tokenizer.Spec, format = "distalign.demo.pi0.v1" })));
         hash.AppendData(Encoding.UTF8.GetBytes(corpus));
+        if (device is { IsCpu: false }) hash.AppendData(Encoding.UTF8.GetBytes("\0pretrained on " + device.Description));
         return Convert.ToHexStringLower(hash.GetHashAndReset())[..16];
     }
 
     /// <summary>
-    /// Loads the cached π0 for these settings or pretrains it (reporting (step, steps, loss) to <paramref name="progress"/>).
-    /// The caller owns the returned model.
+    /// Loads the cached π0 for these settings or pretrains it (reporting (step, steps, loss) to <paramref name="progress"/>), on
+    /// <paramref name="device"/> (default the CPU). The caller owns the returned (host) model.
     /// </summary>
     public static (Gpt Model, PretrainedReference Info) GetOrTrain(string cacheDirectory, GptConfig config, LanguageModelTrainingOptions options,
-                                                                   Gpt2Tokenizer tokenizer, Action<int, int, double>? progress = null)
+                                                                   Gpt2Tokenizer tokenizer, Action<int, int, double>? progress = null, GptDevice? device = null)
     {
+        device ??= GptDevice.Cpu;
         options.Validate();
         if (config.VocabSize != tokenizer.VocabSize)
             throw new ArgumentException($"the model's vocabulary ({config.VocabSize}) differs from the tokenizer's ({tokenizer.VocabSize})");
         var split = ShippedData.SplitMobyDick();
-        string key = CacheKey(config, options, tokenizer, split.Train + "\0" + split.HeldOut);
+        string key = CacheKey(config, options, tokenizer, split.Train + "\0" + split.HeldOut, device);
         string folder = System.IO.Path.Combine(cacheDirectory, key);
         string path = System.IO.Path.Combine(folder, GptCheckpoint.ModelFileName);
         string infoPath = System.IO.Path.Combine(folder, InfoFileName);
@@ -68,16 +72,27 @@ public static class ReferencePretraining
         }
         var watch = System.Diagnostics.Stopwatch.StartNew();
         var model = new Gpt(config);
-        model.InitializeGpt2(options.Seed);
-        var trainer = new LanguageModelTrainer(model, tokenizer.Encode(split.Train), tokenizer.Encode(split.HeldOut), options);
         float validation = float.NaN;
-        while (trainer.Step < options.Steps)
+        try
         {
-            var report = trainer.TrainStep();
-            if (report.ValidationLoss is float v) validation = v;
-            progress?.Invoke(report.Step, options.Steps, report.Loss);
+            model.InitializeGpt2(options.Seed);
+            using var gpu = device.Backbone(config);
+            var trainer = new LanguageModelTrainer(model, tokenizer.Encode(split.Train), tokenizer.Encode(split.HeldOut), options, gpu);
+            trainer.UploadModel();
+            while (trainer.Step < options.Steps)
+            {
+                var report = trainer.TrainStep();
+                if (report.ValidationLoss is float v) validation = v;
+                progress?.Invoke(report.Step, options.Steps, report.Loss);
+            }
+            if (float.IsNaN(validation)) validation = trainer.Evaluate();
+            trainer.DownloadModel();
         }
-        if (float.IsNaN(validation)) validation = trainer.Evaluate();
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
         Directory.CreateDirectory(folder);
         GptCheckpoint.SaveModel(path, model, tokenizer.Spec);
         double seconds = watch.Elapsed.TotalSeconds;
