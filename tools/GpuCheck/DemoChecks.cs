@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using DistAlign.Alignment.Experiments;
 using DistAlign.Alignment.Policies;
+using DistAlign.Alignment.Training;
 using DistAlign.Kernels.Cpu;
 using DistAlign.Kernels.Gpu;
 using ILGPU.Runtime;
@@ -12,7 +13,7 @@ namespace DistAlign.GpuCheck;
 /// reward model's backbone on GpuGpt, every policy on GpuGptPolicy, decoding and entropies on the device — against the same run on the
 /// CPU at <see cref="DemoSettings.Smoke"/> (fp32 GEMMs): every number of the two reports (<see cref="DemoComparison"/>) within
 /// 1e-3·max(1, |cpu|) (the simulator test holds it to 1e-4 and sees about 5e-7; cuBLAS sums in its own order). With benchmarks, the CI-sized demo (<see cref="DemoSettings.Quick"/>) is
-/// timed end to end on the device and on the CPU.
+/// timed end to end on the device and on the CPU, and a PPO iteration (<c>bench ppo --device cuda</c>) is split into its phases.
 /// </summary>
 internal sealed class DemoChecks(Accelerator accelerator, Report report)
 {
@@ -60,6 +61,23 @@ internal sealed class DemoChecks(Accelerator accelerator, Report report)
             }
             catch (Exception e) { report.Add(new CheckResult($"demo --quick timing ({precision})", 0, double.NaN, double.NaN, "", $"{e.GetType().Name}: {e.Message}")); }
         }
+    }
+
+    /// <summary><c>bench ppo --device cuda</c>: a PPO iteration's sampling, scoring and training on the device (fp32 GEMMs), tiny and W2.</summary>
+    public void TimeThePpoIteration()
+    {
+        try
+        {
+            var device = Device(GemmPrecision.Float32, out var gemm);
+            using (gemm)
+            {
+                foreach (var m in PpoIterationBenchmark.RunAll(iterations: 3, device))
+                    report.Add(new BenchmarkResult($"PPO iteration ({m.Name}), GpuGptPolicy + GPU R̂", $"{m.Prompts} × ({m.PromptTokens} + {m.ResponseTokens / m.Prompts}) tokens, {m.OptimizerSteps} optimizer steps",
+                        m.TotalMilliseconds, $"sampling {m.SamplingMilliseconds:F0} ms ({m.SamplingTokensPerSecond:N0} tokens/s), scoring {m.ScoringMilliseconds:F0} ms, training {m.TrainingMilliseconds:F0} ms",
+                        "see docs/benchmarks.md for the CPU's"));
+            }
+        }
+        catch (Exception e) { report.Add(new CheckResult("bench ppo on the device", 0, double.NaN, double.NaN, "", $"{e.GetType().Name}: {e.Message}")); }
     }
 
     private GptDevice Device(GemmPrecision precision, out IDisposable? gemmOwner)

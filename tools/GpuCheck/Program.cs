@@ -133,6 +133,7 @@ public static class Program
                 gpt.StepBenchmark("GPT-2 124M", gpt2, rows, 1024, GemmPrecision.BFloat16, warmup: 3, steps: quick ? 3 : 20, KernelBenchmarks.PeakBf16Flops, profile: true, flash: true);
                 gpt.StepBenchmark("GPT-2 124M", gpt2, rows, 1024, GemmPrecision.BFloat16, warmup: 2, steps: quick ? 3 : 5, KernelBenchmarks.PeakBf16Flops, profile: true);
                 gpt.StepBenchmark("GPT-2 124M", gpt2, rows, 1024, GemmPrecision.Float32, warmup: 1, steps: 3, KernelBenchmarks.PeakBf16Flops, profile: true);
+                demo.TimeThePpoIteration();
                 if (!quick) demo.TimeTheQuickDemo();
             }
             else report.Note("benchmarks skipped (--skip-bench)");

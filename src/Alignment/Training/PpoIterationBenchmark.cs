@@ -21,7 +21,10 @@ public sealed record PpoIterationMeasurement(string Name, GptConfig Config, int 
 
 /// <summary>
 /// Times PPO iterations (RLHF, value head on the policy backbone, a reward model of the same shape) on random prompts:
-/// sampling with the KV cache, scoring, and training, each as the median over the timed iterations.
+/// sampling with the KV cache, scoring, and training, each as the median over the timed iterations. On a <see cref="GptDevice"/>
+/// other than the CPU the policy (with its host value head), π0 and R̂'s backbone run there; every phase ends with its results on
+/// the host (log-probs, values, rewards, the clip's norm), so the phase times include the device work, except the last AdamW
+/// step of an iteration, which is queued and finishes inside the next rollout.
 /// </summary>
 public static class PpoIterationBenchmark
 {
@@ -32,9 +35,9 @@ public static class PpoIterationBenchmark
         ("W2", StepWorkload.W2.Config, 8, 16, 48),
     ];
 
-    /// <summary>Runs every workload of <see cref="Workloads"/>.</summary>
-    public static List<PpoIterationMeasurement> RunAll(int iterations) =>
-        [.. Workloads.Select(w => Run(w.Name, w.Config, w.Prompts, w.PromptTokens, w.ResponseTokens, warmup: 1, iterations))];
+    /// <summary>Runs every workload of <see cref="Workloads"/> on <paramref name="device"/> (default the CPU).</summary>
+    public static List<PpoIterationMeasurement> RunAll(int iterations, GptDevice? device = null) =>
+        [.. Workloads.Select(w => Run(w.Name, w.Config, w.Prompts, w.PromptTokens, w.ResponseTokens, warmup: 1, iterations, device: device))];
 
     /// <summary>The markdown table both the CLI and the report print.</summary>
     public static IEnumerable<string> Table(IEnumerable<PpoIterationMeasurement> measurements)
@@ -47,17 +50,19 @@ public static class PpoIterationBenchmark
     }
 
     public static PpoIterationMeasurement Run(string name, GptConfig config, int prompts, int promptTokens, int responseTokens,
-                                              int warmup, int iterations, int epochs = 4, int minibatches = 2, ulong seed = 1)
+                                              int warmup, int iterations, int epochs = 4, int minibatches = 2, ulong seed = 1, GptDevice? device = null)
     {
+        device ??= GptDevice.Cpu;
         if (promptTokens + responseTokens > config.MaxSequenceLength)
             throw new ArgumentException($"{promptTokens} prompt + {responseTokens} response tokens exceed the context of {config.MaxSequenceLength}");
         var model = new Gpt(config);
         model.InitializeGpt2(seed);
-        using var policy = new GptPolicy(model, new AdamWSettings(WeightDecay: 0), ownsModel: true, withValueHead: true);
+        using var policy = device.Policy(model, new AdamWSettings(WeightDecay: 0), ownsModel: true, withValueHead: true);
         using var reference = policy.Snapshot();
         var rewardBackbone = new Gpt(config);
         rewardBackbone.InitializeGpt2(seed + 1);
-        using var reward = new RewardModel(rewardBackbone, new AdamWSettings(), ownsBackbone: true);
+        using var rewardOnDevice = device.Backbone(config);   // null on the CPU; disposed after the reward model
+        using var reward = new RewardModel(rewardBackbone, new AdamWSettings(), ownsBackbone: true, rewardOnDevice);
         var rng = new PhiloxStream(seed, 9);
         var promptList = new List<int[]>();
         for (int i = 0; i < prompts * (warmup + iterations); i++)
