@@ -2,35 +2,54 @@ using System.CommandLine;
 using DistAlign.Alignment.Policies;
 using DistAlign.Alignment.Training;
 using DistAlign.Kernels.Cpu;
+using DistAlign.Transformer.Gpu;
 using DistAlign.Transformer.Model;
 using DistAlign.Transformer.Training;
 using Spectre.Console;
 
 namespace DistAlign.Cli;
 
-/// <summary><c>distalign bench step</c>: the whole-training-step harness (W1, W2).</summary>
+/// <summary><c>distalign bench step</c>: the whole-training-step harness (W1, W2; with <c>--device cuda</c> also GPT-2 124M at 16 × 1024).</summary>
 internal static class BenchCommand
 {
     public static Command Create()
     {
-        var workloads = new Option<string[]>("--workload") { Description = "w1 (GPT-2 124M, 4×64) and/or w2 (4L/4H/256C/V4096, 8×128); repeatable.", DefaultValueFactory = _ => ["w2"], AllowMultipleArgumentsPerToken = true };
+        var workloads = new Option<string[]>("--workload") { Description = "w1 (GPT-2 124M, 4×64), w2 (4L/4H/256C/V4096, 8×128) and/or gpt2 (GPT-2 124M, 16×1024; --device cuda); repeatable.", DefaultValueFactory = _ => ["w2"], AllowMultipleArgumentsPerToken = true };
+        var peak = new Option<double>("--peak-tflops") { DefaultValueFactory = _ => 989, Description = "With --device cuda: the GPU's dense peak for MFU (default: the H200's bf16, 989 TFLOP/s)." };
+        var stepGpu = GpuTrainingOptions.Create();
         var warmup = new Option<int>("--warmup") { DefaultValueFactory = _ => 3, Description = "Untimed steps first." };
         var steps = new Option<int>("--steps") { DefaultValueFactory = _ => 10, Description = "Timed steps (the median is reported)." };
         var threads = new Option<int>("--threads") { DefaultValueFactory = _ => Environment.ProcessorCount, Description = "CPU threads." };
-        var step = new Command("step", "Time full training steps (forward + backward + AdamW) with a per-op breakdown.") { workloads, warmup, steps, threads };
+        var step = new Command("step", "Time full training steps (forward + backward + clip + AdamW) with a per-op breakdown.") { workloads, warmup, steps, threads, peak };
+        stepGpu.AddTo(step);
         step.SetAction(parse =>
         {
             CpuParallel.Threads = CliErrors.Positive(parse.GetValue(threads), "--threads");
-            foreach (var name in parse.GetValue(workloads)!)
+            var chosen = parse.GetValue(workloads)!.Select(name => name.ToLowerInvariant() switch
             {
-                var workload = name.ToLowerInvariant() switch
+                "w1" => StepWorkload.W1,
+                "w2" => StepWorkload.W2,
+                "gpt2" => StepWorkload.Gpt2,
+                _ => throw new CliUsageException($"--workload '{name}': expected w1, w2 or gpt2"),
+            }).ToList();
+            int warmupSteps = CliErrors.NonNegative(parse.GetValue(warmup), "--warmup"), timedSteps = CliErrors.Positive(parse.GetValue(steps), "--steps");
+            var gpuValues = stepGpu.Read(parse);
+            if (DeviceOption.Chosen == "cuda")
+            {
+                double peakFlops = parse.GetValue(peak) * 1e12;
+                if (!(peakFlops > 0)) throw new CliUsageException($"--peak-tflops must be > 0 (got {parse.GetValue(peak)})");
+                foreach (var workload in chosen)
                 {
-                    "w1" => StepWorkload.W1,
-                    "w2" => StepWorkload.W2,
-                    _ => throw new CliUsageException($"--workload '{name}': expected w1 or w2"),
-                };
-                var m = StepBenchmark.Run(workload, CliErrors.NonNegative(parse.GetValue(warmup), "--warmup"), CliErrors.Positive(parse.GetValue(steps), "--steps"));
-                Print(m);
+                    using var device = GpuTrainingOptions.OpenIfChosen(gpuValues, workload.Config)!;
+                    PrintGpu(workload, GpuStepBenchmark.Run(device.Accelerator, workload.Config, workload.Rows, workload.Length, gpuValues.Precision,
+                        Math.Max(1, warmupSteps), timedSteps, peakFlops, profile: true, flashAttention: gpuValues.Flash), device.Description, peakFlops);
+                }
+                return 0;
+            }
+            foreach (var workload in chosen)
+            {
+                if (workload.Name == StepWorkload.Gpt2.Name) throw new CliUsageException("--workload gpt2 (16 × 1024 tokens) is a GPU workload: use --device cuda, or w1 on the CPU");
+                Print(StepBenchmark.Run(workload, warmupSteps, timedSteps));
             }
             return 0;
         });
@@ -130,6 +149,17 @@ internal static class BenchCommand
         Console.WriteLine($"  step: median {m.MedianMilliseconds:F1} ms (min {m.MinMilliseconds:F1}, max {m.MaxMilliseconds:F1}, n = {m.StepMilliseconds.Length})" +
                           $" | {m.TokensPerSecond:N0} tokens/s | {m.GflopsPerSecond:F1} GFLOP/s | peak RSS {m.PeakResidentBytes / 1048576.0:F0} MiB (planned {m.PlannedBytes / 1048576.0:F0} MiB)");
         PrintOps(m.OpMillisecondsPerStep);
+    }
+
+    private static void PrintGpu(StepWorkload w, GpuStepResult r, string device, double peakFlops)
+    {
+        Console.WriteLine($"{w.Name}: {w.Config} batch {w.Rows}×{w.Length} on {device}, {w.Config.ParameterCount:N0} parameters, {r.FlopsPerStep / 1e12:F3} TFLOP/step");
+        Console.WriteLine($"  step: median {r.MedianMilliseconds:F2} ms (n = {r.TimedSteps}) | {r.TokensPerSecond:N0} tokens/s | " +
+                          $"{r.FlopsPerStep / (r.MedianMilliseconds * 1e-3) / 1e12:F1} TFLOP/s | MFU {r.Mfu:P1} of {peakFlops / 1e12:F0} TFLOP/s" +
+                          (r.DeviceBytesInUse is long bytes ? $" | {bytes / (double)(1L << 30):F1} GiB of device memory in use" : "") +
+                          $" | loss {r.FirstLoss:F4} → {r.LastLoss:F4} on the repeated batch");
+        Console.WriteLine("  one more step with every op synchronised:");
+        PrintOps(r.Breakdown);
     }
 
     private static void PrintOps(IReadOnlyList<(string Op, double Milliseconds)> ops)

@@ -24,10 +24,10 @@ internal static class DeviceOption
     /// rkl's exact entropy bonus from the fused LM head's entropy kernels), bench dpo (both of its steps on GpuGptPolicy),
     /// reward (the reward model's backbone on GpuGpt, its scalar head on the host), sample (KV-cache decoding on
     /// GpuGptDecoder; the draws on the host), and demo and experiment lm (π0's pretraining, the reward model and the six methods
-    /// on the device, see DemoExperiment), bench ppo (the policy, π0 and R̂'s backbone on the device). The other commands run on the CPU.
+    /// on the device, see DemoExperiment), bench step (GpuStepBenchmark: whole GpuGpt steps, MFU), bench ppo (the policy, π0 and R̂'s backbone on the device). The other commands run on the CPU.
     /// </summary>
     internal static readonly IReadOnlySet<string> CudaCapableCommands = new HashSet<string>(StringComparer.Ordinal)
-        { "pretrain", "align", "bench dpo", "bench ppo", "reward", "sample", "demo", "experiment lm" };
+        { "pretrain", "align", "bench step", "bench dpo", "bench ppo", "reward", "sample", "demo", "experiment lm" };
 
     /// <summary>The CUDA probe the resolution uses: a seam for tests, which pretend a GPU is there.</summary>
     internal static Func<CudaProbe> Probe { get; set; } = CudaDriver.Probe;

@@ -52,3 +52,27 @@ public class BenchCliTests
         Assert.That(c.Ratio, Is.EqualTo(1.0 / c.PeerMedian).Within(1e-12));
     }
 }
+
+/// <summary><c>bench step</c>'s device choice: GPT-2 124M at 16 × 1024 is a CUDA workload, and a GPU (pretended) is chosen under auto.</summary>
+public class BenchStepDeviceCliTests : CliTestBase
+{
+    [Test]
+    public void TheGpt2WorkloadNeedsCudaAndAutoChoosesCudaWithAGpu()
+    {
+        Assert.That(Program.Main(["bench", "step", "--workload", "gpt2", "--device", "cpu"]), Is.EqualTo(Program.UsageError));
+        Assert.That(Error.ToString(), Does.Contain("--workload gpt2 (16 × 1024 tokens) is a GPU workload: use --device cuda"));
+        DeviceOption.Probe = () => Cuda.PretendGpu.H200;
+        try
+        {
+            Assert.That(Program.Main(["bench", "step", "--workload", "w3"]), Is.EqualTo(Program.UsageError));
+            Assert.That(Output.ToString(), Does.Contain("device: cuda (NVIDIA H200"));
+            Assert.That(Error.ToString(), Does.Contain("--workload 'w3': expected w1, w2 or gpt2"));
+            Assert.That(Program.Main(["bench", "step", "--workload", "w2", "--peak-tflops", "0"]), Is.EqualTo(Program.UsageError));
+            Assert.That(Error.ToString(), Does.Contain("--peak-tflops must be > 0"));
+        }
+        finally
+        {
+            DeviceOption.Probe = DistAlign.Engine.Cuda.CudaDriver.Probe;
+        }
+    }
+}

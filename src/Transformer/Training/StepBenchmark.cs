@@ -12,6 +12,8 @@ public sealed record StepWorkload(string Name, GptConfig Config, int Rows, int L
     public static StepWorkload W1 => new("W1", GptConfig.Gpt2Small, 4, 64);
     /// <summary>W2: 4 layers, 4 heads, width 256, vocabulary 4,096, context 128, batch 8 × 128.</summary>
     public static StepWorkload W2 => new("W2", new GptConfig(4, 4, 256, 4096, 128), 8, 128);
+    /// <summary>GPT-2 124M at batch 16 × 1024: issue #8's GPU workload (llm.c's and nanoGPT's GPU configuration).</summary>
+    public static StepWorkload Gpt2 => new("GPT-2 124M", GptConfig.Gpt2Small with { MaxSequenceLength = 1024 }, 16, 1024);
 
     public int Tokens => Rows * Length;
 
