@@ -22,7 +22,9 @@ internal struct CachedAttentionShape
 /// cached rows for s = 0 … t:
 ///   z_s = q·K_s / √hs   (threads over s; written to scores [R, NH, maxT])
 ///   m = max_s z_s,  e_s = exp(z_s − m),  Z = Σ_s e_s   (group reductions, fp32)
-///   out[r, h, d] = Σ_s (e_s / Z)·V_s[d]   (threads over d, s in increasing order, as the CPU op)
+///   out[r, h, d] = Σ_s (e_s / Z)·V_s[d]   (the group split into ⌊G/hs⌋ chunks of hs threads: thread (chunk, d) sums the
+///   positions s ≡ chunk mod the chunk count, then the chunks' partial sums are added in chunk order — every thread busy
+///   at long contexts instead of hs threads each walking all t + 1 positions)
 /// Forward only (decoding needs no backward). The reductions are fixed trees over the group, so results are
 /// bit-identical run to run on one device.
 /// </remarks>
@@ -138,11 +140,27 @@ public sealed class GpuCachedAttention
             sum += e;
         }
         float inverse = 1f / GpuLaunch.GroupSum(reduction, sum);   // its barriers also publish every thread's e_s
-        for (int d = tid; d < hs; d += step)
+        Group.Barrier();   // every thread has read the sum before `reduction` holds partial sums
+
+        // out[d] = Σ_s w_s·V_s[d] with all of the group's threads: thread (chunk, d) sums s ≡ chunk (mod chunks) (a warp reads
+        // consecutive d of one V_s: coalesced), then thread d adds the chunks' partial sums in chunk order (fixed: deterministic).
+        // A head wider than the group takes several passes over d.
+        int chunks = IntrinsicMath.Max(1, step / hs), active = IntrinsicMath.Min(step, chunks * hs);
+        for (int d0 = 0; d0 < hs; d0 += active)
         {
-            float acc = 0f;
-            for (int s = 0; s < span; s++) acc += scores[row + s] * inverse * valueCache[cached + (long)s * c + d];
-            output[(long)r * c + h * hs + d] = acc;
+            int d = d0 + tid % hs, chunk = tid / hs;
+            float partial = 0f;
+            if (tid < active && d < hs)
+                for (int s = chunk; s < span; s += chunks) partial += scores[row + s] * inverse * valueCache[cached + (long)s * c + d];
+            reduction[tid] = partial;
+            Group.Barrier();
+            if (tid < hs && d0 + tid < hs && tid < active)
+            {
+                float acc = 0f;
+                for (int k = 0; k < chunks; k++) acc += reduction[k * hs + tid];
+                output[(long)r * c + h * hs + d0 + tid] = acc;
+            }
+            Group.Barrier();
         }
     }
 }

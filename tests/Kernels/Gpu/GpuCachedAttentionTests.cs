@@ -5,9 +5,9 @@ namespace DistAlign.Tests.Kernels.Gpu;
 
 /// <summary>
 /// <see cref="DistAlign.Kernels.Gpu.GpuCachedAttention"/> (KV-cache append and one-query attention) against an fp64
-/// reference at odd shapes: head sizes 5 and 7 (not multiples of 16), 3 heads, positions t = 0 (a single cached key:
+/// reference at odd shapes: head sizes 5, 7 and 19 (not multiples of 16; 19 wider than the simulator's group), 2 or 3 heads, positions t = 0 (a single cached key:
 /// every weight is 1), a middle one and the last one, more positions than some groups have threads.
-/// Tolerance 2e-6 + 2e-5·|ref| (fp32 dots over ≤ 7 terms and a softmax over ≤ 300 positions).
+/// Tolerance 2e-6 + 2e-5·|ref| (fp32 dots over ≤ 19 terms and a softmax over ≤ 300 positions).
 /// </summary>
 [TestFixture("simulator")]
 [TestFixture("cuda")]
@@ -17,6 +17,7 @@ public class GpuCachedAttentionTests(string backend) : GpuFixture(backend)
     [TestCase(3, 3, 5, 9, 4)]
     [TestCase(2, 3, 7, 9, 8)]
     [TestCase(1, 2, 7, 300, 299)]   // span 300 > the simulator's group: threads loop over positions
+    [TestCase(2, 2, 19, 40, 37)]    // a head wider than the simulator's group: the weighted sum takes several passes over d
     public void AppendThenAttendMatchesTheFp64Reference(int rows, int heads, int headSize, int maxLength, int position)
     {
         int c = heads * headSize;
