@@ -15,7 +15,7 @@ namespace DistAlign.Transformer.Gpu;
 ///              x2 = x + atty·W_proj + b; ln2 = LN(x2); x = x2 + gelu(ln2·W_fc + b)·W_fcproj + b
 ///   logits [R, V] = LN_f(x)·wteᵀ   (tied LM head)
 /// </code>
-/// then one copy of the logits to a host array (<see cref="Logits"/>; it synchronises). Buffers — the per-layer caches
+/// then one copy of the logits to a pinned host array (<see cref="Logits"/>; it synchronises). Buffers — the per-layer caches
 /// [R, maxT, C], the activations of one position, the scores [R, NH, maxT], the logits, the token and position ids — are
 /// allocated once (one float and one int device buffer, two host arrays) for (rows, maxLength); a step allocates no buffer.
 /// </summary>
@@ -35,8 +35,12 @@ public sealed class GpuGptDecoder : IIncrementalDecoder, IDisposable
     private readonly ArrayView<float>[] keyCache, valueCache;   // per layer: [R, maxT, C]
     private readonly ArrayView<float> x, residual, ln, mean, rstd, qkv, atty, projection, fch, fchGelu, scores, logits;
     private readonly ArrayView<int> tokenIds, positionIds;
-    private readonly int[] hostPositions;
+    // pinned (page-locked) host arrays, so the per-step copies are DMA transfers without a staging copy:
+    // the ids [tokens R | positions R] going up, the logits [R, V] coming back
+    private readonly int[] hostIds;
     private readonly float[] hostLogits;
+    private readonly PageLockScope<int> hostIdsLock;
+    private readonly PageLockScope<float> hostLogitsLock;
     private bool disposed;
 
     public int Rows { get; }
@@ -86,8 +90,10 @@ public sealed class GpuGptDecoder : IIncrementalDecoder, IDisposable
         ids = accelerator.Allocate1D<int>(2L * rows);
         tokenIds = ids.View.SubView(0, rows);
         positionIds = ids.View.SubView(rows, rows);
-        hostPositions = new int[rows];
-        hostLogits = new float[rows * cfg.VocabSize];
+        hostIds = GC.AllocateArray<int>(2 * rows, pinned: true);
+        hostLogits = GC.AllocateArray<float>(rows * cfg.VocabSize, pinned: true);
+        hostIdsLock = accelerator.CreatePageLockFromPinned(hostIds);
+        hostLogitsLock = accelerator.CreatePageLockFromPinned(hostLogits);
     }
 
     /// <summary>Forgets the cache: the next step is position 0.</summary>
@@ -109,9 +115,10 @@ public sealed class GpuGptDecoder : IIncrementalDecoder, IDisposable
         var layout = model.Layout;
         var gemm = model.Gemm;
         var layerNorm = model.LayerNormKernels;
-        Array.Fill(hostPositions, t);
-        tokenIds.CopyFromCPU(tokens);
-        positionIds.CopyFromCPU(hostPositions);
+        var stream = model.Accelerator.DefaultStream;
+        tokens.CopyTo(hostIds);
+        hostIds.AsSpan(r).Fill(t);
+        ids.View.CopyFromPageLockedAsync(stream, hostIdsLock);   // the last step's synchronisation: the array is free to reuse
         model.EmbeddingKernels.Forward(tokenIds, positionIds, P(layout.Wte, (long)cfg.VocabSize * c), P(layout.Wpe, (long)cfg.MaxSequenceLength * c), c, x);
 
         for (int l = 0; l < cfg.Layers; l++)
@@ -131,7 +138,8 @@ public sealed class GpuGptDecoder : IIncrementalDecoder, IDisposable
         }
         layerNorm.Forward(x, P(layout.LnFWeight, c), P(layout.LnFBias, c), ln, mean, rstd);
         gemm.Multiply(false, true, r, cfg.VocabSize, c, 1f, ln, c, P(layout.Wte, (long)cfg.VocabSize * c), c, 0f, logits, cfg.VocabSize);
-        logits.CopyToCPU(hostLogits);   // waits for the step's work on the stream
+        logits.CopyToPageLockedAsync(stream, hostLogitsLock);
+        stream.Synchronize();   // the logits are on the host once the step's work and the copy are done
         Position++;
     }
 
@@ -151,5 +159,7 @@ public sealed class GpuGptDecoder : IIncrementalDecoder, IDisposable
         disposed = true;
         floats.Dispose();
         ids.Dispose();
+        hostIdsLock.Dispose();
+        hostLogitsLock.Dispose();
     }
 }
