@@ -5,7 +5,8 @@
 //
 // Same contract as DistAlign.Kernels.Cpu.TargetLogProbs.Forward and the ILGPU GpuTargetLogProbs.ForwardKernel
 // (the portable path); all three are checked against the same CPU reference. This version exists for speed:
-// it reads bf16 logits (half the bytes of fp32) with 16-byte vector loads and merges partial (max, sum)
+// it reads bf16 logits (half the bytes of fp32) with 16-byte vector loads, two per thread in flight, adds each pair
+// of vectors with one max, one (rare) rescale and independent exps (add_values), and merges partial (max, sum)
 // pairs with warp shuffles, so one row costs one read of its logits. Statistics are fp32 throughout.
 //
 // Launch: grid = rows blocks, block = a multiple of 32 threads (≤ 1024); no dynamic shared memory.
@@ -36,25 +37,48 @@ __device__ __forceinline__ void online_merge(float& m, float& s, float m2, float
     m = mm;
 }
 
-// Loads of one element and of one 16-byte vector, per element type.
+// Adds N values held in registers: their maximum first (a max tree, no exp), one rescale of the running sum when it
+// rises (rare once a row's large values have been seen), then N exps that do not depend on each other, summed as a
+// tree. Compared with N online_add calls, the N exps are independent (the online form chains each one on the last
+// (max, sum)) and no branch depends on the data, so a warp does not diverge on its values.
+template <int N>
+__device__ __forceinline__ void add_values(float& m, float& s, const float (&x)[N])
+{
+    float group_max = x[0];
+#pragma unroll
+    for (int i = 1; i < N; i++) group_max = fmaxf(group_max, x[i]);
+    if (group_max > m) { s *= __expf(m - group_max); m = group_max; }   // m = −∞ at first: s = 0·0 = 0
+    float e[N];
+#pragma unroll
+    for (int i = 0; i < N; i++) e[i] = __expf(x[i] - m);
+#pragma unroll
+    for (int width = N / 2; width > 0; width /= 2)
+#pragma unroll
+        for (int i = 0; i < width; i++) e[i] += e[i + width];
+    s += e[0];
+}
+
+// Loads of one element, and the values of one 16-byte vector into registers, per element type.
 __device__ __forceinline__ float load_one(const float* p, long i) { return p[i]; }
 __device__ __forceinline__ float load_one(const bf16_bits* p, long i) { return bf16_to_float(p[i]); }
 
-__device__ __forceinline__ void add_vector(const float* p, long vector_index, float& m, float& s)
+template <typename T> struct vector_of { static const int size = 16 / (int)sizeof(T); };
+
+__device__ __forceinline__ void load_vector(const float* p, long vector_index, float* x)
 {
     float4 v = reinterpret_cast<const float4*>(p)[vector_index];
-    online_add(m, s, v.x); online_add(m, s, v.y); online_add(m, s, v.z); online_add(m, s, v.w);
+    x[0] = v.x; x[1] = v.y; x[2] = v.z; x[3] = v.w;
 }
 
-__device__ __forceinline__ void add_vector(const bf16_bits* p, long vector_index, float& m, float& s)
+__device__ __forceinline__ void load_vector(const bf16_bits* p, long vector_index, float* x)
 {
     uint4 v = reinterpret_cast<const uint4*>(p)[vector_index];
     unsigned int words[4] = { v.x, v.y, v.z, v.w };
 #pragma unroll
     for (int w = 0; w < 4; w++)
     {
-        online_add(m, s, __uint_as_float(words[w] << 16));          // element 2w   (low half)
-        online_add(m, s, __uint_as_float(words[w] & 0xFFFF0000u));  // element 2w+1 (high half)
+        x[2 * w] = __uint_as_float(words[w] << 16);              // element 2w   (low half)
+        x[2 * w + 1] = __uint_as_float(words[w] & 0xFFFF0000u);  // element 2w+1 (high half)
     }
 }
 
@@ -62,7 +86,7 @@ template <typename T>
 __device__ void target_logprobs_row(const T* __restrict__ logits, const int* __restrict__ targets, int vocab,
                                     float* __restrict__ log_probs, float* __restrict__ log_sum_exp)
 {
-    const int per_vector = 16 / (int)sizeof(T);
+    const int per_vector = vector_of<T>::size;
     const int row = blockIdx.x, tid = threadIdx.x, threads = blockDim.x;
     const T* p = logits + (long)row * vocab;
 
@@ -72,11 +96,25 @@ __device__ void target_logprobs_row(const T* __restrict__ logits, const int* __r
     const int vectors = (vocab - head) / per_vector;
     const int tail_start = head + vectors * per_vector;
 
+    // Whole vectors two at a time (two 16-byte loads in flight, 2·per_vector values per add_values), then the odd one.
     float m = negative_infinity(), s = 0.0f;
     for (int v = tid; v < head; v += threads) online_add(m, s, load_one(p, v));
     const T* aligned = p + head;
-    for (int v = tid; v < vectors; v += threads) add_vector(aligned, v, m, s);
-    for (int v = tail_start + tid; v < vocab; v += threads) online_add(m, s, load_one(p, v));
+    int v = tid;
+    for (; v + threads < vectors; v += 2 * threads)
+    {
+        float x[2 * vector_of<T>::size];
+        load_vector(aligned, v, x);
+        load_vector(aligned, v + threads, x + vector_of<T>::size);
+        add_values(m, s, x);
+    }
+    if (v < vectors)
+    {
+        float x[vector_of<T>::size];
+        load_vector(aligned, v, x);
+        add_values(m, s, x);
+    }
+    for (int i = tail_start + tid; i < vocab; i += threads) online_add(m, s, load_one(p, i));
 
     // Warp, then block: lane 0 of each warp parks its pair in shared memory, warp 0 merges them.
 #pragma unroll

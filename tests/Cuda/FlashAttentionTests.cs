@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using DistAlign.Kernels.Gpu;
 using ILGPU.Runtime.Cuda;
 
@@ -14,47 +13,13 @@ namespace DistAlign.Tests.Cuda;
 /// </summary>
 public class FlashAttentionTests
 {
-    private static readonly string RepositoryRoot = FindRoot();
-
-    private static string FindRoot()
-    {
-        for (var d = new DirectoryInfo(TestContext.CurrentContext.TestDirectory); d is not null; d = d.Parent)
-            if (File.Exists(Path.Combine(d.FullName, "DistAlign.sln"))) return d.FullName;
-        throw new InvalidOperationException("repository root (DistAlign.sln) not found above the test directory");
-    }
-
     [Test]
     public void KernelsMatchAnFp64ReferenceInTheHostEmulator()
     {
-        string? gpp = new[] { "/usr/bin/g++", "/usr/local/bin/g++" }.FirstOrDefault(File.Exists);
-        if (gpp is null) Assert.Ignore("g++ is not installed: the emulated run of native/flash_attention.cu did not happen");
-        string executable = Path.Combine(Directory.CreateTempSubdirectory("distalign-flash-").FullName, "flash_attention_check");
-        try
-        {
-            string tests = Path.Combine(RepositoryRoot, "tests", "Cuda");
-            var (compileCode, compileOutput) = RunProcess(gpp, ["-std=c++20", "-O1", "-pthread", "-Wall", "-Wextra", "-Werror", "-Wno-unknown-pragmas",
-                "-include", Path.Combine(tests, "cuda_emulator.h"), "-I", Path.Combine(RepositoryRoot, "native"),
-                "-x", "c++", Path.Combine(tests, "flash_attention_check.cpp"), "-o", executable]);
-            Assert.That(compileCode, Is.Zero, $"g++ failed:\n{compileOutput}");
-            var (code, output) = RunProcess(executable, []);
-            TestContext.Out.WriteLine(output);
-            Assert.That(code, Is.Zero, $"the emulated kernels are outside their bounds:\n{output}");
-            Assert.That(output.Split('\n', StringSplitOptions.RemoveEmptyEntries), Has.Length.EqualTo(5).And.All.StartWith("ok"));
-        }
-        finally
-        {
-            Directory.Delete(Path.GetDirectoryName(executable)!, recursive: true);
-        }
-    }
-
-    private static (int Code, string Output) RunProcess(string file, string[] arguments)
-    {
-        var info = new ProcessStartInfo(file, arguments) { RedirectStandardError = true, RedirectStandardOutput = true };
-        using var process = Process.Start(info)!;
-        var error = process.StandardError.ReadToEndAsync();
-        string output = process.StandardOutput.ReadToEnd();
-        process.WaitForExit();
-        return (process.ExitCode, output + error.Result);
+        var (code, output) = HostEmulator.CompileAndRun("flash_attention_check.cpp");
+        TestContext.Out.WriteLine(output);
+        Assert.That(code, Is.Zero, $"the emulated kernels are outside their bounds:\n{output}");
+        Assert.That(output.Split('\n', StringSplitOptions.RemoveEmptyEntries), Has.Length.EqualTo(5).And.All.StartWith("ok"));
     }
 
     [Test]

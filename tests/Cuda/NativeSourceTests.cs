@@ -47,6 +47,23 @@ public partial class NativeSourceTests
         Assert.That(source.Text, Does.Not.Contain("#include"), "self-contained: NVRTC compiles it without CUDA headers");
     }
 
+    /// <summary>
+    /// native/target_logprobs.cu's two kernels run in the host CUDA emulator as <see cref="NvrtcTargetLogProbs"/> launches them
+    /// (512 threads per row) against an fp64 log-sum-exp and log-probs (tests/Cuda/target_logprobs_check.cpp: odd vocabularies
+    /// up to GPT-2's, rows off a 16-byte boundary, a last-element maximum, a maximum that rises at every element; bound 2e-6).
+    /// On CUDA the launcher is held to the CPU op in <see cref="CudaKernelTests"/> and gpu-check.
+    /// </summary>
+    [Test]
+    public void TheTargetLogProbsKernelsMatchAnFp64ReferenceInTheHostEmulator()
+    {
+        Assert.That(File.ReadAllText(Path.Combine(RepositoryRoot, "tests", "Cuda", "target_logprobs_check.cpp")),
+                    Does.Contain($"constexpr int Threads = {NvrtcTargetLogProbs.ThreadsPerRow};"), "the check launches as the launcher does");
+        var (code, output) = HostEmulator.CompileAndRun("target_logprobs_check.cpp");
+        TestContext.Out.WriteLine(output);
+        Assert.That(code, Is.Zero, $"the emulated kernels are outside their bound:\n{output}");
+        Assert.That(output.Split('\n', StringSplitOptions.RemoveEmptyEntries), Has.Length.EqualTo(10).And.All.StartWith("ok"));
+    }
+
     [Test]
     public void TheFlashAttentionSourceHasTheEntryPointsTheLauncherLoads()
     {
