@@ -100,8 +100,23 @@ public sealed class GpuTargetLogProbs
         var sums = SharedMemory.Allocate<float>(GpuLaunch.MaxGroupSize);
         int row = Grid.IdxX, tid = Group.IdxX;
         long offset = (long)row * rowStride;
+        int step = Group.DimX, v = tid;
         float max = float.NegativeInfinity, sum = 0f;
-        for (int v = tid; v < vocab; v += Group.DimX)
+        // Four values per iteration (each load coalesced across the group): their max, a rescale of the running sum when it
+        // rises (rare once the row's large values are seen; exp(−∞) = 0 on the first), then four exps that do not depend on
+        // each other or on a per-value branch. The element-by-element online form below takes the last few.
+        for (; v + 3 * step < vocab; v += 4 * step)
+        {
+            float x0 = logits[offset + v], x1 = logits[offset + v + step], x2 = logits[offset + v + 2 * step], x3 = logits[offset + v + 3 * step];
+            float m4 = IntrinsicMath.Max(IntrinsicMath.Max(x0, x1), IntrinsicMath.Max(x2, x3));
+            if (m4 > max)
+            {
+                sum *= XMath.Exp(max - m4);
+                max = m4;
+            }
+            sum += (XMath.Exp(x0 - max) + XMath.Exp(x1 - max)) + (XMath.Exp(x2 - max) + XMath.Exp(x3 - max));
+        }
+        for (; v < vocab; v += step)
         {
             float x = logits[offset + v];
             if (x > max)

@@ -73,6 +73,7 @@ public class GpuReductionTests(string backend) : GpuFixture(backend)
     [TestCase(1, 1)]
     [TestCase(3, 7)]
     [TestCase(5, 1030)]   // many entries per thread, late maximum: the online sums are rescaled
+    [TestCase(4, 1088)]   // a multiple of 4 × the simulator's 16 threads: every value, the late maximum too, in the four-value loop
     public void TargetLogProbsForwardAndInPlaceBackwardMatchReference(int n, int vocab)
     {
         var logits = RandomFloats(n * vocab, 1, 4.0);
