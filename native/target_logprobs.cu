@@ -3,13 +3,20 @@
 //   lse[r]      = log Σ_v exp(x[r, v])                      (fp32, online max/sum)
 //   log_prob[r] = x[r, t_r] − lse[r]        (0 when t_r = −1: an ignored position)
 //
+// and its backward for the LM head's bf16 GEMMs (distalign_target_logprobs_backward_bf16):
+//
+//   d(logits)[r, v] = bf16(g_r·(1[v = t_r] − exp(x[r, v] − lse[r])))   for v < V,  0 for V ≤ v < row stride and rows with t_r = −1
+//
+// Rows are row_stride apart (≥ V: the LM head pads its logits rows to a multiple of 64; columns V … stride − 1 are not
+// read by the forward).
 // Same contract as DistAlign.Kernels.Cpu.TargetLogProbs.Forward and the ILGPU GpuTargetLogProbs.ForwardKernel
 // (the portable path); all three are checked against the same CPU reference. This version exists for speed:
 // it reads bf16 logits (half the bytes of fp32) with 16-byte vector loads, two per thread in flight, adds each pair
 // of vectors with one max, one (rare) rescale and independent exps (add_values), and merges partial (max, sum)
 // pairs with warp shuffles, so one row costs one read of its logits. Statistics are fp32 throughout.
 //
-// Launch: grid = rows blocks, block = a multiple of 32 threads (≤ 1024); no dynamic shared memory.
+// Launch: grid = rows blocks, block = a multiple of 32 threads (≤ 1024); no dynamic shared memory. The backward needs
+// row_stride % 4 == 0 and 16-byte aligned logits (it reads four fp32 and writes four bf16 per access).
 // Compiled at run time by NVRTC (DistAlign.Kernels.Gpu.NvrtcKernelCache) for the device's architecture.
 // Self-contained: no CUDA headers (bf16 is handled as its bit pattern, which widens to fp32 exactly).
 
@@ -83,12 +90,12 @@ __device__ __forceinline__ void load_vector(const bf16_bits* p, long vector_inde
 }
 
 template <typename T>
-__device__ void target_logprobs_row(const T* __restrict__ logits, const int* __restrict__ targets, int vocab,
+__device__ void target_logprobs_row(const T* __restrict__ logits, const int* __restrict__ targets, int vocab, int row_stride,
                                     float* __restrict__ log_probs, float* __restrict__ log_sum_exp)
 {
     const int per_vector = vector_of<T>::size;
     const int row = blockIdx.x, tid = threadIdx.x, threads = blockDim.x;
-    const T* p = logits + (long)row * vocab;
+    const T* p = logits + (long)row * row_stride;
 
     // Elements before the first 16-byte boundary, whole vectors, then the tail.
     int head = (int)(((16 - ((unsigned long long)p & 15)) & 15) / sizeof(T));
@@ -142,13 +149,57 @@ __device__ void target_logprobs_row(const T* __restrict__ logits, const int* __r
 }
 
 extern "C" __global__ void distalign_target_logprobs_bf16(const bf16_bits* __restrict__ logits, const int* __restrict__ targets, int vocab,
-                                                          float* __restrict__ log_probs, float* __restrict__ log_sum_exp)
+                                                          int row_stride, float* __restrict__ log_probs, float* __restrict__ log_sum_exp)
 {
-    target_logprobs_row(logits, targets, vocab, log_probs, log_sum_exp);
+    target_logprobs_row(logits, targets, vocab, row_stride, log_probs, log_sum_exp);
 }
 
 extern "C" __global__ void distalign_target_logprobs_f32(const float* __restrict__ logits, const int* __restrict__ targets, int vocab,
-                                                         float* __restrict__ log_probs, float* __restrict__ log_sum_exp)
+                                                         int row_stride, float* __restrict__ log_probs, float* __restrict__ log_sum_exp)
 {
-    target_logprobs_row(logits, targets, vocab, log_probs, log_sum_exp);
+    target_logprobs_row(logits, targets, vocab, row_stride, log_probs, log_sum_exp);
+}
+
+// fp32 → bf16 bits, to nearest with ties to even; NaN stays a quiet NaN of the same sign (as GpuBFloat16.Round).
+__device__ __forceinline__ unsigned int float_to_bf16_bits(float x)
+{
+    unsigned int bits = __float_as_uint(x);
+    if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return ((bits >> 16) | 0x0040u) & 0xFFFFu;
+    return (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+}
+
+// One block per row; each thread takes four columns at a time: one 16-byte read of fp32 logits, one 8-byte write of
+// bf16 gradients (the columns past V, in the last vector of the row and in the padding, are written as 0 and their
+// logits are not used). Same arithmetic as GpuTargetLogProbs.BackwardToBFloat16Kernel: d = −g·exp(x − lse), + g at the target.
+extern "C" __global__ void distalign_target_logprobs_backward_bf16(const float* __restrict__ logits, const int* __restrict__ targets,
+                                                                   int vocab, int row_stride, const float* __restrict__ log_sum_exp,
+                                                                   const float* __restrict__ d_log_probs, uint2* __restrict__ d_logits)
+{
+    const int row = blockIdx.x;
+    const int target = targets[row];
+    const float g = target < 0 ? 0.0f : d_log_probs[row], lse = log_sum_exp[row];
+    const int vectors = row_stride / 4, real = target < 0 ? 0 : vocab;   // an ignored row is all zeros
+    const float4* x = reinterpret_cast<const float4*>(logits + (long)row * row_stride);
+    uint2* out = d_logits + (long)row * vectors;                          // four bf16 per 8-byte store
+    for (int i = threadIdx.x; i < vectors; i += blockDim.x)
+    {
+        const int v = 4 * i;
+        float d[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
+        if (v < real)
+        {
+            float4 value = x[i];
+            float values[4] = { value.x, value.y, value.z, value.w };
+#pragma unroll
+            for (int k = 0; k < 4; k++)
+                if (v + k < real)
+                {
+                    d[k] = -g * __expf(values[k] - lse);
+                    if (v + k == target) d[k] += g;
+                }
+        }
+        uint2 packed;
+        packed.x = float_to_bf16_bits(d[0]) | (float_to_bf16_bits(d[1]) << 16);   // the lower address holds the lower column
+        packed.y = float_to_bf16_bits(d[2]) | (float_to_bf16_bits(d[3]) << 16);
+        out[i] = packed;
+    }
 }

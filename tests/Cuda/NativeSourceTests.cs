@@ -41,16 +41,17 @@ public partial class NativeSourceTests
     {
         var source = NativeSource.Get(NvrtcTargetLogProbs.SourceName);
         var entries = EntryPoint().Matches(source.Text).Select(m => m.Groups[1].Value).Order().ToArray();
-        Assert.That(entries, Is.EqualTo(new[] { "distalign_target_logprobs_bf16", "distalign_target_logprobs_f32" }));
+        Assert.That(entries, Is.EqualTo(new[] { "distalign_target_logprobs_backward_bf16", "distalign_target_logprobs_bf16", "distalign_target_logprobs_f32" }));
         string launcher = File.ReadAllText(Path.Combine(RepositoryRoot, "src", "Kernels", "Gpu", "NvrtcTargetLogProbs.cs"));
         foreach (var entry in entries) Assert.That(launcher, Does.Contain($"\"{entry}\""), $"{entry} is looked up by the launcher");
         Assert.That(source.Text, Does.Not.Contain("#include"), "self-contained: NVRTC compiles it without CUDA headers");
     }
 
     /// <summary>
-    /// native/target_logprobs.cu's two kernels run in the host CUDA emulator as <see cref="NvrtcTargetLogProbs"/> launches them
-    /// (512 threads per row) against an fp64 log-sum-exp and log-probs (tests/Cuda/target_logprobs_check.cpp: odd vocabularies
-    /// up to GPT-2's, rows off a 16-byte boundary, a last-element maximum, a maximum that rises at every element; bound 2e-6).
+    /// native/target_logprobs.cu's kernels run in the host CUDA emulator as <see cref="NvrtcTargetLogProbs"/> launches them
+    /// (512 threads per row) against an fp64 log-sum-exp and log-probs and the fp64 d(logits) (tests/Cuda/target_logprobs_check.cpp:
+    /// odd vocabularies up to GPT-2's, rows V apart (off a 16-byte boundary) and padded to the LM head's row stride with garbage
+    /// in the padding, a last-element maximum, a maximum that rises at every element; bounds 2e-6 and bf16 rounding, 2⁻⁸).
     /// On CUDA the launcher is held to the CPU op in <see cref="CudaKernelTests"/> and gpu-check.
     /// </summary>
     [Test]
@@ -61,7 +62,7 @@ public partial class NativeSourceTests
         var (code, output) = HostEmulator.CompileAndRun("target_logprobs_check.cpp");
         TestContext.Out.WriteLine(output);
         Assert.That(code, Is.Zero, $"the emulated kernels are outside their bound:\n{output}");
-        Assert.That(output.Split('\n', StringSplitOptions.RemoveEmptyEntries), Has.Length.EqualTo(10).And.All.StartWith("ok"));
+        Assert.That(output.Split('\n', StringSplitOptions.RemoveEmptyEntries), Has.Length.EqualTo(25).And.All.StartWith("ok"));
     }
 
     [Test]

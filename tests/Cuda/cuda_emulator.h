@@ -31,6 +31,7 @@ struct dim3
 {
     unsigned int x = 1, y = 1, z = 1;
 };
+struct uint2 { unsigned int x, y; };
 struct uint4 { unsigned int x, y, z, w; };
 struct float4 { float x, y, z, w; };
 

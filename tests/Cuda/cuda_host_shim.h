@@ -15,6 +15,7 @@
 #define __launch_bounds__(...)
 struct dim3 { unsigned int x, y, z; };
 extern dim3 threadIdx, blockIdx, blockDim, gridDim;
+struct uint2 { unsigned int x, y; };
 struct uint4 { unsigned int x, y, z, w; };
 struct float4 { float x, y, z, w; };
 void __syncthreads();

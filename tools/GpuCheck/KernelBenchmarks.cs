@@ -180,11 +180,21 @@ internal sealed class KernelBenchmarks(CudaAccelerator accelerator, Report repor
         Fill<float>(padded.View, x => x, 8f);
         Bandwidth($"fused log-probs ILGPU fp32, row stride {stride}", shape, Time(() => ilgpu.Forward(padded.View, dt.View, Vocab, stride, lp.View, lse.View)),
                   (long)rows * Vocab * 4);
+        Bandwidth($"fused log-probs NVRTC fp32, row stride {stride}", shape, Time(() => nvrtc.Forward(padded.View, dt.View, Vocab, stride, lp.View, lse.View)),
+                  (long)rows * Vocab * 4);
+        // The LM head's backward on its bf16 path: read fp32 logits, write bf16 d(logits) (both counted: 6 bytes per column)
+        using var dLogProbs = accelerator.Allocate1D<float>(rows);
+        Fill<float>(dLogProbs.View, x => x, 1f);
+        using var gradient = accelerator.Allocate1D<ushort>((long)rows * stride);
+        Bandwidth($"d(logits) to bf16 ILGPU, row stride {stride}", shape,
+                  Time(() => ilgpu.BackwardToBFloat16(padded.View, dt.View, Vocab, stride, lse.View, dLogProbs.View, gradient.View)), (long)rows * stride * 6);
+        Bandwidth($"d(logits) to bf16 NVRTC, row stride {stride}", shape,
+                  Time(() => nvrtc.BackwardToBFloat16(padded.View, dt.View, Vocab, stride, lse.View, dLogProbs.View, gradient.View)), (long)rows * stride * 6);
     }
 
     private void Bandwidth(string name, string shape, double ms, long bytes)
     {
         double perSecond = bytes / (ms * 1e-3);
-        report.Add(new BenchmarkResult(name, shape, ms, $"{perSecond / 1e12:F2} TB/s read", $"{perSecond / PeakBytesPerSecond:P1} of 4.8 TB/s"));
+        report.Add(new BenchmarkResult(name, shape, ms, $"{perSecond / 1e12:F2} TB/s moved", $"{perSecond / PeakBytesPerSecond:P1} of 4.8 TB/s"));
     }
 }

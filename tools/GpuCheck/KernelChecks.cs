@@ -519,5 +519,27 @@ internal sealed class KernelChecks(Accelerator accelerator, Report report, bool 
         using var shifted = Up(bits.Prepend((ushort)0).ToArray());
         nvrtc.Forward(shifted.View.SubView(1, bits.Length), dt.View, vocab, dlp.View, dlse.View);
         report.Compare($"NVRTC target log-probs bf16, misaligned base [{rows}, {vocab}]", Down(dlp), logProbs, 2e-4, 1e-5);
+
+        // The LM head's layout: rows padded to the row stride (the padding holds NaN, which neither kernel may use), the forward
+        // on them, then the bf16 d(logits) against the CPU backward rounded to bf16 (padding and ignored rows exactly 0).
+        int stride = GpuSequenceLogProbs.RowStride(vocab);
+        var padded = new float[rows * stride];
+        Array.Fill(padded, float.NaN);
+        for (int r = 0; r < rows; r++) Array.Copy(logits, r * vocab, padded, r * stride, vocab);
+        TargetLogProbs.Forward(logits, targets, vocab, logProbs, lse);
+        using var dPadded = Up(padded);
+        nvrtc.Forward(dPadded.View, dt.View, vocab, stride, dlp.View, dlse.View);
+        report.Compare($"NVRTC target log-probs fp32, row stride {stride} [{rows}, {vocab}]", Down(dlp), logProbs, 2e-4, 1e-5);
+        var dLogProbs = RandomFloats(rows, 28);
+        var expected = (float[])logits.Clone();
+        TargetLogProbs.Backward(expected, targets, vocab, lse, dLogProbs);   // d(logits) in place, 0 on ignored rows
+        var expectedPadded = new float[rows * stride];
+        for (int r = 0; r < rows; r++) Array.Copy(expected, r * vocab, expectedPadded, r * stride, vocab);
+        using var dGradient = accelerator.Allocate1D<ushort>((long)rows * stride);
+        using var dd = Up(dLogProbs);
+        using var dLse = Up(lse);
+        nvrtc.BackwardToBFloat16(dPadded.View, dt.View, vocab, stride, dLse.View, dd.View, dGradient.View);
+        var gradient = Down(dGradient).Select(HalfPrecision.FromBFloat16Bits).ToArray();
+        report.Compare($"NVRTC d(logits) to bf16, row stride {stride} [{rows}, {vocab}]", gradient, expectedPadded, 1e-7, 1.0 / 128);
     }
 }

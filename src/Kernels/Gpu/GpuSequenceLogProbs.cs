@@ -19,7 +19,8 @@ namespace DistAlign.Kernels.Gpu;
 /// </para>
 /// <list type="bullet">
 /// <item>logits = h·Eᵀ into the scratch (<see cref="IGemm"/>, β = 0, n = V, ldc = Vp: writes the V real columns only);</item>
-/// <item>log-probs and the saved log-sum-exp by <see cref="GpuTargetLogProbs.Forward(ArrayView{float}, ArrayView{int}, int, int, ArrayView{float}, ArrayView{float})"/>;</item>
+/// <item>log-probs and the saved log-sum-exp by <see cref="GpuTargetLogProbs.Forward(ArrayView{float}, ArrayView{int}, int, int, ArrayView{float}, ArrayView{float})"/>
+/// (on CUDA with NVRTC, by <see cref="NvrtcTargetLogProbs"/>'s kernel: 16-byte loads, the same contract);</item>
 /// <item>optional entropies by <see cref="EntropyKernel"/>: one group per row, each thread sums
 /// −p·ln p = −exp(x − lse)·(x − lse) over its strided share, then a fixed shared-memory tree (no atomics);
 /// summing −p·ln p rather than lse − Σ p·x avoids cancelling two large numbers;</item>
@@ -56,6 +57,7 @@ public sealed class GpuSequenceLogProbs : IDisposable
     private readonly Accelerator _accelerator;
     private readonly IGemm _gemm;
     private readonly GpuTargetLogProbs _targetLogProbs;
+    private readonly NvrtcTargetLogProbs? _nvrtc;   // CUDA with NVRTC: the log-softmax forward and the bf16 d(logits) (owned)
     private readonly int _groupSize;
     private readonly MemoryBuffer1D<float, Stride1D.Dense> _dummy;     // stands in for an absent or empty float view
     private readonly MemoryBuffer1D<int, Stride1D.Dense> _dummyInt;    // stands in for an absent or empty int view
@@ -72,12 +74,16 @@ public sealed class GpuSequenceLogProbs : IDisposable
 
     /// <summary>Loads the kernels on <paramref name="accelerator"/>; the GEMMs and target log-probs are the given ops (same accelerator).
     /// The GEMMs run on bf16 operands when <paramref name="gemm"/> is an <see cref="IBFloat16Gemm"/> that
-    /// <see cref="IBFloat16Gemm.RoundsOperandsToBFloat16"/> (see the class remarks), on fp32 operands otherwise.</summary>
-    public GpuSequenceLogProbs(Accelerator accelerator, IGemm gemm, GpuTargetLogProbs targetLogProbs)
+    /// <see cref="IBFloat16Gemm.RoundsOperandsToBFloat16"/> (see the class remarks), on fp32 operands otherwise.
+    /// With <paramref name="nvrtc"/> (CUDA, <see cref="NvrtcTargetLogProbs.TryCreate"/>; owned from then on) the log-softmax
+    /// forward and, on the bf16 path without an entropy gradient, d(logits) run as its CUDA C kernels (16-byte accesses)
+    /// instead of the ILGPU ones; the entropy kernels and the fp32 in-place backward stay ILGPU's.</summary>
+    public GpuSequenceLogProbs(Accelerator accelerator, IGemm gemm, GpuTargetLogProbs targetLogProbs, NvrtcTargetLogProbs? nvrtc = null)
     {
         _accelerator = accelerator;
         _gemm = gemm;
         _targetLogProbs = targetLogProbs;
+        _nvrtc = nvrtc;
         _groupSize = GpuLaunch.ReductionGroupSize(accelerator);
         _dummy = accelerator.Allocate1D<float>(1);
         _dummyInt = accelerator.Allocate1D<int>(1);
@@ -383,7 +389,8 @@ public sealed class GpuSequenceLogProbs : IDisposable
     {
         var t = targets.SubView(start, rows);
         var lse = logSumExp.SubView(start, rows);
-        _targetLogProbs.Forward(logits, t, v, stride, logProbs.SubView(start, rows), lse);
+        if (_nvrtc is not null) _nvrtc.Forward(logits, t, v, stride, logProbs.SubView(start, rows), lse);
+        else _targetLogProbs.Forward(logits, t, v, stride, logProbs.SubView(start, rows), lse);
         if (entropy.Length != 0)
             _entropy(_accelerator.DefaultStream, GpuLaunch.Rows(rows, _groupSize), logits, t, v, stride, lse, entropy.SubView(start, rows));
         Lap("lm head softmax fwd");
@@ -415,7 +422,10 @@ public sealed class GpuSequenceLogProbs : IDisposable
             return;
         }
         var dLogits = Owned(ref _dLogitsBf16, (long)rows * stride);
-        if (dEntropy.Length == 0) _targetLogProbs.BackwardToBFloat16(logits, t, v, stride, lse, a, dLogits);
+        if (dEntropy.Length == 0 && _nvrtc is not null
+            && NvrtcTargetLogProbs.SupportsBackward(stride, (ulong)logits.LoadEffectiveAddressAsPtr(), (ulong)dLogits.LoadEffectiveAddressAsPtr()))
+            _nvrtc.BackwardToBFloat16(logits, t, v, stride, lse, a, dLogits);
+        else if (dEntropy.Length == 0) _targetLogProbs.BackwardToBFloat16(logits, t, v, stride, lse, a, dLogits);
         else _gradientToBFloat16(_accelerator.DefaultStream, rows * stride, logits, t, v, stride, lse, entropy.SubView(start, rows), a,
                                  dEntropy.SubView(start, rows), dLogits);
         Lap("lm head softmax bwd");
@@ -539,5 +549,6 @@ public sealed class GpuSequenceLogProbs : IDisposable
         _tableBf16 = _hiddenBf16 = _dLogitsBf16 = null;
         _dummy.Dispose();
         _dummyInt.Dispose();
+        _nvrtc?.Dispose();
     }
 }

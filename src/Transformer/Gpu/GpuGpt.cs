@@ -101,7 +101,7 @@ public sealed class GpuGpt : IDisposable
         residual = new GpuResidual(accelerator);
         embedding = new GpuEmbedding(accelerator);
         columnSum = new GpuColumnSum(accelerator);
-        lmHead = new GpuSequenceLogProbs(accelerator, gemm, new GpuTargetLogProbs(accelerator)) { Profiler = Lap };   // sub-op laps: no-ops without a Profile
+        lmHead = new GpuSequenceLogProbs(accelerator, gemm, new GpuTargetLogProbs(accelerator), NvrtcTargetLogProbs.TryCreate(accelerator)) { Profiler = Lap };   // sub-op laps: no-ops without a Profile
         adamW = new GpuAdamW(accelerator);
         gradientNorm = new GpuGradientNorm(accelerator);
         rowGather = new GpuRowGather(accelerator);
