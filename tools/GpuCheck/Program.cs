@@ -143,6 +143,7 @@ public static class Program
             report.Add(new CheckResult("gpu-check run", 0, double.NaN, double.NaN, "", $"{e.GetType().Name}: {e.Message}"));
             log.WriteLine(e);
         }
+        if (NvrtcTargetLogProbs.LastUnavailableReason is { } reason) report.Note($"GpuGpt's LM head ran the ILGPU log-prob kernels: {reason}");
         report.Note($"total {total.Elapsed.TotalSeconds:F1} s");
         report.Write(outDir, header);
         int failed = report.Checks.Count(c => !c.Passed);

@@ -40,10 +40,31 @@ public sealed unsafe class NvrtcTargetLogProbs : IDisposable
 
     /// <summary>
     /// The kernels for <paramref name="accelerator"/> when it is a CUDA accelerator and NVRTC is installed (compiled once, then
-    /// loaded from the default on-disk cache); null otherwise, so a caller keeps the portable ILGPU kernels.
+    /// loaded from the default on-disk cache); null otherwise, so a caller keeps the portable ILGPU kernels. A source NVRTC
+    /// rejects also gives null (an optional fast path must not stop training), with the compiler's message in
+    /// <see cref="LastUnavailableReason"/>; gpu-check builds the kernels directly and reports such an error as a failed check.
     /// </summary>
-    public static NvrtcTargetLogProbs? TryCreate(Accelerator accelerator) =>
-        accelerator is CudaAccelerator cuda && CudaLibraries.Nvrtc.IsAvailable ? new NvrtcTargetLogProbs(cuda, NvrtcKernelCache.CreateDefault()) : null;
+    public static NvrtcTargetLogProbs? TryCreate(Accelerator accelerator)
+    {
+        if (accelerator is not CudaAccelerator cuda) return null;
+        if (!CudaLibraries.Nvrtc.IsAvailable)
+        {
+            LastUnavailableReason = CudaLibraries.Nvrtc.UnavailableReason;
+            return null;
+        }
+        try
+        {
+            return new NvrtcTargetLogProbs(cuda, NvrtcKernelCache.CreateDefault());
+        }
+        catch (NvrtcException e)
+        {
+            LastUnavailableReason = e.Message;
+            return null;
+        }
+    }
+
+    /// <summary>Why the last <see cref="TryCreate"/> on a CUDA accelerator gave null, or null when it has not.</summary>
+    public static string? LastUnavailableReason { get; private set; }
 
     /// <summary>Whether the compiled kernel came from the on-disk cache.</summary>
     public bool LoadedFromCache { get; }
