@@ -7,8 +7,9 @@ namespace DistAlign.Kernels.Gpu;
 /// <summary>
 /// LayerNorm over the last axis, the GPU form of <see cref="Cpu.LayerNorm"/> (same ε, same saved mean/rstd,
 /// same accumulate semantics for dx, dw, db).
-/// Forward and dx: one group per row; Σx, then Σ(x − μ)² (two-pass variance), and for dx Σĝ and Σĝx̂,
-/// each a shared-memory tree reduction of per-thread strided partial sums.
+/// Forward and dx: one warp per row (a group holds Group.DimX / WarpSize rows); Σx, then Σ(x − μ)² (two-pass variance),
+/// and for dx Σĝ and Σĝx̂, each a butterfly of xor shuffles over the lanes' strided partial sums (every lane gets the
+/// total; no shared memory, no group barriers, so rows proceed independently and many are in flight per SM).
 /// dw/db: the two-stage column sum of <see cref="GpuColumnSum"/> over dy·x̂ and dy, with x̂ recomputed from the
 /// input, mean and rstd in stage 1 (never stored): one thread per (block of <see cref="GpuColumnSum.RowsPerBlock"/>
 /// rows, channel) sums its rows in order into partials, then one thread per channel sums the partials in block
@@ -16,21 +17,24 @@ namespace DistAlign.Kernels.Gpu;
 /// </summary>
 public sealed class GpuLayerNorm : IDisposable
 {
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, ArrayView<float>, ArrayView<float>, ArrayView<float>> _forward;
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, ArrayView<ushort>, ArrayView<float>, ArrayView<float>> _forwardToBFloat16;
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, ArrayView<float>> _backwardInput;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, ArrayView<float>, ArrayView<float>, ArrayView<float>> _forward;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, ArrayView<ushort>, ArrayView<float>, ArrayView<float>> _forwardToBFloat16;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, ArrayView<float>> _backwardInput;
     private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, ArrayView<float>> _backwardParameterPartials;
     private readonly GpuColumnSum _columnSum;
     private readonly Accelerator _accelerator;
-    private readonly int _groupSize;
+    private readonly int _groupSize, _rowsPerGroup;
 
     public GpuLayerNorm(Accelerator accelerator)
     {
         _accelerator = accelerator;
         _groupSize = GpuLaunch.ReductionGroupSize(accelerator);
-        _forward = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, ArrayView<float>, ArrayView<float>, ArrayView<float>>(ForwardKernel);
-        _forwardToBFloat16 = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, ArrayView<ushort>, ArrayView<float>, ArrayView<float>>(ForwardToBFloat16Kernel);
-        _backwardInput = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, ArrayView<float>>(BackwardInputKernel);
+        if (_groupSize % accelerator.WarpSize != 0 || (accelerator.WarpSize & (accelerator.WarpSize - 1)) != 0)
+            throw new NotSupportedException($"GpuLayerNorm needs a power-of-two warp size that divides the group size ({accelerator.WarpSize}, {_groupSize})");
+        _rowsPerGroup = _groupSize / accelerator.WarpSize;
+        _forward = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, ArrayView<float>, ArrayView<float>, ArrayView<float>>(ForwardKernel);
+        _forwardToBFloat16 = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, ArrayView<ushort>, ArrayView<float>, ArrayView<float>>(ForwardToBFloat16Kernel);
+        _backwardInput = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, ArrayView<float>>(BackwardInputKernel);
         _backwardParameterPartials = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, ArrayView<float>>(BackwardParameterPartialsKernel);
         _columnSum = new GpuColumnSum(accelerator);
     }
@@ -40,7 +44,7 @@ public sealed class GpuLayerNorm : IDisposable
                         ArrayView<float> output, ArrayView<float> mean, ArrayView<float> rstd)
     {
         var (c, n) = CheckForward(input, weight, bias, output.Length, mean, rstd);
-        if (n > 0) _forward(_accelerator.DefaultStream, GpuLaunch.Rows(n, _groupSize), input, weight, bias, c, output, mean, rstd);
+        if (n > 0) _forward(_accelerator.DefaultStream, WarpRows(n), input, weight, bias, c, n, output, mean, rstd);
     }
 
     /// <summary>
@@ -52,8 +56,11 @@ public sealed class GpuLayerNorm : IDisposable
                         ArrayView<ushort> output, ArrayView<float> mean, ArrayView<float> rstd)
     {
         var (c, n) = CheckForward(input, weight, bias, output.Length, mean, rstd);
-        if (n > 0) _forwardToBFloat16(_accelerator.DefaultStream, GpuLaunch.Rows(n, _groupSize), input, weight, bias, c, output, mean, rstd);
+        if (n > 0) _forwardToBFloat16(_accelerator.DefaultStream, WarpRows(n), input, weight, bias, c, n, output, mean, rstd);
     }
+
+    // One warp per row: ⌈N / rows per group⌉ groups of the reduction group size.
+    private KernelConfig WarpRows(int n) => new((n + _rowsPerGroup - 1) / _rowsPerGroup, _groupSize);
 
     /// <summary>The forward's shape checks; returns (C, N).</summary>
     private static (int C, int N) CheckForward(ArrayView<float> input, ArrayView<float> weight, ArrayView<float> bias, long outputLength,
@@ -82,7 +89,7 @@ public sealed class GpuLayerNorm : IDisposable
         GpuLaunch.CheckLength(mean.Length, n, nameof(mean), "[N]");
         GpuLaunch.CheckLength(rstd.Length, n, nameof(rstd), "[N]");
         if (n == 0) return;
-        _backwardInput(_accelerator.DefaultStream, GpuLaunch.Rows(n, _groupSize), dOutput, input, weight, mean, rstd, c, dInput);
+        _backwardInput(_accelerator.DefaultStream, WarpRows(n), dOutput, input, weight, mean, rstd, c, n, dInput);
         // partials [2, blocks, C]: dw partials, then db partials; stage 2 adds each into its gradient.
         int blocks = GpuColumnSum.Blocks(n);
         long half = (long)blocks * c;
@@ -96,47 +103,64 @@ public sealed class GpuLayerNorm : IDisposable
     public void Dispose() => _columnSum.Dispose();
 
     [GpuKernel(true)]
-    internal static void ForwardKernel(ArrayView<float> input, ArrayView<float> weight, ArrayView<float> bias, int c,
+    internal static void ForwardKernel(ArrayView<float> input, ArrayView<float> weight, ArrayView<float> bias, int c, int n,
                                        ArrayView<float> output, ArrayView<float> mean, ArrayView<float> rstd)
     {
-        var moments = RowMoments.Of(input, c, mean, rstd);
-        long offset = (long)Grid.IdxX * c;
-        for (int j = Group.IdxX; j < c; j += Group.DimX)
+        int row = WarpRow(n);
+        if (row < 0) return;   // the whole warp: no lane of it takes part in a shuffle below
+        var moments = RowMoments.Of(input, row, c, mean, rstd);
+        long offset = (long)row * c;
+        for (int j = Warp.LaneIdx; j < c; j += Warp.WarpSize)
             output[offset + j] = (input[offset + j] - moments.Mean) * moments.Rstd * weight[j] + bias[j];
     }
 
     /// <summary>The forward writing bf16 output (mixed precision: the LayerNorm output is only a GEMM operand).</summary>
     [GpuKernel(true)]
-    internal static void ForwardToBFloat16Kernel(ArrayView<float> input, ArrayView<float> weight, ArrayView<float> bias, int c,
+    internal static void ForwardToBFloat16Kernel(ArrayView<float> input, ArrayView<float> weight, ArrayView<float> bias, int c, int n,
                                                  ArrayView<ushort> output, ArrayView<float> mean, ArrayView<float> rstd)
     {
-        var moments = RowMoments.Of(input, c, mean, rstd);
-        long offset = (long)Grid.IdxX * c;
-        for (int j = Group.IdxX; j < c; j += Group.DimX)
+        int row = WarpRow(n);
+        if (row < 0) return;
+        var moments = RowMoments.Of(input, row, c, mean, rstd);
+        long offset = (long)row * c;
+        for (int j = Warp.LaneIdx; j < c; j += Warp.WarpSize)
             output[offset + j] = GpuBFloat16.Round((input[offset + j] - moments.Mean) * moments.Rstd * weight[j] + bias[j]);
     }
 
-    /// <summary>μ and r = 1/√(σ² + ε) of the group's row (Σx, then Σ(x − μ)²: two-pass variance), also saved to mean/rstd.</summary>
+    /// <summary>The row of this thread's warp (Group.DimX / WarpSize rows per group), or −1 past the last of the <paramref name="n"/> rows.</summary>
+    private static int WarpRow(int n)
+    {
+        int row = Grid.IdxX * (Group.DimX / Warp.WarpSize) + Warp.WarpIdx;
+        return row < n ? row : -1;
+    }
+
+    /// <summary>Σ of <paramref name="value"/> over the warp's lanes, in every lane: a butterfly of xor shuffles (fixed pairing).</summary>
+    private static float WarpSum(float value)
+    {
+        for (int mask = Warp.WarpSize / 2; mask > 0; mask >>= 1) value += Warp.ShuffleXor(value, mask);
+        return value;
+    }
+
+    /// <summary>μ and r = 1/√(σ² + ε) of the warp's row (Σx, then Σ(x − μ)²: two-pass variance), also saved to mean/rstd.</summary>
     internal struct RowMoments
     {
         public float Mean, Rstd;
 
-        public static RowMoments Of(ArrayView<float> input, int c, ArrayView<float> mean, ArrayView<float> rstd)
+        public static RowMoments Of(ArrayView<float> input, int row, int c, ArrayView<float> mean, ArrayView<float> rstd)
         {
-            var scratch = SharedMemory.Allocate<float>(GpuLaunch.MaxGroupSize);
-            int row = Grid.IdxX, tid = Group.IdxX, step = Group.DimX;
+            int lane = Warp.LaneIdx, step = Warp.WarpSize;
             long offset = (long)row * c;
             float sum = 0f;
-            for (int j = tid; j < c; j += step) sum += input[offset + j];
-            float mu = GpuLaunch.GroupSum(scratch, sum) / c;
+            for (int j = lane; j < c; j += step) sum += input[offset + j];
+            float mu = WarpSum(sum) / c;
             float squares = 0f;
-            for (int j = tid; j < c; j += step)
+            for (int j = lane; j < c; j += step)
             {
                 float d = input[offset + j] - mu;
                 squares += d * d;
             }
-            float r = 1f / XMath.Sqrt(GpuLaunch.GroupSum(scratch, squares) / c + Cpu.LayerNorm.Epsilon);
-            if (tid == 0)
+            float r = 1f / XMath.Sqrt(WarpSum(squares) / c + Cpu.LayerNorm.Epsilon);
+            if (lane == 0)
             {
                 mean[row] = mu;
                 rstd[row] = r;
@@ -147,22 +171,23 @@ public sealed class GpuLayerNorm : IDisposable
 
     [GpuKernel(true)]
     internal static void BackwardInputKernel(ArrayView<float> dOutput, ArrayView<float> input, ArrayView<float> weight,
-                                             ArrayView<float> mean, ArrayView<float> rstd, int c, ArrayView<float> dInput)
+                                             ArrayView<float> mean, ArrayView<float> rstd, int c, int n, ArrayView<float> dInput)
     {
-        var scratch = SharedMemory.Allocate<float>(GpuLaunch.MaxGroupSize);
-        int row = Grid.IdxX, tid = Group.IdxX, step = Group.DimX;
+        int row = WarpRow(n);
+        if (row < 0) return;
+        int lane = Warp.LaneIdx, step = Warp.WarpSize;
         long offset = (long)row * c;
         float mu = mean[row], r = rstd[row];
         float sumG = 0f, sumGX = 0f;
-        for (int j = tid; j < c; j += step)
+        for (int j = lane; j < c; j += step)
         {
             float g = dOutput[offset + j] * weight[j];
             sumG += g;
             sumGX += g * ((input[offset + j] - mu) * r);
         }
-        float meanG = GpuLaunch.GroupSum(scratch, sumG) / c;
-        float meanGX = GpuLaunch.GroupSum(scratch, sumGX) / c;
-        for (int j = tid; j < c; j += step)
+        float meanG = WarpSum(sumG) / c;
+        float meanGX = WarpSum(sumGX) / c;
+        for (int j = lane; j < c; j += step)
         {
             float xHat = (input[offset + j] - mu) * r;
             float g = dOutput[offset + j] * weight[j];
