@@ -293,16 +293,7 @@ public class GpuOnPolicyTests(string backend) : TinyGpuPolicyFixture(backend)
         {
             var (actual, gpuWeights) = Iterate((m, head) => GpuPolicy(m, head), gpuReward);
             AssertFollows(actual, expected);
-            double update = 0, apart = 0;
-            for (int i = 0; i < cpuWeights.Length; i++)
-            {
-                update += Math.Pow(cpuWeights[i] - initial[i], 2);
-                apart += Math.Pow(gpuWeights[i] - (double)cpuWeights[i], 2);
-            }
-            (update, apart) = (Math.Sqrt(update), Math.Sqrt(apart));
-            TestContext.Out.WriteLine($"[{Backend}] {objective}: ‖w_cpu − w_0‖ = {update:E3}, ‖w_gpu − w_cpu‖ = {apart:E3}");
-            Assert.That(update, Is.GreaterThan(1e-2), "the iteration moves the weights");
-            Assert.That(apart, Is.LessThanOrEqualTo(1e-3 * update), "the GPU iteration's update is the CPU's");
+            GpuVersusCpu.AssertUpdateClose(Backend, initial.ToArray(), cpuWeights, gpuWeights, $"{objective}: weights and value heads after one iteration");
         }
         Assert.That(expected["objective/scores"], Is.Not.EqualTo(0), "R̂ scores the rollout");
         Assert.That(expected["loss/value_avg"], Is.GreaterThan(0), "the value head trains");

@@ -28,6 +28,27 @@ internal static class GpuVersusCpu
         return scale > 0 ? worst / scale : worst;
     }
 
+    /// <summary>
+    /// Weights after optimizer steps, compared as an update: ‖w_gpu − w_cpu‖₂ ≤ 1e-3·‖w_cpu − w_0‖₂ (and the update is not tiny).
+    /// Not per element: AdamW moves an element whose gradient is mostly cancellation noise by about lr whatever that noise's
+    /// size, so fp32 summation order can shift a few elements by a good part of a step.
+    /// </summary>
+    public static void AssertUpdateClose(string backend, ReadOnlySpan<float> initial, ReadOnlySpan<float> cpu, ReadOnlySpan<float> gpu, string what)
+    {
+        Assert.That(gpu.Length, Is.EqualTo(cpu.Length), what);
+        Assert.That(initial.Length, Is.EqualTo(cpu.Length), what);
+        double update = 0, apart = 0;
+        for (int i = 0; i < cpu.Length; i++)
+        {
+            update += Math.Pow(cpu[i] - (double)initial[i], 2);
+            apart += Math.Pow(gpu[i] - (double)cpu[i], 2);
+        }
+        (update, apart) = (Math.Sqrt(update), Math.Sqrt(apart));
+        TestContext.Out.WriteLine($"[{backend}] {what}: ‖w_cpu − w_0‖ = {update:E3}, ‖w_gpu − w_cpu‖ = {apart:E3}");
+        Assert.That(update, Is.GreaterThan(1e-2), $"{what}: the steps move the weights");
+        Assert.That(apart, Is.LessThanOrEqualTo(1e-3 * update), $"{what}: the GPU run's update is the CPU's");
+    }
+
     /// <summary>Every parameter tensor's gradient within the tolerance (and non-zero on the CPU, so the check has teeth); logs the worst.</summary>
     public static void AssertEveryGradientClose(string backend, Gpt cpu, Gpt fromGpu, string what = "gradient")
     {
