@@ -13,14 +13,7 @@ namespace DistAlign.Tests.Cuda;
 /// </summary>
 public partial class NativeSourceTests
 {
-    private static readonly string RepositoryRoot = FindRoot();
-
-    private static string FindRoot()
-    {
-        for (var d = new DirectoryInfo(TestContext.CurrentContext.TestDirectory); d is not null; d = d.Parent)
-            if (File.Exists(Path.Combine(d.FullName, "DistAlign.sln"))) return d.FullName;
-        throw new InvalidOperationException("repository root (DistAlign.sln) not found above the test directory");
-    }
+    private static readonly string RepositoryRoot = HostEmulator.RepositoryRoot;
 
     [GeneratedRegex(@"extern\s+""C""\s+__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\s*\(")]
     private static partial Regex EntryPoint();
