@@ -46,7 +46,8 @@ internal sealed class GpuTrainingOptions
         public void CheckFits(GptConfig config)
         {
             if (Flash && !NvrtcFlashAttention.Supports(config.Channels, config.Heads))
-                throw new CliUsageException($"--gpu-attention flash needs head size {NvrtcFlashAttention.HeadSize} (--channels = 64 × --heads); got {config.Channels} / {config.Heads}");
+                throw new CliUsageException($"--gpu-attention flash needs head size {NvrtcFlashAttention.HeadSize}; the model has {config.Channels} channels over " +
+                                            $"{config.Heads} heads (head size {(config.Heads > 0 ? config.Channels / config.Heads : 0)}); use --gpu-attention materialized");
         }
     }
 
