@@ -51,6 +51,7 @@ public sealed class GpuGpt : IDisposable
     // What the last forward left in `shape`: the backward of each kind needs its own forward (an LM-head backward reads
     // the log-sum-exps that only Forward/ForwardBackward write).
     private LastForward lastForward;
+    private bool entropyOfLastForward;   // the last LM-head forward computed entropies (an entropy gradient needs them)
     private enum LastForward { None, Features, LanguageModel }
     // CopyFeaturesToHost's row indices and gathered rows, grown as needed
     private MemoryBuffer1D<int, Stride1D.Dense>? gatherRows;
@@ -181,8 +182,6 @@ public sealed class GpuGpt : IDisposable
         s["logprobs"].CopyToCPU(logProbs);
         if (entropyOfLastForward) s["entropy"].CopyToCPU(entropy);
     }
-
-    private bool entropyOfLastForward;
 
     /// <summary>
     /// Backward after <see cref="Forward"/> on the same batch for ∂L/∂logprob, ∂L/∂entropy when <paramref name="dEntropy"/> is
