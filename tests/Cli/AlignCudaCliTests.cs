@@ -9,15 +9,13 @@ using DistAlign.Transformer.Model;
 namespace DistAlign.Tests.Cli;
 
 /// <summary>
-/// <c>align --device cuda</c>: every objective has a CUDA path but rkl with --entropy exact (the on-policy ones in
-/// <see cref="OnPolicyCudaCliTests"/>). Where
+/// <c>align --device cuda</c>: every objective has a CUDA path (the on-policy ones run in <see cref="OnPolicyCudaCliTests"/>). Where
 /// no GPU is present the CUDA path is driven through its seams: <see cref="DeviceOption.Probe"/> pretends an H200 is
 /// there and <see cref="GpuTrainingOptions.OpenAccelerator"/> opens ILGPU's CPU simulator instead of the CUDA device, so the
 /// very code a GPU run takes (GpuGptPolicy for π and π0, device checkpoints, the final download) runs end to end here.
 /// </summary>
 public class AlignCudaCliTests : CliTestBase
 {
-    private static readonly CudaProbe H200 = PretendGpu.H200;
     // A model small enough for the simulator: byte-level tokenizer (V = 257), one layer, C = 12; sequences of at most 7 tokens.
     private static readonly GptConfig TinyConfig = new(Layers: 1, Heads: 2, Channels: 12, VocabSize: 257, MaxSequenceLength: 24);
     private string modelPath = "", dataPath = "";
@@ -31,15 +29,6 @@ public class AlignCudaCliTests : CliTestBase
         model.InitializeGpt2(3);
         GptCheckpoint.SaveModel(modelPath, model, "gpt2-k0");
         TinyAlignmentSetup.WriteJsonl(dataPath, TinyAlignmentSetup.Examples(count: 8));
-    }
-
-    private readonly Func<(ILGPU.Runtime.Accelerator, IDisposable?)?> saved = GpuTrainingOptions.OpenAccelerator;
-
-    [TearDown]
-    public void RestoreSeams()
-    {
-        DeviceOption.Probe = CudaDriver.Probe;
-        GpuTrainingOptions.OpenAccelerator = saved;
     }
 
     private int Align(string outDir, params string[] extra) =>
@@ -60,7 +49,7 @@ public class AlignCudaCliTests : CliTestBase
     [Test]
     public void EveryObjectiveResolvesToCudaUnderAutoWithAGpu()
     {
-        DeviceOption.Probe = () => H200;
+        PretendAnH200();
         string missing = Path.Combine(TestDirectory, "none.safetensors");
         foreach (string[] objective in new[] { ["sft"], ["dpo"], ["pmle"], ["distill"], ["rebel"], ["rlhf"], ["rkl"], new[] { "rkl", "--entropy", "exact" } })
         {
@@ -74,8 +63,7 @@ public class AlignCudaCliTests : CliTestBase
     [Test]
     public void DpoRunsEndToEndOnTheCudaPathAndSavesTheTrainedWeights()
     {
-        DeviceOption.Probe = () => H200;
-        GpuTrainingOptions.OpenAccelerator = () => (GpuBackend.Get("simulator"), null);   // shared: kernels compiled once per process
+        PretendAnH200(onSimulator: true);
         string gpuRun = Path.Combine(TestDirectory, "gpu"), cpuRun = Path.Combine(TestDirectory, "cpu");
         string[] dpo = ["--objective", "dpo", "--beta", "0.5"];
         Assert.That(Align(gpuRun, [.. dpo, "--device", "cuda"]), Is.EqualTo(0), Error.ToString());

@@ -65,21 +65,14 @@ public class DemoCliTests : CliTestBase
     [Test]
     public void DemoAndExperimentLmChooseCudaWithAGpuAndRefuseFlashAttentionForAHeadSizeOtherThan64()
     {
-        DeviceOption.Probe = () => Cuda.PretendGpu.H200;
-        try
+        PretendAnH200();
+        foreach (string[] command in new[] { new[] { "demo" }, ["experiment", "lm"] })
         {
-            foreach (string[] command in new[] { new[] { "demo" }, ["experiment", "lm"] })
-            {
-                Output.GetStringBuilder().Clear();
-                Error.GetStringBuilder().Clear();
-                Assert.That(Program.Main([.. command, "--quick", "--gpu-attention", "flash", "--out", TestDirectory]), Is.EqualTo(Program.UsageError));
-                Assert.That(Output.ToString(), Does.StartWith("device: cuda (NVIDIA H200"), string.Join(' ', command));
-                Assert.That(Error.ToString(), Does.Contain("--gpu-attention flash needs head size 64; the model has 64 channels over 2 heads (head size 32); use --gpu-attention materialized"));
-            }
-        }
-        finally
-        {
-            DeviceOption.Probe = DistAlign.Engine.Cuda.CudaDriver.Probe;
+            Output.GetStringBuilder().Clear();
+            Error.GetStringBuilder().Clear();
+            Assert.That(Program.Main([.. command, "--quick", "--gpu-attention", "flash", "--out", TestDirectory]), Is.EqualTo(Program.UsageError));
+            Assert.That(Output.ToString(), Does.StartWith("device: cuda (NVIDIA H200"), string.Join(' ', command));
+            Assert.That(Error.ToString(), Does.Contain("--gpu-attention flash needs head size 64; the model has 64 channels over 2 heads (head size 32); use --gpu-attention materialized"));
         }
     }
 

@@ -18,12 +18,10 @@ namespace DistAlign.Tests.Cli;
 /// </summary>
 public class OnPolicyCudaCliTests : CliTestBase
 {
-    private static readonly CudaProbe H200 = PretendGpu.H200;
     // byte-level tokenizer (V = 257), one layer, C = 12: small enough for the simulator
     private static readonly GptConfig TinyConfig = new(Layers: 1, Heads: 2, Channels: 12, VocabSize: 257, MaxSequenceLength: 24);
     private const string TokenizerSpec = "gpt2-k0";
     private string modelPath = "", dataPath = "", rewardPath = "";
-    private readonly Func<(ILGPU.Runtime.Accelerator, IDisposable?)?> saved = GpuTrainingOptions.OpenAccelerator;
 
     [SetUp]
     public void WriteModelDataAndRewardModel()
@@ -42,15 +40,7 @@ public class OnPolicyCudaCliTests : CliTestBase
         using var rm = new RewardModel(backbone, new AdamWSettings(), ownsBackbone: true);
         Numerics.RandomFloats(TinyConfig.Channels, 22, 1.0).CopyTo(rm.HeadWeight);   // R̂ differs between responses
         rm.Save(rewardPath, TokenizerSpec);
-        DeviceOption.Probe = () => H200;
-        GpuTrainingOptions.OpenAccelerator = () => (GpuBackend.Get("simulator"), null);
-    }
-
-    [TearDown]
-    public void RestoreSeams()
-    {
-        DeviceOption.Probe = CudaDriver.Probe;
-        GpuTrainingOptions.OpenAccelerator = saved;
+        PretendAnH200(onSimulator: true);
     }
 
     private int Align(string outDir, string[] objective, params string[] extra) =>

@@ -17,16 +17,7 @@ namespace DistAlign.Tests.Cli;
 /// </summary>
 public class RewardGpuCliTests : CliTestBase
 {
-    private static readonly CudaProbe H200 = PretendGpu.H200;
-    private readonly Func<(ILGPU.Runtime.Accelerator, IDisposable?)?> savedOpen = GpuTrainingOptions.OpenAccelerator;
     private string modelPath = "", dataPath = "";
-
-    [TearDown]
-    public void RestoreSeams()
-    {
-        DeviceOption.Probe = CudaDriver.Probe;
-        GpuTrainingOptions.OpenAccelerator = savedOpen;
-    }
 
     [SetUp]
     public void SetUp()
@@ -54,8 +45,7 @@ public class RewardGpuCliTests : CliTestBase
         Assert.That(Reward(cpu, "--device", "cpu"), Is.EqualTo(0), Error.ToString());
         Assert.That(Output.ToString(), Does.Contain("training on the CPU"));
         Assert.That(DeviceOption.CudaCapableCommands, Does.Contain("reward"));
-        DeviceOption.Probe = () => H200;
-        GpuTrainingOptions.OpenAccelerator = () => (GpuBackend.Get("simulator"), null);   // shared: kernels compiled once per process
+        PretendAnH200(onSimulator: true);
         Assert.That(Reward(gpu, "--device", "cuda"), Is.EqualTo(0), Error.ToString());
         Assert.That(Output.ToString(), Does.Contain("device: cuda (NVIDIA H200")
                                           .And.Contain($"training on {GpuBackend.Get("simulator").Name} (fp32 tiled ILGPU GEMMs, materialized fp32 attention) (GpuGpt backbone"));

@@ -13,10 +13,8 @@ namespace DistAlign.Tests.Cli;
 /// </summary>
 public class SampleCudaCliTests : CliTestBase
 {
-    private static readonly CudaProbe H200 = PretendGpu.H200;
     // byte-level tokenizer (V = 257), one layer, C = 12, 3 heads of 4
     private static readonly GptConfig TinyConfig = new(Layers: 1, Heads: 3, Channels: 12, VocabSize: 257, MaxSequenceLength: 32);
-    private readonly Func<(ILGPU.Runtime.Accelerator, IDisposable?)?> saved = GpuTrainingOptions.OpenAccelerator;
     private string modelPath = "";
 
     [SetUp]
@@ -31,13 +29,6 @@ public class SampleCudaCliTests : CliTestBase
         GptCheckpoint.SaveModel(modelPath, model, "gpt2-k0");
     }
 
-    [TearDown]
-    public void RestoreSeams()
-    {
-        DeviceOption.Probe = CudaDriver.Probe;
-        GpuTrainingOptions.OpenAccelerator = saved;
-    }
-
     private string Sample(string device)
     {
         Output.GetStringBuilder().Clear();
@@ -50,8 +41,7 @@ public class SampleCudaCliTests : CliTestBase
     [Test]
     public void SampleOnTheCudaPathPrintsTheCpuContinuationsForASeed()
     {
-        DeviceOption.Probe = () => H200;
-        GpuTrainingOptions.OpenAccelerator = () => (GpuBackend.Get("simulator"), null);   // shared: kernels compiled once per process
+        PretendAnH200(onSimulator: true);
         string gpu = Sample("cuda");
         string cpu = Sample("cpu");
         TestContext.Out.WriteLine(gpu);
