@@ -38,12 +38,14 @@ internal static class BenchCommand
             {
                 double peakFlops = parse.GetValue(peak) * 1e12;
                 if (!(peakFlops > 0)) throw new CliUsageException($"--peak-tflops must be > 0 (got {parse.GetValue(peak)})");
-                foreach (var workload in chosen)
-                {
-                    using var device = GpuTrainingOptions.OpenIfChosen(gpuValues, workload.Config)!;
-                    PrintGpu(workload, GpuStepBenchmark.Run(device.Accelerator, workload.Config, workload.Rows, workload.Length, gpuValues.Precision,
-                        Math.Max(1, warmupSteps), timedSteps, peakFlops, profile: true, flashAttention: gpuValues.Flash), device.Description, peakFlops);
-                }
+                foreach (var workload in chosen) gpuValues.CheckFits(workload.Config);
+                // GpuStepBenchmark makes its own GEMM and flash kernels at these settings: only the accelerator is opened here
+                var (accelerator, owner) = GpuTrainingOptions.OpenAcceleratorOrThrow();
+                using (owner)
+                    foreach (var workload in chosen)
+                        PrintGpu(workload, GpuStepBenchmark.Run(accelerator, workload.Config, workload.Rows, workload.Length, gpuValues.Precision,
+                                 Math.Max(1, warmupSteps), timedSteps, peakFlops, profile: true, flashAttention: gpuValues.Flash),
+                                 $"{accelerator.Name} ({gpuValues.Precision} GEMMs, {(gpuValues.Flash ? "flash" : "materialized")} attention)", peakFlops);
                 return 0;
             }
             foreach (var workload in chosen)

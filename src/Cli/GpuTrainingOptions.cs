@@ -62,6 +62,10 @@ internal sealed class GpuTrainingOptions
     /// </summary>
     internal static Func<(Accelerator Accelerator, IDisposable? Owner)?> OpenAccelerator { get; set; } = OpenCuda;
 
+    /// <summary><see cref="OpenAccelerator"/>, or a usage error saying that ILGPU could not open the CUDA device.</summary>
+    public static (Accelerator Accelerator, IDisposable? Owner) OpenAcceleratorOrThrow() =>
+        OpenAccelerator() ?? throw new CliUsageException($"{DeviceOption.Name} cuda: ILGPU could not open the CUDA device");
+
     private static (Accelerator, IDisposable?)? OpenCuda() => GpuContext.TryCreateCuda() is { } context ? (context.Accelerator, context) : null;
 
     /// <summary>
@@ -89,7 +93,7 @@ internal sealed class GpuTrainingOptions
     {
         if (DeviceOption.Chosen != "cuda") return null;
         values.CheckFits(config);
-        var (accelerator, owner) = OpenAccelerator() ?? throw new CliUsageException($"{DeviceOption.Name} cuda: ILGPU could not open the CUDA device");
+        var (accelerator, owner) = OpenAcceleratorOrThrow();
         IGemm? gemm = null;
         try
         {
