@@ -60,7 +60,7 @@ internal static class RewardCommand
         // --device cuda (or auto with a usable GPU): the backbone on GpuGpt (features forward and backward, clip, AdamW on the
         // device); the scalar head stays on the host, and `gpt` is the host mirror that checkpoints are written from.
         using var device = GpuTrainingOptions.OpenIfChosen(gpuOptions, gpt);
-        using var gpu = device is null ? null : new GpuGpt(device.Accelerator, gpt.Config, device.Gemm, device.Flash);
+        using var gpu = device?.Models.Backbone(gpt.Config);
         using var rm = new RewardModel(gpt, new AdamWSettings(WeightDecay: weightDecay), ownsBackbone: true, gpu);
         Console.WriteLine(device is null ? "training on the CPU" : $"training on {device.Description} (GpuGpt backbone; scalar head on the host)");
         var options = new RewardTrainingOptions
