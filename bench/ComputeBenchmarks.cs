@@ -195,7 +195,7 @@ public class SequenceLogProbsCompute
 /// <summary>
 /// TargetLogProbs' forward does a vector exp per 16 logits it reads (≈ 12 vector ops per 16 logits: load and max, then
 /// subtract, the exp's 9 with the FMA that adds it): its limit is the throughput of the kernel's own Σ exp loop
-/// (<see cref="TargetLogProbs.SumOfExps"/>, the same instructions) over as many elements of an L1-resident block, on the
+/// (<see cref="TargetLogProbs.ChunkSumOfExps(float*, int, float)"/>, the same instructions) over as many elements of an L1-resident block, on the
 /// same threads: what the kernel would take if reading 51 MB and the max pass were free. Work = exps per call (N·V).
 /// </summary>
 [Config(typeof(ExpConfig))]
@@ -221,7 +221,7 @@ public class TargetLogProbsExpCompute
     public unsafe void ExpThroughput()
     {
         // As many exps as the kernel (V per row, rows the kernel's unit of parallel work), each row summing the
-        // L1-resident block over and over with the kernel's own Σ exp loop (TargetLogProbs.SumOfExps, chunks of at
+        // L1-resident block over and over with the kernel's own Σ exp loop (TargetLogProbs.ChunkSumOfExps, chunks of at
         // most Block): the exp, the sum and the loop's prefetches, but no memory traffic, no max pass, no log.
         float[] sums = new float[BandwidthSizes.LogitRows];
         fixed (float* pb = block)
@@ -233,7 +233,7 @@ public class TargetLogProbsExpCompute
                 {
                     float sum = 0f;
                     for (int done = 0; done < BandwidthSizes.Vocabulary; done += Block)
-                        sum += TargetLogProbs.SumOfExps(xb, Math.Min(Block, BandwidthSizes.Vocabulary - done), 0f);
+                        sum += (float)TargetLogProbs.ChunkSumOfExps(xb, Math.Min(Block, BandwidthSizes.Vocabulary - done), 0f);
                     sums[r] = sum;
                 }
             });

@@ -1,6 +1,7 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
+using DistAlign.Kernels.Cpu.Simd;
 
 namespace DistAlign.Kernels.Cpu;
 
@@ -12,7 +13,7 @@ namespace DistAlign.Kernels.Cpu;
 ///   logprob[n] = logit[n, target[n]] − lse[n]   (0 when target[n] = −1, an ignored position)
 /// Backward: dlogit[n, v] = dlogprob[n]·(1[v = target[n]] − exp(logit[n, v] − lse[n])), written IN PLACE
 /// over the logits buffer (so no second N×V buffer exists); rows with target −1 become zero.
-/// exp is <see cref="VectorExp"/> (fp32, ≤ 2 ulp; the forward's sum uses <see cref="ExpTerm"/>, a cheaper form for terms of a sum); rows are whole units of parallel work, so results are
+/// exp is <see cref="VectorExp"/> (fp32, ≤ 1 ulp; the forward's sum uses <see cref="ExpOfNonPositive{TVector}"/>'s cheaper forms for terms of a sum), at the widest accelerated width; rows are whole units of parallel work, so results are
 /// bit-identical for any thread count.
 /// Unlike the other ops, this backward overwrites rather than accumulates: the logits buffer becomes
 /// d(logits) and is consumed by the LM-head GEMM backward.
@@ -51,49 +52,75 @@ public static class TargetLogProbs
         }
     }
 
+    /// <summary>log Σ exp(row) at the widest accelerated width (see <see cref="LogSumExp{TVector}"/>).</summary>
+    private static unsafe float LogSumExp(float* row, int vocab) => CpuVectors.Width switch
+    {
+        VectorWidth.Vector512 => LogSumExp<Vector512Lanes>(row, vocab),
+        VectorWidth.Vector256 => LogSumExp<Vector256Lanes>(row, vocab),
+        _ => LogSumExp<Vector128Lanes>(row, vocab),
+    };
+
     /// <summary>
     /// log Σ exp(row) in one pass over memory: per chunk of <see cref="Chunk"/> entries, the chunk's max
     /// (fast hardware max), then — while the chunk is still in L1 — Σ exp(x − running max), the running
-    /// sum rescaled by exp(old max − new max) whenever the max grows. A chunk's partial last vector is the 16
-    /// entries ending at the chunk's end (inside the row, since V ≥ 16): harmless for the max, masked for the sum.
+    /// sum rescaled by exp(old max − new max) whenever the max grows. A chunk's partial last vector is the Count
+    /// entries ending at the chunk's end (inside the row, since V ≥ Count): harmless for the max, masked for the sum.
     /// </summary>
-    private static unsafe float LogSumExp(float* row, int vocab)
+    private static unsafe float LogSumExp<TVector>(float* row, int vocab) where TVector : unmanaged, IFloatVector<TVector>
     {
+        int width = TVector.Count;
         // One token: lse is the logit itself; return it exactly rather than through log(exp(0)).
         if (vocab == 1) return row[0];
-        if (vocab < 16) return ShortLogSumExp(row, vocab);
+        if (vocab < width) return ShortLogSumExp<TVector>(row, vocab);
         float runningMax = float.NegativeInfinity;
         double runningSum = 0.0;
         for (int v0 = 0; v0 < vocab; v0 += Chunk)
         {
             int len = Math.Min(Chunk, vocab - v0);
             float* chunk = row + v0;
-            int full = len & ~15, rest = len - full;
-            // Two running maxima: one chain of vmaxps would wait on each one's latency.
-            Vector512<float> max = Vector512.Create(float.NegativeInfinity), max1 = max;
+            int full = len - len % width, rest = len - full;
+            // Two running maxima: one chain of maxps would wait on each one's latency.
+            TVector max = TVector.Create(float.NegativeInfinity), max1 = max;
             int j = 0;
-            for (; j + 32 <= full; j += 32)
+            for (; j + 2 * width <= full; j += 2 * width)
             {
-                max = Vector512.MaxNative(max, Vector512.Load(chunk + j));
-                max1 = Vector512.MaxNative(max1, Vector512.Load(chunk + j + 16));
+                max = TVector.MaxNative(max, TVector.Load(chunk + j));
+                max1 = TVector.MaxNative(max1, TVector.Load(chunk + j + width));
             }
-            if (j < full) max = Vector512.MaxNative(max, Vector512.Load(chunk + j));
-            if (rest > 0) max1 = Vector512.MaxNative(max1, Vector512.Load(chunk + len - 16));
-            max = Vector512.MaxNative(max, max1);
-            float chunkMax = max[0];
-            for (int k = 1; k < 16; k++) chunkMax = MathF.Max(chunkMax, max[k]);
+            if (j < full) max = TVector.MaxNative(max, TVector.Load(chunk + j));
+            if (rest > 0) max1 = TVector.MaxNative(max1, TVector.Load(chunk + len - width));
+            float chunkMax = TVector.MaxAcross(TVector.MaxNative(max, max1));
             if (chunkMax > runningMax)
             {
                 // Rescale what was summed under the old max (exp(−∞) = 0 on the first chunk).
                 runningSum *= Math.Exp((double)runningMax - chunkMax);
                 runningMax = chunkMax;
             }
-            runningSum += Avx512F.IsSupported
-                ? SumOfExps(chunk, len, runningMax)
-                : PortableSumOfExps(chunk, len, runningMax);
+            runningSum += ChunkSumOfExps<TVector>(chunk, len, runningMax);
         }
         return (float)(runningMax + Math.Log(runningSum));
     }
+
+    /// <summary>Σ exp(x − max) over one chunk: the AVX-512 table form where the width is Vector512, the generic form elsewhere.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static unsafe double ChunkSumOfExps<TVector>(float* chunk, int len, float max) where TVector : unmanaged, IFloatVector<TVector> =>
+        typeof(TVector) == typeof(Vector512Lanes) && Avx512F.IsSupported ? SumOfExps(chunk, len, max) : SumOfExps<TVector>(chunk, len, max);
+
+    /// <summary><see cref="ChunkSumOfExps{TVector}"/> at the width the kernels use now (for benchmarks).</summary>
+    internal static unsafe double ChunkSumOfExps(float* chunk, int len, float max) => CpuVectors.Width switch
+    {
+        VectorWidth.Vector512 => ChunkSumOfExps<Vector512Lanes>(chunk, len, max),
+        VectorWidth.Vector256 => ChunkSumOfExps<Vector256Lanes>(chunk, len, max),
+        _ => ChunkSumOfExps<Vector128Lanes>(chunk, len, max),
+    };
+
+    /// <summary>
+    /// Terms an fp32 lane adds before its partial sum goes to fp64. A lane that holds a large term (the max's, 1) loses up to
+    /// half an ulp of it with every small term it adds, all in the same direction when the small terms are alike (a row whose
+    /// weight sits in one logit): so the error of Σ is bounded by this count, not by the chunk or the vector width:
+    /// ≤ (8 + 2)·2⁻²⁴ ≈ 6·10⁻⁷ relative (8 adds, then two to combine the four accumulators) on every path.
+    /// </summary>
+    private const int AddsPerLane = 8;
 
     /// <summary>
     /// Σ exp(x − max) over one chunk of ≥ 16 entries, with AVX-512: <see cref="ExpTerm"/> with its constants held in
@@ -101,9 +128,10 @@ public static class TargetLogProbs
     /// ≈ 25 % here), each term added by the FMA that forms it, and the next two chunks prefetched meanwhile (without it,
     /// memory sat idle during each chunk's exps; the second, into L2, took another ≈ 5 %). Measured at N = 256, V = 50257 on 2 threads against a copy of the same
     /// bytes (min-of-40 harness): 0.65–0.7 of its bandwidth before these three changes, about 1.0 after.
+    /// Every <see cref="AddsPerLane"/> iterations the four accumulators go to an fp64 total.
     /// A partial last vector is loaded as the 16 entries ending at the chunk's end, masked to its new lanes.
     /// </summary>
-    internal static unsafe float SumOfExps(float* chunk, int len, float max)
+    internal static unsafe double SumOfExps(float* chunk, int len, float max)
     {
         var shift = Vector512.Create(max);
         var floor = Vector512.Create(TermFloor);
@@ -113,10 +141,10 @@ public static class TargetLogProbs
         var c1 = Vector512.Create(Exp2C1);
         var c2 = Vector512.Create(Exp2C2);
         var c3 = Vector512.Create(Exp2C3);
-        // Four accumulators of 16 lanes: each lane adds 32 terms of a chunk (a lane holding a large term loses each small
-        // one's low bits, so fewer adds per lane keep the sum closer), and the FMAs do not chain on one another.
+        // Four accumulators of 16 lanes, so the FMAs do not chain on one another.
         Vector512<float> sum0 = Vector512<float>.Zero, sum1 = sum0, sum2 = sum0, sum3 = sum0;
-        int full = len & ~15, rest = len - full, j = 0;
+        double total = 0.0;
+        int full = len & ~15, rest = len - full, j = 0, adds = 0;
         for (; j + 64 <= full; j += 64)
         {
             // The next chunk's lines into L1 and the one after's into L2 (the rest of this row, or the next row: a thread's
@@ -139,6 +167,12 @@ public static class TargetLogProbs
             sum1 = Vector512.FusedMultiplyAdd(scale1, p1, sum1);
             sum2 = Vector512.FusedMultiplyAdd(scale2, p2, sum2);
             sum3 = Vector512.FusedMultiplyAdd(scale3, p3, sum3);
+            if (++adds == AddsPerLane)
+            {
+                total += Vector512Lanes.SumAsDouble(new Vector512Lanes((sum0 + sum1) + (sum2 + sum3)));
+                sum0 = sum1 = sum2 = sum3 = Vector512<float>.Zero;
+                adds = 0;
+            }
         }
         for (; j < full; j += 16)
         {
@@ -151,28 +185,53 @@ public static class TargetLogProbs
             var isNew = Vector512.GreaterThanOrEqual(Vector512<int>.Indices, Vector512.Create(16 - rest)).AsSingle();
             sum1 += Vector512.ConditionalSelect(isNew, scale * p, Vector512<float>.Zero);
         }
-        return Vector512.Sum((sum0 + sum1) + (sum2 + sum3));
+        return total + Vector512Lanes.SumAsDouble(new Vector512Lanes((sum0 + sum1) + (sum2 + sum3)));
     }
 
-    /// <summary><see cref="SumOfExps"/> without AVX-512: <see cref="VectorExp.Exp"/> per term.</summary>
-    private static unsafe float PortableSumOfExps(float* chunk, int len, float max)
+    /// <summary>
+    /// <see cref="SumOfExps"/> at any width: <see cref="ExpTermTimesTwoTo64{TVector}"/> per entry (14 vector ops, no table
+    /// lookup, exact without FMA), four accumulators, at most <see cref="AddsPerLane"/> adds per lane before fp64.
+    /// </summary>
+    internal static unsafe double SumOfExps<TVector>(float* chunk, int len, float max) where TVector : unmanaged, IFloatVector<TVector>
     {
-        var shift = Vector512.Create(max);
-        var sum = Vector512<float>.Zero;
-        int full = len & ~15, rest = len - full;
-        for (int j = 0; j < full; j += 16) sum += VectorExp.Exp(Vector512.Load(chunk + j) - shift);
+        int width = TVector.Count;
+        var shift = TVector.Create(max);
+        var floor = TVector.Create(TermFloor);
+        var log2E = TVector.Create(Log2E);
+        var shifter = TVector.Create(ExponentShifter);
+        TVector sum0 = TVector.Zero, sum1 = sum0, sum2 = sum0, sum3 = sum0;
+        double total = 0.0;
+        int full = len - len % width, rest = len - full, j = 0, adds = 0;
+        for (; j + 4 * width <= full; j += 4 * width)
+        {
+            sum0 += ExpTermTimesTwoTo64(TVector.Load(chunk + j) - shift, floor, log2E, shifter);
+            sum1 += ExpTermTimesTwoTo64(TVector.Load(chunk + j + width) - shift, floor, log2E, shifter);
+            sum2 += ExpTermTimesTwoTo64(TVector.Load(chunk + j + 2 * width) - shift, floor, log2E, shifter);
+            sum3 += ExpTermTimesTwoTo64(TVector.Load(chunk + j + 3 * width) - shift, floor, log2E, shifter);
+            if (++adds == AddsPerLane)
+            {
+                total += TVector.SumAsDouble((sum0 + sum1) + (sum2 + sum3));
+                sum0 = sum1 = sum2 = sum3 = TVector.Zero;
+                adds = 0;
+            }
+        }
+        for (; j < full; j += width) sum0 += ExpTermTimesTwoTo64(TVector.Load(chunk + j) - shift, floor, log2E, shifter);
         if (rest > 0)
         {
-            var isNew = Vector512.GreaterThanOrEqual(Vector512<int>.Indices, Vector512.Create(16 - rest)).AsSingle();
-            sum += Vector512.ConditionalSelect(isNew, VectorExp.Exp(Vector512.Load(chunk + len - 16) - shift), Vector512<float>.Zero);
+            var term = ExpTermTimesTwoTo64(TVector.Load(chunk + len - width) - shift, floor, log2E, shifter);
+            sum1 += TVector.Select(TVector.LastLanes(rest), term, TVector.Zero);
         }
-        return Vector512.Sum(sum);
+        return (total + TVector.SumAsDouble((sum0 + sum1) + (sum2 + sum3))) * TwoToMinus64;
     }
 
     private const float TermFloor = -110f;                 // exp(−110) = 1.7e-48: 0 in fp32, and −∞ becomes finite
     private const float Log2E = 1.44269504088896341f;
     private const float SixteenthsShifter = 786432f;        // 1.5·2¹⁹: adding it rounds t to a multiple of 1/16
     private const float Exp2C1 = 0.6931472f, Exp2C2 = 0.24023429f, Exp2C3 = 0.055502135f;
+    private const float Ln2High = 0.693359375f, Ln2Low = -2.12194440e-4f;
+    /// <summary>1.5·2²³ + 127 + 64: adding it to t = x·log₂e rounds t to an integer n and leaves n + 191 in the low mantissa bits.</summary>
+    private const float ExponentShifter = 12583103f;
+    private const double TwoToMinus64 = 5.42101086242752217e-20;
 
     /// <summary>2^(j/16) for j = 0 … 15, each rounded to the nearest float: one register, indexed by vpermps.</summary>
     private static readonly Vector512<float> TwoToTheSixteenths =
@@ -180,16 +239,50 @@ public static class TargetLogProbs
 
     /// <summary>
     /// exp(x) for x ≤ 0 (and −∞, NaN) as a term of a sum: the forward's hot loop, where exp is what bounds the kernel
-    /// (a logit is 4 bytes to load against a dozen vector ops), so each op dropped shows. Returns the term as
-    /// <c>scale · p</c> (see <see cref="ExpTerm"/>), which the sum adds with one FMA. Without AVX-512 this is
-    /// <see cref="VectorExp.Exp"/>.
+    /// (a logit is 4 bytes to load against a dozen vector ops), so each op dropped shows. The contract, the same on every
+    /// path: relative error ≤ 1.85·10⁻⁷ + |x|·1.5·10⁻⁸ where the result is a normal float (x ≥ −87.3); below that,
+    /// absolute error ≤ 2⁻¹²⁶ (the terms are added to a sum ≥ 1, the max's own term); exp(0) = 1, exp(−∞) = 0, NaN → NaN.
+    /// AVX-512: <see cref="ExpTerm"/> (table, 10 ops); other widths: <see cref="ExpTermTimesTwoTo64{TVector}"/> scaled back.
     /// </summary>
-    internal static Vector512<float> ExpOfNonPositive(Vector512<float> x)
+    internal static TVector ExpOfNonPositive<TVector>(TVector x) where TVector : unmanaged, IFloatVector<TVector>
     {
-        if (!Avx512F.IsSupported) return VectorExp.Exp(x);
-        var scale = ExpTerm(x, Vector512.Create(TermFloor), Vector512.Create(Log2E), Vector512.Create(SixteenthsShifter),
-            TwoToTheSixteenths, Vector512.Create(Exp2C1), Vector512.Create(Exp2C2), Vector512.Create(Exp2C3), out var p);
-        return scale * p;
+        if (typeof(TVector) == typeof(Vector512Lanes) && Avx512F.IsSupported)
+        {
+            var lanes = Unsafe.As<TVector, Vector512Lanes>(ref x).Value;
+            var scale = ExpTerm(lanes, Vector512.Create(TermFloor), Vector512.Create(Log2E), Vector512.Create(SixteenthsShifter),
+                TwoToTheSixteenths, Vector512.Create(Exp2C1), Vector512.Create(Exp2C2), Vector512.Create(Exp2C3), out var p);
+            var term = new Vector512Lanes(scale * p);
+            return Unsafe.As<Vector512Lanes, TVector>(ref term);
+        }
+        return ExpTermTimesTwoTo64(x, TVector.Create(TermFloor), TVector.Create(Log2E), TVector.Create(ExponentShifter))
+               * TVector.Create((float)TwoToMinus64);
+    }
+
+    /// <summary>
+    /// exp(x)·2⁶⁴ for x ≤ 0, at any width, in 13 vector ops with no table and no FMA needed for exactness: x is clamped at −110
+    /// (−∞ becomes finite; NaN stays NaN, maxps returning its second operand); s = x·log₂e + (1.5·2²³ + 191) rounds t = x·log₂e
+    /// to an integer n and holds n + 191 in its low bits, so shifting s's bits left by 23 gives the float 2^(n + 64), a normal
+    /// number for every n ≥ −159 (that is why the sum carries 2⁶⁴: 2ⁿ alone would leave the normal range below x ≈ −87.3);
+    /// r = x − n·ln 2 by Cody–Waite (ln 2 in two parts, n·Ln2High exact), e^r by <see cref="VectorExp"/>'s degree-6
+    /// polynomial (3·10⁻⁹). Error: the polynomial and about four roundings, ≤ 3·10⁻⁷ relative; the result times 2⁻⁶⁴ is exp(x)
+    /// (in fp32 that product rounds once more, into the denormals where x &lt; −87.3).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static TVector ExpTermTimesTwoTo64<TVector>(TVector x, TVector floor, TVector log2E, TVector shifter)
+        where TVector : unmanaged, IFloatVector<TVector>
+    {
+        var clamped = TVector.MaxNative(floor, x);
+        var s = TVector.MultiplyAdd(clamped, log2E, shifter);
+        var n = s - shifter;
+        var r = TVector.MultiplyAdd(n, TVector.Create(-Ln2Low), TVector.MultiplyAdd(n, TVector.Create(-Ln2High), clamped));
+        var one = TVector.Create(1f);
+        var q = TVector.MultiplyAdd(TVector.Create(1.3814611593e-3f), r, TVector.Create(8.3687100559e-3f));
+        q = TVector.MultiplyAdd(q, r, TVector.Create(4.1668388993e-2f));
+        q = TVector.MultiplyAdd(q, r, TVector.Create(1.6666521132e-1f));
+        q = TVector.MultiplyAdd(q, r, TVector.Create(4.9999994040e-1f));
+        q = TVector.MultiplyAdd(q, r, one);
+        q = TVector.MultiplyAdd(q, r, one);
+        return q * TVector.ShiftBitsLeft(s, 23);
     }
 
     /// <summary>
@@ -200,7 +293,7 @@ public static class TargetLogProbs
     /// ⌊k⌋ = n and rounds results below the smallest normal correctly, to denormals, then 0); p = 2^r by a degree-3
     /// polynomial (coefficients fitted here for minimax relative error, 1.6·10⁻⁹). 10 vector ops with the subtraction of
     /// the max and the FMA that adds the term, against 12 for the degree-5 polynomial on [−½, ½] that this replaced (and
-    /// about 19 for <see cref="VectorExp.Exp"/>). Error of scale·p: table entry, p and the product each rounded once
+    /// 14 for <see cref="ExpTermTimesTwoTo64{TVector}"/>). Error of scale·p: table entry, p and the product each rounded once
     /// (≤ 3·2⁻²⁴ ≈ 1.8·10⁻⁷ relative) plus log₂e rounded to fp32 (|x|·1.4·10⁻⁸): ≤ 1.85·10⁻⁷ + |x|·1.5·10⁻⁸ (tested).
     /// In a log-sum-exp, where x = logit − max and the max's own term is 1, that is ≈ 2·10⁻⁷ absolute in ln Σ (tested
     /// against fp64 on flat, spread and one-hot rows). x is clamped at −110 first, so −∞ gives exactly 0; NaN stays NaN
@@ -220,29 +313,42 @@ public static class TargetLogProbs
         return Avx512F.Scale(Avx512F.PermuteVar16x32(table, s.AsInt32()), k);
     }
 
-    /// <summary>V in [2, 16): one padded vector (−∞ padding: neutral for max, exp(−∞) = 0).</summary>
+    /// <summary>V in [2, Count): one padded vector (−∞ padding: neutral for max, exp(−∞) = 0).</summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private static unsafe float ShortLogSumExp(float* row, int vocab)
+    private static unsafe float ShortLogSumExp<TVector>(float* row, int vocab) where TVector : unmanaged, IFloatVector<TVector>
     {
-        var v = VectorTail.Load(row, vocab, float.NegativeInfinity);
+        var v = VectorTail.Load<TVector>(row, vocab, float.NegativeInfinity);
         float max = row[0];
         for (int k = 1; k < vocab; k++) max = MathF.Max(max, row[k]);
-        return (float)(max + Math.Log(Vector512.Sum(VectorExp.Exp(v - Vector512.Create(max)))));
+        return (float)(max + Math.Log(TVector.SumAsDouble(VectorExp.Exp(v - TVector.Create(max)))));
     }
 
-    /// <summary>−g·exp(x − lse) over a row of length V ≥ 16, in place (last vector precomputed, see Gelu).</summary>
+    /// <summary>−g·exp(x − lse) over a row, in place, at the widest accelerated width.</summary>
     private static unsafe void SoftmaxGradientRow(float* p, int vocab, float lse, float g)
     {
-        var shift = Vector512.Create(lse);
-        var minusG = Vector512.Create(-g);
-        var last = VectorExp.Exp(Vector512.Load(p + vocab - 16) - shift) * minusG;
-        for (int j = 0; j <= vocab - 16; j += 16) (VectorExp.Exp(Vector512.Load(p + j) - shift) * minusG).Store(p + j);
-        last.Store(p + vocab - 16);
+        switch (CpuVectors.Width)
+        {
+            case VectorWidth.Vector512: SoftmaxGradientRow<Vector512Lanes>(p, vocab, lse, g); break;
+            case VectorWidth.Vector256: SoftmaxGradientRow<Vector256Lanes>(p, vocab, lse, g); break;
+            default: SoftmaxGradientRow<Vector128Lanes>(p, vocab, lse, g); break;
+        }
     }
 
-    [MethodImpl(MethodImplOptions.NoInlining)]
-    private static unsafe void ShortSoftmaxGradientRow(float* p, int vocab, float lse, float g) =>
-        VectorTail.Store(VectorExp.Exp(VectorTail.Load(p, vocab, 0f) - Vector512.Create(lse)) * Vector512.Create(-g), p, vocab);
+    /// <summary>−g·exp(x − lse) over a row of length V, in place (for V ≥ Count the last vector is precomputed, see Gelu).</summary>
+    private static unsafe void SoftmaxGradientRow<TVector>(float* p, int vocab, float lse, float g) where TVector : unmanaged, IFloatVector<TVector>
+    {
+        int width = TVector.Count;
+        var shift = TVector.Create(lse);
+        var minusG = TVector.Create(-g);
+        if (vocab < width)
+        {
+            VectorTail.Store(VectorExp.Exp(VectorTail.Load<TVector>(p, vocab, 0f) - shift) * minusG, p, vocab);
+            return;
+        }
+        var last = VectorExp.Exp(TVector.Load(p + vocab - width) - shift) * minusG;
+        for (int j = 0; j <= vocab - width; j += width) (VectorExp.Exp(TVector.Load(p + j) - shift) * minusG).Store(p + j);
+        last.Store(p + vocab - width);
+    }
 
     /// <summary>
     /// Overwrites <paramref name="logitsToGradient"/> (the forward's logits) with d(logits), given
@@ -273,8 +379,7 @@ public static class TargetLogProbs
                     }
                     // −g·softmax in one fused pass: logit − lse ≤ 0, so exp cannot overflow.
                     float* p = xl + (long)i * vocab;
-                    if (vocab >= 16) SoftmaxGradientRow(p, vocab, xs[i], g);
-                    else ShortSoftmaxGradientRow(p, vocab, xs[i], g);
+                    SoftmaxGradientRow(p, vocab, xs[i], g);
                     row[t] += g;
                 }
             });

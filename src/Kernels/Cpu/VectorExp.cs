@@ -1,66 +1,57 @@
 using System.Runtime.CompilerServices;
-using System.Runtime.Intrinsics;
-using System.Runtime.Intrinsics.X86;
+using DistAlign.Kernels.Cpu.Simd;
 
 namespace DistAlign.Kernels.Cpu;
 
 /// <summary>
-/// exp(x) on 16 floats in fp32 arithmetic, for the exp-bound kernels (softmax statistics over the
+/// exp(x) on one vector of fp32 lanes in fp32 arithmetic, for the exp-bound kernels (softmax statistics over the
 /// vocabulary, GELU). The runtime's Vector512.Exp/TensorPrimitives.Exp (fp32 via fp64, exp(0) = 1 + 1 ulp)
 /// cost ≈ 1.2 ns per element here, which makes TargetLogProbs compute-bound. Method (Cody–Waite):
-/// n = round(x·log2 e), r = x − n·ln 2 (ln 2 split in two for an exact product), exp(r) by a polynomial on
-/// |r| ≤ ln2/2, times 2ⁿ. With AVX-512: a degree-6 polynomial in Horner form (coefficients fitted for minimax
-/// relative error, 3·10⁻⁹) and 2ⁿ applied by vscalefps, which also overflows to +∞ and underflows through the
-/// denormals to 0 on its own: 12 vector ops, ≤ 1 ulp (tested). Without it: Cephes' expf polynomial and 2ⁿ built
-/// in the exponent bits, with explicit clamps and selects (≈ 19 ops, ≤ 2 ulp), where x &lt; −86.6 gives 0.
-/// exp(0) = 1 exactly; x &gt; 88.72 gives +∞; NaN gives NaN.
+/// n = round(x·log₂e), r = x − n·ln 2 (ln 2 split in two, so n·Ln2High is exact even without FMA), exp(r) by a degree-6
+/// polynomial in Horner form on |r| ≤ ln2/2 (coefficients fitted for minimax relative error, 3·10⁻⁹), then
+/// p·2ⁿ rounded once (<see cref="IFloatVector{TSelf}.ScaleByPowerOfTwo"/>: vscalefps with AVX-512, two exact power-of-two
+/// factors elsewhere), so results below the smallest normal come out as correctly rounded denormals and then 0, and
+/// results above the largest float as +∞. The same algorithm at every width (where multiply-add is not fused, the
+/// polynomial's last step is compensated instead, see the code): the contract (≤ 1 ulp over the normal range,
+/// exp(0) = 1 exactly, denormals within half a denormal step, −∞ → 0, +∞ → +∞, NaN → NaN) holds on every path, and is
+/// tested on each one the machine runs.
 /// </summary>
 internal static class VectorExp
 {
     private const float Log2E = 1.44269504088896341f;
-    private const float Ln2High = 0.693359375f;           // exactly representable with few bits: n·Ln2High is exact
+    private const float Ln2High = 0.693359375f;           // 9 significant bits: n·Ln2High is exact for |n| < 2¹⁵
     private const float Ln2Low = -2.12194440e-4f;
-    private const float MinInput = -86.6f;                 // below: 0 (exp < 2.3e-38, near the smallest normal 1.2e-38)
-    private const float MaxInput = 88.722839f;             // above: exp overflows
 
+    /// <summary>exp of each lane.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector512<float> Exp(Vector512<float> x)
+    public static TVector Exp<TVector>(TVector x) where TVector : unmanaged, IFloatVector<TVector>
     {
-        if (Avx512F.IsSupported)
+        // Clamped to [−110, 100]: exp is 0 or +∞ in fp32 well before either bound, and n stays within ScaleByPowerOfTwo's
+        // range. maxps/minps return their second operand, x, when it is NaN (ARM64's fmax/fmin return NaN), so NaN stays NaN.
+        var bounded = TVector.MinNative(TVector.Create(100f), TVector.MaxNative(TVector.Create(-110f), x));
+        var n = TVector.Round(bounded * TVector.Create(Log2E));
+        var r = TVector.MultiplyAdd(n, TVector.Create(-Ln2Low), TVector.MultiplyAdd(n, TVector.Create(-Ln2High), bounded));
+        var one = TVector.Create(1f);
+        if (TVector.MultiplyAddIsFused)
         {
-            // Clamped to [−110, 100] (exp is 0 or +∞ in fp32 well before either bound); vmaxps/vminps return their
-            // second operand, x, when it is NaN, so NaN stays NaN.
-            var bounded = Vector512.MinNative(Vector512.Create(100f), Vector512.MaxNative(Vector512.Create(-110f), x));
-            var reduced = Reduce(bounded, out var k);
-            var q = Vector512.FusedMultiplyAdd(Vector512.Create(1.3814611593e-3f), reduced, Vector512.Create(8.3687100559e-3f));
-            q = Vector512.FusedMultiplyAdd(q, reduced, Vector512.Create(4.1668388993e-2f));
-            q = Vector512.FusedMultiplyAdd(q, reduced, Vector512.Create(1.6666521132e-1f));
-            q = Vector512.FusedMultiplyAdd(q, reduced, Vector512.Create(4.9999994040e-1f));
-            q = Vector512.FusedMultiplyAdd(q, reduced, Vector512<float>.One);
-            q = Vector512.FusedMultiplyAdd(q, reduced, Vector512<float>.One);
-            return Avx512F.Scale(q, k);
+            var q = TVector.MultiplyAdd(TVector.Create(1.3814611593e-3f), r, TVector.Create(8.3687100559e-3f));
+            q = TVector.MultiplyAdd(q, r, TVector.Create(4.1668388993e-2f));
+            q = TVector.MultiplyAdd(q, r, TVector.Create(1.6666521132e-1f));
+            q = TVector.MultiplyAdd(q, r, TVector.Create(4.9999994040e-1f));
+            q = TVector.MultiplyAdd(q, r, one);
+            return TVector.ScaleByPowerOfTwo(TVector.MultiplyAdd(q, r, one), n);
         }
-        var clamped = Vector512.MinNative(Vector512.MaxNative(x, Vector512.Create(MinInput)), Vector512.Create(MaxInput));
-        var r = Reduce(clamped, out var n);
-        var p = Vector512.FusedMultiplyAdd(Vector512.Create(1.9875691500E-4f), r, Vector512.Create(1.3981999507E-3f));
-        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(8.3334519073E-3f));
-        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(4.1665795894E-2f));
-        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(1.6666665459E-1f));
-        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(5.0000001201E-1f));
-        p = Vector512.FusedMultiplyAdd(p, r * r, r) + Vector512<float>.One;
-        // 2ⁿ = 2ⁿ⁻¹·2 with n in [−125, 128], so 2ⁿ⁻¹ is always a normal float (2¹²⁸ itself is not).
-        var twoToNMinusOne = (Vector512.ConvertToInt32(n) + Vector512.Create(126)) << 23;
-        var result = p * twoToNMinusOne.AsSingle() * Vector512.Create(2f);
-        result = Vector512.ConditionalSelect(Vector512.LessThan(x, Vector512.Create(MinInput)), Vector512<float>.Zero, result);
-        result = Vector512.ConditionalSelect(Vector512.GreaterThan(x, Vector512.Create(MaxInput)), Vector512.Create(float.PositiveInfinity), result);
-        return Vector512.ConditionalSelect(Vector512.Equals(x, x), result, x);   // NaN stays NaN
-    }
-
-    /// <summary>Cody–Waite reduction: n = round(x·log₂e) and r = x − n·ln 2 (ln 2 in two parts, so n·Ln2High is exact), |r| ≤ ln2/2.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> Reduce(Vector512<float> x, out Vector512<float> n)
-    {
-        n = Vector512.Round(x * Vector512.Create(Log2E));
-        return Vector512.FusedMultiplyAdd(n, Vector512.Create(-Ln2Low), Vector512.FusedMultiplyAdd(n, Vector512.Create(-Ln2High), x));
+        // Without a fused multiply-add, Horner's last two steps round twice each (measured 1.13 ulp). Instead
+        // e^r = 1 + r + u with u = r²·(½ + r/6 + …) small (|u| ≤ 0.07): s = 1 + r is formed with its rounding error
+        // e = (1 − s) + r recovered exactly (Fast2Sum, |1| ≥ |r|), and the result is s + (u + e): one rounding that
+        // matters, as with FMA.
+        var p = TVector.MultiplyAdd(TVector.Create(1.3814611593e-3f), r, TVector.Create(8.3687100559e-3f));
+        p = TVector.MultiplyAdd(p, r, TVector.Create(4.1668388993e-2f));
+        p = TVector.MultiplyAdd(p, r, TVector.Create(1.6666521132e-1f));
+        p = TVector.MultiplyAdd(p, r, TVector.Create(4.9999994040e-1f));
+        var u = r * r * p;
+        var s = one + r;
+        var e = (one - s) + r;
+        return TVector.ScaleByPowerOfTwo(s + (u + e), n);
     }
 }

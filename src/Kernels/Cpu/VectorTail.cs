@@ -1,12 +1,12 @@
 using System.Runtime.CompilerServices;
-using System.Runtime.Intrinsics;
+using DistAlign.Kernels.Cpu.Simd;
 
 namespace DistAlign.Kernels.Cpu;
 
 /// <summary>
-/// Partial-vector loads and stores for the last (fewer than 16) elements of a loop, so that every
+/// Partial-vector loads and stores for the last (fewer than Count) elements of a loop, so that every
 /// element goes through the same vector code. Vector and scalar transcendental functions round
-/// differently (Vector512.Exp ≠ MathF.Exp in the last bit), and which elements fall in a range's tail
+/// differently (a vector exp ≠ MathF.Exp in the last bit), and which elements fall in a range's tail
 /// depends on the thread count: computing tails as padded vectors keeps element-wise kernels
 /// bit-identical for any thread count.
 /// Deliberately not inlined and free of stackalloc: a localloc inlined into a kernel's hot loop costs
@@ -20,21 +20,21 @@ internal static class VectorTail
         private float element;
     }
 
-    /// <summary>Loads <paramref name="count"/> (&lt; 16) floats from <paramref name="source"/>, the other lanes set to <paramref name="padding"/>.</summary>
+    /// <summary>Loads <paramref name="count"/> (&lt; Count) floats from <paramref name="source"/>, the other lanes set to <paramref name="padding"/>.</summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
-    public static unsafe Vector512<float> Load(float* source, int count, float padding)
+    public static unsafe TVector Load<TVector>(float* source, int count, float padding) where TVector : unmanaged, IFloatVector<TVector>
     {
         Lanes lanes = default;
-        for (int i = 0; i < 16; i++) lanes[i] = i < count ? source[i] : padding;
-        return Vector512.LoadUnsafe(ref lanes[0]);
+        for (int i = 0; i < TVector.Count; i++) lanes[i] = i < count ? source[i] : padding;
+        return TVector.Load(&lanes[0]);
     }
 
-    /// <summary>Stores the first <paramref name="count"/> (&lt; 16) lanes of <paramref name="value"/>.</summary>
+    /// <summary>Stores the first <paramref name="count"/> (&lt; Count) lanes of <paramref name="value"/>.</summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
-    public static unsafe void Store(Vector512<float> value, float* destination, int count)
+    public static unsafe void Store<TVector>(TVector value, float* destination, int count) where TVector : unmanaged, IFloatVector<TVector>
     {
         Lanes lanes = default;
-        value.StoreUnsafe(ref lanes[0]);
+        value.Store(&lanes[0]);
         for (int i = 0; i < count; i++) destination[i] = lanes[i];
     }
 }
