@@ -1,5 +1,5 @@
 using System.Runtime.CompilerServices;
-using System.Runtime.Intrinsics;
+using DistAlign.Kernels.Cpu.Simd;
 
 namespace DistAlign.Kernels.Cpu;
 
@@ -68,25 +68,33 @@ public static class AdamW
 
     private static unsafe void Update(float* p, float* g, float* m, float* v, int start, int end, Constants k)
     {
-        int i = start;
-        if (Vector512.IsHardwareAccelerated)
+        switch (CpuVectors.Width)
         {
-            var decay = Vector512.Create(k.Decay);
-            var b1 = Vector512.Create(k.Beta1); var ob1 = Vector512.Create(k.OneMinusBeta1);
-            var b2 = Vector512.Create(k.Beta2); var ob2 = Vector512.Create(k.OneMinusBeta2);
-            var c1 = Vector512.Create(k.Correction1); var c2 = Vector512.Create(k.Correction2);
-            var lr = Vector512.Create(k.LearningRate); var eps = Vector512.Create(k.Epsilon);
-            for (; i <= end - Vector512<float>.Count; i += Vector512<float>.Count)
-            {
-                var gi = Vector512.Load(g + i);
-                var mi = b1 * Vector512.Load(m + i) + ob1 * gi;
-                var vi = b2 * Vector512.Load(v + i) + ob2 * (gi * gi);
-                var pi = Vector512.Load(p + i) * decay;
-                pi -= lr * ((mi / c1) / (Vector512.Sqrt(vi / c2) + eps));
-                mi.Store(m + i);
-                vi.Store(v + i);
-                pi.Store(p + i);
-            }
+            case VectorWidth.Vector512: Update<Vector512Lanes>(p, g, m, v, start, end, k); break;
+            case VectorWidth.Vector256: Update<Vector256Lanes>(p, g, m, v, start, end, k); break;
+            default: Update<Vector128Lanes>(p, g, m, v, start, end, k); break;
+        }
+    }
+
+    private static unsafe void Update<TVector>(float* p, float* g, float* m, float* v, int start, int end, Constants k)
+        where TVector : unmanaged, IFloatVector<TVector>
+    {
+        int i = start;
+        var decay = TVector.Create(k.Decay);
+        var b1 = TVector.Create(k.Beta1); var ob1 = TVector.Create(k.OneMinusBeta1);
+        var b2 = TVector.Create(k.Beta2); var ob2 = TVector.Create(k.OneMinusBeta2);
+        var c1 = TVector.Create(k.Correction1); var c2 = TVector.Create(k.Correction2);
+        var lr = TVector.Create(k.LearningRate); var eps = TVector.Create(k.Epsilon);
+        for (; i <= end - TVector.Count; i += TVector.Count)
+        {
+            var gi = TVector.Load(g + i);
+            var mi = b1 * TVector.Load(m + i) + ob1 * gi;
+            var vi = b2 * TVector.Load(v + i) + ob2 * (gi * gi);
+            var pi = TVector.Load(p + i) * decay;
+            pi -= lr * ((mi / c1) / (TVector.Sqrt(vi / c2) + eps));
+            mi.Store(m + i);
+            vi.Store(v + i);
+            pi.Store(p + i);
         }
         for (; i < end; i++) UpdateOne(ref p[i], g[i], ref m[i], ref v[i], k);
     }

@@ -1,5 +1,5 @@
 using System.Runtime.CompilerServices;
-using System.Runtime.Intrinsics;
+using DistAlign.Kernels.Cpu.Simd;
 
 namespace DistAlign.Kernels.Cpu;
 
@@ -10,7 +10,7 @@ namespace DistAlign.Kernels.Cpu;
 /// finite x (σ saturates to 0 or 1, no inf/inf).
 /// Backward: gelu'(x) = σ(2u) + x·σ(2u)·(1 − σ(2u))·2u'(x),  2u'(x) = 2√(2/π)·(1 + 3·0.044715·x²);
 /// dinp += dout·gelu'(x) (accumulates).
-/// One fused Vector512 pass each way (a TensorPrimitives chain needs ~6 passes over a chunk and runs
+/// One fused vector pass each way (at the widest accelerated width, <see cref="CpuVectors"/>) (a TensorPrimitives chain needs ~6 passes over a chunk and runs
 /// ~2× slower here); range tails go through the same vector code (see ForwardRange), so results are
 /// bit-identical for any thread count.
 /// </summary>
@@ -45,61 +45,80 @@ public static class Gelu
         }
     }
 
-    // Range tails: the last 16 elements of a range are computed as one (overlapping) vector BEFORE the
+    // Range tails: the last Count elements of a range are computed as one (overlapping) vector BEFORE the
     // main loop, from the original inputs, and stored after it: elements in the overlap get the same bits
-    // twice, and in-place use (output = input, or dx +=) stays correct. Ranges shorter than 16 take a
+    // twice, and in-place use (output = input, or dx +=) stays correct. Ranges shorter than a vector take a
     // padded-vector path. Either way every element goes through the vector code.
 
     private static unsafe void ForwardRange(float* x, float* o, int start, int end)
     {
-        if (end - start < 16)
+        switch (CpuVectors.Width)
         {
-            ShortForward(x + start, o + start, end - start);
-            return;
+            case VectorWidth.Vector512: ForwardRange<Vector512Lanes>(x, o, start, end); break;
+            case VectorWidth.Vector256: ForwardRange<Vector256Lanes>(x, o, start, end); break;
+            default: ForwardRange<Vector128Lanes>(x, o, start, end); break;
         }
-        var last = Value(Vector512.Load(x + end - 16));
-        for (int i = start; i <= end - 16; i += 16) Value(Vector512.Load(x + i)).Store(o + i);
-        last.Store(o + end - 16);
     }
 
     private static unsafe void BackwardRange(float* d, float* x, float* g, int start, int end)
     {
-        if (end - start < 16)
+        switch (CpuVectors.Width)
         {
-            ShortBackward(d + start, x + start, g + start, end - start);
-            return;
+            case VectorWidth.Vector512: BackwardRange<Vector512Lanes>(d, x, g, start, end); break;
+            case VectorWidth.Vector256: BackwardRange<Vector256Lanes>(d, x, g, start, end); break;
+            default: BackwardRange<Vector128Lanes>(d, x, g, start, end); break;
         }
-        var last = Vector512.FusedMultiplyAdd(Vector512.Load(d + end - 16), Derivative(Vector512.Load(x + end - 16)), Vector512.Load(g + end - 16));
-        for (int i = start; i <= end - 16; i += 16)
-            Vector512.FusedMultiplyAdd(Vector512.Load(d + i), Derivative(Vector512.Load(x + i)), Vector512.Load(g + i)).Store(g + i);
-        last.Store(g + end - 16);
     }
 
-    [MethodImpl(MethodImplOptions.NoInlining)]
-    private static unsafe void ShortForward(float* x, float* o, int count) =>
-        VectorTail.Store(Value(VectorTail.Load(x, count, 0f)), o, count);
+    private static unsafe void ForwardRange<TVector>(float* x, float* o, int start, int end) where TVector : unmanaged, IFloatVector<TVector>
+    {
+        int width = TVector.Count;
+        if (end - start < width)
+        {
+            VectorTail.Store(Value(VectorTail.Load<TVector>(x + start, end - start, 0f)), o + start, end - start);
+            return;
+        }
+        var last = Value(TVector.Load(x + end - width));
+        for (int i = start; i <= end - width; i += width) Value(TVector.Load(x + i)).Store(o + i);
+        last.Store(o + end - width);
+    }
 
-    [MethodImpl(MethodImplOptions.NoInlining)]
-    private static unsafe void ShortBackward(float* d, float* x, float* g, int count) =>
-        VectorTail.Store(Vector512.FusedMultiplyAdd(VectorTail.Load(d, count, 0f), Derivative(VectorTail.Load(x, count, 0f)), VectorTail.Load(g, count, 0f)), g, count);
+    private static unsafe void BackwardRange<TVector>(float* d, float* x, float* g, int start, int end) where TVector : unmanaged, IFloatVector<TVector>
+    {
+        int width = TVector.Count;
+        if (end - start < width)
+        {
+            int count = end - start;
+            var dx = TVector.MultiplyAdd(VectorTail.Load<TVector>(d + start, count, 0f), Derivative(VectorTail.Load<TVector>(x + start, count, 0f)),
+                VectorTail.Load<TVector>(g + start, count, 0f));
+            VectorTail.Store(dx, g + start, count);
+            return;
+        }
+        var last = TVector.MultiplyAdd(TVector.Load(d + end - width), Derivative(TVector.Load(x + end - width)), TVector.Load(g + end - width));
+        for (int i = start; i <= end - width; i += width)
+            TVector.MultiplyAdd(TVector.Load(d + i), Derivative(TVector.Load(x + i)), TVector.Load(g + i)).Store(g + i);
+        last.Store(g + end - width);
+    }
 
     /// <summary>x·σ(2u), 2u = x·(2√(2/π) + 2√(2/π)·0.044715·x²).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> Value(Vector512<float> x)
+    private static TVector Value<TVector>(TVector x) where TVector : unmanaged, IFloatVector<TVector>
     {
-        var twoU = x * Vector512.FusedMultiplyAdd(x * x, Vector512.Create(TwoSqrtTwoOverPi * Cubic), Vector512.Create(TwoSqrtTwoOverPi));
-        return x / (Vector512<float>.One + VectorExp.Exp(-twoU));   // x·σ(2u); exp → ∞ gives x/∞ = 0
+        var twoU = x * TVector.MultiplyAdd(x * x, TVector.Create(TwoSqrtTwoOverPi * Cubic), TVector.Create(TwoSqrtTwoOverPi));
+        return x / (TVector.Create(1f) + VectorExp.Exp(-twoU));   // x·σ(2u); exp → ∞ gives x/∞ = 0
     }
 
     /// <summary>gelu'(x) = σ + x·σ(1 − σ)·2u', with x clamped to ±20 first so x² stays finite (exact in fp32).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> Derivative(Vector512<float> x)
+    private static TVector Derivative<TVector>(TVector x) where TVector : unmanaged, IFloatVector<TVector>
     {
-        x = Vector512.Min(Vector512.Max(x, Vector512.Create(-Saturation)), Vector512.Create(Saturation));
+        // NaN stays NaN: maxps/minps return their second operand, x, when it is NaN.
+        x = TVector.MinNative(TVector.Create(Saturation), TVector.MaxNative(TVector.Create(-Saturation), x));
         var square = x * x;
-        var twoU = x * Vector512.FusedMultiplyAdd(square, Vector512.Create(TwoSqrtTwoOverPi * Cubic), Vector512.Create(TwoSqrtTwoOverPi));
-        var twoUPrime = Vector512.FusedMultiplyAdd(square, Vector512.Create(3f * TwoSqrtTwoOverPi * Cubic), Vector512.Create(TwoSqrtTwoOverPi));
-        var sigma = Vector512<float>.One / (Vector512<float>.One + VectorExp.Exp(-twoU));
-        return Vector512.FusedMultiplyAdd(x * sigma * (Vector512<float>.One - sigma), twoUPrime, sigma);
+        var twoU = x * TVector.MultiplyAdd(square, TVector.Create(TwoSqrtTwoOverPi * Cubic), TVector.Create(TwoSqrtTwoOverPi));
+        var twoUPrime = TVector.MultiplyAdd(square, TVector.Create(3f * TwoSqrtTwoOverPi * Cubic), TVector.Create(TwoSqrtTwoOverPi));
+        var one = TVector.Create(1f);
+        var sigma = one / (one + VectorExp.Exp(-twoU));
+        return TVector.MultiplyAdd(x * sigma * (one - sigma), twoUPrime, sigma);
     }
 }

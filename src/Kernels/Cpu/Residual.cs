@@ -1,12 +1,12 @@
 using System.Runtime.CompilerServices;
-using System.Runtime.Intrinsics;
+using DistAlign.Kernels.Cpu.Simd;
 
 namespace DistAlign.Kernels.Cpu;
 
 /// <summary>
 /// Residual connection: out = a + b, element-wise over flat spans of equal length.
 /// Backward: da += dout, db += dout (accumulates, so callers can sum gradient contributions).
-/// The adds are a plain Vector512 loop with ordinary stores: TensorPrimitives.Add switches to non-temporal
+/// The adds are a plain vector loop (widest accelerated width) with ordinary stores: TensorPrimitives.Add switches to non-temporal
 /// stores on large spans, which sends the output past the caches that the next op (a LayerNorm reading the
 /// residual stream) is about to read it from (measured here: 229 µs against 186 µs for 2048 × 768 on 2 threads).
 /// </summary>
@@ -44,11 +44,20 @@ public static class Residual
     }
 
     /// <summary>destination[i] = x[i] + y[i] for i &lt; count (destination may be x or y).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static unsafe void Add(float* x, float* y, float* destination, int count)
     {
+        switch (CpuVectors.Width)
+        {
+            case VectorWidth.Vector512: Add<Vector512Lanes>(x, y, destination, count); break;
+            case VectorWidth.Vector256: Add<Vector256Lanes>(x, y, destination, count); break;
+            default: Add<Vector128Lanes>(x, y, destination, count); break;
+        }
+    }
+
+    private static unsafe void Add<TVector>(float* x, float* y, float* destination, int count) where TVector : unmanaged, IFloatVector<TVector>
+    {
         int i = 0;
-        for (; i + 16 <= count; i += 16) (Vector512.Load(x + i) + Vector512.Load(y + i)).Store(destination + i);
+        for (; i + TVector.Count <= count; i += TVector.Count) (TVector.Load(x + i) + TVector.Load(y + i)).Store(destination + i);
         for (; i < count; i++) destination[i] = x[i] + y[i];
     }
 }
