@@ -8,6 +8,7 @@ using BenchmarkDotNet.Running;
 using BenchmarkDotNet.Toolchains.InProcess.Emit;
 using DistAlign.Engine.Native;
 using DistAlign.Kernels.Cpu;
+using DistAlign.Kernels.Cpu.Simd;
 
 namespace DistAlign.Bench;
 
@@ -49,7 +50,7 @@ public class GemmBenchmarks
         if (OpenBlas.IsAvailable)
         {
             OpenBlas.SetThreads(Threads);
-            Console.WriteLine($"// OpenBLAS core: {OpenBlas.CoreName}, threads: {OpenBlas.Threads}; ours: {CpuParallel.Threads} threads, Vector512 kernel: {Gemm.UsesVector512}");
+            Console.WriteLine($"// OpenBLAS core: {OpenBlas.CoreName}, threads: {OpenBlas.Threads}; ours: {CpuParallel.Threads} threads, micro-kernel: {Gemm.MicroKernel} ({CpuVectors.Describe()})");
         }
     }
 

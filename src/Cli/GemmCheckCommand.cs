@@ -3,6 +3,7 @@ using System.Diagnostics;
 using System.Runtime.Intrinsics;
 using DistAlign.Engine.Native;
 using DistAlign.Kernels.Cpu;
+using DistAlign.Kernels.Cpu.Simd;
 
 namespace DistAlign.Cli;
 
@@ -50,7 +51,7 @@ internal static class GemmCheckCommand
 
         CpuParallel.Threads = threads;
         Console.WriteLine($"threads: {threads}; Vector512 accelerated: {Vector512.IsHardwareAccelerated}; " +
-                          $"micro-kernel: {(Gemm.UsesVector512 ? "Vector512 12×32" : "Vector256 6×16")}");
+                          $"vectors: {CpuVectors.Describe()}; micro-kernel: {Gemm.MicroKernel}");
 
         // Correctness on an odd shape (not a multiple of any tile), all four transpose cases.
         const int cm = 97, cn = 131, ck = 67;

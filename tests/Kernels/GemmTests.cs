@@ -1,4 +1,5 @@
 using DistAlign.Kernels.Cpu;
+using DistAlign.Kernels.Cpu.Simd;
 using DistAlign.Tests.Reference;
 using static DistAlign.Tests.TestSupport.Numerics;
 
@@ -9,7 +10,7 @@ namespace DistAlign.Tests.Kernels;
 /// |C − C_ref| ≤ 2e-6·√(k+1)·scale, where scale = |α|·Σ_p|a_ip·b_pj| + |β·c_ij| + |bias_j| (fp32 rounding
 /// of a k-term sum grows like √k·ε·scale with ε ≈ 6e-8; the bound leaves a margin of ~30×).
 /// </summary>
-[NonParallelizable] // tests set the global CpuParallel.Threads and Gemm.ForceVector256
+[NonParallelizable] // tests set the global CpuParallel.Threads and the kernels' vector width
 public class GemmTests
 {
     private int savedThreads;
@@ -21,7 +22,6 @@ public class GemmTests
     public void RestoreSettings()
     {
         CpuParallel.Threads = savedThreads;
-        Gemm.ForceVector256 = false;
     }
 
     private static readonly (int M, int N, int K)[] OddShapes =
@@ -37,29 +37,29 @@ public class GemmTests
         foreach (var (m, n, k) in OddShapes)
             foreach (var ta in new[] { Transpose.No, Transpose.Yes })
                 foreach (var tb in new[] { Transpose.No, Transpose.Yes })
-                    foreach (bool force256 in new[] { false, true })
-                        yield return new TestCaseData(ta, tb, m, n, k, force256)
-                            .SetName($"MatchesReference_{ta}{tb}_{m}x{n}x{k}{(force256 ? "_Vector256" : "")}");
+                    foreach (var width in CpuVectors.Accelerated)
+                        yield return new TestCaseData(ta, tb, m, n, k, width)
+                            .SetName($"MatchesReference_{ta}{tb}_{m}x{n}x{k}_{width}");
     }
 
     [TestCaseSource(nameof(AllCases))]
-    public void MatchesReference(Transpose ta, Transpose tb, int m, int n, int k, bool force256)
+    public void MatchesReference(Transpose ta, Transpose tb, int m, int n, int k, VectorWidth width) =>
+        VectorWidths.At(width, () => CheckAgainstReference(ta, tb, m, n, k, alpha: 0.75f, beta: -0.5f, withBias: true, seed: m * 1000 + n * 10 + k));
+
+    private static IEnumerable<TestCaseData> BlockCases()
     {
-        Gemm.ForceVector256 = force256;
-        CheckAgainstReference(ta, tb, m, n, k, alpha: 0.75f, beta: -0.5f, withBias: true, seed: m * 1000 + n * 10 + k);
+        foreach (var width in CpuVectors.Accelerated)
+        {
+            foreach (var ta in new[] { Transpose.No, Transpose.Yes })
+                foreach (var tb in new[] { Transpose.No, Transpose.Yes })
+                    yield return new TestCaseData(ta, tb, width);
+        }
     }
 
     /// <summary>Crosses every blocking boundary: several K blocks (β and bias must apply once), MC and NC blocks.</summary>
-    [TestCase(Transpose.No, Transpose.No, false)]
-    [TestCase(Transpose.No, Transpose.Yes, false)]
-    [TestCase(Transpose.Yes, Transpose.No, false)]
-    [TestCase(Transpose.Yes, Transpose.Yes, false)]
-    [TestCase(Transpose.No, Transpose.No, true)]
-    public void MatchesReferenceAcrossBlocks(Transpose ta, Transpose tb, bool force256)
-    {
-        Gemm.ForceVector256 = force256;
-        CheckAgainstReference(ta, tb, 205, 800, 801, alpha: 1f, beta: 1f, withBias: true, seed: 7);
-    }
+    [TestCaseSource(nameof(BlockCases))]
+    public void MatchesReferenceAcrossBlocks(Transpose ta, Transpose tb, VectorWidth width) =>
+        VectorWidths.At(width, () => CheckAgainstReference(ta, tb, 205, 800, 801, alpha: 1f, beta: 1f, withBias: true, seed: 7));
 
     [TestCase(1f, 0f, false)]
     [TestCase(-2f, 0f, true)]

@@ -2,6 +2,7 @@ using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
+using DistAlign.Kernels.Cpu.Simd;
 
 namespace DistAlign.Kernels.Cpu;
 
@@ -58,27 +59,30 @@ public static unsafe class Gemm
     private const int Mr512 = 12;
     private const int Nr512 = 32;
 
-    // Vector256 fallback: 6 rows × 16 columns (2 ymm per row) = 12 ymm accumulators, fits 16 ymm registers.
-    private const int Mr256 = 6;
-    private const int Nr256 = 16;
+    // Vector256 (AVX2) and Vector128 (SSE, NEON): 6 rows × 2 vectors (16 or 8 columns) = 12 accumulators, plus 2 for the
+    // B row and 1 for the broadcast A element: fits the 16 ymm/xmm registers.
+    private const int Mr6 = 6;
 
     /// <summary>Largest K block (packed depth); k is split into equal blocks no deeper than this. An A
     /// micro-panel (MR×KC floats = 18 KB) then stays in the 32 KB L1 while B micro-panels stream past it.</summary>
     internal const int Kc = 384;
-    /// <summary>Rows of op(A) per packed A block; a multiple of both MRs (12 and 6). MC×KC floats = 288 KB.</summary>
+    /// <summary>Rows of op(A) per packed A block; a multiple of every MR (12 and 6). MC×KC floats = 288 KB.</summary>
     internal const int Mc = 192;
-    /// <summary>Largest column block of op(B) (a multiple of both NRs, 32 and 16); n is split into equal blocks
+    /// <summary>Largest column block of op(B) (a multiple of every NR: 32, 16 and 8); n is split into equal blocks
     /// no wider than this. KC×NC floats = 1.5 MB: the packed B block stays in the 2 MB L2.</summary>
     internal const int Nc = 1024;
 
     /// <summary>Below this many multiply-adds per thread a GEMM stays on one thread.</summary>
     private const long MinFmasPerThread = 1L << 18;
 
-    /// <summary>Tests set this to exercise the Vector256 path on AVX-512 machines.</summary>
-    internal static bool ForceVector256 { get; set; }
-
-    /// <summary>True when the Vector512 micro-kernel is used (AVX-512 hardware and not forced off).</summary>
-    public static bool UsesVector512 => Vector512.IsHardwareAccelerated && !ForceVector256;
+    /// <summary>The micro-kernel GEMMs use now, at the kernels' vector width (<see cref="CpuVectors"/>): "Vector512 12×32",
+    /// "Vector256 6×16" or "Vector128 6×8".</summary>
+    public static string MicroKernel => CpuVectors.Width switch
+    {
+        VectorWidth.Vector512 => $"Vector512 {Mr512}×{Nr512}",
+        VectorWidth.Vector256 => $"Vector256 {Mr6}×{2 * Vector256Lanes.Count}",
+        _ => $"Vector128 {Mr6}×{2 * Vector128Lanes.Count}",
+    };
 
     /// <summary>
     /// <c>C = α·op(A)·op(B) + β·C</c>, plus <paramref name="bias"/> added to every row when it is not empty.
@@ -177,8 +181,9 @@ public static unsafe class Gemm
 
     private static void Run(Problem p)
     {
-        bool wide = UsesVector512;
-        int mr = wide ? Mr512 : Mr256, nr = wide ? Nr512 : Nr256;
+        var width = CpuVectors.Width;
+        int mr = width == VectorWidth.Vector512 ? Mr512 : Mr6;
+        int nr = width switch { VectorWidth.Vector512 => Nr512, VectorWidth.Vector256 => 2 * Vector256Lanes.Count, _ => 2 * Vector128Lanes.Count };
         int mPanels = (p.M + mr - 1) / mr, nPanels = (p.N + nr - 1) / nr;
         int threads = CpuParallel.Threads;
 
@@ -280,7 +285,7 @@ public static unsafe class Gemm
     {
         // The first K block applies β and the bias; later blocks add onto what is already in C.
         float beta = firstK ? p.Beta : 1f;
-        bool wide = nr == Nr512;
+        var width = CpuVectors.Width;
         for (int ir = 0; ir < mc; ir += mr)
         {
             float* aPanel = aPacked + (nint)ir * kc;
@@ -292,18 +297,25 @@ public static unsafe class Gemm
                 float* cTile = p.C + (nint)(ic + ir) * p.Ldc + jc + jr;
                 float* bias = firstK && p.Bias != null ? p.Bias + jc + jr : null;
                 if (rows == mr && cols == nr)
-                {
-                    if (wide) Kernel12x32(kc, aPanel, bPanel, cTile, p.Ldc, p.Alpha, beta, bias);
-                    else Kernel6x16(kc, aPanel, bPanel, cTile, p.Ldc, p.Alpha, beta, bias);
-                }
+                    RunMicroKernel(width, kc, aPanel, bPanel, cTile, p.Ldc, p.Alpha, beta, bias);
                 else
                 {
                     // Edge tile: full product into scratch, then write only the valid rows × cols.
-                    if (wide) Kernel12x32(kc, aPanel, bPanel, tile, nr, 1f, 0f, null);
-                    else Kernel6x16(kc, aPanel, bPanel, tile, nr, 1f, 0f, null);
+                    RunMicroKernel(width, kc, aPanel, bPanel, tile, nr, 1f, 0f, null);
                     StorePartialTile(tile, nr, rows, cols, cTile, p.Ldc, p.Alpha, beta, bias);
                 }
             }
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void RunMicroKernel(VectorWidth width, int kc, float* a, float* b, float* c, nint ldc, float alpha, float beta, float* bias)
+    {
+        switch (width)
+        {
+            case VectorWidth.Vector512: Kernel12x32(kc, a, b, c, ldc, alpha, beta, bias); break;
+            case VectorWidth.Vector256: Kernel6xTwoVectors<Vector256Lanes>(kc, a, b, c, ldc, alpha, beta, bias); break;
+            default: Kernel6xTwoVectors<Vector128Lanes>(kc, a, b, c, ldc, alpha, beta, bias); break;
         }
     }
 
@@ -347,7 +359,7 @@ public static unsafe class Gemm
         }
 
         // op(A)[i, q] = A[i*lda + q]: a transpose. Full 12-row panels go 4 rows × 4 k at a time through
-        // SSE 4×4 transposes; anything else (edges, the 6-row fallback panels) element by element.
+        // SSE 4×4 transposes; anything else (edges, the 6-row panels) element by element.
         for (int ir = 0; ir < mc; ir += mr)
         {
             int rows = Math.Min(mr, mc - ir);
@@ -538,47 +550,47 @@ public static unsafe class Gemm
     }
 
     /// <summary>
-    /// 6×16 tile on Vector256 (fallback without AVX-512). Registers: acc rows r0..r5 × halves = 12 ymm;
-    /// b0/b1 = the B row; x = the broadcast A element.
+    /// 6 rows × 2 vectors tile (6×16 on Vector256, 6×8 on Vector128). Registers: acc rows r0..r5 × halves = 12;
+    /// b0/b1 = the B row; x = the broadcast A element: 15 of the 16 ymm/xmm registers.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Kernel6x16(int kc, float* a, float* b, float* c, nint ldc, float alpha, float beta, float* bias)
+    private static void Kernel6xTwoVectors<TVector>(int kc, float* a, float* b, float* c, nint ldc, float alpha, float beta, float* bias)
+        where TVector : unmanaged, IFloatVector<TVector>
     {
-        Vector256<float> r0l = default, r0h = default, r1l = default, r1h = default, r2l = default, r2h = default;
-        Vector256<float> r3l = default, r3h = default, r4l = default, r4h = default, r5l = default, r5h = default;
+        int w = TVector.Count;
+        TVector r0l = TVector.Zero, r0h = r0l, r1l = r0l, r1h = r0l, r2l = r0l, r2h = r0l;
+        TVector r3l = r0l, r3h = r0l, r4l = r0l, r4h = r0l, r5l = r0l, r5h = r0l;
 
         for (int q = 0; q < kc; q++)
         {
-            Vector256<float> b0 = Vector256.Load(b);
-            Vector256<float> b1 = Vector256.Load(b + 8);
-            Vector256<float> x;
-            x = Vector256.Create(a[0]); r0l = MultiplyAdd(x, b0, r0l); r0h = MultiplyAdd(x, b1, r0h);
-            x = Vector256.Create(a[1]); r1l = MultiplyAdd(x, b0, r1l); r1h = MultiplyAdd(x, b1, r1h);
-            x = Vector256.Create(a[2]); r2l = MultiplyAdd(x, b0, r2l); r2h = MultiplyAdd(x, b1, r2h);
-            x = Vector256.Create(a[3]); r3l = MultiplyAdd(x, b0, r3l); r3h = MultiplyAdd(x, b1, r3h);
-            x = Vector256.Create(a[4]); r4l = MultiplyAdd(x, b0, r4l); r4h = MultiplyAdd(x, b1, r4h);
-            x = Vector256.Create(a[5]); r5l = MultiplyAdd(x, b0, r5l); r5h = MultiplyAdd(x, b1, r5h);
-            a += Mr256;
-            b += Nr256;
+            TVector b0 = TVector.Load(b);
+            TVector b1 = TVector.Load(b + w);
+            TVector x;
+            x = TVector.Create(a[0]); r0l = TVector.MultiplyAdd(x, b0, r0l); r0h = TVector.MultiplyAdd(x, b1, r0h);
+            x = TVector.Create(a[1]); r1l = TVector.MultiplyAdd(x, b0, r1l); r1h = TVector.MultiplyAdd(x, b1, r1h);
+            x = TVector.Create(a[2]); r2l = TVector.MultiplyAdd(x, b0, r2l); r2h = TVector.MultiplyAdd(x, b1, r2h);
+            x = TVector.Create(a[3]); r3l = TVector.MultiplyAdd(x, b0, r3l); r3h = TVector.MultiplyAdd(x, b1, r3h);
+            x = TVector.Create(a[4]); r4l = TVector.MultiplyAdd(x, b0, r4l); r4h = TVector.MultiplyAdd(x, b1, r4h);
+            x = TVector.Create(a[5]); r5l = TVector.MultiplyAdd(x, b0, r5l); r5h = TVector.MultiplyAdd(x, b1, r5h);
+            a += Mr6;
+            b += 2 * w;
         }
 
-        StoreRow256(c, r0l, r0h, alpha, beta, bias); c += ldc;
-        StoreRow256(c, r1l, r1h, alpha, beta, bias); c += ldc;
-        StoreRow256(c, r2l, r2h, alpha, beta, bias); c += ldc;
-        StoreRow256(c, r3l, r3h, alpha, beta, bias); c += ldc;
-        StoreRow256(c, r4l, r4h, alpha, beta, bias); c += ldc;
-        StoreRow256(c, r5l, r5h, alpha, beta, bias);
+        StoreRow(c, r0l, r0h, alpha, beta, bias); c += ldc;
+        StoreRow(c, r1l, r1h, alpha, beta, bias); c += ldc;
+        StoreRow(c, r2l, r2h, alpha, beta, bias); c += ldc;
+        StoreRow(c, r3l, r3h, alpha, beta, bias); c += ldc;
+        StoreRow(c, r4l, r4h, alpha, beta, bias); c += ldc;
+        StoreRow(c, r5l, r5h, alpha, beta, bias);
     }
 
-    /// <summary>Fused multiply-add where the hardware has FMA, multiply then add otherwise (never emulated).</summary>
+    /// <summary>One row of two vectors: c = α·acc + β·c (+ bias); β = 0 never reads C.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> MultiplyAdd(Vector256<float> x, Vector256<float> y, Vector256<float> z) =>
-        Vector256.MultiplyAddEstimate(x, y, z);
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void StoreRow256(float* c, Vector256<float> lo, Vector256<float> hi, float alpha, float beta, float* bias)
+    private static void StoreRow<TVector>(float* c, TVector lo, TVector hi, float alpha, float beta, float* bias)
+        where TVector : unmanaged, IFloatVector<TVector>
     {
-        Vector256<float> va = Vector256.Create(alpha);
+        int w = TVector.Count;
+        TVector va = TVector.Create(alpha);
         if (beta == 0f)
         {
             lo *= va;
@@ -586,17 +598,17 @@ public static unsafe class Gemm
         }
         else
         {
-            Vector256<float> vb = Vector256.Create(beta);
-            lo = MultiplyAdd(lo, va, Vector256.Load(c) * vb);
-            hi = MultiplyAdd(hi, va, Vector256.Load(c + 8) * vb);
+            TVector vb = TVector.Create(beta);
+            lo = TVector.MultiplyAdd(lo, va, TVector.Load(c) * vb);
+            hi = TVector.MultiplyAdd(hi, va, TVector.Load(c + w) * vb);
         }
         if (bias != null)
         {
-            lo += Vector256.Load(bias);
-            hi += Vector256.Load(bias + 8);
+            lo += TVector.Load(bias);
+            hi += TVector.Load(bias + w);
         }
         lo.Store(c);
-        hi.Store(c + 8);
+        hi.Store(c + w);
     }
 
     /// <summary>
