@@ -50,14 +50,73 @@ public class GpuAttentionTests(string backend) : GpuFixture(backend)
         AssertBitIdentical(Run(), Run(), "attention rerun");
     }
 
+    /// <summary>
+    /// B = 0 or T = 0: nothing is launched and nothing written. The empty views sit on one-element buffers holding a
+    /// sentinel, and device kernels do not check bounds, so a launch that ran anyway would overwrite one.
+    /// </summary>
     [Test]
     public void EmptyBatchIsANoOp()
     {
-        using var empty = Up(Array.Empty<float>());
-        using var seg = Up(Array.Empty<int>());
-        Ops.Attention.Forward(V(empty, 0), V(seg, 0), 0, 5, 2, V(empty, 0), V(empty, 0));
-        Ops.Attention.Backward(V(empty, 0), V(empty, 0), V(empty, 0), V(empty, 0), 3, 0, 2, V(empty, 0));
-        Ops.Attention.SoftmaxForward(V(empty, 0), V(seg, 0), 0, 5, 2, 1f, V(empty, 0));
+        const float sentinel = 7f;
+        using var qkv = Up(new[] { sentinel });
+        using var seg = Up(new[] { -3 });
+        using var att = Up(new[] { sentinel });
+        using var o = Up(new[] { sentinel });
+        using var dout = Up(new[] { sentinel });
+        using var dqkv = Up(new[] { sentinel });
+        foreach (var (b, t) in new[] { (0, 5), (3, 0) })
+        {
+            Ops.Attention.Forward(V(qkv, 0), V(seg, 0), b, t, 2, V(att, 0), V(o, 0));
+            Ops.Attention.Backward(V(dout, 0), V(qkv, 0), V(att, 0), V(o, 0), b, t, 2, V(dqkv, 0));
+            Ops.Attention.SoftmaxForward(V(qkv, 0), V(seg, 0), b, t, 2, 1f, V(att, 0));
+            Ops.Attention.SoftmaxBackward(V(dout, 0), V(att, 0), b, t, 2, 1f, V(dqkv, 0));
+        }
+        foreach (var (buffer, name) in new[] { (qkv, "qkv"), (att, "att"), (o, "out"), (dout, "dout"), (dqkv, "dqkv") })
+            Assert.That(Down(buffer, 1), Is.EqualTo(new[] { sentinel }), $"{name} untouched");
+        Assert.That(Down(seg, 1), Is.EqualTo(new[] { -3 }), "segment ids untouched");
+    }
+
+    /// <summary>
+    /// T = 1 (B = 1), the shortest non-empty batch, against the fp64 reference with the fixture's tolerances: the token
+    /// attends only to itself, so att = 1 and out = v exactly (the softmax of one score is exp(0)/1), dv gains dout and dq,
+    /// dk nothing. Both the whole-op kernels and the softmax kernels of the GEMM path (whose score gradient must be 0).
+    /// </summary>
+    [TestCase(4, 1)]
+    [TestCase(6, 3)]   // hs = 2, three heads
+    public void SingleTokenMatchesReference(int c, int nh)
+    {
+        const int b = 1, t = 1;
+        var qkv = RandomFloats(b * t * 3 * c, 1);
+        var dout = RandomFloats(b * t * c, 2);
+        var before = RandomFloats(qkv.Length, 3);
+        var r = ReferenceAttention.Forward(D(qkv), null, b, t, nh);
+        var expected = Plus(before, ReferenceAttention.Backward(D(dout), D(qkv), null, b, t, nh));
+
+        using var dq = Up(qkv);
+        using var ds = Up(Array.Empty<int>());
+        using var datt = Up(new float[nh]);
+        using var dout0 = Up(new float[c]);
+        using var dg = Up(dout);
+        using var dqkv = Up(before);
+        Ops.Attention.Forward(V(dq, qkv), V(ds, 0), b, t, nh, V(datt, nh), V(dout0, c));
+        var att = Down(datt, nh);
+        var o = Down(dout0, c);
+        AssertClose(att, r.Att, 1e-6, 1e-4, "att");
+        AssertClose(o, r.Out, 1e-5, 1e-4, "out");
+        Assert.That(att, Is.All.EqualTo(1f), "a token's only allowed key has probability exactly 1");
+        AssertBitIdentical(qkv[(2 * c)..], o, "out = v");
+        Ops.Attention.Backward(V(dg, dout), V(dq, qkv), V(datt, nh), V(dout0, c), b, t, nh, V(dqkv, qkv.Length));
+        AssertClose(Down(dqkv, qkv.Length), expected, 1e-5, 1e-4, "dqkv (accumulated)");
+
+        // The softmax kernels alone: one raw score per head gives probability 1 and a score gradient of exactly 0.
+        var scores = RandomFloats(nh, 4, 10.0);
+        using var dscores = Up(scores);
+        using var probs = Up(new float[nh]);
+        using var dprobs = Up(RandomFloats(nh, 5));
+        Ops.Attention.SoftmaxForward(V(dscores, nh), V(ds, 0), b, t, nh, 0.5f, V(probs, nh));
+        AssertClose(Down(probs, nh), r.Att, 1e-6, 1e-4, "softmax probabilities");
+        Ops.Attention.SoftmaxBackward(V(dprobs, nh), V(probs, nh), b, t, nh, 0.5f, V(dscores, nh));
+        Assert.That(Down(dscores, nh), Is.All.EqualTo(0f), "score gradient a·(da − a·da)·scale with a = 1");
     }
 
     /// <summary>
