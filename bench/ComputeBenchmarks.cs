@@ -16,7 +16,8 @@ namespace DistAlign.Bench;
 // Compute-bound CPU kernels, each measured against a compute limit timed in the same run (the class's
 // Baseline row): attention against a register-resident FMA loop (the machine's fp32 peak as the JIT reaches
 // it), the fused LM-head log-probs against OpenBLAS's sgemm of the same logits shape, TargetLogProbs'
-// forward against the throughput of the same vector exp. Run:
+// forward against the throughput of the same vector exp. Run (OPENBLAS_CORETYPE=SkylakeX only where the CPU has
+// avx512f; elsewhere leave it unset — see OpenBlasCoreType):
 //   OPENBLAS_CORETYPE=SkylakeX dotnet run -c Release --project bench -- --filter '*Compute*'
 // Rate = work per call ([Work] on each method: FLOPs, or exps) / median time; "vs limit" = that / the
 // baseline's rate.
@@ -82,7 +83,8 @@ internal static class ComputeSizes
 
 /// <summary>
 /// Causal attention forward and backward (the register-blocked hs = 64 path) against the machine's fp32 FMA
-/// peak: 8 independent Vector512 FMA chains per thread, nothing loaded, on the same threads.
+/// peak: 8 independent FMA chains per thread of the widest vector .NET accelerates here (Vector512, or Vector256 in the
+/// AVX2 view, <c>DOTNET_EnableAVX512=0</c>), nothing loaded, on the same threads.
 /// </summary>
 [Config(typeof(FlopsConfig))]
 public class AttentionCompute
@@ -117,8 +119,46 @@ public class AttentionCompute
         peakSink = sums.Sum();
     }
 
-    /// <summary>8 independent FMA chains (Zen 4 and Intel cores need ≥ 8 in flight to cover the latency on two pipes).</summary>
-    private static float PeakBlock(int seed)
+    /// <summary>
+    /// 8 independent FMA chains (Zen 4 and Intel cores need ≥ 8 in flight to cover the latency on two pipes) of the widest
+    /// accelerated vector: the same FLOPs per block at every width (twice the iterations at half the width), so
+    /// <see cref="PeakFlops"/> holds. A Vector512 loop where Vector512 is not accelerated would time its software fallback.
+    /// Below Vector512, MultiplyAddEstimate: one FMA where the CPU's FMA is enabled, a multiply and an add where it is not.
+    /// </summary>
+    private static float PeakBlock(int seed) =>
+        Vector512.IsHardwareAccelerated ? PeakBlock512(seed) : Vector256.IsHardwareAccelerated ? PeakBlock256(seed) : PeakBlock128(seed);
+
+    private static float PeakBlock256(int seed)
+    {
+        var m = Vector256.Create(0.999f);
+        var a = Vector256.Create(1e-3f * seed);
+        Vector256<float> x0 = Vector256.Create(1f), x1 = x0 + a, x2 = x1 + a, x3 = x2 + a, x4 = x3 + a, x5 = x4 + a, x6 = x5 + a, x7 = x6 + a;
+        for (int i = 0; i < 2 * PeakIterations; i++)
+        {
+            x0 = Vector256.MultiplyAddEstimate(x0, m, a); x1 = Vector256.MultiplyAddEstimate(x1, m, a);
+            x2 = Vector256.MultiplyAddEstimate(x2, m, a); x3 = Vector256.MultiplyAddEstimate(x3, m, a);
+            x4 = Vector256.MultiplyAddEstimate(x4, m, a); x5 = Vector256.MultiplyAddEstimate(x5, m, a);
+            x6 = Vector256.MultiplyAddEstimate(x6, m, a); x7 = Vector256.MultiplyAddEstimate(x7, m, a);
+        }
+        return Vector256.Sum(x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7);
+    }
+
+    private static float PeakBlock128(int seed)
+    {
+        var m = Vector128.Create(0.999f);
+        var a = Vector128.Create(1e-3f * seed);
+        Vector128<float> x0 = Vector128.Create(1f), x1 = x0 + a, x2 = x1 + a, x3 = x2 + a, x4 = x3 + a, x5 = x4 + a, x6 = x5 + a, x7 = x6 + a;
+        for (int i = 0; i < 4 * PeakIterations; i++)
+        {
+            x0 = Vector128.MultiplyAddEstimate(x0, m, a); x1 = Vector128.MultiplyAddEstimate(x1, m, a);
+            x2 = Vector128.MultiplyAddEstimate(x2, m, a); x3 = Vector128.MultiplyAddEstimate(x3, m, a);
+            x4 = Vector128.MultiplyAddEstimate(x4, m, a); x5 = Vector128.MultiplyAddEstimate(x5, m, a);
+            x6 = Vector128.MultiplyAddEstimate(x6, m, a); x7 = Vector128.MultiplyAddEstimate(x7, m, a);
+        }
+        return Vector128.Sum(x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7);
+    }
+
+    private static float PeakBlock512(int seed)
     {
         var m = Vector512.Create(0.999f);
         var a = Vector512.Create(1e-3f * seed);

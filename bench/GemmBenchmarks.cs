@@ -6,6 +6,7 @@ using BenchmarkDotNet.Jobs;
 using BenchmarkDotNet.Reports;
 using BenchmarkDotNet.Running;
 using BenchmarkDotNet.Toolchains.InProcess.Emit;
+using DistAlign.Engine.Devices;
 using DistAlign.Engine.Native;
 using DistAlign.Kernels.Cpu;
 using DistAlign.Kernels.Cpu.Simd;
@@ -14,7 +15,8 @@ namespace DistAlign.Bench;
 
 /// <summary>
 /// Our fp32 GEMM against OpenBLAS's cblas_sgemm (baseline) on transformer shapes, both on
-/// <see cref="Threads"/> threads. Run: <c>OPENBLAS_CORETYPE=SkylakeX dotnet run -c Release --project bench -- --filter '*Gemm*'</c>.
+/// <see cref="Threads"/> threads. Run: <c>OPENBLAS_CORETYPE=SkylakeX dotnet run -c Release --project bench -- --filter '*Gemm*'</c>
+/// on an AVX-512 CPU (only where /proc/cpuinfo has avx512f: elsewhere that core dies with SIGILL; leave it unset there).
 /// Columns: GFLOP/s = 2·M·N·K / median time ("best": / minimum time); "vs OpenBLAS" = OpenBLAS median time /
 /// ours (above 1 = faster). The two libraries run one after the other, not alternating: on a shared machine
 /// a burst of other work can hit one and not the other, so compare with `distalign gemm-check` (paired runs).
@@ -101,10 +103,10 @@ public sealed class GemmBenchmarkConfig : ManualConfig
             return;
         }
         if (!firstConfig) return;
-        Console.WriteLine($"// OpenBLAS: core {OpenBlas.CoreName}; {OpenBlas.Config}");
-        if (OpenBlas.CoreTypeEnvironment is null)
-            Console.WriteLine("// WARNING: OPENBLAS_CORETYPE is not set. On AVX-512 CPUs that OpenBLAS 0.3.21 does not know " +
-                              "(e.g. AMD Zen 4) it then runs SSE3 kernels; rerun with OPENBLAS_CORETYPE=SkylakeX.");
+        Console.WriteLine($"// OpenBLAS: core {OpenBlas.CoreName}, {OpenBlasCoreType.Describe(OpenBlas.CoreTypeEnvironment)}; {OpenBlas.Config}");
+        // SkylakeX is suggested only where the CPU has avx512f (elsewhere it dies with SIGILL); Haswell where .NET hides AVX-512
+        if (OpenBlasCoreType.Mismatch(OpenBlas.CoreName, OpenBlas.CoreTypeEnvironment, CpuIsa.Current) is { } mismatch)
+            Console.WriteLine($"// WARNING: {mismatch}");
     }
 }
 

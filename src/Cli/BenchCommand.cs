@@ -1,6 +1,8 @@
 using System.CommandLine;
 using DistAlign.Alignment.Policies;
 using DistAlign.Alignment.Training;
+using DistAlign.Engine.Devices;
+using DistAlign.Engine.Native;
 using DistAlign.Kernels.Cpu;
 using DistAlign.Transformer.Gpu;
 using DistAlign.Transformer.Model;
@@ -110,14 +112,27 @@ internal static class BenchCommand
                 Console.WriteLine($"peer skipped: {why}");
                 return 0;
             }
+            Console.WriteLine($"peer OpenBLAS: {OpenBlasCoreType.Describe(OpenBlasCoreType.ForPeer())}, OMP_WAIT_POLICY=PASSIVE; " +
+                              $"our kernels: {CpuIsa.Current.VectorWidths}");
+            int failed = 0;
             foreach (var name in names)
             {
+                // a failed peer (SIGILL, timeout, bad output) is reported and the next workload still runs
                 var c = ComparePeer(name, py, scriptPath, roundCount, stepCount, threadCount);
-                Console.WriteLine($"{c.Workload} ({threadCount} threads, {c.OursMilliseconds.Length} steps each): DistAlign median {c.OursMedian:F1} ms " +
-                                  $"[{c.OursMilliseconds.Min():F1}–{c.OursMilliseconds.Max():F1}] | {c.Peer} median {c.PeerMedian:F1} ms " +
-                                  $"[{c.PeerMilliseconds.Min():F1}–{c.PeerMilliseconds.Max():F1}] | ratio {c.Ratio:F2}");
+                string ours = $"DistAlign median {c.OursMedian:F1} ms [{c.OursMilliseconds.Min():F1}–{c.OursMilliseconds.Max():F1}]";
+                if (c.Failed)
+                {
+                    failed++;
+                    Console.WriteLine($"{c.Workload} ({threadCount} threads, {c.OursMilliseconds.Length} steps of ours): {ours} | {c.Peer} peer FAILED: " +
+                                      $"{c.Failure} | peer: {c.PeerCoreDescription}");
+                    continue;
+                }
+                Console.WriteLine($"{c.Workload} ({threadCount} threads, {c.OursMilliseconds.Length} steps each): {ours} | {c.Peer} median {c.PeerMedian:F1} ms " +
+                                  $"[{c.PeerMilliseconds.Min():F1}–{c.PeerMilliseconds.Max():F1}] | ratio {c.Ratio:F2} | peer: {c.PeerCoreDescription}");
             }
-            return 0;
+            if (failed == 0) return 0;
+            Console.Error.WriteLine($"distalign: the PyTorch peer failed on {failed} of {names.Length} workload(s); see above");
+            return Program.RunFailed;
         });
         return new Command("bench", "Benchmarks.") { step, dpo, decode, peers, BenchPpoCommand.Create() };
     }

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Diagnostics;
 using System.Runtime.Intrinsics;
+using DistAlign.Engine.Devices;
 using DistAlign.Engine.Native;
 using DistAlign.Kernels.Cpu;
 using DistAlign.Kernels.Cpu.Simd;
@@ -9,7 +10,7 @@ namespace DistAlign.Cli;
 
 /// <summary>
 /// <c>distalign gemm-check</c>: checks the CPU GEMM against a double-precision reference, then times it
-/// (and OpenBLAS, when installed) on transformer-sized shapes.
+/// (and OpenBLAS, when installed) on transformer-sized shapes, alternating, and prints the ratio of medians.
 /// </summary>
 internal static class GemmCheckCommand
 {
@@ -71,9 +72,10 @@ internal static class GemmCheckCommand
         if (blas)
         {
             OpenBlas.SetThreads(threads);
-            Console.WriteLine($"OpenBLAS: core {OpenBlas.CoreName ?? "?"}; {OpenBlas.Config ?? ""}");
-            if (OpenBlas.CoreTypeEnvironment is null)
-                Console.WriteLine("warning: OPENBLAS_CORETYPE is not set; on AVX-512 CPUs OpenBLAS 0.3.21 may use slow kernels (start with OPENBLAS_CORETYPE=SkylakeX).");
+            Console.WriteLine($"OpenBLAS: core {OpenBlas.CoreName ?? "?"}, {OpenBlasCoreType.Describe(OpenBlas.CoreTypeEnvironment)}; {OpenBlas.Config ?? ""}");
+            // SkylakeX is suggested only where the CPU has avx512f (elsewhere it dies with SIGILL); Haswell where .NET hides AVX-512
+            if (OpenBlasCoreType.Mismatch(OpenBlas.CoreName, OpenBlas.CoreTypeEnvironment, CpuIsa.Current) is { } mismatch)
+                Console.WriteLine($"warning: {mismatch}");
         }
         else
         {
@@ -86,22 +88,26 @@ internal static class GemmCheckCommand
             double flops = 2.0 * m * n * k;
             var ours = new List<double>();
             var theirs = new List<double>();
-            for (int r = -2; r < repeats; r++) // two warm-up rounds, then alternate ours/OpenBLAS
+            // Two warm-up rounds, then alternate ours/OpenBLAS. With OpenBLAS in the pair, every call starts after its idle
+            // workers stopped spinning (OpenBlas.WaitForIdleWorkers, 150 ms, as the report's GEMM pairs): their spin would
+            // otherwise take a core from the call after it.
+            for (int r = -2; r < repeats; r++)
             {
                 double t = Time(() => Gemm.Multiply(Transpose.No, Transpose.No, m, n, k, 1f, a, k, b, n, 0f, c, n));
                 if (r >= 0) ours.Add(t);
                 if (!blas) continue;
+                OpenBlas.WaitForIdleWorkers();
                 t = Time(() => OpenBlas.Sgemm(false, false, m, n, k, 1f, a, k, b, n, 0f, c, n));
                 if (r >= 0) theirs.Add(t);
+                OpenBlas.WaitForIdleWorkers();
             }
-            double gOurs = flops / Median([.. ours]) / 1e9;
-            string line = $"NN {m}×{n}×{k}: ours {gOurs,7:F1} GFLOP/s";
+            double oursMedian = Median(ours);
+            string line = $"NN {m}×{n}×{k}: ours {flops / oursMedian / 1e9,7:F1} GFLOP/s";
             if (blas)
             {
-                double gBlas = flops / Median([.. theirs]) / 1e9;
-                // Ratio of each round's pair (run back to back), then the median: drift hits both alike.
-                var ratios = theirs.Select((t, i) => t / ours[i]).ToList();
-                line += $" | OpenBLAS {gBlas,7:F1} GFLOP/s | ratio {Median(ratios):F2}";
+                double theirsMedian = Median(theirs);
+                // Ratio of the medians (OpenBLAS's median time / ours = our GFLOP/s over theirs; above 1: ours faster).
+                line += $" | OpenBLAS {flops / theirsMedian / 1e9,7:F1} GFLOP/s | ratio of medians {theirsMedian / oursMedian:F2}";
             }
             Console.WriteLine(line + $" (median of {repeats})");
         }
@@ -130,9 +136,9 @@ internal static class GemmCheckCommand
         return Stopwatch.GetElapsedTime(start).TotalSeconds;
     }
 
-    private static double Median(List<double> xs)
+    private static double Median(List<double> values)
     {
-        xs.Sort();
+        var xs = values.Order().ToList();
         int h = xs.Count / 2;
         return xs.Count % 2 == 1 ? xs[h] : 0.5 * (xs[h - 1] + xs[h]);
     }

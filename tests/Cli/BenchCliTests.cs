@@ -1,4 +1,5 @@
 using DistAlign.Cli;
+using DistAlign.Engine.Native;
 using DistAlign.Transformer.Training;
 
 namespace DistAlign.Tests.Cli;
@@ -67,5 +68,83 @@ public class BenchStepDeviceCliTests : CliTestBase
         Assert.That(Error.ToString(), Does.Contain("--workload 'w3': expected w1, w2 or gpt2"));
         Assert.That(Program.Main(["bench", "step", "--workload", "w2", "--peak-tflops", "0"]), Is.EqualTo(Program.UsageError));
         Assert.That(Error.ToString(), Does.Contain("--peak-tflops must be > 0"));
+    }
+}
+
+/// <summary>
+/// A peer that fails — non-zero exit (SIGILL's 132 where an ISA was forced), a timeout, output that is not its JSON — is
+/// reported with its reason, and the other workloads still give their results. The peer is a stand-in shell script.
+/// </summary>
+public class PeerFailureTests : CliTestBase
+{
+    private static readonly double[] OneStep = [1.0];
+
+    /// <summary>A stand-in for python: the torch check passes; the peer script runs <paramref name="peerBody"/> (sh, with $workload set).</summary>
+    private string FakePython(string peerBody)
+    {
+        if (OperatingSystem.IsWindows()) Assert.Ignore("the stand-in peer is a shell script");
+        string path = Path.Combine(TestDirectory, "python3");
+        File.WriteAllText(path, "#!/bin/sh\n" +
+                                "if [ \"$1\" = \"-c\" ]; then echo 1.13.0-fake; exit 0; fi\n" +
+                                "workload=\"$3\"\n" + peerBody + "\n");
+        if (!OperatingSystem.IsWindows()) File.SetUnixFileMode(path, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        return path;
+    }
+
+    private const string Json = "echo \"{\\\"torch\\\": \\\"1.13.0-fake\\\", \\\"openblas_core\\\": \\\"${OPENBLAS_CORETYPE:-own}\\\", \\\"step_ms\\\": [5.0]}\"";
+
+    private PeerComparison Compare(string python, int rounds = 2, int timeoutSeconds = 60) =>
+        PeerStepBenchmark.Compare("W2", (warmup, steps) => OneStep, python, python, "w2", rounds, stepsPerRound: 1, threads: 1, timeoutSeconds);
+
+    [Test]
+    public void APeerKilledBySigillIsAFailureWithItsExitCode()
+    {
+        var c = Compare(FakePython("echo 'Illegal instruction' >&2; exit 132"));
+        Assert.That(c.Failed, Is.True);
+        Assert.That(c.Failure, Does.Contain("round 1 of 2").And.Contain("exited with code 132").And.Contain("SIGILL").And.Contain("Illegal instruction"));
+        Assert.That(c.OursMilliseconds, Is.EqualTo(OneStep), "our side of the round is kept");
+        Assert.That(c.PeerMilliseconds, Is.Empty);
+        Assert.That(c.Ratio, Is.NaN);
+        Assert.That(c.PeerCoreType, Is.EqualTo(OpenBlasCoreType.ForPeer()));
+    }
+
+    [Test]
+    public void APeerWithoutItsJsonOrPastItsTimeIsAFailure()
+    {
+        var noJson = Compare(FakePython("echo 'loss went to nan'"));
+        Assert.That(noJson.Failure, Does.Contain("did not print its JSON result").And.Contain("loss went to nan"));
+        var noTimes = Compare(FakePython("echo '{\"torch\": \"1.13.0-fake\"}'"));
+        Assert.That(noTimes.Failure, Does.Contain("without a step_ms array"));
+        var slow = Compare(FakePython("sleep 30"), rounds: 1, timeoutSeconds: 1);
+        Assert.That(slow.Failure, Does.Contain("did not finish within 1 s"));
+        var missing = Compare(Path.Combine(TestDirectory, "no-such-python"));
+        Assert.That(missing.Failure, Does.Contain("could not start"));
+    }
+
+    [Test]
+    public void APeerThatRunsReportsTheCoreTypeItWasGiven()
+    {
+        var c = Compare(FakePython(Json));
+        Assert.That(c.Failed, Is.False);
+        Assert.That(c.PeerMilliseconds, Is.EqualTo(new[] { 5.0, 5.0 }));
+        Assert.That(c.Ratio, Is.EqualTo(0.2).Within(1e-12));
+        string? given = OpenBlasCoreType.ForPeer();
+        Assert.That(c.PeerOpenBlasCore, Is.EqualTo(given ?? "own"), "the stand-in echoes the OPENBLAS_CORETYPE it was started with");
+        Assert.That(c.PeerCoreDescription, Does.StartWith(OpenBlasCoreType.Describe(given)));
+    }
+
+    [Test]
+    public void BenchPeersReportsTheFailedWorkloadAndStillRunsTheOthers()
+    {
+        // W2's peer dies as SIGILL does; DPO's runs. Ours runs for real: 1 round of 1 timed step (+ 2 warm-up) each.
+        string python = FakePython("if [ \"$workload\" = w2 ]; then echo 'Illegal instruction' >&2; exit 132; fi\n" + Json);
+        int code = Program.Main(["bench", "peers", "--workload", "w2", "--workload", "dpo", "--python", python, "--peer-script", python,
+                                 "--rounds", "1", "--steps", "1", "--threads", "1"]);
+        Assert.That(code, Is.EqualTo(Program.RunFailed), Error.ToString());
+        string output = Output.ToString();
+        Assert.That(output, Does.Contain("peer OpenBLAS: " + OpenBlasCoreType.Describe(OpenBlasCoreType.ForPeer())));
+        Assert.That(output, Does.Contain("W2 (1 threads, 1 steps of ours): DistAlign median").And.Contain("peer FAILED").And.Contain("exited with code 132"));
+        Assert.That(output, Does.Contain("DPO (1 threads, 1 steps each): DistAlign median").And.Contain("PyTorch 1.13.0-fake median 5.0 ms").And.Contain("| ratio "));
+        Assert.That(Error.ToString(), Does.Contain("the PyTorch peer failed on 1 of 2 workload(s)"));
     }
 }

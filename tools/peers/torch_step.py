@@ -15,8 +15,12 @@ clipped to global norm 1; AdamW (betas 0.9/0.95, eps 1e-8, no weight decay, lr 1
 
 Run with Debian's python3-torch (installed with apt, after a message, when missing and this script is run
 directly; pass --no-install to fail instead):
-    OPENBLAS_CORETYPE=SkylakeX OMP_WAIT_POLICY=PASSIVE /usr/bin/python3 tools/peers/torch_step.py --workload w2 --threads 2
-Prints one JSON object: workload, threads, torch version, and the milliseconds of every timed step.
+    OMP_WAIT_POLICY=PASSIVE /usr/bin/python3 tools/peers/torch_step.py --workload w2 --threads 2
+adding OPENBLAS_CORETYPE=SkylakeX only where /proc/cpuinfo's flags have avx512f (Debian's OpenBLAS 0.3.21 runs SSE3
+kernels on AVX-512 CPUs it does not know; on a CPU without avx512f that core dies with SIGILL) and Haswell for the AVX2
+view of an AVX-512 CPU; elsewhere leave it unset. `distalign bench peers` and the report choose it that way.
+Prints one JSON object: workload, threads, torch version, the core OpenBLAS picked (openblas_core, null when the BLAS
+torch loaded is not OpenBLAS), and the milliseconds of every timed step.
 """
 import argparse
 import json
@@ -45,6 +49,24 @@ def import_torch(allow_install):
 import_torch(allow_install="--no-install" not in sys.argv)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+
+def openblas_core():
+    """The core whose kernels this process's OpenBLAS uses (openblas_get_corename of the BLAS library torch loaded), or
+    None when that library is not OpenBLAS or cannot be asked. Reading it costs a look at /proc/self/maps."""
+    try:
+        import ctypes
+        with open("/proc/self/maps") as maps:
+            paths = sorted({fields[5] for fields in (line.split(maxsplit=5) for line in maps)
+                            if len(fields) == 6 and "blas" in os.path.basename(fields[5]) and ".so" in fields[5]})
+        for path in paths:
+            library = ctypes.CDLL(path.strip())   # already loaded: the same handle torch uses
+            if hasattr(library, "openblas_get_corename"):
+                library.openblas_get_corename.restype = ctypes.c_char_p
+                return library.openblas_get_corename().decode()
+    except Exception:   # informational only: never fail a measurement over it
+        pass
+    return None
+
 
 WORKLOADS = {
     # name: (layers, heads, channels, vocab, context, rows, length)
@@ -176,7 +198,8 @@ def main():
     torch.manual_seed(1)
     if args.workload == "dpo":
         times, loss = run_dpo(args)
-        print(json.dumps({"workload": "dpo", "threads": args.threads, "torch": torch.__version__, "step_ms": times, "loss": loss}))
+        print(json.dumps({"workload": "dpo", "threads": args.threads, "torch": torch.__version__, "openblas_core": openblas_core(),
+                          "step_ms": times, "loss": loss}))
         return
     layers, heads, c, vocab, context, rows, length = WORKLOADS[args.workload]
     model = Gpt(layers, heads, c, vocab, context)
@@ -197,7 +220,7 @@ def main():
         elapsed = (time.perf_counter() - start) * 1000
         if step >= args.warmup:
             times.append(elapsed)
-    print(json.dumps({"workload": args.workload, "threads": args.threads, "torch": torch.__version__,
+    print(json.dumps({"workload": args.workload, "threads": args.threads, "torch": torch.__version__, "openblas_core": openblas_core(),
                       "step_ms": times, "loss": float(loss)}))
 
 

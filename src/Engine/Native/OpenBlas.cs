@@ -10,8 +10,9 @@ namespace DistAlign.Engine.Native;
 /// </summary>
 /// <remarks>
 /// On AVX-512 CPUs that OpenBLAS 0.3.21 does not recognise (e.g. AMD Zen 4) it falls back to slow SSE3
-/// kernels unless the process is started with <c>OPENBLAS_CORETYPE=SkylakeX</c>. The variable is read
-/// when the library loads, and .NET cannot set it for native code from inside the process: it must be in
+/// kernels unless the process is started with <c>OPENBLAS_CORETYPE=SkylakeX</c> — only where the CPU has
+/// <c>avx512f</c>: elsewhere that core dies with SIGILL (see <see cref="OpenBlasCoreType"/> for the rule). The variable is
+/// read when the library loads, and .NET cannot set it for native code from inside the process: it must be in
 /// the environment before the program starts. <see cref="CoreName"/> tells which kernels were picked.
 /// </remarks>
 public static partial class OpenBlas
@@ -57,6 +58,17 @@ public static partial class OpenBlas
 
     /// <summary>The value of OPENBLAS_CORETYPE this process was started with, or null.</summary>
     public static string? CoreTypeEnvironment => Environment.GetEnvironmentVariable("OPENBLAS_CORETYPE");
+
+    /// <summary>How long OpenBLAS's idle workers keep spinning after a call, with margin: see <see cref="WaitForIdleWorkers"/>.</summary>
+    public static readonly TimeSpan IdleWorkerSpin = TimeSpan.FromMilliseconds(150);
+
+    /// <summary>
+    /// Waits until the library that just ran has gone quiet, between timed calls of a comparison: OpenBLAS's idle workers keep
+    /// spinning (a sched_yield loop of ≈ 2^28 cycles, ≈ 80 ms on the 2-core machines here) after each call, which took half of
+    /// the second core from whatever ran next — in a pair, always our GEMM. <see cref="IdleWorkerSpin"/> (150 ms) covers that
+    /// spin (and the .NET pool's shorter one), so each timed call starts on an idle machine.
+    /// </summary>
+    public static void WaitForIdleWorkers() => Thread.Sleep(IdleWorkerSpin);
 
     /// <summary>Sets the number of threads OpenBLAS uses for subsequent calls.</summary>
     public static void SetThreads(int threads)
