@@ -1,10 +1,13 @@
 using DistAlign.Kernels.Cpu;
+using DistAlign.Kernels.Cpu.Simd;
 using DistAlign.Tests.Reference;
 using static DistAlign.Tests.Kernels.KernelTest;
 using static DistAlign.Tests.TestSupport.Numerics;
 
 namespace DistAlign.Tests.Kernels;
 
+/// <summary>The CPU attention against the fp64 <see cref="ReferenceAttention"/>, at every accelerated vector width (same tolerances).</summary>
+[NonParallelizable] // tests set the kernels' vector width
 public class AttentionTests
 {
     private static int[] Segments(int b, int t, int seed)
@@ -36,16 +39,20 @@ public class AttentionTests
         AssertClose(ReferenceAttention.Backward(g, qkv, seg, b, t, nh), FiniteDifferenceGradient(Loss, qkv), 1e-6, 1e-6, "dqkv");
     }
 
-    [TestCase(1, 1, 4, 1, false)]
-    [TestCase(2, 5, 6, 3, false)]
-    [TestCase(1, 5, 3, 3, false)]    // hs = 1
-    [TestCase(1, 17, 13, 1, false)]
-    [TestCase(2, 17, 65, 1, false)]
-    [TestCase(1, 16, 128, 2, false)] // hs = 64
-    [TestCase(2, 17, 12, 3, true)]
-    [TestCase(2, 33, 128, 2, true)] // hs = 64 fast path with segments
-    [TestCase(1, 33, 77, 1, true)]
-    public void ForwardAndAccumulatingBackwardMatchReference(int b, int t, int c, int nh, bool segmented)
+    private static IEnumerable<TestCaseData> Shapes() => VectorWidths.Each(
+        [1, 1, 4, 1, false],
+        [2, 5, 6, 3, false],
+        [1, 5, 3, 3, false],    // hs = 1
+        [1, 17, 13, 1, false],
+        [2, 17, 65, 1, false],  // hs = 65: vectors and a scalar tail
+        [1, 16, 128, 2, false], // hs = 64
+        [1, 23, 128, 2, false], // hs = 64, T not a multiple of the 4-query block or of 8 or 16 keys
+        [2, 17, 12, 3, true],
+        [2, 33, 128, 2, true],  // hs = 64 fast path with segments
+        [1, 33, 77, 1, true]);
+
+    [TestCaseSource(nameof(Shapes))]
+    public void ForwardAndAccumulatingBackwardMatchReference(int b, int t, int c, int nh, bool segmented, VectorWidth width) => VectorWidths.At(width, () =>
     {
         var qkv = RandomFloats(b * t * 3 * c, 1);
         int[] seg = segmented ? Segments(b, t, 7) : [];
@@ -61,7 +68,7 @@ public class AttentionTests
         var expected = Plus(dqkv, ReferenceAttention.Backward(D(dout), D(qkv), seg, b, t, nh));
         Attention.Backward(dout, qkv, att, o, b, t, nh, dqkv);
         AssertClose(dqkv, expected, 1e-5, 1e-4, "dqkv (accumulated)");
-    }
+    });
 
     [Test]
     public void EmptyBatchIsANoOp()
@@ -92,9 +99,12 @@ public class AttentionTests
     /// exp(0)/1), the backward adds dout to dv, and dq, dk get nothing (dz = a·(da − a·da) = 0); checked against the fp64
     /// reference with the tolerances of <see cref="ForwardAndAccumulatingBackwardMatchReference"/>, plus the exact values.
     /// </summary>
-    [TestCase(4, 1)]     // one query at a time
-    [TestCase(128, 2)]   // hs = 64 fast path
-    public void SingleTokenAttendsOnlyToItself(int c, int nh)
+    private static IEnumerable<TestCaseData> BothPaths() => VectorWidths.Each(
+        [4, 1],      // hs = 4: one query at a time
+        [128, 2]);   // hs = 64 fast path
+
+    [TestCaseSource(nameof(BothPaths))]
+    public void SingleTokenAttendsOnlyToItself(int c, int nh, VectorWidth width) => VectorWidths.At(width, () =>
     {
         const int b = 1, t = 1;
         var qkv = RandomFloats(b * t * 3 * c, 1);
@@ -112,10 +122,10 @@ public class AttentionTests
         var expected = Plus(dqkv, ReferenceAttention.Backward(D(dout), D(qkv), null, b, t, nh));
         Attention.Backward(dout, qkv, att, o, b, t, nh, dqkv);
         AssertClose(dqkv, expected, 1e-5, 1e-4, "dqkv (accumulated)");
-    }
+    });
 
-    [Test]
-    public void SegmentsNeverSeeEachOther()
+    [TestCaseSource(typeof(VectorWidths), nameof(VectorWidths.Accelerated))]
+    public void SegmentsNeverSeeEachOther(VectorWidth width) => VectorWidths.At(width, () =>
     {
         const int b = 1, t = 12, c = 8, nh = 2;
         int[] seg = [0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2];
@@ -136,7 +146,7 @@ public class AttentionTests
         Attention.Forward(changed, seg, b, t, nh, new float[att.Length], o2);
         AssertBitIdentical(o[(5 * c)..], o2[(5 * c)..], "outputs of segments 1 and 2");
         Assert.That(o2[(2 * c)..(5 * c)], Is.Not.EqualTo(o[(2 * c)..(5 * c)]), "segment 0 does change");
-    }
+    });
 
     /// <summary>
     /// Scores of order 1e5 (q, k ~ N(0, 300²)): forward and backward against the fp64 reference, on both head-size paths.
@@ -162,9 +172,8 @@ public class AttentionTests
     /// by |da|·scale·|k| ~ 1e5, so the check still tells a right backward from a wrong one.</item>
     /// </list>
     /// </summary>
-    [TestCase(4, 1)]     // hs = 4: one query at a time
-    [TestCase(128, 2)]   // hs = 64 fast path
-    public void LargeScoresMatchTheReference(int c, int nh)
+    [TestCaseSource(nameof(BothPaths))]
+    public void LargeScoresMatchTheReference(int c, int nh, VectorWidth width) => VectorWidths.At(width, () =>
     {
         const int b = 1, t = 9;
         int hs = c / nh;
@@ -198,7 +207,7 @@ public class AttentionTests
         var (qkExpected, vExpected) = SplitQkFromV(expected, c);
         AssertClose(qk, qkExpected, qkTolerance, 0, $"dq, dk (accumulated; allowed {qkTolerance:G2})");
         AssertClose(v, vExpected, 1e-5, 1e-4, "dv (accumulated)");
-    }
+    });
 
     /// <summary>The smallest gap, over rows (b, h, t) with at least two allowed keys, between the best fp64 score and the next.</summary>
     private static double SmallestLeadOfTheBestScore(float[] qkv, int b, int t, int nh)
@@ -228,9 +237,12 @@ public class AttentionTests
         return ([.. qk], [.. v]);
     }
 
-    [TestCase(12)]
-    [TestCase(192)]   // hs = 64 fast path
-    public void ResultsDoNotDependOnThreadCount(int c)
+    private static IEnumerable<TestCaseData> ThreadCountShapes() => VectorWidths.Each(
+        [12],
+        [192]);   // hs = 64 fast path
+
+    [TestCaseSource(nameof(ThreadCountShapes))]
+    public void ResultsDoNotDependOnThreadCount(int c, VectorWidth width) => VectorWidths.At(width, () =>
     {
         const int b = 2, t = 31, nh = 3;
         var qkv = RandomFloats(b * t * 3 * c, 1);
@@ -248,7 +260,7 @@ public class AttentionTests
                 var all = att.Concat(o).Concat(dqkv).ToArray();
                 if (first == null) first = all; else AssertBitIdentical(first, all, $"{threads} threads");
             });
-    }
+    });
 
     [Test]
     public void ChannelsNotDivisibleByHeadsAreRejected() =>

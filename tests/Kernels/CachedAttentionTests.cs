@@ -1,10 +1,12 @@
 using DistAlign.Kernels.Cpu;
+using DistAlign.Kernels.Cpu.Simd;
 using static DistAlign.Tests.Kernels.KernelTest;
 using static DistAlign.Tests.TestSupport.Numerics;
 
 namespace DistAlign.Tests.Kernels;
 
-/// <summary>The KV-cache attention step against an fp64 softmax-weighted sum over the cached positions.</summary>
+/// <summary>The KV-cache attention step against an fp64 softmax-weighted sum over the cached positions, at every accelerated vector width.</summary>
+[NonParallelizable] // tests set the kernels' vector width
 public class CachedAttentionTests
 {
     private static double[] Reference(float[] qkv, float[] keys, float[] values, int rows, int maxT, int position, int heads, int c)
@@ -29,11 +31,15 @@ public class CachedAttentionTests
         return output;
     }
 
-    [TestCase(1, 4, 1, 0, 4)]      // one position: the output is v_0
-    [TestCase(3, 12, 3, 6, 9)]     // hs = 4, odd row count
-    [TestCase(2, 130, 2, 16, 17)]  // hs = 65: a vector and a scalar tail
-    [TestCase(5, 128, 2, 30, 31)]  // hs = 64 (GPT-2), last position of the cache
-    public void MatchesTheFp64ReferenceForAnyThreadCount(int rows, int c, int heads, int position, int maxT)
+    private static IEnumerable<TestCaseData> Shapes() => VectorWidths.Each(
+        [1, 4, 1, 0, 4],       // one position: the output is v_0
+        [3, 12, 3, 6, 9],      // hs = 4, odd row count
+        [2, 130, 2, 16, 17],   // hs = 65: vectors and a scalar tail
+        [2, 42, 2, 9, 10],     // hs = 21: one vector and a tail of 5 at width 16, two and 5 at 8, five and 1 at 4
+        [5, 128, 2, 30, 31]);  // hs = 64 (GPT-2), last position of the cache
+
+    [TestCaseSource(nameof(Shapes))]
+    public void MatchesTheFp64ReferenceForAnyThreadCount(int rows, int c, int heads, int position, int maxT, VectorWidth width) => VectorWidths.At(width, () =>
     {
         var qkv = RandomFloats(rows * 3 * c, 1);
         var keys = RandomFloats(rows * maxT * c, 2);
@@ -48,7 +54,7 @@ public class CachedAttentionTests
                 AssertClose(output, expected, 1e-6, 1e-5, $"output, {threads} threads");
                 if (first is null) first = output; else AssertBitIdentical(first, output, $"{threads} threads");
             });
-    }
+    });
 
     [Test]
     public void TooSmallAScratchIsRejected() =>

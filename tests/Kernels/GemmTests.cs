@@ -134,6 +134,22 @@ public class GemmTests
     [TestCase(Transpose.Yes, Transpose.No, 40, 900, 800)]
     public void BitIdenticalForOneTwoAndThreeThreads(Transpose ta, Transpose tb, int m, int n, int k)
     {
+        CheckThreadCountIndependence(ta, tb, m, n, k);
+    }
+
+    private static IEnumerable<TestCaseData> SmallRowsThreadCases() =>
+        from width in CpuVectors.Accelerated
+        from shape in new[] { (Transpose.No, 6, 1001, 70), (Transpose.Yes, 7, 999, 70), (Transpose.Yes, 3, 517, 45) }
+        select new TestCaseData(shape.Item1, shape.Item2, shape.Item3, shape.Item4, width)
+            .SetName($"SmallRowsBitIdenticalForOneTwoAndThreeThreads_N{shape.Item1}_{shape.Item2}x{shape.Item3}x{shape.Item4}_{width}");
+
+    /// <summary>The m ≤ 8 kernel splits columns between threads: the same, at every width.</summary>
+    [TestCaseSource(nameof(SmallRowsThreadCases))]
+    public void SmallRowsBitIdenticalForOneTwoAndThreeThreads(Transpose tb, int m, int n, int k, VectorWidth width) =>
+        VectorWidths.At(width, () => CheckThreadCountIndependence(Transpose.No, tb, m, n, k));
+
+    private static void CheckThreadCountIndependence(Transpose ta, Transpose tb, int m, int n, int k)
+    {
         float[] a = RandomFloats(m * k, 1), b = RandomFloats(k * n, 2), bias = RandomFloats(n, 3), c0 = RandomFloats(m * n, 4);
         int lda = ta == Transpose.No ? k : m, ldb = tb == Transpose.No ? n : k;
         float[] Run(int threads)

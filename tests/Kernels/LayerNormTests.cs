@@ -1,10 +1,13 @@
 using DistAlign.Kernels.Cpu;
+using DistAlign.Kernels.Cpu.Simd;
 using DistAlign.Tests.Reference;
 using static DistAlign.Tests.Kernels.KernelTest;
 using static DistAlign.Tests.TestSupport.Numerics;
 
 namespace DistAlign.Tests.Kernels;
 
+/// <summary>The CPU LayerNorm against the fp64 <see cref="ReferenceLayerNorm"/>, at every accelerated vector width (same tolerances).</summary>
+[NonParallelizable] // tests set the kernels' vector width
 public class LayerNormTests
 {
     [Test]
@@ -22,17 +25,17 @@ public class LayerNormTests
         AssertClose(db, FiniteDifferenceGradient(Loss, b), 1e-6, 1e-6, "db");
     }
 
-    [TestCase(0, 3)]
-    [TestCase(1, 1)]
-    [TestCase(4, 3)]
-    [TestCase(5, 13)]
-    [TestCase(4, 65)]
-    [TestCase(7, 77)]
-    [TestCase(3, 300)]   // more than one 256-channel chunk per row
-    [TestCase(2, 768)]
-    [TestCase(37, 64)]   // C a multiple of 32: the software-pipelined forward over many rows
-    [TestCase(9, 96)]
-    public void ForwardAndAccumulatingBackwardMatchReference(int n, int c)
+    private static IEnumerable<TestCaseData> Shapes() => VectorWidths.Each(
+        [0, 3], [1, 1], [4, 3], [5, 13], [4, 65],
+        [7, 77],    // a scalar tail of 13, 5 or 1 channels at width 16, 8 or 4
+        [3, 300],   // more than one 256-channel chunk per row
+        [2, 768],
+        [37, 64],   // C a multiple of 32: the software-pipelined forward over many rows
+        [9, 96],
+        [6, 20]);   // C ≥ 16 but not a multiple of 16: K from 16 channels, then a vector tail at the narrower widths
+
+    [TestCaseSource(nameof(Shapes))]
+    public void ForwardAndAccumulatingBackwardMatchReference(int n, int c, VectorWidth width) => VectorWidths.At(width, () =>
     {
         var x = RandomFloats(n * c, 1, 2.0);
         for (int i = 0; i < x.Length; i++) x[i] += 3f;   // a non-zero mean
@@ -57,11 +60,19 @@ public class LayerNormTests
         AssertClose(dx, ex, 2e-5, 1e-4, "dx (accumulated)");
         AssertClose(dw, ew, 2e-5, 1e-4, "dw (accumulated)");
         AssertClose(db, eb, 2e-5, 1e-4, "db (accumulated)");
-    }
+    });
 
-    [TestCase(1000f, 0f, TestName = "Large common offset: the shifted sums")]
-    [TestCase(0f, 1000f, TestName = "First 16 channels far from the rest: the exact fallback pass")]
-    public void StatisticsSurviveOffsetsThatWouldCancel(float offset, float firstChannelsOffset)
+    private static IEnumerable<TestCaseData> Offsets() =>
+        from width in CpuVectors.Accelerated
+        from test in new[]
+        {
+            new TestCaseData(1000f, 0f, width).SetName($"Large common offset: the shifted sums ({width})"),
+            new TestCaseData(0f, 1000f, width).SetName($"First 16 channels far from the rest: the exact fallback pass ({width})"),
+        }
+        select test;
+
+    [TestCaseSource(nameof(Offsets))]
+    public void StatisticsSurviveOffsetsThatWouldCancel(float offset, float firstChannelsOffset, VectorWidth width) => VectorWidths.At(width, () =>
     {
         const int n = 4, c = 4096;
         var x = RandomFloats(n * c, 1);
@@ -76,10 +87,10 @@ public class LayerNormTests
         AssertClose(rstd, r.Rstd, 0, 2e-6, "rstd");
         AssertClose(mean, r.Mean, 1e-4, 1e-6, "mean");
         AssertClose(o, r.Out, 2e-3, 1e-3, "out");   // x − μ at |x| ≈ 1000 carries fp32 rounding of ≈ 6e-5·r
-    }
+    });
 
-    [Test]
-    public void ConstantRowsGiveTheBiasAndFiniteGradients()
+    [TestCaseSource(typeof(VectorWidths), nameof(VectorWidths.Accelerated))]
+    public void ConstantRowsGiveTheBiasAndFiniteGradients(VectorWidth width) => VectorWidths.At(width, () =>
     {
         const int n = 3, c = 13;
         var x = new float[n * c];
@@ -100,11 +111,14 @@ public class LayerNormTests
         AssertClose(dx, rdx, 1e-3, 1e-4, "dx");   // r = 1/√ε ≈ 316 multiplies fp32 rounding
         AssertClose(dw, rdw, 1e-6, 1e-6, "dw");
         AssertClose(db, rdb, 1e-5, 1e-5, "db");
-    }
+    });
 
-    [TestCase(200)]
-    [TestCase(192)]   // a multiple of 32: the pipelined forward, whose ranges start with a row summed on its own
-    public void ResultsDoNotDependOnThreadCount(int c)
+    private static IEnumerable<TestCaseData> ThreadCountShapes() => VectorWidths.Each(
+        [200],
+        [192]);   // a multiple of 32: the pipelined forward, whose ranges start with a row summed on its own
+
+    [TestCaseSource(nameof(ThreadCountShapes))]
+    public void ResultsDoNotDependOnThreadCount(int c, VectorWidth width) => VectorWidths.At(width, () =>
     {
         const int n = 1000;
         var x = RandomFloats(n * c, 1);
@@ -126,7 +140,7 @@ public class LayerNormTests
                 var all = o.Concat(mean).Concat(rstd).Concat(dx).Concat(dw).Concat(db).ToArray();
                 if (first == null) first = all; else AssertBitIdentical(first, all, $"{threads} threads");
             });
-    }
+    });
 
     [Test]
     public void InputThatIsNotWholeRowsIsRejected() =>

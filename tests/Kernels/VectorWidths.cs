@@ -39,6 +39,13 @@ internal static class VectorWidths
         return r;
     }
 
+    /// <summary>
+    /// Test cases: each of <paramref name="cases"/> (a test's other arguments) at each accelerated width, the width last,
+    /// so one <c>[TestCaseSource]</c> runs a shape table at every width.
+    /// </summary>
+    public static IEnumerable<TestCaseData> Each(params object[][] cases) =>
+        from arguments in cases from width in CpuVectors.Accelerated select new TestCaseData([.. arguments, width]);
+
     /// <summary>Runs <paramref name="action"/> with the kernels at <paramref name="width"/>.</summary>
     public static void At(VectorWidth width, Action action)
     {

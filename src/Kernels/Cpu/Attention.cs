@@ -1,7 +1,7 @@
 using System.Buffers;
 using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
-using System.Runtime.Intrinsics;
+using DistAlign.Kernels.Cpu.Simd;
 
 namespace DistAlign.Kernels.Cpu;
 
@@ -22,7 +22,8 @@ namespace DistAlign.Kernels.Cpu;
 /// and results are bit-identical for any thread count. For hs = 64 (every GPT-2 size) a pair runs as small
 /// matrix products over blocks of 4 queries (<see cref="ForwardHead64"/>, <see cref="BackwardHead64"/>: K or V
 /// transposed once, so scores need no horizontal sums, and each key/value row loaded serves 4 queries); other
-/// head sizes go one query at a time with short Vector512 dot/axpy helpers.
+/// head sizes go one query at a time with short dot/axpy helpers. Every loop runs at the widest accelerated vector width
+/// (<see cref="CpuVectors"/>), written once over <see cref="IFloatVector{TSelf}"/>.
 /// </summary>
 public static class Attention
 {
@@ -66,30 +67,49 @@ public static class Attention
                 for (int bh = start; bh < end; bh++)
                 {
                     int b = bh / heads, h = bh % heads;
-                    float* token0 = xq + (long)b * t * c3 + h * hs;   // q of token 0 for this (b, h)
-                    int* seg = xs + (long)b * t;
-                    for (int tq = 0; tq < t; tq++)
-                    {
-                        float* qp = token0 + (long)tq * c3;
-                        var row = new Span<float>(xa + ((long)bh * t + tq) * t, t);
-                        for (int s = 0; s <= tq; s++)
-                            row[s] = segmented && seg[s] != seg[tq]
-                                ? float.NegativeInfinity
-                                : Dot(qp, token0 + (long)s * c3 + c, hs) * scale;
-                        var live = row[..(tq + 1)];
-                        SoftmaxInPlace(live);
-                        row[(tq + 1)..].Clear();
-
-                        float* o = xo + ((long)b * t + tq) * c + h * hs;
-                        new Span<float>(o, hs).Clear();
-                        for (int s = 0; s <= tq; s++)
-                        {
-                            float a = live[s];
-                            if (a != 0f) Axpy(a, token0 + (long)s * c3 + 2 * c, o, hs);
-                        }
-                    }
+                    ForwardHead(xq + (long)b * t * c3 + h * hs, c, hs, t, segmented ? xs + (long)b * t : null,
+                                xa + (long)bh * t * t, xo + (long)b * t * c + h * hs, scale);
                 }
             });
+        }
+    }
+
+    /// <summary>One (b, h) of the forward for any head size, one query at a time: token0 is q of token 0, att the pair's [T, T]
+    /// probabilities, out0 the pair's output of token 0, seg the row's segment ids or null.</summary>
+    private static unsafe void ForwardHead(float* token0, int c, int hs, int t, int* seg, float* att, float* out0, float scale)
+    {
+        switch (CpuVectors.Width)
+        {
+            case VectorWidth.Vector512: ForwardHead<Vector512Lanes>(token0, c, hs, t, seg, att, out0, scale); break;
+            case VectorWidth.Vector256: ForwardHead<Vector256Lanes>(token0, c, hs, t, seg, att, out0, scale); break;
+            default: ForwardHead<Vector128Lanes>(token0, c, hs, t, seg, att, out0, scale); break;
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]   // Tier 0 would call, not inline, every TVector operation
+    private static unsafe void ForwardHead<TVector>(float* token0, int c, int hs, int t, int* seg, float* att, float* out0, float scale)
+        where TVector : unmanaged, IFloatVector<TVector>
+    {
+        int c3 = 3 * c;
+        for (int tq = 0; tq < t; tq++)
+        {
+            float* qp = token0 + (long)tq * c3;
+            var row = new Span<float>(att + (long)tq * t, t);
+            for (int s = 0; s <= tq; s++)
+                row[s] = seg is not null && seg[s] != seg[tq]
+                    ? float.NegativeInfinity
+                    : Dot<TVector>(qp, token0 + (long)s * c3 + c, hs) * scale;
+            var live = row[..(tq + 1)];
+            SoftmaxInPlace(live);
+            row[(tq + 1)..].Clear();
+
+            float* o = out0 + (long)tq * c;
+            new Span<float>(o, hs).Clear();
+            for (int s = 0; s <= tq; s++)
+            {
+                float a = live[s];
+                if (a != 0f) Axpy<TVector>(a, token0 + (long)s * c3 + 2 * c, o, hs);
+            }
         }
     }
 
@@ -145,79 +165,133 @@ public static class Attention
     }
 
     /// <summary>
-    /// result[r, s] = scale·Σ_d x_r[d]·transposed[d, s] for the four rows x_r and s &lt; keys rounded up to 16
-    /// (4 rows × 16 keys per step: one vector of the transposed matrix serves four FMAs, no horizontal sums).
-    /// result is [4, paddedT].
+    /// Vectors of one 64-float row that the hs = 64 kernels hold per row in registers at a time: 4 at Vector512 (the whole
+    /// row; 16 accumulators for 4 rows, of 32 zmm registers), 2 at the narrower widths (16 registers: 4 rows × 2 accumulators
+    /// plus operands fit). A row of 64 floats is then 64/(Count·this) column chunks, each its own pass over the keys.
     /// </summary>
-    private static unsafe void RowsTimesTransposed64(float* x0, float* x1, float* x2, float* x3, float* transposed, int paddedT, int keys,
-                                                     float scale, float* result)
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static int VectorsPerChunk<TVector>() where TVector : unmanaged, IFloatVector<TVector> => TVector.Count == 16 ? 4 : 2;
+
+    /// <summary>
+    /// result[r, s] = scale·Σ_d x_r[d]·transposed[d, s] for the four rows x_r and s &lt; keys rounded up to 16 (4 rows ×
+    /// 16 keys per step: one vector of the transposed matrix serves four FMAs, no horizontal sums; below Vector512 each step
+    /// is two vectors of keys, so 8 independent accumulators hide the FMA latency). result is [4, paddedT].
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]   // Tier 0 would call, not inline, every TVector operation
+    private static unsafe void RowsTimesTransposed64<TVector>(float* x0, float* x1, float* x2, float* x3, float* transposed, int paddedT, int keys,
+                                                              float scale, float* result) where TVector : unmanaged, IFloatVector<TVector>
     {
-        var vScale = Vector512.Create(scale);
-        for (int s0 = 0; s0 < keys; s0 += 16)
+        int width = TVector.Count;
+        bool pair = width < 16;   // JIT-time constant
+        int step = pair ? 2 * width : width;   // divides 16, so a step never passes paddedT
+        var vScale = TVector.Create(scale);
+        for (int s0 = 0; s0 < keys; s0 += step)
         {
-            Vector512<float> acc0 = default, acc1 = default, acc2 = default, acc3 = default;
+            TVector acc0 = TVector.Zero, acc1 = acc0, acc2 = acc0, acc3 = acc0, acc4 = acc0, acc5 = acc0, acc6 = acc0, acc7 = acc0;
             float* column = transposed + s0;
             for (int d = 0; d < HeadSize64; d++, column += paddedT)
             {
-                var y = Vector512.Load(column);
-                acc0 = Vector512.FusedMultiplyAdd(Vector512.Create(x0[d]), y, acc0);
-                acc1 = Vector512.FusedMultiplyAdd(Vector512.Create(x1[d]), y, acc1);
-                acc2 = Vector512.FusedMultiplyAdd(Vector512.Create(x2[d]), y, acc2);
-                acc3 = Vector512.FusedMultiplyAdd(Vector512.Create(x3[d]), y, acc3);
+                var y = TVector.Load(column);
+                TVector b0 = TVector.Create(x0[d]), b1 = TVector.Create(x1[d]), b2 = TVector.Create(x2[d]), b3 = TVector.Create(x3[d]);
+                acc0 = TVector.MultiplyAdd(b0, y, acc0);
+                acc1 = TVector.MultiplyAdd(b1, y, acc1);
+                acc2 = TVector.MultiplyAdd(b2, y, acc2);
+                acc3 = TVector.MultiplyAdd(b3, y, acc3);
+                if (pair)
+                {
+                    var z = TVector.Load(column + width);
+                    acc4 = TVector.MultiplyAdd(b0, z, acc4);
+                    acc5 = TVector.MultiplyAdd(b1, z, acc5);
+                    acc6 = TVector.MultiplyAdd(b2, z, acc6);
+                    acc7 = TVector.MultiplyAdd(b3, z, acc7);
+                }
             }
             (acc0 * vScale).Store(result + s0);
             (acc1 * vScale).Store(result + paddedT + s0);
             (acc2 * vScale).Store(result + 2 * paddedT + s0);
             (acc3 * vScale).Store(result + 3 * paddedT + s0);
+            if (pair)
+            {
+                (acc4 * vScale).Store(result + s0 + width);
+                (acc5 * vScale).Store(result + paddedT + s0 + width);
+                (acc6 * vScale).Store(result + 2 * paddedT + s0 + width);
+                (acc7 * vScale).Store(result + 3 * paddedT + s0 + width);
+            }
         }
     }
 
     /// <summary>
     /// y_r = Σ_{s &lt; keys} w_r[s]·row_s for the four weight rows (row_s at rows + s·stride; s with all four weights 0
-    /// skipped; sums in s order, 16 accumulators, one load of row_s per four rows). Then for each r &lt; count:
-    /// dest_r = y_r (store) or dest_r += y_r (accumulate), dest_r at dest + r·destStride.
+    /// skipped; sums in s order; per column chunk (<see cref="VectorsPerChunk{TVector}"/>) 4 rows of accumulators and one
+    /// load of row_s per four rows). Then for each r &lt; count: dest_r = y_r (store) or dest_r += y_r (accumulate), dest_r at
+    /// dest + r·destStride.
     /// </summary>
-    private static unsafe void WeightedRowSums64(float* w0, float* w1, float* w2, float* w3, float* rows, int stride, int keys,
-                                                 float* dest, int destStride, int count, bool accumulate)
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]   // Tier 0 would call, not inline, every TVector operation
+    private static unsafe void WeightedRowSums64<TVector>(float* w0, float* w1, float* w2, float* w3, float* rows, int stride, int keys,
+                                                          float* dest, int destStride, int count, bool accumulate)
+        where TVector : unmanaged, IFloatVector<TVector>
     {
-        Vector512<float> y00 = default, y01 = default, y02 = default, y03 = default;
-        Vector512<float> y10 = default, y11 = default, y12 = default, y13 = default;
-        Vector512<float> y20 = default, y21 = default, y22 = default, y23 = default;
-        Vector512<float> y30 = default, y31 = default, y32 = default, y33 = default;
-        for (int s = 0; s < keys; s++)
+        int width = TVector.Count;
+        bool four = VectorsPerChunk<TVector>() == 4;   // JIT-time constant
+        int chunkLength = VectorsPerChunk<TVector>() * width;
+        for (int chunk = 0; chunk < HeadSize64; chunk += chunkLength)
         {
-            float a = w0[s], b = w1[s], c = w2[s], d = w3[s];
-            if (a == 0f && b == 0f && c == 0f && d == 0f) continue;   // another segment for all four rows
-            float* row = rows + (long)s * stride;
-            var r0 = Vector512.Load(row); var r1 = Vector512.Load(row + 16); var r2 = Vector512.Load(row + 32); var r3 = Vector512.Load(row + 48);
-            var va = Vector512.Create(a);
-            y00 = Vector512.FusedMultiplyAdd(va, r0, y00); y01 = Vector512.FusedMultiplyAdd(va, r1, y01);
-            y02 = Vector512.FusedMultiplyAdd(va, r2, y02); y03 = Vector512.FusedMultiplyAdd(va, r3, y03);
-            var vb = Vector512.Create(b);
-            y10 = Vector512.FusedMultiplyAdd(vb, r0, y10); y11 = Vector512.FusedMultiplyAdd(vb, r1, y11);
-            y12 = Vector512.FusedMultiplyAdd(vb, r2, y12); y13 = Vector512.FusedMultiplyAdd(vb, r3, y13);
-            var vc = Vector512.Create(c);
-            y20 = Vector512.FusedMultiplyAdd(vc, r0, y20); y21 = Vector512.FusedMultiplyAdd(vc, r1, y21);
-            y22 = Vector512.FusedMultiplyAdd(vc, r2, y22); y23 = Vector512.FusedMultiplyAdd(vc, r3, y23);
-            var vd = Vector512.Create(d);
-            y30 = Vector512.FusedMultiplyAdd(vd, r0, y30); y31 = Vector512.FusedMultiplyAdd(vd, r1, y31);
-            y32 = Vector512.FusedMultiplyAdd(vd, r2, y32); y33 = Vector512.FusedMultiplyAdd(vd, r3, y33);
+            TVector y00 = TVector.Zero, y01 = y00, y02 = y00, y03 = y00;
+            TVector y10 = y00, y11 = y00, y12 = y00, y13 = y00;
+            TVector y20 = y00, y21 = y00, y22 = y00, y23 = y00;
+            TVector y30 = y00, y31 = y00, y32 = y00, y33 = y00;
+            for (int s = 0; s < keys; s++)
+            {
+                float a = w0[s], b = w1[s], c = w2[s], d = w3[s];
+                if (a == 0f && b == 0f && c == 0f && d == 0f) continue;   // another segment for all four rows
+                float* row = rows + (long)s * stride + chunk;
+                var r0 = TVector.Load(row); var r1 = TVector.Load(row + width);
+                TVector r2 = default, r3 = default;
+                if (four)
+                {
+                    r2 = TVector.Load(row + 2 * width); r3 = TVector.Load(row + 3 * width);
+                }
+                var va = TVector.Create(a);
+                y00 = TVector.MultiplyAdd(va, r0, y00); y01 = TVector.MultiplyAdd(va, r1, y01);
+                if (four) { y02 = TVector.MultiplyAdd(va, r2, y02); y03 = TVector.MultiplyAdd(va, r3, y03); }
+                var vb = TVector.Create(b);
+                y10 = TVector.MultiplyAdd(vb, r0, y10); y11 = TVector.MultiplyAdd(vb, r1, y11);
+                if (four) { y12 = TVector.MultiplyAdd(vb, r2, y12); y13 = TVector.MultiplyAdd(vb, r3, y13); }
+                var vc = TVector.Create(c);
+                y20 = TVector.MultiplyAdd(vc, r0, y20); y21 = TVector.MultiplyAdd(vc, r1, y21);
+                if (four) { y22 = TVector.MultiplyAdd(vc, r2, y22); y23 = TVector.MultiplyAdd(vc, r3, y23); }
+                var vd = TVector.Create(d);
+                y30 = TVector.MultiplyAdd(vd, r0, y30); y31 = TVector.MultiplyAdd(vd, r1, y31);
+                if (four) { y32 = TVector.MultiplyAdd(vd, r2, y32); y33 = TVector.MultiplyAdd(vd, r3, y33); }
+            }
+            float* target = dest + chunk;
+            WriteChunk(target, y00, y01, y02, y03, accumulate);
+            if (count > 1) WriteChunk(target + destStride, y10, y11, y12, y13, accumulate);
+            if (count > 2) WriteChunk(target + 2L * destStride, y20, y21, y22, y23, accumulate);
+            if (count > 3) WriteChunk(target + 3L * destStride, y30, y31, y32, y33, accumulate);
         }
-        WriteRow64(dest, y00, y01, y02, y03, accumulate);
-        if (count > 1) WriteRow64(dest + destStride, y10, y11, y12, y13, accumulate);
-        if (count > 2) WriteRow64(dest + 2L * destStride, y20, y21, y22, y23, accumulate);
-        if (count > 3) WriteRow64(dest + 3L * destStride, y30, y31, y32, y33, accumulate);
     }
 
-    /// <summary>row[0..64) = (r0, r1, r2, r3), or += when <paramref name="accumulate"/>.</summary>
+    /// <summary>One column chunk of a row (<see cref="VectorsPerChunk{TVector}"/> vectors: r0, r1, and r2, r3 at Vector512) = the vectors, or += when <paramref name="accumulate"/>.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe void WriteRow64(float* row, Vector512<float> r0, Vector512<float> r1, Vector512<float> r2, Vector512<float> r3, bool accumulate)
+    private static unsafe void WriteChunk<TVector>(float* row, TVector r0, TVector r1, TVector r2, TVector r3, bool accumulate)
+        where TVector : unmanaged, IFloatVector<TVector>
     {
+        int width = TVector.Count;
+        bool four = VectorsPerChunk<TVector>() == 4;
         if (accumulate)
         {
-            r0 += Vector512.Load(row); r1 += Vector512.Load(row + 16); r2 += Vector512.Load(row + 32); r3 += Vector512.Load(row + 48);
+            r0 += TVector.Load(row); r1 += TVector.Load(row + width);
+            if (four)
+            {
+                r2 += TVector.Load(row + 2 * width); r3 += TVector.Load(row + 3 * width);
+            }
         }
-        r0.Store(row); r1.Store(row + 16); r2.Store(row + 32); r3.Store(row + 48);
+        r0.Store(row); r1.Store(row + width);
+        if (four)
+        {
+            r2.Store(row + 2 * width); r3.Store(row + 3 * width);
+        }
     }
 
     /// <summary>
@@ -233,13 +307,25 @@ public static class Attention
     private static unsafe void ForwardHead64(float* token0, int c, int t, int* seg, float* att, float* out0, float scale,
                                              float* keysTransposed, float* scores, int paddedT)
     {
+        switch (CpuVectors.Width)
+        {
+            case VectorWidth.Vector512: ForwardHead64<Vector512Lanes>(token0, c, t, seg, att, out0, scale, keysTransposed, scores, paddedT); break;
+            case VectorWidth.Vector256: ForwardHead64<Vector256Lanes>(token0, c, t, seg, att, out0, scale, keysTransposed, scores, paddedT); break;
+            default: ForwardHead64<Vector128Lanes>(token0, c, t, seg, att, out0, scale, keysTransposed, scores, paddedT); break;
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]   // Tier 0 would call, not inline, every TVector operation
+    private static unsafe void ForwardHead64<TVector>(float* token0, int c, int t, int* seg, float* att, float* out0, float scale,
+                                                      float* keysTransposed, float* scores, int paddedT) where TVector : unmanaged, IFloatVector<TVector>
+    {
         int c3 = 3 * c;
         TransposeHead64(token0 + c, c3, t, keysTransposed, paddedT);
         for (int tq0 = 0; tq0 < t; tq0 += QueryBlock)
         {
             int rows = Math.Min(QueryBlock, t - tq0), keys = tq0 + rows;
             // Missing rows of a short last block repeat the last query; their results are never stored.
-            RowsTimesTransposed64(token0 + (long)tq0 * c3, token0 + (long)(tq0 + Math.Min(1, rows - 1)) * c3,
+            RowsTimesTransposed64<TVector>(token0 + (long)tq0 * c3, token0 + (long)(tq0 + Math.Min(1, rows - 1)) * c3,
                                   token0 + (long)(tq0 + Math.Min(2, rows - 1)) * c3, token0 + (long)(tq0 + Math.Min(3, rows - 1)) * c3,
                                   keysTransposed, paddedT, keys, scale, scores);
             for (int r = 0; r < QueryBlock; r++)
@@ -262,7 +348,7 @@ public static class Attention
             }
             // out_r = Σ_s a_r[s]·v_s over s < keys (a_r[s] = 0 past row r's diagonal; missing rows weigh 0).
             float* a0 = att + (long)tq0 * t, zero = scores + 3 * paddedT;
-            WeightedRowSums64(a0, rows > 1 ? a0 + t : zero, rows > 2 ? a0 + 2 * t : zero, rows > 3 ? a0 + 3 * t : zero,
+            WeightedRowSums64<TVector>(a0, rows > 1 ? a0 + t : zero, rows > 2 ? a0 + 2 * t : zero, rows > 3 ? a0 + 3 * t : zero,
                               token0 + 2 * c, c3, keys, out0 + (long)tq0 * c, c, rows, accumulate: false);
         }
     }
@@ -308,29 +394,47 @@ public static class Attention
                 for (int bh = start; bh < end; bh++)
                 {
                     int b = bh / heads, h = bh % heads;
-                    long token0 = (long)b * t * c3 + h * hs;
-                    for (int tq = 0; tq < t; tq++)
-                    {
-                        long outOffset = ((long)b * t + tq) * c + h * hs;
-                        float* g = xd + outOffset;
-                        float weighted = Dot(g, xo + outOffset, hs);   // Σ_r a·da = dout·out
-                        float* q = xq + token0 + (long)tq * c3;
-                        float* dq = xdq + token0 + (long)tq * c3;
-                        float* row = xa + ((long)bh * t + tq) * t;
-                        for (int s = 0; s <= tq; s++)
-                        {
-                            float a = row[s];
-                            if (a == 0f) continue;   // disallowed (or underflowed): contributes exactly nothing
-                            long ks = token0 + (long)s * c3 + c, vs = ks + c;
-                            float da = Dot(g, xq + vs, hs);
-                            Axpy(a, g, xdq + vs, hs);                  // dv_s += a·g
-                            float dz = a * (da - weighted) * scale;
-                            Axpy(dz, xq + ks, dq, hs);                 // dq_t += dz·k_s
-                            Axpy(dz, q, xdq + ks, hs);                 // dk_s += dz·q_t
-                        }
-                    }
+                    long token0 = (long)b * t * c3 + h * hs, out0 = (long)b * t * c + h * hs;
+                    BackwardHead(xd + out0, xo + out0, xq + token0, xdq + token0, xa + (long)bh * t * t, c, hs, t, scale);
                 }
             });
+        }
+    }
+
+    /// <summary>One (b, h) of the backward for any head size, one query at a time (pointers as in <see cref="BackwardHead64"/>).</summary>
+    private static unsafe void BackwardHead(float* dOut0, float* out0, float* token0, float* dToken0, float* att, int c, int hs, int t, float scale)
+    {
+        switch (CpuVectors.Width)
+        {
+            case VectorWidth.Vector512: BackwardHead<Vector512Lanes>(dOut0, out0, token0, dToken0, att, c, hs, t, scale); break;
+            case VectorWidth.Vector256: BackwardHead<Vector256Lanes>(dOut0, out0, token0, dToken0, att, c, hs, t, scale); break;
+            default: BackwardHead<Vector128Lanes>(dOut0, out0, token0, dToken0, att, c, hs, t, scale); break;
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]   // Tier 0 would call, not inline, every TVector operation
+    private static unsafe void BackwardHead<TVector>(float* dOut0, float* out0, float* token0, float* dToken0, float* att, int c, int hs, int t, float scale)
+        where TVector : unmanaged, IFloatVector<TVector>
+    {
+        int c3 = 3 * c;
+        for (int tq = 0; tq < t; tq++)
+        {
+            float* g = dOut0 + (long)tq * c;
+            float weighted = Dot<TVector>(g, out0 + (long)tq * c, hs);   // Σ_r a·da = dout·out
+            float* q = token0 + (long)tq * c3;
+            float* dq = dToken0 + (long)tq * c3;
+            float* row = att + (long)tq * t;
+            for (int s = 0; s <= tq; s++)
+            {
+                float a = row[s];
+                if (a == 0f) continue;   // disallowed (or underflowed): contributes exactly nothing
+                long ks = (long)s * c3 + c, vs = ks + c;
+                float da = Dot<TVector>(g, token0 + vs, hs);
+                Axpy<TVector>(a, g, dToken0 + vs, hs);                 // dv_s += a·g
+                float dz = a * (da - weighted) * scale;
+                Axpy<TVector>(dz, token0 + ks, dq, hs);                // dq_t += dz·k_s
+                Axpy<TVector>(dz, q, dToken0 + ks, hs);                // dk_s += dz·q_t
+            }
         }
     }
 
@@ -349,6 +453,18 @@ public static class Attention
     private static unsafe void BackwardHead64(float* dOut0, float* out0, float* token0, float* dToken0, float* att, int c, int t, float scale,
                                               float* valuesTransposed, float* dScores, int paddedT)
     {
+        switch (CpuVectors.Width)
+        {
+            case VectorWidth.Vector512: BackwardHead64<Vector512Lanes>(dOut0, out0, token0, dToken0, att, c, t, scale, valuesTransposed, dScores, paddedT); break;
+            case VectorWidth.Vector256: BackwardHead64<Vector256Lanes>(dOut0, out0, token0, dToken0, att, c, t, scale, valuesTransposed, dScores, paddedT); break;
+            default: BackwardHead64<Vector128Lanes>(dOut0, out0, token0, dToken0, att, c, t, scale, valuesTransposed, dScores, paddedT); break;
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]   // Tier 0 would call, not inline, every TVector operation
+    private static unsafe void BackwardHead64<TVector>(float* dOut0, float* out0, float* token0, float* dToken0, float* att, int c, int t, float scale,
+                                                       float* valuesTransposed, float* dScores, int paddedT) where TVector : unmanaged, IFloatVector<TVector>
+    {
         int c3 = 3 * c;
         TransposeHead64(token0 + 2 * c, c3, t, valuesTransposed, paddedT);
         for (int tq0 = 0; tq0 < t; tq0 += QueryBlock)
@@ -358,7 +474,7 @@ public static class Attention
             int last = rows - 1;
             float* g0 = dOut0 + (long)tq0 * c, g1 = dOut0 + (long)(tq0 + Math.Min(1, last)) * c;
             float* g2 = dOut0 + (long)(tq0 + Math.Min(2, last)) * c, g3 = dOut0 + (long)(tq0 + Math.Min(3, last)) * c;
-            RowsTimesTransposed64(g0, g1, g2, g3, valuesTransposed, paddedT, keys, 1f, dScores);
+            RowsTimesTransposed64<TVector>(g0, g1, g2, g3, valuesTransposed, paddedT, keys, 1f, dScores);
             for (int r = 0; r < QueryBlock; r++)
             {
                 float* dz = dScores + r * paddedT;
@@ -368,58 +484,79 @@ public static class Attention
                     continue;
                 }
                 int tq = tq0 + r;
-                float weighted = Dot(dOut0 + (long)tq * c, out0 + (long)tq * c, HeadSize64);   // Σ_s a·dA = dout·out
+                float weighted = Dot<TVector>(dOut0 + (long)tq * c, out0 + (long)tq * c, HeadSize64);   // Σ_s a·dA = dout·out
                 float* a = att + (long)tq * t;
                 for (int s = 0; s <= tq; s++) dz[s] = a[s] == 0f ? 0f : a[s] * (dz[s] - weighted) * scale;
                 for (int s = tq + 1; s < keys; s++) dz[s] = 0f;
             }
             float* dz0 = dScores, dz1 = dScores + paddedT, dz2 = dScores + 2 * paddedT, dz3 = dScores + 3 * paddedT;
-            WeightedRowSums64(dz0, dz1, dz2, dz3, token0 + c, c3, keys, dToken0 + (long)tq0 * c3, c3, rows, accumulate: true);
+            WeightedRowSums64<TVector>(dz0, dz1, dz2, dz3, token0 + c, c3, keys, dToken0 + (long)tq0 * c3, c3, rows, accumulate: true);
             float* q0 = token0 + (long)tq0 * c3, q1 = token0 + (long)(tq0 + Math.Min(1, last)) * c3;
             float* q2 = token0 + (long)(tq0 + Math.Min(2, last)) * c3, q3 = token0 + (long)(tq0 + Math.Min(3, last)) * c3;
-            AccumulateOuter64(dz0, dz1, dz2, dz3, q0, q1, q2, q3, dToken0 + c, c3, keys);
+            AccumulateOuter64<TVector>(dz0, dz1, dz2, dz3, q0, q1, q2, q3, dToken0 + c, c3, keys);
             // Missing rows weigh 0: dz3 is all 0 whenever rows < 4.
             float* a0 = att + (long)tq0 * t;
-            AccumulateOuter64(a0, rows > 1 ? a0 + t : dz3, rows > 2 ? a0 + 2 * t : dz3, rows > 3 ? a0 + 3 * t : dz3, g0, g1, g2, g3,
+            AccumulateOuter64<TVector>(a0, rows > 1 ? a0 + t : dz3, rows > 2 ? a0 + 2 * t : dz3, rows > 3 ? a0 + 3 * t : dz3, g0, g1, g2, g3,
                               dToken0 + 2 * c, c3, keys);
         }
     }
 
     /// <summary>
     /// For s &lt; keys: target_s += w0[s]·x0 + w1[s]·x1 + w2[s]·x2 + w3[s]·x3 (in that order), where target_s is 64 floats at
-    /// target + s·stride and x0..x3 are 64-float rows held in registers; s with all four weights 0 is skipped.
+    /// target + s·stride and x0..x3 are 64-float rows held in registers, one column chunk (<see cref="VectorsPerChunk{TVector}"/>)
+    /// at a time; s with all four weights 0 is skipped.
     /// </summary>
-    private static unsafe void AccumulateOuter64(float* w0, float* w1, float* w2, float* w3, float* x0, float* x1, float* x2, float* x3,
-                                                 float* target, int stride, int keys)
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]   // Tier 0 would call, not inline, every TVector operation
+    private static unsafe void AccumulateOuter64<TVector>(float* w0, float* w1, float* w2, float* w3, float* x0, float* x1, float* x2, float* x3,
+                                                          float* target, int stride, int keys) where TVector : unmanaged, IFloatVector<TVector>
     {
-        var x00 = Vector512.Load(x0); var x01 = Vector512.Load(x0 + 16); var x02 = Vector512.Load(x0 + 32); var x03 = Vector512.Load(x0 + 48);
-        var x10 = Vector512.Load(x1); var x11 = Vector512.Load(x1 + 16); var x12 = Vector512.Load(x1 + 32); var x13 = Vector512.Load(x1 + 48);
-        var x20 = Vector512.Load(x2); var x21 = Vector512.Load(x2 + 16); var x22 = Vector512.Load(x2 + 32); var x23 = Vector512.Load(x2 + 48);
-        var x30 = Vector512.Load(x3); var x31 = Vector512.Load(x3 + 16); var x32 = Vector512.Load(x3 + 32); var x33 = Vector512.Load(x3 + 48);
-        for (int s = 0; s < keys; s++)
+        int width = TVector.Count;
+        bool four = VectorsPerChunk<TVector>() == 4;   // JIT-time constant
+        int chunkLength = VectorsPerChunk<TVector>() * width;
+        for (int chunk = 0; chunk < HeadSize64; chunk += chunkLength)
         {
-            float a = w0[s], b = w1[s], c = w2[s], d = w3[s];
-            if (a == 0f && b == 0f && c == 0f && d == 0f) continue;
-            float* y = target + (long)s * stride;
-            Vector512<float> va = Vector512.Create(a), vb = Vector512.Create(b), vc = Vector512.Create(c), vd = Vector512.Create(d);
-            Vector512.FusedMultiplyAdd(vd, x30, Vector512.FusedMultiplyAdd(vc, x20, Vector512.FusedMultiplyAdd(vb, x10, Vector512.FusedMultiplyAdd(va, x00, Vector512.Load(y))))).Store(y);
-            Vector512.FusedMultiplyAdd(vd, x31, Vector512.FusedMultiplyAdd(vc, x21, Vector512.FusedMultiplyAdd(vb, x11, Vector512.FusedMultiplyAdd(va, x01, Vector512.Load(y + 16))))).Store(y + 16);
-            Vector512.FusedMultiplyAdd(vd, x32, Vector512.FusedMultiplyAdd(vc, x22, Vector512.FusedMultiplyAdd(vb, x12, Vector512.FusedMultiplyAdd(va, x02, Vector512.Load(y + 32))))).Store(y + 32);
-            Vector512.FusedMultiplyAdd(vd, x33, Vector512.FusedMultiplyAdd(vc, x23, Vector512.FusedMultiplyAdd(vb, x13, Vector512.FusedMultiplyAdd(va, x03, Vector512.Load(y + 48))))).Store(y + 48);
+            float* p0 = x0 + chunk, p1 = x1 + chunk, p2 = x2 + chunk, p3 = x3 + chunk;
+            var x00 = TVector.Load(p0); var x01 = TVector.Load(p0 + width);
+            var x10 = TVector.Load(p1); var x11 = TVector.Load(p1 + width);
+            var x20 = TVector.Load(p2); var x21 = TVector.Load(p2 + width);
+            var x30 = TVector.Load(p3); var x31 = TVector.Load(p3 + width);
+            TVector x02 = default, x03 = default, x12 = default, x13 = default, x22 = default, x23 = default, x32 = default, x33 = default;
+            if (four)
+            {
+                x02 = TVector.Load(p0 + 2 * width); x03 = TVector.Load(p0 + 3 * width);
+                x12 = TVector.Load(p1 + 2 * width); x13 = TVector.Load(p1 + 3 * width);
+                x22 = TVector.Load(p2 + 2 * width); x23 = TVector.Load(p2 + 3 * width);
+                x32 = TVector.Load(p3 + 2 * width); x33 = TVector.Load(p3 + 3 * width);
+            }
+            for (int s = 0; s < keys; s++)
+            {
+                float a = w0[s], b = w1[s], c = w2[s], d = w3[s];
+                if (a == 0f && b == 0f && c == 0f && d == 0f) continue;
+                float* y = target + (long)s * stride + chunk;
+                TVector va = TVector.Create(a), vb = TVector.Create(b), vc = TVector.Create(c), vd = TVector.Create(d);
+                TVector.MultiplyAdd(vd, x30, TVector.MultiplyAdd(vc, x20, TVector.MultiplyAdd(vb, x10, TVector.MultiplyAdd(va, x00, TVector.Load(y))))).Store(y);
+                TVector.MultiplyAdd(vd, x31, TVector.MultiplyAdd(vc, x21, TVector.MultiplyAdd(vb, x11, TVector.MultiplyAdd(va, x01, TVector.Load(y + width))))).Store(y + width);
+                if (four)
+                {
+                    float* y2 = y + 2 * width, y3 = y + 3 * width;
+                    TVector.MultiplyAdd(vd, x32, TVector.MultiplyAdd(vc, x22, TVector.MultiplyAdd(vb, x12, TVector.MultiplyAdd(va, x02, TVector.Load(y2))))).Store(y2);
+                    TVector.MultiplyAdd(vd, x33, TVector.MultiplyAdd(vc, x23, TVector.MultiplyAdd(vb, x13, TVector.MultiplyAdd(va, x03, TVector.Load(y3))))).Store(y3);
+                }
+            }
         }
     }
 
-    /// <summary>Σ a[i]·b[i] over one head (hs is small, typically 64: inline Vector512 beats a library call per pair).</summary>
+    /// <summary>Σ a[i]·b[i] over one head (hs is small, typically 64: an inline vector loop beats a library call per pair).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static unsafe float Dot(float* a, float* b, int length)
+    internal static unsafe float Dot<TVector>(float* a, float* b, int length) where TVector : unmanaged, IFloatVector<TVector>
     {
-        int i = 0;
+        int width = TVector.Count, i = 0;
         float sum = 0f;
-        if (length >= 16)
+        if (length >= width)
         {
-            var acc = Vector512<float>.Zero;
-            for (; i <= length - 16; i += 16) acc = Vector512.FusedMultiplyAdd(Vector512.Load(a + i), Vector512.Load(b + i), acc);
-            sum = Vector512.Sum(acc);
+            var acc = TVector.Zero;
+            for (; i <= length - width; i += width) acc = TVector.MultiplyAdd(TVector.Load(a + i), TVector.Load(b + i), acc);
+            sum = TVector.Sum(acc);
         }
         for (; i < length; i++) sum = MathF.FusedMultiplyAdd(a[i], b[i], sum);
         return sum;
@@ -427,11 +564,11 @@ public static class Attention
 
     /// <summary>y[i] += alpha·x[i] over one head.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static unsafe void Axpy(float alpha, float* x, float* y, int length)
+    internal static unsafe void Axpy<TVector>(float alpha, float* x, float* y, int length) where TVector : unmanaged, IFloatVector<TVector>
     {
-        int i = 0;
-        var va = Vector512.Create(alpha);
-        for (; i <= length - 16; i += 16) Vector512.FusedMultiplyAdd(va, Vector512.Load(x + i), Vector512.Load(y + i)).Store(y + i);
+        int width = TVector.Count, i = 0;
+        var va = TVector.Create(alpha);
+        for (; i <= length - width; i += width) TVector.MultiplyAdd(va, TVector.Load(x + i), TVector.Load(y + i)).Store(y + i);
         for (; i < length; i++) y[i] = MathF.FusedMultiplyAdd(alpha, x[i], y[i]);
     }
 

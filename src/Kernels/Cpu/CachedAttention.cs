@@ -1,4 +1,6 @@
 using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
+using DistAlign.Kernels.Cpu.Simd;
 
 namespace DistAlign.Kernels.Cpu;
 
@@ -11,8 +13,8 @@ namespace DistAlign.Kernels.Cpu;
 ///   a_s = softmax_s(q·K[r,s,h] / √hs),   out[r, h] = Σ_s a_s · V[r,s,h].
 /// Forward only: decoding never needs a backward. The (r, h) pairs are independent and split over the threads
 /// (each its own slice of scratch), so results do not depend on the thread count; per pair the dot products and
-/// the weighted sum are inline Vector512 over the head (<see cref="Attention.Dot"/>, <see cref="Attention.Axpy"/>),
-/// not a library call per cached position.
+/// the weighted sum are inline vector loops over the head at the widest accelerated width (<see cref="Attention.Dot{TVector}"/>,
+/// <see cref="Attention.Axpy{TVector}"/>), not a library call per cached position.
 /// Shapes: qkv [R, 3C] (only the q third is read); keyCache, valueCache [R, maxT, C];
 /// output [R, C]; scratch ≥ R·NH·(t+1) floats.
 /// </remarks>
@@ -46,19 +48,35 @@ public static class CachedAttention
                 for (int rh = start; rh < end; rh++)
                 {
                     int r = rh / heads, h = rh % heads;
-                    var weights = new Span<float>(xs + (long)rh * span, span);
-                    float* q = xq + (long)r * 3 * c + h * hs;
-                    float* k = xk + (long)r * maxT * c + h * hs, v = xv + (long)r * maxT * c + h * hs;
-                    for (int s = 0; s < span; s++) weights[s] = Attention.Dot(q, k + (long)s * c, hs) * scale;
-                    float max = TensorPrimitives.Max(weights);
-                    TensorPrimitives.Subtract(weights, max, weights);
-                    TensorPrimitives.Exp(weights, weights);
-                    float inverseSum = 1f / TensorPrimitives.Sum(weights);
-                    float* o = xo + (long)r * c + h * hs;
-                    new Span<float>(o, hs).Clear();
-                    for (int s = 0; s < span; s++) Attention.Axpy(weights[s] * inverseSum, v + (long)s * c, o, hs);
+                    long head = (long)r * maxT * c + h * hs;
+                    Head(xq + (long)r * 3 * c + h * hs, xk + head, xv + head, c, hs, span, scale, xo + (long)r * c + h * hs, xs + (long)rh * span);
                 }
             });
         }
+    }
+
+    /// <summary>One (r, h): out = Σ_s softmax_s(q·k_s·scale)·v_s over s &lt; span, k_s and v_s at k + s·C and v + s·C; weights is span floats of scratch.</summary>
+    private static unsafe void Head(float* q, float* k, float* v, int c, int hs, int span, float scale, float* o, float* weights)
+    {
+        switch (CpuVectors.Width)
+        {
+            case VectorWidth.Vector512: Head<Vector512Lanes>(q, k, v, c, hs, span, scale, o, weights); break;
+            case VectorWidth.Vector256: Head<Vector256Lanes>(q, k, v, c, hs, span, scale, o, weights); break;
+            default: Head<Vector128Lanes>(q, k, v, c, hs, span, scale, o, weights); break;
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]   // Tier 0 would call, not inline, every TVector operation
+    private static unsafe void Head<TVector>(float* q, float* k, float* v, int c, int hs, int span, float scale, float* o, float* scratch)
+        where TVector : unmanaged, IFloatVector<TVector>
+    {
+        var weights = new Span<float>(scratch, span);
+        for (int s = 0; s < span; s++) weights[s] = Attention.Dot<TVector>(q, k + (long)s * c, hs) * scale;
+        float max = TensorPrimitives.Max(weights);
+        TensorPrimitives.Subtract(weights, max, weights);
+        TensorPrimitives.Exp(weights, weights);
+        float inverseSum = 1f / TensorPrimitives.Sum(weights);
+        new Span<float>(o, hs).Clear();
+        for (int s = 0; s < span; s++) Attention.Axpy<TVector>(weights[s] * inverseSum, v + (long)s * c, o, hs);
     }
 }

@@ -1,7 +1,7 @@
 using System.Buffers;
 using System.Runtime.CompilerServices;
-using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
+using DistAlign.Kernels.Cpu.Simd;
 
 namespace DistAlign.Kernels.Cpu;
 
@@ -11,9 +11,11 @@ namespace DistAlign.Kernels.Cpu;
 /// Forward saves μ [N] and r [N] ("rstd") for the backward.
 /// Backward, with ĝ = dout·w:
 ///   dx += r·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)),   dw += Σ_n dout·x̂,   db += Σ_n dout   (all accumulate).
-/// Each row is handled by Vector512 loops over its channels (a row of C = 768 is 3 KB and stays in L1
-/// between the two passes over it), with scalar loops for the last C mod 16 channels: every op here is
-/// +, −, ×, or FMA, which round identically in vector and scalar form.
+/// Each row is handled by vector loops over its channels at the widest accelerated width (<see cref="CpuVectors"/>; a row
+/// of C = 768 is 3 KB and stays in L1 between the two passes over it), with scalar loops for the last C mod Count channels:
+/// every op here is +, −, ×, or FMA, which round identically in vector and scalar form (where the hardware fuses FMA).
+/// Results differ between widths in the last bits (sums are split over a different number of lanes), never between
+/// thread counts.
 /// </summary>
 public static class LayerNorm
 {
@@ -33,7 +35,9 @@ public static class LayerNorm
     /// shifted sums, s = Σ(x − K) and q = Σ(x − K)² with K = the mean of the row's first 16 channels (all of them when C &lt; 16), so
     /// μ = K + s/C and σ² = q/C − (s/C)² lose nothing to cancellation while |K − μ| stays within a couple of σ
     /// (K is a 16-sample estimate of μ, so (K − μ)² ≈ σ²/16). A row where (s/C)² exceeds 4·σ² (an adversarial
-    /// row: its first channels are far from the rest) takes a third, exact pass Σ(x − μ)².
+    /// row: its first channels are far from the rest) takes a third pass, the same sums shifted by that first μ, and takes
+    /// μ and σ² from those. K is the mean of 16 channels at every vector width (16/Count vectors), so which rows fall back
+    /// does not depend on the width.
     /// </summary>
     public static unsafe void Forward(ReadOnlySpan<float> input, ReadOnlySpan<float> weight, ReadOnlySpan<float> bias,
                                       Span<float> output, Span<float> mean, Span<float> rstd)
@@ -47,29 +51,48 @@ public static class LayerNorm
         fixed (float* px = input, pw = weight, pb = bias, po = output, pm = mean, pr = rstd)
         {
             float* xx = px, xw = pw, xb = pb, xo = po, xm = pm, xr = pr;
-            CpuParallel.For(n, Math.Max(1, 8192 / c), (start, end) =>
-            {
-                if (c % 32 == 0) PipelinedRows(xx, xw, xb, xo, xm, xr, c, start, end);
-                else ForwardRows(xx, xw, xb, xo, xm, xr, c, start, end);
-            });
+            CpuParallel.For(n, Math.Max(1, 8192 / c), (start, end) => ForwardRows(xx, xw, xb, xo, xm, xr, c, start, end));
+        }
+    }
+
+    /// <summary>Rows [start, end) of the forward at the kernels' width: <see cref="PipelinedRows"/> when C is a multiple of 32.</summary>
+    private static unsafe void ForwardRows(float* xx, float* xw, float* xb, float* xo, float* xm, float* xr, int c, int start, int end)
+    {
+        bool pipelined = c % 32 == 0;
+        switch (CpuVectors.Width)
+        {
+            case VectorWidth.Vector512:
+                if (pipelined) PipelinedRows<Vector512Lanes>(xx, xw, xb, xo, xm, xr, c, start, end);
+                else ForwardRows<Vector512Lanes>(xx, xw, xb, xo, xm, xr, c, start, end);
+                break;
+            case VectorWidth.Vector256:
+                if (pipelined) PipelinedRows<Vector256Lanes>(xx, xw, xb, xo, xm, xr, c, start, end);
+                else ForwardRows<Vector256Lanes>(xx, xw, xb, xo, xm, xr, c, start, end);
+                break;
+            default:
+                if (pipelined) PipelinedRows<Vector128Lanes>(xx, xw, xb, xo, xm, xr, c, start, end);
+                else ForwardRows<Vector128Lanes>(xx, xw, xb, xo, xm, xr, c, start, end);
+                break;
         }
     }
 
     /// <summary>Rows [start, end) of the forward. A plain static method, not a lambda body: locals the JIT
     /// can keep in registers (captured variables live in a closure object that every store might alias).</summary>
-    private static unsafe void ForwardRows(float* xx, float* xw, float* xb, float* xo, float* xm, float* xr, int c, int start, int end)
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]   // Tier 0 would call, not inline, every TVector operation
+    private static unsafe void ForwardRows<TVector>(float* xx, float* xw, float* xb, float* xo, float* xm, float* xr, int c, int start, int end)
+        where TVector : unmanaged, IFloatVector<TVector>
     {
-        int full = c & ~15;
+        int width = TVector.Count, full = c & ~(width - 1);
         for (int i = start; i < end; i++)
         {
             float* x = xx + (long)i * c;
             float* o = xo + (long)i * c;
-            var (s, q) = ShiftedSums(x, c, out float shift);
-            var (mu, r) = RowStatistics(x, c, shift, s, q);
-            var vmu = Vector512.Create(mu);
-            var vr = Vector512.Create(r);
-            for (int j = 0; j < full; j += 16)
-                Vector512.FusedMultiplyAdd((Vector512.Load(x + j) - vmu) * vr, Vector512.Load(xw + j), Vector512.Load(xb + j)).Store(o + j);
+            var (s, q) = ShiftedSums<TVector>(x, c, out float shift);
+            var (mu, r) = RowStatistics<TVector>(x, c, shift, s, q);
+            var vmu = TVector.Create(mu);
+            var vr = TVector.Create(r);
+            for (int j = 0; j < full; j += width)
+                TVector.MultiplyAdd((TVector.Load(x + j) - vmu) * vr, TVector.Load(xw + j), TVector.Load(xb + j)).Store(o + j);
             for (int j = full; j < c; j++) o[j] = MathF.FusedMultiplyAdd((x[j] - mu) * r, xw[j], xb[j]);
             xm[i] = mu;
             xr[i] = r;
@@ -80,83 +103,108 @@ public static class LayerNorm
     /// <see cref="ForwardRows"/> for C a multiple of 32 (every GPT-2 width), software-pipelined: while row i is
     /// normalised (its x in L1), the shifted sums of row i + 1 are taken in the same loop, so reading the next row
     /// overlaps writing this one's output (measured: 56 → 47 ns per row at N = 2048, C = 768 on 2 threads). Each
-    /// row's sums run in the order <see cref="ForwardRows"/> uses, so the results are bit-identical to it.
+    /// row's sums run in the order <see cref="ForwardRows{TVector}"/> uses, so the results are bit-identical to it. C is a
+    /// multiple of 32, hence of two vectors at every width (the step of the loop below).
     /// </summary>
-    private static unsafe void PipelinedRows(float* xx, float* xw, float* xb, float* xo, float* xm, float* xr, int c, int start, int end)
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]   // Tier 0 would call, not inline, every TVector operation
+    private static unsafe void PipelinedRows<TVector>(float* xx, float* xw, float* xb, float* xo, float* xm, float* xr, int c, int start, int end)
+        where TVector : unmanaged, IFloatVector<TVector>
     {
         if (start >= end) return;
+        int width = TVector.Count;
         float* x0 = xx + (long)start * c;
-        var (s, q) = ShiftedSums(x0, c, out float shift);
-        var (mu, r) = RowStatistics(x0, c, shift, s, q);
+        var (s, q) = ShiftedSums<TVector>(x0, c, out float shift);
+        var (mu, r) = RowStatistics<TVector>(x0, c, shift, s, q);
         for (int i = start; i < end; i++)
         {
             float* x = xx + (long)i * c;
             float* o = xo + (long)i * c;
             xm[i] = mu;
             xr[i] = r;
-            var vmu = Vector512.Create(mu);
-            var vr = Vector512.Create(r);
+            var vmu = TVector.Create(mu);
+            var vr = TVector.Create(r);
             if (i + 1 < end)
             {
                 float* next = x + c;
-                shift = Vector512.Sum(Vector512.Load(next)) / 16f;
-                var vk = Vector512.Create(shift);
-                Vector512<float> s0 = Vector512<float>.Zero, s1 = s0, q0 = s0, q1 = s0;
-                for (int j = 0; j < c; j += 32)
+                shift = FirstChannelsMean<TVector>(next, c);
+                var vk = TVector.Create(shift);
+                TVector s0 = TVector.Zero, s1 = s0, q0 = s0, q1 = s0;
+                for (int j = 0; j < c; j += 2 * width)
                 {
-                    Vector512.FusedMultiplyAdd((Vector512.Load(x + j) - vmu) * vr, Vector512.Load(xw + j), Vector512.Load(xb + j)).Store(o + j);
-                    Vector512.FusedMultiplyAdd((Vector512.Load(x + j + 16) - vmu) * vr, Vector512.Load(xw + j + 16), Vector512.Load(xb + j + 16)).Store(o + j + 16);
-                    var d0 = Vector512.Load(next + j) - vk;
-                    var d1 = Vector512.Load(next + j + 16) - vk;
+                    TVector.MultiplyAdd((TVector.Load(x + j) - vmu) * vr, TVector.Load(xw + j), TVector.Load(xb + j)).Store(o + j);
+                    TVector.MultiplyAdd((TVector.Load(x + j + width) - vmu) * vr, TVector.Load(xw + j + width), TVector.Load(xb + j + width)).Store(o + j + width);
+                    var d0 = TVector.Load(next + j) - vk;
+                    var d1 = TVector.Load(next + j + width) - vk;
                     s0 += d0;
                     s1 += d1;
-                    q0 = Vector512.FusedMultiplyAdd(d0, d0, q0);
-                    q1 = Vector512.FusedMultiplyAdd(d1, d1, q1);
+                    q0 = TVector.MultiplyAdd(d0, d0, q0);
+                    q1 = TVector.MultiplyAdd(d1, d1, q1);
                 }
-                (mu, r) = RowStatistics(next, c, shift, Vector512.Sum(s0 + s1), Vector512.Sum(q0 + q1));
+                (mu, r) = RowStatistics<TVector>(next, c, shift, TVector.Sum(s0 + s1), TVector.Sum(q0 + q1));
             }
             else
             {
-                for (int j = 0; j < c; j += 16)
-                    Vector512.FusedMultiplyAdd((Vector512.Load(x + j) - vmu) * vr, Vector512.Load(xw + j), Vector512.Load(xb + j)).Store(o + j);
+                for (int j = 0; j < c; j += width)
+                    TVector.MultiplyAdd((TVector.Load(x + j) - vmu) * vr, TVector.Load(xw + j), TVector.Load(xb + j)).Store(o + j);
             }
         }
     }
 
     /// <summary>
-    /// The shifted sums of one row on its own: s = Σ(x − K) and q = Σ(x − K)², K = <paramref name="shift"/> = the mean of
-    /// the row's first 16 channels (all of them when C &lt; 16). Two accumulators per sum (the adds of one chain would wait on
-    /// the previous one's latency), 32 channels a step, then one vector, then a scalar tail.
+    /// K, the shift of the forward's sums: the mean of the row's first 16 channels (all of them when C &lt; 16). Sixteen
+    /// channels at every width (16/Count vectors added lane-wise, then across), not one vector's worth: K's distance from μ
+    /// (≈ σ/√16) and so how often a row needs <see cref="Recentred{TVector}"/> do not depend on the width.
     /// </summary>
-    private static unsafe (float S, float Q) ShiftedSums(float* x, int c, out float shift)
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe float FirstChannelsMean<TVector>(float* x, int c) where TVector : unmanaged, IFloatVector<TVector>
     {
-        int full = c & ~15;
-        if (full > 0) shift = Vector512.Sum(Vector512.Load(x)) / 16f;
-        else
+        const int channels = 16;
+        if (c >= channels)
         {
-            shift = 0f;
-            for (int j = 0; j < c; j++) shift += x[j];
-            shift /= c;
+            var sum = TVector.Load(x);
+            for (int j = TVector.Count; j < channels; j += TVector.Count) sum += TVector.Load(x + j);
+            return TVector.Sum(sum) / channels;
         }
-        var vk = Vector512.Create(shift);
-        Vector512<float> s0 = Vector512<float>.Zero, s1 = s0, q0 = s0, q1 = s0;
+        float total = 0f;
+        for (int j = 0; j < c; j++) total += x[j];
+        return total / c;
+    }
+
+    /// <summary>
+    /// The shifted sums of one row on its own: s = Σ(x − K) and q = Σ(x − K)², K = <paramref name="shift"/> =
+    /// <see cref="FirstChannelsMean{TVector}"/>. Two accumulators per sum (the adds of one chain would wait on the previous
+    /// one's latency), two vectors a step, then one vector, then a scalar tail.
+    /// </summary>
+    private static unsafe (float S, float Q) ShiftedSums<TVector>(float* x, int c, out float shift) where TVector : unmanaged, IFloatVector<TVector>
+    {
+        shift = FirstChannelsMean<TVector>(x, c);
+        return SumsAround<TVector>(x, c, shift);
+    }
+
+    /// <summary>s = Σ(x − <paramref name="shift"/>) and q = Σ(x − <paramref name="shift"/>)² over one row, in the order <see cref="PipelinedRows{TVector}"/> also uses.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]   // Tier 0 would call, not inline, every TVector operation
+    private static unsafe (float S, float Q) SumsAround<TVector>(float* x, int c, float shift) where TVector : unmanaged, IFloatVector<TVector>
+    {
+        int width = TVector.Count, full = c & ~(width - 1);
+        var vk = TVector.Create(shift);
+        TVector s0 = TVector.Zero, s1 = s0, q0 = s0, q1 = s0;
         int j2 = 0;
-        for (; j2 + 32 <= full; j2 += 32)
+        for (; j2 + 2 * width <= full; j2 += 2 * width)
         {
-            var d0 = Vector512.Load(x + j2) - vk;
-            var d1 = Vector512.Load(x + j2 + 16) - vk;
+            var d0 = TVector.Load(x + j2) - vk;
+            var d1 = TVector.Load(x + j2 + width) - vk;
             s0 += d0;
             s1 += d1;
-            q0 = Vector512.FusedMultiplyAdd(d0, d0, q0);
-            q1 = Vector512.FusedMultiplyAdd(d1, d1, q1);
+            q0 = TVector.MultiplyAdd(d0, d0, q0);
+            q1 = TVector.MultiplyAdd(d1, d1, q1);
         }
         if (j2 < full)
         {
-            var d0 = Vector512.Load(x + j2) - vk;
+            var d0 = TVector.Load(x + j2) - vk;
             s0 += d0;
-            q0 = Vector512.FusedMultiplyAdd(d0, d0, q0);
+            q0 = TVector.MultiplyAdd(d0, d0, q0);
         }
-        float s = Vector512.Sum(s0 + s1), q = Vector512.Sum(q0 + q1);
+        float s = TVector.Sum(s0 + s1), q = TVector.Sum(q0 + q1);
         for (int j = full; j < c; j++)
         {
             float d = x[j] - shift;
@@ -166,31 +214,30 @@ public static class LayerNorm
         return (s, q);
     }
 
-    /// <summary>μ and r from the shifted sums s = Σ(x − K), q = Σ(x − K)² of a row (with <see cref="ExactVariance"/> for a row whose sums cancel).</summary>
-    private static unsafe (float Mean, float Rstd) RowStatistics(float* x, int c, float shift, float s, float q)
+    /// <summary>μ and r from the shifted sums s = Σ(x − K), q = Σ(x − K)² of a row (with <see cref="Recentred{TVector}"/> for a row whose sums cancel).</summary>
+    private static unsafe (float Mean, float Rstd) RowStatistics<TVector>(float* x, int c, float shift, float s, float q)
+        where TVector : unmanaged, IFloatVector<TVector>
     {
         float offset = s / c;
         float mu = shift + offset;
         float variance = q / c - offset * offset;
-        if (offset * offset > 4f * variance) variance = ExactVariance(x, c, mu);
+        if (offset * offset > 4f * variance) (mu, variance) = Recentred<TVector>(x, c, mu);
         return (mu, 1f / MathF.Sqrt(MathF.Max(variance, 0f) + Epsilon));
     }
 
-    /// <summary>Σ(x − μ)²/C for a row whose shifted sums cancelled (the rare fallback of the forward).</summary>
+    /// <summary>
+    /// μ and σ² again, for a row whose shifted sums cancelled (the rare fallback of the forward): the same sums, shifted by
+    /// the first estimate <paramref name="mu"/>. It is close to the row's mean, so these sums are small and exact enough for
+    /// both: the first μ = K + s/C carries the rounding of s, a sum of C terms of size |K − μ| (the 16 first channels 1000
+    /// above the rest, C = 4096: μ 1.9e-4 off at Vector128, whose 8 partial sums each add 512 such terms); this one's
+    /// terms are of size σ, so μ comes out within 1e-6 at every width.
+    /// </summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private static unsafe float ExactVariance(float* x, int c, float mu)
+    private static unsafe (float Mean, float Variance) Recentred<TVector>(float* x, int c, float mu) where TVector : unmanaged, IFloatVector<TVector>
     {
-        int full = c & ~15;
-        var vmu = Vector512.Create(mu);
-        var acc = Vector512<float>.Zero;
-        for (int j = 0; j < full; j += 16)
-        {
-            var d = Vector512.Load(x + j) - vmu;
-            acc = Vector512.FusedMultiplyAdd(d, d, acc);
-        }
-        float squares = Vector512.Sum(acc);
-        for (int j = full; j < c; j++) squares = MathF.FusedMultiplyAdd(x[j] - mu, x[j] - mu, squares);
-        return squares / c;
+        var (s, q) = SumsAround<TVector>(x, c, mu);
+        float offset = s / c;
+        return (mu + offset, q / c - offset * offset);
     }
 
     /// <summary>
@@ -215,7 +262,7 @@ public static class LayerNorm
         if (n == 0) return;
         int blocks = (n + RowBlock - 1) / RowBlock;
         // Per block: the dw partial [C], then the db partial [C], each starting on a 64-byte line (C rounded up to
-        // 16 floats), so the partials' Vector512 loads and stores, done once per pair of rows, never split a line.
+        // 16 floats), so the partials' vector loads and stores, done once per pair of rows, never split a line.
         int paddedC = PaddedChannels(c);
         float[] partials = ArrayPool<float>.Shared.Rent(blocks * 2 * paddedC + 16);
         try
@@ -232,24 +279,7 @@ public static class LayerNorm
                 // dWeight, dBias += Σ_blocks partials, in block order; parallel over channel blocks.
                 int channelBlocks = (c + ChannelBlock - 1) / ChannelBlock;
                 CpuParallel.For(channelBlocks, Math.Max(1, 2048 / blocks), (c0, c1) =>
-                {
-                    int cStart = c0 * ChannelBlock, cEnd = Math.Min(c, c1 * ChannelBlock);
-                    for (int block = 0; block < blocks; block++)
-                    {
-                        float* pw0 = xp + (long)block * 2 * paddedC, pb0 = pw0 + paddedC;
-                        int j = cStart;
-                        for (; j + 16 <= cEnd; j += 16)
-                        {
-                            (Vector512.Load(xdw + j) + Vector512.Load(pw0 + j)).Store(xdw + j);
-                            (Vector512.Load(xdb + j) + Vector512.Load(pb0 + j)).Store(xdb + j);
-                        }
-                        for (; j < cEnd; j++)
-                        {
-                            xdw[j] += pw0[j];
-                            xdb[j] += pb0[j];
-                        }
-                    }
-                });
+                    AddPartials(xp, paddedC, blocks, xdw, xdb, c0 * ChannelBlock, Math.Min(c, c1 * ChannelBlock)));
             }
         }
         finally
@@ -272,7 +302,19 @@ public static class LayerNorm
     /// </summary>
     private static unsafe void BackwardBlock(float* xd, float* xx, float* xw, float* xm, float* xr, float* xdx, float* partial, int c, int start, int end, int rows)
     {
-        int full = c & ~15;
+        switch (CpuVectors.Width)
+        {
+            case VectorWidth.Vector512: BackwardBlock<Vector512Lanes>(xd, xx, xw, xm, xr, xdx, partial, c, start, end, rows); break;
+            case VectorWidth.Vector256: BackwardBlock<Vector256Lanes>(xd, xx, xw, xm, xr, xdx, partial, c, start, end, rows); break;
+            default: BackwardBlock<Vector128Lanes>(xd, xx, xw, xm, xr, xdx, partial, c, start, end, rows); break;
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]   // Tier 0 would call, not inline, every TVector operation
+    private static unsafe void BackwardBlock<TVector>(float* xd, float* xx, float* xw, float* xm, float* xr, float* xdx, float* partial, int c, int start, int end, int rows)
+        where TVector : unmanaged, IFloatVector<TVector>
+    {
+        int width = TVector.Count, full = c & ~(width - 1);
         int paddedC = PaddedChannels(c);
         float* pdw = partial, pdb = partial + paddedC;
         new Span<float>(partial, 2 * paddedC).Clear();
@@ -283,27 +325,28 @@ public static class LayerNorm
             float* d0 = xd + row0, x0 = xx + row0, dx0 = xdx + row0;
             float* d1 = xd + row1, x1 = xx + row1, dx1 = xdx + row1;
             float m0 = xm[i], r0 = xr[i], m1 = xm[i + 1], r1 = xr[i + 1];
-            var (meanG0, centredScale0) = DxCoefficients(d0, x0, xw, m0, r0, c);
-            var (meanG1, centredScale1) = DxCoefficients(d1, x1, xw, m1, r1, c);
-            Vector512<float> vm0 = Vector512.Create(m0), vr0 = Vector512.Create(r0), vg0 = Vector512.Create(meanG0), va0 = Vector512.Create(centredScale0);
-            Vector512<float> vm1 = Vector512.Create(m1), vr1 = Vector512.Create(r1), vg1 = Vector512.Create(meanG1), va1 = Vector512.Create(centredScale1);
+            var (meanG0, centredScale0) = DxCoefficients<TVector>(d0, x0, xw, m0, r0, c);
+            var (meanG1, centredScale1) = DxCoefficients<TVector>(d1, x1, xw, m1, r1, c);
+            TVector vm0 = TVector.Create(m0), vr0 = TVector.Create(r0), vg0 = TVector.Create(meanG0), va0 = TVector.Create(centredScale0);
+            TVector vm1 = TVector.Create(m1), vr1 = TVector.Create(r1), vg1 = TVector.Create(meanG1), va1 = TVector.Create(centredScale1);
             bool prefetchNext = i + 4 <= rows;   // the next pair exists (it may start the next block)
-            for (int j = 0; j < full; j += 16)   // dx += r·(ĝ − mean(ĝ) + x_c·a);  dw += dout·x_c·r;  db += dout
+            for (int j = 0; j < full; j += width)   // dx += r·(ĝ − mean(ĝ) + x_c·a);  dw += dout·x_c·r;  db += dout
             {
-                if (Sse.IsSupported && prefetchNext)
+                // One prefetch per 64-byte line (each step at Vector512, every 64/(4·Count)-th step at narrower widths); x86 only.
+                if (Sse.IsSupported && prefetchNext && (width == 16 || (j & 15) == 0))
                 {
                     Sse.Prefetch0(d0 + ahead + j); Sse.Prefetch0(x0 + ahead + j); Sse.Prefetch0(dx0 + ahead + j);
                     Sse.Prefetch0(d1 + ahead + j); Sse.Prefetch0(x1 + ahead + j); Sse.Prefetch0(dx1 + ahead + j);
                 }
-                var w = Vector512.Load(xw + j);
-                var dout0 = Vector512.Load(d0 + j);
-                var centred0 = Vector512.Load(x0 + j) - vm0;
-                Vector512.FusedMultiplyAdd(Vector512.FusedMultiplyAdd(centred0, va0, dout0 * w - vg0), vr0, Vector512.Load(dx0 + j)).Store(dx0 + j);
-                var dout1 = Vector512.Load(d1 + j);
-                var centred1 = Vector512.Load(x1 + j) - vm1;
-                Vector512.FusedMultiplyAdd(Vector512.FusedMultiplyAdd(centred1, va1, dout1 * w - vg1), vr1, Vector512.Load(dx1 + j)).Store(dx1 + j);
-                Vector512.FusedMultiplyAdd(dout1, centred1 * vr1, Vector512.FusedMultiplyAdd(dout0, centred0 * vr0, Vector512.Load(pdw + j))).Store(pdw + j);
-                (Vector512.Load(pdb + j) + dout0 + dout1).Store(pdb + j);
+                var w = TVector.Load(xw + j);
+                var dout0 = TVector.Load(d0 + j);
+                var centred0 = TVector.Load(x0 + j) - vm0;
+                TVector.MultiplyAdd(TVector.MultiplyAdd(centred0, va0, dout0 * w - vg0), vr0, TVector.Load(dx0 + j)).Store(dx0 + j);
+                var dout1 = TVector.Load(d1 + j);
+                var centred1 = TVector.Load(x1 + j) - vm1;
+                TVector.MultiplyAdd(TVector.MultiplyAdd(centred1, va1, dout1 * w - vg1), vr1, TVector.Load(dx1 + j)).Store(dx1 + j);
+                TVector.MultiplyAdd(dout1, centred1 * vr1, TVector.MultiplyAdd(dout0, centred0 * vr0, TVector.Load(pdw + j))).Store(pdw + j);
+                (TVector.Load(pdb + j) + dout0 + dout1).Store(pdb + j);
             }
             for (int j = full; j < c; j++)
             {
@@ -319,15 +362,15 @@ public static class LayerNorm
             long row = (long)i * c;
             float* d = xd + row, x = xx + row, dx = xdx + row;
             float mi = xm[i], ri = xr[i];
-            var (meanG, centredScale) = DxCoefficients(d, x, xw, mi, ri, c);
-            Vector512<float> mu = Vector512.Create(mi), r = Vector512.Create(ri), vg = Vector512.Create(meanG), va = Vector512.Create(centredScale);
-            for (int j = 0; j < full; j += 16)
+            var (meanG, centredScale) = DxCoefficients<TVector>(d, x, xw, mi, ri, c);
+            TVector mu = TVector.Create(mi), r = TVector.Create(ri), vg = TVector.Create(meanG), va = TVector.Create(centredScale);
+            for (int j = 0; j < full; j += width)
             {
-                var dout = Vector512.Load(d + j);
-                var centred = Vector512.Load(x + j) - mu;
-                Vector512.FusedMultiplyAdd(Vector512.FusedMultiplyAdd(centred, va, dout * Vector512.Load(xw + j) - vg), r, Vector512.Load(dx + j)).Store(dx + j);
-                Vector512.FusedMultiplyAdd(dout, centred * r, Vector512.Load(pdw + j)).Store(pdw + j);
-                (Vector512.Load(pdb + j) + dout).Store(pdb + j);
+                var dout = TVector.Load(d + j);
+                var centred = TVector.Load(x + j) - mu;
+                TVector.MultiplyAdd(TVector.MultiplyAdd(centred, va, dout * TVector.Load(xw + j) - vg), r, TVector.Load(dx + j)).Store(dx + j);
+                TVector.MultiplyAdd(dout, centred * r, TVector.Load(pdw + j)).Store(pdw + j);
+                (TVector.Load(pdb + j) + dout).Store(pdb + j);
             }
             for (int j = full; j < c; j++)
             {
@@ -339,33 +382,67 @@ public static class LayerNorm
         }
     }
 
+    /// <summary>dWeight[j], dBias[j] += Σ_blocks the block partials for channels [cStart, cEnd), blocks in order.</summary>
+    private static unsafe void AddPartials(float* partials, int paddedC, int blocks, float* dw, float* db, int cStart, int cEnd)
+    {
+        switch (CpuVectors.Width)
+        {
+            case VectorWidth.Vector512: AddPartials<Vector512Lanes>(partials, paddedC, blocks, dw, db, cStart, cEnd); break;
+            case VectorWidth.Vector256: AddPartials<Vector256Lanes>(partials, paddedC, blocks, dw, db, cStart, cEnd); break;
+            default: AddPartials<Vector128Lanes>(partials, paddedC, blocks, dw, db, cStart, cEnd); break;
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]   // Tier 0 would call, not inline, every TVector operation
+    private static unsafe void AddPartials<TVector>(float* partials, int paddedC, int blocks, float* dw, float* db, int cStart, int cEnd)
+        where TVector : unmanaged, IFloatVector<TVector>
+    {
+        int width = TVector.Count;
+        for (int block = 0; block < blocks; block++)
+        {
+            float* pw0 = partials + (long)block * 2 * paddedC, pb0 = pw0 + paddedC;
+            int j = cStart;
+            for (; j + width <= cEnd; j += width)
+            {
+                (TVector.Load(dw + j) + TVector.Load(pw0 + j)).Store(dw + j);
+                (TVector.Load(db + j) + TVector.Load(pb0 + j)).Store(db + j);
+            }
+            for (; j < cEnd; j++)
+            {
+                dw[j] += pw0[j];
+                db[j] += pb0[j];
+            }
+        }
+    }
+
     /// <summary>
     /// The per-row constants of the dx line from G = Σ dout·w and H = Σ dout·w·(x − μ) (two accumulators per sum):
-    /// mean(ĝ) = G/C and a = −r²·H/C (see <see cref="BackwardBlock"/>).
+    /// mean(ĝ) = G/C and a = −r²·H/C (see <see cref="BackwardBlock{TVector}"/>).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe (float MeanG, float CentredScale) DxCoefficients(float* d, float* x, float* xw, float mi, float ri, int c)
+    private static unsafe (float MeanG, float CentredScale) DxCoefficients<TVector>(float* d, float* x, float* xw, float mi, float ri, int c)
+        where TVector : unmanaged, IFloatVector<TVector>
     {
-        int full = c & ~15;
-        var mu = Vector512.Create(mi);
-        Vector512<float> g0 = Vector512<float>.Zero, g1 = g0, h0 = g0, h1 = g0;
+        int width = TVector.Count, full = c & ~(width - 1);
+        var mu = TVector.Create(mi);
+        TVector g0 = TVector.Zero, g1 = g0, h0 = g0, h1 = g0;
         int j2 = 0;
-        for (; j2 + 32 <= full; j2 += 32)
+        for (; j2 + 2 * width <= full; j2 += 2 * width)
         {
-            var a0 = Vector512.Load(d + j2) * Vector512.Load(xw + j2);
-            var a1 = Vector512.Load(d + j2 + 16) * Vector512.Load(xw + j2 + 16);
+            var a0 = TVector.Load(d + j2) * TVector.Load(xw + j2);
+            var a1 = TVector.Load(d + j2 + width) * TVector.Load(xw + j2 + width);
             g0 += a0;
             g1 += a1;
-            h0 = Vector512.FusedMultiplyAdd(a0, Vector512.Load(x + j2) - mu, h0);
-            h1 = Vector512.FusedMultiplyAdd(a1, Vector512.Load(x + j2 + 16) - mu, h1);
+            h0 = TVector.MultiplyAdd(a0, TVector.Load(x + j2) - mu, h0);
+            h1 = TVector.MultiplyAdd(a1, TVector.Load(x + j2 + width) - mu, h1);
         }
         if (j2 < full)
         {
-            var a0 = Vector512.Load(d + j2) * Vector512.Load(xw + j2);
+            var a0 = TVector.Load(d + j2) * TVector.Load(xw + j2);
             g0 += a0;
-            h0 = Vector512.FusedMultiplyAdd(a0, Vector512.Load(x + j2) - mu, h0);
+            h0 = TVector.MultiplyAdd(a0, TVector.Load(x + j2) - mu, h0);
         }
-        float g = Vector512.Sum(g0 + g1), h = Vector512.Sum(h0 + h1);
+        float g = TVector.Sum(g0 + g1), h = TVector.Sum(h0 + h1);
         for (int j = full; j < c; j++)
         {
             float a = d[j] * xw[j];

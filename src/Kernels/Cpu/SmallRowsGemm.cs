@@ -1,4 +1,5 @@
-using System.Runtime.Intrinsics;
+using System.Runtime.CompilerServices;
+using DistAlign.Kernels.Cpu.Simd;
 
 namespace DistAlign.Kernels.Cpu;
 
@@ -7,20 +8,24 @@ namespace DistAlign.Kernels.Cpu;
 /// where every step multiplies a few token vectors by every weight matrix. Packing B (the weights) would copy
 /// all of it every call for a few FLOPs per element, so B is streamed once, in place:
 /// <list type="bullet">
-/// <item>NN (C = A·B, B is [k, n]): per 16 columns, the m×16 block of C lives in 4 or 8 registers; for each k one
-/// load of B[k, j…j+15] feeds that many broadcast FMAs.</item>
-/// <item>NT (C = A·Bᵀ, B is [n, k]): per pair of columns, the rows B[j, ·] and B[j + 1, ·] are read once in 16-wide
-/// chunks against the m rows of A, then one horizontal sum per output.</item>
+/// <item>NN (C = A·B, B is [k, n]): per vector of columns (Count = 16, 8 or 4), the m×Count block of C lives in 4 or 8
+/// registers; for each k one load of B[k, j…j+Count−1] feeds that many broadcast FMAs.</item>
+/// <item>NT (C = A·Bᵀ, B is [n, k]): per pair of columns, the rows B[j, ·] and B[j + 1, ·] are read once in vector-wide
+/// chunks against the m rows of A, then one horizontal sum per output (one column at a time for 8 rows below Vector512,
+/// whose 16 registers cannot hold 16 accumulators).</item>
 /// </list>
-/// Columns are split between threads; every output adds its k terms in a fixed order, so results do not depend
-/// on the thread count.
+/// Everything runs at the widest accelerated width (<see cref="CpuVectors"/>). Columns are split between threads in units
+/// of 16; every output adds its k terms in a fixed order, so results do not depend on the thread count.
 /// </summary>
 internal static unsafe class SmallRowsGemm
 {
     public const int MaxRows = 8;
     private const int MinColumnsPerThread = 64;
 
-    public static bool Applies(int m, bool transA) => m <= MaxRows && !transA && Vector512.IsHardwareAccelerated;
+    /// <summary>Columns per unit of parallel work in NN (one 64-byte line of a row of B or C).</summary>
+    private const int ColumnUnit = 16;
+
+    public static bool Applies(int m, bool transA) => m <= MaxRows && !transA;
 
     public static void Run(int m, int n, int k, float alpha, float* a, int lda, float* b, int ldb, bool transB,
                            float beta, float* c, int ldc, float* bias)
@@ -29,9 +34,9 @@ internal static unsafe class SmallRowsGemm
             CpuParallel.For(n, MinColumnsPerThread, (start, end) => RunNT(m, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, start, end));
         else
         {
-            int chunks = (n + 15) / 16;
-            CpuParallel.For(chunks, MinColumnsPerThread / 16, (start, end) =>
-                RunNN(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, start * 16, Math.Min(end * 16, n)));
+            int units = (n + ColumnUnit - 1) / ColumnUnit;
+            CpuParallel.For(units, MinColumnsPerThread / ColumnUnit, (start, end) =>
+                RunNN(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, start * ColumnUnit, Math.Min(end * ColumnUnit, n)));
         }
     }
 
@@ -66,45 +71,39 @@ internal static unsafe class SmallRowsGemm
     private static void RunNN(int m, int n, int k, float alpha, float* a, int lda, float* b, int ldb, float beta, float* c, int ldc,
                               float* bias, int columnStart, int columnEnd)
     {
-        if (m <= 4) RunNN<FourRows>(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, columnStart, columnEnd);
-        else RunNN<EightRows>(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, columnStart, columnEnd);
+        switch (CpuVectors.Width)
+        {
+            case VectorWidth.Vector512: RunNN<Vector512Lanes>(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, columnStart, columnEnd); break;
+            case VectorWidth.Vector256: RunNN<Vector256Lanes>(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, columnStart, columnEnd); break;
+            default: RunNN<Vector128Lanes>(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, columnStart, columnEnd); break;
+        }
     }
 
-    /// <summary>NN: per 16 columns, C[i, j…j+15] = Σ_p A[i, p]·B[p, j…j+15] in TBlock.Rows register accumulators.</summary>
-    private static void RunNN<TBlock>(int m, int n, int k, float alpha, float* a, int lda, float* b, int ldb, float beta, float* c, int ldc,
-                                      float* bias, int columnStart, int columnEnd) where TBlock : struct, IRowBlock
+    private static void RunNN<TVector>(int m, int n, int k, float alpha, float* a, int lda, float* b, int ldb, float beta, float* c, int ldc,
+                                       float* bias, int columnStart, int columnEnd) where TVector : unmanaged, IFloatVector<TVector>
+    {
+        if (m <= 4) RunNN<TVector, FourRows>(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, columnStart, columnEnd);
+        else RunNN<TVector, EightRows>(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, columnStart, columnEnd);
+    }
+
+    /// <summary>
+    /// NN: per Count columns, C[i, j…j+Count−1] = Σ_p A[i, p]·B[p, j…j+Count−1] in TBlock.Rows register accumulators. With 4
+    /// rows below Vector512, two vectors of columns per pass (8 accumulators), so a pass down B covers a whole 64-byte line
+    /// at Vector256 (one vector a pass fetched every line of B twice: 1.08 ms against 0.75 at m = 1, n = 2304, k = 768).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]   // Tier 0 would call, not inline, every TVector operation
+    private static void RunNN<TVector, TBlock>(int m, int n, int k, float alpha, float* a, int lda, float* b, int ldb, float beta, float* c, int ldc,
+                                               float* bias, int columnStart, int columnEnd)
+        where TVector : unmanaged, IFloatVector<TVector> where TBlock : struct, IRowBlock
     {
         RowPointers(a, lda, m, out float* a0, out float* a1, out float* a2, out float* a3, out float* a4, out float* a5, out float* a6, out float* a7);
+        int width = TVector.Count;
         int j = columnStart;
-        for (; j + 16 <= columnEnd; j += 16)
-        {
-            Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default, c4 = default, c5 = default, c6 = default, c7 = default;
-            float* bp = b + j;
-            for (int p = 0; p < k; p++, bp += ldb)
-            {
-                var bv = Vector512.Load(bp);
-                c0 = Vector512.FusedMultiplyAdd(Vector512.Create(a0[p]), bv, c0);
-                c1 = Vector512.FusedMultiplyAdd(Vector512.Create(a1[p]), bv, c1);
-                c2 = Vector512.FusedMultiplyAdd(Vector512.Create(a2[p]), bv, c2);
-                c3 = Vector512.FusedMultiplyAdd(Vector512.Create(a3[p]), bv, c3);
-                if (TBlock.Rows > 4)
-                {
-                    c4 = Vector512.FusedMultiplyAdd(Vector512.Create(a4[p]), bv, c4);
-                    c5 = Vector512.FusedMultiplyAdd(Vector512.Create(a5[p]), bv, c5);
-                    c6 = Vector512.FusedMultiplyAdd(Vector512.Create(a6[p]), bv, c6);
-                    c7 = Vector512.FusedMultiplyAdd(Vector512.Create(a7[p]), bv, c7);
-                }
-            }
-            var biasVector = bias != null ? Vector512.Load(bias + j) : Vector512<float>.Zero;
-            Span<Vector512<float>> results = [c0, c1, c2, c3, c4, c5, c6, c7];
-            for (int i = 0; i < m; i++)
-            {
-                float* row = c + (nint)i * ldc + j;
-                var result = results[i] * alpha;
-                if (beta != 0f) result = Vector512.FusedMultiplyAdd(Vector512.Load(row), Vector512.Create(beta), result);
-                (result + biasVector).Store(row);
-            }
-        }
+        if (width < 16 && TBlock.Rows == 4)   // JIT-time constant
+            for (; j + 2 * width <= columnEnd; j += 2 * width)
+                NNColumns<TVector, TBlock>(true, m, k, alpha, a0, a1, a2, a3, a4, a5, a6, a7, b, ldb, beta, c, ldc, bias, j);
+        for (; j + width <= columnEnd; j += width)
+            NNColumns<TVector, TBlock>(false, m, k, alpha, a0, a1, a2, a3, a4, a5, a6, a7, b, ldb, beta, c, ldc, bias, j);
         for (; j < columnEnd; j++)
             for (int i = 0; i < m; i++)
             {
@@ -114,53 +113,154 @@ internal static unsafe class SmallRowsGemm
             }
     }
 
+    /// <summary>
+    /// One pass of <see cref="RunNN{TVector, TBlock}"/>: columns j… of C, one vector of them or (<paramref name="two"/>, 4 rows only)
+    /// two, for all m rows. <paramref name="two"/> is a constant at each call, so each copy inlined keeps only its own path.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void NNColumns<TVector, TBlock>(bool two, int m, int k, float alpha, float* a0, float* a1, float* a2, float* a3,
+                                                  float* a4, float* a5, float* a6, float* a7, float* b, int ldb, float beta, float* c, int ldc,
+                                                  float* bias, int j)
+        where TVector : unmanaged, IFloatVector<TVector> where TBlock : struct, IRowBlock
+    {
+        int width = TVector.Count;
+        TVector c0 = default, c1 = default, c2 = default, c3 = default, c4 = default, c5 = default, c6 = default, c7 = default;
+        TVector e0 = default, e1 = default, e2 = default, e3 = default;
+        float* bp = b + j;
+        for (int p = 0; p < k; p++, bp += ldb)
+        {
+            var bv = TVector.Load(bp);
+            float s0 = a0[p], s1 = a1[p], s2 = a2[p], s3 = a3[p];
+            c0 = TVector.MultiplyAdd(TVector.Create(s0), bv, c0);
+            c1 = TVector.MultiplyAdd(TVector.Create(s1), bv, c1);
+            c2 = TVector.MultiplyAdd(TVector.Create(s2), bv, c2);
+            c3 = TVector.MultiplyAdd(TVector.Create(s3), bv, c3);
+            if (two)
+            {
+                var bw = TVector.Load(bp + width);
+                e0 = TVector.MultiplyAdd(TVector.Create(s0), bw, e0);
+                e1 = TVector.MultiplyAdd(TVector.Create(s1), bw, e1);
+                e2 = TVector.MultiplyAdd(TVector.Create(s2), bw, e2);
+                e3 = TVector.MultiplyAdd(TVector.Create(s3), bw, e3);
+            }
+            else if (TBlock.Rows > 4)
+            {
+                float s4 = a4[p], s5 = a5[p], s6 = a6[p], s7 = a7[p];
+                c4 = TVector.MultiplyAdd(TVector.Create(s4), bv, c4);
+                c5 = TVector.MultiplyAdd(TVector.Create(s5), bv, c5);
+                c6 = TVector.MultiplyAdd(TVector.Create(s6), bv, c6);
+                c7 = TVector.MultiplyAdd(TVector.Create(s7), bv, c7);
+            }
+        }
+        Span<TVector> results = [c0, c1, c2, c3, c4, c5, c6, c7];
+        StoreColumns(results, m, alpha, beta, c, ldc, bias, j);
+        if (two)
+        {
+            Span<TVector> second = [e0, e1, e2, e3];
+            StoreColumns(second, m, alpha, beta, c, ldc, bias, j + width);
+        }
+    }
+
+    /// <summary>C[i, j…j+Count−1] = α·results[i] + β·C[i, …] (+ bias) for i &lt; m; β = 0 never reads C.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreColumns<TVector>(Span<TVector> results, int m, float alpha, float beta, float* c, int ldc, float* bias, int j)
+        where TVector : unmanaged, IFloatVector<TVector>
+    {
+        var biasVector = bias != null ? TVector.Load(bias + j) : TVector.Zero;
+        for (int i = 0; i < m; i++)
+        {
+            float* row = c + (nint)i * ldc + j;
+            var result = results[i] * TVector.Create(alpha);
+            if (beta != 0f) result = TVector.MultiplyAdd(TVector.Load(row), TVector.Create(beta), result);
+            (result + biasVector).Store(row);
+        }
+    }
+
     private static void RunNT(int m, int k, float alpha, float* a, int lda, float* b, int ldb, float beta, float* c, int ldc,
                               float* bias, int columnStart, int columnEnd)
     {
-        if (m <= 4) RunNT<FourRows>(m, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, columnStart, columnEnd);
-        else RunNT<EightRows>(m, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, columnStart, columnEnd);
+        switch (CpuVectors.Width)
+        {
+            case VectorWidth.Vector512: RunNT<Vector512Lanes>(m, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, columnStart, columnEnd); break;
+            case VectorWidth.Vector256: RunNT<Vector256Lanes>(m, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, columnStart, columnEnd); break;
+            default: RunNT<Vector128Lanes>(m, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, columnStart, columnEnd); break;
+        }
+    }
+
+    private static void RunNT<TVector>(int m, int k, float alpha, float* a, int lda, float* b, int ldb, float beta, float* c, int ldc,
+                                       float* bias, int columnStart, int columnEnd) where TVector : unmanaged, IFloatVector<TVector>
+    {
+        if (m <= 4) RunNT<TVector, FourRows>(m, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, columnStart, columnEnd);
+        else RunNT<TVector, EightRows>(m, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, columnStart, columnEnd);
     }
 
     /// <summary>
     /// NT: C[i, j] = Σ_p A[i, p]·B[j, p]. Columns go in pairs: the rows B[j, ·] and B[j + 1, ·] are read once in
-    /// 16-wide chunks against the (L1-resident) rows of A, so each A chunk loaded feeds two FMAs; then one horizontal
-    /// sum per output. A last odd column runs alone.
+    /// vector-wide chunks against the (L1-resident) rows of A, so each A chunk loaded feeds two FMAs; then one horizontal
+    /// sum per output. A last odd column runs alone. With 8 rows below Vector512 the columns go one at a time instead
+    /// (8 accumulators: 16 and their operands would not fit the 16 vector registers of AVX2 or SSE). Each output's
+    /// sum is the same either way.
     /// </summary>
-    private static void RunNT<TBlock>(int m, int k, float alpha, float* a, int lda, float* b, int ldb, float beta, float* c, int ldc,
-                                      float* bias, int columnStart, int columnEnd) where TBlock : struct, IRowBlock
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]   // Tier 0 would call, not inline, every TVector operation
+    private static void RunNT<TVector, TBlock>(int m, int k, float alpha, float* a, int lda, float* b, int ldb, float beta, float* c, int ldc,
+                                               float* bias, int columnStart, int columnEnd)
+        where TVector : unmanaged, IFloatVector<TVector> where TBlock : struct, IRowBlock
     {
         RowPointers(a, lda, m, out float* a0, out float* a1, out float* a2, out float* a3, out float* a4, out float* a5, out float* a6, out float* a7);
-        int vectorK = k & ~15;
+        int width = TVector.Count;
+        int vectorK = k & ~(width - 1);
+        bool pairs = width == 16 || TBlock.Rows == 4;   // JIT-time constant
+        int step = pairs ? 2 : 1;
         Span<float> sums = stackalloc float[2 * TBlock.Rows];
-        for (int j = columnStart; j < columnEnd; j += 2)
+        for (int j = columnStart; j < columnEnd; j += step)
         {
-            int columns = Math.Min(2, columnEnd - j);
+            int columns = Math.Min(step, columnEnd - j);
             float* bRow = b + (nint)j * ldb, bNext = columns == 2 ? bRow + ldb : bRow;   // a lone last column pairs with itself
-            Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default, c4 = default, c5 = default, c6 = default, c7 = default;
-            Vector512<float> d0 = default, d1 = default, d2 = default, d3 = default, d4 = default, d5 = default, d6 = default, d7 = default;
-            for (int p = 0; p < vectorK; p += 16)
+            TVector c0 = TVector.Zero, c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0;
+            TVector d0 = c0, d1 = c0, d2 = c0, d3 = c0, d4 = c0, d5 = c0, d6 = c0, d7 = c0;
+            for (int p = 0; p < vectorK; p += width)
             {
-                var bv = Vector512.Load(bRow + p);
-                var bw = Vector512.Load(bNext + p);
-                var x = Vector512.Load(a0 + p); c0 = Vector512.FusedMultiplyAdd(x, bv, c0); d0 = Vector512.FusedMultiplyAdd(x, bw, d0);
-                x = Vector512.Load(a1 + p); c1 = Vector512.FusedMultiplyAdd(x, bv, c1); d1 = Vector512.FusedMultiplyAdd(x, bw, d1);
-                x = Vector512.Load(a2 + p); c2 = Vector512.FusedMultiplyAdd(x, bv, c2); d2 = Vector512.FusedMultiplyAdd(x, bw, d2);
-                x = Vector512.Load(a3 + p); c3 = Vector512.FusedMultiplyAdd(x, bv, c3); d3 = Vector512.FusedMultiplyAdd(x, bw, d3);
-                if (TBlock.Rows > 4)
+                var bv = TVector.Load(bRow + p);
+                if (pairs)
                 {
-                    x = Vector512.Load(a4 + p); c4 = Vector512.FusedMultiplyAdd(x, bv, c4); d4 = Vector512.FusedMultiplyAdd(x, bw, d4);
-                    x = Vector512.Load(a5 + p); c5 = Vector512.FusedMultiplyAdd(x, bv, c5); d5 = Vector512.FusedMultiplyAdd(x, bw, d5);
-                    x = Vector512.Load(a6 + p); c6 = Vector512.FusedMultiplyAdd(x, bv, c6); d6 = Vector512.FusedMultiplyAdd(x, bw, d6);
-                    x = Vector512.Load(a7 + p); c7 = Vector512.FusedMultiplyAdd(x, bv, c7); d7 = Vector512.FusedMultiplyAdd(x, bw, d7);
+                    var bw = TVector.Load(bNext + p);
+                    var x = TVector.Load(a0 + p); c0 = TVector.MultiplyAdd(x, bv, c0); d0 = TVector.MultiplyAdd(x, bw, d0);
+                    x = TVector.Load(a1 + p); c1 = TVector.MultiplyAdd(x, bv, c1); d1 = TVector.MultiplyAdd(x, bw, d1);
+                    x = TVector.Load(a2 + p); c2 = TVector.MultiplyAdd(x, bv, c2); d2 = TVector.MultiplyAdd(x, bw, d2);
+                    x = TVector.Load(a3 + p); c3 = TVector.MultiplyAdd(x, bv, c3); d3 = TVector.MultiplyAdd(x, bw, d3);
+                    if (TBlock.Rows > 4)
+                    {
+                        x = TVector.Load(a4 + p); c4 = TVector.MultiplyAdd(x, bv, c4); d4 = TVector.MultiplyAdd(x, bw, d4);
+                        x = TVector.Load(a5 + p); c5 = TVector.MultiplyAdd(x, bv, c5); d5 = TVector.MultiplyAdd(x, bw, d5);
+                        x = TVector.Load(a6 + p); c6 = TVector.MultiplyAdd(x, bv, c6); d6 = TVector.MultiplyAdd(x, bw, d6);
+                        x = TVector.Load(a7 + p); c7 = TVector.MultiplyAdd(x, bv, c7); d7 = TVector.MultiplyAdd(x, bw, d7);
+                    }
+                }
+                else
+                {
+                    c0 = TVector.MultiplyAdd(TVector.Load(a0 + p), bv, c0);
+                    c1 = TVector.MultiplyAdd(TVector.Load(a1 + p), bv, c1);
+                    c2 = TVector.MultiplyAdd(TVector.Load(a2 + p), bv, c2);
+                    c3 = TVector.MultiplyAdd(TVector.Load(a3 + p), bv, c3);
+                    c4 = TVector.MultiplyAdd(TVector.Load(a4 + p), bv, c4);
+                    c5 = TVector.MultiplyAdd(TVector.Load(a5 + p), bv, c5);
+                    c6 = TVector.MultiplyAdd(TVector.Load(a6 + p), bv, c6);
+                    c7 = TVector.MultiplyAdd(TVector.Load(a7 + p), bv, c7);
                 }
             }
             int r = TBlock.Rows;
-            sums[0] = Vector512.Sum(c0); sums[1] = Vector512.Sum(c1); sums[2] = Vector512.Sum(c2); sums[3] = Vector512.Sum(c3);
-            sums[r] = Vector512.Sum(d0); sums[r + 1] = Vector512.Sum(d1); sums[r + 2] = Vector512.Sum(d2); sums[r + 3] = Vector512.Sum(d3);
+            sums[0] = TVector.Sum(c0); sums[1] = TVector.Sum(c1); sums[2] = TVector.Sum(c2); sums[3] = TVector.Sum(c3);
             if (TBlock.Rows > 4)
             {
-                sums[4] = Vector512.Sum(c4); sums[5] = Vector512.Sum(c5); sums[6] = Vector512.Sum(c6); sums[7] = Vector512.Sum(c7);
-                sums[r + 4] = Vector512.Sum(d4); sums[r + 5] = Vector512.Sum(d5); sums[r + 6] = Vector512.Sum(d6); sums[r + 7] = Vector512.Sum(d7);
+                sums[4] = TVector.Sum(c4); sums[5] = TVector.Sum(c5); sums[6] = TVector.Sum(c6); sums[7] = TVector.Sum(c7);
+            }
+            if (pairs)
+            {
+                sums[r] = TVector.Sum(d0); sums[r + 1] = TVector.Sum(d1); sums[r + 2] = TVector.Sum(d2); sums[r + 3] = TVector.Sum(d3);
+                if (TBlock.Rows > 4)
+                {
+                    sums[r + 4] = TVector.Sum(d4); sums[r + 5] = TVector.Sum(d5); sums[r + 6] = TVector.Sum(d6); sums[r + 7] = TVector.Sum(d7);
+                }
             }
             for (int column = 0; column < columns; column++)
             {
