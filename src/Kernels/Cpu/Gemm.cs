@@ -321,8 +321,8 @@ public static unsafe class Gemm
         switch (width)
         {
             case VectorWidth.Vector512: Kernel12x32(kc, a, b, c, ldc, output); break;
-            case VectorWidth.Vector256: Kernel6xTwoVectors<Tile256, Vector256<float>>(kc, a, b, c, ldc, output); break;
-            default: Kernel6xTwoVectors<Tile128, Vector128<float>>(kc, a, b, c, ldc, output); break;
+            case VectorWidth.Vector256: Kernel6xTwoVectors<RegisterTile256, Vector256<float>, Vector256Lanes>(kc, a, b, c, ldc, output); break;
+            default: Kernel6xTwoVectors<RegisterTile128, Vector128<float>, Vector128Lanes>(kc, a, b, c, ldc, output); break;
         }
     }
 
@@ -529,57 +529,29 @@ public static unsafe class Gemm
             b += Nr512;
         }
 
-        StoreRow512(c, r0l, r0h, output); c += ldc;
-        StoreRow512(c, r1l, r1h, output); c += ldc;
-        StoreRow512(c, r2l, r2h, output); c += ldc;
-        StoreRow512(c, r3l, r3h, output); c += ldc;
-        StoreRow512(c, r4l, r4h, output); c += ldc;
-        StoreRow512(c, r5l, r5h, output); c += ldc;
-        StoreRow512(c, r6l, r6h, output); c += ldc;
-        StoreRow512(c, r7l, r7h, output); c += ldc;
-        StoreRow512(c, r8l, r8h, output); c += ldc;
-        StoreRow512(c, r9l, r9h, output); c += ldc;
-        StoreRow512(c, r10l, r10h, output); c += ldc;
-        StoreRow512(c, r11l, r11h, output);
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void StoreRow512(float* c, Vector512<float> lo, Vector512<float> hi, in TileOutput output)
-    {
-        float alpha = output.Alpha, beta = output.Beta;
-        float* bias = output.Bias;
-        Vector512<float> va = Vector512.Create(alpha);
-        if (beta == 0f)
-        {
-            lo *= va;
-            hi *= va;
-        }
-        else
-        {
-            Vector512<float> vb = Vector512.Create(beta);
-            lo = Vector512.FusedMultiplyAdd(lo, va, Vector512.Load(c) * vb);
-            hi = Vector512.FusedMultiplyAdd(hi, va, Vector512.Load(c + 16) * vb);
-        }
-        if (bias != null)
-        {
-            lo += Vector512.Load(bias);
-            hi += Vector512.Load(bias + 16);
-        }
-        lo.Store(c);
-        hi.Store(c + 16);
+        StoreRow<RegisterTile512, Vector512<float>, Vector512Lanes>(c, r0l, r0h, output); c += ldc;
+        StoreRow<RegisterTile512, Vector512<float>, Vector512Lanes>(c, r1l, r1h, output); c += ldc;
+        StoreRow<RegisterTile512, Vector512<float>, Vector512Lanes>(c, r2l, r2h, output); c += ldc;
+        StoreRow<RegisterTile512, Vector512<float>, Vector512Lanes>(c, r3l, r3h, output); c += ldc;
+        StoreRow<RegisterTile512, Vector512<float>, Vector512Lanes>(c, r4l, r4h, output); c += ldc;
+        StoreRow<RegisterTile512, Vector512<float>, Vector512Lanes>(c, r5l, r5h, output); c += ldc;
+        StoreRow<RegisterTile512, Vector512<float>, Vector512Lanes>(c, r6l, r6h, output); c += ldc;
+        StoreRow<RegisterTile512, Vector512<float>, Vector512Lanes>(c, r7l, r7h, output); c += ldc;
+        StoreRow<RegisterTile512, Vector512<float>, Vector512Lanes>(c, r8l, r8h, output); c += ldc;
+        StoreRow<RegisterTile512, Vector512<float>, Vector512Lanes>(c, r9l, r9h, output); c += ldc;
+        StoreRow<RegisterTile512, Vector512<float>, Vector512Lanes>(c, r10l, r10h, output); c += ldc;
+        StoreRow<RegisterTile512, Vector512<float>, Vector512Lanes>(c, r11l, r11h, output);
     }
 
     /// <summary>
     /// 6 rows × 2 vectors tile (6×16 on Vector256, 6×8 on Vector128). Registers: acc rows r0..r5 × halves = 12;
     /// b0/b1 = the B row; x = the broadcast A element: 15 of the 16 ymm/xmm registers. Written over the raw vector type
-    /// through <see cref="IRegisterTile{TVector}"/>, not over <see cref="IFloatVector{TSelf}"/>'s wrapper structs: with every
-    /// register taken, the JIT copies a wrapper-typed FMA result into its accumulator (7 extra vmovaps per k step, the loop
-    /// then bound by the front end on 4- and 5-wide cores), while on the raw type each FMA accumulates in place (checked
-    /// in the generated code: 2 loads, 6 broadcasts, 12 vfmadd231ps and the loop counter per k step).
+    /// through <see cref="IRegisterTile{TVector}"/> (see there why), so each FMA accumulates in place (checked in the generated
+    /// code: 2 loads, 6 broadcasts from memory and 12 vfmadd231ps per k step).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Kernel6xTwoVectors<TTile, TVector>(int kc, float* a, float* b, float* c, nint ldc, in TileOutput output)
-        where TTile : IRegisterTile<TVector> where TVector : unmanaged
+    private static void Kernel6xTwoVectors<TTile, TVector, TLanes>(int kc, float* a, float* b, float* c, nint ldc, in TileOutput output)
+        where TTile : IRegisterTile<TVector, TLanes> where TVector : unmanaged where TLanes : unmanaged, IFloatVector<TLanes>
     {
         int w = TTile.Count;
         TVector r0l = TTile.Zero, r0h = r0l, r1l = r0l, r1h = r0l, r2l = r0l, r2h = r0l;
@@ -606,12 +578,12 @@ public static unsafe class Gemm
         if (q < kc)
             Step<TTile, TVector>(a, b, w, ref r0l, ref r0h, ref r1l, ref r1h, ref r2l, ref r2h, ref r3l, ref r3h, ref r4l, ref r4h, ref r5l, ref r5h);
 
-        TTile.StoreRow(c, r0l, r0h, output); c += ldc;
-        TTile.StoreRow(c, r1l, r1h, output); c += ldc;
-        TTile.StoreRow(c, r2l, r2h, output); c += ldc;
-        TTile.StoreRow(c, r3l, r3h, output); c += ldc;
-        TTile.StoreRow(c, r4l, r4h, output); c += ldc;
-        TTile.StoreRow(c, r5l, r5h, output);
+        StoreRow<TTile, TVector, TLanes>(c, r0l, r0h, output); c += ldc;
+        StoreRow<TTile, TVector, TLanes>(c, r1l, r1h, output); c += ldc;
+        StoreRow<TTile, TVector, TLanes>(c, r2l, r2h, output); c += ldc;
+        StoreRow<TTile, TVector, TLanes>(c, r3l, r3h, output); c += ldc;
+        StoreRow<TTile, TVector, TLanes>(c, r4l, r4h, output); c += ldc;
+        StoreRow<TTile, TVector, TLanes>(c, r5l, r5h, output);
     }
 
     /// <summary>One k step of the 6 × 2-vector tile: the B row's two vectors times each of the six A values.</summary>
@@ -632,54 +604,20 @@ public static unsafe class Gemm
         x = TTile.Broadcast(a[5]); r5l = TTile.MultiplyAdd(x, b0, r5l); r5h = TTile.MultiplyAdd(x, b1, r5h);
     }
 
-    /// <summary>The few operations a register-tile micro-kernel needs, on a raw vector type (see <see cref="Kernel6xTwoVectors{TTile, TVector}"/>).</summary>
-    private interface IRegisterTile<TVector> where TVector : unmanaged
-    {
-        static abstract int Count { get; }
-        static abstract TVector Zero { get; }
-        static abstract TVector Load(float* source);
-        static abstract TVector Broadcast(float value);
-        /// <summary>a·b + c, fused where the hardware fuses (never emulated).</summary>
-        static abstract TVector MultiplyAdd(TVector a, TVector b, TVector c);
-        /// <summary>One row of two vectors: c = α·acc + β·c (+ bias); β = 0 never reads C.</summary>
-        static abstract void StoreRow(float* c, TVector lo, TVector hi, in TileOutput output);
-    }
-
-    private readonly struct Tile256 : IRegisterTile<Vector256<float>>
-    {
-        public static int Count => Vector256<float>.Count;
-        public static Vector256<float> Zero { [MethodImpl(MethodImplOptions.AggressiveInlining)] get => Vector256<float>.Zero; }
-        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> Load(float* source) => Vector256.Load(source);
-        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> Broadcast(float value) => Vector256.Create(value);
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector256<float> MultiplyAdd(Vector256<float> a, Vector256<float> b, Vector256<float> c) => Vector256.MultiplyAddEstimate(a, b, c);
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void StoreRow(float* c, Vector256<float> lo, Vector256<float> hi, in TileOutput output) =>
-            Gemm.StoreRow(c, new Vector256Lanes(lo), new Vector256Lanes(hi), output);
-    }
-
-    private readonly struct Tile128 : IRegisterTile<Vector128<float>>
-    {
-        public static int Count => Vector128<float>.Count;
-        public static Vector128<float> Zero { [MethodImpl(MethodImplOptions.AggressiveInlining)] get => Vector128<float>.Zero; }
-        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector128<float> Load(float* source) => Vector128.Load(source);
-        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector128<float> Broadcast(float value) => Vector128.Create(value);
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector128<float> MultiplyAdd(Vector128<float> a, Vector128<float> b, Vector128<float> c) => Vector128.MultiplyAddEstimate(a, b, c);
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void StoreRow(float* c, Vector128<float> lo, Vector128<float> hi, in TileOutput output) =>
-            Gemm.StoreRow(c, new Vector128Lanes(lo), new Vector128Lanes(hi), output);
-    }
-
-    /// <summary>One row of two vectors: c = α·acc + β·c (+ bias); β = 0 never reads C.</summary>
+    /// <summary>One row of two vectors: c = α·acc + β·c (+ bias); β = 0 never reads C. Runs once per tile, after the k loop, so it
+    /// is written over the lanes' readable operators (<see cref="IRegisterTile{TVector, TLanes}.Lanes"/>).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void StoreRow<TVector>(float* c, TVector lo, TVector hi, in TileOutput output)
-        where TVector : unmanaged, IFloatVector<TVector>
+    private static void StoreRow<TTile, TVector, TLanes>(float* c, TVector accLo, TVector accHi, in TileOutput output)
+        where TTile : IRegisterTile<TVector, TLanes> where TVector : unmanaged where TLanes : unmanaged, IFloatVector<TLanes> =>
+        StoreRow(c, TTile.Lanes(accLo), TTile.Lanes(accHi), output);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreRow<TLanes>(float* c, TLanes lo, TLanes hi, in TileOutput output) where TLanes : unmanaged, IFloatVector<TLanes>
     {
+        int w = TLanes.Count;
         float alpha = output.Alpha, beta = output.Beta;
         float* bias = output.Bias;
-        int w = TVector.Count;
-        TVector va = TVector.Create(alpha);
+        TLanes va = TLanes.Create(alpha);
         if (beta == 0f)
         {
             lo *= va;
@@ -687,14 +625,14 @@ public static unsafe class Gemm
         }
         else
         {
-            TVector vb = TVector.Create(beta);
-            lo = TVector.MultiplyAdd(lo, va, TVector.Load(c) * vb);
-            hi = TVector.MultiplyAdd(hi, va, TVector.Load(c + w) * vb);
+            TLanes vb = TLanes.Create(beta);
+            lo = TLanes.MultiplyAdd(lo, va, TLanes.Load(c) * vb);
+            hi = TLanes.MultiplyAdd(hi, va, TLanes.Load(c + w) * vb);
         }
         if (bias != null)
         {
-            lo += TVector.Load(bias);
-            hi += TVector.Load(bias + w);
+            lo += TLanes.Load(bias);
+            hi += TLanes.Load(bias + w);
         }
         lo.Store(c);
         hi.Store(c + w);
