@@ -129,7 +129,8 @@ public class AttentionCompute
     private static float PeakBlock(int seed) =>
         Vector512.IsHardwareAccelerated ? PeakBlock<RegisterTile512, Vector512<float>, Vector512Lanes>(seed)
         : Vector256.IsHardwareAccelerated ? PeakBlock<RegisterTile256, Vector256<float>, Vector256Lanes>(seed)
-        : PeakBlock<RegisterTile128, Vector128<float>, Vector128Lanes>(seed);
+        : Vector128.IsHardwareAccelerated ? PeakBlock<RegisterTile128, Vector128<float>, Vector128Lanes>(seed)
+        : PeakBlock<RegisterTileScalar, float, ScalarLanes>(seed);
 
     /// <summary>Eight independent FMA chains, as many FLOPs per call at every width (16 / Count times the iterations).</summary>
     private static float PeakBlock<TTile, TVector, TLanes>(int seed)

@@ -19,7 +19,8 @@ internal static class VectorWidths
     {
         VectorWidth.Vector512 => Apply<TFunction, Vector512Lanes>(x, function),
         VectorWidth.Vector256 => Apply<TFunction, Vector256Lanes>(x, function),
-        _ => Apply<TFunction, Vector128Lanes>(x, function),
+        VectorWidth.Vector128 => Apply<TFunction, Vector128Lanes>(x, function),
+        _ => Apply<TFunction, ScalarLanes>(x, function),
     };
 
     private static unsafe float[] Apply<TFunction, TVector>(float[] x, TFunction function)

@@ -72,7 +72,8 @@ public static class AdamW
         {
             case VectorWidth.Vector512: Update<Vector512Lanes>(p, g, m, v, start, end, k); break;
             case VectorWidth.Vector256: Update<Vector256Lanes>(p, g, m, v, start, end, k); break;
-            default: Update<Vector128Lanes>(p, g, m, v, start, end, k); break;
+            case VectorWidth.Vector128: Update<Vector128Lanes>(p, g, m, v, start, end, k); break;
+            default: Update<ScalarLanes>(p, g, m, v, start, end, k); break;
         }
     }
 

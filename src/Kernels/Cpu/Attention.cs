@@ -82,7 +82,8 @@ public static class Attention
         {
             case VectorWidth.Vector512: ForwardHead<Vector512Lanes>(token0, c, hs, t, seg, att, out0, scale); break;
             case VectorWidth.Vector256: ForwardHead<Vector256Lanes>(token0, c, hs, t, seg, att, out0, scale); break;
-            default: ForwardHead<Vector128Lanes>(token0, c, hs, t, seg, att, out0, scale); break;
+            case VectorWidth.Vector128: ForwardHead<Vector128Lanes>(token0, c, hs, t, seg, att, out0, scale); break;
+            default: ForwardHead<ScalarLanes>(token0, c, hs, t, seg, att, out0, scale); break;
         }
     }
 
@@ -311,7 +312,8 @@ public static class Attention
         {
             case VectorWidth.Vector512: ForwardHead64<Vector512Lanes>(token0, c, t, seg, att, out0, scale, keysTransposed, scores, paddedT); break;
             case VectorWidth.Vector256: ForwardHead64<Vector256Lanes>(token0, c, t, seg, att, out0, scale, keysTransposed, scores, paddedT); break;
-            default: ForwardHead64<Vector128Lanes>(token0, c, t, seg, att, out0, scale, keysTransposed, scores, paddedT); break;
+            case VectorWidth.Vector128: ForwardHead64<Vector128Lanes>(token0, c, t, seg, att, out0, scale, keysTransposed, scores, paddedT); break;
+            default: ForwardHead64<ScalarLanes>(token0, c, t, seg, att, out0, scale, keysTransposed, scores, paddedT); break;
         }
     }
 
@@ -408,7 +410,8 @@ public static class Attention
         {
             case VectorWidth.Vector512: BackwardHead<Vector512Lanes>(dOut0, out0, token0, dToken0, att, c, hs, t, scale); break;
             case VectorWidth.Vector256: BackwardHead<Vector256Lanes>(dOut0, out0, token0, dToken0, att, c, hs, t, scale); break;
-            default: BackwardHead<Vector128Lanes>(dOut0, out0, token0, dToken0, att, c, hs, t, scale); break;
+            case VectorWidth.Vector128: BackwardHead<Vector128Lanes>(dOut0, out0, token0, dToken0, att, c, hs, t, scale); break;
+            default: BackwardHead<ScalarLanes>(dOut0, out0, token0, dToken0, att, c, hs, t, scale); break;
         }
     }
 
@@ -457,7 +460,8 @@ public static class Attention
         {
             case VectorWidth.Vector512: BackwardHead64<Vector512Lanes>(dOut0, out0, token0, dToken0, att, c, t, scale, valuesTransposed, dScores, paddedT); break;
             case VectorWidth.Vector256: BackwardHead64<Vector256Lanes>(dOut0, out0, token0, dToken0, att, c, t, scale, valuesTransposed, dScores, paddedT); break;
-            default: BackwardHead64<Vector128Lanes>(dOut0, out0, token0, dToken0, att, c, t, scale, valuesTransposed, dScores, paddedT); break;
+            case VectorWidth.Vector128: BackwardHead64<Vector128Lanes>(dOut0, out0, token0, dToken0, att, c, t, scale, valuesTransposed, dScores, paddedT); break;
+            default: BackwardHead64<ScalarLanes>(dOut0, out0, token0, dToken0, att, c, t, scale, valuesTransposed, dScores, paddedT); break;
         }
     }
 

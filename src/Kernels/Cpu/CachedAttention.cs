@@ -62,7 +62,8 @@ public static class CachedAttention
         {
             case VectorWidth.Vector512: Head<Vector512Lanes>(q, k, v, c, hs, span, scale, o, weights); break;
             case VectorWidth.Vector256: Head<Vector256Lanes>(q, k, v, c, hs, span, scale, o, weights); break;
-            default: Head<Vector128Lanes>(q, k, v, c, hs, span, scale, o, weights); break;
+            case VectorWidth.Vector128: Head<Vector128Lanes>(q, k, v, c, hs, span, scale, o, weights); break;
+            default: Head<ScalarLanes>(q, k, v, c, hs, span, scale, o, weights); break;
         }
     }
 

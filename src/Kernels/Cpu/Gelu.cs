@@ -56,7 +56,8 @@ public static class Gelu
         {
             case VectorWidth.Vector512: ForwardRange<Vector512Lanes>(x, o, start, end); break;
             case VectorWidth.Vector256: ForwardRange<Vector256Lanes>(x, o, start, end); break;
-            default: ForwardRange<Vector128Lanes>(x, o, start, end); break;
+            case VectorWidth.Vector128: ForwardRange<Vector128Lanes>(x, o, start, end); break;
+            default: ForwardRange<ScalarLanes>(x, o, start, end); break;
         }
     }
 
@@ -66,7 +67,8 @@ public static class Gelu
         {
             case VectorWidth.Vector512: BackwardRange<Vector512Lanes>(d, x, g, start, end); break;
             case VectorWidth.Vector256: BackwardRange<Vector256Lanes>(d, x, g, start, end); break;
-            default: BackwardRange<Vector128Lanes>(d, x, g, start, end); break;
+            case VectorWidth.Vector128: BackwardRange<Vector128Lanes>(d, x, g, start, end); break;
+            default: BackwardRange<ScalarLanes>(d, x, g, start, end); break;
         }
     }
 

@@ -81,7 +81,8 @@ public static unsafe class Gemm
     {
         VectorWidth.Vector512 => $"Vector512 {Mr512}×{Nr512}",
         VectorWidth.Vector256 => $"Vector256 {Mr6}×{2 * Vector256Lanes.Count}",
-        _ => $"Vector128 {Mr6}×{2 * Vector128Lanes.Count}",
+        VectorWidth.Vector128 => $"Vector128 {Mr6}×{2 * Vector128Lanes.Count}",
+        _ => $"scalar {Mr6}×2",
     };
 
     /// <summary>
@@ -183,7 +184,11 @@ public static unsafe class Gemm
     {
         var width = CpuVectors.Width;
         int mr = width == VectorWidth.Vector512 ? Mr512 : Mr6;
-        int nr = width switch { VectorWidth.Vector512 => Nr512, VectorWidth.Vector256 => 2 * Vector256Lanes.Count, _ => 2 * Vector128Lanes.Count };
+        int nr = width switch
+        {
+            VectorWidth.Vector512 => Nr512, VectorWidth.Vector256 => 2 * Vector256Lanes.Count,
+            VectorWidth.Vector128 => 2 * Vector128Lanes.Count, _ => 2 * ScalarLanes.Count,
+        };
         int mPanels = (p.M + mr - 1) / mr, nPanels = (p.N + nr - 1) / nr;
         int threads = CpuParallel.Threads;
 
@@ -322,7 +327,8 @@ public static unsafe class Gemm
         {
             case VectorWidth.Vector512: Kernel12x32(kc, a, b, c, ldc, output); break;
             case VectorWidth.Vector256: Kernel6xTwoVectors<RegisterTile256, Vector256<float>, Vector256Lanes>(kc, a, b, c, ldc, output); break;
-            default: Kernel6xTwoVectors<RegisterTile128, Vector128<float>, Vector128Lanes>(kc, a, b, c, ldc, output); break;
+            case VectorWidth.Vector128: Kernel6xTwoVectors<RegisterTile128, Vector128<float>, Vector128Lanes>(kc, a, b, c, ldc, output); break;
+            default: Kernel6xTwoVectors<RegisterTileScalar, float, ScalarLanes>(kc, a, b, c, ldc, output); break;
         }
     }
 
@@ -431,7 +437,7 @@ public static unsafe class Gemm
             float* panel = dst + (nint)jr * kc;
             float* src = p.B + (jc + jr) * ldb + pc;
             int q = 0;
-            if (cols == nr && Sse.IsSupported)
+            if (cols == nr && nr % 4 == 0 && Sse.IsSupported)
             {
                 for (; q + 4 <= kc; q += 4)
                 {

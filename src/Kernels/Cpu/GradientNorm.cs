@@ -63,7 +63,8 @@ public static class GradientNorm
     {
         VectorWidth.Vector512 => BlockSumOfSquares<Vector512Lanes>(x, length),
         VectorWidth.Vector256 => BlockSumOfSquares<Vector256Lanes>(x, length),
-        _ => BlockSumOfSquares<Vector128Lanes>(x, length),
+        VectorWidth.Vector128 => BlockSumOfSquares<Vector128Lanes>(x, length),
+        _ => BlockSumOfSquares<ScalarLanes>(x, length),
     };
 
     /// <summary>

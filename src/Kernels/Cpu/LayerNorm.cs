@@ -69,9 +69,13 @@ public static class LayerNorm
                 if (pipelined) PipelinedRows<Vector256Lanes>(xx, xw, xb, xo, xm, xr, c, start, end);
                 else ForwardRows<Vector256Lanes>(xx, xw, xb, xo, xm, xr, c, start, end);
                 break;
-            default:
+            case VectorWidth.Vector128:
                 if (pipelined) PipelinedRows<Vector128Lanes>(xx, xw, xb, xo, xm, xr, c, start, end);
                 else ForwardRows<Vector128Lanes>(xx, xw, xb, xo, xm, xr, c, start, end);
+                break;
+            default:
+                if (pipelined) PipelinedRows<ScalarLanes>(xx, xw, xb, xo, xm, xr, c, start, end);
+                else ForwardRows<ScalarLanes>(xx, xw, xb, xo, xm, xr, c, start, end);
                 break;
         }
     }
@@ -306,7 +310,8 @@ public static class LayerNorm
         {
             case VectorWidth.Vector512: BackwardBlock<Vector512Lanes>(xd, xx, xw, xm, xr, xdx, partial, c, start, end, rows); break;
             case VectorWidth.Vector256: BackwardBlock<Vector256Lanes>(xd, xx, xw, xm, xr, xdx, partial, c, start, end, rows); break;
-            default: BackwardBlock<Vector128Lanes>(xd, xx, xw, xm, xr, xdx, partial, c, start, end, rows); break;
+            case VectorWidth.Vector128: BackwardBlock<Vector128Lanes>(xd, xx, xw, xm, xr, xdx, partial, c, start, end, rows); break;
+            default: BackwardBlock<ScalarLanes>(xd, xx, xw, xm, xr, xdx, partial, c, start, end, rows); break;
         }
     }
 
@@ -389,7 +394,8 @@ public static class LayerNorm
         {
             case VectorWidth.Vector512: AddPartials<Vector512Lanes>(partials, paddedC, blocks, dw, db, cStart, cEnd); break;
             case VectorWidth.Vector256: AddPartials<Vector256Lanes>(partials, paddedC, blocks, dw, db, cStart, cEnd); break;
-            default: AddPartials<Vector128Lanes>(partials, paddedC, blocks, dw, db, cStart, cEnd); break;
+            case VectorWidth.Vector128: AddPartials<Vector128Lanes>(partials, paddedC, blocks, dw, db, cStart, cEnd); break;
+            default: AddPartials<ScalarLanes>(partials, paddedC, blocks, dw, db, cStart, cEnd); break;
         }
     }
 

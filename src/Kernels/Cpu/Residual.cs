@@ -50,7 +50,8 @@ public static class Residual
         {
             case VectorWidth.Vector512: Add<Vector512Lanes>(x, y, destination, count); break;
             case VectorWidth.Vector256: Add<Vector256Lanes>(x, y, destination, count); break;
-            default: Add<Vector128Lanes>(x, y, destination, count); break;
+            case VectorWidth.Vector128: Add<Vector128Lanes>(x, y, destination, count); break;
+            default: Add<ScalarLanes>(x, y, destination, count); break;
         }
     }
 

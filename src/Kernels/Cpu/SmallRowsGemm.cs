@@ -76,7 +76,8 @@ internal static unsafe class SmallRowsGemm
         {
             case VectorWidth.Vector512: RunNN<RegisterTile512, Vector512<float>, Vector512Lanes>(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, columnStart, columnEnd); break;
             case VectorWidth.Vector256: RunNN<RegisterTile256, Vector256<float>, Vector256Lanes>(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, columnStart, columnEnd); break;
-            default: RunNN<RegisterTile128, Vector128<float>, Vector128Lanes>(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, columnStart, columnEnd); break;
+            case VectorWidth.Vector128: RunNN<RegisterTile128, Vector128<float>, Vector128Lanes>(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, columnStart, columnEnd); break;
+            default: RunNN<RegisterTileScalar, float, ScalarLanes>(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, columnStart, columnEnd); break;
         }
     }
 
@@ -192,7 +193,8 @@ internal static unsafe class SmallRowsGemm
         {
             case VectorWidth.Vector512: RunNT<Vector512Lanes>(m, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, columnStart, columnEnd); break;
             case VectorWidth.Vector256: RunNT<Vector256Lanes>(m, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, columnStart, columnEnd); break;
-            default: RunNT<Vector128Lanes>(m, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, columnStart, columnEnd); break;
+            case VectorWidth.Vector128: RunNT<Vector128Lanes>(m, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, columnStart, columnEnd); break;
+            default: RunNT<ScalarLanes>(m, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, columnStart, columnEnd); break;
         }
     }
 

@@ -57,7 +57,8 @@ public static class TargetLogProbs
     {
         VectorWidth.Vector512 => LogSumExp<Vector512Lanes>(row, vocab),
         VectorWidth.Vector256 => LogSumExp<Vector256Lanes>(row, vocab),
-        _ => LogSumExp<Vector128Lanes>(row, vocab),
+        VectorWidth.Vector128 => LogSumExp<Vector128Lanes>(row, vocab),
+        _ => LogSumExp<ScalarLanes>(row, vocab),
     };
 
     /// <summary>
@@ -111,7 +112,8 @@ public static class TargetLogProbs
     {
         VectorWidth.Vector512 => ChunkSumOfExps<Vector512Lanes>(chunk, len, max),
         VectorWidth.Vector256 => ChunkSumOfExps<Vector256Lanes>(chunk, len, max),
-        _ => ChunkSumOfExps<Vector128Lanes>(chunk, len, max),
+        VectorWidth.Vector128 => ChunkSumOfExps<Vector128Lanes>(chunk, len, max),
+        _ => ChunkSumOfExps<ScalarLanes>(chunk, len, max),
     };
 
     /// <summary>
@@ -330,7 +332,8 @@ public static class TargetLogProbs
         {
             case VectorWidth.Vector512: SoftmaxGradientRow<Vector512Lanes>(p, vocab, lse, g); break;
             case VectorWidth.Vector256: SoftmaxGradientRow<Vector256Lanes>(p, vocab, lse, g); break;
-            default: SoftmaxGradientRow<Vector128Lanes>(p, vocab, lse, g); break;
+            case VectorWidth.Vector128: SoftmaxGradientRow<Vector128Lanes>(p, vocab, lse, g); break;
+            default: SoftmaxGradientRow<ScalarLanes>(p, vocab, lse, g); break;
         }
     }
 

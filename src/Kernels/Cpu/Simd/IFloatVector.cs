@@ -6,7 +6,8 @@ namespace DistAlign.Kernels.Cpu.Simd;
 /// One hardware vector of fp32 lanes, whatever its width: the contract every CPU kernel is written against once, as a
 /// generic method <c>Kernel&lt;TVector&gt;() where TVector : unmanaged, IFloatVector&lt;TVector&gt;</c>, and run at the
 /// widest width the machine accelerates (<see cref="VectorWidth"/>): <see cref="Vector512Lanes"/> (AVX-512),
-/// <see cref="Vector256Lanes"/> (AVX2 + FMA), <see cref="Vector128Lanes"/> (SSE, ARM64 NEON). The JIT compiles one copy of
+/// <see cref="Vector256Lanes"/> (AVX2 + FMA), <see cref="Vector128Lanes"/> (SSE, ARM64 NEON), or <see cref="ScalarLanes"/> where
+/// no vector width is accelerated. The JIT compiles one copy of
 /// the kernel per width, with every member below inlined to its instruction, so a kernel reads like its Vector512
 /// original and runs at the speed of one (checked on the generated code: the same instructions as the hand-written loop).
 /// Nothing here is ever emulated: a width whose vectors are not accelerated is never chosen.

@@ -5,6 +5,8 @@ namespace DistAlign.Kernels.Cpu.Simd;
 /// <summary>A width of hardware vector the CPU kernels run at.</summary>
 public enum VectorWidth
 {
+    /// <summary>1 fp32 lane in plain scalar code: where no vector width is accelerated (never an emulated vector).</summary>
+    Scalar = 32,
     /// <summary>4 fp32 lanes: SSE on x86 without AVX2, NEON on ARM64.</summary>
     Vector128 = 128,
     /// <summary>8 fp32 lanes: AVX2 (+ FMA).</summary>
@@ -14,7 +16,8 @@ public enum VectorWidth
 }
 
 /// <summary>
-/// Which <see cref="VectorWidth"/> the CPU kernels run at: the widest one this process accelerates (never an emulated one),
+/// Which <see cref="VectorWidth"/> the CPU kernels run at: the widest one this process accelerates (never an emulated one;
+/// plain scalar code where none is),
 /// unless tests or benchmarks pick a narrower accelerated one with <see cref="Use"/>. .NET decides what is accelerated at
 /// start-up: <c>DOTNET_EnableAVX512=0</c> shows an AVX-512 CPU's AVX2 path, <c>DOTNET_EnableAVX2=0</c> its Vector128 path.
 /// </summary>
@@ -26,21 +29,23 @@ public static class CpuVectors
     public static VectorWidth Widest =>
         Vector512.IsHardwareAccelerated ? VectorWidth.Vector512
         : Vector256.IsHardwareAccelerated ? VectorWidth.Vector256
-        : VectorWidth.Vector128;
+        : Vector128.IsHardwareAccelerated ? VectorWidth.Vector128
+        : VectorWidth.Scalar;
 
     /// <summary>The width the kernels use now.</summary>
     public static VectorWidth Width => chosen ?? Widest;
 
     /// <summary>Every width this machine accelerates, widest first (what the tests run each kernel at).</summary>
     public static IReadOnlyList<VectorWidth> Accelerated { get; } =
-        [.. new[] { VectorWidth.Vector512, VectorWidth.Vector256, VectorWidth.Vector128 }.Where(IsAccelerated)];
+        [.. new[] { VectorWidth.Vector512, VectorWidth.Vector256, VectorWidth.Vector128, VectorWidth.Scalar }.Where(IsAccelerated)];
 
     /// <summary>Whether vectors of <paramref name="width"/> run in hardware here.</summary>
     public static bool IsAccelerated(VectorWidth width) => width switch
     {
         VectorWidth.Vector512 => Vector512.IsHardwareAccelerated,
         VectorWidth.Vector256 => Vector256.IsHardwareAccelerated,
-        _ => Vector128.IsHardwareAccelerated,
+        VectorWidth.Vector128 => Vector128.IsHardwareAccelerated,
+        _ => true,   // scalar instructions
     };
 
     /// <summary>
@@ -64,7 +69,8 @@ public static class CpuVectors
         {
             VectorWidth.Vector512 => "AVX-512",
             VectorWidth.Vector256 => System.Runtime.Intrinsics.X86.Fma.IsSupported ? "AVX2 + FMA" : "AVX2",
-            _ => System.Runtime.Intrinsics.Arm.AdvSimd.IsSupported ? "NEON" : System.Runtime.Intrinsics.X86.Fma.IsSupported ? "SSE + FMA" : "SSE",
+            VectorWidth.Vector128 => System.Runtime.Intrinsics.Arm.AdvSimd.IsSupported ? "NEON" : System.Runtime.Intrinsics.X86.Fma.IsSupported ? "SSE + FMA" : "SSE",
+            _ => "no vector instructions",
         };
         return Width == Widest ? $"{Width} ({isa})" : $"{Width} ({isa}; widest accelerated: {Widest})";
     }
