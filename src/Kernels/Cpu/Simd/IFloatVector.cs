@@ -7,10 +7,12 @@ namespace DistAlign.Kernels.Cpu.Simd;
 /// generic method <c>Kernel&lt;TVector&gt;() where TVector : unmanaged, IFloatVector&lt;TVector&gt;</c>, and run at the
 /// widest width the machine accelerates (<see cref="VectorWidth"/>): <see cref="Vector512Lanes"/> (AVX-512),
 /// <see cref="Vector256Lanes"/> (AVX2 + FMA), <see cref="Vector128Lanes"/> (SSE, ARM64 NEON), or <see cref="ScalarLanes"/> where
-/// no vector width is accelerated. The JIT compiles one copy of
-/// the kernel per width, with every member below inlined to its instruction, so a kernel reads like its Vector512
-/// original and runs at the speed of one (checked on the generated code: the same instructions as the hand-written loop).
-/// Nothing here is ever emulated: a width whose vectors are not accelerated is never chosen.
+/// no vector width is accelerated. The JIT compiles one copy of the kernel per width, with every member below inlined to its instruction, so a kernel reads like its Vector512
+/// original and, where registers are not scarce, compiles to the same instructions (checked on the generated code). Where a
+/// kernel's accumulators fill the register file, the JIT may copy wrapper-typed results between registers (vfmadd213ps +
+/// vmovaps for one vfmadd231ps): such register-tile loops are written over the raw vector type with
+/// <see cref="IRegisterTile{TVector}"/> instead.
+/// Nothing here is ever emulated: a width whose vectors are not accelerated is never chosen (scalar code is chosen instead).
 /// </summary>
 /// <typeparam name="TSelf">The implementing struct.</typeparam>
 internal interface IFloatVector<TSelf> where TSelf : unmanaged, IFloatVector<TSelf>
