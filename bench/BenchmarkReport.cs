@@ -9,6 +9,7 @@ using DistAlign.Alignment.Training;
 using DistAlign.Engine.Devices;
 using DistAlign.Engine.Native;
 using DistAlign.Kernels.Cpu;
+using DistAlign.Kernels.Cpu.Simd;
 using DistAlign.Transformer.Training;
 
 namespace DistAlign.Bench;
@@ -62,14 +63,14 @@ internal static class BenchmarkReport
         string chartName = $"benchmarks-peers-{section.ToLowerInvariant().Replace("-", "")}.png";
         string chartPath = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(output))!, chartName);
         string command = Command(args);
-        Console.WriteLine($"report: section {section} ({view}); our kernels {isa.VectorWidths}; OpenBLAS core {OpenBlas.CoreName ?? "unavailable"}; " +
+        Console.WriteLine($"report: section {section} ({view}); our kernels {CpuVectors.Describe()}; OpenBLAS core {OpenBlas.CoreName ?? "unavailable"}; " +
                           $"peer {OpenBlasCoreType.Describe(peerCoreType)}");
         var clock = Stopwatch.StartNew();
         string loadBefore = LoadAverage();
 
         var doc = new StringBuilder();
         doc.AppendLine($"## {section}").AppendLine();
-        doc.AppendLine($"View of the CPU: **{view}**. Our kernels: {isa.VectorWidths}. OpenBLAS (the GEMM peer, in this process): " +
+        doc.AppendLine($"View of the CPU: **{view}**. Our kernels: {CpuVectors.Describe()}. OpenBLAS (the GEMM peer, in this process): " +
                        (OpenBlas.IsAvailable ? $"core {OpenBlas.CoreName}, {OpenBlasCoreType.Describe(OpenBlas.CoreTypeEnvironment)}" : "not available") +
                        $". PyTorch peer: {OpenBlasCoreType.Describe(peerCoreType)}.");
         doc.AppendLine($"Command: `{command}`.").AppendLine();
@@ -126,7 +127,7 @@ internal static class BenchmarkReport
             : string.Join(" · ", comparisons.Select(c => c.Failed ? $"{c.Workload} failed" : string.Create(CultureInfo.InvariantCulture, $"{c.Ratio:F2}")));
         string gemmRatios = gemm.Count == 0 ? "OpenBLAS unavailable" : string.Join(" · ", gemm.Select(g => string.Create(CultureInfo.InvariantCulture, $"{g.Ratio:F2}")));
         string peerCore = peerSkipped is not null ? "—" : comparisons.Select(c => c.PeerOpenBlasCore).FirstOrDefault(c => c is not null) ?? OpenBlasCoreType.Describe(peerCoreType);
-        doc.AppendLine($"| {CpuName()} | {isa.VectorWidths.Split(' ')[0]} | {OpenBlas.CoreName ?? "—"} | {peerCore} | {peerRatios} | {gemmRatios} | {DateTime.UtcNow:yyyy-MM-dd} |");
+        doc.AppendLine($"| {CpuName()} | {CpuVectors.Width} | {OpenBlas.CoreName ?? "—"} | {peerCore} | {peerRatios} | {gemmRatios} | {DateTime.UtcNow:yyyy-MM-dd} |");
         doc.AppendLine();
 
         // A loaded machine distorts every ratio: say so first.
@@ -208,7 +209,7 @@ internal static class BenchmarkReport
         if (gemm.Count == 0) doc.AppendLine($"Skipped: {OpenBlas.UnavailableReason}.").AppendLine();
         else
         {
-            doc.AppendLine($"OpenBLAS core {OpenBlas.CoreName}, {OpenBlasCoreType.Describe(OpenBlas.CoreTypeEnvironment)}; ours {isa.VectorWidths}; " +
+            doc.AppendLine($"OpenBLAS core {OpenBlas.CoreName}, {OpenBlasCoreType.Describe(OpenBlas.CoreTypeEnvironment)}; ours {CpuVectors.Describe()}; " +
                            $"{gemm[0].Rounds} paired rounds per shape (OpenBLAS, then ours, on the same data, each");
             doc.AppendLine("call 150 ms after the previous one ended, so OpenBLAS's spinning idle workers no longer take a core from the call after it); the ratio is of");
             doc.AppendLine("the medians, OpenBLAS's time / ours (above 1: ours faster), with the min–max of the per-round ratios. Goal ≥ 0.9 on the transformer shapes");
@@ -243,7 +244,7 @@ internal static class BenchmarkReport
             doc.AppendLine("TargetLogProbs reads 51 MB once but does a vector exp per 16 logits: its limit in the next table is that exp's own throughput.").AppendLine();
             doc.AppendLine("### Compute-bound kernels against a compute limit measured in the same run").AppendLine();
             doc.AppendLine("`--filter '*Compute*'`. Attention (B 4, T 256, C 768, 12 heads, causal; FLOPs = the q·k and a·v dot products, 2·B·C·T(T+1)");
-            doc.AppendLine($"forward, twice that backward) against the fp32 FMA peak (8 independent {isa.VectorWidths.Split(' ')[0]} FMA chains per thread, nothing loaded). The fused");
+            doc.AppendLine($"forward, twice that backward) against the fp32 FMA peak (8 independent {CpuVectors.Width} FMA chains per thread, nothing loaded). The fused");
             doc.AppendLine("LM head + log-probs (`SequenceLogProbs`, N 256, C 768, V 50,257; forward = 1 logits GEMM, backward = 3) against OpenBLAS's");
             doc.AppendLine("sgemm of the same logits shape. TargetLogProbs' forward (256 × 50,257) against the throughput of the same vector exp on");
             doc.AppendLine("L1-resident data (its rate in 10⁹ exps per second). The Bradley–Terry loss (DPO sigmoid, 262,144 pairs, forward + gradient) against");

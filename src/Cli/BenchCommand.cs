@@ -2,6 +2,7 @@ using System.CommandLine;
 using DistAlign.Alignment.Policies;
 using DistAlign.Alignment.Training;
 using DistAlign.Engine.Devices;
+using DistAlign.Kernels.Cpu.Simd;
 using DistAlign.Engine.Native;
 using DistAlign.Kernels.Cpu;
 using DistAlign.Transformer.Gpu;
@@ -113,7 +114,7 @@ internal static class BenchCommand
                 return 0;
             }
             Console.WriteLine($"peer OpenBLAS: {OpenBlasCoreType.Describe(OpenBlasCoreType.ForPeer())}, OMP_WAIT_POLICY=PASSIVE; " +
-                              $"our kernels: {CpuIsa.Current.VectorWidths}");
+                              $"our kernels: {CpuVectors.Describe()}");
             int failed = 0;
             foreach (var name in names)
             {

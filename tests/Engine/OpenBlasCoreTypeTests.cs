@@ -83,7 +83,6 @@ public class OpenBlasCoreTypeTests
         Assert.That(new CpuIsa(SseFlags, false, false, true).View(null, none), Is.EqualTo("native Vector128"));
         Assert.That(Native512.KernelIsa, Is.EqualTo("AVX-512"));
         Assert.That(Avx2ViewOf512.KernelIsa, Is.EqualTo("AVX2"));
-        Assert.That(Avx2ViewOf512.VectorWidths, Is.EqualTo("Vector256 (Vector256, Vector128 accelerated)"));
     }
 
     [Test]

@@ -27,16 +27,6 @@ public sealed record CpuIsa(IReadOnlySet<string> Flags, bool Vector512, bool Vec
     /// <summary>The widest vectors our kernels run: "AVX-512" (Vector512), "AVX2" (Vector256) or "Vector128" (SSE, NEON).</summary>
     public string KernelIsa => Vector512 ? "AVX-512" : Vector256 ? "AVX2" : "Vector128";
 
-    /// <summary>The width our kernels use, as the runtime reports it, e.g. "Vector512 (Vector512, Vector256, Vector128 accelerated)".</summary>
-    public string VectorWidths
-    {
-        get
-        {
-            string[] accelerated = [.. new[] { ("Vector512", Vector512), ("Vector256", Vector256), ("Vector128", Vector128) }.Where(w => w.Item2).Select(w => w.Item1)];
-            return accelerated.Length == 0 ? "no vector width accelerated (scalar)" : $"{accelerated[0]} ({string.Join(", ", accelerated)} accelerated)";
-        }
-    }
-
     /// <summary>
     /// How this process sees the CPU: "native AVX-512", "native AVX2", or, where .NET hides part of the CPU,
     /// e.g. "AVX2 view of an AVX-512 CPU: .NET AVX-512 disabled, OpenBLAS Haswell core".
