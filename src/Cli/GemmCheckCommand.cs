@@ -1,6 +1,5 @@
 using System.CommandLine;
 using System.Diagnostics;
-using System.Runtime.Intrinsics;
 using DistAlign.Engine.Devices;
 using DistAlign.Engine.Native;
 using DistAlign.Kernels.Cpu;
@@ -51,7 +50,7 @@ internal static class GemmCheckCommand
         }
 
         CpuParallel.Threads = threads;
-        Console.WriteLine($"threads: {threads}; Vector512 accelerated: {Vector512.IsHardwareAccelerated}; " +
+        Console.WriteLine($"threads: {threads}; " +
                           $"vectors: {CpuVectors.Describe()}; micro-kernel: {Gemm.MicroKernel}");
 
         // Correctness on an odd shape (not a multiple of any tile), all four transpose cases.
