@@ -68,12 +68,11 @@ public static class GradientNorm
     };
 
     /// <summary>
-    /// Σ x² with four fp32 accumulators whose lanes each add at most 8 squares before the partial sums go to fp64, so the
+    /// Σ x² with four fp32 accumulators whose lanes each add at most <see cref="LaneSums.AddsPerLane"/> squares before the partial sums go to fp64, so the
     /// error (≤ 10·2⁻²⁴ relative) is the same at every vector width; the tail is added in fp64.
     /// </summary>
     private static unsafe double BlockSumOfSquares<TVector>(float* x, int length) where TVector : unmanaged, IFloatVector<TVector>
     {
-        const int addsPerLane = 8;
         int width = TVector.Count, i = 0, adds = 0;
         double total = 0.0;
         TVector s0 = TVector.Zero, s1 = s0, s2 = s0, s3 = s0;
@@ -87,7 +86,7 @@ public static class GradientNorm
             s1 = TVector.MultiplyAdd(b, b, s1);
             s2 = TVector.MultiplyAdd(c, c, s2);
             s3 = TVector.MultiplyAdd(d, d, s3);
-            if (++adds == addsPerLane)
+            if (++adds == LaneSums.AddsPerLane)
             {
                 total += TVector.SumAsDouble((s0 + s1) + (s2 + s3));
                 s0 = s1 = s2 = s3 = TVector.Zero;

@@ -117,20 +117,12 @@ public static class TargetLogProbs
     };
 
     /// <summary>
-    /// Terms an fp32 lane adds before its partial sum goes to fp64. A lane that holds a large term (the max's, 1) loses up to
-    /// half an ulp of it with every small term it adds, all in the same direction when the small terms are alike (a row whose
-    /// weight sits in one logit): so the error of Σ is bounded by this count, not by the chunk or the vector width:
-    /// ≤ (8 + 2)·2⁻²⁴ ≈ 6·10⁻⁷ relative (8 adds, then two to combine the four accumulators) on every path.
-    /// </summary>
-    private const int AddsPerLane = 8;
-
-    /// <summary>
     /// Σ exp(x − max) over one chunk of ≥ 16 entries, with AVX-512: <see cref="ExpTerm"/> with its constants held in
     /// registers (the JIT does not hoist a Vector512.Create out of a loop; reloading eight constants per vector cost
     /// ≈ 25 % here), each term added by the FMA that forms it, and the next two chunks prefetched meanwhile (without it,
     /// memory sat idle during each chunk's exps; the second, into L2, took another ≈ 5 %). Measured at N = 256, V = 50257 on 2 threads against a copy of the same
     /// bytes (min-of-40 harness): 0.65–0.7 of its bandwidth before these three changes, about 1.0 after.
-    /// Every <see cref="AddsPerLane"/> iterations the four accumulators go to an fp64 total.
+    /// Every <see cref="LaneSums.AddsPerLane"/> iterations the four accumulators go to an fp64 total.
     /// A partial last vector is loaded as the 16 entries ending at the chunk's end, masked to its new lanes.
     /// </summary>
     internal static unsafe double SumOfExps(float* chunk, int len, float max)
@@ -169,7 +161,7 @@ public static class TargetLogProbs
             sum1 = Vector512.FusedMultiplyAdd(scale1, p1, sum1);
             sum2 = Vector512.FusedMultiplyAdd(scale2, p2, sum2);
             sum3 = Vector512.FusedMultiplyAdd(scale3, p3, sum3);
-            if (++adds == AddsPerLane)
+            if (++adds == LaneSums.AddsPerLane)
             {
                 total += Vector512Lanes.SumAsDouble(new Vector512Lanes((sum0 + sum1) + (sum2 + sum3)));
                 sum0 = sum1 = sum2 = sum3 = Vector512<float>.Zero;
@@ -192,7 +184,7 @@ public static class TargetLogProbs
 
     /// <summary>
     /// <see cref="SumOfExps"/> at any width: <see cref="ExpTermTimesTwoTo64{TVector}"/> per entry (14 vector ops, no table
-    /// lookup, exact without FMA), four accumulators, at most <see cref="AddsPerLane"/> adds per lane before fp64.
+    /// lookup, exact without FMA), four accumulators, at most <see cref="LaneSums.AddsPerLane"/> adds per lane before fp64.
     /// </summary>
     internal static unsafe double SumOfExps<TVector>(float* chunk, int len, float max) where TVector : unmanaged, IFloatVector<TVector>
     {
@@ -210,7 +202,7 @@ public static class TargetLogProbs
             sum1 += ExpTermTimesTwoTo64(TVector.Load(chunk + j + width) - shift, floor, log2E, shifter);
             sum2 += ExpTermTimesTwoTo64(TVector.Load(chunk + j + 2 * width) - shift, floor, log2E, shifter);
             sum3 += ExpTermTimesTwoTo64(TVector.Load(chunk + j + 3 * width) - shift, floor, log2E, shifter);
-            if (++adds == AddsPerLane)
+            if (++adds == LaneSums.AddsPerLane)
             {
                 total += TVector.SumAsDouble((sum0 + sum1) + (sum2 + sum3));
                 sum0 = sum1 = sum2 = sum3 = TVector.Zero;
