@@ -1,0 +1,137 @@
+using DistAlign.Transformer.Model;
+
+namespace DistAlign.Alignment.Policies;
+
+/// <summary>
+/// The final hidden states h = ln_f(x) of a frozen GPT backbone at the positions that predict each response token,
+/// computed once per distinct (prompt, response) and kept: what a policy or reward head over a frozen backbone
+/// (<see cref="TiltPolicy"/>) needs instead of a transformer pass per step.
+/// </summary>
+/// <remarks>
+/// Sequences are keyed by content (prompt and response tokens), so the same pair drawn again, or scored by two
+/// policies that share the cache, hits. The backbone must not change while the cache lives (the cache lives in
+/// memory only, so it never outlives the weights it was computed from). Every entry is C floats per response token
+/// (C = channels): 2¹⁶ pairs of two 16-token responses at C = 128 take 1 GiB. Missing sequences are computed <see cref="ChunkSequences"/> at a time through
+/// <see cref="Gpt.ForwardFeatures"/>, in the order given, so entries are the same for any batch composition
+/// (packing puts each sequence in its own segment; attention never crosses segments).
+/// </remarks>
+public sealed class FrozenFeatureCache
+{
+    /// <summary>Sequences per backbone forward when filling the cache.</summary>
+    public const int ChunkSequences = 64;
+
+    private readonly Dictionary<PromptResponse, float[]> entries = new(SequenceContent.Comparer);
+    private long floats;
+
+    public FrozenFeatureCache(Gpt backbone, long maxFloats = long.MaxValue)
+    {
+        ArgumentNullException.ThrowIfNull(backbone);
+        Backbone = backbone;
+        MaxFloats = maxFloats;
+    }
+
+    /// <summary>The frozen backbone (shared; never written).</summary>
+    public Gpt Backbone { get; }
+    /// <summary>Channels C: floats per response token.</summary>
+    public int Channels => Backbone.Config.Channels;
+    /// <summary>Largest number of floats kept; past it, features are computed for the call and not kept.</summary>
+    public long MaxFloats { get; }
+    /// <summary>Distinct sequences held.</summary>
+    public int Count => entries.Count;
+    /// <summary>Bytes held by the entries.</summary>
+    public long Bytes => floats * sizeof(float);
+    /// <summary>Sequences found in the cache / computed by the backbone, over the cache's life.</summary>
+    public long Hits { get; private set; }
+    public long Misses { get; private set; }
+
+    /// <summary>
+    /// Writes the features of every response token of <paramref name="sequences"/> (flattened in order, [tokens × C])
+    /// into <paramref name="features"/>, running the backbone on the sequences it has not seen.
+    /// </summary>
+    public void Gather(IReadOnlyList<PromptResponse> sequences, Span<float> features)
+    {
+        int c = Channels;
+        int tokens = PolicyScores.TokenCount(sequences);
+        if (features.Length != tokens * c) throw new ArgumentException($"features must be [tokens × C] = [{tokens} × {c}], got {features.Length}");
+        var found = new float[sequences.Count][];
+        var missing = new List<int>();
+        for (int s = 0; s < sequences.Count; s++)
+        {
+            if (entries.TryGetValue(sequences[s], out var entry)) { found[s] = entry; Hits++; }
+            else missing.Add(s);
+        }
+        for (int start = 0; start < missing.Count; start += ChunkSequences)
+        {
+            var chunk = missing.GetRange(start, Math.Min(ChunkSequences, missing.Count - start));
+            var computed = Compute([.. chunk.Select(s => sequences[s])]);
+            for (int i = 0; i < chunk.Count; i++)
+            {
+                int s = chunk[i];
+                Misses++;
+                found[s] = computed[i];
+                if (floats + computed[i].Length <= MaxFloats && entries.TryAdd(sequences[s], computed[i])) floats += computed[i].Length;
+            }
+        }
+        int at = 0;
+        for (int s = 0; s < sequences.Count; s++)
+        {
+            found[s].CopyTo(features.Slice(at, found[s].Length));
+            at += found[s].Length;
+        }
+    }
+
+    /// <summary>Fills the cache for <paramref name="sequences"/> (nothing is returned): precomputing a dataset.</summary>
+    public void Add(IReadOnlyList<PromptResponse> sequences)
+    {
+        for (int start = 0; start < sequences.Count; start += ChunkSequences)
+        {
+            var chunk = sequences.Skip(start).Take(ChunkSequences).ToList();
+            Gather(chunk, new float[PolicyScores.TokenCount(chunk) * Channels]);
+        }
+    }
+
+    /// <summary>h at the positions that predict each response token, one array [|response| × C] per sequence.</summary>
+    private float[][] Compute(IReadOnlyList<PromptResponse> sequences)
+    {
+        int c = Channels;
+        int tokens = PolicyScores.TokenCount(sequences);
+        var result = new float[sequences.Count][];
+        if (tokens == 0)
+        {
+            for (int s = 0; s < result.Length; s++) result[s] = [];
+            return result;
+        }
+        var tokenPosition = new int[tokens];
+        var batch = GptPolicy.PackSequences(sequences, Backbone.Config.MaxSequenceLength, null, includeLastResponseToken: false, tokenPosition, default);
+        var hidden = Backbone.ForwardFeatures(batch);
+        int at = 0;
+        for (int s = 0; s < sequences.Count; s++)
+        {
+            int len = sequences[s].Response.Length;
+            var rows = new float[len * c];
+            for (int i = 0; i < len; i++) hidden.Slice(tokenPosition[at + i] * c, c).CopyTo(rows.AsSpan(i * c, c));
+            result[s] = rows;
+            at += len;
+        }
+        return result;
+    }
+}
+
+/// <summary>Equality of (prompt, response) by the tokens they hold, not by the arrays' identity.</summary>
+public sealed class SequenceContent : IEqualityComparer<PromptResponse>
+{
+    public static SequenceContent Comparer { get; } = new();
+
+    public bool Equals(PromptResponse x, PromptResponse y) =>
+        x.Prompt.AsSpan().SequenceEqual(y.Prompt) && x.Response.AsSpan().SequenceEqual(y.Response);
+
+    public int GetHashCode(PromptResponse sequence)
+    {
+        var hash = new HashCode();
+        hash.Add(sequence.Prompt.Length);
+        foreach (int t in sequence.Prompt) hash.Add(t);
+        hash.Add(sequence.Response.Length);
+        foreach (int t in sequence.Response) hash.Add(t);
+        return hash.ToHashCode();
+    }
+}

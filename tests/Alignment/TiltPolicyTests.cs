@@ -1,0 +1,260 @@
+using DistAlign.Alignment.Experiments;
+using DistAlign.Alignment.Objectives;
+using DistAlign.Alignment.Policies;
+using DistAlign.Alignment.Training;
+using DistAlign.Kernels.Cpu;
+using DistAlign.Tests.Alignment.Experiments;
+using DistAlign.Tests.Reference;
+using DistAlign.Tests.TestSupport;
+using DistAlign.Transformer.Model;
+using DistAlign.Transformer.Training;
+
+namespace DistAlign.Tests.Alignment;
+
+/// <summary>
+/// π_b ∝ π0·exp(b) over a frozen backbone: scores and entropies against an fp64 GPT, the gradient of b against finite
+/// differences of that fp64 reference, b = w/τ is the known target exactly, b = 0 is π0, the feature cache, and
+/// preference MLE in this class moving π_b toward π*.
+/// </summary>
+public class TiltPolicyTests
+{
+    private static readonly GptConfig Tiny = KnownTargetModelTests.Tiny;
+
+    // Odd lengths and a length-1 response (an empty response is refused, as GptPolicy refuses it).
+    private static readonly List<PromptResponse> Batch =
+    [
+        new([16, 3, 4], [5, 6]),
+        new([16], [7, 8, 9, 10, 2]),
+        new([16, 1, 2, 3, 4, 5], [11, 12, 13]),
+        new([16, 2], [1]),
+    ];
+
+    private static float[] RandomOffset(int seed) => Numerics.RandomFloats(Tiny.VocabSize, seed, 1.0);
+
+    private static ReferenceGpt ReferenceOf(Gpt model)
+    {
+        var reference = new ReferenceGpt(Tiny.Layers, Tiny.Heads, Tiny.Channels, Tiny.VocabSize, Tiny.MaxSequenceLength);
+        foreach (var t in model.Layout.Tensors)
+        {
+            var dst = reference.Parameters[t.Name];
+            for (int i = 0; i < dst.Length; i++) dst[i] = model.Parameters[(int)t.Offset + i];
+        }
+        return reference;
+    }
+
+    /// <summary>fp64 rows of π0's logits at every response token of the batch (the reference GPT's own forward).</summary>
+    private static List<(double[] Logits, int Target)> ReferenceRows(ReferenceGpt reference, IReadOnlyList<PromptResponse> batch)
+    {
+        var rows = new List<(double[], int)>();
+        foreach (var (prompt, response) in batch)
+        {
+            if (response.Length == 0) continue;
+            int[] seq = [.. prompt, .. response];
+            int len = seq.Length - 1;
+            var logits = reference.Logits(seq[..len], Enumerable.Range(0, len).ToArray(), new int[len], 1, len);
+            for (int i = 0; i < response.Length; i++)
+            {
+                int pos = prompt.Length - 1 + i, v = Tiny.VocabSize;
+                rows.Add((logits.AsSpan(pos * v, v).ToArray(), response[i]));
+            }
+        }
+        return rows;
+    }
+
+    /// <summary>ln π_b(y_t) and H_t in fp64 from fp64 logits.</summary>
+    private static (double LogProb, double Entropy) Tilted(double[] logits, int target, ReadOnlySpan<double> b)
+    {
+        var z = new double[logits.Length];
+        for (int v = 0; v < z.Length; v++) z[v] = logits[v] + b[v];
+        double max = z.Max(), lse = max + Math.Log(z.Sum(x => Math.Exp(x - max)));
+        double entropy = -z.Sum(x => Math.Exp(x - lse) * (x - lse));
+        return (z[target] - lse, entropy);
+    }
+
+    [Test]
+    public void ScoresAndEntropiesMatchTheFp64Reference()
+    {
+        using var model = KnownTargetModelTests.TinyModel();
+        var offset = RandomOffset(3);
+        var policy = new TiltPolicy(new FrozenFeatureCache(model), new AdamWSettings(), offset);
+        int tokens = PolicyScores.TokenCount(Batch);
+        var lp = new float[tokens];
+        var h = new float[tokens];
+        policy.Score(Batch, lp, h);
+        var rows = ReferenceRows(ReferenceOf(model), Batch);
+        var b = offset.Select(x => (double)x).ToArray();
+        var expected = rows.Select(r => Tilted(r.Logits, r.Target, b)).ToArray();
+        Numerics.AssertClose(lp, [.. expected.Select(e => e.LogProb)], 1e-4, 1e-4, "ln π_b");
+        Numerics.AssertClose(h, [.. expected.Select(e => e.Entropy)], 1e-4, 1e-4, "H(π_b)");
+    }
+
+    [Test]
+    public void GradientOfTheOffsetMatchesFiniteDifferencesOfTheFp64Reference()
+    {
+        using var model = KnownTargetModelTests.TinyModel();
+        var offset = RandomOffset(4);
+        var policy = new TiltPolicy(new FrozenFeatureCache(model), new AdamWSettings(), offset);
+        int tokens = PolicyScores.TokenCount(Batch);
+        var dLogProbs = Numerics.RandomFloats(tokens, 11, 1.0);
+        var dEntropies = Numerics.RandomFloats(tokens, 12, 1.0);
+        policy.ZeroGradients();
+        policy.Score(Batch, new float[tokens], new float[tokens]);
+        policy.Backward(dLogProbs, dEntropies);
+        var analytic = policy.OffsetGradient.ToArray();
+
+        // L(b) = Σ_t d_t ln π_b(y_t) + e_t H_t, differentiated by central differences in fp64
+        var rows = ReferenceRows(ReferenceOf(model), Batch);
+        double Loss(double[] b)
+        {
+            double sum = 0;
+            for (int t = 0; t < rows.Count; t++)
+            {
+                var (logProb, entropy) = Tilted(rows[t].Logits, rows[t].Target, b);
+                sum += dLogProbs[t] * logProb + dEntropies[t] * entropy;
+            }
+            return sum;
+        }
+        var b0 = offset.Select(x => (double)x).ToArray();
+        var numeric = new double[b0.Length];
+        const double step = 1e-5;
+        for (int v = 0; v < b0.Length; v++)
+        {
+            var plus = (double[])b0.Clone();
+            var minus = (double[])b0.Clone();
+            plus[v] += step;
+            minus[v] -= step;
+            numeric[v] = (Loss(plus) - Loss(minus)) / (2 * step);
+        }
+        double scale = numeric.Max(Math.Abs);
+        Numerics.AssertClose(analytic, numeric, 2e-5 * scale, 1e-4, "∂L/∂b");
+    }
+
+    [Test]
+    public void TheTargetTiltIsTheKnownTargetAndZeroIsPi0()
+    {
+        using var model = KnownTargetModelTests.TinyModel();
+        var weights = KnownTargetModelTests.TinyWeights();
+        const double tau = 0.8;
+        var target = new TiltedTarget(model, weights, tau);
+        var cache = new FrozenFeatureCache(model);
+        var atTarget = new TiltPolicy(cache, new AdamWSettings(), target.Tilt);
+        var atZero = new TiltPolicy(cache, new AdamWSettings());
+        int tokens = PolicyScores.TokenCount(Batch);
+        var lp = new float[tokens];
+        var lpTarget = new float[tokens];
+        var lp0 = new float[tokens];
+        var lpZero = new float[tokens];
+        atTarget.Score(Batch, lp);
+        target.Score(Batch, lpTarget, lp0, default);
+        atZero.Score(Batch, lpZero);
+        Numerics.AssertClose(lp, Numerics.ToDouble(lpTarget), 2e-6, 2e-6, "π_b at b = w/τ vs π*");
+        Numerics.AssertClose(lpZero, Numerics.ToDouble(lp0), 2e-6, 2e-6, "π_b at b = 0 vs π0");
+
+        var prompts = new List<int[]> { new[] { 16, 1 }, new[] { 16 }, new[] { 3, 3, 3 } };
+        var options = new SamplingOptions(5, EndOfText: 16);
+        var a = atTarget.Sample(prompts, options, seed: 4);
+        var b = target.Sample(prompts, options, seed: 4);
+        for (int r = 0; r < prompts.Count; r++)
+        {
+            Assert.That(a[r].Tokens, Is.EqualTo(b[r].Tokens), "same draws as π*");
+            Assert.That(a[r].LogProbs, Is.EqualTo(b[r].LogProbs));
+        }
+    }
+
+    [Test]
+    public void TheCacheRunsTheBackboneOncePerDistinctSequence()
+    {
+        using var model = KnownTargetModelTests.TinyModel();
+        var cache = new FrozenFeatureCache(model);
+        var policy = new TiltPolicy(cache, new AdamWSettings(), RandomOffset(6));
+        int tokens = PolicyScores.TokenCount(Batch);
+        var first = new float[tokens];
+        policy.Score(Batch, first);
+        Assert.That(cache.Misses, Is.EqualTo(Batch.Count));
+        Assert.That(cache.Count, Is.EqualTo(Batch.Count));
+
+        // The same sequences in new arrays, reordered, in a batch with one new sequence: only that one is computed,
+        // and every score is the same as before (features do not depend on the batch they were computed in).
+        var reordered = Batch.Select(s => new PromptResponse([.. s.Prompt], [.. s.Response])).Reverse().ToList();
+        reordered.Insert(2, new PromptResponse([16, 9], [4, 4, 4]));
+        var second = new float[PolicyScores.TokenCount(reordered)];
+        policy.Score(reordered, second);
+        Assert.That(cache.Misses, Is.EqualTo(Batch.Count + 1));
+        Assert.That(cache.Hits, Is.EqualTo(Batch.Count));
+        var alone = new float[3];
+        new TiltPolicy(new FrozenFeatureCache(model), new AdamWSettings(), RandomOffset(6)).Score([reordered[2]], alone);
+        Assert.That(second.AsSpan(Offsets(reordered, 2), 3).ToArray(), Is.EqualTo(alone), "a sequence computed in a batch = alone");
+
+        // A cache with no room computes every time and keeps nothing.
+        var full = new FrozenFeatureCache(model, maxFloats: 0);
+        new TiltPolicy(full, new AdamWSettings()).Score(Batch, new float[tokens]);
+        Assert.That(full.Count, Is.Zero);
+    }
+
+    private static int Offsets(IReadOnlyList<PromptResponse> batch, int index) => batch.Take(index).Sum(s => s.Response.Length);
+
+    [Test]
+    public void SnapshotCopyAndOptimizerStepTouchOnlyTheOffset()
+    {
+        using var model = KnownTargetModelTests.TinyModel();
+        var before = model.Parameters.ToArray();
+        var policy = new TiltPolicy(new FrozenFeatureCache(model), new AdamWSettings(WeightDecay: 0));
+        int tokens = PolicyScores.TokenCount(Batch);
+        policy.Score(Batch, new float[tokens]);
+        policy.Backward(Enumerable.Repeat(-1f, tokens).ToArray());   // L = −Σ_t ln π_b(y_t)
+        double norm = policy.ClipGradients(0);
+        Assert.That(norm, Is.GreaterThan(0));
+        Assert.That(policy.ClipGradients(0.5f * (float)norm), Is.EqualTo(norm).Within(1e-6 * norm));
+        Assert.That(policy.ClipGradients(0), Is.EqualTo(0.5 * norm).Within(1e-5 * norm), "clipped to half");
+        var snapshot = policy.Snapshot();
+        policy.OptimizerStep(1, 0.1f);
+        Assert.That(model.Parameters.ToArray(), Is.EqualTo(before), "the backbone is frozen");
+        Assert.That(policy.Offset.ToArray().Any(x => x != 0), Is.True);
+        // descending −Σ ln π_b(y_t) raises the offset of a token that occurs
+        Assert.That(policy.Offset[5], Is.GreaterThan(0));
+        var lpSnapshot = new float[tokens];
+        snapshot.Score(Batch, lpSnapshot);
+        var lpZero = new float[tokens];
+        new TiltPolicy(policy.Cache, new AdamWSettings()).Score(Batch, lpZero);
+        Assert.That(lpSnapshot, Is.EqualTo(lpZero), "the snapshot kept b = 0");
+        snapshot.CopyWeightsFrom(policy);
+        Assert.That(((TiltPolicy)snapshot).Offset.ToArray(), Is.EqualTo(policy.Offset.ToArray()));
+        Assert.Throws<InvalidOperationException>(() => policy.Backward(new float[tokens]), "one Backward per Score");
+        Assert.Throws<ArgumentException>(() => new TiltPolicy(policy.Cache, new AdamWSettings(), new float[3]));
+        var empty = Assert.Throws<ArgumentException>(() => policy.Score([new PromptResponse([16], [])], new float[0]));
+        Assert.That(empty!.Message, Does.Contain("response is empty"));
+        policy.Score([], []);   // an empty batch scores nothing
+        policy.Backward([]);
+    }
+
+    [Test]
+    public void PreferenceMleInTheTiltClassMovesTowardTheTarget()
+    {
+        using var model = KnownTargetModelTests.TinyModel();
+        var target = new TiltedTarget(model, KnownTargetModelTests.TinyWeights(), temperature: 1.0);
+        var cache = new FrozenFeatureCache(model);
+        var pi0 = new TiltPolicy(cache, new AdamWSettings());
+        var prompts = Enumerable.Range(0, 16).Select(i => new[] { 16, i % 15 + 1 }).ToList();
+        var task = new KnownTargetTask(target, new KnownTargetSettings { ResponseTokens = 3, Gamma = 1 }, prompts, prompts, endOfText: -1);
+        var pairs = task.DrawPairs(4096, seed: 2).Pairs;
+
+        // KL(π* ‖ π) per response on fresh π* samples
+        var evalPrompts = Enumerable.Repeat(prompts, 32).SelectMany(p => p).ToList();
+        var evalSamples = task.SampleAll(target, evalPrompts, seed: 77);
+        var evalSequences = evalPrompts.Select((p, i) => new PromptResponse(p, evalSamples[i].Tokens)).ToList();
+        var targetScores = KnownTargetTask.ScoreAll(target, evalSequences);
+        double Kl(IPolicy p) => targetScores.Zip(KnownTargetTask.ScoreAll(new PolicyResponseModel(p), evalSequences), (t, q) => t - q).Average();
+        double start = Kl(pi0);
+
+        var policy = new TiltPolicy(cache, new AdamWSettings(WeightDecay: 0));
+        var trainer = new AlignmentTrainer(policy, pi0, pairs, null, new AlignmentTrainingOptions
+        {
+            Objective = AlignmentObjective.Preference, Loss = new PairwiseLossSettings(PairwiseLossVariant.Pmle, Gamma: 1),
+            Steps = 400, BatchPairs = 64, LearningRate = 0.05f, WarmupSteps = 10, EvalFraction = 0, EvaluateEvery = 0, Seed = 1,
+        });
+        while (trainer.Step < 400) trainer.TrainStep();
+        double end = Kl(policy);
+        TestContext.Out.WriteLine($"KL(π*‖π0) = {start:F4}, KL(π*‖π_b̂) = {end:F4} after PMLE on 4,096 pairs");
+        Assert.That(end, Is.LessThan(0.25 * start));
+    }
+}
