@@ -228,6 +228,38 @@ public class TiltPolicyTests
     }
 
     [Test]
+    public void TheValueHeadIsALinearHeadOnTheSameFrozenFeatures()
+    {
+        using var model = KnownTargetModelTests.TinyModel();
+        var cache = new FrozenFeatureCache(model);
+        var policy = new TiltPolicy(cache, new AdamWSettings(), RandomOffset(8), withValueHead: true);
+        var head = policy.ValueHead!;
+        Numerics.RandomFloats(head.Parameters.Length, 9, 0.5).CopyTo(head.Parameters, 0);
+        int tokens = PolicyScores.TokenCount(Batch), c = Tiny.Channels;
+        var lp = new float[tokens];
+        var values = new float[tokens];
+        policy.ScoreWithValues(Batch, lp, values);
+        var lpAlone = new float[tokens];
+        new TiltPolicy(cache, new AdamWSettings(), RandomOffset(8)).Score(Batch, lpAlone);
+        Assert.That(lp, Is.EqualTo(lpAlone), "the value head leaves the log-probs alone");
+        var features = new float[tokens * c];
+        cache.Gather(Batch, features);
+        for (int t = 0; t < tokens; t++)
+        {
+            double expected = head.Parameters[c];
+            for (int k = 0; k < c; k++) expected += (double)head.Parameters[k] * features[t * c + k];
+            Assert.That(values[t], Is.EqualTo(expected).Within(1e-5), $"V(s_{t})");
+        }
+        var dValues = Numerics.RandomFloats(tokens, 10, 1.0);
+        policy.ZeroGradients();
+        policy.BackwardWithValues(new float[tokens], dValues);
+        Assert.That(head.Gradients[c], Is.EqualTo(dValues.Sum(x => (double)x)).Within(1e-5), "∂L/∂c = Σ_t ∂L/∂V_t");
+        Assert.That(policy.OffsetGradient.ToArray().All(g => g == 0), Is.True, "a value-only loss leaves b's gradient at 0");
+        var snapshot = (TiltPolicy)policy.Snapshot();
+        Assert.That(snapshot.ValueHead!.Parameters, Is.EqualTo(head.Parameters));
+    }
+
+    [Test]
     public void PreferenceMleInTheTiltClassMovesTowardTheTarget()
     {
         using var model = KnownTargetModelTests.TinyModel();

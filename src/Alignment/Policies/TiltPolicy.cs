@@ -22,8 +22,9 @@ namespace DistAlign.Alignment.Policies;
 /// A training step therefore costs one [tokens × C]·[C × V] GEMM and O(tokens·V) elementwise work: no transformer pass
 /// once the cache holds the batch's sequences. <see cref="Score"/> keeps z of its batch ([tokens × V] floats) for
 /// <see cref="Backward"/>. Sampling is exact KV-cache decoding of the backbone with b added (<see cref="TiltedSampler"/>).
+/// With a value head (PPO), V(s_t) = w·h_t + c is a second linear head on the same frozen features, trained with b.
 /// </remarks>
-public sealed class TiltPolicy : IPolicy
+public sealed class TiltPolicy : IValuePolicy
 {
     /// <summary>The name of b in checkpoints and error messages.</summary>
     public const string OffsetName = "logit_offset";
@@ -31,14 +32,15 @@ public sealed class TiltPolicy : IPolicy
     private readonly FrozenFeatureCache cache;
     private readonly AdamWSettings optimizer;
     private readonly float[] offset, gradient, m, v;
-    private float[] z = [], lse = [], entropies = [];
+    private float[] z = [], lse = [], entropies = [], features = [];
     private int[] targets = [];
     private int lastTokens = -1;
 
     /// <param name="cache">the frozen backbone and its features (shared with snapshots and other heads)</param>
     /// <param name="optimizer">AdamW for b; its weight decay is an L2 pull of b toward 0, i.e. of π_b toward π0</param>
     /// <param name="initialOffset">b at the start (empty: 0, i.e. π0)</param>
-    public TiltPolicy(FrozenFeatureCache cache, AdamWSettings optimizer, ReadOnlySpan<float> initialOffset = default)
+    /// <param name="withValueHead">a linear value head on the frozen features (PPO's critic), starting at zero</param>
+    public TiltPolicy(FrozenFeatureCache cache, AdamWSettings optimizer, ReadOnlySpan<float> initialOffset = default, bool withValueHead = false)
     {
         ArgumentNullException.ThrowIfNull(cache);
         ArgumentNullException.ThrowIfNull(optimizer);
@@ -52,7 +54,11 @@ public sealed class TiltPolicy : IPolicy
         gradient = new float[vocab];
         m = new float[vocab];
         v = new float[vocab];
+        if (withValueHead) ValueHead = new ScalarHead(cache.Channels);
     }
+
+    /// <summary>V(s_t) = w·h_t + c on the frozen features; null when built without one.</summary>
+    public ScalarHead? ValueHead { get; }
 
     /// <summary>The frozen π0.</summary>
     public Gpt Backbone => cache.Backbone;
@@ -75,7 +81,7 @@ public sealed class TiltPolicy : IPolicy
         int c = cache.Channels, vocab = Vocab;
         lastTokens = tokens;
         if (tokens == 0) return;
-        var features = new float[tokens * c];
+        if (features.Length != tokens * c) features = new float[tokens * c];
         cache.Gather(batch, features);
         if (z.Length < tokens * vocab) z = new float[tokens * vocab];
         if (targets.Length < tokens) { targets = new int[tokens]; lse = new float[tokens]; entropies = new float[tokens]; }
@@ -131,42 +137,69 @@ public sealed class TiltPolicy : IPolicy
         for (int t = 0; t < tokens; t++) TensorPrimitives.Add(gradient, logits.Slice(t * vocab, vocab), gradient);
     }
 
+    public void ScoreWithValues(IReadOnlyList<PromptResponse> batch, Span<float> tokenLogProbs, Span<float> tokenValues, Span<float> tokenEntropies = default)
+    {
+        var head = ValueHead ?? throw new InvalidOperationException("this tilt policy was built without a value head");
+        Score(batch, tokenLogProbs, tokenEntropies);
+        int c = cache.Channels, tokens = lastTokens;
+        if (tokenValues.Length != tokens) throw new ArgumentException($"the batch has {tokens} response tokens; tokenValues has {tokenValues.Length}");
+        for (int t = 0; t < tokens; t++) tokenValues[t] = head.Forward(features.AsSpan(t * c, c));
+    }
+
+    public void BackwardWithValues(ReadOnlySpan<float> dTokenLogProbs, ReadOnlySpan<float> dTokenValues, ReadOnlySpan<float> dTokenEntropies = default)
+    {
+        var head = ValueHead ?? throw new InvalidOperationException("this tilt policy was built without a value head");
+        int c = cache.Channels, tokens = lastTokens;
+        if (tokens >= 0 && dTokenValues.Length != tokens) throw new ArgumentException($"dTokenValues must have {tokens} entries, got {dTokenValues.Length}");
+        Backward(dTokenLogProbs, dTokenEntropies);
+        var frozen = new float[c];   // ∂L/∂h goes nowhere: the backbone is frozen
+        for (int t = 0; t < tokens; t++) head.Backward(features.AsSpan(t * c, c), dTokenValues[t], frozen);
+    }
+
     public Continuation[] Sample(IReadOnlyList<int[]> prompts, SamplingOptions options, ulong seed) =>
         TiltedSampler.Sample(Backbone, offset, prompts, options, seed);
 
-    public void ZeroGradients() => Array.Clear(gradient);
-
-    public double ClipGradients(float maxNorm)
+    public void ZeroGradients()
     {
-        double sum = 0;
-        foreach (float g in gradient) sum += (double)g * g;
-        double norm = Math.Sqrt(sum);
-        if (maxNorm > 0 && norm > maxNorm)
-        {
-            float scale = (float)(maxNorm / norm);
-            TensorPrimitives.Multiply(gradient, scale, gradient);
-        }
-        return norm;
+        Array.Clear(gradient);
+        ValueHead?.ZeroGradients();
     }
 
-    public void OptimizerStep(int step, float learningRate) =>
+    /// <summary>The global norm over ∂L/∂b (and the value head's gradients), clipped as <see cref="GptPolicy"/> clips.</summary>
+    public double ClipGradients(float maxNorm)
+    {
+        if (ValueHead is not null) return ValueHead.ClipWith(gradient, maxNorm);
+        return maxNorm > 0 ? GradientNorm.ClipByGlobalNorm(gradient, maxNorm).Norm : GradientNorm.GlobalNorm(gradient);
+    }
+
+    public void OptimizerStep(int step, float learningRate)
+    {
         AdamW.Step(offset, gradient, m, v, step, learningRate, optimizer.Beta1, optimizer.Beta2, optimizer.Epsilon, optimizer.WeightDecay);
+        ValueHead?.OptimizerStep(step, learningRate, optimizer);
+    }
 
     public NonFiniteElement? FirstNonFiniteGradient()
     {
         for (int i = 0; i < gradient.Length; i++)
             if (!float.IsFinite(gradient[i])) return new NonFiniteElement(OffsetName, i, gradient[i]);
-        return null;
+        return ValueHead?.FirstNonFiniteGradient("value_head.weight", "value_head.bias");
     }
 
-    /// <summary>Same backbone and cache, a copy of b, zero gradients and moments.</summary>
-    public IPolicy Snapshot() => new TiltPolicy(cache, optimizer, offset);
+    /// <summary>Same backbone and cache, a copy of b (and of the value head), zero gradients and moments.</summary>
+    public IPolicy Snapshot()
+    {
+        var copy = new TiltPolicy(cache, optimizer, offset, ValueHead is not null);
+        ValueHead?.Parameters.CopyTo(copy.ValueHead!.Parameters, 0);
+        return copy;
+    }
 
+    /// <summary>Copies b, and the value head's weights when both have one.</summary>
     public void CopyWeightsFrom(IPolicy other)
     {
         if (other is not TiltPolicy tilt || tilt.Backbone != Backbone)
             throw new ArgumentException($"weights copy only from a TiltPolicy on the same backbone, not from a {other?.GetType().Name}");
         tilt.offset.CopyTo(offset, 0);
+        if (ValueHead is not null && tilt.ValueHead is not null) tilt.ValueHead.Parameters.CopyTo(ValueHead.Parameters, 0);
     }
 
     /// <summary>The backbone and cache are shared, so there is nothing to release.</summary>
