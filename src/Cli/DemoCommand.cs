@@ -20,7 +20,7 @@ internal static class DemoCommand
     {
         var output = new Option<DirectoryInfo>("--out") { Description = "Report folder (π0 is cached in OUT/pi0).", DefaultValueFactory = _ => new DirectoryInfo(Path.Combine("runs", "demo")) };
         var quick = new Option<bool>("--quick") { Description = "The CI-sized run (a smaller π0, fewer prompts, pairs and steps; under 90 s on 2 cores)." };
-        var pairs = new Option<int?>("--n") { Description = "Preference pairs (default 1024; 64 with --quick)." };
+        var pairs = new Option<int?>("--n") { Description = "Preference pairs (default 16384, with --train full 1024; 64 with --quick)." };
         var common = new DemoOptions();
         var command = new Command("demo", "Align π0 toward a known target π* with six methods and measure how close each gets (the README's first command).")
         {
@@ -51,6 +51,14 @@ internal sealed class DemoOptions
     public readonly Option<int?> Steps = new("--steps") { Description = "Steps (PPO: iterations) per method (default 100; 10 with --quick)." };
     public readonly Option<double?> Tau = new("--tau") { Description = "τ of the tilt π* ∝ π0·exp(w/τ)." };
     public readonly Option<double?> Gamma = new("--gamma") { Description = "γ of the preference model σ(γ Δ ln π*)." };
+    public readonly Option<string?> Train = new("--train") { Description = "What the methods train: tilt (default: a per-token logit offset over the frozen π0, the class that contains π*, with n = 16384 and every method tuned) or full (every weight of π0's copy, n = 1024, untuned)." };
+    public readonly Option<string?> Methods = new("--methods") { Description = "Comma-separated subset of rlhf,reverse-kl,dpo,pmle,distillation,rebel (default: all six)." };
+    public readonly Option<int?> Batch = new("--batch") { Description = "Pairs (offline) or prompts (online) per step." };
+    public readonly Option<float?> LearningRate = new("--lr") { Description = "Learning rate of the offline methods and the reward model's head." };
+    public readonly Option<float?> PpoLearningRate = new("--ppo-lr") { Description = "Learning rate of the PPO methods (RLHF, reverse KL)." };
+    public readonly Option<float?> WeightDecay = new("--weight-decay") { Description = "AdamW weight decay of the trained weights (tilt: an L2 pull toward π0)." };
+    public readonly Option<int?> RewardSteps = new("--reward-steps") { Description = "Reward-model training steps." };
+    public readonly Option<int?> Seeds = new("--seeds") { Description = "Seeds of pairs and training per n (π0 shared); the report gives mean ± SE over them." };
 
     public void AddTo(Command command)
     {
@@ -59,6 +67,7 @@ internal sealed class DemoOptions
         command.Options.Add(Steps);
         command.Options.Add(Tau);
         command.Options.Add(Gamma);
+        foreach (var option in new Option[] { Train, Methods, Batch, LearningRate, PpoLearningRate, WeightDecay, RewardSteps, Seeds }) command.Options.Add(option);
         gpu.AddTo(command);
     }
 
@@ -72,7 +81,25 @@ internal sealed class DemoOptions
     {
         CpuParallel.Threads = CliErrors.Positive(parse.GetValue(Threads), "--threads");
         var settings = quick ? DemoSettings.Quick : new DemoSettings();
+        string train = parse.GetValue(Train) ?? "tilt";
+        settings = train switch
+        {
+            "full" => settings,
+            "tilt" => DemoSettings.InTiltClass(settings, quick),
+            _ => throw new CliUsageException($"--train must be full or tilt (got '{train}')"),
+        };
         settings = settings with { Seed = parse.GetValue(Seed) };
+        if (parse.GetValue(Methods) is string methods) settings = settings with { Methods = ParseMethods(methods) };
+        if (parse.GetValue(Batch) is int batch) settings = settings with { BatchPairs = CliErrors.Positive(batch, "--batch") };
+        if (parse.GetValue(LearningRate) is float lr) settings = settings with { LearningRate = PositiveRate(lr, "--lr") };
+        if (parse.GetValue(PpoLearningRate) is float ppoLr) settings = settings with { PpoLearningRate = PositiveRate(ppoLr, "--ppo-lr") };
+        if (parse.GetValue(WeightDecay) is float wd)
+        {
+            if (!(wd >= 0) || float.IsInfinity(wd)) throw new CliUsageException($"--weight-decay must be ≥ 0 (got {wd})");
+            settings = settings with { WeightDecay = wd };
+        }
+        if (parse.GetValue(Seeds) is int seeds) settings = settings with { Seeds = CliErrors.Positive(seeds, "--seeds") };
+        if (parse.GetValue(RewardSteps) is int rewardSteps) settings = settings with { RewardSteps = CliErrors.Positive(rewardSteps, "--reward-steps") };
         if (parse.GetValue(Steps) is int steps) settings = settings with { Steps = CliErrors.Positive(steps, "--steps") };
         if (parse.GetValue(Tau) is double tau)
         {
@@ -85,6 +112,21 @@ internal sealed class DemoOptions
             settings = settings with { Task = settings.Task with { Gamma = gamma } };
         }
         return settings.Validate();
+    }
+
+    private static float PositiveRate(float value, string option) =>
+        value > 0 && float.IsFinite(value) ? value : throw new CliUsageException($"{option} must be a positive number (got {value})");
+
+    /// <summary>"pmle,dpo" → [Dpo, Pmle] in report order; names as the report's kebab-case ("reverse-kl").</summary>
+    public static DemoMethod[] ParseMethods(string text)
+    {
+        var names = Enum.GetValues<DemoMethod>().ToDictionary(m => DemoExperiment.KeyOf(m), m => m);
+        var chosen = new HashSet<DemoMethod>();
+        foreach (var part in text.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))
+            chosen.Add(names.TryGetValue(part, out var m) ? m
+                : throw new CliUsageException($"--methods: '{part}' is not a method (expected some of {string.Join(",", names.Keys)})"));
+        if (chosen.Count == 0) throw new CliUsageException("--methods needs at least one method");
+        return [.. Enum.GetValues<DemoMethod>().Where(chosen.Contains)];
     }
 }
 
@@ -236,11 +278,13 @@ internal static class DemoPlots
             var palette = new ScottPlot.Palettes.Category10();   // one colour per method (error bars would otherwise take palette slots)
             foreach (var (method, index) in last.Methods.Select((m, i) => (m.Method, i)))
             {
-                var ys = o.Sizes.Select(s => s.Methods.First(m => m.Method == method).Evaluation.ForwardKl.Mean).ToArray();
+                // mean ± SE over seeds of the kept runs; with one seed, the Monte Carlo SE of its estimate
+                var estimates = o.Sizes.Select(s => o.Settings.Seeds > 1 ? s.ForwardKlOverSeeds(method).Honest : s.Methods.First(m => m.Method == method).Evaluation.ForwardKl).ToArray();
+                var ys = estimates.Select(p => p.Mean).ToArray();
                 var line = sweep.Add.Scatter(xs, ys);
                 line.Color = palette.GetColor(index);
                 line.LegendText = DemoExperiment.NameOf(method);
-                var errors = sweep.Add.ErrorBar(xs, ys, o.Sizes.Select(s => s.Methods.First(m => m.Method == method).Evaluation.ForwardKl.StandardError).ToArray());
+                var errors = sweep.Add.ErrorBar(xs, ys, [.. estimates.Select(p => p.StandardError)]);
                 errors.Color = line.Color;
             }
             var reference = sweep.Add.HorizontalLine(o.Pi0Evaluation.ForwardKl.Mean);

@@ -14,7 +14,7 @@ internal static class ExperimentLmCommand
     {
         var output = new Option<DirectoryInfo>("--out") { Description = "Report folder.", DefaultValueFactory = _ => new DirectoryInfo(Path.Combine("runs", "experiment-lm")) };
         var cache = new Option<DirectoryInfo>("--pi0-cache") { Description = "Where π0 is cached (shared with the demo by default).", DefaultValueFactory = _ => new DirectoryInfo(Path.Combine("runs", "demo", "pi0")) };
-        var sizes = new Option<string>("--n") { Description = "Comma-separated numbers of preference pairs.", DefaultValueFactory = _ => "64,256,1024" };
+        var sizes = new Option<string?>("--n") { Description = "Comma-separated numbers of preference pairs (default 64,256,1024; with --train tilt 256,1024,4096,16384,65536)." };
         var quick = new Option<bool>("--quick") { Description = "The CI-sized π0, prompts and steps." };
         var common = new DemoOptions();
         var command = new Command("lm", "The language-model known-target experiment at several n (trend of every method's KL to π* in n).")
@@ -25,7 +25,10 @@ internal static class ExperimentLmCommand
         command.SetAction(parse =>
         {
             var settings = common.Read(parse, parse.GetValue(quick));
-            var ns = ParseSizes(parse.GetValue(sizes)!);
+            bool tilt = settings.Train == Alignment.Experiments.TrainedWeights.Tilt;
+            var ns = ParseSizes(parse.GetValue(sizes) ?? (tilt && !parse.GetValue(quick) ? "256,1024,4096,16384,65536" : "64,256,1024"));
+            // the sweep's default: three seeds of pairs and training in the tilt class (the slopes need the spread)
+            if (tilt && parse.GetValue(common.Seeds) is null) settings = settings with { Seeds = 3 };
             string outDir = parse.GetValue(output)!.FullName;
             string line = "distalign experiment lm" + string.Concat(Environment.GetCommandLineArgs().Skip(1).SkipWhile(a => a != "lm").Skip(1).Select(a => " " + a));
             using var device = common.OpenDevice(parse, settings);

@@ -186,9 +186,30 @@ public class TiltPolicyTests
         Assert.That(second.AsSpan(Offsets(reordered, 2), 3).ToArray(), Is.EqualTo(alone), "a sequence computed in a batch = alone");
 
         // A cache with no room computes every time and keeps nothing.
-        var full = new FrozenFeatureCache(model, maxFloats: 0);
+        var full = new FrozenFeatureCache(model, maxFloats: 0, recentFloats: 0);
         new TiltPolicy(full, new AdamWSettings()).Score(Batch, new float[tokens]);
         Assert.That(full.Count, Is.Zero);
+    }
+
+    [Test]
+    public void PinnedSequencesStayAndTheRecentPoolIsBounded()
+    {
+        using var model = KnownTargetModelTests.TinyModel();
+        int c = Tiny.Channels;
+        // room for 6 response tokens of sequences that are not pinned
+        var cache = new FrozenFeatureCache(model, recentFloats: 6 * c);
+        cache.Add([Batch[0]]);   // pinned (2 tokens)
+        var policy = new TiltPolicy(cache, new AdamWSettings());
+        foreach (var s in Batch.Skip(1)) policy.Score([s], new float[s.Response.Length]);   // 5, 3, 1 tokens
+        Assert.That(cache.Bytes, Is.LessThanOrEqualTo((2 + 6) * c * sizeof(float)));
+        long misses = cache.Misses;
+        policy.Score([Batch[0]], new float[2]);
+        policy.Score([Batch[3]], new float[1]);
+        Assert.That(cache.Misses, Is.EqualTo(misses), "the pinned sequence and the newest one are held");
+        policy.Score([Batch[1]], new float[5]);
+        Assert.That(cache.Misses, Is.EqualTo(misses + 1), "the oldest sequence that was not pinned was evicted");
+        cache.Add([Batch[1]]);   // pinning a sequence that sits in the recent pool keeps it where it is
+        Assert.That(cache.Misses, Is.EqualTo(misses + 1));
     }
 
     private static int Offsets(IReadOnlyList<PromptResponse> batch, int index) => batch.Take(index).Sum(s => s.Response.Length);

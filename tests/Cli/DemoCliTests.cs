@@ -12,7 +12,7 @@ namespace DistAlign.Tests.Cli;
 public class DemoCliTests : CliTestBase
 {
     private static readonly string[] Methods = ["RLHF (PPO)", "Reverse KL (PPO)", "DPO", "PMLE", "Distillation", "REBEL"];
-    private static readonly string[] QuickDemo = ["demo", "--quick", "--threads", "2", "--seed", "1"];
+    private static readonly string[] QuickDemo = ["demo", "--quick", "--threads", "2", "--seed", "1", "--train", "full"];
 
     /// <summary>A finished <c>demo --quick</c>: its exit code, console output and report folder.</summary>
     private sealed record QuickRun(int ExitCode, string Output, string Error, string OutDir);
@@ -173,6 +173,44 @@ public class DemoCliTests : CliTestBase
         Assert.That(Program.Main(["demo", "--quick", "--n", "0", "--out", TestDirectory]), Is.EqualTo(Program.UsageError));
         Assert.That(Program.Main(["demo", "--quick", "--tau", "-1", "--out", TestDirectory]), Is.EqualTo(Program.UsageError));
         Assert.That(ExperimentLmCommand.ParseSizes("1024, 64,256,64"), Is.EqualTo(new[] { 64, 256, 1024 }));
+        Assert.That(Program.Main(["demo", "--quick", "--train", "lora2", "--out", TestDirectory]), Is.EqualTo(Program.UsageError));
+        Assert.That(Error.ToString(), Does.Contain("--train must be full or tilt (got 'lora2')"));
+        Assert.That(Program.Main(["demo", "--quick", "--methods", "pmle,ppo", "--out", TestDirectory]), Is.EqualTo(Program.UsageError));
+        Assert.That(Error.ToString(), Does.Contain("'ppo' is not a method"));
+        Assert.That(DemoOptions.ParseMethods("pmle, reverse-kl,dpo"), Is.EqualTo(new[] { DemoMethod.ReverseKl, DemoMethod.Dpo, DemoMethod.Pmle }));
+    }
+
+    /// <summary>
+    /// <c>demo --quick</c> (the tilt class is the default): every method trains a logit offset over the frozen π0, once per value of its key
+    /// parameter; the report names the class, and per method exactly one run is the honest pick (lowest held-out preference
+    /// loss, which the report shows) and one the oracle's (lowest KL(π*‖π̂)).
+    /// </summary>
+    [Test]
+    public void QuickDemoInTheTiltClassTunesEveryMethodAndReportsBothPicks()
+    {
+        string outDir = Path.Combine(TestDirectory, "tilt");
+        Assert.That(Program.Main(["demo", "--quick", "--threads", "2", "--seed", "1", "--out", outDir]), Is.EqualTo(0), Error.ToString());   // tilt is the default
+        string md = File.ReadAllText(Path.Combine(outDir, DemoReport.MarkdownFileName));
+        Assert.That(md, Does.Contain("What trains: the tilt class").And.Contain("| method | parameter | value | held-out loss |"));
+        using var doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(outDir, DemoReport.JsonFileName)));
+        var root = doc.RootElement;
+        AssertEveryNumberFinite(root, "report.json");
+        Assert.That(root.GetProperty("settings").GetProperty("train").GetString(), Is.EqualTo("tilt"));
+        var methods = root.GetProperty("sizes")[0].GetProperty("methods");
+        Assert.That(methods.EnumerateObject().Select(p => p.Name), Is.EqualTo(Methods));
+        foreach (var m in methods.EnumerateObject())
+        {
+            var tuning = m.Value.GetProperty("tuning").EnumerateArray().ToList();
+            Assert.That(tuning, Has.Count.EqualTo(3), m.Name);
+            Assert.That(tuning.Count(c => c.GetProperty("honest_pick").GetBoolean()), Is.EqualTo(1), $"{m.Name}: one honest pick");
+            Assert.That(tuning.Count(c => c.GetProperty("oracle_pick").GetBoolean()), Is.EqualTo(1), $"{m.Name}: one oracle pick");
+            var honest = tuning.Single(c => c.GetProperty("honest_pick").GetBoolean());
+            Assert.That(honest.GetProperty("validation_loss").GetDouble(), Is.EqualTo(tuning.Min(c => c.GetProperty("validation_loss").GetDouble())), m.Name);
+            Assert.That(m.Value.GetProperty("validation_loss").GetDouble(), Is.EqualTo(honest.GetProperty("validation_loss").GetDouble()), m.Name);
+            var oracle = tuning.Single(c => c.GetProperty("oracle_pick").GetBoolean());
+            Assert.That(oracle.GetProperty("metrics").GetProperty("forward_kl").GetDouble(),
+                Is.EqualTo(tuning.Min(c => c.GetProperty("metrics").GetProperty("forward_kl").GetDouble())), m.Name);
+        }
     }
 
     /// <summary>Keys of report.json that are wall-clock timings, or where π0 was cached: allowed to differ between runs.</summary>

@@ -28,6 +28,18 @@ public enum DemoMethod
     Rebel,
 }
 
+/// <summary>What the methods train: every weight of the GPT, or only a per-token logit offset over the frozen π0 (the realizable class).</summary>
+public enum TrainedWeights
+{
+    /// <summary>Full fine-tuning: every weight of a copy of π0 (the reward model: a scalar head on a copy of π0's backbone).</summary>
+    Full,
+    /// <summary>
+    /// π_b ∝ π0·exp(b) with π0 frozen and b ∈ ℝ^V trained (<see cref="TiltPolicy"/>): the class contains π* exactly (b = w/τ).
+    /// The reward model gets the matching head, R̂ = γ·ln π_b̂ with its own offset; PPO's critic is a linear head on the frozen features.
+    /// </summary>
+    Tilt,
+}
+
 /// <summary>Settings of <c>distalign demo</c> and <c>distalign experiment lm</c>. Defaults: the full run; <see cref="Quick"/>: the CI run.</summary>
 public sealed record DemoSettings
 {
@@ -40,6 +52,27 @@ public sealed record DemoSettings
         AdamW = new AdamWSettings(WeightDecay: 0.1f), EvaluateEvery = 0, EvaluationBatches = 16, Seed = 1,
     };
     public KnownTargetSettings Task { get; init; } = new();
+    /// <summary>What every method and the reward model train (the model file and report record it).</summary>
+    public TrainedWeights Train { get; init; } = TrainedWeights.Full;
+    /// <summary>Weight decay of the trained weights (on the tilt class: an L2 pull of b toward 0, i.e. toward π0).</summary>
+    public float WeightDecay { get; init; }
+    /// <summary>
+    /// Multipliers of each method's key parameter tried (its learning rate for PMLE, distillation and reverse KL; β for DPO and
+    /// RLHF; η for REBEL), each a full run; empty: no tuning. With a grid, every method and the reward model train on the pairs
+    /// less a held-out <see cref="ValidationFraction"/>, and the run kept is the one with the lowest held-out preference loss
+    /// −ln σ(γ Δ ln π̂) (honest: no access to π*); the run with the lowest KL(π*‖π̂) (the oracle's pick) is reported beside it.
+    /// </summary>
+    public IReadOnlyList<double> TuningGrid { get; init; } = [];
+    /// <summary>Share of the n pairs held out for the honest criterion when tuning.</summary>
+    public double ValidationFraction { get; init; } = 0.125;
+    /// <summary>Where preference distillation's pairs come from: the policy's own samples (default) or the dataset's two responses, relabelled by R̂.</summary>
+    public PairSource DistillationPairs { get; init; } = PairSource.Policy;
+    /// <summary>Steps (PPO: iterations) of the methods that sample every step (RLHF, reverse KL, REBEL, distillation on its own samples); 0: <see cref="Steps"/>.</summary>
+    public int OnPolicySteps { get; init; }
+    /// <summary>Prompts per step of the methods that sample every step; 0: <see cref="BatchPairs"/>.</summary>
+    public int OnPolicyBatch { get; init; }
+    /// <summary>The methods run, in report order (default: all six).</summary>
+    public IReadOnlyList<DemoMethod> Methods { get; init; } = Enum.GetValues<DemoMethod>();
     /// <summary>n: preference pairs every method learns from.</summary>
     public int Pairs { get; init; } = 1024;
     /// <summary>Optimizer steps per method (the same budget for all six).</summary>
@@ -74,6 +107,11 @@ public sealed record DemoSettings
     /// <summary>Samples per evaluation prompt for every Monte Carlo estimate.</summary>
     public int EvalSamplesPerPrompt { get; init; } = 4;
     public ulong Seed { get; init; } = 1;
+    /// <summary>
+    /// Seeds of pairs and training: each n runs with seeds <see cref="Seed"/>, <see cref="Seed"/> + 1, …; π0, π* and the evaluation
+    /// samples are shared. The report gives each method's mean ± standard error over the seeds.
+    /// </summary>
+    public int Seeds { get; init; } = 1;
 
     /// <summary>The CI-sized run: a smaller π0, fewer prompts, pairs and steps.</summary>
     public static DemoSettings Quick => new()
@@ -111,6 +149,30 @@ public sealed record DemoSettings
         LearningRate = 1e-2f, PpoLearningRate = 1e-2f,
     };
 
+    /// <summary>
+    /// <paramref name="settings"/> moved to the tilt class (<see cref="TrainedWeights.Tilt"/>), with the budget and step sizes
+    /// that class needs: b has V parameters and no transformer pass per step, so n grows to 2¹⁴ pairs (the quick run keeps its n)
+    /// and the offline methods take 1,024 steps of 64 pairs (4 epochs); the methods that sample every step take 256 steps of 32
+    /// prompts (their cost is the sampling). Every method is tuned on a grid of ×¼, ×1, ×4 its key parameter, centred where a
+    /// first run at n = 2¹⁴ found each method's best (β = 0.4 for DPO and RLHF: at 0.1 both were worse still).
+    /// </summary>
+    public static DemoSettings InTiltClass(DemoSettings settings, bool quick) => settings with
+    {
+        Train = TrainedWeights.Tilt,
+        Pairs = quick ? settings.Pairs : 1 << 14,
+        BatchPairs = quick ? settings.BatchPairs : 64,
+        Steps = quick ? settings.Steps : 1024,
+        RewardSteps = quick ? settings.RewardSteps : 1024,
+        OnPolicySteps = quick ? settings.Steps : 256,
+        OnPolicyBatch = quick ? settings.BatchPairs : 32,
+        LearningRate = 0.02f,
+        PpoLearningRate = 0.0025f,
+        DpoBeta = 0.4,
+        RlhfBeta = 0.4,
+        DistillationPairs = PairSource.Dataset,
+        TuningGrid = [0.25, 1, 4],
+    };
+
     public DemoSettings Validate()
     {
         Task.Validate();
@@ -118,6 +180,13 @@ public sealed record DemoSettings
         if (Pairs < 2) throw new ArgumentException($"n must be at least 2 pairs (got {Pairs})");
         if (Steps < 1 || RewardSteps < 1) throw new ArgumentException("methods and the reward model need at least one step");
         if (BatchPairs < 1) throw new ArgumentException($"batch must be at least 1 (got {BatchPairs})");
+        if (TuningGrid.Any(x => !(x > 0) || double.IsInfinity(x))) throw new ArgumentException("tuning multipliers must be positive numbers");
+        if (TuningGrid.Count > 0 && !(ValidationFraction > 0 && ValidationFraction < 0.5)) throw new ArgumentException($"the held-out share must be in (0, 0.5) when tuning (got {ValidationFraction})");
+        if (Seeds < 1) throw new ArgumentException($"at least one seed is needed (got {Seeds})");
+        if (OnPolicyBatch < 0) throw new ArgumentException($"on-policy batch must be ≥ 0 (got {OnPolicyBatch})");
+        if (OnPolicySteps < 0) throw new ArgumentException($"on-policy steps must be ≥ 0 (got {OnPolicySteps})");
+        if (Methods.Count == 0) throw new ArgumentException("at least one method must run");
+        if (!(WeightDecay >= 0)) throw new ArgumentException($"weight decay must be ≥ 0 (got {WeightDecay})");
         if (EvalSamplesPerPrompt < 2) throw new ArgumentException("the evaluation needs at least 2 samples per prompt (pairs of π0 samples rate the reward model)");
         return this;
     }
@@ -134,11 +203,48 @@ public sealed record DemoTaskSummary(Estimate TargetKl, double TargetMeanLength,
 public sealed record DemoRewardSummary(int Steps, double FinalLoss, double TrueOrderAccuracy, double Seconds);
 
 /// <summary>One method's run: settings in words, training and evaluation seconds, loss curve (its own objective per step), evaluation.</summary>
+/// <param name="ValidationLoss">held-out preference loss −ln σ(γ Δ ln π̂) (NaN when nothing was held out)</param>
+/// <param name="Candidates">every run of the tuning grid (empty without tuning); this result is the honest pick among them</param>
 public sealed record DemoMethodResult(DemoMethod Method, string Name, string Settings, double Seconds,
-                                      IReadOnlyList<(int Step, double Loss)> LossCurve, KnownTargetEvaluation Evaluation);
+                                      IReadOnlyList<(int Step, double Loss)> LossCurve, KnownTargetEvaluation Evaluation,
+                                      double ValidationLoss = double.NaN, IReadOnlyList<DemoCandidate>? Candidates = null)
+{
+    /// <summary>The candidate the oracle (lowest KL(π*‖π̂)) would pick; null without tuning.</summary>
+    public DemoCandidate? OraclePick => Candidates is { Count: > 0 } c ? c.MinBy(x => x.Evaluation.ForwardKl.Mean) : null;
+}
+
+/// <summary>One run of a method's tuning grid: its key parameter's name and value, the honest criterion and the full evaluation.</summary>
+public sealed record DemoCandidate(string Parameter, double Value, double ValidationLoss, KnownTargetEvaluation Evaluation, double Seconds);
 
 /// <summary>Everything measured at one dataset size n.</summary>
-public sealed record DemoSizeResult(int Pairs, double MeanLabelMargin, double AgreementWithTarget, DemoRewardSummary Reward, IReadOnlyList<DemoMethodResult> Methods);
+/// <remarks>The fields are the first seed's; <see cref="OtherSeeds"/> holds the same for every further seed.</remarks>
+public sealed record DemoSizeResult(int Pairs, double MeanLabelMargin, double AgreementWithTarget, DemoRewardSummary Reward, IReadOnlyList<DemoMethodResult> Methods)
+{
+    /// <summary>The runs with seeds 2, 3, … (empty with one seed).</summary>
+    public IReadOnlyList<DemoSizeResult> OtherSeeds { get; init; } = [];
+
+    /// <summary>Every seed's run, the first one included.</summary>
+    public IEnumerable<DemoSizeResult> AllSeeds => OtherSeeds.Prepend(this);
+
+    /// <summary>
+    /// A method's KL(π*‖π̂) over the seeds: mean and standard error of the per-seed values of its kept run (honest pick) and of
+    /// the oracle's pick (the kept run itself without tuning). Evaluation samples are shared, so this spread is that of pairs and training.
+    /// </summary>
+    public (Estimate Honest, Estimate Oracle) ForwardKlOverSeeds(DemoMethod method)
+    {
+        var runs = AllSeeds.Select(s => s.Methods.First(m => m.Method == method)).ToList();
+        return (Spread(runs.Select(r => r.Evaluation.ForwardKl.Mean)), Spread(runs.Select(r => (r.OraclePick?.Evaluation ?? r.Evaluation).ForwardKl.Mean)));
+    }
+
+    /// <summary>Mean and standard error (0 for one value) of a list of per-seed values.</summary>
+    public static Estimate Spread(IEnumerable<double> values)
+    {
+        var list = values.ToList();
+        double mean = list.Average();
+        double se = list.Count < 2 ? 0 : Math.Sqrt(list.Sum(v => (v - mean) * (v - mean)) / (list.Count - 1) / list.Count);
+        return new Estimate(mean, se, list.Count);
+    }
+}
 
 /// <summary>
 /// The language-model known-target experiment of issue #7: π0 (cached pretraining), π* = π0 tilted by the VADER
@@ -152,11 +258,14 @@ public sealed class DemoExperiment : IDisposable
 {
     private readonly Gpt reference;
     private readonly Action<DemoProgress>? progress;
+    /// <summary>π0's features of every sequence scored so far (pairs, evaluation samples, rollouts): the tilt class's only transformer passes.</summary>
+    private readonly FrozenFeatureCache? features;
 
     /// <summary>Where π0 was pretrained and the reward model and every method train.</summary>
     public GptDevice Device { get; }
 
-    public DemoSettings Settings { get; }
+    /// <summary>The settings; during <see cref="RunAtSize"/>, those of the seed being run (<see cref="DemoSettings.Seed"/> + k).</summary>
+    public DemoSettings Settings { get; private set; }
     public PretrainedReference Pi0 { get; }
     public KnownTargetTask Task { get; }
     public KnownTargetEvaluator Evaluator { get; }
@@ -178,7 +287,26 @@ public sealed class DemoExperiment : IDisposable
         ReferenceEvaluation = referenceEvaluation;
         TargetEvaluation = targetEvaluation;
         this.progress = progress;
+        if (settings.Train == TrainedWeights.Tilt)
+        {
+            if (!device.IsCpu) throw new NotSupportedException("the tilt class trains on the CPU only (its step is one GEMM over cached features)");
+            features = new FrozenFeatureCache(reference);
+        }
     }
+
+    /// <summary>A policy that starts at π0: a copy of the GPT (full) or b = 0 over the frozen π0 (tilt).</summary>
+    private IPolicy NewPolicy(bool withValueHead) => Settings.Train switch
+    {
+        TrainedWeights.Tilt => new TiltPolicy(features!, new AdamWSettings(WeightDecay: Settings.WeightDecay), withValueHead: withValueHead),
+        _ => Device.Policy(Copy(reference), new AdamWSettings(WeightDecay: Settings.WeightDecay), ownsModel: true, withValueHead: withValueHead),
+    };
+
+    /// <summary>π0 in the methods' own class, so ln π0 and ln π are computed the same way.</summary>
+    private IPolicy NewReference() => Settings.Train switch
+    {
+        TrainedWeights.Tilt => new TiltPolicy(features!, new AdamWSettings()),
+        _ => Device.Policy(reference, new AdamWSettings()),
+    };
 
     /// <summary>
     /// π0 (from <paramref name="cacheDirectory"/> or pretrained into it), π*, the prompts, the evaluator, and π0's and π*'s scores;
@@ -222,22 +350,133 @@ public sealed class DemoExperiment : IDisposable
     /// <summary>Pairs, reward model and all six methods at n pairs.</summary>
     public DemoSizeResult RunAtSize(int n)
     {
-        string stage = $"n = {n}: pairs";
+        var original = Settings;
+        var seeds = new List<DemoSizeResult>();
+        try
+        {
+            for (int k = 0; k < original.Seeds; k++)
+            {
+                Settings = original with { Seed = original.Seed + (ulong)k };
+                seeds.Add(RunAtSizeAndSeed(n, original.Seeds > 1 ? $"n = {n}, seed {Settings.Seed}" : $"n = {n}"));
+                features?.Clear();   // this seed's pairs are done with
+            }
+        }
+        finally
+        {
+            Settings = original;
+        }
+        return seeds[0] with { OtherSeeds = seeds.Skip(1).ToList() };
+    }
+
+    /// <summary>What progress lines start with: "n = 1024" or "n = 1024, seed 2".</summary>
+    private string label = "";
+
+    /// <summary>Pairs, reward model and every method at n pairs, for the seed in <see cref="Settings"/>.</summary>
+    private DemoSizeResult RunAtSizeAndSeed(int n, string label)
+    {
+        this.label = label;
+        string stage = $"{label}: pairs";
         progress?.Invoke(new DemoProgress(stage, 0, 1, "sampling a, b ~ π0"));
         var drawn = Task.DrawPairs(n, KnownTargetTask.Mix(Settings.Seed, 100 + (ulong)n));
         progress?.Invoke(new DemoProgress(stage, 1, 1, $"mean |P* − ½| {drawn.MeanLabelMargin:F3}"));
 
+        int held = Settings.TuningGrid.Count > 0 ? Math.Max(1, (int)Math.Ceiling(Settings.ValidationFraction * n)) : 0;
+        if (held >= n) throw new ArgumentException($"n = {n} leaves no pairs to train on after holding out {held}");
+        var train = drawn.Pairs.Take(n - held).ToList();   // pairs are i.i.d.: the last ones are held out
+        validation = drawn.Pairs.Skip(n - held).ToList();
+        if (features is not null) features.Add(OfflinePreferenceObjective.Sequences(drawn.Pairs));
+        var referenceLogProbs = ReferenceLogProbs(train);
+        if (Settings.Train == TrainedWeights.Tilt)
+        {
+            using var rewardPolicy = NewPolicy(withValueHead: false);
+            var rewardSummary = TrainTiltReward(rewardPolicy, train, n);
+            return RunMethods(n, drawn, train, referenceLogProbs, new LogLikelihoodReward(rewardPolicy, Settings.Task.Gamma), rewardSummary);
+        }
         using var rewardBackbone = Device.Backbone(reference.Config);   // null on the CPU; disposed after the reward model
         using var rewardModel = new RewardModel(Copy(reference), new AdamWSettings(WeightDecay: 0), ownsBackbone: true, rewardBackbone);
         using var baselinePolicy = Device.Policy(reference, new AdamWSettings());
         if (Settings.RewardBaseline) rewardModel.Baseline = new LogLikelihoodReward(baselinePolicy, Settings.Task.Gamma);
-        var reward = TrainRewardModel(rewardModel, drawn.Pairs, n);
+        var reward = TrainRewardModel(rewardModel, train, n);
+        return RunMethods(n, drawn, train, referenceLogProbs, rewardModel, reward);
+    }
 
-        var referenceLogProbs = ReferenceLogProbs(drawn.Pairs);
+    /// <summary>The pairs held out at the current n for the honest criterion (empty without tuning).</summary>
+    private IReadOnlyList<PreferencePair> validation = [];
+
+    private DemoSizeResult RunMethods(int n, KnownTargetPairs drawn, IReadOnlyList<PreferencePair> train, float[] referenceLogProbs,
+                                      IRewardFunction reward, DemoRewardSummary rewardSummary)
+    {
         var methods = new List<DemoMethodResult>();
-        foreach (var method in Enum.GetValues<DemoMethod>())
-            methods.Add(RunMethod(method, n, drawn.Pairs, referenceLogProbs, rewardModel));
-        return new DemoSizeResult(n, drawn.MeanLabelMargin, drawn.AgreementWithTarget, reward, methods);
+        foreach (var method in Settings.Methods)
+        {
+            if (Settings.TuningGrid.Count == 0)
+            {
+                methods.Add(RunMethod(method, n, train, referenceLogProbs, reward, Settings));
+                continue;
+            }
+            var candidates = new List<(DemoMethodResult Run, DemoCandidate Candidate)>();
+            foreach (double multiplier in Settings.TuningGrid)
+            {
+                var (parameter, value, settings) = Tuned(method, multiplier);
+                var run = RunMethod(method, n, train, referenceLogProbs, reward, settings, $"{parameter} {value:G3}");
+                candidates.Add((run, new DemoCandidate(parameter, value, run.ValidationLoss, run.Evaluation, run.Seconds)));
+            }
+            var best = candidates.MinBy(c => double.IsNaN(c.Candidate.ValidationLoss) ? double.PositiveInfinity : c.Candidate.ValidationLoss);
+            methods.Add(best.Run with { Candidates = [.. candidates.Select(c => c.Candidate)] });
+        }
+        return new DemoSizeResult(n, drawn.MeanLabelMargin, drawn.AgreementWithTarget, rewardSummary, methods);
+    }
+
+    /// <summary>The method's key parameter at <paramref name="multiplier"/> × its setting: its name, value, and the settings that carry it.</summary>
+    private (string Parameter, double Value, DemoSettings Settings) Tuned(DemoMethod method, double multiplier) => method switch
+    {
+        DemoMethod.Dpo => ("β", Settings.DpoBeta * multiplier, Settings with { DpoBeta = Settings.DpoBeta * multiplier }),
+        DemoMethod.Rlhf => ("β", Settings.RlhfBeta * multiplier, Settings with { RlhfBeta = Settings.RlhfBeta * multiplier }),
+        DemoMethod.Rebel => ("η", Settings.RebelEta * multiplier, Settings with { RebelEta = Settings.RebelEta * multiplier }),
+        DemoMethod.ReverseKl => ("learning rate", Settings.PpoLearningRate * multiplier, Settings with { PpoLearningRate = (float)(Settings.PpoLearningRate * multiplier) }),
+        _ => ("learning rate", Settings.LearningRate * multiplier, Settings with { LearningRate = (float)(Settings.LearningRate * multiplier) }),
+    };
+
+    /// <summary>
+    /// The honest criterion: mean −ln σ(γ [ln π̂(a⁺) − ln π̂(a⁻)]) over the held-out pairs — how well π̂, read as the preference
+    /// model σ(γ Δ ln π̂) that the labels were drawn from with π*, predicts preferences it did not train on.
+    /// </summary>
+    private double ValidationLoss(IPolicy policy)
+    {
+        if (validation.Count == 0) return double.NaN;
+        var logProbs = KnownTargetTask.ScoreAll(new PolicyResponseModel(policy), OfflinePreferenceObjective.Sequences(validation));
+        double sum = 0;
+        for (int i = 0; i < validation.Count; i++)
+        {
+            double margin = Settings.Task.Gamma * (logProbs[2 * i] - logProbs[2 * i + 1]);
+            sum += margin >= 0 ? double.LogP1(Math.Exp(-margin)) : -margin + double.LogP1(Math.Exp(margin));
+        }
+        return sum / validation.Count;
+    }
+
+    /// <summary>
+    /// The tilt class's reward model: R̂ = γ·ln π_r(y|x), its own offset r fitted by Bradley–Terry on the n pairs. With this head
+    /// the Bradley–Terry loss −ln σ(R̂(a⁺) − R̂(a⁻)) is the preference-MLE loss, so R̂ = γ ln π* is in the class (as the
+    /// policy's target is) and the reward-based methods aim at π_r = exp(R̂/γ).
+    /// </summary>
+    private DemoRewardSummary TrainTiltReward(IPolicy rewardPolicy, IReadOnlyList<PreferencePair> pairs, int n)
+    {
+        var watch = Stopwatch.StartNew();
+        var trainer = new AlignmentTrainer(rewardPolicy, null, pairs, null, OfflineOptions(new PairwiseLossSettings(PairwiseLossVariant.Pmle, Gamma: Settings.Task.Gamma), null) with
+        {
+            Steps = Settings.RewardSteps, Seed = KnownTargetTask.Mix(Settings.Seed, 7),
+            WarmupSteps = Math.Min(10, Settings.RewardSteps / 10),
+        });
+        string stage = $"{label}: reward model";
+        double loss = double.NaN;
+        while (trainer.Step < Settings.RewardSteps)
+        {
+            var report = trainer.TrainStep();
+            loss = report["loss"];
+            progress?.Invoke(new DemoProgress(stage, report.Step, Settings.RewardSteps, $"loss {loss:F3}"));
+        }
+        double accuracy = Evaluator.RewardAccuracy(new LogLikelihoodReward(rewardPolicy, Settings.Task.Gamma));
+        return new DemoRewardSummary(Settings.RewardSteps, loss, accuracy, watch.Elapsed.TotalSeconds);
     }
 
     private DemoRewardSummary TrainRewardModel(RewardModel model, IReadOnlyList<PreferencePair> pairs, int n)
@@ -248,7 +487,7 @@ public sealed class DemoExperiment : IDisposable
             Steps = Settings.RewardSteps, BatchPairs = Settings.BatchPairs, LearningRate = Settings.RewardLearningRate,
             WarmupSteps = Math.Min(10, Settings.RewardSteps / 10), EvalFraction = 0, EvaluateEvery = 0, Seed = Settings.Seed,
         });
-        string stage = $"n = {n}: reward model";
+        string stage = $"{label}: reward model";
         double loss = double.NaN;
         while (trainer.Step < Settings.RewardSteps)
         {
@@ -263,21 +502,31 @@ public sealed class DemoExperiment : IDisposable
     /// <summary>ln π0 of every chosen and rejected response (interleaved), scored like the policy scores them.</summary>
     private float[] ReferenceLogProbs(IReadOnlyList<PreferencePair> pairs)
     {
-        using var pi0 = Device.Policy(reference, new AdamWSettings());
+        using var pi0 = NewReference();
         var sums = KnownTargetTask.ScoreAll(new PolicyResponseModel(pi0), OfflinePreferenceObjective.Sequences(pairs));
         return [.. sums.Select(x => (float)x)];
     }
 
     /// <summary>The method's settings in words, as the report prints them.</summary>
-    public string Describe(DemoMethod method) => method switch
+    public string Describe(DemoMethod method) => Describe(method, Settings);
+
+    /// <summary>The method's settings in words under <paramref name="Settings"/> (a tuning candidate's).</summary>
+    public static string Describe(DemoMethod method, DemoSettings Settings) => method switch
     {
         DemoMethod.Rlhf => $"PPO on R̂ − β·KL(π‖π0), β = {Settings.RlhfBeta}; {Settings.PpoEpochs} epochs × {Settings.PpoMinibatches} minibatches per rollout, learning rate {Settings.PpoLearningRate}",
         DemoMethod.ReverseKl => $"PPO on R̂ + γ·H(π) − β·KL(π‖π0), γ = {Settings.Task.Gamma}, β = {Settings.ReverseKlBeta}; {Settings.PpoEpochs} epochs × {Settings.PpoMinibatches} minibatches per rollout, learning rate {Settings.PpoLearningRate}",
-        DemoMethod.Dpo => $"sigmoid loss, β = {Settings.DpoBeta}",
-        DemoMethod.Pmle => $"−ln σ(γ Δ ln π), γ = {Settings.Task.Gamma}" + (Settings.PmleKlBeta > 0 ? $", KL β = {Settings.PmleKlBeta}" : ""),
-        DemoMethod.Distillation => $"soft labels σ(ΔR̂) on π's samples, γ = {Settings.Task.Gamma}" + (Settings.DistillationKlBeta > 0 ? $", KL β = {Settings.DistillationKlBeta}" : ""),
-        DemoMethod.Rebel => $"pairs from π, R̂ regression, η = {Settings.RebelEta}",
+        DemoMethod.Dpo => $"sigmoid loss, β = {Settings.DpoBeta}, learning rate {Settings.LearningRate}",
+        DemoMethod.Pmle => $"−ln σ(γ Δ ln π), γ = {Settings.Task.Gamma}, learning rate {Settings.LearningRate}" + (Settings.PmleKlBeta > 0 ? $", KL β = {Settings.PmleKlBeta}" : ""),
+        DemoMethod.Distillation => $"soft labels σ(ΔR̂) on {(Settings.DistillationPairs == PairSource.Dataset ? "the dataset's pairs" : Settings.DistillationPairs == PairSource.Reference ? "π0's samples" : "π's samples")}, γ = {Settings.Task.Gamma}, learning rate {Settings.LearningRate}" + (Settings.DistillationKlBeta > 0 ? $", KL β = {Settings.DistillationKlBeta}" : ""),
+        DemoMethod.Rebel => $"pairs from π, R̂ regression, η = {Settings.RebelEta}, learning rate {Settings.LearningRate}",
         _ => throw new ArgumentOutOfRangeException(nameof(method)),
+    };
+
+    /// <summary>The method's name on the command line (<c>--methods</c>) and in file names: rlhf, reverse-kl, dpo, pmle, distillation, rebel.</summary>
+    public static string KeyOf(DemoMethod method) => method switch
+    {
+        DemoMethod.ReverseKl => "reverse-kl",
+        _ => method.ToString().ToLowerInvariant(),
     };
 
     /// <summary>The name the report uses.</summary>
@@ -292,40 +541,56 @@ public sealed class DemoExperiment : IDisposable
         _ => throw new ArgumentOutOfRangeException(nameof(method)),
     };
 
-    private DemoMethodResult RunMethod(DemoMethod method, int n, IReadOnlyList<PreferencePair> pairs, float[] referenceLogProbs, RewardModel rewardModel)
+    private DemoMethodResult RunMethod(DemoMethod method, int n, IReadOnlyList<PreferencePair> pairs, float[] referenceLogProbs, IRewardFunction rewardModel,
+                                       DemoSettings settings, string? candidate = null)
     {
-        string name = NameOf(method), stage = $"n = {n}: {name}";
-        using var policy = Device.Policy(Copy(reference), new AdamWSettings(WeightDecay: 0), ownsModel: true,
-            withValueHead: method is DemoMethod.Rlhf or DemoMethod.ReverseKl);
-        using var pi0 = Device.Policy(reference, new AdamWSettings());
-        var step = CreateTrainer(method, policy, pi0, pairs, referenceLogProbs, rewardModel);
+        string name = NameOf(method), stage = $"{label}: {name}" + (candidate is null ? "" : $" ({candidate})");
+        using var policy = NewPolicy(withValueHead: method is DemoMethod.Rlhf or DemoMethod.ReverseKl);
+        using var pi0 = NewReference();
+        int steps = StepsOf(method, settings);
+        var step = CreateTrainer(method, policy, pi0, pairs, referenceLogProbs, rewardModel, settings, steps);
         var watch = Stopwatch.StartNew();
         var curve = new List<(int, double)>();
-        for (int s = 0; s < Settings.Steps; s++)
+        for (int s = 0; s < steps; s++)
         {
             var report = step();
             curve.Add((report.Step, report["loss"]));
-            progress?.Invoke(new DemoProgress(stage, report.Step, Settings.Steps + 1, $"loss {report["loss"]:F3}"));
+            progress?.Invoke(new DemoProgress(stage, report.Step, steps + 1, $"loss {report["loss"]:F3}"));
         }
-        progress?.Invoke(new DemoProgress(stage, Settings.Steps, Settings.Steps + 1, "evaluating"));
+        progress?.Invoke(new DemoProgress(stage, steps, steps + 1, "evaluating"));
         var evaluation = Evaluator.Evaluate(new PolicyResponseModel(policy));
+        double validationLoss = ValidationLoss(policy);
         double seconds = watch.Elapsed.TotalSeconds;
-        progress?.Invoke(new DemoProgress(stage, Settings.Steps + 1, Settings.Steps + 1, $"KL(π*‖π̂) {evaluation.ForwardKl}"));
-        return new DemoMethodResult(method, name, Describe(method), seconds, curve, evaluation);
+        progress?.Invoke(new DemoProgress(stage, steps + 1, steps + 1, $"KL(π*‖π̂) {evaluation.ForwardKl}"));
+        return new DemoMethodResult(method, name, Describe(method, settings), seconds, curve, evaluation, validationLoss);
     }
 
-    private AlignmentTrainingOptions OfflineOptions(PairwiseLossSettings loss, KlRegularizer? kl) => new()
+    /// <summary>Steps of a method: <see cref="DemoSettings.OnPolicySteps"/> for those that sample every step, else <see cref="DemoSettings.Steps"/>.</summary>
+    public static int StepsOf(DemoMethod method, DemoSettings settings) =>
+        SamplesEveryStep(method, settings) && settings.OnPolicySteps > 0 ? settings.OnPolicySteps : settings.Steps;
+
+    /// <summary>Whether the method draws responses from the policy every step (its budget is <see cref="DemoSettings.OnPolicySteps"/> × <see cref="DemoSettings.OnPolicyBatch"/>).</summary>
+    public static bool SamplesEveryStep(DemoMethod method, DemoSettings settings) =>
+        method is DemoMethod.Rlhf or DemoMethod.ReverseKl or DemoMethod.Rebel
+        || (method == DemoMethod.Distillation && settings.DistillationPairs != PairSource.Dataset);
+
+    private static int OnPolicyBatchOf(DemoSettings settings) => settings.OnPolicyBatch > 0 ? settings.OnPolicyBatch : settings.BatchPairs;
+
+    private AlignmentTrainingOptions OfflineOptions(PairwiseLossSettings loss, KlRegularizer? kl) => OfflineOptions(loss, kl, Settings, Settings.Steps);
+
+    private static AlignmentTrainingOptions OfflineOptions(PairwiseLossSettings loss, KlRegularizer? kl, DemoSettings settings, int steps) => new()
     {
         Objective = AlignmentObjective.Preference, Loss = loss, Kl = kl,
-        Steps = Settings.Steps, BatchPairs = Settings.BatchPairs, LearningRate = Settings.LearningRate,
-        WarmupSteps = Math.Min(10, Settings.Steps / 10), EvalFraction = 0, EvaluateEvery = 0, Seed = Settings.Seed,
+        Steps = steps, BatchPairs = settings.BatchPairs, LearningRate = settings.LearningRate,
+        WarmupSteps = Math.Min(10, steps / 10), EvalFraction = 0, EvaluateEvery = 0, Seed = settings.Seed,
     };
 
     /// <summary>One training step of the method: offline ones on the n pairs, online ones on the pairs' prompts (or the task's training prompts) with R̂.</summary>
-    private Func<AlignmentStepReport> CreateTrainer(DemoMethod method, IGptValueModel policy, IPolicy pi0, IReadOnlyList<PreferencePair> pairs,
-                                                   float[] referenceLogProbs, RewardModel rewardModel)
+    private Func<AlignmentStepReport> CreateTrainer(DemoMethod method, IPolicy policy, IPolicy pi0, IReadOnlyList<PreferencePair> pairs,
+                                                   float[] referenceLogProbs, IRewardFunction rewardModel, DemoSettings Settings, int steps)
     {
         var kl = (double beta) => beta > 0 ? new KlRegularizer(beta, 2, Settings.Task.ResponseTokens, Task.EndOfText) : null;
+        AlignmentTrainingOptions OfflineOptions(PairwiseLossSettings loss, KlRegularizer? regularizer) => DemoExperiment.OfflineOptions(loss, regularizer, Settings, steps);
         switch (method)
         {
             case DemoMethod.Dpo:
@@ -347,7 +612,9 @@ public sealed class DemoExperiment : IDisposable
                     : new PairwiseLossSettings(PairwiseLossVariant.Rebel, Eta: Settings.RebelEta);
                 var options = OfflineOptions(loss, method == DemoMethod.Distillation ? kl(Settings.DistillationKlBeta) : null) with
                 {
-                    Objective = AlignmentObjective.OnPolicy, PairSource = PairSource.Policy, Sampling = Task.Sampling,
+                    Objective = AlignmentObjective.OnPolicy, Sampling = Task.Sampling,
+                    PairSource = method == DemoMethod.Distillation ? Settings.DistillationPairs : PairSource.Policy,
+                    BatchPairs = SamplesEveryStep(method, Settings) ? OnPolicyBatchOf(Settings) : Settings.BatchPairs,
                 };
                 var trainer = new AlignmentTrainer(policy, pi0, pairs, null, options, rewardModel);
                 return trainer.TrainStep;
@@ -359,11 +626,11 @@ public sealed class DemoExperiment : IDisposable
                     Objective = method == DemoMethod.Rlhf ? PpoObjective.Rlhf : PpoObjective.ReverseKl,
                     Beta = method == DemoMethod.Rlhf ? Settings.RlhfBeta : Settings.ReverseKlBeta,
                     Gamma = method == DemoMethod.Rlhf ? 0 : Settings.Task.Gamma,
-                    Steps = Settings.Steps, PromptsPerIteration = Settings.BatchPairs, Epochs = Settings.PpoEpochs, Minibatches = Settings.PpoMinibatches,
+                    Steps = steps, PromptsPerIteration = OnPolicyBatchOf(Settings), Epochs = Settings.PpoEpochs, Minibatches = Settings.PpoMinibatches,
                     Sampling = Task.Sampling,
-                    LearningRate = Settings.PpoLearningRate, WarmupSteps = Math.Min(10, Settings.Steps / 10), Seed = Settings.Seed,
+                    LearningRate = Settings.PpoLearningRate, WarmupSteps = Math.Min(10, steps / 10), Seed = Settings.Seed,
                 };
-                var trainer = new PpoTrainer(policy, pi0, rewardModel, Task.TrainPrompts, options);
+                var trainer = new PpoTrainer((IValuePolicy)policy, pi0, rewardModel, Task.TrainPrompts, options);
                 return trainer.TrainStep;
             }
             default:

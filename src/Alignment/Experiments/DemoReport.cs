@@ -37,6 +37,8 @@ public static class DemoReport
         w.WriteString("tokenizer", s.Tokenizer);
         w.WriteString("model", $"{s.Model.Layers} layers, {s.Model.Heads} heads, {s.Model.Channels} channels, context {s.Model.MaxSequenceLength}");
         Number(w, "pretraining_steps", s.Pretraining.Steps);
+        w.WriteString("train", s.Train.ToString().ToLowerInvariant());
+        Number(w, "weight_decay", s.WeightDecay);
         Number(w, "steps_per_method", s.Steps);
         Number(w, "batch", s.BatchPairs);
         Number(w, "learning_rate", s.LearningRate);
@@ -96,6 +98,24 @@ public static class DemoReport
                 w.WriteStartObject(m.Name);
                 w.WriteString("settings", m.Settings);
                 Number(w, "seconds", m.Seconds);
+                if (double.IsFinite(m.ValidationLoss)) Number(w, "validation_loss", m.ValidationLoss);
+                if (m.Candidates is { Count: > 0 } candidates)
+                {
+                    w.WriteStartArray("tuning");
+                    foreach (var c in candidates)
+                    {
+                        w.WriteStartObject();
+                        w.WriteString("parameter", c.Parameter);
+                        Number(w, "value", c.Value);
+                        Number(w, "validation_loss", c.ValidationLoss);
+                        Number(w, "seconds", c.Seconds);
+                        w.WriteBoolean("honest_pick", c.Evaluation == m.Evaluation);
+                        w.WriteBoolean("oracle_pick", c == m.OraclePick);
+                        Metrics(w, "metrics", c.Evaluation);
+                        w.WriteEndObject();
+                    }
+                    w.WriteEndArray();
+                }
                 Metrics(w, "metrics", m.Evaluation);
                 w.WriteStartArray("loss_curve");
                 foreach (var (step, loss) in m.LossCurve)
@@ -109,9 +129,58 @@ public static class DemoReport
                 w.WriteEndObject();
             }
             w.WriteEndObject();
+            w.WriteStartArray("seeds");
+            foreach (var (run, k) in size.AllSeeds.Select((run, k) => (run, k)))
+            {
+                w.WriteStartObject();
+                Number(w, "seed", o.Settings.Seed + (ulong)k);
+                Number(w, "mean_label_margin", run.MeanLabelMargin);
+                Number(w, "reward_true_order_accuracy", run.Reward.TrueOrderAccuracy);
+                w.WriteStartObject("methods");
+                foreach (var m in run.Methods)
+                {
+                    w.WriteStartObject(m.Name);
+                    Number(w, "forward_kl", m.Evaluation.ForwardKl.Mean);
+                    Number(w, "oracle_forward_kl", (m.OraclePick?.Evaluation ?? m.Evaluation).ForwardKl.Mean);
+                    Number(w, "kl_to_pi0", m.Evaluation.KlToReference.Mean);
+                    if (double.IsFinite(m.ValidationLoss)) Number(w, "validation_loss", m.ValidationLoss);
+                    w.WriteEndObject();
+                }
+                w.WriteEndObject();
+                w.WriteEndObject();
+            }
+            w.WriteEndArray();
+            w.WriteStartObject("across_seeds");
+            foreach (var m in size.Methods)
+            {
+                var (honest, oracle) = size.ForwardKlOverSeeds(m.Method);
+                w.WriteStartObject(m.Name);
+                Number(w, "seeds", honest.Count);
+                Number(w, "forward_kl", honest.Mean);
+                Number(w, "forward_kl_se", honest.StandardError);
+                Number(w, "oracle_forward_kl", oracle.Mean);
+                Number(w, "oracle_forward_kl_se", oracle.StandardError);
+                w.WriteEndObject();
+            }
+            w.WriteEndObject();
             w.WriteEndObject();
         }
         w.WriteEndArray();
+        if (o.Sizes.Count > 1)
+        {
+            w.WriteStartObject("slopes");
+            foreach (var slope in Slopes(o))
+            {
+                w.WriteStartObject(slope.Method);
+                Number(w, "slope", slope.Slope);
+                Number(w, "slope_se", slope.StandardError);
+                Number(w, "n_min", slope.NMin);
+                Number(w, "n_max", slope.NMax);
+                Number(w, "points", slope.Points);
+                w.WriteEndObject();
+            }
+            w.WriteEndObject();
+        }
         w.WriteEndObject();
     }
 
@@ -120,6 +189,20 @@ public static class DemoReport
         w.WriteStartObject(name);
         foreach (var (key, value) in e.Named()) Number(w, key, value);
         w.WriteEndObject();
+    }
+
+    /// <summary>Per method, the least-squares slope of ln(mean KL(π*‖π̂) over seeds) on ln n over the larger half of the sizes.</summary>
+    public static IReadOnlyList<TabularSlope> Slopes(DemoOutcome o)
+    {
+        var large = o.Sizes.Skip(o.Sizes.Count / 2).ToList();
+        var result = new List<TabularSlope>();
+        foreach (var m in o.Sizes[^1].Methods)
+        {
+            var points = large.Select(size => (size.Pairs, Kl: size.ForwardKlOverSeeds(m.Method).Honest.Mean)).Where(p => p.Kl > 0).ToList();
+            var (slope, se) = TabularExperiment.FitSlope([.. points.Select(p => Math.Log(p.Pairs))], [.. points.Select(p => Math.Log(p.Kl))]);
+            result.Add(new TabularSlope(m.Name, slope, se, points.Count > 0 ? points[0].Pairs : 0, points.Count > 0 ? points[^1].Pairs : 0, points.Count));
+        }
+        return result;
     }
 
     private static void Number(Utf8JsonWriter w, string name, double value)
@@ -178,7 +261,9 @@ public static class DemoReport
         sb.AppendLine();
         sb.AppendLine("## Reward model");
         sb.AppendLine();
-        sb.AppendLine(s.RewardBaseline
+        sb.AppendLine(s.Train == TrainedWeights.Tilt
+            ? string.Create(Inv, $"R̂(x, y) = γ·ln π_r(y|x) with γ = {s.Task.Gamma}: π_r ∝ π0·exp(r) token by token, its own offset r fitted by Bradley–Terry on the pairs (with this head that loss is preference MLE's). R̂ = γ ln π* is in the class.")
+            : s.RewardBaseline
             ? string.Create(Inv, $"R̂(x, y) = γ·ln π0(y|x) + w·h_last + b with γ = {s.Task.Gamma} (reference-anchored: the head, on a copy of π0's backbone, learns how the preferences depart from π0's likelihood).")
             : "R̂(x, y) = w·h_last + b on a copy of π0's backbone.");
         sb.AppendLine();
@@ -187,6 +272,10 @@ public static class DemoReport
                 $"- n = {size.Pairs}: {size.Reward.Steps} steps, last loss {size.Reward.FinalLoss:F3}, orders fresh π0 pairs like ln π* in {size.Reward.TrueOrderAccuracy:P1} ({size.Reward.Seconds:F0} s)"));
         sb.AppendLine();
         sb.AppendLine("## Results");
+        sb.AppendLine();
+        sb.AppendLine(s.Train == TrainedWeights.Tilt
+            ? "**What trains: the tilt class.** π_b ∝ π0·exp(b) token by token: π0 frozen, b ∈ ℝ^V trained (b = 0 is π0; b = w/τ is π* exactly). PPO's critic is a linear head on π0's frozen features."
+            : "**What trains: every weight** (full fine-tuning of a copy of π0).");
         sb.AppendLine();
         sb.Append(string.Create(Inv, $"Every method starts from π0 with the same budget: {s.Steps} steps of {s.BatchPairs} pairs (offline) or prompts (online), learning rate {s.LearningRate}. "));
         sb.AppendLine("KLs are per response, in nats; ± is one standard error of the Monte Carlo mean.");
@@ -200,7 +289,48 @@ public static class DemoReport
             sb.AppendLine("| method | settings |");
             sb.AppendLine("|---|---|");
             foreach (var m in size.Methods) sb.AppendLine($"| {m.Name} | {m.Settings} |");
+            if (size.Methods.Any(m => m.Candidates is { Count: > 0 }))
+            {
+                sb.AppendLine();
+                sb.AppendLine("Tuning: each method ran once per value of its key parameter. The table above keeps the run with the lowest held-out " +
+                              "preference loss −ln σ(γ Δ ln π̂) (**honest**: no access to π*); **oracle** marks the run with the lowest KL(π*‖π̂).");
+                sb.AppendLine();
+                sb.AppendLine("| method | parameter | value | held-out loss | KL(π*‖π̂) | KL(π̂‖π0) | pick |");
+                sb.AppendLine("|---|---|---|---|---|---|---|");
+                foreach (var m in size.Methods)
+                    foreach (var c in m.Candidates ?? [])
+                    {
+                        string pick = string.Join(", ", new[] { c.Evaluation == m.Evaluation ? "honest" : null, c == m.OraclePick ? "oracle" : null }.Where(x => x is not null));
+                        sb.AppendLine(string.Create(Inv, $"| {m.Name} | {c.Parameter} | {c.Value:G4} | {c.ValidationLoss:F4} | {E(c.Evaluation.ForwardKl)} | {E(c.Evaluation.KlToReference)} | {pick} |"));
+                    }
+            }
             sb.AppendLine();
+        }
+        if (o.Sizes.Count > 1 || o.Settings.Seeds > 1)
+        {
+            sb.AppendLine(o.Settings.Seeds > 1 ? $"## Across {o.Settings.Seeds} seeds of pairs and training" : "## Across n");
+            sb.AppendLine();
+            sb.AppendLine(string.Create(Inv, $"KL(π*‖π̂) of the kept run (honest tuning) and of the oracle's pick: mean ± standard error over seeds (π0, π* and the evaluation samples are shared, so this spread is that of pairs and training); ratio = honest / KL(π*‖π0) = {o.Pi0Evaluation.ForwardKl.Mean:F3}."));
+            sb.AppendLine();
+            sb.AppendLine("| n | method | KL(π*‖π̂), honest | ratio to π0 | KL(π*‖π̂), oracle |");
+            sb.AppendLine("|---|---|---|---|---|");
+            foreach (var size in o.Sizes)
+                foreach (var m in size.Methods)
+                {
+                    var (honest, oracle) = size.ForwardKlOverSeeds(m.Method);
+                    sb.AppendLine(string.Create(Inv, $"| {size.Pairs} | {m.Name} | {honest.Mean:F3} ± {honest.StandardError:F3} | {honest.Mean / o.Pi0Evaluation.ForwardKl.Mean:F2} | {oracle.Mean:F3} ± {oracle.StandardError:F3} |"));
+                }
+            sb.AppendLine();
+            if (o.Sizes.Count > 1)
+            {
+                sb.AppendLine("Slope of ln KL(π*‖π̂) (honest, mean over seeds) on ln n over the larger half of the sizes (−1 is the parametric rate; ~0 a method that levels off):");
+                sb.AppendLine();
+                sb.AppendLine("| method | slope ± SE | n range | points |");
+                sb.AppendLine("|---|---|---|---|");
+                foreach (var slope in Slopes(o))
+                    sb.AppendLine(string.Create(Inv, $"| {slope.Method} | {slope.Slope:F2} ± {slope.StandardError:F2} | {slope.NMin} … {slope.NMax} | {slope.Points} |"));
+                sb.AppendLine();
+            }
         }
         sb.AppendLine("## Plots");
         sb.AppendLine();

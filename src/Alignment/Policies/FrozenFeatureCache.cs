@@ -11,7 +11,10 @@ namespace DistAlign.Alignment.Policies;
 /// Sequences are keyed by content (prompt and response tokens), so the same pair drawn again, or scored by two
 /// policies that share the cache, hits. The backbone must not change while the cache lives (the cache lives in
 /// memory only, so it never outlives the weights it was computed from). Every entry is C floats per response token
-/// (C = channels): 2¹⁶ pairs of two 16-token responses at C = 128 take 1 GiB. Missing sequences are computed <see cref="ChunkSequences"/> at a time through
+/// (C = channels): 2¹⁶ pairs of two 16-token responses at C = 128 take 1 GiB.
+/// Two kinds of entries: <b>pinned</b> ones (<see cref="Add"/>: a dataset, evaluation samples) stay for the cache's life;
+/// any other sequence scored (an on-policy rollout, seen a few times and then never again) goes to a bounded first-in,
+/// first-out pool of <see cref="RecentFloats"/> floats, so memory does not grow with the number of steps. Missing sequences are computed <see cref="ChunkSequences"/> at a time through
 /// <see cref="Gpt.ForwardFeatures"/>, in the order given, so entries are the same for any batch composition
 /// (packing puts each sequence in its own segment; attention never crosses segments).
 /// </remarks>
@@ -21,25 +24,34 @@ public sealed class FrozenFeatureCache
     public const int ChunkSequences = 64;
 
     private readonly Dictionary<PromptResponse, float[]> entries = new(SequenceContent.Comparer);
-    private long floats;
+    private readonly Queue<PromptResponse> recent = new();
+    private long floats, recentFloats;
 
-    public FrozenFeatureCache(Gpt backbone, long maxFloats = long.MaxValue)
+    /// <param name="backbone">the frozen GPT (never written)</param>
+    /// <param name="maxFloats">the most floats pinned entries may hold; past it, further sequences are computed and not kept</param>
+    /// <param name="recentFloats">the size of the first-in, first-out pool of sequences that are not pinned (default 2²⁴ floats = 64 MiB)</param>
+    public FrozenFeatureCache(Gpt backbone, long maxFloats = long.MaxValue, long recentFloats = 1L << 24)
     {
         ArgumentNullException.ThrowIfNull(backbone);
+        ArgumentOutOfRangeException.ThrowIfNegative(maxFloats);
+        ArgumentOutOfRangeException.ThrowIfNegative(recentFloats);
         Backbone = backbone;
         MaxFloats = maxFloats;
+        RecentFloats = recentFloats;
     }
 
     /// <summary>The frozen backbone (shared; never written).</summary>
     public Gpt Backbone { get; }
     /// <summary>Channels C: floats per response token.</summary>
     public int Channels => Backbone.Config.Channels;
-    /// <summary>Largest number of floats kept; past it, features are computed for the call and not kept.</summary>
+    /// <summary>Largest number of floats pinned entries hold; past it, features are computed for the call and not kept.</summary>
     public long MaxFloats { get; }
-    /// <summary>Distinct sequences held.</summary>
+    /// <summary>Floats the pool of entries that are not pinned holds at most (oldest out first).</summary>
+    public long RecentFloats { get; }
+    /// <summary>Distinct sequences held (pinned and recent).</summary>
     public int Count => entries.Count;
-    /// <summary>Bytes held by the entries.</summary>
-    public long Bytes => floats * sizeof(float);
+    /// <summary>Bytes held by the entries (pinned and recent).</summary>
+    public long Bytes => (floats + recentFloats) * sizeof(float);
     /// <summary>Sequences found in the cache / computed by the backbone, over the cache's life.</summary>
     public long Hits { get; private set; }
     public long Misses { get; private set; }
@@ -48,7 +60,9 @@ public sealed class FrozenFeatureCache
     /// Writes the features of every response token of <paramref name="sequences"/> (flattened in order, [tokens × C])
     /// into <paramref name="features"/>, running the backbone on the sequences it has not seen.
     /// </summary>
-    public void Gather(IReadOnlyList<PromptResponse> sequences, Span<float> features)
+    public void Gather(IReadOnlyList<PromptResponse> sequences, Span<float> features) => Gather(sequences, features, pin: false);
+
+    private void Gather(IReadOnlyList<PromptResponse> sequences, Span<float> features, bool pin)
     {
         int c = Channels;
         int tokens = PolicyScores.TokenCount(sequences);
@@ -69,7 +83,7 @@ public sealed class FrozenFeatureCache
                 int s = chunk[i];
                 Misses++;
                 found[s] = computed[i];
-                if (floats + computed[i].Length <= MaxFloats && entries.TryAdd(sequences[s], computed[i])) floats += computed[i].Length;
+                Keep(sequences[s], computed[i], pin);
             }
         }
         int at = 0;
@@ -80,14 +94,54 @@ public sealed class FrozenFeatureCache
         }
     }
 
-    /// <summary>Fills the cache for <paramref name="sequences"/> (nothing is returned): precomputing a dataset.</summary>
+    /// <summary>
+    /// Pins <paramref name="sequences"/> (a dataset, evaluation samples): computes those not held, and keeps them for the
+    /// cache's life (up to <see cref="MaxFloats"/>). A sequence already in the recent pool is pinned where it is.
+    /// </summary>
     public void Add(IReadOnlyList<PromptResponse> sequences)
     {
         for (int start = 0; start < sequences.Count; start += ChunkSequences)
         {
             var chunk = sequences.Skip(start).Take(ChunkSequences).ToList();
-            Gather(chunk, new float[PolicyScores.TokenCount(chunk) * Channels]);
+            foreach (var sequence in chunk)
+                if (entries.TryGetValue(sequence, out var entry) && !pinned.Contains(sequence) && floats + entry.Length <= MaxFloats)
+                {
+                    pinned.Add(sequence);
+                    floats += entry.Length;
+                    recentFloats -= entry.Length;   // its slot in the recent queue is skipped when it comes up
+                }
+            Gather(chunk, new float[PolicyScores.TokenCount(chunk) * Channels], pin: true);
         }
+    }
+
+    private readonly HashSet<PromptResponse> pinned = new(SequenceContent.Comparer);
+
+    /// <summary>Drops every entry, pinned or not (a dataset that is done with); the counters keep counting.</summary>
+    public void Clear()
+    {
+        entries.Clear();
+        pinned.Clear();
+        recent.Clear();
+        floats = recentFloats = 0;
+    }
+
+    private void Keep(PromptResponse sequence, float[] entry, bool pin)
+    {
+        if (entries.ContainsKey(sequence)) return;   // the same sequence twice in one call
+        if (pin)
+        {
+            if (floats + entry.Length > MaxFloats) return;
+            entries.Add(sequence, entry);
+            pinned.Add(sequence);
+            floats += entry.Length;
+            return;
+        }
+        if (entry.Length > RecentFloats) return;
+        while (recentFloats + entry.Length > RecentFloats && recent.TryDequeue(out var oldest))
+            if (!pinned.Contains(oldest) && entries.Remove(oldest, out var evicted)) recentFloats -= evicted.Length;
+        entries.Add(sequence, entry);
+        recent.Enqueue(sequence);
+        recentFloats += entry.Length;
     }
 
     /// <summary>h at the positions that predict each response token, one array [|response| × C] per sequence.</summary>
