@@ -58,6 +58,7 @@ internal sealed class DemoOptions
     public readonly Option<float?> PpoLearningRate = new("--ppo-lr") { Description = "Learning rate of the PPO methods (RLHF, reverse KL)." };
     public readonly Option<float?> WeightDecay = new("--weight-decay") { Description = "AdamW weight decay of the trained weights (tilt: an L2 pull toward π0)." };
     public readonly Option<int?> RewardSteps = new("--reward-steps") { Description = "Reward-model training steps." };
+    public readonly Option<string?> Grid = new("--grid") { Description = "Tuning: comma-separated multipliers of each method's key parameter (learning rate, β or η), e.g. 0.25,1,4 (the tilt class's default), or none (full's default)." };
     public readonly Option<int?> Seeds = new("--seeds") { Description = "Seeds of pairs and training per n (π0 shared); the report gives mean ± SE over them." };
 
     public void AddTo(Command command)
@@ -67,7 +68,7 @@ internal sealed class DemoOptions
         command.Options.Add(Steps);
         command.Options.Add(Tau);
         command.Options.Add(Gamma);
-        foreach (var option in new Option[] { Train, Methods, Batch, LearningRate, PpoLearningRate, WeightDecay, RewardSteps, Seeds }) command.Options.Add(option);
+        foreach (var option in new Option[] { Train, Methods, Batch, LearningRate, PpoLearningRate, WeightDecay, RewardSteps, Seeds, Grid }) command.Options.Add(option);
         gpu.AddTo(command);
     }
 
@@ -98,6 +99,7 @@ internal sealed class DemoOptions
             if (!(wd >= 0) || float.IsInfinity(wd)) throw new CliUsageException($"--weight-decay must be ≥ 0 (got {wd})");
             settings = settings with { WeightDecay = wd };
         }
+        if (parse.GetValue(Grid) is string grid) settings = settings with { TuningGrid = ParseGrid(grid) };
         if (parse.GetValue(Seeds) is int seeds) settings = settings with { Seeds = CliErrors.Positive(seeds, "--seeds") };
         if (parse.GetValue(RewardSteps) is int rewardSteps) settings = settings with { RewardSteps = CliErrors.Positive(rewardSteps, "--reward-steps") };
         if (parse.GetValue(Steps) is int steps) settings = settings with { Steps = CliErrors.Positive(steps, "--steps") };
@@ -112,6 +114,21 @@ internal sealed class DemoOptions
             settings = settings with { Task = settings.Task with { Gamma = gamma } };
         }
         return settings.Validate();
+    }
+
+    /// <summary>"0.25,1,4" → [0.25, 1, 4]; "none" → [] (no tuning).</summary>
+    public static double[] ParseGrid(string text)
+    {
+        if (text.Trim() == "none") return [];
+        var values = new List<double>();
+        foreach (var part in text.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))
+        {
+            if (!double.TryParse(part, NumberStyles.Float, CultureInfo.InvariantCulture, out double x) || !(x > 0) || double.IsInfinity(x))
+                throw new CliUsageException($"--grid: '{part}' is not a positive multiplier (expected e.g. --grid 0.25,1,4 or --grid none)");
+            values.Add(x);
+        }
+        if (values.Count == 0) throw new CliUsageException("--grid needs at least one multiplier, or none");
+        return [.. values.Distinct()];
     }
 
     private static float PositiveRate(float value, string option) =>

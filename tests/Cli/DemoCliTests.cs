@@ -178,6 +178,10 @@ public class DemoCliTests : CliTestBase
         Assert.That(Program.Main(["demo", "--quick", "--methods", "pmle,ppo", "--out", TestDirectory]), Is.EqualTo(Program.UsageError));
         Assert.That(Error.ToString(), Does.Contain("'ppo' is not a method"));
         Assert.That(DemoOptions.ParseMethods("pmle, reverse-kl,dpo"), Is.EqualTo(new[] { DemoMethod.ReverseKl, DemoMethod.Dpo, DemoMethod.Pmle }));
+        Assert.That(DemoOptions.ParseGrid("0.25, 1,4"), Is.EqualTo(new[] { 0.25, 1, 4 }));
+        Assert.That(DemoOptions.ParseGrid("none"), Is.Empty);
+        Assert.That(Program.Main(["demo", "--quick", "--grid", "1,-2", "--out", TestDirectory]), Is.EqualTo(Program.UsageError));
+        Assert.That(Error.ToString(), Does.Contain("'-2' is not a positive multiplier"));
     }
 
     /// <summary>
@@ -211,6 +215,33 @@ public class DemoCliTests : CliTestBase
             Assert.That(oracle.GetProperty("metrics").GetProperty("forward_kl").GetDouble(),
                 Is.EqualTo(tuning.Min(c => c.GetProperty("metrics").GetProperty("forward_kl").GetDouble())), m.Name);
         }
+    }
+
+    /// <summary>
+    /// Several seeds: each seed's pairs and training are their own (different numbers), and the report's across-seeds
+    /// figure of a method is the mean and standard error of the per-seed values it lists.
+    /// </summary>
+    [Test]
+    public void SeedsAreSummarisedAsMeanAndStandardError()
+    {
+        string outDir = Path.Combine(TestDirectory, "seeds");
+        Assert.That(Program.Main(["demo", "--quick", "--threads", "2", "--seeds", "2", "--methods", "pmle,dpo", "--grid", "1", "--out", outDir]),
+            Is.EqualTo(0), Error.ToString());
+        using var doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(outDir, DemoReport.JsonFileName)));
+        var size = doc.RootElement.GetProperty("sizes")[0];
+        var seeds = size.GetProperty("seeds").EnumerateArray().ToList();
+        Assert.That(seeds.Select(s => s.GetProperty("seed").GetInt32()), Is.EqualTo(new[] { 1, 2 }));
+        foreach (var method in new[] { "PMLE", "DPO" })
+        {
+            var perSeed = seeds.Select(s => s.GetProperty("methods").GetProperty(method).GetProperty("forward_kl").GetDouble()).ToArray();
+            Assert.That(perSeed[0], Is.Not.EqualTo(perSeed[1]), $"{method}: the seeds drew different pairs");
+            var across = size.GetProperty("across_seeds").GetProperty(method);
+            double mean = perSeed.Average(), se = Math.Abs(perSeed[0] - perSeed[1]) / 2;   // n = 2: sd/√2 = |a − b|/2
+            Assert.That(across.GetProperty("forward_kl").GetDouble(), Is.EqualTo(mean).Within(1e-12), method);
+            Assert.That(across.GetProperty("forward_kl_se").GetDouble(), Is.EqualTo(se).Within(1e-12), method);
+            Assert.That(across.GetProperty("seeds").GetInt32(), Is.EqualTo(2));
+        }
+        Assert.That(File.ReadAllText(Path.Combine(outDir, DemoReport.MarkdownFileName)), Does.Contain("## Across 2 seeds of pairs and training"));
     }
 
     /// <summary>Keys of report.json that are wall-clock timings, or where π0 was cached: allowed to differ between runs.</summary>
