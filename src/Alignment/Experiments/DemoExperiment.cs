@@ -69,6 +69,8 @@ public sealed record DemoSettings
     public PairSource DistillationPairs { get; init; } = PairSource.Policy;
     /// <summary>Steps (PPO: iterations) of the methods that sample every step (RLHF, reverse KL, REBEL, distillation on its own samples); 0: <see cref="Steps"/>.</summary>
     public int OnPolicySteps { get; init; }
+    /// <summary>Passes over the training pairs of the offline methods and the tilt class's reward model (their steps then grow with n); 0: <see cref="Steps"/>.</summary>
+    public double Epochs { get; init; }
     /// <summary>Prompts per step of the methods that sample every step; 0: <see cref="BatchPairs"/>.</summary>
     public int OnPolicyBatch { get; init; }
     /// <summary>The methods run, in report order (default: all six).</summary>
@@ -152,7 +154,7 @@ public sealed record DemoSettings
     /// <summary>
     /// <paramref name="settings"/> moved to the tilt class (<see cref="TrainedWeights.Tilt"/>), with the budget and step sizes
     /// that class needs: b has V parameters and no transformer pass per step, so n grows to 2¹⁴ pairs (the quick run keeps its n)
-    /// and the offline methods take 1,024 steps of 64 pairs (4 epochs); the methods that sample every step take 256 steps of 32
+    /// and the offline methods (and the reward model) take 4 epochs of 64-pair steps (1,024 steps at n = 2¹⁴); the methods that sample every step take 256 steps of 32
     /// prompts (their cost is the sampling). Every method is tuned on a grid of ×¼, ×1, ×4 its key parameter, centred where a
     /// first run at n = 2¹⁴ found each method's best (β = 0.4 for DPO and RLHF: at 0.1 both were worse still).
     /// </summary>
@@ -164,6 +166,7 @@ public sealed record DemoSettings
         Steps = quick ? settings.Steps : 1024,
         RewardSteps = quick ? settings.RewardSteps : 1024,
         OnPolicySteps = quick ? settings.Steps : 256,
+        Epochs = quick ? 0 : 4,
         OnPolicyBatch = quick ? settings.BatchPairs : 32,
         LearningRate = 0.02f,
         PpoLearningRate = 0.0025f,
@@ -183,6 +186,7 @@ public sealed record DemoSettings
         if (TuningGrid.Any(x => !(x > 0) || double.IsInfinity(x))) throw new ArgumentException("tuning multipliers must be positive numbers");
         if (TuningGrid.Count > 0 && !(ValidationFraction > 0 && ValidationFraction < 0.5)) throw new ArgumentException($"the held-out share must be in (0, 0.5) when tuning (got {ValidationFraction})");
         if (Seeds < 1) throw new ArgumentException($"at least one seed is needed (got {Seeds})");
+        if (!(Epochs >= 0) || double.IsInfinity(Epochs)) throw new ArgumentException($"epochs must be ≥ 0 (got {Epochs})");
         if (OnPolicyBatch < 0) throw new ArgumentException($"on-policy batch must be ≥ 0 (got {OnPolicyBatch})");
         if (OnPolicySteps < 0) throw new ArgumentException($"on-policy steps must be ≥ 0 (got {OnPolicySteps})");
         if (Methods.Count == 0) throw new ArgumentException("at least one method must run");
@@ -209,12 +213,16 @@ public sealed record DemoMethodResult(DemoMethod Method, string Name, string Set
                                       IReadOnlyList<(int Step, double Loss)> LossCurve, KnownTargetEvaluation Evaluation,
                                       double ValidationLoss = double.NaN, IReadOnlyList<DemoCandidate>? Candidates = null)
 {
+    /// <summary>The step whose policy was kept and evaluated (early stopping on the held-out loss; the last step without it).</summary>
+    public int KeptStep { get; init; }
+
     /// <summary>The candidate the oracle (lowest KL(π*‖π̂)) would pick; null without tuning.</summary>
     public DemoCandidate? OraclePick => Candidates is { Count: > 0 } c ? c.MinBy(x => x.Evaluation.ForwardKl.Mean) : null;
 }
 
 /// <summary>One run of a method's tuning grid: its key parameter's name and value, the honest criterion and the full evaluation.</summary>
-public sealed record DemoCandidate(string Parameter, double Value, double ValidationLoss, KnownTargetEvaluation Evaluation, double Seconds);
+/// <param name="Kept">whether this run is the honest pick (the one the method's result reports)</param>
+public sealed record DemoCandidate(string Parameter, double Value, double ValidationLoss, KnownTargetEvaluation Evaluation, double Seconds, bool Kept = false);
 
 /// <summary>Everything measured at one dataset size n.</summary>
 /// <remarks>The fields are the first seed's; <see cref="OtherSeeds"/> holds the same for every further seed.</remarks>
@@ -421,8 +429,11 @@ public sealed class DemoExperiment : IDisposable
                 var run = RunMethod(method, n, train, referenceLogProbs, reward, settings, $"{parameter} {value:G3}");
                 candidates.Add((run, new DemoCandidate(parameter, value, run.ValidationLoss, run.Evaluation, run.Seconds)));
             }
-            var best = candidates.MinBy(c => double.IsNaN(c.Candidate.ValidationLoss) ? double.PositiveInfinity : c.Candidate.ValidationLoss);
-            methods.Add(best.Run with { Candidates = [.. candidates.Select(c => c.Candidate)] });
+            // the lowest held-out loss; ties (identical runs, e.g. PPO stopped early before β mattered) go to the first
+            int kept = 0;
+            for (int i = 1; i < candidates.Count; i++)
+                if (candidates[i].Candidate.ValidationLoss < candidates[kept].Candidate.ValidationLoss) kept = i;
+            methods.Add(candidates[kept].Run with { Candidates = [.. candidates.Select((c, i) => c.Candidate with { Kept = i == kept })] });
         }
         return new DemoSizeResult(n, drawn.MeanLabelMargin, drawn.AgreementWithTarget, rewardSummary, methods);
     }
@@ -462,21 +473,21 @@ public sealed class DemoExperiment : IDisposable
     private DemoRewardSummary TrainTiltReward(IPolicy rewardPolicy, IReadOnlyList<PreferencePair> pairs, int n)
     {
         var watch = Stopwatch.StartNew();
+        int steps = EpochSteps(Settings, pairs.Count) ?? Settings.RewardSteps;
         var trainer = new AlignmentTrainer(rewardPolicy, null, pairs, null, OfflineOptions(new PairwiseLossSettings(PairwiseLossVariant.Pmle, Gamma: Settings.Task.Gamma), null) with
         {
-            Steps = Settings.RewardSteps, Seed = KnownTargetTask.Mix(Settings.Seed, 7),
-            WarmupSteps = Math.Min(10, Settings.RewardSteps / 10),
+            Steps = steps, Seed = KnownTargetTask.Mix(Settings.Seed, 7), WarmupSteps = Math.Min(10, steps / 10),
         });
         string stage = $"{label}: reward model";
         double loss = double.NaN;
-        while (trainer.Step < Settings.RewardSteps)
+        while (trainer.Step < steps)
         {
             var report = trainer.TrainStep();
             loss = report["loss"];
-            progress?.Invoke(new DemoProgress(stage, report.Step, Settings.RewardSteps, $"loss {loss:F3}"));
+            progress?.Invoke(new DemoProgress(stage, report.Step, steps, $"loss {loss:F3}"));
         }
         double accuracy = Evaluator.RewardAccuracy(new LogLikelihoodReward(rewardPolicy, Settings.Task.Gamma));
-        return new DemoRewardSummary(Settings.RewardSteps, loss, accuracy, watch.Elapsed.TotalSeconds);
+        return new DemoRewardSummary(steps, loss, accuracy, watch.Elapsed.TotalSeconds);
     }
 
     private DemoRewardSummary TrainRewardModel(RewardModel model, IReadOnlyList<PreferencePair> pairs, int n)
@@ -547,27 +558,63 @@ public sealed class DemoExperiment : IDisposable
         string name = NameOf(method), stage = $"{label}: {name}" + (candidate is null ? "" : $" ({candidate})");
         using var policy = NewPolicy(withValueHead: method is DemoMethod.Rlhf or DemoMethod.ReverseKl);
         using var pi0 = NewReference();
-        int steps = StepsOf(method, settings);
+        int steps = StepsOf(method, settings, pairs.Count);
         var step = CreateTrainer(method, policy, pi0, pairs, referenceLogProbs, rewardModel, settings, steps);
         var watch = Stopwatch.StartNew();
         var curve = new List<(int, double)>();
-        for (int s = 0; s < steps; s++)
+        // Early stopping on the honest criterion: the held-out loss at EarlyStoppingChecks even points of the run (the last
+        // included); the policy as it was at the best one is what gets evaluated.
+        int every = Math.Max(1, steps / EarlyStoppingChecks);
+        IPolicy? best = null;
+        double bestLoss = double.PositiveInfinity;
+        int bestStep = steps;
+        try
         {
-            var report = step();
-            curve.Add((report.Step, report["loss"]));
-            progress?.Invoke(new DemoProgress(stage, report.Step, steps + 1, $"loss {report["loss"]:F3}"));
+            for (int s = 0; s < steps; s++)
+            {
+                var report = step();
+                curve.Add((report.Step, report["loss"]));
+                progress?.Invoke(new DemoProgress(stage, report.Step, steps + 1, $"loss {report["loss"]:F3}"));
+                if (validation.Count == 0 || (report.Step % every != 0 && report.Step != steps)) continue;
+                double loss = ValidationLoss(policy);
+                if (!(loss < bestLoss)) continue;
+                bestLoss = loss;
+                bestStep = report.Step;
+                if (report.Step == steps) { best?.Dispose(); best = null; }   // the final policy is the best: evaluate it in place
+                else if (best is null) best = policy.Snapshot();
+                else best.CopyWeightsFrom(policy);
+            }
+            progress?.Invoke(new DemoProgress(stage, steps, steps + 1, "evaluating"));
+            var kept = best ?? policy;
+            var evaluation = Evaluator.Evaluate(new PolicyResponseModel(kept));
+            double validationLoss = validation.Count == 0 ? double.NaN : bestLoss;
+            double seconds = watch.Elapsed.TotalSeconds;
+            progress?.Invoke(new DemoProgress(stage, steps + 1, steps + 1, $"KL(π*‖π̂) {evaluation.ForwardKl}"));
+            string described = Describe(method, settings) + $"; {steps} steps" + (validation.Count > 0 ? $", kept step {bestStep} (early stopping)" : "");
+            return new DemoMethodResult(method, name, described, seconds, curve, evaluation, validationLoss) { KeptStep = bestStep };
         }
-        progress?.Invoke(new DemoProgress(stage, steps, steps + 1, "evaluating"));
-        var evaluation = Evaluator.Evaluate(new PolicyResponseModel(policy));
-        double validationLoss = ValidationLoss(policy);
-        double seconds = watch.Elapsed.TotalSeconds;
-        progress?.Invoke(new DemoProgress(stage, steps + 1, steps + 1, $"KL(π*‖π̂) {evaluation.ForwardKl}"));
-        return new DemoMethodResult(method, name, Describe(method, settings), seconds, curve, evaluation, validationLoss);
+        finally
+        {
+            best?.Dispose();
+        }
     }
 
-    /// <summary>Steps of a method: <see cref="DemoSettings.OnPolicySteps"/> for those that sample every step, else <see cref="DemoSettings.Steps"/>.</summary>
-    public static int StepsOf(DemoMethod method, DemoSettings settings) =>
-        SamplesEveryStep(method, settings) && settings.OnPolicySteps > 0 ? settings.OnPolicySteps : settings.Steps;
+    /// <summary>Held-out checks per run for early stopping (when pairs are held out).</summary>
+    public const int EarlyStoppingChecks = 8;
+
+    /// <summary>
+    /// Steps of a method: <see cref="DemoSettings.OnPolicySteps"/> for those that sample every step; for the others
+    /// ⌈<see cref="DemoSettings.Epochs"/> · pairs / batch⌉ when epochs are set (the budget grows with n), else <see cref="DemoSettings.Steps"/>.
+    /// </summary>
+    public static int StepsOf(DemoMethod method, DemoSettings settings, int trainPairs)
+    {
+        if (SamplesEveryStep(method, settings) && settings.OnPolicySteps > 0) return settings.OnPolicySteps;
+        return EpochSteps(settings, trainPairs) ?? settings.Steps;
+    }
+
+    /// <summary>⌈epochs · pairs / batch⌉ when <see cref="DemoSettings.Epochs"/> is set; null otherwise.</summary>
+    private static int? EpochSteps(DemoSettings settings, int trainPairs) =>
+        settings.Epochs > 0 ? Math.Max(1, (int)Math.Ceiling(settings.Epochs * trainPairs / settings.BatchPairs)) : null;
 
     /// <summary>Whether the method draws responses from the policy every step (its budget is <see cref="DemoSettings.OnPolicySteps"/> × <see cref="DemoSettings.OnPolicyBatch"/>).</summary>
     public static bool SamplesEveryStep(DemoMethod method, DemoSettings settings) =>

@@ -109,8 +109,8 @@ public static class DemoReport
                         Number(w, "value", c.Value);
                         Number(w, "validation_loss", c.ValidationLoss);
                         Number(w, "seconds", c.Seconds);
-                        w.WriteBoolean("honest_pick", c.Evaluation == m.Evaluation);
-                        w.WriteBoolean("oracle_pick", c == m.OraclePick);
+                        w.WriteBoolean("honest_pick", c.Kept);
+                        w.WriteBoolean("oracle_pick", ReferenceEquals(c, m.OraclePick));
                         Metrics(w, "metrics", c.Evaluation);
                         w.WriteEndObject();
                     }
@@ -277,7 +277,10 @@ public static class DemoReport
             ? "**What trains: the tilt class.** π_b ∝ π0·exp(b) token by token: π0 frozen, b ∈ ℝ^V trained (b = 0 is π0; b = w/τ is π* exactly). PPO's critic is a linear head on π0's frozen features."
             : "**What trains: every weight** (full fine-tuning of a copy of π0).");
         sb.AppendLine();
-        sb.Append(string.Create(Inv, $"Every method starts from π0 with the same budget: {s.Steps} steps of {s.BatchPairs} pairs (offline) or prompts (online), learning rate {s.LearningRate}. "));
+        if (s.Epochs > 0 || s.OnPolicySteps > 0)
+            sb.Append(string.Create(Inv, $"Every method starts from π0. Budget: the offline methods {(s.Epochs > 0 ? $"{s.Epochs} epochs" : $"{s.Steps} steps")} of {s.BatchPairs} pairs; the methods that sample every step (PPO, REBEL{(s.DistillationPairs == Objectives.PairSource.Dataset ? "" : ", distillation")}) {(s.OnPolicySteps > 0 ? s.OnPolicySteps : s.Steps)} steps of {(s.OnPolicyBatch > 0 ? s.OnPolicyBatch : s.BatchPairs)} prompts. "));
+        else
+            sb.Append(string.Create(Inv, $"Every method starts from π0 with the same budget: {s.Steps} steps of {s.BatchPairs} pairs (offline) or prompts (online), learning rate {s.LearningRate}. "));
         sb.AppendLine("KLs are per response, in nats; ± is one standard error of the Monte Carlo mean.");
         sb.AppendLine();
         foreach (var size in o.Sizes)
@@ -300,7 +303,7 @@ public static class DemoReport
                 foreach (var m in size.Methods)
                     foreach (var c in m.Candidates ?? [])
                     {
-                        string pick = string.Join(", ", new[] { c.Evaluation == m.Evaluation ? "honest" : null, c == m.OraclePick ? "oracle" : null }.Where(x => x is not null));
+                        string pick = string.Join(", ", new[] { c.Kept ? "honest" : null, ReferenceEquals(c, m.OraclePick) ? "oracle" : null }.Where(x => x is not null));
                         sb.AppendLine(string.Create(Inv, $"| {m.Name} | {c.Parameter} | {c.Value:G4} | {c.ValidationLoss:F4} | {E(c.Evaluation.ForwardKl)} | {E(c.Evaluation.KlToReference)} | {pick} |"));
                     }
             }
