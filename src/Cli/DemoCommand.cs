@@ -58,7 +58,7 @@ internal sealed class DemoOptions
     public readonly Option<float?> PpoLearningRate = new("--ppo-lr") { Description = "Learning rate of the PPO methods (RLHF, reverse KL)." };
     public readonly Option<float?> WeightDecay = new("--weight-decay") { Description = "AdamW weight decay of the trained weights (tilt: an L2 pull toward π0)." };
     public readonly Option<int?> RewardSteps = new("--reward-steps") { Description = "Reward-model training steps." };
-    public readonly Option<string?> Grid = new("--grid") { Description = "Tuning: comma-separated multipliers of each method's key parameter (learning rate, β or η), e.g. 0.25,1,4 (the tilt class's default), or none (full's default)." };
+    public readonly Option<string?> Grid = new("--grid") { Description = "Tuning: comma-separated multipliers of each method's key parameter (learning rate, or β for DPO and RLHF), e.g. 0.25,1,4 (the tilt class's default), or none (full's default)." };
     public readonly Option<int?> Seeds = new("--seeds") { Description = "Seeds of pairs and training per n (π0 shared); the report gives mean ± SE over them." };
 
     public void AddTo(Command command)

@@ -57,8 +57,8 @@ public sealed record DemoSettings
     /// <summary>Weight decay of the trained weights (on the tilt class: an L2 pull of b toward 0, i.e. toward π0).</summary>
     public float WeightDecay { get; init; }
     /// <summary>
-    /// Multipliers of each method's key parameter tried (its learning rate for PMLE, distillation and reverse KL; β for DPO and
-    /// RLHF; η for REBEL), each a full run; empty: no tuning. With a grid, every method and the reward model train on the pairs
+    /// Multipliers of each method's key parameter tried (its learning rate for PMLE, distillation, reverse KL and REBEL; β for
+    /// DPO and RLHF), each a full run; empty: no tuning. With a grid, every method and the reward model train on the pairs
     /// less a held-out <see cref="ValidationFraction"/>, and the run kept is the one with the lowest held-out preference loss
     /// −ln σ(γ Δ ln π̂) (honest: no access to π*); the run with the lowest KL(π*‖π̂) (the oracle's pick) is reported beside it.
     /// </summary>
@@ -438,12 +438,15 @@ public sealed class DemoExperiment : IDisposable
         return new DemoSizeResult(n, drawn.MeanLabelMargin, drawn.AgreementWithTarget, rewardSummary, methods);
     }
 
-    /// <summary>The method's key parameter at <paramref name="multiplier"/> × its setting: its name, value, and the settings that carry it.</summary>
+    /// <summary>
+    /// The method's key parameter at <paramref name="multiplier"/> × its setting: its name, value, and the settings that carry it.
+    /// REBEL's is its learning rate, not η: it takes one step per fresh batch, where π_t = π, so its gradient is
+    /// 2η·ΔR̂·∇Δ ln π — η only scales it, and AdamW undoes a constant scale (a first grid over η gave three identical runs).
+    /// </summary>
     private (string Parameter, double Value, DemoSettings Settings) Tuned(DemoMethod method, double multiplier) => method switch
     {
         DemoMethod.Dpo => ("β", Settings.DpoBeta * multiplier, Settings with { DpoBeta = Settings.DpoBeta * multiplier }),
         DemoMethod.Rlhf => ("β", Settings.RlhfBeta * multiplier, Settings with { RlhfBeta = Settings.RlhfBeta * multiplier }),
-        DemoMethod.Rebel => ("η", Settings.RebelEta * multiplier, Settings with { RebelEta = Settings.RebelEta * multiplier }),
         DemoMethod.ReverseKl => ("learning rate", Settings.PpoLearningRate * multiplier, Settings with { PpoLearningRate = (float)(Settings.PpoLearningRate * multiplier) }),
         _ => ("learning rate", Settings.LearningRate * multiplier, Settings with { LearningRate = (float)(Settings.LearningRate * multiplier) }),
     };
