@@ -209,7 +209,7 @@ internal static class DemoRunner
         Console.WriteLine(string.Create(inv, $"π0: held-out loss {o.Pi0.ValidationLoss:F3} nats/token ({(o.Pi0.Cached ? "cached" : $"pretrained in {o.Pi0.Seconds:F0} s")})"));
         foreach (var size in o.Sizes)
         {
-            Console.WriteLine(string.Create(inv, $"n = {size.Pairs}: mean |P* − ½| = {size.MeanLabelMargin:F3}, labels agree with ln π* in {size.AgreementWithTarget:P1}; reward model orders fresh pairs right in {size.Reward.TrueOrderAccuracy:P1}"));
+            Console.WriteLine(string.Create(inv, $"n = {size.Pairs}: mean |P* − ½| = {size.MeanLabelMargin:F3}, labels agree with ln π* in {size.AgreementWithTarget:P1}, go against ln π0 in {size.AgainstReference:P1}; reward model orders fresh pairs right in {size.Reward.TrueOrderAccuracy:P1}"));
             var table = new Table().Title($"n = {size.Pairs}");
             foreach (var c in new[] { "model", "KL(π*‖π̂)", "KL(π̂‖π*)", "KL(π̂‖π0)", "win vs π0", "lexicon reward", "entropy/token", "distinct-1", "distinct-2", "s" })
                 table.AddColumn(new TableColumn(Markup.Escape(c)) { Alignment = c == "model" ? Justify.Left : Justify.Right });

@@ -281,6 +281,21 @@ public class TiltPolicyTests
     }
 
     [Test]
+    public void LabelsAgainstPi0AreTheOnesTheTiltDecided()
+    {
+        using var model = KnownTargetModelTests.TinyModel();
+        var prompts = Enumerable.Range(0, 8).Select(i => new[] { 16, i + 1 }).ToList();
+        KnownTargetPairs Draw(double tau) =>
+            new KnownTargetTask(new TiltedTarget(model, KnownTargetModelTests.TinyWeights(), tau), new KnownTargetSettings { ResponseTokens = 3, Gamma = 4 },
+                prompts, prompts, endOfText: -1).DrawPairs(512, seed: 3);
+        var untilted = Draw(double.PositiveInfinity);   // π* = π0: a label goes against ln π0 exactly when it goes against ln π*
+        Assert.That(untilted.AgainstReference, Is.EqualTo(1 - untilted.AgreementWithTarget).Within(1e-12));
+        var tilted = Draw(0.5);
+        TestContext.Out.WriteLine($"τ = 0.5: {tilted.AgainstReference:P1} of labels against ln π0, {tilted.AgreementWithTarget:P1} with ln π*");
+        Assert.That(tilted.AgainstReference, Is.GreaterThan(1 - tilted.AgreementWithTarget + 0.05), "the tilt decides some labels");
+    }
+
+    [Test]
     public void PreferenceMleInTheTiltClassMovesTowardTheTarget()
     {
         using var model = KnownTargetModelTests.TinyModel();

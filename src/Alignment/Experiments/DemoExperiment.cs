@@ -228,6 +228,9 @@ public sealed record DemoCandidate(string Parameter, double Value, double Valida
 /// <remarks>The fields are the first seed's; <see cref="OtherSeeds"/> holds the same for every further seed.</remarks>
 public sealed record DemoSizeResult(int Pairs, double MeanLabelMargin, double AgreementWithTarget, DemoRewardSummary Reward, IReadOnlyList<DemoMethodResult> Methods)
 {
+    /// <summary>Share of labels that differ from what π0 alone would predict (<see cref="KnownTargetPairs.AgainstReference"/>).</summary>
+    public double AgainstReference { get; init; }
+
     /// <summary>The runs with seeds 2, 3, … (empty with one seed).</summary>
     public IReadOnlyList<DemoSizeResult> OtherSeeds { get; init; } = [];
 
@@ -435,7 +438,7 @@ public sealed class DemoExperiment : IDisposable
                 if (candidates[i].Candidate.ValidationLoss < candidates[kept].Candidate.ValidationLoss) kept = i;
             methods.Add(candidates[kept].Run with { Candidates = [.. candidates.Select((c, i) => c.Candidate with { Kept = i == kept })] });
         }
-        return new DemoSizeResult(n, drawn.MeanLabelMargin, drawn.AgreementWithTarget, rewardSummary, methods);
+        return new DemoSizeResult(n, drawn.MeanLabelMargin, drawn.AgreementWithTarget, rewardSummary, methods) { AgainstReference = drawn.AgainstReference };
     }
 
     /// <summary>

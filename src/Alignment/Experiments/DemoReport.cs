@@ -86,6 +86,7 @@ public static class DemoReport
             Number(w, "n", size.Pairs);
             Number(w, "mean_label_margin", size.MeanLabelMargin);
             Number(w, "agreement_with_target", size.AgreementWithTarget);
+            Number(w, "labels_against_pi0", size.AgainstReference);
             w.WriteStartObject("reward_model");
             Number(w, "steps", size.Reward.Steps);
             Number(w, "final_loss", size.Reward.FinalLoss);
@@ -251,7 +252,7 @@ public static class DemoReport
         sb.AppendLine(string.Create(Inv, $"- KL(π*‖π0) per response: **{E(o.Task.TargetKl)}** nats (π*'s mean response length {o.Task.TargetMeanLength:F1} tokens)"));
         foreach (var size in o.Sizes)
             sb.AppendLine(string.Create(Inv,
-                $"- n = {size.Pairs}: mean |P*(a ≻ b) − ½| = **{size.MeanLabelMargin:F3}**; the preferred response has the higher ln π* in {size.AgreementWithTarget:P1} of pairs"));
+                $"- n = {size.Pairs}: mean |P*(a ≻ b) − ½| = **{size.MeanLabelMargin:F3}**; the preferred response has the higher ln π* in {size.AgreementWithTarget:P1} of pairs, and the lower ln π0 (a label π0 alone would get wrong) in **{size.AgainstReference:P1}**"));
         sb.AppendLine();
         sb.AppendLine("## π0");
         sb.AppendLine();

@@ -40,7 +40,14 @@ public sealed record KnownTargetSettings
 /// <param name="Pairs">preferred response first</param>
 /// <param name="MeanLabelMargin">mean |P*(a ≻ b) − ½| over the pairs (0: coin flips, ½: certain labels)</param>
 /// <param name="AgreementWithTarget">share of pairs whose preferred response has the higher ln π* (the label's expected value is ½ + the margin)</param>
-public sealed record KnownTargetPairs(IReadOnlyList<PreferencePair> Pairs, double MeanLabelMargin, double AgreementWithTarget);
+public sealed record KnownTargetPairs(IReadOnlyList<PreferencePair> Pairs, double MeanLabelMargin, double AgreementWithTarget)
+{
+    /// <summary>
+    /// Share of pairs whose preferred response is the one π0 alone finds less likely: the labels that carry information
+    /// π0 does not already have (ln π* − ln π0 is the tilt, so these are the pairs the tilt decided).
+    /// </summary>
+    public double AgainstReference { get; init; }
+}
 
 /// <summary>
 /// The language-model known-target task: prompts from held-out corpus sentences, the target π*, preference pairs
@@ -187,10 +194,10 @@ public sealed class KnownTargetTask
         using (var pi0 = new GptPolicy(Reference, new()))
             responses = SampleAll(new PolicyResponseModel(pi0), prompts, seed);
         var sequences = prompts.Select((p, i) => new PromptResponse(p, responses[i].Tokens)).ToList();
-        var (lnTarget, _) = TargetAndReferenceLogProbs(sequences);
+        var (lnTarget, lnReference) = TargetAndReferenceLogProbs(sequences);
         var pairs = new List<PreferencePair>(n);
         double margin = 0;
-        int agree = 0;
+        int agree = 0, againstReference = 0;
         for (int i = 0; i < n; i++)
         {
             double delta = lnTarget[2 * i] - lnTarget[2 * i + 1];
@@ -200,8 +207,10 @@ public sealed class KnownTargetTask
             var (a, b) = (sequences[2 * i].Response, sequences[2 * i + 1].Response);
             pairs.Add(aWins ? new PreferencePair(prompts[2 * i], a, b) : new PreferencePair(prompts[2 * i], b, a));
             if ((aWins && delta >= 0) || (!aWins && delta <= 0)) agree++;
+            double delta0 = lnReference[2 * i] - lnReference[2 * i + 1];
+            if ((aWins && delta0 < 0) || (!aWins && delta0 > 0)) againstReference++;
         }
-        return new KnownTargetPairs(pairs, margin / n, (double)agree / n);
+        return new KnownTargetPairs(pairs, margin / n, (double)agree / n) { AgainstReference = (double)againstReference / n };
     }
 
     /// <summary>
