@@ -183,18 +183,30 @@ internal static class DemoRunner
                         task.Description = Markup.Escape($"{p.Stage}: {p.Detail}");
                     }
                     experiment = DemoExperiment.Prepare(settings, cacheDir, OnProgress, device);
-                    foreach (int n in sizes) results.Add(experiment.RunAtSize(n));
+                    foreach (int n in sizes)
+                    {
+                        results.Add(experiment.RunAtSize(n));
+                        // a sweep writes its report after every size, so a run that is cut short keeps what it measured
+                        if (results.Count < sizes.Count) WriteReport(Outcome(experiment, $" (partial: {results.Count} of {sizes.Count} sizes)"));
+                    }
                     foreach (var t in tasks.Values) if (!t.IsFinished) t.StopTask();
                 });
-            var e = experiment!;
-            var outcome = new DemoOutcome(title, commandLine, Machine(device), watch.Elapsed.TotalSeconds, settings, e.Pi0, e.Summary,
-                e.ReferenceEvaluation, e.TargetEvaluation, results);
+            var outcome = Outcome(experiment!, "");
             PrintSummary(outcome);
-            var plots = DemoPlots.Write(outDir, outcome);
-            DemoReport.WriteJson(Path.Combine(outDir, DemoReport.JsonFileName), outcome);
-            DemoReport.WriteMarkdown(Path.Combine(outDir, DemoReport.MarkdownFileName), outcome, plots);
+            var plots = WriteReport(outcome);
             Console.WriteLine($"report: {Path.Combine(outDir, DemoReport.MarkdownFileName)} (+ {DemoReport.JsonFileName}, {string.Join(", ", plots.Select(p => p.File))}); wall time {watch.Elapsed.TotalSeconds:F0} s");
             return 0;
+
+            DemoOutcome Outcome(DemoExperiment e, string partial) =>
+                new(title + partial, commandLine, Machine(device), watch.Elapsed.TotalSeconds, settings, e.Pi0, e.Summary, e.ReferenceEvaluation, e.TargetEvaluation, [.. results]);
+
+            List<(string File, string Caption)> WriteReport(DemoOutcome o)
+            {
+                var plots = DemoPlots.Write(outDir, o);
+                DemoReport.WriteJson(Path.Combine(outDir, DemoReport.JsonFileName), o);
+                DemoReport.WriteMarkdown(Path.Combine(outDir, DemoReport.MarkdownFileName), o, plots);
+                return plots;
+            }
         }
         finally
         {

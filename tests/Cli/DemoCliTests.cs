@@ -244,6 +244,34 @@ public class DemoCliTests : CliTestBase
         Assert.That(File.ReadAllText(Path.Combine(outDir, DemoReport.MarkdownFileName)), Does.Contain("## Across 2 seeds of pairs and training"));
     }
 
+    /// <summary>
+    /// <c>experiment lm</c> across sizes with seeds: one block per n, the across-seeds table, a slope per method fitted over the
+    /// larger half of the sizes (here 2 points: a slope without a standard error), and the forward-KL-against-n plot.
+    /// </summary>
+    [Test]
+    public void ExperimentLmFitsSlopesOverTheLargerSizes()
+    {
+        string outDir = Path.Combine(TestDirectory, "lm");
+        Assert.That(Program.Main(["experiment", "lm", "--quick", "--threads", "2", "--n", "16,32,48,64", "--seeds", "2", "--methods", "pmle,dpo",
+            "--grid", "1", "--out", outDir]), Is.EqualTo(0), Error.ToString());
+        using var doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(outDir, DemoReport.JsonFileName)));
+        var root = doc.RootElement;
+        Assert.That(root.GetProperty("sizes").EnumerateArray().Select(s => s.GetProperty("n").GetInt32()), Is.EqualTo(new[] { 16, 32, 48, 64 }));
+        Assert.That(root.GetProperty("title").GetString(), Does.Not.Contain("partial"), "the last write is the whole run's");
+        foreach (var method in new[] { "PMLE", "DPO" })
+        {
+            var slope = root.GetProperty("slopes").GetProperty(method);
+            Assert.That(slope.GetProperty("points").GetInt32(), Is.EqualTo(2), method);
+            Assert.That((slope.GetProperty("n_min").GetInt32(), slope.GetProperty("n_max").GetInt32()), Is.EqualTo((48, 64)), method);
+            // two points: the slope is the line through them
+            double kl48 = root.GetProperty("sizes")[2].GetProperty("across_seeds").GetProperty(method).GetProperty("forward_kl").GetDouble();
+            double kl64 = root.GetProperty("sizes")[3].GetProperty("across_seeds").GetProperty(method).GetProperty("forward_kl").GetDouble();
+            Assert.That(slope.GetProperty("slope").GetDouble(), Is.EqualTo(Math.Log(kl64 / kl48) / Math.Log(64.0 / 48)).Within(1e-9), method);
+        }
+        Assert.That(File.Exists(Path.Combine(outDir, "forward_kl_vs_n.png")), Is.True);
+        Assert.That(File.ReadAllText(Path.Combine(outDir, DemoReport.MarkdownFileName)), Does.Contain("| method | slope ± SE | n range | points |"));
+    }
+
     /// <summary>Keys of report.json that are wall-clock timings, or where π0 was cached: allowed to differ between runs.</summary>
     private static readonly HashSet<string> RunSpecific = ["wall_seconds", "pretraining_seconds", "seconds", "path"];
 
