@@ -295,6 +295,40 @@ public class TiltPolicyTests
         Assert.That(tilted.AgainstReference, Is.GreaterThan(1 - tilted.AgreementWithTarget + 0.05), "the tilt decides some labels");
     }
 
+    /// <summary>
+    /// A likelihood reward γ·ln π_r is placed token by token in PPO's rollouts: the sequence scores PPO reports are the same
+    /// sums either way; with one-token responses the two placements are the same rollout (bit-identical update), and with
+    /// longer ones they differ (a token's return no longer carries the rewards of the tokens before it).
+    /// </summary>
+    [Test]
+    public void PpoPlacesALikelihoodRewardTokenByToken()
+    {
+        using var model = KnownTargetModelTests.TinyModel();
+        var cache = new FrozenFeatureCache(model);
+        var rewardPolicy = new TiltPolicy(cache, new AdamWSettings(), RandomOffset(13));
+        var reward = new DistAlign.Alignment.Reward.LogLikelihoodReward(rewardPolicy, 1.0);
+        var prompts = Enumerable.Range(0, 8).Select(i => new[] { 16, i + 1 }).ToList();
+        (float[] Offset, double Score) OneIteration(bool tokenRewards, int tokens)
+        {
+            var policy = new TiltPolicy(cache, new AdamWSettings(WeightDecay: 0), withValueHead: true);
+            var trainer = new PpoTrainer(policy, new TiltPolicy(cache, new AdamWSettings()), reward, prompts, new PpoOptions
+            {
+                Objective = PpoObjective.ReverseKl, Beta = 0, Gamma = 1, Steps = 1, PromptsPerIteration = 8, Epochs = 1, Minibatches = 1,
+                Sampling = new SamplingOptions(tokens), LearningRate = 0.01f, TokenRewards = tokenRewards, Seed = 5,
+            });
+            var report = trainer.TrainStep();
+            return (policy.Offset.ToArray(), report["objective/scores"]);
+        }
+        var (denseOne, scoreDenseOne) = OneIteration(true, 1);
+        var (sparseOne, scoreSparseOne) = OneIteration(false, 1);
+        Assert.That(denseOne, Is.EqualTo(sparseOne), "one token: the same rollout");
+        Assert.That(scoreDenseOne, Is.EqualTo(scoreSparseOne));
+        var (dense, scoreDense) = OneIteration(true, 4);
+        var (sparse, scoreSparse) = OneIteration(false, 4);
+        Assert.That(scoreDense, Is.EqualTo(scoreSparse).Within(1e-5 * Math.Abs(scoreSparse)), "the same sequence scores");
+        Assert.That(dense, Is.Not.EqualTo(sparse), "four tokens: the placement changes the advantages");
+    }
+
     [Test]
     public void PreferenceMleInTheTiltClassMovesTowardTheTarget()
     {

@@ -54,6 +54,12 @@ public sealed record PpoOptions
     public double ValueClip { get; init; } = 0.2;
     /// <summary>Whiten advantages over each rollout (with <see cref="EntropyBonus.Exact"/>: centre them only).</summary>
     public bool WhitenAdvantages { get; init; } = true;
+    /// <summary>
+    /// Place a reward that is a sum over tokens (<see cref="ITokenRewardFunction"/>, e.g. γ·ln π_r) token by token rather than
+    /// all on the last token: a token's return leaves out rewards earned before it (same expected gradient, less variance).
+    /// Other rewards are unaffected.
+    /// </summary>
+    public bool TokenRewards { get; init; } = true;
     /// <summary>Score given instead of R̂ to a response that did not end with the end-of-text token (null: off).</summary>
     public float? MissingEndPenalty { get; init; }
     public SamplingOptions Sampling { get; init; } = new(16);
@@ -196,20 +202,37 @@ public sealed class PpoTrainer
         var refLogProbs = new float[tokens];
         reference.Score(sequences, refLogProbs);
         var scores = new float[s];
-        reward.Score(sequences, scores);
+        // A reward that is a sum over tokens is placed token by token (its sum is the sequence's score); any other on the last token.
+        float[]? tokenScores = null;
+        if (options.TokenRewards && reward is ITokenRewardFunction perToken)
+        {
+            tokenScores = new float[tokens];
+            perToken.ScoreTokens(sequences, tokenScores);
+            PolicyScores.SumPerSequence(sequences, tokenScores, scores, default);
+        }
+        else reward.Score(sequences, scores);
         int ended = 0;
         for (int i = 0; i < s; i++)
         {
             if (samples[i].Ended) ended++;
-            else if (options.MissingEndPenalty is float penalty) scores[i] = penalty;
+            else if (options.MissingEndPenalty is float penalty)
+            {
+                scores[i] = penalty;
+                if (tokenScores is not null) tokenScores.AsSpan(start[i], start[i + 1] - start[i]).Clear();   // the penalty replaces them
+            }
         }
 
-        // r_t = −β(ln π_old − ln π0) − γ ln π_old (reverse KL, entropy in the reward), R̂ on the last token.
+        // r_t = −β(ln π_old − ln π0) − γ ln π_old (reverse KL, entropy in the reward), R̂ on the last token (or r̂_t on each).
         double beta = options.Beta;
         double gamma = options.Objective == PpoObjective.ReverseKl && options.Entropy == EntropyBonus.InReward ? options.Gamma : 0;
         var rewards = new float[tokens];
         for (int t = 0; t < tokens; t++) rewards[t] = (float)(-beta * ((double)oldLogProbs[t] - refLogProbs[t]) - gamma * oldLogProbs[t]);
-        for (int i = 0; i < s; i++) rewards[start[i + 1] - 1] += scores[i];
+        for (int i = 0; i < s; i++)
+        {
+            bool penalised = !samples[i].Ended && options.MissingEndPenalty is not null;
+            if (tokenScores is null || penalised) rewards[start[i + 1] - 1] += scores[i];
+            else for (int t = start[i]; t < start[i + 1]; t++) rewards[t] += tokenScores[t];
+        }
 
         var advantages = new float[tokens];
         var returns = new float[tokens];
