@@ -527,15 +527,15 @@ public sealed class DemoExperiment : IDisposable
     /// <summary>The method's settings in words, as the report prints them.</summary>
     public string Describe(DemoMethod method) => Describe(method, Settings);
 
-    /// <summary>The method's settings in words under <paramref name="Settings"/> (a tuning candidate's).</summary>
-    public static string Describe(DemoMethod method, DemoSettings Settings) => method switch
+    /// <summary>The method's settings in words under <paramref name="settings"/> (a tuning candidate's).</summary>
+    public static string Describe(DemoMethod method, DemoSettings settings) => method switch
     {
-        DemoMethod.Rlhf => $"PPO on R̂ − β·KL(π‖π0), β = {Settings.RlhfBeta}; {Settings.PpoEpochs} epochs × {Settings.PpoMinibatches} minibatches per rollout, learning rate {Settings.PpoLearningRate}",
-        DemoMethod.ReverseKl => $"PPO on R̂ + γ·H(π) − β·KL(π‖π0), γ = {Settings.Task.Gamma}, β = {Settings.ReverseKlBeta}; {Settings.PpoEpochs} epochs × {Settings.PpoMinibatches} minibatches per rollout, learning rate {Settings.PpoLearningRate}",
-        DemoMethod.Dpo => $"sigmoid loss, β = {Settings.DpoBeta}, learning rate {Settings.LearningRate}",
-        DemoMethod.Pmle => $"−ln σ(γ Δ ln π), γ = {Settings.Task.Gamma}, learning rate {Settings.LearningRate}" + (Settings.PmleKlBeta > 0 ? $", KL β = {Settings.PmleKlBeta}" : ""),
-        DemoMethod.Distillation => $"soft labels σ(ΔR̂) on {(Settings.DistillationPairs == PairSource.Dataset ? "the dataset's pairs" : Settings.DistillationPairs == PairSource.Reference ? "π0's samples" : "π's samples")}, γ = {Settings.Task.Gamma}, learning rate {Settings.LearningRate}" + (Settings.DistillationKlBeta > 0 ? $", KL β = {Settings.DistillationKlBeta}" : ""),
-        DemoMethod.Rebel => $"pairs from π, R̂ regression, η = {Settings.RebelEta}, learning rate {Settings.LearningRate}",
+        DemoMethod.Rlhf => $"PPO on R̂ − β·KL(π‖π0), β = {settings.RlhfBeta}; {settings.PpoEpochs} epochs × {settings.PpoMinibatches} minibatches per rollout, learning rate {settings.PpoLearningRate}",
+        DemoMethod.ReverseKl => $"PPO on R̂ + γ·H(π) − β·KL(π‖π0), γ = {settings.Task.Gamma}, β = {settings.ReverseKlBeta}; {settings.PpoEpochs} epochs × {settings.PpoMinibatches} minibatches per rollout, learning rate {settings.PpoLearningRate}",
+        DemoMethod.Dpo => $"sigmoid loss, β = {settings.DpoBeta}, learning rate {settings.LearningRate}",
+        DemoMethod.Pmle => $"−ln σ(γ Δ ln π), γ = {settings.Task.Gamma}, learning rate {settings.LearningRate}" + (settings.PmleKlBeta > 0 ? $", KL β = {settings.PmleKlBeta}" : ""),
+        DemoMethod.Distillation => $"soft labels σ(ΔR̂) on {(settings.DistillationPairs == PairSource.Dataset ? "the dataset's pairs" : settings.DistillationPairs == PairSource.Reference ? "π0's samples" : "π's samples")}, γ = {settings.Task.Gamma}, learning rate {settings.LearningRate}" + (settings.DistillationKlBeta > 0 ? $", KL β = {settings.DistillationKlBeta}" : ""),
+        DemoMethod.Rebel => $"pairs from π, R̂ regression, η = {settings.RebelEta}, learning rate {settings.LearningRate}",
         _ => throw new ArgumentOutOfRangeException(nameof(method)),
     };
 
@@ -640,34 +640,34 @@ public sealed class DemoExperiment : IDisposable
 
     /// <summary>One training step of the method: offline ones on the n pairs, online ones on the pairs' prompts (or the task's training prompts) with R̂.</summary>
     private Func<AlignmentStepReport> CreateTrainer(DemoMethod method, IPolicy policy, IPolicy pi0, IReadOnlyList<PreferencePair> pairs,
-                                                   float[] referenceLogProbs, IRewardFunction rewardModel, DemoSettings Settings, int steps)
+                                                   float[] referenceLogProbs, IRewardFunction rewardModel, DemoSettings settings, int steps)
     {
-        var kl = (double beta) => beta > 0 ? new KlRegularizer(beta, 2, Settings.Task.ResponseTokens, Task.EndOfText) : null;
-        AlignmentTrainingOptions OfflineOptions(PairwiseLossSettings loss, KlRegularizer? regularizer) => DemoExperiment.OfflineOptions(loss, regularizer, Settings, steps);
+        var kl = (double beta) => beta > 0 ? new KlRegularizer(beta, 2, settings.Task.ResponseTokens, Task.EndOfText) : null;
+        AlignmentTrainingOptions OfflineOptions(PairwiseLossSettings loss, KlRegularizer? regularizer) => DemoExperiment.OfflineOptions(loss, regularizer, settings, steps);
         switch (method)
         {
             case DemoMethod.Dpo:
             {
                 var trainer = new AlignmentTrainer(policy, null, pairs, referenceLogProbs,
-                    OfflineOptions(new PairwiseLossSettings(PairwiseLossVariant.DpoSigmoid, Beta: Settings.DpoBeta), null));
+                    OfflineOptions(new PairwiseLossSettings(PairwiseLossVariant.DpoSigmoid, Beta: settings.DpoBeta), null));
                 return trainer.TrainStep;
             }
             case DemoMethod.Pmle:
             {
                 var trainer = new AlignmentTrainer(policy, pi0, pairs, null,
-                    OfflineOptions(new PairwiseLossSettings(PairwiseLossVariant.Pmle, Gamma: Settings.Task.Gamma), kl(Settings.PmleKlBeta)));
+                    OfflineOptions(new PairwiseLossSettings(PairwiseLossVariant.Pmle, Gamma: settings.Task.Gamma), kl(settings.PmleKlBeta)));
                 return trainer.TrainStep;
             }
             case DemoMethod.Distillation or DemoMethod.Rebel:
             {
                 var loss = method == DemoMethod.Distillation
-                    ? new PairwiseLossSettings(PairwiseLossVariant.Distillation, Gamma: Settings.Task.Gamma)
-                    : new PairwiseLossSettings(PairwiseLossVariant.Rebel, Eta: Settings.RebelEta);
-                var options = OfflineOptions(loss, method == DemoMethod.Distillation ? kl(Settings.DistillationKlBeta) : null) with
+                    ? new PairwiseLossSettings(PairwiseLossVariant.Distillation, Gamma: settings.Task.Gamma)
+                    : new PairwiseLossSettings(PairwiseLossVariant.Rebel, Eta: settings.RebelEta);
+                var options = OfflineOptions(loss, method == DemoMethod.Distillation ? kl(settings.DistillationKlBeta) : null) with
                 {
                     Objective = AlignmentObjective.OnPolicy, Sampling = Task.Sampling,
-                    PairSource = method == DemoMethod.Distillation ? Settings.DistillationPairs : PairSource.Policy,
-                    BatchPairs = SamplesEveryStep(method, Settings) ? OnPolicyBatchOf(Settings) : Settings.BatchPairs,
+                    PairSource = method == DemoMethod.Distillation ? settings.DistillationPairs : PairSource.Policy,
+                    BatchPairs = SamplesEveryStep(method, settings) ? OnPolicyBatchOf(settings) : settings.BatchPairs,
                 };
                 var trainer = new AlignmentTrainer(policy, pi0, pairs, null, options, rewardModel);
                 return trainer.TrainStep;
@@ -677,11 +677,11 @@ public sealed class DemoExperiment : IDisposable
                 var options = new PpoOptions
                 {
                     Objective = method == DemoMethod.Rlhf ? PpoObjective.Rlhf : PpoObjective.ReverseKl,
-                    Beta = method == DemoMethod.Rlhf ? Settings.RlhfBeta : Settings.ReverseKlBeta,
-                    Gamma = method == DemoMethod.Rlhf ? 0 : Settings.Task.Gamma,
-                    Steps = steps, PromptsPerIteration = OnPolicyBatchOf(Settings), Epochs = Settings.PpoEpochs, Minibatches = Settings.PpoMinibatches,
+                    Beta = method == DemoMethod.Rlhf ? settings.RlhfBeta : settings.ReverseKlBeta,
+                    Gamma = method == DemoMethod.Rlhf ? 0 : settings.Task.Gamma,
+                    Steps = steps, PromptsPerIteration = OnPolicyBatchOf(settings), Epochs = settings.PpoEpochs, Minibatches = settings.PpoMinibatches,
                     Sampling = Task.Sampling,
-                    LearningRate = Settings.PpoLearningRate, WarmupSteps = Math.Min(10, steps / 10), Seed = Settings.Seed,
+                    LearningRate = settings.PpoLearningRate, WarmupSteps = Math.Min(10, steps / 10), Seed = settings.Seed,
                 };
                 var trainer = new PpoTrainer((IValuePolicy)policy, pi0, rewardModel, Task.TrainPrompts, options);
                 return trainer.TrainStep;
