@@ -29,11 +29,11 @@ internal static class DemoCommand
         common.AddTo(command);
         command.SetAction(parse =>
         {
-            var settings = common.Read(parse, parse.GetValue(quick));
+            using var device = common.OpenDevice(parse, parse.GetValue(quick));
+            var settings = common.Read(parse, parse.GetValue(quick), onDevice: device is not null);
             if (parse.GetValue(pairs) is int n) settings = settings with { Pairs = CliErrors.Positive(n, "--n") };
             string outDir = parse.GetValue(output)!.FullName;
             string line = "distalign demo" + string.Concat(Environment.GetCommandLineArgs().Skip(1).SkipWhile(a => a != "demo").Skip(1).Select(a => " " + a));
-            using var device = common.OpenDevice(parse, settings);
             return DemoRunner.Run("DistAlign demo: aligning a small GPT toward a known target", line, settings, [settings.Pairs], outDir,
                 Path.Combine(outDir, "pi0"), device?.Models ?? GptDevice.Cpu);
         });
@@ -74,15 +74,19 @@ internal sealed class DemoOptions
 
     /// <summary>
     /// With <c>--device cuda</c> (or auto with a usable GPU): the device π0's pretraining, the reward model and every method train on
-    /// (<c>--gpu-attention flash</c> needs π0's head size to be 64); null on the CPU.
+    /// (<c>--gpu-attention flash</c> needs π0's head size to be 64: the same for both classes); null on the CPU.
     /// </summary>
-    public GpuTrainingDevice? OpenDevice(ParseResult parse, DemoSettings settings) => GpuTrainingOptions.OpenIfChosen(gpu.Read(parse), settings.Model);
+    public GpuTrainingDevice? OpenDevice(ParseResult parse, bool quick) =>
+        GpuTrainingOptions.OpenIfChosen(gpu.Read(parse), (quick ? DemoSettings.Quick : new DemoSettings()).Model);
 
-    public DemoSettings Read(ParseResult parse, bool quick)
+    /// <param name="onDevice">a GPU was opened: the default is then full fine-tuning (the tilt class trains on the CPU)</param>
+    public DemoSettings Read(ParseResult parse, bool quick, bool onDevice = false)
     {
         CpuParallel.Threads = CliErrors.Positive(parse.GetValue(Threads), "--threads");
         var settings = quick ? DemoSettings.Quick : new DemoSettings();
-        string train = parse.GetValue(Train) ?? "tilt";
+        string train = parse.GetValue(Train) ?? (onDevice ? "full" : "tilt");
+        if (onDevice && train == "tilt")
+            throw new CliUsageException("--train tilt runs on the CPU (a step is one GEMM over cached features): use --device cpu, or --train full on the GPU");
         settings = train switch
         {
             "full" => settings,

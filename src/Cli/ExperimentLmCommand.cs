@@ -24,14 +24,14 @@ internal static class ExperimentLmCommand
         common.AddTo(command);
         command.SetAction(parse =>
         {
-            var settings = common.Read(parse, parse.GetValue(quick));
+            using var device = common.OpenDevice(parse, parse.GetValue(quick));
+            var settings = common.Read(parse, parse.GetValue(quick), onDevice: device is not null);
             bool tilt = settings.Train == Alignment.Experiments.TrainedWeights.Tilt;
             var ns = ParseSizes(parse.GetValue(sizes) ?? (tilt && !parse.GetValue(quick) ? "256,1024,4096,16384,65536" : "64,256,1024"));
             // the sweep's default: three seeds of pairs and training in the tilt class (the slopes need the spread)
             if (tilt && parse.GetValue(common.Seeds) is null) settings = settings with { Seeds = 3 };
             string outDir = parse.GetValue(output)!.FullName;
             string line = "distalign experiment lm" + string.Concat(Environment.GetCommandLineArgs().Skip(1).SkipWhile(a => a != "lm").Skip(1).Select(a => " " + a));
-            using var device = common.OpenDevice(parse, settings);
             return DemoRunner.Run("DistAlign: known-target LM experiment across n", line, settings with { Pairs = ns[^1] }, ns, outDir,
                 parse.GetValue(cache)!.FullName, device?.Models ?? GptDevice.Cpu);
         });
