@@ -60,13 +60,23 @@ public sealed class FrozenFeatureCache
     /// Writes the features of every response token of <paramref name="sequences"/> (flattened in order, [tokens × C])
     /// into <paramref name="features"/>, running the backbone on the sequences it has not seen.
     /// </summary>
-    public void Gather(IReadOnlyList<PromptResponse> sequences, Span<float> features) => Gather(sequences, features, pin: false);
-
-    private void Gather(IReadOnlyList<PromptResponse> sequences, Span<float> features, bool pin)
+    public void Gather(IReadOnlyList<PromptResponse> sequences, Span<float> features)
     {
         int c = Channels;
         int tokens = PolicyScores.TokenCount(sequences);
         if (features.Length != tokens * c) throw new ArgumentException($"features must be [tokens × C] = [{tokens} × {c}], got {features.Length}");
+        var found = Find(sequences, pin: false);
+        int at = 0;
+        for (int s = 0; s < sequences.Count; s++)
+        {
+            found[s].CopyTo(features.Slice(at, found[s].Length));
+            at += found[s].Length;
+        }
+    }
+
+    /// <summary>Each sequence's entry, running the backbone <see cref="ChunkSequences"/> at a time on those not held.</summary>
+    private float[][] Find(IReadOnlyList<PromptResponse> sequences, bool pin)
+    {
         var found = new float[sequences.Count][];
         var missing = new List<int>();
         for (int s = 0; s < sequences.Count; s++)
@@ -86,12 +96,7 @@ public sealed class FrozenFeatureCache
                 Keep(sequences[s], computed[i], pin);
             }
         }
-        int at = 0;
-        for (int s = 0; s < sequences.Count; s++)
-        {
-            found[s].CopyTo(features.Slice(at, found[s].Length));
-            at += found[s].Length;
-        }
+        return found;
     }
 
     /// <summary>
@@ -100,18 +105,14 @@ public sealed class FrozenFeatureCache
     /// </summary>
     public void Add(IReadOnlyList<PromptResponse> sequences)
     {
-        for (int start = 0; start < sequences.Count; start += ChunkSequences)
-        {
-            var chunk = sequences.Skip(start).Take(ChunkSequences).ToList();
-            foreach (var sequence in chunk)
-                if (entries.TryGetValue(sequence, out var entry) && !pinned.Contains(sequence) && floats + entry.Length <= MaxFloats)
-                {
-                    pinned.Add(sequence);
-                    floats += entry.Length;
-                    recentFloats -= entry.Length;   // its slot in the recent queue is skipped when it comes up
-                }
-            Gather(chunk, new float[PolicyScores.TokenCount(chunk) * Channels], pin: true);
-        }
+        foreach (var sequence in sequences)
+            if (entries.TryGetValue(sequence, out var entry) && !pinned.Contains(sequence) && floats + entry.Length <= MaxFloats)
+            {
+                pinned.Add(sequence);
+                floats += entry.Length;
+                recentFloats -= entry.Length;   // its slot in the recent queue is skipped when it comes up
+            }
+        Find(sequences, pin: true);
     }
 
     private readonly HashSet<PromptResponse> pinned = new(SequenceContent.Comparer);
