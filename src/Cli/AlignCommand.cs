@@ -37,13 +37,20 @@ internal static class AlignCommand
         var weightDecay = new Option<float>("--weight-decay") { Description = "AdamW decoupled weight decay.", DefaultValueFactory = _ => 0f };
         var gradAccum = new Option<int>("--grad-accum") { Description = "Micro-batches per optimizer step.", DefaultValueFactory = _ => 1 };
         var resume = new Option<bool>("--resume") { Description = "Continue from the latest checkpoint in --out." };
+        var train = new Option<string>("--train")
+        {
+            Description = "What trains: full (every weight of π0's copy) or tilt (π0 frozen, a per-token logit offset b trained: π_b ∝ π0·exp(b); " +
+                          "the model file keeps b as 'logit_offset'; CPU only).",
+            DefaultValueFactory = _ => "full",
+        };
+        train.AcceptOnlyFromAmong("full", "tilt");
         var online = OnlineOptions.Create();
         var gpuOptions = GpuTrainingOptions.Create();
 
         var command = new Command("align",
             "Align a GPT to preference pairs: SFT, DPO (sigmoid/conservative/robust/hinge/IPO), PMLE (+KL), preference distillation, REBEL, RLHF (PPO) or reverse KL (PPO).")
         {
-            objective, model, data, output, variant, beta, gamma, epsilon, klBeta, klSamples, klTokens, gradAccum, weightDecay, checkpointEvery, resume,
+            objective, model, data, output, train, variant, beta, gamma, epsilon, klBeta, klSamples, klTokens, gradAccum, weightDecay, checkpointEvery, resume,
         };
         options.AddTo(command);
         online.AddTo(command);
@@ -55,7 +62,9 @@ internal static class AlignCommand
                 parse.GetValue(objective)!, parse.GetValue(variant)!, parse.GetValue(beta), parse.GetValue(gamma), parse.GetValue(epsilon),
                 parse.GetValue(klBeta), parse.GetValue(klSamples), parse.GetValue(klTokens),
                 CliErrors.Positive(parse.GetValue(gradAccum), "--grad-accum"), parse.GetValue(weightDecay),
-                CliErrors.Positive(parse.GetValue(checkpointEvery), "--checkpoint-every"), parse.GetValue(resume));
+                CliErrors.Positive(parse.GetValue(checkpointEvery), "--checkpoint-every"), parse.GetValue(resume), parse.GetValue(train) == "tilt");
+            if (settings.Tilt && DeviceOption.Chosen == "cuda")
+                throw new CliUsageException("--train tilt runs on the CPU (a step is one GEMM over cached features): use --device cpu, or --train full on the GPU");
             string name = settings.Objective.ToLowerInvariant();
             if (name is "distill" or "rebel" or "rlhf" or "rkl")
                 return OnlineAlign.Run(parse.GetValue(model)!, parse.GetValue(data)!, parse.GetValue(output)!.FullName, common, settings, online.Read(parse),
@@ -67,7 +76,7 @@ internal static class AlignCommand
     }
 
     internal sealed record AlignSettings(string Objective, string Variant, double Beta, double Gamma, double Epsilon, double KlBeta, int KlSamples,
-                                         int KlMaxTokens, int GradientAccumulation, float WeightDecay, int CheckpointEvery, bool Resume);
+                                         int KlMaxTokens, int GradientAccumulation, float WeightDecay, int CheckpointEvery, bool Resume, bool Tilt);
 
     private static PairwiseLossVariant VariantOf(string name) => name.ToLowerInvariant() switch
     {
@@ -93,14 +102,16 @@ internal static class AlignCommand
         var loss = pmle ? new PairwiseLossSettings(PairwiseLossVariant.Pmle, Gamma: s.Gamma)
                         : new PairwiseLossSettings(VariantOf(s.Variant), Beta: s.Beta, Epsilon: s.Epsilon);
 
-        var (gpt, tok, pairs, dataHash) = CliData.LoadModelAndPairs(modelFile, dataFile, common);
+        var (gpt, tok, pairs, dataHash, offset) = CliData.LoadModelAndPairs(modelFile, dataFile, common, s.Tilt);
         // --device cuda (or auto with a usable GPU): π and the reference π0 on GpuGptPolicy (scores, gradients, clipping and
         // AdamW on the device; KL samples decoded on the device); `gpt` is the host copy that checkpoints save and restore.
-        using var device = GpuTrainingOptions.OpenIfChosen(gpuOptions, gpt);
+        using var device = s.Tilt ? null : GpuTrainingOptions.OpenIfChosen(gpuOptions, gpt);
         var adamW = new AdamWSettings(WeightDecay: s.WeightDecay);
-        using IHostGptPolicy policy = (device?.Models ?? GptDevice.Cpu).Policy(gpt, adamW, ownsModel: true);
+        using var backbone = s.Tilt ? gpt : null;   // a tilt policy shares its frozen backbone; a GPT policy owns its model
+        using IPolicy policy = s.Tilt ? TiltAlign.Policy(gpt, offset, adamW, pairs, withValueHead: false)
+                                      : (device?.Models ?? GptDevice.Cpu).Policy(gpt, adamW, ownsModel: true);
         if (device is not null) Console.WriteLine($"training on {device.Description} (GpuGptPolicy; reference log-probs on the same device)");
-        string modelHash = ModelHash.Of(gpt);
+        string modelHash = ModelHash.Of(policy);
         KlRegularizer? kl = pmle && s.KlBeta > 0
             ? new KlRegularizer(s.KlBeta, s.KlSamples, CliErrors.Positive(s.KlMaxTokens, "--kl-max-tokens"), tok.EndOfText) : null;
         if (kl is not null && s.KlSamples < 2) throw new CliUsageException($"--kl-samples must be at least 2 (got {s.KlSamples})");
@@ -123,13 +134,13 @@ internal static class AlignCommand
             options.Loss.Epsilon, kl_beta = kl?.Beta ?? 0, kl_samples = kl?.SamplesPerPrompt ?? 0, kl_max_tokens = kl?.MaxNewTokens ?? 0,
             options.Steps, options.BatchPairs, options.GradientAccumulation, options.LearningRate, options.WarmupSteps, options.GradientClip,
             options.EvalFraction, options.EvaluateEvery, options.Seed, s.WeightDecay, common.MaxPromptTokens, common.MaxResponseTokens,
-            model_hash = modelHash, data_hash = dataHash,
+            model_hash = modelHash, data_hash = dataHash, train = s.Tilt ? "tilt" : "full",
         });
         var run = new AlignmentRun(trainer, policy, outDir, tok.Spec, identity, s.CheckpointEvery);
         if (run.Start(s.Resume) is { } latest) Console.WriteLine($"resumed from {latest} at step {trainer.Step}");
         else if (s.Resume) Console.WriteLine($"no checkpoint in {outDir}: starting from step 0");
         Console.WriteLine($"align {s.Objective.ToLowerInvariant()}" + (objective == AlignmentObjective.Preference ? $" ({options.Loss.Variant})" : "") +
-                          $" · {gpt.Config} · {trainer.TrainPairs} train / {trainer.EvalPairs} eval pairs · {options.Steps} steps");
+                          $" · {gpt.Config}{TiltAlign.Describe(policy)} · {trainer.TrainPairs} train / {trainer.EvalPairs} eval pairs · {options.Steps} steps");
 
         AlignmentStepReport? last = null;
         var lastEval = new Dictionary<string, double>();
@@ -142,11 +153,35 @@ internal static class AlignCommand
         }));
 
         string modelPath = Path.Combine(outDir, GptCheckpoint.ModelFileName);
-        policy.CopyToHost();   // a GPU policy's trained weights are on the device
-        GptCheckpoint.SaveModel(modelPath, gpt, tok.Spec);
+        PolicyCheckpoint.SaveModel(policy, modelPath, tok.Spec);   // a GPU policy's trained weights are copied from the device first
         CliProgress.Summary(last, lastEval, run.MetricsPath, modelPath);
         return 0;
     }
+}
+
+/// <summary>
+/// <c>align --train tilt</c>: the policy class π_b ∝ π0·exp(b) over the frozen π0 of <c>--model</c> (<see cref="TiltPolicy"/>), b starting
+/// from the file's <c>logit_offset</c> when it is a tilt model already (else 0). The final hidden states of the data's pairs are computed
+/// once (<see cref="FrozenFeatureCache"/>), so a step is one [tokens × C]·[C × V] GEMM; the model file written at the end is π0's
+/// weights plus b, marked <c>distalign.trained = tilt</c>.
+/// </summary>
+internal static class TiltAlign
+{
+    /// <summary>Most floats of features kept for the data's pairs (1 GiB); past it, features are recomputed when a batch needs them.</summary>
+    public const long MaxPinnedFloats = 1L << 28;
+
+    public static TiltPolicy Policy(Gpt backbone, float[]? offset, AdamWSettings adamW, IReadOnlyList<PreferencePair> pairs, bool withValueHead)
+    {
+        var cache = new FrozenFeatureCache(backbone, MaxPinnedFloats);
+        cache.Add(OfflinePreferenceObjective.Sequences(pairs));
+        string start = offset is null ? "from 0" : "from the model's logit_offset";
+        Console.WriteLine(FormattableString.Invariant(
+            $"tilt: π0 frozen, b ∈ ℝ^{backbone.Config.VocabSize} trained {start}; features of {cache.Count} sequences cached ({cache.Bytes / 1048576.0:F1} MiB)"));
+        return new TiltPolicy(cache, adamW, offset, withValueHead);
+    }
+
+    /// <summary>" (tilt)" for a tilt policy, for the run's headline.</summary>
+    public static string Describe(IPolicy policy) => policy is TiltPolicy ? " (tilt: π0 frozen, logit offset trained)" : "";
 }
 
 /// <summary>The flags align and reward share, with their defaults.</summary>
@@ -193,8 +228,10 @@ internal sealed class CommonTrainingOptions
 /// <summary>Loading π0 and the preference file, with the CLI's error conventions.</summary>
 internal static class CliData
 {
-    public static (Gpt Model, Gpt2Tokenizer Tokenizer, List<PreferencePair> Pairs, string DataHash) LoadModelAndPairs(
-        FileInfo modelFile, FileInfo dataFile, CommonTrainingOptions.Values common)
+    /// <param name="tilt">the run trains in the tilt class: a tilt model's logit offset is returned (and a plain GPT gives null); otherwise a
+    /// tilt model is refused, since training its backbone would drop the offset</param>
+    public static (Gpt Model, Gpt2Tokenizer Tokenizer, List<PreferencePair> Pairs, string DataHash, float[]? LogitOffset) LoadModelAndPairs(
+        FileInfo modelFile, FileInfo dataFile, CommonTrainingOptions.Values common, bool tilt = false)
     {
         if (!modelFile.Exists) throw new CliUsageException($"--model {modelFile.FullName}: no such file");
         if (!dataFile.Exists) throw new CliUsageException($"--data {dataFile.FullName}: no such file");
@@ -207,7 +244,8 @@ internal static class CliData
         {
             throw new CliUsageException($"{e.Message} [{e.Rule}]");
         }
-        var (gpt, spec) = GptCheckpoint.LoadModel(modelFile.FullName);
+        var loaded = GptCheckpoint.LoadModel(modelFile.FullName, withLogitOffset: tilt);
+        var (gpt, spec) = loaded;
         try
         {
             var tok = Gpt2Tokenizer.FromSpec(spec ?? Gpt2Tokenizer.FullSpec);
@@ -231,7 +269,7 @@ internal static class CliData
             Console.WriteLine($"data: {dataFile.Name}: {tokenized.Report}");
             if (tokenized.Examples.Count == 0) throw new CliUsageException($"--data {dataFile.FullName}: no usable pairs");
             var pairs = tokenized.Examples.Select(e => new PreferencePair(e.PromptIds, e.ChosenIds, e.RejectedIds)).ToList();
-            return (gpt, tok, pairs, DatasetHash.Of(pairs));
+            return (gpt, tok, pairs, DatasetHash.Of(pairs), loaded.LogitOffset);
         }
         catch
         {

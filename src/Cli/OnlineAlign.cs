@@ -91,16 +91,20 @@ internal static class OnlineAlign
         if (!o.RewardModel.Exists) throw new CliUsageException($"--reward-model {o.RewardModel.FullName}: no such file");
         if (objective != "distill" && s.KlBeta != 0) throw new CliUsageException("--kl-beta goes with --objective pmle or distill (rlhf and rkl take --beta)");
 
-        var (gpt, tok, pairs, dataHash) = CliData.LoadModelAndPairs(modelFile, dataFile, common);
         bool ppo = objective is "rlhf" or "rkl";
+        if (s.Tilt && ppo && o.SeparateValueModel)
+            throw new CliUsageException("--train tilt takes the value head on the frozen features (--value-model shared), not a separate value model");
+        var (gpt, tok, pairs, dataHash, offset) = CliData.LoadModelAndPairs(modelFile, dataFile, common, s.Tilt);
         // --device cuda (or auto with a usable GPU): π, π0 and a separate value model on GpuGptPolicy, R̂'s backbone on GpuGpt;
         // `gpt` is the host mirror that checkpoints save and restore.
-        using var device = GpuTrainingOptions.OpenIfChosen(gpuOptions, gpt);
+        using var device = s.Tilt ? null : GpuTrainingOptions.OpenIfChosen(gpuOptions, gpt);
         var adamW = new AdamWSettings(WeightDecay: s.WeightDecay);
         var models = device?.Models ?? GptDevice.Cpu;
         IGptValueModel NewPolicy(Gpt model, bool withValueHead) => models.Policy(model, adamW, ownsModel: true, withValueHead: withValueHead);
-        using var policy = NewPolicy(gpt, ppo && !o.SeparateValueModel);
-        string modelHash = ModelHash.Of(gpt);
+        using var backbone = s.Tilt ? gpt : null;   // a tilt policy shares its frozen backbone; a GPT policy owns its model
+        using IValuePolicy policy = s.Tilt ? TiltAlign.Policy(gpt, offset, adamW, pairs, withValueHead: ppo)
+                                           : NewPolicy(gpt, ppo && !o.SeparateValueModel);
+        string modelHash = ModelHash.Of(policy);
         using var reference = policy.Snapshot();
         IGptValueModel? valueModel = null;
         if (ppo && o.SeparateValueModel)
@@ -149,6 +153,7 @@ internal static class OnlineAlign
                 options.Minibatches, options.Lambda, options.ClipRange, options.ValueCoefficient, options.ValueClip, options.WhitenAdvantages,
                 options.MissingEndPenalty, value_model = o.SeparateValueModel ? "separate" : "shared", max_new_tokens = maxNew, options.LearningRate, options.WarmupSteps, options.GradientClip, options.Seed,
                 s.WeightDecay, common.MaxPromptTokens, common.MaxResponseTokens, model_hash = modelHash, reward_hash = rewardHash, data_hash = dataHash,
+                train = s.Tilt ? "tilt" : "full",
             });
             run = new PpoRun(trainer, valuePolicy, outDir, tok.Spec, identity, s.CheckpointEvery);
             completed = () => trainer.Step;
@@ -157,7 +162,7 @@ internal static class OnlineAlign
             headline = $"align {objective} (PPO, β {options.Beta.ToString(CultureInfo.InvariantCulture)}" +
                        (objective == "rkl" ? $", γ {options.Gamma.ToString(CultureInfo.InvariantCulture)}, entropy {o.Entropy}" : "") +
                        (o.SeparateValueModel ? ", separate value model" : "") +
-                       $") · {gpt.Config} · {prompts.Count} prompts · {options.Steps} iterations of {options.PromptsPerIteration}";
+                       $") · {gpt.Config}{TiltAlign.Describe(policy)} · {prompts.Count} prompts · {options.Steps} iterations of {options.PromptsPerIteration}";
         }
         else
         {
@@ -179,12 +184,13 @@ internal static class OnlineAlign
                 kl_samples = kl?.SamplesPerPrompt ?? 0, kl_max_tokens = kl?.MaxNewTokens ?? 0, max_new_tokens = maxNew, options.Steps, options.BatchPairs,
                 options.GradientAccumulation, options.LearningRate, options.WarmupSteps, options.GradientClip, options.EvalFraction, options.EvaluateEvery,
                 options.Seed, s.WeightDecay, common.MaxPromptTokens, common.MaxResponseTokens, model_hash = modelHash, reward_hash = rewardHash, data_hash = dataHash,
+                train = s.Tilt ? "tilt" : "full",
             });
             run = new AlignmentRun(trainer, policy, outDir, tok.Spec, identity, s.CheckpointEvery);
             completed = () => trainer.Step;
             steps = options.Steps;
             progressMetric = "objective/scores";
-            headline = $"align {objective} ({options.PairSource} pairs) · {gpt.Config} · {trainer.TrainPairs} train / {trainer.EvalPairs} eval pairs · {options.Steps} steps";
+            headline = $"align {objective} ({options.PairSource} pairs) · {gpt.Config}{TiltAlign.Describe(policy)} · {trainer.TrainPairs} train / {trainer.EvalPairs} eval pairs · {options.Steps} steps";
         }
 
         if (run.Start(s.Resume) is { } latest) Console.WriteLine($"resumed from {latest} at step {completed()}");
@@ -202,8 +208,7 @@ internal static class OnlineAlign
         }));
 
         string modelPath = Path.Combine(outDir, GptCheckpoint.ModelFileName);
-        policy.CopyToHost();   // a GPU policy's trained weights are on the device
-        GptCheckpoint.SaveModel(modelPath, gpt, tok.Spec);
+        PolicyCheckpoint.SaveModel(policy, modelPath, tok.Spec);   // a GPU policy's trained weights are copied from the device first
         CliProgress.Summary(last, lastEval, run.MetricsPath, modelPath);
         return 0;
     }

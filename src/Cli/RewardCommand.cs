@@ -55,7 +55,7 @@ internal static class RewardCommand
     private static int Run(FileInfo modelFile, FileInfo dataFile, string outDir, CommonTrainingOptions.Values common,
                            PairwiseLossSettings settings, float weightDecay, int checkpointEvery, bool resume, GpuTrainingOptions.Values gpuOptions)
     {
-        var (gpt, tok, pairs, dataHash) = CliData.LoadModelAndPairs(modelFile, dataFile, common);
+        var (gpt, tok, pairs, dataHash, _) = CliData.LoadModelAndPairs(modelFile, dataFile, common);
         string modelHash = ModelHash.Of(gpt); // of the starting backbone, before any checkpoint is loaded
         // --device cuda (or auto with a usable GPU): the backbone on GpuGpt (features forward and backward, clip, AdamW on the
         // device); the scalar head stays on the host, and `gpt` is the host mirror that checkpoints are written from.

@@ -35,7 +35,10 @@ public class AlignCliTests : CliTestBase
          "--checkpoint-every", "2", "--max-prompt-tokens", "12", "--max-response-tokens", "8", "--threads", "2", "--seed", "5"];
 
     private int Align(string outDir, string[] objective, string? data = null, params string[] extra) =>
-        Program.Main(["align", .. objective.Select(a => a == RewardModelPlaceholder ? rewardPath : a), "--model", modelPath, "--data", data ?? dataPath,
+        AlignModel(modelPath, outDir, objective, data, extra);
+
+    private int AlignModel(string model, string outDir, string[] objective, string? data = null, params string[] extra) =>
+        Program.Main(["align", .. objective.Select(a => a == RewardModelPlaceholder ? rewardPath : a), "--model", model, "--data", data ?? dataPath,
                       "--out", outDir, .. Small, .. extra]);
 
     private static IEnumerable<TestCaseData> Objectives()
@@ -54,6 +57,17 @@ public class AlignCliTests : CliTestBase
                                                       "--reward-model", RewardModelPlaceholder }).SetName("RlhfPpoSeparateValueModel");
         yield return new TestCaseData((object)new[] { "--objective", "rkl", "--beta", "0.05", "--gamma", "0.1", "--entropy", "exact", "--max-new-tokens", "4",
                                                       "--reward-model", RewardModelPlaceholder }).SetName("ReverseKlPpo");
+        // the tilt class: π0 frozen, b trained; checkpoints hold b and its moments, and resume bit-identically too
+        yield return new TestCaseData((object)new[] { "--train", "tilt", "--objective", "dpo", "--beta", "0.5", "--grad-accum", "2" }).SetName("TiltDpo");
+        yield return new TestCaseData((object)new[] { "--train", "tilt", "--objective", "pmle", "--kl-beta", "0.1", "--kl-max-tokens", "4" }).SetName("TiltPmleWithKl");
+        yield return new TestCaseData((object)new[] { "--train", "tilt", "--objective", "distill", "--max-new-tokens", "4",
+                                                      "--reward-model", RewardModelPlaceholder }).SetName("TiltDistill");
+        yield return new TestCaseData((object)new[] { "--train", "tilt", "--objective", "rebel", "--max-new-tokens", "4",
+                                                      "--reward-model", RewardModelPlaceholder }).SetName("TiltRebel");
+        yield return new TestCaseData((object)new[] { "--train", "tilt", "--objective", "rlhf", "--beta", "0.05", "--max-new-tokens", "4", "--ppo-epochs", "2",
+                                                      "--reward-model", RewardModelPlaceholder }).SetName("TiltRlhfPpo");
+        yield return new TestCaseData((object)new[] { "--train", "tilt", "--objective", "rkl", "--gamma", "0.1", "--entropy", "exact", "--max-new-tokens", "4",
+                                                      "--reward-model", RewardModelPlaceholder }).SetName("TiltReverseKlPpo");
     }
 
     [TestCaseSource(nameof(Objectives))]
@@ -75,8 +89,81 @@ public class AlignCliTests : CliTestBase
         Assert.That(TinyAlignmentSetup.DeterministicColumns(b), Is.EqualTo(TinyAlignmentSetup.DeterministicColumns(a)));
         Assert.That(File.ReadAllBytes(Path.Combine(crashed, GptCheckpoint.ModelFileName)),
                     Is.EqualTo(File.ReadAllBytes(Path.Combine(straight, GptCheckpoint.ModelFileName))));
-        using var loaded = GptCheckpoint.LoadModel(Path.Combine(straight, GptCheckpoint.ModelFileName)).Model;
-        Assert.That(loaded.Config, Is.EqualTo(TinyAlignmentSetup.Config));
+        var loaded = GptCheckpoint.LoadModel(Path.Combine(straight, GptCheckpoint.ModelFileName), withLogitOffset: true);
+        using var model = loaded.Model;
+        Assert.That(model.Config, Is.EqualTo(TinyAlignmentSetup.Config));
+        Assert.That(loaded.LogitOffset is not null, Is.EqualTo(objective.Contains("tilt")), "only a tilt run writes a logit offset");
+    }
+
+    private string TrainTilt(string outDir, string? model = null)
+    {
+        Assert.That(AlignModel(model ?? modelPath, outDir, ["--train", "tilt", "--objective", "pmle"]), Is.EqualTo(0), Error.ToString());
+        return Path.Combine(outDir, GptCheckpoint.ModelFileName);
+    }
+
+    [Test]
+    public void ATiltModelFileIsPi0UnchangedPlusTheTrainedOffsetAndSaysSo()
+    {
+        string tilted = TrainTilt(Path.Combine(TestDirectory, "tilt"));
+        Assert.That(Output.ToString(), Does.Contain("tilt: π0 frozen").And.Contain("trained from 0"));
+        using (var file = DistAlign.Engine.SafeTensors.SafeTensorsFile.Open(tilted))
+            Assert.That(file.Metadata[GptCheckpoint.TrainedKey], Is.EqualTo("tilt"));
+        var loaded = GptCheckpoint.LoadModel(tilted, withLogitOffset: true);
+        using var backbone = loaded.Model;
+        using var pi0 = GptCheckpoint.LoadModel(modelPath).Model;
+        Assert.That(backbone.Parameters.ToArray(), Is.EqualTo(pi0.Parameters.ToArray()), "the backbone is frozen: bit-identical to π0");
+        Assert.That(loaded.LogitOffset, Has.Length.EqualTo(TinyAlignmentSetup.Config.VocabSize));
+        Assert.That(loaded.LogitOffset!.Count(b => b != 0), Is.GreaterThan(0), "b moved away from 0");
+        using (var file = DistAlign.Engine.SafeTensors.SafeTensorsFile.Open(modelPath))
+            Assert.That(file.Metadata[GptCheckpoint.TrainedKey], Is.EqualTo("full"));
+
+        // read as a plain GPT it would silently be π0: refused with the file and the tensor named
+        var refused = Assert.Throws<CheckpointMismatchException>(() => GptCheckpoint.LoadModel(tilted))!;
+        Assert.That(refused.Message, Does.Contain(tilted).And.Contain("logit_offset"));
+        Assert.That(AlignModel(tilted, Path.Combine(TestDirectory, "full"), ["--objective", "dpo"]), Is.EqualTo(Program.UsageError));
+        Assert.That(Error.ToString(), Does.Contain("a tilt model"));
+        Assert.That(Program.Main(["reward", "--model", tilted, "--data", dataPath, "--out", Path.Combine(TestDirectory, "rm-out"), "--steps", "1",
+                                  "--max-prompt-tokens", "12", "--max-response-tokens", "8"]), Is.EqualTo(Program.UsageError));
+
+        // --train tilt on a tilt model continues from its b
+        Output.GetStringBuilder().Clear();
+        TrainTilt(Path.Combine(TestDirectory, "again"), tilted);
+        Assert.That(Output.ToString(), Does.Contain("trained from the model's logit_offset"));
+    }
+
+    [Test]
+    public void SampleDrawsExactlyFromTheTiltedModel()
+    {
+        string tilted = TrainTilt(Path.Combine(TestDirectory, "tilt"));
+        Output.GetStringBuilder().Clear();
+        Assert.That(Program.Main(["sample", "--model", tilted, "--prompt", "Tell me", "--samples", "3", "--max-tokens", "6", "--seed", "9", "--threads", "2"]),
+                    Is.EqualTo(0), Error.ToString());
+        string printed = Output.ToString();
+        Assert.That(printed, Does.Contain("tilt model: sampling π0·exp(b) exactly"));
+
+        var loaded = GptCheckpoint.LoadModel(tilted, withLogitOffset: true);
+        using var backbone = loaded.Model;
+        var tok = DistAlign.Transformer.Tokenization.Gpt2Tokenizer.FromSpec(TinyAlignmentSetup.TokenizerSpec);
+        int[] prompt = [tok.EndOfText, .. tok.Encode("Tell me")];
+        var expected = DistAlign.Alignment.Policies.TiltedSampler.Sample(backbone, loaded.LogitOffset, [prompt, prompt, prompt],
+            new DistAlign.Transformer.Model.SamplingOptions(6, EndOfText: tok.EndOfText), 9);
+        foreach (var r in expected)
+            Assert.That(printed, Does.Contain("Tell me" + tok.Decode(r.Ended ? r.Tokens[..^1] : r.Tokens)));
+        // with b = 0 the same draws would be π0's: the offset is what changed them (b moved, so at least one log-prob differs)
+        var untilted = DistAlign.Alignment.Policies.TiltedSampler.Sample(backbone, new float[backbone.Config.VocabSize], [prompt, prompt, prompt],
+            new DistAlign.Transformer.Model.SamplingOptions(6, EndOfText: tok.EndOfText), 9);
+        Assert.That(expected.Select(r => r.LogProbs.Sum()), Is.Not.EqualTo(untilted.Select(r => r.LogProbs.Sum())));
+
+        Assert.That(Program.Main(["sample", "--model", tilted, "--temperature", "0.5"]), Is.EqualTo(Program.UsageError));
+        Assert.That(Error.ToString(), Does.Contain("temperature 1"));
+    }
+
+    [Test]
+    public void TiltRefusesASeparateValueModel()
+    {
+        Assert.That(Align(Path.Combine(TestDirectory, "sep"), ["--train", "tilt", "--objective", "rlhf", "--value-model", "separate", "--reward-model", RewardModelPlaceholder]),
+                    Is.EqualTo(Program.UsageError));
+        Assert.That(Error.ToString(), Does.Contain("--value-model shared"));
     }
 
     [Test]
@@ -151,7 +238,7 @@ public class AlignCliTests : CliTestBase
         string help = Output.ToString();
         foreach (var flag in new[] { "--objective", "--variant", "--beta", "--gamma", "--epsilon", "--kl-beta", "--kl-samples", "--steps", "--batch",
                                      "--grad-accum", "--lr", "--warmup", "--clip", "--eval-fraction", "--eval-every", "--checkpoint-every",
-                                     "--max-prompt-tokens", "--max-response-tokens", "--seed", "--threads", "--resume" })
+                                     "--max-prompt-tokens", "--max-response-tokens", "--seed", "--threads", "--resume", "--train" })
             Assert.That(help, Does.Contain(flag), flag);
         Assert.That(help, Does.Contain("[default: sigmoid]").And.Contain("[default: 0.1]"));
         Assert.That(Program.Main(["reward", "--help"]), Is.EqualTo(0));

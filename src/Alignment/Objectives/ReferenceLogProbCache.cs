@@ -49,15 +49,27 @@ public static class ModelHash
         return Convert.ToHexStringLower(hash.GetHashAndReset());
     }
 
+    /// <summary>Hash of a tilt policy: its frozen backbone's hash, then b.</summary>
+    public static string Of(TiltPolicy policy)
+    {
+        ArgumentNullException.ThrowIfNull(policy);
+        using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        hash.AppendData(Encoding.ASCII.GetBytes("DistAlign.TiltPolicy.v1\0"));
+        hash.AppendData(Encoding.ASCII.GetBytes(Of(policy.Backbone)));
+        AddFloats(hash, policy.Offset);
+        return Convert.ToHexStringLower(hash.GetHashAndReset());
+    }
+
     /// <summary>
     /// Hash of a policy of a supported kind (<see cref="GptPolicy"/>, <see cref="GpuGptPolicy"/> — whose weights are copied
-    /// to its host mirror first — or <see cref="TabularPolicy"/>).
+    /// to its host mirror first — <see cref="TiltPolicy"/> or <see cref="TabularPolicy"/>).
     /// </summary>
     /// <exception cref="NotSupportedException">Another kind of policy: pass its hash to the cache explicitly.</exception>
     public static string Of(IPolicy policy) => policy switch
     {
         null => throw new ArgumentNullException(nameof(policy)),
         IHostGptPolicy g => OfHostModel(g),
+        TiltPolicy t => Of(t),
         TabularPolicy t => Of(t),
         _ => throw new NotSupportedException(
             $"no model hash for a {policy.GetType().Name}; compute one over its weights and pass it to ReferenceLogProbCache.GetOrCompute"),

@@ -1,4 +1,5 @@
 using System.Numerics.Tensors;
+using DistAlign.Engine.SafeTensors;
 using DistAlign.Kernels.Cpu;
 using DistAlign.Transformer.Model;
 using DistAlign.Transformer.Training;
@@ -26,8 +27,10 @@ namespace DistAlign.Alignment.Policies;
 /// </remarks>
 public sealed class TiltPolicy : IValuePolicy
 {
-    /// <summary>The name of b in checkpoints and error messages.</summary>
-    public const string OffsetName = "logit_offset";
+    /// <summary>The name of b in model files, checkpoints and error messages.</summary>
+    public const string OffsetName = GptCheckpoint.LogitOffsetName;
+    /// <summary>The names of b's AdamW moments in a training checkpoint's state file.</summary>
+    public const string OffsetAdamMName = OffsetName + ".adam.m", OffsetAdamVName = OffsetName + ".adam.v";
 
     private readonly FrozenFeatureCache cache;
     private readonly AdamWSettings optimizer;
@@ -176,6 +179,22 @@ public sealed class TiltPolicy : IValuePolicy
     {
         AdamW.Step(offset, gradient, m, v, step, learningRate, optimizer.Beta1, optimizer.Beta2, optimizer.Epsilon, optimizer.WeightDecay);
         ValueHead?.OptimizerStep(step, learningRate, optimizer);
+    }
+
+    /// <summary>b as the tensor a model file holds beside the frozen backbone (<see cref="GptCheckpoint.SaveModel"/> marks the file as a tilt model).</summary>
+    public SafeTensor OffsetTensor() => SafeTensor.FromFloats(OffsetName, offset, [offset.Length]);
+
+    /// <summary>b's AdamW moments, for a training checkpoint's state file.</summary>
+    public SafeTensor[] OptimizerStateTensors() => [SafeTensor.FromFloats(OffsetAdamMName, m), SafeTensor.FromFloats(OffsetAdamVName, v)];
+
+    /// <summary>Restores b from a model file and its moments from a state file (as written by <see cref="OffsetTensor"/> and
+    /// <see cref="OptimizerStateTensors"/>); clears the gradient.</summary>
+    public void ReadCheckpoint(SafeTensorsFile model, string modelPath, SafeTensorsFile state, string statePath)
+    {
+        ScalarHead.ReadTensor(model, modelPath, OffsetName, [Vocab], offset);
+        ScalarHead.ReadTensor(state, statePath, OffsetAdamMName, [Vocab], m);
+        ScalarHead.ReadTensor(state, statePath, OffsetAdamVName, [Vocab], v);
+        Array.Clear(gradient);
     }
 
     public NonFiniteElement? FirstNonFiniteGradient()

@@ -413,20 +413,22 @@ public sealed class AlignmentTrainer
 }
 
 /// <summary>
-/// Runs an <see cref="AlignmentTrainer"/> on a GPT policy (<see cref="GptPolicy"/> on the CPU, <see cref="GpuGptPolicy"/> on a GPU)
-/// into an output folder: <c>metrics.jsonl</c> (one JSON line per step), training checkpoints (<see cref="GptCheckpoint.SaveTraining"/>:
-/// weights, AdamW moments, step and data cursor, options) every N steps and at the end, resumable bit-identically. A GPU policy's
-/// state is copied to its host model before each save and back to the device after a restore.
+/// Runs an <see cref="AlignmentTrainer"/> on a GPT policy (<see cref="GptPolicy"/> on the CPU, <see cref="GpuGptPolicy"/> on a GPU) or a
+/// tilt policy (<see cref="TiltPolicy"/>) into an output folder: <c>metrics.jsonl</c> (one JSON line per step), training checkpoints
+/// (<see cref="PolicyCheckpoint"/>: weights, AdamW moments, step and data cursor, options) every N steps and at the end, resumable
+/// bit-identically. A GPU policy's state is copied to its host model before each save and back to the device after a restore.
 /// </summary>
 public sealed class AlignmentRun : CheckpointedRun
 {
     private readonly AlignmentTrainer trainer;
-    private readonly IHostGptPolicy policy;
+    private readonly IPolicy policy;
 
+    /// <param name="policy">the trainer's policy: an <see cref="IHostGptPolicy"/> or a <see cref="TiltPolicy"/></param>
     /// <param name="optionsJson">the run's identity (options, model, data hash): a resume with other settings is refused</param>
-    public AlignmentRun(AlignmentTrainer trainer, IHostGptPolicy policy, string directory, string tokenizerSpec, string optionsJson, int checkpointEvery)
+    public AlignmentRun(AlignmentTrainer trainer, IPolicy policy, string directory, string tokenizerSpec, string optionsJson, int checkpointEvery)
         : base(directory, tokenizerSpec, optionsJson, checkpointEvery)
     {
+        PolicyCheckpoint.CheckSupported(policy);
         this.trainer = trainer;
         this.policy = policy;
     }
@@ -436,18 +438,8 @@ public sealed class AlignmentRun : CheckpointedRun
     protected override int CompletedSteps => trainer.Step;
     protected override int TotalSteps => trainer.Options.Steps;
     protected override AlignmentStepReport TrainStep() => trainer.TrainStep();
-    protected override void SaveCheckpoint()
-    {
-        policy.CopyToHost();
-        GptCheckpoint.SaveTraining(Directory, policy.Model, TokenizerSpec, trainer.State, OptionsJson);
-    }
-
-    protected override TrainerState LoadCheckpoint(string checkpoint)
-    {
-        var state = GptCheckpoint.LoadTraining(checkpoint, policy.Model).State;
-        policy.CopyFromHost();
-        return state;
-    }
+    protected override void SaveCheckpoint() => PolicyCheckpoint.SaveTraining(policy, Directory, TokenizerSpec, trainer.State, OptionsJson);
+    protected override TrainerState LoadCheckpoint(string checkpoint) => PolicyCheckpoint.LoadTraining(policy, checkpoint);
     protected override void Restore(TrainerState state, double elapsedSeconds) => trainer.Restore(state, elapsedSeconds);
 
     /// <summary>Reads the metrics file back as one dictionary per line.</summary>

@@ -12,7 +12,8 @@ namespace DistAlign.Alignment.Training;
 /// (<see cref="PolicyWithValueModel"/>) its backbone is saved too, flat: <c>value_model.parameters</c> in the model file,
 /// <c>value_model.adam.m</c>/<c>.v</c> in the state file. The GPT policies may be CPU <see cref="GptPolicy"/>s or CUDA
 /// <see cref="GpuGptPolicy"/>s (<see cref="IGptValueModel"/>): a checkpoint first copies their device state to the host mirrors,
-/// a restore copies it back up; the value heads live on the host either way.
+/// a restore copies it back up; the value heads live on the host either way. A <see cref="TiltPolicy"/> with its value head
+/// checkpoints its frozen backbone, b and b's moments (<see cref="PolicyCheckpoint"/>) beside the head.
 /// </summary>
 public sealed class PpoRun : CheckpointedRun
 {
@@ -25,7 +26,7 @@ public sealed class PpoRun : CheckpointedRun
     public const string ValueModelAdamVName = "value_model.adam.v";
 
     private readonly PpoTrainer trainer;
-    private readonly IHostGptPolicy policy;
+    private readonly IPolicy policy;
     private readonly IGptValueModel? valueModel;
     private readonly ScalarHead head;
 
@@ -41,13 +42,17 @@ public sealed class PpoRun : CheckpointedRun
                 this.policy = gpt;
                 head = shared;
                 break;
+            case TiltPolicy { ValueHead: { } tiltHead } tilt:
+                this.policy = tilt;
+                head = tiltHead;
+                break;
             case PolicyWithValueModel { Policy: IHostGptPolicy gpt } separate:
                 this.policy = gpt;
                 valueModel = separate.ValueModel;
                 head = separate.ValueModel.ValueHead!;
                 break;
             default:
-                throw new ArgumentException("PPO on the GPT needs a GPT policy with a value head, or a GPT policy with a separate GPT value model");
+                throw new ArgumentException("PPO on the GPT needs a GPT or tilt policy with a value head, or a GPT policy with a separate GPT value model");
         }
     }
 
@@ -59,7 +64,6 @@ public sealed class PpoRun : CheckpointedRun
 
     protected override void SaveCheckpoint()
     {
-        policy.CopyToHost();
         valueModel?.CopyToHost();
         int c = head.Channels;
         List<SafeTensor> model =
@@ -79,13 +83,12 @@ public sealed class PpoRun : CheckpointedRun
             state.Add(SafeTensor.FromFloats(ValueModelAdamMName, v.AdamM));
             state.Add(SafeTensor.FromFloats(ValueModelAdamVName, v.AdamV));
         }
-        GptCheckpoint.SaveTraining(Directory, policy.Model, TokenizerSpec, trainer.State, OptionsJson, 2, model, state);
+        PolicyCheckpoint.SaveTraining(policy, Directory, TokenizerSpec, trainer.State, OptionsJson, model, state);
     }
 
     protected override TrainerState LoadCheckpoint(string checkpoint)
     {
-        var state = GptCheckpoint.LoadTraining(checkpoint, policy.Model).State;
-        policy.CopyFromHost();
+        var state = PolicyCheckpoint.LoadTraining(policy, checkpoint);
         var v = valueModel?.Model;
         int c = head.Channels;
         string modelPath = Path.Combine(checkpoint, GptCheckpoint.ModelFileName);

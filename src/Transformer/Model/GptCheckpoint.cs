@@ -27,39 +27,70 @@ public static class GptCheckpoint
     public const string LatestFileName = "latest";
     public const string ConfigKey = "distalign.config";
     public const string TokenizerKey = "distalign.tokenizer";
+    /// <summary>Metadata naming what was trained: <c>full</c> (every weight) or <c>tilt</c> (a frozen GPT plus <see cref="LogitOffsetName"/>).</summary>
+    public const string TrainedKey = "distalign.trained";
+    /// <summary>
+    /// The per-token logit offset b [V] of a model trained in the tilt class: next-token probabilities π0(v | ctx)·exp(b_v) / Z.
+    /// GPT-2's LM head is tied to wte and has no bias, so b cannot be folded into the weights; it travels beside them.
+    /// </summary>
+    public const string LogitOffsetName = "logit_offset";
 
-    /// <summary>Writes the weights (atomically) with the config and tokenizer spec in the metadata.</summary>
+    /// <summary>Writes the weights (atomically) with the config, the tokenizer spec and what was trained in the metadata.</summary>
     /// <param name="extraTensors">tensors of a head other than the tied LM head (e.g. a reward model's
     /// <c>score.weight</c>, <c>score.bias</c>), written into the same file; their names must not clash
-    /// with the GPT's. <see cref="LoadModel"/> ignores them.</param>
+    /// with the GPT's. <see cref="LoadModel"/> ignores them, except <see cref="LogitOffsetName"/>: with it the file
+    /// is a tilt model (<see cref="TrainedKey"/> = tilt), which only callers that can apply the offset load.</param>
     public static void SaveModel(string path, Gpt model, string tokenizerSpec, IEnumerable<SafeTensor>? extraTensors = null)
     {
+        var extra = extraTensors?.ToList() ?? [];
+        var offset = extra.FirstOrDefault(t => t.Name == LogitOffsetName);
+        if (offset is not null && !offset.Shape.SequenceEqual([(long)model.Config.VocabSize]))
+            throw new ArgumentException($"'{LogitOffsetName}' must have shape [{model.Config.VocabSize}], got [{string.Join(", ", offset.Shape)}]");
         var metadata = new Dictionary<string, string>
         {
             ["format"] = "pt",
             [ConfigKey] = JsonSerializer.Serialize(model.Config),
             [TokenizerKey] = tokenizerSpec,
+            [TrainedKey] = offset is null ? "full" : "tilt",
         };
         var p = model.Parameters;
-        var tensors = new List<SafeTensor>(model.Layout.Tensors.Count);
+        var tensors = new List<SafeTensor>(model.Layout.Tensors.Count + extra.Count);
         foreach (var t in model.Layout.Tensors)
             tensors.Add(SafeTensor.FromFloats(t.Name, p.Slice((int)t.Offset, (int)t.Length), [.. t.Shape.Select(d => (long)d)]));
-        if (extraTensors is not null) tensors.AddRange(extraTensors);
+        tensors.AddRange(extra);
         SafeTensorsWriter.Write(path, tensors, metadata);
     }
 
     /// <summary>A model loaded from a file, with the tokenizer spec it was trained with (null when the file has none).</summary>
-    public sealed record LoadedModel(Gpt Model, string? TokenizerSpec);
+    public sealed record LoadedModel(Gpt Model, string? TokenizerSpec)
+    {
+        /// <summary>b of a tilt model (next-token probabilities ∝ π0·exp(b)); null for a plain GPT.</summary>
+        public float[]? LogitOffset { get; init; }
+    }
 
     /// <summary>
     /// Loads a model file written by <see cref="SaveModel"/> or a Hugging Face GPT-2 safetensors file.
     /// Every tensor is checked against the config's shapes; a mismatch names the tensor and both shapes.
     /// </summary>
     /// <param name="heads">heads for a file without DistAlign metadata (the shapes do not tell); default C/64</param>
-    public static LoadedModel LoadModel(string path, int? heads = null, long? memoryBudgetBytes = null)
+    /// <param name="withLogitOffset">the caller applies a tilt model's <see cref="LogitOffsetName"/>; when false such a file is
+    /// refused (read as a plain GPT it would silently be π0, not the trained model)</param>
+    public static LoadedModel LoadModel(string path, int? heads = null, long? memoryBudgetBytes = null, bool withLogitOffset = false)
     {
         using var file = SafeTensorsFile.Open(path);
         var config = ConfigOf(file, path, heads);
+        float[]? offset = null;
+        if (file.TryGetInfo(LogitOffsetName, out var info))
+        {
+            if (!withLogitOffset)
+                throw new CheckpointMismatchException(
+                    $"{path}: a tilt model (a frozen GPT plus the per-token logit offset '{LogitOffsetName}'); this command needs a plain GPT " +
+                    "(tilt models go to `align --train tilt` and `sample`)");
+            if (!info.Shape.SequenceEqual([(long)config.VocabSize]))
+                throw new CheckpointMismatchException($"{path}: tensor '{LogitOffsetName}' has shape [{string.Join(", ", info.Shape)}], the model needs [{config.VocabSize}]");
+            offset = new float[config.VocabSize];
+            file.ReadF32(LogitOffsetName, offset);
+        }
         var model = new Gpt(config, memoryBudgetBytes);
         try
         {
@@ -71,7 +102,7 @@ public static class GptCheckpoint
             throw;
         }
         file.Metadata.TryGetValue(TokenizerKey, out var spec);
-        return new LoadedModel(model, spec);
+        return new LoadedModel(model, spec) { LogitOffset = offset };
     }
 
     private static GptConfig ConfigOf(SafeTensorsFile file, string path, int? heads)
@@ -123,8 +154,10 @@ public static class GptCheckpoint
     /// <param name="extraModelTensors">more tensors for the model file (e.g. a reward head), as <see cref="SaveModel"/> takes them</param>
     /// <param name="extraStateTensors">more tensors for the state file (e.g. that head's AdamW moments); names must not be adam.m / adam.v.
     /// Both are written into the temporary folder, so they become visible together with the rest.</param>
+    /// <param name="frozenModel">the GPT is not trained (a tilt run): its AdamW moments are not written</param>
     public static string SaveTraining(string directory, Gpt model, string tokenizerSpec, TrainerState state, string optionsJson, int keep = 2,
-                                      IEnumerable<SafeTensor>? extraModelTensors = null, IEnumerable<SafeTensor>? extraStateTensors = null)
+                                      IEnumerable<SafeTensor>? extraModelTensors = null, IEnumerable<SafeTensor>? extraStateTensors = null,
+                                      bool frozenModel = false)
     {
         Directory.CreateDirectory(directory);
         string name = $"step-{state.Step:D8}";
@@ -140,8 +173,9 @@ public static class GptCheckpoint
                 ["loader_epoch"] = state.LoaderEpoch.ToString(CultureInfo.InvariantCulture),
                 ["loader_index"] = state.LoaderIndex.ToString(CultureInfo.InvariantCulture),
                 ["options"] = optionsJson,
+                [FrozenModelKey] = frozenModel ? "true" : "false",
             };
-            var stateTensors = new List<SafeTensor> { SafeTensor.FromFloats("adam.m", model.AdamM), SafeTensor.FromFloats("adam.v", model.AdamV) };
+            var stateTensors = frozenModel ? [] : new List<SafeTensor> { SafeTensor.FromFloats("adam.m", model.AdamM), SafeTensor.FromFloats("adam.v", model.AdamV) };
             if (extraStateTensors is not null) stateTensors.AddRange(extraStateTensors);
             SafeTensorsWriter.Write(Path.Combine(temporary, StateFileName), stateTensors, metadata);
         }
@@ -178,11 +212,16 @@ public static class GptCheckpoint
         return path;
     }
 
+    /// <summary>State-file metadata: "true" when the GPT was frozen (no AdamW moments for it).</summary>
+    private const string FrozenModelKey = "frozen_model";
+
     /// <summary>
     /// Restores weights and AdamW moments from a training checkpoint folder into <paramref name="model"/>
     /// and returns the trainer position and the options JSON it was written with.
     /// </summary>
-    public static (TrainerState State, string OptionsJson) LoadTraining(string checkpoint, Gpt model)
+    /// <param name="frozenModel">the run keeps the GPT frozen: the checkpoint must say so too, and only its config is checked
+    /// (the weights are the run's own, which its identity hash pins)</param>
+    public static (TrainerState State, string OptionsJson) LoadTraining(string checkpoint, Gpt model, bool frozenModel = false)
     {
         string modelPath = Path.Combine(checkpoint, ModelFileName);
         using (var file = SafeTensorsFile.Open(modelPath))
@@ -190,11 +229,14 @@ public static class GptCheckpoint
             var config = ConfigOf(file, modelPath, null);
             if (config != model.Config)
                 throw new CheckpointMismatchException($"{modelPath}: checkpoint is for {config}, the model is {model.Config}");
-            LoadParameters(file, model, modelPath);
+            if (!frozenModel) LoadParameters(file, model, modelPath);
         }
         string statePath = Path.Combine(checkpoint, StateFileName);
         using var state = SafeTensorsFile.Open(statePath);
-        foreach (var (name, target) in new[] { ("adam.m", 0), ("adam.v", 1) })
+        bool savedFrozen = state.Metadata.TryGetValue(FrozenModelKey, out var f) && f == "true";
+        if (savedFrozen != frozenModel)
+            throw new CheckpointMismatchException($"{statePath}: the checkpoint's GPT was {(savedFrozen ? "frozen" : "trained")}, this run's is {(frozenModel ? "frozen" : "trained")}");
+        foreach (var (name, target) in frozenModel ? [] : new[] { ("adam.m", 0), ("adam.v", 1) })
         {
             var info = state.GetInfo(name);
             if (info.ElementCount != model.Layout.TotalElements)

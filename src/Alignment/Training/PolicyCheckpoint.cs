@@ -1,0 +1,70 @@
+using DistAlign.Alignment.Policies;
+using DistAlign.Engine.SafeTensors;
+using DistAlign.Transformer.Model;
+using DistAlign.Transformer.Training;
+
+namespace DistAlign.Alignment.Training;
+
+/// <summary>
+/// What the model file and a training checkpoint of a run hold of its policy, for the two kinds a run trains:
+/// a GPT policy (<see cref="IHostGptPolicy"/>: every weight and its AdamW moments, copied from the device first on a GPU) or a
+/// tilt policy (<see cref="TiltPolicy"/>: the frozen backbone's weights, which the run never writes, plus b and b's moments).
+/// A tilt model file is the backbone plus <c>logit_offset</c>, so <c>sample</c> and <c>align --train tilt</c> read it back.
+/// </summary>
+public static class PolicyCheckpoint
+{
+    /// <summary>Refuses a policy that a run cannot checkpoint.</summary>
+    public static void CheckSupported(IPolicy policy)
+    {
+        if (policy is not (IHostGptPolicy or TiltPolicy))
+            throw new ArgumentException($"a run checkpoints a GPT policy or a tilt policy, not a {policy?.GetType().Name ?? "null"}");
+    }
+
+    /// <summary>The GPT the model file's weights come from.</summary>
+    public static Gpt ModelOf(IPolicy policy) => policy switch
+    {
+        IHostGptPolicy g => g.Model,
+        TiltPolicy t => t.Backbone,
+        _ => throw new ArgumentException($"no GPT behind a {policy?.GetType().Name ?? "null"}"),
+    };
+
+    /// <summary>Writes the trained model: the GPT's weights, and b for a tilt policy.</summary>
+    public static void SaveModel(IPolicy policy, string path, string tokenizerSpec)
+    {
+        if (policy is IHostGptPolicy g) g.CopyToHost();
+        GptCheckpoint.SaveModel(path, ModelOf(policy), tokenizerSpec, policy is TiltPolicy t ? [t.OffsetTensor()] : null);
+    }
+
+    /// <summary><see cref="GptCheckpoint.SaveTraining"/> for the policy, with a head's tensors (<paramref name="model"/>, <paramref name="state"/>) beside it.</summary>
+    public static void SaveTraining(IPolicy policy, string directory, string tokenizerSpec, TrainerState trainerState, string optionsJson,
+                                    IEnumerable<SafeTensor>? model = null, IEnumerable<SafeTensor>? state = null)
+    {
+        CheckSupported(policy);
+        if (policy is IHostGptPolicy g) g.CopyToHost();
+        var tilt = policy as TiltPolicy;
+        GptCheckpoint.SaveTraining(directory, ModelOf(policy), tokenizerSpec, trainerState, optionsJson, 2,
+            [.. tilt is null ? [] : new[] { tilt.OffsetTensor() }, .. model ?? []],
+            [.. tilt?.OptimizerStateTensors() ?? [], .. state ?? []],
+            frozenModel: tilt is not null);
+    }
+
+    /// <summary>Restores the policy from a checkpoint written by <see cref="SaveTraining"/> and returns the trainer position.</summary>
+    public static TrainerState LoadTraining(IPolicy policy, string checkpoint)
+    {
+        CheckSupported(policy);
+        var (trainerState, _) = GptCheckpoint.LoadTraining(checkpoint, ModelOf(policy), frozenModel: policy is TiltPolicy);
+        switch (policy)
+        {
+            case IHostGptPolicy g:
+                g.CopyFromHost();
+                break;
+            case TiltPolicy t:
+                string modelPath = Path.Combine(checkpoint, GptCheckpoint.ModelFileName), statePath = Path.Combine(checkpoint, GptCheckpoint.StateFileName);
+                using (var model = SafeTensorsFile.Open(modelPath))
+                using (var state = SafeTensorsFile.Open(statePath))
+                    t.ReadCheckpoint(model, modelPath, state, statePath);
+                break;
+        }
+        return trainerState;
+    }
+}
