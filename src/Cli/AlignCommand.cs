@@ -39,18 +39,20 @@ internal static class AlignCommand
         var resume = new Option<bool>("--resume") { Description = "Continue from the latest checkpoint in --out." };
         var train = new Option<string>("--train")
         {
-            Description = "What trains: full (every weight of π0's copy) or tilt (π0 frozen, a per-token logit offset b trained: π_b ∝ π0·exp(b); " +
-                          "the model file keeps b as 'logit_offset'; CPU only).",
+            Description = "What trains: full (every weight of π0's copy), tilt (π0 frozen, a per-token logit offset b trained: π_b ∝ π0·exp(b); " +
+                          "the model file keeps b as 'logit_offset') or head-lora (tilt plus a rank-r update A·Bᵀ of the LM head over π0's frozen features). " +
+                          "tilt and head-lora run on the CPU.",
             DefaultValueFactory = _ => "full",
         };
-        train.AcceptOnlyFromAmong("full", "tilt");
+        train.AcceptOnlyFromAmong("full", "tilt", "head-lora");
+        var adapterRank = new Option<int?>("--adapter-rank") { Description = "r of --train head-lora's adapter (default 4, or the --model file's)." };
         var online = OnlineOptions.Create();
         var gpuOptions = GpuTrainingOptions.Create();
 
         var command = new Command("align",
             "Align a GPT to preference pairs: SFT, DPO (sigmoid/conservative/robust/hinge/IPO), PMLE (+KL), preference distillation, REBEL, RLHF (PPO) or reverse KL (PPO).")
         {
-            objective, model, data, output, train, variant, beta, gamma, epsilon, klBeta, klSamples, klTokens, gradAccum, weightDecay, checkpointEvery, resume,
+            objective, model, data, output, train, adapterRank, variant, beta, gamma, epsilon, klBeta, klSamples, klTokens, gradAccum, weightDecay, checkpointEvery, resume,
         };
         options.AddTo(command);
         online.AddTo(command);
@@ -62,9 +64,9 @@ internal static class AlignCommand
                 parse.GetValue(objective)!, parse.GetValue(variant)!, parse.GetValue(beta), parse.GetValue(gamma), parse.GetValue(epsilon),
                 parse.GetValue(klBeta), parse.GetValue(klSamples), parse.GetValue(klTokens),
                 CliErrors.Positive(parse.GetValue(gradAccum), "--grad-accum"), parse.GetValue(weightDecay),
-                CliErrors.Positive(parse.GetValue(checkpointEvery), "--checkpoint-every"), parse.GetValue(resume), parse.GetValue(train) == "tilt");
-            if (settings.Tilt && DeviceOption.Chosen == "cuda")
-                throw new CliUsageException("--train tilt runs on the CPU (a step is one GEMM over cached features): use --device cpu, or --train full on the GPU");
+                CliErrors.Positive(parse.GetValue(checkpointEvery), "--checkpoint-every"), parse.GetValue(resume), TrainedClass.Parse(parse.GetValue(train)!, parse.GetValue(adapterRank)));
+            if (settings.Train.Frozen && DeviceOption.Chosen == "cuda")
+                throw new CliUsageException($"--train {settings.Train.Name} runs on the CPU (a step is one GEMM over cached features): use --device cpu, or --train full on the GPU");
             string name = settings.Objective.ToLowerInvariant();
             if (name is "distill" or "rebel" or "rlhf" or "rkl")
                 return OnlineAlign.Run(parse.GetValue(model)!, parse.GetValue(data)!, parse.GetValue(output)!.FullName, common, settings, online.Read(parse),
@@ -76,7 +78,7 @@ internal static class AlignCommand
     }
 
     internal sealed record AlignSettings(string Objective, string Variant, double Beta, double Gamma, double Epsilon, double KlBeta, int KlSamples,
-                                         int KlMaxTokens, int GradientAccumulation, float WeightDecay, int CheckpointEvery, bool Resume, bool Tilt);
+                                         int KlMaxTokens, int GradientAccumulation, float WeightDecay, int CheckpointEvery, bool Resume, TrainedClass Train);
 
     private static PairwiseLossVariant VariantOf(string name) => name.ToLowerInvariant() switch
     {
@@ -102,14 +104,15 @@ internal static class AlignCommand
         var loss = pmle ? new PairwiseLossSettings(PairwiseLossVariant.Pmle, Gamma: s.Gamma)
                         : new PairwiseLossSettings(VariantOf(s.Variant), Beta: s.Beta, Epsilon: s.Epsilon);
 
-        var (gpt, tok, pairs, dataHash, offset) = CliData.LoadModelAndPairs(modelFile, dataFile, common, s.Tilt);
+        var (gpt, tok, pairs, dataHash, loaded) = CliData.LoadModelAndPairs(modelFile, dataFile, common, s.Train.Frozen);
+        var train = TiltAlign.Resolve(s.Train, loaded, modelFile.FullName, gpt);
         // --device cuda (or auto with a usable GPU): π and the reference π0 on GpuGptPolicy (scores, gradients, clipping and
         // AdamW on the device; KL samples decoded on the device); `gpt` is the host copy that checkpoints save and restore.
-        using var device = s.Tilt ? null : GpuTrainingOptions.OpenIfChosen(gpuOptions, gpt);
+        using var device = train.Frozen ? null : GpuTrainingOptions.OpenIfChosen(gpuOptions, gpt);
         var adamW = new AdamWSettings(WeightDecay: s.WeightDecay);
-        using var backbone = s.Tilt ? gpt : null;   // a tilt policy shares its frozen backbone; a GPT policy owns its model
-        using IPolicy policy = s.Tilt ? TiltAlign.Policy(gpt, offset, adamW, pairs, withValueHead: false)
-                                      : (device?.Models ?? GptDevice.Cpu).Policy(gpt, adamW, ownsModel: true);
+        using var backbone = train.Frozen ? gpt : null;   // a tilt policy shares its frozen backbone; a GPT policy owns its model
+        using IPolicy policy = train.Frozen ? TiltAlign.Policy(gpt, loaded, train, adamW, pairs, withValueHead: false, common.Seed)
+                                            : (device?.Models ?? GptDevice.Cpu).Policy(gpt, adamW, ownsModel: true);
         if (device is not null) Console.WriteLine($"training on {device.Description} (GpuGptPolicy; reference log-probs on the same device)");
         string modelHash = ModelHash.Of(policy);
         KlRegularizer? kl = pmle && s.KlBeta > 0
@@ -134,7 +137,7 @@ internal static class AlignCommand
             options.Loss.Epsilon, kl_beta = kl?.Beta ?? 0, kl_samples = kl?.SamplesPerPrompt ?? 0, kl_max_tokens = kl?.MaxNewTokens ?? 0,
             options.Steps, options.BatchPairs, options.GradientAccumulation, options.LearningRate, options.WarmupSteps, options.GradientClip,
             options.EvalFraction, options.EvaluateEvery, options.Seed, s.WeightDecay, common.MaxPromptTokens, common.MaxResponseTokens,
-            model_hash = modelHash, data_hash = dataHash, train = s.Tilt ? "tilt" : "full",
+            model_hash = modelHash, data_hash = dataHash, train = train.Name, adapter_rank = train.AdapterRank,
         });
         var run = new AlignmentRun(trainer, policy, outDir, tok.Spec, identity, s.CheckpointEvery);
         if (run.Start(s.Resume) is { } latest) Console.WriteLine($"resumed from {latest} at step {trainer.Step}");
@@ -159,29 +162,91 @@ internal static class AlignCommand
     }
 }
 
+/// <summary>What <c>align --train</c> trains: every weight (full), or over the frozen π0 a logit offset (tilt) and a head adapter (head-lora).</summary>
+internal sealed record TrainedClass(string Name, int AdapterRank)
+{
+    /// <summary>The adapter rank --train head-lora takes when neither --adapter-rank nor the model file gives one.</summary>
+    public const int DefaultAdapterRank = 4;
+
+    /// <summary>π0 stays frozen (tilt, head-lora): the policy is a <see cref="TiltPolicy"/>.</summary>
+    public bool Frozen => Name != "full";
+
+    /// <param name="rank">--adapter-rank (null when not given; 0 means "take the model file's, or the default")</param>
+    public static TrainedClass Parse(string name, int? rank)
+    {
+        if (rank is not null && name != "head-lora") throw new CliUsageException("--adapter-rank goes with --train head-lora");
+        if (rank is < 1) throw new CliUsageException($"--adapter-rank must be at least 1 (got {rank})");
+        return new TrainedClass(name, rank ?? 0);
+    }
+}
+
 /// <summary>
-/// <c>align --train tilt</c>: the policy class π_b ∝ π0·exp(b) over the frozen π0 of <c>--model</c> (<see cref="TiltPolicy"/>), b starting
-/// from the file's <c>logit_offset</c> when it is a tilt model already (else 0). The final hidden states of the data's pairs are computed
-/// once (<see cref="FrozenFeatureCache"/>), so a step is one [tokens × C]·[C × V] GEMM; the model file written at the end is π0's
-/// weights plus b, marked <c>distalign.trained = tilt</c>.
+/// <c>align --train tilt|head-lora</c>: the policy class π ∝ π0·exp(b (+ (h·A)·Bᵀ)) over the frozen π0 of <c>--model</c>
+/// (<see cref="TiltPolicy"/>), starting from the file's <c>logit_offset</c> (and adapter) when it is such a model already (else b = 0, B = 0).
+/// The final hidden states of the data's pairs are computed once (<see cref="FrozenFeatureCache"/>), so a step is one
+/// [tokens × C]·[C × V] GEMM; the model file written at the end is π0's weights plus θ, marked <c>distalign.trained</c>.
 /// </summary>
 internal static class TiltAlign
 {
     /// <summary>Most floats of features kept for the data's pairs (1 GiB); past it, features are recomputed when a batch needs them.</summary>
     public const long MaxPinnedFloats = 1L << 28;
 
-    public static TiltPolicy Policy(Gpt backbone, float[]? offset, AdamWSettings adamW, IReadOnlyList<PreferencePair> pairs, bool withValueHead)
+    /// <summary>The resolved class: head-lora's rank from --adapter-rank, the file, or the default; a file's adapter is never dropped.</summary>
+    /// <param name="model">the loaded GPT, disposed when the class is refused</param>
+    public static TrainedClass Resolve(TrainedClass train, GptCheckpoint.LoadedModel loaded, string modelPath, Gpt model)
+    {
+        try
+        {
+            return ResolveOrThrow(train, loaded, modelPath);
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+    }
+
+    private static TrainedClass ResolveOrThrow(TrainedClass train, GptCheckpoint.LoadedModel loaded, string modelPath)
+    {
+        if (!train.Frozen) return train;
+        if (train.Name == "tilt")
+        {
+            if (loaded.AdapterRank > 0)
+                throw new CliUsageException($"--model {modelPath} is a head-lora model (rank {loaded.AdapterRank}): --train tilt would drop its adapter; use --train head-lora");
+            return train;
+        }
+        if (loaded.AdapterRank > 0 && train.AdapterRank > 0 && train.AdapterRank != loaded.AdapterRank)
+            throw new CliUsageException($"--adapter-rank {train.AdapterRank}: --model {modelPath} has a rank-{loaded.AdapterRank} adapter");
+        int rank = train.AdapterRank > 0 ? train.AdapterRank : loaded.AdapterRank > 0 ? loaded.AdapterRank : TrainedClass.DefaultAdapterRank;
+        return train with { AdapterRank = rank };
+    }
+
+    /// <param name="seed">A's initial draw when the file has no adapter</param>
+    public static TiltPolicy Policy(Gpt backbone, GptCheckpoint.LoadedModel loaded, TrainedClass train, AdamWSettings adamW,
+                                    IReadOnlyList<PreferencePair> pairs, bool withValueHead, ulong seed)
     {
         var cache = new FrozenFeatureCache(backbone, MaxPinnedFloats);
         cache.Add(OfflinePreferenceObjective.Sequences(pairs));
-        string start = offset is null ? "from 0" : "from the model's logit_offset";
+        var policy = new TiltPolicy(cache, adamW, loaded.LogitOffset, withValueHead, train.AdapterRank, adapterSeed: seed);
+        if (loaded.AdapterRank > 0)
+        {
+            loaded.AdapterA.CopyTo(policy.AdapterA);
+            loaded.AdapterB.CopyTo(policy.AdapterB);
+        }
+        string start = loaded.LogitOffset is null ? "from π0" : loaded.AdapterRank > 0 ? "from the model's offset and adapter" : "from the model's logit_offset";
+        string what = train.AdapterRank > 0 ? $"b ∈ ℝ^{backbone.Config.VocabSize} and a rank-{train.AdapterRank} head adapter" : $"b ∈ ℝ^{backbone.Config.VocabSize}";
         Console.WriteLine(FormattableString.Invariant(
-            $"tilt: π0 frozen, b ∈ ℝ^{backbone.Config.VocabSize} trained {start}; features of {cache.Count} sequences cached ({cache.Bytes / 1048576.0:F1} MiB)"));
-        return new TiltPolicy(cache, adamW, offset, withValueHead);
+            $"{train.Name}: π0 frozen, {what} trained {start}; features of {cache.Count} sequences cached ({cache.Bytes / 1048576.0:F1} MiB)"));
+        return policy;
     }
 
-    /// <summary>" (tilt)" for a tilt policy, for the run's headline.</summary>
-    public static string Describe(IPolicy policy) => policy is TiltPolicy ? " (tilt: π0 frozen, logit offset trained)" : "";
+    /// <summary>What trains, for the run's headline.</summary>
+    public static string Describe(IPolicy policy) => policy switch
+    {
+        TiltPolicy { AdapterRank: > 0 } t => $" (head-lora: π0 frozen, logit offset and rank-{t.AdapterRank} head adapter trained)",
+        TiltPolicy => " (tilt: π0 frozen, logit offset trained)",
+        _ => "",
+    };
 }
 
 /// <summary>The flags align and reward share, with their defaults.</summary>
@@ -228,9 +293,9 @@ internal sealed class CommonTrainingOptions
 /// <summary>Loading π0 and the preference file, with the CLI's error conventions.</summary>
 internal static class CliData
 {
-    /// <param name="tilt">the run trains in the tilt class: a tilt model's logit offset is returned (and a plain GPT gives null); otherwise a
-    /// tilt model is refused, since training its backbone would drop the offset</param>
-    public static (Gpt Model, Gpt2Tokenizer Tokenizer, List<PreferencePair> Pairs, string DataHash, float[]? LogitOffset) LoadModelAndPairs(
+    /// <param name="tilt">the run keeps π0 frozen (tilt, head-lora): a tilt model's offset and adapter come back in the loaded model;
+    /// otherwise a tilt model is refused, since training its backbone would drop them</param>
+    public static (Gpt Model, Gpt2Tokenizer Tokenizer, List<PreferencePair> Pairs, string DataHash, GptCheckpoint.LoadedModel Loaded) LoadModelAndPairs(
         FileInfo modelFile, FileInfo dataFile, CommonTrainingOptions.Values common, bool tilt = false)
     {
         if (!modelFile.Exists) throw new CliUsageException($"--model {modelFile.FullName}: no such file");
@@ -269,7 +334,7 @@ internal static class CliData
             Console.WriteLine($"data: {dataFile.Name}: {tokenized.Report}");
             if (tokenized.Examples.Count == 0) throw new CliUsageException($"--data {dataFile.FullName}: no usable pairs");
             var pairs = tokenized.Examples.Select(e => new PreferencePair(e.PromptIds, e.ChosenIds, e.RejectedIds)).ToList();
-            return (gpt, tok, pairs, DatasetHash.Of(pairs), loaded.LogitOffset);
+            return (gpt, tok, pairs, DatasetHash.Of(pairs), loaded);
         }
         catch
         {

@@ -51,7 +51,8 @@ internal sealed class DemoOptions
     public readonly Option<int?> Steps = new("--steps") { Description = "Steps (PPO: iterations) per method (default 100; 10 with --quick)." };
     public readonly Option<double?> Tau = new("--tau") { Description = "τ of the tilt π* ∝ π0·exp(w/τ)." };
     public readonly Option<double?> Gamma = new("--gamma") { Description = "γ of the preference model σ(γ Δ ln π*)." };
-    public readonly Option<string?> Train = new("--train") { Description = "What the methods train: tilt (default: a per-token logit offset over the frozen π0, the class that contains π*, with n = 16384 and every method tuned) or full (every weight of π0's copy, n = 1024, untuned)." };
+    public readonly Option<string?> Train = new("--train") { Description = "What the methods train: tilt (default: a per-token logit offset over the frozen π0, the class that contains π*, with n = 16384 and every method tuned), head-lora (tilt plus a rank-r update of π0's LM head over its frozen features; same budget) or full (every weight of π0's copy, n = 1024, untuned)." };
+    public readonly Option<int?> AdapterRank = new("--adapter-rank") { Description = "r of --train head-lora's adapter (default 4)." };
     public readonly Option<string?> Methods = new("--methods") { Description = "Comma-separated subset of rlhf,reverse-kl,dpo,pmle,distillation,rebel (default: all six)." };
     public readonly Option<int?> Batch = new("--batch") { Description = "Pairs (offline) or prompts (online) per step." };
     public readonly Option<float?> LearningRate = new("--lr") { Description = "Learning rate of the offline methods and the reward model's head." };
@@ -68,7 +69,7 @@ internal sealed class DemoOptions
         command.Options.Add(Steps);
         command.Options.Add(Tau);
         command.Options.Add(Gamma);
-        foreach (var option in new Option[] { Train, Methods, Batch, LearningRate, PpoLearningRate, WeightDecay, RewardSteps, Seeds, Grid }) command.Options.Add(option);
+        foreach (var option in new Option[] { Train, AdapterRank, Methods, Batch, LearningRate, PpoLearningRate, WeightDecay, RewardSteps, Seeds, Grid }) command.Options.Add(option);
         gpu.AddTo(command);
     }
 
@@ -85,14 +86,20 @@ internal sealed class DemoOptions
         CpuParallel.Threads = CliErrors.Positive(parse.GetValue(Threads), "--threads");
         var settings = quick ? DemoSettings.Quick : new DemoSettings();
         string train = parse.GetValue(Train) ?? (onDevice ? "full" : "tilt");
-        if (onDevice && train == "tilt")
-            throw new CliUsageException("--train tilt runs on the CPU (a step is one GEMM over cached features): use --device cpu, or --train full on the GPU");
+        if (onDevice && train is "tilt" or "head-lora")
+            throw new CliUsageException($"--train {train} runs on the CPU (a step is one GEMM over cached features): use --device cpu, or --train full on the GPU");
         settings = train switch
         {
             "full" => settings,
             "tilt" => DemoSettings.InTiltClass(settings, quick),
-            _ => throw new CliUsageException($"--train must be full or tilt (got '{train}')"),
+            "head-lora" => DemoSettings.InTiltClass(settings, quick, headLora: true),
+            _ => throw new CliUsageException($"--train must be full, tilt or head-lora (got '{train}')"),
         };
+        if (parse.GetValue(AdapterRank) is int rank)
+        {
+            if (train != "head-lora") throw new CliUsageException("--adapter-rank goes with --train head-lora");
+            settings = settings with { AdapterRank = CliErrors.Positive(rank, "--adapter-rank") };
+        }
         settings = settings with { Seed = parse.GetValue(Seed) };
         if (parse.GetValue(Methods) is string methods) settings = settings with { Methods = ParseMethods(methods) };
         if (parse.GetValue(Batch) is int batch) settings = settings with { BatchPairs = CliErrors.Positive(batch, "--batch") };

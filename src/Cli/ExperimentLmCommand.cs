@@ -26,7 +26,7 @@ internal static class ExperimentLmCommand
         {
             using var device = common.OpenDevice(parse, parse.GetValue(quick));
             var settings = common.Read(parse, parse.GetValue(quick), onDevice: device is not null);
-            bool tilt = settings.Train == Alignment.Experiments.TrainedWeights.Tilt;
+            bool tilt = settings.FrozenBackbone;
             var ns = ParseSizes(parse.GetValue(sizes) ?? (tilt && !parse.GetValue(quick) ? "256,1024,4096,16384,65536" : "64,256,1024"));
             // the sweep's default: three seeds of pairs and training in the tilt class (the slopes need the spread)
             if (tilt && parse.GetValue(common.Seeds) is null) settings = settings with { Seeds = 3 };

@@ -92,18 +92,19 @@ internal static class OnlineAlign
         if (objective != "distill" && s.KlBeta != 0) throw new CliUsageException("--kl-beta goes with --objective pmle or distill (rlhf and rkl take --beta)");
 
         bool ppo = objective is "rlhf" or "rkl";
-        if (s.Tilt && ppo && o.SeparateValueModel)
-            throw new CliUsageException("--train tilt takes the value head on the frozen features (--value-model shared), not a separate value model");
-        var (gpt, tok, pairs, dataHash, offset) = CliData.LoadModelAndPairs(modelFile, dataFile, common, s.Tilt);
+        if (s.Train.Frozen && ppo && o.SeparateValueModel)
+            throw new CliUsageException($"--train {s.Train.Name} takes the value head on the frozen features (--value-model shared), not a separate value model");
+        var (gpt, tok, pairs, dataHash, policyFile) = CliData.LoadModelAndPairs(modelFile, dataFile, common, s.Train.Frozen);
+        var train = TiltAlign.Resolve(s.Train, policyFile, modelFile.FullName, gpt);
         // --device cuda (or auto with a usable GPU): π, π0 and a separate value model on GpuGptPolicy, R̂'s backbone on GpuGpt;
         // `gpt` is the host mirror that checkpoints save and restore.
-        using var device = s.Tilt ? null : GpuTrainingOptions.OpenIfChosen(gpuOptions, gpt);
+        using var device = train.Frozen ? null : GpuTrainingOptions.OpenIfChosen(gpuOptions, gpt);
         var adamW = new AdamWSettings(WeightDecay: s.WeightDecay);
         var models = device?.Models ?? GptDevice.Cpu;
         IGptValueModel NewPolicy(Gpt model, bool withValueHead) => models.Policy(model, adamW, ownsModel: true, withValueHead: withValueHead);
-        using var backbone = s.Tilt ? gpt : null;   // a tilt policy shares its frozen backbone; a GPT policy owns its model
-        using IValuePolicy policy = s.Tilt ? TiltAlign.Policy(gpt, offset, adamW, pairs, withValueHead: ppo)
-                                           : NewPolicy(gpt, ppo && !o.SeparateValueModel);
+        using var backbone = train.Frozen ? gpt : null;   // a tilt policy shares its frozen backbone; a GPT policy owns its model
+        using IValuePolicy policy = train.Frozen ? TiltAlign.Policy(gpt, policyFile, train, adamW, pairs, withValueHead: ppo, common.Seed)
+                                                 : NewPolicy(gpt, ppo && !o.SeparateValueModel);
         string modelHash = ModelHash.Of(policy);
         using var reference = policy.Snapshot();
         IGptValueModel? valueModel = null;
@@ -153,7 +154,7 @@ internal static class OnlineAlign
                 options.Minibatches, options.Lambda, options.ClipRange, options.ValueCoefficient, options.ValueClip, options.WhitenAdvantages,
                 options.MissingEndPenalty, value_model = o.SeparateValueModel ? "separate" : "shared", max_new_tokens = maxNew, options.LearningRate, options.WarmupSteps, options.GradientClip, options.Seed,
                 s.WeightDecay, common.MaxPromptTokens, common.MaxResponseTokens, model_hash = modelHash, reward_hash = rewardHash, data_hash = dataHash,
-                train = s.Tilt ? "tilt" : "full",
+                train = train.Name, adapter_rank = train.AdapterRank,
             });
             run = new PpoRun(trainer, valuePolicy, outDir, tok.Spec, identity, s.CheckpointEvery);
             completed = () => trainer.Step;
@@ -184,7 +185,7 @@ internal static class OnlineAlign
                 kl_samples = kl?.SamplesPerPrompt ?? 0, kl_max_tokens = kl?.MaxNewTokens ?? 0, max_new_tokens = maxNew, options.Steps, options.BatchPairs,
                 options.GradientAccumulation, options.LearningRate, options.WarmupSteps, options.GradientClip, options.EvalFraction, options.EvaluateEvery,
                 options.Seed, s.WeightDecay, common.MaxPromptTokens, common.MaxResponseTokens, model_hash = modelHash, reward_hash = rewardHash, data_hash = dataHash,
-                train = s.Tilt ? "tilt" : "full",
+                train = train.Name, adapter_rank = train.AdapterRank,
             });
             run = new AlignmentRun(trainer, policy, outDir, tok.Spec, identity, s.CheckpointEvery);
             completed = () => trainer.Step;

@@ -53,9 +53,10 @@ internal static class SampleCommand
             if (loaded.LogitOffset is { } offset)
             {
                 if (options.Temperature != 1f || options.TopK != 0 || options.TopP < 1f)
-                    throw new CliUsageException($"{file.FullName} is a tilt model: it samples exactly from π0·exp(b), at --temperature 1 without --top-k or --top-p");
-                Console.WriteLine($"tilt model: sampling π0·exp(b) exactly on the CPU (b = its logit_offset){(DeviceOption.Chosen == "cuda" ? "; the GPU decoder has no offset" : "")}");
-                results = TiltedSampler.Sample(gpt, offset, encoded, options, parse.GetValue(seed));
+                    throw new CliUsageException($"{file.FullName} is a tilt model: it samples exactly from its tilted π0, at --temperature 1 without --top-k or --top-p");
+                string what = loaded.AdapterRank > 0 ? $"π0·exp(b + (h·A)·Bᵀ) (rank-{loaded.AdapterRank} head adapter)" : "π0·exp(b)";
+                Console.WriteLine($"tilt model: sampling {what} exactly on the CPU{(DeviceOption.Chosen == "cuda" ? "; the GPU decoder has no offset" : "")}");
+                results = TiltedSampler.Sample(gpt, offset, encoded, options, parse.GetValue(seed), new HeadAdapter(loaded.AdapterRank, loaded.AdapterA, loaded.AdapterB));
                 Print(results, texts, n, tok);
                 return 0;
             }

@@ -129,6 +129,133 @@ public class TiltPolicyTests
         Numerics.AssertClose(analytic, numeric, 2e-5 * scale, 1e-4, "∂L/∂b");
     }
 
+    /// <summary>fp64 rows of π0's logits and final features at every response token (the reference GPT's own forward).</summary>
+    private static List<(double[] Logits, double[] Features, int Target)> ReferenceRowsWithFeatures(ReferenceGpt reference, IReadOnlyList<PromptResponse> batch)
+    {
+        var rows = new List<(double[], double[], int)>();
+        int v = Tiny.VocabSize, c = Tiny.Channels;
+        foreach (var (prompt, response) in batch)
+        {
+            int[] seq = [.. prompt, .. response];
+            int len = seq.Length - 1;
+            int[] positions = [.. Enumerable.Range(0, len)];
+            var logits = reference.Logits(seq[..len], positions, new int[len], 1, len);
+            var features = reference.Features(seq[..len], positions, new int[len], 1, len);
+            for (int i = 0; i < response.Length; i++)
+            {
+                int pos = prompt.Length - 1 + i;
+                rows.Add((logits.AsSpan(pos * v, v).ToArray(), features.AsSpan(pos * c, c).ToArray(), response[i]));
+            }
+        }
+        return rows;
+    }
+
+    /// <summary>ln π(y_t) and H_t in fp64 for θ = [b; A; B]: logits + b + (h·A)·Bᵀ.</summary>
+    private static (double LogProb, double Entropy) Adapted(double[] logits, double[] h, int target, double[] theta, int rank)
+    {
+        int vocab = logits.Length, c = h.Length;
+        var hA = new double[rank];
+        for (int k = 0; k < rank; k++)
+            for (int j = 0; j < c; j++) hA[k] += h[j] * theta[vocab + j * rank + k];
+        var shifted = new double[vocab];
+        for (int w = 0; w < vocab; w++)
+        {
+            double extra = 0;
+            for (int k = 0; k < rank; k++) extra += hA[k] * theta[vocab + c * rank + w * rank + k];
+            shifted[w] = extra;
+        }
+        return Tilted(logits, target, shifted.Select((x, w) => x + theta[w]).ToArray());
+    }
+
+    [Test]
+    public void TheHeadAdapterMatchesTheFp64ReferenceAndItsGradientMatchesFiniteDifferences()
+    {
+        using var model = KnownTargetModelTests.TinyModel();
+        const int rank = 3;
+        var policy = new TiltPolicy(new FrozenFeatureCache(model), new AdamWSettings(), RandomOffset(5), adapterRank: rank, adapterSeed: 6);
+        Assert.That(policy.AdapterB.ToArray(), Is.All.EqualTo(0f), "B starts at 0, so the class starts at π_b");
+        Assert.That(policy.AdapterA.ToArray().Count(a => a != 0), Is.EqualTo(Tiny.Channels * rank));
+        Numerics.RandomFloats(policy.AdapterB.Length, 7, 0.5).CopyTo(policy.AdapterB);   // every term live
+
+        int tokens = PolicyScores.TokenCount(Batch);
+        var lp = new float[tokens];
+        var entropy = new float[tokens];
+        policy.Score(Batch, lp, entropy);
+        var rows = ReferenceRowsWithFeatures(ReferenceOf(model), Batch);
+        var theta = policy.Parameters.ToArray().Select(x => (double)x).ToArray();
+        var expected = rows.Select(r => Adapted(r.Logits, r.Features, r.Target, theta, rank)).ToArray();
+        Numerics.AssertClose(lp, [.. expected.Select(e => e.LogProb)], 1e-4, 1e-4, "ln π");
+        Numerics.AssertClose(entropy, [.. expected.Select(e => e.Entropy)], 1e-4, 1e-4, "H(π)");
+
+        var dLogProbs = Numerics.RandomFloats(tokens, 13, 1.0);
+        var dEntropies = Numerics.RandomFloats(tokens, 14, 1.0);
+        policy.ZeroGradients();
+        policy.Score(Batch, new float[tokens], new float[tokens]);
+        policy.Backward(dLogProbs, dEntropies);
+        var analytic = policy.ParameterGradient.ToArray();
+        double Loss(double[] t)
+        {
+            double sum = 0;
+            for (int i = 0; i < rows.Count; i++)
+            {
+                var (logProb, h) = Adapted(rows[i].Logits, rows[i].Features, rows[i].Target, t, rank);
+                sum += dLogProbs[i] * logProb + dEntropies[i] * h;
+            }
+            return sum;
+        }
+        var numeric = new double[theta.Length];
+        const double step = 1e-5;
+        for (int i = 0; i < theta.Length; i++)
+        {
+            var plus = (double[])theta.Clone();
+            var minus = (double[])theta.Clone();
+            plus[i] += step;
+            minus[i] -= step;
+            numeric[i] = (Loss(plus) - Loss(minus)) / (2 * step);
+        }
+        double scale = numeric.Max(Math.Abs);
+        Numerics.AssertClose(analytic, numeric, 2e-5 * scale, 1e-4, "∂L/∂θ = [∂L/∂b; ∂L/∂A; ∂L/∂B]");
+        Assert.That(analytic.Skip(Tiny.VocabSize).Count(g => g != 0), Is.GreaterThan(0), "the adapter gets a gradient");
+    }
+
+    [Test]
+    public void TheSamplerDrawsFromTheAdaptedHeadThatScoresThem()
+    {
+        using var model = KnownTargetModelTests.TinyModel();
+        var policy = new TiltPolicy(new FrozenFeatureCache(model), new AdamWSettings(), RandomOffset(8), adapterRank: 2, adapterSeed: 9);
+        Numerics.RandomFloats(policy.AdapterB.Length, 10, 2.0).CopyTo(policy.AdapterB);
+        var prompts = new List<int[]> { new[] { 16, 1 }, new[] { 16 }, new[] { 3, 3, 3 }, new[] { 16, 5, 7, 9 } };
+        var drawn = policy.Sample(prompts, new SamplingOptions(6, EndOfText: 16), seed: 11);
+        var sequences = prompts.Zip(drawn, (p, d) => new PromptResponse(p, d.Tokens)).Where(s => s.Response.Length > 0).ToList();
+        var scored = new float[PolicyScores.TokenCount(sequences)];
+        policy.Score(sequences, scored);
+        var sampled = drawn.Where(d => d.Tokens.Length > 0).SelectMany(d => d.LogProbs).ToArray();
+        Numerics.AssertClose(sampled, Numerics.ToDouble(scored), 2e-5, 2e-5, "the sampler's ln π vs the policy's score");
+
+        // without the adapter's change the same seed draws π_b's responses, and those log-probs differ
+        var tiltOnly = TiltedSampler.Sample(model, policy.Offset, prompts, new SamplingOptions(6, EndOfText: 16), 11);
+        Assert.That(tiltOnly.SelectMany(d => d.LogProbs), Is.Not.EqualTo(drawn.SelectMany(d => d.LogProbs)));
+    }
+
+    [Test]
+    public void AdapterCheckpointTensorsRoundTripAndTheHashSeesEveryParameter()
+    {
+        using var model = KnownTargetModelTests.TinyModel();
+        var cache = new FrozenFeatureCache(model);
+        var policy = new TiltPolicy(cache, new AdamWSettings(), RandomOffset(12), adapterRank: 2, adapterSeed: 13);
+        Numerics.RandomFloats(policy.AdapterB.Length, 14, 1.0).CopyTo(policy.AdapterB);
+        var tensors = policy.ModelTensors();
+        Assert.That(tensors.Select(t => t.Name), Is.EqualTo(new[] { "logit_offset", "lm_head_adapter.a", "lm_head_adapter.b" }));
+        Assert.That(tensors[1].Shape, Is.EqualTo(new long[] { Tiny.Channels, 2 }));
+        Assert.That(tensors[2].Shape, Is.EqualTo(new long[] { Tiny.VocabSize, 2 }));
+
+        string before = ModelHash.Of(policy);
+        policy.AdapterB[5] = BitConverter.Int32BitsToSingle(BitConverter.SingleToInt32Bits(policy.AdapterB[5]) + 1);   // one ulp
+        Assert.That(ModelHash.Of(policy), Is.Not.EqualTo(before));
+        var tilt = new TiltPolicy(cache, new AdamWSettings(), policy.Offset);
+        Assert.That(ModelHash.Of(tilt), Is.Not.EqualTo(ModelHash.Of(policy)), "same b, with and without an adapter");
+    }
+
     [Test]
     public void TheTargetTiltIsTheKnownTargetAndZeroIsPi0()
     {

@@ -68,6 +68,10 @@ public class AlignCliTests : CliTestBase
                                                       "--reward-model", RewardModelPlaceholder }).SetName("TiltRlhfPpo");
         yield return new TestCaseData((object)new[] { "--train", "tilt", "--objective", "rkl", "--gamma", "0.1", "--entropy", "exact", "--max-new-tokens", "4",
                                                       "--reward-model", RewardModelPlaceholder }).SetName("TiltReverseKlPpo");
+        // head-LoRA: the tilt plus a rank-r update of the LM head; checkpoints hold A and B and their moments too
+        yield return new TestCaseData((object)new[] { "--train", "head-lora", "--adapter-rank", "3", "--objective", "dpo", "--beta", "0.5" }).SetName("HeadLoraDpo");
+        yield return new TestCaseData((object)new[] { "--train", "head-lora", "--objective", "rkl", "--gamma", "0.1", "--entropy", "exact", "--max-new-tokens", "4",
+                                                      "--reward-model", RewardModelPlaceholder }).SetName("HeadLoraReverseKlPpo");
     }
 
     [TestCaseSource(nameof(Objectives))]
@@ -92,7 +96,7 @@ public class AlignCliTests : CliTestBase
         var loaded = GptCheckpoint.LoadModel(Path.Combine(straight, GptCheckpoint.ModelFileName), withLogitOffset: true);
         using var model = loaded.Model;
         Assert.That(model.Config, Is.EqualTo(TinyAlignmentSetup.Config));
-        Assert.That(loaded.LogitOffset is not null, Is.EqualTo(objective.Contains("tilt")), "only a tilt run writes a logit offset");
+        Assert.That(loaded.LogitOffset is not null, Is.EqualTo(objective.Contains("tilt") || objective.Contains("head-lora")), "only a frozen-backbone run writes a logit offset");
     }
 
     private string TrainTilt(string outDir, string? model = null)
@@ -105,7 +109,7 @@ public class AlignCliTests : CliTestBase
     public void ATiltModelFileIsPi0UnchangedPlusTheTrainedOffsetAndSaysSo()
     {
         string tilted = TrainTilt(Path.Combine(TestDirectory, "tilt"));
-        Assert.That(Output.ToString(), Does.Contain("tilt: π0 frozen").And.Contain("trained from 0"));
+        Assert.That(Output.ToString(), Does.Contain("tilt: π0 frozen").And.Contain("trained from π0"));
         using (var file = DistAlign.Engine.SafeTensors.SafeTensorsFile.Open(tilted))
             Assert.That(file.Metadata[GptCheckpoint.TrainedKey], Is.EqualTo("tilt"));
         var loaded = GptCheckpoint.LoadModel(tilted, withLogitOffset: true);
@@ -156,6 +160,41 @@ public class AlignCliTests : CliTestBase
 
         Assert.That(Program.Main(["sample", "--model", tilted, "--temperature", "0.5"]), Is.EqualTo(Program.UsageError));
         Assert.That(Error.ToString(), Does.Contain("temperature 1"));
+    }
+
+    [Test]
+    public void AHeadLoraModelKeepsItsAdapterSamplesThroughItAndIsNeverReadWithoutIt()
+    {
+        string run = Path.Combine(TestDirectory, "lora");
+        Assert.That(Align(run, ["--train", "head-lora", "--adapter-rank", "2", "--objective", "pmle"]), Is.EqualTo(0), Error.ToString());
+        Assert.That(Output.ToString(), Does.Contain("rank-2 head adapter trained from π0"));
+        string file = Path.Combine(run, GptCheckpoint.ModelFileName);
+        using (var st = DistAlign.Engine.SafeTensors.SafeTensorsFile.Open(file))
+            Assert.That(st.Metadata[GptCheckpoint.TrainedKey], Is.EqualTo("head-lora"));
+        var loaded = GptCheckpoint.LoadModel(file, withLogitOffset: true);
+        using var backbone = loaded.Model;
+        Assert.That(loaded.AdapterRank, Is.EqualTo(2));
+        Assert.That(loaded.AdapterB.Count(x => x != 0), Is.GreaterThan(0), "B moved away from its zero start");
+
+        Output.GetStringBuilder().Clear();
+        Assert.That(Program.Main(["sample", "--model", file, "--prompt", "Tell me", "--samples", "2", "--max-tokens", "6", "--seed", "4", "--threads", "2"]),
+                    Is.EqualTo(0), Error.ToString());
+        var tok = DistAlign.Transformer.Tokenization.Gpt2Tokenizer.FromSpec(TinyAlignmentSetup.TokenizerSpec);
+        int[] prompt = [tok.EndOfText, .. tok.Encode("Tell me")];
+        var expected = DistAlign.Alignment.Policies.TiltedSampler.Sample(backbone, loaded.LogitOffset, [prompt, prompt],
+            new SamplingOptions(6, EndOfText: tok.EndOfText), 4, new DistAlign.Alignment.Policies.HeadAdapter(2, loaded.AdapterA, loaded.AdapterB));
+        foreach (var r in expected)
+            Assert.That(Output.ToString(), Does.Contain(System.FormattableString.Invariant($"ln p = {r.LogProbs.Sum():F2})")));
+
+        Assert.That(AlignModel(file, Path.Combine(TestDirectory, "drop"), ["--train", "tilt", "--objective", "pmle"]), Is.EqualTo(Program.UsageError));
+        Assert.That(Error.ToString(), Does.Contain("would drop its adapter"));
+        Assert.That(AlignModel(file, Path.Combine(TestDirectory, "rank"), ["--train", "head-lora", "--adapter-rank", "3", "--objective", "pmle"]),
+                    Is.EqualTo(Program.UsageError));
+        Assert.That(Error.ToString(), Does.Contain("rank-2 adapter"));
+        Assert.That(Align(Path.Combine(TestDirectory, "full-rank"), ["--adapter-rank", "3", "--objective", "pmle"]), Is.EqualTo(Program.UsageError));
+        Output.GetStringBuilder().Clear();
+        Assert.That(AlignModel(file, Path.Combine(TestDirectory, "more"), ["--train", "head-lora", "--objective", "pmle"]), Is.EqualTo(0), Error.ToString());
+        Assert.That(Output.ToString(), Does.Contain("rank-2 head adapter trained from the model's offset and adapter"));
     }
 
     [Test]

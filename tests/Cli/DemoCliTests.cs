@@ -174,7 +174,9 @@ public class DemoCliTests : CliTestBase
         Assert.That(Program.Main(["demo", "--quick", "--tau", "-1", "--out", TestDirectory]), Is.EqualTo(Program.UsageError));
         Assert.That(ExperimentLmCommand.ParseSizes("1024, 64,256,64"), Is.EqualTo(new[] { 64, 256, 1024 }));
         Assert.That(Program.Main(["demo", "--quick", "--train", "lora2", "--out", TestDirectory]), Is.EqualTo(Program.UsageError));
-        Assert.That(Error.ToString(), Does.Contain("--train must be full or tilt (got 'lora2')"));
+        Assert.That(Error.ToString(), Does.Contain("--train must be full, tilt or head-lora (got 'lora2')"));
+        Assert.That(Program.Main(["demo", "--quick", "--adapter-rank", "2", "--out", TestDirectory]), Is.EqualTo(Program.UsageError));
+        Assert.That(Error.ToString(), Does.Contain("--adapter-rank goes with --train head-lora"));
         Assert.That(Program.Main(["demo", "--quick", "--methods", "pmle,ppo", "--out", TestDirectory]), Is.EqualTo(Program.UsageError));
         Assert.That(Error.ToString(), Does.Contain("'ppo' is not a method"));
         Assert.That(DemoOptions.ParseMethods("pmle, reverse-kl,dpo"), Is.EqualTo(new[] { DemoMethod.ReverseKl, DemoMethod.Dpo, DemoMethod.Pmle }));
@@ -215,6 +217,25 @@ public class DemoCliTests : CliTestBase
             Assert.That(oracle.GetProperty("metrics").GetProperty("forward_kl").GetDouble(),
                 Is.EqualTo(tuning.Min(c => c.GetProperty("metrics").GetProperty("forward_kl").GetDouble())), m.Name);
         }
+    }
+
+    /// <summary>
+    /// <c>demo --quick --train head-lora</c>: the methods train the offset and a rank-r head adapter over the frozen π0; the report
+    /// names the class and its rank, and every number is finite.
+    /// </summary>
+    [Test]
+    public void QuickDemoInTheHeadLoraClassRunsAndSaysSo()
+    {
+        string outDir = Path.Combine(TestDirectory, "lora");
+        Assert.That(Program.Main(["demo", "--quick", "--threads", "2", "--train", "head-lora", "--adapter-rank", "2", "--methods", "pmle,reverse-kl,dpo",
+                                  "--grid", "1", "--out", outDir]), Is.EqualTo(0), Error.ToString());
+        string md = File.ReadAllText(Path.Combine(outDir, DemoReport.MarkdownFileName));
+        Assert.That(md, Does.Contain("What trains: the head-LoRA class").And.Contain("rank-2"));
+        using var doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(outDir, DemoReport.JsonFileName)));
+        AssertEveryNumberFinite(doc.RootElement, "report.json");
+        var settings = doc.RootElement.GetProperty("settings");
+        Assert.That(settings.GetProperty("train").GetString(), Is.EqualTo("head-lora"));
+        Assert.That(settings.GetProperty("adapter_rank").GetInt32(), Is.EqualTo(2));
     }
 
     /// <summary>

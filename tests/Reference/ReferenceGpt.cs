@@ -50,6 +50,23 @@ public sealed class ReferenceGpt
     public double[] Logits(int[] tokens, int[] positions, int[] segments, int batch, int seq)
     {
         int c = Channels, n = batch * seq;
+        var final = Features(tokens, positions, segments, batch, seq);
+        var wte = Parameters["wte.weight"];
+        var logits = new double[n * Vocab];
+        for (int i = 0; i < n; i++)
+            for (int v = 0; v < Vocab; v++)
+            {
+                double s = 0;
+                for (int j = 0; j < c; j++) s += final[i * c + j] * wte[v * c + j];
+                logits[i * Vocab + v] = s;
+            }
+        return logits;
+    }
+
+    /// <summary>The final hidden states ln_f(x) [B·T, C] that the tied LM head reads (same attention rule as <see cref="Logits"/>).</summary>
+    public double[] Features(int[] tokens, int[] positions, int[] segments, int batch, int seq)
+    {
+        int c = Channels, n = batch * seq;
         var x = new double[n * c];
         var wte = Parameters["wte.weight"];
         var wpe = Parameters["wpe.weight"];
@@ -71,16 +88,7 @@ public sealed class ReferenceGpt
             var mlp = Linear(fc, Parameters[p + "mlp.c_proj.weight"], Parameters[p + "mlp.c_proj.bias"], n, 4 * c, c);
             for (int i = 0; i < x.Length; i++) x[i] += mlp[i];
         }
-        var final = LayerNorm(x, Parameters["ln_f.weight"], Parameters["ln_f.bias"], n, c);
-        var logits = new double[n * Vocab];
-        for (int i = 0; i < n; i++)
-            for (int v = 0; v < Vocab; v++)
-            {
-                double s = 0;
-                for (int j = 0; j < c; j++) s += final[i * c + j] * wte[v * c + j];
-                logits[i * Vocab + v] = s;
-            }
-        return logits;
+        return LayerNorm(x, Parameters["ln_f.weight"], Parameters["ln_f.bias"], n, c);
     }
 
     /// <summary>−mean over targets ≠ −1 of ln softmax(logits)[target]; 0 when every target is ignored.</summary>

@@ -38,6 +38,11 @@ public enum TrainedWeights
     /// The reward model gets the matching head, R̂ = γ·ln π_b̂ with its own offset; PPO's critic is a linear head on the frozen features.
     /// </summary>
     Tilt,
+    /// <summary>
+    /// The tilt class plus a rank-r update of π0's LM head over its frozen features (<see cref="TiltPolicy"/> with an adapter):
+    /// π ∝ π0·exp(b + (h·A)·Bᵀ). Richer than the tilt (the change may depend on the context), and it still holds π* (B = 0).
+    /// </summary>
+    HeadLora,
 }
 
 /// <summary>Settings of <c>distalign demo</c> and <c>distalign experiment lm</c>. Defaults: the full run; <see cref="Quick"/>: the CI run.</summary>
@@ -54,6 +59,10 @@ public sealed record DemoSettings
     public KnownTargetSettings Task { get; init; } = new();
     /// <summary>What every method and the reward model train (the model file and report record it).</summary>
     public TrainedWeights Train { get; init; } = TrainedWeights.Full;
+    /// <summary>r of the head adapter with <see cref="TrainedWeights.HeadLora"/>.</summary>
+    public int AdapterRank { get; init; } = 4;
+    /// <summary>π0 stays frozen (tilt, head-LoRA): the methods train a <see cref="TiltPolicy"/> over cached features.</summary>
+    public bool FrozenBackbone => Train != TrainedWeights.Full;
     /// <summary>Weight decay of the trained weights (on the tilt class: an L2 pull of b toward 0, i.e. toward π0).</summary>
     public float WeightDecay { get; init; }
     /// <summary>
@@ -158,9 +167,10 @@ public sealed record DemoSettings
     /// prompts (their cost is the sampling). Every method is tuned on a grid of ×¼, ×1, ×4 its key parameter, centred where a
     /// first run at n = 2¹⁴ found each method's best (β = 0.4 for DPO and RLHF: at 0.1 both were worse still).
     /// </summary>
-    public static DemoSettings InTiltClass(DemoSettings settings, bool quick) => settings with
+    /// <param name="headLora">the head-LoRA class instead (<see cref="TrainedWeights.HeadLora"/>), with the same budget and grid</param>
+    public static DemoSettings InTiltClass(DemoSettings settings, bool quick, bool headLora = false) => settings with
     {
-        Train = TrainedWeights.Tilt,
+        Train = headLora ? TrainedWeights.HeadLora : TrainedWeights.Tilt,
         Pairs = quick ? settings.Pairs : 1 << 14,
         BatchPairs = quick ? settings.BatchPairs : 64,
         Steps = quick ? settings.Steps : 1024,
@@ -183,6 +193,7 @@ public sealed record DemoSettings
         if (Pairs < 2) throw new ArgumentException($"n must be at least 2 pairs (got {Pairs})");
         if (Steps < 1 || RewardSteps < 1) throw new ArgumentException("methods and the reward model need at least one step");
         if (BatchPairs < 1) throw new ArgumentException($"batch must be at least 1 (got {BatchPairs})");
+        if (AdapterRank < 1) throw new ArgumentException($"the head adapter's rank must be at least 1 (got {AdapterRank})");
         if (TuningGrid.Any(x => !(x > 0) || double.IsInfinity(x))) throw new ArgumentException("tuning multipliers must be positive numbers");
         if (TuningGrid.Count > 0 && !(ValidationFraction > 0 && ValidationFraction < 0.5)) throw new ArgumentException($"the held-out share must be in (0, 0.5) when tuning (got {ValidationFraction})");
         if (Seeds < 1) throw new ArgumentException($"at least one seed is needed (got {Seeds})");
@@ -298,24 +309,26 @@ public sealed class DemoExperiment : IDisposable
         ReferenceEvaluation = referenceEvaluation;
         TargetEvaluation = targetEvaluation;
         this.progress = progress;
-        if (settings.Train == TrainedWeights.Tilt)
+        if (settings.FrozenBackbone)
         {
-            if (!device.IsCpu) throw new NotSupportedException("the tilt class trains on the CPU only (its step is one GEMM over cached features)");
+            if (!device.IsCpu) throw new NotSupportedException("the tilt and head-LoRA classes train on the CPU only (a step is one GEMM over cached features)");
             features = new FrozenFeatureCache(reference);
         }
     }
 
-    /// <summary>A policy that starts at π0: a copy of the GPT (full) or b = 0 over the frozen π0 (tilt).</summary>
+    /// <summary>A policy that starts at π0: a copy of the GPT (full), or b = 0 (and B = 0) over the frozen π0 (tilt, head-LoRA).</summary>
     private IPolicy NewPolicy(bool withValueHead) => Settings.Train switch
     {
         TrainedWeights.Tilt => new TiltPolicy(features!, new AdamWSettings(WeightDecay: Settings.WeightDecay), withValueHead: withValueHead),
+        TrainedWeights.HeadLora => new TiltPolicy(features!, new AdamWSettings(WeightDecay: Settings.WeightDecay), withValueHead: withValueHead,
+                                                  adapterRank: Settings.AdapterRank, adapterSeed: KnownTargetTask.Mix(Settings.Seed, 11)),
         _ => Device.Policy(Copy(reference), new AdamWSettings(WeightDecay: Settings.WeightDecay), ownsModel: true, withValueHead: withValueHead),
     };
 
     /// <summary>π0 in the methods' own class, so ln π0 and ln π are computed the same way.</summary>
     private IPolicy NewReference() => Settings.Train switch
     {
-        TrainedWeights.Tilt => new TiltPolicy(features!, new AdamWSettings()),
+        TrainedWeights.Tilt or TrainedWeights.HeadLora => new TiltPolicy(features!, new AdamWSettings()),
         _ => Device.Policy(reference, new AdamWSettings()),
     };
 
@@ -397,7 +410,7 @@ public sealed class DemoExperiment : IDisposable
         validation = drawn.Pairs.Skip(n - held).ToList();
         if (features is not null) features.Add(OfflinePreferenceObjective.Sequences(drawn.Pairs));
         var referenceLogProbs = ReferenceLogProbs(train);
-        if (Settings.Train == TrainedWeights.Tilt)
+        if (Settings.FrozenBackbone)
         {
             using var rewardPolicy = NewPolicy(withValueHead: false);
             var rewardSummary = TrainTiltReward(rewardPolicy, train, n);

@@ -37,7 +37,8 @@ public static class DemoReport
         w.WriteString("tokenizer", s.Tokenizer);
         w.WriteString("model", $"{s.Model.Layers} layers, {s.Model.Heads} heads, {s.Model.Channels} channels, context {s.Model.MaxSequenceLength}");
         Number(w, "pretraining_steps", s.Pretraining.Steps);
-        w.WriteString("train", s.Train.ToString().ToLowerInvariant());
+        w.WriteString("train", s.Train switch { TrainedWeights.HeadLora => "head-lora", var t => t.ToString().ToLowerInvariant() });
+        if (s.Train == TrainedWeights.HeadLora) w.WriteNumber("adapter_rank", s.AdapterRank);
         Number(w, "weight_decay", s.WeightDecay);
         Number(w, "steps_per_method", s.Steps);
         Number(w, "batch", s.BatchPairs);
@@ -264,6 +265,8 @@ public static class DemoReport
         sb.AppendLine();
         sb.AppendLine(s.Train == TrainedWeights.Tilt
             ? string.Create(Inv, $"R̂(x, y) = γ·ln π_r(y|x) with γ = {s.Task.Gamma}: π_r ∝ π0·exp(r) token by token, its own offset r fitted by Bradley–Terry on the pairs (with this head that loss is preference MLE's). R̂ = γ ln π* is in the class.")
+            : s.Train == TrainedWeights.HeadLora
+            ? string.Create(Inv, $"R̂(x, y) = γ·ln π_r(y|x) with γ = {s.Task.Gamma}: π_r in the head-LoRA class (its own offset and rank-{s.AdapterRank} head adapter), fitted by Bradley–Terry on the pairs (with this head that loss is preference MLE's). R̂ = γ ln π* is in the class.")
             : s.RewardBaseline
             ? string.Create(Inv, $"R̂(x, y) = γ·ln π0(y|x) + w·h_last + b with γ = {s.Task.Gamma} (reference-anchored: the head, on a copy of π0's backbone, learns how the preferences depart from π0's likelihood).")
             : "R̂(x, y) = w·h_last + b on a copy of π0's backbone.");
@@ -276,6 +279,8 @@ public static class DemoReport
         sb.AppendLine();
         sb.AppendLine(s.Train == TrainedWeights.Tilt
             ? "**What trains: the tilt class.** π_b ∝ π0·exp(b) token by token: π0 frozen, b ∈ ℝ^V trained (b = 0 is π0; b = w/τ is π* exactly). PPO's critic is a linear head on π0's frozen features."
+            : s.Train == TrainedWeights.HeadLora
+            ? string.Create(Inv, $"**What trains: the head-LoRA class.** π ∝ π0·exp(b + (h·A)·Bᵀ): π0 frozen, b ∈ ℝ^V and a rank-{s.AdapterRank} update A·Bᵀ of the LM head over π0's final features h trained (B starts at 0, so every method starts at π0; b = w/τ, B = 0 is π*). PPO's critic is a linear head on π0's frozen features.")
             : "**What trains: every weight** (full fine-tuning of a copy of π0).");
         sb.AppendLine();
         if (s.Epochs > 0 || s.OnPolicySteps > 0)

@@ -49,14 +49,15 @@ public static class ModelHash
         return Convert.ToHexStringLower(hash.GetHashAndReset());
     }
 
-    /// <summary>Hash of a tilt policy: its frozen backbone's hash, then b.</summary>
+    /// <summary>Hash of a tilt policy: its frozen backbone's hash, then θ (b, and a head adapter's rank, A and B).</summary>
     public static string Of(TiltPolicy policy)
     {
         ArgumentNullException.ThrowIfNull(policy);
         using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-        hash.AppendData(Encoding.ASCII.GetBytes("DistAlign.TiltPolicy.v1\0"));
+        hash.AppendData(Encoding.ASCII.GetBytes(policy.AdapterRank == 0 ? "DistAlign.TiltPolicy.v1\0" : "DistAlign.TiltPolicy.HeadLora.v1\0"));
         hash.AppendData(Encoding.ASCII.GetBytes(Of(policy.Backbone)));
-        AddFloats(hash, policy.Offset);
+        if (policy.AdapterRank > 0) AddInt(hash, policy.AdapterRank);
+        AddFloats(hash, policy.Parameters);
         return Convert.ToHexStringLower(hash.GetHashAndReset());
     }
 

@@ -1,4 +1,5 @@
 using System.Numerics.Tensors;
+using DistAlign.Engine.Random;
 using DistAlign.Engine.SafeTensors;
 using DistAlign.Kernels.Cpu;
 using DistAlign.Transformer.Model;
@@ -10,54 +11,74 @@ namespace DistAlign.Alignment.Policies;
 /// A frozen GPT π0 with a trainable per-token logit offset b: π_b(v | ctx) = π0(v | ctx)·exp(b_v) / Z_b(ctx).
 /// It is the policy class of the realizable known-target experiment (the paper's Assumptions 1 and 5): the target
 /// π* ∝ π0·exp(w/τ) is exactly b = w/τ, and b = 0 is π0. Weight decay on b pulls it toward π0 (an L2 penalty).
+/// With an adapter rank r > 0 it is the richer <b>head-LoRA</b> class: a rank-r update of the tied LM head on top,
+/// π(v | ctx) ∝ π0(v | ctx)·exp(b_v + (h·A)·B_v), A ∈ ℝ^{C×r}, B ∈ ℝ^{V×r} (the head's weight becomes wteᵀ + A·Bᵀ), so
+/// the tilt can depend on the context; B starts at 0, so the class starts at π_b and still holds π*.
 /// </summary>
 /// <remarks>
 /// <code>
 /// forward, per response token t with context features h_t (ln_f of the frozen backbone, from a FrozenFeatureCache):
-///   z_t = h_t · wteᵀ + b                     (the tied LM head plus the offset; one GEMM over the batch, b as its bias)
-///   ln π_b(y_t | ·) = z_t[y_t] − lse(z_t)     (TargetLogProbs)
+///   u_t = h_t · A                             (rank r > 0 only; [tokens × C]·[C × r])
+///   z_t = h_t · wteᵀ + b (+ u_t · Bᵀ)         (the tied LM head plus the offset; one GEMM over the batch, b as its bias)
+///   ln π(y_t | ·) = z_t[y_t] − lse(z_t)       (TargetLogProbs)
 ///   H_t = lse(z_t) − Σ_v p_t,v z_t,v          (fp64, only when asked)
-/// backward, given d_t = ∂L/∂ln π_b(y_t) and e_t = ∂L/∂H_t:
-///   ∂L/∂b_v = Σ_t d_t (1[v = y_t] − p_t,v) − Σ_t e_t p_t,v (ln p_t,v + H_t)
+/// backward, given d_t = ∂L/∂ln π(y_t) and e_t = ∂L/∂H_t:
+///   ∂L/∂z_t,v = d_t (1[v = y_t] − p_t,v) − e_t p_t,v (ln p_t,v + H_t)
+///   ∂L/∂b = Σ_t ∂L/∂z_t,   ∂L/∂B = (∂L/∂z)ᵀ·u,   ∂L/∂A = hᵀ·((∂L/∂z)·B)
 /// </code>
-/// A training step therefore costs one [tokens × C]·[C × V] GEMM and O(tokens·V) elementwise work: no transformer pass
-/// once the cache holds the batch's sequences. <see cref="Score"/> keeps z of its batch ([tokens × V] floats) for
-/// <see cref="Backward"/>. Sampling is exact KV-cache decoding of the backbone with b added (<see cref="TiltedSampler"/>).
-/// With a value head (PPO), V(s_t) = w·h_t + c is a second linear head on the same frozen features, trained with b.
+/// A training step therefore costs one [tokens × C]·[C × V] GEMM (two [tokens × r]·[r × V] more with an adapter) and
+/// O(tokens·V) elementwise work: no transformer pass once the cache holds the batch's sequences. <see cref="Score"/>
+/// keeps z of its batch ([tokens × V] floats) for <see cref="Backward"/>. Sampling is exact KV-cache decoding of the
+/// backbone with the same logit change (<see cref="TiltedSampler"/>). The trained parameters are one flat vector
+/// θ = [b; A; B] (row-major), so clipping and AdamW treat them as one. With a value head (PPO), V(s_t) = w·h_t + c is a
+/// second linear head on the same frozen features, trained with θ.
 /// </remarks>
 public sealed class TiltPolicy : IValuePolicy
 {
     /// <summary>The name of b in model files, checkpoints and error messages.</summary>
     public const string OffsetName = GptCheckpoint.LogitOffsetName;
-    /// <summary>The names of b's AdamW moments in a training checkpoint's state file.</summary>
-    public const string OffsetAdamMName = OffsetName + ".adam.m", OffsetAdamVName = OffsetName + ".adam.v";
+    /// <summary>The names of the adapter's A [C, r] and B [V, r].</summary>
+    public const string AdapterAName = GptCheckpoint.HeadAdapterAName, AdapterBName = GptCheckpoint.HeadAdapterBName;
 
     private readonly FrozenFeatureCache cache;
     private readonly AdamWSettings optimizer;
-    private readonly float[] offset, gradient, m, v;
-    private float[] z = [], lse = [], entropies = [], features = [];
+    private readonly float[] theta, gradient, m, v;   // θ = [b (V); A (C × r); B (V × r)]
+    private float[] z = [], lse = [], entropies = [], features = [], dzEntropy = [], u = [], du = [];
     private int[] targets = [];
     private int lastTokens = -1;
 
     /// <param name="cache">the frozen backbone and its features (shared with snapshots and other heads)</param>
-    /// <param name="optimizer">AdamW for b; its weight decay is an L2 pull of b toward 0, i.e. of π_b toward π0</param>
+    /// <param name="optimizer">AdamW for θ; its weight decay is an L2 pull of θ toward 0, i.e. of the policy toward π0</param>
     /// <param name="initialOffset">b at the start (empty: 0, i.e. π0)</param>
     /// <param name="withValueHead">a linear value head on the frozen features (PPO's critic), starting at zero</param>
-    public TiltPolicy(FrozenFeatureCache cache, AdamWSettings optimizer, ReadOnlySpan<float> initialOffset = default, bool withValueHead = false)
+    /// <param name="adapterRank">r of the head adapter (0: none, the tilt class)</param>
+    /// <param name="adapterSeed">A's initial draw, N(0, 1/C) per entry from this Philox stream (B starts at 0)</param>
+    public TiltPolicy(FrozenFeatureCache cache, AdamWSettings optimizer, ReadOnlySpan<float> initialOffset = default, bool withValueHead = false,
+                      int adapterRank = 0, ulong adapterSeed = 0)
     {
         ArgumentNullException.ThrowIfNull(cache);
         ArgumentNullException.ThrowIfNull(optimizer);
+        ArgumentOutOfRangeException.ThrowIfNegative(adapterRank);
         this.cache = cache;
         this.optimizer = optimizer;
-        int vocab = cache.Backbone.Config.VocabSize;
+        int vocab = cache.Backbone.Config.VocabSize, c = cache.Channels;
         if (!initialOffset.IsEmpty && initialOffset.Length != vocab)
             throw new ArgumentException($"the offset needs one value per token ({vocab}), got {initialOffset.Length}");
-        offset = new float[vocab];
-        initialOffset.CopyTo(offset);
-        gradient = new float[vocab];
-        m = new float[vocab];
-        v = new float[vocab];
-        if (withValueHead) ValueHead = new ScalarHead(cache.Channels);
+        Vocab = vocab;
+        AdapterRank = adapterRank;
+        theta = new float[vocab + adapterRank * (c + vocab)];
+        initialOffset.CopyTo(theta);
+        if (adapterRank > 0)
+        {
+            var rng = new PhiloxStream(adapterSeed, 0);
+            double scale = 1 / Math.Sqrt(c);
+            var a = AdapterA;
+            for (int i = 0; i < a.Length; i++) a[i] = (float)(scale * rng.NextNormal());
+        }
+        gradient = new float[theta.Length];
+        m = new float[theta.Length];
+        v = new float[theta.Length];
+        if (withValueHead) ValueHead = new ScalarHead(c);
     }
 
     /// <summary>V(s_t) = w·h_t + c on the frozen features; null when built without one.</summary>
@@ -67,12 +88,22 @@ public sealed class TiltPolicy : IValuePolicy
     public Gpt Backbone => cache.Backbone;
     /// <summary>The feature cache this policy scores through.</summary>
     public FrozenFeatureCache Cache => cache;
+    /// <summary>r of the head adapter (0: the tilt class).</summary>
+    public int AdapterRank { get; }
+    /// <summary>θ = [b; A; B], everything this policy trains.</summary>
+    public Span<float> Parameters => theta;
     /// <summary>b, one value per token.</summary>
-    public Span<float> Offset => offset;
+    public Span<float> Offset => theta.AsSpan(0, Vocab);
+    /// <summary>A [C × r], row-major (empty without an adapter).</summary>
+    public Span<float> AdapterA => theta.AsSpan(Vocab, cache.Channels * AdapterRank);
+    /// <summary>B [V × r], row-major (empty without an adapter).</summary>
+    public Span<float> AdapterB => theta.AsSpan(Vocab + cache.Channels * AdapterRank);
     /// <summary>∂L/∂b accumulated since the last <see cref="ZeroGradients"/>.</summary>
-    public ReadOnlySpan<float> OffsetGradient => gradient;
+    public ReadOnlySpan<float> OffsetGradient => gradient.AsSpan(0, Vocab);
+    /// <summary>∂L/∂θ accumulated since the last <see cref="ZeroGradients"/>.</summary>
+    public ReadOnlySpan<float> ParameterGradient => gradient;
     public AdamWSettings Optimizer => optimizer;
-    private int Vocab => offset.Length;
+    private int Vocab { get; }
 
     public void Score(IReadOnlyList<PromptResponse> batch, Span<float> tokenLogProbs, Span<float> tokenEntropies = default)
     {
@@ -94,7 +125,15 @@ public sealed class TiltPolicy : IValuePolicy
         var logits = z.AsSpan(0, tokens * vocab);
         var wte = Backbone.Parameters.Slice((int)Backbone.Layout.Wte, vocab * c);
         // z[t, v] = Σ_c h[t, c]·wte[v, c] + b[v]
-        Gemm.Multiply(Transpose.No, Transpose.Yes, tokens, vocab, c, 1f, features, c, wte, c, 0f, logits, vocab, offset);
+        Gemm.Multiply(Transpose.No, Transpose.Yes, tokens, vocab, c, 1f, features, c, wte, c, 0f, logits, vocab, Offset);
+        int r = AdapterRank;
+        if (r > 0)
+        {
+            // u = h·A; z += u·Bᵀ
+            if (u.Length < tokens * r) { u = new float[tokens * r]; du = new float[tokens * r]; }
+            Gemm.Multiply(Transpose.No, Transpose.No, tokens, r, c, 1f, features, c, AdapterA, r, 0f, u.AsSpan(0, tokens * r), r);
+            Gemm.Multiply(Transpose.No, Transpose.Yes, tokens, vocab, r, 1f, u, r, AdapterB, r, 1f, logits, vocab);
+        }
         TargetLogProbs.Forward(logits, targets.AsSpan(0, tokens), vocab, tokenLogProbs, lse.AsSpan(0, tokens));
         if (!tokenEntropies.IsEmpty)
         {
@@ -120,24 +159,41 @@ public sealed class TiltPolicy : IValuePolicy
         lastTokens = -1;
         if (tokens == 0) return;
         var logits = z.AsSpan(0, tokens * vocab);
-        if (!dTokenEntropies.IsEmpty)
+        bool withEntropies = false;
+        foreach (float e in dTokenEntropies) withEntropies |= e != 0;
+        if (withEntropies)
         {
-            // ∂H/∂z_v = −p_v (z_v − lse + H) = −p_v (ln p_v + H), before z is overwritten below
+            // ∂H/∂z_v = −p_v (z_v − lse + H) = −p_v (ln p_v + H), taken before z is overwritten below
+            if (dzEntropy.Length < tokens * vocab) dzEntropy = new float[tokens * vocab];
             for (int t = 0; t < tokens; t++)
             {
-                if (dTokenEntropies[t] == 0) continue;
-                double e = dTokenEntropies[t], h = entropies[t], l = lse[t];
                 var row = logits.Slice(t * vocab, vocab);
-                for (int u = 0; u < vocab; u++)
+                var dRow = dzEntropy.AsSpan(t * vocab, vocab);
+                double e = dTokenEntropies[t], h = entropies[t], l = lse[t];
+                if (e == 0) { dRow.Clear(); continue; }
+                for (int w = 0; w < vocab; w++)
                 {
-                    double logP = row[u] - l;
-                    gradient[u] += (float)(-e * Math.Exp(logP) * (logP + h));
+                    double logP = row[w] - l;
+                    dRow[w] = (float)(-e * Math.Exp(logP) * (logP + h));
                 }
             }
         }
-        // z becomes ∂L/∂z = d_t (1[v = y_t] − p_t,v); ∂L/∂b = Σ_t ∂L/∂z_t
+        // z becomes ∂L/∂z = d_t (1[v = y_t] − p_t,v) (+ the entropy term)
         TargetLogProbs.Backward(logits, targets.AsSpan(0, tokens), vocab, lse.AsSpan(0, tokens), dTokenLogProbs);
-        for (int t = 0; t < tokens; t++) TensorPrimitives.Add(gradient, logits.Slice(t * vocab, vocab), gradient);
+        if (withEntropies) TensorPrimitives.Add(logits, dzEntropy.AsSpan(0, tokens * vocab), logits);
+        // ∂L/∂b = Σ_t ∂L/∂z_t
+        var gb = gradient.AsSpan(0, vocab);
+        for (int t = 0; t < tokens; t++) TensorPrimitives.Add(gb, logits.Slice(t * vocab, vocab), gb);
+        int r = AdapterRank, c = cache.Channels;
+        if (r > 0)
+        {
+            var gA = gradient.AsSpan(vocab, c * r);
+            var gB = gradient.AsSpan(vocab + c * r);
+            // ∂L/∂B += (∂L/∂z)ᵀ·u;  ∂L/∂u = (∂L/∂z)·B;  ∂L/∂A += hᵀ·∂L/∂u
+            Gemm.Multiply(Transpose.Yes, Transpose.No, vocab, r, tokens, 1f, logits, vocab, u, r, 1f, gB, r);
+            Gemm.Multiply(Transpose.No, Transpose.No, tokens, r, vocab, 1f, logits, vocab, AdapterB, r, 0f, du.AsSpan(0, tokens * r), r);
+            Gemm.Multiply(Transpose.Yes, Transpose.No, c, r, tokens, 1f, features, c, du, r, 1f, gA, r);
+        }
     }
 
     public void ScoreWithValues(IReadOnlyList<PromptResponse> batch, Span<float> tokenLogProbs, Span<float> tokenValues, Span<float> tokenEntropies = default)
@@ -160,7 +216,7 @@ public sealed class TiltPolicy : IValuePolicy
     }
 
     public Continuation[] Sample(IReadOnlyList<int[]> prompts, SamplingOptions options, ulong seed) =>
-        TiltedSampler.Sample(Backbone, offset, prompts, options, seed);
+        TiltedSampler.Sample(Backbone, Offset, prompts, options, seed, new HeadAdapter(AdapterRank, AdapterA, AdapterB));
 
     public void ZeroGradients()
     {
@@ -168,7 +224,7 @@ public sealed class TiltPolicy : IValuePolicy
         ValueHead?.ZeroGradients();
     }
 
-    /// <summary>The global norm over ∂L/∂b (and the value head's gradients), clipped as <see cref="GptPolicy"/> clips.</summary>
+    /// <summary>The global norm over ∂L/∂θ (and the value head's gradients), clipped as <see cref="GptPolicy"/> clips.</summary>
     public double ClipGradients(float maxNorm)
     {
         if (ValueHead is not null) return ValueHead.ClipWith(gradient, maxNorm);
@@ -177,47 +233,75 @@ public sealed class TiltPolicy : IValuePolicy
 
     public void OptimizerStep(int step, float learningRate)
     {
-        AdamW.Step(offset, gradient, m, v, step, learningRate, optimizer.Beta1, optimizer.Beta2, optimizer.Epsilon, optimizer.WeightDecay);
+        AdamW.Step(theta, gradient, m, v, step, learningRate, optimizer.Beta1, optimizer.Beta2, optimizer.Epsilon, optimizer.WeightDecay);
         ValueHead?.OptimizerStep(step, learningRate, optimizer);
     }
 
-    /// <summary>b as the tensor a model file holds beside the frozen backbone (<see cref="GptCheckpoint.SaveModel"/> marks the file as a tilt model).</summary>
-    public SafeTensor OffsetTensor() => SafeTensor.FromFloats(OffsetName, offset, [offset.Length]);
+    /// <summary>θ's tensors: b [V], and A [C, r] and B [V, r] with an adapter, each with its place in θ.</summary>
+    private IEnumerable<(string Name, int Start, long[] Shape)> Tensors()
+    {
+        yield return (OffsetName, 0, [Vocab]);
+        if (AdapterRank == 0) yield break;
+        int c = cache.Channels;
+        yield return (AdapterAName, Vocab, [c, AdapterRank]);
+        yield return (AdapterBName, Vocab + c * AdapterRank, [Vocab, AdapterRank]);
+    }
 
-    /// <summary>b's AdamW moments, for a training checkpoint's state file.</summary>
-    public SafeTensor[] OptimizerStateTensors() => [SafeTensor.FromFloats(OffsetAdamMName, m), SafeTensor.FromFloats(OffsetAdamVName, v)];
+    private static int Length(long[] shape) => (int)shape.Aggregate(1L, (a, d) => a * d);
 
-    /// <summary>Restores b from a model file and its moments from a state file (as written by <see cref="OffsetTensor"/> and
+    /// <summary>θ as the tensors a model file holds beside the frozen backbone (<see cref="GptCheckpoint.SaveModel"/> marks the file
+    /// as a tilt or head-LoRA model).</summary>
+    public SafeTensor[] ModelTensors() =>
+        [.. Tensors().Select(t => SafeTensor.FromFloats(t.Name, theta.AsSpan(t.Start, Length(t.Shape)), t.Shape))];
+
+    /// <summary>θ's AdamW moments (<c>NAME.adam.m</c>, <c>NAME.adam.v</c> per tensor), for a training checkpoint's state file.</summary>
+    public SafeTensor[] OptimizerStateTensors() =>
+        [.. Tensors().SelectMany(t => new[]
+        {
+            SafeTensor.FromFloats(t.Name + ".adam.m", m.AsSpan(t.Start, Length(t.Shape))),
+            SafeTensor.FromFloats(t.Name + ".adam.v", v.AsSpan(t.Start, Length(t.Shape))),
+        })];
+
+    /// <summary>Restores θ from a model file and its moments from a state file (as written by <see cref="ModelTensors"/> and
     /// <see cref="OptimizerStateTensors"/>); clears the gradient.</summary>
     public void ReadCheckpoint(SafeTensorsFile model, string modelPath, SafeTensorsFile state, string statePath)
     {
-        ScalarHead.ReadTensor(model, modelPath, OffsetName, [Vocab], offset);
-        ScalarHead.ReadTensor(state, statePath, OffsetAdamMName, [Vocab], m);
-        ScalarHead.ReadTensor(state, statePath, OffsetAdamVName, [Vocab], v);
+        foreach (var (name, start, shape) in Tensors())
+        {
+            int length = Length(shape);
+            ScalarHead.ReadTensor(model, modelPath, name, shape, theta.AsSpan(start, length));
+            ScalarHead.ReadTensor(state, statePath, name + ".adam.m", [length], m.AsSpan(start, length));
+            ScalarHead.ReadTensor(state, statePath, name + ".adam.v", [length], v.AsSpan(start, length));
+        }
         Array.Clear(gradient);
     }
 
     public NonFiniteElement? FirstNonFiniteGradient()
     {
+        int adapterA = Vocab + cache.Channels * AdapterRank;
         for (int i = 0; i < gradient.Length; i++)
-            if (!float.IsFinite(gradient[i])) return new NonFiniteElement(OffsetName, i, gradient[i]);
+            if (!float.IsFinite(gradient[i]))
+                return i < Vocab ? new NonFiniteElement(OffsetName, i, gradient[i])
+                     : i < adapterA ? new NonFiniteElement(AdapterAName, i - Vocab, gradient[i])
+                     : new NonFiniteElement(AdapterBName, i - adapterA, gradient[i]);
         return ValueHead?.FirstNonFiniteGradient("value_head.weight", "value_head.bias");
     }
 
-    /// <summary>Same backbone and cache, a copy of b (and of the value head), zero gradients and moments.</summary>
+    /// <summary>Same backbone and cache, a copy of θ (and of the value head), zero gradients and moments.</summary>
     public IPolicy Snapshot()
     {
-        var copy = new TiltPolicy(cache, optimizer, offset, ValueHead is not null);
+        var copy = new TiltPolicy(cache, optimizer, default, ValueHead is not null, AdapterRank);
+        theta.CopyTo(copy.theta, 0);
         ValueHead?.Parameters.CopyTo(copy.ValueHead!.Parameters, 0);
         return copy;
     }
 
-    /// <summary>Copies b, and the value head's weights when both have one.</summary>
+    /// <summary>Copies θ, and the value head's weights when both have one.</summary>
     public void CopyWeightsFrom(IPolicy other)
     {
-        if (other is not TiltPolicy tilt || tilt.Backbone != Backbone)
-            throw new ArgumentException($"weights copy only from a TiltPolicy on the same backbone, not from a {other?.GetType().Name}");
-        tilt.offset.CopyTo(offset, 0);
+        if (other is not TiltPolicy tilt || tilt.Backbone != Backbone || tilt.AdapterRank != AdapterRank)
+            throw new ArgumentException($"weights copy only from a TiltPolicy of the same adapter rank on the same backbone, not from a {other?.GetType().Name}");
+        tilt.theta.CopyTo(theta, 0);
         if (ValueHead is not null && tilt.ValueHead is not null) tilt.ValueHead.Parameters.CopyTo(ValueHead.Parameters, 0);
     }
 

@@ -32,7 +32,7 @@ public static class PolicyCheckpoint
     public static void SaveModel(IPolicy policy, string path, string tokenizerSpec)
     {
         if (policy is IHostGptPolicy g) g.CopyToHost();
-        GptCheckpoint.SaveModel(path, ModelOf(policy), tokenizerSpec, policy is TiltPolicy t ? [t.OffsetTensor()] : null);
+        GptCheckpoint.SaveModel(path, ModelOf(policy), tokenizerSpec, policy is TiltPolicy t ? [..t.ModelTensors()] : null);
     }
 
     /// <summary><see cref="GptCheckpoint.SaveTraining"/> for the policy, with a head's tensors (<paramref name="model"/>, <paramref name="state"/>) beside it.</summary>
@@ -43,7 +43,7 @@ public static class PolicyCheckpoint
         if (policy is IHostGptPolicy g) g.CopyToHost();
         var tilt = policy as TiltPolicy;
         GptCheckpoint.SaveTraining(directory, ModelOf(policy), tokenizerSpec, trainerState, optionsJson, 2,
-            [.. tilt is null ? [] : new[] { tilt.OffsetTensor() }, .. model ?? []],
+            [.. tilt?.ModelTensors() ?? [], .. model ?? []],
             [.. tilt?.OptimizerStateTensors() ?? [], .. state ?? []],
             frozenModel: tilt is not null);
     }

@@ -27,13 +27,16 @@ public static class GptCheckpoint
     public const string LatestFileName = "latest";
     public const string ConfigKey = "distalign.config";
     public const string TokenizerKey = "distalign.tokenizer";
-    /// <summary>Metadata naming what was trained: <c>full</c> (every weight) or <c>tilt</c> (a frozen GPT plus <see cref="LogitOffsetName"/>).</summary>
+    /// <summary>Metadata naming what was trained: <c>full</c> (every weight), <c>tilt</c> (a frozen GPT plus <see cref="LogitOffsetName"/>)
+    /// or <c>head-lora</c> (that plus a rank-r update of the LM head, <see cref="HeadAdapterAName"/> and <see cref="HeadAdapterBName"/>).</summary>
     public const string TrainedKey = "distalign.trained";
     /// <summary>
     /// The per-token logit offset b [V] of a model trained in the tilt class: next-token probabilities π0(v | ctx)·exp(b_v) / Z.
     /// GPT-2's LM head is tied to wte and has no bias, so b cannot be folded into the weights; it travels beside them.
     /// </summary>
     public const string LogitOffsetName = "logit_offset";
+    /// <summary>A [C, r] and B [V, r] of a head-LoRA model: the logits gain (h·A)·Bᵀ over the final features h.</summary>
+    public const string HeadAdapterAName = "lm_head_adapter.a", HeadAdapterBName = "lm_head_adapter.b";
 
     /// <summary>Writes the weights (atomically) with the config, the tokenizer spec and what was trained in the metadata.</summary>
     /// <param name="extraTensors">tensors of a head other than the tied LM head (e.g. a reward model's
@@ -46,12 +49,14 @@ public static class GptCheckpoint
         var offset = extra.FirstOrDefault(t => t.Name == LogitOffsetName);
         if (offset is not null && !offset.Shape.SequenceEqual([(long)model.Config.VocabSize]))
             throw new ArgumentException($"'{LogitOffsetName}' must have shape [{model.Config.VocabSize}], got [{string.Join(", ", offset.Shape)}]");
+        bool adapter = extra.Any(t => t.Name == HeadAdapterAName);
+        if (adapter && offset is null) throw new ArgumentException($"a head adapter goes with a '{LogitOffsetName}'");
         var metadata = new Dictionary<string, string>
         {
             ["format"] = "pt",
             [ConfigKey] = JsonSerializer.Serialize(model.Config),
             [TokenizerKey] = tokenizerSpec,
-            [TrainedKey] = offset is null ? "full" : "tilt",
+            [TrainedKey] = offset is null ? "full" : adapter ? "head-lora" : "tilt",
         };
         var p = model.Parameters;
         var tensors = new List<SafeTensor>(model.Layout.Tensors.Count + extra.Count);
@@ -66,6 +71,11 @@ public static class GptCheckpoint
     {
         /// <summary>b of a tilt model (next-token probabilities ∝ π0·exp(b)); null for a plain GPT.</summary>
         public float[]? LogitOffset { get; init; }
+        /// <summary>r of a head-LoRA model's adapter (0 without one).</summary>
+        public int AdapterRank { get; init; }
+        /// <summary>The adapter's A [C × r] and B [V × r], row-major (empty without one).</summary>
+        public float[] AdapterA { get; init; } = [];
+        public float[] AdapterB { get; init; } = [];
     }
 
     /// <summary>
@@ -85,11 +95,25 @@ public static class GptCheckpoint
             if (!withLogitOffset)
                 throw new CheckpointMismatchException(
                     $"{path}: a tilt model (a frozen GPT plus the per-token logit offset '{LogitOffsetName}'); this command needs a plain GPT " +
-                    "(tilt models go to `align --train tilt` and `sample`)");
+                    "(tilt models go to `align --train tilt|head-lora` and `sample`)");
             if (!info.Shape.SequenceEqual([(long)config.VocabSize]))
                 throw new CheckpointMismatchException($"{path}: tensor '{LogitOffsetName}' has shape [{string.Join(", ", info.Shape)}], the model needs [{config.VocabSize}]");
             offset = new float[config.VocabSize];
             file.ReadF32(LogitOffsetName, offset);
+        }
+        int rank = 0;
+        float[] adapterA = [], adapterB = [];
+        if (offset is not null && file.TryGetInfo(HeadAdapterAName, out var a))
+        {
+            if (a.Shape.Count != 2 || a.Shape[0] != config.Channels || a.Shape[1] < 1)
+                throw new CheckpointMismatchException($"{path}: tensor '{HeadAdapterAName}' has shape [{string.Join(", ", a.Shape)}], the model needs [{config.Channels}, r]");
+            rank = (int)a.Shape[1];
+            if (!file.TryGetInfo(HeadAdapterBName, out var b) || !b.Shape.SequenceEqual([(long)config.VocabSize, rank]))
+                throw new CheckpointMismatchException($"{path}: '{HeadAdapterAName}' needs '{HeadAdapterBName}' of shape [{config.VocabSize}, {rank}]");
+            adapterA = new float[config.Channels * rank];
+            adapterB = new float[config.VocabSize * rank];
+            file.ReadF32(HeadAdapterAName, adapterA);
+            file.ReadF32(HeadAdapterBName, adapterB);
         }
         var model = new Gpt(config, memoryBudgetBytes);
         try
@@ -102,7 +126,7 @@ public static class GptCheckpoint
             throw;
         }
         file.Metadata.TryGetValue(TokenizerKey, out var spec);
-        return new LoadedModel(model, spec) { LogitOffset = offset };
+        return new LoadedModel(model, spec) { LogitOffset = offset, AdapterRank = rank, AdapterA = adapterA, AdapterB = adapterB };
     }
 
     private static GptConfig ConfigOf(SafeTensorsFile file, string path, int? heads)

@@ -20,6 +20,8 @@ public sealed class GptDecoder : IIncrementalDecoder
     public int Position { get; private set; }
     /// <summary>Logits [R, V] of the last step: the distribution of the token after it.</summary>
     public float[] Logits { get; }
+    /// <summary>Final hidden states ln_f(x) [R, C] of the last step: what the LM head (and any head on the features) reads.</summary>
+    public ReadOnlySpan<float> Features => ln;
 
     ReadOnlySpan<float> IIncrementalDecoder.Logits => Logits;
 
