@@ -334,7 +334,7 @@ internal static class DemoPlots
             sweep.Title("Forward KL(π* ‖ π̂) against the number of pairs n");
             sweep.XLabel("n (log scale)");
             sweep.YLabel("nats per response");
-            sweep.ShowLegend();
+            sweep.ShowLegend(ScottPlot.Alignment.LowerLeft);   // the learners fall toward the lower right; small n sits near π0
             Save(sweep, outDir, "forward_kl_vs_n.png", "forward KL against n", plots);
         }
         return plots;
