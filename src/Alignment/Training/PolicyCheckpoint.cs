@@ -8,8 +8,8 @@ namespace DistAlign.Alignment.Training;
 /// <summary>
 /// What the model file and a training checkpoint of a run hold of its policy, for the two kinds a run trains:
 /// a GPT policy (<see cref="IHostGptPolicy"/>: every weight and its AdamW moments, copied from the device first on a GPU) or a
-/// tilt policy (<see cref="TiltPolicy"/>: the frozen backbone's weights, which the run never writes, plus b and b's moments).
-/// A tilt model file is the backbone plus <c>logit_offset</c>, so <c>sample</c> and <c>align --train tilt</c> read it back.
+/// tilt policy (<see cref="TiltPolicy"/>: the frozen backbone's weights, which the run never writes, plus θ = b (and a head adapter's A, B) and θ's moments).
+/// A tilt model file is the backbone plus <c>logit_offset</c> (and <c>lm_head_adapter.a</c>/<c>.b</c>), so <c>sample</c> and <c>align --train tilt</c> read it back.
 /// </summary>
 public static class PolicyCheckpoint
 {

@@ -13,7 +13,7 @@ namespace DistAlign.Alignment.Training;
 /// <c>value_model.adam.m</c>/<c>.v</c> in the state file. The GPT policies may be CPU <see cref="GptPolicy"/>s or CUDA
 /// <see cref="GpuGptPolicy"/>s (<see cref="IGptValueModel"/>): a checkpoint first copies their device state to the host mirrors,
 /// a restore copies it back up; the value heads live on the host either way. A <see cref="TiltPolicy"/> with its value head
-/// checkpoints its frozen backbone, b and b's moments (<see cref="PolicyCheckpoint"/>) beside the head.
+/// checkpoints its frozen backbone, θ (b and any head adapter) and θ's moments (<see cref="PolicyCheckpoint"/>) beside the head.
 /// </summary>
 public sealed class PpoRun : CheckpointedRun
 {
