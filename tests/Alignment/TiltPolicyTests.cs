@@ -115,16 +115,7 @@ public class TiltPolicyTests
             return sum;
         }
         var b0 = offset.Select(x => (double)x).ToArray();
-        var numeric = new double[b0.Length];
-        const double step = 1e-5;
-        for (int v = 0; v < b0.Length; v++)
-        {
-            var plus = (double[])b0.Clone();
-            var minus = (double[])b0.Clone();
-            plus[v] += step;
-            minus[v] -= step;
-            numeric[v] = (Loss(plus) - Loss(minus)) / (2 * step);
-        }
+        var numeric = Numerics.FiniteDifferenceGradient(() => Loss(b0), b0, 1e-5);
         double scale = numeric.Max(Math.Abs);
         Numerics.AssertClose(analytic, numeric, 2e-5 * scale, 1e-4, "∂L/∂b");
     }
@@ -203,16 +194,7 @@ public class TiltPolicyTests
             }
             return sum;
         }
-        var numeric = new double[theta.Length];
-        const double step = 1e-5;
-        for (int i = 0; i < theta.Length; i++)
-        {
-            var plus = (double[])theta.Clone();
-            var minus = (double[])theta.Clone();
-            plus[i] += step;
-            minus[i] -= step;
-            numeric[i] = (Loss(plus) - Loss(minus)) / (2 * step);
-        }
+        var numeric = Numerics.FiniteDifferenceGradient(() => Loss(theta), theta, 1e-5);
         double scale = numeric.Max(Math.Abs);
         Numerics.AssertClose(analytic, numeric, 2e-5 * scale, 1e-4, "∂L/∂θ = [∂L/∂b; ∂L/∂A; ∂L/∂B]");
         Assert.That(analytic.Skip(Tiny.VocabSize).Count(g => g != 0), Is.GreaterThan(0), "the adapter gets a gradient");
@@ -238,7 +220,7 @@ public class TiltPolicyTests
     }
 
     [Test]
-    public void AdapterCheckpointTensorsRoundTripAndTheHashSeesEveryParameter()
+    public void AdapterTensorsHaveTheirNamesAndShapesAndTheHashSeesEveryParameter()
     {
         using var model = KnownTargetModelTests.TinyModel();
         var cache = new FrozenFeatureCache(model);

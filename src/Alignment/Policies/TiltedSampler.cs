@@ -95,7 +95,7 @@ public static class TiltedSampler
                 // p_v ∝ exp(s_v − max), s_v = l_v + t_v (+ extra_v); weights holds s, then the unnormalised p
                 double max = double.NegativeInfinity;
                 for (int v = 0; v < vocab; v++) max = Math.Max(max, weights[v] = logits[v] + (double)tilt[v] + (rank > 0 ? extra[v] : 0));
-                double chosenShift = 0, sum = 0;
+                double sum = 0;
                 for (int v = 0; v < vocab; v++) sum += weights[v] = Math.Exp(weights[v] - max);
                 double target = rngs[r].NextFloat() * sum, acc = 0;
                 int token = vocab - 1;
@@ -105,8 +105,8 @@ public static class TiltedSampler
                     if (acc > target) { token = v; break; }
                 }
                 generated[r].Add(token);
-                chosenShift = logits[token] + (double)tilt[token] + (rank > 0 ? extra[token] : 0);
-                logProbs[r].Add((float)(chosenShift - max - Math.Log(sum)));
+                double shifted = logits[token] + (double)tilt[token] + (rank > 0 ? extra[token] : 0);
+                logProbs[r].Add((float)(shifted - max - Math.Log(sum)));
                 feed[r] = token;
                 if (token == options.EndOfText || generated[r].Count >= options.MaxNewTokens) done[r] = true;
                 else active = true;
