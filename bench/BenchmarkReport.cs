@@ -5,6 +5,8 @@ using System.Runtime.InteropServices;
 using System.Text;
 using BenchmarkDotNet.Reports;
 using BenchmarkDotNet.Running;
+using DistAlign.Alignment.Benchmarks;
+using DistAlign.Transformer.Devices;
 using DistAlign.Alignment.Training;
 using DistAlign.Engine.Devices;
 using DistAlign.Engine.Native;
@@ -77,11 +79,11 @@ internal static class BenchmarkReport
 
         // 1. Whole steps first, while the process is small (peak RSS is the process's high-water mark).
         Console.WriteLine("report: whole-step harness ...");
-        var w2 = StepBenchmark.Run(StepWorkload.W2, warmupSteps: 3, timedSteps: quick ? 3 : 10);
+        var w2 = StepBenchmark.Run(GptDevice.Cpu, StepWorkload.W2, StepSettings.Peer, warmupSteps: 3, timedSteps: quick ? 3 : 10, profiledSteps: quick ? 3 : 10);
         long rssAfterW2 = w2.PeakResidentBytes;
         var dpoStep = PreferenceStepBenchmark.Run(StepWorkload.W2.Config, PreferenceStepBenchmark.DpoPairs, PreferenceStepBenchmark.DpoPromptTokens,
             PreferenceStepBenchmark.DpoResponseTokens, warmup: 2, steps: quick ? 3 : 8);
-        var w1 = StepBenchmark.Run(StepWorkload.W1, warmupSteps: 2, timedSteps: quick ? 2 : 5);
+        var w1 = StepBenchmark.Run(GptDevice.Cpu, StepWorkload.W1, StepSettings.Peer, warmupSteps: 2, timedSteps: quick ? 2 : 5, profiledSteps: quick ? 2 : 5);
         Console.WriteLine("report: PPO iterations and KV-cache decoding ...");
         var ppo = PpoIterationBenchmark.RunAll(quick ? 2 : 5);
         var decode = DecodeBenchmark.Run(StepWorkload.W2.Config, rows: 8, length: 128);

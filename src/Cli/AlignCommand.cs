@@ -1,6 +1,8 @@
 using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
+using DistAlign.Alignment.Benchmarks;
+using DistAlign.Transformer.Devices;
 using DistAlign.Alignment.Data;
 using DistAlign.Alignment.Objectives;
 using DistAlign.Alignment.Policies;
@@ -106,14 +108,14 @@ internal static class AlignCommand
 
         var (gpt, tok, pairs, dataHash, loaded) = CliData.LoadModelAndPairs(modelFile, dataFile, common, s.Train.Frozen);
         var train = TiltAlign.Resolve(s.Train, loaded, modelFile.FullName, gpt);
-        // --device cuda (or auto with a usable GPU): π and the reference π0 on GpuGptPolicy (scores, gradients, clipping and
+        // --device cuda (or auto with a usable GPU): π and the reference π0 on GptPolicy (scores, gradients, clipping and
         // AdamW on the device; KL samples decoded on the device); `gpt` is the host copy that checkpoints save and restore.
         using var device = train.Frozen ? null : GpuTrainingOptions.OpenIfChosen(gpuOptions, gpt);
         var adamW = new AdamWSettings(WeightDecay: s.WeightDecay);
         using var backbone = train.Frozen ? gpt : null;   // a tilt policy shares its frozen backbone; a GPT policy owns its model
         using IPolicy policy = train.Frozen ? TiltAlign.Policy(gpt, loaded, train, adamW, pairs, withValueHead: false, common.Seed)
-                                            : (device?.Models ?? GptDevice.Cpu).Policy(gpt, adamW, ownsModel: true);
-        if (device is not null) Console.WriteLine($"training on {device.Description} (GpuGptPolicy; reference log-probs on the same device)");
+                                            : new GptPolicy(gpt, adamW, ownsModel: true, device: device?.Models);
+        if (device is not null) Console.WriteLine($"training on {device.Description} (GptPolicy; reference log-probs on the same device)");
         string modelHash = ModelHash.Of(policy);
         KlRegularizer? kl = pmle && s.KlBeta > 0
             ? new KlRegularizer(s.KlBeta, s.KlSamples, CliErrors.Positive(s.KlMaxTokens, "--kl-max-tokens"), tok.EndOfText) : null;

@@ -1,4 +1,6 @@
 using System.CommandLine;
+using DistAlign.Alignment.Benchmarks;
+using DistAlign.Transformer.Devices;
 using DistAlign.Alignment.Policies;
 using DistAlign.Alignment.Training;
 using DistAlign.Engine.Devices;
@@ -37,24 +39,20 @@ internal static class BenchCommand
             }).ToList();
             int warmupSteps = CliErrors.NonNegative(parse.GetValue(warmup), "--warmup"), timedSteps = CliErrors.Positive(parse.GetValue(steps), "--steps");
             var gpuValues = stepGpu.Read(parse);
-            if (DeviceOption.Chosen == "cuda")
-            {
-                double peakFlops = parse.GetValue(peak) * 1e12;
-                if (!(peakFlops > 0)) throw new CliUsageException($"--peak-tflops must be > 0 (got {parse.GetValue(peak)})");
-                foreach (var workload in chosen) gpuValues.CheckFits(workload.Config);
-                // GpuStepBenchmark makes its own GEMM and flash kernels at these settings: only the accelerator is opened here
-                var (accelerator, owner) = GpuTrainingOptions.OpenAcceleratorOrThrow();
-                using (owner)
-                    foreach (var workload in chosen)
-                        PrintGpu(workload, GpuStepBenchmark.Run(accelerator, workload.Config, workload.Rows, workload.Length, gpuValues.Precision,
-                                 Math.Max(1, warmupSteps), timedSteps, peakFlops, profile: true, flashAttention: gpuValues.Flash),
-                                 $"{accelerator.Name} ({gpuValues.Precision} GEMMs, {(gpuValues.Flash ? "flash" : "materialized")} attention)", peakFlops);
-                return 0;
-            }
+            double peakFlops = parse.GetValue(peak) * 1e12;
+            if (!(peakFlops > 0)) throw new CliUsageException($"--peak-tflops must be > 0 (got {parse.GetValue(peak)})");
+            foreach (var workload in chosen) gpuValues.CheckFits(workload.Config);
+            // --device cuda: a pretraining step (clip at 1, lr 3e-4) as llm.c's GPU runs, profiled on one extra step; the CPU: the
+            // peer's step (no clip, lr 1e-4), profiled over as many extra steps as were timed
+            using var device = GpuTrainingOptions.OpenIfChosen(gpuValues, chosen[0].Config);
             foreach (var workload in chosen)
             {
-                if (workload.Name == StepWorkload.Gpt2.Name) throw new CliUsageException("--workload gpt2 (16 × 1024 tokens) is a GPU workload: use --device cuda, or w1 on the CPU");
-                Print(StepBenchmark.Run(workload, warmupSteps, timedSteps));
+                if (device is null && workload.Name == StepWorkload.Gpt2.Name)
+                    throw new CliUsageException("--workload gpt2 (16 × 1024 tokens) is a GPU workload: use --device cuda, or w1 on the CPU");
+                var m = device is null
+                    ? StepBenchmark.Run(GptDevice.Cpu, workload, StepSettings.Peer, Math.Max(1, warmupSteps), timedSteps, profiledSteps: timedSteps)
+                    : StepBenchmark.Run(device.Models, workload, StepSettings.Pretraining, Math.Max(1, warmupSteps), timedSteps, profiledSteps: 1);
+                Print(m, device is null ? null : peakFlops);
             }
             return 0;
         });
@@ -67,13 +65,12 @@ internal static class BenchCommand
         {
             CpuParallel.Threads = CliErrors.Positive(parse.GetValue(dpoThreads), "--threads");
             var config = StepWorkload.W2.Config;
-            // --device cuda: both steps on GpuGptPolicy (each timed step ends with a device synchronisation)
+            // --device cuda: both steps on GptPolicy (each timed step ends with a device synchronisation)
             using var device = GpuTrainingOptions.OpenIfChosen(dpoGpu.Read(parse), config);
-            Func<Gpt, AdamWSettings, IHostGptPolicy>? onDevice = device is null ? null : (model, adamW) => device.Models.Policy(model, adamW);
             var m = PreferenceStepBenchmark.Run(config, PreferenceStepBenchmark.DpoPairs, PreferenceStepBenchmark.DpoPromptTokens, PreferenceStepBenchmark.DpoResponseTokens,
-                warmup: 3, steps: CliErrors.Positive(parse.GetValue(dpoSteps), "--steps"), createPolicy: onDevice);
+                warmup: 3, steps: CliErrors.Positive(parse.GetValue(dpoSteps), "--steps"), device: device?.Models);
             Console.WriteLine($"{m.Config}, {m.Pairs} pairs, {m.Tokens} response tokens per step, " +
-                              (device is null ? $"{CpuParallel.Threads} threads" : $"on {device.Description} (GpuGptPolicy)"));
+                              (device is null ? $"{CpuParallel.Threads} threads" : $"on {device.Description} (GptPolicy)"));
             Console.WriteLine($"DPO step median {m.DpoMedianMilliseconds:F1} ms (min {m.DpoMilliseconds.Min():F1}) | SFT step median {m.SftMedianMilliseconds:F1} ms (min {m.SftMilliseconds.Min():F1}) | DPO/SFT = {m.Ratio:F3}");
             Console.WriteLine($"peak RSS {m.PeakResidentBytes / 1048576.0:F0} MiB; DPO step per op:");
             PrintOps(m.DpoOpMillisecondsPerStep);
@@ -160,24 +157,19 @@ internal static class BenchCommand
         return relative;
     }
 
-    private static void Print(StepMeasurement m)
+    /// <param name="peakFlops">the device's peak, for the MFU figure (null on the CPU)</param>
+    private static void Print(StepMeasurement m, double? peakFlops)
     {
         var w = m.Workload;
-        Console.WriteLine($"{w.Name}: {w.Config} batch {w.Rows}×{w.Length}, {m.Threads} threads, {w.Config.ParameterCount:N0} parameters, {w.FlopsPerStep / 1e9:F1} GFLOP/step");
+        Console.WriteLine($"{w.Name}: {w.Config} batch {w.Rows}×{w.Length} on {m.Device}, {m.Threads} threads, {w.Config.ParameterCount:N0} parameters, {w.FlopsPerStep / 1e9:F1} GFLOP/step");
         Console.WriteLine($"  step: median {m.MedianMilliseconds:F1} ms (min {m.MinMilliseconds:F1}, max {m.MaxMilliseconds:F1}, n = {m.StepMilliseconds.Length})" +
-                          $" | {m.TokensPerSecond:N0} tokens/s | {m.GflopsPerSecond:F1} GFLOP/s | peak RSS {m.PeakResidentBytes / 1048576.0:F0} MiB (planned {m.PlannedBytes / 1048576.0:F0} MiB)");
+                          $" | {m.TokensPerSecond:N0} tokens/s | {m.GflopsPerSecond:F1} GFLOP/s" +
+                          (peakFlops is double peak ? $" | MFU {m.Mfu(peak):P1} of {peak / 1e12:F0} TFLOP/s" : "") +
+                          $" | peak RSS {m.PeakResidentBytes / 1048576.0:F0} MiB (planned {m.PlannedBytes / 1048576.0:F0} MiB)" +
+                          (m.DeviceBytesInUse is long bytes ? $" | {bytes / (double)(1L << 30):F1} GiB of device memory in use" : "") +
+                          $" | loss {m.FirstLoss:F4} → {m.LastLoss:F4} on the repeated batch");
+        Console.WriteLine(peakFlops is null ? "  per op (extra profiled steps):" : "  per op (one extra step, every op synchronised):");
         PrintOps(m.OpMillisecondsPerStep);
-    }
-
-    private static void PrintGpu(StepWorkload w, GpuStepResult r, string device, double peakFlops)
-    {
-        Console.WriteLine($"{w.Name}: {w.Config} batch {w.Rows}×{w.Length} on {device}, {w.Config.ParameterCount:N0} parameters, {r.FlopsPerStep / 1e12:F3} TFLOP/step");
-        Console.WriteLine($"  step: median {r.MedianMilliseconds:F2} ms (n = {r.TimedSteps}) | {r.TokensPerSecond:N0} tokens/s | " +
-                          $"{r.FlopsPerStep / (r.MedianMilliseconds * 1e-3) / 1e12:F1} TFLOP/s | MFU {r.Mfu:P1} of {peakFlops / 1e12:F0} TFLOP/s" +
-                          (r.DeviceBytesInUse is long bytes ? $" | {bytes / (double)(1L << 30):F1} GiB of device memory in use" : "") +
-                          $" | loss {r.FirstLoss:F4} → {r.LastLoss:F4} on the repeated batch");
-        Console.WriteLine("  one more step with every op synchronised:");
-        PrintOps(r.Breakdown);
     }
 
     private static void PrintOps(IReadOnlyList<(string Op, double Milliseconds)> ops)

@@ -19,9 +19,9 @@ internal static class DeviceOption
     /// <summary>
     /// Commands that run on CUDA when it is chosen: pretrain (its training steps and evaluation on GpuGpt; data,
     /// tokenization and checkpoints stay on the host), align (the offline objectives sft, dpo, pmle: the policy and the
-    /// reference on GpuGptPolicy; the on-policy ones distill, rebel, rlhf, rkl: the policy, the reference and PPO's separate
-    /// value model on GpuGptPolicy with value heads on the host, R̂'s backbone on GpuGpt, KV-cache decoding on GpuGptDecoder;
-    /// rkl's exact entropy bonus from the fused LM head's entropy kernels), bench dpo (both of its steps on GpuGptPolicy),
+    /// reference on GptPolicy; the on-policy ones distill, rebel, rlhf, rkl: the policy, the reference and PPO's separate
+    /// value model on GptPolicy with value heads on the host, R̂'s backbone on GpuGpt, KV-cache decoding on GpuGptDecoder;
+    /// rkl's exact entropy bonus from the fused LM head's entropy kernels), bench dpo (both of its steps on GptPolicy),
     /// reward (the reward model's backbone on GpuGpt, its scalar head on the host), sample (KV-cache decoding on
     /// GpuGptDecoder; the draws on the host), and demo and experiment lm (π0's pretraining, the reward model and the six methods
     /// on the device, see DemoExperiment), bench step (GpuStepBenchmark: whole GpuGpt steps, MFU), bench ppo (the policy, π0 and R̂'s backbone on the device). The other commands run on the CPU.

@@ -1,5 +1,7 @@
 using System.CommandLine;
 using System.Globalization;
+using DistAlign.Alignment.Benchmarks;
+using DistAlign.Transformer.Devices;
 using DistAlign.Alignment.Policies;
 
 namespace DistAlign.Cli;

@@ -1,4 +1,6 @@
 using System.CommandLine;
+using DistAlign.Alignment.Benchmarks;
+using DistAlign.Transformer.Devices;
 using DistAlign.Alignment.Policies;
 using DistAlign.Kernels.Gpu;
 using DistAlign.Transformer.Model;

@@ -2,6 +2,8 @@ using System.CommandLine;
 using System.Globalization;
 using System.Security.Cryptography;
 using System.Text.Json;
+using DistAlign.Alignment.Benchmarks;
+using DistAlign.Transformer.Devices;
 using DistAlign.Alignment.Objectives;
 using DistAlign.Alignment.Policies;
 using DistAlign.Alignment.Reward;
@@ -76,8 +78,8 @@ internal sealed class OnlineOptions
 /// <c>distalign align --objective distill|rebel|rlhf|rkl</c>: the on-policy objectives, scored by a reward model. distill and REBEL
 /// run in the alignment trainer (a step = one minibatch of prompts with two responses each); rlhf and rkl run PPO (a step = one
 /// rollout of --batch prompts, then --ppo-epochs × --minibatches optimizer steps). Prompts are the data file's.
-/// With <c>--device cuda</c> (or auto with a usable GPU) π, π0 and a separate value model are <see cref="GpuGptPolicy"/>s (scores,
-/// gradients, clipping and AdamW on the device; value heads on the host; responses decoded on the device by GpuGptPolicy.Sample, the draws
+/// With <c>--device cuda</c> (or auto with a usable GPU) π, π0 and a separate value model are <see cref="GptPolicy"/>s (scores,
+/// gradients, clipping and AdamW on the device; value heads on the host; responses decoded on the device by GptPolicy.Sample, the draws
 /// on the host), and R̂'s backbone runs on a <see cref="Transformer.Gpu.GpuGpt"/> (its scalar head on the host); rkl's
 /// <c>--entropy exact</c> takes its entropies and their gradient from the fused LM head on the device.
 /// </summary>
@@ -96,18 +98,18 @@ internal static class OnlineAlign
             throw new CliUsageException($"--train {s.Train.Name} takes the value head on the frozen features (--value-model shared), not a separate value model");
         var (gpt, tok, pairs, dataHash, policyFile) = CliData.LoadModelAndPairs(modelFile, dataFile, common, s.Train.Frozen);
         var train = TiltAlign.Resolve(s.Train, policyFile, modelFile.FullName, gpt);
-        // --device cuda (or auto with a usable GPU): π, π0 and a separate value model on GpuGptPolicy, R̂'s backbone on GpuGpt;
+        // --device cuda (or auto with a usable GPU): π, π0, a separate value model and R̂'s backbone on GPU engines;
         // `gpt` is the host mirror that checkpoints save and restore.
         using var device = train.Frozen ? null : GpuTrainingOptions.OpenIfChosen(gpuOptions, gpt);
         var adamW = new AdamWSettings(WeightDecay: s.WeightDecay);
         var models = device?.Models ?? GptDevice.Cpu;
-        IGptValueModel NewPolicy(Gpt model, bool withValueHead) => models.Policy(model, adamW, ownsModel: true, withValueHead: withValueHead);
+        GptPolicy NewPolicy(Gpt model, bool withValueHead) => new(model, adamW, ownsModel: true, withValueHead: withValueHead, models);
         using var backbone = train.Frozen ? gpt : null;   // a tilt policy shares its frozen backbone; a GPT policy owns its model
         using IValuePolicy policy = train.Frozen ? TiltAlign.Policy(gpt, policyFile, train, adamW, pairs, withValueHead: ppo, common.Seed)
                                                  : NewPolicy(gpt, ppo && !o.SeparateValueModel);
         string modelHash = ModelHash.Of(policy);
         using var reference = policy.Snapshot();
-        IGptValueModel? valueModel = null;
+        GptPolicy? valueModel = null;
         if (ppo && o.SeparateValueModel)
         {
             var valueGpt = new Gpt(gpt.Config);
@@ -116,11 +118,11 @@ internal static class OnlineAlign
         }
         using var valueModelOwner = valueModel;
         IValuePolicy valuePolicy = valueModel is null ? policy : new PolicyWithValueModel(policy, valueModel);
-        var loaded = Alignment.Reward.RewardModel.Load(o.RewardModel.FullName, new AdamWSettings(), onDevice: models.IsCpu ? null : config => models.Backbone(config)!);
+        var loaded = Alignment.Reward.RewardModel.Load(o.RewardModel.FullName, new AdamWSettings(), device: models);
         using var rewardModel = loaded.Model;
         if (device is not null)
-            Console.WriteLine($"training on {device.Description} (GpuGptPolicy for π and π0{(valueModel is null ? "" : " and the value model")}, " +
-                              "R̂'s backbone on GpuGpt; responses decoded on the device, drawn on the host)");
+            Console.WriteLine($"training on {device.Description} (GptPolicy for π and π0{(valueModel is null ? "" : " and the value model")}, " +
+                              "R̂'s backbone; responses decoded on the device, drawn on the host)");
         if (loaded.TokenizerSpec is { } spec && spec != tok.Spec)
             throw new CheckpointMismatchException($"{o.RewardModel.FullName}: the reward model uses tokenizer '{spec}', the policy '{tok.Spec}'");
         string rewardHash = Convert.ToHexStringLower(SHA256.HashData(File.ReadAllBytes(o.RewardModel.FullName)))[..16];

@@ -99,7 +99,7 @@ internal static class PretrainCommand
         // --device cuda (or auto with a usable GPU): steps and evaluation on GpuGpt, cuBLAS GEMMs at --gpu-precision,
         // attention per --gpu-attention; `model` stays the host copy that is initialised, restored and saved.
         using var device = GpuTrainingOptions.OpenIfChosen(gpuOptions, config);
-        using var gpu = device?.Models.Backbone(config);
+        using var gpu = device?.Models.EngineFor(model);   // null on the CPU: the trainer runs on `model` itself
         if (device is not null) AnsiConsole.MarkupLine($"training on {Markup.Escape(device.Description)} (GpuGpt)");
         var trainer = new LanguageModelTrainer(model, train, validation, options, gpu);
         string optionsJson = JsonSerializer.Serialize(new { config, options, tokenizer = tok.Spec });

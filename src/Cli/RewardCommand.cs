@@ -4,6 +4,7 @@ using DistAlign.Alignment.Objectives;
 using DistAlign.Alignment.Reward;
 using DistAlign.Alignment.Training;
 using DistAlign.Kernels.Cpu;
+using DistAlign.Transformer.Model;
 using DistAlign.Transformer.Gpu;
 using DistAlign.Transformer.Training;
 
@@ -60,8 +61,7 @@ internal static class RewardCommand
         // --device cuda (or auto with a usable GPU): the backbone on GpuGpt (features forward and backward, clip, AdamW on the
         // device); the scalar head stays on the host, and `gpt` is the host mirror that checkpoints are written from.
         using var device = GpuTrainingOptions.OpenIfChosen(gpuOptions, gpt);
-        using var gpu = device?.Models.Backbone(gpt.Config);
-        using var rm = new RewardModel(gpt, new AdamWSettings(WeightDecay: weightDecay), ownsBackbone: true, gpu);
+        using var rm = new RewardModel(gpt, new AdamWSettings(WeightDecay: weightDecay), ownsBackbone: true, device?.Models);
         Console.WriteLine(device is null ? "training on the CPU" : $"training on {device.Description} (GpuGpt backbone; scalar head on the host)");
         var options = new RewardTrainingOptions
         {

@@ -66,10 +66,9 @@ internal static class SampleCommand
             if (device is null) results = Sampler.Generate(gpt, encoded, options, parse.GetValue(seed));
             else
             {
-                using var gpu = new GpuGpt(device.Accelerator, gpt.Config, device.Gemm);
-                gpu.Upload(gpt);
+                using var engine = device.Models.EngineFor(gpt);
                 Console.WriteLine($"decoding on {device.Accelerator.Name} (GpuGptDecoder: KV caches and logits on the device, {(device.Gemm is CublasGemm ? "fp32 cuBLAS" : "fp32 tiled ILGPU")} GEMMs)");
-                results = GpuGptDecoder.Generate(gpu, encoded, options, parse.GetValue(seed));
+                results = Sampler.Generate(engine, encoded, options, parse.GetValue(seed));
             }
             Print(results, texts, n, tok);
             return 0;

@@ -1,3 +1,5 @@
+using DistAlign.Transformer.Devices;
+using DistAlign.Alignment.Benchmarks;
 using DistAlign.Alignment.Objectives;
 using DistAlign.Alignment.Reward;
 using DistAlign.Alignment.Training;
@@ -71,8 +73,8 @@ public class RewardModelGpuTests(string backend)
         var accelerator = onGpu ? GpuBackend.Get(backend) : null;
         var gemm = accelerator is null ? null : GpuContext.CreateGemm(accelerator);
         using var gemmOwner = gemm as IDisposable;
-        using var gpu = accelerator is null ? null : new GpuGpt(accelerator, gpt.Config, gemm!);
-        using var rm = new RewardModel(gpt, new AdamWSettings(WeightDecay: 0.1f), ownsBackbone: true, gpu);
+        var device = accelerator is null ? null : new GptDevice(accelerator, gemm!, null, "test");
+        using var rm = new RewardModel(gpt, new AdamWSettings(WeightDecay: 0.1f), ownsBackbone: true, device);
         var trainer = new RewardModelTrainer(rm, pairs, Small);
         var run = new RewardModelRun(trainer, outDir, TinyAlignmentSetup.TokenizerSpec, "{\"run\":1}", checkpointEvery: 2);
         run.Start(resume);

@@ -1,3 +1,4 @@
+using DistAlign.Alignment.Benchmarks;
 using DistAlign.Cli;
 using DistAlign.Engine.Native;
 using DistAlign.Transformer.Training;

@@ -34,7 +34,7 @@ public class GpuGptDecoderTests(string backend)
         var accelerator = GpuBackend.Get(backend);
         var gemm = GpuContext.CreateGemm(accelerator);
         var gpu = new GpuGpt(accelerator, Config, gemm);
-        gpu.Upload(cpu);
+        gpu.CopyStateFrom(cpu);
         return (gpu, gemm as IDisposable);
     }
 
@@ -81,7 +81,7 @@ public class GpuGptDecoderTests(string backend)
                                         new SamplingOptions(MaxNewTokens: 9, Temperature: 0.8f, TopK: 5, TopP: 0.9f) })
         {
             var expected = Sampler.Generate(cpu, prompts, options, seed: 17);
-            var actual = GpuGptDecoder.Generate(gpu, prompts, options, seed: 17);
+            var actual = Sampler.Generate(gpu, prompts, options, seed: 17);
             Assert.That(actual.Select(c => c.Tokens), Is.EqualTo(expected.Select(c => c.Tokens)), $"tokens ({options})");
             Assert.That(actual.Select(c => c.Ended), Is.EqualTo(expected.Select(c => c.Ended)));
             for (int r = 0; r < prompts.Count; r++)

@@ -9,7 +9,7 @@ namespace DistAlign.Tests.Cuda;
 /// <see cref="GpuGpt"/>'s backbone-only API (a reward model's or a value head's) against the CPU <see cref="Gpt"/>:
 /// <see cref="GpuGpt.ForwardFeatures"/> + <see cref="GpuGpt.CopyFeaturesToHost(ReadOnlySpan{int}, Span{float})"/> vs
 /// <see cref="Gpt.ForwardFeatures"/>, <see cref="GpuGpt.BackwardFeatures"/> vs <see cref="Gpt.BackwardFeatures"/> on every
-/// gradient tensor, and the LM-head backward with a second head's ∂L/∂h vs <see cref="Gpt.Backward"/>'s dFeatures.
+/// gradient tensor, and the LM-head backward with a second head's ∂L/∂h vs <see cref="Gpt.Backward(GptBatch, ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float})"/>'s dFeatures.
 /// Tiny odd shape: 2 layers, 3 heads, C = 15, V = 41, B = 2, T = 11 (not a power of two), row 0 packing three segments,
 /// row 1 two. Tolerance (fp32 GEMMs; the GPU sums in other orders): max |gpu − cpu| ≤ 1e-5 + 1e-4·max|cpu| per tensor.
 /// </summary>
@@ -58,7 +58,7 @@ public class GpuGptFeaturesTests(string backend)
         var accelerator = GpuBackend.Get(backend);
         var gemm = GpuContext.CreateGemm(accelerator);
         var gpu = new GpuGpt(accelerator, Config, gemm);
-        gpu.Upload(cpu);
+        gpu.CopyStateFrom(cpu);
         return (gpu, gemm as IDisposable);
     }
 
@@ -104,13 +104,13 @@ public class GpuGptFeaturesTests(string backend)
         gpu.ForwardFeatures(batch);
         gpu.BackwardFeatures(batch, dFeatures);
         using var fromGpu = new Gpt(Config);
-        gpu.Download(fromGpu);
+        gpu.CopyStateTo(fromGpu);
         AssertEveryGradientClose(cpu, fromGpu, "features backward");
 
         // accumulates: a second backward on the same forward doubles every gradient (exactly, on both sides)
         gpu.BackwardFeatures(batch, dFeatures);
         using var twice = new Gpt(Config);
-        gpu.Download(twice);
+        gpu.CopyStateTo(twice);
         var once = fromGpu.Gradients.ToArray();
         var doubled = twice.Gradients.ToArray();
         for (int i = 0; i < once.Length; i++)
@@ -134,12 +134,12 @@ public class GpuGptFeaturesTests(string backend)
         gpu.ForwardFeatures(batch);
         gpu.BackwardFeatures(batch, dense);
         using var fromDense = new Gpt(Config);
-        gpu.Download(fromDense);
+        gpu.CopyStateTo(fromDense);
         gpu.ZeroGradients();
         gpu.ForwardFeatures(batch);
         gpu.BackwardFeatureRows(batch, positions, dRows);
         using var fromRows = new Gpt(Config);
-        gpu.Download(fromRows);
+        gpu.CopyStateTo(fromRows);
         Assert.That(fromRows.Gradients.ToArray(), Is.EqualTo(fromDense.Gradients.ToArray()), "same ∂L/∂h on the device: bit-identical gradients");
         Assert.Throws<ArgumentException>(() => gpu.BackwardFeatureRows(batch, [3, 3], new float[2 * c]), "rows are written once");
     }
@@ -164,9 +164,9 @@ public class GpuGptFeaturesTests(string backend)
         gpu.Forward(batch, gpuLogProbs);
         var gpuFeatures = new float[cpuFeatures.Length];
         gpu.CopyFeaturesToHost(gpuFeatures);
-        gpu.Backward(batch, dLogProbs, dFeatures: dFeatures);
+        gpu.Backward(batch, dLogProbs, default, Enumerable.Range(0, batch.TokenCount).ToArray(), dFeatures);   // every row
         using var fromGpu = new Gpt(Config);
-        gpu.Download(fromGpu);
+        gpu.CopyStateTo(fromGpu);
         AssertClose(gpuLogProbs, cpuLogProbs, "log-probs");
         AssertClose(gpuFeatures, cpuFeatures, "h after an LM-head forward");
         AssertEveryGradientClose(cpu, fromGpu, "LM head + second head backward");

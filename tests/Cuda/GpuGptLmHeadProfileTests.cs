@@ -24,7 +24,7 @@ public class GpuGptLmHeadProfileTests(string backend)
         using var cpu = new Gpt(config);
         cpu.InitializeGpt2(3);
         using var gpu = new GpuGpt(accelerator, config, gemm);
-        gpu.Upload(cpu);
+        gpu.CopyStateFrom(cpu);
         var batch = new GptBatch(1, 8);
         batch.SetLanguageModelling(Enumerable.Range(0, batch.TokenCount + 1).Select(i => i * 5 % config.VocabSize).ToArray());
         var dLogProbs = Enumerable.Repeat(-1f / batch.TokenCount, batch.TokenCount).ToArray();

@@ -1,3 +1,4 @@
+using DistAlign.Alignment.Benchmarks;
 using DistAlign.Alignment.Objectives;
 using DistAlign.Alignment.Policies;
 using DistAlign.Alignment.Training;
@@ -12,7 +13,7 @@ using static DistAlign.Tests.TestSupport.Numerics;
 namespace DistAlign.Tests.Cuda;
 
 /// <summary>
-/// <see cref="GpuGptPolicy"/> against the CPU <see cref="GptPolicy"/> at a tiny odd shape (1 layer, 2 heads, C = 12,
+/// GPU <see cref="GptPolicy"/> against the CPU <see cref="GptPolicy"/> at a tiny odd shape (1 layer, 2 heads, C = 12,
 /// V = 37, T = 16; several sequences packed per row, a length-1 response): token log-probs, every gradient tensor,
 /// snapshots, weight copies, sampling after a step, DPO and PMLE+KL steps through <see cref="AlignmentTrainer"/>, and a
 /// checkpoint resume that must be bit-identical to an uninterrupted GPU run. On the simulator and (skipped here) on CUDA.
@@ -25,8 +26,8 @@ namespace DistAlign.Tests.Cuda;
 [TestFixture("cuda")]
 public class GpuGptPolicyTests(string backend) : TinyGpuPolicyFixture(backend)
 {
-    private GpuGptPolicy GpuPolicy(Gpt host, AdamWSettings? optimizer = null) =>
-        new(host, GpuBackend.Get(Backend), Gemm!, optimizer ?? new AdamWSettings(), ownsModel: true);
+    private GptPolicy GpuPolicy(Gpt host, AdamWSettings? optimizer = null) =>
+        new(host, optimizer ?? new AdamWSettings(), ownsModel: true, device: Device);
 
     /// <summary>Seven sequences, 1–6 prompt tokens and 1–7 response tokens (sequence 2's response is one token): three packed rows of T = 16.</summary>
     private static List<PromptResponse> Sequences()
@@ -95,7 +96,7 @@ public class GpuGptPolicyTests(string backend) : TinyGpuPolicyFixture(backend)
         using var policy = GpuPolicy(HostModel());
         var before = new float[tokens];
         policy.Score(sequences, before);
-        using var snapshot = (GpuGptPolicy)policy.Snapshot();
+        using var snapshot = (GptPolicy)policy.Snapshot();
         Assert.That(snapshot.Device, Is.Not.SameAs(policy.Device));
 
         policy.ZeroGradients();
@@ -135,8 +136,7 @@ public class GpuGptPolicyTests(string backend) : TinyGpuPolicyFixture(backend)
 
         // the updated weights, read straight off the device (not through the policy's mirror)
         using var stepped = new Gpt(Config);
-        policy.Device.Synchronize();
-        policy.Device.Parameters.CopyToCPU(stepped.Parameters);
+        policy.Engine.CopyParametersToHost(stepped.Parameters);
         var expected = Sampler.Generate(stepped, prompts, options, seed: 21);
         var second = policy.Sample(prompts, options, seed: 21);
         for (int r = 0; r < prompts.Length; r++)
@@ -181,10 +181,10 @@ public class GpuGptPolicyTests(string backend) : TinyGpuPolicyFixture(backend)
         var pairs = Pairs();
         var options = DpoOptions(4);
         float[]? gpuRefs = null;   // ln π0 on the GPU, computed once for the three GPU runs (all start from the same π0)
-        List<AlignmentStepReport> RunTo(IHostGptPolicy policy, string folder, int stopAfter, bool resume)
+        List<AlignmentStepReport> RunTo(GptPolicy policy, string folder, int stopAfter, bool resume)
         {
             using var reference = policy.Snapshot();
-            var refs = policy is GpuGptPolicy ? gpuRefs ??= OfflinePreferenceObjective.ReferenceLogProbs(reference, pairs)
+            var refs = !policy.Device.IsCpu ? gpuRefs ??= OfflinePreferenceObjective.ReferenceLogProbs(reference, pairs)
                                               : OfflinePreferenceObjective.ReferenceLogProbs(reference, pairs);
             var trainer = new AlignmentTrainer(policy, reference, pairs, refs, options);
             var run = new AlignmentRun(trainer, policy, folder, "gpt2-k2000", "{\"objective\":\"dpo\"}", checkpointEvery: 2);
@@ -253,7 +253,7 @@ public class GpuGptPolicyTests(string backend) : TinyGpuPolicyFixture(backend)
     public void TheDpoStepBenchmarkTimesTheGpuPolicyAndBreaksItsStepDown()
     {
         var m = PreferenceStepBenchmark.Run(Config, pairs: 2, promptTokens: 3, responseTokens: 4, warmup: 0, steps: 1,
-                                            createPolicy: (model, adamW) => new GpuGptPolicy(model, GpuBackend.Get(Backend), Gemm!, adamW));
+                                            device: Device);
         TestContext.Out.WriteLine($"[{Backend}] DPO {m.DpoMedianMilliseconds:F0} ms, SFT {m.SftMedianMilliseconds:F0} ms; " +
                                   string.Join(", ", m.DpoOpMillisecondsPerStep.Select(o => $"{o.Op} {o.Milliseconds:F0}")));
         Assert.That(m.Tokens, Is.EqualTo(16), "2 pairs × (4 chosen + 4 rejected)");

@@ -1,3 +1,5 @@
+using DistAlign.Transformer.Devices;
+using DistAlign.Alignment.Benchmarks;
 using DistAlign.Kernels.Cpu;
 using DistAlign.Kernels.Gpu;
 using DistAlign.Transformer.Gpu;
@@ -60,7 +62,7 @@ public class GpuGptTests(string backend)
         var accelerator = GpuBackend.Get(backend);
         var gemm = GpuContext.CreateGemm(accelerator);
         var gpu = new GpuGpt(accelerator, Config, gemm);
-        gpu.Upload(cpu);
+        gpu.CopyStateFrom(cpu);
         return (gpu, gemm);
     }
 
@@ -86,7 +88,7 @@ public class GpuGptTests(string backend)
         gpu.ZeroGradients();
         gpu.ForwardBackward(a, dA, first);
         using var alone = new Gpt(Config);
-        gpu.Download(alone);
+        gpu.CopyStateTo(alone);
 
         gpu.Forward(b, new float[b.TokenCount]);
         Assert.That(() => gpu.Backward(a, dA), Throws.InvalidOperationException, "A's activations were not the last forward's");
@@ -95,7 +97,7 @@ public class GpuGptTests(string backend)
         gpu.Forward(a, again);
         gpu.Backward(a, dA);
         using var alternated = new Gpt(Config);
-        gpu.Download(alternated);
+        gpu.CopyStateTo(alternated);
         Assert.That(again, Is.EqualTo(first), "log-probs of A after B");
         Assert.That(alternated.Gradients.ToArray(), Is.EqualTo(alone.Gradients.ToArray()), "gradients of A after B");
     }
@@ -117,7 +119,7 @@ public class GpuGptTests(string backend)
         gpu.ZeroGradients();
         gpu.ForwardBackward(batch, dLogProbs, gpuLogProbs);
         using var fromGpu = new Gpt(Config);
-        gpu.Download(fromGpu);
+        gpu.CopyStateTo(fromGpu);
         AssertTensorClose(gpuLogProbs, cpuLogProbs, "log-probs");
         AssertEveryGradientClose(cpu, fromGpu);
 
@@ -129,9 +131,9 @@ public class GpuGptTests(string backend)
         Assert.That(gpuClip.Norm, Is.EqualTo(cpuClip.Norm).Within(RelativeTolerance * cpuClip.Norm));
         Assert.That(gpuClip.Scale, Is.EqualTo(cpuClip.Scale).Within(RelativeTolerance * cpuClip.Scale));
         var settings = new AdamWSettings();
-        AdamWOptimizer.Step(cpu, 1, 1e-3f, settings);
-        gpu.AdamWStep(1, 1e-3f, settings.Beta1, settings.Beta2, settings.Epsilon, settings.WeightDecay);
-        gpu.Download(fromGpu);
+        cpu.AdamWStep(1, 1e-3f, settings);
+        gpu.AdamWStep(1, 1e-3f, settings);
+        gpu.CopyStateTo(fromGpu);
         // after step 1, m̂/√v̂ = ±1 wherever |g| ≫ ε: parameters move by lr per element, so compare the updates
         AssertTensorClose(fromGpu.AdamM, cpu.AdamM, "AdamW m");
         AssertTensorClose(fromGpu.AdamV, cpu.AdamV, "AdamW v");
@@ -157,7 +159,7 @@ public class GpuGptTests(string backend)
         gpu.Forward(batch, gpuLogProbs);
         gpu.Backward(batch, dLogProbs);
         using var fromGpu = new Gpt(Config);
-        gpu.Download(fromGpu);
+        gpu.CopyStateTo(fromGpu);
         AssertTensorClose(gpuLogProbs, cpuLogProbs, "log-probs");
         AssertEveryGradientClose(cpu, fromGpu);
         Assert.That(gpuLogProbs.Where((_, i) => batch.Targets[i] < 0), Is.All.EqualTo(0f), "no target, log-prob 0");
@@ -167,15 +169,18 @@ public class GpuGptTests(string backend)
     public void TheStepBenchmarkTrainsAndReportsConsistentFigures()
     {
         var config = new GptConfig(Layers: 1, Heads: 2, Channels: 8, VocabSize: 29, MaxSequenceLength: 8);
-        var r = GpuStepBenchmark.Run(GpuBackend.Get(backend), config, rows: 2, length: 8, GemmPrecision.Float32,
-                                     warmupSteps: 1, timedSteps: 1, peakFlops: 1e12);
+        var accelerator = GpuBackend.Get(backend);
+        var gemm = GpuContext.CreateGemm(accelerator, GemmPrecision.Float32);
+        using var gemmOwner = gemm as IDisposable;
+        var workload = new StepWorkload("tiny", config, Rows: 2, Length: 8);
+        var r = StepBenchmark.Run(new GptDevice(accelerator, gemm, null, $"test {backend}"), workload, StepSettings.Pretraining, warmupSteps: 1, timedSteps: 1);
         TestContext.Out.WriteLine($"[{backend}] {r}");
         Assert.That(r.LastLoss, Is.LessThan(r.FirstLoss), "the same batch every step: the loss must fall");
         Assert.That(r.FirstLoss, Is.EqualTo(MathF.Log(29)).Within(0.1), "GPT-2 initialisation: loss ≈ ln V");
         Assert.That(r.MedianMilliseconds, Is.GreaterThan(0));
         Assert.That(r.TokensPerSecond, Is.EqualTo(16 / (r.MedianMilliseconds * 1e-3)).Within(1e-9).Percent);
-        Assert.That(r.FlopsPerStep, Is.EqualTo(GpuGpt.TrainingFlops(config, 2, 8)));
-        Assert.That(r.Mfu, Is.EqualTo(r.FlopsPerStep / (r.MedianMilliseconds * 1e-3) / 1e12).Within(1e-9).Percent);
+        Assert.That(r.Mfu(1e12), Is.EqualTo(workload.MfuFlopsPerStep / (r.MedianMilliseconds * 1e-3) / 1e12).Within(1e-9).Percent);
+        Assert.That(r.OpMillisecondsPerStep.Select(x => x.Op), Does.Contain("matmul fwd").And.Contain("adamw"), "one profiled step: the per-op breakdown");
     }
 
     [Test]
@@ -234,6 +239,7 @@ public class GpuGptFlopTests
         var gpt2 = new GptConfig(Layers: 12, Heads: 12, Channels: 768, VocabSize: 50257, MaxSequenceLength: 1024);
         long parameters = ParameterLayout.For(gpt2).TotalElements;
         Assert.That(parameters, Is.EqualTo(124_439_808), "GPT-2 124M with the tied head, V = 50,257");
-        Assert.That(GpuGpt.TrainingFlops(gpt2, 16, 1024), Is.EqualTo(16.0 * 1024 * (6.0 * parameters + 12.0 * 12 * 768 * 1024)));
+        Assert.That(gpt2.ParameterCount, Is.EqualTo(parameters));
+        Assert.That(new StepWorkload("GPT-2", gpt2, 16, 1024).MfuFlopsPerStep, Is.EqualTo(16.0 * 1024 * (6.0 * parameters + 12.0 * 12 * 768 * 1024)));
     }
 }

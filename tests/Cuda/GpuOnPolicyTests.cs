@@ -14,7 +14,7 @@ namespace DistAlign.Tests.Cuda;
 
 /// <summary>
 /// The on-policy objectives on the GPU against the CPU, at the tiny odd shape of <see cref="GpuGptPolicyTests"/> (1 layer,
-/// 2 heads, C = 12, V = 37, T = 16): <see cref="GpuGptPolicy"/>'s value head (shared and values-only, as a separate value
+/// 2 heads, C = 12, V = 37, T = 16): GPU <see cref="GptPolicy"/>'s value head (shared and values-only, as a separate value
 /// model) against <see cref="GptPolicy"/>'s, and one distill step, one REBEL step and one PPO iteration (rlhf, rkl with the
 /// entropy in the reward, rlhf with a separate value model) with π, π0 and the value model on GpuGptPolicy and R̂'s backbone
 /// on a <see cref="GpuGpt"/>, against the same step on CPU policies and a CPU reward model. Sampling decodes on the device
@@ -27,8 +27,8 @@ namespace DistAlign.Tests.Cuda;
 [TestFixture("cuda")]
 public class GpuOnPolicyTests(string backend) : TinyGpuPolicyFixture(backend)
 {
-    private GpuGptPolicy GpuPolicy(Gpt host, bool withValueHead = false) =>
-        new(host, GpuBackend.Get(Backend), Gemm!, new AdamWSettings(), ownsModel: true, withValueHead: withValueHead);
+    private GptPolicy GpuPolicy(Gpt host, bool withValueHead = false) =>
+        new(host, new AdamWSettings(), ownsModel: true, withValueHead: withValueHead, Device);
 
     private static List<PromptResponse> Sequences()
     {
@@ -112,7 +112,7 @@ public class GpuOnPolicyTests(string backend) : TinyGpuPolicyFixture(backend)
         GpuVersusCpu.AssertTensorClose(Backend, gpu.ValueHead.Gradients, cpu.ValueHead.Gradients, "values-only head gradient");
 
         // snapshots and weight copies carry the head
-        using var snapshot = (GpuGptPolicy)gpu.Snapshot();
+        using var snapshot = (GptPolicy)gpu.Snapshot();
         Assert.That(snapshot.ValueHead!.Parameters, Is.EqualTo(gpu.ValueHead.Parameters));
         Assert.That(snapshot.ValueHead.AdamM, Is.All.EqualTo(0f));
         Array.Clear(snapshot.ValueHead.Parameters);
@@ -184,14 +184,12 @@ public class GpuOnPolicyTests(string backend) : TinyGpuPolicyFixture(backend)
         return rm;
     }
 
-    // R̂ with its backbone on the device (owned by the returned pair), the same weights and head as CpuReward().
-    private (RewardModel Model, GpuGpt Device) GpuReward()
+    // R̂ with its backbone on the device, the same weights and head as CpuReward().
+    private RewardModel GpuReward()
     {
-        var backbone = HostModel(seed: 31);
-        var device = new GpuGpt(GpuBackend.Get(Backend), Config, Gemm!);
-        var rm = new RewardModel(backbone, new AdamWSettings(), ownsBackbone: true, device);
+        var rm = new RewardModel(HostModel(seed: 31), new AdamWSettings(), ownsBackbone: true, Device);
         RandomFloats(Config.Channels, 32, 1.0).CopyTo(rm.HeadWeight);
-        return (rm, device);
+        return rm;
     }
 
     private static IEnumerable<KeyValuePair<string, double>> Deterministic(AlignmentStepReport r) =>
@@ -224,7 +222,7 @@ public class GpuOnPolicyTests(string backend) : TinyGpuPolicyFixture(backend)
             Sampling = new SamplingOptions(4), Steps = 1, BatchPairs = 3, LearningRate = 1e-2f, WarmupSteps = 0, GradientClip = 0.5f,
             EvalFraction = 0, Seed = 4,
         }.Validate();
-        AlignmentStepReport Step(IHostGptPolicy policy, IRewardFunction reward)
+        AlignmentStepReport Step(GptPolicy policy, IRewardFunction reward)
         {
             using var reference = policy.Snapshot();
             return new AlignmentTrainer(policy, reference, PromptPairs(), null, options, reward).TrainStep();
@@ -233,9 +231,7 @@ public class GpuOnPolicyTests(string backend) : TinyGpuPolicyFixture(backend)
         using var cpuReward = CpuReward();
         var expected = Step(cpu, cpuReward);
         using var gpu = GpuPolicy(HostModel());
-        var (gpuReward, rewardDevice) = GpuReward();
-        using (rewardDevice)
-        using (gpuReward)
+        using (var gpuReward = GpuReward())
         {
             var actual = Step(gpu, gpuReward);
             AssertFollows(actual, expected);
@@ -265,7 +261,7 @@ public class GpuOnPolicyTests(string backend) : TinyGpuPolicyFixture(backend)
             Entropy = objective == "rkl-exact" ? EntropyBonus.Exact : EntropyBonus.InReward,
         }.Validate();
         var initial = new List<float>();   // w_0, read at the start of the first (CPU) iteration
-        (AlignmentStepReport Report, float[] Weights) Iterate(Func<Gpt, bool, IGptValueModel> create, IRewardFunction reward)
+        (AlignmentStepReport Report, float[] Weights) Iterate(Func<Gpt, bool, GptPolicy> create, IRewardFunction reward)
         {
             using var policy = create(HostModel(), !separate);
             using var reference = policy.Snapshot();
@@ -278,7 +274,7 @@ public class GpuOnPolicyTests(string backend) : TinyGpuPolicyFixture(backend)
             return (report, Weights(policy, valueModel, []));
         }
         // π's weights, the value head, the separate value model's backbone
-        static float[] Weights(IGptValueModel policy, IGptValueModel? valueModel, List<float> into)
+        static float[] Weights(GptPolicy policy, GptPolicy? valueModel, List<float> into)
         {
             into.AddRange(policy.Model.Parameters.ToArray());
             into.AddRange((valueModel ?? policy).ValueHead!.Parameters);
@@ -287,9 +283,7 @@ public class GpuOnPolicyTests(string backend) : TinyGpuPolicyFixture(backend)
         }
         using var cpuReward = CpuReward();
         var (expected, cpuWeights) = Iterate((m, head) => new GptPolicy(m, new AdamWSettings(), ownsModel: true, withValueHead: head), cpuReward);
-        var (gpuReward, rewardDevice) = GpuReward();
-        using (rewardDevice)
-        using (gpuReward)
+        using (var gpuReward = GpuReward())
         {
             var (actual, gpuWeights) = Iterate((m, head) => GpuPolicy(m, head), gpuReward);
             AssertFollows(actual, expected);

@@ -1,3 +1,5 @@
+using DistAlign.Transformer.Devices;
+using DistAlign.Alignment.Benchmarks;
 using DistAlign.Alignment.Policies;
 using DistAlign.Alignment.Training;
 using DistAlign.Kernels.Gpu;

@@ -1,13 +1,15 @@
+using DistAlign.Alignment.Benchmarks;
 using DistAlign.Alignment.Policies;
 using DistAlign.Tests.Alignment;
 using DistAlign.Kernels.Gpu;
+using DistAlign.Transformer.Devices;
 using DistAlign.Transformer.Model;
 using static DistAlign.Tests.TestSupport.Numerics;
 
 namespace DistAlign.Tests.Cuda;
 
 /// <summary>
-/// What the <see cref="GpuGptPolicy"/> fixtures share: the tiny odd shape (1 layer, 2 heads, C = 12, V = 37, T = 16), a host
+/// What the GPU <see cref="GptPolicy"/> fixtures share: the tiny odd shape (1 layer, 2 heads, C = 12, V = 37, T = 16), a host
 /// model with every parameter perturbed (biases and LayerNorm parameters too, so every gradient term is exercised), copies of
 /// it, and the backend's GEMM, created per test.
 /// </summary>
@@ -24,6 +26,9 @@ public abstract class TinyGpuPolicyFixture(string backend) : TemporaryRunFixture
 
     [SetUp]
     public void CreateGemm() => Gemm = GpuContext.CreateGemm(GpuBackend.Get(Backend));
+
+    /// <summary>The backend's accelerator and GEMM as a device to build engines on.</summary>
+    protected GptDevice Device => new(GpuBackend.Get(Backend), Gemm!, null, $"test {Backend}");
 
     [TearDown]
     public void DisposeGemm() => (Gemm as IDisposable)?.Dispose();

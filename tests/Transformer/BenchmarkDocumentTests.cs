@@ -1,3 +1,4 @@
+using DistAlign.Alignment.Benchmarks;
 using DistAlign.Transformer.Training;
 
 namespace DistAlign.Tests.Transformer;

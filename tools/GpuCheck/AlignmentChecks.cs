@@ -1,3 +1,5 @@
+using DistAlign.Alignment.Benchmarks;
+using DistAlign.Transformer.Devices;
 using DistAlign.Alignment.Objectives;
 using DistAlign.Alignment.Policies;
 using DistAlign.Alignment.Reward;
@@ -13,7 +15,7 @@ namespace DistAlign.GpuCheck;
 
 /// <summary>
 /// Offline alignment on the accelerator (<c>align --device cuda</c>): three DPO steps through <see cref="AlignmentTrainer"/> with
-/// <see cref="GpuGptPolicy"/> (reference log-probs, scores, gradients, clipping and AdamW on the device) against the same steps
+/// GPU <see cref="GptPolicy"/> (reference log-probs, scores, gradients, clipping and AdamW on the device) against the same steps
 /// with the CPU <see cref="GptPolicy"/>, from the same weights and pairs (2 layers, 2 heads, C = 12, V = 37, T = 16, packed rows,
 /// one-token responses). Compared per step: the loss and the gradient norm; at the end, each tensor's weight update
 /// (w₃ − w₀), which AdamW makes about lr per element whatever the gradient's size.
@@ -25,7 +27,7 @@ namespace DistAlign.GpuCheck;
 /// change of step direction where a gradient is near zero.
 /// <para>
 /// On-policy alignment (<c>align --objective rlhf --device cuda</c>): one PPO iteration (a rollout of 6 prompts sampled on the host
-/// mirror, 2 epochs × 2 minibatches) with π and π0 on <see cref="GpuGptPolicy"/> (value head on the host) and R̂'s backbone on a
+/// mirror, 2 epochs × 2 minibatches) with π and π0 on GPU <see cref="GptPolicy"/> (value head on the host) and R̂'s backbone on a
 /// <see cref="GpuGpt"/>, against CPU policies and a CPU reward model from the same weights. The rollout is sampled from π0 on
 /// both sides, so its tokens agree exactly; compared: the iteration's loss, scores, policy and value losses, approximate KL and gradient
 /// norm (same tolerances as DPO's metrics), and the update of the weights and value head as one vector,
@@ -39,14 +41,14 @@ internal sealed class AlignmentChecks(Accelerator accelerator, Report report)
 
     public void CompareDpoStepsWithTheCpuPolicy(GemmPrecision precision)
     {
-        string what = $"align dpo, GpuGptPolicy ({precision} GEMMs) vs CPU GptPolicy";
+        string what = $"align dpo, GPU GptPolicy ({precision} GEMMs) vs CPU GptPolicy";
         try { Compare(what, precision); }
         catch (Exception e) { report.Add(new CheckResult(what, 0, double.NaN, double.NaN, "", $"{e.GetType().Name}: {e.Message}")); }
     }
 
     public void ComparePpoIterationWithTheCpuPolicy(GemmPrecision precision)
     {
-        string what = $"align rlhf (PPO), GpuGptPolicy + value head and GPU R̂ ({precision} GEMMs) vs CPU";
+        string what = $"align rlhf (PPO), GPU GptPolicy + value head and GPU R̂ ({precision} GEMMs) vs CPU";
         try { ComparePpo(what, precision); }
         catch (Exception e) { report.Add(new CheckResult(what, 0, double.NaN, double.NaN, "", $"{e.GetType().Name}: {e.Message}")); }
     }
@@ -94,7 +96,7 @@ internal sealed class AlignmentChecks(Accelerator accelerator, Report report)
         var gemm = GpuContext.CreateGemm(accelerator, precision);
         using var gemmOwner = gemm as IDisposable;
         using var cpu = new GptPolicy(StartingModel(), new AdamWSettings(), ownsModel: true);
-        using var gpu = new GpuGptPolicy(StartingModel(), accelerator, gemm, new AdamWSettings(), ownsModel: true);
+        using var gpu = new GptPolicy(StartingModel(), new AdamWSettings(), ownsModel: true, device: new GptDevice(accelerator, gemm, null, $"{precision} GEMMs"));
         var expected = Train(cpu, pairs, options);
         var actual = Train(gpu, pairs, options);
 
@@ -149,7 +151,7 @@ internal sealed class AlignmentChecks(Accelerator accelerator, Report report)
         using var gemmOwner = gemm as IDisposable;
         var head = KernelChecks.RandomFloats(Config.Channels, 32, 1f);
 
-        (AlignmentStepReport Report, float[] Update) Iterate(IGptValueModel policy, RewardModel reward)
+        (AlignmentStepReport Report, float[] Update) Iterate(GptPolicy policy, RewardModel reward)
         {
             head.CopyTo(reward.HeadWeight);
             using var reference = policy.Snapshot();
@@ -163,9 +165,9 @@ internal sealed class AlignmentChecks(Accelerator accelerator, Report report)
         using var cpu = new GptPolicy(StartingModel(), new AdamWSettings(), ownsModel: true, withValueHead: true);
         using var cpuReward = new RewardModel(StartingModel(), new AdamWSettings(), ownsBackbone: true);
         var (expected, cpuUpdate) = Iterate(cpu, cpuReward);
-        using var gpu = new GpuGptPolicy(StartingModel(), accelerator, gemm, new AdamWSettings(), ownsModel: true, withValueHead: true);
-        using var rewardDevice = new GpuGpt(accelerator, Config, gemm);
-        using var gpuReward = new RewardModel(StartingModel(), new AdamWSettings(), ownsBackbone: true, rewardDevice);
+        var device = new GptDevice(accelerator, gemm, null, $"{precision} GEMMs");
+        using var gpu = new GptPolicy(StartingModel(), new AdamWSettings(), ownsModel: true, withValueHead: true, device);
+        using var gpuReward = new RewardModel(StartingModel(), new AdamWSettings(), ownsBackbone: true, device);
         var (actual, gpuUpdate) = Iterate(gpu, gpuReward);
 
         string[] metrics = ["loss", "objective/scores", "loss/policy_avg", "loss/value_avg", "policy/approxkl_avg", "grad_norm"];

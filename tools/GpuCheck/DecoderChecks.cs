@@ -37,7 +37,7 @@ internal sealed class DecoderChecks(Accelerator accelerator, Report report)
         var gemm = GpuContext.CreateGemm(accelerator, GemmPrecision.Float32);
         using var gemmOwner = gemm as IDisposable;
         using var gpu = new GpuGpt(accelerator, config, gemm);
-        gpu.Upload(cpu);
+        gpu.CopyStateFrom(cpu);
 
         var random = new Random(23);
         var tokens = new int[length][];

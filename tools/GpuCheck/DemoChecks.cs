@@ -1,4 +1,6 @@
 using System.Diagnostics;
+using DistAlign.Alignment.Benchmarks;
+using DistAlign.Transformer.Devices;
 using DistAlign.Alignment.Experiments;
 using DistAlign.Alignment.Policies;
 using DistAlign.Alignment.Training;

@@ -1,3 +1,5 @@
+using DistAlign.Alignment.Benchmarks;
+using DistAlign.Transformer.Devices;
 using DistAlign.Kernels.Gpu;
 using DistAlign.Transformer.Gpu;
 using DistAlign.Transformer.Model;
@@ -8,7 +10,7 @@ namespace DistAlign.GpuCheck;
 /// <summary>
 /// The whole GPT on the accelerator: <see cref="GpuGpt"/>'s log-probs and every gradient tensor against the
 /// CPU <see cref="Gpt"/> at a tiny odd shape (2 layers, 2 heads, C = 12, V = 37, B = 2, T = 9, row 0 packing
-/// two segments), fp32 GEMMs; and the whole-step benchmark (<see cref="GpuStepBenchmark"/>).
+/// two segments), fp32 GEMMs; and the whole-step benchmark (<see cref="Alignment.Benchmarks.StepBenchmark"/>).
 /// </summary>
 internal sealed class GptChecks(Accelerator accelerator, Report report)
 {
@@ -63,13 +65,13 @@ internal sealed class GptChecks(Accelerator accelerator, Report report)
         using var gemmOwner = gemm as IDisposable;
         using var flashAttention = flash ? new NvrtcFlashAttention((ILGPU.Runtime.Cuda.CudaAccelerator)accelerator, NvrtcKernelCache.CreateDefault()) : null;
         using var gpu = new GpuGpt(accelerator, config, gemm, flashAttention);
-        gpu.Upload(cpu);
+        gpu.CopyStateFrom(cpu);
         var cpuLogProbs = new float[batch.TokenCount];
         var gpuLogProbs = new float[batch.TokenCount];
         cpu.ForwardBackward(batch, dLogProbs, cpuLogProbs);
         gpu.ForwardBackward(batch, dLogProbs, gpuLogProbs);
         using var fromGpu = new Gpt(config);
-        gpu.Download(fromGpu);
+        gpu.CopyStateTo(fromGpu);
         if (!flash && precision == GemmPrecision.Float32)
         {
             report.Compare("GpuGpt log-probs vs CPU Gpt", gpuLogProbs, cpuLogProbs, AbsoluteTolerance, RelativeTolerance);
@@ -135,7 +137,7 @@ internal sealed class GptChecks(Accelerator accelerator, Report report)
         using var flashAttention = flash ? new NvrtcFlashAttention((ILGPU.Runtime.Cuda.CudaAccelerator)accelerator, NvrtcKernelCache.CreateDefault()) : null;
         using var gpu = new GpuGpt(accelerator, config, gemm, flashAttention);
         if (flash && !gpu.UsesFlashAttention) throw new InvalidOperationException("flash attention was not taken up");
-        gpu.Upload(cpu);
+        gpu.CopyStateFrom(cpu);
         cpu.ZeroGradients();
         float[] expected = cpu.ForwardFeatures(batch).ToArray();
         cpu.BackwardFeatures(batch, dFeatures);
@@ -150,7 +152,7 @@ internal sealed class GptChecks(Accelerator accelerator, Report report)
         report.Compare($"{what}: gathered rows = the same rows of h", rows, expectedRows, 0, 0);
         gpu.BackwardFeatures(batch, dFeatures);
         using var fromGpu = new Gpt(config);
-        gpu.Download(fromGpu);
+        gpu.CopyStateTo(fromGpu);
         // the rows form (a reward model's): ∂L/∂h scattered from S rows on the device = the dense call with those rows, bit for bit
         var dRows = positions.SelectMany(x => dFeatures.AsSpan(x * config.Channels, config.Channels).ToArray()).ToArray();
         var sparse = new float[dFeatures.Length];
@@ -160,11 +162,11 @@ internal sealed class GptChecks(Accelerator accelerator, Report report)
         gpu.ZeroGradients();
         gpu.ForwardFeatures(batch);
         gpu.BackwardFeatures(batch, sparse);
-        gpu.Download(viaDense);
+        gpu.CopyStateTo(viaDense);
         gpu.ZeroGradients();
         gpu.ForwardFeatures(batch);
         gpu.BackwardFeatureRows(batch, positions, dRows);
-        gpu.Download(viaRows);
+        gpu.CopyStateTo(viaRows);
         report.Compare($"{what}: BackwardFeatureRows = BackwardFeatures of the scattered rows", viaRows.Gradients, viaDense.Gradients, 0, 0);
         if (!flash && precision == GemmPrecision.Float32)
         {
@@ -185,14 +187,21 @@ internal sealed class GptChecks(Accelerator accelerator, Report report)
         if (flash) name += " flash attention,";
         try
         {
-            var r = GpuStepBenchmark.Run(accelerator, config, rows, length, precision, warmup, steps, peakFlops, profile: profile, flashAttention: flash);
+            if (flash && !NvrtcFlashAttention.Supports(config.Channels, config.Heads))
+                throw new ArgumentException($"flash attention needs head size {NvrtcFlashAttention.HeadSize}; this config has {config.Channels / config.Heads}");
+            var gemm = GpuContext.CreateGemm(accelerator, precision);
+            using var gemmOwner = gemm as IDisposable;
+            using var flashKernels = flash ? new NvrtcFlashAttention((ILGPU.Runtime.Cuda.CudaAccelerator)accelerator, NvrtcKernelCache.CreateDefault()) : null;
+            var device = new GptDevice(accelerator, gemm, flashKernels, $"{accelerator.Name} ({precision} GEMMs)");
+            var workload = new StepWorkload(name, config, rows, length);
+            var r = Alignment.Benchmarks.StepBenchmark.Run(device, workload, StepSettings.Pretraining, warmup, steps, profiledSteps: profile ? 1 : 0);
             string memory = r.DeviceBytesInUse is long bytes ? $", {bytes / (double)(1L << 30):F1} GiB of device memory in use" : "";
             report.Add(new BenchmarkResult($"{name} whole training step (fwd+bwd+clip+AdamW), {precision} GEMMs",
-                $"{rows}×{length} tokens, L{config.Layers} C{config.Channels} NH{config.Heads} V{config.VocabSize}, {r.FlopsPerStep / 1e12:F3} TFLOP per step",
-                r.MedianMilliseconds, $"{r.TokensPerSecond:N0} tokens/s, {r.FlopsPerStep / (r.MedianMilliseconds * 1e-3) / 1e12:F2} TFLOP/s{memory}",
-                $"MFU {r.Mfu:P1} of {peakFlops / 1e12:F0} TFLOP/s"));
-            double profiled = r.Breakdown.Sum(x => x.Milliseconds);
-            foreach (var (op, ms) in r.Breakdown)
+                $"{rows}×{length} tokens, L{config.Layers} C{config.Channels} NH{config.Heads} V{config.VocabSize}, {workload.MfuFlopsPerStep / 1e12:F3} TFLOP per step",
+                r.MedianMilliseconds, $"{r.TokensPerSecond:N0} tokens/s, {workload.MfuFlopsPerStep / (r.MedianMilliseconds * 1e-3) / 1e12:F2} TFLOP/s{memory}",
+                $"MFU {r.Mfu(peakFlops):P1} of {peakFlops / 1e12:F0} TFLOP/s"));
+            double profiled = r.OpMillisecondsPerStep.Sum(x => x.Milliseconds);
+            foreach (var (op, ms) in r.OpMillisecondsPerStep)
                 report.Add(new BenchmarkResult($"{name} {precision} step breakdown: {op}", "one step, each op synchronised", ms,
                                                $"{ms / profiled:P1} of the profiled step ({profiled:F1} ms)", ""));
             bool learns = float.IsFinite(r.LastLoss) && r.LastLoss < r.FirstLoss;

@@ -1,4 +1,6 @@
 using System.Diagnostics;
+using DistAlign.Alignment.Benchmarks;
+using DistAlign.Transformer.Devices;
 using DistAlign.Engine.Cuda;
 using DistAlign.Kernels.Gpu;
 using ILGPU.Runtime.Cuda;
@@ -120,7 +122,7 @@ public static class Program
             demo.CompareWithTheCpuRun();
             // KV-cache decoding (sample --device cuda): logits of every step vs the CPU decoder, and ms per cached step next to the CPU's
             var decoder = new DecoderChecks(accelerator, report);
-            decoder.Run("W2", Transformer.Training.StepWorkload.W2.Config, rows: 8, length: 128, time: bench);
+            decoder.Run("W2", Alignment.Benchmarks.StepWorkload.W2.Config, rows: 8, length: 128, time: bench);
             if (bench)
                 decoder.Run("GPT-2 124M", new Transformer.Model.GptConfig(Layers: 12, Heads: 12, Channels: 768, VocabSize: 50257, MaxSequenceLength: 1024),
                             rows: 8, length: quick ? 16 : 64, time: true);

@@ -4,6 +4,7 @@ using DistAlign.Alignment.Policies;
 using DistAlign.Alignment.Reward;
 using DistAlign.Alignment.Training;
 using DistAlign.Kernels.Cpu;
+using DistAlign.Transformer.Devices;
 using DistAlign.Transformer.Data;
 using DistAlign.Transformer.Model;
 using DistAlign.Transformer.Tokenization;
@@ -322,14 +323,14 @@ public sealed class DemoExperiment : IDisposable
         TrainedWeights.Tilt => new TiltPolicy(features!, new AdamWSettings(WeightDecay: Settings.WeightDecay), withValueHead: withValueHead),
         TrainedWeights.HeadLora => new TiltPolicy(features!, new AdamWSettings(WeightDecay: Settings.WeightDecay), withValueHead: withValueHead,
                                                   adapterRank: Settings.AdapterRank, adapterSeed: KnownTargetTask.Mix(Settings.Seed, 11)),
-        _ => Device.Policy(Copy(reference), new AdamWSettings(WeightDecay: Settings.WeightDecay), ownsModel: true, withValueHead: withValueHead),
+        _ => new GptPolicy(Copy(reference), new AdamWSettings(WeightDecay: Settings.WeightDecay), ownsModel: true, withValueHead: withValueHead, Device),
     };
 
     /// <summary>π0 in the methods' own class, so ln π0 and ln π are computed the same way.</summary>
     private IPolicy NewReference() => Settings.Train switch
     {
         TrainedWeights.Tilt or TrainedWeights.HeadLora => new TiltPolicy(features!, new AdamWSettings()),
-        _ => Device.Policy(reference, new AdamWSettings()),
+        _ => new GptPolicy(reference, new AdamWSettings(), device: Device),
     };
 
     /// <summary>
@@ -355,7 +356,7 @@ public sealed class DemoExperiment : IDisposable
             var evaluator = new KnownTargetEvaluator(task, settings.EvalSamplesPerPrompt, settings.Seed);
             progress?.Invoke(new DemoProgress("evaluate π0 and π*", 1, 3, "π0"));
             KnownTargetEvaluation referenceEvaluation;
-            using (var pi0Policy = device.Policy(model, new AdamWSettings()))
+            using (var pi0Policy = new GptPolicy(model, new AdamWSettings(), device: device))
                 referenceEvaluation = evaluator.Evaluate(new PolicyResponseModel(pi0Policy));
             progress?.Invoke(new DemoProgress("evaluate π0 and π*", 2, 3, "π*"));
             var targetEvaluation = evaluator.Evaluate(target);
@@ -416,9 +417,8 @@ public sealed class DemoExperiment : IDisposable
             var rewardSummary = TrainTiltReward(rewardPolicy, train, n);
             return RunMethods(n, drawn, train, referenceLogProbs, new LogLikelihoodReward(rewardPolicy, Settings.Task.Gamma), rewardSummary);
         }
-        using var rewardBackbone = Device.Backbone(reference.Config);   // null on the CPU; disposed after the reward model
-        using var rewardModel = new RewardModel(Copy(reference), new AdamWSettings(WeightDecay: 0), ownsBackbone: true, rewardBackbone);
-        using var baselinePolicy = Device.Policy(reference, new AdamWSettings());
+        using var rewardModel = new RewardModel(Copy(reference), new AdamWSettings(WeightDecay: 0), ownsBackbone: true, Device);
+        using var baselinePolicy = new GptPolicy(reference, new AdamWSettings(), device: Device);
         if (Settings.RewardBaseline) rewardModel.Baseline = new LogLikelihoodReward(baselinePolicy, Settings.Task.Gamma);
         var reward = TrainRewardModel(rewardModel, train, n);
         return RunMethods(n, drawn, train, referenceLogProbs, rewardModel, reward);

@@ -2,6 +2,7 @@ using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
 using DistAlign.Alignment.Policies;
+using DistAlign.Transformer.Devices;
 using DistAlign.Transformer.Data;
 using DistAlign.Transformer.Model;
 using DistAlign.Transformer.Tokenization;
@@ -76,17 +77,23 @@ public static class ReferencePretraining
         try
         {
             model.InitializeGpt2(options.Seed);
-            using var gpu = device.Backbone(config);
-            var trainer = new LanguageModelTrainer(model, tokenizer.Encode(split.Train), tokenizer.Encode(split.HeldOut), options, gpu);
-            trainer.UploadModel();
-            while (trainer.Step < options.Steps)
+            var engine = device.EngineFor(model);
+            try
             {
-                var report = trainer.TrainStep();
-                if (report.ValidationLoss is float v) validation = v;
-                progress?.Invoke(report.Step, options.Steps, report.Loss);
+                var trainer = new LanguageModelTrainer(model, tokenizer.Encode(split.Train), tokenizer.Encode(split.HeldOut), options, engine);
+                while (trainer.Step < options.Steps)
+                {
+                    var report = trainer.TrainStep();
+                    if (report.ValidationLoss is float v) validation = v;
+                    progress?.Invoke(report.Step, options.Steps, report.Loss);
+                }
+                if (float.IsNaN(validation)) validation = trainer.Evaluate();
+                trainer.DownloadModel();
             }
-            if (float.IsNaN(validation)) validation = trainer.Evaluate();
-            trainer.DownloadModel();
+            finally
+            {
+                GptDevice.Release(engine, model);
+            }
         }
         catch
         {

@@ -62,21 +62,21 @@ public static class ModelHash
     }
 
     /// <summary>
-    /// Hash of a policy of a supported kind (<see cref="GptPolicy"/>, <see cref="GpuGptPolicy"/> — whose weights are copied
+    /// Hash of a policy of a supported kind (<see cref="GptPolicy"/>, <see cref="GptPolicy"/> — whose weights are copied
     /// to its host mirror first — <see cref="TiltPolicy"/> or <see cref="TabularPolicy"/>).
     /// </summary>
     /// <exception cref="NotSupportedException">Another kind of policy: pass its hash to the cache explicitly.</exception>
     public static string Of(IPolicy policy) => policy switch
     {
         null => throw new ArgumentNullException(nameof(policy)),
-        IHostGptPolicy g => OfHostModel(g),
+        GptPolicy g => OfHostModel(g),
         TiltPolicy t => Of(t),
         TabularPolicy t => Of(t),
         _ => throw new NotSupportedException(
             $"no model hash for a {policy.GetType().Name}; compute one over its weights and pass it to ReferenceLogProbCache.GetOrCompute"),
     };
 
-    private static string OfHostModel(IHostGptPolicy policy)
+    private static string OfHostModel(GptPolicy policy)
     {
         policy.CopyToHost();
         return Of(policy.Model);

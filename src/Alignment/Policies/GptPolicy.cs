@@ -1,46 +1,67 @@
-using DistAlign.Kernels.Cpu;
+using DistAlign.Transformer.Devices;
 using DistAlign.Transformer.Model;
-using DistAlign.Transformer.Training;
 
 namespace DistAlign.Alignment.Policies;
 
 /// <summary>
-/// A <see cref="Gpt"/> as a policy. A batch of (prompt, response) sequences is packed into rows of the
-/// model's context length, several sequences per row back to back (each its own segment, positions
-/// restarting at 0, attention never crossing), in order, first fit: no padding inside a row, and only
-/// response tokens carry targets. Built with a value head (<see cref="IValuePolicy"/>), it reads V(s_t) off the
-/// same forward's final hidden state at the position that predicts token t, and its gradient joins the LM head's
-/// in one transformer backward.
+/// A GPT as a policy, on any engine (<see cref="IGptEngine"/> from a <see cref="GptDevice"/>: the CPU <see cref="Gpt"/>,
+/// or a GPU model with cuBLAS GEMMs). A batch of (prompt, response) sequences is packed into rows of the model's context
+/// length, several sequences per row back to back (each its own segment, positions restarting at 0, attention never
+/// crossing), in order, first fit: no padding inside a row, and only response tokens carry targets. Scores, gradients,
+/// clipping and AdamW run on the engine.
 /// </summary>
-public sealed class GptPolicy : IGptValueModel
+/// <remarks>
+/// <list type="bullet">
+/// <item><b>Host model</b>: <see cref="Model"/> is what checkpoints save. On the CPU it is the engine itself, trained in
+/// place; on a device it is the mirror of the device copy, refreshed by <see cref="CopyToHost"/> only when the device
+/// weights changed since the last refresh.</item>
+/// <item><b>Value head</b> (PPO, built with <c>withValueHead</c>): a <see cref="ScalarHead"/> on the host reads V(s_t) off the
+/// same forward's final hidden state h at the position that predicts token t (the engine copies those rows to the host);
+/// its gradient ∂L/∂h_t = ∂L/∂V_t·w goes back as rows at those positions and joins the LM head's in one transformer
+/// backward. The clip's global norm covers the engine's gradients and the head's, and AdamW steps both.</item>
+/// <item><b>Sampling</b> decodes on the engine (<see cref="IGptEngine.CreateDecoder"/>); the draws are made on the host from
+/// the same Philox streams whatever the engine, so samples agree wherever the logits do.</item>
+/// </list>
+/// </remarks>
+public sealed class GptPolicy : IValuePolicy
 {
     private readonly AdamWSettings optimizer;
     private readonly bool ownsModel;
     private GptBatch? batch;
     private int[] tokenPosition = [];   // flat response token → position in the packed batch
     private float[] positionLogProbs = [], positionEntropies = [], dPosition = [], dPositionEntropy = [];
-    private bool lastHadEntropies;
+    // value head: h at each response token's position [tokens, C]; ∂L/∂h at those positions [tokens, C]
+    private float[] valueFeatures = [], dValueRows = [];
+    // The engine's state changes at every optimizer step and weight copy; the host model holds it when the versions agree.
+    private long engineVersion, hostStateVersion;
 
-    private float[] valueFeatures = [], dFeatures = [];   // h at each response token's position [tokens, C]; ∂L/∂h [N, C]
-
-    /// <summary>The GPT trained in place (also what checkpoints save).</summary>
+    /// <summary>The host model: the one trained (CPU) or the mirror of the device copy (current after <see cref="CopyToHost"/>); checkpoints save it.</summary>
     public Gpt Model { get; }
 
-    /// <summary>Nothing to do: <see cref="Model"/> is the trained model.</summary>
-    public void CopyToHost() { }
+    /// <summary>The engine that trains: <see cref="Model"/> itself on the CPU.</summary>
+    public IGptEngine Engine { get; }
 
-    /// <summary>Nothing to do: <see cref="Model"/> is the trained model.</summary>
-    public void CopyFromHost() { }
+    /// <summary>Where <see cref="Engine"/> runs; snapshots are built there too.</summary>
+    public GptDevice Device { get; }
 
-    /// <summary>The value head, or null when built without one.</summary>
+    /// <summary>The value head (on the host), or null when built without one.</summary>
     public ScalarHead? ValueHead { get; }
 
-    public GptPolicy(Gpt model, AdamWSettings optimizer, bool ownsModel = false, bool withValueHead = false)
+    /// <param name="model">the host model: the weights trained in place on the CPU; on a device the initial weights, and from then on the mirror</param>
+    /// <param name="optimizer">AdamW's hyper-parameters</param>
+    /// <param name="ownsModel">dispose <paramref name="model"/> with the policy</param>
+    /// <param name="withValueHead">add a PPO value head (zero-initialised, on the host)</param>
+    /// <param name="device">where to train (default the CPU); the policy disposes the engine it gets there</param>
+    public GptPolicy(Gpt model, AdamWSettings optimizer, bool ownsModel = false, bool withValueHead = false, GptDevice? device = null)
     {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(optimizer);
         Model = model;
         this.optimizer = optimizer;
         this.ownsModel = ownsModel;
+        Device = device ?? GptDevice.Cpu;
         if (withValueHead) ValueHead = new ScalarHead(model.Config.Channels);
+        Engine = Device.EngineFor(model);
     }
 
     /// <summary>
@@ -121,11 +142,17 @@ public sealed class GptPolicy : IGptValueModel
         return batch;
     }
 
+    /// <summary>
+    /// ln π per response token and, when <paramref name="tokenEntropies"/> is non-empty, the entropy of π(· | prefix) there,
+    /// from one engine forward over the packed batch.
+    /// </summary>
     public void Score(IReadOnlyList<PromptResponse> sequences, Span<float> tokenLogProbs, Span<float> tokenEntropies = default)
     {
         var b = Pack(sequences);
         if (tokenLogProbs.Length != tokenPosition.Length)
             throw new ArgumentException($"the batch has {tokenPosition.Length} response tokens; tokenLogProbs has {tokenLogProbs.Length}");
+        if (!tokenEntropies.IsEmpty && tokenEntropies.Length != tokenPosition.Length)
+            throw new ArgumentException($"the batch has {tokenPosition.Length} response tokens; tokenEntropies has {tokenEntropies.Length}");
         if (positionLogProbs.Length != b.TokenCount)
         {
             positionLogProbs = new float[b.TokenCount];
@@ -133,53 +160,55 @@ public sealed class GptPolicy : IGptValueModel
             dPosition = new float[b.TokenCount];
             dPositionEntropy = new float[b.TokenCount];
         }
-        lastHadEntropies = !tokenEntropies.IsEmpty;
-        Model.Forward(b, positionLogProbs, lastHadEntropies ? positionEntropies : default);
+        bool withEntropies = !tokenEntropies.IsEmpty;
+        Engine.Forward(b, positionLogProbs, withEntropies ? positionEntropies : default);
         for (int i = 0; i < tokenPosition.Length; i++)
         {
             tokenLogProbs[i] = positionLogProbs[tokenPosition[i]];
-            if (lastHadEntropies) tokenEntropies[i] = positionEntropies[tokenPosition[i]];
+            if (withEntropies) tokenEntropies[i] = positionEntropies[tokenPosition[i]];
         }
     }
 
-    public void Backward(ReadOnlySpan<float> dTokenLogProbs, ReadOnlySpan<float> dTokenEntropies = default) =>
-        Backward(dTokenLogProbs, dTokenEntropies, default);
-
-    private void Backward(ReadOnlySpan<float> dTokenLogProbs, ReadOnlySpan<float> dTokenEntropies, ReadOnlySpan<float> dFeatures)
+    /// <summary>Scatters ∂L/∂ln π (and ∂L/∂H, when given) to the packed positions and runs the engine's backward (accumulates).</summary>
+    public void Backward(ReadOnlySpan<float> dTokenLogProbs, ReadOnlySpan<float> dTokenEntropies = default)
     {
-        if (batch is null) throw new InvalidOperationException("Backward needs a Score first");
-        if (dTokenLogProbs.Length != tokenPosition.Length) throw new ArgumentException($"dTokenLogProbs must have {tokenPosition.Length} entries");
-        Array.Clear(dPosition);
-        Array.Clear(dPositionEntropy);
-        for (int i = 0; i < tokenPosition.Length; i++)
-        {
-            dPosition[tokenPosition[i]] = dTokenLogProbs[i];
-            if (!dTokenEntropies.IsEmpty) dPositionEntropy[tokenPosition[i]] = dTokenEntropies[i];
-        }
-        Model.Backward(batch, dPosition, dTokenEntropies.IsEmpty ? default : dPositionEntropy, dFeatures);
+        var b = batch ?? throw new InvalidOperationException("Backward needs a Score first");
+        ScatterToPositions(dTokenLogProbs, dTokenEntropies);
+        Engine.Backward(b, dPosition, dTokenEntropies.IsEmpty ? default : dPositionEntropy);
     }
 
+    // dPosition (and dPositionEntropy when dTokenEntropies is given) ← the per-token gradients at their packed positions, 0 elsewhere.
+    private void ScatterToPositions(ReadOnlySpan<float> dTokenLogProbs, ReadOnlySpan<float> dTokenEntropies)
+    {
+        if (dTokenLogProbs.Length != tokenPosition.Length) throw new ArgumentException($"dTokenLogProbs must have {tokenPosition.Length} entries");
+        if (!dTokenEntropies.IsEmpty && dTokenEntropies.Length != tokenPosition.Length)
+            throw new ArgumentException($"dTokenEntropies must be empty or have {tokenPosition.Length} entries");
+        Array.Clear(dPosition);
+        for (int i = 0; i < tokenPosition.Length; i++) dPosition[tokenPosition[i]] = dTokenLogProbs[i];
+        if (dTokenEntropies.IsEmpty) return;
+        Array.Clear(dPositionEntropy);
+        for (int i = 0; i < tokenPosition.Length; i++) dPositionEntropy[tokenPosition[i]] = dTokenEntropies[i];
+    }
+
+    /// <summary>As <see cref="Score"/>, also V(s_t) = w·h_t + b per response token, h_t the final features at the position that predicts token t.</summary>
     public void ScoreWithValues(IReadOnlyList<PromptResponse> sequences, Span<float> tokenLogProbs, Span<float> tokenValues, Span<float> tokenEntropies = default)
     {
-        var head = ValueHead ?? throw new InvalidOperationException("this GPT policy was built without a value head");
+        var head = RequireValueHead();
         Score(sequences, tokenLogProbs, tokenEntropies);
-        int c = Model.Config.Channels, tokens = tokenPosition.Length;
-        if (tokenValues.Length != tokens) throw new ArgumentException($"the batch has {tokens} response tokens; tokenValues has {tokenValues.Length}");
-        if (valueFeatures.Length != tokens * c) valueFeatures = new float[tokens * c];
-        var h = Model.LastFeatures(batch!);
-        for (int i = 0; i < tokens; i++)
-        {
-            var hi = h.Slice(tokenPosition[i] * c, c);
-            hi.CopyTo(valueFeatures.AsSpan(i * c, c));
-            tokenValues[i] = head.Forward(hi);
-        }
+        ReadValues(head, tokenValues);
     }
 
+    /// <summary>
+    /// As <see cref="Backward"/>, with the value head's gradient: ∂L/∂w, ∂L/∂b on the host and ∂L/∂h_t = ∂L/∂V_t·w at each
+    /// scored position, added to the LM head's ∂L/∂h before one transformer backward.
+    /// </summary>
     public void BackwardWithValues(ReadOnlySpan<float> dTokenLogProbs, ReadOnlySpan<float> dTokenValues, ReadOnlySpan<float> dTokenEntropies = default)
     {
-        var head = ValueHead ?? throw new InvalidOperationException("this GPT policy was built without a value head");
-        if (batch is null) throw new InvalidOperationException("Backward needs a Score first");
-        Backward(dTokenLogProbs, dTokenEntropies, ValueFeatureGradient(head, dTokenValues));
+        var head = RequireValueHead();
+        var b = batch ?? throw new InvalidOperationException("Backward needs a Score first");
+        var rows = ValueFeatureGradient(head, dTokenValues);
+        ScatterToPositions(dTokenLogProbs, dTokenEntropies);
+        Engine.Backward(b, dPosition, dTokenEntropies.IsEmpty ? default : dPositionEntropy, tokenPosition, rows);
     }
 
     /// <summary>
@@ -188,86 +217,123 @@ public sealed class GptPolicy : IGptValueModel
     /// </summary>
     public void ScoreValuesOnly(IReadOnlyList<PromptResponse> sequences, Span<float> tokenValues)
     {
-        var head = ValueHead ?? throw new InvalidOperationException("this GPT policy was built without a value head");
-        var b = Pack(sequences);
-        int c = Model.Config.Channels, tokens = tokenPosition.Length;
-        if (tokenValues.Length != tokens) throw new ArgumentException($"the batch has {tokens} response tokens; tokenValues has {tokenValues.Length}");
-        if (valueFeatures.Length != tokens * c) valueFeatures = new float[tokens * c];
-        var h = Model.ForwardFeatures(b);
-        for (int i = 0; i < tokens; i++)
-        {
-            var hi = h.Slice(tokenPosition[i] * c, c);
-            hi.CopyTo(valueFeatures.AsSpan(i * c, c));
-            tokenValues[i] = head.Forward(hi);
-        }
+        var head = RequireValueHead();
+        Engine.ForwardFeatures(Pack(sequences));
+        ReadValues(head, tokenValues);
     }
 
     /// <summary>Accumulates the gradient of a loss given ∂L/∂V per response token of the last <see cref="ScoreValuesOnly"/>.</summary>
     public void BackwardValuesOnly(ReadOnlySpan<float> dTokenValues)
     {
-        var head = ValueHead ?? throw new InvalidOperationException("this GPT policy was built without a value head");
-        if (batch is null) throw new InvalidOperationException("BackwardValuesOnly needs a ScoreValuesOnly first");
-        Model.BackwardFeatures(batch, ValueFeatureGradient(head, dTokenValues));
+        var head = RequireValueHead();
+        var b = batch ?? throw new InvalidOperationException("BackwardValuesOnly needs a ScoreValuesOnly first");
+        Engine.BackwardFeatureRows(b, tokenPosition, ValueFeatureGradient(head, dTokenValues));
     }
 
+    private ScalarHead RequireValueHead() => ValueHead ?? throw new InvalidOperationException("this GPT policy was built without a value head");
+
+    // valueFeatures [tokens, C] = h at each response token's position; tokenValues[t] = w·h_t + b.
+    private void ReadValues(ScalarHead head, Span<float> tokenValues)
+    {
+        int c = Model.Config.Channels, tokens = tokenPosition.Length;
+        if (tokenValues.Length != tokens) throw new ArgumentException($"the batch has {tokens} response tokens; tokenValues has {tokenValues.Length}");
+        if (valueFeatures.Length != tokens * c) valueFeatures = new float[tokens * c];
+        Engine.CopyFeaturesToHost(tokenPosition, valueFeatures);
+        for (int i = 0; i < tokens; i++) tokenValues[i] = head.Forward(valueFeatures.AsSpan(i * c, c));
+    }
+
+    // backward of V_t = w·h_t + b: ∂w += Σ_t ∂V_t·h_t, ∂b += Σ_t ∂V_t (on the head); returns ∂L/∂h_t = ∂V_t·w per scored token [tokens, C].
     private float[] ValueFeatureGradient(ScalarHead head, ReadOnlySpan<float> dTokenValues)
     {
         int c = Model.Config.Channels, tokens = tokenPosition.Length;
         if (dTokenValues.Length != tokens) throw new ArgumentException($"dTokenValues must have {tokens} entries");
         if (valueFeatures.Length != tokens * c) throw new InvalidOperationException("a value backward needs a value forward on the batch first");
-        if (dFeatures.Length != batch!.TokenCount * c) dFeatures = new float[batch.TokenCount * c];
-        else Array.Clear(dFeatures);
-        for (int i = 0; i < tokens; i++)
-            head.Backward(valueFeatures.AsSpan(i * c, c), dTokenValues[i], dFeatures.AsSpan(tokenPosition[i] * c, c));
-        return dFeatures;
+        if (dValueRows.Length != tokens * c) dValueRows = new float[tokens * c];
+        else Array.Clear(dValueRows);
+        for (int i = 0; i < tokens; i++) head.Backward(valueFeatures.AsSpan(i * c, c), dTokenValues[i], dValueRows.AsSpan(i * c, c));
+        return dValueRows;
     }
 
-    public Continuation[] Sample(IReadOnlyList<int[]> prompts, SamplingOptions options, ulong seed) => Sampler.Generate(Model, prompts, options, seed);
+    /// <summary>Draws on the engine's KV-cache decoder; no weights are copied.</summary>
+    public Continuation[] Sample(IReadOnlyList<int[]> prompts, SamplingOptions options, ulong seed) => Sampler.Generate(Engine, prompts, options, seed);
 
     public void ZeroGradients()
     {
-        Model.ZeroGradients();
+        Engine.ZeroGradients();
         ValueHead?.ZeroGradients();
     }
 
+    /// <summary>
+    /// The global gradient norm, and clipping to <paramref name="maxNorm"/> when &gt; 0. With a value head, the norm covers the
+    /// engine's gradients and the head's (<see cref="ScalarHead.ClipWith(double, float, out float)"/>: one factor scales both).
+    /// </summary>
     public double ClipGradients(float maxNorm)
     {
-        if (ValueHead is not null) return ValueHead.ClipWith(Model.Gradients, maxNorm);
-        return maxNorm > 0 ? GradientNorm.ClipByGlobalNorm(Model.Gradients, maxNorm).Norm : GradientNorm.GlobalNorm(Model.Gradients);
+        if (ValueHead is null) return Engine.ClipGradients(maxNorm).Norm;
+        double norm = ValueHead.ClipWith(Engine.GradientSumOfSquares(), maxNorm, out float scale);
+        if (scale != 1f) Engine.ScaleGradients(scale);
+        return norm;
     }
 
+    /// <summary>One AdamW step of the engine (weight decay on the matrices only) and of the value head.</summary>
     public void OptimizerStep(int step, float learningRate)
     {
-        AdamWOptimizer.Step(Model, step, learningRate, optimizer);
+        Engine.AdamWStep(step, learningRate, optimizer);
         ValueHead?.OptimizerStep(step, learningRate, optimizer);
+        engineVersion++;
     }
 
-    public NonFiniteElement? FirstNonFiniteGradient()
-    {
-        return NonFiniteElement.FindFirst(Model.Layout, Model.Gradients) ?? ValueHead?.FirstNonFiniteGradient("value_head.weight", "value_head.bias");
-    }
+    public NonFiniteElement? FirstNonFiniteGradient() =>
+        Engine.FirstNonFiniteGradient() ?? ValueHead?.FirstNonFiniteGradient("value_head.weight", "value_head.bias");
 
-    /// <summary>A copy of the weights (and of the value head, when there is one) with zero gradients and moments.</summary>
+    /// <summary>A new policy on the same device with a copy of the weights (and of the value head, when there is one), zero gradients and moments.</summary>
     public IPolicy Snapshot()
     {
         var copy = new Gpt(Model.Config);
-        Model.Parameters.CopyTo(copy.Parameters);
-        var policy = new GptPolicy(copy, optimizer, ownsModel: true, withValueHead: ValueHead is not null);
-        ValueHead?.Parameters.CopyTo(policy.ValueHead!.Parameters, 0);
-        return policy;
+        try
+        {
+            Engine.CopyParametersToHost(copy.Parameters);
+            var policy = new GptPolicy(copy, optimizer, ownsModel: true, withValueHead: ValueHead is not null, Device);
+            ValueHead?.Parameters.CopyTo(policy.ValueHead!.Parameters, 0);
+            return policy;
+        }
+        catch
+        {
+            copy.Dispose();
+            throw;
+        }
     }
 
-    /// <summary>Copies the GPT's weights, and the value head's when both have one.</summary>
+    /// <summary>Copies the weights (not gradients or moments) from a GPT policy of the same config, and the value head's when both have one.</summary>
     public void CopyWeightsFrom(IPolicy other)
     {
         if (other is not GptPolicy g || g.Model.Config != Model.Config)
             throw new ArgumentException($"can only copy from a GPT policy of the same config ({Model.Config})");
-        g.Model.Parameters.CopyTo(Model.Parameters);
+        if (ReferenceEquals(g, this)) return;
+        Engine.CopyParametersFrom(g.Engine);
         if (ValueHead is not null && g.ValueHead is not null) g.ValueHead.Parameters.CopyTo(ValueHead.Parameters, 0);
+        engineVersion++;
+    }
+
+    /// <summary>Makes <see cref="Model"/> hold the current weights, gradients and AdamW moments (a download on a device, when they changed).</summary>
+    public void CopyToHost()
+    {
+        if (hostStateVersion == engineVersion) return;
+        Engine.CopyStateTo(Model);
+        hostStateVersion = engineVersion;
+    }
+
+    /// <summary>After <see cref="Model"/>'s weights and moments were overwritten (a checkpoint restore), makes training continue from them.</summary>
+    public void CopyFromHost()
+    {
+        Engine.CopyStateFrom(Model);
+        engineVersion++;
+        hostStateVersion = engineVersion;
     }
 
     public void Dispose()
     {
+        GptDevice.Release(Engine, Model);
         if (ownsModel) Model.Dispose();
     }
 }

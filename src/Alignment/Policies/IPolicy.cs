@@ -53,7 +53,7 @@ public interface IPolicy : IDisposable
     /// The first gradient element that is NaN or ±Inf, with the name of its parameter tensor, so a NaN guard can say
     /// where it appeared; null when every gradient is finite (or the policy cannot name its tensors).
     /// </summary>
-    DistAlign.Transformer.Training.NonFiniteElement? FirstNonFiniteGradient() => null;
+    DistAlign.Transformer.Model.NonFiniteElement? FirstNonFiniteGradient() => null;
 }
 
 /// <summary>

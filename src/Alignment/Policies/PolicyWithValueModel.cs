@@ -14,12 +14,12 @@ public sealed class PolicyWithValueModel : IValuePolicy
 
     public IPolicy Policy { get; }
     /// <summary>
-    /// The value model: a GPT policy built with a value head (<see cref="GptPolicy"/> on the CPU, <see cref="GpuGptPolicy"/> on
+    /// The value model: a GPT policy built with a value head (<see cref="GptPolicy"/> on the CPU, <see cref="GptPolicy"/> on
     /// CUDA), of which only the backbone and the head are used.
     /// </summary>
-    public IGptValueModel ValueModel { get; }
+    public GptPolicy ValueModel { get; }
 
-    public PolicyWithValueModel(IPolicy policy, IGptValueModel valueModel, bool ownsModels = false)
+    public PolicyWithValueModel(IPolicy policy, GptPolicy valueModel, bool ownsModels = false)
     {
         if (valueModel.ValueHead is null) throw new ArgumentException("the value model needs a value head (withValueHead: true)");
         Policy = policy;
@@ -76,7 +76,7 @@ public sealed class PolicyWithValueModel : IValuePolicy
     }
 
     /// <summary>The policy's first non-finite gradient, else the value model's (its tensor names prefixed <c>value_model.</c>).</summary>
-    public DistAlign.Transformer.Training.NonFiniteElement? FirstNonFiniteGradient() =>
+    public DistAlign.Transformer.Model.NonFiniteElement? FirstNonFiniteGradient() =>
         Policy.FirstNonFiniteGradient() ?? (ValueModel.FirstNonFiniteGradient() is { } e ? e with { Tensor = "value_model." + e.Tensor } : null);
 
     /// <summary>A snapshot of the policy alone (the frozen π0 needs no values).</summary>

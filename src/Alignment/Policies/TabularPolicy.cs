@@ -129,10 +129,10 @@ public sealed class TabularPolicy : IValuePolicy
 
     public void ZeroGradients() => Array.Clear(gradients);
 
-    public Transformer.Training.NonFiniteElement? FirstNonFiniteGradient()
+    public Transformer.Model.NonFiniteElement? FirstNonFiniteGradient()
     {
         int i = Array.FindIndex(gradients, g => !float.IsFinite(g));
-        return i < 0 ? null : new Transformer.Training.NonFiniteElement("logits", i, gradients[i]);
+        return i < 0 ? null : new Transformer.Model.NonFiniteElement("logits", i, gradients[i]);
     }
 
     public double ClipGradients(float maxNorm) =>

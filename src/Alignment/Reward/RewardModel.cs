@@ -3,7 +3,7 @@ using DistAlign.Alignment.Objectives;
 using DistAlign.Alignment.Policies;
 using DistAlign.Engine.SafeTensors;
 using DistAlign.Kernels.Cpu;
-using DistAlign.Transformer.Gpu;
+using DistAlign.Transformer.Devices;
 using DistAlign.Transformer.Model;
 using DistAlign.Transformer.Training;
 
@@ -34,8 +34,9 @@ public sealed record RewardStepMetrics(PairwiseLossMetrics Pairwise, double Grad
 /// is an input (|prompt| + |response| positions each). The head starts at zero, so every R starts at 0 and
 /// the first loss is ln 2. The head has its own gradients and AdamW moments; weight decay applies to w (a
 /// matrix, [1, C] in the checkpoint), not to b, like the backbone's rule.
-/// The backbone runs on the CPU <see cref="Gpt"/> or, given a <see cref="GpuGpt"/>, on the GPU (features forward and backward,
-/// clip, AdamW there; the head, C + 1 floats, stays on the host; <see cref="Backbone"/> is then the checkpoint mirror).
+/// The backbone runs on any engine (<see cref="IGptEngine"/> from a <see cref="GptDevice"/>): features forward and backward,
+/// clip and AdamW there, the head (C + 1 floats) on the host; per step only the batch, one feature row per sequence and
+/// its gradient row cross to a device. On a device <see cref="Backbone"/> is the checkpoint mirror.
 /// </summary>
 public sealed class RewardModel : IDisposable, IRewardFunction
 {
@@ -45,10 +46,8 @@ public sealed class RewardModel : IDisposable, IRewardFunction
 
     private readonly AdamWSettings optimizer;
     private readonly bool ownsBackbone;
-    private bool ownsGpuBackbone;   // a GpuGpt that Load made (disposed with the model)
     private readonly int channels;
     private readonly ScalarHead head;
-    private readonly IRewardBackbone backbone;
     private GptBatch? batch;
     private int[] lastPosition = [];
     private float[] lastFeatures = [];   // h_last per sequence [S, C], copied out of the arena
@@ -56,14 +55,14 @@ public sealed class RewardModel : IDisposable, IRewardFunction
     private int scoredSequences = -1;
 
     /// <summary>
-    /// The backbone's host model. On the CPU it is the model being trained; with a <see cref="GpuBackbone"/> it is the mirror
+    /// The backbone's host model. On the CPU it is the model being trained; on a device it is the mirror
     /// that checkpoints are written from: current after <see cref="CopyBackboneToHost"/> (which <see cref="Save"/> and
     /// <see cref="SaveTraining"/> call), and uploaded again by <see cref="LoadTraining"/>.
     /// </summary>
     public Gpt Backbone { get; }
 
-    /// <summary>The GPU model the backbone trains on, or null on the CPU.</summary>
-    public GpuGpt? GpuBackbone { get; }
+    /// <summary>The engine the backbone trains on: <see cref="Backbone"/> itself on the CPU.</summary>
+    public IGptEngine Engine { get; }
 
     /// <summary>
     /// An optional fixed baseline added to every score, R(x, y) = w·h + b + B(x, y), never differentiated: with
@@ -73,13 +72,12 @@ public sealed class RewardModel : IDisposable, IRewardFunction
     public IRewardFunction? Baseline { get; set; }
 
     /// <summary>A reward model on <paramref name="backbone"/> with a zero head.</summary>
-    /// <param name="gpu">when given (same config), the backbone trains on it: <paramref name="backbone"/>'s parameters and moments are
-    /// uploaded now, and <paramref name="backbone"/> becomes the host mirror. The caller keeps ownership of <paramref name="gpu"/>.</param>
-    public RewardModel(Gpt backbone, AdamWSettings optimizer, bool ownsBackbone = false, GpuGpt? gpu = null)
+    /// <param name="device">where the backbone trains (default the CPU): on a device <paramref name="backbone"/>'s parameters and
+    /// moments are copied to a new engine now, and <paramref name="backbone"/> becomes the host mirror</param>
+    public RewardModel(Gpt backbone, AdamWSettings optimizer, bool ownsBackbone = false, GptDevice? device = null)
     {
         Backbone = backbone;
-        GpuBackbone = gpu;
-        this.backbone = gpu is null ? new CpuRewardBackbone(backbone) : new GpuRewardBackbone(backbone, gpu);
+        Engine = (device ?? GptDevice.Cpu).EngineFor(backbone);
         this.optimizer = optimizer;
         this.ownsBackbone = ownsBackbone;
         channels = backbone.Config.Channels;
@@ -109,7 +107,8 @@ public sealed class RewardModel : IDisposable, IRewardFunction
             lastFeatures = new float[s * channels];
         }
         batch = GptPolicy.PackSequences(sequences, Backbone.Config.MaxSequenceLength, batch, includeLastResponseToken: true, default, lastPosition);
-        backbone.ForwardFeatures(batch, lastPosition, lastFeatures);
+        Engine.ForwardFeatures(batch);
+        Engine.CopyFeaturesToHost(lastPosition, lastFeatures);
         for (int i = 0; i < s; i++) rewards[i] = head.Forward(lastFeatures.AsSpan(i * channels, channels));
         scoredSequences = s;
         if (Baseline is not null)
@@ -134,23 +133,19 @@ public sealed class RewardModel : IDisposable, IRewardFunction
         else Array.Clear(dLastFeatures);
         for (int i = 0; i < scoredSequences; i++)
             head.Backward(lastFeatures.AsSpan(i * channels, channels), dRewards[i], dLastFeatures.AsSpan(i * channels, channels));
-        backbone.BackwardFeatures(batch, lastPosition.AsSpan(0, scoredSequences), dLastFeatures);
+        Engine.BackwardFeatureRows(batch, lastPosition.AsSpan(0, scoredSequences), dLastFeatures);
     }
 
     /// <summary>Zeroes the backbone's and the head's gradients.</summary>
     public void ZeroGradients()
     {
-        backbone.ZeroGradients();
+        Engine.ZeroGradients();
         head.ZeroGradients();
     }
 
     /// <summary>The first NaN/Inf gradient element (backbone tensors in layout order, then <c>score.weight</c>, <c>score.bias</c>), or null.</summary>
-    public Transformer.Training.NonFiniteElement? FirstNonFiniteGradient()
-    {
-        backbone.CopyToHost();
-        if (Transformer.Training.NonFiniteElement.FindFirst(Backbone.Layout, Backbone.Gradients) is { } inBackbone) return inBackbone;
-        return head.FirstNonFiniteGradient(ScoreWeightName, ScoreBiasName);
-    }
+    public NonFiniteElement? FirstNonFiniteGradient() =>
+        Engine.FirstNonFiniteGradient() ?? head.FirstNonFiniteGradient(ScoreWeightName, ScoreBiasName);
 
     /// <summary>
     /// Global L2 norm over backbone and head gradients together; when <paramref name="maxNorm"/> &gt; 0 and the
@@ -158,15 +153,15 @@ public sealed class RewardModel : IDisposable, IRewardFunction
     /// </summary>
     public double ClipGradients(float maxNorm)
     {
-        double norm = head.ClipWith(backbone.GradientSumOfSquares(), maxNorm, out float scale);
-        if (scale != 1f) backbone.ScaleGradients(scale);
+        double norm = head.ClipWith(Engine.GradientSumOfSquares(), maxNorm, out float scale);
+        if (scale != 1f) Engine.ScaleGradients(scale);
         return norm;
     }
 
     /// <summary>One AdamW step of backbone and head (1-based <paramref name="step"/>).</summary>
     public void OptimizerStep(int step, float learningRate)
     {
-        backbone.OptimizerStep(step, learningRate, optimizer);
+        Engine.AdamWStep(step, learningRate, optimizer);
         head.OptimizerStep(step, learningRate, optimizer);
     }
 
@@ -229,10 +224,10 @@ public sealed class RewardModel : IDisposable, IRewardFunction
     }
 
     /// <summary>
-    /// Makes <see cref="Backbone"/> hold the trained parameters, gradients and AdamW moments: a download from the
-    /// <see cref="GpuBackbone"/> (nothing to do on the CPU).
+    /// Makes <see cref="Backbone"/> hold the trained parameters, gradients and AdamW moments: a download from a
+    /// device engine (nothing to do on the CPU).
     /// </summary>
-    public void CopyBackboneToHost() => backbone.CopyToHost();
+    public void CopyBackboneToHost() => Engine.CopyStateTo(Backbone);
 
     /// <summary>Names of the head's AdamW moments ([C + 1]: w then b) in a training checkpoint's state file.</summary>
     public const string ScoreAdamMName = "score.adam.m";
@@ -260,7 +255,7 @@ public sealed class RewardModel : IDisposable, IRewardFunction
     /// <summary>
     /// Restores backbone, head and all AdamW moments from a folder written by <see cref="SaveTraining"/>; returns the
     /// trainer position and the options JSON. A missing or misshapen head tensor throws <see cref="CheckpointMismatchException"/>.
-    /// With a <see cref="GpuBackbone"/>, the restored backbone is uploaded to it (gradients zeroed).
+    /// On a device, the restored backbone is copied to the engine (gradients zeroed).
     /// </summary>
     public (TrainerState State, string OptionsJson) LoadTraining(string checkpoint)
     {
@@ -278,7 +273,7 @@ public sealed class RewardModel : IDisposable, IRewardFunction
             ScalarHead.ReadTensor(file, statePath, ScoreAdamVName, [channels + 1], head.AdamV);
         }
         head.ZeroGradients();
-        backbone.CopyFromHost();
+        Engine.CopyStateFrom(Backbone);
         return result;
     }
 
@@ -290,22 +285,18 @@ public sealed class RewardModel : IDisposable, IRewardFunction
     /// checks them; a missing or misshapen head throws <see cref="CheckpointMismatchException"/> naming the tensor.
     /// Gradients and AdamW moments start at zero.
     /// </summary>
-    /// <param name="onDevice">when given, called with the loaded backbone's config to make the <see cref="GpuGpt"/> the backbone
-    /// runs on (its weights are uploaded; the loaded <see cref="Backbone"/> becomes the host mirror); the model owns and disposes it.
-    /// An on-policy objective's R̂ then scores on the GPU: only the batch and one feature row per sequence cross the bus.</param>
-    public static Loaded Load(string path, AdamWSettings optimizer, long? memoryBudgetBytes = null, Func<GptConfig, GpuGpt>? onDevice = null)
+    /// <param name="device">where the backbone runs (default the CPU): an on-policy objective's R̂ then scores there, and
+    /// only the batch and one feature row per sequence cross the bus</param>
+    public static Loaded Load(string path, AdamWSettings optimizer, long? memoryBudgetBytes = null, GptDevice? device = null)
     {
         var (backbone, spec) = GptCheckpoint.LoadModel(path, memoryBudgetBytes: memoryBudgetBytes);
-        GpuGpt? gpu = null;
         RewardModel model;
         try
         {
-            gpu = onDevice?.Invoke(backbone.Config);
-            model = new RewardModel(backbone, optimizer, ownsBackbone: true, gpu) { ownsGpuBackbone = gpu is not null };
+            model = new RewardModel(backbone, optimizer, ownsBackbone: true, device);
         }
         catch
         {
-            gpu?.Dispose();
             backbone.Dispose();
             throw;
         }
@@ -326,7 +317,7 @@ public sealed class RewardModel : IDisposable, IRewardFunction
 
     public void Dispose()
     {
-        if (ownsGpuBackbone) GpuBackbone?.Dispose();
+        GptDevice.Release(Engine, Backbone);
         if (ownsBackbone) Backbone.Dispose();
     }
 }

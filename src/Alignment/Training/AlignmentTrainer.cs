@@ -413,7 +413,7 @@ public sealed class AlignmentTrainer
 }
 
 /// <summary>
-/// Runs an <see cref="AlignmentTrainer"/> on a GPT policy (<see cref="GptPolicy"/> on the CPU, <see cref="GpuGptPolicy"/> on a GPU) or a
+/// Runs an <see cref="AlignmentTrainer"/> on a GPT policy (<see cref="GptPolicy"/> on the CPU, <see cref="GptPolicy"/> on a GPU) or a
 /// tilt policy (<see cref="TiltPolicy"/>) into an output folder: <c>metrics.jsonl</c> (one JSON line per step), training checkpoints
 /// (<see cref="PolicyCheckpoint"/>: weights, AdamW moments, step and data cursor, options) every N steps and at the end, resumable
 /// bit-identically. A GPU policy's state is copied to its host model before each save and back to the device after a restore.
@@ -423,7 +423,7 @@ public sealed class AlignmentRun : CheckpointedRun
     private readonly AlignmentTrainer trainer;
     private readonly IPolicy policy;
 
-    /// <param name="policy">the trainer's policy: an <see cref="IHostGptPolicy"/> or a <see cref="TiltPolicy"/></param>
+    /// <param name="policy">the trainer's policy: an <see cref="GptPolicy"/> or a <see cref="TiltPolicy"/></param>
     /// <param name="optionsJson">the run's identity (options, model, data hash): a resume with other settings is refused</param>
     public AlignmentRun(AlignmentTrainer trainer, IPolicy policy, string directory, string tokenizerSpec, string optionsJson, int checkpointEvery)
         : base(directory, tokenizerSpec, optionsJson, checkpointEvery)

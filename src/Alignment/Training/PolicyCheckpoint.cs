@@ -7,7 +7,7 @@ namespace DistAlign.Alignment.Training;
 
 /// <summary>
 /// What the model file and a training checkpoint of a run hold of its policy, for the two kinds a run trains:
-/// a GPT policy (<see cref="IHostGptPolicy"/>: every weight and its AdamW moments, copied from the device first on a GPU) or a
+/// a GPT policy (<see cref="GptPolicy"/>: every weight and its AdamW moments, copied from the device first on a GPU) or a
 /// tilt policy (<see cref="TiltPolicy"/>: the frozen backbone's weights, which the run never writes, plus θ = b (and a head adapter's A, B) and θ's moments).
 /// A tilt model file is the backbone plus <c>logit_offset</c> (and <c>lm_head_adapter.a</c>/<c>.b</c>), so <c>sample</c> and <c>align --train tilt</c> read it back.
 /// </summary>
@@ -16,14 +16,14 @@ public static class PolicyCheckpoint
     /// <summary>Refuses a policy that a run cannot checkpoint.</summary>
     public static void CheckSupported(IPolicy policy)
     {
-        if (policy is not (IHostGptPolicy or TiltPolicy))
+        if (policy is not (GptPolicy or TiltPolicy))
             throw new ArgumentException($"a run checkpoints a GPT policy or a tilt policy, not a {policy?.GetType().Name ?? "null"}");
     }
 
     /// <summary>The GPT the model file's weights come from.</summary>
     public static Gpt ModelOf(IPolicy policy) => policy switch
     {
-        IHostGptPolicy g => g.Model,
+        GptPolicy g => g.Model,
         TiltPolicy t => t.Backbone,
         _ => throw new ArgumentException($"no GPT behind a {policy?.GetType().Name ?? "null"}"),
     };
@@ -31,7 +31,7 @@ public static class PolicyCheckpoint
     /// <summary>Writes the trained model: the GPT's weights, and b for a tilt policy.</summary>
     public static void SaveModel(IPolicy policy, string path, string tokenizerSpec)
     {
-        if (policy is IHostGptPolicy g) g.CopyToHost();
+        if (policy is GptPolicy g) g.CopyToHost();
         GptCheckpoint.SaveModel(path, ModelOf(policy), tokenizerSpec, policy is TiltPolicy t ? [..t.ModelTensors()] : null);
     }
 
@@ -40,7 +40,7 @@ public static class PolicyCheckpoint
                                     IEnumerable<SafeTensor>? model = null, IEnumerable<SafeTensor>? state = null)
     {
         CheckSupported(policy);
-        if (policy is IHostGptPolicy g) g.CopyToHost();
+        if (policy is GptPolicy g) g.CopyToHost();
         var tilt = policy as TiltPolicy;
         GptCheckpoint.SaveTraining(directory, ModelOf(policy), tokenizerSpec, trainerState, optionsJson, 2,
             [.. tilt?.ModelTensors() ?? [], .. model ?? []],
@@ -55,7 +55,7 @@ public static class PolicyCheckpoint
         var (trainerState, _) = GptCheckpoint.LoadTraining(checkpoint, ModelOf(policy), frozenModel: policy is TiltPolicy);
         switch (policy)
         {
-            case IHostGptPolicy g:
+            case GptPolicy g:
                 g.CopyFromHost();
                 break;
             case TiltPolicy t:

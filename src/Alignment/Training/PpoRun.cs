@@ -11,7 +11,7 @@ namespace DistAlign.Alignment.Training;
 /// prompt cursor — resumable bit-identically (every sampling seed derives from the step). With a separate value model
 /// (<see cref="PolicyWithValueModel"/>) its backbone is saved too, flat: <c>value_model.parameters</c> in the model file,
 /// <c>value_model.adam.m</c>/<c>.v</c> in the state file. The GPT policies may be CPU <see cref="GptPolicy"/>s or CUDA
-/// <see cref="GpuGptPolicy"/>s (<see cref="IGptValueModel"/>): a checkpoint first copies their device state to the host mirrors,
+/// <see cref="GptPolicy"/>s (<see cref="GptPolicy"/>): a checkpoint first copies their device state to the host mirrors,
 /// a restore copies it back up; the value heads live on the host either way. A <see cref="TiltPolicy"/> with its value head
 /// checkpoints its frozen backbone, θ (b and any head adapter) and θ's moments (<see cref="PolicyCheckpoint"/>) beside the head.
 /// </summary>
@@ -27,10 +27,10 @@ public sealed class PpoRun : CheckpointedRun
 
     private readonly PpoTrainer trainer;
     private readonly IPolicy policy;
-    private readonly IGptValueModel? valueModel;
+    private readonly GptPolicy? valueModel;
     private readonly ScalarHead head;
 
-    /// <param name="policy">a GPT policy with a value head (<see cref="IGptValueModel"/>), or a <see cref="PolicyWithValueModel"/> of two GPT policies</param>
+    /// <param name="policy">a GPT policy with a value head (<see cref="GptPolicy"/>), or a <see cref="PolicyWithValueModel"/> of two GPT policies</param>
     /// <param name="optionsJson">the run's identity (options, model, reward model and prompt hashes)</param>
     public PpoRun(PpoTrainer trainer, IValuePolicy policy, string directory, string tokenizerSpec, string optionsJson, int checkpointEvery)
         : base(directory, tokenizerSpec, optionsJson, checkpointEvery)
@@ -38,7 +38,7 @@ public sealed class PpoRun : CheckpointedRun
         this.trainer = trainer;
         switch (policy)
         {
-            case IGptValueModel { ValueHead: { } shared } gpt:
+            case GptPolicy { ValueHead: { } shared } gpt:
                 this.policy = gpt;
                 head = shared;
                 break;
@@ -46,7 +46,7 @@ public sealed class PpoRun : CheckpointedRun
                 this.policy = tilt;
                 head = tiltHead;
                 break;
-            case PolicyWithValueModel { Policy: IHostGptPolicy gpt } separate:
+            case PolicyWithValueModel { Policy: GptPolicy gpt } separate:
                 this.policy = gpt;
                 valueModel = separate.ValueModel;
                 head = separate.ValueModel.ValueHead!;

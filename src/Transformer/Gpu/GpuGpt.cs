@@ -11,8 +11,9 @@ namespace DistAlign.Transformer.Gpu;
 /// The GPT of <see cref="Gpt"/> on an ILGPU accelerator: the same forward and backward (same parameter
 /// layout, same activations, same math), with every op a GPU kernel and every matrix product an
 /// <see cref="IGemm"/> call (cuBLAS on CUDA, <see cref="GpuTiledGemm"/> elsewhere). Parameters, gradients,
-/// AdamW moments and activations live in device buffers; <see cref="Upload"/> and <see cref="Download"/>
-/// copy the flat buffers from and to a CPU <see cref="Gpt"/>, so checkpoints keep the CPU format.
+/// AdamW moments and activations live in device buffers; <see cref="CopyStateFrom"/> and <see cref="CopyStateTo"/>
+/// copy the flat buffers from and to a CPU <see cref="Gpt"/>, so checkpoints keep the CPU format. The GPU engine of
+/// <see cref="IGptEngine"/>.
 /// </summary>
 /// <remarks>
 /// Attention is three steps per batch row b, each over the NH heads as one strided-batched GEMM (head h's
@@ -23,7 +24,7 @@ namespace DistAlign.Transformer.Gpu;
 /// The backbone alone (<see cref="ForwardFeatures"/>, <see cref="CopyFeaturesToHost(ReadOnlySpan{int}, Span{float})"/>,
 /// <see cref="BackwardFeatures"/>) serves heads other than the LM head, as <see cref="Gpt.ForwardFeatures"/> does on the CPU.
 /// </remarks>
-public sealed class GpuGpt : IDisposable
+public sealed class GpuGpt : IGptEngine
 {
     private readonly Accelerator accelerator;
     private readonly IGemm gemm;
@@ -134,7 +135,7 @@ public sealed class GpuGpt : IDisposable
     public ArrayView<float> Gradients => gradients.View;
 
     /// <summary>Copies parameters and AdamW moments of <paramref name="model"/> (same config) to the device; gradients are zeroed.</summary>
-    public void Upload(Gpt model)
+    public void CopyStateFrom(Gpt model)
     {
         CheckSameLayout(model);
         All(parameters).CopyFromCPU(model.Parameters);
@@ -145,7 +146,7 @@ public sealed class GpuGpt : IDisposable
     }
 
     /// <summary>Copies parameters, gradients and AdamW moments back into <paramref name="model"/> (for checkpoints and checks).</summary>
-    public void Download(Gpt model)
+    public void CopyStateTo(Gpt model)
     {
         CheckSameLayout(model);
         accelerator.Synchronize();
@@ -167,7 +168,7 @@ public sealed class GpuGpt : IDisposable
     /// <summary>
     /// Forward pass: logProbs[i] = ln π(target_i | its segment's prefix), 0 where the target is −1, and, when
     /// <paramref name="entropy"/> is non-empty, H(π(· | prefix)) at those positions (as <see cref="Gpt.Forward"/>).
-    /// Keeps the activations <see cref="Backward(GptBatch, ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float})"/> needs.
+    /// Keeps the activations <see cref="Backward(GptBatch, ReadOnlySpan{float}, ReadOnlySpan{float})"/> needs.
     /// </summary>
     public void Forward(GptBatch batch, Span<float> logProbs, Span<float> entropy = default)
     {
@@ -184,27 +185,20 @@ public sealed class GpuGpt : IDisposable
     }
 
     /// <summary>
-    /// Backward after <see cref="Forward"/> on the same batch for ∂L/∂logprob, ∂L/∂entropy when <paramref name="dEntropy"/> is
-    /// non-empty (the forward must have computed entropies) and, when <paramref name="dFeatures"/> is non-empty, a second
-    /// head's gradient on the final hidden states h = ln_f(x) [N, C] (a value head on the same backbone, as
-    /// <see cref="Gpt.Backward"/>'s dFeatures): ∂L/∂h = dFeatures + the LM head's hᵀ-gradient, then one transformer backward.
-    /// Accumulates into <see cref="Gradients"/>.
+    /// Backward after <see cref="Forward"/> on the same batch for ∂L/∂logprob and, when <paramref name="dEntropy"/> is
+    /// non-empty, ∂L/∂entropy (the forward must have computed entropies). Accumulates into <see cref="Gradients"/>.
     /// </summary>
-    public void Backward(GptBatch batch, ReadOnlySpan<float> dLogProbs, ReadOnlySpan<float> dEntropy = default, ReadOnlySpan<float> dFeatures = default)
+    public void Backward(GptBatch batch, ReadOnlySpan<float> dLogProbs, ReadOnlySpan<float> dEntropy = default)
     {
-        if (!dFeatures.IsEmpty && dFeatures.Length != batch.TokenCount * Config.Channels)
-            throw new ArgumentException($"dFeatures must be empty or [N, C] = [{batch.TokenCount}, {Config.Channels}], got {dFeatures.Length}");
         var (s, dLnf) = PrepareHeadBackward(batch, dLogProbs, dEntropy);
-        // the LM head's backward accumulates onto ∂L/∂h: start it at the second head's gradient, or at 0
-        if (dFeatures.IsEmpty) dLnf.MemSetToZero();
-        else dLnf.CopyFromCPU(dFeatures);
+        dLnf.MemSetToZero();   // the LM head's backward accumulates onto ∂L/∂h
         HeadAndTransformerBackward(batch, s, dLnf, !dEntropy.IsEmpty);
     }
 
     /// <summary>
-    /// <see cref="Backward(GptBatch, ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float})"/> with a second head's
-    /// ∂L/∂h that is zero outside S rows (a value head at the scored positions): ∂L/∂h[positions[s], :] = dFeatureRows[s, :].
-    /// Uploads S·C floats and S positions (distinct, inside B·T) instead of N·C; the result is the dense call's.
+    /// <see cref="Backward(GptBatch, ReadOnlySpan{float}, ReadOnlySpan{float})"/> with a second head's ∂L/∂h that is zero
+    /// outside S rows (a value head at the scored positions): ∂L/∂h[positions[s], :] = dFeatureRows[s, :], added to the LM
+    /// head's before one transformer backward. Uploads S·C floats and S positions (distinct, inside B·T) instead of N·C.
     /// </summary>
     public void Backward(GptBatch batch, ReadOnlySpan<float> dLogProbs, ReadOnlySpan<float> dEntropy,
                          ReadOnlySpan<int> featurePositions, ReadOnlySpan<float> dFeatureRows)
@@ -269,7 +263,7 @@ public sealed class GpuGpt : IDisposable
     /// <see cref="Gpt.ForwardFeatures"/>: runs the transformer forward and leaves h = ln_f(x) [N, C] on the device
     /// (read it with <see cref="CopyFeaturesToHost(ReadOnlySpan{int}, Span{float})"/>); no logits are computed.
     /// Targets are uploaded but not used. Keeps what <see cref="BackwardFeatures"/> needs; an LM-head
-    /// <see cref="Backward(GptBatch, ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float})"/> needs a <see cref="Forward"/> instead.
+    /// <see cref="Backward(GptBatch, ReadOnlySpan{float}, ReadOnlySpan{float})"/> needs a <see cref="Forward"/> instead.
     /// </summary>
     public void ForwardFeatures(GptBatch batch)
     {
@@ -435,33 +429,60 @@ public sealed class GpuGpt : IDisposable
     /// as <c>AdamWOptimizer.Step</c> on the CPU.
     /// </summary>
     /// <param name="step">1-based optimizer step (for bias correction)</param>
-    public void AdamWStep(int step, float learningRate, float beta1, float beta2, float epsilon, float weightDecay)
+    public void AdamWStep(int step, float learningRate, AdamWSettings settings)
     {
         Profile?.Restart();
         foreach (var t in Layout.Tensors)
         {
-            float decay = t.Shape.Length >= 2 ? weightDecay : 0f;
+            float decay = t.Shape.Length >= 2 ? settings.WeightDecay : 0f;
             adamW.Step(Slice(parameters, t.Offset, t.Length), Slice(gradients, t.Offset, t.Length),
                        Slice(adamM, t.Offset, t.Length), Slice(adamV, t.Offset, t.Length),
-                       step, learningRate, beta1, beta2, epsilon, decay);
+                       step, learningRate, settings.Beta1, settings.Beta2, settings.Epsilon, decay);
         }
         Lap("adamw");
     }
 
+    /// <summary>Downloads the gradients and names the first NaN/±Inf element.</summary>
+    public NonFiniteElement? FirstNonFiniteGradient() => NonFiniteElement.FindFirst(Layout, Download(gradients));
+
+    /// <summary>Downloads the parameters and names the first NaN/±Inf element.</summary>
+    public NonFiniteElement? FirstNonFiniteParameter() => NonFiniteElement.FindFirst(Layout, Download(parameters));
+
+    private float[] Download(MemoryBuffer1D<float, Stride1D.Dense> buffer)
+    {
+        accelerator.Synchronize();
+        return buffer.GetAsArray1D();
+    }
+
+    /// <summary>destination = the device parameters (synchronises).</summary>
+    public void CopyParametersToHost(Span<float> destination)
+    {
+        accelerator.Synchronize();
+        All(parameters).CopyToCPU(destination);
+    }
+
+    /// <summary>The parameters ← <paramref name="source"/>'s: device to device from a GPU engine on this accelerator, else through the host.</summary>
+    public void CopyParametersFrom(IGptEngine source)
+    {
+        if (source.Config != Config)
+            throw new ArgumentException($"the source's config {source.Config} differs from this one's {Config}", nameof(source));
+        if (ReferenceEquals(source, this)) return;
+        if (source is GpuGpt g && ReferenceEquals(g.accelerator, accelerator)) g.parameters.View.CopyTo(parameters.View);
+        else
+        {
+            var host = new float[Layout.TotalElements];
+            source.CopyParametersToHost(host);
+            parameters.View.CopyFromCPU(host);
+        }
+        accelerator.Synchronize();
+    }
+
+    /// <summary>A <see cref="GpuGptDecoder"/> over the device weights.</summary>
+    public IIncrementalDecoder CreateDecoder(int rows, int maxLength) => new GpuGptDecoder(this, rows, maxLength);
+
     /// <summary>Waits for all queued device work.</summary>
     public void Synchronize() => accelerator.Synchronize();
 
-    /// <summary>
-    /// Floating-point operations of one forward + backward on B × T tokens, counted as llm.c / nanoGPT do for
-    /// MFU: 6 per parameter per token (embeddings and LM head included, the tied table counted once) plus
-    /// attention's 12·L·C·T per token (QKᵀ and A·V, forward and backward, the full T×T computed).
-    /// </summary>
-    public static double TrainingFlops(GptConfig config, int rows, int length)
-    {
-        double tokens = (double)rows * length;
-        double parameterCount = ParameterLayout.For(config).TotalElements;
-        return tokens * (6 * parameterCount + 12.0 * config.Layers * config.Channels * length);
-    }
 
     // ---------------------------------------------------------------------------------------------
     // forward: as Gpt's. Per block:

@@ -145,14 +145,6 @@ public sealed class GpuGptDecoder : IIncrementalDecoder, IDisposable
 
     private ArrayView<float> P(long offset, long length) => model.Parameters.SubView(offset, length);
 
-    /// <summary>
-    /// <see cref="Sampler.GenerateOn"/>
-    /// on a <see cref="GpuGptDecoder"/> of <paramref name="model"/>: the same draws as the CPU sampler wherever the logits agree.
-    /// </summary>
-    public static Continuation[] Generate(GpuGpt model, IReadOnlyList<int[]> prompts, SamplingOptions options, ulong seed) =>
-        Sampler.GenerateOn((rows, maxLength) => new GpuGptDecoder(model, rows, maxLength), model.Config.VocabSize, model.Config.MaxSequenceLength,
-                           prompts, options, seed);
-
     public void Dispose()
     {
         if (disposed) return;

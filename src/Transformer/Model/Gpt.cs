@@ -11,10 +11,11 @@ namespace DistAlign.Transformer.Model;
 /// forward, as in llm.c.
 /// </summary>
 /// <remarks>
-/// The model computes per-token log-probabilities of targets, never a loss: every objective (pretraining,
-/// SFT, the preference losses) turns log-probs into a loss and hands back d(loss)/d(log-prob).
+/// The CPU engine of <see cref="IGptEngine"/>, and the host model every engine's checkpoints go through. The model
+/// computes per-token log-probabilities of targets, never a loss: every objective (pretraining, SFT, the preference
+/// losses) turns log-probs into a loss and hands back d(loss)/d(log-prob).
 /// </remarks>
-public sealed class Gpt : IDisposable
+public sealed class Gpt : IGptEngine
 {
     public const string ParametersArena = "parameters";
     public const string GradientsArena = "gradients";
@@ -150,6 +151,7 @@ public sealed class Gpt : IDisposable
             throw new ArgumentException($"entropy must be empty or have one entry per position ({batch.TokenCount}), got {entropy.Length}");
         TransformerForward(batch, acts);
         entropyOfLastForward = !entropy.IsEmpty;
+        lastForwardShape = (batch.Rows, batch.Length);
         SequenceLogProbs.Forward(acts.Span<float>("lnf"), Wte, batch.Targets, Config.Channels, Config.VocabSize, acts.Span<float>("logits_chunk"),
             acts.Span<float>("logprobs"), acts.Span<float>("logsumexp"), entropyOfLastForward ? acts.Span<float>("entropy") : default);
         Profile?.Lap("lm head fwd");
@@ -167,6 +169,7 @@ public sealed class Gpt : IDisposable
         var acts = Prepare(batch, logProbs, dLogProbs, backward: true);
         TransformerForward(batch, acts);
         entropyOfLastForward = false;
+        lastForwardShape = (batch.Rows, batch.Length);
         var dLnf = acts.Span<float>("d_ln");
         dLnf.Clear();
         SequenceLogProbs.ForwardBackward(acts.Span<float>("lnf"), Wte, batch.Targets, Config.Channels, Config.VocabSize, dLogProbs, default,
@@ -179,11 +182,17 @@ public sealed class Gpt : IDisposable
     /// <summary>
     /// Backward for a gradient that depends on the forward's outputs (the preference objectives): call after
     /// <see cref="Forward"/> on the same batch; recomputes the LM head's logits chunk by chunk. A non-empty
-    /// <paramref name="dEntropy"/> needs the entropies from that forward. A non-empty <paramref name="dFeatures"/>
-    /// [N, C] is a second head's gradient on the final hidden states (<see cref="LastFeatures"/>: a value head on
-    /// the same backbone), added to the LM head's before the one transformer backward.
+    /// <paramref name="dEntropy"/> needs the entropies from that forward.
     /// </summary>
-    public void Backward(GptBatch batch, ReadOnlySpan<float> dLogProbs, ReadOnlySpan<float> dEntropy = default, ReadOnlySpan<float> dFeatures = default)
+    public void Backward(GptBatch batch, ReadOnlySpan<float> dLogProbs, ReadOnlySpan<float> dEntropy = default) =>
+        Backward(batch, dLogProbs, dEntropy, dFeatures: default);
+
+    /// <summary>
+    /// <see cref="Backward(GptBatch, ReadOnlySpan{float}, ReadOnlySpan{float})"/> with a second head's gradient
+    /// <paramref name="dFeatures"/> [N, C] on the final hidden states (<see cref="LastFeatures"/>: a value head on the
+    /// same backbone), added to the LM head's before the one transformer backward.
+    /// </summary>
+    public void Backward(GptBatch batch, ReadOnlySpan<float> dLogProbs, ReadOnlySpan<float> dEntropy, ReadOnlySpan<float> dFeatures)
     {
         if (!dFeatures.IsEmpty && dFeatures.Length != batch.TokenCount * Config.Channels)
             throw new ArgumentException($"dFeatures must be empty or [N, C] = [{batch.TokenCount}, {Config.Channels}], got {dFeatures.Length}");
@@ -202,6 +211,30 @@ public sealed class Gpt : IDisposable
         TransformerBackward(batch, acts);
     }
 
+    /// <summary>The dense <see cref="Backward(GptBatch, ReadOnlySpan{float}, ReadOnlySpan{float}, ReadOnlySpan{float})"/> of rows at positions.</summary>
+    public void Backward(GptBatch batch, ReadOnlySpan<float> dLogProbs, ReadOnlySpan<float> dEntropy,
+                         ReadOnlySpan<int> featurePositions, ReadOnlySpan<float> dFeatureRows) =>
+        Backward(batch, dLogProbs, dEntropy, ScatterRows(batch, featurePositions, dFeatureRows));
+
+    private float[] denseFeatureGradient = [];   // ∂L/∂h [N, C] of the row-wise backwards
+
+    // denseFeatureGradient [N, C] ← 0, then row positions[s] ← dRows[s, :] (positions distinct, inside the batch).
+    private float[] ScatterRows(GptBatch batch, ReadOnlySpan<int> positions, ReadOnlySpan<float> dRows)
+    {
+        int c = Config.Channels, n = batch.TokenCount;
+        if (dRows.Length != positions.Length * c)
+            throw new ArgumentException($"dRows must be [S, C] = [{positions.Length}, {c}], got {dRows.Length}");
+        if (denseFeatureGradient.Length != n * c) denseFeatureGradient = new float[n * c];
+        else Array.Clear(denseFeatureGradient);
+        for (int i = 0; i < positions.Length; i++)
+        {
+            if ((uint)positions[i] >= (uint)n)
+                throw new ArgumentOutOfRangeException(nameof(positions), $"position {i} is {positions[i]}, outside the batch's {n} positions (B·T)");
+            dRows.Slice(i * c, c).CopyTo(denseFeatureGradient.AsSpan(positions[i] * c, c));
+        }
+        return denseFeatureGradient;
+    }
+
     private bool entropyOfLastForward;
 
     /// <summary>
@@ -215,7 +248,7 @@ public sealed class Gpt : IDisposable
     /// runs the transformer forward and returns h = ln_f(x), the final hidden states [N, C] (N = B·T,
     /// row-major, position i at [i·C, i·C + C)). Targets are ignored. The span points into the activation
     /// arena: it is valid until the next forward of a batch of the same shape. Keeps what
-    /// <see cref="BackwardFeatures"/> needs; an LM-head <see cref="Backward"/> needs a <see cref="Forward"/> instead.
+    /// <see cref="BackwardFeatures"/> needs; an LM-head <see cref="Backward(GptBatch, ReadOnlySpan{float}, ReadOnlySpan{float})"/> needs a <see cref="Forward"/> instead.
     /// </summary>
     public ReadOnlySpan<float> ForwardFeatures(GptBatch batch)
     {
@@ -224,8 +257,33 @@ public sealed class Gpt : IDisposable
         Profile?.Restart();
         TransformerForward(batch, acts);
         entropyOfLastForward = false;
+        lastForwardShape = (batch.Rows, batch.Length);
         return acts.Span<float>("lnf");
     }
+
+    void IGptEngine.ForwardFeatures(GptBatch batch) => ForwardFeatures(batch);
+
+    private (int Rows, int Length)? lastForwardShape;   // the batch shape whose "lnf" CopyFeaturesToHost reads
+
+    /// <summary>destination [S, C] = h[positions[s], :] of the last forward (<see cref="ForwardFeatures"/> or <see cref="Forward"/>).</summary>
+    public void CopyFeaturesToHost(ReadOnlySpan<int> positions, Span<float> destination)
+    {
+        if (lastForwardShape is not var (rows, length)) throw new InvalidOperationException("CopyFeaturesToHost needs a forward first");
+        int c = Config.Channels, n = rows * length;
+        if (destination.Length != positions.Length * c)
+            throw new ArgumentException($"destination must be [S, C] = [{positions.Length}, {c}], got {destination.Length}");
+        var h = activationsByShape[(rows, length)][GptActivations.Arena].Span<float>("lnf");
+        for (int i = 0; i < positions.Length; i++)
+        {
+            if ((uint)positions[i] >= (uint)n)
+                throw new ArgumentOutOfRangeException(nameof(positions), $"position {i} is {positions[i]}, outside the forward's {n} positions (B·T)");
+            h.Slice(positions[i] * c, c).CopyTo(destination.Slice(i * c, c));
+        }
+    }
+
+    /// <summary><see cref="BackwardFeatures"/> for a ∂L/∂h that is dRows[s, :] at row positions[s] (distinct) and 0 elsewhere.</summary>
+    public void BackwardFeatureRows(GptBatch batch, ReadOnlySpan<int> positions, ReadOnlySpan<float> dRows) =>
+        BackwardFeatures(batch, ScatterRows(batch, positions, dRows));
 
     /// <summary>
     /// Backward of <see cref="ForwardFeatures"/>: given ∂L/∂h [N, C] for the batch of the last forward,
@@ -373,6 +431,83 @@ public sealed class Gpt : IDisposable
             G(g, Layout.Wte, Config.VocabSize * c), G(g, Layout.Wpe, Config.MaxSequenceLength * c));
         Profile?.Lap("embedding bwd");
     }
+
+    // ---------------------------------------------------------------------------------------------
+    // gradients, AdamW and host copies (the engine contract; on the CPU the host model is this one)
+    // ---------------------------------------------------------------------------------------------
+
+    public double GradientSumOfSquares() => GradientNorm.SumOfSquares(Gradients);
+
+    public void ScaleGradients(float factor) => System.Numerics.Tensors.TensorPrimitives.Multiply(Gradients, factor, Gradients);
+
+    public GradientClip ClipGradients(float maxNorm)
+    {
+        Profile?.Restart();
+        var clip = maxNorm > 0 ? GradientNorm.ClipByGlobalNorm(Gradients, maxNorm) : new GradientClip(GradientNorm.GlobalNorm(Gradients), 1f);
+        Profile?.Lap("gradient clip");
+        return clip;
+    }
+
+    /// <summary>
+    /// AdamW in place over the flat buffers, tensor by tensor: weight decay on the matrices (linear weights and the
+    /// embeddings), none on biases and LayerNorm parameters.
+    /// </summary>
+    public void AdamWStep(int step, float learningRate, AdamWSettings settings)
+    {
+        Profile?.Restart();
+        Span<float> p = Parameters, g = Gradients, m = AdamM, v = AdamV;
+        foreach (var t in Layout.Tensors)
+        {
+            int o = (int)t.Offset, n = (int)t.Length;
+            float decay = t.Shape.Length >= 2 ? settings.WeightDecay : 0f;
+            AdamW.Step(p.Slice(o, n), g.Slice(o, n), m.Slice(o, n), v.Slice(o, n), step, learningRate,
+                       settings.Beta1, settings.Beta2, settings.Epsilon, decay);
+        }
+        Profile?.Lap("adamw");
+    }
+
+    public NonFiniteElement? FirstNonFiniteGradient() => NonFiniteElement.FindFirst(Layout, Gradients);
+
+    public NonFiniteElement? FirstNonFiniteParameter() => NonFiniteElement.FindFirst(Layout, Parameters);
+
+    public void CopyStateTo(Gpt host)
+    {
+        if (ReferenceEquals(host, this)) return;
+        CheckSameConfig(host);
+        Parameters.CopyTo(host.Parameters);
+        Gradients.CopyTo(host.Gradients);
+        AdamM.CopyTo(host.AdamM);
+        AdamV.CopyTo(host.AdamV);
+    }
+
+    public void CopyStateFrom(Gpt host)
+    {
+        if (ReferenceEquals(host, this)) return;
+        CheckSameConfig(host);
+        host.Parameters.CopyTo(Parameters);
+        host.AdamM.CopyTo(AdamM);
+        host.AdamV.CopyTo(AdamV);
+        ZeroGradients();
+    }
+
+    private void CheckSameConfig(Gpt other)
+    {
+        if (other.Config != Config)
+            throw new ArgumentException($"the other model's config {other.Config} differs from this one's {Config}", nameof(other));
+    }
+
+    public void CopyParametersToHost(Span<float> destination) => Parameters.CopyTo(destination);
+
+    public void CopyParametersFrom(IGptEngine source)
+    {
+        if (source.Config != Config)
+            throw new ArgumentException($"the source's config {source.Config} differs from this one's {Config}", nameof(source));
+        if (!ReferenceEquals(source, this)) source.CopyParametersToHost(Parameters);
+    }
+
+    public void Synchronize() { }
+
+    public IIncrementalDecoder CreateDecoder(int rows, int maxLength) => new GptDecoder(this, rows, maxLength);
 
     private static ReadOnlySpan<float> P(ReadOnlySpan<float> all, long offset, int length) => all.Slice((int)offset, length);
     private static Span<float> G(Span<float> all, long offset, int length) => all.Slice((int)offset, length);

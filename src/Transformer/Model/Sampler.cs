@@ -35,10 +35,9 @@ public sealed record Continuation(int[] Tokens, float[] LogProbs, bool Ended);
 /// </summary>
 public static class Sampler
 {
-    /// <summary>Samples on the CPU <see cref="GptDecoder"/> of <paramref name="model"/>.</summary>
-    public static Continuation[] Generate(Gpt model, IReadOnlyList<int[]> prompts, SamplingOptions options, ulong seed) =>
-        GenerateOn((rows, maxLength) => new GptDecoder(model, rows, maxLength), model.Config.VocabSize, model.Config.MaxSequenceLength,
-                   prompts, options, seed);
+    /// <summary>Samples on <paramref name="engine"/>'s KV-cache decoder (<see cref="IGptEngine.CreateDecoder"/>): the CPU's or a device's.</summary>
+    public static Continuation[] Generate(IGptEngine engine, IReadOnlyList<int[]> prompts, SamplingOptions options, ulong seed) =>
+        GenerateOn(engine.CreateDecoder, engine.Config.VocabSize, engine.Config.MaxSequenceLength, prompts, options, seed);
 
     /// <summary>
     /// Samples on the decoder <paramref name="createDecoder"/>(rows, maxLength) returns, for a model of vocabulary

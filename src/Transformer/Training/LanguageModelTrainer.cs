@@ -1,6 +1,4 @@
 using System.Diagnostics;
-using DistAlign.Kernels.Cpu;
-using DistAlign.Transformer.Gpu;
 using DistAlign.Transformer.Model;
 
 namespace DistAlign.Transformer.Training;
@@ -40,14 +38,14 @@ public sealed record LanguageModelTrainingOptions
 public readonly record struct StepReport(int Step, float Loss, float GradientNorm, float LearningRate, int Tokens, double Milliseconds, float? ValidationLoss);
 
 /// <summary>
-/// Pretraining (next-token prediction) over a token stream: gradient accumulation, warmup + cosine
-/// schedule, global-norm clipping, AdamW, periodic validation, NaN/Inf guard. Deterministic for a seed
-/// and thread count, and resumable bit-identically from <see cref="TrainerState"/>.
+/// Pretraining (next-token prediction) over a token stream on any <see cref="IGptEngine"/>: gradient accumulation,
+/// warmup + cosine schedule, global-norm clipping, AdamW, periodic validation, NaN/Inf guard. Deterministic for a seed,
+/// engine and thread count, and resumable bit-identically from <see cref="TrainerState"/>.
 /// </summary>
 public sealed class LanguageModelTrainer
 {
     private readonly Gpt model;
-    private readonly GpuGpt? gpu;
+    private readonly IGptEngine engine;
     private readonly int[] validation;
     private readonly LanguageModelTrainingOptions options;
     private readonly LearningRateSchedule schedule;
@@ -65,15 +63,16 @@ public sealed class LanguageModelTrainer
     public TokenWindowLoader Loader { get; }
     public LanguageModelTrainingOptions Options => options;
 
-    /// <param name="gpu">when given, every step and evaluation runs on it (same config as <paramref name="model"/>);
-    /// <paramref name="model"/> is then the host copy: call <see cref="UploadModel"/> after initialising or
-    /// restoring it, and <see cref="DownloadModel"/> before saving it</param>
-    public LanguageModelTrainer(Gpt model, int[] trainTokens, int[] validationTokens, LanguageModelTrainingOptions options, GpuGpt? gpu = null)
+    /// <param name="model">the host model: checkpoints save it and restores write it</param>
+    /// <param name="engine">the engine every step and evaluation runs on (same config; default <paramref name="model"/> itself,
+    /// the CPU). On another engine call <see cref="UploadModel"/> after initialising or restoring <paramref name="model"/>, and
+    /// <see cref="DownloadModel"/> before saving it.</param>
+    public LanguageModelTrainer(Gpt model, int[] trainTokens, int[] validationTokens, LanguageModelTrainingOptions options, IGptEngine? engine = null)
     {
         this.model = model;
-        this.gpu = gpu;
-        if (gpu is not null && gpu.Config != model.Config)
-            throw new ArgumentException($"the GPU model's config {gpu.Config} differs from the host model's {model.Config}", nameof(gpu));
+        this.engine = engine ?? model;
+        if (this.engine.Config != model.Config)
+            throw new ArgumentException($"the engine's config {this.engine.Config} differs from the host model's {model.Config}", nameof(engine));
         this.options = options.Validate();
         validation = validationTokens;
         schedule = new LearningRateSchedule(options.LearningRate, options.WarmupSteps, options.Steps, options.MinLearningRateFraction);
@@ -93,88 +92,46 @@ public sealed class LanguageModelTrainer
         Loader.Seek(state.LoaderEpoch, state.LoaderIndex);
     }
 
-    /// <summary>Copies the host model's parameters and moments to the GPU model (no-op on the CPU path).</summary>
-    public void UploadModel() => gpu?.Upload(model);
+    /// <summary>Copies the host model's parameters and moments to the engine (nothing on the CPU).</summary>
+    public void UploadModel() => engine.CopyStateFrom(model);
 
-    /// <summary>Copies the GPU model's parameters, gradients and moments into the host model (no-op on the CPU path).</summary>
-    public void DownloadModel() => gpu?.Download(model);
+    /// <summary>Copies the engine's parameters, gradients and moments into the host model (nothing on the CPU).</summary>
+    public void DownloadModel() => engine.CopyStateTo(model);
 
     /// <summary>
-    /// Forward and backward over the step's A micro-batches (on <paramref name="gpu"/> when given, else the host model),
-    /// accumulating gradients: loss = −(1/(A·N)) Σ log-probs ⇒ d loss / d logprob = −1/(A·N). Returns −Σ log-probs and N·A.
+    /// One optimizer step over <see cref="LanguageModelTrainingOptions.GradientAccumulation"/> micro-batches of A:
+    /// loss = −(1/(A·N)) Σ log-probs ⇒ ∂loss/∂logprob = −1/(A·N); then clipping, the schedule's learning rate and AdamW.
+    /// A non-finite loss or gradient norm throws before the weights change, naming the first non-finite tensor.
     /// </summary>
-    private (double LossSum, int Tokens) RunMicroBatches(GpuGpt? gpu)
+    public StepReport TrainStep()
     {
+        var watch = Stopwatch.StartNew();
+        engine.ZeroGradients();
         double lossSum = 0;
         int tokens = 0;
         for (int micro = 0; micro < options.GradientAccumulation; micro++)
         {
             batch.SetLanguageModelling(Loader.Next());
             Array.Fill(dLogProbs, -1f / (options.GradientAccumulation * batch.TokenCount));
-            if (gpu is not null) gpu.ForwardBackward(batch, dLogProbs, logProbs);
-            else model.ForwardBackward(batch, dLogProbs, logProbs);
+            engine.ForwardBackward(batch, dLogProbs, logProbs);
             foreach (float lp in logProbs) lossSum -= lp;
             tokens += batch.TokenCount;
         }
-        return (lossSum, tokens);
-    }
-
-    /// <summary>One optimizer step over <see cref="LanguageModelTrainingOptions.GradientAccumulation"/> micro-batches.</summary>
-    public StepReport TrainStep()
-    {
-        if (gpu is not null) return TrainStepOnGpu(gpu);
-        var watch = Stopwatch.StartNew();
-        model.ZeroGradients();
-        var (lossSum, tokens) = RunMicroBatches(null);
         AfterBackward?.Invoke(model);
         float loss = (float)(lossSum / tokens);
         if (!float.IsFinite(loss))
-            throw NonFiniteValueException.ForLoss(Step + 1, "the training loss", NonFiniteElement.FindFirst(model.Layout, model.Parameters));
+            throw NonFiniteValueException.ForLoss(Step + 1, "the training loss", engine.FirstNonFiniteParameter());
 
         // Clipping leaves gradients whose norm is NaN/Inf unscaled, so the element named is the one the backward produced.
-        float norm = options.GradientClip > 0
-            ? (float)GradientNorm.ClipByGlobalNorm(model.Gradients, options.GradientClip).Norm
-            : (float)GradientNorm.GlobalNorm(model.Gradients);
+        float norm = (float)engine.ClipGradients(options.GradientClip).Norm;
         if (!float.IsFinite(norm))
-            throw NonFiniteValueException.ForGradient(Step + 1, NonFiniteElement.FindFirst(model.Layout, model.Gradients));
+            throw NonFiniteValueException.ForGradient(Step + 1, engine.FirstNonFiniteGradient());
 
         float lr = schedule.At(Step);
-        AdamWOptimizer.Step(model, Step + 1, lr, options.AdamW);
+        engine.AdamWStep(Step + 1, lr, options.AdamW);
+        engine.Synchronize();
         Step++;
         double milliseconds = watch.Elapsed.TotalMilliseconds; // the training step alone, without evaluation
-        float? validationLoss = null;
-        if (options.EvaluateEvery > 0 && (Step % options.EvaluateEvery == 0 || Step == options.Steps))
-            validationLoss = Evaluate();
-        return new StepReport(Step, loss, norm, lr, tokens, milliseconds, validationLoss);
-    }
-
-    /// <summary>
-    /// <see cref="TrainStep"/> on the GPU model: the same micro-batches, loss, clipping, schedule and AdamW
-    /// (weight decay on the matrices), with the NaN/Inf guard naming the tensor after copying the model back.
-    /// </summary>
-    private StepReport TrainStepOnGpu(GpuGpt gpu)
-    {
-        var watch = Stopwatch.StartNew();
-        gpu.ZeroGradients();
-        var (lossSum, tokens) = RunMicroBatches(gpu);
-        float loss = (float)(lossSum / tokens);
-        if (!float.IsFinite(loss))
-        {
-            gpu.Download(model);
-            throw NonFiniteValueException.ForLoss(Step + 1, "the training loss", NonFiniteElement.FindFirst(model.Layout, model.Parameters));
-        }
-        float norm = (float)gpu.ClipGradients(options.GradientClip).Norm;
-        if (!float.IsFinite(norm))
-        {
-            gpu.Download(model);
-            throw NonFiniteValueException.ForGradient(Step + 1, NonFiniteElement.FindFirst(model.Layout, model.Gradients));
-        }
-        float lr = schedule.At(Step);
-        var s = options.AdamW;
-        gpu.AdamWStep(Step + 1, lr, s.Beta1, s.Beta2, s.Epsilon, s.WeightDecay);
-        gpu.Synchronize();
-        Step++;
-        double milliseconds = watch.Elapsed.TotalMilliseconds;
         float? validationLoss = null;
         if (options.EvaluateEvery > 0 && (Step % options.EvaluateEvery == 0 || Step == options.Steps))
             validationLoss = Evaluate();
@@ -193,8 +150,7 @@ public sealed class LanguageModelTrainer
         for (int i = 0; i < batches; i++)
         {
             batch.SetLanguageModelling(loader.Next());
-            if (gpu is not null) gpu.Forward(batch, logProbs);
-            else model.Forward(batch, logProbs);
+            engine.Forward(batch, logProbs);
             foreach (float lp in logProbs) sum -= lp;
         }
         return (float)(sum / (batches * batch.TokenCount));

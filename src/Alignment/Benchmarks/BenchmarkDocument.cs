@@ -1,6 +1,6 @@
 using System.Text;
 
-namespace DistAlign.Transformer.Training;
+namespace DistAlign.Alignment.Benchmarks;
 
 /// <summary>
 /// docs/benchmarks.md as one section per ISA (the vector width our kernels ran: AVX-512, AVX2, ...), each written by its

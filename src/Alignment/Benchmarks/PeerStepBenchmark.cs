@@ -1,8 +1,9 @@
 using System.Diagnostics;
 using System.Text.Json;
 using DistAlign.Engine.Native;
+using DistAlign.Transformer.Devices;
 
-namespace DistAlign.Transformer.Training;
+namespace DistAlign.Alignment.Benchmarks;
 
 /// <summary>
 /// Our step times and a peer's for one workload, from alternating rounds in one invocation — or, where the peer failed
@@ -67,7 +68,7 @@ public static class PeerStepBenchmark
 
     /// <summary>A training-step workload (W1, W2) against the peer's <c>--workload w1|w2</c>.</summary>
     public static PeerComparison Run(StepWorkload workload, string python, string script, int rounds, int stepsPerRound, int threads) =>
-        Compare(workload.Name, (warmup, steps) => StepBenchmark.Run(workload, warmup, steps).StepMilliseconds,
+        Compare(workload.Name, (warmup, steps) => StepBenchmark.Run(GptDevice.Cpu, workload, StepSettings.Peer, Math.Max(1, warmup), steps, profiledSteps: 0).StepMilliseconds,
                 python, script, workload.Name.ToLowerInvariant(), rounds, stepsPerRound, threads);
 
     /// <summary>

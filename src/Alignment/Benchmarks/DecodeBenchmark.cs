@@ -2,7 +2,7 @@ using System.Diagnostics;
 using DistAlign.Engine.Random;
 using DistAlign.Transformer.Model;
 
-namespace DistAlign.Transformer.Training;
+namespace DistAlign.Alignment.Benchmarks;
 
 /// <summary>What <see cref="DecodeBenchmark.Run"/> measured.</summary>
 public sealed record DecodeMeasurement(GptConfig Config, int Rows, int Length, double CachedMilliseconds, double RecomputeMilliseconds, double MaxLogitDifference,

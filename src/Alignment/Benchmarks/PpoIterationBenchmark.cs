@@ -1,10 +1,12 @@
+using DistAlign.Alignment.Training;
 using DistAlign.Alignment.Policies;
 using DistAlign.Alignment.Reward;
 using DistAlign.Engine.Random;
+using DistAlign.Transformer.Devices;
 using DistAlign.Transformer.Model;
 using DistAlign.Transformer.Training;
 
-namespace DistAlign.Alignment.Training;
+namespace DistAlign.Alignment.Benchmarks;
 
 /// <summary>Where a PPO iteration's time went, as medians over the timed iterations.</summary>
 /// <param name="SamplingMilliseconds">KV-cache decoding of the responses</param>
@@ -57,12 +59,11 @@ public static class PpoIterationBenchmark
             throw new ArgumentException($"{promptTokens} prompt + {responseTokens} response tokens exceed the context of {config.MaxSequenceLength}");
         var model = new Gpt(config);
         model.InitializeGpt2(seed);
-        using var policy = device.Policy(model, new AdamWSettings(WeightDecay: 0), ownsModel: true, withValueHead: true);
+        using var policy = new GptPolicy(model, new AdamWSettings(WeightDecay: 0), ownsModel: true, withValueHead: true, device);
         using var reference = policy.Snapshot();
         var rewardBackbone = new Gpt(config);
         rewardBackbone.InitializeGpt2(seed + 1);
-        using var rewardOnDevice = device.Backbone(config);   // null on the CPU; disposed after the reward model
-        using var reward = new RewardModel(rewardBackbone, new AdamWSettings(), ownsBackbone: true, rewardOnDevice);
+        using var reward = new RewardModel(rewardBackbone, new AdamWSettings(), ownsBackbone: true, device);
         var rng = new PhiloxStream(seed, 9);
         var promptList = new List<int[]>();
         for (int i = 0; i < prompts * (warmup + iterations); i++)

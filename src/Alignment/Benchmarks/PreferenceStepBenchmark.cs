@@ -3,10 +3,11 @@ using DistAlign.Alignment.Objectives;
 using DistAlign.Alignment.Policies;
 using DistAlign.Engine.Random;
 using DistAlign.Kernels.Cpu;
+using DistAlign.Transformer.Devices;
 using DistAlign.Transformer.Model;
 using DistAlign.Transformer.Training;
 
-namespace DistAlign.Alignment.Training;
+namespace DistAlign.Alignment.Benchmarks;
 
 /// <summary>What <see cref="PreferenceStepBenchmark.Run"/> measured: medians of alternating steps.</summary>
 /// <param name="DpoOpMillisecondsPerStep">The DPO step's per-op breakdown (the model's <see cref="OpProfile"/> laps, "clip + AdamW", and
@@ -23,7 +24,7 @@ public sealed record PreferenceStepMeasurement(GptConfig Config, int Pairs, int 
 /// <summary>
 /// One DPO step with cached reference log-probs against one SFT step on the same chosen + rejected tokens
 /// (both 6·N FLOPs per token: forward, backward, AdamW), alternating in one process so drift hits both. On the CPU
-/// policy by default, or on the policy a caller builds (a <see cref="GpuGptPolicy"/>: each timed step then ends with a
+/// policy by default, or on the policy a caller builds (a <see cref="GptPolicy"/>: each timed step then ends with a
 /// device synchronisation, and the per-op breakdown comes from one extra, separately profiled DPO step, because the
 /// GPU profile synchronises after every op).
 /// </summary>
@@ -74,16 +75,15 @@ public static class PreferenceStepBenchmark
         return data;
     }
 
-    /// <param name="createPolicy">builds the policy to time from the initialised model and the AdamW settings (default: the
-    /// CPU <see cref="GptPolicy"/>); it does not own the model</param>
+    /// <param name="device">where the policy trains (default the CPU)</param>
     public static PreferenceStepMeasurement Run(GptConfig config, int pairs, int promptTokens, int responseTokens, int warmup, int steps, ulong seed = 1,
-                                                Func<Gpt, AdamWSettings, IHostGptPolicy>? createPolicy = null)
+                                                GptDevice? device = null)
     {
         using var model = new Gpt(config);
         model.InitializeGpt2(seed);
         var adamW = new AdamWSettings(WeightDecay: 0);
-        using var policy = createPolicy?.Invoke(model, adamW) ?? new GptPolicy(model, adamW);
-        var gpu = policy as GpuGptPolicy;
+        using var policy = new GptPolicy(model, adamW, device: device);
+        var engine = policy.Engine;
         var data = RandomPairs(config, pairs, promptTokens, responseTokens, seed);
         var referenceLogProbs = OfflinePreferenceObjective.ReferenceLogProbs(policy, data);
         var dpo = new OfflinePreferenceObjective(new PairwiseLossSettings(PairwiseLossVariant.DpoSigmoid, Beta: 0.1));
@@ -92,46 +92,37 @@ public static class PreferenceStepBenchmark
 
         var dpoTimes = new double[steps];
         var sftTimes = new double[steps];
-        var profile = new OpProfile();
         for (int s = 0; s < warmup + steps; s++)
         {
-            bool timed = s >= warmup;
             long start = Stopwatch.GetTimestamp();
-            if (gpu is null) model.Profile = timed ? profile : null;
             policy.ZeroGradients();
             dpo.Accumulate(policy, data, referenceLogProbs, null, (ulong)s);
-            model.Profile = null;
-            long optimizerStart = Stopwatch.GetTimestamp();
             policy.ClipGradients(1f);
             policy.OptimizerStep(2 * s + 1, 1e-5f);
-            gpu?.Device.Synchronize();
+            engine.Synchronize();
             long middle = Stopwatch.GetTimestamp();
-            if (timed && gpu is null) profile.Charge("clip + AdamW", Stopwatch.GetElapsedTime(optimizerStart, middle).TotalMilliseconds);
             policy.ZeroGradients();
             sft.Accumulate(policy, sftSequences);
             policy.ClipGradients(1f);
             policy.OptimizerStep(2 * s + 2, 1e-5f);
-            gpu?.Device.Synchronize();
+            engine.Synchronize();
             long end = Stopwatch.GetTimestamp();
             if (s < warmup) continue;
             dpoTimes[s - warmup] = Stopwatch.GetElapsedTime(start, middle).TotalMilliseconds;
             sftTimes[s - warmup] = Stopwatch.GetElapsedTime(middle, end).TotalMilliseconds;
         }
-        int profiledSteps = steps;
-        if (gpu is not null)
-        {
-            // one more DPO step with the device profile attached (it synchronises after every op), outside the timed ones
-            gpu.Device.Profile = profile;
-            policy.ZeroGradients();
-            dpo.Accumulate(policy, data, referenceLogProbs, null, (ulong)(warmup + steps));
-            gpu.Device.Profile = null;
-            long optimizerStart = Stopwatch.GetTimestamp();
-            policy.ClipGradients(1f);
-            policy.OptimizerStep(2 * (warmup + steps) + 1, 1e-5f);
-            gpu.Device.Synchronize();
-            profile.Charge("clip + AdamW", Stopwatch.GetElapsedTime(optimizerStart).TotalMilliseconds);
-            profiledSteps = 1;
-        }
+        // one more DPO step with the profile attached (a device engine synchronises after every op), outside the timed ones
+        var profile = new OpProfile();
+        engine.Profile = profile;
+        policy.ZeroGradients();
+        dpo.Accumulate(policy, data, referenceLogProbs, null, (ulong)(warmup + steps));
+        engine.Profile = null;
+        long optimizerStart = Stopwatch.GetTimestamp();
+        policy.ClipGradients(1f);
+        policy.OptimizerStep(2 * (warmup + steps) + 1, 1e-5f);
+        engine.Synchronize();
+        profile.Charge("clip + AdamW", Stopwatch.GetElapsedTime(optimizerStart).TotalMilliseconds);
+        int profiledSteps = 1;
         var perStep = profile.Totals().Select(x => (x.Op, x.Milliseconds / profiledSteps)).ToList();
         perStep.Add(("other (packing, sums, pairwise loss, zeroing)", Math.Max(0, dpoTimes.Average() - perStep.Sum(x => x.Item2))));
         return new PreferenceStepMeasurement(config, pairs, PolicyScores.TokenCount(sftSequences), Median(dpoTimes), Median(sftTimes), dpoTimes, sftTimes,

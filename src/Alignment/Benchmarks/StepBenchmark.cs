@@ -1,0 +1,133 @@
+using System.Diagnostics;
+using DistAlign.Engine.Random;
+using DistAlign.Kernels.Cpu;
+using DistAlign.Transformer.Devices;
+using DistAlign.Transformer.Model;
+
+namespace DistAlign.Alignment.Benchmarks;
+
+/// <summary>A training-step workload: model size and batch.</summary>
+public sealed record StepWorkload(string Name, GptConfig Config, int Rows, int Length)
+{
+    /// <summary>W1: GPT-2 124M, batch 4 × 64 (llm.c's CPU test configuration).</summary>
+    public static StepWorkload W1 => new("W1", GptConfig.Gpt2Small, 4, 64);
+    /// <summary>W2: 4 layers, 4 heads, width 256, vocabulary 4,096, context 128, batch 8 × 128.</summary>
+    public static StepWorkload W2 => new("W2", new GptConfig(4, 4, 256, 4096, 128), 8, 128);
+    /// <summary>GPT-2 124M at batch 16 × 1024: issue #8's GPU workload (llm.c's and nanoGPT's GPU configuration).</summary>
+    public static StepWorkload Gpt2 => new("GPT-2 124M", GptConfig.Gpt2Small with { MaxSequenceLength = 1024 }, 16, 1024);
+
+    public int Tokens => Rows * Length;
+
+    /// <summary>
+    /// Model FLOPs of one step with causal attention counted as half the T×T products: 6·N per token for the weights
+    /// (N = every parameter, the tied LM head counted once) plus 6·L·C·T per token. The GFLOP/s figure's numerator.
+    /// </summary>
+    public double FlopsPerStep => Tokens * (6.0 * Config.ParameterCount + 6.0 * Config.Layers * Config.Channels * Length);
+
+    /// <summary>
+    /// Model FLOPs of one step as llm.c and nanoGPT count them for MFU: 6·N per token plus attention's 12·L·C·T per token
+    /// (QKᵀ and A·V, forward and backward, the full T×T computed). The MFU figure's numerator, so it compares with theirs.
+    /// </summary>
+    public double MfuFlopsPerStep => Tokens * (6.0 * Config.ParameterCount + 12.0 * Config.Layers * Config.Channels * Length);
+}
+
+/// <summary>How <see cref="StepBenchmark.Run"/> steps: the learning rate and the gradient clip (0: none, as the CPU peer's step).</summary>
+public sealed record StepSettings(float LearningRate = 1e-4f, float GradientClip = 0f)
+{
+    /// <summary>The CPU workloads' step, what the PyTorch peer runs: AdamW at 1e-4, no clipping.</summary>
+    public static StepSettings Peer { get; } = new();
+
+    /// <summary>A pretraining step as llm.c's and nanoGPT's GPU runs: AdamW at 3e-4, global-norm clipping at 1.</summary>
+    public static StepSettings Pretraining { get; } = new(3e-4f, 1f);
+}
+
+/// <summary>What <see cref="StepBenchmark.Run"/> measured.</summary>
+/// <param name="Device">the device the engine ran on, in words</param>
+/// <param name="StepMilliseconds">wall time of each timed step, host to host, synchronised</param>
+/// <param name="OpMillisecondsPerStep">milliseconds per kind of op, averaged over the profiled steps run after the timed ones
+/// (a device engine synchronises at each op while profiled, so the sum can exceed a timed step); empty when none was profiled</param>
+/// <param name="FirstLoss">mean next-token loss of the first (warm-up) step</param>
+/// <param name="LastLoss">mean loss of the last step (the same batch every step, so it falls: a cheap check that the step learns)</param>
+/// <param name="PlannedBytes">host bytes a CPU model of this workload plans (parameters, gradients, moments, activations)</param>
+/// <param name="DeviceBytesInUse">device memory in use after the steps (the whole context), when the device reports it</param>
+public sealed record StepMeasurement(
+    StepWorkload Workload, string Device, int Threads, double[] StepMilliseconds, IReadOnlyList<(string Op, double Milliseconds)> OpMillisecondsPerStep,
+    float FirstLoss, float LastLoss, double LastGradientNorm, long PeakResidentBytes, long PlannedBytes, long? DeviceBytesInUse)
+{
+    public double MedianMilliseconds => Median(StepMilliseconds);
+    public double MinMilliseconds => StepMilliseconds.Min();
+    public double MaxMilliseconds => StepMilliseconds.Max();
+    public double TokensPerSecond => Workload.Tokens / (MedianMilliseconds / 1000.0);
+    public double GflopsPerSecond => Workload.FlopsPerStep / (MedianMilliseconds / 1000.0) / 1e9;
+
+    /// <summary>Model FLOP utilisation: <see cref="StepWorkload.MfuFlopsPerStep"/> per median step over <paramref name="peakFlops"/>.</summary>
+    public double Mfu(double peakFlops) => Workload.MfuFlopsPerStep / (MedianMilliseconds * 1e-3) / peakFlops;
+
+    private static double Median(double[] values)
+    {
+        var sorted = values.Order().ToArray();
+        int n = sorted.Length;
+        return n % 2 == 1 ? sorted[n / 2] : 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]);
+    }
+}
+
+/// <summary>
+/// The whole-step harness, on any device: one training step = zero gradients, forward + backward with the fused LM head
+/// (∂L/∂logprob = −1/N), optional global-norm clipping, AdamW, synchronise. GPT-2 initialisation, random tokens from
+/// Philox (the same batch every step), several warm-up steps, then the median of the timed ones; then
+/// <c>profiledSteps</c> more with an <see cref="OpProfile"/> attached for the per-op breakdown.
+/// </summary>
+public static class StepBenchmark
+{
+    public static StepMeasurement Run(GptDevice device, StepWorkload workload, StepSettings settings, int warmupSteps, int timedSteps,
+                                      int profiledSteps = 1, ulong seed = 1)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(warmupSteps, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(timedSteps, 1);
+        ArgumentOutOfRangeException.ThrowIfNegative(profiledSteps);
+        var plan = Gpt.PlanTraining(workload.Config, workload.Rows, workload.Length);
+        using var host = new Gpt(workload.Config);
+        host.InitializeGpt2(seed);
+        var engine = device.EngineFor(host);
+        try
+        {
+            var batch = new GptBatch(workload.Rows, workload.Length);
+            var rng = new PhiloxStream(seed, 99);
+            var window = new int[workload.Tokens + 1];
+            for (int i = 0; i < window.Length; i++) window[i] = (int)(rng.NextUInt() % (uint)workload.Config.VocabSize);
+            batch.SetLanguageModelling(window);
+            var logProbs = new float[workload.Tokens];
+            var dLogProbs = Enumerable.Repeat(-1f / workload.Tokens, workload.Tokens).ToArray();
+            var adamW = new AdamWSettings();
+
+            var profile = new OpProfile();
+            var times = new double[timedSteps];
+            float firstLoss = float.NaN, lastLoss = float.NaN;
+            double norm = double.NaN;
+            int total = warmupSteps + timedSteps + profiledSteps;
+            for (int step = 1; step <= total; step++)
+            {
+                bool profiled = step > warmupSteps + timedSteps;
+                engine.Profile = profiled ? profile : null;
+                long start = Stopwatch.GetTimestamp();
+                engine.ZeroGradients();
+                engine.ForwardBackward(batch, dLogProbs, logProbs);
+                norm = engine.ClipGradients(settings.GradientClip).Norm;
+                engine.AdamWStep(step, settings.LearningRate, adamW);
+                engine.Synchronize();
+                if (step > warmupSteps && !profiled) times[step - warmupSteps - 1] = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
+                float loss = -logProbs.Sum() / workload.Tokens;
+                if (step == 1) firstLoss = loss;
+                lastLoss = loss;
+            }
+            engine.Profile = null;
+            var perStep = profiledSteps == 0 ? [] : profile.Totals().Select(x => (x.Op, x.Milliseconds / profiledSteps)).ToList();
+            return new StepMeasurement(workload, device.Description, CpuParallel.Threads, times, perStep, firstLoss, lastLoss, norm,
+                Process.GetCurrentProcess().PeakWorkingSet64, plan.TotalBytes, device.MemoryInUseBytes());
+        }
+        finally
+        {
+            GptDevice.Release(engine, host);
+        }
+    }
+}
