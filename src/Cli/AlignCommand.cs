@@ -115,7 +115,7 @@ internal static class AlignCommand
         using var backbone = train.Frozen ? gpt : null;   // a tilt policy shares its frozen backbone; a GPT policy owns its model
         using IPolicy policy = train.Frozen ? TiltAlign.Policy(gpt, loaded, train, adamW, pairs, withValueHead: false, common.Seed)
                                             : new GptPolicy(gpt, adamW, ownsModel: true, device: device?.Models);
-        if (device is not null) Console.WriteLine($"training on {device.Description} (GptPolicy; reference log-probs on the same device)");
+        if (device is not null) Console.WriteLine($"training on {device.Description} (π and π0 on the device: scores, gradients, clipping, AdamW, reference log-probs)");
         string modelHash = ModelHash.Of(policy);
         KlRegularizer? kl = pmle && s.KlBeta > 0
             ? new KlRegularizer(s.KlBeta, s.KlSamples, CliErrors.Positive(s.KlMaxTokens, "--kl-max-tokens"), tok.EndOfText) : null;

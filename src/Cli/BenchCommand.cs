@@ -9,7 +9,6 @@ using DistAlign.Engine.Native;
 using DistAlign.Kernels.Cpu;
 using DistAlign.Transformer.Gpu;
 using DistAlign.Transformer.Model;
-using DistAlign.Transformer.Training;
 using Spectre.Console;
 
 namespace DistAlign.Cli;

@@ -20,7 +20,7 @@ internal static class BenchPpoCommand
         {
             CpuParallel.Threads = CliErrors.Positive(parse.GetValue(threads), "--threads");
             int n = CliErrors.Positive(parse.GetValue(iterations), "--iterations");
-            // --device cuda: the policy, π0 and R̂'s backbone on the GPU (GptPolicy, GpuGpt), decoding on GpuGptDecoder
+            // --device cuda: the policy, π0 and R̂'s backbone on the GPU (GPU engines), decoding on the device
             using var device = GpuTrainingOptions.OpenIfChosen(gpu.Read(parse), PpoIterationBenchmark.Workloads[^1].Config);
             Console.WriteLine($"PPO iteration (RLHF, value head on the policy backbone, reward model of the same shape), " +
                               (device is null ? $"{CpuParallel.Threads} threads" : $"on {device.Description}") + $", medians of {n}");

@@ -173,7 +173,7 @@ internal static class DemoRunner
         AnsiConsole.MarkupLine($"π0 cache: {Markup.Escape(cacheDir)} · report: {Markup.Escape(outDir)} · threads {CpuParallel.Threads}");
         if (!device.IsCpu)
             AnsiConsole.MarkupLine($"training on {Markup.Escape(device.Description)}: π0's pretraining, the reward model's backbone and every policy " +
-                                   "(GpuGpt, GptPolicy; decoding on the device); π*, the pairs' labels and the estimates on the host");
+                                   "(GPU engines; decoding on the device); π*, the pairs' labels and the estimates on the host");
         DemoExperiment? experiment = null;
         var results = new List<DemoSizeResult>();
         try

@@ -17,14 +17,14 @@ internal static class DeviceOption
     public const string Name = "--device";
 
     /// <summary>
-    /// Commands that run on CUDA when it is chosen: pretrain (its training steps and evaluation on GpuGpt; data,
+    /// Commands that run on CUDA when it is chosen, each through a GPU engine (<c>GptDevice.EngineFor</c>): pretrain (its training steps and evaluation; data,
     /// tokenization and checkpoints stay on the host), align (the offline objectives sft, dpo, pmle: the policy and the
     /// reference on GptPolicy; the on-policy ones distill, rebel, rlhf, rkl: the policy, the reference and PPO's separate
-    /// value model on GptPolicy with value heads on the host, R̂'s backbone on GpuGpt, KV-cache decoding on GpuGptDecoder;
+    /// value model on GptPolicy with value heads on the host, R̂'s backbone on the device, KV-cache decoding on the device;
     /// rkl's exact entropy bonus from the fused LM head's entropy kernels), bench dpo (both of its steps on GptPolicy),
-    /// reward (the reward model's backbone on GpuGpt, its scalar head on the host), sample (KV-cache decoding on
-    /// GpuGptDecoder; the draws on the host), and demo and experiment lm (π0's pretraining, the reward model and the six methods
-    /// on the device, see DemoExperiment), bench step (GpuStepBenchmark: whole GpuGpt steps, MFU), bench ppo (the policy, π0 and R̂'s backbone on the device). The other commands run on the CPU.
+    /// reward (the reward model's backbone on the device, its scalar head on the host), sample (KV-cache decoding on
+    /// the device; the draws on the host), and demo and experiment lm (π0's pretraining, the reward model and the six methods
+    /// on the device, see DemoExperiment), bench step (StepBenchmark: whole steps, MFU), bench ppo (the policy, π0 and R̂'s backbone on the device). The other commands run on the CPU.
     /// </summary>
     internal static readonly IReadOnlySet<string> CudaCapableCommands = new HashSet<string>(StringComparer.Ordinal)
         { "pretrain", "align", "bench step", "bench dpo", "bench ppo", "reward", "sample", "demo", "experiment lm" };

@@ -10,7 +10,6 @@ using DistAlign.Alignment.Reward;
 using DistAlign.Alignment.Training;
 using DistAlign.Kernels.Cpu;
 using DistAlign.Kernels.Gpu;
-using DistAlign.Transformer.Gpu;
 using DistAlign.Transformer.Model;
 using DistAlign.Transformer.Training;
 
@@ -80,7 +79,7 @@ internal sealed class OnlineOptions
 /// rollout of --batch prompts, then --ppo-epochs × --minibatches optimizer steps). Prompts are the data file's.
 /// With <c>--device cuda</c> (or auto with a usable GPU) π, π0 and a separate value model are <see cref="GptPolicy"/>s (scores,
 /// gradients, clipping and AdamW on the device; value heads on the host; responses decoded on the device by GptPolicy.Sample, the draws
-/// on the host), and R̂'s backbone runs on a <see cref="Transformer.Gpu.GpuGpt"/> (its scalar head on the host); rkl's
+/// on the host), and R̂'s backbone runs on a GPU engine (its scalar head on the host); rkl's
 /// <c>--entropy exact</c> takes its entropies and their gradient from the fused LM head on the device.
 /// </summary>
 internal static class OnlineAlign
@@ -121,8 +120,8 @@ internal static class OnlineAlign
         var loaded = Alignment.Reward.RewardModel.Load(o.RewardModel.FullName, new AdamWSettings(), device: models);
         using var rewardModel = loaded.Model;
         if (device is not null)
-            Console.WriteLine($"training on {device.Description} (GptPolicy for π and π0{(valueModel is null ? "" : " and the value model")}, " +
-                              "R̂'s backbone; responses decoded on the device, drawn on the host)");
+            Console.WriteLine($"training on {device.Description} (π, π0{(valueModel is null ? "" : ", the value model")} and " +
+                              "R̂'s backbone on the device; responses decoded on the device, drawn on the host)");
         if (loaded.TokenizerSpec is { } spec && spec != tok.Spec)
             throw new CheckpointMismatchException($"{o.RewardModel.FullName}: the reward model uses tokenizer '{spec}', the policy '{tok.Spec}'");
         string rewardHash = Convert.ToHexStringLower(SHA256.HashData(File.ReadAllBytes(o.RewardModel.FullName)))[..16];

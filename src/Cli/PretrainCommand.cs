@@ -3,7 +3,6 @@ using System.Text.Json;
 using DistAlign.Kernels.Cpu;
 using DistAlign.Kernels.Gpu;
 using DistAlign.Transformer.Data;
-using DistAlign.Transformer.Gpu;
 using DistAlign.Transformer.Model;
 using DistAlign.Transformer.Tokenization;
 using DistAlign.Transformer.Training;
@@ -96,11 +95,11 @@ internal static class PretrainCommand
         var plan = Gpt.PlanTraining(config, options.Rows, options.Length);
         AnsiConsole.MarkupLine($"memory plan: {plan.TotalBytes / (1024.0 * 1024.0):F1} MiB ({config.ParameterCount:N0} parameters)");
         using var model = new Gpt(config, memoryBudget);
-        // --device cuda (or auto with a usable GPU): steps and evaluation on GpuGpt, cuBLAS GEMMs at --gpu-precision,
+        // --device cuda (or auto with a usable GPU): steps and evaluation on a GPU engine, cuBLAS GEMMs at --gpu-precision,
         // attention per --gpu-attention; `model` stays the host copy that is initialised, restored and saved.
         using var device = GpuTrainingOptions.OpenIfChosen(gpuOptions, config);
         using var gpu = device?.Models.EngineFor(model);   // null on the CPU: the trainer runs on `model` itself
-        if (device is not null) AnsiConsole.MarkupLine($"training on {Markup.Escape(device.Description)} (GpuGpt)");
+        if (device is not null) AnsiConsole.MarkupLine($"training on {Markup.Escape(device.Description)}");
         var trainer = new LanguageModelTrainer(model, train, validation, options, gpu);
         string optionsJson = JsonSerializer.Serialize(new { config, options, tokenizer = tok.Spec });
 

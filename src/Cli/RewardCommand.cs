@@ -5,7 +5,6 @@ using DistAlign.Alignment.Reward;
 using DistAlign.Alignment.Training;
 using DistAlign.Kernels.Cpu;
 using DistAlign.Transformer.Model;
-using DistAlign.Transformer.Gpu;
 using DistAlign.Transformer.Training;
 
 namespace DistAlign.Cli;
@@ -14,7 +13,7 @@ namespace DistAlign.Cli;
 /// <c>distalign reward</c>: trains a Bradley–Terry reward model (the GPT backbone of --model plus a zero-initialised scalar
 /// head) on preference pairs through <see cref="RewardModelTrainer"/>; writes metrics.jsonl, resumable step-N/ checkpoints and
 /// DIR/reward_model.safetensors (loadable with RewardModel.Load). With <c>--device cuda</c> (or auto with a usable GPU) the
-/// backbone's forward, backward, clip and AdamW run on a <see cref="GpuGpt"/> (GEMM precision and attention from the shared
+/// backbone's forward, backward, clip and AdamW run on a GPU engine (GEMM precision and attention from the shared
 /// <c>--gpu-precision</c> / <c>--gpu-attention</c>), the scalar head and the data on the host; checkpoints are written from the
 /// downloaded weights, in the CPU format.
 /// </summary>
@@ -58,11 +57,11 @@ internal static class RewardCommand
     {
         var (gpt, tok, pairs, dataHash, _) = CliData.LoadModelAndPairs(modelFile, dataFile, common);
         string modelHash = ModelHash.Of(gpt); // of the starting backbone, before any checkpoint is loaded
-        // --device cuda (or auto with a usable GPU): the backbone on GpuGpt (features forward and backward, clip, AdamW on the
+        // --device cuda (or auto with a usable GPU): the backbone on a GPU engine (features forward and backward, clip, AdamW on the
         // device); the scalar head stays on the host, and `gpt` is the host mirror that checkpoints are written from.
         using var device = GpuTrainingOptions.OpenIfChosen(gpuOptions, gpt);
         using var rm = new RewardModel(gpt, new AdamWSettings(WeightDecay: weightDecay), ownsBackbone: true, device?.Models);
-        Console.WriteLine(device is null ? "training on the CPU" : $"training on {device.Description} (GpuGpt backbone; scalar head on the host)");
+        Console.WriteLine(device is null ? "training on the CPU" : $"training on {device.Description} (backbone on the device; scalar head on the host)");
         var options = new RewardTrainingOptions
         {
             Loss = settings, Steps = common.Steps, BatchPairs = common.Batch, LearningRate = common.LearningRate, WarmupSteps = common.Warmup,

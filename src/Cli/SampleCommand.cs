@@ -60,14 +60,14 @@ internal static class SampleCommand
                 Print(results, texts, n, tok);
                 return 0;
             }
-            // --device cuda (or auto with a usable GPU): the model uploaded into a GpuGpt and decoded there (KV caches, logits on the
+            // --device cuda (or auto with a usable GPU): the model copied to a GPU engine and decoded there (KV caches, logits on the
             // device; fp32 GEMMs); the draws stay on the host, so a seed gives the CPU's continuations wherever the logits agree.
             using var device = GpuTrainingOptions.OpenIfChosen(new GpuTrainingOptions.Values(GemmPrecision.Float32, Flash: false), gpt.Config);
             if (device is null) results = Sampler.Generate(gpt, encoded, options, parse.GetValue(seed));
             else
             {
                 using var engine = device.Models.EngineFor(gpt);
-                Console.WriteLine($"decoding on {device.Accelerator.Name} (GpuGptDecoder: KV caches and logits on the device, {(device.Gemm is CublasGemm ? "fp32 cuBLAS" : "fp32 tiled ILGPU")} GEMMs)");
+                Console.WriteLine($"decoding on {device.Accelerator.Name} (KV caches and logits on the device, {(device.Gemm is CublasGemm ? "fp32 cuBLAS" : "fp32 tiled ILGPU")} GEMMs)");
                 results = Sampler.Generate(engine, encoded, options, parse.GetValue(seed));
             }
             Print(results, texts, n, tok);

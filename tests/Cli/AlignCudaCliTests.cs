@@ -12,7 +12,7 @@ namespace DistAlign.Tests.Cli;
 /// <c>align --device cuda</c>: every objective has a CUDA path (the on-policy ones run in <see cref="OnPolicyCudaCliTests"/>). Where
 /// no GPU is present the CUDA path is driven through its seams: <see cref="DeviceOption.Probe"/> pretends an H200 is
 /// there and <see cref="GpuTrainingOptions.OpenAccelerator"/> opens ILGPU's CPU simulator instead of the CUDA device, so the
-/// very code a GPU run takes (GpuGptPolicy for π and π0, device checkpoints, the final download) runs end to end here.
+/// very code a GPU run takes (a GPU GptPolicy for π and π0, device checkpoints, the final download) runs end to end here.
 /// </summary>
 public class AlignCudaCliTests : CliTestBase
 {
@@ -69,7 +69,7 @@ public class AlignCudaCliTests : CliTestBase
         Assert.That(Align(gpuRun, [.. dpo, "--device", "cuda"]), Is.EqualTo(0), Error.ToString());
         string output = Output.ToString();
         TestContext.Out.WriteLine(output);
-        Assert.That(output, Does.Contain("device: cuda (NVIDIA H200").And.Contain("training on CPUAccelerator").And.Contain("GpuGptPolicy"));
+        Assert.That(output, Does.Contain("device: cuda (NVIDIA H200").And.Contain("training on CPUAccelerator").And.Contain("(π and π0 on the device"));
         Assert.That(output, Does.Contain("reference log-probs: computed").And.Contain("done:"));
         Assert.That(Align(cpuRun, [.. dpo, "--device", "cpu"]), Is.EqualTo(0), Error.ToString());
 

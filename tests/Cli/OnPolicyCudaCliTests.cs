@@ -13,7 +13,7 @@ namespace DistAlign.Tests.Cli;
 /// <summary>
 /// <c>align --objective rlhf|rebel --device cuda</c> end to end through the CUDA code path on ILGPU's CPU simulator (the seams
 /// <see cref="DeviceOption.Probe"/> and <see cref="GpuTrainingOptions.OpenAccelerator"/>, as <see cref="AlignCudaCliTests"/>):
-/// π, π0 and the value model on GpuGptPolicy, R̂'s backbone on GpuGpt. Metrics follow a CPU run within 1e-4 (relative to
+/// π, π0, the value model and R̂'s backbone on GPU engines. Metrics follow a CPU run within 1e-4 (relative to
 /// max(1, |cpu|)); a run stopped after step 1 and resumed from its device checkpoint repeats the straight GPU run bit for bit.
 /// </summary>
 public class OnPolicyCudaCliTests : CliTestBase
@@ -116,11 +116,11 @@ public class OnPolicyCudaCliTests : CliTestBase
     public void RlhfWithASeparateValueModelRunsOnTheCudaPathFollowsTheCpuAndResumesBitIdentically() =>
         RunsOnTheCudaPathFollowsTheCpuAndResumesBitIdentically(
             ["--objective", "rlhf", "--beta", "0.05", "--ppo-epochs", "1", "--minibatches", "1", "--value-model", "separate"],
-            "(GpuGptPolicy for π and π0 and the value model, R̂'s backbone on GpuGpt; responses decoded on the device, drawn on the host)");
+            "(π, π0, the value model and R̂'s backbone on the device; responses decoded on the device, drawn on the host)");
 
     [Test]
     public void RebelRunsOnTheCudaPathFollowsTheCpuAndResumesBitIdentically() =>
         RunsOnTheCudaPathFollowsTheCpuAndResumesBitIdentically(
             ["--objective", "rebel", "--eta", "2"],
-            "(GpuGptPolicy for π and π0, R̂'s backbone on GpuGpt; responses decoded on the device, drawn on the host)");
+            "(π, π0 and R̂'s backbone on the device; responses decoded on the device, drawn on the host)");
 }

@@ -48,7 +48,7 @@ public class RewardGpuCliTests : CliTestBase
         PretendAnH200(onSimulator: true);
         Assert.That(Reward(gpu, "--device", "cuda"), Is.EqualTo(0), Error.ToString());
         Assert.That(Output.ToString(), Does.Contain("device: cuda (NVIDIA H200")
-                                          .And.Contain($"training on {GpuBackend.Get("simulator").Name} (fp32 tiled ILGPU GEMMs, materialized fp32 attention) (GpuGpt backbone"));
+                                          .And.Contain($"training on {GpuBackend.Get("simulator").Name} (fp32 tiled ILGPU GEMMs, materialized fp32 attention) (backbone on the device"));
 
         var fromGpu = RewardModel.Load(Path.Combine(gpu, RewardCommand.RewardModelFileName), new AdamWSettings());
         var fromCpu = RewardModel.Load(Path.Combine(cpu, RewardCommand.RewardModelFileName), new AdamWSettings());

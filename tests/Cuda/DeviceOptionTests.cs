@@ -28,7 +28,7 @@ public class DeviceOptionTests : CliTestBase
         Assert.That(Assert.Throws<CliUsageException>(() => DeviceOption.Resolve("cuda", "gemm-check", false, () => H200))!.Message,
                     Does.Contain("'gemm-check' has no CUDA path yet"));
         Assert.That(DeviceOption.CudaCapableCommands, Is.EquivalentTo(new[] { "pretrain", "align", "bench step", "bench dpo", "bench ppo", "reward", "sample", "demo", "experiment lm" }),
-                    "pretrain and reward train on GpuGpt, align and bench dpo on GpuGptPolicy, sample decodes on GpuGptDecoder, demo and experiment lm do all of it under --device cuda");
+                    "pretrain and reward train on a GPU engine, align and bench dpo on a GPU GptPolicy, sample decodes on the device, demo and experiment lm do all of it under --device cuda");
     }
 
     [Test]

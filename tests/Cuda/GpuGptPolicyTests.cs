@@ -75,7 +75,8 @@ public class GpuGptPolicyTests(string backend) : TinyGpuPolicyFixture(backend)
         gpu.ZeroGradients();
         cpu.Backward(dTokens);
         gpu.Backward(dTokens);
-        Assert.That(gpu.FirstNonFiniteGradient(), Is.Null);   // downloads the gradients into the mirror
+        Assert.That(gpu.FirstNonFiniteGradient(), Is.Null);
+        gpu.Engine.CopyStateTo(gpu.Model);   // the device gradients into the host model
         AssertEveryGradientClose(cpu.Model, gpu.Model);
 
         double cpuNorm = cpu.ClipGradients(0.05f), gpuNorm = gpu.ClipGradients(0.05f);
@@ -97,7 +98,8 @@ public class GpuGptPolicyTests(string backend) : TinyGpuPolicyFixture(backend)
         var before = new float[tokens];
         policy.Score(sequences, before);
         using var snapshot = (GptPolicy)policy.Snapshot();
-        Assert.That(snapshot.Device, Is.Not.SameAs(policy.Device));
+        Assert.That(snapshot.Engine, Is.Not.SameAs(policy.Engine), "a snapshot has its own engine");
+        Assert.That(snapshot.Device, Is.SameAs(policy.Device), "on the same device");
 
         policy.ZeroGradients();
         policy.Score(sequences, new float[tokens]);
@@ -115,8 +117,14 @@ public class GpuGptPolicyTests(string backend) : TinyGpuPolicyFixture(backend)
         snapshot.CopyWeightsFrom(policy);
         snapshot.Score(sequences, frozen);
         Assert.That(frozen, Is.EqualTo(after), "same weights, same device: bit-identical scores");
-        using var other = new GptPolicy(HostModel(), new AdamWSettings(), ownsModel: true);
-        Assert.Throws<ArgumentException>(() => snapshot.CopyWeightsFrom(other));
+        // across engines the weights go through the host: a CPU policy's weights land on the device unchanged
+        using var other = new GptPolicy(HostModel(seed: 12), new AdamWSettings(), ownsModel: true);
+        snapshot.CopyWeightsFrom(other);
+        var copied = new float[other.Model.Layout.TotalElements];
+        snapshot.Engine.CopyParametersToHost(copied);
+        Assert.That(copied, Is.EqualTo(other.Model.Parameters.ToArray()));
+        using var otherShape = new GptPolicy(new Gpt(Config with { Channels = 16 }), new AdamWSettings(), ownsModel: true);
+        Assert.Throws<ArgumentException>(() => snapshot.CopyWeightsFrom(otherShape));
     }
 
     [Test]

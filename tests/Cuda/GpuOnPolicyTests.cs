@@ -83,7 +83,8 @@ public class GpuOnPolicyTests(string backend) : TinyGpuPolicyFixture(backend)
         gpu.ZeroGradients();
         cpu.BackwardWithValues(dLogProbs, dValues);
         gpu.BackwardWithValues(dLogProbs, dValues);
-        Assert.That(gpu.FirstNonFiniteGradient(), Is.Null);   // downloads the backbone gradients into the mirror
+        Assert.That(gpu.FirstNonFiniteGradient(), Is.Null);
+        gpu.Engine.CopyStateTo(gpu.Model);   // the device gradients into the host model
         GpuVersusCpu.AssertEveryGradientClose(Backend, cpu.Model, gpu.Model);
         GpuVersusCpu.AssertTensorClose(Backend, gpu.ValueHead.Gradients, cpu.ValueHead.Gradients, "value head gradient");
         Assert.That(cpu.ValueHead.Gradients.Max(g => Math.Abs(g)), Is.GreaterThan(0));
@@ -108,6 +109,7 @@ public class GpuOnPolicyTests(string backend) : TinyGpuPolicyFixture(backend)
         cpu.BackwardValuesOnly(dValues);
         gpu.BackwardValuesOnly(dValues);
         Assert.That(gpu.FirstNonFiniteGradient(), Is.Null);
+        gpu.Engine.CopyStateTo(gpu.Model);   // the device gradients into the host model
         GpuVersusCpu.AssertEveryGradientClose(Backend, cpu.Model, gpu.Model, "values-only gradient");
         GpuVersusCpu.AssertTensorClose(Backend, gpu.ValueHead.Gradients, cpu.ValueHead.Gradients, "values-only head gradient");
 
@@ -153,6 +155,7 @@ public class GpuOnPolicyTests(string backend) : TinyGpuPolicyFixture(backend)
         cpu.BackwardWithValues(dLogProbs, dValues, dEntropies);
         gpu.BackwardWithValues(dLogProbs, dValues, dEntropies);
         Assert.That(gpu.FirstNonFiniteGradient(), Is.Null);
+        gpu.Engine.CopyStateTo(gpu.Model);   // the device gradients into the host model
         GpuVersusCpu.AssertEveryGradientClose(Backend, cpu.Model, gpu.Model, "gradient of log-probs, values and entropies");
         GpuVersusCpu.AssertTensorClose(Backend, gpu.ValueHead.Gradients, cpu.ValueHead.Gradients, "value head gradient (with entropies)");
 
@@ -165,11 +168,13 @@ public class GpuOnPolicyTests(string backend) : TinyGpuPolicyFixture(backend)
         cpu.Backward(dLogProbs, dEntropies);
         gpu.Backward(dLogProbs, dEntropies);
         Assert.That(gpu.FirstNonFiniteGradient(), Is.Null);
+        gpu.Engine.CopyStateTo(gpu.Model);   // the device gradients into the host model
         GpuVersusCpu.AssertEveryGradientClose(Backend, cpu.Model, gpu.Model, "gradient of log-probs and entropies");
         var withEntropy = gpu.Model.Gradients.ToArray();
         gpu.ZeroGradients();
         gpu.Backward(dLogProbs);
         Assert.That(gpu.FirstNonFiniteGradient(), Is.Null);
+        gpu.Engine.CopyStateTo(gpu.Model);   // the device gradients into the host model
         Assert.That(gpu.Model.Gradients.ToArray(), Is.Not.EqualTo(withEntropy), "∂L/∂H reaches the weights");
 
         gpu.Score(sequences, gpuLogProbs);

@@ -4,7 +4,6 @@ using DistAlign.Alignment.Reward;
 using DistAlign.Engine.Random;
 using DistAlign.Transformer.Devices;
 using DistAlign.Transformer.Model;
-using DistAlign.Transformer.Training;
 
 namespace DistAlign.Alignment.Benchmarks;
 

@@ -5,7 +5,6 @@ using DistAlign.Engine.Random;
 using DistAlign.Kernels.Cpu;
 using DistAlign.Transformer.Devices;
 using DistAlign.Transformer.Model;
-using DistAlign.Transformer.Training;
 
 namespace DistAlign.Alignment.Benchmarks;
 

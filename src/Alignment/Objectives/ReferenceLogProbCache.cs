@@ -62,8 +62,8 @@ public static class ModelHash
     }
 
     /// <summary>
-    /// Hash of a policy of a supported kind (<see cref="GptPolicy"/>, <see cref="GptPolicy"/> — whose weights are copied
-    /// to its host mirror first — <see cref="TiltPolicy"/> or <see cref="TabularPolicy"/>).
+    /// Hash of a policy of a supported kind (<see cref="GptPolicy"/> — whose weights are copied
+    /// to its host model first — <see cref="TiltPolicy"/> or <see cref="TabularPolicy"/>).
     /// </summary>
     /// <exception cref="NotSupportedException">Another kind of policy: pass its hash to the cache explicitly.</exception>
     public static string Of(IPolicy policy) => policy switch

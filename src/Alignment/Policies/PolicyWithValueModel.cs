@@ -14,8 +14,7 @@ public sealed class PolicyWithValueModel : IValuePolicy
 
     public IPolicy Policy { get; }
     /// <summary>
-    /// The value model: a GPT policy built with a value head (<see cref="GptPolicy"/> on the CPU, <see cref="GptPolicy"/> on
-    /// CUDA), of which only the backbone and the head are used.
+    /// The value model: a GPT policy built with a value head (<see cref="GptPolicy"/>, on any device), of which only the backbone and the head are used.
     /// </summary>
     public GptPolicy ValueModel { get; }
 

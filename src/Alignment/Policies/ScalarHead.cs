@@ -2,7 +2,6 @@ using System.Numerics.Tensors;
 using DistAlign.Engine.SafeTensors;
 using DistAlign.Kernels.Cpu;
 using DistAlign.Transformer.Model;
-using DistAlign.Transformer.Training;
 
 namespace DistAlign.Alignment.Policies;
 

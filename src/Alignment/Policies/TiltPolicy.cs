@@ -3,7 +3,6 @@ using DistAlign.Engine.Random;
 using DistAlign.Engine.SafeTensors;
 using DistAlign.Kernels.Cpu;
 using DistAlign.Transformer.Model;
-using DistAlign.Transformer.Training;
 
 namespace DistAlign.Alignment.Policies;
 

@@ -413,7 +413,7 @@ public sealed class AlignmentTrainer
 }
 
 /// <summary>
-/// Runs an <see cref="AlignmentTrainer"/> on a GPT policy (<see cref="GptPolicy"/> on the CPU, <see cref="GptPolicy"/> on a GPU) or a
+/// Runs an <see cref="AlignmentTrainer"/> on a GPT policy (<see cref="GptPolicy"/>, on any device) or a
 /// tilt policy (<see cref="TiltPolicy"/>) into an output folder: <c>metrics.jsonl</c> (one JSON line per step), training checkpoints
 /// (<see cref="PolicyCheckpoint"/>: weights, AdamW moments, step and data cursor, options) every N steps and at the end, resumable
 /// bit-identically. A GPU policy's state is copied to its host model before each save and back to the device after a restore.

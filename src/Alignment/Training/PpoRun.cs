@@ -10,8 +10,8 @@ namespace DistAlign.Alignment.Training;
 /// GPT, the value head (<c>value_head.weight</c> [1, C], <c>value_head.bias</c> [1]) and all AdamW moments, step and
 /// prompt cursor — resumable bit-identically (every sampling seed derives from the step). With a separate value model
 /// (<see cref="PolicyWithValueModel"/>) its backbone is saved too, flat: <c>value_model.parameters</c> in the model file,
-/// <c>value_model.adam.m</c>/<c>.v</c> in the state file. The GPT policies may be CPU <see cref="GptPolicy"/>s or CUDA
-/// <see cref="GptPolicy"/>s (<see cref="GptPolicy"/>): a checkpoint first copies their device state to the host mirrors,
+/// <c>value_model.adam.m</c>/<c>.v</c> in the state file. The GPT policies (<see cref="GptPolicy"/>) may run
+/// on any device: a checkpoint first copies their engine state to the host models (nothing to copy on the CPU),
 /// a restore copies it back up; the value heads live on the host either way. A <see cref="TiltPolicy"/> with its value head
 /// checkpoints its frozen backbone, θ (b and any head adapter) and θ's moments (<see cref="PolicyCheckpoint"/>) beside the head.
 /// </summary>
