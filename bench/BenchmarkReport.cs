@@ -6,7 +6,6 @@ using System.Text;
 using BenchmarkDotNet.Reports;
 using BenchmarkDotNet.Running;
 using DistAlign.Alignment.Training;
-using DistAlign.Engine.Devices;
 using DistAlign.Engine.Native;
 using DistAlign.Kernels.Cpu;
 using DistAlign.Kernels.Cpu.Simd;

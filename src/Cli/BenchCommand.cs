@@ -1,7 +1,6 @@
 using System.CommandLine;
 using DistAlign.Alignment.Policies;
 using DistAlign.Alignment.Training;
-using DistAlign.Engine.Devices;
 using DistAlign.Kernels.Cpu.Simd;
 using DistAlign.Engine.Native;
 using DistAlign.Kernels.Cpu;
