@@ -3,13 +3,13 @@ namespace DistAlign.Engine.Memory;
 /// <summary>Every arena of a <see cref="MemoryPlan"/>, each a block of host memory. Disposing it frees them all.</summary>
 public sealed class MemoryArenas : IDisposable
 {
-    private readonly Dictionary<string, Arena> _byName;
+    private readonly Dictionary<string, Arena> byName;
 
     private MemoryArenas(MemoryPlan plan, IReadOnlyList<Arena> arenas)
     {
         Plan = plan;
         Arenas = arenas;
-        _byName = arenas.ToDictionary(a => a.Name, StringComparer.Ordinal);
+        byName = arenas.ToDictionary(a => a.Name, StringComparer.Ordinal);
     }
 
     /// <summary>
@@ -44,7 +44,7 @@ public sealed class MemoryArenas : IDisposable
     /// <summary>The arena called <paramref name="arenaName"/>.</summary>
     /// <exception cref="KeyNotFoundException">No such arena; the message lists the allocated ones.</exception>
     public Arena this[string arenaName] =>
-        _byName.TryGetValue(arenaName, out var arena)
+        byName.TryGetValue(arenaName, out var arena)
             ? arena
             : throw new KeyNotFoundException(
                 $"No arena named '{arenaName}'; allocated arenas: {string.Join(", ", Arenas.Select(a => $"'{a.Name}'"))}.");
