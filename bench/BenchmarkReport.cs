@@ -8,7 +8,6 @@ using BenchmarkDotNet.Running;
 using DistAlign.Alignment.Benchmarks;
 using DistAlign.Transformer.Devices;
 using DistAlign.Alignment.Training;
-using DistAlign.Engine.Devices;
 using DistAlign.Engine.Native;
 using DistAlign.Kernels.Cpu;
 using DistAlign.Kernels.Cpu.Simd;

@@ -6,7 +6,6 @@ using BenchmarkDotNet.Jobs;
 using BenchmarkDotNet.Reports;
 using BenchmarkDotNet.Running;
 using BenchmarkDotNet.Toolchains.InProcess.Emit;
-using DistAlign.Engine.Devices;
 using DistAlign.Engine.Native;
 using DistAlign.Kernels.Cpu;
 using DistAlign.Kernels.Cpu.Simd;

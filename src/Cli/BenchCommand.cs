@@ -3,7 +3,6 @@ using DistAlign.Alignment.Benchmarks;
 using DistAlign.Transformer.Devices;
 using DistAlign.Alignment.Policies;
 using DistAlign.Alignment.Training;
-using DistAlign.Engine.Devices;
 using DistAlign.Kernels.Cpu.Simd;
 using DistAlign.Engine.Native;
 using DistAlign.Kernels.Cpu;

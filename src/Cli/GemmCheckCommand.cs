@@ -1,6 +1,5 @@
 using System.CommandLine;
 using System.Diagnostics;
-using DistAlign.Engine.Devices;
 using DistAlign.Engine.Native;
 using DistAlign.Kernels.Cpu;
 using DistAlign.Kernels.Cpu.Simd;

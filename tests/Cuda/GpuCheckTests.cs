@@ -6,9 +6,8 @@ namespace DistAlign.Tests.Cuda;
 /// <summary>
 /// The gpu-check console (what tools/gpu-check.sh runs on a GPU machine) on this machine: without a driver it
 /// says so and writes its summary; with a stand-in libcuda (tests/Cuda/fake_libcuda.c, built with gcc) the
-/// driver bindings run for real in a child process: status names from cuInit, zero devices, the device
-/// query (name, compute capability, SMs, memory) of one fake device, and CudaDevice's allocation, zero fill,
-/// pinned staging and chunked copies over the fake's host-memory "device memory".
+/// driver bindings run for real in a child process: status names from cuInit, zero devices, and the device
+/// query (name, compute capability, SMs, memory) of one fake device.
 /// </summary>
 [NonParallelizable]
 public class GpuCheckTests
@@ -84,14 +83,9 @@ public class GpuCheckTests
     {
         var (code, output) = RunWithFakeDriver("one");
         Assert.That(output, Does.Contain("Device: DistAlign Fake GPU (sm_90, 141 GiB, 132 SMs); driver 13.0; cuBLAS missing"), output);
-        // CudaDevice over the fake's host-memory "device": allocation, zero fill, pinned staging, chunked copies.
-        Assert.That(output, Does.Contain("ok    CudaDevice buffer is zero-filled"), output);
-        Assert.That(output, Does.Contain("ok    CudaDevice host→device→host round trip (16789561 bytes, pinned staging)"), output);
-        Assert.That(output, Does.Contain("ok    CudaDevice copy at an element offset"), output);
-        Assert.That(output, Does.Contain("cuda:0 (DistAlign Fake GPU): 140.0 of 141.0 GiB free"), output);
         // ILGPU binds libcuda itself (not through our search path), finds no device, and the run fails cleanly.
         Assert.That(code, Is.EqualTo(1), output);
         Assert.That(output, Does.Contain("ILGPU found no CUDA device"));
-        Assert.That(output, Does.Contain("3 passed, 1 failed"));
+        Assert.That(output, Does.Contain("0 passed, 1 failed"));
     }
 }

@@ -1,5 +1,4 @@
 using System.Runtime.InteropServices;
-using DistAlign.Engine.Devices;
 using DistAlign.Engine.Memory;
 using DistAlign.Engine.Random;
 using DistAlign.Engine.SafeTensors;
@@ -18,8 +17,7 @@ public class EngineIntegrationTests
         var plan = builder.Build();
         plan.EnsureFits(1 << 20);
 
-        using var device = new CpuDevice();
-        using var memory = MemoryArenas.Allocate(device, plan);
+        using var memory = MemoryArenas.Allocate(plan);
         var parameters = memory["parameters"];
         var philox = new Philox(seed: 1337);
         philox.FillNormal(parameters.Span<float>("wte.weight"), stream: 0, offset: 0, mean: 0f, standardDeviation: 0.02f, maxDegreeOfParallelism: 2);
@@ -32,7 +30,7 @@ public class EngineIntegrationTests
                 SafeTensor.FromFloats(t.Name, parameters.Span<float>(t.Name), [t.ElementCount]));
             SafeTensorsWriter.Write(path, tensors, new Dictionary<string, string> { ["seed"] = "1337" });
 
-            using var reloaded = MemoryArenas.Allocate(device, plan);
+            using var reloaded = MemoryArenas.Allocate(plan);
             using var file = SafeTensorsFile.Open(path);
             foreach (var t in plan["parameters"].Tensors)
                 file.ReadF32(t.Name, reloaded["parameters"].Span<float>(t.Name));

@@ -1,4 +1,4 @@
-using DistAlign.Engine.Devices;
+using System.Runtime.InteropServices;
 using DistAlign.Engine.Memory;
 
 namespace DistAlign.Tests.Engine;
@@ -87,8 +87,7 @@ public class MemoryPlanTests
         var builder = new MemoryPlanBuilder();
         builder.Arena("activations").Add<float>("x", 1L << 60);
         var plan = builder.Build();
-        using var device = new CpuDevice();
-        Assert.Throws<MemoryBudgetExceededException>(() => MemoryArenas.Allocate(device, plan, budgetBytes: 1L << 30));
+        Assert.Throws<MemoryBudgetExceededException>(() => MemoryArenas.Allocate(plan, budgetBytes: 1L << 30));
     }
 
     [Test]
@@ -113,31 +112,53 @@ public class MemoryPlanTests
 
 public class ArenaTests
 {
+    [TestCase(0)]
+    [TestCase(1)]
+    [TestCase(17)]
+    [TestCase(4096)]
+    [TestCase(1 << 20)]
+    public void BlocksAreZeroedAnd64ByteAligned(int floats)
+    {
+        var builder = new MemoryPlanBuilder();
+        builder.Arena("p").Add<float>("w", floats);
+        var plan = builder.Build()["p"];
+        // Dirty a block of the same size first, so that a reused allocation would show up unless it is cleared.
+        using (var dirty = Arena.Allocate(plan)) dirty.Bytes.Fill(0xAB);
+        using var arena = Arena.Allocate(plan);
+        Assert.That(arena.Address % MemoryPlan.Alignment, Is.EqualTo((nint)0));
+        Assert.That(arena.Address, Is.Not.EqualTo((nint)0), "even an empty arena has an address");
+        Assert.That(arena.SizeInBytes, Is.EqualTo(plan.SizeInBytes));
+        Assert.That(arena.Bytes.Length, Is.EqualTo(plan.SizeInBytes));
+        Assert.That(arena.Bytes.IndexOfAnyExcept((byte)0), Is.EqualTo(-1), "zero-filled");
+        Assert.That(arena.Span<float>("w").Length, Is.EqualTo(floats));
+    }
+
     [Test]
-    public void TensorViewsSitAtPlannedOffsetsAndDoNotOverlap()
+    public unsafe void TensorSpansSitAtPlannedOffsetsAndDoNotOverlap()
     {
         var builder = new MemoryPlanBuilder();
         builder.Arena("parameters").Add<float>("a", 3).Add<float>("b", 5).Add<int>("c", 2);
         var plan = builder.Build();
-        using var device = new CpuDevice();
-        using var memory = MemoryArenas.Allocate(device, plan, budgetBytes: 1 << 20);
+        using var memory = MemoryArenas.Allocate(plan, budgetBytes: 1 << 20);
         var arena = memory["parameters"];
         Assert.That(arena.SizeInBytes, Is.EqualTo(plan["parameters"].SizeInBytes));
+        Assert.That(memory.Plan, Is.SameAs(plan));
+        Assert.That(arena.Plan, Is.SameAs(plan["parameters"]));
 
         arena.Span<float>("a").Fill(1f);
         arena.Span<float>("b").Fill(2f);
         arena.Span<int>("c").Fill(3);
         Assert.That(arena.Span<float>("a").ToArray(), Is.All.EqualTo(1f));
         Assert.That(arena.Span<float>("b").ToArray(), Is.All.EqualTo(2f));
-        Assert.That(arena.Tensor<float>("b").ByteOffset, Is.EqualTo(64));
+        fixed (float* b = arena.Span<float>("b")) Assert.That((nint)b - arena.Address, Is.EqualTo((nint)64));
+        fixed (byte* c = arena["c"]) Assert.That((nint)c - arena.Address, Is.EqualTo((nint)128));
         Assert.That(arena["c"].Length, Is.EqualTo(8));
-        Assert.That(arena["c"].ByteOffset, Is.EqualTo(128));
 
-        var whole = new byte[arena.SizeInBytes];
-        arena.Bytes.CopyTo(whole);
+        var whole = arena.Bytes.ToArray();
         Assert.That(BitConverter.ToSingle(whole, 64), Is.EqualTo(2f));
         Assert.That(BitConverter.ToInt32(whole, 128), Is.EqualTo(3));
         Assert.That(BitConverter.ToSingle(whole, 12), Is.EqualTo(0f), "padding after 'a' stays untouched");
+        Assert.That(MemoryMarshal.Cast<byte, int>(arena["c"]).ToArray(), Is.EqualTo(new[] { 3, 3 }));
     }
 
     [Test]
@@ -145,11 +166,12 @@ public class ArenaTests
     {
         var builder = new MemoryPlanBuilder();
         builder.Arena("parameters").Add<float>("h.0.ln_1.weight", 4);
-        using var device = new CpuDevice();
-        using var memory = MemoryArenas.Allocate(device, builder.Build());
+        using var memory = MemoryArenas.Allocate(builder.Build());
         var ex = Assert.Throws<KeyNotFoundException>(() => _ = memory["parameters"]["h.0.ln_2.weight"]);
         Assert.That(ex!.Message, Does.Contain("'h.0.ln_2.weight'").And.Contain("'parameters'").And.Contain("'h.0.ln_1.weight'"));
-        Assert.Throws<KeyNotFoundException>(() => _ = memory["gradients"]);
+        Assert.Throws<KeyNotFoundException>(() => _ = memory["parameters"].Span<float>("h.0.ln_2.weight"));
+        var missing = Assert.Throws<KeyNotFoundException>(() => _ = memory["gradients"]);
+        Assert.That(missing!.Message, Does.Contain("'gradients'").And.Contain("'parameters'"));
     }
 
     [Test]
@@ -157,22 +179,41 @@ public class ArenaTests
     {
         var builder = new MemoryPlanBuilder();
         builder.Arena("p").Add<float>("w", 4);
-        using var device = new CpuDevice();
-        using var arena = Arena.Allocate(device, builder.Build()["p"]);
-        var ex = Assert.Throws<ArgumentException>(() => arena.Tensor<double>("w"));
-        Assert.That(ex!.Message, Does.Contain("'w'").And.Contain("4-byte"));
+        using var arena = Arena.Allocate(builder.Build()["p"]);
+        var ex = Assert.Throws<ArgumentException>(() => arena.Span<double>("w"));
+        Assert.That(ex!.Message, Does.Contain("'w'").And.Contain("'p'").And.Contain("4-byte").And.Contain("Double (8 bytes)"));
+        Assert.That(arena.Span<int>("w").Length, Is.EqualTo(4), "another type of the planned size is allowed");
     }
 
     [Test]
-    public void ViewsAreUnusableAfterTheArenaIsDisposed()
+    public void AnImpossibleArenaIsRefusedWithItsNameAndBytes()
+    {
+        var builder = new MemoryPlanBuilder();
+        builder.Arena("small").Add<float>("x", 16);
+        builder.Arena("huge").Add<float>("x", 1L << 60);   // 4 EiB: more than any address space
+        var plan = builder.Build();
+        long bytes = plan["huge"].SizeInBytes;
+        var ex = Assert.Throws<ArenaOutOfMemoryException>(() => MemoryArenas.Allocate(plan))!;
+        Assert.That(ex, Is.InstanceOf<OutOfMemoryException>());
+        Assert.That((ex.ArenaName, ex.RequestedBytes), Is.EqualTo(("huge", bytes)));
+        Assert.That(ex.Message, Does.Contain("'huge'").And.Contain(bytes.ToString("N0", System.Globalization.CultureInfo.InvariantCulture)));
+    }
+
+    [Test]
+    public void DoubleDisposeIsSafeAndUseAfterDisposeThrows()
     {
         var builder = new MemoryPlanBuilder();
         builder.Arena("p").Add<float>("w", 4);
-        using var device = new CpuDevice();
-        var memory = MemoryArenas.Allocate(device, builder.Build());
-        var view = memory["p"].Tensor<float>("w");
+        var memory = MemoryArenas.Allocate(builder.Build());
+        var arena = memory["p"];
         memory.Dispose();
         memory.Dispose();
-        Assert.Throws<ObjectDisposedException>(() => view.AsSpan());
+        arena.Dispose();
+        Assert.That(arena.IsDisposed, Is.True);
+        var ex = Assert.Throws<ObjectDisposedException>(() => arena.Span<float>("w"))!;
+        Assert.That(ex.Message, Does.Contain("'p'"));
+        Assert.Throws<ObjectDisposedException>(() => _ = arena["w"]);
+        Assert.Throws<ObjectDisposedException>(() => _ = arena.Bytes);
+        Assert.Throws<ObjectDisposedException>(() => _ = arena.Address);
     }
 }

@@ -1,4 +1,3 @@
-using DistAlign.Engine.Devices;
 using DistAlign.Engine.Native;
 
 namespace DistAlign.Tests.Engine;

@@ -48,6 +48,20 @@ public static class Program
         return failed == 0 ? 0 : 1;
     }
 
+    /// <summary>Free and total device memory as the driver sees it, in the context ILGPU made current on this thread.</summary>
+    private static void NoteFreeMemory(Report report, CudaAccelerator accelerator)
+    {
+        try
+        {
+            var (free, total) = CudaDriver.MemoryInfo();
+            report.Note($"{accelerator.Name}: {free / (1024.0 * 1024 * 1024):F1} of {total / (1024.0 * 1024 * 1024):F1} GiB free");
+        }
+        catch (Engine.Cuda.CudaException e)
+        {
+            report.Note($"free device memory unknown: {e.Message}");
+        }
+    }
+
     private static string NvrtcVersionText()
     {
         var (major, minor) = Nvrtc.Version();
@@ -87,7 +101,6 @@ public static class Program
                         $"NVRTC {(CudaLibraries.Nvrtc.IsAvailable ? NvrtcVersionText() : "missing")}; {(quick ? "quick shapes" : "full shapes")}; {DateTime.UtcNow:u}.";
         report.Note(header);
         var total = Stopwatch.StartNew();
-        DeviceChecks.Run(report);
         using var context = GpuContext.TryCreateCuda();
         if (context is null)
         {
@@ -97,6 +110,7 @@ public static class Program
             return 1;
         }
         var accelerator = (CudaAccelerator)context.Accelerator;
+        NoteFreeMemory(report, accelerator);
         try
         {
             if (flashBenchmarkOnly)

@@ -83,20 +83,6 @@ public static unsafe class CudaDriver
         return new CudaDeviceInfo(ordinal, Marshal.PtrToStringUTF8((nint)name) ?? "?", major, minor, sms, (long)bytes);
     }
 
-    /// <summary>Retains device <paramref name="ordinal"/>'s primary context and makes it current on this thread.</summary>
-    public static CudaPrimaryContextHandle RetainPrimaryContext(int ordinal)
-    {
-        Initialize();
-        int device;
-        nint context;
-        Check(cuDeviceGet(&device, ordinal), "cuDeviceGet");
-        Check(cuDevicePrimaryCtxRetain(&context, device), "cuDevicePrimaryCtxRetain");
-        var handle = new CudaPrimaryContextHandle { Device = device };
-        handle.Set(context);
-        Check(cuCtxSetCurrent(context), "cuCtxSetCurrent");
-        return handle;
-    }
-
     /// <summary>The context current on this thread (0 if none).</summary>
     public static nint CurrentContext()
     {
@@ -117,36 +103,6 @@ public static unsafe class CudaDriver
         return ((long)free, (long)total);
     }
 
-    /// <summary>cuMemAlloc_v2 in the current context.</summary>
-    public static CudaDeviceMemory Allocate(long bytes)
-    {
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(bytes);
-        ulong pointer;
-        Check(cuMemAlloc_v2(&pointer, (nuint)bytes), "cuMemAlloc_v2");
-        var memory = new CudaDeviceMemory { Context = CurrentContext(), Bytes = bytes };
-        memory.Set(pointer);
-        return memory;
-    }
-
-    /// <summary>cuMemAllocHost_v2: pinned host memory in the current context.</summary>
-    public static CudaPinnedHostMemory AllocatePinned(long bytes)
-    {
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(bytes);
-        void* pointer;
-        Check(cuMemAllocHost_v2(&pointer, (nuint)bytes), "cuMemAllocHost_v2");
-        var memory = new CudaPinnedHostMemory { Context = CurrentContext(), Bytes = bytes };
-        memory.Set((nint)pointer);
-        return memory;
-    }
-
-    /// <summary>Asynchronous host → device copy on <paramref name="stream"/> (0 = legacy default stream).</summary>
-    public static void CopyToDeviceAsync(ulong destination, void* source, long bytes, nint stream) =>
-        Check(cuMemcpyHtoDAsync_v2(destination, source, (nuint)bytes, stream), "cuMemcpyHtoDAsync_v2");
-
-    /// <summary>Asynchronous device → host copy on <paramref name="stream"/>.</summary>
-    public static void CopyToHostAsync(void* destination, ulong source, long bytes, nint stream) =>
-        Check(cuMemcpyDtoHAsync_v2(destination, source, (nuint)bytes, stream), "cuMemcpyDtoHAsync_v2");
-
     /// <summary>Asynchronous device → device copy on <paramref name="stream"/>.</summary>
     public static void CopyDeviceAsync(ulong destination, ulong source, long bytes, nint stream) =>
         Check(cuMemcpyDtoDAsync_v2(destination, source, (nuint)bytes, stream), "cuMemcpyDtoDAsync_v2");
@@ -154,18 +110,6 @@ public static unsafe class CudaDriver
     /// <summary>Fills <paramref name="count"/> 32-bit words with <paramref name="value"/>.</summary>
     public static void Fill32Async(ulong destination, uint value, long count, nint stream) =>
         Check(cuMemsetD32Async(destination, value, (nuint)count, stream), "cuMemsetD32Async");
-
-    /// <summary>A new non-blocking stream (CU_STREAM_NON_BLOCKING) in the current context.</summary>
-    public static CudaStreamHandle CreateStream()
-    {
-        nint stream;
-        Check(cuStreamCreate(&stream, 1), "cuStreamCreate");
-        var handle = new CudaStreamHandle { Context = CurrentContext() };
-        handle.Set(stream);
-        return handle;
-    }
-
-    public static void SynchronizeStream(nint stream) => Check(cuStreamSynchronize(stream), "cuStreamSynchronize");
 
     /// <summary>A timing event (CU_EVENT_DEFAULT).</summary>
     public static CudaEventHandle CreateEvent()

@@ -5,9 +5,9 @@ namespace DistAlign.Engine.Cuda;
 /// <summary>
 /// Source-generated bindings of the CUDA driver API (cuda.h). Every function returns a CUresult (0 = success).
 /// Symbol names are the ABI names that drivers for CUDA 12 and 13 export (the <c>_v2</c> suffixes are the
-/// 64-bit-size versions the headers have mapped to since CUDA 4). Contexts are the device's primary context
-/// (cuDevicePrimaryCtxRetain), the one the runtime API and cuBLAS use; this also avoids cuCtxCreate, whose
-/// signature changed in CUDA 13 (cuCtxCreate_v4 with CUctxCreateParams).
+/// 64-bit-size versions the headers have mapped to since CUDA 4). No context is created here: events, modules
+/// and launches use the context current on the calling thread (ILGPU's accelerator's), which also avoids
+/// cuCtxCreate, whose signature changed in CUDA 13 (cuCtxCreate_v4 with CUctxCreateParams).
 /// </summary>
 internal static unsafe partial class CudaDriverNative
 {
@@ -24,28 +24,15 @@ internal static unsafe partial class CudaDriverNative
     [LibraryImport(Lib, EntryPoint = "cuDeviceGetAttribute")] internal static partial int cuDeviceGetAttribute(int* value, int attribute, int device);
     [LibraryImport(Lib, EntryPoint = "cuDeviceTotalMem_v2")] internal static partial int cuDeviceTotalMem_v2(nuint* bytes, int device);
 
-    [LibraryImport(Lib, EntryPoint = "cuDevicePrimaryCtxRetain")] internal static partial int cuDevicePrimaryCtxRetain(nint* context, int device);
-    [LibraryImport(Lib, EntryPoint = "cuDevicePrimaryCtxRelease_v2")] internal static partial int cuDevicePrimaryCtxRelease_v2(int device);
-    [LibraryImport(Lib, EntryPoint = "cuCtxSetCurrent")] internal static partial int cuCtxSetCurrent(nint context);
     [LibraryImport(Lib, EntryPoint = "cuCtxGetCurrent")] internal static partial int cuCtxGetCurrent(nint* context);
     [LibraryImport(Lib, EntryPoint = "cuCtxPushCurrent_v2")] internal static partial int cuCtxPushCurrent_v2(nint context);
     [LibraryImport(Lib, EntryPoint = "cuCtxPopCurrent_v2")] internal static partial int cuCtxPopCurrent_v2(nint* context);
     [LibraryImport(Lib, EntryPoint = "cuCtxSynchronize")] internal static partial int cuCtxSynchronize();
 
     [LibraryImport(Lib, EntryPoint = "cuMemGetInfo_v2")] internal static partial int cuMemGetInfo_v2(nuint* free, nuint* total);
-    [LibraryImport(Lib, EntryPoint = "cuMemAlloc_v2")] internal static partial int cuMemAlloc_v2(ulong* pointer, nuint bytes);
-    [LibraryImport(Lib, EntryPoint = "cuMemFree_v2")] internal static partial int cuMemFree_v2(ulong pointer);
-    [LibraryImport(Lib, EntryPoint = "cuMemAllocHost_v2")] internal static partial int cuMemAllocHost_v2(void** pointer, nuint bytes);
-    [LibraryImport(Lib, EntryPoint = "cuMemFreeHost")] internal static partial int cuMemFreeHost(void* pointer);
-    [LibraryImport(Lib, EntryPoint = "cuMemcpyHtoDAsync_v2")] internal static partial int cuMemcpyHtoDAsync_v2(ulong destination, void* source, nuint bytes, nint stream);
-    [LibraryImport(Lib, EntryPoint = "cuMemcpyDtoHAsync_v2")] internal static partial int cuMemcpyDtoHAsync_v2(void* destination, ulong source, nuint bytes, nint stream);
     [LibraryImport(Lib, EntryPoint = "cuMemcpyDtoDAsync_v2")] internal static partial int cuMemcpyDtoDAsync_v2(ulong destination, ulong source, nuint bytes, nint stream);
-    [LibraryImport(Lib, EntryPoint = "cuMemsetD8Async")] internal static partial int cuMemsetD8Async(ulong destination, byte value, nuint count, nint stream);
     [LibraryImport(Lib, EntryPoint = "cuMemsetD32Async")] internal static partial int cuMemsetD32Async(ulong destination, uint value, nuint count, nint stream);
 
-    [LibraryImport(Lib, EntryPoint = "cuStreamCreate")] internal static partial int cuStreamCreate(nint* stream, uint flags);
-    [LibraryImport(Lib, EntryPoint = "cuStreamDestroy_v2")] internal static partial int cuStreamDestroy_v2(nint stream);
-    [LibraryImport(Lib, EntryPoint = "cuStreamSynchronize")] internal static partial int cuStreamSynchronize(nint stream);
 
     [LibraryImport(Lib, EntryPoint = "cuEventCreate")] internal static partial int cuEventCreate(nint* e, uint flags);
     [LibraryImport(Lib, EntryPoint = "cuEventDestroy_v2")] internal static partial int cuEventDestroy_v2(nint e);

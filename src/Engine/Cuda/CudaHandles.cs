@@ -27,23 +27,6 @@ public abstract class CudaContextBoundHandle : SafeHandleZeroOrMinusOneIsInvalid
     }
 }
 
-/// <summary>A retained primary context of one device (released with cuDevicePrimaryCtxRelease_v2).</summary>
-public sealed class CudaPrimaryContextHandle : SafeHandleZeroOrMinusOneIsInvalid
-{
-    public CudaPrimaryContextHandle() : base(ownsHandle: true) { }
-    /// <summary>The device ordinal whose primary context this is.</summary>
-    public int Device { get; internal set; }
-    internal void Set(nint context) => SetHandle(context);
-    protected override bool ReleaseHandle() => cuDevicePrimaryCtxRelease_v2(Device) == 0;
-}
-
-/// <summary>A CUstream.</summary>
-public sealed class CudaStreamHandle : CudaContextBoundHandle
-{
-    internal void Set(nint stream) => SetHandle(stream);
-    protected override int Destroy(nint h) => cuStreamDestroy_v2(h);
-}
-
 /// <summary>A CUevent.</summary>
 public sealed class CudaEventHandle : CudaContextBoundHandle
 {
@@ -56,29 +39,4 @@ public sealed class CudaModuleHandle : CudaContextBoundHandle
 {
     internal void Set(nint module) => SetHandle(module);
     protected override int Destroy(nint h) => cuModuleUnload(h);
-}
-
-/// <summary>Device memory from cuMemAlloc_v2; <see cref="Pointer"/> is the CUdeviceptr.</summary>
-public sealed class CudaDeviceMemory : CudaContextBoundHandle
-{
-    /// <summary>Size in bytes.</summary>
-    public long Bytes { get; internal set; }
-    /// <summary>The device address (valid while the handle is open).</summary>
-    public ulong Pointer => (ulong)handle;
-    internal void Set(ulong pointer) => SetHandle((nint)pointer);
-    protected override int Destroy(nint h) => cuMemFree_v2((ulong)h);
-}
-
-/// <summary>Page-locked host memory from cuMemAllocHost_v2 (fast, truly asynchronous copies).</summary>
-public sealed class CudaPinnedHostMemory : CudaContextBoundHandle
-{
-    /// <summary>Size in bytes.</summary>
-    public long Bytes { get; internal set; }
-    /// <summary>The host address (valid while the handle is open).</summary>
-    public nint Pointer => handle;
-    internal void Set(nint pointer) => SetHandle(pointer);
-    protected override unsafe int Destroy(nint h) => cuMemFreeHost((void*)h);
-
-    /// <summary>The memory as a span of <typeparamref name="T"/> (length = Bytes / sizeof(T)).</summary>
-    public unsafe Span<T> AsSpan<T>() where T : unmanaged => new((void*)handle, checked((int)(Bytes / sizeof(T))));
 }

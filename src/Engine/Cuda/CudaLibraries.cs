@@ -21,14 +21,14 @@ public sealed class CudaLibrary
     /// <summary>Environment variable naming extra directories to search first.</summary>
     public const string SearchPathVariable = "DISTALIGN_CUDA_LIBRARY_PATH";
 
-    private readonly Lazy<(nint Handle, string? Path)> _loaded;
+    private readonly Lazy<(nint Handle, string? Path)> loaded;
 
     public CudaLibrary(string logicalName, string description, IReadOnlyList<string> candidates)
     {
         LogicalName = logicalName;
         Description = description;
         Candidates = candidates;
-        _loaded = new(() => Probe(candidates), LazyThreadSafetyMode.ExecutionAndPublication);
+        loaded = new(() => Probe(candidates), LazyThreadSafetyMode.ExecutionAndPublication);
     }
 
     /// <summary>The name used in <c>[LibraryImport]</c> (not a file name).</summary>
@@ -39,10 +39,10 @@ public sealed class CudaLibrary
     public IReadOnlyList<string> Candidates { get; }
 
     /// <summary>True when one of the candidates loaded.</summary>
-    public bool IsAvailable => _loaded.Value.Handle != 0;
+    public bool IsAvailable => loaded.Value.Handle != 0;
     /// <summary>The candidate (or directory-qualified path) that loaded; null when none did.</summary>
-    public string? LoadedFrom => _loaded.Value.Path;
-    internal nint Handle => _loaded.Value.Handle;
+    public string? LoadedFrom => loaded.Value.Path;
+    internal nint Handle => loaded.Value.Handle;
 
     /// <summary>"no CUDA driver found: tried libcuda.so.1, libcuda.so" (null when the library is loaded).</summary>
     public string? UnavailableReason => IsAvailable ? null : $"no {Description} found: tried {string.Join(", ", Candidates)}";

@@ -1,28 +1,48 @@
 using System.Runtime.CompilerServices;
-using DistAlign.Engine.Devices;
+using System.Runtime.InteropServices;
 
 namespace DistAlign.Engine.Memory;
 
 /// <summary>
-/// One contiguous device buffer holding every tensor of an <see cref="ArenaPlan"/>, handing out views by
-/// tensor name at the offsets the plan fixed. Allocated once; hot paths only look views up.
+/// One contiguous block of host memory (zeroed, <see cref="MemoryPlan.Alignment"/>-byte aligned) holding every
+/// tensor of an <see cref="ArenaPlan"/>, handing out spans by tensor name at the offsets the plan fixed.
+/// Allocated once; hot paths only look spans up. GPU memory is not here: the GPU engine holds ILGPU buffers.
 /// </summary>
-public sealed class Arena : IDisposable
+public sealed unsafe class Arena : IDisposable
 {
-    private readonly DeviceBuffer<byte> _buffer;
+    private byte* pointer;
+    private int disposed;
 
-    private Arena(ArenaPlan plan, DeviceBuffer<byte> buffer)
+    private Arena(ArenaPlan plan, byte* pointer)
     {
         Plan = plan;
-        _buffer = buffer;
+        this.pointer = pointer;
     }
 
-    /// <summary>Allocates the arena's single block (zeroed) on <paramref name="device"/>.</summary>
-    public static Arena Allocate(Device device, ArenaPlan plan)
+    /// <summary>Frees the block if the owner did not dispose the arena.</summary>
+    ~Arena() => Release();
+
+    /// <summary>Allocates the arena's single block: zeroed host memory aligned to <see cref="MemoryPlan.Alignment"/> bytes.</summary>
+    /// <exception cref="ArenaOutOfMemoryException">The block could not be allocated; the message names the arena and the bytes.</exception>
+    public static Arena Allocate(ArenaPlan plan)
     {
-        ArgumentNullException.ThrowIfNull(device);
         ArgumentNullException.ThrowIfNull(plan);
-        return new Arena(plan, device.Allocate<byte>(plan.SizeInBytes));
+        long bytes = plan.SizeInBytes;
+        if ((ulong)bytes > nuint.MaxValue) throw new ArenaOutOfMemoryException(plan.Name, bytes);
+        // At least one alignment unit, so that even an empty arena has a valid, distinct address.
+        nuint toAllocate = (nuint)Math.Max(bytes, MemoryPlan.Alignment);
+        byte* block;
+        try
+        {
+            block = (byte*)NativeMemory.AlignedAlloc(toAllocate, MemoryPlan.Alignment);
+        }
+        catch (OutOfMemoryException e)
+        {
+            throw new ArenaOutOfMemoryException(plan.Name, bytes, e);
+        }
+        NativeMemory.Clear(block, toAllocate);
+        if (bytes > 0) GC.AddMemoryPressure(bytes);
+        return new Arena(plan, block);
     }
 
     /// <summary>The layout this arena was allocated from.</summary>
@@ -31,30 +51,45 @@ public sealed class Arena : IDisposable
     /// <summary>Arena name.</summary>
     public string Name => Plan.Name;
 
-    /// <summary>The device the arena lives on.</summary>
-    public Device Device => _buffer.Device;
-
     /// <summary>Size of the arena's block in bytes.</summary>
-    public long SizeInBytes => _buffer.SizeInBytes;
+    public long SizeInBytes => Plan.SizeInBytes;
+
+    /// <summary>True once <see cref="Dispose"/> has run.</summary>
+    public bool IsDisposed => Volatile.Read(ref disposed) != 0;
+
+    /// <summary>Address of the block's first byte (a multiple of <see cref="MemoryPlan.Alignment"/>), for interop; valid until disposal.</summary>
+    public nint Address => (nint)Block;
 
     /// <summary>The whole block as raw bytes (e.g. for zeroing or checkpointing an arena at once).</summary>
-    public BufferSlice<byte> Bytes => _buffer.AsSlice();
+    /// <exception cref="InvalidOperationException">The block is larger than a span can be.</exception>
+    public Span<byte> Bytes
+    {
+        get
+        {
+            byte* block = Block;
+            if (SizeInBytes > int.MaxValue)
+                throw new InvalidOperationException(
+                    $"Arena '{Name}' holds {SizeInBytes:N0} bytes, more than a Span<byte> can ({int.MaxValue:N0}); take its tensors one by one.");
+            return new Span<byte>(block, (int)SizeInBytes);
+        }
+    }
 
-    /// <summary>The raw bytes of tensor <paramref name="tensorName"/>.</summary>
+    /// <summary>The raw bytes of tensor <paramref name="tensorName"/> (without alignment padding).</summary>
     /// <exception cref="KeyNotFoundException">The arena plans no such tensor; the message names tensor and arena.</exception>
-    public BufferSlice<byte> this[string tensorName]
+    public Span<byte> this[string tensorName]
     {
         get
         {
             var p = Plan.GetTensor(tensorName);
-            return _buffer.View<byte>(p.ByteOffset, p.SizeInBytes);
+            return View<byte>(p, p.SizeInBytes);
         }
     }
 
-    /// <summary>A typed view of tensor <paramref name="tensorName"/>; <typeparamref name="T"/> must match the planned element size.</summary>
-    /// <exception cref="KeyNotFoundException">The arena plans no such tensor.</exception>
+    /// <summary>Tensor <paramref name="tensorName"/> as a span of <typeparamref name="T"/>, which must match the planned element size.</summary>
+    /// <exception cref="KeyNotFoundException">The arena plans no such tensor; the message names tensor and arena.</exception>
     /// <exception cref="ArgumentException"><typeparamref name="T"/> has a different size from the planned element.</exception>
-    public BufferSlice<T> Tensor<T>(string tensorName) where T : unmanaged
+    /// <exception cref="ObjectDisposedException">The arena has been disposed.</exception>
+    public Span<T> Span<T>(string tensorName) where T : unmanaged
     {
         var p = Plan.GetTensor(tensorName);
         int size = Unsafe.SizeOf<T>();
@@ -62,15 +97,43 @@ public sealed class Arena : IDisposable
             throw new ArgumentException(
                 $"Tensor '{tensorName}' in arena '{Name}' was planned with {p.ElementSize}-byte elements, " +
                 $"but was requested as {typeof(T).Name} ({size} bytes).", nameof(T));
-        return _buffer.View<T>(p.ByteOffset, p.ElementCount);
+        return View<T>(p, p.ElementCount);
     }
 
-    /// <summary>Tensor <paramref name="tensorName"/> as a span, for CPU kernels (host-accessible arenas only).</summary>
-    public Span<T> Span<T>(string tensorName) where T : unmanaged => Tensor<T>(tensorName).AsSpan();
+    private Span<T> View<T>(TensorPlacement p, long length) where T : unmanaged
+    {
+        byte* block = Block;
+        if (length > int.MaxValue)
+            throw new InvalidOperationException(
+                $"Tensor '{p.Name}' in arena '{Name}' has {length:N0} elements, more than a Span<T> can hold ({int.MaxValue:N0}).");
+        return new Span<T>(block + p.ByteOffset, (int)length);
+    }
 
-    /// <summary>Frees the arena's block. Safe to call more than once; views become unusable.</summary>
-    public void Dispose() => _buffer.Dispose();
+    private byte* Block
+    {
+        get
+        {
+            if (IsDisposed)
+                throw new ObjectDisposedException(nameof(Arena), $"Arena '{Name}' ({SizeInBytes:N0} bytes) has been disposed and can no longer be used.");
+            return pointer;
+        }
+    }
+
+    /// <summary>Frees the arena's block. Safe to call more than once; spans taken earlier must not be used afterwards.</summary>
+    public void Dispose()
+    {
+        Release();
+        GC.SuppressFinalize(this);
+    }
+
+    private void Release()
+    {
+        if (Interlocked.Exchange(ref disposed, 1) != 0) return;
+        NativeMemory.AlignedFree(pointer);
+        pointer = null;
+        if (SizeInBytes > 0) GC.RemoveMemoryPressure(SizeInBytes);
+    }
 
     /// <inheritdoc/>
-    public override string ToString() => $"Arena '{Name}' ({Plan.Tensors.Count} tensors, {SizeInBytes} bytes on {Device.Name})";
+    public override string ToString() => $"Arena '{Name}' ({Plan.Tensors.Count} tensors, {SizeInBytes} bytes of host memory)";
 }

@@ -8,15 +8,15 @@ namespace DistAlign.Engine.Memory;
 /// </summary>
 public sealed class ArenaPlan
 {
-    private readonly Dictionary<string, int> _indexByName;
+    private readonly Dictionary<string, int> indexByName;
 
     internal ArenaPlan(string name, IReadOnlyList<TensorPlacement> tensors, long sizeInBytes)
     {
         Name = name;
         Tensors = tensors;
         SizeInBytes = sizeInBytes;
-        _indexByName = new Dictionary<string, int>(tensors.Count, StringComparer.Ordinal);
-        for (int i = 0; i < tensors.Count; i++) _indexByName.Add(tensors[i].Name, i);
+        indexByName = new Dictionary<string, int>(tensors.Count, StringComparer.Ordinal);
+        for (int i = 0; i < tensors.Count; i++) indexByName.Add(tensors[i].Name, i);
     }
 
     /// <summary>Arena name (e.g. <c>parameters</c>, <c>activations</c>).</summary>
@@ -29,12 +29,12 @@ public sealed class ArenaPlan
     public long SizeInBytes { get; }
 
     /// <summary>True when the arena plans a tensor called <paramref name="tensorName"/>.</summary>
-    public bool Contains(string tensorName) => _indexByName.ContainsKey(tensorName);
+    public bool Contains(string tensorName) => indexByName.ContainsKey(tensorName);
 
     /// <summary>Looks up a tensor's placement without throwing.</summary>
     public bool TryGetTensor(string tensorName, [MaybeNullWhen(false)] out TensorPlacement placement)
     {
-        if (_indexByName.TryGetValue(tensorName, out int index))
+        if (indexByName.TryGetValue(tensorName, out int index))
         {
             placement = Tensors[index];
             return true;

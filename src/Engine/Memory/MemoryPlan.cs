@@ -13,12 +13,12 @@ public sealed class MemoryPlan
     /// <summary>Alignment of every tensor offset and arena size, in bytes.</summary>
     public const int Alignment = 64;
 
-    private readonly Dictionary<string, ArenaPlan> _byName;
+    private readonly Dictionary<string, ArenaPlan> byName;
 
     internal MemoryPlan(IReadOnlyList<ArenaPlan> arenas)
     {
         Arenas = arenas;
-        _byName = arenas.ToDictionary(a => a.Name, StringComparer.Ordinal);
+        byName = arenas.ToDictionary(a => a.Name, StringComparer.Ordinal);
         long total = 0;
         foreach (var a in arenas)
         {
@@ -40,13 +40,13 @@ public sealed class MemoryPlan
     /// <summary>The arena called <paramref name="arenaName"/>.</summary>
     /// <exception cref="KeyNotFoundException">No such arena; the message lists the planned ones.</exception>
     public ArenaPlan this[string arenaName] =>
-        _byName.TryGetValue(arenaName, out var arena)
+        byName.TryGetValue(arenaName, out var arena)
             ? arena
             : throw new KeyNotFoundException(
                 $"The memory plan has no arena named '{arenaName}'; planned arenas: {string.Join(", ", Arenas.Select(a => $"'{a.Name}'"))}.");
 
     /// <summary>True when an arena called <paramref name="arenaName"/> is planned.</summary>
-    public bool ContainsArena(string arenaName) => _byName.ContainsKey(arenaName);
+    public bool ContainsArena(string arenaName) => byName.ContainsKey(arenaName);
 
     /// <summary>The largest arena, or null for an empty plan. Ties go to the first planned.</summary>
     public ArenaPlan? LargestArena

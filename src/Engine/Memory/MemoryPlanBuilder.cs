@@ -17,29 +17,29 @@ namespace DistAlign.Engine.Memory;
 /// </example>
 public sealed class MemoryPlanBuilder
 {
-    private readonly List<ArenaPlanBuilder> _arenas = [];
+    private readonly List<ArenaPlanBuilder> arenas = [];
 
     /// <summary>The arena called <paramref name="name"/>, created (empty) on first use. Arenas keep first-use order.</summary>
     public ArenaPlanBuilder Arena(string name)
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(name);
-        foreach (var a in _arenas)
+        foreach (var a in arenas)
             if (a.Name == name) return a;
         var arena = new ArenaPlanBuilder(name);
-        _arenas.Add(arena);
+        arenas.Add(arena);
         return arena;
     }
 
     /// <summary>Lays every arena out (64-byte aligned offsets, overflow-checked) into an immutable plan.</summary>
     /// <exception cref="OverflowException">An arena or the total would exceed 2^63 − 1 bytes.</exception>
-    public MemoryPlan Build() => new(_arenas.Select(a => a.Build()).ToArray());
+    public MemoryPlan Build() => new(arenas.Select(a => a.Build()).ToArray());
 }
 
 /// <summary>Collects the tensors of one arena, in order. Obtained from <see cref="MemoryPlanBuilder.Arena"/>.</summary>
 public sealed class ArenaPlanBuilder
 {
-    private readonly List<(string Name, long Count, int ElementSize)> _tensors = [];
-    private readonly HashSet<string> _names = new(StringComparer.Ordinal);
+    private readonly List<(string Name, long Count, int ElementSize)> tensors = [];
+    private readonly HashSet<string> names = new(StringComparer.Ordinal);
 
     internal ArenaPlanBuilder(string name) => Name = name;
 
@@ -62,19 +62,19 @@ public sealed class ArenaPlanBuilder
         if (elementSize <= 0)
             throw new ArgumentOutOfRangeException(nameof(elementSize), elementSize,
                 $"Tensor '{tensorName}' in arena '{Name}' needs a positive element size.");
-        if (!_names.Add(tensorName))
+        if (!names.Add(tensorName))
             throw new ArgumentException($"Tensor '{tensorName}' is already planned in arena '{Name}'.", nameof(tensorName));
-        _tensors.Add((tensorName, elementCount, elementSize));
+        tensors.Add((tensorName, elementCount, elementSize));
         return this;
     }
 
     internal ArenaPlan Build()
     {
-        var placements = new TensorPlacement[_tensors.Count];
+        var placements = new TensorPlacement[tensors.Count];
         long cursor = 0;
-        for (int i = 0; i < _tensors.Count; i++)
+        for (int i = 0; i < tensors.Count; i++)
         {
-            var (name, count, size) = _tensors[i];
+            var (name, count, size) = tensors[i];
             long offset = MemoryPlan.AlignUp(cursor);
             long bytes;
             try

@@ -1,5 +1,3 @@
-using DistAlign.Engine.Devices;
-
 namespace DistAlign.Engine.Native;
 
 /// <summary>

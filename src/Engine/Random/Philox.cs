@@ -39,15 +39,15 @@ public sealed class Philox
 
     private const float TwoToMinus24 = 1.0f / (1 << 24);
 
-    private readonly uint _key0;
-    private readonly uint _key1;
+    private readonly uint key0;
+    private readonly uint key1;
 
     /// <summary>Creates a generator keyed by <paramref name="seed"/>.</summary>
     public Philox(ulong seed)
     {
         Seed = seed;
-        _key0 = (uint)seed;
-        _key1 = (uint)(seed >> 32);
+        key0 = (uint)seed;
+        key1 = (uint)(seed >> 32);
     }
 
     /// <summary>The 64-bit seed, used as the Philox key.</summary>
@@ -176,7 +176,7 @@ public sealed class Philox
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal (uint, uint, uint, uint) BlockAt(ulong counterHi, ulong counterLo) =>
-        Block((uint)counterLo, (uint)(counterLo >> 32), (uint)counterHi, (uint)(counterHi >> 32), _key0, _key1);
+        Block((uint)counterLo, (uint)(counterLo >> 32), (uint)counterHi, (uint)(counterHi >> 32), key0, key1);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static (uint, uint, uint, uint) Block(uint c0, uint c1, uint c2, uint c3, uint k0, uint k1)

@@ -13,15 +13,15 @@ namespace DistAlign.Engine.Random;
 /// </remarks>
 public sealed class PhiloxStream
 {
-    private readonly Philox _philox;
-    private ulong _cachedBlock = ulong.MaxValue;
-    private bool _hasCachedBlock;
-    private (uint, uint, uint, uint) _cachedWords;
+    private readonly Philox philox;
+    private ulong cachedBlock = ulong.MaxValue;
+    private bool hasCachedBlock;
+    private (uint, uint, uint, uint) cachedWords;
 
     /// <summary>Starts reading stream <paramref name="stream"/> of <paramref name="seed"/> at word <paramref name="position"/>.</summary>
     public PhiloxStream(ulong seed, ulong stream, ulong position = 0)
     {
-        _philox = new Philox(seed);
+        philox = new Philox(seed);
         Stream = stream;
         Position = position;
     }
@@ -32,7 +32,7 @@ public sealed class PhiloxStream
     }
 
     /// <summary>The seed (Philox key).</summary>
-    public ulong Seed => _philox.Seed;
+    public ulong Seed => philox.Seed;
 
     /// <summary>The stream id (counter high 64 bits).</summary>
     public ulong Stream { get; }
@@ -48,14 +48,14 @@ public sealed class PhiloxStream
     {
         ulong position = Position;
         ulong block = position >> 2;
-        if (!_hasCachedBlock || block != _cachedBlock)
+        if (!hasCachedBlock || block != cachedBlock)
         {
-            _cachedWords = _philox.BlockAt(Stream, block);
-            _cachedBlock = block;
-            _hasCachedBlock = true;
+            cachedWords = philox.BlockAt(Stream, block);
+            cachedBlock = block;
+            hasCachedBlock = true;
         }
         Position = position + 1;
-        var (r0, r1, r2, r3) = _cachedWords;
+        var (r0, r1, r2, r3) = cachedWords;
         return (position & 3) switch { 0 => r0, 1 => r1, 2 => r2, _ => r3 };
     }
 

@@ -27,17 +27,17 @@ public sealed class SafeTensorsFile : IDisposable
 
     private const int ConversionChunkElements = 16 * 1024;
 
-    private readonly SafeTensorsSource _source;
-    private readonly Dictionary<string, SafeTensorInfo> _byName;
-    private bool _disposed;
+    private readonly SafeTensorsSource source;
+    private readonly Dictionary<string, SafeTensorInfo> byName;
+    private bool disposed;
 
     private SafeTensorsFile(string sourceName, SafeTensorsSource source, List<SafeTensorInfo> tensors,
         Dictionary<string, string> metadata, long dataSectionOffset)
     {
         SourceName = sourceName;
-        _source = source;
+        this.source = source;
         Tensors = tensors;
-        _byName = tensors.ToDictionary(t => t.Name, StringComparer.Ordinal);
+        byName = tensors.ToDictionary(t => t.Name, StringComparer.Ordinal);
         Names = tensors.Select(t => t.Name).Order(StringComparer.Ordinal).ToArray();
         Metadata = metadata;
         DataSectionOffset = dataSectionOffset;
@@ -113,17 +113,17 @@ public sealed class SafeTensorsFile : IDisposable
     public long DataSectionOffset { get; }
 
     /// <summary>True when the file holds a tensor called <paramref name="name"/>.</summary>
-    public bool Contains(string name) => _byName.ContainsKey(name);
+    public bool Contains(string name) => byName.ContainsKey(name);
 
     /// <summary>Looks a tensor's entry up without throwing.</summary>
-    public bool TryGetInfo(string name, [MaybeNullWhen(false)] out SafeTensorInfo info) => _byName.TryGetValue(name, out info);
+    public bool TryGetInfo(string name, [MaybeNullWhen(false)] out SafeTensorInfo info) => byName.TryGetValue(name, out info);
 
     /// <summary>The entry for tensor <paramref name="name"/>.</summary>
     /// <exception cref="KeyNotFoundException">No such tensor; the message names the file.</exception>
     public SafeTensorInfo GetInfo(string name) =>
-        _byName.TryGetValue(name, out var info)
+        byName.TryGetValue(name, out var info)
             ? info
-            : throw new KeyNotFoundException($"'{SourceName}' has no tensor named '{name}' (it holds {_byName.Count} tensors).");
+            : throw new KeyNotFoundException($"'{SourceName}' has no tensor named '{name}' (it holds {byName.Count} tensors).");
 
     /// <summary>Tensor <paramref name="name"/> as floats: F32 as stored, BF16 and F16 widened exactly.</summary>
     /// <exception cref="InvalidOperationException">The tensor is an integer type, or too large for an array.</exception>
@@ -217,8 +217,8 @@ public sealed class SafeTensorsFile : IDisposable
 
     private void ReadAt(long fileOffset, Span<byte> destination)
     {
-        ObjectDisposedException.ThrowIf(_disposed, this);
-        _source.ReadExactly(fileOffset, destination);
+        ObjectDisposedException.ThrowIf(disposed, this);
+        source.ReadExactly(fileOffset, destination);
     }
 
     private int ArrayLength(SafeTensorInfo info) =>
@@ -241,8 +241,8 @@ public sealed class SafeTensorsFile : IDisposable
     /// <summary>Closes the file.</summary>
     public void Dispose()
     {
-        if (_disposed) return;
-        _disposed = true;
-        _source.Dispose();
+        if (disposed) return;
+        disposed = true;
+        source.Dispose();
     }
 }

@@ -13,13 +13,13 @@ internal ref struct SafeTensorsHeaderParser
     /// <summary>Header bytes start here in the file: right after the 8-byte length prefix.</summary>
     private const int HeaderFileOffset = 8;
 
-    private readonly string _source;
-    private Utf8JsonReader _reader;
+    private readonly string source;
+    private Utf8JsonReader reader;
 
     private SafeTensorsHeaderParser(string source, ReadOnlySpan<byte> header)
     {
-        _source = source;
-        _reader = new Utf8JsonReader(header, new JsonReaderOptions { CommentHandling = JsonCommentHandling.Disallow, MaxDepth = 8 });
+        this.source = source;
+        reader = new Utf8JsonReader(header, new JsonReaderOptions { CommentHandling = JsonCommentHandling.Disallow, MaxDepth = 8 });
     }
 
     public static (List<SafeTensorInfo> Tensors, Dictionary<string, string> Metadata) Parse(
@@ -63,17 +63,17 @@ internal ref struct SafeTensorsHeaderParser
             $"the header is not valid UTF-8 (bad byte 0x{header[offset]:X2})", byteOffset: HeaderFileOffset + offset);
     }
 
-    private long Here => HeaderFileOffset + _reader.TokenStartIndex;
+    private long Here => HeaderFileOffset + reader.TokenStartIndex;
 
     private SafeTensorsFormatException Error(SafeTensorsRule rule, string detail, string? tensor = null, long? offset = null) =>
-        new(_source, rule, detail, tensor, offset ?? Here);
+        new(source, rule, detail, tensor, offset ?? Here);
 
     private (List<SafeTensorInfo>, Dictionary<string, string>) ParseDocument()
     {
-        if (!_reader.Read())
-            throw new SafeTensorsFormatException(_source, SafeTensorsRule.InvalidJson, "the header is empty; it must be a JSON object", byteOffset: HeaderFileOffset);
-        if (_reader.TokenType != JsonTokenType.StartObject)
-            throw Error(SafeTensorsRule.HeaderNotObject, $"the header must be a JSON object, but it is {Describe(_reader.TokenType)}");
+        if (!reader.Read())
+            throw new SafeTensorsFormatException(source, SafeTensorsRule.InvalidJson, "the header is empty; it must be a JSON object", byteOffset: HeaderFileOffset);
+        if (reader.TokenType != JsonTokenType.StartObject)
+            throw Error(SafeTensorsRule.HeaderNotObject, $"the header must be a JSON object, but it is {Describe(reader.TokenType)}");
 
         var tensors = new List<SafeTensorInfo>();
         var metadata = new Dictionary<string, string>(StringComparer.Ordinal);
@@ -90,7 +90,7 @@ internal ref struct SafeTensorsHeaderParser
             else tensors.Add(ParseEntry(name, nameOffset));
         }
         // Anything but whitespace after the object makes the reader throw here.
-        if (_reader.Read())
+        if (reader.Read())
             throw Error(SafeTensorsRule.InvalidJson, "unexpected content after the header object");
         return (tensors, metadata);
     }
@@ -100,33 +100,33 @@ internal ref struct SafeTensorsHeaderParser
     {
         try
         {
-            return _reader.GetString()!;
+            return reader.GetString()!;
         }
         catch (InvalidOperationException e)
         {
-            throw new SafeTensorsFormatException(_source, SafeTensorsRule.InvalidJson,
+            throw new SafeTensorsFormatException(source, SafeTensorsRule.InvalidJson,
                 "the header contains a string escape that is not valid Unicode (a lone surrogate)", byteOffset: Here, innerException: e);
         }
     }
 
     private JsonTokenType Next()
     {
-        if (!_reader.Read())
-            throw new SafeTensorsFormatException(_source, SafeTensorsRule.InvalidJson, "the header JSON ends unexpectedly",
-                byteOffset: HeaderFileOffset + _reader.BytesConsumed);
-        return _reader.TokenType;
+        if (!reader.Read())
+            throw new SafeTensorsFormatException(source, SafeTensorsRule.InvalidJson, "the header JSON ends unexpectedly",
+                byteOffset: HeaderFileOffset + reader.BytesConsumed);
+        return reader.TokenType;
     }
 
     private void ParseMetadata(Dictionary<string, string> metadata)
     {
         if (Next() != JsonTokenType.StartObject)
-            throw Error(SafeTensorsRule.InvalidMetadata, $"__metadata__ must be an object of strings, but it is {Describe(_reader.TokenType)}");
+            throw Error(SafeTensorsRule.InvalidMetadata, $"__metadata__ must be an object of strings, but it is {Describe(reader.TokenType)}");
         while (Next() != JsonTokenType.EndObject)
         {
             long keyOffset = Here;
             string key = ReadString();
             if (Next() != JsonTokenType.String)
-                throw Error(SafeTensorsRule.InvalidMetadata, $"__metadata__ value for key '{key}' must be a string, but it is {Describe(_reader.TokenType)}");
+                throw Error(SafeTensorsRule.InvalidMetadata, $"__metadata__ value for key '{key}' must be a string, but it is {Describe(reader.TokenType)}");
             if (!metadata.TryAdd(key, ReadString()))
                 throw Error(SafeTensorsRule.DuplicateName, $"__metadata__ key '{key}' appears more than once", offset: keyOffset);
         }
@@ -136,7 +136,7 @@ internal ref struct SafeTensorsHeaderParser
     {
         if (Next() != JsonTokenType.StartObject)
             throw Error(SafeTensorsRule.EntryNotObject,
-                $"the entry must be an object with dtype, shape and data_offsets, but it is {Describe(_reader.TokenType)}", name);
+                $"the entry must be an object with dtype, shape and data_offsets, but it is {Describe(reader.TokenType)}", name);
 
         SafeTensorDType? dtype = null;
         long[]? shape = null;
@@ -186,7 +186,7 @@ internal ref struct SafeTensorsHeaderParser
     private SafeTensorDType ParseDType(string name)
     {
         if (Next() != JsonTokenType.String)
-            throw Error(SafeTensorsRule.WrongFieldType, $"dtype must be a string, but it is {Describe(_reader.TokenType)}", name);
+            throw Error(SafeTensorsRule.WrongFieldType, $"dtype must be a string, but it is {Describe(reader.TokenType)}", name);
         string text = ReadString();
         if (!SafeTensorDTypes.TryParse(text, out var dtype))
             throw Error(SafeTensorsRule.UnknownDType, $"dtype '{text}' is not supported; supported dtypes: {SafeTensorDTypes.SupportedNames}", name);
@@ -196,14 +196,14 @@ internal ref struct SafeTensorsHeaderParser
     private List<long> ParseIntegerArray(string name, string field, SafeTensorsRule rule)
     {
         if (Next() != JsonTokenType.StartArray)
-            throw Error(SafeTensorsRule.WrongFieldType, $"{field} must be an array of integers, but it is {Describe(_reader.TokenType)}", name);
+            throw Error(SafeTensorsRule.WrongFieldType, $"{field} must be an array of integers, but it is {Describe(reader.TokenType)}", name);
         var values = new List<long>();
         while (Next() != JsonTokenType.EndArray)
         {
-            if (_reader.TokenType != JsonTokenType.Number)
-                throw Error(rule, $"{field}[{values.Count}] must be a non-negative integer, but it is {Describe(_reader.TokenType)}", name);
-            string raw = Encoding.UTF8.GetString(_reader.ValueSpan);
-            if (!_reader.TryGetInt64(out long value) || raw.Contains('.') || raw.Contains('e') || raw.Contains('E'))
+            if (reader.TokenType != JsonTokenType.Number)
+                throw Error(rule, $"{field}[{values.Count}] must be a non-negative integer, but it is {Describe(reader.TokenType)}", name);
+            string raw = Encoding.UTF8.GetString(reader.ValueSpan);
+            if (!reader.TryGetInt64(out long value) || raw.Contains('.') || raw.Contains('e') || raw.Contains('E'))
                 throw Error(rule, $"{field}[{values.Count}] must be a non-negative integer that fits in 64 bits, but it is {raw}", name);
             if (value < 0)
                 throw Error(rule, $"{field}[{values.Count}] must be non-negative, but it is {value}", name);

@@ -18,12 +18,12 @@ internal abstract class SafeTensorsSource : IDisposable
 /// <summary>A file read with positioned reads through one handle: no whole-file buffering.</summary>
 internal sealed class FileSource : SafeTensorsSource
 {
-    private readonly SafeFileHandle _handle;
+    private readonly SafeFileHandle handle;
 
     public FileSource(string path)
     {
-        _handle = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.Read, FileOptions.RandomAccess);
-        Length = RandomAccess.GetLength(_handle);
+        handle = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.Read, FileOptions.RandomAccess);
+        Length = RandomAccess.GetLength(handle);
     }
 
     public override long Length { get; }
@@ -32,14 +32,14 @@ internal sealed class FileSource : SafeTensorsSource
     {
         while (!destination.IsEmpty)
         {
-            int read = RandomAccess.Read(_handle, destination, offset);
+            int read = RandomAccess.Read(handle, destination, offset);
             if (read == 0) throw new EndOfStreamException($"The file ended at byte {offset} while {destination.Length} more bytes were expected; was it truncated while open?");
             destination = destination[read..];
             offset += read;
         }
     }
 
-    public override void Dispose() => _handle.Dispose();
+    public override void Dispose() => handle.Dispose();
 }
 
 /// <summary>Bytes already in memory.</summary>
@@ -54,13 +54,13 @@ internal sealed class MemorySource(ReadOnlyMemory<byte> bytes) : SafeTensorsSour
 /// <summary>A seekable stream; reads are serialised because they move the stream's position.</summary>
 internal sealed class StreamSource(Stream stream, bool leaveOpen) : SafeTensorsSource
 {
-    private readonly Lock _gate = new();
+    private readonly Lock gate = new();
 
     public override long Length { get; } = stream.Length;
 
     public override void ReadExactly(long offset, Span<byte> destination)
     {
-        lock (_gate)
+        lock (gate)
         {
             stream.Position = offset;
             stream.ReadExactly(destination);

@@ -32,21 +32,21 @@ public sealed class CublasGemm : IGemm, IBFloat16Gemm, IDisposable
     /// <summary>cuBLASLt workspace (32 MiB is what NVIDIA recommends for Hopper).</summary>
     public const long WorkspaceBytes = 32L << 20;
 
-    private readonly CudaAccelerator _accelerator;
-    private readonly CublasHandle _handle;
-    private readonly CublasLtHandle _lt;
-    private readonly MemoryBuffer1D<byte, Stride1D.Dense> _workspace;
+    private readonly CudaAccelerator accelerator;
+    private readonly CublasHandle handle;
+    private readonly CublasLtHandle lt;
+    private readonly MemoryBuffer1D<byte, Stride1D.Dense> workspace;
 
     public CublasGemm(CudaAccelerator accelerator, GemmPrecision precision = GemmPrecision.Float32)
     {
-        _accelerator = accelerator;
+        this.accelerator = accelerator;
         Precision = precision;
         accelerator.Bind();   // cuBLAS handles belong to the context current at creation
-        _handle = Cublas.Create();
-        Cublas.SetStream(_handle, Stream);
-        Cublas.SetMathMode(_handle, precision == GemmPrecision.Float32 ? CublasMathMode.DisallowReducedPrecisionReduction : CublasMathMode.Default);
-        _lt = CublasLt.Create();
-        _workspace = accelerator.Allocate1D<byte>(WorkspaceBytes);
+        handle = Cublas.Create();
+        Cublas.SetStream(handle, Stream);
+        Cublas.SetMathMode(handle, precision == GemmPrecision.Float32 ? CublasMathMode.DisallowReducedPrecisionReduction : CublasMathMode.Default);
+        lt = CublasLt.Create();
+        workspace = accelerator.Allocate1D<byte>(WorkspaceBytes);
     }
 
     public GemmPrecision Precision { get; }
@@ -55,7 +55,7 @@ public sealed class CublasGemm : IGemm, IBFloat16Gemm, IDisposable
     /// so ops may hand <c>MultiplyBFloat16</c> bf16 copies instead (the LM head does).</summary>
     public bool RoundsOperandsToBFloat16 => Precision == GemmPrecision.BFloat16;
 
-    private nint Stream => ((CudaStream)_accelerator.DefaultStream).StreamPtr;
+    private nint Stream => ((CudaStream)accelerator.DefaultStream).StreamPtr;
 
     private CublasComputeType Compute => Precision switch
     {
@@ -74,7 +74,7 @@ public sealed class CublasGemm : IGemm, IBFloat16Gemm, IDisposable
         if (!Validate(transposeA, transposeB, m, n, k, a.Length, lda, 0, b.Length, ldb, 0, c.Length, ldc, 0, 1)) return;
         var call = CublasGemmCall.FromRowMajor(transposeA, transposeB, m, n, k, lda, ldb, ldc);
         if (bias.Length == 0)
-            Cublas.GemmEx(_handle, call.TransA, call.TransB, call.M, call.N, call.K, alpha, Address(b), CudaDataType.Float32, call.Lda,
+            Cublas.GemmEx(handle, call.TransA, call.TransB, call.M, call.N, call.K, alpha, Address(b), CudaDataType.Float32, call.Lda,
                           Address(a), CudaDataType.Float32, call.Ldb, beta, Address(c), CudaDataType.Float32, call.Ldc, Compute);
         else
             Lt(call, alpha, Address(b), Address(a), beta, Address(c), CudaDataType.Float32, CublasLtEpilogue.Bias, Address(bias));
@@ -86,7 +86,7 @@ public sealed class CublasGemm : IGemm, IBFloat16Gemm, IDisposable
     {
         if (!Validate(transposeA, transposeB, m, n, k, a.Length, lda, strideA, b.Length, ldb, strideB, c.Length, ldc, strideC, batchCount)) return;
         var call = CublasGemmCall.FromRowMajor(transposeA, transposeB, m, n, k, lda, ldb, ldc);
-        Cublas.GemmStridedBatchedEx(_handle, call.TransA, call.TransB, call.M, call.N, call.K, alpha,
+        Cublas.GemmStridedBatchedEx(handle, call.TransA, call.TransB, call.M, call.N, call.K, alpha,
                                     Address(b), CudaDataType.Float32, call.Lda, strideB, Address(a), CudaDataType.Float32, call.Ldb, strideA,
                                     beta, Address(c), CudaDataType.Float32, call.Ldc, strideC, batchCount, Compute);
     }
@@ -125,12 +125,12 @@ public sealed class CublasGemm : IGemm, IBFloat16Gemm, IDisposable
         var call = CublasGemmCall.FromRowMajor(transposeA, transposeB, m, n, k, lda, ldb, ldc);
         if (bias.Length != 0)
         {
-            CublasLt.Matmul(_lt, call.TransA, call.TransB, call.M, call.N, call.K, alpha, Address(b), call.Lda, Address(a), call.Ldb, beta,
+            CublasLt.Matmul(lt, call.TransA, call.TransB, call.M, call.N, call.K, alpha, Address(b), call.Lda, Address(a), call.Ldb, beta,
                             Address(c), call.Ldc, CudaDataType.BFloat16, CublasComputeType.Float32, CublasLtEpilogue.Bias, Address(bias),
-                            Address<byte>(_workspace.View), WorkspaceBytes, Stream);
+                            Address<byte>(workspace.View), WorkspaceBytes, Stream);
             return;
         }
-        Cublas.GemmEx(_handle, call.TransA, call.TransB, call.M, call.N, call.K, alpha, Address(b), CudaDataType.BFloat16, call.Lda,
+        Cublas.GemmEx(handle, call.TransA, call.TransB, call.M, call.N, call.K, alpha, Address(b), CudaDataType.BFloat16, call.Lda,
                       Address(a), CudaDataType.BFloat16, call.Ldb, beta, Address(c), CudaDataType.Float32, call.Ldc, CublasComputeType.Float32);
     }
 
@@ -147,15 +147,15 @@ public sealed class CublasGemm : IGemm, IBFloat16Gemm, IDisposable
         GpuLaunch.CheckLength(output.Length, residual.Length, nameof(output), "same length as residual");
         if (!Validate(false, false, m, n, k, a.Length, lda, 0, b.Length, ldb, 0, residual.Length, n, 0, 1)) return;
         var call = CublasGemmCall.FromRowMajor(false, false, m, n, k, lda, ldb, n);
-        CublasLt.Matmul(_lt, call.TransA, call.TransB, call.M, call.N, call.K, 1f, Address(b), call.Lda, Address(a), call.Ldb, 1f,
+        CublasLt.Matmul(lt, call.TransA, call.TransB, call.M, call.N, call.K, 1f, Address(b), call.Lda, Address(a), call.Ldb, 1f,
                         Address(residual), call.Ldc, CudaDataType.BFloat16, CublasComputeType.Float32, CublasLtEpilogue.Bias, Address(bias),
-                        Address<byte>(_workspace.View), WorkspaceBytes, Stream, d: Address(output));
+                        Address<byte>(workspace.View), WorkspaceBytes, Stream, d: Address(output));
     }
 
     private void Lt(CublasGemmCall call, float alpha, ulong first, ulong second, float beta, ulong c, CudaDataType inputType,
                     CublasLtEpilogue epilogue, ulong bias) =>
-        CublasLt.Matmul(_lt, call.TransA, call.TransB, call.M, call.N, call.K, alpha, first, call.Lda, second, call.Ldb, beta,
-                        c, call.Ldc, inputType, Compute, epilogue, bias, Address<byte>(_workspace.View), WorkspaceBytes, Stream);
+        CublasLt.Matmul(lt, call.TransA, call.TransB, call.M, call.N, call.K, alpha, first, call.Lda, second, call.Ldb, beta,
+                        c, call.Ldc, inputType, Compute, epilogue, bias, Address<byte>(workspace.View), WorkspaceBytes, Stream);
 
     /// <summary>The checks of <see cref="GpuTiledGemm"/>; false when there is nothing to compute (m, n or batch 0).</summary>
     private static bool Validate(bool ta, bool tb, int m, int n, int k, long aLength, int lda, long strideA, long bLength, int ldb, long strideB,
@@ -174,8 +174,8 @@ public sealed class CublasGemm : IGemm, IBFloat16Gemm, IDisposable
 
     public void Dispose()
     {
-        _workspace.Dispose();
-        _lt.Dispose();
-        _handle.Dispose();
+        workspace.Dispose();
+        lt.Dispose();
+        handle.Dispose();
     }
 }

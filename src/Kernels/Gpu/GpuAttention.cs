@@ -29,25 +29,25 @@ internal struct AttentionShape
 /// </summary>
 public sealed class GpuAttention
 {
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, AttentionShape, ArrayView<float>> _softmaxForward;
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, AttentionShape, ArrayView<float>> _softmaxBackward;
-    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, AttentionShape, ArrayView<float>, ArrayView<float>> _forward;
-    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape, ArrayView<float>> _backwardQuery;
-    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape, ArrayView<float>> _backwardKeyValue;
-    private readonly Accelerator _accelerator;
-    private readonly int _groupSize;
-    private readonly MemoryBuffer1D<int, Stride1D.Dense> _noSegments;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, AttentionShape, ArrayView<float>> softmaxForward;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, AttentionShape, ArrayView<float>> softmaxBackward;
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, AttentionShape, ArrayView<float>, ArrayView<float>> forward;
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape, ArrayView<float>> backwardQuery;
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape, ArrayView<float>> backwardKeyValue;
+    private readonly Accelerator accelerator;
+    private readonly int groupSize;
+    private readonly MemoryBuffer1D<int, Stride1D.Dense> noSegments;
 
     public GpuAttention(Accelerator accelerator)
     {
-        _accelerator = accelerator;
-        _groupSize = GpuLaunch.ReductionGroupSize(accelerator);
-        _noSegments = accelerator.Allocate1D<int>(1);   // a valid view to pass when there are no segment ids
-        _softmaxForward = accelerator.LoadKernel<ArrayView<float>, ArrayView<int>, AttentionShape, ArrayView<float>>(SoftmaxForwardKernel);
-        _softmaxBackward = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, AttentionShape, ArrayView<float>>(SoftmaxBackwardKernel);
-        _forward = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, AttentionShape, ArrayView<float>, ArrayView<float>>(ForwardKernel);
-        _backwardQuery = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape, ArrayView<float>>(BackwardQueryKernel);
-        _backwardKeyValue = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape, ArrayView<float>>(BackwardKeyValueKernel);
+        this.accelerator = accelerator;
+        groupSize = GpuLaunch.ReductionGroupSize(accelerator);
+        noSegments = accelerator.Allocate1D<int>(1);   // a valid view to pass when there are no segment ids
+        softmaxForward = accelerator.LoadKernel<ArrayView<float>, ArrayView<int>, AttentionShape, ArrayView<float>>(SoftmaxForwardKernel);
+        softmaxBackward = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, AttentionShape, ArrayView<float>>(SoftmaxBackwardKernel);
+        forward = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, AttentionShape, ArrayView<float>, ArrayView<float>>(ForwardKernel);
+        backwardQuery = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape, ArrayView<float>>(BackwardQueryKernel);
+        backwardKeyValue = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape, ArrayView<float>>(BackwardKeyValueKernel);
     }
 
     /// <summary>
@@ -63,7 +63,7 @@ public sealed class GpuAttention
         GpuLaunch.CheckLength(probabilities.Length, scores.Length, nameof(probabilities), "[B, NH, T, T]");
         int rows = batch * heads * seqLen;
         if (rows > 0)
-            _softmaxForward(_accelerator.DefaultStream, GpuLaunch.Rows(rows, _groupSize), scores, Segments(segmentIds), shape, probabilities);
+            softmaxForward(accelerator.DefaultStream, GpuLaunch.Rows(rows, groupSize), scores, Segments(segmentIds), shape, probabilities);
     }
 
     /// <summary>
@@ -80,7 +80,7 @@ public sealed class GpuAttention
         GpuLaunch.CheckLength(dScores.Length, probabilities.Length, nameof(dScores), "[B, NH, T, T]");
         int rows = batch * heads * seqLen;
         if (rows > 0)
-            _softmaxBackward(_accelerator.DefaultStream, GpuLaunch.Rows(rows, _groupSize), dProbabilities, probabilities, shape, dScores);
+            softmaxBackward(accelerator.DefaultStream, GpuLaunch.Rows(rows, groupSize), dProbabilities, probabilities, shape, dScores);
     }
 
     /// <summary>The CPU contract: att [B, NH, T, T] and out [B, T, C] from qkv [B, T, 3C] and segmentIds (empty or [B, T]).</summary>
@@ -91,7 +91,7 @@ public sealed class GpuAttention
         var shape = Shape(batch, seqLen, heads, c, segmentIds.Length, attention.Length);
         GpuLaunch.CheckLength(output.Length, (long)batch * seqLen * c, nameof(output), "[B, T, C]");
         int rows = batch * heads * seqLen;
-        if (rows > 0) _forward(_accelerator.DefaultStream, rows, qkv, Segments(segmentIds), shape, attention, output);
+        if (rows > 0) forward(accelerator.DefaultStream, rows, qkv, Segments(segmentIds), shape, attention, output);
     }
 
     /// <summary>Accumulates dQkv [B, T, 3C] from dOutput [B, T, C], using the forward's qkv, att and out (as the CPU op).</summary>
@@ -105,11 +105,11 @@ public sealed class GpuAttention
         GpuLaunch.CheckLength(dQkv.Length, qkv.Length, nameof(dQkv), "[B, T, 3C]");
         long threads = (long)batch * seqLen * c;   // one per (b, h, t, d) = (b, t, channel)
         if (threads == 0) return;
-        _backwardQuery(_accelerator.DefaultStream, (int)threads, dOutput, qkv, attention, output, shape, dQkv);
-        _backwardKeyValue(_accelerator.DefaultStream, (int)threads, dOutput, qkv, attention, output, shape, dQkv);
+        backwardQuery(accelerator.DefaultStream, (int)threads, dOutput, qkv, attention, output, shape, dQkv);
+        backwardKeyValue(accelerator.DefaultStream, (int)threads, dOutput, qkv, attention, output, shape, dQkv);
     }
 
-    private ArrayView<int> Segments(ArrayView<int> segmentIds) => segmentIds.Length > 0 ? segmentIds : _noSegments.View;
+    private ArrayView<int> Segments(ArrayView<int> segmentIds) => segmentIds.Length > 0 ? segmentIds : noSegments.View;
 
     private static int Channels(long qkvLength, int batch, int seqLen, int heads)
     {

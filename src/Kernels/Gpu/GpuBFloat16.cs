@@ -11,29 +11,29 @@ namespace DistAlign.Kernels.Gpu;
 /// </summary>
 public sealed class GpuBFloat16
 {
-    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<ushort>> _toBFloat16;
-    private readonly Action<AcceleratorStream, Index1D, ArrayView<ushort>, ArrayView<float>> _toFloat;
-    private readonly Accelerator _accelerator;
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<ushort>> toBFloat16;
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<ushort>, ArrayView<float>> toFloat;
+    private readonly Accelerator accelerator;
 
     public GpuBFloat16(Accelerator accelerator)
     {
-        _accelerator = accelerator;
-        _toBFloat16 = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<ushort>>(ToBFloat16Kernel);
-        _toFloat = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<ushort>, ArrayView<float>>(ToFloatKernel);
+        this.accelerator = accelerator;
+        toBFloat16 = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<ushort>>(ToBFloat16Kernel);
+        toFloat = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<ushort>, ArrayView<float>>(ToFloatKernel);
     }
 
     /// <summary>destination[i] = bf16(source[i]) (bits).</summary>
     public void ToBFloat16(ArrayView<float> source, ArrayView<ushort> destination)
     {
         GpuLaunch.CheckLength(destination.Length, source.Length, nameof(destination), "same length as source");
-        if (source.Length > 0) _toBFloat16(_accelerator.DefaultStream, (int)source.Length, source, destination);
+        if (source.Length > 0) toBFloat16(accelerator.DefaultStream, (int)source.Length, source, destination);
     }
 
     /// <summary>destination[i] = float(source[i]) (exact).</summary>
     public void ToFloat(ArrayView<ushort> source, ArrayView<float> destination)
     {
         GpuLaunch.CheckLength(destination.Length, source.Length, nameof(destination), "same length as source");
-        if (source.Length > 0) _toFloat(_accelerator.DefaultStream, (int)source.Length, source, destination);
+        if (source.Length > 0) toFloat(accelerator.DefaultStream, (int)source.Length, source, destination);
     }
 
     /// <summary>

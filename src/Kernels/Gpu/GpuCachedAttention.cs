@@ -30,17 +30,17 @@ internal struct CachedAttentionShape
 /// </remarks>
 public sealed class GpuCachedAttention
 {
-    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, CachedAttentionShape, ArrayView<float>, ArrayView<float>> _append;
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, CachedAttentionShape, ArrayView<float>, ArrayView<float>> _forward;
-    private readonly Accelerator _accelerator;
-    private readonly int _groupSize;
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, CachedAttentionShape, ArrayView<float>, ArrayView<float>> append;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, CachedAttentionShape, ArrayView<float>, ArrayView<float>> forward;
+    private readonly Accelerator accelerator;
+    private readonly int groupSize;
 
     public GpuCachedAttention(Accelerator accelerator)
     {
-        _accelerator = accelerator;
-        _groupSize = GpuLaunch.ReductionGroupSize(accelerator);
-        _append = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, CachedAttentionShape, ArrayView<float>, ArrayView<float>>(AppendKernel);
-        _forward = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, CachedAttentionShape, ArrayView<float>, ArrayView<float>>(ForwardKernel);
+        this.accelerator = accelerator;
+        groupSize = GpuLaunch.ReductionGroupSize(accelerator);
+        append = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, CachedAttentionShape, ArrayView<float>, ArrayView<float>>(AppendKernel);
+        forward = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, CachedAttentionShape, ArrayView<float>, ArrayView<float>>(ForwardKernel);
     }
 
     /// <summary>Scratch floats <see cref="Forward"/> needs: the scores [R, NH, maxT].</summary>
@@ -52,7 +52,7 @@ public sealed class GpuCachedAttention
     {
         var shape = Shape(qkv.Length, rows, maxLength, position, heads, keyCache.Length, valueCache.Length);
         long threads = (long)rows * 2 * shape.Channels;
-        if (threads > 0) _append(_accelerator.DefaultStream, (int)threads, qkv, shape, keyCache, valueCache);
+        if (threads > 0) append(accelerator.DefaultStream, (int)threads, qkv, shape, keyCache, valueCache);
     }
 
     /// <summary>
@@ -69,7 +69,7 @@ public sealed class GpuCachedAttention
             throw new ArgumentException($"scores has {scores.Length} elements; R·NH·maxT = {ScratchLength(rows, heads, maxLength)} are needed.", nameof(scores));
         int groups = rows * heads;
         if (groups > 0)
-            _forward(_accelerator.DefaultStream, GpuLaunch.Rows(groups, _groupSize), qkv, keyCache, valueCache, shape, output, scores);
+            forward(accelerator.DefaultStream, GpuLaunch.Rows(groups, groupSize), qkv, keyCache, valueCache, shape, output, scores);
     }
 
     private static CachedAttentionShape Shape(long qkvLength, int rows, int maxLength, int position, int heads, long keyLength, long valueLength)

@@ -21,18 +21,18 @@ public sealed class GpuColumnSum : IDisposable
     /// stage 2 sums 256 partials per channel.</summary>
     public const int RowsPerBlock = 64;
 
-    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, int, int, ArrayView<float>, ArrayView<ushort>, int> _partials;
-    private readonly MemoryBuffer1D<ushort, Stride1D.Dense> _noCopy;   // a valid view for Sum, which writes no bf16 copy
-    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, int, int, ArrayView<float>> _sumPartials;
-    private readonly Accelerator _accelerator;
-    private MemoryBuffer1D<float, Stride1D.Dense>? _scratch;
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, int, int, ArrayView<float>, ArrayView<ushort>, int> partials;
+    private readonly MemoryBuffer1D<ushort, Stride1D.Dense> noCopy;   // a valid view for Sum, which writes no bf16 copy
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, int, int, ArrayView<float>> sumPartials;
+    private readonly Accelerator accelerator;
+    private MemoryBuffer1D<float, Stride1D.Dense>? scratch;
 
     public GpuColumnSum(Accelerator accelerator)
     {
-        _accelerator = accelerator;
-        _partials = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, int, int, ArrayView<float>, ArrayView<ushort>, int>(PartialsKernel);
-        _noCopy = accelerator.Allocate1D<ushort>(1);
-        _sumPartials = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, int, int, ArrayView<float>>(SumPartialsKernel);
+        this.accelerator = accelerator;
+        partials = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, int, int, ArrayView<float>, ArrayView<ushort>, int>(PartialsKernel);
+        noCopy = accelerator.Allocate1D<ushort>(1);
+        sumPartials = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, int, int, ArrayView<float>>(SumPartialsKernel);
     }
 
     /// <summary>Row blocks of <see cref="RowsPerBlock"/> rows covering <paramref name="rows"/> rows (the last may be short).</summary>
@@ -45,7 +45,7 @@ public sealed class GpuColumnSum : IDisposable
         if (n == 0) return;
         int blocks = Blocks(n);
         var partials = Scratch((long)blocks * c);
-        _partials(_accelerator.DefaultStream, blocks * c, input, n, c, partials, _noCopy.View, 0);
+        this.partials(accelerator.DefaultStream, blocks * c, input, n, c, partials, noCopy.View, 0);
         AddPartials(partials, blocks, sums);
     }
 
@@ -61,7 +61,7 @@ public sealed class GpuColumnSum : IDisposable
         if (n == 0) return;
         int blocks = Blocks(n);
         var partials = Scratch((long)blocks * c);
-        _partials(_accelerator.DefaultStream, blocks * c, input, n, c, partials, inputBFloat16, 1);
+        this.partials(accelerator.DefaultStream, blocks * c, input, n, c, partials, inputBFloat16, 1);
         AddPartials(partials, blocks, sums);
     }
 
@@ -82,24 +82,24 @@ public sealed class GpuColumnSum : IDisposable
     /// </summary>
     internal ArrayView<float> Scratch(long length)
     {
-        if (_scratch is null || _scratch.Length < length)
+        if (scratch is null || scratch.Length < length)
         {
-            if (_scratch is not null)
+            if (scratch is not null)
             {
-                _accelerator.Synchronize();
-                _scratch.Dispose();
+                accelerator.Synchronize();
+                scratch.Dispose();
             }
-            _scratch = null;
-            _scratch = _accelerator.Allocate1D<float>(Math.Max(length, 1));
+            scratch = null;
+            scratch = accelerator.Allocate1D<float>(Math.Max(length, 1));
         }
-        return _scratch.View.SubView(0, length);
+        return scratch.View.SubView(0, length);
     }
 
     /// <summary>Stage 2: sums[c] += Σ_b partials[b, c], b = 0 … blocks − 1 in order, for partials [blocks, C].</summary>
     internal void AddPartials(ArrayView<float> partials, int blocks, ArrayView<float> sums)
     {
         int c = (int)sums.Length;
-        _sumPartials(_accelerator.DefaultStream, c, partials, blocks, c, sums);
+        sumPartials(accelerator.DefaultStream, c, partials, blocks, c, sums);
     }
 
     // partials[b, c] = Σ_{r = bR}^{min(N, bR + R) − 1} input[r, c], in row order; with round = 1 also
@@ -159,8 +159,8 @@ public sealed class GpuColumnSum : IDisposable
 
     public void Dispose()
     {
-        _scratch?.Dispose();
-        _noCopy.Dispose();
-        _scratch = null;
+        scratch?.Dispose();
+        noCopy.Dispose();
+        scratch = null;
     }
 }

@@ -15,25 +15,25 @@ public sealed class GpuGelu
     private const float Cubic = 0.044715f;
     private const float Saturation = 20f;
 
-    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>> _forward;
-    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<ushort>> _forwardToBFloat16;
-    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>> _backward, _backwardOverwrite;
-    private readonly Accelerator _accelerator;
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>> forward;
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<ushort>> forwardToBFloat16;
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>> backward, backwardOverwrite;
+    private readonly Accelerator accelerator;
 
     public GpuGelu(Accelerator accelerator)
     {
-        _accelerator = accelerator;
-        _forward = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>>(ForwardKernel);
-        _forwardToBFloat16 = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<ushort>>(ForwardToBFloat16Kernel);
-        _backward = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>>(BackwardKernel);
-        _backwardOverwrite = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>>(BackwardOverwriteKernel);
+        this.accelerator = accelerator;
+        forward = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>>(ForwardKernel);
+        forwardToBFloat16 = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<ushort>>(ForwardToBFloat16Kernel);
+        backward = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>>(BackwardKernel);
+        backwardOverwrite = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>>(BackwardOverwriteKernel);
     }
 
     /// <summary>output[i] = gelu(input[i]); output may be input.</summary>
     public void Forward(ArrayView<float> input, ArrayView<float> output)
     {
         GpuLaunch.CheckLength(output.Length, input.Length, nameof(output), "same length as input");
-        if (input.Length > 0) _forward(_accelerator.DefaultStream, (int)input.Length, input, output);
+        if (input.Length > 0) forward(accelerator.DefaultStream, (int)input.Length, input, output);
     }
 
     /// <summary>
@@ -44,7 +44,7 @@ public sealed class GpuGelu
     public void Forward(ArrayView<float> input, ArrayView<ushort> output)
     {
         GpuLaunch.CheckLength(output.Length, input.Length, nameof(output), "same length as input");
-        if (input.Length > 0) _forwardToBFloat16(_accelerator.DefaultStream, (int)input.Length, input, output);
+        if (input.Length > 0) forwardToBFloat16(accelerator.DefaultStream, (int)input.Length, input, output);
     }
 
     /// <summary>dInput[i] += dOutput[i]·gelu'(input[i]) (accumulates), or = with <paramref name="accumulate"/> false
@@ -53,7 +53,7 @@ public sealed class GpuGelu
     {
         GpuLaunch.CheckLength(dOutput.Length, input.Length, nameof(dOutput), "same length as input");
         GpuLaunch.CheckLength(dInput.Length, input.Length, nameof(dInput), "same length as input");
-        if (input.Length > 0) (accumulate ? _backward : _backwardOverwrite)(_accelerator.DefaultStream, (int)input.Length, dOutput, input, dInput);
+        if (input.Length > 0) (accumulate ? backward : backwardOverwrite)(accelerator.DefaultStream, (int)input.Length, dOutput, input, dInput);
     }
 
     [GpuKernel(false)]
@@ -92,15 +92,15 @@ public sealed class GpuGelu
 /// <summary>Residual connection, the GPU form of <see cref="Cpu.Residual"/>: out = a + b; da += dout, db += dout.</summary>
 public sealed class GpuResidual
 {
-    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>> _forward;
-    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>> _backward;
-    private readonly Accelerator _accelerator;
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>> forward;
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>> backward;
+    private readonly Accelerator accelerator;
 
     public GpuResidual(Accelerator accelerator)
     {
-        _accelerator = accelerator;
-        _forward = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>>(ForwardKernel);
-        _backward = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>>(BackwardKernel);
+        this.accelerator = accelerator;
+        forward = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>>(ForwardKernel);
+        backward = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>>(BackwardKernel);
     }
 
     /// <summary>output[i] = a[i] + b[i]; output may be a or b.</summary>
@@ -108,7 +108,7 @@ public sealed class GpuResidual
     {
         GpuLaunch.CheckLength(b.Length, a.Length, nameof(b), "same length as a");
         GpuLaunch.CheckLength(output.Length, a.Length, nameof(output), "same length as a");
-        if (a.Length > 0) _forward(_accelerator.DefaultStream, (int)a.Length, a, b, output);
+        if (a.Length > 0) forward(accelerator.DefaultStream, (int)a.Length, a, b, output);
     }
 
     /// <summary>dA[i] += dOutput[i]; dB[i] += dOutput[i]. Accumulates into both.</summary>
@@ -116,7 +116,7 @@ public sealed class GpuResidual
     {
         GpuLaunch.CheckLength(dA.Length, dOutput.Length, nameof(dA), "same length as dOutput");
         GpuLaunch.CheckLength(dB.Length, dOutput.Length, nameof(dB), "same length as dOutput");
-        if (dOutput.Length > 0) _backward(_accelerator.DefaultStream, (int)dOutput.Length, dOutput, dA, dB);
+        if (dOutput.Length > 0) backward(accelerator.DefaultStream, (int)dOutput.Length, dOutput, dA, dB);
     }
 
     [GpuKernel(false)]
@@ -148,19 +148,19 @@ public sealed class GpuResidual
 /// </remarks>
 public sealed class GpuEmbedding : IDisposable
 {
-    private readonly Action<AcceleratorStream, Index1D, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, ArrayView<float>> _forward;
-    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, int, ArrayView<float>> _backward;
-    private readonly Accelerator _accelerator;
-    private readonly EmbeddingRowGroups _batch, _copied;
-    private int[] _hostTokens = [], _hostPositions = [];
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, ArrayView<float>> forward;
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, int, ArrayView<float>> backward;
+    private readonly Accelerator accelerator;
+    private readonly EmbeddingRowGroups batch, copied;
+    private int[] hostTokens = [], hostPositions = [];
 
     public GpuEmbedding(Accelerator accelerator)
     {
-        _accelerator = accelerator;
-        _forward = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, ArrayView<float>>(ForwardKernel);
-        _backward = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, int, ArrayView<float>>(BackwardGroupKernel);
-        _batch = new EmbeddingRowGroups(accelerator);
-        _copied = new EmbeddingRowGroups(accelerator);
+        this.accelerator = accelerator;
+        forward = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, ArrayView<float>>(ForwardKernel);
+        backward = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, int, ArrayView<float>>(BackwardGroupKernel);
+        batch = new EmbeddingRowGroups(accelerator);
+        copied = new EmbeddingRowGroups(accelerator);
     }
 
     /// <summary>output [N, C] = wte[tokens] + wpe[positions]; tokens, positions [N]; wte [V, C]; wpe [maxT, C].</summary>
@@ -169,7 +169,7 @@ public sealed class GpuEmbedding : IDisposable
     {
         Validate(tokens.Length, positions.Length, wte.Length, wpe.Length, channels, output.Length, nameof(output));
         long total = tokens.Length * channels;
-        if (total > 0) _forward(_accelerator.DefaultStream, (int)total, tokens, positions, wte, wpe, channels, output);
+        if (total > 0) forward(accelerator.DefaultStream, (int)total, tokens, positions, wte, wpe, channels, output);
     }
 
     /// <summary>
@@ -181,14 +181,14 @@ public sealed class GpuEmbedding : IDisposable
     public void SetBatch(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions)
     {
         GpuLaunch.CheckLength(positions.Length, tokens.Length, nameof(positions), "[N], one position per token");
-        _batch.Set(tokens, positions);
+        batch.Set(tokens, positions);
     }
 
     /// <summary>dWte[tokens[n]] += dOutput[n]; dWpe[positions[n]] += dOutput[n] for the ids of the last
     /// <see cref="SetBatch"/>. Accumulates; bit-identical to the CPU op.</summary>
     /// <exception cref="ArgumentOutOfRangeException">An id of the batch is outside its table.</exception>
     public void Backward(ArrayView<float> dOutput, int channels, ArrayView<float> dWte, ArrayView<float> dWpe) =>
-        Backward(dOutput, _batch, channels, dWte, dWpe);
+        Backward(dOutput, batch, channels, dWte, dWpe);
 
     /// <summary>dWte[tokens[n]] += dOutput[n]; dWpe[positions[n]] += dOutput[n]. Accumulates; bit-identical to the CPU op.
     /// Copies the ids to the host to group them (waits for the queued work); the grouping of <see cref="SetBatch"/> is kept.</summary>
@@ -198,22 +198,22 @@ public sealed class GpuEmbedding : IDisposable
     {
         Validate(tokens.Length, positions.Length, dWte.Length, dWpe.Length, channels, dOutput.Length, nameof(dOutput));
         int n = (int)tokens.Length;
-        if (_hostTokens.Length < n)
+        if (this.hostTokens.Length < n)
         {
-            _hostTokens = new int[n];
-            _hostPositions = new int[n];
+            this.hostTokens = new int[n];
+            this.hostPositions = new int[n];
         }
-        var hostTokens = _hostTokens.AsSpan(0, n);
-        var hostPositions = _hostPositions.AsSpan(0, n);
-        _accelerator.Synchronize();
+        var hostTokens = this.hostTokens.AsSpan(0, n);
+        var hostPositions = this.hostPositions.AsSpan(0, n);
+        accelerator.Synchronize();
         if (n > 0)
         {
             tokens.CopyToCPU(hostTokens);
             positions.CopyToCPU(hostPositions);
-            _accelerator.Synchronize();
+            accelerator.Synchronize();
         }
-        _copied.Set(hostTokens, hostPositions);
-        Backward(dOutput, _copied, channels, dWte, dWpe);
+        copied.Set(hostTokens, hostPositions);
+        Backward(dOutput, copied, channels, dWte, dWpe);
     }
 
     private void Backward(ArrayView<float> dOutput, EmbeddingRowGroups groups, int channels, ArrayView<float> dWte, ArrayView<float> dWpe)
@@ -221,9 +221,9 @@ public sealed class GpuEmbedding : IDisposable
         Validate(groups.Rows, groups.Rows, dWte.Length, dWpe.Length, channels, dOutput.Length, nameof(dOutput));
         groups.CheckIds(dWte.Length / channels, dWpe.Length / channels);
         if (groups.Rows == 0) return;
-        var stream = _accelerator.DefaultStream;
-        _backward(stream, groups.TokenGroups * channels, dOutput, groups.TokenIds, groups.TokenStarts, groups.TokenRows, channels, dWte);
-        _backward(stream, groups.PositionGroups * channels, dOutput, groups.PositionIds, groups.PositionStarts, groups.PositionRows, channels, dWpe);
+        var stream = accelerator.DefaultStream;
+        backward(stream, groups.TokenGroups * channels, dOutput, groups.TokenIds, groups.TokenStarts, groups.TokenRows, channels, dWte);
+        backward(stream, groups.PositionGroups * channels, dOutput, groups.PositionIds, groups.PositionStarts, groups.PositionRows, channels, dWpe);
     }
 
     [GpuKernel(false)]
@@ -265,8 +265,8 @@ public sealed class GpuEmbedding : IDisposable
     /// <summary>Frees the device copies of the groupings.</summary>
     public void Dispose()
     {
-        _batch.Dispose();
-        _copied.Dispose();
+        batch.Dispose();
+        copied.Dispose();
     }
 }
 
@@ -277,10 +277,10 @@ public sealed class GpuEmbedding : IDisposable
 /// </summary>
 internal sealed class EmbeddingRowGroups(Accelerator accelerator) : IDisposable
 {
-    private MemoryBuffer1D<int, Stride1D.Dense>? _device;
-    private int[] _host = [];
-    private int[] _counts = [];
-    private int _maxToken = -1, _maxPosition = -1;
+    private MemoryBuffer1D<int, Stride1D.Dense>? device;
+    private int[] host = [];
+    private int[] counts = [];
+    private int maxToken = -1, maxPosition = -1;
 
     public int Rows { get; private set; }
     public int TokenGroups { get; private set; }
@@ -297,28 +297,28 @@ internal sealed class EmbeddingRowGroups(Accelerator accelerator) : IDisposable
     {
         int n = tokens.Length;
         int capacity = 2 * (3 * n + 1);   // per kind at most N ids, N + 1 starts, N rows
-        if (_host.Length < capacity) _host = new int[capacity];
-        int tokenGroups = Group(tokens, "Token id", "tokens", _host, out _maxToken);
+        if (host.Length < capacity) host = new int[capacity];
+        int tokenGroups = Group(tokens, "Token id", "tokens", host, out maxToken);
         int tokenLength = 2 * tokenGroups + 1 + n;
-        int positionGroups = Group(positions, "Position", "positions", _host.AsSpan(tokenLength), out _maxPosition);
+        int positionGroups = Group(positions, "Position", "positions", host.AsSpan(tokenLength), out maxPosition);
         int length = tokenLength + 2 * positionGroups + 1 + n;
         Rows = n;
         TokenGroups = tokenGroups;
         PositionGroups = positionGroups;
         if (n == 0) return;   // nothing to upload; the backward returns before reading the views
 
-        if (_device is null || _device.Length < length)
+        if (device is null || device.Length < length)
         {
-            if (_device is not null)
+            if (device is not null)
             {
                 accelerator.Synchronize();   // a queued backward may still read the old grouping
-                _device.Dispose();
+                device.Dispose();
             }
-            _device = null;
-            _device = accelerator.Allocate1D<int>(Math.Max(capacity, 1));
+            device = null;
+            device = accelerator.Allocate1D<int>(Math.Max(capacity, 1));
         }
-        ArrayView<int> all = _device.View;
-        all.SubView(0, length).CopyFromCPU(_host.AsSpan(0, length));
+        ArrayView<int> all = device.View;
+        all.SubView(0, length).CopyFromCPU(host.AsSpan(0, length));
         TokenIds = all.SubView(0, tokenGroups);
         TokenStarts = all.SubView(tokenGroups, tokenGroups + 1);
         TokenRows = all.SubView(2 * tokenGroups + 1, n);
@@ -330,10 +330,10 @@ internal sealed class EmbeddingRowGroups(Accelerator accelerator) : IDisposable
     /// <summary>Throws when an id of the grouped batch is outside [0, vocab) or a position outside [0, maxT).</summary>
     public void CheckIds(long vocab, long maxT)
     {
-        if (_maxToken >= vocab)
-            throw new ArgumentOutOfRangeException("tokens", _maxToken, $"Token id {_maxToken} is outside the vocabulary [0, {vocab}).");
-        if (_maxPosition >= maxT)
-            throw new ArgumentOutOfRangeException("positions", _maxPosition, $"Position {_maxPosition} is outside the position table [0, {maxT}).");
+        if (maxToken >= vocab)
+            throw new ArgumentOutOfRangeException("tokens", maxToken, $"Token id {maxToken} is outside the vocabulary [0, {vocab}).");
+        if (maxPosition >= maxT)
+            throw new ArgumentOutOfRangeException("positions", maxPosition, $"Position {maxPosition} is outside the position table [0, {maxT}).");
     }
 
     /// <summary>
@@ -350,8 +350,8 @@ internal sealed class EmbeddingRowGroups(Accelerator accelerator) : IDisposable
             if (v < 0) throw new ArgumentOutOfRangeException(name, v, $"{what} {v} at index {i} is negative.");
             if (v > max) max = v;
         }
-        if (_counts.Length < max + 1) _counts = new int[max + 1];
-        var counts = _counts.AsSpan(0, max + 1);
+        if (this.counts.Length < max + 1) this.counts = new int[max + 1];
+        var counts = this.counts.AsSpan(0, max + 1);
         counts.Clear();
         foreach (int v in values) counts[v]++;
         int groups = 0;
@@ -377,8 +377,8 @@ internal sealed class EmbeddingRowGroups(Accelerator accelerator) : IDisposable
 
     public void Dispose()
     {
-        _device?.Dispose();
-        _device = null;
+        device?.Dispose();
+        device = null;
     }
 }
 
@@ -391,14 +391,14 @@ internal sealed class EmbeddingRowGroups(Accelerator accelerator) : IDisposable
 /// </summary>
 public sealed class GpuRowGather
 {
-    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, int, ArrayView<float>> _gather, _scatter;
-    private readonly Accelerator _accelerator;
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, int, ArrayView<float>> gather, scatter;
+    private readonly Accelerator accelerator;
 
     public GpuRowGather(Accelerator accelerator)
     {
-        _accelerator = accelerator;
-        _gather = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, int, ArrayView<float>>(GatherKernel);
-        _scatter = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, int, ArrayView<float>>(ScatterKernel);
+        this.accelerator = accelerator;
+        gather = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, int, ArrayView<float>>(GatherKernel);
+        scatter = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, int, ArrayView<float>>(ScatterKernel);
     }
 
     /// <summary>output [S, width] = source[rows[s], :]; rows [S] on the device.</summary>
@@ -408,7 +408,7 @@ public sealed class GpuRowGather
         GpuLaunch.CheckLength(output.Length, rows.Length * width, nameof(output), "[S, width], one row per index");
         if (source.Length % width != 0)
             throw new ArgumentException($"source has {source.Length} elements, not a multiple of width = {width}.", nameof(source));
-        if (output.Length > 0) _gather(_accelerator.DefaultStream, (int)output.Length, source, rows, width, output);
+        if (output.Length > 0) gather(accelerator.DefaultStream, (int)output.Length, source, rows, width, output);
     }
 
     /// <summary>destination[rows[s], :] = values[s, :]; rows [S] on the device, distinct; other rows untouched.</summary>
@@ -418,7 +418,7 @@ public sealed class GpuRowGather
         GpuLaunch.CheckLength(values.Length, rows.Length * width, nameof(values), "[S, width], one row per index");
         if (destination.Length % width != 0)
             throw new ArgumentException($"destination has {destination.Length} elements, not a multiple of width = {width}.", nameof(destination));
-        if (values.Length > 0) _scatter(_accelerator.DefaultStream, (int)values.Length, values, rows, width, destination);
+        if (values.Length > 0) scatter(accelerator.DefaultStream, (int)values.Length, values, rows, width, destination);
     }
 
     [GpuKernel(false)]

@@ -17,26 +17,26 @@ namespace DistAlign.Kernels.Gpu;
 /// </summary>
 public sealed class GpuLayerNorm : IDisposable
 {
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, ArrayView<float>, ArrayView<float>, ArrayView<float>> _forward;
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, ArrayView<ushort>, ArrayView<float>, ArrayView<float>> _forwardToBFloat16;
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, ArrayView<float>> _backwardInput;
-    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, ArrayView<float>> _backwardParameterPartials;
-    private readonly GpuColumnSum _columnSum;
-    private readonly Accelerator _accelerator;
-    private readonly int _groupSize, _rowsPerGroup;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, ArrayView<float>, ArrayView<float>, ArrayView<float>> forward;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, ArrayView<ushort>, ArrayView<float>, ArrayView<float>> forwardToBFloat16;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, ArrayView<float>> backwardInput;
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, ArrayView<float>> backwardParameterPartials;
+    private readonly GpuColumnSum columnSum;
+    private readonly Accelerator accelerator;
+    private readonly int groupSize, rowsPerGroup;
 
     public GpuLayerNorm(Accelerator accelerator)
     {
-        _accelerator = accelerator;
-        _groupSize = GpuLaunch.ReductionGroupSize(accelerator);
-        if (_groupSize % accelerator.WarpSize != 0 || (accelerator.WarpSize & (accelerator.WarpSize - 1)) != 0)
-            throw new NotSupportedException($"GpuLayerNorm needs a power-of-two warp size that divides the group size ({accelerator.WarpSize}, {_groupSize})");
-        _rowsPerGroup = _groupSize / accelerator.WarpSize;
-        _forward = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, ArrayView<float>, ArrayView<float>, ArrayView<float>>(ForwardKernel);
-        _forwardToBFloat16 = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, ArrayView<ushort>, ArrayView<float>, ArrayView<float>>(ForwardToBFloat16Kernel);
-        _backwardInput = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, ArrayView<float>>(BackwardInputKernel);
-        _backwardParameterPartials = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, ArrayView<float>>(BackwardParameterPartialsKernel);
-        _columnSum = new GpuColumnSum(accelerator);
+        this.accelerator = accelerator;
+        groupSize = GpuLaunch.ReductionGroupSize(accelerator);
+        if (groupSize % accelerator.WarpSize != 0 || (accelerator.WarpSize & (accelerator.WarpSize - 1)) != 0)
+            throw new NotSupportedException($"GpuLayerNorm needs a power-of-two warp size that divides the group size ({accelerator.WarpSize}, {groupSize})");
+        rowsPerGroup = groupSize / accelerator.WarpSize;
+        forward = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, ArrayView<float>, ArrayView<float>, ArrayView<float>>(ForwardKernel);
+        forwardToBFloat16 = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, ArrayView<ushort>, ArrayView<float>, ArrayView<float>>(ForwardToBFloat16Kernel);
+        backwardInput = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, ArrayView<float>>(BackwardInputKernel);
+        backwardParameterPartials = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, ArrayView<float>>(BackwardParameterPartialsKernel);
+        columnSum = new GpuColumnSum(accelerator);
     }
 
     /// <summary>output = (x − μ)·r·w + b per row of input [N, C]; writes mean [N] and rstd [N]. C = weight.Length.</summary>
@@ -44,7 +44,7 @@ public sealed class GpuLayerNorm : IDisposable
                         ArrayView<float> output, ArrayView<float> mean, ArrayView<float> rstd)
     {
         var (c, n) = CheckForward(input, weight, bias, output.Length, mean, rstd);
-        if (n > 0) _forward(_accelerator.DefaultStream, WarpRows(n), input, weight, bias, c, n, output, mean, rstd);
+        if (n > 0) forward(accelerator.DefaultStream, WarpRows(n), input, weight, bias, c, n, output, mean, rstd);
     }
 
     /// <summary>
@@ -56,11 +56,11 @@ public sealed class GpuLayerNorm : IDisposable
                         ArrayView<ushort> output, ArrayView<float> mean, ArrayView<float> rstd)
     {
         var (c, n) = CheckForward(input, weight, bias, output.Length, mean, rstd);
-        if (n > 0) _forwardToBFloat16(_accelerator.DefaultStream, WarpRows(n), input, weight, bias, c, n, output, mean, rstd);
+        if (n > 0) forwardToBFloat16(accelerator.DefaultStream, WarpRows(n), input, weight, bias, c, n, output, mean, rstd);
     }
 
     // One warp per row: ⌈N / rows per group⌉ groups of the reduction group size.
-    private KernelConfig WarpRows(int n) => new((n + _rowsPerGroup - 1) / _rowsPerGroup, _groupSize);
+    private KernelConfig WarpRows(int n) => new((n + rowsPerGroup - 1) / rowsPerGroup, groupSize);
 
     /// <summary>The forward's shape checks; returns (C, N).</summary>
     private static (int C, int N) CheckForward(ArrayView<float> input, ArrayView<float> weight, ArrayView<float> bias, long outputLength,
@@ -89,18 +89,18 @@ public sealed class GpuLayerNorm : IDisposable
         GpuLaunch.CheckLength(mean.Length, n, nameof(mean), "[N]");
         GpuLaunch.CheckLength(rstd.Length, n, nameof(rstd), "[N]");
         if (n == 0) return;
-        _backwardInput(_accelerator.DefaultStream, WarpRows(n), dOutput, input, weight, mean, rstd, c, n, dInput);
+        backwardInput(accelerator.DefaultStream, WarpRows(n), dOutput, input, weight, mean, rstd, c, n, dInput);
         // partials [2, blocks, C]: dw partials, then db partials; stage 2 adds each into its gradient.
         int blocks = GpuColumnSum.Blocks(n);
         long half = (long)blocks * c;
-        var partials = _columnSum.Scratch(2 * half);
-        _backwardParameterPartials(_accelerator.DefaultStream, blocks * c, dOutput, input, mean, rstd, n, c, partials);
-        _columnSum.AddPartials(partials.SubView(0, half), blocks, dWeight);
-        _columnSum.AddPartials(partials.SubView(half, half), blocks, dBias);
+        var partials = columnSum.Scratch(2 * half);
+        backwardParameterPartials(accelerator.DefaultStream, blocks * c, dOutput, input, mean, rstd, n, c, partials);
+        columnSum.AddPartials(partials.SubView(0, half), blocks, dWeight);
+        columnSum.AddPartials(partials.SubView(half, half), blocks, dBias);
     }
 
     /// <summary>Frees the partial-sum scratch.</summary>
-    public void Dispose() => _columnSum.Dispose();
+    public void Dispose() => columnSum.Dispose();
 
     [GpuKernel(true)]
     internal static void ForwardKernel(ArrayView<float> input, ArrayView<float> weight, ArrayView<float> bias, int c, int n,

@@ -18,13 +18,13 @@ internal struct AdamWConstants
 /// </summary>
 public sealed class GpuAdamW
 {
-    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AdamWConstants> _step;
-    private readonly Accelerator _accelerator;
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AdamWConstants> step;
+    private readonly Accelerator accelerator;
 
     public GpuAdamW(Accelerator accelerator)
     {
-        _accelerator = accelerator;
-        _step = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AdamWConstants>(StepKernel);
+        this.accelerator = accelerator;
+        step = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AdamWConstants>(StepKernel);
     }
 
     /// <summary>Updates parameters, m and v in place (arguments as <see cref="Cpu.AdamW.Step"/>).</summary>
@@ -50,7 +50,7 @@ public sealed class GpuAdamW
             Correction2 = (float)(1.0 - Math.Pow(beta2, step)),
             LearningRate = learningRate, Epsilon = epsilon,
         };
-        if (n > 0) _step(_accelerator.DefaultStream, (int)n, parameters, gradients, m, v, k);
+        if (n > 0) this.step(accelerator.DefaultStream, (int)n, parameters, gradients, m, v, k);
     }
 
     [GpuKernel(false)]
@@ -87,22 +87,22 @@ public sealed class GpuGradientNorm
     /// </summary>
     public int PartialsPerTensor { get; }
 
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<double>> _partials;
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<double>, ArrayView<double>> _sum;
-    private readonly Action<AcceleratorStream, Index1D, ArrayView<double>, float, ArrayView<float>> _clipScale;
-    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>> _scale;
-    private readonly Accelerator _accelerator;
-    private readonly int _groupSize;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<double>> partials;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<double>, ArrayView<double>> sum;
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<double>, float, ArrayView<float>> clipScale;
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>> scale;
+    private readonly Accelerator accelerator;
+    private readonly int groupSize;
 
     public GpuGradientNorm(Accelerator accelerator)
     {
-        _accelerator = accelerator;
-        _groupSize = GpuLaunch.ReductionGroupSize(accelerator);
+        this.accelerator = accelerator;
+        groupSize = GpuLaunch.ReductionGroupSize(accelerator);
         PartialsPerTensor = accelerator.AcceleratorType == AcceleratorType.CPU ? 64 : 1024;
-        _partials = accelerator.LoadKernel<ArrayView<float>, ArrayView<double>>(PartialsKernel);
-        _sum = accelerator.LoadKernel<ArrayView<double>, ArrayView<double>>(SumKernel);
-        _clipScale = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<double>, float, ArrayView<float>>(ClipScaleKernel);
-        _scale = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>>(ScaleKernel);
+        partials = accelerator.LoadKernel<ArrayView<float>, ArrayView<double>>(PartialsKernel);
+        sum = accelerator.LoadKernel<ArrayView<double>, ArrayView<double>>(SumKernel);
+        clipScale = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<double>, float, ArrayView<float>>(ClipScaleKernel);
+        scale = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>>(ScaleKernel);
     }
 
     /// <summary>Stage 1: partials[0 .. <see cref="PartialsPerTensor"/>) = fp64 partial Σx² of <paramref name="values"/> (written).</summary>
@@ -110,14 +110,14 @@ public sealed class GpuGradientNorm
     {
         GpuLaunch.CheckLength(partials.Length, PartialsPerTensor, nameof(partials), "[PartialsPerTensor]");
         if (values.Length > int.MaxValue) throw new ArgumentException("Tensor too large for 32-bit GPU indexing.", nameof(values));
-        _partials(_accelerator.DefaultStream, GpuLaunch.Rows(PartialsPerTensor, _groupSize), values, partials);
+        this.partials(accelerator.DefaultStream, GpuLaunch.Rows(PartialsPerTensor, groupSize), values, partials);
     }
 
     /// <summary>Stage 2: sumOfSquares[0] = Σ partials (fixed tree; one group), written.</summary>
     public void SumPartials(ArrayView<double> partials, ArrayView<double> sumOfSquares)
     {
         GpuLaunch.CheckLength(sumOfSquares.Length, 1, nameof(sumOfSquares), "[1]");
-        _sum(_accelerator.DefaultStream, GpuLaunch.Rows(1, _groupSize), partials, sumOfSquares);
+        sum(accelerator.DefaultStream, GpuLaunch.Rows(1, groupSize), partials, sumOfSquares);
     }
 
     /// <summary>scale[0] = min(1, maxNorm/(√sumOfSquares[0] + 1e-6)), or 1 when the norm is not finite (as the CPU op).</summary>
@@ -127,21 +127,21 @@ public sealed class GpuGradientNorm
             throw new ArgumentOutOfRangeException(nameof(maxNorm), maxNorm, "The clipping threshold must be positive.");
         GpuLaunch.CheckLength(sumOfSquares.Length, 1, nameof(sumOfSquares), "[1]");
         GpuLaunch.CheckLength(scale.Length, 1, nameof(scale), "[1]");
-        _clipScale(_accelerator.DefaultStream, 1, sumOfSquares, maxNorm, scale);
+        clipScale(accelerator.DefaultStream, 1, sumOfSquares, maxNorm, scale);
     }
 
     /// <summary>values[i] *= scale[0] (a device-side factor, e.g. from <see cref="ClipScale"/>).</summary>
     public void Scale(ArrayView<float> values, ArrayView<float> scale)
     {
         GpuLaunch.CheckLength(scale.Length, 1, nameof(scale), "[1]");
-        if (values.Length > 0) _scale(_accelerator.DefaultStream, (int)values.Length, values, scale);
+        if (values.Length > 0) this.scale(accelerator.DefaultStream, (int)values.Length, values, scale);
     }
 
     /// <summary>‖(t_0, t_1, …)‖₂ over several tensors (allocates a small scratch and synchronises: convenience form).</summary>
     public double GlobalNorm(params ArrayView<float>[] tensors)
     {
-        using var partials = _accelerator.Allocate1D<double>(Math.Max(1, tensors.Length) * PartialsPerTensor);
-        using var total = _accelerator.Allocate1D<double>(1);
+        using var partials = accelerator.Allocate1D<double>(Math.Max(1, tensors.Length) * PartialsPerTensor);
+        using var total = accelerator.Allocate1D<double>(1);
         partials.MemSetToZero();
         for (int i = 0; i < tensors.Length; i++)
             PartialSumsOfSquares(tensors[i], partials.View.SubView((long)i * PartialsPerTensor, PartialsPerTensor));
@@ -152,9 +152,9 @@ public sealed class GpuGradientNorm
     /// <summary>Scales every tensor by one factor so that their global norm is at most maxNorm; returns the CPU op's record.</summary>
     public Cpu.GradientClip ClipByGlobalNorm(float maxNorm, params ArrayView<float>[] tensors)
     {
-        using var partials = _accelerator.Allocate1D<double>(Math.Max(1, tensors.Length) * PartialsPerTensor);
-        using var total = _accelerator.Allocate1D<double>(1);
-        using var scale = _accelerator.Allocate1D<float>(1);
+        using var partials = accelerator.Allocate1D<double>(Math.Max(1, tensors.Length) * PartialsPerTensor);
+        using var total = accelerator.Allocate1D<double>(1);
+        using var scale = accelerator.Allocate1D<float>(1);
         partials.MemSetToZero();
         for (int i = 0; i < tensors.Length; i++)
             PartialSumsOfSquares(tensors[i], partials.View.SubView((long)i * PartialsPerTensor, PartialsPerTensor));

@@ -72,32 +72,32 @@ public sealed class GpuPairwiseBradleyTerryLoss : IDisposable
         public double InvPairs;
     }
 
-    private readonly Accelerator _accelerator;
-    private readonly Action<Index1D, PairViews, PairwiseLossConstants> _pairKernel;
-    private readonly Action<Index1D, ArrayView<double>, int, ArrayView<double>> _reduceKernel;
-    private readonly Action<Index1D, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, ArrayView<float>> _scatterKernel;
-    private readonly MemoryBuffer1D<float, Stride1D.Dense> _dummyFloat;
-    private readonly MemoryBuffer1D<int, Stride1D.Dense> _dummyInt;
-    private readonly MemoryBuffer1D<int, Stride1D.Dense> _errors;
-    private readonly MemoryBuffer1D<double, Stride1D.Dense> _sums;
-    private readonly int[] _hostErrors = new int[ErrorCount];
-    private readonly int[] _noErrors = [int.MaxValue, int.MaxValue, int.MaxValue, int.MaxValue];
-    private readonly double[] _hostSums = new double[PairwiseLossSlot.Count];
-    private MemoryBuffer1D<float, Stride1D.Dense>? _gradChosen, _gradRejected;
-    private MemoryBuffer1D<double, Stride1D.Dense>? _metricRows;
-    private int _capacity;
+    private readonly Accelerator accelerator;
+    private readonly Action<Index1D, PairViews, PairwiseLossConstants> pairKernel;
+    private readonly Action<Index1D, ArrayView<double>, int, ArrayView<double>> reduceKernel;
+    private readonly Action<Index1D, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, ArrayView<float>> scatterKernel;
+    private readonly MemoryBuffer1D<float, Stride1D.Dense> dummyFloat;
+    private readonly MemoryBuffer1D<int, Stride1D.Dense> dummyInt;
+    private readonly MemoryBuffer1D<int, Stride1D.Dense> errors;
+    private readonly MemoryBuffer1D<double, Stride1D.Dense> sums;
+    private readonly int[] hostErrors = new int[ErrorCount];
+    private readonly int[] noErrors = [int.MaxValue, int.MaxValue, int.MaxValue, int.MaxValue];
+    private readonly double[] hostSums = new double[PairwiseLossSlot.Count];
+    private MemoryBuffer1D<float, Stride1D.Dense>? gradChosen, gradRejected;
+    private MemoryBuffer1D<double, Stride1D.Dense>? metricRows;
+    private int capacity;
 
     /// <summary>Compiles (loads) the three kernels on <paramref name="accelerator"/> and allocates the small fixed buffers.</summary>
     public GpuPairwiseBradleyTerryLoss(Accelerator accelerator)
     {
-        _accelerator = accelerator;
-        _pairKernel = accelerator.LoadAutoGroupedStreamKernel<Index1D, PairViews, PairwiseLossConstants>(PairKernel);
-        _reduceKernel = accelerator.LoadAutoGroupedStreamKernel<Index1D, ArrayView<double>, int, ArrayView<double>>(ReduceKernel);
-        _scatterKernel = accelerator.LoadAutoGroupedStreamKernel<Index1D, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, ArrayView<float>>(ScatterKernel);
-        _dummyFloat = accelerator.Allocate1D<float>(1);
-        _dummyInt = accelerator.Allocate1D<int>(1);
-        _errors = accelerator.Allocate1D<int>(ErrorCount);
-        _sums = accelerator.Allocate1D<double>(PairwiseLossSlot.Count);
+        this.accelerator = accelerator;
+        pairKernel = accelerator.LoadAutoGroupedStreamKernel<Index1D, PairViews, PairwiseLossConstants>(PairKernel);
+        reduceKernel = accelerator.LoadAutoGroupedStreamKernel<Index1D, ArrayView<double>, int, ArrayView<double>>(ReduceKernel);
+        scatterKernel = accelerator.LoadAutoGroupedStreamKernel<Index1D, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, ArrayView<float>>(ScatterKernel);
+        dummyFloat = accelerator.Allocate1D<float>(1);
+        dummyInt = accelerator.Allocate1D<int>(1);
+        errors = accelerator.Allocate1D<int>(ErrorCount);
+        sums = accelerator.Allocate1D<double>(PairwiseLossSlot.Count);
     }
 
     /// <summary>The kernel methods, for compile-only checks (PTX for sm_90 without a GPU).</summary>
@@ -143,7 +143,7 @@ public sealed class GpuPairwiseBradleyTerryLoss : IDisposable
             gradient = settings.DifferentiatesRewards ? dRewards : dLogps;
             Require(gradient.Length, sequences, settings.DifferentiatesRewards ? nameof(dRewards) : nameof(dLogps), "[S]");
         }
-        if (pairs == 0) return PairwiseLossMetrics.FromSums(settings.Variant, 0, _hostSums);
+        if (pairs == 0) return PairwiseLossMetrics.FromSums(settings.Variant, 0, hostSums);
 
         EnsureCapacity(pairs);
         var views = new PairViews
@@ -151,47 +151,47 @@ public sealed class GpuPairwiseBradleyTerryLoss : IDisposable
             Logps = OrDummy(batch.Logps), RefLogps = OrDummy(batch.RefLogps), Rewards = OrDummy(batch.Rewards),
             Labels = OrDummy(batch.Labels), TokenCounts = OrDummy(batch.TokenCounts),
             Chosen = batch.Chosen, Rejected = batch.Rejected, PairLosses = pairLosses,
-            GradChosen = _gradChosen!.View.SubView(0, pairs), GradRejected = _gradRejected!.View.SubView(0, pairs),
-            MetricRows = _metricRows!.View.SubView(0, (long)pairs * PairwiseLossSlot.Count),
-            Errors = _errors.View, Sequences = sequences, Reads = reads, InvPairs = 1.0 / pairs,
+            GradChosen = gradChosen!.View.SubView(0, pairs), GradRejected = gradRejected!.View.SubView(0, pairs),
+            MetricRows = metricRows!.View.SubView(0, (long)pairs * PairwiseLossSlot.Count),
+            Errors = errors.View, Sequences = sequences, Reads = reads, InvPairs = 1.0 / pairs,
         };
-        _errors.View.CopyFromCPU(_noErrors);
-        _pairKernel(pairs, views, PairwiseLossConstants.From(settings));
-        _reduceKernel(PairwiseLossSlot.Count, views.MetricRows, pairs, _sums.View);
-        _errors.View.CopyToCPU(_hostErrors);
-        _sums.View.CopyToCPU(_hostSums);
+        errors.View.CopyFromCPU(noErrors);
+        pairKernel(pairs, views, PairwiseLossConstants.From(settings));
+        reduceKernel(PairwiseLossSlot.Count, views.MetricRows, pairs, sums.View);
+        errors.View.CopyToCPU(hostErrors);
+        sums.View.CopyToCPU(hostSums);
         ThrowOnInvalidPair();
         if (withGradient)
-            _scatterKernel(sequences, batch.Chosen, batch.Rejected, views.GradChosen, views.GradRejected, pairs, gradient);
-        return PairwiseLossMetrics.FromSums(settings.Variant, pairs, _hostSums);
+            scatterKernel(sequences, batch.Chosen, batch.Rejected, views.GradChosen, views.GradRejected, pairs, gradient);
+        return PairwiseLossMetrics.FromSums(settings.Variant, pairs, hostSums);
     }
 
     private void ThrowOnInvalidPair()
     {
-        if (_hostErrors[ErrorChosen] != int.MaxValue)
-            throw new ArgumentOutOfRangeException("chosen", $"Pair {_hostErrors[ErrorChosen]}: the chosen index is outside the sequences [0, S).");
-        if (_hostErrors[ErrorRejected] != int.MaxValue)
-            throw new ArgumentOutOfRangeException("rejected", $"Pair {_hostErrors[ErrorRejected]}: the rejected index is outside the sequences [0, S).");
-        if (_hostErrors[ErrorLabel] != int.MaxValue)
-            throw new ArgumentOutOfRangeException("labels", $"Pair {_hostErrors[ErrorLabel]} has a soft label outside [0, 1] (or NaN); a probability must lie in [0, 1].");
-        if (_hostErrors[ErrorTokens] != int.MaxValue)
-            throw new ArgumentOutOfRangeException("tokenCounts", $"Pair {_hostErrors[ErrorTokens]} names a sequence whose token count is below 1; IPO divides by it.");
+        if (hostErrors[ErrorChosen] != int.MaxValue)
+            throw new ArgumentOutOfRangeException("chosen", $"Pair {hostErrors[ErrorChosen]}: the chosen index is outside the sequences [0, S).");
+        if (hostErrors[ErrorRejected] != int.MaxValue)
+            throw new ArgumentOutOfRangeException("rejected", $"Pair {hostErrors[ErrorRejected]}: the rejected index is outside the sequences [0, S).");
+        if (hostErrors[ErrorLabel] != int.MaxValue)
+            throw new ArgumentOutOfRangeException("labels", $"Pair {hostErrors[ErrorLabel]} has a soft label outside [0, 1] (or NaN); a probability must lie in [0, 1].");
+        if (hostErrors[ErrorTokens] != int.MaxValue)
+            throw new ArgumentOutOfRangeException("tokenCounts", $"Pair {hostErrors[ErrorTokens]} names a sequence whose token count is below 1; IPO divides by it.");
     }
 
-    private ArrayView<float> OrDummy(ArrayView<float> view) => view.Length > 0 ? view : _dummyFloat.View;
-    private ArrayView<int> OrDummy(ArrayView<int> view) => view.Length > 0 ? view : _dummyInt.View;
+    private ArrayView<float> OrDummy(ArrayView<float> view) => view.Length > 0 ? view : dummyFloat.View;
+    private ArrayView<int> OrDummy(ArrayView<int> view) => view.Length > 0 ? view : dummyInt.View;
 
     private void EnsureCapacity(int pairs)
     {
-        if (pairs <= _capacity) return;
-        int capacity = Math.Max(pairs, 2 * _capacity);
-        _gradChosen?.Dispose();
-        _gradRejected?.Dispose();
-        _metricRows?.Dispose();
-        _gradChosen = _accelerator.Allocate1D<float>(capacity);
-        _gradRejected = _accelerator.Allocate1D<float>(capacity);
-        _metricRows = _accelerator.Allocate1D<double>((long)capacity * PairwiseLossSlot.Count);
-        _capacity = capacity;
+        if (pairs <= this.capacity) return;
+        int capacity = Math.Max(pairs, 2 * this.capacity);
+        gradChosen?.Dispose();
+        gradRejected?.Dispose();
+        metricRows?.Dispose();
+        gradChosen = accelerator.Allocate1D<float>(capacity);
+        gradRejected = accelerator.Allocate1D<float>(capacity);
+        metricRows = accelerator.Allocate1D<double>((long)capacity * PairwiseLossSlot.Count);
+        this.capacity = capacity;
     }
 
     private static int CheckedLength(long length, string name)
@@ -286,12 +286,12 @@ public sealed class GpuPairwiseBradleyTerryLoss : IDisposable
 
     public void Dispose()
     {
-        _gradChosen?.Dispose();
-        _gradRejected?.Dispose();
-        _metricRows?.Dispose();
-        _sums.Dispose();
-        _errors.Dispose();
-        _dummyInt.Dispose();
-        _dummyFloat.Dispose();
+        gradChosen?.Dispose();
+        gradRejected?.Dispose();
+        metricRows?.Dispose();
+        sums.Dispose();
+        errors.Dispose();
+        dummyInt.Dispose();
+        dummyFloat.Dispose();
     }
 }

@@ -54,23 +54,23 @@ namespace DistAlign.Kernels.Gpu;
 /// </summary>
 public sealed class GpuSequenceLogProbs : IDisposable
 {
-    private readonly Accelerator _accelerator;
-    private readonly IGemm _gemm;
-    private readonly GpuTargetLogProbs _targetLogProbs;
-    private readonly NvrtcTargetLogProbs? _nvrtc;   // CUDA with NVRTC: the log-softmax forward and the bf16 d(logits) (owned)
-    private readonly int _groupSize;
-    private readonly MemoryBuffer1D<float, Stride1D.Dense> _dummy;     // stands in for an absent or empty float view
-    private readonly MemoryBuffer1D<int, Stride1D.Dense> _dummyInt;    // stands in for an absent or empty int view
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>> _entropy;
-    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>> _gradient;
-    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<int>> _sum;
-    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, int, int, int, ArrayView<float>> _scatter;
+    private readonly Accelerator accelerator;
+    private readonly IGemm gemm;
+    private readonly GpuTargetLogProbs targetLogProbs;
+    private readonly NvrtcTargetLogProbs? nvrtc;   // CUDA with NVRTC: the log-softmax forward and the bf16 d(logits) (owned)
+    private readonly int groupSize;
+    private readonly MemoryBuffer1D<float, Stride1D.Dense> dummy;     // stands in for an absent or empty float view
+    private readonly MemoryBuffer1D<int, Stride1D.Dense> dummyInt;    // stands in for an absent or empty int view
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>> entropy;
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>> gradient;
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<int>> sum;
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, int, int, int, ArrayView<float>> scatter;
     // The bf16 path (null on the fp32 path): the GEMM, the converter, the d(logits) kernel and the owned bf16 buffers
     // (the padded table [Vp, C], one chunk of hidden rows [rows, C], one chunk of d(logits) [rows, Vp]), grown on demand.
-    private readonly IBFloat16Gemm? _bf16Gemm;
-    private readonly GpuBFloat16? _toBFloat16;
-    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<ushort>>? _gradientToBFloat16;
-    private MemoryBuffer1D<ushort, Stride1D.Dense>? _tableBf16, _hiddenBf16, _dLogitsBf16;
+    private readonly IBFloat16Gemm? bf16Gemm;
+    private readonly GpuBFloat16? toBFloat16;
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<ushort>>? gradientToBFloat16;
+    private MemoryBuffer1D<ushort, Stride1D.Dense>? tableBf16, hiddenBf16, dLogitsBf16;
 
     /// <summary>Loads the kernels on <paramref name="accelerator"/>; the GEMMs and target log-probs are the given ops (same accelerator).
     /// The GEMMs run on bf16 operands when <paramref name="gemm"/> is an <see cref="IBFloat16Gemm"/> that
@@ -80,27 +80,27 @@ public sealed class GpuSequenceLogProbs : IDisposable
     /// instead of the ILGPU ones; the entropy kernels and the fp32 in-place backward stay ILGPU's.</summary>
     public GpuSequenceLogProbs(Accelerator accelerator, IGemm gemm, GpuTargetLogProbs targetLogProbs, NvrtcTargetLogProbs? nvrtc = null)
     {
-        _accelerator = accelerator;
-        _gemm = gemm;
-        _targetLogProbs = targetLogProbs;
-        _nvrtc = nvrtc;
-        _groupSize = GpuLaunch.ReductionGroupSize(accelerator);
-        _dummy = accelerator.Allocate1D<float>(1);
-        _dummyInt = accelerator.Allocate1D<int>(1);
-        _entropy = accelerator.LoadKernel<ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>>(EntropyKernel);
-        _gradient = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>>(GradientKernel);
-        _sum = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<int>>(SumBySequenceKernel);
-        _scatter = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, int, int, int, ArrayView<float>>(ScatterBySequenceKernel);
+        this.accelerator = accelerator;
+        this.gemm = gemm;
+        this.targetLogProbs = targetLogProbs;
+        this.nvrtc = nvrtc;
+        groupSize = GpuLaunch.ReductionGroupSize(accelerator);
+        dummy = accelerator.Allocate1D<float>(1);
+        dummyInt = accelerator.Allocate1D<int>(1);
+        entropy = accelerator.LoadKernel<ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>>(EntropyKernel);
+        gradient = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>>(GradientKernel);
+        sum = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<int>>(SumBySequenceKernel);
+        scatter = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, int, int, int, ArrayView<float>>(ScatterBySequenceKernel);
         if (gemm is IBFloat16Gemm { RoundsOperandsToBFloat16: true } bf16)
         {
-            _bf16Gemm = bf16;
-            _toBFloat16 = new GpuBFloat16(accelerator);
-            _gradientToBFloat16 = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<ushort>>(GradientToBFloat16Kernel);
+            bf16Gemm = bf16;
+            toBFloat16 = new GpuBFloat16(accelerator);
+            gradientToBFloat16 = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<ushort>>(GradientToBFloat16Kernel);
         }
     }
 
     /// <summary>Whether the GEMMs run on bf16 copies of their operands with the vocabulary padded to Vp (see the class remarks).</summary>
-    public bool UsesBFloat16Operands => _bf16Gemm is not null;
+    public bool UsesBFloat16Operands => bf16Gemm is not null;
 
     /// <summary>
     /// Optional sub-op timing hook, null by default: when set, it is called after each step of Forward, Backward and
@@ -257,9 +257,9 @@ public sealed class GpuSequenceLogProbs : IDisposable
         CheckIndexable(sums.Length, nameof(sums));
         if (sums.Length == 0) return;
         if (values.Length == 0)   // no tokens: zero sums and counts, without handing possibly unallocated views to the device
-            _sum(_accelerator.DefaultStream, (int)sums.Length, _dummy.View.SubView(0, 0), _dummyInt.View.SubView(0, 0), _dummyInt.View.SubView(0, 0), sums, counts);
+            sum(accelerator.DefaultStream, (int)sums.Length, dummy.View.SubView(0, 0), dummyInt.View.SubView(0, 0), dummyInt.View.SubView(0, 0), sums, counts);
         else
-            _sum(_accelerator.DefaultStream, (int)sums.Length, values, sequence, targets, sums, counts);
+            sum(accelerator.DefaultStream, (int)sums.Length, values, sequence, targets, sums, counts);
     }
 
     /// <summary>
@@ -280,9 +280,9 @@ public sealed class GpuSequenceLogProbs : IDisposable
         if (dMeans.Length != 0) GpuLaunch.CheckLength(counts.Length, s, nameof(counts), "[S] (needed by dMeans)");
         CheckIndexable(s, nameof(dSums));
         if (dValues.Length == 0 || s == 0) return;
-        _scatter(_accelerator.DefaultStream, (int)dValues.Length,
-                 dSums.Length == 0 ? _dummy.View : dSums, dMeans.Length == 0 ? _dummy.View : dMeans,
-                 dMeans.Length == 0 ? _dummyInt.View : counts, sequence, targets,
+        scatter(accelerator.DefaultStream, (int)dValues.Length,
+                 dSums.Length == 0 ? dummy.View : dSums, dMeans.Length == 0 ? dummy.View : dMeans,
+                 dMeans.Length == 0 ? dummyInt.View : counts, sequence, targets,
                  (int)s, dSums.Length == 0 ? 0 : 1, dMeans.Length == 0 ? 0 : 1, dValues);
     }
 
@@ -334,10 +334,10 @@ public sealed class GpuSequenceLogProbs : IDisposable
     /// </summary>
     private ArrayView<ushort> Table(ArrayView<float> lmHead, int c, int v, int stride, int n)
     {
-        if (_toBFloat16 is null || n == 0) return default;
+        if (toBFloat16 is null || n == 0) return default;
         CheckIndexable((long)stride * c, "the padded bf16 table [Vp, C]");
-        var table = Owned(ref _tableBf16, (long)stride * c);
-        _toBFloat16.ToBFloat16(lmHead, table.SubView(0, (long)v * c));
+        var table = Owned(ref tableBf16, (long)stride * c);
+        toBFloat16.ToBFloat16(lmHead, table.SubView(0, (long)v * c));
         if (stride > v) table.SubView((long)v * c, (long)(stride - v) * c).MemSetToZero();
         Lap("lm head convert");
         return table;
@@ -350,10 +350,10 @@ public sealed class GpuSequenceLogProbs : IDisposable
         {
             if (buffer is not null)
             {
-                _accelerator.Synchronize();   // queued work may still read the old buffer
+                accelerator.Synchronize();   // queued work may still read the old buffer
                 buffer.Dispose();
             }
-            buffer = _accelerator.Allocate1D<ushort>(Math.Max(length, 1));
+            buffer = accelerator.Allocate1D<ushort>(Math.Max(length, 1));
         }
         return buffer.View.SubView(0, length);
     }
@@ -368,17 +368,17 @@ public sealed class GpuSequenceLogProbs : IDisposable
     {
         var logits = scratch.SubView(0, (long)rows * stride);
         var h = hidden.SubView((long)start * c, (long)rows * c);
-        if (_bf16Gemm is null || _toBFloat16 is null)
+        if (bf16Gemm is null || toBFloat16 is null)
         {
             hiddenBf16 = default;
-            _gemm.Multiply(false, true, rows, v, c, 1f, h, c, lmHead, c, 0f, logits, stride);
+            gemm.Multiply(false, true, rows, v, c, 1f, h, c, lmHead, c, 0f, logits, stride);
         }
         else
         {
-            hiddenBf16 = Owned(ref _hiddenBf16, (long)rows * c);
-            _toBFloat16.ToBFloat16(h, hiddenBf16);
+            hiddenBf16 = Owned(ref this.hiddenBf16, (long)rows * c);
+            toBFloat16.ToBFloat16(h, hiddenBf16);
             Lap("lm head convert");
-            _bf16Gemm.MultiplyBFloat16(false, true, rows, stride, c, 1f, hiddenBf16, c, table, c, 0f, logits, stride);
+            bf16Gemm.MultiplyBFloat16(false, true, rows, stride, c, 1f, hiddenBf16, c, table, c, 0f, logits, stride);
         }
         Lap("lm head gemm fwd");
         return logits;
@@ -389,10 +389,10 @@ public sealed class GpuSequenceLogProbs : IDisposable
     {
         var t = targets.SubView(start, rows);
         var lse = logSumExp.SubView(start, rows);
-        if (_nvrtc is not null) _nvrtc.Forward(logits, t, v, stride, logProbs.SubView(start, rows), lse);
-        else _targetLogProbs.Forward(logits, t, v, stride, logProbs.SubView(start, rows), lse);
+        if (nvrtc is not null) nvrtc.Forward(logits, t, v, stride, logProbs.SubView(start, rows), lse);
+        else targetLogProbs.Forward(logits, t, v, stride, logProbs.SubView(start, rows), lse);
         if (entropy.Length != 0)
-            _entropy(_accelerator.DefaultStream, GpuLaunch.Rows(rows, _groupSize), logits, t, v, stride, lse, entropy.SubView(start, rows));
+            this.entropy(accelerator.DefaultStream, GpuLaunch.Rows(rows, groupSize), logits, t, v, stride, lse, entropy.SubView(start, rows));
         Lap("lm head softmax fwd");
     }
 
@@ -410,28 +410,28 @@ public sealed class GpuSequenceLogProbs : IDisposable
         var lse = logSumExp.SubView(start, rows);
         var a = dLogProbs.SubView(start, rows);
         var dh = dHidden.SubView((long)start * c, (long)rows * c);
-        if (_bf16Gemm is null || _gradientToBFloat16 is null)
+        if (bf16Gemm is null || gradientToBFloat16 is null)
         {
-            if (dEntropy.Length == 0) _targetLogProbs.Backward(logits, t, v, stride, lse, a);
-            else _gradient(_accelerator.DefaultStream, rows * v, logits, t, v, stride, lse, entropy.SubView(start, rows), a, dEntropy.SubView(start, rows));
+            if (dEntropy.Length == 0) targetLogProbs.Backward(logits, t, v, stride, lse, a);
+            else gradient(accelerator.DefaultStream, rows * v, logits, t, v, stride, lse, entropy.SubView(start, rows), a, dEntropy.SubView(start, rows));
             Lap("lm head softmax bwd");
-            _gemm.Multiply(false, false, rows, c, v, 1f, logits, stride, lmHead, c, 1f, dh, c);
+            gemm.Multiply(false, false, rows, c, v, 1f, logits, stride, lmHead, c, 1f, dh, c);
             Lap("lm head gemm dh");
-            _gemm.Multiply(true, false, v, c, rows, 1f, logits, stride, hidden.SubView((long)start * c, (long)rows * c), c, 1f, dLmHead, c);
+            gemm.Multiply(true, false, v, c, rows, 1f, logits, stride, hidden.SubView((long)start * c, (long)rows * c), c, 1f, dLmHead, c);
             Lap("lm head gemm dE");
             return;
         }
-        var dLogits = Owned(ref _dLogitsBf16, (long)rows * stride);
-        if (dEntropy.Length == 0 && _nvrtc is not null
+        var dLogits = Owned(ref dLogitsBf16, (long)rows * stride);
+        if (dEntropy.Length == 0 && nvrtc is not null
             && NvrtcTargetLogProbs.SupportsBackward(stride, (ulong)logits.LoadEffectiveAddressAsPtr(), (ulong)dLogits.LoadEffectiveAddressAsPtr()))
-            _nvrtc.BackwardToBFloat16(logits, t, v, stride, lse, a, dLogits);
-        else if (dEntropy.Length == 0) _targetLogProbs.BackwardToBFloat16(logits, t, v, stride, lse, a, dLogits);
-        else _gradientToBFloat16(_accelerator.DefaultStream, rows * stride, logits, t, v, stride, lse, entropy.SubView(start, rows), a,
+            nvrtc.BackwardToBFloat16(logits, t, v, stride, lse, a, dLogits);
+        else if (dEntropy.Length == 0) targetLogProbs.BackwardToBFloat16(logits, t, v, stride, lse, a, dLogits);
+        else gradientToBFloat16(accelerator.DefaultStream, rows * stride, logits, t, v, stride, lse, entropy.SubView(start, rows), a,
                                  dEntropy.SubView(start, rows), dLogits);
         Lap("lm head softmax bwd");
-        _bf16Gemm.MultiplyBFloat16(false, false, rows, c, stride, 1f, dLogits, stride, table, c, 1f, dh, c);
+        bf16Gemm.MultiplyBFloat16(false, false, rows, c, stride, 1f, dLogits, stride, table, c, 1f, dh, c);
         Lap("lm head gemm dh");
-        _bf16Gemm.MultiplyBFloat16(true, false, v, c, rows, 1f, dLogits, stride, hiddenBf16, c, 1f, dLmHead, c);
+        bf16Gemm.MultiplyBFloat16(true, false, v, c, rows, 1f, dLogits, stride, hiddenBf16, c, 1f, dLmHead, c);
         Lap("lm head gemm dE");
     }
 
@@ -536,19 +536,19 @@ public sealed class GpuSequenceLogProbs : IDisposable
     /// <summary>Tests: sets every byte of the owned bf16 buffers allocated so far to <paramref name="value"/> (0xFF: bf16 NaN).</summary>
     internal void FillOwnedBuffers(byte value)
     {
-        foreach (var buffer in new[] { _tableBf16, _hiddenBf16, _dLogitsBf16 }) buffer?.View.MemSet(value);
-        _accelerator.Synchronize();
+        foreach (var buffer in new[] { tableBf16, hiddenBf16, dLogitsBf16 }) buffer?.View.MemSet(value);
+        accelerator.Synchronize();
     }
 
     /// <summary>Frees the owned buffers (the bf16 table and chunk buffers, the dummies).</summary>
     public void Dispose()
     {
-        _tableBf16?.Dispose();
-        _hiddenBf16?.Dispose();
-        _dLogitsBf16?.Dispose();
-        _tableBf16 = _hiddenBf16 = _dLogitsBf16 = null;
-        _dummy.Dispose();
-        _dummyInt.Dispose();
-        _nvrtc?.Dispose();
+        tableBf16?.Dispose();
+        hiddenBf16?.Dispose();
+        dLogitsBf16?.Dispose();
+        tableBf16 = hiddenBf16 = dLogitsBf16 = null;
+        dummy.Dispose();
+        dummyInt.Dispose();
+        nvrtc?.Dispose();
     }
 }

@@ -21,18 +21,18 @@ namespace DistAlign.Kernels.Gpu;
 /// </summary>
 public sealed class GpuTargetLogProbs
 {
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>> _forward;
-    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>> _backward;
-    private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>, ArrayView<ushort>>? _backwardToBFloat16;
-    private readonly Accelerator _accelerator;
-    private readonly int _groupSize;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>> forward;
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>> backward;
+    private Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>, ArrayView<ushort>>? backwardToBFloat16;
+    private readonly Accelerator accelerator;
+    private readonly int groupSize;
 
     public GpuTargetLogProbs(Accelerator accelerator)
     {
-        _accelerator = accelerator;
-        _groupSize = GpuLaunch.ReductionGroupSize(accelerator);
-        _forward = accelerator.LoadKernel<ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>>(ForwardKernel);
-        _backward = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>>(BackwardKernel);
+        this.accelerator = accelerator;
+        groupSize = GpuLaunch.ReductionGroupSize(accelerator);
+        forward = accelerator.LoadKernel<ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>>(ForwardKernel);
+        backward = accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>>(BackwardKernel);
     }
 
     /// <summary>Writes logProbs [N] and the saved logSumExp [N]; targets [N] in [0, V) or −1 (ignored: log-prob 0).</summary>
@@ -46,7 +46,7 @@ public sealed class GpuTargetLogProbs
         int n = Rows(logits.Length, targets.Length, vocab, rowStride);
         GpuLaunch.CheckLength(logProbs.Length, n, nameof(logProbs), "[N]");
         GpuLaunch.CheckLength(logSumExp.Length, n, nameof(logSumExp), "[N]");
-        if (n > 0) _forward(_accelerator.DefaultStream, GpuLaunch.Rows(n, _groupSize), logits, targets, vocab, rowStride, logProbs, logSumExp);
+        if (n > 0) forward(accelerator.DefaultStream, GpuLaunch.Rows(n, groupSize), logits, targets, vocab, rowStride, logProbs, logSumExp);
     }
 
     /// <summary>Overwrites logitsToGradient (the forward's logits) with d(logits), given dLogProbs [N] and the saved logSumExp.</summary>
@@ -60,7 +60,7 @@ public sealed class GpuTargetLogProbs
         int n = Rows(logitsToGradient.Length, targets.Length, vocab, rowStride);
         GpuLaunch.CheckLength(logSumExp.Length, n, nameof(logSumExp), "[N]");
         GpuLaunch.CheckLength(dLogProbs.Length, n, nameof(dLogProbs), "[N]");
-        if (n > 0) _backward(_accelerator.DefaultStream, n * vocab, logitsToGradient, targets, vocab, rowStride, logSumExp, dLogProbs);
+        if (n > 0) backward(accelerator.DefaultStream, n * vocab, logitsToGradient, targets, vocab, rowStride, logSumExp, dLogProbs);
     }
 
     /// <summary>
@@ -77,8 +77,8 @@ public sealed class GpuTargetLogProbs
         GpuLaunch.CheckLength(dLogProbs.Length, n, nameof(dLogProbs), "[N]");
         GpuLaunch.CheckLength(gradient.Length, (long)n * rowStride, nameof(gradient), "[N, rowStride]");
         if (n == 0) return;
-        _backwardToBFloat16 ??= _accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>, ArrayView<ushort>>(BackwardToBFloat16Kernel);
-        _backwardToBFloat16(_accelerator.DefaultStream, n * rowStride, logits, targets, vocab, rowStride, logSumExp, dLogProbs, gradient);
+        backwardToBFloat16 ??= accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, int, int, ArrayView<float>, ArrayView<float>, ArrayView<ushort>>(BackwardToBFloat16Kernel);
+        backwardToBFloat16(accelerator.DefaultStream, n * rowStride, logits, targets, vocab, rowStride, logSumExp, dLogProbs, gradient);
     }
 
     /// <summary>Checks logits [N, rowStride] with rowStride ≥ vocab against targets [N]; returns N.</summary>

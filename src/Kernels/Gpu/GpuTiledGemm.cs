@@ -23,18 +23,18 @@ public sealed class GpuTiledGemm : IGemm
     /// <summary>Largest tile edge (the shared-memory tiles are MaxTile² floats).</summary>
     public const int MaxTile = 16;
 
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmShape> _kernel;
-    private readonly Accelerator _accelerator;
-    private readonly MemoryBuffer1D<float, Stride1D.Dense> _dummy;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmShape> kernel;
+    private readonly Accelerator accelerator;
+    private readonly MemoryBuffer1D<float, Stride1D.Dense> dummy;
 
     public GpuTiledGemm(Accelerator accelerator)
     {
-        _accelerator = accelerator;
-        _dummy = accelerator.Allocate1D<float>(1);   // stands in for an absent bias
+        this.accelerator = accelerator;
+        dummy = accelerator.Allocate1D<float>(1);   // stands in for an absent bias
         int limit = Math.Min(MaxTile * MaxTile, accelerator.MaxNumThreadsPerGroup);
         Tile = 1;
         while ((Tile * 2) * (Tile * 2) <= limit && Tile * 2 <= MaxTile) Tile *= 2;
-        _kernel = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmShape>(Kernel);
+        kernel = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmShape>(Kernel);
     }
 
     /// <summary>Tile edge used on this accelerator.</summary>
@@ -73,8 +73,8 @@ public sealed class GpuTiledGemm : IGemm
         };
         // k = 0 still scales C by β; the kernel handles it (no tiles to load). Empty A/B views get a dummy.
         var config = new KernelConfig(new Index3D((n + Tile - 1) / Tile, (m + Tile - 1) / Tile, batchCount), new Index3D(Tile, Tile, 1));
-        _kernel(_accelerator.DefaultStream, config, a.Length > 0 ? a : _dummy.View, b.Length > 0 ? b : _dummy.View, c,
-                bias.Length > 0 ? bias : _dummy.View, shape);
+        kernel(accelerator.DefaultStream, config, a.Length > 0 ? a : dummy.View, b.Length > 0 ? b : dummy.View, c,
+                bias.Length > 0 ? bias : dummy.View, shape);
     }
 
     internal static void CheckMatrix(long length, string name, int ld, int rows, int cols, long stride, int batchCount)

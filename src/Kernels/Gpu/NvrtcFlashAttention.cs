@@ -23,29 +23,29 @@ public sealed unsafe class NvrtcFlashAttention : IDisposable
     public const int HeadSize = 64;
     private const int Tile = 64, Threads = 128, WarpsPerBlock = Threads / 32;
 
-    private readonly CudaAccelerator _accelerator;
-    private readonly CudaModuleHandle _module;
-    private readonly nint _convert, _forward, _delta, _backwardKeyValue, _backwardQuery;
-    private readonly MemoryBuffer1D<int, Stride1D.Dense> _noSegments;
-    private MemoryBuffer1D<ushort, Stride1D.Dense>? _scratch;
+    private readonly CudaAccelerator accelerator;
+    private readonly CudaModuleHandle module;
+    private readonly nint convert, forward, delta, backwardKeyValue, backwardQuery;
+    private readonly MemoryBuffer1D<int, Stride1D.Dense> noSegments;
+    private MemoryBuffer1D<ushort, Stride1D.Dense>? scratch;
 
     /// <summary>Compiles (or loads from <paramref name="cache"/>) the kernels for this accelerator's architecture (sm_80 or newer).</summary>
     public NvrtcFlashAttention(CudaAccelerator accelerator, NvrtcKernelCache cache)
     {
-        _accelerator = accelerator;
+        this.accelerator = accelerator;
         accelerator.Bind();
         var device = CudaDriver.Device(accelerator.DeviceId);
         if (device.ComputeMajor < 8)
             throw new NotSupportedException($"flash attention needs bf16 tensor cores (sm_80 or newer); {device.Name} is sm_{device.ComputeMajor}{device.ComputeMinor}");
         var (image, fromCache) = cache.Get(NativeSource.Get(SourceName), device.ComputeMajor, device.ComputeMinor);
         LoadedFromCache = fromCache;
-        _module = CudaDriver.LoadModule(image);
-        _convert = CudaDriver.GetFunction(_module, "distalign_flash_attention_convert");
-        _forward = CudaDriver.GetFunction(_module, "distalign_flash_attention_forward");
-        _delta = CudaDriver.GetFunction(_module, "distalign_flash_attention_backward_delta");
-        _backwardKeyValue = CudaDriver.GetFunction(_module, "distalign_flash_attention_backward_kv");
-        _backwardQuery = CudaDriver.GetFunction(_module, "distalign_flash_attention_backward_q");
-        _noSegments = accelerator.Allocate1D<int>(1);
+        module = CudaDriver.LoadModule(image);
+        convert = CudaDriver.GetFunction(module, "distalign_flash_attention_convert");
+        forward = CudaDriver.GetFunction(module, "distalign_flash_attention_forward");
+        delta = CudaDriver.GetFunction(module, "distalign_flash_attention_backward_delta");
+        backwardKeyValue = CudaDriver.GetFunction(module, "distalign_flash_attention_backward_kv");
+        backwardQuery = CudaDriver.GetFunction(module, "distalign_flash_attention_backward_q");
+        noSegments = accelerator.Allocate1D<int>(1);
     }
 
     /// <summary>Whether the compiled kernels came from the on-disk cache.</summary>
@@ -86,7 +86,7 @@ public sealed unsafe class NvrtcFlashAttention : IDisposable
         arguments[9] = &scale;
         arguments[10] = &o;
         arguments[11] = &l;
-        Launch(_forward, Tiles(seqLen, heads, batch), arguments);
+        Launch(forward, Tiles(seqLen, heads, batch), arguments);
     }
 
     /// <summary>
@@ -111,7 +111,7 @@ public sealed unsafe class NvrtcFlashAttention : IDisposable
         deltaArguments[3] = &c;
         deltaArguments[4] = &heads;
         deltaArguments[5] = &d;
-        Launch(_delta, ((uint)((seqLen * heads + WarpsPerBlock - 1) / WarpsPerBlock), (uint)batch, 1), deltaArguments);
+        Launch(this.delta, ((uint)((seqLen * heads + WarpsPerBlock - 1) / WarpsPerBlock), (uint)batch, 1), deltaArguments);
 
         var (qRows, kRows, vRows, dRows) = Scratch(batch, seqLen, heads);
         Convert(qkv, 3L * c, 0, seqLen, heads, batch, qRows);
@@ -129,8 +129,8 @@ public sealed unsafe class NvrtcFlashAttention : IDisposable
         arguments[4] = &segments; arguments[5] = &hasSegments; arguments[6] = &l; arguments[7] = &d;
         arguments[8] = &seqLen; arguments[9] = &paddedLength; arguments[10] = &c; arguments[11] = &heads; arguments[12] = &scale;
         arguments[13] = &dq;
-        Launch(_backwardKeyValue, Tiles(seqLen, heads, batch), arguments);
-        Launch(_backwardQuery, Tiles(seqLen, heads, batch), arguments);
+        Launch(backwardKeyValue, Tiles(seqLen, heads, batch), arguments);
+        Launch(backwardQuery, Tiles(seqLen, heads, batch), arguments);
     }
 
     private static int PaddedLength(int seqLen) => (seqLen + Tile - 1) / Tile * Tile;
@@ -139,13 +139,13 @@ public sealed unsafe class NvrtcFlashAttention : IDisposable
     private (ArrayView<ushort> Q, ArrayView<ushort> K, ArrayView<ushort> V, ArrayView<ushort> DOut) Scratch(int batch, int seqLen, int heads)
     {
         long each = (long)batch * heads * PaddedLength(seqLen) * HeadSize;
-        if (_scratch is null || _scratch.Length < 4 * each)
+        if (scratch is null || scratch.Length < 4 * each)
         {
-            _accelerator.Synchronize();   // queued kernels may still read the old buffer
-            _scratch?.Dispose();
-            _scratch = _accelerator.Allocate1D<ushort>(4 * each);
+            accelerator.Synchronize();   // queued kernels may still read the old buffer
+            scratch?.Dispose();
+            scratch = accelerator.Allocate1D<ushort>(4 * each);
         }
-        var v = _scratch.View;
+        var v = scratch.View;
         return (v.SubView(0, each), v.SubView(each, each), v.SubView(2 * each, each), v.SubView(3 * each, each));
     }
 
@@ -162,7 +162,7 @@ public sealed unsafe class NvrtcFlashAttention : IDisposable
         arguments[4] = &paddedLength;
         arguments[5] = &heads;
         arguments[6] = &r;
-        Launch(_convert, Tiles(seqLen, heads, batch), arguments);
+        Launch(convert, Tiles(seqLen, heads, batch), arguments);
     }
 
     private static (uint, uint, uint) Tiles(int seqLen, int heads, int batch) => ((uint)((seqLen + Tile - 1) / Tile), (uint)heads, (uint)batch);
@@ -179,20 +179,20 @@ public sealed unsafe class NvrtcFlashAttention : IDisposable
         return c;
     }
 
-    private ArrayView<int> SegmentsOrDummy(ArrayView<int> segmentIds) => segmentIds.Length > 0 ? segmentIds : _noSegments.View;
+    private ArrayView<int> SegmentsOrDummy(ArrayView<int> segmentIds) => segmentIds.Length > 0 ? segmentIds : noSegments.View;
 
     private static ulong Address<T>(ArrayView<T> view) where T : unmanaged => (ulong)view.LoadEffectiveAddressAsPtr();
 
     private void Launch(nint function, (uint X, uint Y, uint Z) grid, void** arguments)
     {
-        _accelerator.Bind();
-        CudaDriver.Launch(function, grid, (Threads, 1, 1), 0, ((CudaStream)_accelerator.DefaultStream).StreamPtr, arguments);
+        accelerator.Bind();
+        CudaDriver.Launch(function, grid, (Threads, 1, 1), 0, ((CudaStream)accelerator.DefaultStream).StreamPtr, arguments);
     }
 
     public void Dispose()
     {
-        _scratch?.Dispose();
-        _noSegments.Dispose();
-        _module.Dispose();
+        scratch?.Dispose();
+        noSegments.Dispose();
+        module.Dispose();
     }
 }

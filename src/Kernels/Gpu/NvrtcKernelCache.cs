@@ -41,7 +41,7 @@ public sealed class NvrtcKernelCache
     /// <summary>Options every compile uses (the architecture option is added per device).</summary>
     public static readonly IReadOnlyList<string> BaseOptions = ["--std=c++17", "-lineinfo"];
 
-    private readonly Func<string, string, IReadOnlyList<string>, NvrtcOutput> _compile;
+    private readonly Func<string, string, IReadOnlyList<string>, NvrtcOutput> compile;
 
     /// <param name="directory">Where compiled images are kept (created on first write).</param>
     /// <param name="compilerVersion">Part of the key, e.g. "nvrtc 13.0".</param>
@@ -50,7 +50,7 @@ public sealed class NvrtcKernelCache
     {
         Directory = directory;
         CompilerVersion = compilerVersion;
-        _compile = compile;
+        this.compile = compile;
     }
 
     /// <summary>The cache backed by the installed NVRTC in <see cref="DefaultDirectory"/>. Throws <see cref="CudaUnavailableException"/> without NVRTC.</summary>
@@ -95,7 +95,7 @@ public sealed class NvrtcKernelCache
     {
         string path = PathFor(source, major, minor);
         if (File.Exists(path)) return (File.ReadAllBytes(path), true);
-        var output = _compile(source.Text, source.Name, Options(major, minor));
+        var output = compile(source.Text, source.Name, Options(major, minor));
         System.IO.Directory.CreateDirectory(Directory);
         string temporary = $"{path}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp";
         File.WriteAllBytes(temporary, output.Image);

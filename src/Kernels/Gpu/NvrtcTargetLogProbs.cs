@@ -20,22 +20,22 @@ public sealed unsafe class NvrtcTargetLogProbs : IDisposable
     public const int ThreadsPerRow = 512;
     public const string SourceName = "target_logprobs.cu";
 
-    private readonly CudaAccelerator _accelerator;
-    private readonly CudaModuleHandle _module;
-    private readonly nint _bf16, _f32, _backwardBf16;
+    private readonly CudaAccelerator accelerator;
+    private readonly CudaModuleHandle module;
+    private readonly nint bf16, f32, backwardBf16;
 
     /// <summary>Compiles (or loads from <paramref name="cache"/>) the kernels for this accelerator's architecture.</summary>
     public NvrtcTargetLogProbs(CudaAccelerator accelerator, NvrtcKernelCache cache)
     {
-        _accelerator = accelerator;
+        this.accelerator = accelerator;
         accelerator.Bind();
         var device = CudaDriver.Device(accelerator.DeviceId);
         var (image, fromCache) = cache.Get(NativeSource.Get(SourceName), device.ComputeMajor, device.ComputeMinor);
         LoadedFromCache = fromCache;
-        _module = CudaDriver.LoadModule(image);
-        _bf16 = CudaDriver.GetFunction(_module, "distalign_target_logprobs_bf16");
-        _f32 = CudaDriver.GetFunction(_module, "distalign_target_logprobs_f32");
-        _backwardBf16 = CudaDriver.GetFunction(_module, "distalign_target_logprobs_backward_bf16");
+        module = CudaDriver.LoadModule(image);
+        bf16 = CudaDriver.GetFunction(module, "distalign_target_logprobs_bf16");
+        f32 = CudaDriver.GetFunction(module, "distalign_target_logprobs_f32");
+        backwardBf16 = CudaDriver.GetFunction(module, "distalign_target_logprobs_backward_bf16");
     }
 
     /// <summary>
@@ -75,11 +75,11 @@ public sealed unsafe class NvrtcTargetLogProbs : IDisposable
 
     /// <summary>The same for logits [N, rowStride] whose first <paramref name="vocab"/> columns are the logits (the rest is not read).</summary>
     public void Forward(ArrayView<float> logits, ArrayView<int> targets, int vocab, int rowStride, ArrayView<float> logProbs, ArrayView<float> logSumExp) =>
-        Launch(_f32, logits.Length, (ulong)logits.LoadEffectiveAddressAsPtr(), targets, vocab, rowStride, logProbs, logSumExp);
+        Launch(f32, logits.Length, (ulong)logits.LoadEffectiveAddressAsPtr(), targets, vocab, rowStride, logProbs, logSumExp);
 
     /// <summary>The same from bf16 logits [N, V] (bit patterns, e.g. from <see cref="GpuBFloat16"/>).</summary>
     public void Forward(ArrayView<ushort> logits, ArrayView<int> targets, int vocab, ArrayView<float> logProbs, ArrayView<float> logSumExp) =>
-        Launch(_bf16, logits.Length, (ulong)logits.LoadEffectiveAddressAsPtr(), targets, vocab, vocab, logProbs, logSumExp);
+        Launch(bf16, logits.Length, (ulong)logits.LoadEffectiveAddressAsPtr(), targets, vocab, vocab, logProbs, logSumExp);
 
     /// <summary>
     /// d(logits) as bf16 bits into <paramref name="gradient"/> [N, rowStride], as <see cref="GpuTargetLogProbs.BackwardToBFloat16"/>
@@ -108,8 +108,8 @@ public sealed unsafe class NvrtcTargetLogProbs : IDisposable
         arguments[4] = &lsePointer;
         arguments[5] = &dLogProbsPointer;
         arguments[6] = &gradientPointer;
-        _accelerator.Bind();
-        CudaDriver.Launch(_backwardBf16, ((uint)n, 1, 1), (ThreadsPerRow, 1, 1), 0, ((CudaStream)_accelerator.DefaultStream).StreamPtr, arguments);
+        accelerator.Bind();
+        CudaDriver.Launch(backwardBf16, ((uint)n, 1, 1), (ThreadsPerRow, 1, 1), 0, ((CudaStream)accelerator.DefaultStream).StreamPtr, arguments);
     }
 
     /// <summary>Whether <see cref="BackwardToBFloat16"/> takes this layout: row stride a multiple of 4, logits 16-byte and gradients 8-byte aligned.</summary>
@@ -132,9 +132,9 @@ public sealed unsafe class NvrtcTargetLogProbs : IDisposable
         arguments[3] = &rowStride;
         arguments[4] = &logProbsPointer;
         arguments[5] = &lsePointer;
-        _accelerator.Bind();
-        CudaDriver.Launch(function, ((uint)n, 1, 1), (ThreadsPerRow, 1, 1), 0, ((CudaStream)_accelerator.DefaultStream).StreamPtr, arguments);
+        accelerator.Bind();
+        CudaDriver.Launch(function, ((uint)n, 1, 1), (ThreadsPerRow, 1, 1), 0, ((CudaStream)accelerator.DefaultStream).StreamPtr, arguments);
     }
 
-    public void Dispose() => _module.Dispose();
+    public void Dispose() => module.Dispose();
 }

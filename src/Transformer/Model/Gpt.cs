@@ -1,4 +1,3 @@
-using DistAlign.Engine.Devices;
 using DistAlign.Engine.Memory;
 using DistAlign.Kernels.Cpu;
 
@@ -23,7 +22,6 @@ public sealed class Gpt : IGptEngine
 
     private readonly MemoryArenas weights;
     private readonly Dictionary<(int Rows, int Length), MemoryArenas> activationsByShape = new();
-    private readonly Device device;
     private readonly long? memoryBudgetBytes;
 
     public GptConfig Config { get; }
@@ -44,19 +42,16 @@ public sealed class Gpt : IGptEngine
     /// <summary>Allocates a model (all parameters zero; see <see cref="InitializeGpt2"/>).</summary>
     /// <param name="memoryBudgetBytes">when given, a model plus activations that need more is refused
     /// before anything is allocated, with the bytes needed and the largest arena</param>
-    public Gpt(GptConfig config, long? memoryBudgetBytes = null, Device? device = null)
+    public Gpt(GptConfig config, long? memoryBudgetBytes = null)
     {
         Config = config.Validate();
         Layout = ParameterLayout.For(config);
-        this.device = device ?? new CpuDevice();
-        if (this.device.Kind != DeviceKind.Cpu)
-            throw new NotSupportedException($"the GPT runs on the CPU in this build; device '{this.device.Name}' is not supported yet");
         this.memoryBudgetBytes = memoryBudgetBytes;
         var plan = new MemoryPlanBuilder();
         PlanWeights(plan, Layout);
         var built = plan.Build();
         if (memoryBudgetBytes is long budget) built.EnsureFits(budget);
-        weights = MemoryArenas.Allocate(this.device, built);
+        weights = MemoryArenas.Allocate(built);
     }
 
     private static void PlanWeights(MemoryPlanBuilder plan, ParameterLayout layout)
@@ -131,7 +126,7 @@ public sealed class Gpt : IGptEngine
                 long weightBytes = weights.Plan.TotalBytes + activationsByShape.Values.Sum(a => a.Plan.TotalBytes);
                 built.EnsureFits(budget - weightBytes);
             }
-            arenas = MemoryArenas.Allocate(device, built);
+            arenas = MemoryArenas.Allocate(built);
             activationsByShape[shape] = arenas;
         }
         else shapesByRecency.Remove(shape);

@@ -54,15 +54,15 @@ public sealed class Gpt2Tokenizer
     private static readonly ConcurrentDictionary<string, Lazy<Gpt2Tokenizer>> BySpec = new(StringComparer.Ordinal);
     private static readonly byte[] EndOfTextBytes = Encoding.ASCII.GetBytes(EndOfTextText);
 
-    private readonly Tokenizer _bpe;
-    private readonly byte[][] _rankBytes;
+    private readonly Tokenizer bpe;
+    private readonly byte[][] rankBytes;
 
     private Gpt2Tokenizer(string spec, int mergeCount, Tokenizer bpe)
     {
         Spec = spec;
         MergeCount = mergeCount;
-        _bpe = bpe;
-        _rankBytes = Gpt2RankTable.TokenBytes;
+        this.bpe = bpe;
+        rankBytes = Gpt2RankTable.TokenBytes;
     }
 
     /// <summary>
@@ -81,7 +81,7 @@ public sealed class Gpt2Tokenizer
     public int EndOfText => Gpt2RankTable.ByteTokenCount + MergeCount;
 
     /// <summary>The underlying Microsoft.ML.Tokenizers tokenizer (for tests and diagnostics).</summary>
-    internal Tokenizer Bpe => _bpe;
+    internal Tokenizer Bpe => bpe;
 
     /// <summary>The full GPT-2 tokenizer (<c>"gpt2"</c>).</summary>
     public static Gpt2Tokenizer Full() => FromSpec(FullSpec);
@@ -159,10 +159,10 @@ public sealed class Gpt2Tokenizer
             if (i - runStart < MaxPieceChars) continue;
             int cut = i;
             if (char.IsLowSurrogate(text[cut]) && char.IsHighSurrogate(text[cut - 1])) cut--;
-            ids.AddRange(_bpe.EncodeToIds(text[start..cut]));
+            ids.AddRange(bpe.EncodeToIds(text[start..cut]));
             start = runStart = cut;
         }
-        ids.AddRange(_bpe.EncodeToIds(text[start..]));
+        ids.AddRange(bpe.EncodeToIds(text[start..]));
     }
 
     /// <summary>
@@ -214,7 +214,7 @@ public sealed class Gpt2Tokenizer
     /// <inheritdoc />
     public override string ToString() => $"{Spec} (vocabulary {VocabSize}, <|endoftext|> = {EndOfText})";
 
-    private ReadOnlySpan<byte> TokenBytesUnchecked(int id) => id == EndOfText ? EndOfTextBytes : _rankBytes[id];
+    private ReadOnlySpan<byte> TokenBytesUnchecked(int id) => id == EndOfText ? EndOfTextBytes : rankBytes[id];
 
     private static int ParseSpec(string spec)
     {

@@ -1,4 +1,4 @@
-namespace DistAlign.Engine.Devices;
+namespace DistAlign.Engine.Native;
 
 /// <summary>
 /// What the CPU offers and which part of it this process's CPU kernels use: the CPU's feature flags (the
