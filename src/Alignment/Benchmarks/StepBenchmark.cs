@@ -48,6 +48,7 @@ public sealed record StepSettings(float LearningRate = 1e-4f, float GradientClip
 /// (a device engine synchronises at each op while profiled, so the sum can exceed a timed step); empty when none was profiled</param>
 /// <param name="FirstLoss">mean next-token loss of the first (warm-up) step</param>
 /// <param name="LastLoss">mean loss of the last step (the same batch every step, so it falls: a cheap check that the step learns)</param>
+/// <param name="LastGradientNorm">the last step's global gradient norm before clipping (NaN when the step does not clip)</param>
 /// <param name="PlannedBytes">host bytes a CPU model of this workload plans (parameters, gradients, moments, activations)</param>
 /// <param name="DeviceBytesInUse">device memory in use after the steps (the whole context), when the device reports it</param>
 public sealed record StepMeasurement(
@@ -112,7 +113,7 @@ public static class StepBenchmark
                 long start = Stopwatch.GetTimestamp();
                 engine.ZeroGradients();
                 engine.ForwardBackward(batch, dLogProbs, logProbs);
-                norm = engine.ClipGradients(settings.GradientClip).Norm;
+                if (settings.GradientClip > 0) norm = engine.ClipGradients(settings.GradientClip).Norm;   // no clip: no norm pass either, as the peer
                 engine.AdamWStep(step, settings.LearningRate, adamW);
                 engine.Synchronize();
                 if (step > warmupSteps && !profiled) times[step - warmupSteps - 1] = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
