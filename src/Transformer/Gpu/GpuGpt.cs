@@ -48,7 +48,8 @@ public sealed class GpuGpt : IGptEngine
     private readonly MemoryBuffer1D<float, Stride1D.Dense> parameters, gradients, adamM, adamV;
     private readonly MemoryBuffer1D<double, Stride1D.Dense> normPartials, normTotal;
     private readonly MemoryBuffer1D<float, Stride1D.Dense> clipScale;
-    private ShapeBuffers? shape;
+    private readonly GpuActivationCache activations;
+    private GpuActivations? shape;   // the activations of the last batch's shape
     // What the last forward left in `shape`: the backward of each kind needs its own forward (an LM-head backward reads
     // the log-sum-exps that only Forward/ForwardBackward write).
     private LastForward lastForward;
@@ -116,6 +117,8 @@ public sealed class GpuGpt : IGptEngine
         normPartials = accelerator.Allocate1D<double>((long)Layout.Tensors.Count * gradientNorm.PartialsPerTensor);
         normTotal = accelerator.Allocate1D<double>(1);
         clipScale = accelerator.Allocate1D<float>(1);
+        activations = new GpuActivationCache(accelerator, Config, ActivationShapesKept, attentionScores: this.flashAttention is null,
+                                             bf16Copies: bf16Gemm is not null);
     }
 
     // For GpuGptDecoder, which runs the forward one cached position at a time on these weights and kernels.
@@ -212,7 +215,7 @@ public sealed class GpuGpt : IGptEngine
     }
 
     // Checks and uploads the LM head's output gradients; returns the activations and ∂L/∂h (to be initialised by the caller).
-    private (ShapeBuffers S, ArrayView<float> DLnf) PrepareHeadBackward(GptBatch batch, ReadOnlySpan<float> dLogProbs, ReadOnlySpan<float> dEntropy)
+    private (GpuActivations S, ArrayView<float> DLnf) PrepareHeadBackward(GptBatch batch, ReadOnlySpan<float> dLogProbs, ReadOnlySpan<float> dEntropy)
     {
         RequireForward(batch, LastForward.LanguageModel, "Backward");
         var s = Prepare(batch, dLogProbs.Length);
@@ -228,7 +231,7 @@ public sealed class GpuGpt : IGptEngine
         return (s, s["d_ln"]);
     }
 
-    private void HeadAndTransformerBackward(GptBatch batch, ShapeBuffers s, ArrayView<float> dLnf, bool withEntropy)
+    private void HeadAndTransformerBackward(GptBatch batch, GpuActivations s, ArrayView<float> dLnf, bool withEntropy)
     {
         lmHead.Backward(s["lnf"], Wte(parameters), s.Targets, Config.Channels, Config.VocabSize, s["logsumexp"],
                         withEntropy ? s["entropy"] : default, s["d_logprobs"], withEntropy ? s["d_entropy"] : default,
@@ -489,7 +492,7 @@ public sealed class GpuGpt : IGptEngine
     //   ln1 = LN(x); qkv = ln1·W_attn + b; scores[b,h] = q·kᵀ; a = softmax(scores/√hs, causal ∧ same segment)
     //   atty[b,h] = a·v; x2 = x + atty·W_proj + b; ln2 = LN(x2); fch = ln2·W_fc + b; x3 = x2 + gelu(fch)·W_fcproj + b
     // ---------------------------------------------------------------------------------------------
-    private void TransformerForward(GptBatch batch, ShapeBuffers s)
+    private void TransformerForward(GptBatch batch, GpuActivations s)
     {
         int n = batch.TokenCount, c = Config.Channels;
         var encoded = s["encoded"];
@@ -557,7 +560,7 @@ public sealed class GpuGpt : IGptEngine
     // backward: the forward's calls in reverse; d_residual carries ∂L/∂(residual stream) and each LayerNorm
     // backward adds into it (the residual connection's backward), exactly as Gpt.TransformerBackward.
     // ---------------------------------------------------------------------------------------------
-    private void TransformerBackward(GptBatch batch, ShapeBuffers s)
+    private void TransformerBackward(GptBatch batch, GpuActivations s)
     {
         int n = batch.TokenCount, c = Config.Channels;
         var dResidual = s["d_residual"];
@@ -612,7 +615,7 @@ public sealed class GpuGpt : IGptEngine
     // y[N, out] = x[N, in]·W[in, out] + b, W the parameter at weightOffset. Mixed precision: x is rounded to bf16 into
     // the saved copy of activation `inputName` (the backward's dW reads it), unless `input` is empty because the
     // producer wrote that copy itself, and multiplied with W's bf16 mirror.
-    private void LinearForward(ShapeBuffers s, string inputName, ArrayView<float> input, long weightOffset, ArrayView<float> bias,
+    private void LinearForward(GpuActivations s, string inputName, ArrayView<float> input, long weightOffset, ArrayView<float> bias,
                                ArrayView<float> output, int rows, int inDim, int outDim)
     {
         if (bf16Gemm is null)
@@ -628,7 +631,7 @@ public sealed class GpuGpt : IGptEngine
 
     // Mixed precision: output = stream + x·W + b in one cuBLASLt call (the residual add as its C operand), x's bf16
     // copy made first unless its producer wrote it (`input` empty). Charged to "matmul fwd"; there is no residual pass.
-    private void ProjectionWithResidual(ShapeBuffers s, string inputName, ArrayView<float> input, long weightOffset, ArrayView<float> bias,
+    private void ProjectionWithResidual(GpuActivations s, string inputName, ArrayView<float> input, long weightOffset, ArrayView<float> bias,
                                         ArrayView<float> stream, ArrayView<float> output, int rows, int inDim, int outDim)
     {
         var inputBf16 = s.BFloat16(inputName);
@@ -641,7 +644,7 @@ public sealed class GpuGpt : IGptEngine
     // dx = dy·Wᵀ (overwritten: every dx here has this one producer);  dW += xᵀ·dy;  db += Σ_rows dy (column sums).
     // x is the forward's activation `inputName`.
     // Mixed precision: dy rounded to bf16 once (scratch "dy"), then both GEMMs on bf16 operands (x from its forward copy).
-    private void LinearBackward(ShapeBuffers s, ArrayView<float> dOutput, string inputName, long weightOffset,
+    private void LinearBackward(GpuActivations s, ArrayView<float> dOutput, string inputName, long weightOffset,
                                 ArrayView<float> dInput, ArrayView<float> dBias, int rows, int inDim, int outDim)
     {
         long weightLength = (long)inDim * outDim;
@@ -664,7 +667,7 @@ public sealed class GpuGpt : IGptEngine
     }
 
     // Per row b, over the NH heads (stride hs): scores = q·kᵀ [T, T]; then the masked softmax over all rows; then out = a·v.
-    private void AttentionForward(GptBatch batch, ShapeBuffers s, ArrayView<float> qkv, ArrayView<float> att, ArrayView<float> atty)
+    private void AttentionForward(GptBatch batch, GpuActivations s, ArrayView<float> qkv, ArrayView<float> att, ArrayView<float> atty)
     {
         int T = batch.Length, nh = Config.Heads, c = Config.Channels, hs = c / nh;
         long tt = (long)T * T;
@@ -684,7 +687,7 @@ public sealed class GpuGpt : IGptEngine
     }
 
     // dA = dout·vᵀ;  dv += aᵀ·dout;  dS = softmax backward (scale included);  dq += dS·k;  dk += dSᵀ·q   (dQkv accumulated)
-    private void AttentionBackward(GptBatch batch, ShapeBuffers s, ArrayView<float> dAtty, ArrayView<float> qkv, ArrayView<float> att, ArrayView<float> dQkv)
+    private void AttentionBackward(GptBatch batch, GpuActivations s, ArrayView<float> dAtty, ArrayView<float> qkv, ArrayView<float> att, ArrayView<float> dQkv)
     {
         int T = batch.Length, nh = Config.Heads, c = Config.Channels, hs = c / nh;
         long tt = (long)T * T;
@@ -719,7 +722,7 @@ public sealed class GpuGpt : IGptEngine
     private static ArrayView<float> All(MemoryBuffer1D<float, Stride1D.Dense> buffer) => buffer.View;
     private static ArrayView<float> Slice(MemoryBuffer1D<float, Stride1D.Dense> buffer, long offset, long length) => buffer.View.SubView(offset, length);
 
-    private ShapeBuffers Prepare(GptBatch batch, int vectorLength)
+    private GpuActivations Prepare(GptBatch batch, int vectorLength)
     {
         batch.Validate(Config);
         if (vectorLength != batch.TokenCount)
@@ -727,7 +730,7 @@ public sealed class GpuGpt : IGptEngine
         if (shape is null || shape.Rows != batch.Rows || shape.Length != batch.Length)
         {
             lastForward = LastForward.None;   // the activations in the buffers of another shape are not the last forward's
-            shape = ShapeFor(batch.Rows, batch.Length);
+            shape = activations.For(batch.Rows, batch.Length);
         }
         shape.Tokens.CopyFromCPU(batch.Tokens);
         shape.Positions.CopyFromCPU(batch.Positions);
@@ -744,126 +747,9 @@ public sealed class GpuGpt : IGptEngine
     /// </summary>
     public const int ActivationShapesKept = 4;
 
-    private readonly List<ShapeBuffers> shapesByRecency = [];
-
-    /// <summary>The buffers of a rows × length batch: a kept one (moved to most recent) or newly allocated.</summary>
-    private ShapeBuffers ShapeFor(int rows, int length)
-    {
-        int kept = shapesByRecency.FindIndex(b => b.Rows == rows && b.Length == length);
-        ShapeBuffers buffers;
-        if (kept >= 0)
-        {
-            buffers = shapesByRecency[kept];
-            shapesByRecency.RemoveAt(kept);
-        }
-        else
-        {
-            if (shapesByRecency.Count == ActivationShapesKept)
-            {
-                shapesByRecency[0].Dispose();
-                shapesByRecency.RemoveAt(0);
-            }
-            buffers = new ShapeBuffers(accelerator, Config, rows, length, attentionScores: flashAttention is null, bf16Copies: bf16Gemm is not null);
-        }
-        shapesByRecency.Add(buffers);
-        return buffers;
-    }
-
-    /// <summary>
-    /// The device activations of one batch shape: <see cref="GptActivations"/>'s plan (same names, same sizes)
-    /// in one device buffer, plus the attention-gradient scratch d_att [B, NH, T, T] (empty with flash attention, which
-    /// keeps per-layer log-sum-exps attn_lse [L, B, NH, T] and a delta scratch instead), ∂L/∂logprob and the batch's ids.
-    /// The LM head's logits go to a buffer of their own, sized by <see cref="GpuSequenceLogProbs.ScratchLength"/>
-    /// (thousands of padded rows per chunk, not the CPU plan's "logits_chunk", which stays in the plan unused).
-    /// </summary>
-    private sealed class ShapeBuffers : IDisposable
-    {
-        private readonly MemoryBuffer1D<float, Stride1D.Dense> floats;
-        private readonly MemoryBuffer1D<int, Stride1D.Dense> ids;
-        private readonly MemoryBuffer1D<float, Stride1D.Dense> logitsScratch;
-        private readonly Dictionary<string, ArrayView<float>> views = new();
-        public int Rows { get; }
-        public int Length { get; }
-        public ArrayView<int> Tokens { get; }
-        public ArrayView<int> Positions { get; }
-        public ArrayView<int> Segments { get; }
-        public ArrayView<int> Targets { get; }
-        public ArrayView<float> LogitsScratch => logitsScratch.View;
-
-        private readonly int heads;
-
-        /// <param name="attentionScores">false with flash attention: no [B, NH, T, T] probabilities or their gradient</param>
-        /// <param name="bf16Copies">mixed precision: also bf16 copies of each layer's GEMM inputs (ln1, atty, ln2, fch_gelu)
-        /// and a bf16 scratch "dy" for the backward's output gradients</param>
-        public ShapeBuffers(Accelerator accelerator, GptConfig config, int rows, int length, bool attentionScores, bool bf16Copies)
-        {
-            heads = config.Heads;
-            Rows = rows;
-            Length = length;
-            long n = (long)rows * length;
-            var builder = new MemoryPlanBuilder();
-            var arena = builder.Arena(GptActivations.Arena);
-            GptActivations.Plan(arena, config, rows, length, attentionScores);
-            arena.Add<float>("d_att", attentionScores ? (long)rows * config.Heads * length * length : 0).Add<float>("d_logprobs", n)
-                 .Add<float>("d_entropy", n);
-            long perLayer = (long)rows * config.Heads * length;   // flash attention's saved log-sum-exp per layer, and its delta scratch
-            arena.Add<float>("attn_lse", config.Layers * perLayer).Add<float>("attn_delta", perLayer);
-            var plan = builder.Build()[GptActivations.Arena];
-            floats = accelerator.Allocate1D<float>(plan.SizeInBytes / sizeof(float));
-            foreach (var t in plan.Tensors)
-                views[t.Name] = floats.View.SubView(t.ByteOffset / sizeof(float), t.ElementCount);
-            floats.MemSetToZero();
-            ids = accelerator.Allocate1D<int>(4 * n);
-            Tokens = ids.View.SubView(0, n);
-            Positions = ids.View.SubView(n, n);
-            Segments = ids.View.SubView(2 * n, n);
-            Targets = ids.View.SubView(3 * n, n);
-            logitsScratch = accelerator.Allocate1D<float>(GpuSequenceLogProbs.ScratchLength((int)n, config.VocabSize));
-            if (bf16Copies)
-            {
-                long c = config.Channels, at = 0;
-                var sizes = new List<(string Name, long Length)>();
-                for (int l = 0; l < config.Layers; l++)
-                    sizes.AddRange([($"h.{l}.ln1", n * c), ($"h.{l}.atty", n * c), ($"h.{l}.ln2", n * c), ($"h.{l}.fch_gelu", n * 4 * c)]);
-                sizes.Add(("dy", n * 4 * c));
-                halves = accelerator.Allocate1D<ushort>(sizes.Sum(x => RoundUp(x.Length)));
-                foreach (var (name, count) in sizes)
-                {
-                    halfViews[name] = halves.View.SubView(at, count);
-                    at += RoundUp(count);   // every copy starts 16-byte aligned, as cuBLAS's fastest kernels want
-                }
-            }
-        }
-
-        private static long RoundUp(long elements) => (elements + 7) / 8 * 8;
-
-        private readonly MemoryBuffer1D<ushort, Stride1D.Dense>? halves;
-        private readonly Dictionary<string, ArrayView<ushort>> halfViews = new();
-
-        public ArrayView<float> this[string name] => views[name];
-
-        /// <summary>The bf16 copy of activation <paramref name="name"/> (mixed precision), or the "dy" scratch.</summary>
-        public ArrayView<ushort> BFloat16(string name) => halfViews[name];
-
-        /// <summary>Layer <paramref name="layer"/>'s attention log-sum-exp [B, NH, T] (flash attention).</summary>
-        public ArrayView<float> AttentionLogSumExp(int layer)
-        {
-            long perLayer = (long)Rows * heads * Length;
-            return views["attn_lse"].SubView(layer * perLayer, perLayer);
-        }
-
-        public void Dispose()
-        {
-            floats.Dispose();
-            ids.Dispose();
-            logitsScratch.Dispose();
-            halves?.Dispose();
-        }
-    }
-
     public void Dispose()
     {
-        foreach (var buffers in shapesByRecency) buffers.Dispose();
+        activations.Dispose();
         gatherRows?.Dispose();
         gatheredFeatures?.Dispose();
         parametersBf16?.Dispose();
