@@ -29,7 +29,7 @@ public sealed class GpuGpt : IGptEngine
     private readonly Accelerator accelerator;
     private readonly IGemm gemm;
     private readonly GpuLayerNorm layerNorm;
-    private readonly GpuAttention attention;
+    private readonly IAttentionPath attention;   // materialised scores or flash, chosen once
     private readonly GpuGelu gelu;
     private readonly GpuResidual residual;
     private readonly GpuEmbedding embedding;
@@ -38,7 +38,6 @@ public sealed class GpuGpt : IGptEngine
     private readonly GpuAdamW adamW;
     private readonly GpuGradientNorm gradientNorm;
     private readonly GpuRowGather rowGather;
-    private readonly NvrtcFlashAttention? flashAttention;
     // Mixed precision (a CublasGemm with GemmPrecision.BFloat16): the linear layers multiply bf16 operands (a bf16
     // mirror of the parameters, refreshed at every forward; bf16 copies of each layer's GEMM inputs, kept for the
     // backward's dW; dy rounded once per layer) with fp32 accumulation, fp32 outputs and fp32 master weights.
@@ -63,7 +62,7 @@ public sealed class GpuGpt : IGptEngine
     public ParameterLayout Layout { get; }
 
     /// <summary>Whether attention runs as <see cref="NvrtcFlashAttention"/> (else the materialised-scores path).</summary>
-    public bool UsesFlashAttention => flashAttention is not null;
+    public bool UsesFlashAttention => attention is FlashAttentionPath;
 
     /// <summary>Whether the linear layers multiply bf16 copies of weights and activations (a cuBLAS GEMM at <see cref="GemmPrecision.BFloat16"/>).</summary>
     public bool UsesBFloat16Operands => bf16Gemm is not null;
@@ -90,7 +89,6 @@ public sealed class GpuGpt : IGptEngine
         this.accelerator = accelerator;
         this.gemm = gemm;
         Config = config.Validate();
-        this.flashAttention = flashAttention is not null && NvrtcFlashAttention.Supports(config.Channels, config.Heads) ? flashAttention : null;
         if (gemm is CublasGemm { Precision: GemmPrecision.BFloat16 } cublas)
         {
             bf16Gemm = cublas;
@@ -99,7 +97,9 @@ public sealed class GpuGpt : IGptEngine
         }
         Layout = ParameterLayout.For(config);
         layerNorm = new GpuLayerNorm(accelerator);
-        attention = new GpuAttention(accelerator);
+        attention = flashAttention is not null && NvrtcFlashAttention.Supports(Config.Channels, Config.Heads)
+            ? new FlashAttentionPath(flashAttention, Config.Heads)
+            : new MaterialisedAttentionPath(gemm, new GpuAttention(accelerator), Config.Channels, Config.Heads);
         gelu = new GpuGelu(accelerator);
         residual = new GpuResidual(accelerator);
         embedding = new GpuEmbedding(accelerator);
@@ -117,7 +117,7 @@ public sealed class GpuGpt : IGptEngine
         normPartials = accelerator.Allocate1D<double>((long)Layout.Tensors.Count * gradientNorm.PartialsPerTensor);
         normTotal = accelerator.Allocate1D<double>(1);
         clipScale = accelerator.Allocate1D<float>(1);
-        activations = new GpuActivationCache(accelerator, Config, ActivationShapesKept, attentionScores: this.flashAttention is null,
+        activations = new GpuActivationCache(accelerator, Config, ActivationShapesKept, attentionScores: attention.MaterialisesScores,
                                              bf16Copies: bf16Gemm is not null);
     }
 
@@ -521,10 +521,7 @@ public sealed class GpuGpt : IGptEngine
             Lap("layernorm fwd");
             LinearForward(s, a + "ln1", bf16Gemm is null ? ln1 : default, o.AttnWeight, P(o.AttnBias, 3 * c), qkv, n, c, 3 * c);
             Lap("matmul fwd");
-            if (flashAttention is not null)
-                flashAttention.Forward(qkv, s.Segments, batch.Rows, batch.Length, Config.Heads, atty, s.AttentionLogSumExp(l));
-            else
-                AttentionForward(batch, s, qkv, s[a + "att"], atty);
+            attention.Forward(s, l, qkv, atty);
             Lap("attention fwd");
             if (bf16Gemm is null)
             {
@@ -595,11 +592,7 @@ public sealed class GpuGpt : IGptEngine
             LinearBackward(s, dResidual, a + "atty", o.AttnProjWeight, dAtty, G(o.AttnProjBias, c), n, c, c);
             Lap("matmul bwd");
             dQkv.MemSetToZero();
-            if (flashAttention is not null)
-                flashAttention.Backward(dAtty, s[a + "qkv"], s.Segments, s[a + "atty"], s.AttentionLogSumExp(l), batch.Rows, batch.Length,
-                                        Config.Heads, s["attn_delta"], dQkv);
-            else
-                AttentionBackward(batch, s, dAtty, s[a + "qkv"], s[a + "att"], dQkv);
+            attention.Backward(s, l, s[a + "qkv"], s[a + "atty"], dAtty, dQkv);
             Lap("attention bwd");
             LinearBackward(s, dQkv, a + "ln1", o.AttnWeight, dLn, G(o.AttnBias, 3 * c), n, c, 3 * c);
             Lap("matmul bwd");
@@ -664,55 +657,6 @@ public sealed class GpuGpt : IGptEngine
             return;
         }
         columnSum.Sum(dOutput.SubView(0, (long)rows * outDim), dBias);
-    }
-
-    // Per row b, over the NH heads (stride hs): scores = q·kᵀ [T, T]; then the masked softmax over all rows; then out = a·v.
-    private void AttentionForward(GptBatch batch, GpuActivations s, ArrayView<float> qkv, ArrayView<float> att, ArrayView<float> atty)
-    {
-        int T = batch.Length, nh = Config.Heads, c = Config.Channels, hs = c / nh;
-        long tt = (long)T * T;
-        for (int b = 0; b < batch.Rows; b++)
-        {
-            var rowQkv = qkv.SubView((long)b * T * 3 * c);
-            gemm.MultiplyStridedBatched(false, true, T, T, hs, 1f, rowQkv, 3 * c, hs, rowQkv.SubView(c), 3 * c, hs,
-                                        0f, att.SubView(b * nh * tt), T, tt, nh);
-        }
-        attention.SoftmaxForward(att, s.Segments, batch.Rows, T, nh, 1f / MathF.Sqrt(hs), att);
-        for (int b = 0; b < batch.Rows; b++)
-        {
-            var rowQkv = qkv.SubView((long)b * T * 3 * c);
-            gemm.MultiplyStridedBatched(false, false, T, hs, T, 1f, att.SubView(b * nh * tt), T, tt, rowQkv.SubView(2 * c), 3 * c, hs,
-                                        0f, atty.SubView((long)b * T * c), c, hs, nh);
-        }
-    }
-
-    // dA = dout·vᵀ;  dv += aᵀ·dout;  dS = softmax backward (scale included);  dq += dS·k;  dk += dSᵀ·q   (dQkv accumulated)
-    private void AttentionBackward(GptBatch batch, GpuActivations s, ArrayView<float> dAtty, ArrayView<float> qkv, ArrayView<float> att, ArrayView<float> dQkv)
-    {
-        int T = batch.Length, nh = Config.Heads, c = Config.Channels, hs = c / nh;
-        long tt = (long)T * T;
-        var dAtt = s["d_att"];
-        for (int b = 0; b < batch.Rows; b++)
-        {
-            var rowQkv = qkv.SubView((long)b * T * 3 * c);
-            var rowDQkv = dQkv.SubView((long)b * T * 3 * c);
-            var rowDOut = dAtty.SubView((long)b * T * c);
-            gemm.MultiplyStridedBatched(false, true, T, T, hs, 1f, rowDOut, c, hs, rowQkv.SubView(2 * c), 3 * c, hs,
-                                        0f, dAtt.SubView(b * nh * tt), T, tt, nh);
-            gemm.MultiplyStridedBatched(true, false, T, hs, T, 1f, att.SubView(b * nh * tt), T, tt, rowDOut, c, hs,
-                                        1f, rowDQkv.SubView(2 * c), 3 * c, hs, nh);
-        }
-        attention.SoftmaxBackward(dAtt, att, batch.Rows, T, nh, 1f / MathF.Sqrt(hs), dAtt);
-        for (int b = 0; b < batch.Rows; b++)
-        {
-            var rowQkv = qkv.SubView((long)b * T * 3 * c);
-            var rowDQkv = dQkv.SubView((long)b * T * 3 * c);
-            var rowDScores = dAtt.SubView(b * nh * tt);
-            gemm.MultiplyStridedBatched(false, false, T, hs, T, 1f, rowDScores, T, tt, rowQkv.SubView(c), 3 * c, hs,
-                                        1f, rowDQkv, 3 * c, hs, nh);
-            gemm.MultiplyStridedBatched(true, false, T, hs, T, 1f, rowDScores, T, tt, rowQkv, 3 * c, hs,
-                                        1f, rowDQkv.SubView(c), 3 * c, hs, nh);
-        }
     }
 
     private ArrayView<float> P(long offset, long length) => Slice(parameters, offset, length);
