@@ -1,4 +1,3 @@
-using DistAlign.Engine.Memory;
 using DistAlign.Kernels.Cpu;
 using DistAlign.Kernels.Gpu;
 using DistAlign.Transformer.Model;
@@ -16,11 +15,11 @@ namespace DistAlign.Transformer.Gpu;
 /// <see cref="IGptEngine"/>.
 /// </summary>
 /// <remarks>
-/// Attention is three steps per batch row b, each over the NH heads as one strided-batched GEMM (head h's
-/// q, k, v are hs-wide column blocks of qkv [T, 3C], so consecutive heads are hs elements apart):
-/// scores = q·kᵀ, then the masked softmax (<see cref="GpuAttention.SoftmaxForward"/>, scale and segment ids
-/// applied there) over the whole batch, then out = a·v. Bias gradients are deterministic column sums (<see cref="GpuColumnSum"/>).
-/// All work is queued on the accelerator's default stream; only the host copies synchronise.
+/// Two choices are made once, in the constructor, each a strategy: the precision of the linear layers
+/// (<see cref="ILinearLayers"/>: fp32 operands through any <see cref="IGemm"/>, or bf16 operands on cuBLAS) and the
+/// attention kernels (<see cref="IAttentionPath"/>: GEMMs around a materialised softmax, or flash attention), so the
+/// transformer's forward and backward read as <see cref="Gpt"/>'s flat list of ops. The activations of a batch shape are a
+/// <see cref="GpuActivations"/>. All work is queued on the accelerator's default stream; only the host copies synchronise.
 /// The backbone alone (<see cref="ForwardFeatures"/>, <see cref="CopyFeaturesToHost(ReadOnlySpan{int}, Span{float})"/>,
 /// <see cref="BackwardFeatures"/>) serves heads other than the LM head, as <see cref="Gpt.ForwardFeatures"/> does on the CPU.
 /// </remarks>
@@ -38,12 +37,7 @@ public sealed class GpuGpt : IGptEngine
     private readonly GpuAdamW adamW;
     private readonly GpuGradientNorm gradientNorm;
     private readonly GpuRowGather rowGather;
-    // Mixed precision (a CublasGemm with GemmPrecision.BFloat16): the linear layers multiply bf16 operands (a bf16
-    // mirror of the parameters, refreshed at every forward; bf16 copies of each layer's GEMM inputs, kept for the
-    // backward's dW; dy rounded once per layer) with fp32 accumulation, fp32 outputs and fp32 master weights.
-    private readonly CublasGemm? bf16Gemm;
-    private readonly GpuBFloat16? bf16;
-    private readonly MemoryBuffer1D<ushort, Stride1D.Dense>? parametersBf16;
+    private readonly ILinearLayers linear;        // fp32 or bf16 operands, chosen once
     private readonly MemoryBuffer1D<float, Stride1D.Dense> parameters, gradients, adamM, adamV;
     private readonly MemoryBuffer1D<double, Stride1D.Dense> normPartials, normTotal;
     private readonly MemoryBuffer1D<float, Stride1D.Dense> clipScale;
@@ -65,7 +59,7 @@ public sealed class GpuGpt : IGptEngine
     public bool UsesFlashAttention => attention is FlashAttentionPath;
 
     /// <summary>Whether the linear layers multiply bf16 copies of weights and activations (a cuBLAS GEMM at <see cref="GemmPrecision.BFloat16"/>).</summary>
-    public bool UsesBFloat16Operands => bf16Gemm is not null;
+    public bool UsesBFloat16Operands => linear is BFloat16LinearLayers;
 
     /// <summary>
     /// When set, the wall time of each kind of op (the names of <see cref="Gpt.Profile"/>) is charged to it.
@@ -89,12 +83,6 @@ public sealed class GpuGpt : IGptEngine
         this.accelerator = accelerator;
         this.gemm = gemm;
         Config = config.Validate();
-        if (gemm is CublasGemm { Precision: GemmPrecision.BFloat16 } cublas)
-        {
-            bf16Gemm = cublas;
-            bf16 = new GpuBFloat16(accelerator);
-            parametersBf16 = accelerator.Allocate1D<ushort>(ParameterLayout.For(config).TotalElements);
-        }
         Layout = ParameterLayout.For(config);
         layerNorm = new GpuLayerNorm(accelerator);
         attention = flashAttention is not null && NvrtcFlashAttention.Supports(Config.Channels, Config.Heads)
@@ -117,8 +105,13 @@ public sealed class GpuGpt : IGptEngine
         normPartials = accelerator.Allocate1D<double>((long)Layout.Tensors.Count * gradientNorm.PartialsPerTensor);
         normTotal = accelerator.Allocate1D<double>(1);
         clipScale = accelerator.Allocate1D<float>(1);
+        // Mixed precision when the GEMM is cuBLAS at bf16: bf16 operands (a parameter mirror, copies of the GEMM inputs) with
+        // fp32 accumulation, outputs and master weights; otherwise fp32 operands through any IGemm.
+        linear = gemm is CublasGemm { Precision: GemmPrecision.BFloat16 } cublas
+            ? new BFloat16LinearLayers(accelerator, cublas, layerNorm, gelu, columnSum, parameters.View, gradients.View, Lap)
+            : new Float32LinearLayers(gemm, layerNorm, gelu, residual, columnSum, parameters.View, gradients.View, Lap);
         activations = new GpuActivationCache(accelerator, Config, ActivationShapesKept, attentionScores: attention.MaterialisesScores,
-                                             bf16Copies: bf16Gemm is not null);
+                                             bf16Copies: linear.KeepsBFloat16Copies);
     }
 
     // For GpuGptDecoder, which runs the forward one cached position at a time on these weights and kernels.
@@ -488,74 +481,57 @@ public sealed class GpuGpt : IGptEngine
 
 
     // ---------------------------------------------------------------------------------------------
-    // forward: as Gpt's. Per block:
-    //   ln1 = LN(x); qkv = ln1·W_attn + b; scores[b,h] = q·kᵀ; a = softmax(scores/√hs, causal ∧ same segment)
-    //   atty[b,h] = a·v; x2 = x + atty·W_proj + b; ln2 = LN(x2); fch = ln2·W_fc + b; x3 = x2 + gelu(fch)·W_fcproj + b
+    // forward: as Gpt's, one kernel (or strategy call) per op. Per block, with x the residual stream:
+    //   ln1 = LN(x); qkv = ln1·W_attn + b; atty = softmax(q·kᵀ/√hs, causal ∧ same segment)·v per head
+    //   x2 = x + atty·W_proj + b; ln2 = LN(x2); fch = ln2·W_fc + b; x3 = x2 + gelu(fch)·W_fcproj + b
+    // The precision of the linear layers (and where LN and GELU write their GEMM inputs) is `linear`'s; the attention
+    // kernels are `attention`'s; both chosen in the constructor.
     // ---------------------------------------------------------------------------------------------
     private void TransformerForward(GptBatch batch, GpuActivations s)
     {
         int n = batch.TokenCount, c = Config.Channels;
         var encoded = s["encoded"];
         Profile?.Restart();
-        if (bf16 is not null) bf16.ToBFloat16(parameters.View, parametersBf16!.View);   // the weights as the GEMMs will see them
+        linear.BeginForward();
         embedding.Forward(s.Tokens, s.Positions, Wte(parameters), Slice(parameters, Layout.Wpe, (long)Config.MaxSequenceLength * c), c, encoded);
         Lap("embedding fwd");
         var x = encoded;
-        var projection = s["projection"];
         for (int l = 0; l < Config.Layers; l++)
         {
             var o = Layout.Blocks[l];
             string a = $"h.{l}.";
-            var ln1 = s[a + "ln1"];
             var qkv = s[a + "qkv"];
             var atty = s[a + "atty"];
             var residual2 = s[a + "residual2"];
-            var ln2 = s[a + "ln2"];
             var fch = s[a + "fch"];
-            var fchGelu = s[a + "fch_gelu"];
             var residual3 = s[a + "residual3"];
 
-            // mixed precision: LayerNorm and GELU outputs are only GEMM operands, so they are written as bf16 directly
-            if (bf16Gemm is null) layerNorm.Forward(x, P(o.Ln1Weight, c), P(o.Ln1Bias, c), ln1, s[a + "ln1_mean"], s[a + "ln1_rstd"]);
-            else layerNorm.Forward(x, P(o.Ln1Weight, c), P(o.Ln1Bias, c), s.BFloat16(a + "ln1"), s[a + "ln1_mean"], s[a + "ln1_rstd"]);
+            linear.LayerNormForward(x, P(o.Ln1Weight, c), P(o.Ln1Bias, c), s, a + "ln1");
             Lap("layernorm fwd");
-            LinearForward(s, a + "ln1", bf16Gemm is null ? ln1 : default, o.AttnWeight, P(o.AttnBias, 3 * c), qkv, n, c, 3 * c);
+            linear.Forward(s, a + "ln1", o.AttnWeight, o.AttnBias, qkv, n, c, 3 * c);
             Lap("matmul fwd");
             attention.Forward(s, l, qkv, atty);
             Lap("attention fwd");
-            if (bf16Gemm is null)
-            {
-                LinearForward(s, a + "atty", atty, o.AttnProjWeight, P(o.AttnProjBias, c), projection, n, c, c);
-                Lap("matmul fwd");
-                residual.Forward(x, projection, residual2);
-            }
-            else ProjectionWithResidual(s, a + "atty", atty, o.AttnProjWeight, P(o.AttnProjBias, c), x, residual2, n, c, c);
-            Lap("residual fwd");
-            if (bf16Gemm is null) layerNorm.Forward(residual2, P(o.Ln2Weight, c), P(o.Ln2Bias, c), ln2, s[a + "ln2_mean"], s[a + "ln2_rstd"]);
-            else layerNorm.Forward(residual2, P(o.Ln2Weight, c), P(o.Ln2Bias, c), s.BFloat16(a + "ln2"), s[a + "ln2_mean"], s[a + "ln2_rstd"]);
+            linear.ProjectionWithResidual(s, a + "atty", LinearInputSource.Float32, o.AttnProjWeight, o.AttnProjBias, x, residual2, n, c, c);
+            Lap("residual fwd");   // the projection's GEMM was charged to "matmul fwd"
+            linear.LayerNormForward(residual2, P(o.Ln2Weight, c), P(o.Ln2Bias, c), s, a + "ln2");
             Lap("layernorm fwd");
-            LinearForward(s, a + "ln2", bf16Gemm is null ? ln2 : default, o.FcWeight, P(o.FcBias, 4 * c), fch, n, c, 4 * c);
+            linear.Forward(s, a + "ln2", o.FcWeight, o.FcBias, fch, n, c, 4 * c);
             Lap("matmul fwd");
-            if (bf16Gemm is null) gelu.Forward(fch, fchGelu);
-            else gelu.Forward(fch, s.BFloat16(a + "fch_gelu"));
+            linear.GeluForward(fch, s, a + "fch_gelu");
             Lap("gelu fwd");
-            if (bf16Gemm is null)
-            {
-                LinearForward(s, a + "fch_gelu", fchGelu, o.FcProjWeight, P(o.FcProjBias, c), projection, n, 4 * c, c);
-                Lap("matmul fwd");
-                residual.Forward(residual2, projection, residual3);
-            }
-            else ProjectionWithResidual(s, a + "fch_gelu", default, o.FcProjWeight, P(o.FcProjBias, c), residual2, residual3, n, 4 * c, c);
+            linear.ProjectionWithResidual(s, a + "fch_gelu", LinearInputSource.Producer, o.FcProjWeight, o.FcProjBias, residual2, residual3, n, 4 * c, c);
             Lap("residual fwd");
             x = residual3;
         }
-        layerNorm.Forward(x, P(Layout.LnFWeight, c), P(Layout.LnFBias, c), s["lnf"], s["lnf_mean"], s["lnf_rstd"]);
+        layerNorm.Forward(x, P(Layout.LnFWeight, c), P(Layout.LnFBias, c), s["lnf"], s["lnf_mean"], s["lnf_rstd"]);   // fp32: the heads read h
         Lap("layernorm fwd");
     }
 
     // ---------------------------------------------------------------------------------------------
     // backward: the forward's calls in reverse; d_residual carries ∂L/∂(residual stream) and each LayerNorm
-    // backward adds into it (the residual connection's backward), exactly as Gpt.TransformerBackward.
+    // backward adds into it (the residual connection's backward), exactly as Gpt.TransformerBackward. Each linear
+    // backward overwrites its dx (every dx here has that one producer) and accumulates into dW and db.
     // ---------------------------------------------------------------------------------------------
     private void TransformerBackward(GptBatch batch, GpuActivations s)
     {
@@ -579,22 +555,24 @@ public sealed class GpuGpt : IGptEngine
             string a = $"h.{l}.";
             var x = l == 0 ? s["encoded"] : s[$"h.{l - 1}.residual3"];
 
-            LinearBackward(s, dResidual, a + "fch_gelu", o.FcProjWeight, dFchGelu, G(o.FcProjBias, c), n, 4 * c, c);
+            // MLP: residual3 = residual2 + fc_proj(gelu(fc(ln_2(residual2))))
+            linear.Backward(s, dResidual, a + "fch_gelu", o.FcProjWeight, o.FcProjBias, dFchGelu, n, 4 * c, c);
             Lap("matmul bwd");
             gelu.Backward(dFchGelu, s[a + "fch"], dFch, accumulate: false);
             Lap("gelu bwd");
-            LinearBackward(s, dFch, a + "ln2", o.FcWeight, dLn, G(o.FcBias, 4 * c), n, c, 4 * c);
+            linear.Backward(s, dFch, a + "ln2", o.FcWeight, o.FcBias, dLn, n, c, 4 * c);
             Lap("matmul bwd");
             layerNorm.Backward(dLn, s[a + "residual2"], P(o.Ln2Weight, c), s[a + "ln2_mean"], s[a + "ln2_rstd"],
                                dResidual, G(o.Ln2Weight, c), G(o.Ln2Bias, c));
             Lap("layernorm bwd");
 
-            LinearBackward(s, dResidual, a + "atty", o.AttnProjWeight, dAtty, G(o.AttnProjBias, c), n, c, c);
+            // attention: residual2 = residual + attn_proj(attention(qkv(ln_1(residual))))
+            linear.Backward(s, dResidual, a + "atty", o.AttnProjWeight, o.AttnProjBias, dAtty, n, c, c);
             Lap("matmul bwd");
             dQkv.MemSetToZero();
             attention.Backward(s, l, s[a + "qkv"], s[a + "atty"], dAtty, dQkv);
             Lap("attention bwd");
-            LinearBackward(s, dQkv, a + "ln1", o.AttnWeight, dLn, G(o.AttnBias, 3 * c), n, c, 3 * c);
+            linear.Backward(s, dQkv, a + "ln1", o.AttnWeight, o.AttnBias, dLn, n, c, 3 * c);
             Lap("matmul bwd");
             layerNorm.Backward(dLn, x, P(o.Ln1Weight, c), s[a + "ln1_mean"], s[a + "ln1_rstd"],
                                dResidual, G(o.Ln1Weight, c), G(o.Ln1Bias, c));
@@ -605,63 +583,8 @@ public sealed class GpuGpt : IGptEngine
         Lap("embedding bwd");
     }
 
-    // y[N, out] = x[N, in]·W[in, out] + b, W the parameter at weightOffset. Mixed precision: x is rounded to bf16 into
-    // the saved copy of activation `inputName` (the backward's dW reads it), unless `input` is empty because the
-    // producer wrote that copy itself, and multiplied with W's bf16 mirror.
-    private void LinearForward(GpuActivations s, string inputName, ArrayView<float> input, long weightOffset, ArrayView<float> bias,
-                               ArrayView<float> output, int rows, int inDim, int outDim)
-    {
-        if (bf16Gemm is null)
-        {
-            gemm.Multiply(false, false, rows, outDim, inDim, 1f, input, inDim, P(weightOffset, (long)inDim * outDim), outDim, 0f, output, outDim, bias);
-            return;
-        }
-        var inputBf16 = s.BFloat16(inputName);
-        if (input.Length > 0) bf16!.ToBFloat16(input, inputBf16);
-        bf16Gemm.MultiplyBFloat16(false, false, rows, outDim, inDim, 1f, inputBf16, inDim, PB(weightOffset, (long)inDim * outDim), outDim,
-                                  0f, output, outDim, bias);
-    }
-
-    // Mixed precision: output = stream + x·W + b in one cuBLASLt call (the residual add as its C operand), x's bf16
-    // copy made first unless its producer wrote it (`input` empty). Charged to "matmul fwd"; there is no residual pass.
-    private void ProjectionWithResidual(GpuActivations s, string inputName, ArrayView<float> input, long weightOffset, ArrayView<float> bias,
-                                        ArrayView<float> stream, ArrayView<float> output, int rows, int inDim, int outDim)
-    {
-        var inputBf16 = s.BFloat16(inputName);
-        if (input.Length > 0) bf16!.ToBFloat16(input, inputBf16);
-        bf16Gemm!.MultiplyBFloat16AddResidual(rows, outDim, inDim, inputBf16, inDim, PB(weightOffset, (long)inDim * outDim), outDim, bias,
-                                              stream.SubView(0, (long)rows * outDim), output.SubView(0, (long)rows * outDim));
-        Lap("matmul fwd");
-    }
-
-    // dx = dy·Wᵀ (overwritten: every dx here has this one producer);  dW += xᵀ·dy;  db += Σ_rows dy (column sums).
-    // x is the forward's activation `inputName`.
-    // Mixed precision: dy rounded to bf16 once (scratch "dy"), then both GEMMs on bf16 operands (x from its forward copy).
-    private void LinearBackward(GpuActivations s, ArrayView<float> dOutput, string inputName, long weightOffset,
-                                ArrayView<float> dInput, ArrayView<float> dBias, int rows, int inDim, int outDim)
-    {
-        long weightLength = (long)inDim * outDim;
-        if (bf16Gemm is null)
-        {
-            gemm.Multiply(false, true, rows, inDim, outDim, 1f, dOutput, outDim, P(weightOffset, weightLength), outDim, 0f, dInput, inDim);
-            gemm.Multiply(true, false, inDim, outDim, rows, 1f, s[inputName], inDim, dOutput, outDim, 1f, G(weightOffset, weightLength), outDim);
-        }
-        else
-        {
-            // dy read once: the bias gradient's column sums and its bf16 copy in one pass
-            var dOutputBf16 = s.BFloat16("dy").SubView(0, (long)rows * outDim);
-            columnSum.SumAndRoundToBFloat16(dOutput.SubView(0, (long)rows * outDim), dBias, dOutputBf16);
-            bf16Gemm.MultiplyBFloat16(false, true, rows, inDim, outDim, 1f, dOutputBf16, outDim, PB(weightOffset, weightLength), outDim, 0f, dInput, inDim);
-            bf16Gemm.MultiplyBFloat16(true, false, inDim, outDim, rows, 1f, s.BFloat16(inputName), inDim, dOutputBf16, outDim,
-                                      1f, G(weightOffset, weightLength), outDim);
-            return;
-        }
-        columnSum.Sum(dOutput.SubView(0, (long)rows * outDim), dBias);
-    }
-
     private ArrayView<float> P(long offset, long length) => Slice(parameters, offset, length);
     private ArrayView<float> G(long offset, long length) => Slice(gradients, offset, length);
-    private ArrayView<ushort> PB(long offset, long length) => parametersBf16!.View.SubView(offset, length);
     private ArrayView<float> Wte(MemoryBuffer1D<float, Stride1D.Dense> buffer) => Slice(buffer, Layout.Wte, (long)Config.VocabSize * Config.Channels);
     private static ArrayView<float> All(MemoryBuffer1D<float, Stride1D.Dense> buffer) => buffer.View;
     private static ArrayView<float> Slice(MemoryBuffer1D<float, Stride1D.Dense> buffer, long offset, long length) => buffer.View.SubView(offset, length);
@@ -696,7 +619,7 @@ public sealed class GpuGpt : IGptEngine
         activations.Dispose();
         gatherRows?.Dispose();
         gatheredFeatures?.Dispose();
-        parametersBf16?.Dispose();
+        linear.Dispose();
         lmHead.Dispose();
         layerNorm.Dispose();
         embedding.Dispose();
