@@ -1,4 +1,3 @@
-using DistAlign.Engine.Memory;
 using DistAlign.Kernels.Cpu;
 using DistAlign.Kernels.Gpu;
 using DistAlign.Transformer.Model;
@@ -16,11 +15,11 @@ namespace DistAlign.Transformer.Gpu;
 /// <see cref="IGptEngine"/>.
 /// </summary>
 /// <remarks>
-/// Attention is three steps per batch row b, each over the NH heads as one strided-batched GEMM (head h's
-/// q, k, v are hs-wide column blocks of qkv [T, 3C], so consecutive heads are hs elements apart):
-/// scores = q·kᵀ, then the masked softmax (<see cref="GpuAttention.SoftmaxForward"/>, scale and segment ids
-/// applied there) over the whole batch, then out = a·v. Bias gradients are deterministic column sums (<see cref="GpuColumnSum"/>).
-/// All work is queued on the accelerator's default stream; only the host copies synchronise.
+/// Two choices are made once, in the constructor, each a strategy: the precision of the linear layers
+/// (<see cref="ILinearLayers"/>: fp32 operands through any <see cref="IGemm"/>, or bf16 operands on cuBLAS) and the
+/// attention kernels (<see cref="IAttentionPath"/>: GEMMs around a materialised softmax, or flash attention), so the
+/// transformer's forward and backward read as <see cref="Gpt"/>'s flat list of ops. The activations of a batch shape are a
+/// <see cref="GpuActivations"/>. All work is queued on the accelerator's default stream; only the host copies synchronise.
 /// The backbone alone (<see cref="ForwardFeatures"/>, <see cref="CopyFeaturesToHost(ReadOnlySpan{int}, Span{float})"/>,
 /// <see cref="BackwardFeatures"/>) serves heads other than the LM head, as <see cref="Gpt.ForwardFeatures"/> does on the CPU.
 /// </remarks>
@@ -29,7 +28,7 @@ public sealed class GpuGpt : IGptEngine
     private readonly Accelerator accelerator;
     private readonly IGemm gemm;
     private readonly GpuLayerNorm layerNorm;
-    private readonly GpuAttention attention;
+    private readonly IAttentionPath attention;   // materialised scores or flash, chosen once
     private readonly GpuGelu gelu;
     private readonly GpuResidual residual;
     private readonly GpuEmbedding embedding;
@@ -38,17 +37,12 @@ public sealed class GpuGpt : IGptEngine
     private readonly GpuAdamW adamW;
     private readonly GpuGradientNorm gradientNorm;
     private readonly GpuRowGather rowGather;
-    private readonly NvrtcFlashAttention? flashAttention;
-    // Mixed precision (a CublasGemm with GemmPrecision.BFloat16): the linear layers multiply bf16 operands (a bf16
-    // mirror of the parameters, refreshed at every forward; bf16 copies of each layer's GEMM inputs, kept for the
-    // backward's dW; dy rounded once per layer) with fp32 accumulation, fp32 outputs and fp32 master weights.
-    private readonly CublasGemm? bf16Gemm;
-    private readonly GpuBFloat16? bf16;
-    private readonly MemoryBuffer1D<ushort, Stride1D.Dense>? parametersBf16;
+    private readonly ILinearLayers linear;        // fp32 or bf16 operands, chosen once
     private readonly MemoryBuffer1D<float, Stride1D.Dense> parameters, gradients, adamM, adamV;
     private readonly MemoryBuffer1D<double, Stride1D.Dense> normPartials, normTotal;
     private readonly MemoryBuffer1D<float, Stride1D.Dense> clipScale;
-    private ShapeBuffers? shape;
+    private readonly GpuActivationCache activations;
+    private GpuActivations? shape;   // the activations of the last batch's shape
     // What the last forward left in `shape`: the backward of each kind needs its own forward (an LM-head backward reads
     // the log-sum-exps that only Forward/ForwardBackward write).
     private LastForward lastForward;
@@ -62,10 +56,10 @@ public sealed class GpuGpt : IGptEngine
     public ParameterLayout Layout { get; }
 
     /// <summary>Whether attention runs as <see cref="NvrtcFlashAttention"/> (else the materialised-scores path).</summary>
-    public bool UsesFlashAttention => flashAttention is not null;
+    public bool UsesFlashAttention => attention is FlashAttentionPath;
 
     /// <summary>Whether the linear layers multiply bf16 copies of weights and activations (a cuBLAS GEMM at <see cref="GemmPrecision.BFloat16"/>).</summary>
-    public bool UsesBFloat16Operands => bf16Gemm is not null;
+    public bool UsesBFloat16Operands => linear is BFloat16LinearLayers;
 
     /// <summary>
     /// When set, the wall time of each kind of op (the names of <see cref="Gpt.Profile"/>) is charged to it.
@@ -89,16 +83,11 @@ public sealed class GpuGpt : IGptEngine
         this.accelerator = accelerator;
         this.gemm = gemm;
         Config = config.Validate();
-        this.flashAttention = flashAttention is not null && NvrtcFlashAttention.Supports(config.Channels, config.Heads) ? flashAttention : null;
-        if (gemm is CublasGemm { Precision: GemmPrecision.BFloat16 } cublas)
-        {
-            bf16Gemm = cublas;
-            bf16 = new GpuBFloat16(accelerator);
-            parametersBf16 = accelerator.Allocate1D<ushort>(ParameterLayout.For(config).TotalElements);
-        }
         Layout = ParameterLayout.For(config);
         layerNorm = new GpuLayerNorm(accelerator);
-        attention = new GpuAttention(accelerator);
+        attention = flashAttention is not null && NvrtcFlashAttention.Supports(Config.Channels, Config.Heads)
+            ? new FlashAttentionPath(flashAttention, Config.Heads)
+            : new MaterialisedAttentionPath(gemm, new GpuAttention(accelerator), Config.Channels, Config.Heads);
         gelu = new GpuGelu(accelerator);
         residual = new GpuResidual(accelerator);
         embedding = new GpuEmbedding(accelerator);
@@ -116,6 +105,13 @@ public sealed class GpuGpt : IGptEngine
         normPartials = accelerator.Allocate1D<double>((long)Layout.Tensors.Count * gradientNorm.PartialsPerTensor);
         normTotal = accelerator.Allocate1D<double>(1);
         clipScale = accelerator.Allocate1D<float>(1);
+        // Mixed precision when the GEMM is cuBLAS at bf16: bf16 operands (a parameter mirror, copies of the GEMM inputs) with
+        // fp32 accumulation, outputs and master weights; otherwise fp32 operands through any IGemm.
+        linear = gemm is CublasGemm { Precision: GemmPrecision.BFloat16 } cublas
+            ? new BFloat16LinearLayers(accelerator, cublas, layerNorm, gelu, columnSum, parameters.View, gradients.View, Lap)
+            : new Float32LinearLayers(gemm, layerNorm, gelu, residual, columnSum, parameters.View, gradients.View, Lap);
+        activations = new GpuActivationCache(accelerator, Config, ActivationShapesKept, attentionScores: attention.MaterialisesScores,
+                                             bf16Copies: linear.KeepsBFloat16Copies);
     }
 
     // For GpuGptDecoder, which runs the forward one cached position at a time on these weights and kernels.
@@ -212,7 +208,7 @@ public sealed class GpuGpt : IGptEngine
     }
 
     // Checks and uploads the LM head's output gradients; returns the activations and ∂L/∂h (to be initialised by the caller).
-    private (ShapeBuffers S, ArrayView<float> DLnf) PrepareHeadBackward(GptBatch batch, ReadOnlySpan<float> dLogProbs, ReadOnlySpan<float> dEntropy)
+    private (GpuActivations S, ArrayView<float> DLnf) PrepareHeadBackward(GptBatch batch, ReadOnlySpan<float> dLogProbs, ReadOnlySpan<float> dEntropy)
     {
         RequireForward(batch, LastForward.LanguageModel, "Backward");
         var s = Prepare(batch, dLogProbs.Length);
@@ -228,7 +224,7 @@ public sealed class GpuGpt : IGptEngine
         return (s, s["d_ln"]);
     }
 
-    private void HeadAndTransformerBackward(GptBatch batch, ShapeBuffers s, ArrayView<float> dLnf, bool withEntropy)
+    private void HeadAndTransformerBackward(GptBatch batch, GpuActivations s, ArrayView<float> dLnf, bool withEntropy)
     {
         lmHead.Backward(s["lnf"], Wte(parameters), s.Targets, Config.Channels, Config.VocabSize, s["logsumexp"],
                         withEntropy ? s["entropy"] : default, s["d_logprobs"], withEntropy ? s["d_entropy"] : default,
@@ -485,79 +481,59 @@ public sealed class GpuGpt : IGptEngine
 
 
     // ---------------------------------------------------------------------------------------------
-    // forward: as Gpt's. Per block:
-    //   ln1 = LN(x); qkv = ln1·W_attn + b; scores[b,h] = q·kᵀ; a = softmax(scores/√hs, causal ∧ same segment)
-    //   atty[b,h] = a·v; x2 = x + atty·W_proj + b; ln2 = LN(x2); fch = ln2·W_fc + b; x3 = x2 + gelu(fch)·W_fcproj + b
+    // forward: as Gpt's, one kernel (or strategy call) per op. Per block, with x the residual stream:
+    //   ln1 = LN(x); qkv = ln1·W_attn + b; atty = softmax(q·kᵀ/√hs, causal ∧ same segment)·v per head
+    //   x2 = x + atty·W_proj + b; ln2 = LN(x2); fch = ln2·W_fc + b; x3 = x2 + gelu(fch)·W_fcproj + b
+    // The precision of the linear layers (and where LN and GELU write their GEMM inputs) is `linear`'s; the attention
+    // kernels are `attention`'s; both chosen in the constructor.
     // ---------------------------------------------------------------------------------------------
-    private void TransformerForward(GptBatch batch, ShapeBuffers s)
+    private void TransformerForward(GptBatch batch, GpuActivations s)
     {
         int n = batch.TokenCount, c = Config.Channels;
         var encoded = s["encoded"];
         Profile?.Restart();
-        if (bf16 is not null) bf16.ToBFloat16(parameters.View, parametersBf16!.View);   // the weights as the GEMMs will see them
+        linear.BeginForward();
         embedding.Forward(s.Tokens, s.Positions, Wte(parameters), Slice(parameters, Layout.Wpe, (long)Config.MaxSequenceLength * c), c, encoded);
         Lap("embedding fwd");
         var x = encoded;
-        var projection = s["projection"];
         for (int l = 0; l < Config.Layers; l++)
         {
             var o = Layout.Blocks[l];
             string a = $"h.{l}.";
-            var ln1 = s[a + "ln1"];
             var qkv = s[a + "qkv"];
             var atty = s[a + "atty"];
             var residual2 = s[a + "residual2"];
-            var ln2 = s[a + "ln2"];
             var fch = s[a + "fch"];
-            var fchGelu = s[a + "fch_gelu"];
             var residual3 = s[a + "residual3"];
 
-            // mixed precision: LayerNorm and GELU outputs are only GEMM operands, so they are written as bf16 directly
-            if (bf16Gemm is null) layerNorm.Forward(x, P(o.Ln1Weight, c), P(o.Ln1Bias, c), ln1, s[a + "ln1_mean"], s[a + "ln1_rstd"]);
-            else layerNorm.Forward(x, P(o.Ln1Weight, c), P(o.Ln1Bias, c), s.BFloat16(a + "ln1"), s[a + "ln1_mean"], s[a + "ln1_rstd"]);
+            linear.LayerNormForward(x, P(o.Ln1Weight, c), P(o.Ln1Bias, c), s, a + "ln1");
             Lap("layernorm fwd");
-            LinearForward(s, a + "ln1", bf16Gemm is null ? ln1 : default, o.AttnWeight, P(o.AttnBias, 3 * c), qkv, n, c, 3 * c);
+            linear.Forward(s, a + "ln1", o.AttnWeight, o.AttnBias, qkv, n, c, 3 * c);
             Lap("matmul fwd");
-            if (flashAttention is not null)
-                flashAttention.Forward(qkv, s.Segments, batch.Rows, batch.Length, Config.Heads, atty, s.AttentionLogSumExp(l));
-            else
-                AttentionForward(batch, s, qkv, s[a + "att"], atty);
+            attention.Forward(s, l, qkv, atty);
             Lap("attention fwd");
-            if (bf16Gemm is null)
-            {
-                LinearForward(s, a + "atty", atty, o.AttnProjWeight, P(o.AttnProjBias, c), projection, n, c, c);
-                Lap("matmul fwd");
-                residual.Forward(x, projection, residual2);
-            }
-            else ProjectionWithResidual(s, a + "atty", atty, o.AttnProjWeight, P(o.AttnProjBias, c), x, residual2, n, c, c);
-            Lap("residual fwd");
-            if (bf16Gemm is null) layerNorm.Forward(residual2, P(o.Ln2Weight, c), P(o.Ln2Bias, c), ln2, s[a + "ln2_mean"], s[a + "ln2_rstd"]);
-            else layerNorm.Forward(residual2, P(o.Ln2Weight, c), P(o.Ln2Bias, c), s.BFloat16(a + "ln2"), s[a + "ln2_mean"], s[a + "ln2_rstd"]);
+            linear.ProjectionWithResidual(s, a + "atty", LinearInputSource.Float32, o.AttnProjWeight, o.AttnProjBias, x, residual2, n, c, c);
+            Lap("residual fwd");   // the projection's GEMM was charged to "matmul fwd"
+            linear.LayerNormForward(residual2, P(o.Ln2Weight, c), P(o.Ln2Bias, c), s, a + "ln2");
             Lap("layernorm fwd");
-            LinearForward(s, a + "ln2", bf16Gemm is null ? ln2 : default, o.FcWeight, P(o.FcBias, 4 * c), fch, n, c, 4 * c);
+            linear.Forward(s, a + "ln2", o.FcWeight, o.FcBias, fch, n, c, 4 * c);
             Lap("matmul fwd");
-            if (bf16Gemm is null) gelu.Forward(fch, fchGelu);
-            else gelu.Forward(fch, s.BFloat16(a + "fch_gelu"));
+            linear.GeluForward(fch, s, a + "fch_gelu");
             Lap("gelu fwd");
-            if (bf16Gemm is null)
-            {
-                LinearForward(s, a + "fch_gelu", fchGelu, o.FcProjWeight, P(o.FcProjBias, c), projection, n, 4 * c, c);
-                Lap("matmul fwd");
-                residual.Forward(residual2, projection, residual3);
-            }
-            else ProjectionWithResidual(s, a + "fch_gelu", default, o.FcProjWeight, P(o.FcProjBias, c), residual2, residual3, n, 4 * c, c);
+            linear.ProjectionWithResidual(s, a + "fch_gelu", LinearInputSource.Producer, o.FcProjWeight, o.FcProjBias, residual2, residual3, n, 4 * c, c);
             Lap("residual fwd");
             x = residual3;
         }
-        layerNorm.Forward(x, P(Layout.LnFWeight, c), P(Layout.LnFBias, c), s["lnf"], s["lnf_mean"], s["lnf_rstd"]);
+        layerNorm.Forward(x, P(Layout.LnFWeight, c), P(Layout.LnFBias, c), s["lnf"], s["lnf_mean"], s["lnf_rstd"]);   // fp32: the heads read h
         Lap("layernorm fwd");
     }
 
     // ---------------------------------------------------------------------------------------------
     // backward: the forward's calls in reverse; d_residual carries ∂L/∂(residual stream) and each LayerNorm
-    // backward adds into it (the residual connection's backward), exactly as Gpt.TransformerBackward.
+    // backward adds into it (the residual connection's backward), exactly as Gpt.TransformerBackward. Each linear
+    // backward overwrites its dx (every dx here has that one producer) and accumulates into dW and db.
     // ---------------------------------------------------------------------------------------------
-    private void TransformerBackward(GptBatch batch, ShapeBuffers s)
+    private void TransformerBackward(GptBatch batch, GpuActivations s)
     {
         int n = batch.TokenCount, c = Config.Channels;
         var dResidual = s["d_residual"];
@@ -579,26 +555,24 @@ public sealed class GpuGpt : IGptEngine
             string a = $"h.{l}.";
             var x = l == 0 ? s["encoded"] : s[$"h.{l - 1}.residual3"];
 
-            LinearBackward(s, dResidual, a + "fch_gelu", o.FcProjWeight, dFchGelu, G(o.FcProjBias, c), n, 4 * c, c);
+            // MLP: residual3 = residual2 + fc_proj(gelu(fc(ln_2(residual2))))
+            linear.Backward(s, dResidual, a + "fch_gelu", o.FcProjWeight, o.FcProjBias, dFchGelu, n, 4 * c, c);
             Lap("matmul bwd");
             gelu.Backward(dFchGelu, s[a + "fch"], dFch, accumulate: false);
             Lap("gelu bwd");
-            LinearBackward(s, dFch, a + "ln2", o.FcWeight, dLn, G(o.FcBias, 4 * c), n, c, 4 * c);
+            linear.Backward(s, dFch, a + "ln2", o.FcWeight, o.FcBias, dLn, n, c, 4 * c);
             Lap("matmul bwd");
             layerNorm.Backward(dLn, s[a + "residual2"], P(o.Ln2Weight, c), s[a + "ln2_mean"], s[a + "ln2_rstd"],
                                dResidual, G(o.Ln2Weight, c), G(o.Ln2Bias, c));
             Lap("layernorm bwd");
 
-            LinearBackward(s, dResidual, a + "atty", o.AttnProjWeight, dAtty, G(o.AttnProjBias, c), n, c, c);
+            // attention: residual2 = residual + attn_proj(attention(qkv(ln_1(residual))))
+            linear.Backward(s, dResidual, a + "atty", o.AttnProjWeight, o.AttnProjBias, dAtty, n, c, c);
             Lap("matmul bwd");
             dQkv.MemSetToZero();
-            if (flashAttention is not null)
-                flashAttention.Backward(dAtty, s[a + "qkv"], s.Segments, s[a + "atty"], s.AttentionLogSumExp(l), batch.Rows, batch.Length,
-                                        Config.Heads, s["attn_delta"], dQkv);
-            else
-                AttentionBackward(batch, s, dAtty, s[a + "qkv"], s[a + "att"], dQkv);
+            attention.Backward(s, l, s[a + "qkv"], s[a + "atty"], dAtty, dQkv);
             Lap("attention bwd");
-            LinearBackward(s, dQkv, a + "ln1", o.AttnWeight, dLn, G(o.AttnBias, 3 * c), n, c, 3 * c);
+            linear.Backward(s, dQkv, a + "ln1", o.AttnWeight, o.AttnBias, dLn, n, c, 3 * c);
             Lap("matmul bwd");
             layerNorm.Backward(dLn, x, P(o.Ln1Weight, c), s[a + "ln1_mean"], s[a + "ln1_rstd"],
                                dResidual, G(o.Ln1Weight, c), G(o.Ln1Bias, c));
@@ -609,117 +583,13 @@ public sealed class GpuGpt : IGptEngine
         Lap("embedding bwd");
     }
 
-    // y[N, out] = x[N, in]·W[in, out] + b, W the parameter at weightOffset. Mixed precision: x is rounded to bf16 into
-    // the saved copy of activation `inputName` (the backward's dW reads it), unless `input` is empty because the
-    // producer wrote that copy itself, and multiplied with W's bf16 mirror.
-    private void LinearForward(ShapeBuffers s, string inputName, ArrayView<float> input, long weightOffset, ArrayView<float> bias,
-                               ArrayView<float> output, int rows, int inDim, int outDim)
-    {
-        if (bf16Gemm is null)
-        {
-            gemm.Multiply(false, false, rows, outDim, inDim, 1f, input, inDim, P(weightOffset, (long)inDim * outDim), outDim, 0f, output, outDim, bias);
-            return;
-        }
-        var inputBf16 = s.BFloat16(inputName);
-        if (input.Length > 0) bf16!.ToBFloat16(input, inputBf16);
-        bf16Gemm.MultiplyBFloat16(false, false, rows, outDim, inDim, 1f, inputBf16, inDim, PB(weightOffset, (long)inDim * outDim), outDim,
-                                  0f, output, outDim, bias);
-    }
-
-    // Mixed precision: output = stream + x·W + b in one cuBLASLt call (the residual add as its C operand), x's bf16
-    // copy made first unless its producer wrote it (`input` empty). Charged to "matmul fwd"; there is no residual pass.
-    private void ProjectionWithResidual(ShapeBuffers s, string inputName, ArrayView<float> input, long weightOffset, ArrayView<float> bias,
-                                        ArrayView<float> stream, ArrayView<float> output, int rows, int inDim, int outDim)
-    {
-        var inputBf16 = s.BFloat16(inputName);
-        if (input.Length > 0) bf16!.ToBFloat16(input, inputBf16);
-        bf16Gemm!.MultiplyBFloat16AddResidual(rows, outDim, inDim, inputBf16, inDim, PB(weightOffset, (long)inDim * outDim), outDim, bias,
-                                              stream.SubView(0, (long)rows * outDim), output.SubView(0, (long)rows * outDim));
-        Lap("matmul fwd");
-    }
-
-    // dx = dy·Wᵀ (overwritten: every dx here has this one producer);  dW += xᵀ·dy;  db += Σ_rows dy (column sums).
-    // x is the forward's activation `inputName`.
-    // Mixed precision: dy rounded to bf16 once (scratch "dy"), then both GEMMs on bf16 operands (x from its forward copy).
-    private void LinearBackward(ShapeBuffers s, ArrayView<float> dOutput, string inputName, long weightOffset,
-                                ArrayView<float> dInput, ArrayView<float> dBias, int rows, int inDim, int outDim)
-    {
-        long weightLength = (long)inDim * outDim;
-        if (bf16Gemm is null)
-        {
-            gemm.Multiply(false, true, rows, inDim, outDim, 1f, dOutput, outDim, P(weightOffset, weightLength), outDim, 0f, dInput, inDim);
-            gemm.Multiply(true, false, inDim, outDim, rows, 1f, s[inputName], inDim, dOutput, outDim, 1f, G(weightOffset, weightLength), outDim);
-        }
-        else
-        {
-            // dy read once: the bias gradient's column sums and its bf16 copy in one pass
-            var dOutputBf16 = s.BFloat16("dy").SubView(0, (long)rows * outDim);
-            columnSum.SumAndRoundToBFloat16(dOutput.SubView(0, (long)rows * outDim), dBias, dOutputBf16);
-            bf16Gemm.MultiplyBFloat16(false, true, rows, inDim, outDim, 1f, dOutputBf16, outDim, PB(weightOffset, weightLength), outDim, 0f, dInput, inDim);
-            bf16Gemm.MultiplyBFloat16(true, false, inDim, outDim, rows, 1f, s.BFloat16(inputName), inDim, dOutputBf16, outDim,
-                                      1f, G(weightOffset, weightLength), outDim);
-            return;
-        }
-        columnSum.Sum(dOutput.SubView(0, (long)rows * outDim), dBias);
-    }
-
-    // Per row b, over the NH heads (stride hs): scores = q·kᵀ [T, T]; then the masked softmax over all rows; then out = a·v.
-    private void AttentionForward(GptBatch batch, ShapeBuffers s, ArrayView<float> qkv, ArrayView<float> att, ArrayView<float> atty)
-    {
-        int T = batch.Length, nh = Config.Heads, c = Config.Channels, hs = c / nh;
-        long tt = (long)T * T;
-        for (int b = 0; b < batch.Rows; b++)
-        {
-            var rowQkv = qkv.SubView((long)b * T * 3 * c);
-            gemm.MultiplyStridedBatched(false, true, T, T, hs, 1f, rowQkv, 3 * c, hs, rowQkv.SubView(c), 3 * c, hs,
-                                        0f, att.SubView(b * nh * tt), T, tt, nh);
-        }
-        attention.SoftmaxForward(att, s.Segments, batch.Rows, T, nh, 1f / MathF.Sqrt(hs), att);
-        for (int b = 0; b < batch.Rows; b++)
-        {
-            var rowQkv = qkv.SubView((long)b * T * 3 * c);
-            gemm.MultiplyStridedBatched(false, false, T, hs, T, 1f, att.SubView(b * nh * tt), T, tt, rowQkv.SubView(2 * c), 3 * c, hs,
-                                        0f, atty.SubView((long)b * T * c), c, hs, nh);
-        }
-    }
-
-    // dA = dout·vᵀ;  dv += aᵀ·dout;  dS = softmax backward (scale included);  dq += dS·k;  dk += dSᵀ·q   (dQkv accumulated)
-    private void AttentionBackward(GptBatch batch, ShapeBuffers s, ArrayView<float> dAtty, ArrayView<float> qkv, ArrayView<float> att, ArrayView<float> dQkv)
-    {
-        int T = batch.Length, nh = Config.Heads, c = Config.Channels, hs = c / nh;
-        long tt = (long)T * T;
-        var dAtt = s["d_att"];
-        for (int b = 0; b < batch.Rows; b++)
-        {
-            var rowQkv = qkv.SubView((long)b * T * 3 * c);
-            var rowDQkv = dQkv.SubView((long)b * T * 3 * c);
-            var rowDOut = dAtty.SubView((long)b * T * c);
-            gemm.MultiplyStridedBatched(false, true, T, T, hs, 1f, rowDOut, c, hs, rowQkv.SubView(2 * c), 3 * c, hs,
-                                        0f, dAtt.SubView(b * nh * tt), T, tt, nh);
-            gemm.MultiplyStridedBatched(true, false, T, hs, T, 1f, att.SubView(b * nh * tt), T, tt, rowDOut, c, hs,
-                                        1f, rowDQkv.SubView(2 * c), 3 * c, hs, nh);
-        }
-        attention.SoftmaxBackward(dAtt, att, batch.Rows, T, nh, 1f / MathF.Sqrt(hs), dAtt);
-        for (int b = 0; b < batch.Rows; b++)
-        {
-            var rowQkv = qkv.SubView((long)b * T * 3 * c);
-            var rowDQkv = dQkv.SubView((long)b * T * 3 * c);
-            var rowDScores = dAtt.SubView(b * nh * tt);
-            gemm.MultiplyStridedBatched(false, false, T, hs, T, 1f, rowDScores, T, tt, rowQkv.SubView(c), 3 * c, hs,
-                                        1f, rowDQkv, 3 * c, hs, nh);
-            gemm.MultiplyStridedBatched(true, false, T, hs, T, 1f, rowDScores, T, tt, rowQkv, 3 * c, hs,
-                                        1f, rowDQkv.SubView(c), 3 * c, hs, nh);
-        }
-    }
-
     private ArrayView<float> P(long offset, long length) => Slice(parameters, offset, length);
     private ArrayView<float> G(long offset, long length) => Slice(gradients, offset, length);
-    private ArrayView<ushort> PB(long offset, long length) => parametersBf16!.View.SubView(offset, length);
     private ArrayView<float> Wte(MemoryBuffer1D<float, Stride1D.Dense> buffer) => Slice(buffer, Layout.Wte, (long)Config.VocabSize * Config.Channels);
     private static ArrayView<float> All(MemoryBuffer1D<float, Stride1D.Dense> buffer) => buffer.View;
     private static ArrayView<float> Slice(MemoryBuffer1D<float, Stride1D.Dense> buffer, long offset, long length) => buffer.View.SubView(offset, length);
 
-    private ShapeBuffers Prepare(GptBatch batch, int vectorLength)
+    private GpuActivations Prepare(GptBatch batch, int vectorLength)
     {
         batch.Validate(Config);
         if (vectorLength != batch.TokenCount)
@@ -727,7 +597,7 @@ public sealed class GpuGpt : IGptEngine
         if (shape is null || shape.Rows != batch.Rows || shape.Length != batch.Length)
         {
             lastForward = LastForward.None;   // the activations in the buffers of another shape are not the last forward's
-            shape = ShapeFor(batch.Rows, batch.Length);
+            shape = activations.For(batch.Rows, batch.Length);
         }
         shape.Tokens.CopyFromCPU(batch.Tokens);
         shape.Positions.CopyFromCPU(batch.Positions);
@@ -744,129 +614,12 @@ public sealed class GpuGpt : IGptEngine
     /// </summary>
     public const int ActivationShapesKept = 4;
 
-    private readonly List<ShapeBuffers> shapesByRecency = [];
-
-    /// <summary>The buffers of a rows × length batch: a kept one (moved to most recent) or newly allocated.</summary>
-    private ShapeBuffers ShapeFor(int rows, int length)
-    {
-        int kept = shapesByRecency.FindIndex(b => b.Rows == rows && b.Length == length);
-        ShapeBuffers buffers;
-        if (kept >= 0)
-        {
-            buffers = shapesByRecency[kept];
-            shapesByRecency.RemoveAt(kept);
-        }
-        else
-        {
-            if (shapesByRecency.Count == ActivationShapesKept)
-            {
-                shapesByRecency[0].Dispose();
-                shapesByRecency.RemoveAt(0);
-            }
-            buffers = new ShapeBuffers(accelerator, Config, rows, length, attentionScores: flashAttention is null, bf16Copies: bf16Gemm is not null);
-        }
-        shapesByRecency.Add(buffers);
-        return buffers;
-    }
-
-    /// <summary>
-    /// The device activations of one batch shape: <see cref="GptActivations"/>'s plan (same names, same sizes)
-    /// in one device buffer, plus the attention-gradient scratch d_att [B, NH, T, T] (empty with flash attention, which
-    /// keeps per-layer log-sum-exps attn_lse [L, B, NH, T] and a delta scratch instead), ∂L/∂logprob and the batch's ids.
-    /// The LM head's logits go to a buffer of their own, sized by <see cref="GpuSequenceLogProbs.ScratchLength"/>
-    /// (thousands of padded rows per chunk, not the CPU plan's "logits_chunk", which stays in the plan unused).
-    /// </summary>
-    private sealed class ShapeBuffers : IDisposable
-    {
-        private readonly MemoryBuffer1D<float, Stride1D.Dense> floats;
-        private readonly MemoryBuffer1D<int, Stride1D.Dense> ids;
-        private readonly MemoryBuffer1D<float, Stride1D.Dense> logitsScratch;
-        private readonly Dictionary<string, ArrayView<float>> views = new();
-        public int Rows { get; }
-        public int Length { get; }
-        public ArrayView<int> Tokens { get; }
-        public ArrayView<int> Positions { get; }
-        public ArrayView<int> Segments { get; }
-        public ArrayView<int> Targets { get; }
-        public ArrayView<float> LogitsScratch => logitsScratch.View;
-
-        private readonly int heads;
-
-        /// <param name="attentionScores">false with flash attention: no [B, NH, T, T] probabilities or their gradient</param>
-        /// <param name="bf16Copies">mixed precision: also bf16 copies of each layer's GEMM inputs (ln1, atty, ln2, fch_gelu)
-        /// and a bf16 scratch "dy" for the backward's output gradients</param>
-        public ShapeBuffers(Accelerator accelerator, GptConfig config, int rows, int length, bool attentionScores, bool bf16Copies)
-        {
-            heads = config.Heads;
-            Rows = rows;
-            Length = length;
-            long n = (long)rows * length;
-            var builder = new MemoryPlanBuilder();
-            var arena = builder.Arena(GptActivations.Arena);
-            GptActivations.Plan(arena, config, rows, length, attentionScores);
-            arena.Add<float>("d_att", attentionScores ? (long)rows * config.Heads * length * length : 0).Add<float>("d_logprobs", n)
-                 .Add<float>("d_entropy", n);
-            long perLayer = (long)rows * config.Heads * length;   // flash attention's saved log-sum-exp per layer, and its delta scratch
-            arena.Add<float>("attn_lse", config.Layers * perLayer).Add<float>("attn_delta", perLayer);
-            var plan = builder.Build()[GptActivations.Arena];
-            floats = accelerator.Allocate1D<float>(plan.SizeInBytes / sizeof(float));
-            foreach (var t in plan.Tensors)
-                views[t.Name] = floats.View.SubView(t.ByteOffset / sizeof(float), t.ElementCount);
-            floats.MemSetToZero();
-            ids = accelerator.Allocate1D<int>(4 * n);
-            Tokens = ids.View.SubView(0, n);
-            Positions = ids.View.SubView(n, n);
-            Segments = ids.View.SubView(2 * n, n);
-            Targets = ids.View.SubView(3 * n, n);
-            logitsScratch = accelerator.Allocate1D<float>(GpuSequenceLogProbs.ScratchLength((int)n, config.VocabSize));
-            if (bf16Copies)
-            {
-                long c = config.Channels, at = 0;
-                var sizes = new List<(string Name, long Length)>();
-                for (int l = 0; l < config.Layers; l++)
-                    sizes.AddRange([($"h.{l}.ln1", n * c), ($"h.{l}.atty", n * c), ($"h.{l}.ln2", n * c), ($"h.{l}.fch_gelu", n * 4 * c)]);
-                sizes.Add(("dy", n * 4 * c));
-                halves = accelerator.Allocate1D<ushort>(sizes.Sum(x => RoundUp(x.Length)));
-                foreach (var (name, count) in sizes)
-                {
-                    halfViews[name] = halves.View.SubView(at, count);
-                    at += RoundUp(count);   // every copy starts 16-byte aligned, as cuBLAS's fastest kernels want
-                }
-            }
-        }
-
-        private static long RoundUp(long elements) => (elements + 7) / 8 * 8;
-
-        private readonly MemoryBuffer1D<ushort, Stride1D.Dense>? halves;
-        private readonly Dictionary<string, ArrayView<ushort>> halfViews = new();
-
-        public ArrayView<float> this[string name] => views[name];
-
-        /// <summary>The bf16 copy of activation <paramref name="name"/> (mixed precision), or the "dy" scratch.</summary>
-        public ArrayView<ushort> BFloat16(string name) => halfViews[name];
-
-        /// <summary>Layer <paramref name="layer"/>'s attention log-sum-exp [B, NH, T] (flash attention).</summary>
-        public ArrayView<float> AttentionLogSumExp(int layer)
-        {
-            long perLayer = (long)Rows * heads * Length;
-            return views["attn_lse"].SubView(layer * perLayer, perLayer);
-        }
-
-        public void Dispose()
-        {
-            floats.Dispose();
-            ids.Dispose();
-            logitsScratch.Dispose();
-            halves?.Dispose();
-        }
-    }
-
     public void Dispose()
     {
-        foreach (var buffers in shapesByRecency) buffers.Dispose();
+        activations.Dispose();
         gatherRows?.Dispose();
         gatheredFeatures?.Dispose();
-        parametersBf16?.Dispose();
+        linear.Dispose();
         lmHead.Dispose();
         layerNorm.Dispose();
         embedding.Dispose();
