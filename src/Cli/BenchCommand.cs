@@ -1,11 +1,9 @@
 using System.CommandLine;
 using DistAlign.Alignment.Policies;
 using DistAlign.Alignment.Training;
-using DistAlign.Engine.Devices;
 using DistAlign.Kernels.Cpu.Simd;
 using DistAlign.Engine.Native;
 using DistAlign.Kernels.Cpu;
-using DistAlign.Transformer.Gpu;
 using DistAlign.Transformer.Model;
 using DistAlign.Transformer.Training;
 using Spectre.Console;

@@ -1,6 +1,7 @@
 using DistAlign.Kernels.Gpu;
 using DistAlign.Transformer.Gpu;
 using DistAlign.Transformer.Model;
+using DistAlign.Transformer.Training;
 using ILGPU.Runtime;
 
 namespace DistAlign.GpuCheck;

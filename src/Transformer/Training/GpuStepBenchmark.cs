@@ -1,10 +1,10 @@
 using System.Diagnostics;
 using DistAlign.Kernels.Gpu;
+using DistAlign.Transformer.Gpu;
 using DistAlign.Transformer.Model;
-using DistAlign.Transformer.Training;
 using ILGPU.Runtime;
 
-namespace DistAlign.Transformer.Gpu;
+namespace DistAlign.Transformer.Training;
 
 /// <summary>What one <see cref="GpuStepBenchmark.Run"/> measured.</summary>
 /// <param name="MedianMilliseconds">median wall time of one whole training step (host to host, synchronised)</param>
