@@ -1,6 +1,6 @@
 using System.Diagnostics;
 using System.Text.Json;
-using DistAlign.Alignment.Objectives;
+using DistAlign.Alignment.Data;
 using DistAlign.Alignment.Training;
 using DistAlign.Engine.Random;
 using DistAlign.Kernels.Cpu;
