@@ -1,9 +1,7 @@
 using System.CommandLine;
 using System.Text.Json;
 using DistAlign.Kernels.Cpu;
-using DistAlign.Kernels.Gpu;
 using DistAlign.Transformer.Data;
-using DistAlign.Transformer.Gpu;
 using DistAlign.Transformer.Model;
 using DistAlign.Transformer.Tokenization;
 using DistAlign.Transformer.Training;

@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Text.Json;
 using DistAlign.Alignment.Data;
 using DistAlign.Alignment.Reward;
 using DistAlign.Engine.Random;
