@@ -6,7 +6,6 @@ using DistAlign.Alignment.Objectives;
 using DistAlign.Alignment.Policies;
 using DistAlign.Alignment.Training;
 using DistAlign.Kernels.Cpu;
-using DistAlign.Transformer.Gpu;
 using DistAlign.Transformer.Model;
 using DistAlign.Transformer.Training;
 

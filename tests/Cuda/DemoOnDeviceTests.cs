@@ -2,7 +2,6 @@ using DistAlign.Alignment.Experiments;
 using DistAlign.Alignment.Policies;
 using DistAlign.Kernels.Gpu;
 using DistAlign.Tests.Alignment;
-using DistAlign.Transformer.Training;
 
 namespace DistAlign.Tests.Cuda;
 

@@ -3,7 +3,6 @@ using DistAlign.Alignment.Objectives;
 using DistAlign.Alignment.Policies;
 using DistAlign.Alignment.Training;
 using DistAlign.Kernels.Cpu;
-using DistAlign.Tests.Alignment;
 using DistAlign.Transformer.Model;
 using DistAlign.Transformer.Training;
 using ILGPU.Runtime;

@@ -4,7 +4,6 @@ using DistAlign.Alignment.Policies;
 using DistAlign.Alignment.Reward;
 using DistAlign.Alignment.Training;
 using DistAlign.Kernels.Cpu;
-using DistAlign.Kernels.Gpu;
 using DistAlign.Transformer.Gpu;
 using DistAlign.Transformer.Model;
 using DistAlign.Transformer.Training;
