@@ -6,7 +6,6 @@ using DistAlign.Alignment.Training;
 using DistAlign.Kernels.Cpu.Simd;
 using DistAlign.Engine.Native;
 using DistAlign.Kernels.Cpu;
-using DistAlign.Transformer.Gpu;
 using DistAlign.Transformer.Model;
 using Spectre.Console;
 

@@ -6,10 +6,8 @@ using DistAlign.Alignment.Benchmarks;
 using DistAlign.Transformer.Devices;
 using DistAlign.Alignment.Objectives;
 using DistAlign.Alignment.Policies;
-using DistAlign.Alignment.Reward;
 using DistAlign.Alignment.Training;
 using DistAlign.Kernels.Cpu;
-using DistAlign.Kernels.Gpu;
 using DistAlign.Transformer.Model;
 using DistAlign.Transformer.Training;
 

@@ -1,7 +1,6 @@
 using System.CommandLine;
 using System.Text.Json;
 using DistAlign.Kernels.Cpu;
-using DistAlign.Kernels.Gpu;
 using DistAlign.Transformer.Data;
 using DistAlign.Transformer.Model;
 using DistAlign.Transformer.Tokenization;

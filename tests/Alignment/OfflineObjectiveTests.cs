@@ -1,3 +1,4 @@
+using DistAlign.Alignment.Data;
 using DistAlign.Alignment.Objectives;
 using DistAlign.Alignment.Policies;
 using DistAlign.Kernels.Cpu;
@@ -201,7 +202,7 @@ public class TabularRewardModelTests
         for (int x = 0; x < contexts; x++)
             for (int y = 0; y < responses; y++) r[x, y] = rng.NextDouble() * 2 - 1;
         // Every unordered pair 200 times, round(200·σ(R_a − R_b)) of them won by a.
-        var pairs = new List<DistAlign.Alignment.Objectives.PreferencePair>();
+        var pairs = new List<DistAlign.Alignment.Data.PreferencePair>();
         for (int x = 0; x < contexts; x++)
             for (int a = 0; a < responses; a++)
                 for (int b = a + 1; b < responses; b++)

@@ -1,7 +1,5 @@
-using DistAlign.Alignment.Objectives;
 using DistAlign.Alignment.Policies;
 using DistAlign.Alignment.Training;
-using DistAlign.Kernels.Cpu;
 using DistAlign.Tests.TestSupport;
 using DistAlign.Transformer.Model;
 using DistAlign.Transformer.Tokenization;

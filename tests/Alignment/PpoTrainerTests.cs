@@ -1,4 +1,3 @@
-using DistAlign.Alignment.Objectives;
 using DistAlign.Alignment.Policies;
 using DistAlign.Alignment.Training;
 using DistAlign.Transformer.Model;

@@ -1,6 +1,7 @@
 using DistAlign.Transformer.Devices;
 using DistAlign.Alignment.Benchmarks;
 using DistAlign.Alignment.Objectives;
+using DistAlign.Alignment.Data;
 using DistAlign.Alignment.Reward;
 using DistAlign.Alignment.Training;
 using DistAlign.Kernels.Cpu;

@@ -1,4 +1,4 @@
-using DistAlign.Alignment.Objectives;
+using DistAlign.Alignment.Data;
 using DistAlign.Alignment.Policies;
 using DistAlign.Alignment.Reward;
 using DistAlign.Engine.SafeTensors;

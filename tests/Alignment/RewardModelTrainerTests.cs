@@ -1,4 +1,4 @@
-using DistAlign.Alignment.Objectives;
+using DistAlign.Alignment.Data;
 using DistAlign.Alignment.Reward;
 using DistAlign.Alignment.Training;
 using DistAlign.Kernels.Cpu;

@@ -1,9 +1,7 @@
 using DistAlign.Alignment.Training;
 using DistAlign.Cli;
 using DistAlign.Engine.Cuda;
-using DistAlign.Kernels.Gpu;
 using DistAlign.Tests.Alignment;
-using DistAlign.Tests.Cuda;
 using DistAlign.Transformer.Model;
 
 namespace DistAlign.Tests.Cli;

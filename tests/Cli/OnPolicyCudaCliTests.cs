@@ -1,7 +1,6 @@
 using DistAlign.Alignment.Reward;
 using DistAlign.Alignment.Training;
 using DistAlign.Cli;
-using DistAlign.Engine.Cuda;
 using DistAlign.Tests.Alignment;
 using DistAlign.Tests.Cuda;
 using DistAlign.Tests.TestSupport;

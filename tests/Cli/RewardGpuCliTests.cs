@@ -1,7 +1,6 @@
 using DistAlign.Alignment.Reward;
 using DistAlign.Cli;
 using DistAlign.Engine.Cuda;
-using DistAlign.Kernels.Cpu;
 using DistAlign.Tests.Alignment;
 using DistAlign.Tests.Cuda;
 using DistAlign.Transformer.Model;

@@ -1,6 +1,4 @@
 using DistAlign.Cli;
-using DistAlign.Engine.Cuda;
-using DistAlign.Tests.Cuda;
 using DistAlign.Transformer.Model;
 using static DistAlign.Tests.TestSupport.Numerics;
 

@@ -4,8 +4,6 @@ using DistAlign.Alignment.Experiments;
 using DistAlign.Alignment.Policies;
 using DistAlign.Kernels.Gpu;
 using DistAlign.Tests.Alignment;
-using DistAlign.Transformer.Model;
-using DistAlign.Transformer.Training;
 
 namespace DistAlign.Tests.Cuda;
 

@@ -1,10 +1,9 @@
 using DistAlign.Alignment.Benchmarks;
+using DistAlign.Alignment.Data;
 using DistAlign.Alignment.Objectives;
 using DistAlign.Alignment.Policies;
 using DistAlign.Alignment.Training;
 using DistAlign.Kernels.Cpu;
-using DistAlign.Kernels.Gpu;
-using DistAlign.Tests.Alignment;
 using DistAlign.Transformer.Model;
 using DistAlign.Transformer.Training;
 using ILGPU.Runtime;

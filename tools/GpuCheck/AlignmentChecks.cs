@@ -1,5 +1,6 @@
 using DistAlign.Alignment.Benchmarks;
 using DistAlign.Transformer.Devices;
+using DistAlign.Alignment.Data;
 using DistAlign.Alignment.Objectives;
 using DistAlign.Alignment.Policies;
 using DistAlign.Alignment.Reward;

@@ -1,4 +1,3 @@
-using DistAlign.Engine.Cuda;
 using DistAlign.Kernels.Cpu;
 using DistAlign.Kernels.Gpu;
 using ILGPU;

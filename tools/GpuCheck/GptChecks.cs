@@ -3,6 +3,7 @@ using DistAlign.Transformer.Devices;
 using DistAlign.Kernels.Gpu;
 using DistAlign.Transformer.Gpu;
 using DistAlign.Transformer.Model;
+using DistAlign.Transformer.Training;
 using ILGPU.Runtime;
 
 namespace DistAlign.GpuCheck;

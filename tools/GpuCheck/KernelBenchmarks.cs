@@ -1,4 +1,3 @@
-using DistAlign.Engine.Cuda;
 using DistAlign.Kernels.Gpu;
 using ILGPU;
 using ILGPU.Runtime;

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using DistAlign.Alignment.Data;
 using DistAlign.Alignment.Objectives;
 using DistAlign.Alignment.Policies;
 using DistAlign.Engine.Random;

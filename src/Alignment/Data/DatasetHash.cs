@@ -1,7 +1,6 @@
 using System.Buffers.Binary;
 using System.Security.Cryptography;
 using System.Text;
-using DistAlign.Alignment.Objectives;
 
 namespace DistAlign.Alignment.Data;
 

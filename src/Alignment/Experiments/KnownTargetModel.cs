@@ -1,5 +1,4 @@
 using DistAlign.Alignment.Policies;
-using DistAlign.Engine.Random;
 using DistAlign.Kernels.Cpu;
 using DistAlign.Transformer.Model;
 using DistAlign.Transformer.Tokenization;

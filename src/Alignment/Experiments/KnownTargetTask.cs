@@ -1,5 +1,5 @@
 using System.Text.RegularExpressions;
-using DistAlign.Alignment.Objectives;
+using DistAlign.Alignment.Data;
 using DistAlign.Alignment.Policies;
 using DistAlign.Engine.Random;
 using DistAlign.Transformer.Model;

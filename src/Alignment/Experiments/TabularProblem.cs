@@ -1,4 +1,4 @@
-using DistAlign.Alignment.Objectives;
+using DistAlign.Alignment.Data;
 using DistAlign.Engine.Random;
 
 namespace DistAlign.Alignment.Experiments;

@@ -1,11 +1,9 @@
+using DistAlign.Alignment.Data;
 using DistAlign.Alignment.Policies;
 using DistAlign.Kernels.Cpu;
 using DistAlign.Transformer.Model;
 
 namespace DistAlign.Alignment.Objectives;
-
-/// <summary>A preference pair as tokens: a⁺ (chosen) preferred to a⁻ (rejected) after the prompt x.</summary>
-public sealed record PreferencePair(int[] Prompt, int[] Chosen, int[] Rejected);
 
 /// <summary>The explicit KL regulariser of PMLE and distillation: β·KL(π(·|x) ‖ π0(·|x)) from fresh samples.</summary>
 /// <param name="Beta">β; 0 turns the regulariser off (pure preference MLE)</param>

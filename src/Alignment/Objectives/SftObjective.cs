@@ -1,3 +1,4 @@
+using DistAlign.Alignment.Data;
 using DistAlign.Alignment.Policies;
 
 namespace DistAlign.Alignment.Objectives;

@@ -1,6 +1,5 @@
 using DistAlign.Engine.SafeTensors;
 using DistAlign.Transformer.Model;
-using DistAlign.Transformer.Training;
 
 namespace DistAlign.Alignment.Training;
 

@@ -1,7 +1,6 @@
 using DistAlign.Alignment.Policies;
 using DistAlign.Engine.SafeTensors;
 using DistAlign.Transformer.Model;
-using DistAlign.Transformer.Training;
 
 namespace DistAlign.Alignment.Training;
 

@@ -1,7 +1,6 @@
 using System.Globalization;
 using System.Text.Json;
 using DistAlign.Engine.SafeTensors;
-using DistAlign.Transformer.Training;
 
 namespace DistAlign.Transformer.Model;
 

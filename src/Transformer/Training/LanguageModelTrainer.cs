@@ -156,6 +156,3 @@ public sealed class LanguageModelTrainer
         return (float)(sum / (batches * batch.TokenCount));
     }
 }
-
-/// <summary>The position of a run: completed steps and the data loader's (epoch, index).</summary>
-public readonly record struct TrainerState(int Step, int LoaderEpoch, int LoaderIndex);

@@ -1,5 +1,4 @@
 using DistAlign.Alignment.Experiments;
-using DistAlign.Kernels.Cpu;
 using DistAlign.Transformer.Model;
 using DistAlign.Transformer.Tokenization;
 using DistAlign.Transformer.Training;

@@ -1,6 +1,5 @@
 using DistAlign.Alignment.Experiments;
 using DistAlign.Alignment.Objectives;
-using DistAlign.Alignment.Policies;
 using DistAlign.Alignment.Reward;
 using DistAlign.Kernels.Cpu;
 

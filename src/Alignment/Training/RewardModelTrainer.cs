@@ -1,13 +1,12 @@
 using System.Diagnostics;
-using System.Text.Json;
-using DistAlign.Alignment.Objectives;
-using DistAlign.Alignment.Training;
+using DistAlign.Alignment.Data;
+using DistAlign.Alignment.Reward;
 using DistAlign.Engine.Random;
 using DistAlign.Kernels.Cpu;
 using DistAlign.Transformer.Model;
 using DistAlign.Transformer.Training;
 
-namespace DistAlign.Alignment.Reward;
+namespace DistAlign.Alignment.Training;
 
 /// <summary>Settings of a reward-model run. Everything here is part of the run's identity (resume checks it).</summary>
 public sealed record RewardTrainingOptions : PairTrainingOptions
