@@ -240,12 +240,9 @@ public sealed class AlignmentTrainer
         Step++;
         double seconds = watch.Elapsed.TotalSeconds;
         clock.Stop();
-        metrics.Add(new("lr", lr));
-        metrics.Add(new("grad_norm", norm));
-        metrics.Add(new("tokens_per_second", seconds > 0 ? tokens / seconds : 0));
-        metrics.Add(new("elapsed_seconds", ElapsedSeconds));
+        PairTrainingOptions.AddStepFigures(metrics, lr, norm, tokens, seconds, ElapsedSeconds);
         metrics.Add(new("epoch", cursor.Progress));
-        if (evalIndices.Length > 0 && options.EvaluateEvery > 0 && (Step % options.EvaluateEvery == 0 || Step == options.Steps))
+        if (evalIndices.Length > 0 && options.EvaluationDue(Step))
             foreach (var kv in Evaluate()) metrics.Add(new("eval_" + kv.Key, kv.Value));
         return new AlignmentStepReport(Step, metrics);
     }

@@ -31,4 +31,21 @@ public abstract record PairTrainingOptions
         if (!(EvalFraction >= 0 && EvalFraction < 1)) throw new ArgumentException($"eval fraction must lie in [0, 1) (got {EvalFraction})");
         if (EvaluateEvery < 0) throw new ArgumentException($"evaluation interval must be ≥ 0 (got {EvaluateEvery})");
     }
+
+    /// <summary>Whether a run with held-out pairs evaluates after <paramref name="completedSteps"/> (every N steps and after the last).</summary>
+    public bool EvaluationDue(int completedSteps) =>
+        EvaluateEvery > 0 && (completedSteps % EvaluateEvery == 0 || completedSteps == Steps);
+
+    /// <summary>
+    /// Adds the figures every pair trainer's step reports after its objective's own: <c>lr</c>, <c>grad_norm</c> (before
+    /// clipping), <c>tokens_per_second</c> over the step's wall time, and <c>elapsed_seconds</c> of the run.
+    /// </summary>
+    internal static void AddStepFigures(List<KeyValuePair<string, double>> metrics, float learningRate, double gradientNorm, long tokens,
+                                        double stepSeconds, double elapsedSeconds)
+    {
+        metrics.Add(new("lr", learningRate));
+        metrics.Add(new("grad_norm", gradientNorm));
+        metrics.Add(new("tokens_per_second", stepSeconds > 0 ? tokens / stepSeconds : 0));
+        metrics.Add(new("elapsed_seconds", elapsedSeconds));
+    }
 }

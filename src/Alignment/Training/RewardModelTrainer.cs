@@ -133,11 +133,8 @@ public sealed class RewardModelTrainer
         long tokens = 0;
         foreach (var p in batch) tokens += 2L * p.Prompt.Length + p.Chosen.Length + p.Rejected.Length;
         var metrics = pairwise.Named().Select(kv => new KeyValuePair<string, double>(kv.Name, kv.Value)).ToList();
-        metrics.Add(new("lr", lr));
-        metrics.Add(new("grad_norm", norm));
-        metrics.Add(new("tokens_per_second", seconds > 0 ? tokens / seconds : 0));
-        metrics.Add(new("elapsed_seconds", ElapsedSeconds));
-        if (evalIndices.Length > 0 && options.EvaluateEvery > 0 && (Step % options.EvaluateEvery == 0 || Step == options.Steps))
+        PairTrainingOptions.AddStepFigures(metrics, lr, norm, tokens, seconds, ElapsedSeconds);
+        if (evalIndices.Length > 0 && options.EvaluationDue(Step))
             foreach (var kv in Evaluate()) metrics.Add(new("eval_" + kv.Key, kv.Value));
         return new AlignmentStepReport(Step, metrics);
     }
