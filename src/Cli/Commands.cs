@@ -10,6 +10,7 @@ internal static class Commands
         yield return GemmCheckCommand.Create();
         yield return PretrainCommand.Create();
         yield return SampleCommand.Create();
+        yield return ScoreCommand.Create();
         yield return BenchCommand.Create();
         yield return AlignCommand.Create();
         yield return RewardCommand.Create();

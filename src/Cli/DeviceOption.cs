@@ -71,6 +71,9 @@ internal static class DeviceOption
             : ("cpu", $"device: cpu ({found.Devices[0].Name} found, but '{command}' has no CUDA path yet)");
     }
 
+    /// <summary>Commands whose standard output is their data (JSONL or CSV): the device line goes to standard error.</summary>
+    public static readonly IReadOnlySet<string> DataOnStandardOutput = new HashSet<string> { "score" };
+
     private static string FullName(Command command)
     {
         var names = new List<string>();
@@ -84,7 +87,8 @@ internal static class DeviceOption
         {
             Chosen = "cpu";
             var (device, line) = Resolve(parseResult.GetValue(option) ?? "auto", command, CudaCapableCommands.Contains(command), Probe);
-            Console.WriteLine(line);
+            // a command whose standard output is data (score) says where it runs on standard error
+            (DataOnStandardOutput.Contains(command) ? Console.Error : Console.Out).WriteLine(line);
             Chosen = device;
             return inner.Invoke(parseResult);
         }

@@ -11,3 +11,10 @@ public sealed record PreferenceExample(string Prompt, string Chosen, string Reje
 /// <summary>One prompt (e.g. for sampling responses in RLHF or for building pairs).</summary>
 /// <param name="Line">1-based line of the source file; 0 when it was made in code. Part of record equality.</param>
 public sealed record PromptExample(string Prompt, int Line = 0);
+
+/// <summary>
+/// One sequence to score: ln π(<see cref="Response"/> | <see cref="Prompt"/>). A plain text is a response to the empty
+/// prompt (scored after the <c>&lt;|endoftext|&gt;</c> start token).
+/// </summary>
+/// <param name="Line">1-based line of the source file; 0 when it was made in code. Part of record equality.</param>
+public sealed record ScoreExample(string Prompt, string Response, int Line = 0);
