@@ -185,7 +185,7 @@ internal sealed record SourceTree(List<SourceFile> Files, Dictionary<string, Lis
         return first is "bin" or "obj";
     }
 
-    private static string RepositoryRoot()
+    internal static string RepositoryRoot()
     {
         for (var d = new DirectoryInfo(TestContext.CurrentContext.TestDirectory); d is not null; d = d.Parent)
             if (File.Exists(Path.Combine(d.FullName, "DistAlign.sln"))) return d.FullName;

@@ -1,6 +1,7 @@
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
+using System.Text.Json.Serialization;
 using DistAlign.Alignment.Policies;
 using DistAlign.Transformer.Devices;
 using DistAlign.Transformer.Data;
@@ -31,7 +32,7 @@ public static class ReferencePretraining
     public static string CacheKey(GptConfig config, LanguageModelTrainingOptions options, Gpt2Tokenizer tokenizer, string corpus, GptDevice? device = null)
     {
         using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-        hash.AppendData(Encoding.UTF8.GetBytes(JsonSerializer.Serialize(new { config, options, tokenizer = tokenizer.Spec, format = "distalign.demo.pi0.v1" })));
+        hash.AppendData(Encoding.UTF8.GetBytes(JsonSerializer.Serialize(new Pi0CacheKey(config, options, tokenizer.Spec, "distalign.demo.pi0.v1"), DemoJsonContext.Default.Pi0CacheKey)));
         hash.AppendData(Encoding.UTF8.GetBytes(corpus));
         if (device is { IsCpu: false }) hash.AppendData(Encoding.UTF8.GetBytes("\0pretrained on " + device.Description));
         return Convert.ToHexStringLower(hash.GetHashAndReset())[..16];
@@ -103,10 +104,24 @@ public static class ReferencePretraining
         Directory.CreateDirectory(folder);
         GptCheckpoint.SaveModel(path, model, tokenizer.Spec);
         double seconds = watch.Elapsed.TotalSeconds;
-        File.WriteAllText(infoPath, JsonSerializer.Serialize(new Dictionary<string, object>
-        {
-            ["validation_loss"] = (double)validation, ["seconds"] = seconds, ["steps"] = options.Steps, ["key"] = key,
-        }));
+        File.WriteAllText(infoPath, JsonSerializer.Serialize(new Pi0Info(validation, seconds, options.Steps, key), DemoJsonContext.Default.Pi0Info));
         return (model, new PretrainedReference(path, false, validation, seconds, options.Steps));
     }
 }
+
+/// <summary>What π0's cache key hashes (the names and order are the key's: changing them retrains every cached π0).</summary>
+#pragma warning disable IDE1006 // lower-case names: they are the JSON's
+internal sealed record Pi0CacheKey(GptConfig config, LanguageModelTrainingOptions options, string tokenizer, string format);
+#pragma warning restore IDE1006
+
+/// <summary>The pretraining.json beside a cached π0.</summary>
+internal sealed record Pi0Info(
+    [property: JsonPropertyName("validation_loss")] double ValidationLoss,
+    [property: JsonPropertyName("seconds")] double Seconds,
+    [property: JsonPropertyName("steps")] int Steps,
+    [property: JsonPropertyName("key")] string Key);
+
+/// <summary>Source-generated JSON for the demo's cache files (no reflection: trimming- and NativeAOT-safe).</summary>
+[JsonSerializable(typeof(Pi0CacheKey))]
+[JsonSerializable(typeof(Pi0Info))]
+internal sealed partial class DemoJsonContext : JsonSerializerContext;

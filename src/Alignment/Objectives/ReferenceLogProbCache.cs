@@ -30,7 +30,7 @@ public static class ModelHash
         ArgumentNullException.ThrowIfNull(model);
         using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
         hash.AppendData(Encoding.ASCII.GetBytes("DistAlign.Gpt.v1\0"));
-        byte[] config = Encoding.UTF8.GetBytes(JsonSerializer.Serialize(model.Config));
+        byte[] config = Encoding.UTF8.GetBytes(GptConfigJson.Serialize(model.Config));
         AddInt(hash, config.Length);
         hash.AppendData(config);
         AddFloats(hash, model.Parameters);

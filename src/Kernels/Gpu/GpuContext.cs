@@ -1,3 +1,4 @@
+using System.Diagnostics.CodeAnalysis;
 using ILGPU;
 using ILGPU.Runtime;
 using ILGPU.Runtime.CPU;
@@ -12,6 +13,14 @@ namespace DistAlign.Kernels.Gpu;
 /// </summary>
 public sealed class GpuContext : IDisposable
 {
+    /// <summary>
+    /// Why the GPU path needs dynamic code: ILGPU compiles kernels from .NET IL at run time (and generates IL to launch
+    /// them), which a NativeAOT host cannot do. Everything that opens an accelerator or builds a GPU model says so with
+    /// <see cref="RequiresDynamicCodeAttribute"/>; the CPU engine needs none of it.
+    /// </summary>
+    public const string DynamicCodeReason =
+        "ILGPU compiles GPU kernels from IL at run time; use the CPU engine (GptDevice.Cpu) in a NativeAOT or trimmed host.";
+
     public Context Context { get; }
     public Accelerator Accelerator { get; }
 
@@ -22,6 +31,7 @@ public sealed class GpuContext : IDisposable
     }
 
     /// <summary>ILGPU's CPU accelerator (GPU semantics simulated on CPU threads), for tests.</summary>
+    [RequiresDynamicCode(DynamicCodeReason)]
     public static GpuContext CreateCpuSimulator()
     {
         var context = Context.Create(builder => builder.CPU().EnableAlgorithms().Math(MathMode.Default));
@@ -32,6 +42,7 @@ public sealed class GpuContext : IDisposable
     /// The first CUDA device as an ILGPU CUDA accelerator, or null when there is none (no driver, no
     /// device). Never throws for a missing CUDA installation.
     /// </summary>
+    [RequiresDynamicCode(DynamicCodeReason)]
     public static GpuContext? TryCreateCuda()
     {
         Context? context = null;

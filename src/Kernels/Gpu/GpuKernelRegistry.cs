@@ -1,3 +1,4 @@
+using System.Diagnostics.CodeAnalysis;
 using System.Reflection;
 using ILGPU.Runtime;
 
@@ -63,10 +64,12 @@ public static class GpuKernelRegistry
         Implicit(typeof(GpuBFloat16), nameof(GpuBFloat16.ToFloatKernel)),
     ];
 
-    private static GpuKernelInfo Implicit(Type type, string name) => new(Find(type, name), false);
-    private static GpuKernelInfo Explicit(Type type, string name) => new(Find(type, name), true);
+    private const DynamicallyAccessedMemberTypes KernelMethods = DynamicallyAccessedMemberTypes.PublicMethods | DynamicallyAccessedMemberTypes.NonPublicMethods;
 
-    private static MethodInfo Find(Type type, string name) =>
+    private static GpuKernelInfo Implicit([DynamicallyAccessedMembers(KernelMethods)] Type type, string name) => new(Find(type, name), false);
+    private static GpuKernelInfo Explicit([DynamicallyAccessedMembers(KernelMethods)] Type type, string name) => new(Find(type, name), true);
+
+    private static MethodInfo Find([DynamicallyAccessedMembers(KernelMethods)] Type type, string name) =>
         type.GetMethod(name, BindingFlags.Static | BindingFlags.Public | BindingFlags.NonPublic)
         ?? throw new InvalidOperationException($"Kernel {type.Name}.{name} not found.");
 }

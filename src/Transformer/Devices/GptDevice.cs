@@ -1,3 +1,4 @@
+using System.Diagnostics.CodeAnalysis;
 using DistAlign.Kernels.Gpu;
 using DistAlign.Transformer.Gpu;
 using DistAlign.Transformer.Model;
@@ -26,6 +27,7 @@ public sealed class GptDevice
     /// <param name="gemm">its matrix products (<see cref="GpuContext.CreateGemm"/>)</param>
     /// <param name="flashAttention">when given, attention runs as its tiled kernels in every engine whose head size it supports</param>
     /// <param name="description">the device and its settings in words ("NVIDIA H200 (BFloat16 cuBLAS GEMMs, …)")</param>
+    [RequiresDynamicCode(GpuContext.DynamicCodeReason)]
     public GptDevice(Accelerator accelerator, IGemm gemm, NvrtcFlashAttention? flashAttention, string description)
     {
         ArgumentNullException.ThrowIfNull(accelerator);
@@ -52,6 +54,7 @@ public sealed class GptDevice
     /// <paramref name="host"/> is the mirror that checkpoints read (<see cref="IGptEngine.CopyStateTo"/>). Dispose the
     /// engine when it is not <paramref name="host"/> (<see cref="Release"/> does exactly that).
     /// </summary>
+    [UnconditionalSuppressMessage("AOT", "IL3050", Justification = "an accelerator is only set by the RequiresDynamicCode constructor; GptDevice.Cpu builds no GPU engine")]
     public IGptEngine EngineFor(Gpt host)
     {
         ArgumentNullException.ThrowIfNull(host);

@@ -1,3 +1,4 @@
+using System.Diagnostics.CodeAnalysis;
 using DistAlign.Kernels.Cpu;
 using DistAlign.Kernels.Gpu;
 using DistAlign.Transformer.Model;
@@ -78,6 +79,7 @@ public sealed class GpuGpt : IGptEngine
     /// <summary>The GEMMs and kernels run on <paramref name="accelerator"/>; <paramref name="gemm"/> must be for the same accelerator.</summary>
     /// <param name="flashAttention">when given and the head size is 64 (<see cref="NvrtcFlashAttention.Supports"/>), attention
     /// runs as its tiled bf16 tensor-core kernels (no T×T scores); otherwise as GEMMs around the materialised softmax.</param>
+    [RequiresDynamicCode(GpuContext.DynamicCodeReason)]
     public GpuGpt(Accelerator accelerator, GptConfig config, IGemm gemm, NvrtcFlashAttention? flashAttention = null)
     {
         this.accelerator = accelerator;
@@ -474,6 +476,7 @@ public sealed class GpuGpt : IGptEngine
     }
 
     /// <summary>A <see cref="GpuGptDecoder"/> over the device weights.</summary>
+    [UnconditionalSuppressMessage("AOT", "IL3050", Justification = "a GpuGpt exists only through its RequiresDynamicCode constructor")]
     public IIncrementalDecoder CreateDecoder(int rows, int maxLength) => new GpuGptDecoder(this, rows, maxLength);
 
     /// <summary>Waits for all queued device work.</summary>

@@ -1,3 +1,4 @@
+using System.Diagnostics.CodeAnalysis;
 using DistAlign.Kernels.Gpu;
 using DistAlign.Transformer.Model;
 using ILGPU;
@@ -51,6 +52,7 @@ public sealed class GpuGptDecoder : IIncrementalDecoder, IDisposable
     public ReadOnlySpan<float> Logits => hostLogits;
 
     /// <summary>A decoder for <paramref name="rows"/> sequences of up to <paramref name="maxLength"/> positions (≤ the model's context).</summary>
+    [RequiresDynamicCode(GpuContext.DynamicCodeReason)]
     public GpuGptDecoder(GpuGpt model, int rows, int maxLength)
     {
         ArgumentNullException.ThrowIfNull(model);

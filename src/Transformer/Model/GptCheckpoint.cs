@@ -53,7 +53,7 @@ public static class GptCheckpoint
         var metadata = new Dictionary<string, string>
         {
             ["format"] = "pt",
-            [ConfigKey] = JsonSerializer.Serialize(model.Config),
+            [ConfigKey] = GptConfigJson.Serialize(model.Config),
             [TokenizerKey] = tokenizerSpec,
             [TrainedKey] = offset is null ? "full" : adapter ? "head-lora" : "tilt",
         };
@@ -134,7 +134,7 @@ public static class GptCheckpoint
         {
             try
             {
-                return (JsonSerializer.Deserialize<GptConfig>(json) ?? throw new JsonException("null")).Validate();
+                return GptConfigJson.Deserialize(json).Validate();
             }
             catch (Exception e) when (e is JsonException or ArgumentException)
             {
