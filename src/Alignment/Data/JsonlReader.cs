@@ -49,6 +49,14 @@ internal static class JsonlReader
         }
     }
 
+    /// <summary>Reads every line of the file at <paramref name="path"/> (named as given in errors) with <paramref name="map"/>.</summary>
+    public static List<T> ReadFile<T>(string path, int maxLineBytes, Mapper<T> map)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1, FileOptions.SequentialScan);
+        return Read(stream, path, maxLineBytes, map);
+    }
+
     public static List<T> Read<T>(Stream stream, string sourceName, int maxLineBytes, Mapper<T> map)
     {
         ArgumentNullException.ThrowIfNull(stream);

@@ -33,12 +33,8 @@ public static class PreferenceJsonl
     public const int DefaultMaxLineBytes = 16 * 1024 * 1024;
 
     /// <summary>Loads every pair from a file; errors name the file as <paramref name="path"/> was given.</summary>
-    public static List<PreferenceExample> Load(string path, int maxLineBytes = DefaultMaxLineBytes)
-    {
-        ArgumentNullException.ThrowIfNull(path);
-        using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1, FileOptions.SequentialScan);
-        return Parse(stream, path, maxLineBytes);
-    }
+    public static List<PreferenceExample> Load(string path, int maxLineBytes = DefaultMaxLineBytes) =>
+        JsonlReader.ReadFile(path, maxLineBytes, Map);
 
     /// <summary>Parses pairs from UTF-8 bytes; <paramref name="sourceName"/> is used in error messages.</summary>
     public static List<PreferenceExample> Parse(Stream stream, string sourceName, int maxLineBytes = DefaultMaxLineBytes) =>

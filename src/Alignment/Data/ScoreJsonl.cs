@@ -12,12 +12,8 @@ namespace DistAlign.Alignment.Data;
 public static class ScoreJsonl
 {
     /// <summary>Loads every example from a file; errors name the file as <paramref name="path"/> was given.</summary>
-    public static List<ScoreExample> Load(string path, int maxLineBytes = PreferenceJsonl.DefaultMaxLineBytes)
-    {
-        ArgumentNullException.ThrowIfNull(path);
-        using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1, FileOptions.SequentialScan);
-        return Parse(stream, path, maxLineBytes);
-    }
+    public static List<ScoreExample> Load(string path, int maxLineBytes = PreferenceJsonl.DefaultMaxLineBytes) =>
+        JsonlReader.ReadFile(path, maxLineBytes, Map);
 
     /// <summary>Parses examples from UTF-8 bytes; <paramref name="sourceName"/> is used in error messages.</summary>
     public static List<ScoreExample> Parse(Stream stream, string sourceName, int maxLineBytes = PreferenceJsonl.DefaultMaxLineBytes) =>
