@@ -22,6 +22,7 @@ public class FolderDependencyTests
         ["Transformer"] = ["Engine", "Kernels"],
         ["Alignment"] = ["Engine", "Kernels", "Transformer"],
         ["Cli"] = ["Engine", "Kernels", "Transformer", "Alignment"],
+        ["Native"] = ["Engine", "Kernels", "Transformer", "Alignment"],   // the C ABI: a host of the libraries, like the CLI
     };
 
     /// <summary>

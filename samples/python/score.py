@@ -1,0 +1,66 @@
+"""Score a prompt/response with libdistalign.so through ctypes (standard library only).
+
+    LD_LIBRARY_PATH=path/to/lib python3 samples/python/score.py MODEL.safetensors "Call me" " Ishmael."
+
+Prints the sequence log-prob and its float32 bits, as samples/c/score.c does, so both compare exactly with
+`distalign score`. Any error comes back as a status and a message (never a crash): the script raises it.
+"""
+import ctypes
+import struct
+import sys
+
+ABI_VERSION = 1
+lib = ctypes.CDLL("libdistalign.so")
+lib.distalign_abi_version.restype = ctypes.c_int32
+lib.distalign_last_error.restype = ctypes.c_char_p
+lib.distalign_model_load.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_uint64)]
+lib.distalign_model_free.argtypes = [ctypes.c_uint64]
+lib.distalign_model_info.argtypes = [ctypes.c_uint64] + [ctypes.POINTER(ctypes.c_int32)] * 3
+lib.distalign_tokenize.argtypes = [ctypes.c_uint64, ctypes.c_char_p, ctypes.POINTER(ctypes.c_int32), ctypes.c_int32,
+                                   ctypes.POINTER(ctypes.c_int32)]
+lib.distalign_score.argtypes = [ctypes.c_uint64, ctypes.POINTER(ctypes.c_int32), ctypes.c_int32,
+                                ctypes.POINTER(ctypes.c_int32), ctypes.c_int32, ctypes.POINTER(ctypes.c_float),
+                                ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_float)]
+
+
+def check(status, what):
+    if status != 0:
+        raise RuntimeError(f"{what}: status {status}: {lib.distalign_last_error().decode()}")
+
+
+def tokenize(model, text):
+    count = ctypes.c_int32()
+    ids = (ctypes.c_int32 * 4096)()
+    check(lib.distalign_tokenize(model, text.encode(), ids, len(ids), ctypes.byref(count)), "tokenize")
+    return list(ids[:count.value])
+
+
+def main(path, prompt_text, response_text):
+    if lib.distalign_abi_version() != ABI_VERSION:
+        raise RuntimeError(f"libdistalign ABI {lib.distalign_abi_version()}, this script {ABI_VERSION}")
+    model = ctypes.c_uint64()
+    check(lib.distalign_model_load(path.encode(), ctypes.byref(model)), "load")
+    try:
+        vocab, context, eot = ctypes.c_int32(), ctypes.c_int32(), ctypes.c_int32()
+        check(lib.distalign_model_info(model, ctypes.byref(vocab), ctypes.byref(context), ctypes.byref(eot)), "info")
+        prompt = [eot.value] + tokenize(model, prompt_text)
+        response = tokenize(model, response_text)
+        p = (ctypes.c_int32 * len(prompt))(*prompt)
+        r = (ctypes.c_int32 * len(response))(*response)
+        total = ctypes.c_float()
+        logprobs = (ctypes.c_float * len(response))()
+        check(lib.distalign_score(model, p, len(prompt), r, len(response), ctypes.byref(total), logprobs, None), "score")
+        bits = struct.unpack("<I", struct.pack("<f", total.value))[0]
+        print(f"logprob {total.value!r} bits {bits:08x} tokens {len(response)}")
+        # a wrong length is an error with a message, not a crash
+        status = lib.distalign_score(model, p, len(prompt), r, -1, ctypes.byref(total), None, None)
+        assert status == 1, status
+        print("errors:", lib.distalign_last_error().decode())
+    finally:
+        check(lib.distalign_model_free(model), "free")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4:
+        sys.exit("usage: score.py MODEL.safetensors PROMPT RESPONSE")
+    main(*sys.argv[1:])

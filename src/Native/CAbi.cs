@@ -1,0 +1,177 @@
+using System.Collections.Concurrent;
+using System.Runtime.InteropServices;
+using System.Text;
+using DistAlign.Alignment.Policies;
+using DistAlign.Engine.SafeTensors;
+using DistAlign.Transformer.Model;
+using DistAlign.Transformer.Tokenization;
+
+namespace DistAlign.Native;
+
+/// <summary>
+/// The C ABI of include/distalign.h, exported from the NativeAOT shared library libdistalign.so. Every entry point
+/// catches everything: it returns a status and leaves the message in a thread-local last error, so no exception
+/// crosses into the host. Pointers are checked for null and lengths for range before anything is read or written.
+/// </summary>
+public static unsafe class CAbi
+{
+    /// <summary>include/distalign.h's DISTALIGN_ABI_VERSION.</summary>
+    public const int AbiVersion = 1;
+
+    internal const int Ok = 0, ArgumentError = 1, IoError = 2, FormatError = 3, HandleError = 4, InternalError = 5;
+
+    private sealed class Model(Gpt gpt, Gpt2Tokenizer tokenizer) : IDisposable
+    {
+        public Gpt Gpt { get; } = gpt;
+        public Gpt2Tokenizer Tokenizer { get; } = tokenizer;
+        public GptPolicy Policy { get; } = new(gpt, new AdamWSettings());
+        public object Lock { get; } = new();
+        public void Dispose()
+        {
+            Policy.Dispose();
+            Gpt.Dispose();
+        }
+    }
+
+    private static readonly ConcurrentDictionary<ulong, Model> Models = new();
+    private static long nextHandle;
+
+    [ThreadStatic] private static byte* lastError;   // NUL-terminated UTF-8, owned here, freed when replaced
+    private static readonly byte* EmptyString = (byte*)NativeMemory.AllocZeroed(1);   // "", never freed
+
+    [UnmanagedCallersOnly(EntryPoint = "distalign_abi_version")]
+    public static int Version() => AbiVersion;
+
+    [UnmanagedCallersOnly(EntryPoint = "distalign_last_error")]
+    public static byte* LastError() => lastError is null ? EmptyString : lastError;
+
+    [UnmanagedCallersOnly(EntryPoint = "distalign_model_load")]
+    public static int ModelLoad(byte* path, ulong* model) => Guard(() =>
+    {
+        if (path is null) throw new ArgumentException("path is NULL");
+        if (model is null) throw new ArgumentException("model is NULL");
+        string file = Marshal.PtrToStringUTF8((nint)path) ?? "";
+        var (gpt, spec) = GptCheckpoint.LoadModel(file);
+        try
+        {
+            var tokenizer = Gpt2Tokenizer.FromSpec(spec ?? Gpt2Tokenizer.FullSpec);
+            if (tokenizer.VocabSize != gpt.Config.VocabSize)
+                throw new CheckpointMismatchException($"{file}: the model has {gpt.Config.VocabSize} tokens, its tokenizer '{tokenizer.Spec}' {tokenizer.VocabSize}");
+            ulong handle = (ulong)Interlocked.Increment(ref nextHandle);
+            Models[handle] = new Model(gpt, tokenizer);
+            *model = handle;
+        }
+        catch
+        {
+            gpt.Dispose();
+            throw;
+        }
+    });
+
+    [UnmanagedCallersOnly(EntryPoint = "distalign_model_free")]
+    public static int ModelFree(ulong model) => Guard(() =>
+    {
+        if (!Models.TryRemove(model, out var m)) throw new HandleException(model);
+        lock (m.Lock) m.Dispose();
+    });
+
+    [UnmanagedCallersOnly(EntryPoint = "distalign_model_info")]
+    public static int ModelInfo(ulong model, int* vocabSize, int* context, int* endOfText) => Guard(() =>
+    {
+        var m = Find(model);
+        if (vocabSize is not null) *vocabSize = m.Gpt.Config.VocabSize;
+        if (context is not null) *context = m.Gpt.Config.MaxSequenceLength;
+        if (endOfText is not null) *endOfText = m.Tokenizer.EndOfText;
+    });
+
+    [UnmanagedCallersOnly(EntryPoint = "distalign_tokenize")]
+    public static int Tokenize(ulong model, byte* text, int* ids, int capacity, int* count) => Guard(() =>
+    {
+        var m = Find(model);
+        if (text is null) throw new ArgumentException("text is NULL");
+        if (count is null) throw new ArgumentException("count is NULL");
+        if (capacity < 0) throw new ArgumentException($"capacity is {capacity}, negative");
+        if (ids is null && capacity > 0) throw new ArgumentException("ids is NULL but capacity is not 0");
+        int[] tokens = m.Tokenizer.Encode(Marshal.PtrToStringUTF8((nint)text) ?? "");
+        *count = tokens.Length;
+        if (tokens.Length > capacity)
+            throw new ArgumentException($"the text has {tokens.Length} tokens, more than the capacity of {capacity} (*count says how many)");
+        tokens.CopyTo(new Span<int>(ids, capacity));
+    });
+
+    [UnmanagedCallersOnly(EntryPoint = "distalign_score")]
+    public static int Score(ulong model, int* prompt, int promptLength, int* response, int responseLength,
+                            float* sequenceLogProb, float* tokenLogProbs, float* tokenEntropies) => Guard(() =>
+    {
+        var m = Find(model);
+        if (prompt is null || response is null || sequenceLogProb is null)
+            throw new ArgumentException($"{(prompt is null ? "prompt" : response is null ? "response" : "sequence_logprob")} is NULL");
+        int context = m.Gpt.Config.MaxSequenceLength, vocab = m.Gpt.Config.VocabSize;
+        if (promptLength < 1) throw new ArgumentException($"prompt_length is {promptLength}; a prompt needs at least one token (<|endoftext|>)");
+        if (responseLength < 1) throw new ArgumentException($"response_length is {responseLength}; a response needs at least one token");
+        if ((long)promptLength + responseLength - 1 > context)
+            throw new ArgumentException($"prompt_length {promptLength} + response_length {responseLength} − 1 exceeds the context of {context}");
+        int[] p = new ReadOnlySpan<int>(prompt, promptLength).ToArray(), r = new ReadOnlySpan<int>(response, responseLength).ToArray();
+        CheckTokens(p, vocab, "prompt");
+        CheckTokens(r, vocab, "response");
+        var logProbs = new float[responseLength];
+        var entropies = tokenEntropies is null ? [] : new float[responseLength];
+        lock (m.Lock)
+        {
+            if (!Models.ContainsKey(model)) throw new HandleException(model);
+            m.Policy.Score([new PromptResponse(p, r)], logProbs, entropies);
+        }
+        var sum = new float[1];
+        PolicyScores.SumPerSequence([new PromptResponse(p, r)], logProbs, sum, default);
+        *sequenceLogProb = sum[0];
+        if (tokenLogProbs is not null) logProbs.CopyTo(new Span<float>(tokenLogProbs, responseLength));
+        if (tokenEntropies is not null) entropies.CopyTo(new Span<float>(tokenEntropies, responseLength));
+    });
+
+    private static void CheckTokens(int[] tokens, int vocab, string what)
+    {
+        for (int i = 0; i < tokens.Length; i++)
+            if ((uint)tokens[i] >= (uint)vocab)
+                throw new ArgumentException($"{what}[{i}] is {tokens[i]}, outside the vocabulary of {vocab}");
+    }
+
+    private static Model Find(ulong handle) => Models.TryGetValue(handle, out var m) ? m : throw new HandleException(handle);
+
+    private sealed class HandleException(ulong handle) : Exception($"model handle {handle} is not a live model (never loaded, or freed)");
+
+    // Runs an entry point's body: OK and an empty last error, or the error's status and message.
+    private static int Guard(Action body)
+    {
+        try
+        {
+            body();
+            SetLastError("");
+            return Ok;
+        }
+        catch (Exception e)
+        {
+            int status = e switch
+            {
+                HandleException => HandleError,
+                ArgumentException => ArgumentError,
+                SafeTensorsFormatException or CheckpointMismatchException or FormatException => FormatError,
+                IOException or UnauthorizedAccessException => IoError,
+                _ => InternalError,
+            };
+            try { SetLastError(e.Message); } catch { /* out of memory for the message: the status still says it */ }
+            return status;
+        }
+    }
+
+    private static void SetLastError(string message)
+    {
+        if (lastError is not null) NativeMemory.Free(lastError);
+        lastError = null;
+        if (message.Length == 0) return;
+        int n = Encoding.UTF8.GetByteCount(message);
+        var buffer = (byte*)NativeMemory.Alloc((nuint)n + 1);
+        Encoding.UTF8.GetBytes(message, new Span<byte>(buffer, n));
+        buffer[n] = 0;
+        lastError = buffer;
+    }
+}

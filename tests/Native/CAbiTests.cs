@@ -1,0 +1,168 @@
+using System.Runtime.InteropServices;
+using System.Text;
+using DistAlign.Alignment.Objectives;
+using DistAlign.Alignment.Policies;
+using DistAlign.Native;
+using DistAlign.Tests.Alignment;
+using DistAlign.Transformer.Model;
+
+namespace DistAlign.Tests.Native;
+
+/// <summary>
+/// The C ABI (include/distalign.h) called the way a C host calls it — through unmanaged function pointers to the
+/// exported entry points — in this process: scores equal to <see cref="SequenceScorer"/>'s to the bit, and bad input
+/// (NULL pointers, wrong lengths, a corrupt file, a dead handle) answered with a status and a message, never an exception
+/// or a crash. .ci/run also publishes libdistalign.so and runs samples/c and samples/python against <c>distalign score</c>.
+/// </summary>
+public unsafe class CAbiTests
+{
+    private const int Ok = 0, ArgumentError = 1, IoError = 2, FormatError = 3, HandleError = 4;
+    private string folder = "";
+
+    [SetUp]
+    public void MakeFolder() => folder = Directory.CreateTempSubdirectory("distalign-cabi-").FullName;
+
+    [TearDown]
+    public void RemoveFolder() => Directory.Delete(folder, recursive: true);
+
+    private static string LastError() => Marshal.PtrToStringUTF8((nint)((delegate* unmanaged<byte*>)&CAbi.LastError)()) ?? "<null>";
+
+    private static int Load(string path, out ulong model)
+    {
+        ulong handle = 0;
+        byte[] utf8 = [.. Encoding.UTF8.GetBytes(path), 0];
+        int status;
+        fixed (byte* p = utf8) status = ((delegate* unmanaged<byte*, ulong*, int>)&CAbi.ModelLoad)(p, &handle);
+        model = handle;
+        return status;
+    }
+
+    private static int Free(ulong model) => ((delegate* unmanaged<ulong, int>)&CAbi.ModelFree)(model);
+
+    private static int Score(ulong model, int[]? prompt, int promptLength, int[]? response, int responseLength, bool withSum,
+                             float[]? logProbs, float[]? entropies, out float sum)
+    {
+        float total = float.NaN;
+        int status;
+        fixed (int* p = prompt) fixed (int* r = response) fixed (float* l = logProbs) fixed (float* e = entropies)
+            status = ((delegate* unmanaged<ulong, int*, int, int*, int, float*, float*, float*, int>)&CAbi.Score)(
+                model, p, promptLength, r, responseLength, withSum ? &total : null, l, e);
+        sum = total;
+        return status;
+    }
+
+    private string TinyModel()
+    {
+        string path = Path.Combine(folder, "pi0.safetensors");
+        TinyAlignmentSetup.WriteModel(path);
+        return path;
+    }
+
+    [Test]
+    public void ScoresAreTheScorersToTheBit()
+    {
+        string path = TinyModel();
+        Assert.That(((delegate* unmanaged<int>)&CAbi.Version)(), Is.EqualTo(CAbi.AbiVersion));
+        Assert.That(Load(path, out ulong model), Is.EqualTo(Ok), LastError());
+        Assert.That(LastError(), Is.Empty);
+        int vocab, context, eot;
+        Assert.That(((delegate* unmanaged<ulong, int*, int*, int*, int>)&CAbi.ModelInfo)(model, &vocab, &context, &eot), Is.EqualTo(Ok));
+        Assert.That((vocab, context), Is.EqualTo((TinyAlignmentSetup.Config.VocabSize, TinyAlignmentSetup.Config.MaxSequenceLength)));
+
+        int[] prompt = [eot, 17, 300, 5], response = [42, 7, 1999];
+        var logProbs = new float[3];
+        var entropies = new float[3];
+        Assert.That(Score(model, prompt, 4, response, 3, true, logProbs, entropies, out float sum), Is.EqualTo(Ok), LastError());
+
+        var (gpt, _) = GptCheckpoint.LoadModel(path);
+        using var policy = new GptPolicy(gpt, new AdamWSettings(), ownsModel: true);
+        var expected = SequenceScorer.Score(policy, [new PromptResponse(prompt, response)], withEntropies: true)[0];
+        Assert.That(sum, Is.EqualTo(expected.LogProb), "same engine, tokens and threads: the same float");
+        Assert.That(logProbs, Is.EqualTo(expected.TokenLogProbs));
+        Assert.That(entropies, Is.EqualTo(expected.TokenEntropies));
+        Assert.That(Free(model), Is.EqualTo(Ok));
+    }
+
+    [Test]
+    public void BadInputGetsAStatusAndAMessage()
+    {
+        string path = TinyModel();
+        Assert.That(Load(Path.Combine(folder, "missing.safetensors"), out _), Is.EqualTo(IoError));
+        Assert.That(LastError(), Does.Contain("missing.safetensors"));
+        string corrupt = Path.Combine(folder, "corrupt.safetensors");
+        File.WriteAllBytes(corrupt, [1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        Assert.That(Load(corrupt, out _), Is.EqualTo(FormatError));
+        Assert.That(LastError(), Does.Contain("corrupt.safetensors"));
+        ulong ignored;
+        Assert.That(((delegate* unmanaged<byte*, ulong*, int>)&CAbi.ModelLoad)(null, &ignored), Is.EqualTo(ArgumentError));
+        Assert.That(LastError(), Is.EqualTo("path is NULL"));
+
+        Assert.That(Load(path, out ulong model), Is.EqualTo(Ok));
+        int[] prompt = [1, 2], response = [3];
+        Assert.That(Score(model, null, 2, response, 1, true, null, null, out _), Is.EqualTo(ArgumentError));
+        Assert.That(LastError(), Is.EqualTo("prompt is NULL"));
+        Assert.That(Score(model, prompt, 2, response, 1, false, null, null, out _), Is.EqualTo(ArgumentError));
+        Assert.That(Score(model, prompt, 0, response, 1, true, null, null, out _), Is.EqualTo(ArgumentError));
+        Assert.That(Score(model, prompt, 2, response, -1, true, null, null, out _), Is.EqualTo(ArgumentError));
+        Assert.That(LastError(), Is.EqualTo("response_length is -1; a response needs at least one token"));
+        Assert.That(Score(model, [1_000_000, 2], 2, response, 1, true, null, null, out _), Is.EqualTo(ArgumentError));
+        Assert.That(LastError(), Does.Contain("prompt[0] is 1000000, outside the vocabulary"));
+        var longPrompt = new int[40];
+        Assert.That(Score(model, longPrompt, 40, response, 1, true, null, null, out _), Is.EqualTo(ArgumentError));
+        Assert.That(LastError(), Does.Contain("exceeds the context of 32"));
+
+        int count;
+        var ids = new int[2];
+        byte[] text = [.. "a long sentence with many tokens in it"u8, 0];
+        fixed (byte* t = text) fixed (int* i = ids)
+            Assert.That(((delegate* unmanaged<ulong, byte*, int*, int, int*, int>)&CAbi.Tokenize)(model, t, i, 2, &count), Is.EqualTo(ArgumentError));
+        Assert.That(count, Is.GreaterThan(2), "*count says how many tokens the text has");
+
+        Assert.That(Free(model), Is.EqualTo(Ok));
+        Assert.That(Free(model), Is.EqualTo(HandleError));
+        Assert.That(Score(model, prompt, 2, response, 1, true, null, null, out _), Is.EqualTo(HandleError));
+        Assert.That(LastError(), Does.Contain($"model handle {model} is not a live model"));
+        Assert.That(Score(0xdead_beef, prompt, 2, response, 1, true, null, null, out _), Is.EqualTo(HandleError));
+    }
+
+    [Test]
+    public void FuzzedCallsNeverThrowAndAlwaysExplainAnError()
+    {
+        Assert.That(Load(TinyModel(), out ulong model), Is.EqualTo(Ok));
+        var random = new Random(20);
+        int vocab = TinyAlignmentSetup.Config.VocabSize, calls = 0, failures = 0;
+        var counts = new int[6];
+        for (int n = 0; n < 3000; n++)
+        {
+            // buffers are always at least as long as the lengths passed with them (a C caller's own contract);
+            // everything else is random: handle, NULLs, lengths from −3 to past the context, tokens in and out of range
+            ulong handle = random.Next(5) == 0 ? (ulong)random.NextInt64() : model;
+            int promptLength = random.Next(-3, 36), responseLength = random.Next(-3, 36);
+            int[]? prompt = random.Next(8) == 0 ? null : Tokens(Math.Max(promptLength, 0));
+            int[]? response = random.Next(8) == 0 ? null : Tokens(Math.Max(responseLength, 0));
+            bool withSum = random.Next(10) != 0;
+            var logProbs = random.Next(2) == 0 ? null : new float[Math.Max(responseLength, 0)];
+            var entropies = random.Next(2) == 0 ? null : new float[Math.Max(responseLength, 0)];
+            int status = Score(handle, prompt, promptLength, response, responseLength, withSum, logProbs, entropies, out float sum);
+            calls++;
+            counts[status]++;
+            if (status == Ok) Assert.That(float.IsFinite(sum) && sum <= 0, $"call {n}: a log-prob is finite and ≤ 0, got {sum}");
+            else
+            {
+                failures++;
+                Assert.That(LastError(), Is.Not.Empty, $"call {n}: status {status} without a message");
+            }
+        }
+        TestContext.Out.WriteLine($"{calls} fuzzed distalign_score calls: {counts[0]} ok, {counts[1]} argument, {counts[4]} handle, {counts[5]} internal errors");
+        Assert.That(counts[5], Is.Zero, "no call ends in an internal error: every bad input has its own status");
+        Assert.That(counts[0], Is.GreaterThan(100), "the fuzz also exercises successful calls");
+        Assert.That(Free(model), Is.EqualTo(Ok));
+
+        int[] Tokens(int length)
+        {
+            var t = new int[length];
+            for (int i = 0; i < length; i++) t[i] = random.Next(30) == 0 ? random.Next(-5, vocab + 5) : random.Next(vocab);
+            return t;
+        }
+    }
+}
