@@ -55,6 +55,17 @@ int32_t distalign_score(distalign_model model, const int32_t *prompt, int32_t pr
                         const int32_t *response, int32_t response_length,
                         float *sequence_logprob, float *token_logprobs, float *token_entropies);
 
+/* Draws one continuation of the prompt (start it with <|endoftext|>): at most max_new_tokens tokens, stopping after
+ * <|endoftext|>; temperature (0 = greedy), top_k (0 = all), top_p (1 = all); the same seed gives the same tokens as
+ * `distalign sample` on the CPU. tokens needs max_new_tokens entries; *count receives how many were drawn. */
+int32_t distalign_sample(distalign_model model, const int32_t *prompt, int32_t prompt_length, int32_t max_new_tokens,
+                         float temperature, int32_t top_k, float top_p, uint64_t seed,
+                         int32_t *tokens, int32_t capacity, int32_t *count);
+
+/* Writes the model as a safetensors checkpoint (atomically: a temporary file renamed), readable by distalign_model_load
+ * and every distalign command. */
+int32_t distalign_model_save(distalign_model model, const char *path_utf8);
+
 #ifdef __cplusplus
 }
 #endif

@@ -44,6 +44,12 @@ int main(int argc, char **argv)
     memcpy(&bits, &sum, sizeof bits);
     printf("logprob %.9g bits %08x tokens %d first_token %.9g entropy %.9g\n", sum, bits, response_length, token_logprobs[0], token_entropies[0]);
 
+    int32_t drawn[8], drawn_count;   /* a seeded continuation of the prompt, as `distalign sample --seed 7` draws it */
+    if (distalign_sample(model, prompt, prompt_length, 8, 1.0f, 0, 1.0f, 7, drawn, 8, &drawn_count) != DISTALIGN_OK) return fail("sample");
+    printf("sampled %d tokens:", drawn_count);
+    for (int i = 0; i < drawn_count; i++) printf(" %d", drawn[i]);
+    printf("\n");
+
     /* bad input returns an error, never a crash */
     if (distalign_score(model, NULL, 1, response, response_length, &sum, NULL, NULL) != DISTALIGN_E_ARGUMENT) return fail("NULL prompt accepted");
     if (distalign_model_free(model) != DISTALIGN_OK) return fail("free");

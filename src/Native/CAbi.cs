@@ -128,6 +128,37 @@ public static unsafe class CAbi
         if (tokenEntropies is not null) entropies.CopyTo(new Span<float>(tokenEntropies, responseLength));
     });
 
+    [UnmanagedCallersOnly(EntryPoint = "distalign_sample")]
+    public static int Sample(ulong model, int* prompt, int promptLength, int maxNewTokens, float temperature, int topK, float topP,
+                             ulong seed, int* tokens, int capacity, int* count) => Guard(() =>
+    {
+        var m = Find(model);
+        if (prompt is null) throw new ArgumentException("prompt is NULL");
+        if (count is null) throw new ArgumentException("count is NULL");
+        if (promptLength < 1) throw new ArgumentException($"prompt_length is {promptLength}; a prompt needs at least one token (<|endoftext|>)");
+        if (capacity < 0 || (tokens is null && capacity > 0)) throw new ArgumentException($"tokens is NULL or capacity {capacity} is negative");
+        if (maxNewTokens > capacity) throw new ArgumentException($"max_new_tokens {maxNewTokens} exceeds the capacity of {capacity}");
+        int[] p = new ReadOnlySpan<int>(prompt, promptLength).ToArray();
+        CheckTokens(p, m.Gpt.Config.VocabSize, "prompt");
+        var options = new SamplingOptions(maxNewTokens, temperature, topK, topP, m.Tokenizer.EndOfText).Validate();
+        Continuation drawn;
+        lock (m.Lock)
+        {
+            if (!Models.ContainsKey(model)) throw new HandleException(model);
+            drawn = m.Policy.Sample([p], options, seed)[0];
+        }
+        drawn.Tokens.CopyTo(new Span<int>(tokens, capacity));
+        *count = drawn.Tokens.Length;
+    });
+
+    [UnmanagedCallersOnly(EntryPoint = "distalign_model_save")]
+    public static int ModelSave(ulong model, byte* path) => Guard(() =>
+    {
+        var m = Find(model);
+        if (path is null) throw new ArgumentException("path is NULL");
+        lock (m.Lock) GptCheckpoint.SaveModel(Marshal.PtrToStringUTF8((nint)path) ?? "", m.Gpt, m.Tokenizer.Spec);
+    });
+
     private static void CheckTokens(int[] tokens, int vocab, string what)
     {
         for (int i = 0; i < tokens.Length; i++)

@@ -126,6 +126,40 @@ public unsafe class CAbiTests
     }
 
     [Test]
+    public void SamplingIsThePolicysAndASavedModelScoresTheSame()
+    {
+        string path = TinyModel();
+        Assert.That(Load(path, out ulong model), Is.EqualTo(Ok));
+        int[] prompt = [2256, 17, 300];
+        var tokens = new int[8];
+        int count;
+        fixed (int* p = prompt) fixed (int* t = tokens)
+            Assert.That(((delegate* unmanaged<ulong, int*, int, int, float, int, float, ulong, int*, int, int*, int>)&CAbi.Sample)(
+                model, p, 3, 8, 1f, 0, 1f, 42, t, 8, &count), Is.EqualTo(Ok), LastError());
+        var (gpt, spec) = GptCheckpoint.LoadModel(path);
+        using (var policy = new GptPolicy(gpt, new AdamWSettings(), ownsModel: true))
+        {
+            var expected = policy.Sample([prompt], new SamplingOptions(8, EndOfText: 2256), 42)[0];
+            Assert.That(tokens[..count], Is.EqualTo(expected.Tokens), "the C ABI draws what the policy draws for the same seed");
+        }
+        fixed (int* p = prompt) fixed (int* t = tokens)
+            Assert.That(((delegate* unmanaged<ulong, int*, int, int, float, int, float, ulong, int*, int, int*, int>)&CAbi.Sample)(
+                model, p, 3, 9, 1f, 0, 1f, 42, t, 8, &count), Is.EqualTo(ArgumentError));
+        Assert.That(LastError(), Is.EqualTo("max_new_tokens 9 exceeds the capacity of 8"));
+
+        string saved = Path.Combine(folder, "saved.safetensors");
+        byte[] utf8 = [.. Encoding.UTF8.GetBytes(saved), 0];
+        fixed (byte* s = utf8) Assert.That(((delegate* unmanaged<ulong, byte*, int>)&CAbi.ModelSave)(model, s), Is.EqualTo(Ok), LastError());
+        Assert.That(Load(saved, out ulong reloaded), Is.EqualTo(Ok));
+        int[] response = [5, 6];
+        Score(model, prompt, 3, response, 2, true, null, null, out float before);
+        Score(reloaded, prompt, 3, response, 2, true, null, null, out float after);
+        Assert.That(after, Is.EqualTo(before), "a saved model scores as the one it was saved from");
+        Assert.That(Free(model), Is.EqualTo(Ok));
+        Assert.That(Free(reloaded), Is.EqualTo(Ok));
+    }
+
+    [Test]
     public void FuzzedCallsNeverThrowAndAlwaysExplainAnError()
     {
         Assert.That(Load(TinyModel(), out ulong model), Is.EqualTo(Ok));
