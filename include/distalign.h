@@ -62,6 +62,19 @@ int32_t distalign_sample(distalign_model model, const int32_t *prompt, int32_t p
                          float temperature, int32_t top_k, float top_p, uint64_t seed,
                          int32_t *tokens, int32_t capacity, int32_t *count);
 
+/* One DPO step (the sigmoid loss with beta) of `policy` on `pairs` preference pairs against the frozen `reference` (load
+ * the same file twice): zero gradients, the mean loss over the pairs and its backward, clipping of the global gradient
+ * norm to max_grad_norm (0 = none), one AdamW step (β1 0.9, β2 0.95, ε 1e-8, weight decay 0.1 on the matrices) at
+ * learning_rate; `step` counts from 1 (bias correction). Pair i's prompt is prompts[prompt_offsets[i] ..
+ * prompt_offsets[i+1]) (start it with <|endoftext|>), likewise chosen and rejected; each offsets array holds pairs + 1
+ * non-decreasing entries starting at 0. *loss receives the mean loss before the update. A non-finite loss or gradient
+ * leaves the weights unchanged and returns DISTALIGN_E_INTERNAL with the step named. */
+int32_t distalign_dpo_step(distalign_model policy, distalign_model reference, int32_t pairs,
+                           const int32_t *prompts, const int32_t *prompt_offsets,
+                           const int32_t *chosen, const int32_t *chosen_offsets,
+                           const int32_t *rejected, const int32_t *rejected_offsets,
+                           float beta, float learning_rate, float max_grad_norm, int32_t step, float *loss);
+
 /* Writes the model as a safetensors checkpoint (atomically: a temporary file renamed), readable by distalign_model_load
  * and every distalign command. */
 int32_t distalign_model_save(distalign_model model, const char *path_utf8);

@@ -1,4 +1,4 @@
-"""Score a prompt/response with libdistalign.so through ctypes (standard library only).
+"""Score a prompt/response with libdistalign.so through ctypes (standard library only), then take two DPO steps.
 
     LD_LIBRARY_PATH=path/to/lib python3 samples/python/score.py MODEL.safetensors "Call me" " Ishmael."
 
@@ -18,6 +18,9 @@ lib.distalign_model_free.argtypes = [ctypes.c_uint64]
 lib.distalign_model_info.argtypes = [ctypes.c_uint64] + [ctypes.POINTER(ctypes.c_int32)] * 3
 lib.distalign_tokenize.argtypes = [ctypes.c_uint64, ctypes.c_char_p, ctypes.POINTER(ctypes.c_int32), ctypes.c_int32,
                                    ctypes.POINTER(ctypes.c_int32)]
+I32P = ctypes.POINTER(ctypes.c_int32)
+lib.distalign_dpo_step.argtypes = [ctypes.c_uint64, ctypes.c_uint64, ctypes.c_int32, I32P, I32P, I32P, I32P, I32P, I32P,
+                                   ctypes.c_float, ctypes.c_float, ctypes.c_float, ctypes.c_int32, ctypes.POINTER(ctypes.c_float)]
 lib.distalign_score.argtypes = [ctypes.c_uint64, ctypes.POINTER(ctypes.c_int32), ctypes.c_int32,
                                 ctypes.POINTER(ctypes.c_int32), ctypes.c_int32, ctypes.POINTER(ctypes.c_float),
                                 ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_float)]
@@ -52,6 +55,21 @@ def main(path, prompt_text, response_text):
         check(lib.distalign_score(model, p, len(prompt), r, len(response), ctypes.byref(total), logprobs, None), "score")
         bits = struct.unpack("<I", struct.pack("<f", total.value))[0]
         print(f"logprob {total.value!r} bits {bits:08x} tokens {len(response)}")
+        # two DPO steps preferring the response to a rejected one, against a frozen copy of the model as the reference
+        reference = ctypes.c_uint64()
+        check(lib.distalign_model_load(path.encode(), ctypes.byref(reference)), "load reference")
+        try:
+            rejected = tokenize(model, " the whale")
+            arrays = [prompt, [0, len(prompt)], response, [0, len(response)], rejected, [0, len(rejected)]]
+            c_arrays = [(ctypes.c_int32 * len(a))(*a) for a in arrays]
+            losses = []
+            for step in (1, 2):
+                loss = ctypes.c_float()
+                check(lib.distalign_dpo_step(model, reference, 1, *c_arrays, 0.5, 1e-2, 1.0, step, ctypes.byref(loss)), "dpo step")
+                losses.append(loss.value)
+            print("dpo losses:", " ".join(f"{x:.6f}" for x in losses))
+        finally:
+            check(lib.distalign_model_free(reference), "free reference")
         # a wrong length is an error with a message, not a crash
         status = lib.distalign_score(model, p, len(prompt), r, -1, ctypes.byref(total), None, None)
         assert status == 1, status

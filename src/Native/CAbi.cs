@@ -1,7 +1,10 @@
 using System.Collections.Concurrent;
 using System.Runtime.InteropServices;
 using System.Text;
+using DistAlign.Alignment.Data;
+using DistAlign.Alignment.Objectives;
 using DistAlign.Alignment.Policies;
+using DistAlign.Kernels.Cpu;
 using DistAlign.Engine.SafeTensors;
 using DistAlign.Transformer.Model;
 using DistAlign.Transformer.Tokenization;
@@ -158,6 +161,70 @@ public static unsafe class CAbi
         if (path is null) throw new ArgumentException("path is NULL");
         lock (m.Lock) GptCheckpoint.SaveModel(Marshal.PtrToStringUTF8((nint)path) ?? "", m.Gpt, m.Tokenizer.Spec);
     });
+
+    [UnmanagedCallersOnly(EntryPoint = "distalign_dpo_step")]
+    public static int DpoStep(ulong policy, ulong reference, int pairs,
+                              int* prompts, int* promptOffsets, int* chosen, int* chosenOffsets, int* rejected, int* rejectedOffsets,
+                              float beta, float learningRate, float maxGradNorm, int step, float* loss) => Guard(() =>
+    {
+        var p = Find(policy);
+        var r = Find(reference);
+        if (ReferenceEquals(p, r)) throw new ArgumentException("policy and reference are the same model: load the reference separately");
+        if (loss is null) throw new ArgumentException("loss is NULL");
+        if (pairs < 1) throw new ArgumentException($"pairs is {pairs}; a step needs at least one pair");
+        if (p.Gpt.Config != r.Gpt.Config) throw new ArgumentException($"the reference's config {r.Gpt.Config} differs from the policy's {p.Gpt.Config}");
+        if (!(beta > 0) || !float.IsFinite(beta)) throw new ArgumentException($"beta is {beta}; it must be a positive number");
+        if (!(learningRate > 0) || !float.IsFinite(learningRate)) throw new ArgumentException($"learning_rate is {learningRate}; it must be a positive number");
+        if (!(maxGradNorm >= 0) || !float.IsFinite(maxGradNorm)) throw new ArgumentException($"max_grad_norm is {maxGradNorm}; it must be ≥ 0");
+        if (step < 1) throw new ArgumentException($"step is {step}; steps count from 1");
+        int vocab = p.Gpt.Config.VocabSize, context = p.Gpt.Config.MaxSequenceLength;
+        var promptTokens = Slices(prompts, promptOffsets, pairs, "prompts");
+        var chosenTokens = Slices(chosen, chosenOffsets, pairs, "chosen");
+        var rejectedTokens = Slices(rejected, rejectedOffsets, pairs, "rejected");
+        var data = new List<PreferencePair>(pairs);
+        for (int i = 0; i < pairs; i++)
+        {
+            foreach (var (tokens, what) in new[] { (promptTokens[i], "prompt"), (chosenTokens[i], "chosen"), (rejectedTokens[i], "rejected") })
+            {
+                if (tokens.Length == 0) throw new ArgumentException($"pair {i}: the {what} is empty");
+                CheckTokens(tokens, vocab, $"pair {i} {what}");
+            }
+            int longest = promptTokens[i].Length + Math.Max(chosenTokens[i].Length, rejectedTokens[i].Length) - 1;
+            if (longest > context) throw new ArgumentException($"pair {i}: prompt + response − 1 = {longest} tokens exceed the context of {context}");
+            data.Add(new PreferencePair(promptTokens[i], chosenTokens[i], rejectedTokens[i]));
+        }
+        var objective = new OfflinePreferenceObjective(new PairwiseLossSettings(PairwiseLossVariant.DpoSigmoid, Beta: beta));
+        lock (p.Lock)
+        lock (r.Lock)
+        {
+            if (!Models.ContainsKey(policy)) throw new HandleException(policy);
+            if (!Models.ContainsKey(reference)) throw new HandleException(reference);
+            var referenceLogProbs = OfflinePreferenceObjective.ReferenceLogProbs(r.Policy, data);
+            p.Policy.ZeroGradients();
+            var metrics = objective.Accumulate(p.Policy, data, referenceLogProbs, null, (ulong)step);
+            double norm = p.Policy.ClipGradients(maxGradNorm);
+            if (!double.IsFinite(metrics.Loss) || !double.IsFinite(norm))
+                throw new InvalidOperationException($"step {step}: the loss ({metrics.Loss}) or the gradient norm ({norm}) is not finite; the weights are unchanged");
+            p.Policy.OptimizerStep(step, learningRate);
+            *loss = (float)metrics.Loss;
+        }
+    });
+
+    // The pairs' token lists of one flat array: offsets [pairs + 1], 0 first, non-decreasing; the last is the array's length.
+    private static int[][] Slices(int* values, int* offsets, int pairs, string what)
+    {
+        if (values is null) throw new ArgumentException($"{what} is NULL");
+        if (offsets is null) throw new ArgumentException($"{what} offsets are NULL");
+        if (offsets[0] != 0) throw new ArgumentException($"{what} offsets[0] is {offsets[0]}; it must be 0");
+        var result = new int[pairs][];
+        for (int i = 0; i < pairs; i++)
+        {
+            int start = offsets[i], end = offsets[i + 1];
+            if (end < start) throw new ArgumentException($"{what} offsets[{i + 1}] = {end} is below offsets[{i}] = {start}");
+            result[i] = new ReadOnlySpan<int>(values + start, end - start).ToArray();
+        }
+        return result;
+    }
 
     private static void CheckTokens(int[] tokens, int vocab, string what)
     {

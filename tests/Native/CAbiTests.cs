@@ -1,6 +1,8 @@
 using System.Runtime.InteropServices;
 using System.Text;
+using DistAlign.Alignment.Data;
 using DistAlign.Alignment.Objectives;
+using DistAlign.Kernels.Cpu;
 using DistAlign.Alignment.Policies;
 using DistAlign.Native;
 using DistAlign.Tests.Alignment;
@@ -157,6 +159,69 @@ public unsafe class CAbiTests
         Assert.That(after, Is.EqualTo(before), "a saved model scores as the one it was saved from");
         Assert.That(Free(model), Is.EqualTo(Ok));
         Assert.That(Free(reloaded), Is.EqualTo(Ok));
+    }
+
+    private static int DpoStep(ulong policy, ulong reference, int pairs, int[] prompts, int[] promptOffsets, int[] chosen, int[] chosenOffsets,
+                               int[] rejected, int[] rejectedOffsets, float beta, float learningRate, float clip, int step, out float loss)
+    {
+        float value = float.NaN;
+        int status;
+        fixed (int* p = prompts) fixed (int* po = promptOffsets) fixed (int* c = chosen) fixed (int* co = chosenOffsets)
+        fixed (int* r = rejected) fixed (int* ro = rejectedOffsets)
+            status = ((delegate* unmanaged<ulong, ulong, int, int*, int*, int*, int*, int*, int*, float, float, float, int, float*, int>)&CAbi.DpoStep)(
+                policy, reference, pairs, p, po, c, co, r, ro, beta, learningRate, clip, step, &value);
+        loss = value;
+        return status;
+    }
+
+    [Test]
+    public void DpoStepsAreTheManagedStepsToTheBit()
+    {
+        string path = TinyModel();
+        Assert.That(Load(path, out ulong policy), Is.EqualTo(Ok));
+        Assert.That(Load(path, out ulong reference), Is.EqualTo(Ok));
+        // two pairs: prompt [EOT, 17, 300] / [EOT, 5]; chosen and rejected of different lengths
+        int[] prompts = [2256, 17, 300, 2256, 5], promptOffsets = [0, 3, 5];
+        int[] chosen = [42, 7, 1999, 8], chosenOffsets = [0, 3, 4];
+        int[] rejected = [3, 99, 100, 101], rejectedOffsets = [0, 1, 4];
+        var losses = new float[3];
+        for (int step = 1; step <= 3; step++)
+            Assert.That(DpoStep(policy, reference, 2, prompts, promptOffsets, chosen, chosenOffsets, rejected, rejectedOffsets,
+                                0.5f, 1e-2f, 1f, step, out losses[step - 1]), Is.EqualTo(Ok), LastError());
+        Assert.That(losses[0], Is.EqualTo(MathF.Log(2)).Within(1e-6), "π = π0 at the start: the DPO loss is ln 2");
+        Assert.That(losses[2], Is.LessThan(losses[0]), "the steps lower the loss on their own pairs");
+
+        // the same three steps in managed code
+        var (gpt, _) = GptCheckpoint.LoadModel(path);
+        var (gpt0, _) = GptCheckpoint.LoadModel(path);
+        using var managed = new GptPolicy(gpt, new AdamWSettings(), ownsModel: true);
+        using var frozen = new GptPolicy(gpt0, new AdamWSettings(), ownsModel: true);
+        List<PreferencePair> data = [new([2256, 17, 300], [42, 7, 1999], [3]), new([2256, 5], [8], [99, 100, 101])];
+        var objective = new OfflinePreferenceObjective(new PairwiseLossSettings(PairwiseLossVariant.DpoSigmoid, Beta: 0.5));
+        for (int step = 1; step <= 3; step++)
+        {
+            var refs = OfflinePreferenceObjective.ReferenceLogProbs(frozen, data);
+            managed.ZeroGradients();
+            var m = objective.Accumulate(managed, data, refs, null, (ulong)step);
+            managed.ClipGradients(1f);
+            managed.OptimizerStep(step, 1e-2f);
+            Assert.That((float)m.Loss, Is.EqualTo(losses[step - 1]), $"step {step}: the same loss");
+        }
+        int[] prompt = [2256, 17, 300], response = [42, 7];
+        Assert.That(Score(policy, prompt, 3, response, 2, true, null, null, out float viaAbi), Is.EqualTo(Ok));
+        var expected = SequenceScorer.Score(managed, [new PromptResponse(prompt, response)])[0].LogProb;
+        Assert.That(viaAbi, Is.EqualTo(expected), "the trained weights are the managed run's: the same score, bit for bit");
+
+        Assert.That(DpoStep(policy, policy, 2, prompts, promptOffsets, chosen, chosenOffsets, rejected, rejectedOffsets, 0.5f, 1e-2f, 1f, 4, out _),
+                    Is.EqualTo(ArgumentError));
+        Assert.That(LastError(), Does.Contain("policy and reference are the same model"));
+        Assert.That(DpoStep(policy, reference, 2, prompts, [0, 4, 3], chosen, chosenOffsets, rejected, rejectedOffsets, 0.5f, 1e-2f, 1f, 4, out _),
+                    Is.EqualTo(ArgumentError));
+        Assert.That(LastError(), Is.EqualTo("prompts offsets[2] = 3 is below offsets[1] = 4"));
+        Assert.That(DpoStep(policy, reference, 2, prompts, promptOffsets, chosen, chosenOffsets, rejected, rejectedOffsets, 0.5f, 1e-2f, 1f, 0, out _),
+                    Is.EqualTo(ArgumentError));
+        Assert.That(Free(policy), Is.EqualTo(Ok));
+        Assert.That(Free(reference), Is.EqualTo(Ok));
     }
 
     [Test]
