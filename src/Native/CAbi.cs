@@ -117,18 +117,16 @@ public static unsafe class CAbi
         int[] p = new ReadOnlySpan<int>(prompt, promptLength).ToArray(), r = new ReadOnlySpan<int>(response, responseLength).ToArray();
         CheckTokens(p, vocab, "prompt");
         CheckTokens(r, vocab, "response");
-        var logProbs = new float[responseLength];
-        var entropies = tokenEntropies is null ? [] : new float[responseLength];
+        SequenceScore score;
         lock (m.Lock)
         {
             if (!Models.ContainsKey(model)) throw new HandleException(model);
-            m.Policy.Score([new PromptResponse(p, r)], logProbs, entropies);
+            // what `distalign score` computes, so the two agree to the bit
+            score = SequenceScorer.Score(m.Policy, [new PromptResponse(p, r)], withEntropies: tokenEntropies is not null)[0];
         }
-        var sum = new float[1];
-        PolicyScores.SumPerSequence([new PromptResponse(p, r)], logProbs, sum, default);
-        *sequenceLogProb = sum[0];
-        if (tokenLogProbs is not null) logProbs.CopyTo(new Span<float>(tokenLogProbs, responseLength));
-        if (tokenEntropies is not null) entropies.CopyTo(new Span<float>(tokenEntropies, responseLength));
+        *sequenceLogProb = score.LogProb;
+        if (tokenLogProbs is not null) score.TokenLogProbs.CopyTo(new Span<float>(tokenLogProbs, responseLength));
+        if (tokenEntropies is not null) score.TokenEntropies.CopyTo(new Span<float>(tokenEntropies, responseLength));
     });
 
     [UnmanagedCallersOnly(EntryPoint = "distalign_sample")]

@@ -122,8 +122,7 @@ public static class PreferenceStepBenchmark
         policy.OptimizerStep(2 * (warmup + steps) + 1, 1e-5f);
         engine.Synchronize();
         profile.Charge("clip + AdamW", Stopwatch.GetElapsedTime(optimizerStart).TotalMilliseconds);
-        int profiledSteps = 1;
-        var perStep = profile.Totals().Select(x => (x.Op, x.Milliseconds / profiledSteps)).ToList();
+        var perStep = profile.Totals().ToList();   // one profiled step: totals are per step
         perStep.Add(("other (packing, sums, pairwise loss, zeroing)", Math.Max(0, dpoTimes.Average() - perStep.Sum(x => x.Item2))));
         return new PreferenceStepMeasurement(config, pairs, PolicyScores.TokenCount(sftSequences), Median(dpoTimes), Median(sftTimes), dpoTimes, sftTimes,
             perStep.OrderByDescending(x => x.Item2).ToList(), Process.GetCurrentProcess().PeakWorkingSet64);

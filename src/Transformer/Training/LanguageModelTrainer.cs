@@ -57,7 +57,8 @@ public sealed class LanguageModelTrainer
 
     /// <summary>
     /// Test hook: called after the backward pass of every step, before the NaN/Inf checks, so a test can poison a
-    /// gradient or weight and see the guard stop the step (tests/Reliability/NonFiniteGuardTests).
+    /// gradient or weight and see the guard stop the step (tests/Reliability/NonFiniteGuardTests). It receives the host model,
+    /// which is the trained one on the CPU engine only: on a device engine poisoning it changes nothing.
     /// </summary>
     internal Action<Gpt>? AfterBackward { get; set; }
     public TokenWindowLoader Loader { get; }
