@@ -2,12 +2,13 @@ using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
 using DistAlign.Alignment.Benchmarks;
-using DistAlign.Transformer.Devices;
 using DistAlign.Alignment.Data;
 using DistAlign.Alignment.Objectives;
 using DistAlign.Alignment.Policies;
 using DistAlign.Alignment.Training;
+using DistAlign.Engine.Distributed;
 using DistAlign.Kernels.Cpu;
+using DistAlign.Transformer.Devices;
 using DistAlign.Transformer.Model;
 using DistAlign.Transformer.Tokenization;
 using DistAlign.Transformer.Training;
@@ -108,6 +109,7 @@ internal static class AlignCommand
 
         var (gpt, tok, pairs, dataHash, loaded) = CliData.LoadModelAndPairs(modelFile, dataFile, common, s.Train.Frozen);
         var train = TiltAlign.Resolve(s.Train, loaded, modelFile.FullName, gpt);
+        if (train.Frozen && Ranks.Group.Size > 1) throw new CliUsageException($"--train {s.Train.Name} runs in one process (start it without mpirun)");
         // --device cuda (or auto with a usable GPU): π and the reference π0 on GptPolicy (scores, gradients, clipping and
         // AdamW on the device; KL samples decoded on the device); `gpt` is the host copy that checkpoints save and restore.
         using var device = train.Frozen ? null : GpuTrainingOptions.OpenIfChosen(gpuOptions, gpt);
@@ -130,9 +132,13 @@ internal static class AlignCommand
         using var reference = policy.Snapshot(); // π0, taken before any checkpoint is loaded
         float[]? refs = null;
         if (options.UsesReferenceLogProbs)
-            refs = ReferenceLogProbs.Get(reference, pairs, Path.Combine(outDir, "cache"), Console.WriteLine, out _);
+        {
+            // Rank 0 computes (or reads) the cache; the other ranks receive its values.
+            refs = Ranks.IsRoot ? ReferenceLogProbs.Get(reference, pairs, Path.Combine(outDir, "cache"), Console.WriteLine, out _) : new float[2 * pairs.Count];
+            Ranks.Group.Broadcast<float>(refs, root: 0, "reference log-probs");
+        }
 
-        var trainer = new AlignmentTrainer(policy, reference, pairs, refs, options);
+        var trainer = new AlignmentTrainer(policy, reference, pairs, refs, options, parallel: Ranks.Settings);
         string identity = JsonSerializer.Serialize(new
         {
             objective = s.Objective.ToLowerInvariant(), variant = options.Loss.Variant.ToString(), options.Loss.Beta, options.Loss.Gamma,
@@ -141,7 +147,7 @@ internal static class AlignCommand
             options.EvalFraction, options.EvaluateEvery, options.Seed, s.WeightDecay, common.MaxPromptTokens, common.MaxResponseTokens,
             model_hash = modelHash, data_hash = dataHash, train = train.Name, adapter_rank = train.AdapterRank,
         });
-        var run = new AlignmentRun(trainer, policy, outDir, tok.Spec, identity, s.CheckpointEvery);
+        var run = new AlignmentRun(trainer, policy, outDir, tok.Spec, identity, s.CheckpointEvery) { WritesFiles = Ranks.IsRoot };
         if (run.Start(s.Resume) is { } latest) Console.WriteLine($"resumed from {latest} at step {trainer.Step}");
         else if (s.Resume) Console.WriteLine($"no checkpoint in {outDir}: starting from step 0");
         Console.WriteLine($"align {s.Objective.ToLowerInvariant()}" + (objective == AlignmentObjective.Preference ? $" ({options.Loss.Variant})" : "") +
@@ -158,7 +164,7 @@ internal static class AlignCommand
         }));
 
         string modelPath = Path.Combine(outDir, GptCheckpoint.ModelFileName);
-        PolicyCheckpoint.SaveModel(policy, modelPath, tok.Spec);   // a GPU policy's trained weights are copied from the device first
+        if (Ranks.IsRoot) PolicyCheckpoint.SaveModel(policy, modelPath, tok.Spec);   // a GPU policy's trained weights are copied from the device first
         CliProgress.Summary(last, lastEval, run.MetricsPath, modelPath);
         return 0;
     }

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Text.Json;
+using DistAlign.Alignment.Training;
 using DistAlign.Kernels.Cpu;
 using DistAlign.Transformer.Data;
 using DistAlign.Transformer.Model;
@@ -25,7 +26,7 @@ internal static class PretrainCommand
         var channels = new Option<int>("--channels") { DefaultValueFactory = _ => 128, Description = "Model width." };
         var context = new Option<int>("--context") { DefaultValueFactory = _ => 128, Description = "Context length (position embeddings)." };
         var steps = new Option<int>("--steps") { DefaultValueFactory = _ => 500, Description = "Optimizer steps." };
-        var batch = new Option<int>("--batch") { DefaultValueFactory = _ => 8, Description = "Rows per micro-batch." };
+        var batch = new Option<int>("--batch") { DefaultValueFactory = _ => 8, Description = "Rows per micro-batch, over all ranks under mpirun (each of N ranks takes batch/N)." };
         var seq = new Option<int>("--seq") { DefaultValueFactory = _ => 64, Description = "Tokens per row." };
         var accumulation = new Option<int>("--grad-accum") { DefaultValueFactory = _ => 1, Description = "Micro-batches per optimizer step." };
         var lr = new Option<float>("--lr") { DefaultValueFactory = _ => 3e-3f, Description = "Peak learning rate." };
@@ -75,6 +76,20 @@ internal static class PretrainCommand
         return command;
     }
 
+    /// <summary>One JSON line per step in --out: the exact loss (round-trip digits), gradient norm, learning rate and throughput.</summary>
+    public const string MetricsFileName = "metrics.jsonl";
+
+    private static string MetricsLine(StepReport report, double tokensPerSecond)
+    {
+        var line = new Dictionary<string, double>
+        {
+            ["step"] = report.Step, ["loss"] = report.Loss, ["grad_norm"] = report.GradientNorm,
+            ["lr"] = report.LearningRate, ["tokens_per_second"] = tokensPerSecond,
+        };
+        if (report.ValidationLoss is float v) line["eval_loss"] = v;
+        return JsonSerializer.Serialize(line);
+    }
+
     private static int Run(string outDir, FileInfo? textFile, Gpt2Tokenizer tok, GptConfig config,
                            LanguageModelTrainingOptions options, int checkpointEvery, bool resume, long memoryBudget,
                            GpuTrainingOptions.Values gpuOptions)
@@ -99,9 +114,10 @@ internal static class PretrainCommand
         using var device = GpuTrainingOptions.OpenIfChosen(gpuOptions, config);
         using var gpu = device?.Models.EngineFor(model);   // null on the CPU: the trainer runs on `model` itself
         if (device is not null) AnsiConsole.MarkupLine($"training on {Markup.Escape(device.Description)}");
-        var trainer = new LanguageModelTrainer(model, train, validation, options, gpu);
+        var trainer = new LanguageModelTrainer(model, train, validation, options, gpu, Ranks.Settings);
         string optionsJson = JsonSerializer.Serialize(new { config, options, tokenizer = tok.Spec });
 
+        string metricsPath = Path.Combine(outDir, MetricsFileName);
         string? latest = resume ? GptCheckpoint.LatestTraining(outDir) : null;
         if (resume && latest is null) AnsiConsole.MarkupLine($"[yellow]no checkpoint in {Markup.Escape(outDir)}: starting from scratch[/]");
         if (latest is not null)
@@ -110,6 +126,7 @@ internal static class PretrainCommand
             if (savedOptions != optionsJson)
                 throw new CliUsageException($"{latest} was written with different settings; resume with the same flags:\n  saved: {savedOptions}\n  now:   {optionsJson}");
             trainer.Restore(state);
+            if (Ranks.IsRoot) MetricsLog.TruncateAfter(metricsPath, state.Step);   // steps redone after the checkpoint are not listed twice
             AnsiConsole.MarkupLine($"resumed from {Markup.Escape(latest)} at step {state.Step}");
         }
         else
@@ -117,6 +134,7 @@ internal static class PretrainCommand
             if (GptCheckpoint.LatestTraining(outDir) is { } existing)
                 throw new CliUsageException($"{outDir} already holds a run ({existing}); pass --resume to continue it or choose another --out");
             model.InitializeGpt2(options.Seed);
+            if (Ranks.IsRoot) File.WriteAllText(metricsPath, "");
         }
         trainer.UploadModel();
 
@@ -138,8 +156,9 @@ internal static class PretrainCommand
                                        (lastValidation is float v ? $" val {v:F3}" : "") +
                                        $" | {tokensPerSecond:N0} tok/s";
                     task.Value = report.Step;
+                    if (Ranks.IsRoot) File.AppendAllText(metricsPath, MetricsLine(report, tokensPerSecond) + "\n");
                     if (report.ValidationLoss is float vl) Console.WriteLine($"step {report.Step}: train loss {report.Loss:F4}, validation loss {vl:F4}, {tokensPerSecond:N0} tok/s");
-                    if (report.Step % checkpointEvery == 0 || report.Step == options.Steps)
+                    if (Ranks.IsRoot && (report.Step % checkpointEvery == 0 || report.Step == options.Steps))
                     {
                         trainer.DownloadModel();
                         GptCheckpoint.SaveTraining(outDir, model, tok.Spec, trainer.State, optionsJson);
@@ -148,7 +167,7 @@ internal static class PretrainCommand
             });
         string modelPath = Path.Combine(outDir, GptCheckpoint.ModelFileName);
         trainer.DownloadModel();
-        GptCheckpoint.SaveModel(modelPath, model, tok.Spec);
+        if (Ranks.IsRoot) GptCheckpoint.SaveModel(modelPath, model, tok.Spec);
         Console.WriteLine($"done: {trainer.Step} steps, last train loss {lastLoss:F4}" +
                           (lastValidation is float fv ? $", validation loss {fv:F4}" : "") + $"; model written to {modelPath}");
         return 0;

@@ -1,4 +1,5 @@
 using System.CommandLine;
+using DistAlign.Engine.Distributed;
 using DistAlign.Engine.Memory;
 using DistAlign.Engine.SafeTensors;
 using DistAlign.Transformer.Model;
@@ -16,7 +17,7 @@ public static class Program
     public static int Main(string[] args)
     {
         var verbose = new Option<bool>("--verbose") { Description = "Print stack traces with errors.", Recursive = true };
-        var root = new RootCommand("DistAlign: train small transformer LMs and align them to pairwise preferences.") { verbose };
+        var root = new RootCommand("DistAlign: train small transformer LMs and align them to pairwise preferences.") { verbose, Ranks.Timeout, Ranks.WeightCheckEvery };
         foreach (var command in Commands.All()) root.Subcommands.Add(command);
         DeviceOption.AddToAll(root);   // --device cuda|cpu|auto on every command
 
@@ -29,7 +30,11 @@ public static class Program
         }
         try
         {
-            return parse.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
+            Ranks.Start(parse);   // joins the MPI job when started by mpirun
+            int exitCode = parse.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
+            // Leaving MPI cleanly only after success: a rank that fails exits without MPI_Finalize, and mpirun stops the others.
+            if (exitCode == 0) Ranks.Finish();
+            return exitCode;
         }
         catch (Exception e)
         {
@@ -45,7 +50,7 @@ public static class Program
                 IOException or UnauthorizedAccessException => "I/O error",
                 _ => "error",
             };
-            Console.Error.WriteLine($"distalign: {kind}: {e.Message}");
+            Console.Error.WriteLine($"distalign: {Ranks.Prefix}{kind}: {e.Message}");
             if (parse.GetValue(verbose)) Console.Error.WriteLine(e);
             else if (code == RunFailed && e is not (NonFiniteValueException or IOException or UnauthorizedAccessException))
                 Console.Error.WriteLine("(run with --verbose for the stack trace)");

@@ -41,6 +41,38 @@ internal sealed class CliProcess : IDisposable
         return new CliProcess(start);
     }
 
+    /// <summary>
+    /// Starts <c>mpirun -np RANKS … dotnet distalign.dll ARGS</c> on this machine (loopback, no binding to cores, root
+    /// allowed as in CI), with <c>DISTALIGN_TEST_JOB=<paramref name="job"/></c> in every rank's environment so that a test
+    /// can find a rank's process (<see cref="RankProcessId"/>).
+    /// </summary>
+    public static CliProcess StartUnderMpirun(int ranks, string job, params string[] args)
+    {
+        var start = new ProcessStartInfo(MpiAvailability.Mpirun!);
+        foreach (var a in new[] { "--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "--mca", "btl", "self,vader,tcp",
+                                  "-np", ranks.ToString(), "-x", $"{JobVariable}={job}", DotnetHost, DllPath })
+            start.ArgumentList.Add(a);
+        foreach (var a in args) start.ArgumentList.Add(a);
+        return new CliProcess(start);
+    }
+
+    private const string JobVariable = "DISTALIGN_TEST_JOB";
+
+    /// <summary>The process id of rank <paramref name="rank"/> of the job started with <paramref name="job"/>, or null while there is none.</summary>
+    public static int? RankProcessId(string job, int rank)
+    {
+        foreach (var dir in Directory.EnumerateDirectories("/proc"))
+        {
+            if (!int.TryParse(Path.GetFileName(dir), out int pid)) continue;
+            string environment;
+            try { environment = File.ReadAllText(Path.Combine(dir, "environ")); }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { continue; }
+            var variables = environment.Split('\0');
+            if (variables.Contains($"{JobVariable}={job}") && variables.Contains($"OMPI_COMM_WORLD_RANK={rank}")) return pid;
+        }
+        return null;
+    }
+
     /// <summary>Starts <c>unshare -rm sh -c SCRIPT</c> with <c>"$DISTALIGN_HOST" "$DISTALIGN_DLL"</c> the command that runs the CLI.</summary>
     /// <remarks>Runs in a private user + mount namespace (<c>unshare -rm</c>) so the script may mount a small tmpfs.</remarks>
     public static CliProcess StartShell(string script)

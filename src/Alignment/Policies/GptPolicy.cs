@@ -1,5 +1,7 @@
+using DistAlign.Engine.Distributed;
 using DistAlign.Transformer.Devices;
 using DistAlign.Transformer.Model;
+using DistAlign.Transformer.Training;
 
 namespace DistAlign.Alignment.Policies;
 
@@ -281,6 +283,20 @@ public sealed class GptPolicy : IValuePolicy
         Engine.AdamWStep(step, learningRate, optimizer);
         ValueHead?.OptimizerStep(step, learningRate, optimizer);
         engineVersion++;
+    }
+
+    /// <summary>The engine's gradients (MPI, or NCCL on a device) and the value head's (host) summed over the ranks.</summary>
+    public void AllReduceGradients(IProcessGroup group, string purpose)
+    {
+        Engine.AllReduceGradients(group, purpose);
+        if (ValueHead is not null) group.AllReduceSum(ValueHead.Gradients, $"value head {purpose}");
+    }
+
+    /// <summary>SHA-256 fingerprint of the engine's parameters and the value head's.</summary>
+    public ulong WeightsHash()
+    {
+        ulong hash = DataParallelSettings.HashOf(Engine);
+        return ValueHead is null ? hash : ReplicaCheck.Combine(hash, ReplicaCheck.Hash(ValueHead.Parameters));
     }
 
     public NonFiniteElement? FirstNonFiniteGradient() =>

@@ -1,3 +1,4 @@
+using DistAlign.Engine.Distributed;
 using DistAlign.Transformer.Model;
 
 namespace DistAlign.Alignment.Policies;
@@ -54,6 +55,16 @@ public interface IPolicy : IDisposable
     /// where it appeared; null when every gradient is finite (or the policy cannot name its tensors).
     /// </summary>
     DistAlign.Transformer.Model.NonFiniteElement? FirstNonFiniteGradient() => null;
+
+    /// <summary>
+    /// Sums the gradients over the ranks of a data-parallel job, in place (every rank ends with the same bits). Policies
+    /// that do not train across ranks throw <see cref="NotSupportedException"/>.
+    /// </summary>
+    void AllReduceGradients(IProcessGroup group, string purpose) =>
+        throw new NotSupportedException($"{GetType().Name} does not train across ranks");
+
+    /// <summary>A fingerprint of the exact weights (every rank's must be equal in a data-parallel job).</summary>
+    ulong WeightsHash() => throw new NotSupportedException($"{GetType().Name} does not train across ranks");
 }
 
 /// <summary>

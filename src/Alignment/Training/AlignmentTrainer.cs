@@ -4,6 +4,7 @@ using System.Text.Json;
 using DistAlign.Alignment.Data;
 using DistAlign.Alignment.Objectives;
 using DistAlign.Alignment.Policies;
+using DistAlign.Engine.Distributed;
 using DistAlign.Engine.Random;
 using DistAlign.Kernels.Cpu;
 using DistAlign.Transformer.Model;
@@ -113,6 +114,7 @@ public sealed class AlignmentTrainer
     private readonly int[] trainIndices, evalIndices;
     private readonly EpochCursor cursor;
     private readonly Stopwatch clock = new();
+    private readonly DataParallelSettings parallel;
     private double elapsedBefore;
 
     /// <summary>Steps completed.</summary>
@@ -133,8 +135,10 @@ public sealed class AlignmentTrainer
     /// <param name="referenceLogProbs">ln π0 per sequence of <paramref name="pairs"/>, interleaved (2i chosen, 2i+1 rejected),
     /// as <see cref="ReferenceLogProbCache"/> returns them; needed by the DPO family and IPO</param>
     /// <param name="reward">R̂, needed by the on-policy objectives (distillation, REBEL)</param>
+    /// <param name="parallel">the ranks of a data-parallel job (default: one process): every rank walks the same cursor and
+    /// takes an equal share of each micro-batch's pairs (SFT and the offline preference losses without a sampled KL)</param>
     public AlignmentTrainer(IPolicy policy, IPolicy? reference, IReadOnlyList<PreferencePair> pairs, float[]? referenceLogProbs,
-                            AlignmentTrainingOptions options, IRewardFunction? reward = null)
+                            AlignmentTrainingOptions options, IRewardFunction? reward = null, DataParallelSettings? parallel = null)
     {
         ArgumentNullException.ThrowIfNull(policy);
         ArgumentNullException.ThrowIfNull(pairs);
@@ -153,6 +157,13 @@ public sealed class AlignmentTrainer
             onPolicy = new OnPolicyPreferenceObjective(options.Loss, reward, options.Sampling, options.Kl, options.PairSource);
         }
         schedule = new LearningRateSchedule(options.LearningRate, options.WarmupSteps, options.Steps, options.MinLearningRateFraction);
+        this.parallel = parallel ?? DataParallelSettings.SingleProcess;
+        if (this.parallel.IsDistributed)
+        {
+            if (options.Objective == AlignmentObjective.OnPolicy || options.Kl is { Beta: > 0 })
+                throw new ArgumentException("across ranks, alignment runs SFT and the offline preference losses; the on-policy objectives and the sampled KL term run in one process");
+            this.parallel.Group.ShareOf(options.BatchPairs, "the pairs of a batch (--batch)");
+        }
 
         (trainIndices, evalIndices) = Split(pairs.Count, options.EvalFraction, options.Seed);
         if (trainIndices.Length == 0) throw new ArgumentException($"no training pairs left ({pairs.Count} pairs, eval fraction {options.EvalFraction})");
@@ -197,16 +208,21 @@ public sealed class AlignmentTrainer
         policy.ZeroGradients();
         var sums = new List<KeyValuePair<string, double>>();
         long tokens = 0;
+        // Across N ranks each takes an equal share of the micro-batch's pairs: a mean over pairs is the mean of the ranks'
+        // means (weight 1/N); SFT's mean over tokens weighs each rank by its share of the tokens.
+        double rankShare = 1.0 / parallel.Group.Size;
         for (int micro = 0; micro < a; micro++)
         {
             var indices = cursor.Next(options.BatchPairs);
-            var batch = Gather(indices);
+            var batch = Gather(MyShare(indices));
             IEnumerable<(string, double)> named;
             if (options.Objective == AlignmentObjective.Sft)
             {
                 var sequences = SftObjective.ChosenSequences(batch);
-                var m = sft.Accumulate(policy, sequences, 1.0 / a);
-                named = SftNamed(m);
+                double tokenShare = parallel.IsDistributed
+                    ? (double)PolicyScores.TokenCount(sequences) / PolicyScores.TokenCount(SftObjective.ChosenSequences(Gather(indices))) : 1.0;
+                var m = sft.Accumulate(policy, sequences, tokenShare / a);
+                named = SftNamed(m, tokenShare, rankShare);
                 tokens += m.Tokens;
             }
             else if (options.Objective == AlignmentObjective.OnPolicy)
@@ -219,12 +235,21 @@ public sealed class AlignmentTrainer
             else
             {
                 ulong sampleSeed = MixSeed(options.Seed, (ulong)Step, (ulong)micro);
-                var refs = options.UsesReferenceLogProbs ? GatherReference(indices) : default;
-                var m = preference!.Accumulate(policy, batch, refs, reference, sampleSeed, 1.0 / a);
-                named = PreferenceNamed(m);
+                var refs = options.UsesReferenceLogProbs ? GatherReference(MyShare(indices)) : default;
+                var m = preference!.Accumulate(policy, batch, refs, reference, sampleSeed, rankShare / a);
+                named = PreferenceNamed(m).Select(kv => (kv.Item1, kv.Item2 * rankShare));
                 foreach (var p in batch) tokens += p.Prompt.Length * 2 + p.Chosen.Length + p.Rejected.Length;
             }
             Add(sums, named);
+        }
+        if (parallel.IsDistributed)
+        {
+            // One exchange for the gradients, one for the metrics (and the token count) of this step.
+            policy.AllReduceGradients(parallel.Group, $"gradients of step {Step + 1}");
+            var values = sums.Select(kv => kv.Value).Append(tokens).ToArray();
+            parallel.Group.AllReduceSum(values, $"metrics of step {Step + 1}");
+            for (int i = 0; i < sums.Count; i++) sums[i] = new(sums[i].Key, values[i]);
+            tokens = (long)values[^1];
         }
         var metrics = sums.Select(kv => new KeyValuePair<string, double>(kv.Key, kv.Value / a)).ToList();
         double loss = metrics[0].Value;
@@ -238,6 +263,7 @@ public sealed class AlignmentTrainer
         float lr = schedule.At(Step);
         policy.OptimizerStep(Step + 1, lr);
         Step++;
+        parallel.CheckWeightsWhenDue(Step, policy.WeightsHash);
         double seconds = watch.Elapsed.TotalSeconds;
         clock.Stop();
         PairTrainingOptions.AddStepFigures(metrics, lr, norm, tokens, seconds, ElapsedSeconds);
@@ -261,9 +287,12 @@ public sealed class AlignmentTrainer
     {
         var sums = new List<KeyValuePair<string, double>>();
         double weight = 0;
-        for (int start = 0; start < evalIndices.Length; start += options.BatchPairs)
+        // Each rank scores a contiguous share of the held-out pairs; sums and weights are added over the ranks.
+        int size = parallel.Group.Size, rank = parallel.Group.Rank;
+        var heldOut = evalIndices[(int)((long)evalIndices.Length * rank / size)..(int)((long)evalIndices.Length * (rank + 1) / size)];
+        for (int start = 0; start < heldOut.Length; start += options.BatchPairs)
         {
-            var indices = evalIndices[start..Math.Min(evalIndices.Length, start + options.BatchPairs)];
+            var indices = heldOut[start..Math.Min(heldOut.Length, start + options.BatchPairs)];
             var batch = Gather(indices);
             double w;
             IEnumerable<(string, double)> named;
@@ -317,16 +346,39 @@ public sealed class AlignmentTrainer
             Add(sums, named.Select(kv => (kv.Item1, kv.Item2 * w)));
             weight += w;
         }
+        if (parallel.IsDistributed)
+        {
+            // A rank with no held-out pair still names every metric (scoring nothing) so that all ranks add the same vector.
+            if (sums.Count == 0) Add(sums, EvaluationNames().Select(n => (n, 0.0)));
+            var values = sums.Select(kv => kv.Value).Append(weight).ToArray();
+            parallel.Group.AllReduceSum(values, $"evaluation after step {Step}");
+            for (int i = 0; i < sums.Count; i++) sums[i] = new(sums[i].Key, values[i]);
+            weight = values[^1];
+        }
         return sums.Select(kv => new KeyValuePair<string, double>(kv.Key, kv.Value / weight)).ToList();
     }
 
-    private static IEnumerable<(string, double)> SftNamed(SftMetrics m) =>
+    // Weighted for the sum over ranks: token means by the rank's share of the tokens, sequence means by its share of the
+    // pairs, counts as they are (all weights 1 in one process).
+    private static IEnumerable<(string, double)> SftNamed(SftMetrics m, double tokenShare = 1, double rankShare = 1) =>
     [
-        ("loss", m.Loss),
-        ("mean_token_logp", m.MeanTokenLogProb),
-        ("logps/chosen", m.MeanSequenceLogProb),
+        ("loss", m.Loss * tokenShare),
+        ("mean_token_logp", m.MeanTokenLogProb * tokenShare),
+        ("logps/chosen", m.MeanSequenceLogProb * rankShare),
         ("num_tokens", m.Tokens),
     ];
+
+    // The names Evaluate reports, in its order (for a rank that held out no pair).
+    private IEnumerable<string> EvaluationNames() => options.Objective == AlignmentObjective.Sft
+        ? ["loss", "mean_token_logp"]
+        : (default(PairwiseLossMetrics) with { Variant = options.Loss.Variant }).Named().Select(n => n.Name);
+
+    private int[] MyShare(int[] indices)
+    {
+        if (!parallel.IsDistributed) return indices;
+        var (start, count) = parallel.Group.ShareOf(indices.Length, "the pairs of a batch (--batch)");
+        return indices[start..(start + count)];
+    }
 
     private IEnumerable<(string, double)> PreferenceNamed(OfflineStepMetrics m)
     {

@@ -20,6 +20,12 @@ public abstract class CheckpointedRun
 
     public string MetricsPath => Path.Combine(Directory, AlignmentTrainer.MetricsFileName);
 
+    /// <summary>
+    /// False on the ranks of a data-parallel job other than rank 0: they train and restore like rank 0 but write
+    /// neither metrics nor checkpoints (rank 0's files are the run's).
+    /// </summary>
+    public bool WritesFiles { get; init; } = true;
+
     protected CheckpointedRun(string directory, string tokenizerSpec, string optionsJson, int checkpointEvery)
     {
         if (checkpointEvery < 1) throw new ArgumentException($"checkpoint interval must be ≥ 1 (got {checkpointEvery})");
@@ -52,6 +58,7 @@ public abstract class CheckpointedRun
             throw new ArgumentException($"{Directory} already holds a run ({latest}); pass --resume to continue it or choose another output folder");
         if (latest is null)
         {
+            if (!WritesFiles) return null;
             System.IO.Directory.CreateDirectory(Directory);
             File.WriteAllText(MetricsPath, "");
             return null;
@@ -60,7 +67,7 @@ public abstract class CheckpointedRun
         if (saved != OptionsJson)
             throw new CheckpointMismatchException($"{latest} was written with different settings; resume with the same flags and data:\n  saved: {saved}\n  now:   {OptionsJson}");
         var state = LoadCheckpoint(latest);
-        Restore(state, MetricsLog.TruncateAfter(MetricsPath, state.Step));
+        Restore(state, WritesFiles ? MetricsLog.TruncateAfter(MetricsPath, state.Step) : 0);
         return latest;
     }
 
@@ -68,6 +75,7 @@ public abstract class CheckpointedRun
     public AlignmentStepReport Step()
     {
         var report = TrainStep();
+        if (!WritesFiles) return report;
         File.AppendAllText(MetricsPath, AlignmentTrainer.ToJsonLine(report) + "\n");
         if (report.Step % checkpointEvery == 0 || report.Step == TotalSteps) SaveCheckpoint();
         return report;

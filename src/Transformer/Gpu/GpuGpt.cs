@@ -1,4 +1,5 @@
 using System.Diagnostics.CodeAnalysis;
+using DistAlign.Engine.Distributed;
 using DistAlign.Kernels.Cpu;
 using DistAlign.Kernels.Gpu;
 using DistAlign.Transformer.Model;
@@ -388,6 +389,24 @@ public sealed class GpuGpt : IGptEngine
     }
 
     /// <summary>g ← factor·g for every gradient (a clip factor computed on the host).</summary>
+    private float[]? hostGradients;   // staging for an all-reduce through host memory
+
+    /// <summary>
+    /// Sums the gradients over the ranks through host memory: download, the group's all-reduce (MPI), upload. One
+    /// copy each way per step; the device never sees a partial sum.
+    /// </summary>
+    public void AllReduceGradients(IProcessGroup group, string purpose)
+    {
+        if (group.Size == 1) return;
+        Profile?.Restart();
+        hostGradients ??= new float[gradients.Length];
+        accelerator.Synchronize();
+        All(gradients).CopyToCPU(hostGradients);
+        group.AllReduceSum(hostGradients, purpose);
+        All(gradients).CopyFromCPU(hostGradients);
+        Lap("all-reduce");
+    }
+
     public void ScaleGradients(float factor)
     {
         clipScale.View.CopyFromCPU(new[] { factor });

@@ -1,3 +1,4 @@
+using DistAlign.Engine.Distributed;
 using DistAlign.Engine.Memory;
 using DistAlign.Kernels.Cpu;
 
@@ -432,6 +433,14 @@ public sealed class Gpt : IGptEngine
     // ---------------------------------------------------------------------------------------------
 
     public double GradientSumOfSquares() => GradientNorm.SumOfSquares(Gradients);
+
+    public void AllReduceGradients(IProcessGroup group, string purpose)
+    {
+        if (group.Size == 1) return;
+        Profile?.Restart();
+        group.AllReduceSum(Gradients, purpose);
+        Profile?.Lap("all-reduce");
+    }
 
     public void ScaleGradients(float factor) => System.Numerics.Tensors.TensorPrimitives.Multiply(Gradients, factor, Gradients);
 

@@ -1,3 +1,4 @@
+using DistAlign.Engine.Distributed;
 using DistAlign.Kernels.Cpu;
 
 namespace DistAlign.Transformer.Model;
@@ -71,6 +72,13 @@ public interface IGptEngine : IDisposable
 
     /// <summary>Σ g² over every gradient, deterministic: for a global norm that also covers parameters kept elsewhere (a host head).</summary>
     double GradientSumOfSquares();
+
+    /// <summary>
+    /// g ← Σ over the ranks of <paramref name="group"/> of g, in place (data parallelism's one exchange per step, before
+    /// clipping); every rank ends with the same bits. Nothing happens in a one-process group.
+    /// </summary>
+    /// <param name="purpose">what is exchanged, for errors and the watchdog ("gradients of step 12")</param>
+    void AllReduceGradients(IProcessGroup group, string purpose);
 
     /// <summary>g ← factor·g for every gradient.</summary>
     void ScaleGradients(float factor);

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using DistAlign.Engine.Distributed;
 using DistAlign.Transformer.Model;
 
 namespace DistAlign.Transformer.Training;
@@ -7,6 +8,7 @@ namespace DistAlign.Transformer.Training;
 public sealed record LanguageModelTrainingOptions
 {
     public int Steps { get; init; } = 1000;
+    /// <summary>Rows of a micro-batch over all ranks (each of N ranks takes Rows/N of them).</summary>
     public int Rows { get; init; } = 8;
     public int Length { get; init; } = 64;
     public int GradientAccumulation { get; init; } = 1;
@@ -49,6 +51,8 @@ public sealed class LanguageModelTrainer
     private readonly int[] validation;
     private readonly LanguageModelTrainingOptions options;
     private readonly LearningRateSchedule schedule;
+    private readonly DataParallelSettings parallel;
+    private readonly int firstRow;   // this rank's rows of each window: [firstRow, firstRow + batch.Rows)
     private readonly GptBatch batch;
     private readonly float[] logProbs, dLogProbs;
 
@@ -68,7 +72,10 @@ public sealed class LanguageModelTrainer
     /// <param name="engine">the engine every step and evaluation runs on (same config; default <paramref name="model"/> itself,
     /// the CPU). On another engine call <see cref="UploadModel"/> after initialising or restoring <paramref name="model"/>, and
     /// <see cref="DownloadModel"/> before saving it.</param>
-    public LanguageModelTrainer(Gpt model, int[] trainTokens, int[] validationTokens, LanguageModelTrainingOptions options, IGptEngine? engine = null)
+    /// <param name="parallel">the ranks of a data-parallel job (default: one process); every rank reads the same windows and
+    /// takes its share of their rows, so the data cursor, and a checkpoint's state, are the same on every rank</param>
+    public LanguageModelTrainer(Gpt model, int[] trainTokens, int[] validationTokens, LanguageModelTrainingOptions options, IGptEngine? engine = null,
+                                DataParallelSettings? parallel = null)
     {
         this.model = model;
         this.engine = engine ?? model;
@@ -77,7 +84,9 @@ public sealed class LanguageModelTrainer
         this.options = options.Validate();
         validation = validationTokens;
         schedule = new LearningRateSchedule(options.LearningRate, options.WarmupSteps, options.Steps, options.MinLearningRateFraction);
-        batch = new GptBatch(options.Rows, options.Length);
+        this.parallel = parallel ?? DataParallelSettings.SingleProcess;
+        (firstRow, int rows) = this.parallel.Group.ShareOf(options.Rows, "the rows of a batch");
+        batch = new GptBatch(rows, options.Length);
         logProbs = new float[batch.TokenCount];
         dLogProbs = new float[batch.TokenCount];
         Loader = new TokenWindowLoader(trainTokens, options.Rows, options.Length, options.Seed);
@@ -101,8 +110,9 @@ public sealed class LanguageModelTrainer
 
     /// <summary>
     /// One optimizer step over <see cref="LanguageModelTrainingOptions.GradientAccumulation"/> micro-batches of A:
-    /// loss = −(1/(A·N)) Σ log-probs ⇒ ∂loss/∂logprob = −1/(A·N); then clipping, the schedule's learning rate and AdamW.
-    /// A non-finite loss or gradient norm throws before the weights change, naming the first non-finite tensor.
+    /// loss = −(1/(A·N)) Σ log-probs ⇒ ∂loss/∂logprob = −1/(A·N), N the tokens of a micro-batch over all ranks; then the
+    /// sum of the ranks' gradients, clipping, the schedule's learning rate and AdamW. A non-finite loss or gradient norm
+    /// throws (on every rank) before the weights change, naming the first non-finite tensor.
     /// </summary>
     public StepReport TrainStep()
     {
@@ -110,14 +120,17 @@ public sealed class LanguageModelTrainer
         engine.ZeroGradients();
         double lossSum = 0;
         int tokens = 0;
+        int globalTokens = options.Rows * options.Length;
         for (int micro = 0; micro < options.GradientAccumulation; micro++)
         {
-            batch.SetLanguageModelling(Loader.Next());
-            Array.Fill(dLogProbs, -1f / (options.GradientAccumulation * batch.TokenCount));
+            batch.SetLanguageModelling(MyRows(Loader.Next()));
+            Array.Fill(dLogProbs, -1f / (options.GradientAccumulation * globalTokens));
             engine.ForwardBackward(batch, dLogProbs, logProbs);
             foreach (float lp in logProbs) lossSum -= lp;
-            tokens += batch.TokenCount;
+            tokens += globalTokens;
         }
+        engine.AllReduceGradients(parallel.Group, $"gradients of step {Step + 1}");
+        lossSum = parallel.Group.Sum(lossSum, $"loss of step {Step + 1}");
         AfterBackward?.Invoke(model);
         float loss = (float)(lossSum / tokens);
         if (!float.IsFinite(loss))
@@ -132,6 +145,7 @@ public sealed class LanguageModelTrainer
         engine.AdamWStep(Step + 1, lr, options.AdamW);
         engine.Synchronize();
         Step++;
+        parallel.CheckWeightsWhenDue(Step, () => DataParallelSettings.HashOf(engine));
         double milliseconds = watch.Elapsed.TotalMilliseconds; // the training step alone, without evaluation
         float? validationLoss = null;
         if (options.EvaluateEvery > 0 && (Step % options.EvaluateEvery == 0 || Step == options.Steps))
@@ -141,7 +155,8 @@ public sealed class LanguageModelTrainer
 
     /// <summary>
     /// Mean next-token loss over the first <see cref="LanguageModelTrainingOptions.EvaluationBatches"/>
-    /// windows of the validation stream (the same windows every time, so values are comparable).
+    /// windows of the validation stream (the same windows every time, so values are comparable), each rank scoring its
+    /// share of the rows.
     /// </summary>
     public float Evaluate()
     {
@@ -150,10 +165,14 @@ public sealed class LanguageModelTrainer
         double sum = 0;
         for (int i = 0; i < batches; i++)
         {
-            batch.SetLanguageModelling(loader.Next());
+            batch.SetLanguageModelling(MyRows(loader.Next()));
             engine.Forward(batch, logProbs);
             foreach (float lp in logProbs) sum -= lp;
         }
-        return (float)(sum / (batches * batch.TokenCount));
+        sum = parallel.Group.Sum(sum, $"validation loss after step {Step}");
+        return (float)(sum / (batches * options.Rows * options.Length));
     }
+
+    // This rank's rows of a window of Rows·T + 1 tokens: rows overlap their neighbours by the one target token.
+    private ReadOnlySpan<int> MyRows(ReadOnlySpan<int> window) => window.Slice(firstRow * options.Length, batch.Rows * options.Length + 1);
 }

@@ -1,0 +1,65 @@
+using System.CommandLine;
+using DistAlign.Engine.Distributed;
+using DistAlign.Transformer.Training;
+using Spectre.Console;
+
+namespace DistAlign.Cli;
+
+/// <summary>
+/// The data-parallel job this process belongs to. Under Open MPI's <c>mpirun</c> every training command runs as one
+/// rank of <c>MPI_COMM_WORLD</c>: it takes its share of every global batch, the gradients are summed over the ranks,
+/// rank 0 alone prints and writes files, and the others keep stderr only. Started without <c>mpirun</c>, it is one
+/// process and nothing changes.
+/// </summary>
+internal static class Ranks
+{
+    /// <summary>Commands that train data-parallel; the others refuse to run on more than one rank.</summary>
+    public static readonly IReadOnlySet<string> DataParallelCommands = new HashSet<string> { "pretrain", "align", "reward", "demo", "lm" };
+
+    public static readonly Option<double> Timeout = new("--rank-timeout")
+    {
+        Description = "Under mpirun: seconds a collective may wait for the other ranks before this rank stops the job.",
+        DefaultValueFactory = _ => 600, Recursive = true,
+    };
+
+    public static readonly Option<int> WeightCheckEvery = new("--check-weights-every")
+    {
+        Description = "Under mpirun: compare a hash of every rank's weights after every N steps (0 = never).",
+        DefaultValueFactory = _ => 50, Recursive = true,
+    };
+
+    /// <summary>The ranks (one process unless started by mpirun).</summary>
+    public static IProcessGroup Group { get; private set; } = SingleProcessGroup.Instance;
+
+    /// <summary>Rank 0 prints and writes checkpoints, reports and models.</summary>
+    public static bool IsRoot => Group.Rank == 0;
+
+    /// <summary>How the trainers run across the ranks.</summary>
+    public static DataParallelSettings Settings { get; private set; } = DataParallelSettings.SingleProcess;
+
+    /// <summary>Joins the MPI job when started by mpirun; silences stdout on ranks other than 0.</summary>
+    public static void Start(ParseResult parse)
+    {
+        if (!MpiProcessGroup.LaunchedByMpirun) return;
+        double seconds = parse.GetValue(Timeout);
+        if (!(seconds > 0)) throw new CliUsageException($"--rank-timeout must be a positive number of seconds (got {seconds})");
+        int checkEvery = CliErrors.NonNegative(parse.GetValue(WeightCheckEvery), "--check-weights-every");
+        Group = MpiProcessGroup.Initialize(TimeSpan.FromSeconds(seconds));
+        Settings = new DataParallelSettings(Group, checkEvery);
+        string command = parse.CommandResult.Command.Name;
+        if (Group.Size > 1 && !DataParallelCommands.Contains(command))
+            throw new CliUsageException($"'{command}' does not run across ranks; start it without mpirun (data-parallel commands: {string.Join(", ", DataParallelCommands)})");
+        if (!IsRoot)
+        {
+            Console.SetOut(TextWriter.Null);
+            AnsiConsole.Console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(TextWriter.Null) });
+        }
+        else if (Group.Size > 1) Console.Error.WriteLine($"distalign: data-parallel over {Group.Description}");
+    }
+
+    /// <summary>"rank 1 of 2: " in a multi-rank job, "" otherwise (a prefix for error lines).</summary>
+    public static string Prefix => Group.Size > 1 ? $"rank {Group.Rank} of {Group.Size}: " : "";
+
+    /// <summary>Leaves the job cleanly (a barrier, then MPI_Finalize) after a command succeeded on this rank.</summary>
+    public static void Finish() => Group.Dispose();
+}

@@ -1,0 +1,207 @@
+using System.Diagnostics;
+using System.Text.Json;
+using DistAlign.Engine.Distributed;
+using DistAlign.Tests.Alignment;
+using DistAlign.Tests.Reliability;
+using DistAlign.Transformer.Data;
+using DistAlign.Transformer.Model;
+
+namespace DistAlign.Tests.Distributed;
+
+/// <summary>
+/// Data parallelism through the real CLI under Open MPI's <c>mpirun</c>, 2 ranks on this machine (loopback): a 2-rank run
+/// equals one process with the same global batch (losses within 1e-5 relative), repeats bit for bit, resumes after a
+/// kill to the same bytes as an uninterrupted run, and stops cleanly, naming the rank, when a rank dies or hangs.
+/// </summary>
+[NonParallelizable, Category("Mpi")]
+public class DataParallelTrainingTests
+{
+    private static readonly GptConfig PretrainConfig = new(Layers: 1, Heads: 2, Channels: 16, VocabSize: 2257, MaxSequenceLength: 16);
+    private static readonly TimeSpan RunLimit = TimeSpan.FromMinutes(3);
+    private const double RelativeTolerance = 1e-5;
+
+    private string folder = "";
+
+    [SetUp]
+    public void MakeFolder()
+    {
+        MpiAvailability.RequireMpi();
+        folder = Directory.CreateTempSubdirectory("distalign-mpi-").FullName;
+    }
+
+    [TearDown]
+    public void RemoveFolder()
+    {
+        if (folder.Length > 0) Directory.Delete(folder, recursive: true);
+    }
+
+    [Test]
+    public void TwoRankPretrainingEqualsOneRankAndRepeatsBitForBit() =>
+        CompareOneAndTwoRanks(dir => PretrainArgs(dir, steps: 8), "pretraining");
+
+    [Test]
+    public void TwoRankDpoEqualsOneRankAndRepeatsBitForBit()
+    {
+        TinyAlignmentSetup.WriteModel(Path.Combine(folder, "pi0.safetensors"));
+        TinyAlignmentSetup.WriteJsonl(Path.Combine(folder, "prefs.jsonl"), TinyAlignmentSetup.Examples(24));
+        CompareOneAndTwoRanks(DpoArgs, "DPO");
+    }
+
+    [Test]
+    public void AKilledRankStopsTheJobNamingItAndTheResumedRunEndsWithTheSameBytes()
+    {
+        const int steps = 400;
+        string reference = Path.Combine(folder, "uninterrupted"), crashed = Path.Combine(folder, "crashed");
+        Run(2, PretrainArgs(reference, steps, checkpointEvery: 1));
+
+        string job = Guid.NewGuid().ToString("N");
+        var clock = Stopwatch.StartNew();
+        using (var run = CliProcess.StartUnderMpirun(2, job, PretrainArgs(crashed, steps, checkpointEvery: 1)))
+        {
+            while (!run.HasExited && MetricsLines(crashed) < 5) Thread.Sleep(20);
+            Assert.That(run.HasExited, Is.False, "the run ended before a rank could be killed");
+            int pid = CliProcess.RankProcessId(job, 1) ?? throw new AssertionException("rank 1's process was not found");
+            Process.GetProcessById(pid).Kill();   // SIGKILL: no handler runs, no line from the dead rank
+            var killed = Stopwatch.StartNew();
+            int exit = run.WaitForExit(TimeSpan.FromSeconds(60));
+            double stopSeconds = killed.Elapsed.TotalSeconds;
+            string named = run.Error.Split('\n').FirstOrDefault(l => l.Contains("rank 1", StringComparison.Ordinal))?.Trim() ?? "";
+            int saved = LatestStep(crashed);
+            TestContext.Out.WriteLine($"killed rank 1 (pid {pid}) after step {MetricsLines(crashed)}: mpirun exited {exit} after {stopSeconds:F2} s; " +
+                                      $"line naming the rank: \"{named}\"; latest checkpoint: step {saved}");
+            Assert.That(exit, Is.Not.EqualTo(0), "a job that lost a rank must fail");
+            Assert.That(named, Is.Not.Empty, $"no line names rank 1:\n{run.Error}");
+            AssertEveryCheckpointLoads(crashed);
+            Assert.That(saved, Is.GreaterThan(0));
+        }
+        Run(2, PretrainArgs(crashed, steps, checkpointEvery: 1));
+        byte[] expected = File.ReadAllBytes(Path.Combine(reference, GptCheckpoint.ModelFileName));
+        byte[] actual = File.ReadAllBytes(Path.Combine(crashed, GptCheckpoint.ModelFileName));
+        TestContext.Out.WriteLine($"resumed 2-rank run: final weights byte-identical to the uninterrupted 2-rank run: {expected.AsSpan().SequenceEqual(actual)} ({clock.Elapsed.TotalSeconds:F1} s)");
+        Assert.That(actual, Is.EqualTo(expected), "a killed and resumed 2-rank run must end with the uninterrupted run's bytes");
+        Assert.That(DeterministicMetrics(crashed), Is.EqualTo(DeterministicMetrics(reference)), "metrics.jsonl after the kill and resume");
+        Assert.That(Directory.GetDirectories(crashed, ".step-*"), Is.Empty, "the resumed run cleans up a checkpoint folder the kill interrupted");
+        Assert.That(Directory.GetFiles(crashed, "*.tmp-*"), Is.Empty, "the resumed run cleans up temporary files");
+    }
+
+    [Test]
+    public void AHungRankStopsTheJobWithinTheTimeoutNamingTheWaitingRank()
+    {
+        string job = Guid.NewGuid().ToString("N"), dir = Path.Combine(folder, "hung");
+        using var run = CliProcess.StartUnderMpirun(2, job, [.. PretrainArgs(dir, 100_000, checkpointEvery: 1), "--rank-timeout", "3"]);
+        while (!run.HasExited && MetricsLines(dir) < 3) Thread.Sleep(20);
+        Assert.That(run.HasExited, Is.False, run.Error);
+        int pid = CliProcess.RankProcessId(job, 1) ?? throw new AssertionException("rank 1's process was not found");
+        var stopped = Stopwatch.StartNew();
+        using (var kill = Process.Start("kill", ["-STOP", pid.ToString()])) kill.WaitForExit();   // hangs: alive, silent
+        int exit = run.WaitForExit(TimeSpan.FromSeconds(60));
+        double seconds = stopped.Elapsed.TotalSeconds;
+        var line = run.Error.Split('\n').FirstOrDefault(l => l.Contains("did not complete within 3 s", StringComparison.Ordinal))?.Trim() ?? "";
+        TestContext.Out.WriteLine($"rank 1 stopped (SIGSTOP): mpirun exited {exit} after {seconds:F1} s with: \"{line}\"");
+        Assert.That(exit, Is.EqualTo(MpiProcessGroup.TimeoutExitCode), run.Error);
+        Assert.That(line, Does.StartWith("distalign: rank 0 of 2: MPI_"), run.Error);
+        Assert.That(seconds, Is.LessThan(3 + 20), "the job stops within the timeout plus start-up slack");
+        AssertEveryCheckpointLoads(dir);
+    }
+
+    // ---- helpers ----------------------------------------------------------------------------------------------
+
+    private void CompareOneAndTwoRanks(Func<string, string[]> args, string what)
+    {
+        string one = Path.Combine(folder, "one"), twoA = Path.Combine(folder, "two-a"), twoB = Path.Combine(folder, "two-b");
+        Run(1, args(one));
+        Run(2, args(twoA));
+        Run(2, args(twoB));
+        var single = ReadMetrics(one);
+        var first = ReadMetrics(twoA);
+        Assert.That(first.Count, Is.EqualTo(single.Count));
+        double worst = 0;
+        string worstAt = "";
+        for (int i = 0; i < single.Count; i++)
+            foreach (var (name, value) in single[i])
+            {
+                if (!IsDeterministic(name) || value is not double a || first[i][name] is not double b) continue;
+                double relative = Math.Abs(a - b) / Math.Max(Math.Abs(a), 1e-30);
+                if (relative > worst) (worst, worstAt) = (relative, $"step {i + 1} {name}: {a:R} vs {b:R}");
+            }
+        bool sameBits = File.ReadAllBytes(Path.Combine(twoA, GptCheckpoint.ModelFileName)).AsSpan()
+            .SequenceEqual(File.ReadAllBytes(Path.Combine(twoB, GptCheckpoint.ModelFileName)));
+        TestContext.Out.WriteLine($"{what}, {single.Count} steps: worst relative difference 2 ranks vs 1 = {worst:E2} ({worstAt}); " +
+                                  $"two 2-rank runs: metrics identical {DeterministicMetrics(twoA).SequenceEqual(DeterministicMetrics(twoB))}, weights identical {sameBits}");
+        Assert.That(worst, Is.LessThanOrEqualTo(RelativeTolerance), worstAt);
+        Assert.That(DeterministicMetrics(twoB), Is.EqualTo(DeterministicMetrics(twoA)), "two 2-rank runs must log the same bits");
+        Assert.That(sameBits, Is.True, "two 2-rank runs must end with the same weights");
+    }
+
+    private static void Run(int ranks, string[] args)
+    {
+        using var run = ranks == 1 ? CliProcess.Start(args) : CliProcess.StartUnderMpirun(ranks, Guid.NewGuid().ToString("N"), args);
+        Assert.That(run.WaitForExit(RunLimit), Is.EqualTo(0), $"{ranks} rank(s): {string.Join(' ', args)}\n{run.Error}");
+    }
+
+    private string[] PretrainArgs(string outDir, int steps, int checkpointEvery = 4) =>
+    [
+        "pretrain", "--out", outDir, "--text", TextPath, "--layers", "1", "--heads", "2", "--channels", "16", "--context", "16",
+        "--batch", "4", "--seq", "8", "--threads", "1", "--steps", steps.ToString(), "--checkpoint-every", checkpointEvery.ToString(),
+        "--eval-every", "4", "--warmup", "2", "--seed", "3", "--check-weights-every", "2", "--resume",
+    ];
+
+    private string[] DpoArgs(string outDir) =>
+    [
+        "align", "--objective", "dpo", "--beta", "0.5", "--model", Path.Combine(folder, "pi0.safetensors"), "--data", Path.Combine(folder, "prefs.jsonl"),
+        "--out", outDir, "--steps", "6", "--batch", "4", "--lr", "3e-3", "--warmup", "1", "--eval-fraction", "0.25", "--eval-every", "3",
+        "--max-prompt-tokens", "12", "--max-response-tokens", "8", "--threads", "1", "--seed", "5", "--check-weights-every", "1",
+    ];
+
+    private string TextPath
+    {
+        get
+        {
+            string path = Path.Combine(folder, "text.txt");
+            if (!File.Exists(path)) File.WriteAllText(path, ShippedData.MobyDick()[..60_000]);
+            return path;
+        }
+    }
+
+    private static bool IsDeterministic(string metric) =>
+        metric is not ("tokens_per_second" or "elapsed_seconds") && !metric.EndsWith("_seconds", StringComparison.Ordinal);
+
+    private static List<Dictionary<string, double?>> ReadMetrics(string dir) =>
+        File.ReadAllLines(Path.Combine(dir, "metrics.jsonl")).Where(l => l.Length > 0).Select(line =>
+        {
+            using var doc = JsonDocument.Parse(line);
+            return doc.RootElement.EnumerateObject().ToDictionary(p => p.Name, p => p.Value.ValueKind == JsonValueKind.Number ? p.Value.GetDouble() : (double?)null);
+        }).ToList();
+
+    private static List<string> DeterministicMetrics(string dir) =>
+        ReadMetrics(dir).Select(row => string.Join(",", row.Where(kv => IsDeterministic(kv.Key)).Select(kv => $"{kv.Key}={kv.Value:R}"))).ToList();
+
+    private static int MetricsLines(string dir)
+    {
+        string path = Path.Combine(dir, "metrics.jsonl");
+        if (!File.Exists(path)) return 0;
+        using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
+        using var reader = new StreamReader(stream);
+        return reader.ReadToEnd().Count(c => c == '\n');
+    }
+
+    private static int LatestStep(string dir)
+    {
+        string? latest = GptCheckpoint.LatestTraining(dir);
+        if (latest is null) return 0;
+        using var model = new Gpt(PretrainConfig);
+        return GptCheckpoint.LoadTraining(latest, model).State.Step;
+    }
+
+    /// <summary>
+    /// No partial checkpoint: 'latest' and every step folder load in full. (A write that the stop interrupted is a hidden
+    /// temporary folder, never a step folder; the next run removes it.)
+    /// </summary>
+    private static void AssertEveryCheckpointLoads(string dir)
+    {
+        Assert.That(LatestStep(dir), Is.GreaterThan(0), "'latest' names a checkpoint that loads");
+        using var model = new Gpt(PretrainConfig);
+        foreach (var step in Directory.GetDirectories(dir, "step-*"))
+            Assert.DoesNotThrow(() => GptCheckpoint.LoadTraining(step, model), $"{step} does not load");
+    }
+}
