@@ -1,11 +1,13 @@
 using System.CommandLine;
+using System.Text.Json;
 using DistAlign.Alignment.Benchmarks;
-using DistAlign.Transformer.Devices;
 using DistAlign.Alignment.Policies;
 using DistAlign.Alignment.Training;
-using DistAlign.Kernels.Cpu.Simd;
+using DistAlign.Engine.Distributed;
 using DistAlign.Engine.Native;
 using DistAlign.Kernels.Cpu;
+using DistAlign.Kernels.Cpu.Simd;
+using DistAlign.Transformer.Devices;
 using DistAlign.Transformer.Model;
 using Spectre.Console;
 
@@ -22,10 +24,18 @@ internal static class BenchCommand
         var warmup = new Option<int>("--warmup") { DefaultValueFactory = _ => 3, Description = "Untimed steps first." };
         var steps = new Option<int>("--steps") { DefaultValueFactory = _ => 10, Description = "Timed steps (the median is reported)." };
         var threads = new Option<int>("--threads") { DefaultValueFactory = _ => Environment.ProcessorCount, Description = "CPU threads." };
-        var step = new Command("step", "Time full training steps (forward + backward + clip + AdamW) with a per-op breakdown.") { workloads, warmup, steps, threads, peak };
+        var ranks = new Option<int>("--ranks") { Description = "Run as an N-rank data-parallel job (starts mpirun on this machine; each rank takes batch/N rows)." };
+        var zero1 = new Option<bool>("--zero1") { Description = "Over several ranks: shard the AdamW moments (ZeRO-1)." };
+        var json = new Option<FileInfo?>("--json") { Description = "Also write the measurements as JSON (rank 0)." };
+        var step = new Command("step", "Time full training steps (forward + backward + clip + AdamW) with a per-op breakdown.") { workloads, warmup, steps, threads, peak, ranks, zero1, json };
         stepGpu.AddTo(step);
         step.SetAction(parse =>
         {
+            int ranksWanted = CliErrors.NonNegative(parse.GetValue(ranks), "--ranks");
+            if (ranksWanted > 1 && !MpiProcessGroup.LaunchedByMpirun)
+                return MpiLauncher.Run(ranksWanted, WithoutOption(Environment.GetCommandLineArgs().Skip(1), "--ranks"));
+            if (ranksWanted > 1 && ranksWanted != Ranks.Group.Size)
+                throw new CliUsageException($"--ranks {ranksWanted} under an mpirun job of {Ranks.Group.Size} ranks: drop --ranks or match -np");
             CpuParallel.Threads = CliErrors.Positive(parse.GetValue(threads), "--threads");
             var chosen = parse.GetValue(workloads)!.Select(name => name.ToLowerInvariant() switch
             {
@@ -42,15 +52,22 @@ internal static class BenchCommand
             // --device cuda: a pretraining step (clip at 1, lr 3e-4) as llm.c's GPU runs, profiled on one extra step; the CPU: the
             // peer's step (no clip, lr 1e-4), profiled over as many extra steps as were timed
             using var device = GpuTrainingOptions.OpenIfChosen(gpuValues, chosen[0].Config);
+            bool shard = parse.GetValue(zero1);
+            if (shard && device is not null) throw new CliUsageException("--zero1 shards the CPU engine's AdamW state; drop it with --device cuda");
+            var measured = new List<StepMeasurement>();
             foreach (var workload in chosen)
             {
                 if (device is null && workload.Name == StepWorkload.Gpt2.Name)
                     throw new CliUsageException("--workload gpt2 (16 × 1024 tokens) is a GPU workload: use --device cuda, or w1 on the CPU");
                 var m = device is null
-                    ? StepBenchmark.Run(GptDevice.Cpu, workload, StepSettings.Peer, Math.Max(1, warmupSteps), timedSteps, profiledSteps: timedSteps)
-                    : StepBenchmark.Run(device.Models, workload, StepSettings.Pretraining, Math.Max(1, warmupSteps), timedSteps, profiledSteps: 1);
+                    ? StepBenchmark.Run(GptDevice.Cpu, workload, StepSettings.Peer, Math.Max(1, warmupSteps), timedSteps, profiledSteps: timedSteps,
+                                        ranks: Ranks.Group, shardOptimizer: shard)
+                    : StepBenchmark.Run(device.Models, workload, StepSettings.Pretraining, Math.Max(1, warmupSteps), timedSteps, profiledSteps: 1,
+                                        ranks: Ranks.Group);
                 Print(m, device is null ? null : peakFlops);
+                measured.Add(m);
             }
+            if (parse.GetValue(json) is { } file && Ranks.IsRoot) File.WriteAllText(file.FullName, StepJson(measured));
             return 0;
         });
         var dpoThreads = new Option<int>("--threads") { DefaultValueFactory = _ => Environment.ProcessorCount, Description = "CPU threads." };
@@ -129,7 +146,7 @@ internal static class BenchCommand
             Console.Error.WriteLine($"distalign: the PyTorch peer failed on {failed} of {names.Length} workload(s); see above");
             return Program.RunFailed;
         });
-        return new Command("bench", "Benchmarks.") { step, dpo, decode, peers, BenchPpoCommand.Create() };
+        return new Command("bench", "Benchmarks.") { step, dpo, decode, peers, BenchPpoCommand.Create(), BenchScalingCommand.Create() };
     }
 
     /// <summary>
@@ -158,7 +175,8 @@ internal static class BenchCommand
     private static void Print(StepMeasurement m, double? peakFlops)
     {
         var w = m.Workload;
-        Console.WriteLine($"{w.Name}: {w.Config} batch {w.Rows}×{w.Length} on {m.Device}, {m.Threads} threads, {w.Config.ParameterCount:N0} parameters, {w.FlopsPerStep / 1e9:F1} GFLOP/step");
+        string ranks = m.Ranks > 1 ? $"{m.Ranks} ranks × {m.Threads} threads{(m.ShardedOptimizer ? ", AdamW sharded (ZeRO-1)" : "")}" : $"{m.Threads} threads";
+        Console.WriteLine($"{w.Name}: {w.Config} batch {w.Rows}×{w.Length} on {m.Device}, {ranks}, {w.Config.ParameterCount:N0} parameters, {w.FlopsPerStep / 1e9:F1} GFLOP/step");
         Console.WriteLine($"  step: median {m.MedianMilliseconds:F1} ms (min {m.MinMilliseconds:F1}, max {m.MaxMilliseconds:F1}, n = {m.StepMilliseconds.Length})" +
                           $" | {m.TokensPerSecond:N0} tokens/s | {m.GflopsPerSecond:F1} GFLOP/s" +
                           (peakFlops is double peak ? $" | MFU {m.Mfu(peak):P1} of {peak / 1e12:F0} TFLOP/s" : "") +
@@ -167,6 +185,28 @@ internal static class BenchCommand
                           $" | loss {m.FirstLoss:F4} → {m.LastLoss:F4} on the repeated batch");
         Console.WriteLine(peakFlops is null ? "  per op (extra profiled steps):" : "  per op (one extra step, every op synchronised):");
         PrintOps(m.OpMillisecondsPerStep);
+    }
+
+    /// <summary>The measurements as JSON: per workload the step times, per-op breakdown and memory (what bench scaling reads).</summary>
+    internal static string StepJson(IEnumerable<StepMeasurement> measurements) => JsonSerializer.Serialize(measurements.Select(m => new Dictionary<string, object>
+    {
+        ["workload"] = m.Workload.Name, ["ranks"] = m.Ranks, ["threads"] = m.Threads, ["zero1"] = m.ShardedOptimizer,
+        ["median_ms"] = m.MedianMilliseconds, ["min_ms"] = m.MinMilliseconds, ["max_ms"] = m.MaxMilliseconds,
+        ["tokens_per_second"] = m.TokensPerSecond, ["planned_bytes"] = m.PlannedBytes, ["peak_rss_bytes"] = m.PeakResidentBytes,
+        ["ops_ms"] = m.OpMillisecondsPerStep.ToDictionary(o => o.Op, o => o.Milliseconds),
+    }));
+
+    /// <summary>The arguments without <paramref name="option"/> and its value (both "--x v" and "--x=v").</summary>
+    internal static IEnumerable<string> WithoutOption(IEnumerable<string> args, string option)
+    {
+        bool skipValue = false;
+        foreach (var a in args)
+        {
+            if (skipValue) { skipValue = false; continue; }
+            if (a == option) { skipValue = true; continue; }
+            if (a.StartsWith(option + "=", StringComparison.Ordinal)) continue;
+            yield return a;
+        }
     }
 
     private static void PrintOps(IReadOnlyList<(string Op, double Milliseconds)> ops)

@@ -95,6 +95,9 @@ internal static class OnlineAlign
             throw new CliUsageException($"--train {s.Train.Name} takes the value head on the frozen features (--value-model shared), not a separate value model");
         var (gpt, tok, pairs, dataHash, policyFile) = CliData.LoadModelAndPairs(modelFile, dataFile, common, s.Train.Frozen);
         var train = TiltAlign.Resolve(s.Train, policyFile, modelFile.FullName, gpt);
+        if (Ranks.Group.Size > 1 && (!ppo || o.SeparateValueModel || train.Frozen))
+            throw new CliUsageException("across ranks, the online objectives run as PPO (rlhf, rkl) with the value head on the policy (--value-model shared, " +
+                                        "--train full); distill, rebel, a separate value model and frozen-feature training run in one process");
         // --device cuda (or auto with a usable GPU): π, π0, a separate value model and R̂'s backbone on GPU engines;
         // `gpt` is the host mirror that checkpoints save and restore.
         using var device = train.Frozen ? null : GpuTrainingOptions.OpenIfChosen(gpuOptions, gpt);
@@ -146,7 +149,7 @@ internal static class OnlineAlign
                 MissingEndPenalty = o.MissingEndPenalty, Sampling = sampling, LearningRate = common.LearningRate, WarmupSteps = common.Warmup,
                 GradientClip = common.Clip, Seed = common.Seed,
             }.Validate();
-            var trainer = new PpoTrainer(valuePolicy, reference, rewardModel, prompts, options);
+            var trainer = new PpoTrainer(valuePolicy, reference, rewardModel, prompts, options, Ranks.Settings);
             string identity = JsonSerializer.Serialize(new
             {
                 objective, options.Beta, options.Gamma, entropy = options.Entropy.ToString(), options.Steps, options.PromptsPerIteration, options.Epochs,
@@ -155,7 +158,7 @@ internal static class OnlineAlign
                 s.WeightDecay, common.MaxPromptTokens, common.MaxResponseTokens, model_hash = modelHash, reward_hash = rewardHash, data_hash = dataHash,
                 train = train.Name, adapter_rank = train.AdapterRank,
             });
-            run = new PpoRun(trainer, valuePolicy, outDir, tok.Spec, identity, s.CheckpointEvery);
+            run = new PpoRun(trainer, valuePolicy, outDir, tok.Spec, identity, s.CheckpointEvery) { WritesFiles = Ranks.IsRoot };
             completed = () => trainer.Step;
             steps = options.Steps;
             progressMetric = "objective/scores";
@@ -208,7 +211,7 @@ internal static class OnlineAlign
         }));
 
         string modelPath = Path.Combine(outDir, GptCheckpoint.ModelFileName);
-        PolicyCheckpoint.SaveModel(policy, modelPath, tok.Spec);   // a GPU policy's trained weights are copied from the device first
+        if (Ranks.IsRoot) PolicyCheckpoint.SaveModel(policy, modelPath, tok.Spec);   // a GPU policy's trained weights are copied from the device first
         CliProgress.Summary(last, lastEval, run.MetricsPath, modelPath);
         return 0;
     }

@@ -39,12 +39,13 @@ internal static class PretrainCommand
         var threads = new Option<int>("--threads") { DefaultValueFactory = _ => Environment.ProcessorCount, Description = "CPU threads (results are bit-identical for a given count)." };
         var resume = new Option<bool>("--resume") { Description = "Continue from the latest checkpoint in --out." };
         var gpuOptions = GpuTrainingOptions.Create();
-        var memoryBudget = new Option<string?>("--memory-budget") { Description = "Refuse, before allocating, a model + activations that need more (e.g. 2GiB, 512MiB; default: the memory this process may use)." };
+        var memoryBudget = new Option<string?>("--memory-budget") { Description = "Refuse, before allocating, a model + activations that need more per rank (e.g. 2GiB, 512MiB; default: the memory this process may use)." };
+        var zero1 = new Option<bool>("--zero1") { Description = "Under mpirun: shard the AdamW moments over the ranks (ZeRO-1); each rank updates its shard, then the weights are all-gathered." };
 
         var command = new Command("pretrain", "Pretrain a GPT on the shipped corpus (or --text) with next-token prediction.")
         {
             output, text, tokenizer, layers, heads, channels, context, steps, batch, seq, accumulation, lr, warmup,
-            weightDecay, clip, evalEvery, checkpointEvery, seed, threads, resume, memoryBudget,
+            weightDecay, clip, evalEvery, checkpointEvery, seed, threads, resume, memoryBudget, zero1,
         };
         gpuOptions.AddTo(command);
         command.SetAction(parse =>
@@ -67,11 +68,16 @@ internal static class PretrainCommand
             // cannot fit is refused with a message instead of dying in the allocator or swapping for hours.
             long budget = CliErrors.Bytes(parse.GetValue(memoryBudget), "--memory-budget") ?? GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
             // Refused before anything is read, tokenized or allocated: bytes needed and the largest arena in the message.
-            Gpt.PlanTraining(config, options.Rows, options.Length).EnsureFits(budget);
+            int ranks = Ranks.Group.Size, optimizerShards = parse.GetValue(zero1) ? ranks : 1;
+            if (options.Rows % ranks != 0)
+                throw new CliUsageException($"--batch {options.Rows} must be a multiple of the {ranks} ranks (each rank takes an equal share of the rows)");
+            Gpt.PlanTraining(config, options.Rows / ranks, options.Length, optimizerShards).EnsureFits(budget);
             var gpu = gpuOptions.Read(parse);
             gpu.CheckFits(config);
+            if (optimizerShards > 1 && DeviceOption.Chosen == "cuda")
+                throw new CliUsageException("--zero1 shards the CPU engine's AdamW state; on a GPU run data-parallel without it");
             return Run(parse.GetValue(output)!.FullName, textFile, tok, config, options,
-                CliErrors.Positive(parse.GetValue(checkpointEvery), "--checkpoint-every"), parse.GetValue(resume), budget, gpu);
+                CliErrors.Positive(parse.GetValue(checkpointEvery), "--checkpoint-every"), parse.GetValue(resume), budget, gpu, optimizerShards);
         });
         return command;
     }
@@ -92,7 +98,7 @@ internal static class PretrainCommand
 
     private static int Run(string outDir, FileInfo? textFile, Gpt2Tokenizer tok, GptConfig config,
                            LanguageModelTrainingOptions options, int checkpointEvery, bool resume, long memoryBudget,
-                           GpuTrainingOptions.Values gpuOptions)
+                           GpuTrainingOptions.Values gpuOptions, int optimizerShards)
     {
         CliErrors.EnsureWritableFolder(outDir, "--out"); // before hours of training that could not be saved
         TextSplit split;
@@ -106,12 +112,17 @@ internal static class PretrainCommand
         var validation = tok.Encode(split.HeldOut);
         AnsiConsole.MarkupLine($"[bold]pretrain[/] {config} · tokenizer {tok.Spec} · train {train.Length:N0} tokens, validation {validation.Length:N0}");
 
-        var plan = Gpt.PlanTraining(config, options.Rows, options.Length);
-        AnsiConsole.MarkupLine($"memory plan: {plan.TotalBytes / (1024.0 * 1024.0):F1} MiB ({config.ParameterCount:N0} parameters)");
-        using var model = new Gpt(config, memoryBudget);
+        int ranks = Ranks.Group.Size;
+        var plan = Gpt.PlanTraining(config, options.Rows / ranks, options.Length, optimizerShards);
+        string perRank = ranks > 1 ? $" per rank: {options.Rows / ranks} of the {options.Rows} rows" +
+                                     (optimizerShards > 1 ? $", AdamW moments sharded over {optimizerShards} ranks (ZeRO-1)" : ", AdamW moments replicated") : "";
+        AnsiConsole.MarkupLine($"memory plan: {plan.TotalBytes / (1024.0 * 1024.0):F1} MiB ({config.ParameterCount:N0} parameters){perRank}");
+        using var model = new Gpt(config, memoryBudget, optimizerShards > 1 ? Ranks.Group : null);
         // --device cuda (or auto with a usable GPU): steps and evaluation on a GPU engine, cuBLAS GEMMs at --gpu-precision,
         // attention per --gpu-attention; `model` stays the host copy that is initialised, restored and saved.
         using var device = GpuTrainingOptions.OpenIfChosen(gpuOptions, config);
+        if (device is not null && optimizerShards > 1)
+            throw new CliUsageException("--zero1 shards the CPU engine's AdamW state; on a GPU run data-parallel without it (or --device cpu)");
         using var gpu = device?.Models.EngineFor(model);   // null on the CPU: the trainer runs on `model` itself
         if (device is not null) AnsiConsole.MarkupLine($"training on {Markup.Escape(device.Description)}");
         var trainer = new LanguageModelTrainer(model, train, validation, options, gpu, Ranks.Settings);
@@ -158,10 +169,12 @@ internal static class PretrainCommand
                     task.Value = report.Step;
                     if (Ranks.IsRoot) File.AppendAllText(metricsPath, MetricsLine(report, tokensPerSecond) + "\n");
                     if (report.ValidationLoss is float vl) Console.WriteLine($"step {report.Step}: train loss {report.Loss:F4}, validation loss {vl:F4}, {tokensPerSecond:N0} tok/s");
-                    if (Ranks.IsRoot && (report.Step % checkpointEvery == 0 || report.Step == options.Steps))
+                    if (report.Step % checkpointEvery == 0 || report.Step == options.Steps)
                     {
+                        // Every rank takes part in gathering a sharded AdamW state; rank 0 alone writes.
+                        var moments = model.OptimizerShard is null ? ((float[], float[])?)null : model.GatherMoments();
                         trainer.DownloadModel();
-                        GptCheckpoint.SaveTraining(outDir, model, tok.Spec, trainer.State, optionsJson);
+                        if (Ranks.IsRoot) GptCheckpoint.SaveTraining(outDir, model, tok.Spec, trainer.State, optionsJson, moments: moments);
                     }
                 }
             });

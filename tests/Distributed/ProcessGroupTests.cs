@@ -75,6 +75,7 @@ public class ProcessGroupTests
         public void AllGather(ReadOnlySpan<byte> mine, Span<byte> all, string purpose) =>
             System.Runtime.InteropServices.MemoryMarshal.AsBytes(Gathered.AsSpan()).CopyTo(all);
         public void ReduceScatterSum(ReadOnlySpan<float> all, Span<float> mine, string purpose) { }
+        public void AllGatherInPlace(Span<float> all, string purpose) { }
         public void Dispose() { }
     }
 }

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using DistAlign.Engine.Distributed;
 using DistAlign.Engine.Random;
 using DistAlign.Kernels.Cpu;
 using DistAlign.Transformer.Devices;
@@ -51,9 +52,12 @@ public sealed record StepSettings(float LearningRate = 1e-4f, float GradientClip
 /// <param name="LastGradientNorm">the last step's global gradient norm before clipping (NaN when the step does not clip)</param>
 /// <param name="PlannedBytes">host bytes a CPU model of this workload plans (parameters, gradients, moments, activations)</param>
 /// <param name="DeviceBytesInUse">device memory in use after the steps (the whole context), when the device reports it</param>
+/// <param name="Ranks">processes of the data-parallel job that shared each step's batch (1: one process)</param>
+/// <param name="ShardedOptimizer">whether the AdamW moments were sharded over the ranks (ZeRO-1)</param>
 public sealed record StepMeasurement(
     StepWorkload Workload, string Device, int Threads, double[] StepMilliseconds, IReadOnlyList<(string Op, double Milliseconds)> OpMillisecondsPerStep,
-    float FirstLoss, float LastLoss, double LastGradientNorm, long PeakResidentBytes, long PlannedBytes, long? DeviceBytesInUse)
+    float FirstLoss, float LastLoss, double LastGradientNorm, long PeakResidentBytes, long PlannedBytes, long? DeviceBytesInUse,
+    int Ranks = 1, bool ShardedOptimizer = false)
 {
     public double MedianMilliseconds => Median(StepMilliseconds);
     public double MinMilliseconds => StepMilliseconds.Min();
@@ -76,29 +80,34 @@ public sealed record StepMeasurement(
 /// The whole-step harness, on any device: one training step = zero gradients, forward + backward with the fused LM head
 /// (∂L/∂logprob = −1/N), optional global-norm clipping, AdamW, synchronise. GPT-2 initialisation, random tokens from
 /// Philox (the same batch every step), several warm-up steps, then the median of the timed ones; then
-/// <c>profiledSteps</c> more with an <see cref="OpProfile"/> attached for the per-op breakdown.
+/// <c>profiledSteps</c> more with an <see cref="OpProfile"/> attached for the per-op breakdown. Over the ranks of a
+/// data-parallel job each rank takes its share of the batch's rows and the gradients are all-reduced before AdamW (the
+/// "all-reduce" op), optionally with the AdamW state sharded (ZeRO-1, the "all-gather" op); the times are rank 0's.
 /// </summary>
 public static class StepBenchmark
 {
     public static StepMeasurement Run(GptDevice device, StepWorkload workload, StepSettings settings, int warmupSteps, int timedSteps,
-                                      int profiledSteps = 1, ulong seed = 1)
+                                      int profiledSteps = 1, ulong seed = 1, IProcessGroup? ranks = null, bool shardOptimizer = false)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(warmupSteps, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(timedSteps, 1);
         ArgumentOutOfRangeException.ThrowIfNegative(profiledSteps);
-        var plan = Gpt.PlanTraining(workload.Config, workload.Rows, workload.Length);
-        using var host = new Gpt(workload.Config);
+        ranks ??= SingleProcessGroup.Instance;
+        var (firstRow, rows) = ranks.ShareOf(workload.Rows, $"{workload.Name}'s rows");
+        int shards = shardOptimizer ? ranks.Size : 1;
+        var plan = Gpt.PlanTraining(workload.Config, rows, workload.Length, shards);
+        using var host = new Gpt(workload.Config, shardOptimizerOver: shardOptimizer ? ranks : null);
         host.InitializeGpt2(seed);
         var engine = device.EngineFor(host);
         try
         {
-            var batch = new GptBatch(workload.Rows, workload.Length);
+            var batch = new GptBatch(rows, workload.Length);
             var rng = new PhiloxStream(seed, 99);
             var window = new int[workload.Tokens + 1];
             for (int i = 0; i < window.Length; i++) window[i] = (int)(rng.NextUInt() % (uint)workload.Config.VocabSize);
-            batch.SetLanguageModelling(window);
-            var logProbs = new float[workload.Tokens];
-            var dLogProbs = Enumerable.Repeat(-1f / workload.Tokens, workload.Tokens).ToArray();
+            batch.SetLanguageModelling(window.AsSpan(firstRow * workload.Length, rows * workload.Length + 1));
+            var logProbs = new float[batch.TokenCount];
+            var dLogProbs = Enumerable.Repeat(-1f / workload.Tokens, batch.TokenCount).ToArray();
             var adamW = new AdamWSettings();
 
             var profile = new OpProfile();
@@ -113,18 +122,19 @@ public static class StepBenchmark
                 long start = Stopwatch.GetTimestamp();
                 engine.ZeroGradients();
                 engine.ForwardBackward(batch, dLogProbs, logProbs);
+                engine.AllReduceGradients(ranks, $"gradients of benchmark step {step}");
                 if (settings.GradientClip > 0) norm = engine.ClipGradients(settings.GradientClip).Norm;   // no clip: no norm pass either, as the peer
                 engine.AdamWStep(step, settings.LearningRate, adamW);
                 engine.Synchronize();
                 if (step > warmupSteps && !profiled) times[step - warmupSteps - 1] = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
-                float loss = -logProbs.Sum() / workload.Tokens;
+                float loss = (float)(-ranks.Sum(logProbs.Sum(), $"loss of benchmark step {step}") / workload.Tokens);   // after the timing
                 if (step == 1) firstLoss = loss;
                 lastLoss = loss;
             }
             engine.Profile = null;
             var perStep = profiledSteps == 0 ? [] : profile.Totals().Select(x => (x.Op, x.Milliseconds / profiledSteps)).ToList();
             return new StepMeasurement(workload, device.Description, CpuParallel.Threads, times, perStep, firstLoss, lastLoss, norm,
-                Process.GetCurrentProcess().PeakWorkingSet64, plan.TotalBytes, device.MemoryInUseBytes());
+                Process.GetCurrentProcess().PeakWorkingSet64, plan.TotalBytes, device.MemoryInUseBytes(), ranks.Size, shards > 1);
         }
         finally
         {

@@ -60,7 +60,7 @@ public static class TiltedSampler
         var weights = new double[cfg.VocabSize];
         for (int r = 0; r < rows; r++)
         {
-            rngs[r] = new PhiloxStream(seed, (ulong)r);
+            rngs[r] = new PhiloxStream(seed, (ulong)(options.FirstStream + r));
             generated[r] = [];
             logProbs[r] = [];
             feed[r] = prompts[r][0];

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using DistAlign.Alignment.Objectives;
 using DistAlign.Alignment.Policies;
+using DistAlign.Engine.Distributed;
 using DistAlign.Engine.Random;
 using DistAlign.Transformer.Model;
 using DistAlign.Transformer.Training;
@@ -129,6 +130,7 @@ public sealed class PpoTrainer
     private readonly LearningRateSchedule schedule;
     private readonly EpochCursor cursor;
     private readonly Stopwatch clock = new();
+    private readonly DataParallelSettings parallel;
     private double elapsedBefore;
 
     /// <summary>Iterations completed.</summary>
@@ -143,7 +145,11 @@ public sealed class PpoTrainer
     /// <param name="reference">π0, frozen</param>
     /// <param name="reward">R̂, queried only</param>
     /// <param name="prompts">the prompts to roll out from (each at least one token)</param>
-    public PpoTrainer(IValuePolicy policy, IPolicy reference, IRewardFunction reward, IReadOnlyList<int[]> prompts, PpoOptions options)
+    /// <param name="parallel">the ranks of a data-parallel job (default: one process): each rank rolls out an equal share of
+    /// every iteration's prompts, the rollouts are gathered so that every rank holds the whole one, and each minibatch's
+    /// sequences are shared out again for the gradient, which is summed over the ranks</param>
+    public PpoTrainer(IValuePolicy policy, IPolicy reference, IRewardFunction reward, IReadOnlyList<int[]> prompts, PpoOptions options,
+                      DataParallelSettings? parallel = null)
     {
         ArgumentNullException.ThrowIfNull(policy);
         ArgumentNullException.ThrowIfNull(reference);
@@ -159,6 +165,8 @@ public sealed class PpoTrainer
         this.prompts = prompts;
         schedule = new LearningRateSchedule(options.LearningRate, options.WarmupSteps, Math.Max(1, options.Steps), options.MinLearningRateFraction);
         cursor = new EpochCursor(Enumerable.Range(0, prompts.Count).ToArray(), options.Seed);
+        this.parallel = parallel ?? DataParallelSettings.SingleProcess;
+        this.parallel.Group.ShareOf(options.PromptsPerIteration, "the prompts of an iteration (--batch)");
     }
 
     /// <summary>Continues from a saved <see cref="State"/> (weights and moments are restored separately).</summary>
@@ -180,11 +188,31 @@ public sealed class PpoTrainer
         List<PromptResponse> Sequences, int[] TokenStart, float[] OldLogProbs, float[] OldValues, float[] ReferenceLogProbs,
         float[] Scores, float[] Rewards, float[] Advantages, float[] Returns, int Ended, double SamplingSeconds);
 
-    /// <summary>Samples, scores and computes advantages for the given prompts (no gradient, no optimizer step).</summary>
+    /// <summary>
+    /// Samples, scores and computes advantages for the given prompts (no gradient, no optimizer step). Across ranks each
+    /// rank rolls out its share of the prompts (drawing from the Philox streams of those rows) and every rank receives the
+    /// whole rollout, as one process would have collected it; advantages are whitened over the whole rollout.
+    /// </summary>
     public Rollout Collect(IReadOnlyList<int[]> batchPrompts, ulong seed)
     {
+        Rollout rollout;
+        if (parallel.IsDistributed)
+        {
+            var (first, count) = parallel.Group.ShareOf(batchPrompts.Count, "the prompts of an iteration (--batch)");
+            rollout = Gather(batchPrompts, CollectUnwhitened(batchPrompts.Skip(first).Take(count).ToList(), seed, first));
+        }
+        else rollout = CollectUnwhitened(batchPrompts, seed, 0);
+        // With the exact entropy bonus the advantages keep their units (centred only): dividing them by their std,
+        // which shrinks to 0 as π nears its optimum, would outweigh the γ·H term and move the fixed point to RLHF's.
+        if (options.WhitenAdvantages) Ppo.Whiten(rollout.Advantages, scale: !UsesExactEntropy);
+        return rollout;
+    }
+
+    // The rollout of these prompts, rows drawing from Philox streams firstStream, firstStream + 1, …; advantages not yet whitened.
+    private Rollout CollectUnwhitened(IReadOnlyList<int[]> batchPrompts, ulong seed, int firstStream)
+    {
         long sampleStart = Stopwatch.GetTimestamp();
-        var samples = policy.Sample(batchPrompts, options.Sampling, seed);
+        var samples = policy.Sample(batchPrompts, options.Sampling with { FirstStream = firstStream }, seed);
         double samplingSeconds = Stopwatch.GetElapsedTime(sampleStart).TotalSeconds;
         var sequences = new List<PromptResponse>(samples.Length);
         for (int i = 0; i < samples.Length; i++)
@@ -241,10 +269,28 @@ public sealed class PpoTrainer
             int a = start[i], n = start[i + 1] - a;
             Ppo.Gae(rewards.AsSpan(a, n), oldValues.AsSpan(a, n), options.Discount, options.Lambda, advantages.AsSpan(a, n), returns.AsSpan(a, n));
         }
-        // With the exact entropy bonus the advantages keep their units (centred only): dividing them by their std,
-        // which shrinks to 0 as π nears its optimum, would outweigh the γ·H term and move the fixed point to RLHF's.
-        if (options.WhitenAdvantages) Ppo.Whiten(advantages, scale: !UsesExactEntropy);
         return new Rollout(sequences, start, oldLogProbs, oldValues, refLogProbs, scores, rewards, advantages, returns, ended, samplingSeconds);
+    }
+
+    // Every rank's share of a rollout, concatenated in rank order: the rollout one process would have collected.
+    private Rollout Gather(IReadOnlyList<int[]> batchPrompts, Rollout mine)
+    {
+        var group = parallel.Group;
+        string what = $"rollout of iteration {Step + 1}";
+        var lengths = group.AllGatherConcatenated<int>(mine.Sequences.Select(q => q.Response.Length).ToArray(), $"{what}: response lengths");
+        var tokens = group.AllGatherConcatenated<int>(mine.Sequences.SelectMany(q => q.Response).ToArray(), $"{what}: response tokens");
+        var sequences = new List<PromptResponse>(lengths.Length);
+        var start = new int[lengths.Length + 1];
+        for (int i = 0; i < lengths.Length; i++)
+        {
+            start[i + 1] = start[i] + lengths[i];
+            sequences.Add(new PromptResponse(batchPrompts[i], tokens[start[i]..start[i + 1]]));
+        }
+        float[] All(float[] values, string name) => group.AllGatherConcatenated<float>(values, $"{what}: {name}");
+        int ended = (int)group.Sum(mine.Ended, $"{what}: ended responses");
+        return new Rollout(sequences, start, All(mine.OldLogProbs, "ln π_old"), All(mine.OldValues, "V_old"), All(mine.ReferenceLogProbs, "ln π0"),
+                           All(mine.Scores, "scores"), All(mine.Rewards, "rewards"), All(mine.Advantages, "advantages"), All(mine.Returns, "returns"),
+                           ended, mine.SamplingSeconds);
     }
 
     /// <summary>One PPO iteration: rollout, then epochs × minibatches optimizer steps.</summary>
@@ -285,6 +331,7 @@ public sealed class PpoTrainer
         double trainSeconds = trainWatch.Elapsed.TotalSeconds;
         Step++;
         clock.Stop();
+        parallel.CheckWeightsWhenDue(Step, policy.WeightsHash);
 
         // Per-response sums, as TRL reports them: KL = Σ_t (ln π_old − ln π0), entropy = −Σ_t ln π_old.
         double kl = 0, sampledEntropy = 0, scoreSum = 0, length = 0;
@@ -335,11 +382,18 @@ public sealed class PpoTrainer
 
     private readonly record struct MinibatchMetrics(PolicyLossMetrics Policy, ValueLossMetrics Value, double MeanEntropy, double GradientNorm);
 
-    private MinibatchMetrics TrainMinibatch(Rollout rollout, int[] members, bool exactEntropy, float lr, int optimizerStep)
+    private MinibatchMetrics TrainMinibatch(Rollout rollout, int[] allMembers, bool exactEntropy, float lr, int optimizerStep)
     {
+        // Across ranks each takes a contiguous share of the minibatch's sequences; its token means are weighted by its share
+        // of the tokens, w = n/N, so that the sums over the ranks are the minibatch's means (w = 1 in one process).
+        int size = parallel.Group.Size, rank = parallel.Group.Rank;
+        var members = allMembers[(allMembers.Length * rank / size)..(allMembers.Length * (rank + 1) / size)];
+        int totalTokens = 0;
+        foreach (int i in allMembers) totalTokens += rollout.TokenStart[i + 1] - rollout.TokenStart[i];
         var sequences = new List<PromptResponse>(members.Length);
         foreach (int i in members) sequences.Add(rollout.Sequences[i]);
         int n = PolicyScores.TokenCount(sequences);
+        double w = (double)n / totalTokens;
         var oldLogProbs = new float[n];
         var oldValues = new float[n];
         var advantages = new float[n];
@@ -359,25 +413,40 @@ public sealed class PpoTrainer
         var logProbs = new float[n];
         var values = new float[n];
         var entropies = exactEntropy ? new float[n] : [];
-        policy.ScoreWithValues(sequences, logProbs, values, entropies);
         var dLogProbs = new float[n];
         var dValues = new float[n];
-        var pm = Ppo.ClippedPolicyLoss(logProbs, oldLogProbs, advantages, options.ClipRange, dLogProbs);
-        var vm = Ppo.ClippedValueLoss(values, oldValues, returns, options.ValueClip, dValues);
-        for (int t = 0; t < n; t++) dValues[t] = (float)(dValues[t] * options.ValueCoefficient);
+        PolicyLossMetrics pm = default;
+        ValueLossMetrics vm = default;
         double meanEntropy = 0;
         float[] dEntropies = [];
-        if (exactEntropy)
+        if (n > 0)   // a rank whose share of a small minibatch is empty adds nothing but takes part in the exchanges
         {
-            // L −= γ·mean_t H_t  ⇒  ∂L/∂H_t = −γ/n.
-            foreach (float h in entropies) meanEntropy += h;
-            meanEntropy /= n;
-            dEntropies = new float[n];
-            Array.Fill(dEntropies, (float)(-options.Gamma / n));
+            policy.ScoreWithValues(sequences, logProbs, values, entropies);
+            pm = Ppo.ClippedPolicyLoss(logProbs, oldLogProbs, advantages, options.ClipRange, dLogProbs);
+            vm = Ppo.ClippedValueLoss(values, oldValues, returns, options.ValueClip, dValues);
+            for (int t = 0; t < n; t++) dValues[t] = (float)(dValues[t] * options.ValueCoefficient);
+            if (exactEntropy)
+            {
+                // L −= γ·mean_t H_t  ⇒  ∂L/∂H_t = −γ/n (n: the minibatch's tokens over all ranks).
+                foreach (float h in entropies) meanEntropy += h;
+                meanEntropy /= n;
+                dEntropies = new float[n];
+                Array.Fill(dEntropies, (float)(-options.Gamma / totalTokens));
+            }
+        }
+        if (parallel.IsDistributed)
+        {
+            for (int t = 0; t < n; t++) { dLogProbs[t] = (float)(dLogProbs[t] * w); dValues[t] = (float)(dValues[t] * w); }
+            double[] sums = [pm.Loss * w, pm.ClipFraction * w, pm.ApproxKl * w, pm.MeanRatio * w, vm.Loss * w, vm.ClipFraction * w, meanEntropy * w];
+            parallel.Group.AllReduceSum(sums, $"PPO metrics of optimizer step {optimizerStep}");
+            pm = new PolicyLossMetrics(sums[0], sums[1], sums[2], sums[3]);
+            vm = new ValueLossMetrics(sums[4], sums[5]);
+            meanEntropy = sums[6];
         }
         double loss = pm.Loss + options.ValueCoefficient * vm.Loss - (exactEntropy ? options.Gamma * meanEntropy : 0);
         if (!double.IsFinite(loss)) throw Stop(new NonFiniteValueException(Step + 1, "the PPO loss"));
-        policy.BackwardWithValues(dLogProbs, dValues, dEntropies);
+        if (n > 0) policy.BackwardWithValues(dLogProbs, dValues, dEntropies);
+        if (parallel.IsDistributed) policy.AllReduceGradients(parallel.Group, $"gradients of optimizer step {optimizerStep}");
         double norm = policy.ClipGradients(0);
         if (!double.IsFinite(norm)) throw Stop(NonFiniteValueException.ForGradient(Step + 1, policy.FirstNonFiniteGradient()));
         if (options.GradientClip > 0) policy.ClipGradients(options.GradientClip);

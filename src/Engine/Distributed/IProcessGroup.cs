@@ -37,6 +37,12 @@ public interface IProcessGroup : IDisposable
     /// <inheritdoc cref="AllGather(ReadOnlySpan{float}, Span{float}, string)"/>
     void AllGather(ReadOnlySpan<byte> mine, Span<byte> all, string purpose);
 
+    /// <summary>
+    /// In place: rank r's slice all[r·n … (r+1)·n) (n = all.Length / Size) is sent to every rank, and every rank's
+    /// <paramref name="all"/> ends as the concatenation (ZeRO-1's weight exchange after each rank updated its shard).
+    /// </summary>
+    void AllGatherInPlace(Span<float> all, string purpose);
+
     /// <summary>mine ← Σ over ranks of all[Rank·n … (Rank+1)·n) (n = mine.Length; all.Length = Size·n).</summary>
     void ReduceScatterSum(ReadOnlySpan<float> all, Span<float> mine, string purpose);
 }
@@ -54,6 +60,25 @@ public static class ProcessGroupExtensions
         var all = new T[group.Size];
         group.AllGather(MemoryMarshal.AsBytes(new ReadOnlySpan<T>(in mine)), MemoryMarshal.AsBytes(all.AsSpan()), purpose);
         return all;
+    }
+
+    /// <summary>
+    /// Every rank's items concatenated in rank order, where ranks hold different counts (a rollout's responses): the counts
+    /// are gathered first, then the items, each rank's padded to the longest.
+    /// </summary>
+    public static T[] AllGatherConcatenated<T>(this IProcessGroup group, ReadOnlySpan<T> mine, string purpose) where T : unmanaged
+    {
+        if (group.Size == 1) return mine.ToArray();
+        int[] counts = group.AllGather(mine.Length, $"{purpose} (counts)");
+        int longest = counts.Max();
+        var padded = new T[longest];
+        mine.CopyTo(padded);
+        var all = new T[(long)longest * group.Size];
+        group.AllGather(MemoryMarshal.AsBytes(padded.AsSpan()), MemoryMarshal.AsBytes(all.AsSpan()), purpose);
+        var result = new T[counts.Sum()];
+        for (int r = 0, at = 0; r < counts.Length; at += counts[r], r++)
+            all.AsSpan(r * longest, counts[r]).CopyTo(result.AsSpan(at));
+        return result;
     }
 
     /// <summary>Σ over ranks of one value (the same bits on every rank).</summary>

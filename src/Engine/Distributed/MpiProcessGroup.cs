@@ -34,6 +34,12 @@ public sealed unsafe class MpiProcessGroup : IProcessGroup
     /// <summary>How long one collective may take before this rank stops the job.</summary>
     public TimeSpan CollectiveTimeout { get; }
 
+    /// <summary>True when Open MPI's library loads here (a job could start).</summary>
+    public static bool IsAvailable => Mpi.IsAvailable;
+
+    /// <summary>Why Open MPI cannot be used here, with what to install.</summary>
+    public static string UnavailableReason => Mpi.UnavailableReason;
+
     /// <summary>True when this process was started by <c>mpirun</c> (Open MPI's launcher variables are set).</summary>
     public static bool LaunchedByMpirun => Environment.GetEnvironmentVariable(LauncherSizeVariable) is not null;
 
@@ -127,6 +133,16 @@ public sealed unsafe class MpiProcessGroup : IProcessGroup
         fixed (byte* r = all)
         using (Track("MPI_Allgather", purpose, mine.Length, "bytes per rank"))
             Check(Mpi.MPI_Allgather(s, mine.Length, byteType, r, mine.Length, byteType, world), "MPI_Allgather", Rank, purpose);
+    }
+
+    public void AllGatherInPlace(Span<float> all, string purpose)
+    {
+        if (all.Length % Size != 0)
+            throw new ArgumentException($"rank {Rank}: an in-place all-gather of {all.Length} elements over {Size} ranks needs a multiple of {Size}");
+        int count = all.Length / Size;
+        fixed (float* r = all)
+            using (Track("MPI_Allgather", purpose, count, "floats per rank, in place"))
+                Check(Mpi.MPI_Allgather((void*)Mpi.InPlace, 0, floatType, r, count, floatType, world), "MPI_Allgather", Rank, purpose);
     }
 
     public void ReduceScatterSum(ReadOnlySpan<float> all, Span<float> mine, string purpose)

@@ -15,6 +15,7 @@ public sealed class SingleProcessGroup : IProcessGroup
     public void AllReduceSum(Span<double> data, string purpose) { }
     public void AllGather(ReadOnlySpan<float> mine, Span<float> all, string purpose) => CopyChecked(mine, all);
     public void AllGather(ReadOnlySpan<byte> mine, Span<byte> all, string purpose) => CopyChecked(mine, all);
+    public void AllGatherInPlace(Span<float> all, string purpose) { }
     public void ReduceScatterSum(ReadOnlySpan<float> all, Span<float> mine, string purpose) => CopyChecked(all, mine);
     public void Dispose() { }
 

@@ -32,44 +32,54 @@ public sealed class Gpt : IGptEngine
     public ParameterLayout Layout { get; }
 
     /// <summary>All parameters, flat, in <see cref="Layout"/> order.</summary>
-    public Span<float> Parameters => weights[ParametersArena].Span<float>("all");
+    public Span<float> Parameters => weights[ParametersArena].Span<float>("all")[..(int)Layout.TotalElements];
     /// <summary>Gradients of the parameters, same layout; backward passes accumulate into it.</summary>
     public Span<float> Gradients => weights[GradientsArena].Span<float>("all");
-    /// <summary>AdamW first moments, same layout.</summary>
+    /// <summary>AdamW first moments, same layout; with <see cref="OptimizerShard"/>, this rank's chunk only.</summary>
     public Span<float> AdamM => weights[MomentsArena].Span<float>("m");
-    /// <summary>AdamW second moments, same layout.</summary>
+    /// <summary>AdamW second moments, same layout; with <see cref="OptimizerShard"/>, this rank's chunk only.</summary>
     public Span<float> AdamV => weights[MomentsArena].Span<float>("v");
+
+    /// <summary>ZeRO-1: the chunk of the AdamW state this rank keeps; null when the model keeps all of it.</summary>
+    public OptimizerShard? OptimizerShard { get; }
 
     /// <summary>Allocates a model (all parameters zero; see <see cref="InitializeGpt2"/>).</summary>
     /// <param name="memoryBudgetBytes">when given, a model plus activations that need more is refused
     /// before anything is allocated, with the bytes needed and the largest arena</param>
-    public Gpt(GptConfig config, long? memoryBudgetBytes = null)
+    /// <param name="shardOptimizerOver">ZeRO-1: keep the AdamW moments of this rank's chunk only, and all-gather the
+    /// parameters after each AdamW step over these ranks (null or one rank: no sharding)</param>
+    public Gpt(GptConfig config, long? memoryBudgetBytes = null, IProcessGroup? shardOptimizerOver = null)
     {
         Config = config.Validate();
         Layout = ParameterLayout.For(config);
         this.memoryBudgetBytes = memoryBudgetBytes;
+        if (shardOptimizerOver is { Size: > 1 }) OptimizerShard = new OptimizerShard(shardOptimizerOver, Layout.TotalElements);
         var plan = new MemoryPlanBuilder();
-        PlanWeights(plan, Layout);
+        PlanWeights(plan, Layout, shardOptimizerOver?.Size ?? 1);
         var built = plan.Build();
         if (memoryBudgetBytes is long budget) built.EnsureFits(budget);
         weights = MemoryArenas.Allocate(built);
     }
 
-    private static void PlanWeights(MemoryPlanBuilder plan, ParameterLayout layout)
+    // With ZeRO-1 over N ranks the parameter buffer is padded to N equal chunks and the moments hold one chunk.
+    private static void PlanWeights(MemoryPlanBuilder plan, ParameterLayout layout, int optimizerShards)
     {
-        plan.Arena(ParametersArena).Add<float>("all", layout.TotalElements);
-        plan.Arena(GradientsArena).Add<float>("all", layout.TotalElements);
-        plan.Arena(MomentsArena).Add<float>("m", layout.TotalElements).Add<float>("v", layout.TotalElements);
+        long total = layout.TotalElements, chunk = (total + optimizerShards - 1) / optimizerShards;
+        plan.Arena(ParametersArena).Add<float>("all", chunk * optimizerShards);
+        plan.Arena(GradientsArena).Add<float>("all", total);
+        plan.Arena(MomentsArena).Add<float>("m", chunk).Add<float>("v", chunk);
     }
 
     /// <summary>
     /// The memory a model of this size needs to train on batches of <paramref name="rows"/> ×
-    /// <paramref name="length"/>: parameters, gradients, AdamW moments and activations.
+    /// <paramref name="length"/>: parameters, gradients, AdamW moments and activations; per rank, with the moments
+    /// sharded over <paramref name="optimizerShards"/> ranks (ZeRO-1).
     /// </summary>
-    public static MemoryPlan PlanTraining(GptConfig config, int rows, int length)
+    public static MemoryPlan PlanTraining(GptConfig config, int rows, int length, int optimizerShards = 1)
     {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(optimizerShards);
         var plan = new MemoryPlanBuilder();
-        PlanWeights(plan, ParameterLayout.For(config));
+        PlanWeights(plan, ParameterLayout.For(config), optimizerShards);
         GptActivations.Plan(plan.Arena(GptActivations.Arena), config, rows, length);
         return plan.Build();
     }
@@ -454,20 +464,43 @@ public sealed class Gpt : IGptEngine
 
     /// <summary>
     /// AdamW in place over the flat buffers, tensor by tensor: weight decay on the matrices (linear weights and the
-    /// embeddings), none on biases and LayerNorm parameters.
+    /// embeddings), none on biases and LayerNorm parameters. With <see cref="OptimizerShard"/> (ZeRO-1) only this rank's
+    /// chunk is updated, then the parameters are all-gathered in place so that every rank holds all of them.
     /// </summary>
     public void AdamWStep(int step, float learningRate, AdamWSettings settings)
     {
         Profile?.Restart();
         Span<float> p = Parameters, g = Gradients, m = AdamM, v = AdamV;
+        long first = OptimizerShard?.Start ?? 0, end = first + (OptimizerShard?.Length ?? Layout.TotalElements);
         foreach (var t in Layout.Tensors)
         {
-            int o = (int)t.Offset, n = (int)t.Length;
+            // This rank's part of the tensor: [from, to) in the flat buffers; the moments start at `first`.
+            int from = (int)Math.Max(t.Offset, first), to = (int)Math.Min(t.Offset + t.Length, end);
+            if (from >= to) continue;
             float decay = t.Shape.Length >= 2 ? settings.WeightDecay : 0f;
-            AdamW.Step(p.Slice(o, n), g.Slice(o, n), m.Slice(o, n), v.Slice(o, n), step, learningRate,
-                       settings.Beta1, settings.Beta2, settings.Epsilon, decay);
+            AdamW.Step(p[from..to], g[from..to], m[(from - (int)first)..(to - (int)first)], v[(from - (int)first)..(to - (int)first)],
+                       step, learningRate, settings.Beta1, settings.Beta2, settings.Epsilon, decay);
         }
         Profile?.Lap("adamw");
+        if (OptimizerShard is { } shard)
+        {
+            shard.ProcessGroup.AllGatherInPlace(weights[ParametersArena].Span<float>("all"), $"parameters after AdamW step {step}");
+            Profile?.Lap("all-gather");
+        }
+    }
+
+    /// <summary>
+    /// The whole AdamW state, for a checkpoint: the moments themselves, or with <see cref="OptimizerShard"/> every rank's
+    /// chunks gathered into new arrays (a collective: every rank calls it, at the same step).
+    /// </summary>
+    public (float[] M, float[] V) GatherMoments()
+    {
+        if (OptimizerShard is not { } shard) return (AdamM.ToArray(), AdamV.ToArray());
+        var m = new float[shard.PaddedElements];
+        var v = new float[shard.PaddedElements];
+        shard.ProcessGroup.AllGather(AdamM, m, "AdamW first moments for a checkpoint");
+        shard.ProcessGroup.AllGather(AdamV, v, "AdamW second moments for a checkpoint");
+        return (m[..(int)shard.TotalElements], v[..(int)shard.TotalElements]);
     }
 
     public NonFiniteElement? FirstNonFiniteGradient() => NonFiniteElement.FindFirst(Layout, Gradients);
@@ -478,6 +511,7 @@ public sealed class Gpt : IGptEngine
     {
         if (ReferenceEquals(host, this)) return;
         CheckSameConfig(host);
+        CheckUnsharded(host);
         Parameters.CopyTo(host.Parameters);
         Gradients.CopyTo(host.Gradients);
         AdamM.CopyTo(host.AdamM);
@@ -488,10 +522,17 @@ public sealed class Gpt : IGptEngine
     {
         if (ReferenceEquals(host, this)) return;
         CheckSameConfig(host);
+        CheckUnsharded(host);
         host.Parameters.CopyTo(Parameters);
         host.AdamM.CopyTo(AdamM);
         host.AdamV.CopyTo(AdamV);
         ZeroGradients();
+    }
+
+    private void CheckUnsharded(Gpt other)
+    {
+        if (OptimizerShard is not null || other.OptimizerShard is not null)
+            throw new NotSupportedException("a model with a sharded optimizer (ZeRO-1) trains on itself; its state is not copied to another engine");
     }
 
     private void CheckSameConfig(Gpt other)

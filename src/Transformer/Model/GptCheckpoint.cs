@@ -178,10 +178,14 @@ public static class GptCheckpoint
     /// <param name="extraStateTensors">more tensors for the state file (e.g. that head's AdamW moments); names must not be adam.m / adam.v.
     /// Both are written into the temporary folder, so they become visible together with the rest.</param>
     /// <param name="frozenModel">the GPT is not trained (a tilt run): its AdamW moments are not written</param>
+    /// <param name="moments">the whole AdamW state when the model keeps a shard of it (ZeRO-1: <see cref="Gpt.GatherMoments"/>,
+    /// which every rank calls); default: the model's own moments</param>
     public static string SaveTraining(string directory, Gpt model, string tokenizerSpec, TrainerState state, string optionsJson, int keep = 2,
                                       IEnumerable<SafeTensor>? extraModelTensors = null, IEnumerable<SafeTensor>? extraStateTensors = null,
-                                      bool frozenModel = false)
+                                      bool frozenModel = false, (float[] M, float[] V)? moments = null)
     {
+        if (model.OptimizerShard is not null && moments is null && !frozenModel)
+            throw new ArgumentException("the model keeps a shard of the AdamW state (ZeRO-1): pass the gathered moments (Gpt.GatherMoments)", nameof(moments));
         Directory.CreateDirectory(directory);
         string name = $"step-{state.Step:D8}";
         string final = Path.Combine(directory, name);
@@ -198,7 +202,9 @@ public static class GptCheckpoint
                 ["options"] = optionsJson,
                 [FrozenModelKey] = frozenModel ? "true" : "false",
             };
-            var stateTensors = frozenModel ? [] : new List<SafeTensor> { SafeTensor.FromFloats("adam.m", model.AdamM), SafeTensor.FromFloats("adam.v", model.AdamV) };
+            var stateTensors = frozenModel ? [] : moments is var (m, v)
+                ? new List<SafeTensor> { SafeTensor.FromFloats("adam.m", m), SafeTensor.FromFloats("adam.v", v) }
+                : [SafeTensor.FromFloats("adam.m", model.AdamM), SafeTensor.FromFloats("adam.v", model.AdamV)];
             if (extraStateTensors is not null) stateTensors.AddRange(extraStateTensors);
             SafeTensorsWriter.Write(Path.Combine(temporary, StateFileName), stateTensors, metadata);
         }
@@ -264,7 +270,15 @@ public static class GptCheckpoint
             var info = state.GetInfo(name);
             if (info.ElementCount != model.Layout.TotalElements)
                 throw new CheckpointMismatchException($"{statePath}: '{name}' has {info.ElementCount} elements, the model has {model.Layout.TotalElements} parameters");
-            state.ReadF32(name, target == 0 ? model.AdamM : model.AdamV);
+            var moment = target == 0 ? model.AdamM : model.AdamV;
+            if (model.OptimizerShard is { } shard)
+            {
+                // ZeRO-1: read the whole moment, keep this rank's chunk (the padding past the last parameter stays 0).
+                var all = new float[info.ElementCount];
+                state.ReadF32(name, all);
+                all.AsSpan((int)shard.Start, (int)shard.Length).CopyTo(moment);
+            }
+            else state.ReadF32(name, moment);
         }
         int Int(string key) =>
             state.Metadata.TryGetValue(key, out var s) && int.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out int v)

@@ -10,6 +10,13 @@ namespace DistAlign.Transformer.Model;
 /// <param name="EndOfText">stop a row when it samples this id (−1: never stop early)</param>
 public sealed record SamplingOptions(int MaxNewTokens, float Temperature = 1f, int TopK = 0, float TopP = 1f, int EndOfText = -1)
 {
+    /// <summary>
+    /// Row r of a batch draws from the Philox stream (seed, FirstStream + r). A data-parallel rank that samples rows
+    /// [s, s + n) of a batch sets s, so that it draws what one process sampling the whole batch draws. Not part of a run's identity.
+    /// </summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public int FirstStream { get; init; }
+
     public SamplingOptions Validate()
     {
         if (MaxNewTokens < 0) throw new ArgumentException($"max new tokens must be ≥ 0 (got {MaxNewTokens})");
@@ -91,7 +98,7 @@ public static class Sampler
         var scratch = new SamplingScratch(v);
         for (int r = 0; r < rows; r++)
         {
-            rngs[r] = new PhiloxStream(seed, (ulong)r);
+            rngs[r] = new PhiloxStream(seed, (ulong)(options.FirstStream + r));
             generated[r] = [];
             logProbs[r] = [];
             feed[r] = prompts[r][0];
