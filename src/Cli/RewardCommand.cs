@@ -67,14 +67,14 @@ internal static class RewardCommand
             Loss = settings, Steps = common.Steps, BatchPairs = common.Batch, LearningRate = common.LearningRate, WarmupSteps = common.Warmup,
             GradientClip = common.Clip, EvalFraction = common.EvalFraction, EvaluateEvery = common.EvalEvery, Seed = common.Seed,
         }.Validate();
-        var trainer = new RewardModelTrainer(rm, pairs, options);
+        var trainer = new RewardModelTrainer(rm, pairs, options, Ranks.Settings);
         string identity = JsonSerializer.Serialize(new
         {
             objective = "reward", settings.Margin, settings.Centring, options.Steps, options.BatchPairs, options.LearningRate, options.WarmupSteps,
             options.MinLearningRateFraction, options.GradientClip, options.EvalFraction, options.EvaluateEvery, options.Seed, weight_decay = weightDecay,
             common.MaxPromptTokens, common.MaxResponseTokens, model_hash = modelHash, data_hash = dataHash,
         });
-        var run = new RewardModelRun(trainer, outDir, tok.Spec, identity, checkpointEvery);
+        var run = new RewardModelRun(trainer, outDir, tok.Spec, identity, checkpointEvery) { WritesFiles = Ranks.IsRoot };
         if (run.Start(resume) is { } latest) Console.WriteLine($"resumed from {latest} at step {trainer.Step}");
         else if (resume) Console.WriteLine($"no checkpoint in {outDir}: starting from step 0");
         Console.WriteLine($"reward model · {gpt.Config} · {trainer.TrainPairs} train / {trainer.EvalPairs} eval pairs · {options.Steps} steps");
@@ -89,7 +89,7 @@ internal static class RewardCommand
             task.Value = report.Step;
         }));
         string path = Path.Combine(outDir, RewardModelFileName);
-        rm.Save(path, tok.Spec);
+        if (Ranks.IsRoot) rm.Save(path, tok.Spec);
         CliProgress.Summary(last, lastEval, run.MetricsPath, path);
         return 0;
     }

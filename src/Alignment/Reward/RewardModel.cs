@@ -2,6 +2,7 @@ using System.Numerics.Tensors;
 using DistAlign.Alignment.Data;
 using DistAlign.Alignment.Objectives;
 using DistAlign.Alignment.Policies;
+using DistAlign.Engine.Distributed;
 using DistAlign.Engine.SafeTensors;
 using DistAlign.Kernels.Cpu;
 using DistAlign.Transformer.Devices;
@@ -170,9 +171,11 @@ public sealed class RewardModel : IDisposable, IRewardFunction
     /// The Bradley–Terry loss of <paramref name="pairs"/> (chosen and rejected interleaved: sequence 2i is pair i's
     /// a⁺, 2i+1 its a⁻, as in <see cref="OfflinePreferenceObjective.Sequences"/>), with <paramref name="settings"/>
     /// of variant <see cref="PairwiseLossVariant.RewardModel"/>. With <paramref name="withGradient"/> the gradient of
-    /// the mean loss is ACCUMULATED into the gradients. <paramref name="rewards"/> gets R per sequence [2P] when non-empty.
+    /// the mean loss is ACCUMULATED into the gradients, times <paramref name="gradientScale"/> (1/N for one of N equal
+    /// data-parallel shares). <paramref name="rewards"/> gets R per sequence [2P] when non-empty.
     /// </summary>
-    public PairwiseLossMetrics Loss(IReadOnlyList<PreferencePair> pairs, in PairwiseLossSettings settings, bool withGradient, Span<float> rewards = default)
+    public PairwiseLossMetrics Loss(IReadOnlyList<PreferencePair> pairs, in PairwiseLossSettings settings, bool withGradient, Span<float> rewards = default,
+                                    double gradientScale = 1.0)
     {
         if (settings.Variant != PairwiseLossVariant.RewardModel)
             throw new ArgumentException($"a reward model trains with the {nameof(PairwiseLossVariant.RewardModel)} loss, not {settings.Variant}");
@@ -189,9 +192,21 @@ public sealed class RewardModel : IDisposable, IRewardFunction
         if (!withGradient) return PairwiseBradleyTerryLoss.Forward(settings, lossBatch, new float[p]);
         var dRewards = new float[s];
         var metrics = PairwiseBradleyTerryLoss.ForwardBackward(settings, lossBatch, new float[p], default, dRewards);
+        if (gradientScale != 1.0)
+            for (int i = 0; i < s; i++) dRewards[i] = (float)(dRewards[i] * gradientScale);
         Backward(dRewards);
         return metrics;
     }
+
+    /// <summary>The backbone's gradients (MPI) and the head's summed over the ranks of a data-parallel job.</summary>
+    public void AllReduceGradients(IProcessGroup group, string purpose)
+    {
+        Engine.AllReduceGradients(group, purpose);
+        group.AllReduceSum(head.Gradients, $"score head {purpose}");
+    }
+
+    /// <summary>SHA-256 fingerprint of the backbone's and the head's parameters.</summary>
+    public ulong WeightsHash() => ReplicaCheck.Combine(DataParallelSettings.HashOf(Engine), ReplicaCheck.Hash(head.Parameters));
 
     /// <summary>
     /// One training step on a minibatch of pairs: zero gradients, loss and backward, clip to

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using DistAlign.Alignment.Data;
 using DistAlign.Alignment.Reward;
+using DistAlign.Engine.Distributed;
 using DistAlign.Engine.Random;
 using DistAlign.Kernels.Cpu;
 using DistAlign.Transformer.Model;
@@ -48,6 +49,7 @@ public sealed class RewardModelTrainer
     private readonly int[] trainIndices, evalIndices;
     private int[] order = [];
     private readonly Stopwatch clock = new();
+    private readonly DataParallelSettings parallel;
     private double elapsedBefore;
 
     /// <summary>Steps completed.</summary>
@@ -67,7 +69,9 @@ public sealed class RewardModelTrainer
 
     /// <param name="model">trained in place</param>
     /// <param name="pairs">all pairs (train and eval are split here)</param>
-    public RewardModelTrainer(RewardModel model, IReadOnlyList<PreferencePair> pairs, RewardTrainingOptions options)
+    /// <param name="parallel">the ranks of a data-parallel job (default: one process): every rank walks the same cursor and
+    /// takes an equal share of each batch's pairs; the gradients are summed over the ranks before clipping</param>
+    public RewardModelTrainer(RewardModel model, IReadOnlyList<PreferencePair> pairs, RewardTrainingOptions options, DataParallelSettings? parallel = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(pairs);
@@ -77,6 +81,8 @@ public sealed class RewardModelTrainer
         schedule = new LearningRateSchedule(options.LearningRate, options.WarmupSteps, options.Steps, options.MinLearningRateFraction);
         (trainIndices, evalIndices) = AlignmentTrainer.Split(pairs.Count, options.EvalFraction, options.Seed);
         if (trainIndices.Length == 0) throw new ArgumentException($"no training pairs left ({pairs.Count} pairs, eval fraction {options.EvalFraction})");
+        this.parallel = parallel ?? DataParallelSettings.SingleProcess;
+        this.parallel.Group.ShareOf(options.BatchPairs, "the pairs of a batch (--batch)");
         Seek(0, 0);
     }
 
@@ -121,9 +127,21 @@ public sealed class RewardModelTrainer
         var watch = Stopwatch.StartNew();
         var batch = NextBatch();
         model.ZeroGradients();
-        var pairwise = model.Loss(batch, options.Loss, withGradient: true);
+        // Across N ranks each takes an equal share of the pairs: the mean loss is the mean of the ranks' means (weight 1/N).
+        var (first, count) = parallel.Group.ShareOf(batch.Count, "the pairs of a batch (--batch)");
+        double share = 1.0 / parallel.Group.Size;
+        var pairwise = model.Loss(batch.GetRange(first, count), options.Loss, withGradient: true, gradientScale: share);
+        var named = pairwise.Named().Select(kv => new KeyValuePair<string, double>(kv.Name, kv.Value)).ToList();
+        if (parallel.IsDistributed)
+        {
+            model.AllReduceGradients(parallel.Group, $"gradients of step {Step + 1}");
+            var values = named.Select(kv => kv.Value * share).ToArray();
+            parallel.Group.AllReduceSum(values, $"metrics of step {Step + 1}");
+            named = [.. named.Select((kv, i) => new KeyValuePair<string, double>(kv.Key, values[i]))];
+        }
+        double loss = named[0].Value;
         double norm = model.ClipGradients(options.GradientClip);
-        if (!double.IsFinite(pairwise.Loss)) throw Stop(NonFiniteValueException.ForLoss(Step + 1, "the reward-model loss"));
+        if (!double.IsFinite(loss)) throw Stop(NonFiniteValueException.ForLoss(Step + 1, "the reward-model loss"));
         if (!double.IsFinite(norm)) throw Stop(NonFiniteValueException.ForGradient(Step + 1, model.FirstNonFiniteGradient()));
         float lr = schedule.At(Step);
         model.OptimizerStep(Step + 1, lr);
@@ -132,7 +150,8 @@ public sealed class RewardModelTrainer
         clock.Stop();
         long tokens = 0;
         foreach (var p in batch) tokens += 2L * p.Prompt.Length + p.Chosen.Length + p.Rejected.Length;
-        var metrics = pairwise.Named().Select(kv => new KeyValuePair<string, double>(kv.Name, kv.Value)).ToList();
+        parallel.CheckWeightsWhenDue(Step, model.WeightsHash);
+        var metrics = named;
         PairTrainingOptions.AddStepFigures(metrics, lr, norm, tokens, seconds, ElapsedSeconds);
         if (evalIndices.Length > 0 && options.EvaluationDue(Step))
             foreach (var kv in Evaluate()) metrics.Add(new("eval_" + kv.Key, kv.Value));
@@ -149,9 +168,12 @@ public sealed class RewardModelTrainer
     public IReadOnlyList<KeyValuePair<string, double>> Evaluate()
     {
         var sums = new List<KeyValuePair<string, double>>();
-        for (int start = 0; start < evalIndices.Length; start += options.BatchPairs)
+        // Each rank scores a contiguous share of the held-out pairs; the sums are added over the ranks.
+        int size = parallel.Group.Size, rank = parallel.Group.Rank;
+        int from = (int)((long)evalIndices.Length * rank / size), to = (int)((long)evalIndices.Length * (rank + 1) / size);
+        for (int start = from; start < to; start += options.BatchPairs)
         {
-            int end = Math.Min(evalIndices.Length, start + options.BatchPairs);
+            int end = Math.Min(to, start + options.BatchPairs);
             var chunk = new List<PreferencePair>(end - start);
             for (int i = start; i < end; i++) chunk.Add(pairs[evalIndices[i]]);
             foreach (var (name, value) in model.Loss(chunk, options.Loss, withGradient: false).Named())
@@ -160,6 +182,15 @@ public sealed class RewardModelTrainer
                 if (at < 0) sums.Add(new(name, value * chunk.Count));
                 else sums[at] = new(name, sums[at].Value + value * chunk.Count);
             }
+        }
+        if (parallel.IsDistributed)
+        {
+            // A rank with no held-out pair names every metric too, so that all ranks add the same vector.
+            if (sums.Count == 0)
+                sums = [.. (default(PairwiseLossMetrics) with { Variant = options.Loss.Variant }).Named().Select(n => new KeyValuePair<string, double>(n.Name, 0))];
+            var values = sums.Select(kv => kv.Value).ToArray();
+            parallel.Group.AllReduceSum(values, $"evaluation after step {Step}");
+            sums = [.. sums.Select((kv, i) => new KeyValuePair<string, double>(kv.Key, values[i]))];
         }
         return [.. sums.Select(kv => new KeyValuePair<string, double>(kv.Key, kv.Value / evalIndices.Length))];
     }
