@@ -95,9 +95,9 @@ internal static class OnlineAlign
             throw new CliUsageException($"--train {s.Train.Name} takes the value head on the frozen features (--value-model shared), not a separate value model");
         var (gpt, tok, pairs, dataHash, policyFile) = CliData.LoadModelAndPairs(modelFile, dataFile, common, s.Train.Frozen);
         var train = TiltAlign.Resolve(s.Train, policyFile, modelFile.FullName, gpt);
-        if (Ranks.Group.Size > 1 && (!ppo || o.SeparateValueModel || train.Frozen))
-            throw new CliUsageException("across ranks, the online objectives run as PPO (rlhf, rkl) with the value head on the policy (--value-model shared, " +
-                                        "--train full); distill, rebel, a separate value model and frozen-feature training run in one process");
+        if (Ranks.Group.Size > 1 && (o.SeparateValueModel || train.Frozen))
+            throw new CliUsageException("across ranks, the online objectives train the full GPT with the value head on the policy (--value-model shared, " +
+                                        "--train full); a separate value model and frozen-feature training run in one process");
         // --device cuda (or auto with a usable GPU): π, π0, a separate value model and R̂'s backbone on GPU engines;
         // `gpt` is the host mirror that checkpoints save and restore.
         using var device = train.Frozen ? null : GpuTrainingOptions.OpenIfChosen(gpuOptions, gpt);
@@ -180,7 +180,7 @@ internal static class OnlineAlign
                 LearningRate = common.LearningRate, WarmupSteps = common.Warmup, GradientClip = common.Clip, EvalFraction = common.EvalFraction,
                 EvaluateEvery = common.EvalEvery, Seed = common.Seed,
             }.Validate();
-            var trainer = new AlignmentTrainer(policy, reference, pairs, null, options, rewardModel);
+            var trainer = new AlignmentTrainer(policy, reference, pairs, null, options, rewardModel, Ranks.Settings);
             string identity = JsonSerializer.Serialize(new
             {
                 objective, variant = loss.Variant.ToString(), loss.Gamma, loss.Eta, pair_source = options.PairSource.ToString(), kl_beta = kl?.Beta ?? 0,
@@ -189,7 +189,7 @@ internal static class OnlineAlign
                 options.Seed, s.WeightDecay, common.MaxPromptTokens, common.MaxResponseTokens, model_hash = modelHash, reward_hash = rewardHash, data_hash = dataHash,
                 train = train.Name, adapter_rank = train.AdapterRank,
             });
-            run = new AlignmentRun(trainer, policy, outDir, tok.Spec, identity, s.CheckpointEvery);
+            run = new AlignmentRun(trainer, policy, outDir, tok.Spec, identity, s.CheckpointEvery) { WritesFiles = Ranks.IsRoot };
             completed = () => trainer.Step;
             steps = options.Steps;
             progressMetric = "objective/scores";

@@ -48,6 +48,19 @@ public class DataParallelTrainingTests
         CompareOneAndTwoRanks(DpoArgs, "DPO");
     }
 
+    [TestCase("distill", "--gamma", "1", "--kl-beta", "0.1", "--kl-samples", "2", "--kl-max-tokens", "3")]
+    [TestCase("rebel", "--eta", "2")]
+    [TestCase("pmle", "--gamma", "1", "--kl-beta", "0.1", "--kl-samples", "2", "--kl-max-tokens", "3")]
+    public void TwoRankSampledObjectivesEqualOneRank(string objective, params string[] settings)
+    {
+        WritePolicyDataAndRewardModel();
+        // PpoArgs without "--beta 0.05" (and, for PMLE, which needs no R̂, without "--reward-model PATH").
+        var args = (string dir) => PpoArgs(dir).Select(a => a == "rlhf" ? objective : a)
+            .Where((a, i) => i is not (3 or 4) && (objective != "pmle" || i is not (9 or 10)));
+        CompareOneAndTwoRanks(dir => [.. args(dir), .. settings, "--eval-fraction", "0.25", "--eval-every", "1"],
+                              $"{objective} ({(objective == "pmle" ? "dataset pairs" : "sampled pairs")}{(settings.Contains("--kl-beta") ? " and KL samples" : "")}), 8 pairs per step");
+    }
+
     [Test]
     public void TwoRankRewardModelTrainingEqualsOneRankAndRepeatsBitForBit()
     {
@@ -59,17 +72,20 @@ public class DataParallelTrainingTests
     [Test]
     public void TwoRankPpoEqualsOneRankAndRepeatsBitForBit()
     {
+        WritePolicyDataAndRewardModel();
+        CompareOneAndTwoRanks(PpoArgs, "PPO (RLHF), 2 iterations of 8 prompts × 2 epochs × 2 minibatches");
+    }
+
+    private void WritePolicyDataAndRewardModel()
+    {
         TinyAlignmentSetup.WriteModel(Path.Combine(folder, "pi0.safetensors"));
         TinyAlignmentSetup.WriteJsonl(Path.Combine(folder, "prefs.jsonl"), TinyAlignmentSetup.Examples(24));
         // A reward model with a random head, so that R̂ differs between responses.
         var backbone = new Gpt(TinyAlignmentSetup.Config);
         backbone.InitializeGpt2(21);
-        using (var rm = new DistAlign.Alignment.Reward.RewardModel(backbone, new AdamWSettings(), ownsBackbone: true))
-        {
-            Numerics.RandomFloats(TinyAlignmentSetup.Config.Channels, 22, 1.0).CopyTo(rm.HeadWeight);
-            rm.Save(Path.Combine(folder, "rm.safetensors"), TinyAlignmentSetup.TokenizerSpec);
-        }
-        CompareOneAndTwoRanks(PpoArgs, "PPO (RLHF), 2 iterations of 8 prompts × 2 epochs × 2 minibatches");
+        using var rm = new DistAlign.Alignment.Reward.RewardModel(backbone, new AdamWSettings(), ownsBackbone: true);
+        Numerics.RandomFloats(TinyAlignmentSetup.Config.Channels, 22, 1.0).CopyTo(rm.HeadWeight);
+        rm.Save(Path.Combine(folder, "rm.safetensors"), TinyAlignmentSetup.TokenizerSpec);
     }
 
     [Test]

@@ -49,8 +49,10 @@ public sealed class OfflinePreferenceObjective
     /// when the variant uses a reference; <paramref name="reference"/> is π0 for the KL term.
     /// </summary>
     /// <param name="gradientScale">multiplies the gradient added (1/A for gradient accumulation over A micro-batches)</param>
+    /// <param name="klFirstStream">the KL samples' first Philox stream (a data-parallel rank's offset in its batch, see
+    /// <see cref="AccumulateKl"/>)</param>
     public OfflineStepMetrics Accumulate(IPolicy policy, IReadOnlyList<PreferencePair> pairs, ReadOnlySpan<float> referenceLogProbs,
-                                         IPolicy? reference, ulong sampleSeed, double gradientScale = 1.0)
+                                         IPolicy? reference, ulong sampleSeed, double gradientScale = 1.0, int klFirstStream = 0)
     {
         var sequences = Sequences(pairs);
         int s = sequences.Count, p = pairs.Count;
@@ -86,7 +88,7 @@ public sealed class OfflinePreferenceObjective
         if (kl is { Beta: > 0 })
         {
             if (reference is null) throw new ArgumentException("the KL regulariser needs the reference policy π0");
-            klEstimate = AccumulateKl(policy, reference, DistinctPrompts(pairs.Select(p => p.Prompt)), kl, sampleSeed, gradientScale);
+            klEstimate = AccumulateKl(policy, reference, DistinctPrompts(pairs.Select(p => p.Prompt)), kl, sampleSeed, gradientScale, klFirstStream);
         }
         return new OfflineStepMetrics(metrics, klEstimate, metrics.Loss + (kl?.Beta ?? 0) * klEstimate);
     }
@@ -126,14 +128,17 @@ public sealed class OfflinePreferenceObjective
 
     /// <summary>
     /// Adds β·∇KL(π ‖ π0) over <paramref name="prompts"/> (k fresh samples each, leave-one-out baseline) to the
-    /// policy's gradients and returns the KL estimate (mean over prompts).
+    /// policy's gradients and returns the KL estimate (mean over prompts). Sample i of prompt q draws from Philox stream
+    /// <paramref name="firstStream"/> + k·q + i: a data-parallel rank whose distinct prompts follow d others in its batch passes
+    /// k·d, so that it draws what one process would.
     /// </summary>
-    internal static double AccumulateKl(IPolicy policy, IPolicy reference, IReadOnlyList<int[]> prompts, KlRegularizer kl, ulong seed, double gradientScale)
+    internal static double AccumulateKl(IPolicy policy, IPolicy reference, IReadOnlyList<int[]> prompts, KlRegularizer kl, ulong seed, double gradientScale,
+                                        int firstStream = 0)
     {
         int k = kl.SamplesPerPrompt;
         var repeated = new List<int[]>(prompts.Count * k);
         foreach (var prompt in prompts) for (int i = 0; i < k; i++) repeated.Add(prompt);
-        var samples = policy.Sample(repeated, new SamplingOptions(kl.MaxNewTokens, EndOfText: kl.EndOfText), seed);
+        var samples = policy.Sample(repeated, new SamplingOptions(kl.MaxNewTokens, EndOfText: kl.EndOfText) { FirstStream = firstStream }, seed);
         var sequences = new List<PromptResponse>(repeated.Count);
         var kept = new List<int>();
         for (int i = 0; i < repeated.Count; i++)

@@ -64,35 +64,40 @@ public sealed class OnPolicyPreferenceObjective
     /// Adds the gradient of the mean loss over a minibatch of dataset pairs (times <paramref name="gradientScale"/>) to the
     /// policy's gradients: their two responses with <see cref="PairSource.Dataset"/>, otherwise two samples per prompt.
     /// </summary>
-    public OnPolicyStepMetrics Accumulate(IPolicy policy, IPolicy? reference, IReadOnlyList<PreferencePair> pairs, ulong seed, double gradientScale = 1.0)
+    /// <param name="firstPair">the pairs' position in their batch (a data-parallel rank's share starts there): pair i's two
+    /// samples draw from Philox streams 2(firstPair + i) and 2(firstPair + i) + 1, as one process sampling the batch draws</param>
+    /// <param name="klFirstStream">the KL samples' first Philox stream (see <see cref="OfflinePreferenceObjective.AccumulateKl"/>)</param>
+    public OnPolicyStepMetrics Accumulate(IPolicy policy, IPolicy? reference, IReadOnlyList<PreferencePair> pairs, ulong seed, double gradientScale = 1.0,
+                                          int firstPair = 0, int klFirstStream = 0)
     {
-        if (source != PairSource.Dataset) return Accumulate(policy, reference, pairs.Select(p => p.Prompt).ToList(), seed, gradientScale);
+        if (source != PairSource.Dataset)
+            return Accumulate(policy, reference, pairs.Select(p => p.Prompt).ToList(), seed, gradientScale, firstPair, klFirstStream);
         if (pairs.Count == 0) throw new ArgumentException("an on-policy step needs at least one pair");
         var sequences = OfflinePreferenceObjective.Sequences(pairs);
-        return AccumulateOnSequences(policy, reference, pairs.Select(p => p.Prompt).ToList(), sequences, anchorSamples: null, seed, gradientScale);
+        return AccumulateOnSequences(policy, reference, pairs.Select(p => p.Prompt).ToList(), sequences, anchorSamples: null, seed, gradientScale, klFirstStream);
     }
 
     /// <summary>
     /// Adds this minibatch's gradient (of the mean loss over its prompts' pairs, times
     /// <paramref name="gradientScale"/>) to the policy's gradients.
     /// </summary>
-    public OnPolicyStepMetrics Accumulate(IPolicy policy, IPolicy? reference, IReadOnlyList<int[]> prompts, ulong seed, double gradientScale = 1.0)
+    public OnPolicyStepMetrics Accumulate(IPolicy policy, IPolicy? reference, IReadOnlyList<int[]> prompts, ulong seed, double gradientScale = 1.0,
+                                          int firstPair = 0, int klFirstStream = 0)
     {
         if (prompts.Count == 0) throw new ArgumentException("an on-policy step needs at least one prompt");
         if (source == PairSource.Dataset) throw new ArgumentException("pairs from the dataset need the dataset's pairs, not only prompts");
         if (source == PairSource.Reference && reference is null) throw new ArgumentException("pairs from π0 need the reference policy");
         var repeated = new List<int[]>(2 * prompts.Count);
         foreach (var prompt in prompts) { repeated.Add(prompt); repeated.Add(prompt); }
-        var samples = (source == PairSource.Policy ? policy : reference!).Sample(repeated, sampling, seed);
+        var samples = (source == PairSource.Policy ? policy : reference!).Sample(repeated, sampling with { FirstStream = 2 * firstPair }, seed);
         var sequences = new List<PromptResponse>(repeated.Count);
         for (int i = 0; i < repeated.Count; i++) sequences.Add(new PromptResponse(repeated[i], samples[i].Tokens));
-        return AccumulateOnSequences(policy, reference, prompts, sequences, samples, seed, gradientScale);
+        return AccumulateOnSequences(policy, reference, prompts, sequences, samples, seed, gradientScale, klFirstStream);
     }
 
     private OnPolicyStepMetrics AccumulateOnSequences(IPolicy policy, IPolicy? reference, IReadOnlyList<int[]> prompts, List<PromptResponse> sequences,
-                                                      Continuation[]? anchorSamples, ulong seed, double gradientScale)
+                                                      Continuation[]? anchorSamples, ulong seed, double gradientScale, int klFirstStream)
     {
-
         int s = sequences.Count, p = prompts.Count;
         var rewards = new float[s];
         reward.Score(sequences, rewards);
@@ -138,7 +143,7 @@ public sealed class OnPolicyPreferenceObjective
         {
             if (reference is null) throw new ArgumentException("the KL regulariser needs the reference policy π0");
             klEstimate = OfflinePreferenceObjective.AccumulateKl(policy, reference, OfflinePreferenceObjective.DistinctPrompts(prompts), kl,
-                                                                 seed ^ 0x9E3779B97F4A7C15UL, gradientScale);
+                                                                 seed ^ 0x9E3779B97F4A7C15UL, gradientScale, klFirstStream);
         }
         long scored = 0;
         foreach (var q in sequences) scored += q.Prompt.Length + q.Response.Length;

@@ -158,12 +158,7 @@ public sealed class AlignmentTrainer
         }
         schedule = new LearningRateSchedule(options.LearningRate, options.WarmupSteps, options.Steps, options.MinLearningRateFraction);
         this.parallel = parallel ?? DataParallelSettings.SingleProcess;
-        if (this.parallel.IsDistributed)
-        {
-            if (options.Objective == AlignmentObjective.OnPolicy || options.Kl is { Beta: > 0 })
-                throw new ArgumentException("across ranks, alignment runs SFT and the offline preference losses; the on-policy objectives and the sampled KL term run in one process");
-            this.parallel.Group.ShareOf(options.BatchPairs, "the pairs of a batch (--batch)");
-        }
+        this.parallel.Group.ShareOf(options.BatchPairs, "the pairs of a batch (--batch)");
 
         (trainIndices, evalIndices) = Split(pairs.Count, options.EvalFraction, options.Seed);
         if (trainIndices.Length == 0) throw new ArgumentException($"no training pairs left ({pairs.Count} pairs, eval fraction {options.EvalFraction})");
@@ -215,6 +210,10 @@ public sealed class AlignmentTrainer
         {
             var indices = cursor.Next(options.BatchPairs);
             var batch = Gather(MyShare(indices));
+            // Sampled terms draw from the Philox streams of this share's rows of the batch (see OnPolicyPreferenceObjective).
+            int firstPair = parallel.IsDistributed ? parallel.Group.ShareOf(indices.Length, "the pairs of a batch (--batch)").Start : 0;
+            int klFirstStream = options.Kl is { Beta: > 0 } k && firstPair > 0
+                ? k.SamplesPerPrompt * OfflinePreferenceObjective.DistinctPrompts(Gather(indices[..firstPair]).Select(p => p.Prompt)).Count : 0;
             IEnumerable<(string, double)> named;
             if (options.Objective == AlignmentObjective.Sft)
             {
@@ -228,15 +227,15 @@ public sealed class AlignmentTrainer
             else if (options.Objective == AlignmentObjective.OnPolicy)
             {
                 ulong sampleSeed = MixSeed(options.Seed, (ulong)Step, (ulong)micro);
-                var m = onPolicy!.Accumulate(policy, reference, batch, sampleSeed, 1.0 / a);
-                named = OnPolicyNamed(m);
+                var m = onPolicy!.Accumulate(policy, reference, batch, sampleSeed, rankShare / a, firstPair, klFirstStream);
+                named = OnPolicyNamed(m).Select(kv => (kv.Item1, kv.Item2 * rankShare));
                 tokens += m.Tokens;
             }
             else
             {
                 ulong sampleSeed = MixSeed(options.Seed, (ulong)Step, (ulong)micro);
                 var refs = options.UsesReferenceLogProbs ? GatherReference(MyShare(indices)) : default;
-                var m = preference!.Accumulate(policy, batch, refs, reference, sampleSeed, rankShare / a);
+                var m = preference!.Accumulate(policy, batch, refs, reference, sampleSeed, rankShare / a, klFirstStream);
                 named = PreferenceNamed(m).Select(kv => (kv.Item1, kv.Item2 * rankShare));
                 foreach (var p in batch) tokens += p.Prompt.Length * 2 + p.Chosen.Length + p.Rejected.Length;
             }
@@ -371,7 +370,8 @@ public sealed class AlignmentTrainer
     // The names Evaluate reports, in its order (for a rank that held out no pair).
     private IEnumerable<string> EvaluationNames() => options.Objective == AlignmentObjective.Sft
         ? ["loss", "mean_token_logp"]
-        : (default(PairwiseLossMetrics) with { Variant = options.Loss.Variant }).Named().Select(n => n.Name);
+        : (default(PairwiseLossMetrics) with { Variant = options.Objective == AlignmentObjective.OnPolicy ? PairwiseLossVariant.Distillation : options.Loss.Variant })
+            .Named().Select(n => n.Name);
 
     private int[] MyShare(int[] indices)
     {
