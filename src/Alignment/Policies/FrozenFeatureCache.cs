@@ -173,7 +173,7 @@ public sealed class FrozenFeatureCache
 }
 
 /// <summary>Equality of (prompt, response) by the tokens they hold, not by the arrays' identity.</summary>
-public sealed class SequenceContent : IEqualityComparer<PromptResponse>
+internal sealed class SequenceContent : IEqualityComparer<PromptResponse>
 {
     public static SequenceContent Comparer { get; } = new();
 

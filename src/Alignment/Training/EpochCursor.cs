@@ -7,7 +7,7 @@ namespace DistAlign.Alignment.Training;
 /// (seed, epoch + 1), batch after batch; a batch may straddle two epochs. (epoch, index) is all its state, so a
 /// resume that restores them continues the same sequence of batches.
 /// </summary>
-public sealed class EpochCursor
+internal sealed class EpochCursor
 {
     private readonly int[] items;
     private readonly ulong seed;

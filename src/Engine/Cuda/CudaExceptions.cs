@@ -46,7 +46,7 @@ public sealed class NvrtcException(int status, string function, string? log = nu
 /// nvrtc.h). Kept as tables so a message names the status even when the library that could name it
 /// (cuGetErrorName) is the thing that failed. Unknown codes print as e.g. "CUDA_ERROR_UNKNOWN_CODE_1234".
 /// </summary>
-public static class StatusNames
+internal static class StatusNames
 {
     private static readonly Dictionary<int, string> CudaNames = new()
     {

@@ -143,7 +143,7 @@ public static partial class OpenBlas
 /// The Engine assembly's single <see cref="NativeLibrary.SetDllImportResolver"/> hook (the runtime allows
 /// one per assembly): each binding registers the logical library name it imports and how to load it.
 /// </summary>
-public static class NativeLibraryResolver
+internal static class NativeLibraryResolver
 {
     private static readonly Dictionary<string, Func<nint>> Loaders = new(StringComparer.Ordinal);
     private static bool installed;

@@ -7,7 +7,7 @@ namespace DistAlign.Kernels.Gpu;
 /// <summary>One GPU kernel entry point and how it is launched.</summary>
 /// <param name="Method">The static kernel method.</param>
 /// <param name="ExplicitlyGrouped">True for KernelConfig launches (Group/Grid indices, shared memory).</param>
-public sealed record GpuKernelInfo(MethodInfo Method, bool ExplicitlyGrouped)
+internal sealed record GpuKernelInfo(MethodInfo Method, bool ExplicitlyGrouped)
 {
     public string Name => $"{Method.DeclaringType!.Name}.{Method.Name}";
 }
@@ -16,7 +16,7 @@ public sealed record GpuKernelInfo(MethodInfo Method, bool ExplicitlyGrouped)
 /// Every GPU kernel in this namespace, in one list: the PTX compile test walks it, and a reflection test
 /// checks that no kernel method is missing from it.
 /// </summary>
-public static class GpuKernelRegistry
+internal static class GpuKernelRegistry
 {
     public static IReadOnlyList<GpuKernelInfo> All { get; } =
     [

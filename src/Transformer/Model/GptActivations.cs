@@ -15,7 +15,7 @@ namespace DistAlign.Transformer.Model;
 /// one layer's intermediate tensors (the backward visits one layer at a time). The LM head works on
 /// one chunk of rows of logits at a time (<see cref="SequenceLogProbs"/>), so the N×V logits never exist at once.
 /// </remarks>
-public static class GptActivations
+internal static class GptActivations
 {
     public const string Arena = "activations";
 
