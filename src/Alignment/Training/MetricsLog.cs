@@ -3,7 +3,7 @@ using System.Text.Json;
 namespace DistAlign.Alignment.Training;
 
 /// <summary>The <c>metrics.jsonl</c> of a run: one JSON object per optimizer step, with a "step" field.</summary>
-internal static class MetricsLog
+public static class MetricsLog
 {
     /// <summary>
     /// Cuts the log back to the lines of steps ≤ <paramref name="step"/> (a resumed run redoes the later ones)

@@ -5,6 +5,8 @@ public sealed class SingleProcessGroup : IProcessGroup
 {
     public static readonly SingleProcessGroup Instance = new();
 
+    private SingleProcessGroup() { }
+
     public int Rank => 0;
     public int Size => 1;
     public string Description => "one process";
