@@ -55,7 +55,7 @@ if [[ ! -x "$bundle/gpu-check" ]]; then
 fi
 mkdir -p "$out"
 if [[ -z "${DISTALIGN_CUDA_LIBRARY_PATH:-}" ]]; then
-    found=$(find /usr/local /opt -maxdepth 8 \( -name 'libcublas.so.1[23]' -o -name 'libcublasLt.so.1[23]' -o -name 'libnvrtc.so.1[23]' \) \
+    found=$(find /usr/local /opt -maxdepth 8 \( -name 'libcublas.so.1[23]' -o -name 'libcublasLt.so.1[23]' -o -name 'libnvrtc.so.1[23]' -o -name 'libnccl.so.2' \) \
                  -printf '%h\n' 2>/dev/null | sort -u | tr '\n' ':' || true)
     export DISTALIGN_CUDA_LIBRARY_PATH="${found%:}"
     echo "DISTALIGN_CUDA_LIBRARY_PATH=$DISTALIGN_CUDA_LIBRARY_PATH"
@@ -70,6 +70,20 @@ limit="${GPU_CHECK_LIMIT_S:-540}"
 timeout --kill-after=15 "$limit" "$bundle/gpu-check" --out "$out" "$@" 2>&1 | tee "$out/gpu-check.log" || status=${PIPESTATUS[0]}
 if [[ $status -eq 124 || $status -eq 137 ]]; then
     echo "gpu-check: stopped at the $limit s limit (partial results in $out/gpu-check.log)" | tee -a "$out/gpu-check.log" >&2
+fi
+
+# Data parallelism on GPUs: the checks above include a one-rank NCCL smoke test (all-reduce, broadcast, all-gather,
+# reduce-scatter) when libnccl.so.2 is found. A multi-rank run needs several GPUs, Open MPI's mpirun and the CLI
+# (mpirun -np N distalign pretrain --device cuda …: each rank takes the GPU of its local rank, gradients all-reduced by NCCL).
+gpus=$( (nvidia-smi -L 2>/dev/null || true) | grep -c '^GPU ' || true)
+if [[ "${gpus:-0}" -gt 1 ]] && command -v mpirun >/dev/null 2>&1 && [[ -x "$repo/artifacts/distalign/distalign" ]]; then
+    timeout 120 mpirun --allow-run-as-root --bind-to none -np "$gpus" "$repo/artifacts/distalign/distalign" pretrain --device cuda \
+        --out "$out/multi-rank" --steps 20 --batch "$((gpus * 4))" --seq 64 --layers 2 --channels 128 --heads 4 --check-weights-every 5 \
+        > "$out/multi-rank.log" 2>&1 && echo "multi-rank NCCL pretraining on $gpus GPUs: passed (multi-rank.log)" | tee -a "$out/gpu-check.log" \
+        || { echo "multi-rank NCCL pretraining on $gpus GPUs: FAILED (multi-rank.log)" | tee -a "$out/gpu-check.log"; status=1; }
+else
+    echo "multi-rank GPU run skipped: $gpus GPU(s) here$(command -v mpirun >/dev/null 2>&1 || echo ', no mpirun')$([[ -x "$repo/artifacts/distalign/distalign" ]] || echo ', no CLI bundle in artifacts/distalign')" \
+        | tee -a "$out/gpu-check.log"
 fi
 
 # Optional (GPU_CHECK_NCU=1): Nsight Compute's speed-of-light, occupancy and warp-stall sections for the flash-attention

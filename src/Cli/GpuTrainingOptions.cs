@@ -68,7 +68,8 @@ internal sealed class GpuTrainingOptions
     public static (Accelerator Accelerator, IDisposable? Owner) OpenAcceleratorOrThrow() =>
         OpenAccelerator() ?? throw new CliUsageException($"{DeviceOption.Name} cuda: ILGPU could not open the CUDA device");
 
-    private static (Accelerator, IDisposable?)? OpenCuda() => GpuContext.TryCreateCuda() is { } context ? (context.Accelerator, context) : null;
+    // Under mpirun each rank on a machine opens the GPU of its local rank (modulo the GPUs there).
+    private static (Accelerator, IDisposable?)? OpenCuda() => GpuContext.TryCreateCuda(Ranks.LocalRank) is { } context ? (context.Accelerator, context) : null;
 
     /// <summary>
     /// <see cref="OpenIfChosen(Values, GptConfig)"/> for <paramref name="model"/>'s config; when opening fails, disposes

@@ -31,6 +31,10 @@ internal static class Ranks
     /// <summary>The ranks (one process unless started by mpirun).</summary>
     public static IProcessGroup Group { get; private set; } = SingleProcessGroup.Instance;
 
+    /// <summary>This rank's index among the ranks on its machine (Open MPI's OMPI_COMM_WORLD_LOCAL_RANK; 0 without mpirun): its GPU.</summary>
+    public static int LocalRank =>
+        int.TryParse(Environment.GetEnvironmentVariable("OMPI_COMM_WORLD_LOCAL_RANK"), out int local) && local >= 0 ? local : 0;
+
     /// <summary>Rank 0 prints and writes checkpoints, reports and models.</summary>
     public static bool IsRoot => Group.Rank == 0;
 

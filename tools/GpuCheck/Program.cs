@@ -87,7 +87,7 @@ public static class Program
             }
         }
         var report = new Report(log);
-        foreach (var library in CudaLibraries.All)
+        foreach (var library in CudaLibraries.All.Append(CudaLibraries.Nccl))
             report.Note($"{library.Description}: {(library.IsAvailable ? "loaded " + library.LoadedFrom : library.UnavailableReason)}");
         if (simulator) return RunOnSimulator(report, outDir);
         var probe = CudaDriver.Probe();
@@ -121,6 +121,7 @@ public static class Program
             }
             var checks = new KernelChecks(accelerator, report, quick);
             checks.RunAll();
+            new NcclChecks(accelerator, report).Run();   // data-parallel training's device collectives (one rank)
             var gpt = new GptChecks(accelerator, report);
             gpt.CompareWithTheCpuModel();
             new FlashAttentionChecks(accelerator, report, quick).RunAll();

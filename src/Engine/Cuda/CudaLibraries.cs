@@ -104,9 +104,18 @@ public static class CudaLibraries
     /// <summary>All four, in dependency order.</summary>
     public static IReadOnlyList<CudaLibrary> All { get; } = [Driver, Cublas, CublasLt, Nvrtc];
 
+    internal const string NcclName = "distalign-nccl";
+
+    /// <summary>
+    /// NCCL 2 (<c>libnccl.so.2</c>: Debian/Ubuntu's <c>libnccl2</c>, or a pip wheel's <c>nvidia/nccl/lib</c> through
+    /// <see cref="CudaLibrary.SearchPathVariable"/>): the device all-reduce of data-parallel training on GPUs. Only
+    /// multi-rank GPU runs need it, so it is not one of <see cref="All"/>.
+    /// </summary>
+    public static readonly CudaLibrary Nccl = new(NcclName, "NCCL library", ["libnccl.so.2", "libnccl.so"]);
+
     static CudaLibraries()
     {
-        foreach (var library in All) NativeLibraryResolver.Register(library.LogicalName, () => library.Handle);
+        foreach (var library in All.Append(Nccl)) NativeLibraryResolver.Register(library.LogicalName, () => library.Handle);
     }
 
     /// <summary>Makes sure the resolver registrations ran (the static constructor); called by every binding class.</summary>

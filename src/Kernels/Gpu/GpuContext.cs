@@ -39,12 +39,14 @@ public sealed class GpuContext : IDisposable
     }
 
     /// <summary>
-    /// The first CUDA device as an ILGPU CUDA accelerator, or null when there is none (no driver, no
-    /// device). Never throws for a missing CUDA installation.
+    /// CUDA device <paramref name="deviceIndex"/> modulo the device count (a data-parallel rank passes its local rank, so
+    /// the ranks on one machine spread over its GPUs) as an ILGPU CUDA accelerator, or null when there is none (no driver,
+    /// no device). Never throws for a missing CUDA installation.
     /// </summary>
     [RequiresDynamicCode(DynamicCodeReason)]
-    public static GpuContext? TryCreateCuda()
+    public static GpuContext? TryCreateCuda(int deviceIndex = 0)
     {
+        ArgumentOutOfRangeException.ThrowIfNegative(deviceIndex);
         Context? context = null;
         try
         {
@@ -54,7 +56,7 @@ public sealed class GpuContext : IDisposable
                 context.Dispose();
                 return null;
             }
-            return new GpuContext(context, context.CreateCudaAccelerator(0));
+            return new GpuContext(context, context.CreateCudaAccelerator(deviceIndex % context.GetCudaDevices().Count));
         }
         catch (Exception e) when (e is DllNotFoundException or TypeInitializationException or EntryPointNotFoundException
                                       or NotSupportedException or InvalidOperationException or CudaException)

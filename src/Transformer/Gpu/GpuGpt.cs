@@ -5,6 +5,7 @@ using DistAlign.Kernels.Gpu;
 using DistAlign.Transformer.Model;
 using ILGPU;
 using ILGPU.Runtime;
+using ILGPU.Runtime.Cuda;
 
 namespace DistAlign.Transformer.Gpu;
 
@@ -389,21 +390,33 @@ public sealed class GpuGpt : IGptEngine
     }
 
     /// <summary>g ← factor·g for every gradient (a clip factor computed on the host).</summary>
-    private float[]? hostGradients;   // staging for an all-reduce through host memory
+    private float[]? hostGradients;   // staging for an all-reduce through host memory (accelerators other than CUDA)
 
     /// <summary>
-    /// Sums the gradients over the ranks through host memory: download, the group's all-reduce (MPI), upload. One
-    /// copy each way per step; the device never sees a partial sum.
+    /// Sums the gradients over the ranks. On a CUDA device through NCCL, in place in device memory, enqueued on this
+    /// engine's stream (so the clip and AdamW kernels after it see the sum; <see cref="DeviceCollectives"/> joins the
+    /// ranks once per accelerator). On another accelerator (ILGPU's CPU simulator) through host memory: download, the
+    /// group's all-reduce (MPI), upload.
     /// </summary>
+    /// <exception cref="Engine.Cuda.CudaUnavailableException">A multi-rank run on CUDA without NCCL installed.</exception>
     public void AllReduceGradients(IProcessGroup group, string purpose)
     {
         if (group.Size == 1) return;
         Profile?.Restart();
-        hostGradients ??= new float[gradients.Length];
-        accelerator.Synchronize();
-        All(gradients).CopyToCPU(hostGradients);
-        group.AllReduceSum(hostGradients, purpose);
-        All(gradients).CopyFromCPU(hostGradients);
+        if (accelerator is CudaAccelerator cuda)
+        {
+            var nccl = DeviceCollectives.For(cuda, group);
+            nccl.AllReduceSum((ulong)gradients.NativePtr, gradients.Length, ((CudaStream)accelerator.DefaultStream).StreamPtr, purpose);
+            nccl.ThrowIfFailed(purpose);
+        }
+        else
+        {
+            hostGradients ??= new float[gradients.Length];
+            accelerator.Synchronize();
+            All(gradients).CopyToCPU(hostGradients);
+            group.AllReduceSum(hostGradients, purpose);
+            All(gradients).CopyFromCPU(hostGradients);
+        }
         Lap("all-reduce");
     }
 
