@@ -60,6 +60,27 @@ public unsafe class CAbiTests
     }
 
     [Test]
+    public void TheHeaderDeclaresEveryExportWithItsArgumentsAndTheVersion()
+    {
+        string header = File.ReadAllText(Path.Combine(DistAlign.Tests.Architecture.SourceTree.RepositoryRoot(), "include", "distalign.h"));
+        var version = System.Text.RegularExpressions.Regex.Match(header, @"#define DISTALIGN_ABI_VERSION (\d+)");
+        Assert.That(version.Success && int.Parse(version.Groups[1].Value) == CAbi.AbiVersion, $"distalign.h's DISTALIGN_ABI_VERSION is CAbi.AbiVersion ({CAbi.AbiVersion})");
+        Assert.That(((delegate* unmanaged<int>)&CAbi.Version)(), Is.EqualTo(CAbi.AbiVersion));
+
+        // each declaration "<type> distalign_name(<arguments>);" against the [UnmanagedCallersOnly] entry points
+        var declared = System.Text.RegularExpressions.Regex.Matches(header, @"\b(distalign_\w+)\s*\(([^)]*)\)\s*;")
+            .ToDictionary(m => m.Groups[1].Value, m => m.Groups[2].Value.Trim() is "void" or "" ? 0 : m.Groups[2].Value.Split(',').Length);
+        var exported = typeof(CAbi).GetMethods()
+            .Select(m => (Method: m, Attribute: m.GetCustomAttributes(typeof(UnmanagedCallersOnlyAttribute), false).Cast<UnmanagedCallersOnlyAttribute>().FirstOrDefault()))
+            .Where(e => e.Attribute is not null)
+            .ToDictionary(e => e.Attribute!.EntryPoint!, e => e.Method.GetParameters().Length);
+        Assert.That(declared.Keys, Is.EquivalentTo(exported.Keys), "every export is declared in distalign.h, and every declaration exported");
+        foreach (var (name, arguments) in exported)
+            Assert.That(declared[name], Is.EqualTo(arguments), $"{name}: as many arguments in distalign.h as in the export");
+        TestContext.Out.WriteLine($"distalign.h (ABI {CAbi.AbiVersion}) declares the {exported.Count} exports: {string.Join(", ", exported.Keys.Order(StringComparer.Ordinal))}");
+    }
+
+    [Test]
     public void BadInputGetsAStatusAndAMessage()
     {
         string path = TinyModel();
