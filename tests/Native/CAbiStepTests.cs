@@ -332,16 +332,17 @@ public unsafe class CAbiStepTests
     {
         Assert.That(Load(path, out ulong a), Is.EqualTo(Ok));
         Assert.That(Load(path, out ulong b), Is.EqualTo(Ok));
+        // with the policy's lock taken first, thread 0 would hold a and wait for b while thread 1 holds b and waits for a
+        const int Steps = 200;
         var statuses = new int[2][];
         var threads = new[] { (a, b), (b, a) }.Select((roles, t) => new Thread(() =>
         {
-            statuses[t] = new int[20];
-            for (int i = 0; i < 20; i++)
-                statuses[t][i] = DpoStep(roles.Item1, roles.Item2, 2, Prompts, PromptOffsets, Chosen, ChosenOffsets, Rejected, RejectedOffsets,
-                                         0.5f, 1e-4f, 1f, i + 1, out _);
-        })).ToArray();
+            statuses[t] = new int[Steps];
+            for (int i = 0; i < Steps; i++)
+                statuses[t][i] = DpoStep(roles.Item1, roles.Item2, 1, [Eot, 5], [0, 2], [8], [0, 1], [9], [0, 1], 0.5f, 1e-4f, 1f, i + 1, out _);
+        }) { IsBackground = true }).ToArray();
         foreach (var thread in threads) thread.Start();
-        foreach (var thread in threads) Assert.That(thread.Join(TimeSpan.FromSeconds(60)), Is.True, "each thread finishes: the locks are taken in one order");
+        foreach (var thread in threads) Assert.That(thread.Join(TimeSpan.FromSeconds(30)), Is.True, "each thread finishes: the locks are taken in one order");
         Assert.That(statuses.SelectMany(s => s), Is.All.EqualTo(Ok));
         Assert.That(Free(a), Is.EqualTo(Ok));
         Assert.That(Free(b), Is.EqualTo(Ok));
