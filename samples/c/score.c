@@ -4,7 +4,8 @@
  *   LD_LIBRARY_PATH=path/to/lib ./score MODEL.safetensors "Call me" " Ishmael."
  *
  * Prints the sequence log-prob as a decimal and as its float32 bits, so a caller can compare it exactly with
- * `distalign score`. Exits 1 with the library's message on any error. */
+ * `distalign score`, a seeded sample, and the loss of one SFT step on the prompt/response. Exits 1 with the library's
+ * message on any error. */
 #include <stdio.h>
 #include <stdint.h>
 #include <string.h>
@@ -49,6 +50,13 @@ int main(int argc, char **argv)
     printf("sampled %d tokens:", drawn_count);
     for (int i = 0; i < drawn_count; i++) printf(" %d", drawn[i]);
     printf("\n");
+
+    /* one SFT step on the prompt/response (the mean NLL of the response's tokens, clipping, AdamW): the loss before it */
+    int32_t prompt_offsets[2] = {0, prompt_length}, response_offsets[2] = {0, response_length};
+    float sft_loss;
+    if (distalign_sft_step(model, 1, prompt, prompt_offsets, response, response_offsets, 1e-2f, 1.0f, 1, &sft_loss) != DISTALIGN_OK)
+        return fail("sft step");
+    printf("sft loss %.9g (-logprob / tokens, before the step)\n", sft_loss);
 
     /* bad input returns an error, never a crash */
     if (distalign_score(model, NULL, 1, response, response_length, &sum, NULL, NULL) != DISTALIGN_E_ARGUMENT) return fail("NULL prompt accepted");

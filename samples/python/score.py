@@ -1,4 +1,5 @@
-"""Score a prompt/response with libdistalign.so through ctypes (standard library only), then take two DPO steps.
+"""Score a prompt/response with libdistalign.so through ctypes (standard library only), then take training steps:
+two DPO steps, one SFT step and one preference-distillation step (a soft label and the seeded KL term).
 
     LD_LIBRARY_PATH=path/to/lib python3 samples/python/score.py MODEL.safetensors "Call me" " Ishmael."
 
@@ -21,6 +22,12 @@ lib.distalign_tokenize.argtypes = [ctypes.c_uint64, ctypes.c_char_p, ctypes.POIN
 I32P = ctypes.POINTER(ctypes.c_int32)
 lib.distalign_dpo_step.argtypes = [ctypes.c_uint64, ctypes.c_uint64, ctypes.c_int32, I32P, I32P, I32P, I32P, I32P, I32P,
                                    ctypes.c_float, ctypes.c_float, ctypes.c_float, ctypes.c_int32, ctypes.POINTER(ctypes.c_float)]
+lib.distalign_sft_step.argtypes = [ctypes.c_uint64, ctypes.c_int32, I32P, I32P, I32P, I32P,
+                                   ctypes.c_float, ctypes.c_float, ctypes.c_int32, ctypes.POINTER(ctypes.c_float)]
+lib.distalign_distill_step.argtypes = [ctypes.c_uint64, ctypes.c_uint64, ctypes.c_int32, I32P, I32P, I32P, I32P, I32P, I32P,
+                                       ctypes.POINTER(ctypes.c_float), ctypes.c_float, ctypes.c_float, ctypes.c_int32,
+                                       ctypes.c_int32, ctypes.c_uint64, ctypes.c_float, ctypes.c_float, ctypes.c_int32,
+                                       ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_float)]
 lib.distalign_score.argtypes = [ctypes.c_uint64, ctypes.POINTER(ctypes.c_int32), ctypes.c_int32,
                                 ctypes.POINTER(ctypes.c_int32), ctypes.c_int32, ctypes.POINTER(ctypes.c_float),
                                 ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_float)]
@@ -68,6 +75,24 @@ def main(path, prompt_text, response_text):
                 check(lib.distalign_dpo_step(model, reference, 1, *c_arrays, 0.5, 1e-2, 1.0, step, ctypes.byref(loss)), "dpo step")
                 losses.append(loss.value)
             print("dpo losses:", " ".join(f"{x:.6f}" for x in losses))
+            # one SFT step on the response alone (the mean NLL of its tokens), step 3 of the same AdamW moments
+            loss = ctypes.c_float()
+            check(lib.distalign_sft_step(model, 1, c_arrays[0], c_arrays[1], c_arrays[2], c_arrays[3], 1e-2, 1.0, 3,
+                                         ctypes.byref(loss)), "sft step")
+            print(f"sft loss: {loss.value:.6f}")
+            # one distillation step: P(response ≻ rejected) = 0.75 given as a soft label, γ = 1, and β·KL(π ‖ π0) with
+            # β = 0.1 from 2 samples of at most 4 tokens, drawn with seed 7 (the same seed, the same step)
+            labels = (ctypes.c_float * 1)(0.75)
+            loss, kl = ctypes.c_float(), ctypes.c_float()
+            check(lib.distalign_distill_step(model, reference, 1, *c_arrays, labels, 1.0, 0.1, 2, 4, 7, 1e-2, 1.0, 4,
+                                             ctypes.byref(loss), ctypes.byref(kl)), "distill step")
+            print(f"distill loss: {loss.value:.6f} kl: {kl.value:.6f}")
+            # a soft label outside [0, 1] is an error with a message, not a crash
+            labels[0] = float("nan")
+            status = lib.distalign_distill_step(model, reference, 1, *c_arrays, labels, 1.0, 0.0, 0, 0, 0, 1e-2, 1.0, 5,
+                                                ctypes.byref(loss), None)
+            assert status == 1, status
+            print("errors:", lib.distalign_last_error().decode())
         finally:
             check(lib.distalign_model_free(reference), "free reference")
         # a wrong length is an error with a message, not a crash

@@ -160,68 +160,217 @@ public static unsafe class CAbi
         lock (m.Lock) GptCheckpoint.SaveModel(Marshal.PtrToStringUTF8((nint)path) ?? "", m.Gpt, m.Tokenizer.Spec);
     });
 
+    [UnmanagedCallersOnly(EntryPoint = "distalign_sft_step")]
+    public static int SftStep(ulong model, int sequences, int* prompts, int* promptOffsets, int* responses, int* responseOffsets,
+                              float learningRate, float maxGradNorm, int step, float* loss) => Guard(() =>
+    {
+        var (m, _) = StepModels(model, 0, needsReference: false);
+        if (loss is null) throw new ArgumentException("loss is NULL");
+        if (sequences < 1) throw new ArgumentException($"sequences is {sequences}; a step needs at least one sequence");
+        CheckOptimizer(learningRate, maxGradNorm, step);
+        var p = TokenLists(m, sequences, prompts, "prompts", promptOffsets, "prompt_offsets");
+        var r = TokenLists(m, sequences, responses, "responses", responseOffsets, "response_offsets");
+        var batch = new List<PromptResponse>(sequences);
+        for (int i = 0; i < sequences; i++)
+        {
+            CheckFits(m, p[i].Length + r[i].Length - 1, $"sequence {i}");
+            batch.Add(new PromptResponse(p[i], r[i]));
+        }
+        var objective = new SftObjective();
+        var result = TrainingStep(model, m, 0, null, learningRate, maxGradNorm, step, () => (objective.Accumulate(m.Policy, batch).Loss, 0));
+        *loss = (float)result.Loss;
+    });
+
     [UnmanagedCallersOnly(EntryPoint = "distalign_dpo_step")]
     public static int DpoStep(ulong policy, ulong reference, int pairs,
                               int* prompts, int* promptOffsets, int* chosen, int* chosenOffsets, int* rejected, int* rejectedOffsets,
                               float beta, float learningRate, float maxGradNorm, int step, float* loss) => Guard(() =>
     {
-        var p = Find(policy);
-        var r = Find(reference);
-        if (ReferenceEquals(p, r)) throw new ArgumentException("policy and reference are the same model: load the reference separately");
+        var (p, r) = StepModels(policy, reference, needsReference: true);
         if (loss is null) throw new ArgumentException("loss is NULL");
         if (pairs < 1) throw new ArgumentException($"pairs is {pairs}; a step needs at least one pair");
+        CheckPositive(beta, "beta");
+        CheckOptimizer(learningRate, maxGradNorm, step);
+        var data = Pairs(p, pairs, prompts, promptOffsets, chosen, chosenOffsets, "chosen", rejected, rejectedOffsets, "rejected");
+        var objective = new OfflinePreferenceObjective(new PairwiseLossSettings(PairwiseLossVariant.DpoSigmoid, Beta: beta));
+        var result = TrainingStep(policy, p, reference, r, learningRate, maxGradNorm, step, () =>
+        {
+            var referenceLogProbs = OfflinePreferenceObjective.ReferenceLogProbs(r!.Policy, data);
+            var metrics = objective.Accumulate(p.Policy, data, referenceLogProbs, null, (ulong)step);
+            return (metrics.Loss, metrics.KlEstimate);
+        });
+        *loss = (float)result.Loss;
+    });
+
+    [UnmanagedCallersOnly(EntryPoint = "distalign_pmle_step")]
+    public static int PmleStep(ulong policy, ulong reference, int pairs,
+                               int* prompts, int* promptOffsets, int* chosen, int* chosenOffsets, int* rejected, int* rejectedOffsets,
+                               float gamma, float klBeta, int klSamples, int klMaxTokens, ulong seed,
+                               float learningRate, float maxGradNorm, int step, float* loss, float* kl) => Guard(() =>
+    {
+        var (p, r) = StepModels(policy, reference, needsReference: false);
+        if (loss is null) throw new ArgumentException("loss is NULL");
+        if (pairs < 1) throw new ArgumentException($"pairs is {pairs}; a step needs at least one pair");
+        CheckPositive(gamma, "gamma");
+        var regularizer = KlTerm(p, r, klBeta, klSamples, klMaxTokens);
+        CheckOptimizer(learningRate, maxGradNorm, step);
+        var data = Pairs(p, pairs, prompts, promptOffsets, chosen, chosenOffsets, "chosen", rejected, rejectedOffsets, "rejected");
+        var objective = new OfflinePreferenceObjective(new PairwiseLossSettings(PairwiseLossVariant.Pmle, Gamma: gamma), regularizer);
+        var result = TrainingStep(policy, p, reference, r, learningRate, maxGradNorm, step, () =>
+        {
+            var metrics = objective.Accumulate(p.Policy, data, default, r?.Policy, seed);
+            return (metrics.Loss, metrics.KlEstimate);
+        });
+        *loss = (float)result.Loss;
+        if (kl is not null) *kl = (float)result.Kl;
+    });
+
+    [UnmanagedCallersOnly(EntryPoint = "distalign_distill_step")]
+    public static int DistillStep(ulong policy, ulong reference, int pairs,
+                                  int* prompts, int* promptOffsets, int* first, int* firstOffsets, int* second, int* secondOffsets, float* labels,
+                                  float gamma, float klBeta, int klSamples, int klMaxTokens, ulong seed,
+                                  float learningRate, float maxGradNorm, int step, float* loss, float* kl) => Guard(() =>
+    {
+        var (p, r) = StepModels(policy, reference, needsReference: false);
+        if (loss is null) throw new ArgumentException("loss is NULL");
+        if (pairs < 1) throw new ArgumentException($"pairs is {pairs}; a step needs at least one pair");
+        if (labels is null) throw new ArgumentException("labels is NULL");
+        CheckPositive(gamma, "gamma");
+        var regularizer = KlTerm(p, r, klBeta, klSamples, klMaxTokens);
+        CheckOptimizer(learningRate, maxGradNorm, step);
+        float[] softLabels = new ReadOnlySpan<float>(labels, pairs).ToArray();
+        for (int i = 0; i < pairs; i++)
+            if (!(softLabels[i] >= 0f && softLabels[i] <= 1f))
+                throw new ArgumentException($"labels[{i}] is {softLabels[i]}; a soft label is a probability in [0, 1]");
+        var data = Pairs(p, pairs, prompts, promptOffsets, first, firstOffsets, "first", second, secondOffsets, "second");
+        var objective = new OfflinePreferenceObjective(new PairwiseLossSettings(PairwiseLossVariant.Distillation, Gamma: gamma), regularizer);
+        var result = TrainingStep(policy, p, reference, r, learningRate, maxGradNorm, step, () =>
+        {
+            var metrics = objective.Accumulate(p.Policy, data, default, r?.Policy, seed, softLabels);
+            return (metrics.Loss, metrics.KlEstimate);
+        });
+        *loss = (float)result.Loss;
+        if (kl is not null) *kl = (float)result.Kl;
+    });
+
+    // The models of a step: the policy, and the reference (required, or when `reference` is not 0): a live model other than
+    // the policy, of the same config.
+    private static (Model Policy, Model? Reference) StepModels(ulong policy, ulong reference, bool needsReference)
+    {
+        var p = Find(policy);
+        if (reference == 0 && !needsReference) return (p, null);
+        var r = Find(reference);
+        if (ReferenceEquals(p, r)) throw new ArgumentException("policy and reference are the same model: load the reference separately");
         if (p.Gpt.Config != r.Gpt.Config) throw new ArgumentException($"the reference's config {r.Gpt.Config} differs from the policy's {p.Gpt.Config}");
-        if (!(beta > 0) || !float.IsFinite(beta)) throw new ArgumentException($"beta is {beta}; it must be a positive number");
-        if (!(learningRate > 0) || !float.IsFinite(learningRate)) throw new ArgumentException($"learning_rate is {learningRate}; it must be a positive number");
+        return (p, r);
+    }
+
+    // β·KL(π ‖ π0) from kl_samples fresh samples per distinct prompt (OfflinePreferenceObjective's regulariser), or none for β = 0.
+    private static KlRegularizer? KlTerm(Model policy, Model? reference, float klBeta, int klSamples, int klMaxTokens)
+    {
+        if (!(klBeta >= 0) || !float.IsFinite(klBeta)) throw new ArgumentException($"kl_beta is {klBeta}; it must be ≥ 0 (0 = no KL term)");
+        if (klBeta == 0) return null;
+        if (reference is null) throw new ArgumentException($"reference is 0, but kl_beta {klBeta} > 0 needs the frozen reference π0 for the KL term");
+        if (klSamples < 2 || klSamples > MaxKlSamples)
+            throw new ArgumentException($"kl_samples is {klSamples}; the KL estimate's leave-one-out baseline needs 2 to {MaxKlSamples} samples per prompt");
+        int context = policy.Gpt.Config.MaxSequenceLength;
+        if (klMaxTokens < 1 || klMaxTokens > context)
+            throw new ArgumentException($"kl_max_tokens is {klMaxTokens}; a KL sample has 1 to {context} (the context) tokens");
+        return new KlRegularizer(klBeta, klSamples, klMaxTokens, policy.Tokenizer.EndOfText);
+    }
+
+    private const int MaxKlSamples = 1024;
+
+    private static void CheckPositive(float value, string name)
+    {
+        if (!(value > 0) || !float.IsFinite(value)) throw new ArgumentException($"{name} is {value}; it must be a positive number");
+    }
+
+    private static void CheckOptimizer(float learningRate, float maxGradNorm, int step)
+    {
+        CheckPositive(learningRate, "learning_rate");
         if (!(maxGradNorm >= 0) || !float.IsFinite(maxGradNorm)) throw new ArgumentException($"max_grad_norm is {maxGradNorm}; it must be ≥ 0");
         if (step < 1) throw new ArgumentException($"step is {step}; steps count from 1");
-        int vocab = p.Gpt.Config.VocabSize, context = p.Gpt.Config.MaxSequenceLength;
-        var promptTokens = Slices(prompts, promptOffsets, pairs, "prompts");
-        var chosenTokens = Slices(chosen, chosenOffsets, pairs, "chosen");
-        var rejectedTokens = Slices(rejected, rejectedOffsets, pairs, "rejected");
+    }
+
+    // `pairs` preference pairs of flat arrays with offsets (see TokenLists); each prompt + response − 1 fits the context.
+    private static List<PreferencePair> Pairs(Model m, int pairs, int* prompts, int* promptOffsets,
+                                              int* a, int* aOffsets, string aName, int* b, int* bOffsets, string bName)
+    {
+        var p = TokenLists(m, pairs, prompts, "prompts", promptOffsets, "prompt_offsets");
+        var x = TokenLists(m, pairs, a, aName, aOffsets, $"{aName}_offsets");
+        var y = TokenLists(m, pairs, b, bName, bOffsets, $"{bName}_offsets");
         var data = new List<PreferencePair>(pairs);
         for (int i = 0; i < pairs; i++)
         {
-            foreach (var (tokens, what) in new[] { (promptTokens[i], "prompt"), (chosenTokens[i], "chosen"), (rejectedTokens[i], "rejected") })
-            {
-                if (tokens.Length == 0) throw new ArgumentException($"pair {i}: the {what} is empty");
-                CheckTokens(tokens, vocab, $"pair {i} {what}");
-            }
-            int longest = promptTokens[i].Length + Math.Max(chosenTokens[i].Length, rejectedTokens[i].Length) - 1;
-            if (longest > context) throw new ArgumentException($"pair {i}: prompt + response − 1 = {longest} tokens exceed the context of {context}");
-            data.Add(new PreferencePair(promptTokens[i], chosenTokens[i], rejectedTokens[i]));
+            CheckFits(m, p[i].Length + Math.Max(x[i].Length, y[i].Length) - 1, $"pair {i}");
+            data.Add(new PreferencePair(p[i], x[i], y[i]));
         }
-        var objective = new OfflinePreferenceObjective(new PairwiseLossSettings(PairwiseLossVariant.DpoSigmoid, Beta: beta));
-        lock (p.Lock)
-        lock (r.Lock)
+        return data;
+    }
+
+    private static void CheckFits(Model m, int tokens, string what)
+    {
+        int context = m.Gpt.Config.MaxSequenceLength;
+        if (tokens > context) throw new ArgumentException($"{what}: prompt + response − 1 = {tokens} tokens exceed the context of {context}");
+    }
+
+    // `count` token lists of one flat array: `offsets` holds count + 1 entries, 0 first, each list from 1 to context tokens
+    // (offsets[i] < offsets[i+1] ≤ offsets[i] + context), so the last offset is the array's length. The offsets are copied and
+    // checked before any token is read: a wrong offset is an error, never a read past the array.
+    private static int[][] TokenLists(Model m, int count, int* values, string name, int* offsets, string offsetsName)
+    {
+        if (values is null) throw new ArgumentException($"{name} is NULL");
+        if (offsets is null) throw new ArgumentException($"{offsetsName} is NULL");
+        int context = m.Gpt.Config.MaxSequenceLength, vocab = m.Gpt.Config.VocabSize;
+        int[] o = new ReadOnlySpan<int>(offsets, count + 1).ToArray();
+        if (o[0] != 0) throw new ArgumentException($"{offsetsName}[0] is {o[0]}; it must be 0");
+        for (int i = 0; i < count; i++)
+        {
+            long length = (long)o[i + 1] - o[i];
+            if (length < 0) throw new ArgumentException($"{offsetsName}[{i + 1}] = {o[i + 1]} is below {offsetsName}[{i}] = {o[i]}");
+            if (length == 0) throw new ArgumentException($"{name} {i} is empty ({offsetsName}[{i}] = {offsetsName}[{i + 1}] = {o[i]})");
+            if (length > context)
+                throw new ArgumentException($"{name} {i} would have {length} tokens ({offsetsName}[{i}] = {o[i]}, [{i + 1}] = {o[i + 1]}), more than the context of {context}");
+        }
+        var lists = new int[count][];
+        for (int i = 0; i < count; i++)
+        {
+            lists[i] = new ReadOnlySpan<int>(values + o[i], o[i + 1] - o[i]).ToArray();
+            for (int j = 0; j < lists[i].Length; j++)
+                if ((uint)lists[i][j] >= (uint)vocab)
+                    throw new ArgumentException($"{name}[{o[i] + j}] (token {j} of {name} {i}) is {lists[i][j]}, outside the vocabulary of {vocab}");
+        }
+        return lists;
+    }
+
+    // One optimizer step of the policy, as a managed trainer takes it: zero the gradients, add the objective's (`accumulate`
+    // returns the mean loss and the KL estimate), clip the global norm to max_grad_norm (0 = none), one AdamW step. Runs under
+    // the policy's and the reference's locks, taken in handle order (two steps that swap the roles cannot deadlock), after
+    // checking that neither was freed meanwhile. A non-finite loss or norm leaves the weights and the AdamW moments unchanged.
+    private static (double Loss, double Kl) TrainingStep(ulong policy, Model p, ulong reference, Model? r,
+                                                         float learningRate, float maxGradNorm, int step, Func<(double Loss, double Kl)> accumulate)
+    {
+        object firstLock = r is null || policy < reference ? p.Lock : r.Lock;
+        object? secondLock = r is null ? null : ReferenceEquals(firstLock, p.Lock) ? r.Lock : p.Lock;
+        lock (firstLock)
+        {
+            if (secondLock is null) return Locked();
+            lock (secondLock) return Locked();
+        }
+
+        (double, double) Locked()
         {
             if (!Models.ContainsKey(policy)) throw new HandleException(policy);
-            if (!Models.ContainsKey(reference)) throw new HandleException(reference);
-            var referenceLogProbs = OfflinePreferenceObjective.ReferenceLogProbs(r.Policy, data);
+            if (r is not null && !Models.ContainsKey(reference)) throw new HandleException(reference);
             p.Policy.ZeroGradients();
-            var metrics = objective.Accumulate(p.Policy, data, referenceLogProbs, null, (ulong)step);
+            var result = accumulate();
             double norm = p.Policy.ClipGradients(maxGradNorm);
-            if (!double.IsFinite(metrics.Loss) || !double.IsFinite(norm))
-                throw new InvalidOperationException($"step {step}: the loss ({metrics.Loss}) or the gradient norm ({norm}) is not finite; the weights are unchanged");
+            if (!double.IsFinite(result.Loss) || !double.IsFinite(norm))
+                throw new InvalidOperationException($"step {step}: the loss ({result.Loss}) or the gradient norm ({norm}) is not finite; the weights are unchanged");
             p.Policy.OptimizerStep(step, learningRate);
-            *loss = (float)metrics.Loss;
+            return result;
         }
-    });
-
-    // The pairs' token lists of one flat array: offsets [pairs + 1], 0 first, non-decreasing; the last is the array's length.
-    private static int[][] Slices(int* values, int* offsets, int pairs, string what)
-    {
-        if (values is null) throw new ArgumentException($"{what} is NULL");
-        if (offsets is null) throw new ArgumentException($"{what} offsets are NULL");
-        if (offsets[0] != 0) throw new ArgumentException($"{what} offsets[0] is {offsets[0]}; it must be 0");
-        var result = new int[pairs][];
-        for (int i = 0; i < pairs; i++)
-        {
-            int start = offsets[i], end = offsets[i + 1];
-            if (end < start) throw new ArgumentException($"{what} offsets[{i + 1}] = {end} is below offsets[{i}] = {start}");
-            result[i] = new ReadOnlySpan<int>(values + start, end - start).ToArray();
-        }
-        return result;
     }
 
     private static void CheckTokens(int[] tokens, int vocab, string what)

@@ -7,6 +7,7 @@ using DistAlign.Alignment.Policies;
 using DistAlign.Native;
 using DistAlign.Tests.Alignment;
 using DistAlign.Transformer.Model;
+using static DistAlign.Tests.Native.CAbiCalls;
 
 namespace DistAlign.Tests.Native;
 
@@ -18,7 +19,6 @@ namespace DistAlign.Tests.Native;
 /// </summary>
 public unsafe class CAbiTests
 {
-    private const int Ok = 0, ArgumentError = 1, IoError = 2, FormatError = 3, HandleError = 4;
     private string folder = "";
 
     [SetUp]
@@ -26,32 +26,6 @@ public unsafe class CAbiTests
 
     [TearDown]
     public void RemoveFolder() => Directory.Delete(folder, recursive: true);
-
-    private static string LastError() => Marshal.PtrToStringUTF8((nint)((delegate* unmanaged<byte*>)&CAbi.LastError)()) ?? "<null>";
-
-    private static int Load(string path, out ulong model)
-    {
-        ulong handle = 0;
-        byte[] utf8 = [.. Encoding.UTF8.GetBytes(path), 0];
-        int status;
-        fixed (byte* p = utf8) status = ((delegate* unmanaged<byte*, ulong*, int>)&CAbi.ModelLoad)(p, &handle);
-        model = handle;
-        return status;
-    }
-
-    private static int Free(ulong model) => ((delegate* unmanaged<ulong, int>)&CAbi.ModelFree)(model);
-
-    private static int Score(ulong model, int[]? prompt, int promptLength, int[]? response, int responseLength, bool withSum,
-                             float[]? logProbs, float[]? entropies, out float sum)
-    {
-        float total = float.NaN;
-        int status;
-        fixed (int* p = prompt) fixed (int* r = response) fixed (float* l = logProbs) fixed (float* e = entropies)
-            status = ((delegate* unmanaged<ulong, int*, int, int*, int, float*, float*, float*, int>)&CAbi.Score)(
-                model, p, promptLength, r, responseLength, withSum ? &total : null, l, e);
-        sum = total;
-        return status;
-    }
 
     private string TinyModel()
     {
@@ -83,6 +57,27 @@ public unsafe class CAbiTests
         Assert.That(logProbs, Is.EqualTo(expected.TokenLogProbs));
         Assert.That(entropies, Is.EqualTo(expected.TokenEntropies));
         Assert.That(Free(model), Is.EqualTo(Ok));
+    }
+
+    [Test]
+    public void TheHeaderDeclaresEveryExportWithItsArgumentsAndTheVersion()
+    {
+        string header = File.ReadAllText(Path.Combine(DistAlign.Tests.Architecture.SourceTree.RepositoryRoot(), "include", "distalign.h"));
+        var version = System.Text.RegularExpressions.Regex.Match(header, @"#define DISTALIGN_ABI_VERSION (\d+)");
+        Assert.That(version.Success && int.Parse(version.Groups[1].Value) == CAbi.AbiVersion, $"distalign.h's DISTALIGN_ABI_VERSION is CAbi.AbiVersion ({CAbi.AbiVersion})");
+        Assert.That(((delegate* unmanaged<int>)&CAbi.Version)(), Is.EqualTo(CAbi.AbiVersion));
+
+        // each declaration "<type> distalign_name(<arguments>);" against the [UnmanagedCallersOnly] entry points
+        var declared = System.Text.RegularExpressions.Regex.Matches(header, @"\b(distalign_\w+)\s*\(([^)]*)\)\s*;")
+            .ToDictionary(m => m.Groups[1].Value, m => m.Groups[2].Value.Trim() is "void" or "" ? 0 : m.Groups[2].Value.Split(',').Length);
+        var exported = typeof(CAbi).GetMethods()
+            .Select(m => (Method: m, Attribute: m.GetCustomAttributes(typeof(UnmanagedCallersOnlyAttribute), false).Cast<UnmanagedCallersOnlyAttribute>().FirstOrDefault()))
+            .Where(e => e.Attribute is not null)
+            .ToDictionary(e => e.Attribute!.EntryPoint!, e => e.Method.GetParameters().Length);
+        Assert.That(declared.Keys, Is.EquivalentTo(exported.Keys), "every export is declared in distalign.h, and every declaration exported");
+        foreach (var (name, arguments) in exported)
+            Assert.That(declared[name], Is.EqualTo(arguments), $"{name}: as many arguments in distalign.h as in the export");
+        TestContext.Out.WriteLine($"distalign.h (ABI {CAbi.AbiVersion}) declares the {exported.Count} exports: {string.Join(", ", exported.Keys.Order(StringComparer.Ordinal))}");
     }
 
     [Test]
@@ -161,19 +156,6 @@ public unsafe class CAbiTests
         Assert.That(Free(reloaded), Is.EqualTo(Ok));
     }
 
-    private static int DpoStep(ulong policy, ulong reference, int pairs, int[] prompts, int[] promptOffsets, int[] chosen, int[] chosenOffsets,
-                               int[] rejected, int[] rejectedOffsets, float beta, float learningRate, float clip, int step, out float loss)
-    {
-        float value = float.NaN;
-        int status;
-        fixed (int* p = prompts) fixed (int* po = promptOffsets) fixed (int* c = chosen) fixed (int* co = chosenOffsets)
-        fixed (int* r = rejected) fixed (int* ro = rejectedOffsets)
-            status = ((delegate* unmanaged<ulong, ulong, int, int*, int*, int*, int*, int*, int*, float, float, float, int, float*, int>)&CAbi.DpoStep)(
-                policy, reference, pairs, p, po, c, co, r, ro, beta, learningRate, clip, step, &value);
-        loss = value;
-        return status;
-    }
-
     [Test]
     public void DpoStepsAreTheManagedStepsToTheBit()
     {
@@ -217,7 +199,7 @@ public unsafe class CAbiTests
         Assert.That(LastError(), Does.Contain("policy and reference are the same model"));
         Assert.That(DpoStep(policy, reference, 2, prompts, [0, 4, 3], chosen, chosenOffsets, rejected, rejectedOffsets, 0.5f, 1e-2f, 1f, 4, out _),
                     Is.EqualTo(ArgumentError));
-        Assert.That(LastError(), Is.EqualTo("prompts offsets[2] = 3 is below offsets[1] = 4"));
+        Assert.That(LastError(), Is.EqualTo("prompt_offsets[2] = 3 is below prompt_offsets[1] = 4"));
         Assert.That(DpoStep(policy, reference, 2, prompts, promptOffsets, chosen, chosenOffsets, rejected, rejectedOffsets, 0.5f, 1e-2f, 1f, 0, out _),
                     Is.EqualTo(ArgumentError));
         Assert.That(Free(policy), Is.EqualTo(Ok));

@@ -205,7 +205,7 @@ public static class TabularMethods
     }
 
     /// <summary>
-    /// The n pairs grouped by their count c: <see cref="OfflinePreferenceObjective.Accumulate"/> takes the MEAN over
+    /// The n pairs grouped by their count c: <see cref="OfflinePreferenceObjective.Accumulate(IPolicy, IReadOnlyList{PreferencePair}, ReadOnlySpan{float}, IPolicy, ulong, double, int)"/> takes the MEAN over
     /// a group of m distinct pairs, so gradientScale = c·m/n makes the groups add up to the mean over all n pairs.
     /// </summary>
     internal static List<(double Scale, List<PreferencePair> Pairs)> GroupByCount(TabularPairCounts data)

@@ -17,7 +17,8 @@ public sealed record OfflineStepMetrics(PairwiseLossMetrics Pairwise, double KlE
 
 /// <summary>
 /// The offline preference objectives on any <see cref="IPolicy"/>: the DPO family and IPO (with cached
-/// reference log-probs ln π0), and preference MLE, −ln σ(γ Δ ln π) + β·KL(π ‖ π0) (OBJECTIVES.md §1).
+/// reference log-probs ln π0), preference MLE, −ln σ(γ Δ ln π) + β·KL(π ‖ π0) (OBJECTIVES.md §1), and preference
+/// distillation on fixed pairs with given soft labels, −[p ln σ(z) + (1−p) ln σ(−z)] + β·KL(π ‖ π0) (§2).
 /// </summary>
 /// <remarks>
 /// The pairwise term goes through <see cref="PairwiseBradleyTerryLoss"/> on per-sequence log-probs
@@ -53,11 +54,24 @@ public sealed class OfflinePreferenceObjective
     /// <see cref="AccumulateKl"/>)</param>
     public OfflineStepMetrics Accumulate(IPolicy policy, IReadOnlyList<PreferencePair> pairs, ReadOnlySpan<float> referenceLogProbs,
                                          IPolicy? reference, ulong sampleSeed, double gradientScale = 1.0, int klFirstStream = 0)
+        => Accumulate(policy, pairs, referenceLogProbs, reference, sampleSeed, labels: default, gradientScale, klFirstStream);
+
+    /// <summary>
+    /// <see cref="Accumulate(IPolicy, IReadOnlyList{PreferencePair}, ReadOnlySpan{float}, IPolicy, ulong, double, int)"/> with
+    /// given soft labels: preference distillation on fixed pairs, pair i's label p_i = P(chosen ≻ rejected) ∈ [0, 1] (the
+    /// chosen response is a₁, the rejected a₂). Labels are read only by <see cref="PairwiseLossVariant.Distillation"/>, which
+    /// needs one per pair; the other variants ignore them.
+    /// </summary>
+    public OfflineStepMetrics Accumulate(IPolicy policy, IReadOnlyList<PreferencePair> pairs, ReadOnlySpan<float> referenceLogProbs,
+                                         IPolicy? reference, ulong sampleSeed, ReadOnlySpan<float> labels, double gradientScale = 1.0,
+                                         int klFirstStream = 0)
     {
         var sequences = Sequences(pairs);
         int s = sequences.Count, p = pairs.Count;
         if (settings.UsesReference && referenceLogProbs.Length != s)
             throw new ArgumentException($"{settings.Variant} needs reference log-probs for all {s} sequences, got {referenceLogProbs.Length}");
+        if (settings.Variant == PairwiseLossVariant.Distillation && labels.Length != p)
+            throw new ArgumentException($"distillation needs a soft label for each of the {p} pairs, got {labels.Length}");
 
         int tokens = PolicyScores.TokenCount(sequences);
         var tokenLogProbs = new float[tokens];
@@ -77,6 +91,7 @@ public sealed class OfflinePreferenceObjective
             TokenCounts = counts,
             Chosen = chosen,
             Rejected = rejected,
+            Labels = settings.Variant == PairwiseLossVariant.Distillation ? labels : default,
         }, new float[p], dLogps, default);
         if (gradientScale != 1.0)
             for (int i = 0; i < dLogps.Length; i++) dLogps[i] = (float)(dLogps[i] * gradientScale);
@@ -93,7 +108,7 @@ public sealed class OfflinePreferenceObjective
         return new OfflineStepMetrics(metrics, klEstimate, metrics.Loss + (kl?.Beta ?? 0) * klEstimate);
     }
 
-    /// <summary>Reference log-probs per sequence, interleaved like <see cref="Accumulate"/> expects.</summary>
+    /// <summary>Reference log-probs per sequence, interleaved like <see cref="Accumulate(IPolicy, IReadOnlyList{PreferencePair}, ReadOnlySpan{float}, IPolicy, ulong, double, int)"/> expects.</summary>
     public static float[] ReferenceLogProbs(IPolicy reference, IReadOnlyList<PreferencePair> pairs)
     {
         var sequences = Sequences(pairs);
