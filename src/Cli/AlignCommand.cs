@@ -109,7 +109,6 @@ internal static class AlignCommand
 
         var (gpt, tok, pairs, dataHash, loaded) = CliData.LoadModelAndPairs(modelFile, dataFile, common, s.Train.Frozen);
         var train = TiltAlign.Resolve(s.Train, loaded, modelFile.FullName, gpt);
-        if (train.Frozen && Ranks.Group.Size > 1) throw new CliUsageException($"--train {s.Train.Name} runs in one process (start it without mpirun)");
         // --device cuda (or auto with a usable GPU): π and the reference π0 on GptPolicy (scores, gradients, clipping and
         // AdamW on the device; KL samples decoded on the device); `gpt` is the host copy that checkpoints save and restore.
         using var device = train.Frozen ? null : GpuTrainingOptions.OpenIfChosen(gpuOptions, gpt);

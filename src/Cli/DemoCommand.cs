@@ -166,7 +166,7 @@ internal static class DemoRunner
     public static int Run(string title, string commandLine, DemoSettings settings, IReadOnlyList<int> sizes, string outDir, string cacheDir, GptDevice device)
     {
         var watch = Stopwatch.StartNew();
-        Directory.CreateDirectory(outDir);
+        if (Ranks.IsRoot) Directory.CreateDirectory(outDir);   // under mpirun rank 0 alone writes the report
         // Redirected output gets 80 columns by default, which wraps the results table beyond reading.
         if (Console.IsOutputRedirected && AnsiConsole.Profile.Width < 160) AnsiConsole.Profile.Width = 160;
         AnsiConsole.MarkupLine($"[bold]{Markup.Escape(title)}[/]");
@@ -195,7 +195,7 @@ internal static class DemoRunner
                         task.Value = p.Done;
                         task.Description = Markup.Escape($"{p.Stage}: {p.Detail}");
                     }
-                    experiment = DemoExperiment.Prepare(settings, cacheDir, OnProgress, device);
+                    experiment = DemoExperiment.Prepare(settings, cacheDir, OnProgress, device, Ranks.Settings);
                     foreach (int n in sizes)
                     {
                         results.Add(experiment.RunAtSize(n));
@@ -215,6 +215,7 @@ internal static class DemoRunner
 
             List<(string File, string Caption)> WriteReport(DemoOutcome o)
             {
+                if (!Ranks.IsRoot) return [];
                 var plots = DemoPlots.Write(outDir, o);
                 DemoReport.WriteJson(Path.Combine(outDir, DemoReport.JsonFileName), o);
                 DemoReport.WriteMarkdown(Path.Combine(outDir, DemoReport.MarkdownFileName), o, plots);
@@ -261,7 +262,8 @@ internal static class DemoRunner
         }
         catch (IOException) { }
         return $"{(cpu.Length > 0 ? cpu + ", " : "")}{Environment.ProcessorCount} cores, {CpuParallel.Threads} threads, {RuntimeInformation.OSDescription}, .NET {Environment.Version}" +
-               (device.IsCpu ? "" : $"; models trained on {device.Description}");
+               (device.IsCpu ? "" : $"; models trained on {device.Description}") +
+               (Ranks.Group.Size > 1 ? $"; data-parallel over {Ranks.Group.Description}" : "");
     }
 }
 

@@ -95,9 +95,8 @@ internal static class OnlineAlign
             throw new CliUsageException($"--train {s.Train.Name} takes the value head on the frozen features (--value-model shared), not a separate value model");
         var (gpt, tok, pairs, dataHash, policyFile) = CliData.LoadModelAndPairs(modelFile, dataFile, common, s.Train.Frozen);
         var train = TiltAlign.Resolve(s.Train, policyFile, modelFile.FullName, gpt);
-        if (Ranks.Group.Size > 1 && (o.SeparateValueModel || train.Frozen))
-            throw new CliUsageException("across ranks, the online objectives train the full GPT with the value head on the policy (--value-model shared, " +
-                                        "--train full); a separate value model and frozen-feature training run in one process");
+        if (Ranks.Group.Size > 1 && o.SeparateValueModel)
+            throw new CliUsageException("across ranks, PPO keeps its value head on the policy (--value-model shared); a separate value model runs in one process");
         // --device cuda (or auto with a usable GPU): π, π0, a separate value model and R̂'s backbone on GPU engines;
         // `gpt` is the host mirror that checkpoints save and restore.
         using var device = train.Frozen ? null : GpuTrainingOptions.OpenIfChosen(gpuOptions, gpt);

@@ -14,7 +14,7 @@ namespace DistAlign.Cli;
 internal static class Ranks
 {
     /// <summary>Commands that train data-parallel; the others refuse to run on more than one rank.</summary>
-    public static readonly IReadOnlySet<string> DataParallelCommands = new HashSet<string> { "pretrain", "align", "reward", "step" };
+    public static readonly IReadOnlySet<string> DataParallelCommands = new HashSet<string> { "pretrain", "align", "reward", "step", "demo", "lm" };
 
     public static readonly Option<double> Timeout = new("--rank-timeout")
     {

@@ -116,6 +116,46 @@ public class DataParallelTrainingTests
         Assert.That(replicatedBytes - shardedBytes, Is.InRange(moments / 2 - 64, moments / 2 + 64), "half the moments per rank, up to padding and alignment");
     }
 
+    /// <summary>
+    /// demo --quick under 2 ranks (π0's pretraining, the reward model and the six methods data-parallel): with the π0 of
+    /// the one-process run (π0 is pretrained at a learning rate where a changed summation order grows into a different
+    /// model over hundreds of steps, so a 2-rank π0 is cached under a key of its own) every number of the report agrees
+    /// with one process's, and two 2-rank runs agree bit for bit; rank 0 alone writes the report.
+    /// </summary>
+    [Test]
+    public void TwoRankQuickDemoReproducesOneProcessFromTheSamePi0()
+    {
+        string one = Path.Combine(folder, "one"), twoA = Path.Combine(folder, "two-a"), twoB = Path.Combine(folder, "two-b");
+        Run(1, ["demo", "--quick", "--out", one, "--threads", "1"]);
+        var settings = DistAlign.Alignment.Experiments.DemoSettings.Quick;
+        var tokenizer = DistAlign.Transformer.Tokenization.Gpt2Tokenizer.FromSpec(settings.Tokenizer);
+        var split = ShippedData.SplitMobyDick();
+        string Key(int ranks) => DistAlign.Alignment.Experiments.ReferencePretraining.CacheKey(settings.Model with { VocabSize = tokenizer.VocabSize },
+            settings.Pretraining, tokenizer, split.Train + "\0" + split.HeldOut, ranks: ranks);
+        Assert.That(Directory.Exists(Path.Combine(one, "pi0", Key(1))), "the one-process π0 is cached under the key computed here");
+        foreach (var two in new[] { twoA, twoB })
+        {
+            CopyFolder(Path.Combine(one, "pi0", Key(1)), Path.Combine(two, "pi0", Key(2)));
+            Run(2, ["demo", "--quick", "--out", two, "--threads", "1"]);
+        }
+        var single = ReportNumbers(one);
+        var first = ReportNumbers(twoA);
+        Assert.That(first.Keys, Is.EquivalentTo(single.Keys));
+        double worst = 0;
+        string worstAt = "";
+        int identical = 0;
+        foreach (var (path, a) in single)
+        {
+            double b = first[path], excess = Math.Abs(a - b) / (1e-6 + 1e-4 * Math.Abs(a));
+            if (a.Equals(b)) identical++;
+            if (excess > worst) (worst, worstAt) = (excess, $"{path}: {a:R} vs {b:R}");
+        }
+        TestContext.Out.WriteLine($"demo --quick, same π0: {single.Count} report numbers, {identical} bit-identical between 1 process and 2 ranks; " +
+                                  $"worst |Δ| / (1e-6 + 1e-4·|x|) = {worst:F3} ({worstAt}); two 2-rank runs identical: {ReportNumbers(twoB).SequenceEqual(first)}");
+        Assert.That(worst, Is.LessThanOrEqualTo(1), worstAt);
+        Assert.That(ReportNumbers(twoB), Is.EqualTo(first), "two 2-rank demo runs must report the same bits");
+    }
+
     [Test]
     public void AKilledRankStopsTheJobNamingItAndTheResumedRunEndsWithTheSameBytes()
     {
@@ -234,6 +274,31 @@ public class DataParallelTrainingTests
         "--max-new-tokens", "4", "--lr", "3e-3", "--warmup", "1", "--max-prompt-tokens", "12", "--max-response-tokens", "8", "--threads", "1",
         "--seed", "5", "--check-weights-every", "1",
     ];
+
+    // Every number of report.json by its path, wall-clock figures left out.
+    private static SortedDictionary<string, double> ReportNumbers(string dir)
+    {
+        var numbers = new SortedDictionary<string, double>(StringComparer.Ordinal);
+        void Walk(JsonElement e, string path)
+        {
+            switch (e.ValueKind)
+            {
+                case JsonValueKind.Object:
+                    foreach (var p in e.EnumerateObject()) Walk(p.Value, $"{path}.{p.Name}");
+                    break;
+                case JsonValueKind.Array:
+                    int i = 0;
+                    foreach (var item in e.EnumerateArray()) Walk(item, $"{path}[{i++}]");
+                    break;
+                case JsonValueKind.Number when !path.Contains("seconds", StringComparison.Ordinal):
+                    numbers[path] = e.GetDouble();
+                    break;
+            }
+        }
+        using var doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "report.json")));
+        Walk(doc.RootElement, "");
+        return numbers;
+    }
 
     private static void CopyFolder(string from, string to)
     {

@@ -5,8 +5,8 @@ using DistAlign.Alignment.Policies;
 using DistAlign.Alignment.Reward;
 using DistAlign.Alignment.Training;
 using DistAlign.Kernels.Cpu;
-using DistAlign.Transformer.Devices;
 using DistAlign.Transformer.Data;
+using DistAlign.Transformer.Devices;
 using DistAlign.Transformer.Model;
 using DistAlign.Transformer.Tokenization;
 using DistAlign.Transformer.Training;
@@ -42,9 +42,10 @@ public sealed class DemoExperiment : IDisposable
 
     private DemoExperiment(DemoSettings settings, Gpt reference, PretrainedReference pi0, KnownTargetTask task, KnownTargetEvaluator evaluator,
                            DemoTaskSummary summary, KnownTargetEvaluation referenceEvaluation, KnownTargetEvaluation targetEvaluation, Action<DemoProgress>? progress,
-                           GptDevice device)
+                           GptDevice device, DataParallelSettings parallel)
     {
         Device = device;
+        Parallel = parallel;
         Settings = settings;
         this.reference = reference;
         Pi0 = pi0;
@@ -77,18 +78,25 @@ public sealed class DemoExperiment : IDisposable
         _ => new GptPolicy(reference, new AdamWSettings(), device: Device),
     };
 
+    /// <summary>How every trainer of the experiment runs across the ranks of a data-parallel job (one process by default).</summary>
+    public DataParallelSettings Parallel { get; }
+
     /// <summary>
     /// π0 (from <paramref name="cacheDirectory"/> or pretrained into it), π*, the prompts, the evaluator, and π0's and π*'s scores;
-    /// models train on <paramref name="device"/> (default the CPU), which must outlive the experiment.
+    /// models train on <paramref name="device"/> (default the CPU), which must outlive the experiment. Over the ranks of
+    /// <paramref name="parallel"/> every trainer (π0's pretraining, the reward model, the six methods) shares its batches out
+    /// and sums the gradients; the rest (pairs, evaluation) is computed alike on every rank, and only rank 0 writes π0's cache.
     /// </summary>
-    public static DemoExperiment Prepare(DemoSettings settings, string cacheDirectory, Action<DemoProgress>? progress = null, GptDevice? device = null)
+    public static DemoExperiment Prepare(DemoSettings settings, string cacheDirectory, Action<DemoProgress>? progress = null, GptDevice? device = null,
+                                         DataParallelSettings? parallel = null)
     {
         settings.Validate();
         device ??= GptDevice.Cpu;
+        parallel ??= DataParallelSettings.SingleProcess;
         var tokenizer = Gpt2Tokenizer.FromSpec(settings.Tokenizer);
         var config = settings.Model with { VocabSize = tokenizer.VocabSize };
         var (model, pi0) = ReferencePretraining.GetOrTrain(cacheDirectory, config, settings.Pretraining, tokenizer,
-            (step, steps, loss) => progress?.Invoke(new DemoProgress("pretrain π0", step, steps, $"loss {loss:F3}")), device);
+            (step, steps, loss) => progress?.Invoke(new DemoProgress("pretrain π0", step, steps, $"loss {loss:F3}")), device, parallel);
         progress?.Invoke(new DemoProgress("pretrain π0", 1, 1, pi0.Cached ? "cached" : $"validation loss {pi0.ValidationLoss:F3}"));
         try
         {
@@ -107,7 +115,7 @@ public sealed class DemoExperiment : IDisposable
             progress?.Invoke(new DemoProgress("evaluate π0 and π*", 3, 3, "done"));
             var summary = new DemoTaskSummary(referenceEvaluation.ForwardKl, targetEvaluation.MeanLength, weights.Count(w => w != 0),
                 train.Count, eval.Count, evaluator.Samples, settings.Task.Temperature, settings.Task.Gamma, settings.Task.ResponseTokens);
-            return new DemoExperiment(settings, model, pi0, task, evaluator, summary, referenceEvaluation, targetEvaluation, progress, device);
+            return new DemoExperiment(settings, model, pi0, task, evaluator, summary, referenceEvaluation, targetEvaluation, progress, device, parallel);
         }
         catch
         {
@@ -240,7 +248,7 @@ public sealed class DemoExperiment : IDisposable
         var trainer = new AlignmentTrainer(rewardPolicy, null, pairs, null, OfflineOptions(new PairwiseLossSettings(PairwiseLossVariant.Pmle, Gamma: Settings.Task.Gamma), null) with
         {
             Steps = steps, Seed = KnownTargetTask.Mix(Settings.Seed, 7), WarmupSteps = Math.Min(10, steps / 10),
-        });
+        }, parallel: Parallel);
         string stage = $"{label}: reward model";
         double loss = double.NaN;
         while (trainer.Step < steps)
@@ -260,7 +268,7 @@ public sealed class DemoExperiment : IDisposable
         {
             Steps = Settings.RewardSteps, BatchPairs = Settings.BatchPairs, LearningRate = Settings.RewardLearningRate,
             WarmupSteps = Math.Min(10, Settings.RewardSteps / 10), EvalFraction = 0, EvaluateEvery = 0, Seed = Settings.Seed,
-        });
+        }, Parallel);
         string stage = $"{label}: reward model";
         double loss = double.NaN;
         while (trainer.Step < Settings.RewardSteps)
@@ -406,13 +414,13 @@ public sealed class DemoExperiment : IDisposable
             case DemoMethod.Dpo:
             {
                 var trainer = new AlignmentTrainer(policy, null, pairs, referenceLogProbs,
-                    OfflineOptions(new PairwiseLossSettings(PairwiseLossVariant.DpoSigmoid, Beta: settings.DpoBeta), null));
+                    OfflineOptions(new PairwiseLossSettings(PairwiseLossVariant.DpoSigmoid, Beta: settings.DpoBeta), null), parallel: Parallel);
                 return trainer.TrainStep;
             }
             case DemoMethod.Pmle:
             {
                 var trainer = new AlignmentTrainer(policy, pi0, pairs, null,
-                    OfflineOptions(new PairwiseLossSettings(PairwiseLossVariant.Pmle, Gamma: settings.Task.Gamma), kl(settings.PmleKlBeta)));
+                    OfflineOptions(new PairwiseLossSettings(PairwiseLossVariant.Pmle, Gamma: settings.Task.Gamma), kl(settings.PmleKlBeta)), parallel: Parallel);
                 return trainer.TrainStep;
             }
             case DemoMethod.Distillation or DemoMethod.Rebel:
@@ -426,7 +434,7 @@ public sealed class DemoExperiment : IDisposable
                     PairSource = method == DemoMethod.Distillation ? settings.DistillationPairs : PairSource.Policy,
                     BatchPairs = SamplesEveryStep(method, settings) ? OnPolicyBatchOf(settings) : settings.BatchPairs,
                 };
-                var trainer = new AlignmentTrainer(policy, pi0, pairs, null, options, rewardModel);
+                var trainer = new AlignmentTrainer(policy, pi0, pairs, null, options, rewardModel, Parallel);
                 return trainer.TrainStep;
             }
             case DemoMethod.Rlhf or DemoMethod.ReverseKl:
@@ -440,7 +448,7 @@ public sealed class DemoExperiment : IDisposable
                     Sampling = Task.Sampling,
                     LearningRate = settings.PpoLearningRate, WarmupSteps = Math.Min(10, steps / 10), Seed = settings.Seed,
                 };
-                var trainer = new PpoTrainer((IValuePolicy)policy, pi0, rewardModel, Task.TrainPrompts, options);
+                var trainer = new PpoTrainer((IValuePolicy)policy, pi0, rewardModel, Task.TrainPrompts, options, Parallel);
                 return trainer.TrainStep;
             }
             default:

@@ -1,4 +1,5 @@
 using System.Numerics.Tensors;
+using DistAlign.Engine.Distributed;
 using DistAlign.Engine.Random;
 using DistAlign.Engine.SafeTensors;
 using DistAlign.Kernels.Cpu;
@@ -216,6 +217,17 @@ public sealed class TiltPolicy : IValuePolicy
 
     public Continuation[] Sample(IReadOnlyList<int[]> prompts, SamplingOptions options, ulong seed) =>
         TiltedSampler.Sample(Backbone, Offset, prompts, options, seed, new HeadAdapter(AdapterRank, AdapterA, AdapterB));
+
+    /// <summary>∂L/∂θ (and the value head's gradients) summed over the ranks of a data-parallel job.</summary>
+    public void AllReduceGradients(IProcessGroup group, string purpose)
+    {
+        group.AllReduceSum(gradient, purpose);
+        if (ValueHead is not null) group.AllReduceSum(ValueHead.Gradients, $"value head {purpose}");
+    }
+
+    /// <summary>SHA-256 fingerprint of θ (and of the value head).</summary>
+    public ulong WeightsHash() =>
+        ValueHead is null ? ReplicaCheck.Hash(theta) : ReplicaCheck.Combine(ReplicaCheck.Hash(theta), ReplicaCheck.Hash(ValueHead.Parameters));
 
     public void ZeroGradients()
     {
