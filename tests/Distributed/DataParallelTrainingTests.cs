@@ -40,12 +40,13 @@ public class DataParallelTrainingTests
     public void TwoRankPretrainingEqualsOneRankAndRepeatsBitForBit() =>
         CompareOneAndTwoRanks(dir => PretrainArgs(dir, steps: 8), "pretraining");
 
-    [Test]
-    public void TwoRankDpoEqualsOneRankAndRepeatsBitForBit()
+    [TestCase("full")]
+    [TestCase("tilt")]
+    public void TwoRankDpoEqualsOneRankAndRepeatsBitForBit(string train)
     {
         TinyAlignmentSetup.WriteModel(Path.Combine(folder, "pi0.safetensors"));
         TinyAlignmentSetup.WriteJsonl(Path.Combine(folder, "prefs.jsonl"), TinyAlignmentSetup.Examples(24));
-        CompareOneAndTwoRanks(DpoArgs, "DPO");
+        CompareOneAndTwoRanks(dir => [.. DpoArgs(dir), "--train", train], $"DPO, --train {train}");
     }
 
     [TestCase("distill", "--gamma", "1", "--kl-beta", "0.1", "--kl-samples", "2", "--kl-max-tokens", "3")]
