@@ -122,8 +122,7 @@ public sealed unsafe class MpiProcessGroup : IProcessGroup
         CheckGathered(mine.Length, all.Length);
         fixed (float* s = mine)
         fixed (float* r = all)
-        using (Track("MPI_Allgather", purpose, mine.Length, "floats per rank"))
-            Check(Mpi.MPI_Allgather(s, mine.Length, floatType, r, mine.Length, floatType, world), "MPI_Allgather", Rank, purpose);
+            AllGather(s, r, mine.Length, floatType, "floats per rank", purpose);
     }
 
     public void AllGather(ReadOnlySpan<byte> mine, Span<byte> all, string purpose)
@@ -131,8 +130,13 @@ public sealed unsafe class MpiProcessGroup : IProcessGroup
         CheckGathered(mine.Length, all.Length);
         fixed (byte* s = mine)
         fixed (byte* r = all)
-        using (Track("MPI_Allgather", purpose, mine.Length, "bytes per rank"))
-            Check(Mpi.MPI_Allgather(s, mine.Length, byteType, r, mine.Length, byteType, world), "MPI_Allgather", Rank, purpose);
+            AllGather(s, r, mine.Length, byteType, "bytes per rank", purpose);
+    }
+
+    private void AllGather(void* send, void* receive, int count, nint type, string unit, string purpose)
+    {
+        using (Track("MPI_Allgather", purpose, count, unit))
+            Check(Mpi.MPI_Allgather(send, count, type, receive, count, type, world), "MPI_Allgather", Rank, purpose);
     }
 
     public void AllGatherInPlace(Span<float> all, string purpose)
