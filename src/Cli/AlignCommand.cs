@@ -40,6 +40,7 @@ internal static class AlignCommand
         var weightDecay = new Option<float>("--weight-decay") { Description = "AdamW decoupled weight decay.", DefaultValueFactory = _ => 0f };
         var gradAccum = new Option<int>("--grad-accum") { Description = "Micro-batches per optimizer step.", DefaultValueFactory = _ => 1 };
         var resume = new Option<bool>("--resume") { Description = "Continue from the latest checkpoint in --out." };
+        var zero1 = new Option<bool>("--zero1") { Description = "Under mpirun, --train full on the CPU: shard the AdamW moments over the ranks (ZeRO-1)." };
         var train = new Option<string>("--train")
         {
             Description = "What trains: full (every weight of π0's copy), tilt (π0 frozen, a per-token logit offset b trained: π_b ∝ π0·exp(b); " +
@@ -55,7 +56,7 @@ internal static class AlignCommand
         var command = new Command("align",
             "Align a GPT to preference pairs: SFT, DPO (sigmoid/conservative/robust/hinge/IPO), PMLE (+KL), preference distillation, REBEL, RLHF (PPO) or reverse KL (PPO).")
         {
-            objective, model, data, output, train, adapterRank, variant, beta, gamma, epsilon, klBeta, klSamples, klTokens, gradAccum, weightDecay, checkpointEvery, resume,
+            objective, model, data, output, train, adapterRank, variant, beta, gamma, epsilon, klBeta, klSamples, klTokens, gradAccum, weightDecay, checkpointEvery, resume, zero1,
         };
         options.AddTo(command);
         online.AddTo(command);
@@ -67,7 +68,10 @@ internal static class AlignCommand
                 parse.GetValue(objective)!, parse.GetValue(variant)!, parse.GetValue(beta), parse.GetValue(gamma), parse.GetValue(epsilon),
                 parse.GetValue(klBeta), parse.GetValue(klSamples), parse.GetValue(klTokens),
                 CliErrors.Positive(parse.GetValue(gradAccum), "--grad-accum"), parse.GetValue(weightDecay),
-                CliErrors.Positive(parse.GetValue(checkpointEvery), "--checkpoint-every"), parse.GetValue(resume), TrainedClass.Parse(parse.GetValue(train)!, parse.GetValue(adapterRank)));
+                CliErrors.Positive(parse.GetValue(checkpointEvery), "--checkpoint-every"), parse.GetValue(resume), TrainedClass.Parse(parse.GetValue(train)!, parse.GetValue(adapterRank)),
+                parse.GetValue(zero1));
+            if (settings.Zero1 && (settings.Train.Frozen || DeviceOption.Chosen == "cuda"))
+                throw new CliUsageException("--zero1 shards the AdamW state of a fully trained GPT on the CPU: use it with --train full and --device cpu");
             if (settings.Train.Frozen && DeviceOption.Chosen == "cuda")
                 throw new CliUsageException($"--train {settings.Train.Name} runs on the CPU (a step is one GEMM over cached features): use --device cpu, or --train full on the GPU");
             string name = settings.Objective.ToLowerInvariant();
@@ -81,7 +85,8 @@ internal static class AlignCommand
     }
 
     internal sealed record AlignSettings(string Objective, string Variant, double Beta, double Gamma, double Epsilon, double KlBeta, int KlSamples,
-                                         int KlMaxTokens, int GradientAccumulation, float WeightDecay, int CheckpointEvery, bool Resume, TrainedClass Train);
+                                         int KlMaxTokens, int GradientAccumulation, float WeightDecay, int CheckpointEvery, bool Resume, TrainedClass Train,
+                                         bool Zero1 = false);
 
     private static PairwiseLossVariant VariantOf(string name) => name.ToLowerInvariant() switch
     {
@@ -108,6 +113,7 @@ internal static class AlignCommand
                         : new PairwiseLossSettings(VariantOf(s.Variant), Beta: s.Beta, Epsilon: s.Epsilon);
 
         var (gpt, tok, pairs, dataHash, loaded) = CliData.LoadModelAndPairs(modelFile, dataFile, common, s.Train.Frozen);
+        if (s.Zero1) gpt = Ranks.WithShardedOptimizer(gpt);
         var train = TiltAlign.Resolve(s.Train, loaded, modelFile.FullName, gpt);
         // --device cuda (or auto with a usable GPU): π and the reference π0 on GptPolicy (scores, gradients, clipping and
         // AdamW on the device; KL samples decoded on the device); `gpt` is the host copy that checkpoints save and restore.

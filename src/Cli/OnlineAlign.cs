@@ -94,6 +94,7 @@ internal static class OnlineAlign
         if (s.Train.Frozen && ppo && o.SeparateValueModel)
             throw new CliUsageException($"--train {s.Train.Name} takes the value head on the frozen features (--value-model shared), not a separate value model");
         var (gpt, tok, pairs, dataHash, policyFile) = CliData.LoadModelAndPairs(modelFile, dataFile, common, s.Train.Frozen);
+        if (s.Zero1) gpt = Ranks.WithShardedOptimizer(gpt);
         var train = TiltAlign.Resolve(s.Train, policyFile, modelFile.FullName, gpt);
         if (Ranks.Group.Size > 1 && o.SeparateValueModel)
             throw new CliUsageException("across ranks, PPO keeps its value head on the policy (--value-model shared); a separate value model runs in one process");

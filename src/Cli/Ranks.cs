@@ -61,6 +61,21 @@ internal static class Ranks
         else if (Group.Size > 1) Console.Error.WriteLine($"distalign: data-parallel over {Group.Description}");
     }
 
+    /// <summary>
+    /// ZeRO-1 for a loaded model: a copy of its weights in a model that keeps the AdamW moments of this rank's chunk only
+    /// (the loaded one is disposed); the model itself in one process.
+    /// </summary>
+    public static Transformer.Model.Gpt WithShardedOptimizer(Transformer.Model.Gpt model)
+    {
+        if (Group.Size == 1) return model;
+        var sharded = new Transformer.Model.Gpt(model.Config, shardOptimizerOver: Group);
+        model.Parameters.CopyTo(sharded.Parameters);
+        model.Dispose();
+        var shard = sharded.OptimizerShard!;
+        Console.WriteLine($"ZeRO-1: each rank keeps the AdamW moments of {shard.ChunkLength:N0} of the {shard.TotalElements:N0} parameters ({Group.Size} ranks)");
+        return sharded;
+    }
+
     /// <summary>"rank 1 of 2: " in a multi-rank job, "" otherwise (a prefix for error lines).</summary>
     public static string Prefix => Group.Size > 1 ? $"rank {Group.Rank} of {Group.Size}: " : "";
 

@@ -488,7 +488,10 @@ public sealed class AlignmentRun : CheckpointedRun
     protected override int CompletedSteps => trainer.Step;
     protected override int TotalSteps => trainer.Options.Steps;
     protected override AlignmentStepReport TrainStep() => trainer.TrainStep();
-    protected override void SaveCheckpoint() => PolicyCheckpoint.SaveTraining(policy, Directory, TokenizerSpec, trainer.State, OptionsJson);
+    private (float[] M, float[] V)? gatheredMoments;
+    protected override void PrepareCheckpoint() => gatheredMoments = PolicyCheckpoint.GatherMoments(policy);
+    protected override void SaveCheckpoint() =>
+        PolicyCheckpoint.SaveTraining(policy, Directory, TokenizerSpec, trainer.State, OptionsJson, moments: gatheredMoments);
     protected override TrainerState LoadCheckpoint(string checkpoint) => PolicyCheckpoint.LoadTraining(policy, checkpoint);
     protected override void Restore(TrainerState state, double elapsedSeconds) => trainer.Restore(state, elapsedSeconds);
 

@@ -46,6 +46,12 @@ public abstract class CheckpointedRun
     protected abstract void Restore(TrainerState state, double elapsedSeconds);
 
     /// <summary>
+    /// Before a checkpoint is due, on every rank of a data-parallel job (the writer and the others): the collective part of
+    /// saving, such as gathering a sharded AdamW state (ZeRO-1). Nothing by default.
+    /// </summary>
+    protected virtual void PrepareCheckpoint() { }
+
+    /// <summary>
     /// Restores the latest checkpoint in the folder when <paramref name="resume"/> (returns its path, or null when
     /// there is none); refuses to start over a folder that already holds a run without <paramref name="resume"/>,
     /// and to resume one written with other settings (checked before any weight is touched). metrics.jsonl is cut
@@ -75,9 +81,11 @@ public abstract class CheckpointedRun
     public AlignmentStepReport Step()
     {
         var report = TrainStep();
+        bool due = report.Step % checkpointEvery == 0 || report.Step == TotalSteps;
+        if (due) PrepareCheckpoint();
         if (!WritesFiles) return report;
         File.AppendAllText(MetricsPath, AlignmentTrainer.ToJsonLine(report) + "\n");
-        if (report.Step % checkpointEvery == 0 || report.Step == TotalSteps) SaveCheckpoint();
+        if (due) SaveCheckpoint();
         return report;
     }
 

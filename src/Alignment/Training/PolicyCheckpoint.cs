@@ -35,8 +35,9 @@ public static class PolicyCheckpoint
     }
 
     /// <summary><see cref="GptCheckpoint.SaveTraining"/> for the policy, with a head's tensors (<paramref name="model"/>, <paramref name="state"/>) beside it.</summary>
+    /// <param name="moments">a GPT whose AdamW state is sharded (ZeRO-1): the whole state, from <see cref="GatherMoments"/></param>
     public static void SaveTraining(IPolicy policy, string directory, string tokenizerSpec, TrainerState trainerState, string optionsJson,
-                                    IEnumerable<SafeTensor>? model = null, IEnumerable<SafeTensor>? state = null)
+                                    IEnumerable<SafeTensor>? model = null, IEnumerable<SafeTensor>? state = null, (float[] M, float[] V)? moments = null)
     {
         CheckSupported(policy);
         if (policy is GptPolicy g) g.CopyToHost();
@@ -44,8 +45,15 @@ public static class PolicyCheckpoint
         GptCheckpoint.SaveTraining(directory, ModelOf(policy), tokenizerSpec, trainerState, optionsJson, 2,
             [.. tilt?.ModelTensors() ?? [], .. model ?? []],
             [.. tilt?.OptimizerStateTensors() ?? [], .. state ?? []],
-            frozenModel: tilt is not null);
+            frozenModel: tilt is not null, moments: moments);
     }
+
+    /// <summary>
+    /// A GPT policy's whole AdamW state when its model keeps a shard of it (ZeRO-1; a collective every rank calls at the same
+    /// step), otherwise null (the model's own moments are written).
+    /// </summary>
+    public static (float[] M, float[] V)? GatherMoments(IPolicy policy) =>
+        policy is GptPolicy { Model.OptimizerShard: not null } g ? g.Model.GatherMoments() : null;
 
     /// <summary>Restores the policy from a checkpoint written by <see cref="SaveTraining"/> and returns the trainer position.</summary>
     public static TrainerState LoadTraining(IPolicy policy, string checkpoint)

@@ -61,6 +61,9 @@ public sealed class PpoRun : CheckpointedRun
     protected override int TotalSteps => trainer.Options.Steps;
     protected override AlignmentStepReport TrainStep() => trainer.TrainStep();
 
+    private (float[] M, float[] V)? gatheredMoments;
+    protected override void PrepareCheckpoint() => gatheredMoments = PolicyCheckpoint.GatherMoments(policy);
+
     protected override void SaveCheckpoint()
     {
         valueModel?.CopyToHost();
@@ -82,7 +85,7 @@ public sealed class PpoRun : CheckpointedRun
             state.Add(SafeTensor.FromFloats(ValueModelAdamMName, v.AdamM));
             state.Add(SafeTensor.FromFloats(ValueModelAdamVName, v.AdamV));
         }
-        PolicyCheckpoint.SaveTraining(policy, Directory, TokenizerSpec, trainer.State, OptionsJson, model, state);
+        PolicyCheckpoint.SaveTraining(policy, Directory, TokenizerSpec, trainer.State, OptionsJson, model, state, gatheredMoments);
     }
 
     protected override TrainerState LoadCheckpoint(string checkpoint)
