@@ -52,7 +52,8 @@ internal static class Ranks
         Settings = new DataParallelSettings(Group, checkEvery);
         string command = parse.CommandResult.Command.Name;
         if (Group.Size > 1 && !DataParallelCommands.Contains(command))
-            throw new CliUsageException($"'{command}' does not run across ranks; start it without mpirun (data-parallel commands: {string.Join(", ", DataParallelCommands)})");
+            throw new CliUsageException($"'{command}' does not run across ranks; start it without mpirun " +
+                                        "(data-parallel: pretrain, align, reward, demo, experiment lm, bench step)");
         if (!IsRoot)
         {
             Console.SetOut(TextWriter.Null);
