@@ -33,6 +33,15 @@ public class ProcessGroupTests
         Assert.That(group.ShareOf(4 * size, "rows"), Is.EqualTo((start, count)));
     }
 
+    [TestCase(7, 3, new[] { 0, 2, 4, 7 })]
+    [TestCase(2, 3, new[] { 0, 0, 1, 2 })]
+    [TestCase(0, 2, new[] { 0, 0, 0 })]
+    public void PartOfCoversEveryItemOnceInRankOrderEvenWhenTheRanksOutnumberThem(int total, int size, int[] bounds)
+    {
+        for (int rank = 0; rank < size; rank++)
+            Assert.That(new FakeGroup(rank, size).PartOf(total).GetOffsetAndLength(total), Is.EqualTo((bounds[rank], bounds[rank + 1] - bounds[rank])), $"rank {rank}");
+    }
+
     [Test]
     public void ShareOfRefusesATotalThatIsNotAMultipleOfTheRanksAndNamesIt()
     {

@@ -209,9 +209,10 @@ public sealed class AlignmentTrainer
         for (int micro = 0; micro < a; micro++)
         {
             var indices = cursor.Next(options.BatchPairs);
-            var batch = Gather(MyShare(indices));
+            var (firstPair, pairCount) = parallel.Group.ShareOf(indices.Length, "the pairs of a batch (--batch)");
+            var mine = indices[firstPair..(firstPair + pairCount)];
+            var batch = Gather(mine);
             // Sampled terms draw from the Philox streams of this share's rows of the batch (see OnPolicyPreferenceObjective).
-            int firstPair = parallel.IsDistributed ? parallel.Group.ShareOf(indices.Length, "the pairs of a batch (--batch)").Start : 0;
             int klFirstStream = options.Kl is { Beta: > 0 } k && firstPair > 0
                 ? k.SamplesPerPrompt * OfflinePreferenceObjective.DistinctPrompts(Gather(indices[..firstPair]).Select(p => p.Prompt)).Count : 0;
             IEnumerable<(string, double)> named;
@@ -234,7 +235,7 @@ public sealed class AlignmentTrainer
             else
             {
                 ulong sampleSeed = MixSeed(options.Seed, (ulong)Step, (ulong)micro);
-                var refs = options.UsesReferenceLogProbs ? GatherReference(MyShare(indices)) : default;
+                var refs = options.UsesReferenceLogProbs ? GatherReference(mine) : default;
                 var m = preference!.Accumulate(policy, batch, refs, reference, sampleSeed, rankShare / a, klFirstStream);
                 named = PreferenceNamed(m).Select(kv => (kv.Item1, kv.Item2 * rankShare));
                 foreach (var p in batch) tokens += p.Prompt.Length * 2 + p.Chosen.Length + p.Rejected.Length;
@@ -245,10 +246,9 @@ public sealed class AlignmentTrainer
         {
             // One exchange for the gradients, one for the metrics (and the token count) of this step.
             policy.AllReduceGradients(parallel.Group, $"gradients of step {Step + 1}");
-            var values = sums.Select(kv => kv.Value).Append(tokens).ToArray();
-            parallel.Group.AllReduceSum(values, $"metrics of step {Step + 1}");
-            for (int i = 0; i < sums.Count; i++) sums[i] = new(sums[i].Key, values[i]);
-            tokens = (long)values[^1];
+            Span<double> tokenCount = [tokens];
+            sums = PairTrainingOptions.SumOverRanks(parallel.Group, sums, $"metrics of step {Step + 1}", tokenCount);
+            tokens = (long)tokenCount[0];
         }
         var metrics = sums.Select(kv => new KeyValuePair<string, double>(kv.Key, kv.Value / a)).ToList();
         double loss = metrics[0].Value;
@@ -287,8 +287,7 @@ public sealed class AlignmentTrainer
         var sums = new List<KeyValuePair<string, double>>();
         double weight = 0;
         // Each rank scores a contiguous share of the held-out pairs; sums and weights are added over the ranks.
-        int size = parallel.Group.Size, rank = parallel.Group.Rank;
-        var heldOut = evalIndices[(int)((long)evalIndices.Length * rank / size)..(int)((long)evalIndices.Length * (rank + 1) / size)];
+        var heldOut = evalIndices[parallel.Group.PartOf(evalIndices.Length)];
         for (int start = 0; start < heldOut.Length; start += options.BatchPairs)
         {
             var indices = heldOut[start..Math.Min(heldOut.Length, start + options.BatchPairs)];
@@ -349,10 +348,9 @@ public sealed class AlignmentTrainer
         {
             // A rank with no held-out pair still names every metric (scoring nothing) so that all ranks add the same vector.
             if (sums.Count == 0) Add(sums, EvaluationNames().Select(n => (n, 0.0)));
-            var values = sums.Select(kv => kv.Value).Append(weight).ToArray();
-            parallel.Group.AllReduceSum(values, $"evaluation after step {Step}");
-            for (int i = 0; i < sums.Count; i++) sums[i] = new(sums[i].Key, values[i]);
-            weight = values[^1];
+            Span<double> total = [weight];
+            sums = PairTrainingOptions.SumOverRanks(parallel.Group, sums, $"evaluation after step {Step}", total);
+            weight = total[0];
         }
         return sums.Select(kv => new KeyValuePair<string, double>(kv.Key, kv.Value / weight)).ToList();
     }
@@ -372,13 +370,6 @@ public sealed class AlignmentTrainer
         ? ["loss", "mean_token_logp"]
         : (default(PairwiseLossMetrics) with { Variant = options.Objective == AlignmentObjective.OnPolicy ? PairwiseLossVariant.Distillation : options.Loss.Variant })
             .Named().Select(n => n.Name);
-
-    private int[] MyShare(int[] indices)
-    {
-        if (!parallel.IsDistributed) return indices;
-        var (start, count) = parallel.Group.ShareOf(indices.Length, "the pairs of a batch (--batch)");
-        return indices[start..(start + count)];
-    }
 
     private IEnumerable<(string, double)> PreferenceNamed(OfflineStepMetrics m)
     {

@@ -1,3 +1,5 @@
+using DistAlign.Engine.Distributed;
+
 namespace DistAlign.Alignment.Training;
 
 /// <summary>
@@ -35,6 +37,22 @@ public abstract record PairTrainingOptions
     /// <summary>Whether a run with held-out pairs evaluates after <paramref name="completedSteps"/> (every N steps and after the last).</summary>
     public bool EvaluationDue(int completedSteps) =>
         EvaluateEvery > 0 && (completedSteps % EvaluateEvery == 0 || completedSteps == Steps);
+
+    /// <summary>
+    /// Named sums (and <paramref name="extra"/> counters, in place) added over the ranks of a data-parallel job in one
+    /// all-reduce; the names are every rank's, in the same order. One process: returned as they are.
+    /// </summary>
+    internal static List<KeyValuePair<string, double>> SumOverRanks(IProcessGroup group, List<KeyValuePair<string, double>> sums, string purpose,
+                                                                     Span<double> extra = default)
+    {
+        if (group.Size == 1) return sums;
+        var values = new double[sums.Count + extra.Length];
+        for (int i = 0; i < sums.Count; i++) values[i] = sums[i].Value;
+        extra.CopyTo(values.AsSpan(sums.Count));
+        group.AllReduceSum(values, purpose);
+        values.AsSpan(sums.Count).CopyTo(extra);
+        return [.. sums.Select((kv, i) => new KeyValuePair<string, double>(kv.Key, values[i]))];
+    }
 
     /// <summary>
     /// Adds the figures every pair trainer's step reports after its objective's own: <c>lr</c>, <c>grad_norm</c> (before

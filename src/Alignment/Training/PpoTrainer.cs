@@ -386,8 +386,7 @@ public sealed class PpoTrainer
     {
         // Across ranks each takes a contiguous share of the minibatch's sequences; its token means are weighted by its share
         // of the tokens, w = n/N, so that the sums over the ranks are the minibatch's means (w = 1 in one process).
-        int size = parallel.Group.Size, rank = parallel.Group.Rank;
-        var members = allMembers[(allMembers.Length * rank / size)..(allMembers.Length * (rank + 1) / size)];
+        var members = allMembers[parallel.Group.PartOf(allMembers.Length)];
         int totalTokens = 0;
         foreach (int i in allMembers) totalTokens += rollout.TokenStart[i + 1] - rollout.TokenStart[i];
         var sequences = new List<PromptResponse>(members.Length);

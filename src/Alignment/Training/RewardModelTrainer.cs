@@ -135,9 +135,8 @@ public sealed class RewardModelTrainer
         if (parallel.IsDistributed)
         {
             model.AllReduceGradients(parallel.Group, $"gradients of step {Step + 1}");
-            var values = named.Select(kv => kv.Value * share).ToArray();
-            parallel.Group.AllReduceSum(values, $"metrics of step {Step + 1}");
-            named = [.. named.Select((kv, i) => new KeyValuePair<string, double>(kv.Key, values[i]))];
+            named = PairTrainingOptions.SumOverRanks(parallel.Group, [.. named.Select(kv => new KeyValuePair<string, double>(kv.Key, kv.Value * share))],
+                                                     $"metrics of step {Step + 1}");
         }
         double loss = named[0].Value;
         double norm = model.ClipGradients(options.GradientClip);
@@ -169,8 +168,8 @@ public sealed class RewardModelTrainer
     {
         var sums = new List<KeyValuePair<string, double>>();
         // Each rank scores a contiguous share of the held-out pairs; the sums are added over the ranks.
-        int size = parallel.Group.Size, rank = parallel.Group.Rank;
-        int from = (int)((long)evalIndices.Length * rank / size), to = (int)((long)evalIndices.Length * (rank + 1) / size);
+        var (from, count) = parallel.Group.PartOf(evalIndices.Length).GetOffsetAndLength(evalIndices.Length);
+        int to = from + count;
         for (int start = from; start < to; start += options.BatchPairs)
         {
             int end = Math.Min(to, start + options.BatchPairs);
@@ -188,9 +187,7 @@ public sealed class RewardModelTrainer
             // A rank with no held-out pair names every metric too, so that all ranks add the same vector.
             if (sums.Count == 0)
                 sums = [.. (default(PairwiseLossMetrics) with { Variant = options.Loss.Variant }).Named().Select(n => new KeyValuePair<string, double>(n.Name, 0))];
-            var values = sums.Select(kv => kv.Value).ToArray();
-            parallel.Group.AllReduceSum(values, $"evaluation after step {Step}");
-            sums = [.. sums.Select((kv, i) => new KeyValuePair<string, double>(kv.Key, values[i]))];
+            sums = PairTrainingOptions.SumOverRanks(parallel.Group, sums, $"evaluation after step {Step}");
         }
         return [.. sums.Select(kv => new KeyValuePair<string, double>(kv.Key, kv.Value / evalIndices.Length))];
     }

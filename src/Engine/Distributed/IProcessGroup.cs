@@ -89,6 +89,13 @@ public static class ProcessGroupExtensions
         return one[0];
     }
 
+    /// <summary>
+    /// This rank's contiguous part [start, end) of <paramref name="total"/> items when they need not divide evenly (held-out
+    /// pairs, a minibatch's sequences): ⌊total·r/N⌋ … ⌊total·(r+1)/N⌋, possibly empty.
+    /// </summary>
+    public static Range PartOf(this IProcessGroup group, int total) =>
+        (int)((long)total * group.Rank / group.Size)..(int)((long)total * (group.Rank + 1) / group.Size);
+
     /// <summary>The [start, start + count) of <paramref name="total"/> items that this rank takes: equal, contiguous shares in rank order.</summary>
     /// <exception cref="ArgumentException"><paramref name="total"/> is not a multiple of the rank count (<paramref name="what"/> names it).</exception>
     public static (int Start, int Count) ShareOf(this IProcessGroup group, int total, string what)
