@@ -382,8 +382,8 @@ public static unsafe class Gemm
             return;
         }
 
-        // op(A)[i, q] = A[i*lda + q]: a transpose. Full 12-row panels go 4 rows × 4 k at a time through
-        // SSE 4×4 transposes; anything else (edges, the 6-row panels) element by element.
+        // op(A)[i, q] = A[i*lda + q]: a transpose. Full 12-row and 6-row panels go 4 k at a time through SSE 4×4
+        // transposes (and, for rows 4–5 of a 6-row panel, pairwise unpacks); edges element by element.
         for (int ir = 0; ir < mc; ir += mr)
         {
             int rows = Math.Min(mr, mc - ir);
@@ -404,6 +404,24 @@ public static unsafe class Gemm
                     }
                 }
             }
+            else if (rows == Mr6 && mr == Mr6 && Sse.IsSupported)
+            {
+                // Rows 0–3 through one 4×4 transpose; rows 4–5 interleaved in pairs, two floats per k.
+                for (; q + 4 <= kc; q += 4)
+                {
+                    float* s0 = src + q;
+                    float* d = panel + (nint)q * Mr6;
+                    Transpose4x4(
+                        Sse.LoadVector128(s0), Sse.LoadVector128(s0 + lda),
+                        Sse.LoadVector128(s0 + 2 * lda), Sse.LoadVector128(s0 + 3 * lda), d, Mr6);
+                    Vector128<float> r4 = Sse.LoadVector128(s0 + 4 * lda), r5 = Sse.LoadVector128(s0 + 5 * lda);
+                    Vector128<float> low = Sse.UnpackLow(r4, r5), high = Sse.UnpackHigh(r4, r5);   // r4[0] r5[0] r4[1] r5[1] | [2], [3]
+                    Sse.StoreLow(d + 4, low);
+                    Sse.StoreHigh(d + Mr6 + 4, low);
+                    Sse.StoreLow(d + 2 * Mr6 + 4, high);
+                    Sse.StoreHigh(d + 3 * Mr6 + 4, high);
+                }
+            }
             for (; q < kc; q++)
             {
                 float* d = panel + (nint)q * mr;
@@ -418,13 +436,21 @@ public static unsafe class Gemm
         nint ldb = p.Ldb;
         if (!p.TransB)
         {
-            // op(B)[q, j] = B[q*ldb + j]: walk stored rows in order (each read once, contiguously) and
-            // drop NR values of row q into every panel.
-            for (int q = 0; q < kc; q++)
+            // op(B)[q, j] = B[q*ldb + j]: stored rows are read in order, PackRows of them at a time, and each panel gets
+            // those rows' NR values as one contiguous run. (Row by row, every store went to another panel, kc·NR floats
+            // apart: a new page per 64 bytes written, and packing cost ~2 cycles per float, which GEMMs with few rows
+            // (256 × 3072 × 768) could not hide.)
+            const int PackRows = 8;
+            for (int q0 = 0; q0 < kc; q0 += PackRows)
             {
-                float* src = p.B + (pc + q) * ldb + jc;
+                int q1 = Math.Min(kc, q0 + PackRows);
                 for (int jr = 0; jr < nc; jr += nr)
-                    CopyPadded(dst + (nint)jr * kc + (nint)q * nr, src + jr, Math.Min(nr, nc - jr), nr);
+                {
+                    float* panel = dst + (nint)jr * kc;
+                    int cols = Math.Min(nr, nc - jr);
+                    for (int q = q0; q < q1; q++)
+                        CopyPadded(panel + (nint)q * nr, p.B + (pc + q) * ldb + jc + jr, cols, nr);
+                }
             }
             return;
         }
