@@ -81,8 +81,22 @@ public static class Gelu
             return;
         }
         var last = Value(TVector.Load(x + end - width));
-        for (int i = start; i <= end - width; i += width) Value(TVector.Load(x + i)).Store(o + i);
+        int i = ForwardPairs<TVector>(x, o, start, end);
+        if (i <= end - width) Value(TVector.Load(x + i)).Store(o + i);
         last.Store(o + end - width);
+    }
+
+    /// <summary>
+    /// The bulk of a range, two vectors at a time with their exp chains interleaved (<see cref="Interleaved{TVector}"/>);
+    /// returns where it stopped. A method of its own so the JIT's inlining budget covers the doubled chain (inlined
+    /// into the range method, the operators of the pair were left as calls).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static unsafe int ForwardPairs<TVector>(float* x, float* o, int start, int end) where TVector : unmanaged, IFloatVector<TVector>
+    {
+        int step = 2 * TVector.Count, i = start;
+        for (; i <= end - step; i += step) Value(Interleaved<TVector>.Load(x + i)).Store(o + i);
+        return i;
     }
 
     private static unsafe void BackwardRange<TVector>(float* d, float* x, float* g, int start, int end) where TVector : unmanaged, IFloatVector<TVector>
@@ -97,9 +111,22 @@ public static class Gelu
             return;
         }
         var last = TVector.MultiplyAdd(TVector.Load(d + end - width), Derivative(TVector.Load(x + end - width)), TVector.Load(g + end - width));
-        for (int i = start; i <= end - width; i += width)
-            TVector.MultiplyAdd(TVector.Load(d + i), Derivative(TVector.Load(x + i)), TVector.Load(g + i)).Store(g + i);
+        int i = BackwardPairs<TVector>(d, x, g, start, end);
+        if (i <= end - width) TVector.MultiplyAdd(TVector.Load(d + i), Derivative(TVector.Load(x + i)), TVector.Load(g + i)).Store(g + i);
         last.Store(g + end - width);
+    }
+
+    /// <summary>The bulk of a range as in <see cref="ForwardPairs{TVector}"/>.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static unsafe int BackwardPairs<TVector>(float* d, float* x, float* g, int start, int end) where TVector : unmanaged, IFloatVector<TVector>
+    {
+        int step = 2 * TVector.Count, i = start;
+        for (; i <= end - step; i += step)
+        {
+            Interleaved<TVector>.MultiplyAdd(Interleaved<TVector>.Load(d + i), Derivative(Interleaved<TVector>.Load(x + i)),
+                Interleaved<TVector>.Load(g + i)).Store(g + i);
+        }
+        return i;
     }
 
     /// <summary>x·σ(2u), 2u = x·(2√(2/π) + 2√(2/π)·0.044715·x²).</summary>
