@@ -111,6 +111,19 @@ public class CpuParallelTeamTests
     }
 
     [Test]
+    public void WorkersThatFellAsleepWakeForTheNextCall()
+    {
+        CpuParallel.Threads = 3;
+        for (int call = 0; call < 30; call++)
+        {
+            Thread.Sleep(call % 3 == 0 ? 5 : 0);   // past the workers' spin: they sleep and must be woken
+            int sum = 0;
+            CpuParallel.For(3000, 1, (start, end) => Interlocked.Add(ref sum, end - start));
+            Assert.That(sum, Is.EqualTo(3000), $"call {call}");
+        }
+    }
+
+    [Test]
     public void MoreThreadsGrowTheTeam()
     {
         foreach (int threads in new[] { 2, 4, 3, 5 })

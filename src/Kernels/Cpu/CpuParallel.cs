@@ -21,8 +21,6 @@ namespace DistAlign.Kernels.Cpu;
 public static class CpuParallel
 {
     private static int threads = Environment.ProcessorCount;
-    private static Team? team;
-    private static readonly Lock TeamLock = new();
 
     /// <summary>How long an idle worker spins before it sleeps: longer than the serial gaps between the kernels of a step.</summary>
     private static readonly TimeSpan WorkerSpin = TimeSpan.FromMilliseconds(2);
@@ -53,8 +51,7 @@ public static class CpuParallel
             body(0, count);
             return;
         }
-        var current = TeamFor(ranges);
-        if (current is not null && current.TryRun(count, ranges, body)) return;
+        if (Team.Shared.TryRun(count, ranges, body)) return;
         Parallel.For(0, ranges, new ParallelOptions { MaxDegreeOfParallelism = ranges }, r =>
         {
             (int start, int end) = RangeOf(r, ranges, count);
@@ -70,49 +67,38 @@ public static class CpuParallel
         return ((int)start, (int)end);
     }
 
-    /// <summary>A team with at least <paramref name="ranges"/> − 1 workers: the one in use, or a larger one replacing it.</summary>
-    private static Team? TeamFor(int ranges)
-    {
-        var current = Volatile.Read(ref team);
-        if (current is not null && current.Workers >= ranges - 1) return current;
-        lock (TeamLock)
-        {
-            current = team;
-            if (current is not null && current.Workers >= ranges - 1) return current;
-            // Grown, never shrunk: a smaller call uses the first workers; the old team's workers exit once idle.
-            var grown = new Team(Math.Max(ranges, Threads) - 1);
-            Volatile.Write(ref team, grown);
-            current?.Retire();
-            return grown;
-        }
-    }
-
     /// <summary>
-    /// Worker threads 1 … Workers waiting for a job. A job is published by replacing <c>job</c>; worker w runs range w of
+    /// Worker threads 1 … <c>workers</c> waiting for a job. A job is published by replacing <c>job</c>; worker w runs range w of
     /// each job it sees when w &lt; the job's range count, then counts the job's <c>Pending</c> down; the caller runs range 0
     /// and waits for 0. A worker that sees a job once never runs it again, and the caller publishes the next job only
     /// after this one's workers are done, so a worker that falls behind skips only jobs it has no range in.
     /// </summary>
     private sealed class Team
     {
-        private readonly Lock callerLock = new();
-        private readonly object sleepLock = new();
-        private Job? job;
-        private int sleepers;
+        /// <summary>The process's one team; it grows to the largest range count asked for and never shrinks.</summary>
+        public static readonly Team Shared = new();
 
         [ThreadStatic] private static bool insideTeam;
 
-        public Team(int workers)
+        private readonly Lock callerLock = new();
+        private readonly object sleepLock = new();
+        private Job? job;
+        private int sleepers, workers;
+
+        /// <summary>
+        /// Starts workers up to <paramref name="count"/>. Called with the caller lock held, so no job is in flight: each new
+        /// worker is handed the job published last as the one it has seen, and runs every job published after it.
+        /// </summary>
+        private void GrowTo(int count)
         {
-            Workers = workers;
-            for (int w = 1; w <= workers; w++)
+            var last = Volatile.Read(ref job);
+            for (int w = workers + 1; w <= count; w++)
             {
                 int index = w;
-                new Thread(() => WorkerLoop(index)) { IsBackground = true, Name = $"DistAlign CPU worker {index}" }.Start();
+                new Thread(() => WorkerLoop(index, last)) { IsBackground = true, Name = $"DistAlign CPU worker {index}" }.Start();
             }
+            workers = Math.Max(workers, count);
         }
-
-        public int Workers { get; }
 
         /// <summary>Runs the job on the team; false (nothing run) when the team is busy or this thread is already inside it.</summary>
         public bool TryRun(int count, int ranges, Action<int, int> body)
@@ -120,8 +106,8 @@ public static class CpuParallel
             if (insideTeam || !callerLock.TryEnter()) return false;
             try
             {
-                if (job is { Retired: true }) return false;
                 insideTeam = true;
+                if (workers < ranges - 1) GrowTo(ranges - 1);
                 var current = new Job(body, count, ranges);
                 Publish(current);
                 current.Run(0);
@@ -138,12 +124,6 @@ public static class CpuParallel
             }
         }
 
-        /// <summary>Asks the workers to exit once idle (a larger team replaced this one).</summary>
-        public void Retire()
-        {
-            lock (callerLock) Publish(Job.Retirement);
-        }
-
         private void Publish(Job next)
         {
             Interlocked.Exchange(ref job, next);                       // full fence: the job is complete before any worker sees it
@@ -153,15 +133,13 @@ public static class CpuParallel
             }
         }
 
-        private void WorkerLoop(int index)
+        private void WorkerLoop(int index, Job? seen)
         {
             insideTeam = true;
-            Job? seen = Volatile.Read(ref job);
             long spinTicks = (long)(WorkerSpin.TotalSeconds * Stopwatch.Frequency);
             while (true)
             {
                 seen = WaitForJob(seen, spinTicks);
-                if (seen.Retired) return;
                 if (index < seen.Ranges)
                 {
                     seen.Run(index);
@@ -199,21 +177,18 @@ public static class CpuParallel
     }
 
     /// <summary>One call's ranges: the body, where they are, how many workers are still running one, what they threw.</summary>
-    private sealed class Job(Action<int, int>? body, int count, int ranges)
+    private sealed class Job(Action<int, int> body, int count, int ranges)
     {
-        public static readonly Job Retirement = new(null, 0, 0);
-
         public readonly Exception?[] Failures = new Exception?[ranges];
         public int Pending = Math.Max(0, ranges - 1);
         public int Ranges => ranges;
-        public bool Retired => body is null;
 
         public void Run(int r)
         {
             try
             {
                 (int start, int end) = RangeOf(r, ranges, count);
-                body!(start, end);
+                body(start, end);
             }
             catch (Exception e)
             {
