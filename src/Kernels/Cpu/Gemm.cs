@@ -72,6 +72,8 @@ public static unsafe class Gemm
     /// no wider than this. KC×NC floats = 1.5 MB: the packed B block stays in the 2 MB L2.</summary>
     internal const int Nc = 1024;
 
+    /// <summary>Stored rows packed together when a packed panel takes a few values from each row (see PackB).</summary>
+    private const int PackRows = 8;
     /// <summary>Below this many multiply-adds per thread a GEMM stays on one thread.</summary>
     private const long MinFmasPerThread = 1L << 18;
 
@@ -371,13 +373,18 @@ public static unsafe class Gemm
         nint lda = p.Lda;
         if (p.TransA)
         {
-            // op(A)[i, q] = A[q*lda + i]: walk stored rows in order (each read once, contiguously) and
-            // drop MR values of row q into every panel.
-            for (int q = 0; q < kc; q++)
+            // op(A)[i, q] = A[q*lda + i]: stored rows read in order, PackRows at a time, each panel getting one contiguous
+            // run (as PackB's stored rows).
+            for (int q0 = 0; q0 < kc; q0 += PackRows)
             {
-                float* src = p.A + (pc + q) * lda + ic;
+                int q1 = Math.Min(kc, q0 + PackRows);
                 for (int ir = 0; ir < mc; ir += mr)
-                    CopyPadded(dst + (nint)ir * kc + (nint)q * mr, src + ir, Math.Min(mr, mc - ir), mr);
+                {
+                    float* panel = dst + (nint)ir * kc;
+                    int rows = Math.Min(mr, mc - ir);
+                    for (int q = q0; q < q1; q++)
+                        CopyPadded(panel + (nint)q * mr, p.A + (pc + q) * lda + ic + ir, rows, mr);
+                }
             }
             return;
         }
@@ -440,7 +447,6 @@ public static unsafe class Gemm
             // those rows' NR values as one contiguous run. (Row by row, every store went to another panel, kc·NR floats
             // apart: a new page per 64 bytes written, and packing cost ~2 cycles per float, which GEMMs with few rows
             // (256 × 3072 × 768) could not hide.)
-            const int PackRows = 8;
             for (int q0 = 0; q0 < kc; q0 += PackRows)
             {
                 int q1 = Math.Min(kc, q0 + PackRows);
