@@ -88,14 +88,15 @@ internal static class GemmCheckCommand
             var theirs = new List<double>();
             // Two warm-up rounds, then alternate ours/OpenBLAS. With OpenBLAS in the pair, every call starts after its idle
             // workers stopped spinning (OpenBlas.WaitForIdleWorkers, 150 ms, as the report's GEMM pairs): their spin would
-            // otherwise take a core from the call after it.
+            // otherwise take a core from the call after it. Each timed call follows an untimed one of its own library, so
+            // both run with their workers awake (OpenBlas.SecondsWithWorkersAwake).
             for (int r = -2; r < repeats; r++)
             {
-                double t = Time(() => Gemm.Multiply(Transpose.No, Transpose.No, m, n, k, 1f, a, k, b, n, 0f, c, n));
+                double t = OpenBlas.SecondsWithWorkersAwake(() => Gemm.Multiply(Transpose.No, Transpose.No, m, n, k, 1f, a, k, b, n, 0f, c, n));
                 if (r >= 0) ours.Add(t);
                 if (!blas) continue;
                 OpenBlas.WaitForIdleWorkers();
-                t = Time(() => OpenBlas.Sgemm(false, false, m, n, k, 1f, a, k, b, n, 0f, c, n));
+                t = OpenBlas.SecondsWithWorkersAwake(() => OpenBlas.Sgemm(false, false, m, n, k, 1f, a, k, b, n, 0f, c, n));
                 if (r >= 0) theirs.Add(t);
                 OpenBlas.WaitForIdleWorkers();
             }
@@ -125,13 +126,6 @@ internal static class GemmCheckCommand
         else if (v.Length == 3) shape = (v[0], v[1], v[2]);
         else return false;
         return true;
-    }
-
-    private static double Time(Action action)
-    {
-        long start = Stopwatch.GetTimestamp();
-        action();
-        return Stopwatch.GetElapsedTime(start).TotalSeconds;
     }
 
     private static double Median(List<double> values)

@@ -70,6 +70,21 @@ public static partial class OpenBlas
     /// </summary>
     public static void WaitForIdleWorkers() => Thread.Sleep(IdleWorkerSpin);
 
+    /// <summary>
+    /// Seconds one call of <paramref name="call"/> takes with its library's worker threads awake: the call runs once untimed,
+    /// then once timed. Both sides of a GEMM comparison are timed this way, after <see cref="WaitForIdleWorkers"/>: in a
+    /// training step each kernel follows another, so neither library's workers are asleep there, and waking them (tens of µs
+    /// to a millisecond on a VM whose idle vCPU the host parked) is not what the comparison measures.
+    /// </summary>
+    public static double SecondsWithWorkersAwake(Action call)
+    {
+        ArgumentNullException.ThrowIfNull(call);
+        call();
+        long start = System.Diagnostics.Stopwatch.GetTimestamp();
+        call();
+        return System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalSeconds;
+    }
+
     /// <summary>Sets the number of threads OpenBLAS uses for subsequent calls.</summary>
     public static void SetThreads(int threads)
     {

@@ -40,7 +40,7 @@ public enum Transpose
 /// </para>
 /// <para>
 /// Threads: the problem is split with <see cref="CpuParallel.For"/> into contiguous ranges of whole
-/// MR-row panels (or NR-column panels when n is much larger than m). With a row split, each B block is
+/// MR-row panels (or NR-column panels when each thread's columns outnumber the rows). With a row split, each B block is
 /// packed by all threads together (one parallel step) into one shared buffer, then every thread packs its
 /// own A blocks and runs its rows against it. With a column split each thread packs everything it needs
 /// into its own buffers. Each C element is always summed over k in the same order (K blocks in order,
@@ -194,10 +194,14 @@ public static unsafe class Gemm
         int mPanels = (p.M + mr - 1) / mr, nPanels = (p.N + nr - 1) / nr;
         int threads = CpuParallel.Threads;
 
-        // Split along m unless m is too short to give every thread several panels and n is longer.
-        // Along m, the threads pack each B block together and all read it; along n, every thread packs
-        // all of A (m·k) for its own columns, which only pays off when m is small.
-        bool splitRows = mPanels >= 4 * threads || mPanels >= nPanels;
+        // Along m, the threads pack each B block together and all read it: two barriers per B block, and a thread's
+        // share is whole MR panels (256 rows over 2 threads: 22 and 21 panels). Along n, every thread packs all of A
+        // (m·k, once per column block) for its own columns and runs without a barrier: that duplicates m·k packed
+        // floats per thread against m·k·n/threads multiply-adds, so it is chosen where each thread's columns are at
+        // least as many as the rows (the transformer's few-row GEMMs: 256 × 3072, 256 × 50,304) and there are
+        // panels enough to share.
+        bool splitColumns = nPanels >= 4 * threads && (long)p.M * threads <= p.N;
+        bool splitRows = !splitColumns && (mPanels >= 4 * threads || mPanels >= nPanels);
         if (splitRows)
         {
             long fmasPerPanel = (long)mr * p.N * p.K;
