@@ -111,11 +111,13 @@ internal static class BenchmarkReport
             Console.WriteLine("report: BenchmarkDotNet kernel suites ...");
             Type[] bandwidth = [typeof(LayerNormForwardBandwidth), typeof(LayerNormBackwardBandwidth), typeof(GeluForwardBandwidth), typeof(GeluBackwardBandwidth),
                                 typeof(ResidualForwardBandwidth), typeof(AdamWBandwidth), typeof(TargetLogProbsForwardBandwidth)];
-            Type[] compute = [typeof(AttentionCompute), typeof(SequenceLogProbsCompute), typeof(TargetLogProbsExpCompute), typeof(BradleyTerryLossCompute)];
+            Type[] compute = [typeof(AttentionCompute), typeof(SequenceLogProbsCompute), typeof(TargetLogProbsExpCompute), typeof(GeluForwardCompute),
+                              typeof(GeluBackwardCompute), typeof(BradleyTerryLossCompute)];
             bandwidthRows = [.. bandwidth.SelectMany(t => SuiteRows(BenchmarkRunner.Run(t), new BandwidthColumn(false), new BandwidthColumn(true)))];
             computeRows = [.. compute.SelectMany(t =>
             {
-                string unit = t == typeof(TargetLogProbsExpCompute) ? "G exp/s" : t == typeof(BradleyTerryLossCompute) ? "M pairs/s" : "GFLOP/s";
+                string unit = t == typeof(TargetLogProbsExpCompute) ? "G exp/s" : t == typeof(BradleyTerryLossCompute) ? "M pairs/s"
+                    : t.IsSubclassOf(typeof(GeluCompute)) ? "G elem/s" : "GFLOP/s";
                 return SuiteRows(BenchmarkRunner.Run(t), new WorkRateColumn(unit, false), new WorkRateColumn(unit, true), unit);
             })];
         }
@@ -243,13 +245,15 @@ internal static class BenchmarkReport
             doc.AppendLine("bound by their own loads and arithmetic (LayerNorm reads each row twice and w, b once per row, against one load per copied vector):");
             doc.AppendLine("those rows are for information, not the goal. A ratio above 1 is possible where the copy pays a read-for-ownership of its");
             doc.AppendLine("destination that a read-modify-write kernel does not pay twice.");
-            doc.AppendLine("TargetLogProbs reads 51 MB once but does a vector exp per 16 logits: its limit in the next table is that exp's own throughput.").AppendLine();
+            doc.AppendLine("TargetLogProbs reads 51 MB once but does a vector exp per 16 logits: its limit in the next table is that exp's own throughput.");
+            doc.AppendLine("GELU does an exp and a divide per element (~20 vector operations): its limit in the next table is its own throughput on L1-resident data.").AppendLine();
             doc.AppendLine("### Compute-bound kernels against a compute limit measured in the same run").AppendLine();
             doc.AppendLine("`--filter '*Compute*'`. Attention (B 4, T 256, C 768, 12 heads, causal; FLOPs = the q·k and a·v dot products, 2·B·C·T(T+1)");
             doc.AppendLine($"forward, twice that backward) against the fp32 FMA peak (8 independent {CpuVectors.Width} FMA chains per thread, nothing loaded). The fused");
             doc.AppendLine("LM head + log-probs (`SequenceLogProbs`, N 256, C 768, V 50,257; forward = 1 logits GEMM, backward = 3) against OpenBLAS's");
             doc.AppendLine("sgemm of the same logits shape. TargetLogProbs' forward (256 × 50,257) against the throughput of the same vector exp on");
-            doc.AppendLine("L1-resident data (its rate in 10⁹ exps per second). The Bradley–Terry loss (DPO sigmoid, 262,144 pairs, forward + gradient) against");
+            doc.AppendLine("L1-resident data (its rate in 10⁹ exps per second). GELU forward and backward ([N, 4C] from memory) against the same kernel on an L1-resident");
+            doc.AppendLine("block per thread (rate in 10⁹ elements per second; near 1: arithmetic-bound, not memory-bound). The Bradley–Terry loss (DPO sigmoid, 262,144 pairs, forward + gradient) against");
             doc.AppendLine("the fp64 exp/log work a pair needs (2 exp + 1 log, on the same threads; rate in 10⁶ pairs per second). GB/s where stated: the fused log-probs read the hidden states and the");
             doc.AppendLine("[V, C] head once (the backward also reads and writes both gradients); NA where bytes are not the point.").AppendLine();
             SuiteTable(doc, computeRows, "rate", "vs limit", withBandwidth: true);

@@ -268,6 +268,62 @@ public class TargetLogProbsExpCompute
     public void Cleanup() => GC.KeepAlive(sink);
 }
 
+/// <summary>As <see cref="FlopsConfig"/>, the rate in 10⁹ elements per second.</summary>
+public sealed class ElementsConfig : FlopsConfig
+{
+    public ElementsConfig() : base("G elem/s") { }
+}
+
+/// <summary>
+/// GELU on the MLP's hidden layer ([N, 4C] as the bandwidth suite's, from memory) against the same kernel over as many
+/// elements of an L1-resident block per thread: what it would take if its loads and stores were free. A ratio near 1
+/// says the kernel is bound by its arithmetic (an exp and a divide per element, ~20 vector operations), not by memory,
+/// so its ratio to a memory copy in the bandwidth table is set by the core's floating-point throughput.
+/// </summary>
+public abstract class GeluCompute
+{
+    private const int Block = 2048;   // in + out: 16 KB per thread, in L1
+    protected const double Elements = BandwidthSizes.HiddenChannels;
+    protected ArraySegment<float> x = [], dout = [], o = [];
+    private float[][] blocks = [], outs = [];
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        x = AlignedBuffers.Filled(BandwidthSizes.HiddenChannels);
+        dout = AlignedBuffers.Filled(BandwidthSizes.HiddenChannels);
+        o = AlignedBuffers.Zeros(x.Count);
+        blocks = [.. Enumerable.Range(0, CpuParallel.Threads).Select(_ => LayerNormForwardBandwidth.Filled(Block))];
+        outs = [.. Enumerable.Range(0, CpuParallel.Threads).Select(_ => new float[Block])];
+    }
+
+    /// <summary>Runs <paramref name="kernel"/>(block, out) on each thread's L1-resident block until the threads together did <see cref="Elements"/>.</summary>
+    protected void InL1(Action<float[], float[]> kernel)
+    {
+        int threads = blocks.Length;
+        long perThread = (long)Elements / threads / Block;
+        CpuParallel.For(threads, 1, (t0, t1) =>
+        {
+            for (int t = t0; t < t1; t++)
+                for (long rep = 0; rep < perThread; rep++) kernel(blocks[t], outs[t]);   // one block per call: below Gelu's parallel grain, runs on this thread
+        });
+    }
+}
+
+[Config(typeof(ElementsConfig))]
+public class GeluForwardCompute : GeluCompute
+{
+    [Benchmark(Baseline = true), Work(Elements)] public void GeluForwardInL1() => InL1((input, output) => Gelu.Forward(input, output));
+    [Benchmark, Work(Elements), BytesMoved(4 * 2 * BandwidthSizes.HiddenChannels)] public void GeluForward() => Gelu.Forward(x, o);
+}
+
+[Config(typeof(ElementsConfig))]
+public class GeluBackwardCompute : GeluCompute
+{
+    [Benchmark(Baseline = true), Work(Elements)] public void GeluBackwardInL1() => InL1((input, dInput) => Gelu.Backward(input, input, dInput));
+    [Benchmark, Work(Elements), BytesMoved(4 * 4 * BandwidthSizes.HiddenChannels)] public void GeluBackward() => Gelu.Backward(dout, x, o);
+}
+
 /// <summary>
 /// The Bradley–Terry pairwise loss (DPO sigmoid, forward + gradient) against the transcendental work it cannot avoid,
 /// measured in the same run: per pair a softplus and a sigmoid are two fp64 exps and one fp64 log, so the limit
