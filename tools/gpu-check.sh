@@ -101,35 +101,125 @@ if [[ "${GPU_CHECK_NCU:-0}" == "1" ]]; then
     fi
 fi
 
-# The PyTorch eager peer, same model and step (GPT-2 124M, 16 × 1024 tokens, clip 1, AdamW), bf16 autocast.
+# The PyTorch eager peer and its stronger variants, same model and step (GPT-2 124M, 16 × 1024 tokens, bf16 autocast, clip 1,
+# AdamW; tools/peers/torch_step.py): strongest first (SDPA + padded vocabulary + fused AdamW + chunked cross-entropy, the same
+# with torch.compile where this torch has it, SDPA alone, written-out attention, then torch.compile with the plain
+# cross-entropy), all within GPU_CHECK_PEER_LIMIT_S (default 180 s; each variant gets at most 90 s eager, 240 s compiled, and
+# none starts with under 20 s left). After each variant: peer.jsonl (its JSON or why it failed), peer.tsv and peer.md
+# rewritten; at the end peer.md is appended to summary.md: every variant, DistAlign's fastest whole step of the same shape
+# from benchmarks.tsv, and our step against the FASTEST variant. MFU in llm.c's convention (6·N + 6·L·C·T FLOPs per token),
+# nanoGPT's (6·N + 12·L·C·T) beside it, against the device's dense bf16 tensor peak (989 TFLOP/s on H100/H200 SXM).
 peer_ok=0
-if command -v python3 >/dev/null 2>&1 && python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
-    rows=16; steps=10
+peer_limit="${GPU_CHECK_PEER_LIMIT_S:-180}"
+if torch_info=$(python3 -c 'import torch, sys; sys.exit(1) if not torch.cuda.is_available() else print(torch.__version__, hasattr(torch, "compile"))' 2>/dev/null); then
+    rows=16; steps=20
     [[ " $* " == *" --quick "* ]] && { rows=2; steps=3; }
-    printf 'variant\ttorch\tmedian_ms\ttokens_per_s\ttflops\tmfu_of_989\tpeak_memory_gib\tfirst_loss\tlast_loss\n' > "$out/peer.tsv"
-    for attention in manual sdpa; do
-        if json=$(timeout 60 python3 "$repo/tools/peers/torch_step.py" --workload gpt2 --device cuda --bf16 --clip 1 \
-                    --attention "$attention" --warmup 3 --steps "$steps" --no-install 2>>"$out/peer.log"); then
-            echo "$json" >> "$out/peer.log"
-            python3 - "$attention" "$json" >> "$out/peer.tsv" <<'PY'
-import json, sys
-r = json.loads(sys.argv[2])
-print(f"PyTorch eager bf16 autocast, {sys.argv[1]} attention\t{r['torch']}\t{r['median_ms']:.2f}\t{r['tokens_per_s']:.0f}\t"
-      f"{r['tflops']:.1f}\t{r['tflops'] / 989:.3f}\t{r['peak_memory_gib']:.1f}\t{r['first_loss']:.4f}\t{r['last_loss']:.4f}")
-PY
-            peer_ok=1
+    common=(--workload gpt2 --device cuda --bf16 --clip 1 --rows "$rows" --warmup 3 --steps "$steps" --no-install)
+    strong=(--attention sdpa --pad-vocab --fused-adamw)
+    variants=("${strong[*]} --chunked-ce" "${strong[*]} --chunked-ce --compile" "--attention sdpa" "--attention manual" "${strong[*]} --compile")
+    : > "$out/peer.jsonl"; : > "$out/peer.log"
+    peer_start=$SECONDS
+    for flags in "${variants[@]}"; do
+        compiled=0; [[ "$flags" == *--compile* ]] && compiled=1
+        left=$(( peer_limit - (SECONDS - peer_start) ))
+        cap=$(( compiled ? 240 : 90 )); (( cap > left )) && cap=$left
+        if [[ $compiled -eq 1 && "$torch_info" != *True ]]; then
+            printf '{"flags": "%s", "error": "skipped: torch.compile is not supported by torch %s"}\n' "$flags" "${torch_info%% *}" >> "$out/peer.jsonl"
+        elif (( left < 20 )); then
+            printf '{"flags": "%s", "error": "skipped: %s s left of the %s s peer cap (GPU_CHECK_PEER_LIMIT_S)"}\n' "$flags" "$left" "$peer_limit" >> "$out/peer.jsonl"
         else
-            echo "peer ($attention attention) failed or timed out; see peer.log" | tee -a "$out/peer.log"
+            echo "peer: torch_step.py $flags (at most $cap s)" | tee -a "$out/peer.log"
+            # shellcheck disable=SC2086  # flags is a list of options
+            if json=$(timeout --kill-after=10 "$cap" python3 "$repo/tools/peers/torch_step.py" "${common[@]}" $flags 2>"$out/peer.err"); then
+                cat "$out/peer.err" >> "$out/peer.log"; echo "$json" >> "$out/peer.log"
+                if python3 -c 'import json, sys; r = json.loads(sys.argv[2]); r["flags"] = sys.argv[1]; print(json.dumps(r))' \
+                       "$flags" "$(tail -n 1 <<< "$json")" >> "$out/peer.jsonl"; then
+                    peer_ok=1
+                else
+                    printf '{"flags": "%s", "error": "printed no JSON (peer.log)"}\n' "$flags" >> "$out/peer.jsonl"
+                fi
+            else
+                code=$?
+                cat "$out/peer.err" >> "$out/peer.log"
+                if (( code == 124 || code == 137 )); then why="timed out at $cap s"; else why=$( (grep -v '^[[:space:]]*$' "$out/peer.err" || true) | tail -n 1 | cut -c1-200); fi
+                python3 -c 'import json, sys; print(json.dumps({"flags": sys.argv[1], "error": f"exit {sys.argv[2]}: {sys.argv[3]} (peer.log)"}))' \
+                    "$flags" "$code" "$why" >> "$out/peer.jsonl" || true
+            fi
         fi
+        rm -f "$out/peer.err"
+        if python3 - "$out" "$rows" "$peer_limit" <<'PY'
+import json, math, os, sys
+out, rows, cap = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+length = 1024   # the gpt2 workload's sequence length
+runs = [json.loads(line) for line in open(os.path.join(out, "peer.jsonl")) if line.strip()]
+ok = [r for r in runs if "median_ms" in r]
+fastest = min(ok, key=lambda r: r["median_ms"]) if ok else None
+fmt = lambda x, f: "" if x is None else format(x, f)
+columns = ["variant", "flags", "torch", "device", "median_ms", "tokens_per_s", "tflops_llmc", "mfu_llmc", "mfu_nanogpt",
+           "peak_tflops", "peak_memory_gib", "first_loss", "last_loss", "notes"]
+with open(os.path.join(out, "peer.tsv"), "w") as tsv:
+    print("\t".join(columns), file=tsv)
+    for r in runs:
+        notes = r.get("error") or "; ".join(f"{k}: {v}" for k, v in r.get("not_supported", {}).items())
+        print("\t".join([r.get("variant", "(not measured)"), r["flags"], r.get("torch", ""), r.get("device", ""),
+                         fmt(r.get("median_ms"), ".2f"), fmt(r.get("tokens_per_s"), ".0f"), fmt(r.get("tflops_llmc"), ".1f"),
+                         fmt(r.get("mfu_llmc"), ".4f"), fmt(r.get("mfu_nanogpt"), ".4f"), fmt(r.get("peak_tflops"), ".0f"),
+                         fmt(r.get("peak_memory_gib"), ".1f"), fmt(r.get("first_loss"), ".4f"), fmt(r.get("last_loss"), ".4f"),
+                         notes.replace("\t", " ")]), file=tsv)
+# DistAlign's fastest whole training step of the same shape, from the bundle's benchmarks.tsv (median_ms column)
+ours = None
+try:
+    with open(os.path.join(out, "benchmarks.tsv")) as f:
+        header = f.readline().rstrip("\n").split("\t")
+        for line in f:
+            row = dict(zip(header, line.rstrip("\n").split("\t")))
+            if ("whole training step" in row.get("benchmark", "") and row.get("shape", "").startswith(f"{rows}×{length} tokens")
+                    and row.get("median_ms")):
+                ms = float(row["median_ms"])
+                if math.isfinite(ms) and (ours is None or ms < ours[1]):
+                    ours = (row["benchmark"], ms)
+except (OSError, ValueError):
+    pass
+md = [f"## PyTorch peer, every variant (same machine, same model and step: tools/peers/torch_step.py --workload gpt2 --device cuda "
+      f"--bf16 --clip 1 --rows {rows})", ""]
+if fastest:
+    f = fastest
+    md += [f"GPT-2 124M, {rows} × {length} tokens, bf16 autocast, clip 1, AdamW; torch {f['torch']} on {f['device']}; variants run "
+           f"strongest first within the peer cap of {cap} s (GPU_CHECK_PEER_LIMIT_S). MFU in llm.c's convention, 6·N + 6·L·C·T "
+           f"FLOPs per token ({f['flops_per_step_llmc'] / 1e12:.3f} TFLOP per step, N = {f['parameters']:,} with the real vocabulary), "
+           f"nanoGPT's 6·N + 12·L·C·T ({f['flops_per_step_nanogpt'] / 1e12:.3f} TFLOP) beside it; peak {f['peak_tflops']:.0f} TFLOP/s "
+           f"({f['peak_source']}).", ""]
+md += ["| variant | median ms | tokens/s | TFLOP/s (llm.c) | MFU llm.c | MFU nanoGPT | peak GiB | first loss | last loss | notes |",
+       "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+for r in runs:
+    if "median_ms" not in r:
+        md.append(f"| PyTorch `{r['flags']}` (not measured) | | | | | | | | | {r.get('error', '')} |")
+        continue
+    star = " **(fastest)**" if r is fastest else ""
+    notes = "; ".join(f"{k}: {v}" for k, v in r.get("not_supported", {}).items())
+    md.append(f"| PyTorch: {r['variant']}{star} | {r['median_ms']:.2f} | {r['tokens_per_s']:,.0f} | {r['tflops_llmc']:.1f} | "
+              f"{r['mfu_llmc'] * 100:.1f} % | {r['mfu_nanogpt'] * 100:.1f} % | {r['peak_memory_gib']:.1f} | {r['first_loss']:.4f} | {r['last_loss']:.4f} | {notes} |")
+if ours and fastest:
+    f = fastest
+    seconds = ours[1] * 1e-3
+    md.append(f"| **DistAlign: {ours[0]}** | **{ours[1]:.2f}** | {rows * length / seconds:,.0f} | {f['flops_per_step_llmc'] / seconds / 1e12:.1f} | "
+              f"**{f['flops_per_step_llmc'] / seconds / 1e10 / f['peak_tflops']:.1f} %** | {f['flops_per_step_nanogpt'] / seconds / 1e10 / f['peak_tflops']:.1f} % "
+              f"| | | | benchmarks.tsv, same FLOP count |")
+    ratio = f["median_ms"] / ours[1]
+    verdict = f"{ratio:.2f}× faster" if ratio >= 1 else f"{1 / ratio:.2f}× slower"
+    md += ["", f"**DistAlign against the fastest PyTorch variant** ({f['variant']}, {f['median_ms']:.2f} ms): {ours[1]:.2f} ms, "
+               f"{verdict} ({ours[1] / f['median_ms']:.3f} of its time)."]
+elif fastest:
+    md += ["", f"DistAlign's whole step at {rows} × {length} tokens is not in benchmarks.tsv (the bundle's run did not reach it): no comparison."]
+else:
+    md += ["", "No PyTorch variant finished: no comparison."]
+open(os.path.join(out, "peer.md"), "w").write("\n".join(md) + "\n")
+PY
+        then :; else echo "peer: writing peer.tsv / peer.md failed (peer.log)" | tee -a "$out/peer.log"; fi
     done
-    if [[ -f "$out/summary.md" ]]; then
-        { echo; echo "## PyTorch eager peer (same machine, same model and step; tools/peers/torch_step.py --device cuda --bf16 --clip 1)"; echo
-          echo "| variant | torch | median ms | tokens/s | TFLOP/s | MFU of 989 | peak GiB | first loss | last loss |"
-          echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
-          tail -n +2 "$out/peer.tsv" | sed 's/\t/ | /g; s/^/| /; s/$/ |/'; } >> "$out/summary.md"
-    fi
+    if [[ -f "$out/summary.md" && -f "$out/peer.md" ]]; then { echo; cat "$out/peer.md"; } >> "$out/summary.md"; fi
 else
     echo "PyTorch peer skipped: python3 with a CUDA PyTorch not found" | tee -a "$out/gpu-check.log"
 fi
-echo "results in $out (summary.md, checks.tsv, benchmarks.tsv, gpu-check.log$([[ $peer_ok -eq 1 ]] && echo ', peer.tsv'))"
+echo "results in $out (summary.md, checks.tsv, benchmarks.tsv, gpu-check.log$([[ $peer_ok -eq 1 ]] && echo ', peer.tsv, peer.md, peer.jsonl, peer.log'))"
 exit "$status"

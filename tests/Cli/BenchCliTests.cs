@@ -1,3 +1,4 @@
+using System.Text.Json;
 using DistAlign.Alignment.Benchmarks;
 using DistAlign.Cli;
 using DistAlign.Engine.Native;
@@ -52,6 +53,42 @@ public class BenchCliTests
         Assert.That(c.PeerMilliseconds, Has.Length.EqualTo(1).And.All.GreaterThan(0));
         Assert.That(c.Peer, Does.StartWith("PyTorch "));
         Assert.That(c.Ratio, Is.EqualTo(1.0 / c.PeerMedian).Within(1e-12));
+    }
+
+    [Test]
+    public void ThePeerVariantsStartFromTheSameLossWhenPyTorchIsInstalled()
+    {
+        const string python = "/usr/bin/python3";
+        string script = Path.Combine(TestContext.CurrentContext.TestDirectory, "..", "..", "..", "..", "tools", "peers", "torch_step.py");
+        if (PeerStepBenchmark.Unavailable(python, script) is { } why)
+            Assert.Ignore($"PyTorch peer not available here: {why}");
+        // The tiny workload: vocabulary 1,001 (padded to 1,024), 128 rows (chunks of 48: the last one short). The same
+        // seed gives every variant the same weights and batch, so the first loss is the plain step's: exactly with the
+        // padding, to fp32 rounding with the chunked cross-entropy. What this torch lacks is reported, not a failure.
+        JsonElement Run(params string[] flags)
+        {
+            var info = new System.Diagnostics.ProcessStartInfo(python) { RedirectStandardOutput = true, RedirectStandardError = true };
+            foreach (var a in new[] { script, "--workload", "tiny", "--threads", "1", "--warmup", "0", "--steps", "1", "--no-install" }.Concat(flags))
+                info.ArgumentList.Add(a);
+            info.Environment["OMP_WAIT_POLICY"] = "PASSIVE";
+            using var process = System.Diagnostics.Process.Start(info)!;
+            var stderr = process.StandardError.ReadToEndAsync();
+            string stdout = process.StandardOutput.ReadToEnd();
+            Assert.That(process.WaitForExit(120_000), Is.True, "the tiny peer step took over 2 minutes");
+            Assert.That(process.ExitCode, Is.EqualTo(0), $"torch_step.py {string.Join(' ', flags)}: {stderr.Result}");
+            return JsonDocument.Parse(stdout.Trim().Split('\n')[^1]).RootElement.Clone();
+        }
+        double plain = Run().GetProperty("first_loss").GetDouble();
+        Assert.That(Run("--pad-vocab").GetProperty("first_loss").GetDouble(), Is.EqualTo(plain).Within(1e-6 * plain));
+        Assert.That(Run("--chunked-ce", "48").GetProperty("first_loss").GetDouble(), Is.EqualTo(plain).Within(1e-6 * plain));
+        var all = Run("--attention", "sdpa", "--pad-vocab", "--fused-adamw", "--chunked-ce", "48", "--compile");
+        Assert.That(all.GetProperty("first_loss").GetDouble(), Is.EqualTo(plain).Within(1e-6 * plain));
+        Assert.That(all.GetProperty("on").GetProperty("padded_vocab").GetInt32(), Is.EqualTo(1024));
+        Assert.That(all.GetProperty("on").GetProperty("cross_entropy").GetString(), Is.EqualTo("chunked, 48 rows"));
+        string torch = all.GetProperty("torch").GetString()!;
+        if (torch.StartsWith("1.", StringComparison.Ordinal))
+            Assert.That(all.GetProperty("not_supported").GetProperty("compile").GetString(), Does.StartWith($"not supported by torch {string.Join('.', torch.Split('.')[..2])}"));
+        Assert.That(all.GetProperty("variant").GetString(), Does.Contain("vocabulary padded to 1,024").And.Contain("chunked CE (48 rows)"));
     }
 }
 

@@ -20,7 +20,24 @@ adding OPENBLAS_CORETYPE=SkylakeX only where /proc/cpuinfo's flags have avx512f 
 kernels on AVX-512 CPUs it does not know; on a CPU without avx512f that core dies with SIGILL) and Haswell for the AVX2
 view of an AVX-512 CPU; elsewhere leave it unset. `distalign bench peers` and the report choose it that way.
 Prints one JSON object: workload, threads, torch version, the core OpenBLAS picked (openblas_core, null when the BLAS
-torch loaded is not OpenBLAS), and the milliseconds of every timed step.
+torch loaded is not OpenBLAS), and the milliseconds of every timed step; for the training workloads also the first and
+last loss, the variant's name, what was on and what was asked for but is not supported by this torch.
+
+Variants (training workloads w1, w2, gpt2, tiny; all off by default, which is the step the CPU benchmarks time): the
+step a PyTorch user would tune on a GPU, as llm.c's and nanoGPT's GPT-2 runs do, so that gpu-check compares against the
+strongest one (issue 21):
+    --attention sdpa   F.scaled_dot_product_attention (flash attention on CUDA; torch >= 2.0)
+    --pad-vocab        token table padded with zero rows to a multiple of 64 (50,257 -> 50,304); loss over the real 50,257
+    --fused-adamw      torch.optim.AdamW(fused=True) where this torch has it on this device, else foreach (and says so)
+    --chunked-ce [R]   cross-entropy R rows at a time (default 4,096), gradient formed in the forward pass: no fp32
+                       logits for the whole batch
+    --compile          torch.compile (torch >= 2.0)
+What this torch lacks (Debian's 1.13 on the CPU: SDPA, fused AdamW, torch.compile) is reported in not_supported and the
+step runs without it. The same seed gives every variant the same weights and batch: padding does not change the loss,
+the chunked cross-entropy equals the plain one to fp32 rounding. A CPU check of every flag in seconds:
+    /usr/bin/python3 tools/peers/torch_step.py --workload tiny --warmup 0 --steps 3 --pad-vocab --chunked-ce 48
+On CUDA (--device cuda) the JSON adds the median, tokens/s, and MFU in llm.c's convention (6·N + 6·L·C·T FLOPs per
+token) with nanoGPT's (6·N + 12·L·C·T) beside it, against the device's dense bf16 tensor peak.
 """
 import argparse
 import json
@@ -74,8 +91,79 @@ WORKLOADS = {
     "w2": (4, 4, 256, 4096, 128, 8, 128),
     # the GPU check's workload (issue #8): GPT-2 124M, 16 x 1024 tokens; run with --device cuda
     "gpt2": (12, 12, 768, 50257, 1024, 16, 1024),
+    # a seconds-long CPU check of the variant flags: odd vocabulary (1,001 -> padded 1,024), 4 x 32 tokens
+    "tiny": (2, 2, 64, 1001, 64, 4, 32),
 }
 DPO_PAIRS, DPO_PROMPT, DPO_RESPONSE, DPO_BETA = 8, 16, 48, 0.1
+PAD_MULTIPLE = 64          # 50,257 -> 50,304, as llm.c and nanoGPT pad GPT-2's vocabulary
+DEFAULT_CE_CHUNK = 4096    # rows of logits alive at once in the chunked cross-entropy (ours: 4,096-row LM head chunks)
+# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) by a piece of torch.cuda.get_device_name(); first match wins.
+BF16_PEAKS = [("H100 PCIe", 756.0, "H100 PCIe"), ("H100 NVL", 835.0, "H100 NVL"), ("H100", 989.0, "H100 SXM"),
+              ("H200", 989.0, "H200 SXM"), ("H800", 989.0, "H800 SXM"), ("A100", 312.0, "A100")]
+
+
+def torch_release():
+    """'1.13' for '1.13.0a0': the release that decides what this torch supports."""
+    return ".".join(torch.__version__.split("+")[0].split(".")[:2])
+
+
+def padded(vocab):
+    return (vocab + PAD_MULTIPLE - 1) // PAD_MULTIPLE * PAD_MULTIPLE
+
+
+def eager_only(fn):
+    """fn kept out of torch.compile's graphs (a deliberate graph break); fn itself where nothing compiles (torch 1.x)."""
+    try:
+        from torch.compiler import disable          # torch >= 2.1
+    except ImportError:
+        try:
+            from torch._dynamo import disable       # torch 2.0
+        except ImportError:
+            return fn
+    return disable(fn)
+
+
+class ChunkedCrossEntropy(torch.autograd.Function):
+    """Mean over rows of cross_entropy(h @ weight[:vocab].T, targets) without the whole batch's logits: `chunk` rows at a
+    time, the logits in the compute dtype (bf16 under autocast), the log-softmax of that chunk alone in fp32, and the
+    gradient formed at once (softmax - one-hot, scaled, written over the chunk's logits, then d(h) = d(logits) W and
+    d(W) += d(logits)^T h), as llm.c's fused classifier does; backward only scales the stored d(h), d(W). Vocabulary
+    padding rows of W (index >= vocab) get -inf logits, so they change neither the loss nor any gradient but their own (0)."""
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, vocab, chunk, compute_dtype):
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            n = h.shape[0]
+            w = weight.to(compute_dtype)
+            hc = h.to(compute_dtype)
+            dh = torch.empty_like(h)
+            dw = torch.zeros_like(weight)
+            total = torch.zeros((), dtype=torch.float32, device=h.device)
+            scale = 1.0 / n
+            for start in range(0, n, chunk):
+                rows = slice(start, min(start + chunk, n))
+                t = targets[rows].unsqueeze(1)
+                logits = hc[rows] @ w.t()                                   # [r, Vp], compute dtype
+                if weight.shape[0] > vocab:
+                    logits[:, vocab:] = float("-inf")
+                logp = torch.log_softmax(logits, dim=1, dtype=torch.float32)  # this chunk only
+                total -= logp.gather(1, t).sum()
+                grad = logp.exp_()
+                grad.scatter_add_(1, t, torch.full_like(t, -1.0, dtype=grad.dtype))
+                torch.mul(grad, scale, out=logits)                          # d(mean loss)/d(logits), over the logits
+                dh[rows] = logits @ w
+                dw += logits.t() @ hc[rows]
+        ctx.save_for_backward(dh, dw)
+        return total * scale
+
+    @staticmethod
+    def backward(ctx, grad):
+        dh, dw = ctx.saved_tensors
+        return dh * grad, dw * grad, None, None, None, None
+
+
+def chunked_cross_entropy(h, weight, targets, vocab, chunk, compute_dtype):
+    return ChunkedCrossEntropy.apply(h, weight, targets, vocab, chunk, compute_dtype)
 
 
 class Block(torch.nn.Module):
@@ -108,9 +196,17 @@ class Block(torch.nn.Module):
 
 
 class Gpt(torch.nn.Module):
-    def __init__(self, layers, heads, c, vocab, context, sdpa=False):
+    """GPT-2. padded_vocab > vocab: the token table gets zero rows up to padded_vocab after the same random
+    initialisation (so the first vocab rows, and every other weight, equal the unpadded model's), and the loss is over
+    the first vocab logits only (the padding logits are set to -inf). ce_chunk > 0: ChunkedCrossEntropy with that many
+    rows, in compute_dtype (the runner sets bf16 under autocast)."""
+
+    def __init__(self, layers, heads, c, vocab, context, sdpa=False, padded_vocab=None, ce_chunk=0):
         super().__init__()
         self.sdpa = sdpa
+        self.vocab = vocab
+        self.ce_chunk = ce_chunk
+        self.compute_dtype = torch.float32
         self.wte = torch.nn.Embedding(vocab, c)
         self.wpe = torch.nn.Embedding(context, c)
         self.h = torch.nn.ModuleList(Block(c, heads) for _ in range(layers))
@@ -124,16 +220,30 @@ class Gpt(torch.nn.Module):
             else:
                 std = 0.02 / math.sqrt(2 * layers) if name.endswith(("c_proj.weight", "mlp_proj.weight")) else 0.02
                 torch.nn.init.normal_(p, 0.0, std)
+        if padded_vocab is not None and padded_vocab > vocab:
+            table = torch.zeros(padded_vocab, c)
+            table[:vocab] = self.wte.weight.detach()
+            self.wte.weight = torch.nn.Parameter(table)
+        self.chunked_ce = eager_only(chunked_cross_entropy) if ce_chunk > 0 else None
 
-    def logits(self, tokens):
+    def hidden(self, tokens):
         t = tokens.shape[1]
         x = self.wte(tokens) + self.wpe(torch.arange(t, device=tokens.device))
         for block in self.h:
             x = block(x, self.mask, self.sdpa)
-        return self.ln_f(x) @ self.wte.weight.t()
+        return self.ln_f(x)
+
+    def logits(self, tokens):
+        return self.hidden(tokens) @ self.wte.weight.t()
 
     def forward(self, tokens, targets):
+        if self.chunked_ce is not None:
+            h = self.hidden(tokens)
+            return self.chunked_ce(h.reshape(-1, h.shape[-1]), self.wte.weight, targets.reshape(-1), self.vocab,
+                                   self.ce_chunk, self.compute_dtype)
         logits = self.logits(tokens)
+        if logits.shape[-1] > self.vocab:   # padded table: the padding classes get probability 0
+            logits[..., self.vocab:] = float("-inf")
         return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
 
     def response_logps(self, tokens, targets, response_mask):
@@ -178,6 +288,94 @@ def run_dpo(args):
     return times, float(loss)
 
 
+class Variant:
+    """The variant flags resolved against this torch and device: what runs (on), what was asked for and could not run
+    here (not_supported: feature -> reason; the step then runs without it), and a name for tables."""
+
+    def __init__(self, args, vocab, device):
+        self.device = device
+        self.not_supported = {}
+        self.sdpa = args.attention == "sdpa"
+        if self.sdpa and not hasattr(F, "scaled_dot_product_attention"):
+            self.not_supported["sdpa"] = (f"not supported by torch {torch_release()} (F.scaled_dot_product_attention "
+                                          "arrived in torch 2.0); ran manual attention")
+            self.sdpa = False
+        self.padded_vocab = padded(vocab) if args.pad_vocab else None
+        self.vocab = vocab
+        self.ce_chunk = args.chunked_ce
+        self.compile = args.compile
+        if self.compile and not hasattr(torch, "compile"):
+            self.not_supported["compile"] = f"not supported by torch {torch_release()} (torch.compile arrived in torch 2.0); ran eager"
+            self.compile = False
+        self.fused_adamw = args.fused_adamw
+        self.adamw = "default"          # set by optimizer()
+        self.bf16 = args.bf16 and args.device == "cuda"   # autocast is the CUDA path's (run_cuda)
+        self.clip = args.clip
+
+    def optimizer(self, model, lr):
+        """AdamW over two groups (weight decay 0.1 on matrices, 0 on vectors); fused=True when asked for and this torch
+        has it on this device, else the multi-tensor (foreach) implementation, with the reason in not_supported."""
+        def groups():   # fresh dicts per attempt: a failed constructor has already written its defaults into them
+            return [{"params": [p for n, p in model.named_parameters() if p.dim() >= 2], "weight_decay": 0.1},
+                    {"params": [p for n, p in model.named_parameters() if p.dim() < 2], "weight_decay": 0.0}]
+        settings = dict(lr=lr, betas=(0.9, 0.95), eps=1e-8)
+        if not self.fused_adamw:
+            return torch.optim.AdamW(groups(), **settings)
+        try:
+            optimizer = torch.optim.AdamW(groups(), fused=True, **settings)
+            self.adamw = "fused"
+            return optimizer
+        except (TypeError, RuntimeError, ValueError) as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            self.not_supported["fused_adamw"] = (f"not supported by torch {torch_release()} on {self.device} ({reason}); "
+                                                 "ran the foreach (multi-tensor) AdamW")
+            self.adamw = "foreach"
+            return torch.optim.AdamW(groups(), foreach=True, **settings)
+
+    def on(self):
+        return {"attention": "sdpa" if self.sdpa else "manual", "vocab": self.vocab,
+                "padded_vocab": self.padded_vocab, "adamw": self.adamw,
+                "cross_entropy": f"chunked, {self.ce_chunk} rows" if self.ce_chunk > 0 else "plain",
+                "compile": self.compile, "bf16_autocast": self.bf16, "clip": self.clip}
+
+    def name(self):
+        parts = ["SDPA attention" if self.sdpa else "manual attention"]
+        if self.padded_vocab:
+            parts.append(f"vocabulary padded to {self.padded_vocab:,}")
+        if self.adamw != "default":
+            parts.append(f"{self.adamw} AdamW")
+        if self.ce_chunk > 0:
+            parts.append(f"chunked CE ({self.ce_chunk} rows)")
+        parts.append("torch.compile" if self.compile else "eager")
+        return ", ".join(parts)
+
+
+def shape(args):
+    """(layers, heads, channels, vocab, context, rows, length) of a training workload, rows as --rows says."""
+    layers, heads, c, vocab, context, rows, length = WORKLOADS[args.workload]
+    return layers, heads, c, vocab, context, args.rows or rows, length
+
+
+def build(args, device):
+    """The model, its AdamW and the batch for a training workload, in the same order of random draws for every variant
+    (seed 1, then the weights, then the tokens), so every variant starts from the same weights and batch."""
+    layers, heads, c, vocab, context, rows, length = shape(args)
+    variant = Variant(args, vocab, device.type)
+    model = Gpt(layers, heads, c, vocab, context, sdpa=variant.sdpa, padded_vocab=variant.padded_vocab,
+                ce_chunk=variant.ce_chunk)
+    if variant.bf16:
+        model.compute_dtype = torch.bfloat16
+    model = model.to(device)
+    optimizer = variant.optimizer(model, 1e-4 if device.type == "cpu" else 3e-4)
+    window = torch.randint(0, vocab, (rows * length + 1,), device=device)
+    tokens = window[:-1].view(rows, length)
+    targets = window[1:].view(rows, length)
+    step_model = torch.compile(model) if variant.compile else model
+    for feature, reason in variant.not_supported.items():
+        print(f"torch_step.py: {feature}: {reason}", file=sys.stderr)
+    return variant, model, step_model, optimizer, tokens, targets
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--workload", choices=sorted(WORKLOADS) + ["dpo"], default="w2")
@@ -187,10 +385,34 @@ def main():
     parser.add_argument("--no-install", action="store_true", help="fail instead of installing python3-torch when missing")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--bf16", action="store_true", help="torch.autocast to bf16 (fp32 weights and optimizer; CUDA)")
-    parser.add_argument("--attention", choices=["manual", "sdpa"], default="manual",
-                        help="manual: scores materialised as ours; sdpa: F.scaled_dot_product_attention (flash on CUDA)")
     parser.add_argument("--clip", type=float, default=0.0, help="clip the gradient to this global norm (0: no clipping)")
+    parser.add_argument("--rows", type=int, default=None,
+                        help="sequences per batch instead of the workload's (gpu-check --quick: gpt2 at 2 x 1024)")
+    variants = parser.add_argument_group("variants (training workloads; each is off by default, the CPU benchmarks' step)")
+    variants.add_argument("--attention", choices=["manual", "sdpa"], default="manual",
+                          help="manual: scores materialised as ours; sdpa: F.scaled_dot_product_attention (flash on CUDA; "
+                               "torch >= 2.0, else reported as not supported and run manual)")
+    variants.add_argument("--pad-vocab", action="store_true",
+                          help=f"token table padded with zero rows to a multiple of {PAD_MULTIPLE} (50,257 -> 50,304, as "
+                               "llm.c/nanoGPT); the loss stays over the real vocabulary (padding logits -inf)")
+    variants.add_argument("--fused-adamw", action="store_true",
+                          help="torch.optim.AdamW(fused=True) where this torch has it on this device, else foreach (reported)")
+    variants.add_argument("--chunked-ce", type=int, nargs="?", const=DEFAULT_CE_CHUNK, default=0, metavar="ROWS",
+                          help=f"cross-entropy ROWS rows at a time (default {DEFAULT_CE_CHUNK}) with its gradient formed in the "
+                               "forward pass: no fp32 logits for the whole batch")
+    variants.add_argument("--compile", action="store_true",
+                          help="torch.compile the model (torch >= 2.0, else reported as not supported and run eager; the "
+                               "chunked cross-entropy stays eager)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="CUDA: the peak for MFU (default: the device's dense bf16 tensor peak from a table; 989 if unknown)")
     args = parser.parse_args()
+    if args.chunked_ce < 0:
+        parser.error("--chunked-ce takes a positive number of rows")
+    if args.rows is not None and (args.rows < 1 or args.workload == "dpo"):
+        parser.error("--rows takes a positive number of sequences, for a training workload")
+    if args.workload == "dpo" and (args.attention != "manual" or args.pad_vocab or args.fused_adamw or args.chunked_ce
+                                   or args.compile):
+        parser.error("the variant flags apply to the training workloads (w1, w2, gpt2, tiny), not dpo")
     if args.device == "cuda":
         run_cuda(args)
         return
@@ -201,52 +423,55 @@ def main():
         print(json.dumps({"workload": "dpo", "threads": args.threads, "torch": torch.__version__, "openblas_core": openblas_core(),
                           "step_ms": times, "loss": loss}))
         return
-    layers, heads, c, vocab, context, rows, length = WORKLOADS[args.workload]
-    model = Gpt(layers, heads, c, vocab, context)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=1e-4, betas=(0.9, 0.95), eps=1e-8)
-    window = torch.randint(0, vocab, (rows * length + 1,))
-    tokens = window[:-1].view(rows, length)
-    targets = window[1:].view(rows, length)
-    times = []
+    variant, model, step_model, optimizer, tokens, targets = build(args, torch.device("cpu"))
+    times, losses = [], []
     for step in range(args.warmup + args.steps):
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=False)
-        loss = model(tokens, targets)
+        loss = step_model(tokens, targets)
         loss.backward()
+        if args.clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         optimizer.step()
         elapsed = (time.perf_counter() - start) * 1000
+        losses.append(float(loss))
         if step >= args.warmup:
             times.append(elapsed)
     print(json.dumps({"workload": args.workload, "threads": args.threads, "torch": torch.__version__, "openblas_core": openblas_core(),
-                      "step_ms": times, "loss": float(loss)}))
+                      "step_ms": times, "loss": losses[-1], "first_loss": losses[0],
+                      "variant": variant.name(), "on": variant.on(), "not_supported": variant.not_supported}))
+
+
+def bf16_peak(device_name, override):
+    """(TFLOP/s, what it is): --peak-tflops, else the dense bf16 tensor peak of the named device from BF16_PEAKS."""
+    if override is not None:
+        return override, "given by --peak-tflops"
+    for piece, tflops, what in BF16_PEAKS:
+        if piece in device_name:
+            return tflops, f"{what} dense bf16 tensor peak"
+    return 989.0, f"H100/H200 SXM dense bf16 tensor peak, assumed ({device_name} is not in the table)"
 
 
 def run_cuda(args):
     """A training step on the GPU, as the GPU check's GpuStepBenchmark: forward, backward, clipping, AdamW
     (lr 3e-4; the step is the same work at any rate), synchronised at the end of each step; CUDA-event
-    timing. FLOPs per step as ours (GpuGpt.TrainingFlops): 6 per parameter per token, tied table once, plus
-    12 L C T per token for attention (the full T x T, as nanoGPT / llm.c count it)."""
-    layers, heads, c, vocab, context, rows, length = WORKLOADS[args.workload]
+    timing; gradients set to None between steps (torch 2's default; nothing to zero). FLOPs per step: 6 per parameter
+    per token (the tied table once, its padding rows not counted) plus attention, counted two ways: 6·L·C·T per token
+    (llm.c's convention: causal attention does half of the T x T products), the headline MFU, and 12·L·C·T (nanoGPT's
+    and PaLM's; what DistAlign's StepWorkload.MfuFlopsPerStep counts), named beside it. MFU against the device's
+    dense bf16 tensor peak (989 TFLOP/s on H100/H200 SXM)."""
+    layers, heads, c, vocab, context, rows, length = shape(args)
     device = torch.device("cuda")
     torch.backends.cuda.matmul.allow_tf32 = False
-    model = Gpt(layers, heads, c, vocab, context, sdpa=args.attention == "sdpa").to(device)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=3e-4, betas=(0.9, 0.95), eps=1e-8)
-    window = torch.randint(0, vocab, (rows * length + 1,), device=device)
-    tokens = window[:-1].view(rows, length)
-    targets = window[1:].view(rows, length)
+    torch.manual_seed(1)
+    variant, model, step_model, optimizer, tokens, targets = build(args, device)
     times, losses = [], []
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     for step in range(args.warmup + args.steps):
         start.record()
-        optimizer.zero_grad(set_to_none=False)
+        optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.bf16):
-            loss = model(tokens, targets)
+            loss = step_model(tokens, targets)
         loss.backward()
         if args.clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
@@ -256,13 +481,23 @@ def run_cuda(args):
         losses.append(float(loss))
         if step >= args.warmup:
             times.append(start.elapsed_time(end))
-    parameters = sum(p.numel() for p in model.parameters())
-    flops = rows * length * (6.0 * parameters + 12.0 * layers * c * length)
+    parameters = sum(p.numel() for p in model.parameters()) - ((variant.padded_vocab or vocab) - vocab) * c
+    tokens_per_step = rows * length
+    flops_llmc = tokens_per_step * (6.0 * parameters + 6.0 * layers * c * length)
+    flops_nanogpt = tokens_per_step * (6.0 * parameters + 12.0 * layers * c * length)
     median = sorted(times)[len(times) // 2]
-    print(json.dumps({"workload": args.workload, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                      "bf16": args.bf16, "attention": args.attention, "rows": rows, "length": length,
-                      "parameters": parameters, "flops_per_step": flops, "step_ms": times, "median_ms": median,
-                      "tokens_per_s": rows * length / (median * 1e-3), "tflops": flops / (median * 1e-3) / 1e12,
+    name = torch.cuda.get_device_name()
+    peak, peak_source = bf16_peak(name, args.peak_tflops)
+    seconds = median * 1e-3
+    print(json.dumps({"workload": args.workload, "device": name, "torch": torch.__version__,
+                      "variant": variant.name(), "on": variant.on(), "not_supported": variant.not_supported,
+                      "bf16": args.bf16, "attention": variant.on()["attention"], "rows": rows, "length": length,
+                      "parameters": parameters, "step_ms": times, "median_ms": median,
+                      "tokens_per_s": tokens_per_step / seconds,
+                      "flops_per_step_llmc": flops_llmc, "flops_per_step_nanogpt": flops_nanogpt,
+                      "tflops_llmc": flops_llmc / seconds / 1e12, "tflops_nanogpt": flops_nanogpt / seconds / 1e12,
+                      "peak_tflops": peak, "peak_source": peak_source,
+                      "mfu_llmc": flops_llmc / seconds / 1e12 / peak, "mfu_nanogpt": flops_nanogpt / seconds / 1e12 / peak,
                       "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
                       "first_loss": losses[0], "last_loss": losses[-1]}))
 
