@@ -179,7 +179,7 @@ internal static class BenchCommand
         Console.WriteLine($"{w.Name}: {w.Config} batch {w.Rows}×{w.Length} on {m.Device}, {ranks}, {w.Config.ParameterCount:N0} parameters, {w.FlopsPerStep / 1e9:F1} GFLOP/step");
         Console.WriteLine($"  step: median {m.MedianMilliseconds:F1} ms (min {m.MinMilliseconds:F1}, max {m.MaxMilliseconds:F1}, n = {m.StepMilliseconds.Length})" +
                           $" | {m.TokensPerSecond:N0} tokens/s | {m.GflopsPerSecond:F1} GFLOP/s" +
-                          (peakFlops is double peak ? $" | MFU {m.Mfu(peak):P1} of {peak / 1e12:F0} TFLOP/s" : "") +
+                          (peakFlops is double peak ? $" | MFU {m.Mfu(peak):P1} of {peak / 1e12:F0} TFLOP/s (llm.c's count; {m.NanoGptMfu(peak):P1} in nanoGPT's)" : "") +
                           $" | peak RSS {m.PeakResidentBytes / 1048576.0:F0} MiB (planned {m.PlannedBytes / 1048576.0:F0} MiB)" +
                           (m.DeviceBytesInUse is long bytes ? $" | {bytes / (double)(1L << 30):F1} GiB of device memory in use" : "") +
                           $" | loss {m.FirstLoss:F4} → {m.LastLoss:F4} on the repeated batch");

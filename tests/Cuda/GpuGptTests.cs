@@ -179,7 +179,7 @@ public class GpuGptTests(string backend)
         Assert.That(r.FirstLoss, Is.EqualTo(MathF.Log(29)).Within(0.1), "GPT-2 initialisation: loss ≈ ln V");
         Assert.That(r.MedianMilliseconds, Is.GreaterThan(0));
         Assert.That(r.TokensPerSecond, Is.EqualTo(16 / (r.MedianMilliseconds * 1e-3)).Within(1e-9).Percent);
-        Assert.That(r.Mfu(1e12), Is.EqualTo(workload.MfuFlopsPerStep / (r.MedianMilliseconds * 1e-3) / 1e12).Within(1e-9).Percent);
+        Assert.That(r.Mfu(1e12), Is.EqualTo(workload.FlopsPerStep / (r.MedianMilliseconds * 1e-3) / 1e12).Within(1e-9).Percent);
         Assert.That(r.OpMillisecondsPerStep.Select(x => x.Op), Does.Contain("matmul fwd").And.Contain("adamw"), "one profiled step: the per-op breakdown");
     }
 
@@ -240,6 +240,7 @@ public class GpuGptFlopTests
         long parameters = ParameterLayout.For(gpt2).TotalElements;
         Assert.That(parameters, Is.EqualTo(124_439_808), "GPT-2 124M with the tied head, V = 50,257");
         Assert.That(gpt2.ParameterCount, Is.EqualTo(parameters));
-        Assert.That(new StepWorkload("GPT-2", gpt2, 16, 1024).MfuFlopsPerStep, Is.EqualTo(16.0 * 1024 * (6.0 * parameters + 12.0 * 12 * 768 * 1024)));
+        Assert.That(new StepWorkload("GPT-2", gpt2, 16, 1024).FlopsPerStep, Is.EqualTo(16.0 * 1024 * (6.0 * parameters + 6.0 * 12 * 768 * 1024)), "llm.c's count");
+        Assert.That(new StepWorkload("GPT-2", gpt2, 16, 1024).NanoGptFlopsPerStep, Is.EqualTo(16.0 * 1024 * (6.0 * parameters + 12.0 * 12 * 768 * 1024)), "nanoGPT's count");
     }
 }

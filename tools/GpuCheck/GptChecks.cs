@@ -198,9 +198,9 @@ internal sealed class GptChecks(Accelerator accelerator, Report report)
             var r = Alignment.Benchmarks.StepBenchmark.Run(device, workload, StepSettings.Pretraining, warmup, steps, profiledSteps: profile ? 1 : 0);
             string memory = r.DeviceBytesInUse is long bytes ? $", {bytes / (double)(1L << 30):F1} GiB of device memory in use" : "";
             report.Add(new BenchmarkResult($"{name} whole training step (fwd+bwd+clip+AdamW), {precision} GEMMs",
-                $"{rows}×{length} tokens, L{config.Layers} C{config.Channels} NH{config.Heads} V{config.VocabSize}, {workload.MfuFlopsPerStep / 1e12:F3} TFLOP per step",
-                r.MedianMilliseconds, $"{r.TokensPerSecond:N0} tokens/s, {workload.MfuFlopsPerStep / (r.MedianMilliseconds * 1e-3) / 1e12:F2} TFLOP/s{memory}",
-                $"MFU {r.Mfu(peakFlops):P1} of {peakFlops / 1e12:F0} TFLOP/s"));
+                $"{rows}×{length} tokens, L{config.Layers} C{config.Channels} NH{config.Heads} V{config.VocabSize}, {workload.FlopsPerStep / 1e12:F3} TFLOP per step (llm.c's count)",
+                r.MedianMilliseconds, $"{r.TokensPerSecond:N0} tokens/s, {workload.FlopsPerStep / (r.MedianMilliseconds * 1e-3) / 1e12:F2} TFLOP/s{memory}",
+                $"MFU {r.Mfu(peakFlops):P1} of {peakFlops / 1e12:F0} TFLOP/s (llm.c's count; {r.NanoGptMfu(peakFlops):P1} in nanoGPT's)"));
             double profiled = r.OpMillisecondsPerStep.Sum(x => x.Milliseconds);
             foreach (var (op, ms) in r.OpMillisecondsPerStep)
                 report.Add(new BenchmarkResult($"{name} {precision} step breakdown: {op}", "one step, each op synchronised", ms,

@@ -457,8 +457,8 @@ def run_cuda(args):
     (lr 3e-4; the step is the same work at any rate), synchronised at the end of each step; CUDA-event
     timing; gradients set to None between steps (torch 2's default; nothing to zero). FLOPs per step: 6 per parameter
     per token (the tied table once, its padding rows not counted) plus attention, counted two ways: 6·L·C·T per token
-    (llm.c's convention: causal attention does half of the T x T products), the headline MFU, and 12·L·C·T (nanoGPT's
-    and PaLM's; what DistAlign's StepWorkload.MfuFlopsPerStep counts), named beside it. MFU against the device's
+    (llm.c's convention: causal attention does half of the T x T products; DistAlign's StepWorkload.FlopsPerStep), the
+    headline MFU, and 12·L·C·T (nanoGPT's and PaLM's; StepWorkload.NanoGptFlopsPerStep), named beside it. MFU against the device's
     dense bf16 tensor peak (989 TFLOP/s on H100/H200 SXM)."""
     layers, heads, c, vocab, context, rows, length = shape(args)
     device = torch.device("cuda")

@@ -21,15 +21,17 @@ public sealed record StepWorkload(string Name, GptConfig Config, int Rows, int L
 
     /// <summary>
     /// Model FLOPs of one step with causal attention counted as half the T×T products: 6·N per token for the weights
-    /// (N = every parameter, the tied LM head counted once) plus 6·L·C·T per token. The GFLOP/s figure's numerator.
+    /// (N = every parameter, the tied LM head counted once) plus 6·L·C·T per token, as llm.c counts them. The numerator of
+    /// the GFLOP/s figure and of MFU.
     /// </summary>
     public double FlopsPerStep => Tokens * (6.0 * Config.ParameterCount + 6.0 * Config.Layers * Config.Channels * Length);
 
     /// <summary>
-    /// Model FLOPs of one step as llm.c and nanoGPT count them for MFU: 6·N per token plus attention's 12·L·C·T per token
-    /// (QKᵀ and A·V, forward and backward, the full T×T computed). The MFU figure's numerator, so it compares with theirs.
+    /// Model FLOPs of one step as nanoGPT counts them for MFU: 6·N per token plus 12·L·C·T per token for attention (QKᵀ and
+    /// A·V, forward and backward, the full T×T). llm.c counts causal attention as half of that (<see cref="FlopsPerStep"/>, the
+    /// MFU figure's numerator); this one is printed beside it, so figures quoted in either convention compare.
     /// </summary>
-    public double MfuFlopsPerStep => Tokens * (6.0 * Config.ParameterCount + 12.0 * Config.Layers * Config.Channels * Length);
+    public double NanoGptFlopsPerStep => Tokens * (6.0 * Config.ParameterCount + 12.0 * Config.Layers * Config.Channels * Length);
 }
 
 /// <summary>How <see cref="StepBenchmark.Run"/> steps: the learning rate and the gradient clip (0: none, as the CPU peer's step).</summary>
@@ -65,8 +67,11 @@ public sealed record StepMeasurement(
     public double TokensPerSecond => Workload.Tokens / (MedianMilliseconds / 1000.0);
     public double GflopsPerSecond => Workload.FlopsPerStep / (MedianMilliseconds / 1000.0) / 1e9;
 
-    /// <summary>Model FLOP utilisation: <see cref="StepWorkload.MfuFlopsPerStep"/> per median step over <paramref name="peakFlops"/>.</summary>
-    public double Mfu(double peakFlops) => Workload.MfuFlopsPerStep / (MedianMilliseconds * 1e-3) / peakFlops;
+    /// <summary>Model FLOP utilisation in llm.c's count: <see cref="StepWorkload.FlopsPerStep"/> per median step over <paramref name="peakFlops"/>.</summary>
+    public double Mfu(double peakFlops) => Workload.FlopsPerStep / (MedianMilliseconds * 1e-3) / peakFlops;
+
+    /// <summary>Model FLOP utilisation in nanoGPT's count (<see cref="StepWorkload.NanoGptFlopsPerStep"/>), for comparing with figures quoted that way.</summary>
+    public double NanoGptMfu(double peakFlops) => Workload.NanoGptFlopsPerStep / (MedianMilliseconds * 1e-3) / peakFlops;
 
     private static double Median(double[] values)
     {
