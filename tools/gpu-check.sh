@@ -31,7 +31,7 @@ if [[ "${1:-}" == "--prepare" ]]; then
     rm -rf "$bundle"
     dotnet publish "$repo/tools/GpuCheck/GpuCheck.csproj" -c Release -r linux-x64 --self-contained true \
         -p:PublishSingleFile=true -p:EnableCompressionInSingleFile=true -p:DebugType=none \
-        -p:GenerateDocumentationFile=false -o "$bundle" --nologo
+        -p:GenerateDocumentationFile=false -p:EmbedAllSources=false -o "$bundle" --nologo
     bytes=$(du -sb "$bundle" | cut -f1)
     mib=$(awk -v b="$bytes" 'BEGIN { printf "%.1f", b / 1048576 }')
     echo "gpu-check bundle: $bundle, $mib MiB"
