@@ -5,7 +5,8 @@ namespace DistAlign.Tests.Cuda;
 /// <summary>
 /// gpu-check's budget and tables (<see cref="SectionPlan"/>, <see cref="Report"/>): the plan leaves out the slowest sections
 /// until the rest fit, drops at run time what no longer fits, keeps running after a section that throws, and writes every
-/// table before the first section and after each one.
+/// table before the first section and after each one; tests.tsv rows survive the trip through the file that the parent
+/// gpu-check reads back from its test process.
 /// </summary>
 public class GpuCheckPlanTests
 {
@@ -86,5 +87,40 @@ public class GpuCheckPlanTests
         new SectionPlan(report, 420, () => 300, () => { }).Run([new("tests", 100, l => limit = l.TotalSeconds, StopsAtItsTimeLimit: true)]);
         Assert.That(limit, Is.EqualTo(120), "it is handed the seconds left");
         Assert.That(report.Sections.Single().Outcome, Is.EqualTo("done"));
+    }
+
+    [Test]
+    public void TestRowsSurviveTheTableAndTheSummaryNamesEveryCaseThatDidNotPass()
+    {
+        var report = new Report(TextWriter.Null) { TestRun = "fixtures of a test" };
+        report.Add(new TestCaseResult("DistAlign.Tests.X(\"cuda\").Passes", TestOutcome.Passed, "", 0.25, ""));
+        report.Add(new TestCaseResult("DistAlign.Tests.X(\"cuda\").Fails(1)", TestOutcome.Failed, "Error", 1.5, "Expected: 1\n  But was:\t2 | 3"));
+        report.Add(new TestCaseResult("DistAlign.Tests.X(\"cuda\").Skips(1)", TestOutcome.Skipped, "Ignored", 0, "no CUDA device"));
+        report.Add(new TestCaseResult("DistAlign.Tests.X(\"cuda\").Skips(2)", TestOutcome.Skipped, "Ignored", 0, "no CUDA device"));
+        report.Add(new TestCaseResult("DistAlign.Tests.X(\"cuda\").Late", TestOutcome.NotRun, "", 0, "not started: the time limit (60 s) was reached"));
+        string directory = Directory.CreateTempSubdirectory("distalign-gpu-check-report-").FullName;
+        try
+        {
+            report.Write(directory, "header");
+            var rows = File.ReadAllLines(Path.Combine(directory, "tests.tsv"));
+            Assert.That(rows[0], Is.EqualTo(TestCaseResult.TableHeader));
+            var back = rows.Skip(1).Select(TestCaseResult.FromTableRow).ToList();
+            Assert.That(back, Has.Count.EqualTo(5).And.All.Not.Null);
+            Assert.That(back[1], Is.EqualTo(report.Tests[1] with { Message = "Expected: 1 But was: 2 | 3" }), "one line, tabs gone");
+            Assert.That(back[0], Is.EqualTo(report.Tests[0]));
+            Assert.That(TestCaseResult.FromTableRow("not\ta row"), Is.Null);
+
+            string summary = File.ReadAllText(Path.Combine(directory, "summary.md"));
+            Assert.That(summary, Does.Contain("**Tests: 1 passed, 1 failed, 2 skipped, 1 not run** (fixtures of a test)."));
+            Assert.That(summary, Does.Contain("| X(\"cuda\").Fails(1) | Error | Expected: 1 But was: 2 \\| 3 |"));
+            Assert.That(summary, Does.Contain("| Skipped | Ignored | 2 | no CUDA device | X(\"cuda\").Skips(1), X(\"cuda\").Skips(2) |"));
+            Assert.That(summary, Does.Contain("| NotRun |  | 1 | not started: the time limit (60 s) was reached | X(\"cuda\").Late |"));
+            Assert.That(Directory.GetFiles(directory).Select(Path.GetFileName),
+                        Is.EquivalentTo(new[] { "summary.md", "checks.tsv", "benchmarks.tsv", "tests.tsv", "sections.tsv" }), "no temporary file left");
+        }
+        finally
+        {
+            Directory.Delete(directory, recursive: true);
+        }
     }
 }

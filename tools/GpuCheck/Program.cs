@@ -10,26 +10,34 @@ using ILGPU.Runtime.Cuda;
 namespace DistAlign.GpuCheck;
 
 /// <summary>
-/// <c>gpu-check [--out DIR] [--quick] [--skip-bench] [--budget SECONDS]</c>: on a machine with an NVIDIA GPU, checks
+/// <c>gpu-check [--out DIR] [--quick] [--skip-bench] [--skip-tests] [--budget SECONDS]</c>: on a machine with an NVIDIA GPU, checks
 /// the GPU kernels (ILGPU on the CUDA accelerator, cuBLAS/cuBLASLt GEMMs, the NVRTC kernels) against the CPU kernels, then
 /// checks the whole GPT (GpuGpt) against the CPU Gpt, DPO steps and a PPO iteration on GPU policies against CPU ones, the demo
-/// experiment and KV-cache decoding against the CPU's, times the GEMMs at GPT-2 124M shapes, the fused log-prob and
-/// flash-attention kernels and whole GPT-2 124M training steps (bf16 and fp32 GEMMs; tokens/s, MFU), writing summary.md,
-/// checks.tsv, benchmarks.tsv and sections.tsv into DIR after every section. The sections are planned into the budget (default
+/// experiment and KV-cache decoding against the CPU's, runs every <c>[TestFixture("cuda")]</c> case of tests/ (in a child
+/// <c>gpu-check --tests</c> process), times the GEMMs at GPT-2 124M shapes, the fused log-prob and flash-attention kernels and
+/// whole GPT-2 124M training steps (bf16 and fp32 GEMMs; tokens/s, MFU), writing summary.md, checks.tsv, benchmarks.tsv,
+/// tests.tsv and sections.tsv into DIR after every section. The sections are planned into the budget (default
 /// <see cref="DefaultBudgetSeconds"/>, counted from the start of the process), the slowest left out first (<see cref="SectionPlan"/>).
-/// Exit codes: 0 all checks passed, 1 a check failed, 2 bad arguments, 3 no usable CUDA device (nothing was run; the reason
-/// is printed and written to DIR/summary.md). <c>--simulator</c> runs the ILGPU checks on ILGPU's CPU accelerator instead (no GPU).
+/// Exit codes: 0 all checks and tests passed, 1 a check or test failed, 2 bad arguments, 3 no usable CUDA device (nothing was
+/// run; the reason is printed and written to DIR/summary.md).
+/// <para>
+/// <c>--simulator</c> runs the ILGPU checks on ILGPU's CPU accelerator instead (no GPU). <c>--tests [--backend cuda|simulator]
+/// [--fixture TEXT]</c> runs only the test fixtures of that backend (the published bundle carries the test assembly; without a
+/// CUDA device the cuda cases are skipped with the reason and the exit code is 3).
+/// </para>
 /// </summary>
 public static class Program
 {
     public const int NoDevice = 3;
 
-    /// <summary>The budget when none is given: the whole default run is planned into 7 minutes.</summary>
+    /// <summary>The budget when none is given: the whole default run, the test fixtures included, is planned into 7 minutes.</summary>
     public const double DefaultBudgetSeconds = 420;
 
-    private const string Usage = "usage: gpu-check [--out DIR] [--quick] [--skip-bench] [--budget SECONDS] [--simulator] [--flash-benchmark-only]";
+    private const string Usage = "usage: gpu-check [--out DIR] [--quick] [--skip-bench] [--skip-tests] [--budget SECONDS] [--simulator] " +
+                                 "[--tests [--backend cuda|simulator] [--fixture TEXT]] [--flash-benchmark-only]";
 
-    private sealed record Options(string OutDir, bool Quick, bool Bench, bool Simulator, bool FlashBenchmarkOnly, double BudgetSeconds);
+    private sealed record Options(string OutDir, bool Quick, bool Bench, bool Tests, bool Simulator, bool FlashBenchmarkOnly, bool TestsOnly,
+                                  string Backend, string? Fixture, double BudgetSeconds);
 
     public static int Main(string[] args) => Run(args, Console.Out, Process.GetCurrentProcess().StartTime);
 
@@ -38,7 +46,8 @@ public static class Program
 
     private static Options? Parse(string[] args)
     {
-        var o = new Options("gpu-check-out", Quick: false, Bench: true, Simulator: false, FlashBenchmarkOnly: false, DefaultBudgetSeconds);
+        var o = new Options("gpu-check-out", Quick: false, Bench: true, Tests: true, Simulator: false, FlashBenchmarkOnly: false, TestsOnly: false,
+                            Backend: "cuda", Fixture: null, DefaultBudgetSeconds);
         for (int i = 0; i < args.Length; i++)
         {
             bool hasValue = i + 1 < args.Length;
@@ -47,8 +56,12 @@ public static class Program
                 case "--out" when hasValue: o = o with { OutDir = args[++i] }; break;
                 case "--quick": o = o with { Quick = true }; break;
                 case "--skip-bench": o = o with { Bench = false }; break;
+                case "--skip-tests": o = o with { Tests = false }; break;
                 case "--simulator": o = o with { Simulator = true }; break;
                 case "--flash-benchmark-only": o = o with { FlashBenchmarkOnly = true }; break;   // one short run for a profiler (ncu)
+                case "--tests": o = o with { TestsOnly = true }; break;
+                case "--backend" when hasValue && args[i + 1] is "cuda" or "simulator": o = o with { Backend = args[++i] }; break;
+                case "--fixture" when hasValue: o = o with { Fixture = args[++i] }; break;
                 case "--budget" when hasValue && double.TryParse(args[i + 1], NumberStyles.Float, CultureInfo.InvariantCulture, out double seconds) && seconds > 0:
                     o = o with { BudgetSeconds = seconds };
                     i++;
@@ -57,6 +70,11 @@ public static class Program
                     Console.Error.WriteLine($"gpu-check: unknown or incomplete argument '{args[i]}' ({Usage})");
                     return null;
             }
+        }
+        if (!o.TestsOnly && (o.Backend != "cuda" || o.Fixture is not null))
+        {
+            Console.Error.WriteLine($"gpu-check: --backend and --fixture go with --tests ({Usage})");
+            return null;
         }
         return o;
     }
@@ -67,6 +85,7 @@ public static class Program
         var report = new Report(log);
         foreach (var library in CudaLibraries.All.Append(CudaLibraries.Nccl))
             report.Note($"{library.Description}: {(library.IsAvailable ? "loaded " + library.LoadedFrom : library.UnavailableReason)}");
+        if (o.TestsOnly) return RunTestFixtures(report, o, started);
         if (o.Simulator) return RunOnSimulator(report, o, started);
         var probe = CudaDriver.Probe();
         if (!probe.IsUsable)
@@ -104,7 +123,7 @@ public static class Program
     }
 
     /// <summary>
-    /// The CUDA run's sections in order: the checks against the CPU, then the benchmarks. Estimates are
+    /// The CUDA run's sections in order: the checks against the CPU, the test fixtures, then the benchmarks. Estimates are
     /// seconds on an H100/H200 with full shapes: run 6 (H200) took 48.6 s for every check and benchmark it had then; the
     /// sections added since have not run on a GPU, so theirs are guesses from their CPU side, kept on the generous side.
     /// Every run's sections table gives the measured seconds to correct them with.
@@ -140,6 +159,10 @@ public static class Program
             // KV-cache decoding (sample --device cuda): logits of every step vs the CPU decoder, and ms per cached step next to the CPU's
             new("KV-cache decoder vs CPU (W2)", 10, _ => decoder.Run("W2", StepWorkload.W2.Config, rows: 8, length: 128, time: o.Bench)),
         ];
+        if (o.Tests)
+            // On the simulator (2 cores) the cases take 287 s, 157 of them the demo's; with a GPU and 16 cores, far less
+            sections.Add(new("[TestFixture(\"cuda\")] cases of tests/ (a gpu-check --tests process)", 120,
+                             timeLimit => RunTestFixturesInAChildProcess(report, o.OutDir, timeLimit, "cuda", fixture: null), StopsAtItsTimeLimit: true));
         if (o.Bench)
         {
             sections.AddRange(
@@ -161,13 +184,15 @@ public static class Program
             if (!quick) sections.Add(new("demo --quick end to end (device fp32 and bf16 GEMMs, and the CPU)", 180, _ => demo.TimeTheQuickDemo()));
         }
         else report.Note("benchmarks skipped (--skip-bench)");
+        if (!o.Tests) report.Note("test fixtures skipped (--skip-tests)");
         return sections;
     }
 
     /// <summary>
     /// <c>--simulator</c>: the ILGPU kernel checks (quick shapes), the GPT, the alignment steps, the demo and the decoder on ILGPU's
     /// CPU accelerator, no GPU needed: a smoke test that a published build loads ILGPU, compiles kernels and compares them with the
-    /// CPU kernels.
+    /// CPU kernels; then the simulator cases of tests/Kernels/Gpu through the same child <c>gpu-check --tests</c> process as the
+    /// CUDA run's test section (every simulator case: <c>--tests --backend simulator</c>, about 5 minutes on 2 cores).
     /// Estimates: seconds measured on this repository's 2-core CI machine, rounded up.
     /// </summary>
     private static int RunOnSimulator(Report report, Options o, DateTime started)
@@ -198,15 +223,111 @@ public static class Program
                 gpt.StepBenchmark("tiny GPT (simulator smoke)", new(Layers: 2, Heads: 2, Channels: 16, VocabSize: 64, MaxSequenceLength: 16),
                                   rows: 2, length: 16, GemmPrecision.Float32, warmup: 1, steps: 1, KernelBenchmarks.PeakBf16Flops, profile: true)),
         ];
+        if (o.Tests)
+            sections.Add(new("[TestFixture(\"simulator\")] cases of tests/Kernels/Gpu (a gpu-check --tests process)", 30,
+                             timeLimit => RunTestFixturesInAChildProcess(report, o.OutDir, timeLimit, "simulator", fixture: "Kernels.Gpu."), StopsAtItsTimeLimit: true));
         new SectionPlan(report, o.BudgetSeconds, started, () => report.Write(o.OutDir, header)).Run(sections);
         report.Write(o.OutDir, header);
         return Finish(report);
     }
 
+    /// <summary>
+    /// <c>--tests</c>: every case of the <c>[TestFixture("<paramref name="o"/>.Backend")]</c> fixtures (whose full name contains
+    /// --fixture, if given), run by NUnit in this process until the budget is spent; tests.tsv and summary.md rewritten after
+    /// each case. Exit 3 for the cuda backend without a usable device (the cases are then skipped with the reason).
+    /// </summary>
+    private static int RunTestFixtures(Report report, Options o, DateTime started)
+    {
+        var tests = BackendFixtureRunner.LoadEmbeddedTestAssembly(out string missing);
+        if (tests is null)
+        {
+            report.Note($"gpu-check --tests: {missing}");
+            report.Write(o.OutDir, "No test was run.");
+            return 2;
+        }
+        string device = "ILGPU's CPU simulator (no GPU)";
+        bool noDevice = false;
+        if (o.Backend == "cuda")
+        {
+            var probe = CudaDriver.Probe();
+            noDevice = !probe.IsUsable;
+            device = noDevice ? $"no CUDA device ({probe.Reason})" : $"{probe.Devices[0]}, driver {probe.DriverVersionText}";
+        }
+        string header = $"Test fixtures [TestFixture(\"{o.Backend}\")] of tests/ on {device}; {DateTime.UtcNow:u}.";
+        report.TestRun = $"every case of the [TestFixture(\"{o.Backend}\")] fixtures of tests/{(o.Fixture is null ? "" : $" whose name contains '{o.Fixture}'")}, " +
+                         "run by `gpu-check --tests` through NUnit's framework API; tests.tsv lists each";
+        report.Write(o.OutDir, header);
+        double left = o.BudgetSeconds - (DateTime.Now - started).TotalSeconds;
+        var total = Stopwatch.StartNew();
+        try
+        {
+            new BackendFixtureRunner(tests, report).Run(o.Backend, o.Fixture, TimeSpan.FromSeconds(Math.Max(left, 0)), () => report.Write(o.OutDir, header));
+        }
+        catch (Exception e)
+        {
+            report.Add(new CheckResult("NUnit run of the test fixtures", 0, double.NaN, double.NaN, "", $"{e.GetType().Name}: {e.Message}"));
+            report.Log.WriteLine(e);
+        }
+        report.Note($"tests: {Report.TestCounts(report.Tests)} in {total.Elapsed.TotalSeconds:F1} s");
+        report.Write(o.OutDir, header);
+        int failures = report.Failures;
+        return failures > 0 ? 1 : noDevice ? NoDevice : 0;
+    }
+
+    /// <summary>
+    /// The <c>[TestFixture("<paramref name="backend"/>")]</c> cases in a child process, this same bundle run with <c>--tests</c>
+    /// into DIR/tests: a test that crashes the process, hangs, or leaves the CUDA context broken (a sticky error) cannot take the
+    /// rest of this run with it. The child keeps to <paramref name="timeLimit"/> less a margin; past it and a grace period it is
+    /// killed, and the cases it finished (its tests.tsv, rewritten after each case) still count.
+    /// </summary>
+    private static void RunTestFixturesInAChildProcess(Report report, string outDir, TimeSpan timeLimit, string backend, string? fixture)
+    {
+        string childOut = Path.Combine(outDir, "tests");
+        string fixtures = $"[TestFixture(\"{backend}\")] fixtures of tests/{(fixture is null ? "" : $" whose name contains '{fixture}'")}";
+        report.TestRun = $"every case of the {fixtures}, run by a `gpu-check --tests` process through NUnit's framework API; tests.tsv lists each, " +
+                         "tests/ holds that process's own summary";
+        if (typeof(Program).Assembly.GetManifestResourceInfo(BackendFixtureRunner.EmbeddedTestAssembly) is null || Environment.ProcessPath is not { } self)
+        {
+            BackendFixtureRunner.LoadEmbeddedTestAssembly(out string missing);
+            report.Add(new CheckResult($"[TestFixture(\"{backend}\")] cases", 0, double.NaN, double.NaN, "", missing));
+            return;
+        }
+        const double MarginSeconds = 10, GraceSeconds = 20;
+        string budget = Math.Max(timeLimit.TotalSeconds - MarginSeconds, 1).ToString("F0", CultureInfo.InvariantCulture);
+        List<string> arguments = ["--tests", "--backend", backend, "--out", childOut, "--budget", budget];
+        if (fixture is not null) arguments.AddRange(["--fixture", fixture]);
+        var info = new ProcessStartInfo(self, arguments)
+        {
+            RedirectStandardOutput = true, RedirectStandardError = true,
+        };
+        using var child = Process.Start(info) ?? throw new InvalidOperationException($"could not start {self}");
+        child.OutputDataReceived += (_, e) => { if (e.Data is not null) report.Log.WriteLine(e.Data); };
+        child.ErrorDataReceived += (_, e) => { if (e.Data is not null) report.Log.WriteLine(e.Data); };
+        child.BeginOutputReadLine();
+        child.BeginErrorReadLine();
+        string? killed = null;
+        if (!child.WaitForExit(timeLimit + TimeSpan.FromSeconds(GraceSeconds)))
+        {
+            child.Kill(entireProcessTree: true);
+            killed = $"killed {timeLimit.TotalSeconds + GraceSeconds:F0} s after it started (a case did not finish)";
+        }
+        child.WaitForExit();   // also drains the redirected output
+        string table = Path.Combine(childOut, "tests.tsv");
+        var cases = File.Exists(table) ? File.ReadLines(table).Skip(1).Select(TestCaseResult.FromTableRow).OfType<TestCaseResult>().ToList() : [];
+        report.AddWithoutLogging(cases);
+        string how = killed ?? $"exit code {child.ExitCode}";
+        report.Note($"test fixtures: {Report.TestCounts(cases)} ({how}; {childOut})");
+        // 0: all passed, 1: a case failed (in the table), 3: no CUDA device (every case skipped with the reason)
+        if (killed is not null || child.ExitCode is not (0 or 1 or NoDevice))
+            report.Add(new CheckResult($"[TestFixture(\"{backend}\")] test process", cases.Count, double.NaN, double.NaN, "",
+                                       $"the gpu-check --tests process {how} after {cases.Count} cases; the log above has its output"));
+    }
+
     private static int Finish(Report report)
     {
         int failedChecks = report.Checks.Count(c => !c.Passed);
-        report.Log.WriteLine($"{report.Checks.Count - failedChecks} passed, {failedChecks} failed");
+        report.Log.WriteLine($"{report.Checks.Count - failedChecks} passed, {failedChecks} failed" +
+                             (report.TestRun is null ? "" : $"; tests: {Report.TestCounts(report.Tests)}"));
         return report.Failures == 0 ? 0 : 1;
     }
 
