@@ -47,7 +47,7 @@ if [[ "${1:-}" == "--prepare" ]]; then
         exit 1
     fi
     echo "smoke test on ILGPU's CPU simulator (no GPU):"
-    # Every simulator case: artifacts/gpu-check/gpu-check --tests --backend simulator (about 5 minutes on 2 cores); the cuda
+    # Every simulator case: artifacts/gpu-check/gpu-check --tests --backend simulator (3 to 5 minutes on 2 cores); the cuda
     # cases: --tests (skipped with the reason, exit 3, where there is no GPU).
     "$bundle/gpu-check" --simulator --out "$repo/artifacts/gpu-check-simulator"
     exit 0

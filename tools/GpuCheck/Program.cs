@@ -160,7 +160,7 @@ public static class Program
             new("KV-cache decoder vs CPU (W2)", 10, _ => decoder.Run("W2", StepWorkload.W2.Config, rows: 8, length: 128, time: o.Bench)),
         ];
         if (o.Tests)
-            // On the simulator (2 cores) the cases take 287 s, 157 of them the demo's; with a GPU and 16 cores, far less
+            // On the simulator (2 cores) the cases took 185 and 287 s in two runs, half of it the demo's; with a GPU and 16 cores, far less
             sections.Add(new("[TestFixture(\"cuda\")] cases of tests/ (a gpu-check --tests process)", 120,
                              timeLimit => RunTestFixturesInAChildProcess(report, o.OutDir, timeLimit, "cuda", fixture: null), StopsAtItsTimeLimit: true));
         if (o.Bench)
@@ -192,7 +192,7 @@ public static class Program
     /// <c>--simulator</c>: the ILGPU kernel checks (quick shapes), the GPT, the alignment steps, the demo and the decoder on ILGPU's
     /// CPU accelerator, no GPU needed: a smoke test that a published build loads ILGPU, compiles kernels and compares them with the
     /// CPU kernels; then the simulator cases of tests/Kernels/Gpu through the same child <c>gpu-check --tests</c> process as the
-    /// CUDA run's test section (every simulator case: <c>--tests --backend simulator</c>, about 5 minutes on 2 cores).
+    /// CUDA run's test section (every simulator case: <c>--tests --backend simulator</c>, 3 to 5 minutes on 2 cores).
     /// Estimates: seconds measured on this repository's 2-core CI machine, rounded up.
     /// </summary>
     private static int RunOnSimulator(Report report, Options o, DateTime started)
