@@ -1,26 +1,33 @@
 #!/usr/bin/env bash
-# GPU check for DistAlign (issue #8).
+# GPU check for DistAlign (issues #8, #21).
 #
 #   tools/gpu-check.sh --prepare     on a machine with the .NET SDK: self-contained `dotnet publish -r linux-x64`
 #                                     of tools/GpuCheck into artifacts/gpu-check/ (one compressed single file, no
-#                                     .NET needed to run it), prints its size (must stay under 60 MiB) and runs it
-#                                     once on ILGPU's CPU simulator as a smoke test.
-#   tools/gpu-check.sh OUTDIR [--quick]
+#                                     .NET needed to run it; it carries the test assembly, see GpuCheck.csproj), prints its
+#                                     size (must stay under 60 MiB) and runs it once on ILGPU's CPU simulator as a smoke
+#                                     test, which ends with its test runner on the simulator cases of tests/Kernels/Gpu.
+#   tools/gpu-check.sh OUTDIR [--quick] [--skip-bench] [--skip-tests]
 #                                     on a Linux x86-64 machine with an NVIDIA driver and CUDA 12/13 libraries
 #                                     (libcublas, libcublasLt, libnvrtc; no .NET SDK needed): runs the GPU checks
-#                                     against the CPU kernels and GpuGpt against the CPU Gpt, the kernel benchmarks, the GPT-2 step GEMM
-#                                     benchmark and whole GPT-2 124M training steps, writing summary.md, checks.tsv, benchmarks.tsv, gpu-check.log and
-#                                     nvidia-smi.txt into OUTDIR. Then, where python3 has a CUDA PyTorch, the same
-#                                     GPT-2 124M step in PyTorch eager (tools/peers/torch_step.py --device cuda, bf16
-#                                     autocast; scores materialised as ours, and with SDPA/flash attention), appended
-#                                     to summary.md as peer.tsv. Capped at 10 minutes in all (GPU_CHECK_LIMIT_S, default 540 s
-#                                     for our checks, then at most 120 s for the peer).
+#                                     against the CPU kernels and GpuGpt against the CPU Gpt, every [TestFixture("cuda")]
+#                                     case of tests/ (NUnit, inside the bundle), the kernel benchmarks, the GPT-2 step GEMM
+#                                     benchmark and whole GPT-2 124M training steps, writing summary.md, checks.tsv,
+#                                     benchmarks.tsv, tests.tsv, sections.tsv (rewritten after every section, so a run cut
+#                                     short keeps what it finished), gpu-check.log and nvidia-smi.txt into OUTDIR. Then, where
+#                                     python3 has a CUDA PyTorch, the same GPT-2 124M step in PyTorch eager
+#                                     (tools/peers/torch_step.py --device cuda, bf16 autocast; scores materialised as ours,
+#                                     and with SDPA/flash attention), appended to summary.md as peer.tsv.
+#
+# Time: gpu-check plans its sections into GPU_CHECK_LIMIT_S seconds (default 420, passed as --budget; the slowest sections
+# are dropped first when their estimates do not fit, and summary.md says which and why) and is killed 30 s past it. Every
+# step after it (the multi-rank run, Nsight Compute, the peer) runs only in what is left of GPU_CHECK_TOTAL_S (default 570:
+# one device command may take 10 minutes), each cut to that. With the defaults the whole script ends within 9.5 minutes.
 #
 # CUDA libraries are found by the usual loader search (LD_LIBRARY_PATH, ld.so.cache) and, first, in the
 # directories of DISTALIGN_CUDA_LIBRARY_PATH (colon-separated), e.g. a pip wheel's nvidia/*/lib folders.
 # When that variable is unset, this script fills it with the folders under /usr/local and /opt that hold
 # libcublas / libcublasLt / libnvrtc of CUDA 13 or 12 (a toolkit install or PyTorch's pip wheels).
-# Exit codes: 0 all checks passed, 1 a check failed, 2 usage, 3 no usable CUDA device, 124 time limit hit.
+# Exit codes: 0 all checks and tests passed, 1 a check or test failed, 2 usage, 3 no usable CUDA device, 124 time limit hit.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,7 +38,7 @@ if [[ "${1:-}" == "--prepare" ]]; then
     rm -rf "$bundle"
     dotnet publish "$repo/tools/GpuCheck/GpuCheck.csproj" -c Release -r linux-x64 --self-contained true \
         -p:PublishSingleFile=true -p:EnableCompressionInSingleFile=true -p:DebugType=none \
-        -p:GenerateDocumentationFile=false -o "$bundle" --nologo
+        -p:GenerateDocumentationFile=false -p:EmbedAllSources=false -o "$bundle" --nologo
     bytes=$(du -sb "$bundle" | cut -f1)
     mib=$(awk -v b="$bytes" 'BEGIN { printf "%.1f", b / 1048576 }')
     echo "gpu-check bundle: $bundle, $mib MiB"
@@ -40,12 +47,14 @@ if [[ "${1:-}" == "--prepare" ]]; then
         exit 1
     fi
     echo "smoke test on ILGPU's CPU simulator (no GPU):"
+    # Every simulator case: artifacts/gpu-check/gpu-check --tests --backend simulator (3 to 5 minutes on 2 cores); the cuda
+    # cases: --tests (skipped with the reason, exit 3, where there is no GPU).
     "$bundle/gpu-check" --simulator --out "$repo/artifacts/gpu-check-simulator"
     exit 0
 fi
 
 if [[ $# -lt 1 || "$1" == -* ]]; then
-    echo "usage: tools/gpu-check.sh --prepare | tools/gpu-check.sh OUTDIR [--quick]" >&2
+    echo "usage: tools/gpu-check.sh --prepare | tools/gpu-check.sh OUTDIR [--quick] [--skip-bench] [--skip-tests]" >&2
     exit 2
 fi
 out="$1"; shift
@@ -66,23 +75,27 @@ else
     echo "nvidia-smi not found" > "$out/nvidia-smi.txt"
 fi
 status=0
-limit="${GPU_CHECK_LIMIT_S:-540}"
-timeout --kill-after=15 "$limit" "$bundle/gpu-check" --out "$out" "$@" 2>&1 | tee "$out/gpu-check.log" || status=${PIPESTATUS[0]}
+limit="${GPU_CHECK_LIMIT_S:-420}"
+total_limit="${GPU_CHECK_TOTAL_S:-570}"
+# left NEED MAX: the seconds a later step may take, at most MAX, from what remains of GPU_CHECK_TOTAL_S; 0 when under NEED.
+left() { local l=$((total_limit - SECONDS)); (( l < $1 )) && echo 0 || echo $(( l < $2 ? l : $2 )); }
+timeout --kill-after=15 "$((limit + 30))" "$bundle/gpu-check" --out "$out" --budget "$limit" "$@" 2>&1 | tee "$out/gpu-check.log" || status=${PIPESTATUS[0]}
 if [[ $status -eq 124 || $status -eq 137 ]]; then
-    echo "gpu-check: stopped at the $limit s limit (partial results in $out/gpu-check.log)" | tee -a "$out/gpu-check.log" >&2
+    echo "gpu-check: killed 30 s past its $limit s budget (the sections it finished are in $out/summary.md and the tables; sections.tsv shows which was running)" \
+        | tee -a "$out/gpu-check.log" >&2
 fi
 
 # Data parallelism on GPUs: the checks above include a one-rank NCCL smoke test (all-reduce, broadcast, all-gather,
 # reduce-scatter) when libnccl.so.2 is found. A multi-rank run needs several GPUs, Open MPI's mpirun and the CLI
 # (mpirun -np N distalign pretrain --device cuda …: each rank takes the GPU of its local rank, gradients all-reduced by NCCL).
 gpus=$( (nvidia-smi -L 2>/dev/null || true) | grep -c '^GPU ' || true)
-if [[ "${gpus:-0}" -gt 1 ]] && command -v mpirun >/dev/null 2>&1 && [[ -x "$repo/artifacts/distalign/distalign" ]]; then
-    timeout 120 mpirun --allow-run-as-root --bind-to none -np "$gpus" "$repo/artifacts/distalign/distalign" pretrain --device cuda \
+if [[ "${gpus:-0}" -gt 1 ]] && command -v mpirun >/dev/null 2>&1 && [[ -x "$repo/artifacts/distalign/distalign" ]] && [[ $(left 60 120) -gt 0 ]]; then
+    timeout "$(left 60 120)" mpirun --allow-run-as-root --bind-to none -np "$gpus" "$repo/artifacts/distalign/distalign" pretrain --device cuda \
         --out "$out/multi-rank" --steps 20 --batch "$((gpus * 4))" --seq 64 --layers 2 --channels 128 --heads 4 --check-weights-every 5 \
         > "$out/multi-rank.log" 2>&1 && echo "multi-rank NCCL pretraining on $gpus GPUs: passed (multi-rank.log)" | tee -a "$out/gpu-check.log" \
         || { echo "multi-rank NCCL pretraining on $gpus GPUs: FAILED (multi-rank.log)" | tee -a "$out/gpu-check.log"; status=1; }
 else
-    echo "multi-rank GPU run skipped: $gpus GPU(s) here$(command -v mpirun >/dev/null 2>&1 || echo ', no mpirun')$([[ -x "$repo/artifacts/distalign/distalign" ]] || echo ', no CLI bundle in artifacts/distalign')" \
+    echo "multi-rank GPU run skipped: $gpus GPU(s) here$(command -v mpirun >/dev/null 2>&1 || echo ', no mpirun')$([[ -x "$repo/artifacts/distalign/distalign" ]] || echo ', no CLI bundle in artifacts/distalign')$([[ $(left 60 120) -gt 0 ]] || echo ", under 60 s of the $total_limit s left")" \
         | tee -a "$out/gpu-check.log"
 fi
 
@@ -90,27 +103,29 @@ fi
 # kernels at GPT-2 124M's shape, into ncu-flash.txt (where ncu can read the counters; --clock-control none leaves clocks alone).
 if [[ "${GPU_CHECK_NCU:-0}" == "1" ]]; then
     ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1 || true)
-    if [[ -n "$ncu_bin" ]]; then
-        timeout 180 "$ncu_bin" --clock-control none --kernel-name regex:'distalign_flash_attention_(forward|backward_kv|backward_q)' \
+    if [[ -n "$ncu_bin" && $(left 60 180) -gt 0 ]]; then
+        timeout "$(left 60 180)" "$ncu_bin" --clock-control none --kernel-name regex:'distalign_flash_attention_(forward|backward_kv|backward_q)' \
             --launch-count 3 --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
             --section MemoryWorkloadAnalysis "$bundle/gpu-check" --flash-benchmark-only --out "$out/ncu-run" > "$out/ncu-flash.txt" 2>&1 \
             || echo "ncu exited with $?" >> "$out/ncu-flash.txt"
         rm -rf "$out/ncu-run"
     else
-        echo "GPU_CHECK_NCU=1 but ncu was not found" | tee -a "$out/gpu-check.log"
+        echo "GPU_CHECK_NCU=1 but ncu was not found or under 60 s of the $total_limit s are left" | tee -a "$out/gpu-check.log"
     fi
 fi
 
 # The PyTorch eager peer and its stronger variants, same model and step (GPT-2 124M, 16 × 1024 tokens, bf16 autocast, clip 1,
 # AdamW; tools/peers/torch_step.py): strongest first (SDPA + padded vocabulary + fused AdamW + chunked cross-entropy, the same
 # with torch.compile where this torch has it, SDPA alone, written-out attention, then torch.compile with the plain
-# cross-entropy), all within GPU_CHECK_PEER_LIMIT_S (default 180 s; each variant gets at most 90 s eager, 240 s compiled, and
+# cross-entropy), all within GPU_CHECK_PEER_LIMIT_S (default 180 s, cut to what is left of GPU_CHECK_TOTAL_S; each variant gets at most 90 s eager, 240 s compiled, and
 # none starts with under 20 s left). After each variant: peer.jsonl (its JSON or why it failed), peer.tsv and peer.md
 # rewritten; at the end peer.md is appended to summary.md: every variant, DistAlign's fastest whole step of the same shape
 # from benchmarks.tsv, and our step against the FASTEST variant. MFU in llm.c's convention (6·N + 6·L·C·T FLOPs per token),
 # nanoGPT's (6·N + 12·L·C·T) beside it, against the device's dense bf16 tensor peak (989 TFLOP/s on H100/H200 SXM).
 peer_ok=0
 peer_limit="${GPU_CHECK_PEER_LIMIT_S:-180}"
+# ... and never past what is left of GPU_CHECK_TOTAL_S (the whole script's cap).
+(( peer_limit > total_limit - SECONDS )) && peer_limit=$(( total_limit - SECONDS > 0 ? total_limit - SECONDS : 0 ))
 if torch_info=$(python3 -c 'import torch, sys; sys.exit(1) if not torch.cuda.is_available() else print(torch.__version__, hasattr(torch, "compile"))' 2>/dev/null); then
     rows=16; steps=20
     [[ " $* " == *" --quick "* ]] && { rows=2; steps=3; }
@@ -221,5 +236,5 @@ PY
 else
     echo "PyTorch peer skipped: python3 with a CUDA PyTorch not found" | tee -a "$out/gpu-check.log"
 fi
-echo "results in $out (summary.md, checks.tsv, benchmarks.tsv, gpu-check.log$([[ $peer_ok -eq 1 ]] && echo ', peer.tsv, peer.md, peer.jsonl, peer.log'))"
+echo "results in $out (summary.md, checks.tsv, benchmarks.tsv, tests.tsv, sections.tsv, gpu-check.log$([[ $peer_ok -eq 1 ]] && echo ', peer.tsv, peer.md, peer.jsonl, peer.log')) after ${SECONDS} s"
 exit "$status"

@@ -30,7 +30,7 @@ internal static class GpuBackend
                 return Simulator.Value.Accelerator;
             case "cuda":
                 var (context, reason) = Cuda.Value;
-                if (context is null) Assert.Ignore($"CUDA case skipped: {reason}");
+                if (context is null) Assert.Ignore($"CUDA case skipped, no CUDA device: {reason}");
                 return context!.Accelerator;
             default:
                 throw new ArgumentException($"unknown GPU backend '{name}' (simulator or cuda)", nameof(name));

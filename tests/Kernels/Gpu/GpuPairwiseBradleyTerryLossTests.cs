@@ -8,15 +8,34 @@ using static DistAlign.Tests.TestSupport.Numerics;
 namespace DistAlign.Tests.Kernels.Gpu;
 
 /// <summary>
-/// The ILGPU pairwise loss on ILGPU's CPU accelerator: held to the fp64 reference (same tolerances as the CPU
-/// kernel) and to the CPU kernel bit for bit (both run the same per-pair fp64 code and the same ordered sums
-/// on this accelerator; on a CUDA device the fp64 exp/log differ, so there the parity tolerance is 1e-6).
+/// The ILGPU pairwise loss, held to the fp64 reference (same tolerances as the CPU kernel) and to the CPU kernel: bit for bit
+/// on ILGPU's CPU accelerator (it runs the kernel's IL as .NET code, so the per-pair fp64 code, Math.Exp/Log included, and the
+/// ordered sums are the CPU kernel's own); on a CUDA device within <see cref="CudaParity"/> (absolute, and relative to the
+/// CPU's value), because there the fp64 exp/log are ILGPU's device implementations and ptxas may contract a multiply and an
+/// add into one FMA, so values differ from the CPU's in the last fp64 bits and fp32 outputs by an ulp or so.
 /// </summary>
 [TestFixture("simulator")]
 [TestFixture("cuda")]
 public class GpuPairwiseBradleyTerryLossTests(string backend) : GpuFixture(backend)
 {
+    private const double CudaParity = 1e-6;
+
     private GpuPairwiseBradleyTerryLoss? _loss;
+
+    /// <summary>0 on the simulator (bit for bit), <see cref="CudaParity"/> on CUDA.</summary>
+    private double ParityTolerance => Backend == "cuda" ? CudaParity : 0;
+
+    private void AssertMatchesTheCpuKernel(float[] cpu, float[] gpu, string what)
+    {
+        if (ParityTolerance == 0) KernelTest.AssertBitIdentical(cpu, gpu, what);
+        else AssertClose(gpu, KernelTest.D(cpu), ParityTolerance, ParityTolerance, what);
+    }
+
+    private void AssertMatchesTheCpuKernel(PairwiseLossMetrics cpu, PairwiseLossMetrics gpu)
+    {
+        if (ParityTolerance == 0) Assert.That(gpu, Is.EqualTo(cpu), "metrics vs CPU");
+        else PairwiseBradleyTerryLossTests.AssertMetricsMatchReference(gpu, cpu.Named().ToDictionary(m => m.Name, m => m.Value), ParityTolerance);
+    }
 
     [SetUp]
     public void CreateLoss() => _loss ??= new GpuPairwiseBradleyTerryLoss(GpuTest.Accelerator);
@@ -54,7 +73,7 @@ public class GpuPairwiseBradleyTerryLossTests(string backend) : GpuFixture(backe
     }
 
     [TestCaseSource(nameof(Variants))]
-    public void MatchesReferenceAndTheCpuKernelBitForBit(PairwiseLossSettings s)
+    public void MatchesReferenceAndTheCpuKernel(PairwiseLossSettings s)
     {
         var c = new PairwiseLossCase();
         var before = RandomFloats(c.Sequences, 7);
@@ -64,24 +83,24 @@ public class GpuPairwiseBradleyTerryLossTests(string backend) : GpuFixture(backe
         AssertClose(gradient, KernelTest.Plus(before, c.FiniteDifferenceGradientOfMean(s)), 1e-6, 1e-5, "gradient (accumulated)");
 
         var cpu = PairwiseBradleyTerryLossTests.Run(s, c, before);
-        KernelTest.AssertBitIdentical(cpu.Losses, losses, "losses vs CPU");
-        KernelTest.AssertBitIdentical(cpu.Gradient, gradient, "gradient vs CPU");
-        Assert.That(metrics, Is.EqualTo(cpu.Metrics), "metrics vs CPU");
+        AssertMatchesTheCpuKernel(cpu.Losses, losses, "losses vs CPU");
+        AssertMatchesTheCpuKernel(cpu.Gradient, gradient, "gradient vs CPU");
+        AssertMatchesTheCpuKernel(cpu.Metrics, metrics);
     }
 
     [TestCaseSource(nameof(Variants))]
-    public void RandomBatchMatchesTheCpuKernelBitForBit(PairwiseLossSettings s)
+    public void RandomBatchMatchesTheCpuKernel(PairwiseLossSettings s)
     {
         var c = PairwiseLossCase.Random(12, 60, 300);
         var before = RandomFloats(c.Sequences, 9);
         var gpu = RunGpu(s, c, before);
         var cpu = PairwiseBradleyTerryLossTests.Run(s, c, before);
-        KernelTest.AssertBitIdentical(cpu.Losses, gpu.Losses, "losses vs CPU");
-        KernelTest.AssertBitIdentical(cpu.Gradient, gpu.Gradient, "gradient vs CPU");
-        Assert.That(gpu.Metrics, Is.EqualTo(cpu.Metrics), "metrics vs CPU");
+        AssertMatchesTheCpuKernel(cpu.Losses, gpu.Losses, "losses vs CPU");
+        AssertMatchesTheCpuKernel(cpu.Gradient, gpu.Gradient, "gradient vs CPU");
+        AssertMatchesTheCpuKernel(cpu.Metrics, gpu.Metrics);
         // The scratch buffers grow for the larger P; a smaller call afterwards still uses the right prefix.
         var small = new PairwiseLossCase();
-        Assert.That(RunGpu(s, small, before[..small.Sequences]).Metrics, Is.EqualTo(PairwiseBradleyTerryLossTests.Run(s, small, before[..small.Sequences]).Metrics));
+        AssertMatchesTheCpuKernel(PairwiseBradleyTerryLossTests.Run(s, small, before[..small.Sequences]).Metrics, RunGpu(s, small, before[..small.Sequences]).Metrics);
     }
 
     [TestCaseSource(nameof(Variants))]
@@ -112,8 +131,8 @@ public class GpuPairwiseBradleyTerryLossTests(string backend) : GpuFixture(backe
             var cpu = PairwiseBradleyTerryLossTests.Run(s, c, new float[c.Sequences]);
             KernelTest.AssertAllFinite(gpu.Losses, "loss");
             KernelTest.AssertAllFinite(gpu.Gradient, "gradient");
-            KernelTest.AssertBitIdentical(cpu.Losses, gpu.Losses, "losses vs CPU");
-            KernelTest.AssertBitIdentical(cpu.Gradient, gpu.Gradient, "gradient vs CPU");
+            AssertMatchesTheCpuKernel(cpu.Losses, gpu.Losses, "losses vs CPU");
+            AssertMatchesTheCpuKernel(cpu.Gradient, gpu.Gradient, "gradient vs CPU");
         }
     }
 
@@ -123,9 +142,9 @@ public class GpuPairwiseBradleyTerryLossTests(string backend) : GpuFixture(backe
         var c = new PairwiseLossCase();
         c.RefLogps = (float[])c.Logps.Clone();
         var (losses, metrics, _) = RunGpu(new PairwiseLossSettings(PairwiseLossVariant.DpoSigmoid), c, new float[c.Sequences]);
-        float ln2 = (float)Math.Log(2.0);
-        Assert.That(losses, Is.All.EqualTo(ln2));
-        Assert.That((float)metrics.Loss, Is.EqualTo(ln2));
+        float ln2 = (float)Math.Log(2.0);   // softplus(0), through the device's fp64 log on CUDA
+        Assert.That(losses, Is.All.EqualTo(ln2).Within(ParityTolerance));
+        Assert.That((float)metrics.Loss, Is.EqualTo(ln2).Within(ParityTolerance));
         Assert.That(metrics.RewardsChosen, Is.Zero);
         Assert.That(metrics.RewardsRejected, Is.Zero);
         Assert.That(metrics.RewardsMargins, Is.Zero);
@@ -153,7 +172,7 @@ public class GpuPairwiseBradleyTerryLossTests(string backend) : GpuFixture(backe
         // The kernel still works after a rejected call.
         var ok = new PairwiseLossCase();
         var s = new PairwiseLossSettings(PairwiseLossVariant.DpoSigmoid);
-        Assert.That(RunGpu(s, ok, before).Gradient, Is.EqualTo(PairwiseBradleyTerryLossTests.Run(s, ok, before).Gradient));
+        AssertMatchesTheCpuKernel(PairwiseBradleyTerryLossTests.Run(s, ok, before).Gradient, RunGpu(s, ok, before).Gradient, "gradient after a rejected call");
     }
 
     [Test]
