@@ -113,8 +113,7 @@ public static class CpuParallel
                 current.Run(0);
                 var spin = new SpinWait();
                 while (Volatile.Read(ref current.Pending) > 0) spin.SpinOnce(sleep1Threshold: -1);
-                var thrown = Array.FindAll(current.Failures, e => e is not null);
-                if (thrown.Length > 0) throw new AggregateException(thrown!);
+                if (current.Failures is { } failures) throw new AggregateException(failures.Where(e => e is not null)!);
                 return true;
             }
             finally
@@ -179,7 +178,8 @@ public static class CpuParallel
     /// <summary>One call's ranges: the body, where they are, how many workers are still running one, what they threw.</summary>
     private sealed class Job(Action<int, int> body, int count, int ranges)
     {
-        public readonly Exception?[] Failures = new Exception?[ranges];
+        /// <summary>What each range threw, by range; null (nothing allocated on the kernels' path) until one throws.</summary>
+        public Exception?[]? Failures;
         public int Pending = Math.Max(0, ranges - 1);
         public int Ranges => ranges;
 
@@ -192,6 +192,7 @@ public static class CpuParallel
             }
             catch (Exception e)
             {
+                Interlocked.CompareExchange(ref Failures, new Exception?[ranges], null);
                 Failures[r] = e;
             }
         }
