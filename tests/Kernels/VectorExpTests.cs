@@ -25,6 +25,54 @@ public class VectorExpTests
         public TVector Invoke<TVector>(TVector x) where TVector : unmanaged, IFloatVector<TVector> => TargetLogProbs.ExpOfNonPositive(x);
     }
 
+    private readonly struct DivideByOnePlusExpFunction(float numerator) : ILaneFunction
+    {
+        public TVector Invoke<TVector>(TVector x) where TVector : unmanaged, IFloatVector<TVector> =>
+            VectorExp.DivideByOnePlusExp(TVector.Create(numerator), x);
+    }
+
+    /// <summary>
+    /// a / (1 + eʷ), GELU's logistic: eʷ within 1 ulp (relative 2⁻²³), then 1 + eʷ and the quotient rounded once each
+    /// (2⁻²⁴ each), so a relative error ≤ 2⁻²² where the quotient is a normal float (up to 4 ulp of it, measured 2.3);
+    /// a exactly where 1 + eʷ rounds to 1; ±0 from w = 88.37 on, where the exact quotient is below |a|·4·10⁻³⁹. Same bound and
+    /// edge values on every path.
+    /// </summary>
+    [TestCaseSource(typeof(VectorWidths), nameof(Accelerated))]
+    public void DivideByOnePlusExpIsWithinItsBoundAndSaturates(VectorWidth width)
+    {
+        foreach (float a in new[] { 1f, -3.7f, 2.5e-3f })
+        {
+            var w = Enumerable.Range(0, 200_000).Select(i => -87f + 175.3f * i / 200_000f).ToArray();
+            var q = Apply(width, w, new DivideByOnePlusExpFunction(a));
+            double worst = 0, worstAt = 0;
+            for (int i = 0; i < w.Length; i++)
+            {
+                double exact = a / (1 + Math.Exp(w[i]));
+                if (Math.Abs(exact) < Math.Pow(2, -126)) continue;   // below the normal range: only the absolute error counts
+                double error = Math.Abs(q[i] - exact) / Math.Abs(exact) / Math.Pow(2, -22);
+                if (error > worst) (worst, worstAt) = (error, w[i]);
+            }
+            Assert.That(worst, Is.LessThanOrEqualTo(1.0), $"{width}, a = {a}: worst error {worst:F2} of 2^-22 at w = {worstAt}");
+        }
+        float[] edges = [float.NegativeInfinity, -1e4f, -88f, -40f, 0f, 88.4f, 100f, 1e4f, float.PositiveInfinity, float.NaN];
+        var one = Apply(width, edges, new DivideByOnePlusExpFunction(1f));
+        var huge = Apply(width, edges, new DivideByOnePlusExpFunction(-float.MaxValue));
+        for (int i = 0; i < 4; i++)
+        {
+            Assert.That(one[i], Is.EqualTo(1f), $"1 + e^{edges[i]} rounds to 1");
+            Assert.That(huge[i], Is.EqualTo(-float.MaxValue), $"−max / (1 + e^{edges[i]})");
+        }
+        Assert.That(one[4], Is.EqualTo(0.5f), "1 / (1 + e^0)");
+        for (int i = 5; i < 9; i++)
+        {
+            Assert.That(one[i], Is.EqualTo(0f), $"1 / (1 + e^{edges[i]})");
+            Assert.That(huge[i], Is.EqualTo(0f), $"−max / (1 + e^{edges[i]}) is −0, not a finite −max·e^−88");
+        }
+        Assert.That(one[9], Is.NaN, "NaN w");
+        var nan = Apply(width, [0f, 5f], new DivideByOnePlusExpFunction(float.NaN));
+        Assert.That(nan, Is.All.NaN, "NaN a");
+    }
+
     [TestCaseSource(typeof(VectorWidths), nameof(Accelerated))]
     public void RelativeErrorIsAtMostOneUlpOverTheNormalRange(VectorWidth width)
     {

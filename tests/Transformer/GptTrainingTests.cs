@@ -43,9 +43,11 @@ public class GptTrainingTests
         double unigram = UnigramEntropy(train, Small.VocabSize);
         using var model = new Gpt(Small);
         model.InitializeGpt2(1);
+        // 600 steps at 5e-3, not 400 at 1e-2: at 1e-2 the last loss depended on the rounding of every kernel (5.19 to 5.41
+        // across the vector widths and a reordered sum, against the bound 5.39); here it is 5.02 to 5.09 on every path.
         var options = new LanguageModelTrainingOptions
         {
-            Steps = 400, Rows = 16, Length = 32, LearningRate = 1e-2f, WarmupSteps = 30, EvaluateEvery = 400, EvaluationBatches = 16,
+            Steps = 600, Rows = 16, Length = 32, LearningRate = 5e-3f, WarmupSteps = 30, EvaluateEvery = 600, EvaluationBatches = 16,
         };
         var trainer = new LanguageModelTrainer(model, train, validation, options);
         float initial = trainer.Evaluate();

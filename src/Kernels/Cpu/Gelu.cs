@@ -134,7 +134,7 @@ public static class Gelu
     private static TVector Value<TVector>(TVector x) where TVector : unmanaged, IFloatVector<TVector>
     {
         var twoU = x * TVector.MultiplyAdd(x * x, TVector.Create(TwoSqrtTwoOverPi * Cubic), TVector.Create(TwoSqrtTwoOverPi));
-        return x / (TVector.Create(1f) + VectorExp.Exp(-twoU));   // x·σ(2u); exp → ∞ gives x/∞ = 0
+        return VectorExp.DivideByOnePlusExp(x, -twoU);   // x·σ(2u); for 2u ≤ −88.37, x/∞ = ±0
     }
 
     /// <summary>gelu'(x) = σ + x·σ(1 − σ)·2u', with x clamped to ±20 first so x² stays finite (exact in fp32).</summary>
@@ -147,7 +147,7 @@ public static class Gelu
         var twoU = x * TVector.MultiplyAdd(square, TVector.Create(TwoSqrtTwoOverPi * Cubic), TVector.Create(TwoSqrtTwoOverPi));
         var twoUPrime = TVector.MultiplyAdd(square, TVector.Create(3f * TwoSqrtTwoOverPi * Cubic), TVector.Create(TwoSqrtTwoOverPi));
         var one = TVector.Create(1f);
-        var sigma = one / (one + VectorExp.Exp(-twoU));
+        var sigma = VectorExp.DivideByOnePlusExp(one, -twoU);
         return TVector.MultiplyAdd(x * sigma * (one - sigma), twoUPrime, sigma);
     }
 }

@@ -102,10 +102,12 @@ public static class TargetLogProbs
         return (float)(runningMax + Math.Log(runningSum));
     }
 
-    /// <summary>Σ exp(x − max) over one chunk: the AVX-512 table form where the width is Vector512, the generic form elsewhere.</summary>
+    /// <summary>Σ exp(x − max) over one chunk: the table forms where the width is Vector512 (AVX-512) or Vector256 (AVX2 + FMA), the generic form elsewhere.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static unsafe double ChunkSumOfExps<TVector>(float* chunk, int len, float max) where TVector : unmanaged, IFloatVector<TVector> =>
-        typeof(TVector) == typeof(Vector512Lanes) && Avx512F.IsSupported ? SumOfExps(chunk, len, max) : SumOfExps<TVector>(chunk, len, max);
+        typeof(TVector) == typeof(Vector512Lanes) && Avx512F.IsSupported ? SumOfExps(chunk, len, max)
+        : typeof(TVector) == typeof(Vector256Lanes) && Avx2.IsSupported && Fma.IsSupported ? SumOfExps256(chunk, len, max)
+        : SumOfExps<TVector>(chunk, len, max);
 
     /// <summary><see cref="ChunkSumOfExps{TVector}"/> at the width the kernels use now (for benchmarks).</summary>
     internal static unsafe double ChunkSumOfExps(float* chunk, int len, float max) => CpuVectors.Width switch
@@ -183,6 +185,59 @@ public static class TargetLogProbs
     }
 
     /// <summary>
+    /// <see cref="SumOfExps"/> with AVX2 + FMA: <see cref="ExpTerm256"/> (an 8-entry table, no vscalefps), four accumulators of 8
+    /// lanes each added by the FMA that forms the term, the next chunk prefetched into L1 and the one after into L2, as at
+    /// 16 lanes. The terms carry a factor 2⁶⁴ (the scale is built by integer adds, which need a normal result for
+    /// x ≥ −110), removed from the fp64 total. Against <see cref="SumOfExps{TVector}"/> at 8 lanes (10 multiplies or FMAs per
+    /// vector, and no prefetch) this does 7, plus a permute, a shift and an integer add on the other ports.
+    /// </summary>
+    internal static unsafe double SumOfExps256(float* chunk, int len, float max)
+    {
+        var shift = Vector256.Create(max);
+        var floor = Vector256.Create(TermFloor);
+        var log2E = Vector256.Create(Log2E);
+        var shifter = Vector256.Create(EighthsShifter);
+        var table = TwoToTheEighthsTimesTwoTo64;
+        var c1 = Vector256.Create(Exp2Eighths1);
+        var c2 = Vector256.Create(Exp2Eighths2);
+        var c3 = Vector256.Create(Exp2Eighths3);
+        var c4 = Vector256.Create(Exp2Eighths4);
+        Vector256<float> sum0 = Vector256<float>.Zero, sum1 = sum0, sum2 = sum0, sum3 = sum0;
+        double total = 0.0;
+        int full = len & ~7, rest = len - full, j = 0, adds = 0;
+        for (; j + 32 <= full; j += 32)
+        {
+            PrefetchAhead<Vector256Lanes>(chunk + len + j);
+            var scale0 = ExpTerm256(Vector256.Load(chunk + j) - shift, floor, log2E, shifter, table, c1, c2, c3, c4, out var p0);
+            var scale1 = ExpTerm256(Vector256.Load(chunk + j + 8) - shift, floor, log2E, shifter, table, c1, c2, c3, c4, out var p1);
+            var scale2 = ExpTerm256(Vector256.Load(chunk + j + 16) - shift, floor, log2E, shifter, table, c1, c2, c3, c4, out var p2);
+            var scale3 = ExpTerm256(Vector256.Load(chunk + j + 24) - shift, floor, log2E, shifter, table, c1, c2, c3, c4, out var p3);
+            sum0 = Fma.MultiplyAdd(scale0, p0, sum0);
+            sum1 = Fma.MultiplyAdd(scale1, p1, sum1);
+            sum2 = Fma.MultiplyAdd(scale2, p2, sum2);
+            sum3 = Fma.MultiplyAdd(scale3, p3, sum3);
+            if (++adds == LaneSums.AddsPerLane)
+            {
+                total += Vector256Lanes.SumAsDouble(new Vector256Lanes((sum0 + sum1) + (sum2 + sum3)));
+                sum0 = sum1 = sum2 = sum3 = Vector256<float>.Zero;
+                adds = 0;
+            }
+        }
+        for (; j < full; j += 8)
+        {
+            var scale = ExpTerm256(Vector256.Load(chunk + j) - shift, floor, log2E, shifter, table, c1, c2, c3, c4, out var p);
+            sum0 = Fma.MultiplyAdd(scale, p, sum0);
+        }
+        if (rest > 0)
+        {
+            var scale = ExpTerm256(Vector256.Load(chunk + len - 8) - shift, floor, log2E, shifter, table, c1, c2, c3, c4, out var p);
+            var isNew = Vector256.GreaterThanOrEqual(Vector256<int>.Indices, Vector256.Create(8 - rest)).AsSingle();
+            sum1 += Vector256.ConditionalSelect(isNew, scale * p, Vector256<float>.Zero);
+        }
+        return (total + Vector256Lanes.SumAsDouble(new Vector256Lanes((sum0 + sum1) + (sum2 + sum3)))) * TwoToMinus64;
+    }
+
+    /// <summary>
     /// <see cref="SumOfExps"/> at any width: <see cref="ExpTermTimesTwoTo64{TVector}"/> per entry (14 vector ops, no table
     /// lookup, exact without FMA), four accumulators, at most <see cref="LaneSums.AddsPerLane"/> adds per lane before fp64.
     /// </summary>
@@ -198,6 +253,7 @@ public static class TargetLogProbs
         int full = len - len % width, rest = len - full, j = 0, adds = 0;
         for (; j + 4 * width <= full; j += 4 * width)
         {
+            if (Sse.IsSupported) PrefetchAhead<TVector>(chunk + len + j);
             sum0 += ExpTermTimesTwoTo64(TVector.Load(chunk + j) - shift, floor, log2E, shifter);
             sum1 += ExpTermTimesTwoTo64(TVector.Load(chunk + j + width) - shift, floor, log2E, shifter);
             sum2 += ExpTermTimesTwoTo64(TVector.Load(chunk + j + 2 * width) - shift, floor, log2E, shifter);
@@ -218,14 +274,41 @@ public static class TargetLogProbs
         return (total + TVector.SumAsDouble((sum0 + sum1) + (sum2 + sum3))) * TwoToMinus64;
     }
 
+    /// <summary>
+    /// The lines of the next 4·Count entries into L1 (<paramref name="next"/>: the same offset in the next chunk) and of the
+    /// chunk after into L2, as <see cref="SumOfExps"/> does at 16 lanes: one line per 16 floats, so two at 8 lanes, one at 4.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe void PrefetchAhead<TVector>(float* next) where TVector : unmanaged, IFloatVector<TVector>
+    {
+        float* afterNext = next + Chunk;
+        Sse.Prefetch0(next);
+        Sse.Prefetch1(afterNext);
+        if (TVector.Count >= 8)
+        {
+            Sse.Prefetch0(next + 16);
+            Sse.Prefetch1(afterNext + 16);
+        }
+    }
+
     private const float TermFloor = -110f;                 // exp(−110) = 1.7e-48: 0 in fp32, and −∞ becomes finite
     private const float Log2E = 1.44269504088896341f;
     private const float SixteenthsShifter = 786432f;        // 1.5·2¹⁹: adding it rounds t to a multiple of 1/16
     private const float Exp2C1 = 0.6931472f, Exp2C2 = 0.24023429f, Exp2C3 = 0.055502135f;
     private const float Ln2High = 0.693359375f, Ln2Low = -2.12194440e-4f;
+    private const float EighthsShifter = 1572864f;          // 1.5·2²⁰: adding it rounds t to a multiple of 1/8
+    /// <summary>2^r ≈ 1 + r·(c1 + r·(c2 + r·(c3 + r·c4))) on |r| ≤ 1/16: fitted here for minimax relative error (8·10⁻¹¹; ≤ 6·10⁻⁸ evaluated in fp32).</summary>
+    private const float Exp2Eighths1 = 0.6931472f, Exp2Eighths2 = 0.2402265f, Exp2Eighths3 = 0.055510595f, Exp2Eighths4 = 0.009617662f;
     /// <summary>1.5·2²³ + 127 + 64: adding it to t = x·log₂e rounds t to an integer n and leaves n + 191 in the low mantissa bits.</summary>
     private const float ExponentShifter = 12583103f;
     private const double TwoToMinus64 = 5.42101086242752217e-20;
+
+    /// <summary>
+    /// For j = 0 … 7: the bits of 2^(j/8)·2⁶⁴ rounded to the nearest float, minus j·2²⁰ (what the shifted bits of s add to
+    /// them, see <see cref="ExpTerm256"/>), as an integer in each lane: one register, indexed by vpermps.
+    /// </summary>
+    private static readonly Vector256<float> TwoToTheEighthsTimesTwoTo64 = Vector256.Create(Enumerable.Range(0, 8)
+        .Select(j => BitConverter.SingleToInt32Bits((float)Math.Pow(2, 64 + j / 8.0)) - (j << 20)).ToArray()).AsSingle();
 
     /// <summary>2^(j/16) for j = 0 … 15, each rounded to the nearest float: one register, indexed by vpermps.</summary>
     private static readonly Vector512<float> TwoToTheSixteenths =
@@ -236,7 +319,8 @@ public static class TargetLogProbs
     /// (a logit is 4 bytes to load against a dozen vector ops), so each op dropped shows. The contract, the same on every
     /// path: relative error ≤ 1.85·10⁻⁷ + |x|·1.5·10⁻⁸ where the result is a normal float (x ≥ −87.3); below that,
     /// absolute error ≤ 2⁻¹²⁶ (the terms are added to a sum ≥ 1, the max's own term); exp(0) = 1, exp(−∞) = 0, NaN → NaN.
-    /// AVX-512: <see cref="ExpTerm"/> (table, 10 ops); other widths: <see cref="ExpTermTimesTwoTo64{TVector}"/> scaled back.
+    /// AVX-512: <see cref="ExpTerm"/> (16-entry table, 10 ops); AVX2 + FMA: <see cref="ExpTerm256"/> (8-entry table); other widths:
+    /// <see cref="ExpTermTimesTwoTo64{TVector}"/>; the last two scaled back by 2⁻⁶⁴.
     /// </summary>
     internal static TVector ExpOfNonPositive<TVector>(TVector x) where TVector : unmanaged, IFloatVector<TVector>
     {
@@ -247,6 +331,15 @@ public static class TargetLogProbs
                 TwoToTheSixteenths, Vector512.Create(Exp2C1), Vector512.Create(Exp2C2), Vector512.Create(Exp2C3), out var p);
             var term = new Vector512Lanes(scale * p);
             return Unsafe.As<Vector512Lanes, TVector>(ref term);
+        }
+        if (typeof(TVector) == typeof(Vector256Lanes) && Avx2.IsSupported && Fma.IsSupported)
+        {
+            var lanes = Unsafe.As<TVector, Vector256Lanes>(ref x).Value;
+            var scale = ExpTerm256(lanes, Vector256.Create(TermFloor), Vector256.Create(Log2E), Vector256.Create(EighthsShifter),
+                TwoToTheEighthsTimesTwoTo64, Vector256.Create(Exp2Eighths1), Vector256.Create(Exp2Eighths2),
+                Vector256.Create(Exp2Eighths3), Vector256.Create(Exp2Eighths4), out var p);
+            var term = new Vector256Lanes(scale * p * Vector256.Create((float)TwoToMinus64));
+            return Unsafe.As<Vector256Lanes, TVector>(ref term);
         }
         return ExpTermTimesTwoTo64(x, TVector.Create(TermFloor), TVector.Create(Log2E), TVector.Create(ExponentShifter))
                * TVector.Create((float)TwoToMinus64);
@@ -305,6 +398,30 @@ public static class TargetLogProbs
         var r = Avx512F.FusedMultiplySubtract(clamped, log2E, k);
         p = Vector512.FusedMultiplyAdd(Vector512.FusedMultiplyAdd(Vector512.FusedMultiplyAdd(c3, r, c2), r, c1), r, Vector512<float>.One);
         return Avx512F.Scale(Avx512F.PermuteVar16x32(table, s.AsInt32()), k);
+    }
+
+    /// <summary>
+    /// exp(x)·2⁶⁴ = scale · p for x ≤ 0 with AVX2 + FMA, <see cref="ExpTerm"/>'s method at 8 lanes: t = x·log₂e is rounded to a
+    /// multiple of 1/8 by adding 1.5·2²⁰ (s = fma(x, log₂e, 1.5·2²⁰), mantissa bits 2²² + 8k, so its low 3 bits are the table
+    /// index j and k = s − 1.5·2²⁰ = n + j/8 exactly); r = fma(x, log₂e, −k) ∈ [−1/16, 1/16]; p = 2^r by a degree-4 polynomial;
+    /// scale = 2^(j/8)·2^(n + 64) without vscalefps: s's bits shifted left by 20 are n·2²³ + j·2²⁰ (mod 2³²), and added as
+    /// integers to the table entry (the bits of 2^(j/8)·2⁶⁴ less j·2²⁰) they give the bits of 2^(j/8)·2⁶⁴ with n added to its
+    /// exponent — a normal float for every n ≥ −190, so for x ≥ −110, where the clamp puts −∞. 7 multiplies or FMAs with the
+    /// one that adds the term, a permute, a shift and an integer add. Error of scale · p (rounded once): table entry
+    /// (3.2·10⁻⁸), p (6·10⁻⁸), the product (6·10⁻⁸), log₂e in fp32 (|x|·1.4·10⁻⁸): within <see cref="ExpOfNonPositive{TVector}"/>'s
+    /// contract. NaN stays NaN (vmaxps returns x when x is NaN; the integer add leaves a NaN scale NaN or finite, and p is NaN).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> ExpTerm256(Vector256<float> x, Vector256<float> floor, Vector256<float> log2E,
+        Vector256<float> shifter, Vector256<float> table, Vector256<float> c1, Vector256<float> c2, Vector256<float> c3,
+        Vector256<float> c4, out Vector256<float> p)
+    {
+        var clamped = Vector256.MaxNative(floor, x);
+        var s = Fma.MultiplyAdd(clamped, log2E, shifter);
+        var k = s - shifter;
+        var r = Fma.MultiplySubtract(clamped, log2E, k);
+        p = Fma.MultiplyAdd(Fma.MultiplyAdd(Fma.MultiplyAdd(Fma.MultiplyAdd(c4, r, c3), r, c2), r, c1), r, Vector256<float>.One);
+        return (Avx2.PermuteVar8x32(table, s.AsInt32()).AsInt32() + (s.AsInt32() << 20)).AsSingle();
     }
 
     /// <summary>V in [2, Count): one padded vector (−∞ padding: neutral for max, exp(−∞) = 0).</summary>
