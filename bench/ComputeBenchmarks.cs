@@ -284,18 +284,21 @@ public abstract class GeluCompute
 {
     private const int Block = 2048;   // in + out: 16 KB per thread, in L1
     protected const double Elements = BandwidthSizes.HiddenChannels;
-    protected ArraySegment<float> x = [], dout = [], o = [];
+    protected ArraySegment<float> x = [], o = [];
     private float[][] blocks = [], outs = [];
 
     [GlobalSetup]
     public void Setup()
     {
         x = AlignedBuffers.Filled(BandwidthSizes.HiddenChannels);
-        dout = AlignedBuffers.Filled(BandwidthSizes.HiddenChannels);
         o = AlignedBuffers.Zeros(x.Count);
+        SetUpKernelInputs();
         blocks = [.. Enumerable.Range(0, CpuParallel.Threads).Select(_ => LayerNormForwardBandwidth.Filled(Block))];
         outs = [.. Enumerable.Range(0, CpuParallel.Threads).Select(_ => new float[Block])];
     }
+
+    /// <summary>Inputs one direction needs beyond x and o (the backward's dout).</summary>
+    protected virtual void SetUpKernelInputs() { }
 
     /// <summary>Runs <paramref name="kernel"/>(block, out) on each thread's L1-resident block until the threads together did <see cref="Elements"/>.</summary>
     protected void InL1(Action<float[], float[]> kernel)
@@ -320,6 +323,10 @@ public class GeluForwardCompute : GeluCompute
 [Config(typeof(ElementsConfig))]
 public class GeluBackwardCompute : GeluCompute
 {
+    private ArraySegment<float> dout = [];
+
+    protected override void SetUpKernelInputs() => dout = AlignedBuffers.Filled(BandwidthSizes.HiddenChannels);
+
     [Benchmark(Baseline = true), Work(Elements)] public void GeluBackwardInL1() => InL1((input, dInput) => Gelu.Backward(input, input, dInput));
     [Benchmark, Work(Elements), BytesMoved(4 * 4 * BandwidthSizes.HiddenChannels)] public void GeluBackward() => Gelu.Backward(dout, x, o);
 }

@@ -133,8 +133,9 @@ public static class Gelu
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static TVector Value<TVector>(TVector x) where TVector : unmanaged, IFloatVector<TVector>
     {
-        var twoU = x * TVector.MultiplyAdd(x * x, TVector.Create(TwoSqrtTwoOverPi * Cubic), TVector.Create(TwoSqrtTwoOverPi));
-        return VectorExp.DivideByOnePlusExp(x, -twoU);   // x·σ(2u); for 2u ≤ −88.37, x/∞ = ±0
+        // −2u directly (negated constants), so no negation waits in the chain.
+        var minusTwoU = x * TVector.MultiplyAdd(x * x, TVector.Create(-TwoSqrtTwoOverPi * Cubic), TVector.Create(-TwoSqrtTwoOverPi));
+        return VectorExp.DivideByOnePlusExp(x, minusTwoU);   // x·σ(2u); for 2u ≤ −88.37, x/∞ = ±0
     }
 
     /// <summary>gelu'(x) = σ + x·σ(1 − σ)·2u', with x clamped to ±20 first so x² stays finite (exact in fp32).</summary>
@@ -144,10 +145,10 @@ public static class Gelu
         // NaN stays NaN: maxps/minps return their second operand, x, when it is NaN.
         x = TVector.MinNative(TVector.Create(Saturation), TVector.MaxNative(TVector.Create(-Saturation), x));
         var square = x * x;
-        var twoU = x * TVector.MultiplyAdd(square, TVector.Create(TwoSqrtTwoOverPi * Cubic), TVector.Create(TwoSqrtTwoOverPi));
+        var minusTwoU = x * TVector.MultiplyAdd(square, TVector.Create(-TwoSqrtTwoOverPi * Cubic), TVector.Create(-TwoSqrtTwoOverPi));
         var twoUPrime = TVector.MultiplyAdd(square, TVector.Create(3f * TwoSqrtTwoOverPi * Cubic), TVector.Create(TwoSqrtTwoOverPi));
         var one = TVector.Create(1f);
-        var sigma = VectorExp.DivideByOnePlusExp(one, -twoU);
+        var sigma = VectorExp.DivideByOnePlusExp(one, minusTwoU);
         return TVector.MultiplyAdd(x * sigma * (one - sigma), twoUPrime, sigma);
     }
 }
