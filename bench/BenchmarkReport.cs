@@ -348,7 +348,7 @@ internal static class BenchmarkReport
         double median = copies.Count % 2 == 1 ? copies[copies.Count / 2] : (copies[copies.Count / 2 - 1] + copies[copies.Count / 2]) / 2;
         var kernels = fromMemory.Where(r => !r.Baseline && double.IsFinite(Rate(r)))
             .Select(r => $"{r.Method}{(r.Suite.Contains("N = ", StringComparison.Ordinal) ? $" (N = {BandwidthSizes.StreamedTokens})" : "")} {Rate(r) / median:F2}");
-        doc.AppendLine(CultureInfo.InvariantCulture, $"The copy baselines of the from-memory rows ran at {copies[0]:F1}–{copies[^1]:F1} GB/s in this run (median {median:F1} GB/s over ");
+        doc.AppendLine(CultureInfo.InvariantCulture, $"The copy baselines of the from-memory rows ran at {copies[0]:F1}–{copies[^1]:F1} GB/s in this run (median {median:F1} GB/s over");
         doc.AppendLine(CultureInfo.InvariantCulture, $"{copies.Count} classes), though each moves 50–100 MB: on this VM the copy's rate moves with cache and page placement from class to");
         doc.AppendLine(CultureInfo.InvariantCulture, $"class and run to run, and each \"vs copy\" with it. Each from-memory kernel against the median copy: {string.Join(" · ", kernels)}.").AppendLine();
     }
