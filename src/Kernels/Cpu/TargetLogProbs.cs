@@ -144,17 +144,8 @@ public static class TargetLogProbs
         for (; j + 64 <= full; j += 64)
         {
             // The next chunk's lines into L1 and the one after's into L2 (the rest of this row, or the next row: a thread's
-            // rows are contiguous), so memory keeps streaming while this chunk is computed. A prefetch past the buffer's
-            // end is harmless: it never faults.
-            float* next = chunk + len + j, afterNext = next + Chunk;
-            Sse.Prefetch0(next);
-            Sse.Prefetch0(next + 16);
-            Sse.Prefetch0(next + 32);
-            Sse.Prefetch0(next + 48);
-            Sse.Prefetch1(afterNext);
-            Sse.Prefetch1(afterNext + 16);
-            Sse.Prefetch1(afterNext + 32);
-            Sse.Prefetch1(afterNext + 48);
+            // rows are contiguous), so memory keeps streaming while this chunk is computed.
+            PrefetchAhead<Vector512Lanes>(chunk + len + j);
             var scale0 = ExpTerm(Vector512.Load(chunk + j) - shift, floor, log2E, shifter, table, c1, c2, c3, out var p0);
             var scale1 = ExpTerm(Vector512.Load(chunk + j + 16) - shift, floor, log2E, shifter, table, c1, c2, c3, out var p1);
             var scale2 = ExpTerm(Vector512.Load(chunk + j + 32) - shift, floor, log2E, shifter, table, c1, c2, c3, out var p2);
@@ -276,18 +267,25 @@ public static class TargetLogProbs
 
     /// <summary>
     /// The lines of the next 4·Count entries into L1 (<paramref name="next"/>: the same offset in the next chunk) and of the
-    /// chunk after into L2, as <see cref="SumOfExps"/> does at 16 lanes: one line per 16 floats, so two at 8 lanes, one at 4.
+    /// chunk after into L2, for a Σexp loop that takes 4·Count entries per iteration: one line per 16 floats, so four at 16
+    /// lanes, two at 8, one at 4. A prefetch past the buffer's end is harmless: it never faults.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static unsafe void PrefetchAhead<TVector>(float* next) where TVector : unmanaged, IFloatVector<TVector>
     {
-        float* afterNext = next + Chunk;
         Sse.Prefetch0(next);
-        Sse.Prefetch1(afterNext);
-        if (TVector.Count >= 8)
+        Sse.Prefetch1(next + Chunk);
+        if (TVector.Count >= 8)   // constant per instantiation: the JIT keeps only the branches that apply
         {
             Sse.Prefetch0(next + 16);
-            Sse.Prefetch1(afterNext + 16);
+            Sse.Prefetch1(next + Chunk + 16);
+        }
+        if (TVector.Count >= 16)
+        {
+            Sse.Prefetch0(next + 32);
+            Sse.Prefetch1(next + Chunk + 32);
+            Sse.Prefetch0(next + 48);
+            Sse.Prefetch1(next + Chunk + 48);
         }
     }
 
