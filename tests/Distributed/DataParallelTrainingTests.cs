@@ -147,12 +147,16 @@ public class DataParallelTrainingTests
         int identical = 0;
         foreach (var (path, a) in single)
         {
-            double b = first[path], excess = Math.Abs(a - b) / (1e-6 + 1e-4 * Math.Abs(a));
+            // 5e-4 relative: the two runs sum gradients in different orders, and training grows that into the weights; a KL to π0
+            // (≈ 0.03, a mean of small log-prob differences) moves about twice as much in relative terms as the weights' drift
+            // (PMLE's kl_to_pi0 came out 1.7e-4 apart once the GELU and Σexp kernels' rounding changed). A wrong gradient or a
+            // missed all-reduce shows at the percent level.
+            double b = first[path], excess = Math.Abs(a - b) / (1e-6 + 5e-4 * Math.Abs(a));
             if (a.Equals(b)) identical++;
             if (excess > worst) (worst, worstAt) = (excess, $"{path}: {a:R} vs {b:R}");
         }
         TestContext.Out.WriteLine($"demo --quick, same π0: {single.Count} report numbers, {identical} bit-identical between 1 process and 2 ranks; " +
-                                  $"worst |Δ| / (1e-6 + 1e-4·|x|) = {worst:F3} ({worstAt}); two 2-rank runs identical: {ReportNumbers(twoB).SequenceEqual(first)}");
+                                  $"worst |Δ| / (1e-6 + 5e-4·|x|) = {worst:F3} ({worstAt}); two 2-rank runs identical: {ReportNumbers(twoB).SequenceEqual(first)}");
         Assert.That(worst, Is.LessThanOrEqualTo(1), worstAt);
         Assert.That(ReportNumbers(twoB), Is.EqualTo(first), "two 2-rank demo runs must report the same bits");
     }
