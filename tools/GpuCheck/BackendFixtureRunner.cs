@@ -63,6 +63,10 @@ internal sealed class BackendFixtureRunner(Assembly tests, Report report)
         if (!runner.WaitForCompletion((int)Math.Clamp(timeLimit.TotalMilliseconds, 0, int.MaxValue)))
         {
             report.Note($"tests stopped at the time limit ({timeLimit.TotalSeconds:F0} s) after the running case");
+            // StopRun does nothing before NUnit's top-level work item runs (RunAsync starts it on a thread of its own), so a limit
+            // reached that early, a zero one included, waits for it to start: stopped before then, the whole run went on.
+            var spin = new SpinWait();
+            while (!runner.IsTestRunning && !runner.IsTestComplete) spin.SpinOnce();
             runner.StopRun(force: false);   // NUnit cannot abort a running case on .NET: it finishes, nothing new starts
             runner.WaitForCompletion(Timeout.Infinite);
         }
