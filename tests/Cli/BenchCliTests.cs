@@ -39,13 +39,20 @@ public class BenchCliTests
         Assert.That(error.ToString(), Does.Contain("w1, w2 or dpo"));
     }
 
-    [Test]
-    public void TheDpoPeerScriptReportsStepTimesWhenPyTorchIsInstalled()
+    /// <summary>Debian's python3 and tools/peers/torch_step.py, or the test is ignored with the reason PyTorch cannot run here.</summary>
+    private static (string Python, string Script) TorchPeerOrIgnore()
     {
         const string python = "/usr/bin/python3";
         string script = Path.Combine(TestContext.CurrentContext.TestDirectory, "..", "..", "..", "..", "tools", "peers", "torch_step.py");
         if (PeerStepBenchmark.Unavailable(python, script) is { } why)
             Assert.Ignore($"PyTorch peer not available here: {why}");
+        return (python, script);
+    }
+
+    [Test]
+    public void TheDpoPeerScriptReportsStepTimesWhenPyTorchIsInstalled()
+    {
+        var (python, script) = TorchPeerOrIgnore();
         // Ours is a stand-in here (the DPO step itself is covered by the alignment tests): this checks the
         // peer's DPO workload runs and its JSON is read back, one timed step.
         var c = PeerStepBenchmark.Compare("DPO", (warmup, steps) => Enumerable.Repeat(1.0, steps).ToArray(), python, script, "dpo",
@@ -58,10 +65,7 @@ public class BenchCliTests
     [Test]
     public void ThePeerVariantsStartFromTheSameLossWhenPyTorchIsInstalled()
     {
-        const string python = "/usr/bin/python3";
-        string script = Path.Combine(TestContext.CurrentContext.TestDirectory, "..", "..", "..", "..", "tools", "peers", "torch_step.py");
-        if (PeerStepBenchmark.Unavailable(python, script) is { } why)
-            Assert.Ignore($"PyTorch peer not available here: {why}");
+        var (python, script) = TorchPeerOrIgnore();
         // The tiny workload: vocabulary 1,001 (padded to 1,024), 128 rows (chunks of 48: the last one short). The same
         // seed gives every variant the same weights and batch, so the first loss is the plain step's: exactly with the
         // padding, to fp32 rounding with the chunked cross-entropy. What this torch lacks is reported, not a failure.
