@@ -117,8 +117,15 @@ public class VectorExpTests
     {
         // The contract of TargetLogProbs.ExpOfNonPositive (a term of a log-sum-exp): relative error ≤ 1.85e-7 + |x|·1.5e-8
         // where exp(x) is a normal float; below, absolute error ≤ 2^-126. The same on every path (AVX-512: base 2,
-        // 16-entry table, degree-3 polynomial; elsewhere a table-free form computed as exp(x)·2^64).
-        var x = Enumerable.Range(0, 100_000).Select(i => -87.3f * i / 100_000f).ToArray();
+        // 16-entry table, degree-3 polynomial; AVX2 + FMA: 8-entry table, degree-3 polynomial, exp(x)·2^64; elsewhere a
+        // table-free form computed as exp(x)·2^64). Points: 100,000 evenly spaced, plus every 263rd float of [−87.3, 0]
+        // by bit pattern (4.3 million, every binade and many mantissas: the polynomial's and the table's worst cases
+        // lie wherever the rounding of t = x·log₂e puts them).
+        const int BitStride = 263;
+        int lowest = BitConverter.SingleToInt32Bits(-87.3f) & int.MaxValue;
+        var x = Enumerable.Range(0, 100_000).Select(i => -87.3f * i / 100_000f)
+            .Concat(Enumerable.Range(0, lowest / BitStride + 1).Select(k => -BitConverter.Int32BitsToSingle(k * BitStride)))
+            .ToArray();
         var e = ExpOfNonPositive(width, x);
         double worst = 0, worstAt = 0;
         for (int i = 0; i < x.Length; i++)
