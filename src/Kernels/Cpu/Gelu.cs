@@ -135,7 +135,7 @@ public static class Gelu
     {
         // −2u directly (negated constants), so no negation waits in the chain.
         var minusTwoU = x * TVector.MultiplyAdd(x * x, TVector.Create(-TwoSqrtTwoOverPi * Cubic), TVector.Create(-TwoSqrtTwoOverPi));
-        return VectorExp.DivideByOnePlusExp(x, minusTwoU);   // x·σ(2u); for 2u ≤ −88.37, x/∞ = ±0
+        return VectorExp.DivideByOnePlusExp(x, minusTwoU);   // x·σ(2u); for 2u ≤ −88.72, x/∞ = ±0
     }
 
     /// <summary>gelu'(x) = σ + x·σ(1 − σ)·2u', with x clamped to ±20 first so x² stays finite (exact in fp32).</summary>

@@ -24,6 +24,12 @@ internal readonly struct Interleaved<TVector> : IFloatVector<Interleaved<TVector
         this.high = high;
     }
 
+    /// <summary>Lanes 0 … TVector.Count − 1.</summary>
+    public TVector Low => low;
+
+    /// <summary>Lanes TVector.Count … Count − 1.</summary>
+    public TVector High => high;
+
     public static bool MultiplyAddIsFused => TVector.MultiplyAddIsFused;
     public static int Count => 2 * TVector.Count;
     public static bool IsHardwareAccelerated => TVector.IsHardwareAccelerated;
