@@ -189,7 +189,7 @@ public static class TargetLogProbs
         var shift = Vector256.Create(max);
         var floor = Vector256.Create(TermFloor);
         var log2E = Vector256.Create(Log2E);
-        var shifter = Vector256.Create(EighthsShifter);
+        var shifter = Vector256.Create(VectorExp.EighthsShifter);
         var table = TwoToTheEighthsTimesTwoTo64;
         var c1 = Vector256.Create(Exp2Eighths1);
         var c2 = Vector256.Create(Exp2Eighths2);
@@ -295,7 +295,6 @@ public static class TargetLogProbs
     private const float SixteenthsShifter = 786432f;        // 1.5·2¹⁹: adding it rounds t to a multiple of 1/16
     private const float Exp2C1 = 0.6931472f, Exp2C2 = 0.24023429f, Exp2C3 = 0.055502135f;
     private const float Ln2High = 0.693359375f, Ln2Low = -2.12194440e-4f;
-    private const float EighthsShifter = 1572864f;          // 1.5·2²⁰: adding it rounds t to a multiple of 1/8
     /// <summary>2^r ≈ 1 + r·(c1 + r·(c2 + r·c3)) on |r| ≤ 1/16: fitted here for minimax relative error (2.5·10⁻⁸; ≤ 6·10⁻⁸ more evaluated in fp32).</summary>
     private const float Exp2Eighths1 = 0.69314724f, Exp2Eighths2 = 0.24025762f, Exp2Eighths3 = 0.055496834f;
     /// <summary>1.5·2²³ + 127 + 64: adding it to t = x·log₂e rounds t to an integer n and leaves n + 191 in the low mantissa bits.</summary>
@@ -334,7 +333,7 @@ public static class TargetLogProbs
         if (typeof(TVector) == typeof(Vector256Lanes) && Avx2.IsSupported && Fma.IsSupported)
         {
             var lanes = Unsafe.As<TVector, Vector256Lanes>(ref x).Value;
-            var scale = ExpTerm256(lanes, Vector256.Create(TermFloor), Vector256.Create(Log2E), Vector256.Create(EighthsShifter),
+            var scale = ExpTerm256(lanes, Vector256.Create(TermFloor), Vector256.Create(Log2E), Vector256.Create(VectorExp.EighthsShifter),
                 TwoToTheEighthsTimesTwoTo64, Vector256.Create(Exp2Eighths1), Vector256.Create(Exp2Eighths2),
                 Vector256.Create(Exp2Eighths3), out var p);
             var term = new Vector256Lanes(scale * p * Vector256.Create((float)TwoToMinus64));

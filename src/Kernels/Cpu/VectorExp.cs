@@ -132,7 +132,7 @@ internal static class VectorExp
     }
 
     /// <summary>1.5·2²⁰: adding it to t (|t| &lt; 2¹⁸) rounds t to a multiple of 1/8, k = n + j/8, and leaves 8k in s's low mantissa bits.</summary>
-    private const float EighthsShifter = 1572864f;
+    internal const float EighthsShifter = 1572864f;
 
     /// <summary>2^r ≈ 1 + r·(c1 + r·(c2 + r·(c3 + r·c4))) on |r| ≤ 1/16: fitted here for minimax relative error (8·10⁻¹¹; ≤ 6·10⁻⁸ evaluated in fp32).</summary>
     private const float Exp2Eighths1 = 0.6931472f, Exp2Eighths2 = 0.2402265f, Exp2Eighths3 = 0.055510595f, Exp2Eighths4 = 0.009617662f;
