@@ -214,7 +214,7 @@ public class SequenceLogProbsCompute
 /// <summary>
 /// TargetLogProbs' forward does a vector exp per 16 logits it reads (≈ 12 vector ops per 16 logits: load and max, then
 /// subtract, the exp's 9 with the FMA that adds it): its limit is the throughput of the kernel's own Σ exp loop
-/// (<see cref="TargetLogProbs.ChunkSumOfExps(float*, int, float)"/>, the same instructions) over as many elements of an L1-resident block, on the
+/// (<see cref="TargetLogProbs.ChunkSumOfExps(float*, int, float, out float)"/>, the same instructions) over as many elements of an L1-resident block, on the
 /// same threads: what the kernel would take if reading 51 MB and the max pass were free. Work = exps per call (N·V).
 /// </summary>
 [Config(typeof(ExpConfig))]
@@ -252,7 +252,7 @@ public class TargetLogProbsExpCompute
                 {
                     float sum = 0f;
                     for (int done = 0; done < BandwidthSizes.Vocabulary; done += Block)
-                        sum += (float)TargetLogProbs.ChunkSumOfExps(xb, Math.Min(Block, BandwidthSizes.Vocabulary - done), 0f);
+                        sum += (float)TargetLogProbs.ChunkSumOfExps(xb, Math.Min(Block, BandwidthSizes.Vocabulary - done), 0f, out _);
                     sums[r] = sum;
                 }
             });

@@ -89,6 +89,45 @@ public class TargetLogProbsTests
         }
     }
 
+    /// <summary>
+    /// The online pass sums each chunk under the running max and finds the chunk's max in the same loop: a max that rises a
+    /// little per chunk is rescaled after the chunk, one that jumps past the headroom sends the chunk round again, and chunks
+    /// of −∞ (a masked vocabulary) before any finite logit add nothing. Every case against fp64, as the full-vocabulary test.
+    /// </summary>
+    [Test]
+    public void RisingMaximaAndMaskedChunksMatchFp64()
+    {
+        const int vocab = 50257;   // 25 chunks of 2048
+        var rng = new Random(9);
+        var rows = new List<float[]>
+        {
+            Enumerable.Range(0, vocab).Select(i => 30f * i / vocab).ToArray(),                                   // +1.2 per chunk
+            Enumerable.Range(0, vocab).Select(i => 6f * (i / 2048) + (float)rng.NextDouble()).ToArray(),         // +6 per chunk
+            Enumerable.Range(0, vocab).Select(i => i < 3 * 2048 + 5 ? float.NegativeInfinity : (float)(rng.NextDouble() * 2 - 1)).ToArray(),
+            Enumerable.Range(0, vocab).Select(i => i == vocab - 3 ? 2.5f : float.NegativeInfinity).ToArray(),
+            Enumerable.Range(0, vocab).Select(i => i == vocab - 1 ? 50f : (float)(rng.NextDouble() * 2 - 1)).ToArray(),
+            Enumerable.Range(0, vocab).Select(i => i % 3 == 0 ? float.NegativeInfinity : (float)(rng.NextDouble() * 8 - 4)).ToArray(),
+        };
+        var logits = rows.SelectMany(r => r).ToArray();
+        int n = rows.Count;
+        var targets = Enumerable.Range(0, n).Select(i => vocab - 3 - i * 101).ToArray();
+        var lp = new float[n];
+        var lse = new float[n];
+        TargetLogProbs.Forward(logits, targets, vocab, lp, lse);
+        var r = ReferenceTargetLogProbs.Forward(D(logits), targets, vocab);
+        for (int i = 0; i < n; i++)
+        {
+            double allowed = 5e-7 + 1.2e-7 * Math.Abs(r.Lse[i]);
+            Assert.That(Math.Abs(lse[i] - r.Lse[i]), Is.LessThanOrEqualTo(allowed), $"row {i}: lse {lse[i]} vs fp64 {r.Lse[i]}");
+        }
+        Assert.That(lse[3], Is.EqualTo(2.5f), "one finite logit among −∞: lse is that logit");
+
+        var masked = Enumerable.Repeat(float.NegativeInfinity, vocab).ToArray();
+        var maskedLse = new float[1];
+        TargetLogProbs.Forward(masked, [TargetLogProbs.Ignored], vocab, new float[1], maskedLse);
+        Assert.That(maskedLse[0], Is.EqualTo(float.NegativeInfinity), "a row of −∞ only: log 0");
+    }
+
     [Test]
     public void HugeLogitsGiveFiniteLogProbsAndGradients()
     {

@@ -143,6 +143,7 @@ public class VectorExpTests
         int lowest = BitConverter.SingleToInt32Bits(-87.3f) & int.MaxValue;
         var x = Enumerable.Range(0, 100_000).Select(i => -87.3f * i / 100_000f)
             .Concat(Enumerable.Range(0, lowest / BitStride + 1).Select(k => -BitConverter.Int32BitsToSingle(k * BitStride)))
+            .Concat(Enumerable.Range(1, 20_000).Select(i => 4f * i / 20_000f))   // up to TargetLogProbs' headroom above the running max
             .ToArray();
         var e = ExpOfNonPositive(width, x);
         double worst = 0, worstAt = 0;

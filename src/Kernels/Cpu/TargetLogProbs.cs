@@ -62,10 +62,15 @@ public static class TargetLogProbs
     };
 
     /// <summary>
-    /// log Σ exp(row) in one pass over memory: per chunk of <see cref="Chunk"/> entries, the chunk's max
-    /// (fast hardware max), then — while the chunk is still in L1 — Σ exp(x − running max), the running
-    /// sum rescaled by exp(old max − new max) whenever the max grows. A chunk's partial last vector is the Count
-    /// entries ending at the chunk's end (inside the row, since V ≥ Count): harmless for the max, masked for the sum.
+    /// log Σ exp(row) in one pass over memory, chunk by chunk (<see cref="Chunk"/> entries): Σ exp(x − m) relative to the
+    /// running max m, the chunk's own max found by the same loop (one maxps per vector on the logits it has loaded anyway).
+    /// A chunk whose max exceeds m is summed relative to the old m all the same — its terms are then exp of up to
+    /// <see cref="Headroom"/>, within every path's range and within the exp contract's |x|·1.5·10⁻⁸ allowance — and the
+    /// running sum is rescaled by exp(m − new max) after it. Only a chunk whose max jumps by more than that (or is +∞) is
+    /// summed again, relative to its own max; and while m is still −∞ (the first chunk, or a row of −∞ so far) the chunk's
+    /// max is found first by a separate pass. A separate max pass per chunk, as this loop had before, cost a second sweep
+    /// over each chunk in L1. A chunk's partial last vector is the Count entries ending at the chunk's end (inside the
+    /// row, since V ≥ Count): harmless for the max, masked for the sum.
     /// </summary>
     private static unsafe float LogSumExp<TVector>(float* row, int vocab) where TVector : unmanaged, IFloatVector<TVector>
     {
@@ -79,44 +84,73 @@ public static class TargetLogProbs
         {
             int len = Math.Min(Chunk, vocab - v0);
             float* chunk = row + v0;
-            int full = len - len % width, rest = len - full;
-            // Two running maxima: one chain of maxps would wait on each one's latency.
-            TVector max = TVector.Create(float.NegativeInfinity), max1 = max;
-            int j = 0;
-            for (; j + 2 * width <= full; j += 2 * width)
+            if (float.IsNegativeInfinity(runningMax))
             {
-                max = TVector.MaxNative(max, TVector.Load(chunk + j));
-                max1 = TVector.MaxNative(max1, TVector.Load(chunk + j + width));
+                // Everything so far was −∞ (exp(−∞) = 0: nothing summed to rescale). A chunk of −∞ only adds nothing: summed
+                // under a max of −∞ it would be −∞ − (−∞) = NaN, so a row masked with −∞ up front stays finite.
+                runningMax = ChunkMax<TVector>(chunk, len);
+                if (!float.IsNegativeInfinity(runningMax)) runningSum = ChunkSumOfExps<TVector>(chunk, len, runningMax, out _);
+                continue;
             }
-            if (j < full) max = TVector.MaxNative(max, TVector.Load(chunk + j));
-            if (rest > 0) max1 = TVector.MaxNative(max1, TVector.Load(chunk + len - width));
-            float chunkMax = TVector.MaxAcross(TVector.MaxNative(max, max1));
+            double sum = ChunkSumOfExps<TVector>(chunk, len, runningMax, out float chunkMax);
             if (chunkMax > runningMax)
             {
-                // Rescale what was summed under the old max (exp(−∞) = 0 on the first chunk).
-                runningSum *= Math.Exp((double)runningMax - chunkMax);
-                runningMax = chunkMax;
+                if (chunkMax - runningMax > Headroom)
+                {
+                    // Terms beyond the headroom: rescale what came before and sum this chunk again under its own max.
+                    runningSum *= Math.Exp((double)runningMax - chunkMax);
+                    runningMax = chunkMax;
+                    sum = ChunkSumOfExps<TVector>(chunk, len, runningMax, out _);
+                }
+                else
+                {
+                    // Summed under the old max, rescaled with everything before it.
+                    runningSum = (runningSum + sum) * Math.Exp((double)runningMax - chunkMax);
+                    runningMax = chunkMax;
+                    continue;
+                }
             }
-            runningSum += ChunkSumOfExps<TVector>(chunk, len, runningMax);
+            runningSum += sum;
         }
         return (float)(runningMax + Math.Log(runningSum));
     }
 
-    /// <summary>Σ exp(x − max) over one chunk: the table forms where the width is Vector512 (AVX-512) or Vector256 (AVX2 + FMA), the generic form elsewhere.</summary>
+    /// <summary>How far above the running max a chunk's terms may go before the chunk is summed again under its own max: exp(4)·2⁶⁴ per term leaves the fp32 lane sums far from overflow, and the exp's error allowance at x = 4 is 6·10⁻⁸.</summary>
+    private const float Headroom = 4f;
+
+    /// <summary>The max of one chunk of ≥ Count entries (two running maxima: one chain of maxps would wait on each one's latency).</summary>
+    private static unsafe float ChunkMax<TVector>(float* chunk, int len) where TVector : unmanaged, IFloatVector<TVector>
+    {
+        int width = TVector.Count, full = len - len % width, j = 0;
+        TVector max = TVector.Create(float.NegativeInfinity), max1 = max;
+        for (; j + 2 * width <= full; j += 2 * width)
+        {
+            max = TVector.MaxNative(max, TVector.Load(chunk + j));
+            max1 = TVector.MaxNative(max1, TVector.Load(chunk + j + width));
+        }
+        if (j < full) max = TVector.MaxNative(max, TVector.Load(chunk + j));
+        if (len > full) max1 = TVector.MaxNative(max1, TVector.Load(chunk + len - width));
+        return TVector.MaxAcross(TVector.MaxNative(max, max1));
+    }
+
+    /// <summary>Σ exp(x − max) over one chunk, and the chunk's max: the table forms where the width is Vector512 (AVX-512) or Vector256 (AVX2 + FMA), the generic form elsewhere.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static unsafe double ChunkSumOfExps<TVector>(float* chunk, int len, float max) where TVector : unmanaged, IFloatVector<TVector> =>
-        typeof(TVector) == typeof(Vector512Lanes) && Avx512F.IsSupported ? SumOfExps(chunk, len, max)
-        : typeof(TVector) == typeof(Vector256Lanes) && Avx2.IsSupported && Fma.IsSupported ? SumOfExps256(chunk, len, max)
-        : SumOfExps<TVector>(chunk, len, max);
+    internal static unsafe double ChunkSumOfExps<TVector>(float* chunk, int len, float max, out float chunkMax) where TVector : unmanaged, IFloatVector<TVector> =>
+        typeof(TVector) == typeof(Vector512Lanes) && Avx512F.IsSupported ? SumOfExps(chunk, len, max, out chunkMax)
+        : typeof(TVector) == typeof(Vector256Lanes) && Avx2.IsSupported && Fma.IsSupported ? SumOfExps256(chunk, len, max, out chunkMax)
+        : SumOfExps<TVector>(chunk, len, max, out chunkMax);
 
     /// <summary><see cref="ChunkSumOfExps{TVector}"/> at the width the kernels use now (for benchmarks).</summary>
-    internal static unsafe double ChunkSumOfExps(float* chunk, int len, float max) => CpuVectors.Width switch
+    internal static unsafe double ChunkSumOfExps(float* chunk, int len, float max, out float chunkMax)
     {
-        VectorWidth.Vector512 => ChunkSumOfExps<Vector512Lanes>(chunk, len, max),
-        VectorWidth.Vector256 => ChunkSumOfExps<Vector256Lanes>(chunk, len, max),
-        VectorWidth.Vector128 => ChunkSumOfExps<Vector128Lanes>(chunk, len, max),
-        _ => ChunkSumOfExps<ScalarLanes>(chunk, len, max),
-    };
+        switch (CpuVectors.Width)
+        {
+            case VectorWidth.Vector512: return ChunkSumOfExps<Vector512Lanes>(chunk, len, max, out chunkMax);
+            case VectorWidth.Vector256: return ChunkSumOfExps<Vector256Lanes>(chunk, len, max, out chunkMax);
+            case VectorWidth.Vector128: return ChunkSumOfExps<Vector128Lanes>(chunk, len, max, out chunkMax);
+            default: return ChunkSumOfExps<ScalarLanes>(chunk, len, max, out chunkMax);
+        }
+    }
 
     /// <summary>
     /// Σ exp(x − max) over one chunk of ≥ 16 entries, with AVX-512: <see cref="ExpTerm"/> with its constants held in
@@ -127,7 +161,7 @@ public static class TargetLogProbs
     /// Every <see cref="LaneSums.AddsPerLane"/> iterations the four accumulators go to an fp64 total.
     /// A partial last vector is loaded as the 16 entries ending at the chunk's end, masked to its new lanes.
     /// </summary>
-    internal static unsafe double SumOfExps(float* chunk, int len, float max)
+    internal static unsafe double SumOfExps(float* chunk, int len, float max, out float chunkMax)
     {
         var shift = Vector512.Create(max);
         var floor = Vector512.Create(TermFloor);
@@ -139,6 +173,7 @@ public static class TargetLogProbs
         var c3 = Vector512.Create(Exp2C3);
         // Four accumulators of 16 lanes, so the FMAs do not chain on one another.
         Vector512<float> sum0 = Vector512<float>.Zero, sum1 = sum0, sum2 = sum0, sum3 = sum0;
+        Vector512<float> max0 = Vector512.Create(float.NegativeInfinity), max1 = max0;
         double total = 0.0;
         int full = len & ~15, rest = len - full, j = 0, adds = 0;
         for (; j + 64 <= full; j += 64)
@@ -146,10 +181,16 @@ public static class TargetLogProbs
             // The next chunk's lines into L1 and the one after's into L2 (the rest of this row, or the next row: a thread's
             // rows are contiguous), so memory keeps streaming while this chunk is computed.
             PrefetchAhead<Vector512Lanes>(chunk + len + j);
-            var scale0 = ExpTerm(Vector512.Load(chunk + j) - shift, floor, log2E, shifter, table, c1, c2, c3, out var p0);
-            var scale1 = ExpTerm(Vector512.Load(chunk + j + 16) - shift, floor, log2E, shifter, table, c1, c2, c3, out var p1);
-            var scale2 = ExpTerm(Vector512.Load(chunk + j + 32) - shift, floor, log2E, shifter, table, c1, c2, c3, out var p2);
-            var scale3 = ExpTerm(Vector512.Load(chunk + j + 48) - shift, floor, log2E, shifter, table, c1, c2, c3, out var p3);
+            var x0 = Vector512.Load(chunk + j);
+            var x1 = Vector512.Load(chunk + j + 16);
+            var x2 = Vector512.Load(chunk + j + 32);
+            var x3 = Vector512.Load(chunk + j + 48);
+            max0 = Vector512.MaxNative(max0, Vector512.MaxNative(x0, x2));
+            max1 = Vector512.MaxNative(max1, Vector512.MaxNative(x1, x3));
+            var scale0 = ExpTerm(x0 - shift, floor, log2E, shifter, table, c1, c2, c3, out var p0);
+            var scale1 = ExpTerm(x1 - shift, floor, log2E, shifter, table, c1, c2, c3, out var p1);
+            var scale2 = ExpTerm(x2 - shift, floor, log2E, shifter, table, c1, c2, c3, out var p2);
+            var scale3 = ExpTerm(x3 - shift, floor, log2E, shifter, table, c1, c2, c3, out var p3);
             sum0 = Vector512.FusedMultiplyAdd(scale0, p0, sum0);
             sum1 = Vector512.FusedMultiplyAdd(scale1, p1, sum1);
             sum2 = Vector512.FusedMultiplyAdd(scale2, p2, sum2);
@@ -163,15 +204,20 @@ public static class TargetLogProbs
         }
         for (; j < full; j += 16)
         {
-            var scale = ExpTerm(Vector512.Load(chunk + j) - shift, floor, log2E, shifter, table, c1, c2, c3, out var p);
+            var x = Vector512.Load(chunk + j);
+            max0 = Vector512.MaxNative(max0, x);
+            var scale = ExpTerm(x - shift, floor, log2E, shifter, table, c1, c2, c3, out var p);
             sum0 = Vector512.FusedMultiplyAdd(scale, p, sum0);
         }
         if (rest > 0)
         {
-            var scale = ExpTerm(Vector512.Load(chunk + len - 16) - shift, floor, log2E, shifter, table, c1, c2, c3, out var p);
+            var x = Vector512.Load(chunk + len - 16);
+            max1 = Vector512.MaxNative(max1, x);
+            var scale = ExpTerm(x - shift, floor, log2E, shifter, table, c1, c2, c3, out var p);
             var isNew = Vector512.GreaterThanOrEqual(Vector512<int>.Indices, Vector512.Create(16 - rest)).AsSingle();
             sum1 += Vector512.ConditionalSelect(isNew, scale * p, Vector512<float>.Zero);
         }
+        chunkMax = Vector512Lanes.MaxAcross(new Vector512Lanes(Vector512.MaxNative(max0, max1)));
         return total + Vector512Lanes.SumAsDouble(new Vector512Lanes((sum0 + sum1) + (sum2 + sum3)));
     }
 
@@ -184,7 +230,7 @@ public static class TargetLogProbs
     /// to its accumulator as soon as it is formed: AVX2 has 16 vector registers, and with the four terms formed first the JIT
     /// spilled eight of them to the stack every iteration (≈ 9 % slower, single thread, chunk in L1).
     /// </summary>
-    internal static unsafe double SumOfExps256(float* chunk, int len, float max)
+    internal static unsafe double SumOfExps256(float* chunk, int len, float max, out float chunkMax)
     {
         var shift = Vector256.Create(max);
         var floor = Vector256.Create(TermFloor);
@@ -195,18 +241,27 @@ public static class TargetLogProbs
         var c2 = Vector256.Create(Exp2Eighths2);
         var c3 = Vector256.Create(Exp2Eighths3);
         Vector256<float> sum0 = Vector256<float>.Zero, sum1 = sum0, sum2 = sum0, sum3 = sum0;
+        Vector256<float> max0 = Vector256.Create(float.NegativeInfinity), max1 = max0;
         double total = 0.0;
         int full = len & ~7, rest = len - full, j = 0, adds = 0;
         for (; j + 32 <= full; j += 32)
         {
             PrefetchAhead<Vector256Lanes>(chunk + len + j);
-            var scale0 = ExpTerm256(Vector256.Load(chunk + j) - shift, floor, log2E, shifter, table, c1, c2, c3, out var p0);
+            var x0 = Vector256.Load(chunk + j);
+            max0 = Vector256.MaxNative(max0, x0);
+            var scale0 = ExpTerm256(x0 - shift, floor, log2E, shifter, table, c1, c2, c3, out var p0);
             sum0 = Fma.MultiplyAdd(scale0, p0, sum0);
-            var scale1 = ExpTerm256(Vector256.Load(chunk + j + 8) - shift, floor, log2E, shifter, table, c1, c2, c3, out var p1);
+            var x1 = Vector256.Load(chunk + j + 8);
+            max1 = Vector256.MaxNative(max1, x1);
+            var scale1 = ExpTerm256(x1 - shift, floor, log2E, shifter, table, c1, c2, c3, out var p1);
             sum1 = Fma.MultiplyAdd(scale1, p1, sum1);
-            var scale2 = ExpTerm256(Vector256.Load(chunk + j + 16) - shift, floor, log2E, shifter, table, c1, c2, c3, out var p2);
+            var x2 = Vector256.Load(chunk + j + 16);
+            max0 = Vector256.MaxNative(max0, x2);
+            var scale2 = ExpTerm256(x2 - shift, floor, log2E, shifter, table, c1, c2, c3, out var p2);
             sum2 = Fma.MultiplyAdd(scale2, p2, sum2);
-            var scale3 = ExpTerm256(Vector256.Load(chunk + j + 24) - shift, floor, log2E, shifter, table, c1, c2, c3, out var p3);
+            var x3 = Vector256.Load(chunk + j + 24);
+            max1 = Vector256.MaxNative(max1, x3);
+            var scale3 = ExpTerm256(x3 - shift, floor, log2E, shifter, table, c1, c2, c3, out var p3);
             sum3 = Fma.MultiplyAdd(scale3, p3, sum3);
             if (++adds == LaneSums.AddsPerLane)
             {
@@ -217,15 +272,20 @@ public static class TargetLogProbs
         }
         for (; j < full; j += 8)
         {
-            var scale = ExpTerm256(Vector256.Load(chunk + j) - shift, floor, log2E, shifter, table, c1, c2, c3, out var p);
+            var x = Vector256.Load(chunk + j);
+            max0 = Vector256.MaxNative(max0, x);
+            var scale = ExpTerm256(x - shift, floor, log2E, shifter, table, c1, c2, c3, out var p);
             sum0 = Fma.MultiplyAdd(scale, p, sum0);
         }
         if (rest > 0)
         {
-            var scale = ExpTerm256(Vector256.Load(chunk + len - 8) - shift, floor, log2E, shifter, table, c1, c2, c3, out var p);
+            var x = Vector256.Load(chunk + len - 8);
+            max1 = Vector256.MaxNative(max1, x);
+            var scale = ExpTerm256(x - shift, floor, log2E, shifter, table, c1, c2, c3, out var p);
             var isNew = Vector256.GreaterThanOrEqual(Vector256<int>.Indices, Vector256.Create(8 - rest)).AsSingle();
             sum1 += Vector256.ConditionalSelect(isNew, scale * p, Vector256<float>.Zero);
         }
+        chunkMax = Vector256Lanes.MaxAcross(new Vector256Lanes(Vector256.MaxNative(max0, max1)));
         return (total + Vector256Lanes.SumAsDouble(new Vector256Lanes((sum0 + sum1) + (sum2 + sum3)))) * TwoToMinus64;
     }
 
@@ -233,7 +293,7 @@ public static class TargetLogProbs
     /// <see cref="SumOfExps"/> at any width: <see cref="ExpTermTimesTwoTo64{TVector}"/> per entry (14 vector ops, no table
     /// lookup, exact without FMA), four accumulators, at most <see cref="LaneSums.AddsPerLane"/> adds per lane before fp64.
     /// </summary>
-    internal static unsafe double SumOfExps<TVector>(float* chunk, int len, float max) where TVector : unmanaged, IFloatVector<TVector>
+    internal static unsafe double SumOfExps<TVector>(float* chunk, int len, float max, out float chunkMax) where TVector : unmanaged, IFloatVector<TVector>
     {
         int width = TVector.Count;
         var shift = TVector.Create(max);
@@ -241,15 +301,22 @@ public static class TargetLogProbs
         var log2E = TVector.Create(Log2E);
         var shifter = TVector.Create(ExponentShifter);
         TVector sum0 = TVector.Zero, sum1 = sum0, sum2 = sum0, sum3 = sum0;
+        TVector max0 = TVector.Create(float.NegativeInfinity), max1 = max0;
         double total = 0.0;
         int full = len - len % width, rest = len - full, j = 0, adds = 0;
         for (; j + 4 * width <= full; j += 4 * width)
         {
             if (Sse.IsSupported) PrefetchAhead<TVector>(chunk + len + j);
-            sum0 += ExpTermTimesTwoTo64(TVector.Load(chunk + j) - shift, floor, log2E, shifter);
-            sum1 += ExpTermTimesTwoTo64(TVector.Load(chunk + j + width) - shift, floor, log2E, shifter);
-            sum2 += ExpTermTimesTwoTo64(TVector.Load(chunk + j + 2 * width) - shift, floor, log2E, shifter);
-            sum3 += ExpTermTimesTwoTo64(TVector.Load(chunk + j + 3 * width) - shift, floor, log2E, shifter);
+            var x0 = TVector.Load(chunk + j);
+            var x1 = TVector.Load(chunk + j + width);
+            var x2 = TVector.Load(chunk + j + 2 * width);
+            var x3 = TVector.Load(chunk + j + 3 * width);
+            max0 = TVector.MaxNative(max0, TVector.MaxNative(x0, x2));
+            max1 = TVector.MaxNative(max1, TVector.MaxNative(x1, x3));
+            sum0 += ExpTermTimesTwoTo64(x0 - shift, floor, log2E, shifter);
+            sum1 += ExpTermTimesTwoTo64(x1 - shift, floor, log2E, shifter);
+            sum2 += ExpTermTimesTwoTo64(x2 - shift, floor, log2E, shifter);
+            sum3 += ExpTermTimesTwoTo64(x3 - shift, floor, log2E, shifter);
             if (++adds == LaneSums.AddsPerLane)
             {
                 total += TVector.SumAsDouble((sum0 + sum1) + (sum2 + sum3));
@@ -257,12 +324,20 @@ public static class TargetLogProbs
                 adds = 0;
             }
         }
-        for (; j < full; j += width) sum0 += ExpTermTimesTwoTo64(TVector.Load(chunk + j) - shift, floor, log2E, shifter);
+        for (; j < full; j += width)
+        {
+            var x = TVector.Load(chunk + j);
+            max0 = TVector.MaxNative(max0, x);
+            sum0 += ExpTermTimesTwoTo64(x - shift, floor, log2E, shifter);
+        }
         if (rest > 0)
         {
-            var term = ExpTermTimesTwoTo64(TVector.Load(chunk + len - width) - shift, floor, log2E, shifter);
+            var x = TVector.Load(chunk + len - width);
+            max1 = TVector.MaxNative(max1, x);
+            var term = ExpTermTimesTwoTo64(x - shift, floor, log2E, shifter);
             sum1 += TVector.Select(TVector.LastLanes(rest), term, TVector.Zero);
         }
+        chunkMax = TVector.MaxAcross(TVector.MaxNative(max0, max1));
         return (total + TVector.SumAsDouble((sum0 + sum1) + (sum2 + sum3))) * TwoToMinus64;
     }
 
@@ -315,8 +390,9 @@ public static class TargetLogProbs
     /// <summary>
     /// exp(x) for x ≤ 0 (and −∞, NaN) as a term of a sum: the forward's hot loop, where exp is what bounds the kernel
     /// (a logit is 4 bytes to load against a dozen vector ops), so each op dropped shows. The contract, the same on every
-    /// path: relative error ≤ 1.85·10⁻⁷ + |x|·1.5·10⁻⁸ where the result is a normal float (x ≥ −87.3); below that,
-    /// absolute error ≤ 2⁻¹²⁶ (the terms are added to a sum ≥ 1, the max's own term); exp(0) = 1, exp(−∞) = 0, NaN → NaN.
+    /// path: relative error ≤ 1.85·10⁻⁷ + |x|·1.5·10⁻⁸ where the result is a normal float (x ≥ −87.3), and up to x = 4
+    /// (<see cref="Headroom"/>: a chunk summed under a running max its own max exceeds); below −87.3, absolute error ≤ 2⁻¹²⁶
+    /// (the terms are added to a sum ≥ 1, the max's own term); exp(0) = 1, exp(−∞) = 0, NaN → NaN.
     /// AVX-512: <see cref="ExpTerm"/> (16-entry table, 10 ops); AVX2 + FMA: <see cref="ExpTerm256"/> (8-entry table); other widths:
     /// <see cref="ExpTermTimesTwoTo64{TVector}"/>; the last two scaled back by 2⁻⁶⁴.
     /// </summary>
@@ -382,8 +458,8 @@ public static class TargetLogProbs
     /// (≤ 3·2⁻²⁴ ≈ 1.8·10⁻⁷ relative) plus log₂e rounded to fp32 (|x|·1.4·10⁻⁸): ≤ 1.85·10⁻⁷ + |x|·1.5·10⁻⁸ (tested).
     /// In a log-sum-exp, where x = logit − max and the max's own term is 1, that is ≈ 2·10⁻⁷ absolute in ln Σ (tested
     /// against fp64 on flat, spread and one-hot rows). x is clamped at −110 first, so −∞ gives exactly 0; NaN stays NaN
-    /// (MaxNative(floor, x) compiles to vmaxps, which returns its second operand, x, when either is NaN). A positive x
-    /// is outside the contract.
+    /// (MaxNative(floor, x) compiles to vmaxps, which returns its second operand, x, when either is NaN). x up to
+    /// <see cref="Headroom"/> keeps the same bound; beyond it is outside the contract.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector512<float> ExpTerm(Vector512<float> x, Vector512<float> floor, Vector512<float> log2E,
