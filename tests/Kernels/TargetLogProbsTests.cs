@@ -74,19 +74,27 @@ public class TargetLogProbsTests
             Enumerable.Range(0, vocab).Select(i => i == 5 ? 15f : (float)(rng.NextDouble() * 0.01)).ToArray(),
             Enumerable.Range(0, vocab).Select(_ => (float)(1000 + rng.NextDouble() * 6 - 3)).ToArray(),
         };
+        LogSumExpsWithinFp64(rows, vocab, i => i * 101 % vocab);
+    }
+
+    /// <summary>
+    /// The forward over <paramref name="rows"/> (row i's target: <paramref name="target"/>(i)), each log-sum-exp held to fp64:
+    /// fp32 holds ln Σ to half an ulp of |lse| at best (6e-8 relative), and 5e-7 absolute is allowed on top. Returns the lse.
+    /// </summary>
+    private static float[] LogSumExpsWithinFp64(List<float[]> rows, int vocab, Func<int, int> target)
+    {
         var logits = rows.SelectMany(r => r).ToArray();
         int n = rows.Count;
-        var targets = Enumerable.Range(0, n).Select(i => i * 101 % vocab).ToArray();
-        var lp = new float[n];
+        var targets = Enumerable.Range(0, n).Select(target).ToArray();
         var lse = new float[n];
-        TargetLogProbs.Forward(logits, targets, vocab, lp, lse);
+        TargetLogProbs.Forward(logits, targets, vocab, new float[n], lse);
         var r = ReferenceTargetLogProbs.Forward(D(logits), targets, vocab);
         for (int i = 0; i < n; i++)
         {
-            // fp32 holds ln Σ to half an ulp of |lse| at best (6e-8 relative); allow 5e-7 absolute on top.
             double allowed = 5e-7 + 1.2e-7 * Math.Abs(r.Lse[i]);
             Assert.That(Math.Abs(lse[i] - r.Lse[i]), Is.LessThanOrEqualTo(allowed), $"row {i}: lse {lse[i]} vs fp64 {r.Lse[i]}");
         }
+        return lse;
     }
 
     /// <summary>
@@ -108,18 +116,7 @@ public class TargetLogProbsTests
             Enumerable.Range(0, vocab).Select(i => i == vocab - 1 ? 50f : (float)(rng.NextDouble() * 2 - 1)).ToArray(),
             Enumerable.Range(0, vocab).Select(i => i % 3 == 0 ? float.NegativeInfinity : (float)(rng.NextDouble() * 8 - 4)).ToArray(),
         };
-        var logits = rows.SelectMany(r => r).ToArray();
-        int n = rows.Count;
-        var targets = Enumerable.Range(0, n).Select(i => vocab - 3 - i * 101).ToArray();
-        var lp = new float[n];
-        var lse = new float[n];
-        TargetLogProbs.Forward(logits, targets, vocab, lp, lse);
-        var r = ReferenceTargetLogProbs.Forward(D(logits), targets, vocab);
-        for (int i = 0; i < n; i++)
-        {
-            double allowed = 5e-7 + 1.2e-7 * Math.Abs(r.Lse[i]);
-            Assert.That(Math.Abs(lse[i] - r.Lse[i]), Is.LessThanOrEqualTo(allowed), $"row {i}: lse {lse[i]} vs fp64 {r.Lse[i]}");
-        }
+        var lse = LogSumExpsWithinFp64(rows, vocab, i => vocab - 3 - i * 101);
         Assert.That(lse[3], Is.EqualTo(2.5f), "one finite logit among −∞: lse is that logit");
 
         var masked = Enumerable.Repeat(float.NegativeInfinity, vocab).ToArray();
