@@ -114,8 +114,7 @@ internal static class BenchmarkReport
         if (!skipSuites)
         {
             Console.WriteLine("report: BenchmarkDotNet kernel suites ...");
-            Type[] bandwidth = [typeof(LayerNormForwardBandwidth), typeof(LayerNormBackwardBandwidth), typeof(GeluForwardBandwidth), typeof(GeluBackwardBandwidth),
-                                typeof(ResidualForwardBandwidth), typeof(AdamWBandwidth), typeof(TargetLogProbsForwardBandwidth)];
+            Type[] bandwidth = BandwidthPairs.Classes;
             Type[] compute = [typeof(AttentionCompute), typeof(SequenceLogProbsCompute), typeof(TargetLogProbsExpCompute), typeof(GeluForwardCompute),
                               typeof(GeluBackwardCompute), typeof(BradleyTerryLossCompute)];
             bandwidthRows = [.. bandwidth.SelectMany(t => SuiteRows(BenchmarkRunner.Run(t), new BandwidthColumn(false), new BandwidthColumn(true)))];
