@@ -134,7 +134,7 @@ internal static class BandwidthPairs
             }
         }
         var ratios = copySeconds.Zip(kernelSeconds, (c, k) => c / k).Order().ToArray();
-        double kernelMedian = Median(kernelSeconds), copyMedian = Median(copySeconds);
+        double kernelMedian = BenchmarkReport.Median(kernelSeconds), copyMedian = BenchmarkReport.Median(copySeconds);
         return new Pair(kernelMethod.Name, bytes, instances, rounds, bytes / kernelMedian / 1e9, bytes / copyMedian / 1e9, copyMedian / kernelMedian,
                         ratios[(int)(0.1 * (rounds - 1))], ratios[(int)Math.Ceiling(0.9 * (rounds - 1))]);
     }
@@ -144,11 +144,5 @@ internal static class BandwidthPairs
         long start = Stopwatch.GetTimestamp();
         call();
         return Stopwatch.GetElapsedTime(start).TotalSeconds;
-    }
-
-    private static double Median(double[] values)
-    {
-        var sorted = values.Order().ToArray();
-        return sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : 0.5 * (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]);
     }
 }

@@ -256,7 +256,6 @@ internal static class BenchmarkReport
             doc.AppendLine("copy's iterations run, then all of the kernel's, each re-reading the same buffers, part of which the L3 still holds: the");
             doc.AppendLine("in-L3 rows and BenchmarkDotNet's statistics are what this table adds; the goal is judged on the interleaved rounds above.").AppendLine();
             SuiteTable(doc, bandwidthRows, "GB/s", "vs copy");
-            CopySpread(doc, bandwidthRows);
             doc.AppendLine("The [N, C] kernels run at two token counts. At N = 8192 (B·T = 8·1024; 50–100 MB per call) kernel and copy stream from");
             doc.AppendLine("memory. At N = 2048 (12–25 MB) the working set stays in the 32 MiB L3, so the copy runs at cache bandwidth and the kernels are");
             doc.AppendLine("bound by their own loads and arithmetic (LayerNorm reads each row twice and w, b once per row, against one load per copied vector):");
@@ -350,25 +349,6 @@ internal static class BenchmarkReport
         doc.AppendLine();
     }
 
-    /// <summary>
-    /// The spread of the copy baselines over the from-memory classes, and each from-memory kernel against their median: every class
-    /// copies 50–100 MB, yet on a VM the copy's rate moves from class to class and run to run (cache and page placement), and each
-    /// "vs copy" with it; the median copy of the run is a steadier yardstick for one kernel's GB/s.
-    /// </summary>
-    private static void CopySpread(StringBuilder doc, List<SuiteRow> rows)
-    {
-        static double Rate(SuiteRow row) => double.TryParse(row.Rate, NumberStyles.Float, CultureInfo.InvariantCulture, out double v) ? v : double.NaN;
-        var fromMemory = rows.Where(r => !r.Suite.Contains("in L3", StringComparison.Ordinal)).ToList();
-        var copies = fromMemory.Where(r => r.Baseline).Select(Rate).Where(double.IsFinite).Order().ToList();
-        if (copies.Count < 2) return;
-        double median = copies.Count % 2 == 1 ? copies[copies.Count / 2] : (copies[copies.Count / 2 - 1] + copies[copies.Count / 2]) / 2;
-        var kernels = fromMemory.Where(r => !r.Baseline && double.IsFinite(Rate(r)))
-            .Select(r => $"{r.Method}{(r.Suite.Contains("N = ", StringComparison.Ordinal) ? $" (N = {BandwidthSizes.StreamedTokens})" : "")} {Rate(r) / median:F2}");
-        doc.AppendLine(CultureInfo.InvariantCulture, $"The copy baselines of the from-memory rows ran at {copies[0]:F1}–{copies[^1]:F1} GB/s in this run (median {median:F1} GB/s over");
-        doc.AppendLine(CultureInfo.InvariantCulture, $"{copies.Count} classes), though each moves 50–100 MB: on this VM the copy's rate moves with cache and page placement from class to");
-        doc.AppendLine(CultureInfo.InvariantCulture, $"class and run to run, and each \"vs copy\" with it. Each from-memory kernel against the median copy: {string.Join(" · ", kernels)}.").AppendLine();
-    }
-
     private static string Time(double nanoseconds) => double.IsNaN(nanoseconds) ? "NA"
         : nanoseconds >= 1e6 ? $"{nanoseconds / 1e6:F2} ms" : $"{nanoseconds / 1e3:F1} µs";
 
@@ -403,7 +383,8 @@ internal static class BenchmarkReport
         return result;
     }
 
-    private static double Median(double[] values)
+    /// <summary>The median of <paramref name="values"/> (the mean of the middle two for an even count).</summary>
+    internal static double Median(IEnumerable<double> values)
     {
         var s = values.Order().ToArray();
         return s.Length % 2 == 1 ? s[s.Length / 2] : 0.5 * (s[s.Length / 2 - 1] + s[s.Length / 2]);

@@ -212,10 +212,11 @@ public class SequenceLogProbsCompute
 }
 
 /// <summary>
-/// TargetLogProbs' forward does a vector exp per 16 logits it reads (≈ 12 vector ops per 16 logits: load and max, then
-/// subtract, the exp's 9 with the FMA that adds it): its limit is the throughput of the kernel's own Σ exp loop
-/// (<see cref="TargetLogProbs.ChunkSumOfExps(float*, int, float, out float)"/>, the same instructions) over as many elements of an L1-resident block, on the
-/// same threads: what the kernel would take if reading 51 MB and the max pass were free. Work = exps per call (N·V).
+/// TargetLogProbs' forward does a vector exp per logit it reads (per vector: load, the chunk's running maxps, subtract, the
+/// exp with the FMA that adds it): its limit is the throughput of the kernel's own Σ exp loop
+/// (<see cref="TargetLogProbs.ChunkSumOfExps(float*, int, float, out float)"/>, the same instructions, the chunk's max included)
+/// over as many elements of an L1-resident block, on the same threads: what the kernel would take if reading 51 MB were free
+/// (and each row's first-chunk max pass). Work = exps per call (N·V).
 /// </summary>
 [Config(typeof(ExpConfig))]
 public class TargetLogProbsExpCompute

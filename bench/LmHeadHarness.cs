@@ -64,9 +64,9 @@ internal static class LmHeadHarness
         double flops = 3.0 * 2 * n * (double)v * c;
         Console.WriteLine($"| path | median ms | GFLOP/s (3 GEMMs) | extra peak RSS |");
         Console.WriteLine($"|---|---|---|---|");
-        Console.WriteLine($"| fused (SequenceLogProbs) | {Median(fused):F0} | {flops / Median(fused) / 1e6:F1} | {fusedPeak / 1048576.0:F0} MiB |");
-        Console.WriteLine($"| unfused (full logits, log-softmax, dense backward) | {Median(unfused):F0} | {flops / Median(unfused) / 1e6:F1} | {unfusedPeak / 1048576.0:F0} MiB |");
-        Console.WriteLine($"time fused/unfused = {Median(fused) / Median(unfused):F3}; peak memory fused/unfused = {(double)fusedPeak / Math.Max(1, unfusedPeak):F3}; max |Δ log-prob| = {maxDiff:E2}");
+        Console.WriteLine($"| fused (SequenceLogProbs) | {BenchmarkReport.Median(fused):F0} | {flops / BenchmarkReport.Median(fused) / 1e6:F1} | {fusedPeak / 1048576.0:F0} MiB |");
+        Console.WriteLine($"| unfused (full logits, log-softmax, dense backward) | {BenchmarkReport.Median(unfused):F0} | {flops / BenchmarkReport.Median(unfused) / 1e6:F1} | {unfusedPeak / 1048576.0:F0} MiB |");
+        Console.WriteLine($"time fused/unfused = {BenchmarkReport.Median(fused) / BenchmarkReport.Median(unfused):F3}; peak memory fused/unfused = {(double)fusedPeak / Math.Max(1, unfusedPeak):F3}; max |Δ log-prob| = {maxDiff:E2}");
         return 0;
     }
 
@@ -124,11 +124,5 @@ internal static class LmHeadHarness
     {
         int i = Array.IndexOf(args, name);
         return i >= 0 && i + 1 < args.Length ? int.Parse(args[i + 1]) : fallback;
-    }
-
-    private static double Median(List<double> xs)
-    {
-        var s = xs.Order().ToArray();
-        return s.Length % 2 == 1 ? s[s.Length / 2] : 0.5 * (s[s.Length / 2 - 1] + s[s.Length / 2]);
     }
 }

@@ -93,24 +93,20 @@ public static class TargetLogProbs
                 continue;
             }
             double sum = ChunkSumOfExps<TVector>(chunk, len, runningMax, out float chunkMax);
-            if (chunkMax > runningMax)
+            if (chunkMax - runningMax > Headroom)
             {
-                if (chunkMax - runningMax > Headroom)
-                {
-                    // Terms beyond the headroom: rescale what came before and sum this chunk again under its own max.
-                    runningSum *= Math.Exp((double)runningMax - chunkMax);
-                    runningMax = chunkMax;
-                    sum = ChunkSumOfExps<TVector>(chunk, len, runningMax, out _);
-                }
-                else
-                {
-                    // Summed under the old max, rescaled with everything before it.
-                    runningSum = (runningSum + sum) * Math.Exp((double)runningMax - chunkMax);
-                    runningMax = chunkMax;
-                    continue;
-                }
+                // Terms beyond the headroom: rescale what came before and sum this chunk again under its own max.
+                runningSum *= Math.Exp((double)runningMax - chunkMax);
+                runningMax = chunkMax;
+                sum = ChunkSumOfExps<TVector>(chunk, len, runningMax, out _);
             }
             runningSum += sum;
+            if (chunkMax > runningMax)
+            {
+                // Summed under the old max (within the headroom): rescaled with everything before it.
+                runningSum *= Math.Exp((double)runningMax - chunkMax);
+                runningMax = chunkMax;
+            }
         }
         return (float)(runningMax + Math.Log(runningSum));
     }
